@@ -1,0 +1,32 @@
+# Quick start: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv in the repo root on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch 2.14.1 is the release SGLang 0.5.23 pins; pip takes it from the local wheel cache where one exists.
+TORCH_SPEC ?= torch==2.14.1
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/moe-spec demo
+
+test: venv
+	$(BIN)/ruff check moe_spec tests examples
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check moe_spec tests examples
+	$(BIN)/ruff format --check moe_spec tests examples
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

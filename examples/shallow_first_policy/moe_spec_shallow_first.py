@@ -1,0 +1,26 @@
+"""shallow-first: a moe-spec policy plugin in its own package.
+
+Router mass, except that the experts picked by tokens at depth <= max_depth
+(the root and its children: the tokens most likely to be accepted) are never dropped.
+"""
+
+from moe_spec import Policy, hookimpl
+
+
+class ShallowFirst(Policy):
+    name = "shallow-first"
+    description = "router mass; experts of tokens at depth <= max_depth are never dropped"
+
+    def __init__(self, max_depth: int = 1):
+        self.max_depth = max_depth
+
+    def score(self, record):
+        mass_E = record.router_mass_E()
+        shallow_T = (record.depth_T <= self.max_depth) & record.valid_mask_T()
+        shallow_E = (record.topk_hits_TE() & shallow_T[:, None]).any(dim=0)
+        return mass_E + shallow_E * (mass_E.sum() + 1.0)
+
+
+@hookimpl
+def register_policies(register):
+    register(ShallowFirst)

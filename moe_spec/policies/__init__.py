@@ -1,0 +1,28 @@
+"""Budgeting policies: the interface, the plugin registry and the built-ins."""
+
+from moe_spec.policies.base import Policy, PolicyError
+from moe_spec.policies.hookspecs import hookimpl
+from moe_spec.policies.registry import (
+    ALLOW_ENV,
+    DISABLE_ENV,
+    ENTRY_POINT_GROUP,
+    PluginError,
+    PolicyInfo,
+    get_policy,
+    list_policies,
+    reset_registry,
+)
+
+__all__ = [
+    "ALLOW_ENV",
+    "DISABLE_ENV",
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "Policy",
+    "PolicyError",
+    "PolicyInfo",
+    "get_policy",
+    "hookimpl",
+    "list_policies",
+    "reset_registry",
+]

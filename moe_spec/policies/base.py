@@ -1,0 +1,138 @@
+"""The policy interface: rank a layer's experts, keep at most B of them.
+
+Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
+
+A policy subclasses :class:`Policy`, names itself, and implements
+:meth:`Policy.score` (one number per expert, higher is more important). The
+default :meth:`Policy.keep` keeps the B best-scored experts; a policy that wants
+a different kept set (a budget that varies by layer, say) overrides ``keep``.
+Both run inside the verify forward: use tensor operations only, no ``.item()``
+and no branches on tensor values, so they stay CUDA-graph and
+``torch.compile`` safe.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from moe_spec.budget import (
+    BudgetedTopK,
+    Mode,
+    apply_budget,
+    check_budget,
+    check_mode,
+    select_kept,
+    validation_enabled,
+)
+from moe_spec.routing import RoutingRecord, check_values
+
+
+class PolicyError(ValueError):
+    """A policy is unknown, misconfigured, or returned something malformed."""
+
+
+class Policy:
+    """Base class of budgeting policies.
+
+    Subclasses set ``name`` (lower-case, dashes) and ``description`` (one line)
+    and accept their options as keyword arguments of ``__init__``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Where the policy came from; set by the registry ("built-in" or a package).
+    origin: str = "built-in"
+    #: Value checks (NaN scores, kept-set size; they read tensors on the host):
+    #: None runs them outside torch.compile and CUDA-graph capture; a server's
+    #: eager hot path sets False.
+    validate: bool | None = None
+
+    def __init__(self, **options: object) -> None:
+        if options:
+            raise PolicyError(
+                f"policy {self.name!r} takes no options; got {', '.join(sorted(options))}"
+            )
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        """float ``[E]``: importance of each expert for this verify pass."""
+        raise NotImplementedError(f"policy {self.name!r} must implement score() or keep()")
+
+    def keep(self, record: RoutingRecord, budget: int) -> torch.Tensor | None:
+        """bool ``[E]``: experts to keep (at most ``budget``), or None for no budget."""
+        scores_E = self.checked_scores(record)
+        return select_kept(scores_E, budget, record.used_E())
+
+    def apply(
+        self,
+        record: RoutingRecord,
+        budget: int,
+        *,
+        mode: Mode = "substitution",
+    ) -> BudgetedTopK:
+        """Budget one layer's routing: :meth:`keep`, checked, then :func:`apply_budget`.
+
+        Value checks follow :attr:`validate` (default: eager mode only).
+        """
+        check_mode(mode)
+        budget = check_budget(budget, record.top_k, record.num_experts)
+        validating = validation_enabled(record.topk_ids_TK, self.validate)
+        if validating:
+            check_values(record)
+        keep = self.keep(record, budget) if budget < record.num_experts else None
+        if keep is None:
+            return apply_budget(record, record.num_experts, mode=mode, validate=False)
+        keep_E = self.checked_keep(keep, record, budget, validating)
+        return apply_budget(record, budget, keep_E, mode=mode, validate=False)
+
+    def checked_keep(
+        self, keep: torch.Tensor, record: RoutingRecord, budget: int, check_values: bool
+    ) -> torch.Tensor:
+        """``keep()``'s answer as a bool ``[E]`` mask; malformed answers name the plugin."""
+        E = record.num_experts
+        if not isinstance(keep, torch.Tensor):
+            raise self.error(f"keep() returned {type(keep).__name__}; expected a tensor")
+        if keep.dtype == torch.bool:
+            if tuple(keep.shape) != (E,):
+                raise self.error(
+                    f"keep() returned a mask of shape {tuple(keep.shape)}; expected [E={E}]"
+                )
+            keep_E = keep
+        elif not keep.is_floating_point() and keep.dim() == 1:  # expert ids
+            if check_values and bool(((keep < 0) | (keep >= E)).any()):
+                raise self.error(
+                    f"keep() returned expert ids {keep.tolist()}; ids must be in [0, E={E})"
+                )
+            keep_E = torch.zeros(E, dtype=torch.bool, device=keep.device)
+            keep_E = keep_E.scatter(0, keep.long(), True)
+        else:
+            raise self.error(
+                f"keep() returned {keep.dtype} of shape {tuple(keep.shape)}; expected a bool "
+                f"mask [E={E}] or 1-D integer expert ids"
+            )
+        if check_values:
+            kept = int(keep_E.sum())
+            if not 1 <= kept <= budget:
+                raise self.error(f"keep() kept {kept} experts; allowed: 1 to budget B={budget}")
+        return keep_E
+
+    def checked_scores(self, record: RoutingRecord) -> torch.Tensor:
+        """``self.score(record)``, checked for shape and (in eager mode) finiteness."""
+        scores_E = self.score(record)
+        E = record.num_experts
+        if not isinstance(scores_E, torch.Tensor) or tuple(scores_E.shape) != (E,):
+            got = tuple(scores_E.shape) if isinstance(scores_E, torch.Tensor) else type(scores_E)
+            raise self.error(f"score() returned shape {got}; expected a tensor of shape [E={E}]")
+        if not scores_E.is_floating_point():
+            scores_E = scores_E.float()
+        if validation_enabled(scores_E, self.validate) and not bool(torch.isfinite(scores_E).all()):
+            raise self.error(f"score() returned NaN or inf: {scores_E.tolist()[:8]}...")
+        return scores_E
+
+    def error(self, message: str) -> PolicyError:
+        """A :class:`PolicyError` that names this policy and the plugin it came from."""
+        return PolicyError(f"policy {self.name!r} (from {self.origin}): {message}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} from {self.origin}>"

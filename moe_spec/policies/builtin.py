@@ -1,0 +1,155 @@
+"""The built-in budgeting policies, registered through the plugin hook like any other.
+
+Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
+Notation below: ``p[t, e]`` is token t's routing probability for expert e
+(softmax over all E experts), ``v[t]`` is 1 for valid rows and 0 for padding,
+``topk(t)`` is the set of experts token t picked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from moe_spec.budget import select_kept
+from moe_spec.policies.base import Policy, PolicyError
+from moe_spec.policies.hookspecs import hookimpl
+from moe_spec.routing import RoutingRecord
+
+
+class NoBudget(Policy):
+    """``none``: keep every expert (unbudgeted speculative decoding, the baseline)."""
+
+    name = "none"
+    description = "keep every expert: unbudgeted verification (baseline)"
+
+    def keep(self, record: RoutingRecord, budget: int) -> None:
+        return None
+
+
+class TopKFrequency(Policy):
+    """``topk-frequency``: ``score[e] = sum_t v[t] * [e in topk(t)]``.
+
+    The number of valid tree tokens whose top-k contains the expert.
+    """
+
+    name = "topk-frequency"
+    description = "experts picked by the most tree tokens"
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        return (record.topk_hits_TE() & record.valid_mask_T()[:, None]).sum(dim=0).float()
+
+
+class RouterMass(Policy):
+    """``router-mass``: ``score[e] = sum_t v[t] * p[t, e]`` (the MoE-Spec paper's ranking).
+
+    Router probability summed over valid tree tokens, over all E experts (not
+    only each token's top-k).
+    """
+
+    name = "router-mass"
+    description = "routing probability summed over tree tokens (MoE-Spec paper)"
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        return record.router_mass_E()
+
+
+class LayerAdaptive(Policy):
+    """``layer-adaptive``: a budget per layer, ``B_l = clamp(n_l, K, B)``.
+
+    With ``coverage`` c (default 0.9): ``n_l`` is the smallest number of experts
+    whose router mass (``router-mass`` scores, sorted) covers a share c of the
+    layer's total mass. With ``budgets`` (a table of one int per MoE layer, e.g.
+    from a calibration run): ``n_l = budgets[l]``. ``B`` is the call's budget,
+    the cap. The kept set is a mask of varying size and fixed shape.
+    """
+
+    name = "layer-adaptive"
+    description = "per-layer budget: fewest experts covering a share of routing mass"
+
+    def __init__(self, coverage: float = 0.9, budgets: Sequence[int] | None = None) -> None:
+        if isinstance(coverage, bool) or not isinstance(coverage, int | float):
+            raise PolicyError(f"layer-adaptive: coverage must be a number, got {coverage!r}")
+        if not 0.0 < coverage <= 1.0:
+            raise PolicyError(f"layer-adaptive: coverage is {coverage}; allowed: 0 < coverage <= 1")
+        if budgets is not None:
+            ok = isinstance(budgets, Sequence) and not isinstance(budgets, str)
+            if not ok or not budgets or not all(type(b) is int and b >= 1 for b in budgets):
+                raise PolicyError(
+                    f"layer-adaptive: budgets must be a non-empty list of positive ints "
+                    f"(one per MoE layer), got {budgets!r}"
+                )
+            budgets = tuple(budgets)
+        self.coverage = float(coverage)
+        self.budgets = budgets
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        return record.router_mass_E()
+
+    def keep(self, record: RoutingRecord, budget: int) -> torch.Tensor:
+        mass_E = self.checked_scores(record)
+        K = record.top_k
+        if self.budgets is not None:
+            if len(self.budgets) != record.num_layers:
+                raise self.error(
+                    f"budgets has {len(self.budgets)} entries; the model has "
+                    f"{record.num_layers} MoE layers"
+                )
+            layer_budget = min(max(self.budgets[record.layer_idx], K), budget)
+            return select_kept(mass_E, layer_budget, record.used_E())
+        sorted_E = torch.sort(mass_E, descending=True, stable=True).values
+        cum_E = torch.cumsum(sorted_E, dim=0)
+        short_E = cum_E < self.coverage * cum_E[-1]  # prefixes that still miss the target
+        layer_budget = (short_E.sum() + 1).clamp(min=K, max=budget)
+        return select_kept(mass_E, layer_budget, record.used_E())
+
+
+class TokenPriority(Policy):
+    """``token-priority``: ``score[e] = sum_t v[t] * a[t] * p[t, e]`` + root bonus.
+
+    ``a[t]``, how likely token t is to be accepted: ``exp(path_logprob[t])``
+    when the draft's path log-probabilities are given, else ``decay ** depth[t]``.
+    Experts in the root token's top-k get a bonus above every other score, so
+    the root (always accepted) is never re-routed. The root is the row with
+    depth 0 (row 0 when no depth is given).
+    """
+
+    name = "token-priority"
+    description = "tokens weighted by acceptance likelihood; root's experts always kept"
+
+    def __init__(self, decay: float = 0.5) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
+            raise PolicyError(f"token-priority: decay is {decay!r}; allowed: 0 < decay <= 1")
+        self.decay = float(decay)
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        if record.path_logprob_T is not None:
+            accept_T = torch.exp(record.path_logprob_T.float().clamp(max=0.0))
+        elif record.depth_T is not None:
+            accept_T = torch.pow(self.decay, record.depth_T.float())
+        else:
+            raise self.error("needs depth_T or path_logprob_T in the routing record")
+        score_E = record.router_mass_E(accept_T)
+        if record.depth_T is not None:
+            root_T = record.depth_T == 0
+        else:
+            root_T = torch.arange(record.num_tokens, device=score_E.device) == 0
+        root_T = root_T & record.valid_mask_T()
+        root_E = (record.topk_hits_TE() & root_T[:, None]).any(dim=0)
+        return score_E + root_E * (score_E.sum() + 1.0)
+
+
+BUILTIN_POLICIES: tuple[type[Policy], ...] = (
+    NoBudget,
+    TopKFrequency,
+    RouterMass,
+    LayerAdaptive,
+    TokenPriority,
+)
+
+
+@hookimpl
+def register_policies(register):
+    for policy_class in BUILTIN_POLICIES:
+        register(policy_class)

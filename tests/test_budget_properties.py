@@ -1,0 +1,148 @@
+"""Property-based tests of apply_budget over random shapes, budgets, modes and conventions."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moe_spec import RoutingRecord, apply_budget, get_policy
+from moe_spec.routing import used_experts_E
+from tests.conftest import make_record
+from tests.loop_reference import reference_apply_budget, reference_keep
+
+
+@st.composite
+def routings(draw) -> tuple[RoutingRecord, int, str]:
+    """A record as a model would produce it, a budget in [K, E + 2] and a mode."""
+    T = draw(st.integers(1, 12))
+    E = draw(st.integers(1, 16))
+    K = draw(st.integers(1, E))
+    scoring = draw(st.sampled_from(["softmax", "sigmoid"]))
+    # Small integer logits make exact ties common: the tie rule is exercised.
+    ints = draw(st.lists(st.integers(-3, 3), min_size=T * E, max_size=T * E))
+    noise = draw(st.floats(0.0, 1.0))
+    seed = draw(st.integers(0, 2**16))
+    logits_TE = torch.tensor(ints, dtype=torch.float32).view(T, E)
+    logits_TE = logits_TE + noise * torch.randn(T, E, generator=torch.Generator().manual_seed(seed))
+    valid_T = torch.tensor(draw(st.lists(st.booleans(), min_size=T, max_size=T)))
+    bias_E = None
+    if scoring == "sigmoid" and draw(st.booleans()):
+        bias_E = torch.tensor(draw(st.lists(st.integers(-2, 2), min_size=E, max_size=E))) * 0.1
+    record = make_record(
+        logits_TE,
+        K,
+        scoring=scoring,
+        renormalize=draw(st.booleans()),
+        valid_T=valid_T,
+        correction_bias_E=bias_E,
+    )
+    budget = draw(st.integers(K, E + 2))
+    mode = draw(st.sampled_from(["substitution", "truncation"]))
+    return record, budget, mode
+
+
+def as_lists(record: RoutingRecord):
+    return (
+        record.topk_ids_TK.tolist(),
+        record.topk_weights_TK.tolist(),
+        record.choice_scores_TE().tolist(),
+        record.gate_weights_TE().tolist(),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(routings())
+def test_matches_the_per_token_loop_reference(case):
+    record, budget, mode = case
+    out = apply_budget(record, budget, mode=mode)
+    if budget >= record.num_experts:
+        assert out.topk_ids_TK is record.topk_ids_TK
+        return
+    mass = (record.routing_probs_TE() * record.valid_mask_T()[:, None]).sum(0).tolist()
+    keep = reference_keep(mass, record.used_E().tolist(), budget)
+    assert out.keep_E.tolist() == keep
+    ids, weights, choice, gates = as_lists(record)
+    want_ids, want_weights = reference_apply_budget(
+        ids, weights, choice, gates, keep, mode, record.renormalize
+    )
+    assert out.topk_ids_TK.tolist() == want_ids
+    torch.testing.assert_close(
+        out.topk_weights_TK, torch.tensor(want_weights), rtol=1e-5, atol=1e-6
+    )
+    unchanged_T = out.keep_E[record.topk_ids_TK].all(-1)
+    assert torch.equal(out.topk_weights_TK[unchanged_T], record.topk_weights_TK[unchanged_T])
+
+
+@settings(max_examples=300, deadline=None)
+@given(routings())
+def test_budget_invariants(case):
+    record, budget, mode = case
+    out = apply_budget(record, budget, mode=mode)
+    E = record.num_experts
+    ids_TK, w_TK = out.topk_ids_TK, out.topk_weights_TK
+    assert int(used_experts_E(ids_TK, E).sum()) <= budget  # padded rows included
+    assert bool(((ids_TK >= 0) & (ids_TK < E)).all())  # never -1
+    assert bool(out.keep_E[ids_TK].all())  # ids are a subset of the kept set
+    assert int(out.keep_E.sum()) <= budget
+    assert bool(torch.isfinite(w_TK).all()) and bool((w_TK >= 0).all())
+    if record.renormalize:
+        torch.testing.assert_close(w_TK.sum(-1), torch.ones(record.num_tokens))
+    elif mode == "substitution":  # raw gate values of the experts a token now uses (or 0)
+        gates_TK = record.gate_weights_TE().gather(1, ids_TK.long())
+        assert bool(((w_TK == gates_TK) | (w_TK == 0)).all())
+    again = apply_budget(record, budget, mode=mode)
+    assert torch.equal(again.topk_ids_TK, ids_TK) and torch.equal(again.topk_weights_TK, w_TK)
+
+
+@settings(max_examples=200, deadline=None)
+@given(routings())
+def test_a_budget_covering_every_used_expert_leaves_valid_rows_unchanged(case):
+    record, _, mode = case
+    used = int(record.used_E().sum())
+    budget = max(used, record.top_k)
+    for name in ("router-mass", "topk-frequency", "token-priority"):
+        record_with_depth = make_record(
+            record.router_logits_TE,
+            record.top_k,
+            valid_T=record.valid_T,
+            depth_T=torch.arange(record.num_tokens),
+            scoring=record.scoring,
+            renormalize=record.renormalize,
+            correction_bias_E=record.correction_bias_E,
+        )
+        out = get_policy(name).apply(record_with_depth, budget, mode=mode)
+        valid_T = record.valid_mask_T()  # padded rows may move into the kept set
+        assert torch.equal(out.topk_ids_TK[valid_T], record.topk_ids_TK[valid_T]), name
+        assert torch.equal(out.topk_weights_TK[valid_T], record.topk_weights_TK[valid_T]), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(routings(), st.randoms(use_true_random=False))
+def test_row_order_only_permutes_the_rows(case, rnd):
+    record, budget, mode = case
+    perm = list(range(record.num_tokens))
+    rnd.shuffle(perm)
+    perm_T = torch.tensor(perm)
+    shuffled = RoutingRecord(
+        record.router_logits_TE[perm_T],
+        record.topk_ids_TK[perm_T],
+        record.topk_weights_TK[perm_T],
+        valid_T=record.valid_T[perm_T],
+        scoring=record.scoring,
+        renormalize=record.renormalize,
+        correction_bias_E=record.correction_bias_E,
+    )
+    # A fixed kept set makes every row's rewrite independent of the others.
+    keep_E = torch.arange(record.num_experts) % 3 != 1
+    keep_E[0] = True
+    budget = max(budget, int(keep_E.sum()))
+    out = apply_budget(record, budget, keep_E, mode=mode)
+    out_shuffled = apply_budget(shuffled, budget, keep_E, mode=mode)
+    assert torch.equal(out_shuffled.topk_ids_TK, out.topk_ids_TK[perm_T])
+    assert torch.equal(out_shuffled.topk_weights_TK, out.topk_weights_TK[perm_T])
+    # Integer scores (topk-frequency) are order-independent too, kept set included.
+    freq = get_policy("topk-frequency")
+    a, b = freq.apply(record, budget, mode=mode), freq.apply(shuffled, budget, mode=mode)
+    assert torch.equal(a.keep_E, b.keep_E)
+    assert torch.equal(b.topk_ids_TK, a.topk_ids_TK[perm_T])

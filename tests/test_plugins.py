@@ -1,0 +1,297 @@
+"""Plugin discovery, the allow-list, and every way a plugin can be broken."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from moe_spec import PluginError, Policy, PolicyError, get_policy, hookimpl, list_policies
+from moe_spec.policies import reset_registry
+from moe_spec.policies.registry import default_registry
+from tests.conftest import make_record
+
+REPO = Path(__file__).resolve().parent.parent
+BUILTINS = {"none", "topk-frequency", "router-mass", "layer-adaptive", "token-priority"}
+
+
+def fake_distribution(root: Path, dist: str, module: str, source: str, ep_name: str) -> None:
+    """An installed distribution as importlib.metadata sees it: a module and a dist-info."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[moe_spec.policies]\n{ep_name} = {module}\n")
+
+
+PLUGIN_SOURCE = """
+    from moe_spec import Policy, hookimpl
+
+    class Even(Policy):
+        name = "{name}"
+        description = "even experts first"
+
+        def score(self, record):
+            import torch
+            return (torch.arange(record.num_experts) % 2 == 0).float()
+
+    @hookimpl
+    def register_policies(register):
+        register(Even)
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A directory on sys.path where tests install fake distributions."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def install(site: Path, dist: str, name: str, source: str | None = None) -> None:
+    module = dist.replace("-", "_")
+    fake_distribution(site, dist, module, source or PLUGIN_SOURCE.format(name=name), name)
+    reset_registry()
+
+
+def names() -> set[str]:
+    return {info.name for info in list_policies()}
+
+
+def test_builtins_are_registered_through_the_hook_with_their_origin():
+    infos = {info.name: info for info in list_policies()}
+    assert set(infos) >= BUILTINS
+    assert all(infos[name].origin == "built-in" for name in BUILTINS)
+    assert all(infos[name].description for name in BUILTINS)
+
+
+def test_register_policies_hook_receives_register_and_accepts_classes():
+    calls = []
+
+    class Plugin:
+        @hookimpl
+        def register_policies(self, register):
+            calls.append(register)
+            register(
+                type("Mine", (Policy,), {"name": "mine", "score": lambda s, r: r.router_mass_E()})
+            )
+
+    registry = default_registry({})
+    registry.add_plugin(Plugin(), "mine-plugin", "mine-plugin 0.1")
+    assert "mine" in registry.policies() and callable(calls[0])
+    policy = registry.get("mine")
+    assert policy.origin == "mine-plugin 0.1"
+    record = make_record(torch.randn(4, 8), 2)
+    assert policy.apply(record, 3).keep_E.sum() == 3
+
+
+def test_entry_point_plugins_are_discovered(site):
+    install(site, "moe-spec-even", "even-first")
+    info = {i.name: i for i in list_policies()}["even-first"]
+    assert info.origin.startswith("moe-spec-even 1.2.3 (entry point 'even-first'")
+    policy = get_policy("even-first")
+    assert policy.origin == info.origin
+    assert policy.score(make_record(torch.randn(3, 8), 2)).tolist() == [1.0, 0.0] * 4
+
+
+@pytest.mark.parametrize(
+    "allow, visible",
+    [
+        (None, True),  # unset: every installed plugin
+        ("moe-spec-even", True),  # by distribution name
+        ("even-first", True),  # by entry-point name
+        ("MOE_SPEC_EVEN", True),  # names are normalised like pip's
+        ("", False),  # set but empty: no plugins
+    ],
+)
+def test_allow_list(site, monkeypatch, allow, visible):
+    install(site, "moe-spec-even", "even-first")
+    if allow is not None:
+        monkeypatch.setenv("MOE_SPEC_PLUGINS", allow)
+    assert ("even-first" in names()) is visible
+    assert names() >= BUILTINS  # built-ins are always there
+
+
+def test_allow_list_naming_a_missing_plugin_is_an_error(site, monkeypatch):
+    install(site, "moe-spec-even", "even-first")
+    monkeypatch.setenv("MOE_SPEC_PLUGINS", "even-first,typo-policy")
+    with pytest.raises(
+        PluginError, match=r"MOE_SPEC_PLUGINS names typo-policy.*installed entry points: even-first"
+    ):
+        list_policies()
+
+
+def test_autoload_can_be_disabled(site, monkeypatch):
+    install(site, "moe-spec-even", "even-first")
+    monkeypatch.setenv("MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "even-first" not in names() and names() >= BUILTINS
+
+
+def test_a_plugin_that_fails_to_import_is_named(site):
+    install(site, "moe-spec-broken", "broken", "import not_a_module_anywhere\n")
+    with pytest.raises(
+        PluginError,
+        match=r"plugin moe-spec-broken 1.2.3 \(entry point 'broken'.*failed to import"
+        r".*not_a_module_anywhere",
+    ):
+        list_policies()
+
+
+def test_a_plugin_that_raises_while_registering_is_named(site):
+    source = """
+        from moe_spec import hookimpl
+
+        @hookimpl
+        def register_policies(register):
+            raise RuntimeError("boom")
+    """
+    install(site, "moe-spec-raises", "raises", source)
+    with pytest.raises(
+        PluginError,
+        match=r"plugin moe-spec-raises 1.2.3 .* failed in register_policies: "
+        r"RuntimeError\('boom'\)",
+    ):
+        list_policies()
+
+
+@pytest.mark.parametrize(
+    "registered, message",
+    [
+        ("int", r"registered <class 'int'>, which is not a subclass of moe_spec.Policy"),
+        ("Policy", r"registered Policy with name ''; a policy name is lower-case"),
+        ("BadName", r"registered BadName with name 'Bad Name'"),
+    ],
+)
+def test_registering_something_invalid_is_named(registered, message):
+    class BadName(Policy):
+        name = "Bad Name"
+
+    things = {"int": int, "Policy": Policy, "BadName": BadName}
+    plugin = SimpleNamespace(
+        register_policies=hookimpl(lambda register: register(things[registered]))
+    )
+    registry = default_registry({})
+    registry.add_plugin(plugin, "bad", "bad-plugin 9.9")
+    with pytest.raises(PluginError, match=r"plugin bad-plugin 9.9 " + message):
+        registry.policies()
+
+
+def test_two_plugins_claiming_one_name_are_both_named(site):
+    install(site, "moe-spec-a", "router-mass")
+    with pytest.raises(
+        PluginError, match=r"'router-mass' is registered twice: by built-in and by moe-spec-a 1.2.3"
+    ):
+        list_policies()
+
+
+def test_unknown_policy_lists_the_available_ones():
+    with pytest.raises(
+        PolicyError,
+        match=r"unknown policy 'route-mass'; available: layer-adaptive, none, router-mass, "
+        r"token-priority, topk-frequency",
+    ):
+        get_policy("route-mass")
+
+
+class Misbehaving(Policy):
+    """A policy whose outputs are set by the test."""
+
+    name = "misbehaving"
+
+    def __init__(self, scores=None, keep=None):
+        self.scores, self.kept = scores, keep
+
+    def score(self, record):
+        return self.scores
+
+    def keep(self, record, budget):
+        return self.kept if self.kept is not None else super().keep(record, budget)
+
+
+def misbehaving(**outputs) -> Policy:
+    plugin = SimpleNamespace(register_policies=hookimpl(lambda register: register(Misbehaving)))
+    registry = default_registry({})
+    registry.add_plugin(plugin, "mis", "moe-spec-mis 0.0.1")
+    return registry.get("misbehaving", **outputs)
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (
+            {"scores": torch.ones(5)},
+            r"score\(\) returned shape \(5,\); expected a tensor of shape \[E=8\]",
+        ),
+        ({"scores": [1.0] * 8}, r"score\(\) returned shape <class 'list'>"),
+        ({"scores": torch.full((8,), float("nan"))}, r"score\(\) returned NaN or inf"),
+        (
+            {"keep": torch.tensor([0, 9])},
+            r"keep\(\) returned expert ids \[0, 9\]; ids must be in \[0, E=8\)",
+        ),
+        ({"keep": torch.tensor([-1])}, r"keep\(\) returned expert ids \[-1\]; ids must be in"),
+        (
+            {"keep": torch.ones(8, dtype=torch.bool)},
+            r"keep\(\) kept 8 experts; allowed: 1 to budget B=3",
+        ),
+        ({"keep": torch.zeros(8, dtype=torch.bool)}, r"keep\(\) kept 0 experts"),
+        (
+            {"keep": torch.ones(4, dtype=torch.bool)},
+            r"keep\(\) returned a mask of shape \(4,\); expected \[E=8\]",
+        ),
+        ({"keep": torch.ones(8)}, r"keep\(\) returned torch.float32 of shape \(8,\)"),
+        ({"keep": [1, 2]}, r"keep\(\) returned list; expected a tensor"),
+    ],
+)
+def test_malformed_policy_outputs_name_the_plugin(outputs, message):
+    record = make_record(torch.randn(4, 8), 2)
+    with pytest.raises(
+        PolicyError, match=r"policy 'misbehaving' \(from moe-spec-mis 0.0.1\): " + message
+    ):
+        misbehaving(**outputs).apply(record, 3)
+
+
+def test_keep_may_return_expert_ids():
+    record = make_record(torch.randn(4, 8), 2)
+    out = misbehaving(keep=torch.tensor([6, 2])).apply(record, 3)
+    assert out.keep_E.nonzero().flatten().tolist() == [2, 6]
+    assert set(out.topk_ids_TK.flatten().tolist()) <= {2, 6}
+
+
+def test_example_plugin_package_installs_and_is_discovered(tmp_path, monkeypatch):
+    """pip-installs examples/shallow_first_policy and finds it through its entry point."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "examples" / "shallow_first_policy"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.syspath_prepend(str(target))
+    reset_registry()
+    info = {i.name: i for i in list_policies()}["shallow-first"]
+    assert info.origin.startswith("moe-spec-shallow-first 0.1.0")
+    # Root (depth 0) picks expert 7, which has the least mass of all: still kept.
+    probs_TE = torch.full((5, 8), 0.01)
+    probs_TE[0, 7] = 0.5
+    probs_TE[1:, :3] = 0.3
+    record = make_record(probs_TE.log(), 1, depth_T=torch.tensor([0, 2, 2, 3, 3]))
+    assert get_policy("router-mass").apply(record, 1).keep_E.nonzero().flatten().tolist() == [0]
+    assert get_policy("shallow-first").apply(record, 1).keep_E.nonzero().flatten().tolist() == [7]
+    monkeypatch.setenv("MOE_SPEC_PLUGINS", "")
+    reset_registry()
+    assert "shallow-first" not in names()
