@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from moe_spec.budget import MODES
+from moe_spec.budget import MODES, check_budget
 from moe_spec.policies import PluginError, PolicyError, list_policies
 
 BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "token-priority")
@@ -39,6 +39,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         trace = synthetic_trace(tree_size=args.tree_size, seed=args.seed)
     L, T, E = trace.router_logits_LTE.shape
+    for budget in args.budgets:
+        check_budget(budget, trace.top_k, E)
     print(f"Routing trace: {trace.source}")
     print(f"{L} MoE layers, {E} experts, top-{trace.top_k}, {T} tree tokens; mode: {args.mode}\n")
     rows = compare(trace, args.policies, args.budgets, args.mode)
