@@ -121,6 +121,17 @@ def test_a_budget_covering_every_used_expert_leaves_valid_rows_unchanged(case):
 @given(routings(), st.randoms(use_true_random=False))
 def test_row_order_only_permutes_the_rows(case, rnd):
     record, budget, mode = case
+    # torch's vectorised CPU kernels may round an element differently depending on where it
+    # sits in memory (1 ulp), which can flip an exact tie: spread the logits so none is exact.
+    spread_TE = record.router_logits_TE + 1e-3 * torch.arange(record.num_experts)
+    record = make_record(
+        spread_TE,
+        record.top_k,
+        valid_T=record.valid_T,
+        scoring=record.scoring,
+        renormalize=record.renormalize,
+        correction_bias_E=record.correction_bias_E,
+    )
     perm = list(range(record.num_tokens))
     rnd.shuffle(perm)
     perm_T = torch.tensor(perm)
@@ -140,7 +151,7 @@ def test_row_order_only_permutes_the_rows(case, rnd):
     out = apply_budget(record, budget, keep_E, mode=mode)
     out_shuffled = apply_budget(shuffled, budget, keep_E, mode=mode)
     assert torch.equal(out_shuffled.topk_ids_TK, out.topk_ids_TK[perm_T])
-    assert torch.equal(out_shuffled.topk_weights_TK, out.topk_weights_TK[perm_T])
+    torch.testing.assert_close(out_shuffled.topk_weights_TK, out.topk_weights_TK[perm_T])
     # Integer scores (topk-frequency) are order-independent too, kept set included.
     freq = get_policy("topk-frequency")
     a, b = freq.apply(record, budget, mode=mode), freq.apply(shuffled, budget, mode=mode)
