@@ -21,12 +21,12 @@ demo: venv
 	$(BIN)/moe-spec demo
 
 test: venv
-	$(BIN)/ruff check moe_spec tests examples
+	$(BIN)/ruff check moe_spec tests examples bench
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check moe_spec tests examples
-	$(BIN)/ruff format --check moe_spec tests examples
+	$(BIN)/ruff check moe_spec tests examples bench
+	$(BIN)/ruff format --check moe_spec tests examples bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -26,6 +26,8 @@ from moe_spec.budget import (
     select_kept,
     validation_enabled,
 )
+from moe_spec.kernels.budget_select_torch import ScoreRule
+from moe_spec.kernels.dispatch import choose_backend
 from moe_spec.routing import RoutingRecord, check_values
 
 
@@ -64,6 +66,24 @@ class Policy:
         scores_E = self.checked_scores(record)
         return select_kept(scores_E, budget, record.used_E())
 
+    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
+        """:meth:`score` as a rule the fused budget-selection kernel computes, or None.
+
+        When not None and the kernels run on Triton (CUDA, or forced with
+        ``MOE_SPEC_KERNELS=triton``), :meth:`apply` scores, keeps and re-routes in
+        two kernel launches instead of :meth:`keep` + :func:`apply_budget`.
+        """
+        return None
+
+    def scores_as(self, owner: type[Policy]) -> bool:
+        """Whether this object scores and keeps exactly as class ``owner`` does.
+
+        A subclass that overrides ``score`` or ``keep`` no longer matches the
+        owner's :meth:`fused_rule`, so the fused path must not be used for it.
+        """
+        cls = type(self)
+        return cls.score is owner.score and cls.keep is owner.keep
+
     def apply(
         self,
         record: RoutingRecord,
@@ -80,11 +100,27 @@ class Policy:
         validating = validation_enabled(record.topk_ids_TK, self.validate)
         if validating:
             check_values(record)
-        keep = self.keep(record, budget) if budget < record.num_experts else None
+        budgeting = budget < record.num_experts
+        if budgeting and choose_backend(record.router_logits_TE.device) == "triton":
+            rule = self.fused_rule(record)
+            if rule is not None:
+                return self.apply_fused(record, budget, rule, mode, validating)
+        keep = self.keep(record, budget) if budgeting else None
         if keep is None:
             return apply_budget(record, record.num_experts, mode=mode, validate=False)
         keep_E = self.checked_keep(keep, record, budget, validating)
         return apply_budget(record, budget, keep_E, mode=mode, validate=False)
+
+    def apply_fused(
+        self, record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode, validating: bool
+    ) -> BudgetedTopK:
+        """Score, keep and re-route with the Triton budget-selection kernel (two launches)."""
+        from moe_spec.kernels.budget_select_triton import select_budget_triton
+
+        budgeted, scores_E = select_budget_triton(record, budget, rule, mode)
+        if validating and not bool(torch.isfinite(scores_E).all()):
+            raise self.error(f"score() returned NaN or inf: {scores_E.tolist()[:8]}...")
+        return budgeted
 
     def checked_keep(
         self, keep: torch.Tensor, record: RoutingRecord, budget: int, check_values: bool

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from moe_spec.budget import select_kept
+from moe_spec.kernels.budget_select_torch import ScoreRule
 from moe_spec.policies.base import Policy, PolicyError
 from moe_spec.policies.hookspecs import hookimpl
 from moe_spec.routing import RoutingRecord
@@ -40,6 +41,9 @@ class TopKFrequency(Policy):
     def score(self, record: RoutingRecord) -> torch.Tensor:
         return (record.topk_hits_TE() & record.valid_mask_T()[:, None]).sum(dim=0).float()
 
+    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
+        return ScoreRule("frequency") if self.scores_as(TopKFrequency) else None
+
 
 class RouterMass(Policy):
     """``router-mass``: ``score[e] = sum_t v[t] * p[t, e]`` (the MoE-Spec paper's ranking).
@@ -53,6 +57,9 @@ class RouterMass(Policy):
 
     def score(self, record: RoutingRecord) -> torch.Tensor:
         return record.router_mass_E()
+
+    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
+        return ScoreRule("mass") if self.scores_as(RouterMass) else None
 
 
 class LayerAdaptive(Policy):
@@ -124,20 +131,30 @@ class TokenPriority(Policy):
         self.decay = float(decay)
 
     def score(self, record: RoutingRecord) -> torch.Tensor:
+        score_E = record.router_mass_E(self.accept_T(record))
+        root_E = (record.topk_hits_TE() & self.root_T(record)[:, None]).any(dim=0)
+        return score_E + root_E * (score_E.sum() + 1.0)
+
+    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
+        if not self.scores_as(TokenPriority):
+            return None
+        return ScoreRule("mass", self.accept_T(record), self.root_T(record))
+
+    def accept_T(self, record: RoutingRecord) -> torch.Tensor:
+        """fp32 ``[T]``: ``a[t]``, from path log-probabilities, else from depth."""
         if record.path_logprob_T is not None:
-            accept_T = torch.exp(record.path_logprob_T.float().clamp(max=0.0))
-        elif record.depth_T is not None:
-            accept_T = torch.pow(self.decay, record.depth_T.float())
-        else:
-            raise self.error("needs depth_T or path_logprob_T in the routing record")
-        score_E = record.router_mass_E(accept_T)
+            return torch.exp(record.path_logprob_T.float().clamp(max=0.0))
+        if record.depth_T is not None:
+            return torch.pow(self.decay, record.depth_T.float())
+        raise self.error("needs depth_T or path_logprob_T in the routing record")
+
+    def root_T(self, record: RoutingRecord) -> torch.Tensor:
+        """bool ``[T]``: the valid root rows (depth 0; row 0 when no depth is given)."""
         if record.depth_T is not None:
             root_T = record.depth_T == 0
         else:
-            root_T = torch.arange(record.num_tokens, device=score_E.device) == 0
-        root_T = root_T & record.valid_mask_T()
-        root_E = (record.topk_hits_TE() & root_T[:, None]).any(dim=0)
-        return score_E + root_E * (score_E.sum() + 1.0)
+            root_T = torch.arange(record.num_tokens, device=record.router_logits_TE.device) == 0
+        return root_T & record.valid_mask_T()
 
 
 BUILTIN_POLICIES: tuple[type[Policy], ...] = (

@@ -1,0 +1,73 @@
+"""Budget selection in plain torch: the reference the Triton kernel must equal.
+
+Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
+
+A :class:`ScoreRule` names what a built-in policy scores experts by, in the
+form the fused kernel computes it: ``score[e] = sum_t v[t] * a[t] * x[t, e]``
+with ``x`` the top-k hit (``"frequency"``) or the routing probability
+(``"mass"``), ``a`` an optional per-token weight, plus a bonus above every
+other score for the experts of optional ``root_T`` rows. The reference below is
+exactly what the policies do on CPU: the record's own score helpers, then
+:func:`moe_spec.budget.select_kept` and :func:`moe_spec.budget.apply_budget`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from moe_spec.budget import BudgetedTopK, Mode, apply_budget, select_kept
+from moe_spec.routing import RoutingRecord
+
+ScoreKind = Literal["frequency", "mass"]
+SCORE_KINDS: tuple[str, ...] = ("frequency", "mass")
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """How to score experts: ``sum_t v[t] * a[t] * x[t, e]`` (+ root bonus).
+
+    Attributes:
+        kind: ``"frequency"`` (x = 1 if e in topk(t)) or ``"mass"`` (x = p[t, e]).
+        weight_T: optional per-token weight ``a[t]`` (float ``[T]``).
+        root_T: optional bool ``[T]``: experts in these rows' top-k rank above all
+            others (already restricted to valid rows by the caller).
+    """
+
+    kind: ScoreKind
+    weight_T: torch.Tensor | None = None
+    root_T: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCORE_KINDS:
+            raise ValueError(f"score kind is {self.kind!r}; allowed: {', '.join(SCORE_KINDS)}")
+
+
+def score_experts_torch(record: RoutingRecord, rule: ScoreRule) -> torch.Tensor:
+    """fp32 ``[E]``: the rule's expert scores, computed as the built-in policies do."""
+    if rule.kind == "mass":
+        score_E = record.router_mass_E(rule.weight_T)
+    else:
+        hits_TE = record.topk_hits_TE() & record.valid_mask_T()[:, None]
+        if rule.weight_T is None:
+            score_E = hits_TE.sum(dim=0).float()
+        else:
+            score_E = (hits_TE * rule.weight_T.float()[:, None]).sum(dim=0)
+    if rule.root_T is not None:
+        root_E = (record.topk_hits_TE() & rule.root_T[:, None]).any(dim=0)
+        score_E = score_E + root_E * (score_E.sum() + 1.0)
+    return score_E
+
+
+def select_budget_torch(
+    record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode = "substitution"
+) -> tuple[BudgetedTopK, torch.Tensor]:
+    """Score, keep the best ``budget`` (used experts first, lower id on ties), rewrite top-k.
+
+    Returns ``(BudgetedTopK, scores_E)``. No value checks (the caller's policy does them).
+    """
+    scores_E = score_experts_torch(record, rule)
+    keep_E = select_kept(scores_E, budget, record.used_E())
+    return apply_budget(record, budget, keep_E, mode=mode, validate=False), scores_E

@@ -1,0 +1,253 @@
+"""Budget selection in Triton: scores, kept set and rewritten top-k in two launches.
+
+Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
+
+1. ``score_keep_kernel`` (one program): per-expert scores of a
+   :class:`~moe_spec.kernels.budget_select_torch.ScoreRule` over valid rows,
+   the used-expert mask, then each expert's rank (used experts first, higher
+   score first, lower id on ties) and the kept mask ``rank < B``.
+2. ``rewrite_topk_kernel`` (one program per block of rows): every row that
+   lost an expert is re-routed inside the kept set (substitution or
+   truncation, as :func:`moe_spec.budget.apply_budget`); other rows are copied
+   bit for bit.
+
+Static shapes, no host synchronisation: CUDA-graph capturable. Scores sum in
+a different order than torch does, so on real data a near-tie within float
+rounding could rank differently from the torch path; exact ties (equal
+logits, equal counts) resolve the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from moe_spec.budget import BudgetedTopK, Mode
+from moe_spec.kernels.budget_select_torch import ScoreRule
+from moe_spec.routing import RoutingRecord
+
+RANK_CHUNK = 16  # experts ranked at a time (an [RANK_CHUNK, E] comparison)
+
+
+@triton.jit
+def routing_gates(logits, e_ok, SIGMOID: tl.constexpr):
+    """fp32 gates of a ``[rows, BLOCK_E]`` logit tile: softmax or sigmoid; 0 off the E columns."""
+    if SIGMOID:
+        gates = tl.where(e_ok[None, :], tl.sigmoid(logits), 0.0)
+    else:
+        shifted = tl.where(e_ok[None, :], logits, float("-inf"))
+        ex = tl.exp(shifted - tl.max(shifted, axis=1)[:, None])
+        gates = ex / tl.sum(ex, axis=1)[:, None]
+    return gates
+
+
+@triton.jit
+def load_logits(logits_ptr, t, t_ok, offs_e, e_ok, stride_lt):
+    ptrs = logits_ptr + t.to(tl.int64)[:, None] * stride_lt + offs_e[None, :]
+    return tl.load(ptrs, mask=t_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def score_keep_kernel(
+    logits_ptr,
+    ids_ptr,
+    valid_ptr,
+    weight_ptr,
+    root_ptr,
+    scores_ptr,
+    used_ptr,
+    keep_ptr,
+    T,
+    E,
+    budget,
+    stride_lt,
+    stride_it,
+    K: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    RANK_CHUNK: tl.constexpr,
+    MASS: tl.constexpr,
+    SIGMOID: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_ROOT: tl.constexpr,
+):
+    """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer."""
+    offs_e = tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    score_E = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    used_E = tl.zeros((BLOCK_E,), dtype=tl.int32)
+    root_E = tl.zeros((BLOCK_E,), dtype=tl.int32)
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = t < T
+        valid_T = (tl.load(valid_ptr + t, mask=t_ok, other=0) != 0) & t_ok
+        hits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.int32)
+        for k in tl.static_range(K):
+            ids_k = tl.load(ids_ptr + t.to(tl.int64) * stride_it + k, mask=t_ok, other=-1)
+            hits = tl.where(ids_k[:, None] == offs_e[None, :], 1, hits)
+        valid_hits = tl.where(valid_T[:, None], hits, 0)
+        used_E = tl.maximum(used_E, tl.max(valid_hits, axis=0))
+        if MASS:
+            logits = load_logits(logits_ptr, t, t_ok, offs_e, e_ok, stride_lt)
+            x = routing_gates(logits, e_ok, SIGMOID)
+            if SIGMOID:  # normalised per token, as RoutingRecord.routing_probs_TE
+                x = x / tl.maximum(tl.sum(x, axis=1), 1e-20)[:, None]
+        else:
+            x = valid_hits.to(tl.float32)
+        if HAS_WEIGHT:
+            x = x * tl.load(weight_ptr + t, mask=t_ok, other=0.0).to(tl.float32)[:, None]
+        score_E += tl.sum(tl.where(valid_T[:, None], x, 0.0), axis=0)
+        if HAS_ROOT:
+            root_T = (tl.load(root_ptr + t, mask=t_ok, other=0) != 0) & t_ok
+            root_E = tl.maximum(root_E, tl.max(tl.where(root_T[:, None], hits, 0), axis=0))
+    if HAS_ROOT:
+        bonus = tl.sum(tl.where(e_ok, score_E, 0.0), axis=0) + 1.0
+        score_E = tl.where(root_E != 0, score_E + bonus, score_E)
+    tl.store(scores_ptr + offs_e, score_E, mask=e_ok)
+    tl.store(used_ptr + offs_e, used_E, mask=e_ok)
+    tl.debug_barrier()
+    for c0 in tl.static_range(0, BLOCK_E, RANK_CHUNK):
+        i = c0 + tl.arange(0, RANK_CHUNK)
+        i_ok = i < E
+        s_i = tl.load(scores_ptr + i, mask=i_ok, other=0.0)
+        u_i = tl.load(used_ptr + i, mask=i_ok, other=0)
+        higher = (score_E[None, :] > s_i[:, None]) | (
+            (score_E[None, :] == s_i[:, None]) & (offs_e[None, :] < i[:, None])
+        )
+        ahead = (used_E[None, :] > u_i[:, None]) | ((used_E[None, :] == u_i[:, None]) & higher)
+        ahead = ahead & e_ok[None, :]
+        rank = tl.sum(ahead.to(tl.int32), axis=1)
+        tl.store(keep_ptr + i, (rank < budget).to(tl.int8), mask=i_ok)
+
+
+@triton.jit
+def rewrite_topk_kernel(
+    logits_ptr,
+    ids_ptr,
+    weights_ptr,
+    bias_ptr,
+    keep_ptr,
+    out_ids_ptr,
+    out_weights_ptr,
+    T,
+    E,
+    stride_lt,
+    stride_it,
+    stride_wt,
+    K: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SIGMOID: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    TRUNCATE: tl.constexpr,
+):
+    """Re-route the rows of one block that lost an expert; copy the others unchanged."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < T
+    offs_e = tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    offs_k = tl.arange(0, BLOCK_K)
+    k_ok = offs_k < K
+    keep_E = (tl.load(keep_ptr + offs_e, mask=e_ok, other=0) != 0) & e_ok
+    n_kept = tl.sum(keep_E.to(tl.int32), axis=0)
+    tk_ok = t_ok[:, None] & k_ok[None, :]
+    ids = tl.load(
+        ids_ptr + t.to(tl.int64)[:, None] * stride_it + offs_k[None, :], mask=tk_ok, other=0
+    )
+    weights = tl.load(
+        weights_ptr + t.to(tl.int64)[:, None] * stride_wt + offs_k[None, :], mask=tk_ok, other=0.0
+    )
+    id_ok = tk_ok & (ids >= 0) & (ids < E)
+    kept_TK = (tl.load(keep_ptr + ids, mask=id_ok, other=0) != 0) | ~k_ok[None, :]
+    affected_T = tl.min(kept_TK.to(tl.int32), axis=1) == 0
+    gates = routing_gates(load_logits(logits_ptr, t, t_ok, offs_e, e_ok, stride_lt), e_ok, SIGMOID)
+    choice = gates
+    if HAS_BIAS:
+        choice = choice + tl.load(bias_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)[None, :]
+    choice = tl.where(keep_E[None, :], choice, float("-inf"))
+    best_T = first_argmax(choice, offs_e, BLOCK_E)
+    if TRUNCATE:
+        new_w = tl.where(kept_TK, weights.to(tl.float32), 0.0)
+        lost_all_T = tl.max(kept_TK.to(tl.int32) * k_ok[None, :], axis=1) == 0
+        fallback_T = tl.sum(tl.where(offs_e[None, :] == best_T[:, None], gates, 0.0), axis=1)
+        first_slot = lost_all_T[:, None] & (offs_k[None, :] == 0)
+        new_w = tl.where(first_slot, fallback_T[:, None], new_w)
+        new_ids = tl.where(kept_TK, ids, best_T[:, None])
+    else:
+        new_ids = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
+        new_w = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
+        taken = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.int1)
+        for k in tl.static_range(K):
+            pick_T = first_argmax(tl.where(taken, float("-inf"), choice), offs_e, BLOCK_E)
+            is_pick = offs_e[None, :] == pick_T[:, None]
+            taken = taken | is_pick
+            slot_ok = k < n_kept
+            w_T = tl.where(slot_ok, tl.sum(tl.where(is_pick, gates, 0.0), axis=1), 0.0)
+            id_T = tl.where(slot_ok, pick_T, best_T)
+            new_ids = tl.where(offs_k[None, :] == k, id_T[:, None], new_ids)
+            new_w = tl.where(offs_k[None, :] == k, w_T[:, None], new_w)
+    if RENORMALIZE:
+        new_w = tl.where(k_ok[None, :], new_w, 0.0)
+        new_w = new_w / tl.maximum(tl.sum(new_w, axis=1), 1e-20)[:, None]
+    out_ids = tl.where(affected_T[:, None], new_ids.to(ids.dtype), ids)
+    out_w = tl.where(affected_T[:, None], new_w.to(weights.dtype), weights)
+    out_offs = t.to(tl.int64)[:, None] * K + offs_k[None, :]
+    tl.store(out_ids_ptr + out_offs, out_ids, mask=tk_ok)
+    tl.store(out_weights_ptr + out_offs, out_w, mask=tk_ok)
+
+
+@triton.jit
+def first_argmax(values, offs_e, BLOCK_E: tl.constexpr):
+    """Per row of ``[rows, BLOCK_E]``: the lowest column holding the row's maximum."""
+    row_max = tl.max(values, axis=1)
+    candidates = tl.where(values == row_max[:, None], offs_e[None, :], BLOCK_E)
+    return tl.min(candidates, axis=1)
+
+
+def select_budget_triton(
+    record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode = "substitution"
+) -> tuple[BudgetedTopK, torch.Tensor]:
+    """The Triton twin of :func:`~moe_spec.kernels.budget_select_torch.select_budget_torch`.
+
+    ``budget`` must satisfy ``top-k <= budget < E`` (callers return the input for
+    ``budget >= E``). Returns ``(BudgetedTopK, scores_E)``; output ids and
+    weights keep the input dtypes and are contiguous ``[T, K]``.
+    """
+    T, E, K = record.num_tokens, record.num_experts, record.top_k
+    device = record.router_logits_TE.device
+    logits_TE = record.router_logits_TE.contiguous()
+    ids_TK = record.topk_ids_TK.contiguous()
+    weights_TK = record.topk_weights_TK.contiguous()
+    valid_T = record.valid_mask_T().contiguous().view(torch.int8)
+    weight_T = rule.weight_T.contiguous() if rule.weight_T is not None else logits_TE
+    root_T = rule.root_T.contiguous().view(torch.int8) if rule.root_T is not None else valid_T
+    bias_E = record.correction_bias_E
+    bias_E = bias_E.contiguous() if bias_E is not None else logits_TE
+    scores_E = torch.empty(E, dtype=torch.float32, device=device)
+    used_E = torch.empty(E, dtype=torch.int32, device=device)
+    keep_E = torch.empty(E, dtype=torch.int8, device=device)
+    block_e = max(triton.next_power_of_2(E), RANK_CHUNK)
+    block_t = max(min(triton.next_power_of_2(T), 16), 2)
+    sigmoid = record.scoring == "sigmoid"
+    score_keep_kernel[(1,)](
+        logits_TE, ids_TK, valid_T, weight_T, root_T, scores_E, used_E, keep_E,
+        T, E, budget, logits_TE.stride(0), ids_TK.stride(0),
+        K=K, BLOCK_T=block_t, BLOCK_E=block_e, RANK_CHUNK=RANK_CHUNK,
+        MASS=rule.kind == "mass", SIGMOID=sigmoid,
+        HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
+        num_warps=4 if block_e <= 128 else 8,
+    )  # fmt: skip
+    out_ids_TK = torch.empty_like(ids_TK)
+    out_weights_TK = torch.empty_like(weights_TK)
+    rewrite_topk_kernel[(triton.cdiv(T, block_t),)](
+        logits_TE, ids_TK, weights_TK, bias_E, keep_E, out_ids_TK, out_weights_TK,
+        T, E, logits_TE.stride(0), ids_TK.stride(0), weights_TK.stride(0),
+        K=K, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(K),
+        SIGMOID=sigmoid, HAS_BIAS=record.correction_bias_E is not None,
+        RENORMALIZE=record.renormalize, TRUNCATE=mode == "truncation",
+        num_warps=4 if block_e <= 128 else 8,
+    )  # fmt: skip
+    return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.bool()), scores_E
