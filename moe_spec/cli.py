@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from moe_spec.budget import MODES, check_budget
-from moe_spec.policies import PluginError, PolicyError, list_policies
+from moe_spec.policies import PluginError, PolicyError, get_policy, list_policies
 
 BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "token-priority")
 
@@ -30,7 +31,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_trace_demo(args: argparse.Namespace) -> int:
     from moe_spec.compare import compare, format_table
     from moe_spec.trace import load_trace, synthetic_trace
 
@@ -51,6 +52,128 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "all routing probability on kept experts;\ntop-k kept: share of the model's top-k weight "
         "whose expert survived; re-routed: share of tokens whose routing changed;\nroot hit: "
         "layers in which the root token (always accepted) was re-routed."
+    )
+    return 0
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder (default: the shipped one)"
+    )
+    p.add_argument("--width", type=int, default=4, help="tree: children per expanded node")
+    p.add_argument("--depth", type=int, default=6, help="tree: draft steps below the root")
+    p.add_argument("--num-tokens", type=int, default=32, help="tree tokens verified per step")
+    p.add_argument("--mode", choices=MODES, default="substitution")
+
+
+def load_engine(args: argparse.Namespace):
+    from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
+    from moe_spec.engine.generate import Engine
+
+    return Engine(load_checkpoint(args.checkpoint or SHIPPED))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from moe_spec.engine.demo import (
+        demo_configs,
+        format_table,
+        held_out_prompts,
+        run_demo,
+        write_outputs,
+    )
+    from moe_spec.engine.generate import SpecConfig
+
+    started = time.perf_counter()
+    engine = load_engine(args)
+    cfg = engine.config
+    for budget in args.budgets:
+        check_budget(budget, cfg.top_k, cfg.n_experts)
+    spec = SpecConfig(
+        width=args.width, depth=args.depth, num_tokens=args.num_tokens, mode=args.mode
+    )
+    configs = demo_configs(args.budgets, args.policies, spec)
+    for _, config in configs[1:]:
+        get_policy(config.policy)  # unknown policies fail before any work
+    prompts = held_out_prompts()
+    print(
+        f"Model: {engine.config.n_layers} MoE layers x {cfg.n_experts} experts (top-{cfg.top_k}), "
+        f"trained on the CPython standard library; checkpoint {args.checkpoint or 'shipped'}"
+    )
+    print(
+        f"{len(prompts)} held-out prompts, greedy, {args.max_new_tokens} new tokens each; tree: "
+        f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}; mode: {spec.mode}\n"
+    )
+    rows = run_demo(
+        engine,
+        prompts,
+        configs,
+        args.max_new_tokens,
+        progress=lambda label: print(f"  ran {label}", file=sys.stderr),
+    )
+    print(format_table(rows))
+    meta = {
+        "title": f"moe-spec demo: {len(prompts)} held-out prompts, {spec.num_tokens}-token tree",
+        "spec": {
+            "width": spec.width,
+            "depth": spec.depth,
+            "num_tokens": spec.num_tokens,
+            "mode": spec.mode,
+        },
+        "max_new_tokens": args.max_new_tokens,
+    }
+    json_path, png_path = write_outputs(rows, Path(args.out), meta)
+    print(
+        "\naccept: tokens committed per verify step (bonus included); experts/layer: distinct "
+        "experts per layer per verify step, before->after the budget;\npath floor: distinct "
+        "experts of the accepted path alone; MB/token: modeled expert bytes read per generated "
+        "token (bf16);\nagree: share of tokens identical to the unbudgeted greedy output; first "
+        "divergence: per prompt, '-' if identical."
+    )
+    print(f"\nwrote {json_path} and {png_path} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from moe_spec.engine.generate import SpecConfig
+
+    engine = load_engine(args)
+    spec = SpecConfig(
+        width=args.width,
+        depth=args.depth,
+        num_tokens=args.num_tokens,
+        mode=args.mode,
+        policy=args.policy,
+        budget=args.budget,
+        temperature=args.temperature,
+    )
+    result = engine.generate_speculative(
+        engine.encode(args.prompt), args.max_new_tokens, spec, seed=args.seed
+    )
+    print(args.prompt + engine.decode(result.tokens))
+    print(
+        f"\n[{len(result.tokens)} tokens, {result.tokens_per_second:.1f} tok/s, acceptance "
+        f"length {result.acceptance_length:.2f}, policy {spec.label}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from moe_spec.engine.train import TrainConfig, train_all
+
+    cfg = TrainConfig()
+    if args.target_steps is not None:
+        cfg = replace(cfg, target_steps=args.target_steps)
+    if args.draft_steps is not None:
+        cfg = replace(cfg, draft_steps=args.draft_steps)
+    training = train_all(Path(args.out), cfg)
+    print(
+        f"wrote {args.out}: held-out loss {training['held_out_loss_nats']:.3f} nats/token, "
+        f"{training['times']['total_s'] / 60:.1f} min"
     )
     return 0
 
@@ -79,14 +202,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policies", help="list installed budgeting policies and their origin")
     p.set_defaults(func=cmd_policies)
 
-    p = sub.add_parser("demo", help="compare the built-in policies on a routing trace")
+    p = sub.add_parser(
+        "demo", help="held-out prompts: autoregressive vs speculative decoding vs policies"
+    )
+    add_engine_args(p)
+    p.add_argument("--budgets", type=parse_int_list, default=[8, 16], help="default: 8,16")
+    p.add_argument("--policies", type=lambda s: s.split(","), default=list(BUILTIN_DEMO_POLICIES))
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", default="out/demo", help="folder for results.json and demo.png")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="complete one prompt with the reference engine")
+    add_engine_args(p)
+    p.add_argument("prompt", help="text to complete")
+    p.add_argument("--policy", default="none")
+    p.add_argument("--budget", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train tokenizer, MoE target and EAGLE draft from scratch")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--target-steps", type=int, default=None, help="default: TrainConfig's")
+    p.add_argument("--draft-steps", type=int, default=None, help="default: TrainConfig's")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("trace-demo", help="compare the built-in policies on a routing trace")
     p.add_argument("--trace", help="a trace file (safetensors) instead of a synthetic trace")
     p.add_argument("--budgets", type=parse_int_list, default=[16, 32], help="default: 16,32")
     p.add_argument("--mode", choices=MODES, default="substitution")
     p.add_argument("--policies", type=lambda s: s.split(","), default=list(BUILTIN_DEMO_POLICIES))
     p.add_argument("--tree-size", type=int, default=32, help="synthetic trace: tree tokens")
     p.add_argument("--seed", type=int, default=0, help="synthetic trace: seed")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_trace_demo)
 
     p = sub.add_parser("trace", help="write a synthetic routing trace to a safetensors file")
     p.add_argument("--out", required=True)

@@ -16,8 +16,10 @@ def test_policies_lists_every_builtin_with_its_origin(capsys):
         assert "built-in" in line
 
 
-def test_demo_prints_one_row_per_policy_and_budget_and_names_its_trace(capsys):
-    assert main(["demo", "--tree-size", "12", "--budgets", "10,16", "--mode", "truncation"]) == 0
+def test_trace_demo_prints_one_row_per_policy_and_budget_and_names_its_trace(capsys):
+    assert (
+        main(["trace-demo", "--tree-size", "12", "--budgets", "10,16", "--mode", "truncation"]) == 0
+    )
     out = capsys.readouterr().out
     assert "synthetic routing" in out and "not recorded from a model" in out
     rows = [
@@ -37,24 +39,24 @@ def test_demo_prints_one_row_per_policy_and_budget_and_names_its_trace(capsys):
         assert len(per_layer) == 16 and max(per_layer) <= int(r[1])
 
 
-def test_demo_reads_a_trace_file(tmp_path, capsys):
+def test_trace_demo_reads_a_trace_file(tmp_path, capsys):
     path = tmp_path / "trace.safetensors"
     assert (
         main(["trace", "--out", str(path), "--layers", "2", "--experts", "16", "--top-k", "2"]) == 0
     )
-    assert main(["demo", "--trace", str(path), "--budgets", "4"]) == 0
+    assert main(["trace-demo", "--trace", str(path), "--budgets", "4"]) == 0
     out = capsys.readouterr().out
     assert "2 MoE layers, 16 experts, top-2" in out
 
 
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
-    assert main(["demo", "--budgets", "4"]) == 2
+    assert main(["trace-demo", "--budgets", "4"]) == 2
     assert "budget B=4 is below top-k=8" in capsys.readouterr().err
-    assert main(["demo", "--policies", "router-mas"]) == 2
+    assert main(["trace-demo", "--policies", "router-mas"]) == 2
     assert "unknown policy 'router-mas'; available:" in capsys.readouterr().err
     bad = tmp_path / "bad.safetensors"
     bad.write_text("not a trace")
-    assert main(["demo", "--trace", str(bad)]) == 2
+    assert main(["trace-demo", "--trace", str(bad)]) == 2
     assert "is not a readable safetensors file" in capsys.readouterr().err
 
 

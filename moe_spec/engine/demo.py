@@ -1,0 +1,192 @@
+"""The main job: held-out prompts through autoregressive, unbudgeted and budgeted decoding.
+
+Shape legend: L layers, E experts, K top-k, D model dim, F expert dim.
+
+Every configuration runs greedy decoding on the same prompts; the table reports,
+per configuration, the measurements of one speculative run: acceptance length,
+tokens/s, verify steps, distinct experts per layer per verify step before and
+after the budget, the accepted path's own distinct experts (the floor a lossless
+verify cannot go below), modeled expert bytes read per generated token, and
+agreement with the unbudgeted greedy output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import fmean
+
+from moe_spec.engine.data import HELD_OUT, read_text, stdlib_root
+from moe_spec.engine.generate import Engine, GenerationResult, SpecConfig
+
+DEMO_FILES = ("textwrap.py", "statistics.py", "json/encoder.py")
+PROMPT_CHARS = 1200
+BYTES_PER_PARAM = 2  # experts stored and read as bf16
+
+
+def held_out_prompts(files: Sequence[str] = DEMO_FILES, chars: int = PROMPT_CHARS) -> list[str]:
+    """The first ``chars`` characters of code (from the first ``def``/``class``) of each file."""
+    prompts = []
+    for name in files:
+        if name not in HELD_OUT:
+            raise ValueError(f"{name} is not a held-out file; held-out: {', '.join(HELD_OUT)}")
+        text = read_text(stdlib_root() / name)
+        starts = [i for i in (text.find("\ndef "), text.find("\nclass ")) if i >= 0]
+        start = min(starts) + 1 if starts else 0
+        chunk = text[start : start + chars]
+        prompts.append(chunk[: chunk.rfind("\n") + 1])
+    return prompts
+
+
+@dataclass
+class ConfigResult:
+    """One configuration over all prompts (means over prompts, steps and layers)."""
+
+    label: str
+    policy: str
+    budget: int | None
+    acceptance_length: float
+    tokens_per_s: float
+    verify_steps: int
+    tokens: int
+    distinct_before: float
+    distinct_after: float
+    distinct_path: float
+    distinct_after_per_layer: list[float]
+    expert_mb_per_token: float
+    agreement: float
+    first_divergence: list[int | None]
+
+
+def summarize(
+    label: str,
+    spec: SpecConfig | None,
+    runs: list[GenerationResult],
+    reference: list[list[int]],
+    engine: Engine,
+) -> ConfigResult:
+    cfg = engine.config
+    expert_bytes = 3 * cfg.dim * cfg.expert_dim * BYTES_PER_PARAM
+    steps = [s for r in runs for s in r.steps]
+    tokens = sum(len(r.tokens) for r in runs)
+    if steps:
+        per_layer = [
+            fmean(s.distinct_after_L[layer] for s in steps) for layer in range(cfg.n_layers)
+        ]
+        before = fmean(fmean(s.distinct_before_L) for s in steps)
+        path = fmean(fmean(s.distinct_path_L) for s in steps)
+        read = sum(sum(s.distinct_after_L) for s in steps) * expert_bytes
+    else:  # autoregressive: every token reads its own K experts per layer
+        per_layer = [float(cfg.top_k)] * cfg.n_layers
+        before = path = float(cfg.top_k)
+        read = tokens * cfg.n_layers * cfg.top_k * expert_bytes
+    pairs = list(zip(runs, reference, strict=True))
+    same = [sum(a == b for a, b in zip(r.tokens, ref, strict=False)) for r, ref in pairs]
+    divergence = [first_divergence(r.tokens, ref) for r, ref in pairs]
+    return ConfigResult(
+        label=label,
+        policy=spec.policy if spec else "autoregressive",
+        budget=spec.budget if spec else None,
+        acceptance_length=fmean(s.committed for s in steps) if steps else 1.0,
+        tokens_per_s=tokens / sum(r.seconds for r in runs),
+        verify_steps=len(steps),
+        tokens=tokens,
+        distinct_before=before,
+        distinct_after=fmean(per_layer),
+        distinct_path=path,
+        distinct_after_per_layer=per_layer,
+        expert_mb_per_token=read / tokens / 1e6,
+        agreement=sum(same) / sum(len(ref) for ref in reference),
+        first_divergence=divergence,
+    )
+
+
+def first_divergence(tokens: list[int], reference: list[int]) -> int | None:
+    for i, (a, b) in enumerate(zip(tokens, reference, strict=False)):
+        if a != b:
+            return i
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
+
+
+def demo_configs(budgets: Sequence[int], policies: Sequence[str], spec: SpecConfig):
+    """``(label, SpecConfig or None)``: autoregressive, unbudgeted, then each policy x budget."""
+    configs: list[tuple[str, SpecConfig | None]] = [("autoregressive", None), ("none", spec)]
+    for policy in policies:
+        for budget in budgets:
+            configs.append(
+                (f"{policy} B={budget}", replace_spec(spec, policy=policy, budget=budget))
+            )
+    return configs
+
+
+def replace_spec(spec: SpecConfig, **changes) -> SpecConfig:
+    return SpecConfig(**{**asdict(spec), **changes})
+
+
+def run_demo(engine: Engine, prompts: list[str], configs, max_new_tokens: int, progress=None):
+    """Run every configuration on every prompt; the unbudgeted run is the agreement reference."""
+    ids = [engine.encode(p) for p in prompts]
+    results, reference = [], None
+    for label, spec in configs:
+        if spec is None:
+            runs = [engine.generate_autoregressive(p, max_new_tokens) for p in ids]
+        else:
+            runs = [engine.generate_speculative(p, max_new_tokens, spec) for p in ids]
+        if reference is None or (spec is not None and spec.policy == "none"):
+            reference = [r.tokens for r in runs]
+        results.append((label, spec, runs))
+        if progress:
+            progress(label)
+    return [summarize(label, spec, runs, reference, engine) for label, spec, runs in results]
+
+
+def format_table(rows: Sequence[ConfigResult]) -> str:
+    head = (
+        f"{'configuration':<24}{'accept':>7}{'tok/s':>8}{'steps':>6}{'experts/layer':>15}"
+        f"{'path floor':>11}{'MB/token':>9}{'agree':>7}  first divergence"
+    )
+    lines = [head, "-" * (len(head) + 8)]
+    for r in rows:
+        experts = f"{r.distinct_before:.1f}->{r.distinct_after:.1f}"
+        divergence = ",".join("-" if d is None else str(d) for d in r.first_divergence)
+        lines.append(
+            f"{r.label:<24}{r.acceptance_length:>7.2f}{r.tokens_per_s:>8.1f}{r.verify_steps:>6}"
+            f"{experts:>15}{r.distinct_path:>11.1f}{r.expert_mb_per_token:>9.2f}"
+            f"{r.agreement:>7.1%}  {divergence}"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(rows: Sequence[ConfigResult], out_dir: Path, meta: dict) -> tuple[Path, Path]:
+    """``results.json`` and ``demo.png`` (acceptance length and distinct experts per budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "results.json", out_dir / "demo.png"
+    payload = {"schema": "moe-spec-demo/1", **meta, "results": [asdict(r) for r in rows]}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    fig, (ax_acc, ax_exp) = plt.subplots(1, 2, figsize=(11, 4.2))
+    budgeted = [r for r in rows if r.budget is not None]
+    unbudgeted = next(r for r in rows if r.policy == "none")
+    for policy in dict.fromkeys(r.policy for r in budgeted):
+        pts = sorted((r.budget, r) for r in budgeted if r.policy == policy)
+        ax_acc.plot([b for b, _ in pts], [r.acceptance_length for _, r in pts], "o-", label=policy)
+        ax_exp.plot([b for b, _ in pts], [r.distinct_after for _, r in pts], "o-", label=policy)
+    ax_acc.axhline(unbudgeted.acceptance_length, color="k", ls="--", label="unbudgeted")
+    ax_exp.axhline(unbudgeted.distinct_before, color="k", ls="--", label="unbudgeted")
+    ax_exp.axhline(unbudgeted.distinct_path, color="grey", ls=":", label="accepted-path floor")
+    ax_acc.set(xlabel="budget B (experts per layer)", ylabel="acceptance length (tokens/step)")
+    ax_exp.set(xlabel="budget B (experts per layer)", ylabel="distinct experts / layer / verify")
+    ax_acc.legend(fontsize=8)
+    ax_exp.legend(fontsize=8)
+    fig.suptitle(meta.get("title", "moe-spec demo"))
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return json_path, png_path

@@ -1,0 +1,239 @@
+"""Generation: autoregressive decoding and tree speculative decoding with budgeted verification.
+
+Shape legend: N tree tokens, P prompt tokens, V vocabulary, D model dim, L layers.
+
+Speculative decoding (batch size 1), one step:
+  1. ``expand_tree``: the draft grows a tree below the root (the last target token).
+  2. ``verify``: the target runs every tree token in one forward with the tree
+     mask and positions ``prefix + depth``; each MoE layer hands its routing to
+     the budgeting policy first (the only budgeted forward).
+  3. ``accept_greedy`` / ``accept_sampling`` picks the path to keep and a bonus
+     token; the target's KV cache keeps only that path (``KVCache.commit``).
+  4. The draft catches up on the accepted path with the target's real features.
+Prefill, autoregressive decoding and the draft are never budgeted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from moe_spec.budget import MODES, Mode, check_budget
+from moe_spec.engine.attention import KVCache
+from moe_spec.engine.checkpoint import Checkpoint
+from moe_spec.engine.model import VerifyBudget, distinct_per_layer
+from moe_spec.engine.tokenizer import EOT
+from moe_spec.engine.tree import DraftTree, expand_tree, verify_mask
+from moe_spec.engine.verify import accept_greedy, accept_sampling
+from moe_spec.policies import get_policy
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    """Tree shape, sampling and the verify budget of a speculative run."""
+
+    width: int = 4  # children per expanded node (and nodes expanded per depth)
+    depth: int = 6  # draft steps below the root
+    num_tokens: int = 32  # tree tokens verified per step, root included
+    temperature: float = 0.0
+    policy: str = "none"
+    budget: int | None = None  # None: the number of experts (no budget)
+    mode: Mode = "substitution"
+    policy_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, low in (("width", 1), ("depth", 1), ("num_tokens", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
+
+    @property
+    def label(self) -> str:
+        budget = "" if self.budget is None or self.policy == "none" else f" B={self.budget}"
+        return f"{self.policy}{budget}"
+
+
+@dataclass
+class StepStats:
+    """One verify step: tokens committed and distinct experts per layer."""
+
+    committed: int  # accepted draft tokens + the bonus token
+    distinct_before_L: list[int]  # the whole tree, unbudgeted
+    distinct_after_L: list[int]  # the whole tree, after the budget
+    distinct_path_L: list[int]  # the accepted path alone: the floor of a lossless verify
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    seconds: float
+    steps: list[StepStats] = field(default_factory=list)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Mean tokens committed per verify step (1.0 for autoregressive decoding)."""
+        return sum(s.committed for s in self.steps) / len(self.steps) if self.steps else 1.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+class Engine:
+    """Target, draft and tokenizer of a checkpoint, ready to generate (batch size 1)."""
+
+    def __init__(self, checkpoint: Checkpoint, max_len: int | None = None) -> None:
+        self.target, self.draft, self.tokenizer = (
+            checkpoint.target,
+            checkpoint.draft,
+            checkpoint.tokenizer,
+        )
+        self.config = self.target.config
+        self.max_len = max_len or self.config.max_seq_len
+        self.eot = self.tokenizer.token_to_id(EOT)
+        self.dtype = self.target.embed.weight.dtype
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def new_cache(self, n_layers: int, n_heads: int, head_dim: int) -> KVCache:
+        return KVCache(n_layers, n_heads, head_dim, self.max_len, self.dtype)
+
+    def check_room(self, prompt: list[int], max_new_tokens: int, extra: int = 0) -> None:
+        need = len(prompt) + max_new_tokens + extra
+        if not prompt or need > self.max_len:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens + {max_new_tokens} new (+{extra} tree scratch) "
+                f"must be non-empty and fit max_len={self.max_len}"
+            )
+
+    @torch.no_grad()
+    def generate_autoregressive(
+        self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0
+    ) -> GenerationResult:
+        """The baseline: prefill, then one target forward per token."""
+        self.check_room(prompt, max_new_tokens)
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        cache = self.new_cache(self.config.n_layers, self.config.n_heads, self.config.head_dim)
+        logits_V = self.prefill(prompt, cache)[0]
+        out: list[int] = []
+        while len(out) < max_new_tokens:
+            token = sample(logits_V, temperature, g)
+            out.append(token)
+            if token == self.eot:
+                break
+            logits_V = self.decode_one_token(token, cache)
+        return GenerationResult(out, time.perf_counter() - start)
+
+    def prefill(self, prompt: list[int], cache: KVCache):
+        """Run the prompt through the target: last logits ``[V]`` and features ``[P, D]``."""
+        result = self.target(torch.tensor([prompt]), cache=cache)
+        cache.advance(len(prompt))
+        return self.target.lm_head(result.feature_BQD[0, -1]), result.feature_BQD[0]
+
+    def decode_one_token(self, token: int, cache: KVCache) -> torch.Tensor:
+        result = self.target(torch.tensor([[token]]), cache=cache)
+        cache.advance(1)
+        return result.logits_BQV[0, -1]
+
+    @torch.no_grad()
+    def generate_speculative(
+        self, prompt: list[int], max_new_tokens: int, spec: SpecConfig, seed: int = 0
+    ) -> GenerationResult:
+        """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``."""
+        self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.width * spec.depth)
+        E = self.config.n_experts
+        budget = E if spec.budget is None else check_budget(spec.budget, self.config.top_k, E)
+        policy = get_policy(spec.policy, **spec.policy_options)
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        cfg, dcfg = self.config, self.draft.config
+        tcache = self.new_cache(cfg.n_layers, cfg.n_heads, cfg.head_dim)
+        dcache = self.new_cache(1, dcfg.n_heads, dcfg.head_dim)
+        logits_V, feature_PD = self.prefill(prompt, tcache)
+        root = sample(logits_V, spec.temperature, g)
+        out, steps = [root], []
+        root_feature_D = self.draft_catch_up(feature_PD, prompt[1:] + [root], dcache)
+        while len(out) < max_new_tokens and out[-1] != self.eot:
+            root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
+            tree = expand_tree(
+                self.draft,
+                self.target,
+                dcache,
+                root,
+                root_feature_D,
+                root_logprobs_V,
+                spec.width,
+                spec.depth,
+                spec.num_tokens,
+            )
+            dcache.offset = 0  # drop the tree's scratch entries
+            verify = VerifyBudget(policy, budget, spec.mode, tree.depth_N, tree.logprob_N)
+            path, bonus, path_feature_QD = self.verify(tree, tcache, verify, spec.temperature, g)
+            new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
+            steps.append(
+                StepStats(
+                    len(new_tokens),
+                    distinct_per_layer(verify.ids_before_LTK, E),
+                    distinct_per_layer(verify.ids_after_LTK, E),
+                    distinct_per_layer(verify.ids_before_LTK, E, torch.tensor(path)),
+                )
+            )
+            out.extend(new_tokens)
+            root = bonus
+            root_feature_D = self.draft_catch_up(path_feature_QD, new_tokens, dcache)
+        out = out[:max_new_tokens]
+        if self.eot in out:
+            out = out[: out.index(self.eot) + 1]
+        return GenerationResult(out, time.perf_counter() - start, steps)
+
+    def verify(
+        self,
+        tree: DraftTree,
+        cache: KVCache,
+        budget: VerifyBudget,
+        temperature: float,
+        g: torch.Generator,
+    ):
+        """One target forward over the tree; keep the accepted path in the KV cache.
+
+        Returns ``(path node indices, bonus token, target features of the path [Q, D])``.
+        """
+        positions_N = cache.length + tree.depth_N
+        mask = verify_mask(tree, cache.length)
+        result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
+        logits_NV = result.logits_BQV[0]
+        children = tree.children()
+        if temperature == 0:
+            path, bonus = accept_greedy(children, tree.tokens_N, logits_NV)
+        else:
+            probs_NV = torch.softmax(logits_NV / temperature, dim=-1)
+            path, bonus = accept_sampling(children, tree.tokens_N, probs_NV, g)
+        path_N = torch.tensor(path)
+        cache.commit(path_N)
+        return path, bonus, result.feature_BQD[0, path_N]
+
+    def draft_catch_up(self, feature_QD: torch.Tensor, next_tokens: list[int], cache: KVCache):
+        """Feed (target feature, next token) pairs to the draft; return its last feature ``[D]``."""
+        out_BQD = self.draft(
+            self.target, feature_QD[None], torch.tensor([next_tokens]), cache=cache
+        )
+        cache.advance(len(next_tokens))
+        return out_BQD[0, -1]
+
+
+def sample(logits_V: torch.Tensor, temperature: float, g: torch.Generator) -> int:
+    """Argmax at temperature 0, else a draw from ``softmax(logits / temperature)``."""
+    if temperature == 0:
+        return int(logits_V.argmax())
+    return int(torch.multinomial(torch.softmax(logits_V / temperature, dim=-1), 1, generator=g))
