@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(SHIPPED))
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--num-tokens", type=int, default=32)
+    parser.add_argument("--width", type=int, default=SpecConfig.width)
+    parser.add_argument("--depth", type=int, default=SpecConfig.depth)
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -39,7 +41,7 @@ def main() -> None:
     stream = encode_corpus(checkpoint.tokenizer, [read_text(p) for p in held_out])
     loss = held_out_loss(checkpoint.target, stream, TrainConfig())
 
-    spec = SpecConfig(width=4, depth=6, num_tokens=args.num_tokens)
+    spec = SpecConfig(width=args.width, depth=args.depth, num_tokens=args.num_tokens)
     accept, before, path, ar_tps, spec_tps = [], [], [], [], []
     for prompt in held_out_prompts(HELD_OUT, chars=1200):
         ids = engine.encode(prompt)
@@ -52,23 +54,36 @@ def main() -> None:
         ar_tps.append(ar.tokens_per_second)
         spec_tps.append(sp.tokens_per_second)
 
-    print(f"Command: `.venv/bin/python bench/engine_quality.py --max-new-tokens "
-          f"{args.max_new_tokens} --num-tokens {args.num_tokens}`")
-    print(f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()} CPU, "
-          f"{torch.get_num_threads()} threads; checkpoint {args.checkpoint}\n")
+    print(
+        f"Command: `.venv/bin/python bench/engine_quality.py --max-new-tokens "
+        f"{args.max_new_tokens} --num-tokens {args.num_tokens} --width {args.width} "
+        f"--depth {args.depth}`"
+    )
+    print(
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()} CPU, "
+        f"{torch.get_num_threads()} threads; checkpoint {args.checkpoint}\n"
+    )
     print("| measure | value |")
     print("| --- | --- |")
-    print(f"| held-out loss (nats/token, {TrainConfig().eval_batches} x {TrainConfig().batch_size} "
-          f"windows of {TrainConfig().seq_len}) | {loss:.3f} |")
+    print(
+        f"| held-out loss (nats/token, {TrainConfig().eval_batches} x {TrainConfig().batch_size} "
+        f"windows of {TrainConfig().seq_len}) | {loss:.3f} |"
+    )
     print(f"| held-out prompts | {len(HELD_OUT)} files, greedy, {args.max_new_tokens} new tokens |")
     print(f"| verify steps | {len(accept)} |")
-    print(f"| mean acceptance length ({args.num_tokens}-token tree, bonus included) | "
-          f"{fmean(accept):.2f} |")
-    print(f"| unbudgeted distinct experts / layer / verify step | {fmean(before):.1f} of "
-          f"{cfg.n_experts} = {fmean(before) / cfg.top_k:.2f} x top-k ({cfg.top_k}) |")
+    print(
+        f"| mean acceptance length ({args.num_tokens}-token tree, bonus included) | "
+        f"{fmean(accept):.2f} |"
+    )
+    print(
+        f"| unbudgeted distinct experts / layer / verify step | {fmean(before):.1f} of "
+        f"{cfg.n_experts} = {fmean(before) / cfg.top_k:.2f} x top-k ({cfg.top_k}) |"
+    )
     print(f"| accepted path's distinct experts / layer (the floor) | {fmean(path):.1f} |")
-    print(f"| tokens/s autoregressive / speculative (mean over prompts) | "
-          f"{fmean(ar_tps):.1f} / {fmean(spec_tps):.1f} |")
+    print(
+        f"| tokens/s autoregressive / speculative (mean over prompts) | "
+        f"{fmean(ar_tps):.1f} / {fmean(spec_tps):.1f} |"
+    )
 
 
 if __name__ == "__main__":

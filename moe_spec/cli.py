@@ -60,7 +60,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint folder (default: the shipped one)"
     )
-    p.add_argument("--width", type=int, default=4, help="tree: children per expanded node")
+    p.add_argument("--width", type=int, default=8, help="tree: children per expanded node")
     p.add_argument("--depth", type=int, default=6, help="tree: draft steps below the root")
     p.add_argument("--num-tokens", type=int, default=32, help="tree tokens verified per step")
     p.add_argument("--mode", choices=MODES, default="substitution")

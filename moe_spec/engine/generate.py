@@ -34,7 +34,7 @@ from moe_spec.policies import get_policy
 class SpecConfig:
     """Tree shape, sampling and the verify budget of a speculative run."""
 
-    width: int = 4  # children per expanded node (and nodes expanded per depth)
+    width: int = 8  # children per expanded node (and nodes expanded per depth)
     depth: int = 6  # draft steps below the root
     num_tokens: int = 32  # tree tokens verified per step, root included
     temperature: float = 0.0

@@ -1,0 +1,49 @@
+"""The shipped checkpoint: what the issue asks of it, and that it decodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
+from moe_spec.engine.data import HELD_OUT, split_files
+from moe_spec.engine.demo import held_out_prompts
+from moe_spec.engine.generate import Engine, SpecConfig
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(load_checkpoint(SHIPPED))
+
+
+def test_shipped_files_are_small_and_the_model_has_the_required_shape(engine):
+    size = sum(f.stat().st_size for f in SHIPPED.iterdir())
+    assert size <= 40 * 2**20
+    cfg = engine.config
+    assert cfg.n_layers >= 4 and cfg.n_experts >= 32 and cfg.top_k / cfg.n_experts <= 1 / 8
+    training = json.loads((SHIPPED / "training.json").read_text())
+    assert training["held_out_files"] == [name.split("/")[-1] for name in HELD_OUT]
+
+
+def test_held_out_files_are_never_in_the_training_set():
+    train, held_out = split_files()
+    assert len(held_out) == len(HELD_OUT) and not set(train) & set(held_out)
+
+
+def test_it_decodes_python(engine):
+    prompt = held_out_prompts(["textwrap.py"], chars=400)[0]
+    out = engine.generate_autoregressive(engine.encode(prompt), 24)
+    text = engine.decode(out.tokens)
+    assert len(out.tokens) == 24 and text.strip()
+    assert engine.decode(engine.encode(prompt)) == prompt  # byte-level: lossless
+
+
+def test_greedy_speculative_equals_autoregressive(engine):
+    spec = SpecConfig(width=4, depth=6, num_tokens=32)
+    for prompt in held_out_prompts(chars=600):
+        ids = engine.encode(prompt)
+        want = engine.generate_autoregressive(ids, 40).tokens
+        got = engine.generate_speculative(ids, 40, spec)
+        assert got.tokens == want
+        assert got.acceptance_length > 1.5  # a trained draft: well above no speculation
