@@ -213,12 +213,11 @@ class Engine:
         mask = verify_mask(tree, cache.length)
         result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
         logits_NV = result.logits_BQV[0]
-        children = tree.children()
         if temperature == 0:
-            path, bonus = accept_greedy(children, tree.tokens_N, logits_NV)
+            path, bonus = accept_greedy(tree, logits_NV)
         else:
             probs_NV = torch.softmax(logits_NV / temperature, dim=-1)
-            path, bonus = accept_sampling(children, tree.tokens_N, probs_NV, g)
+            path, bonus = accept_sampling(tree, probs_NV, g)
         path_N = torch.tensor(path)
         cache.commit(path_N)
         return path, bonus, result.feature_BQD[0, path_N]

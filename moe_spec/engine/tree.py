@@ -40,8 +40,11 @@ class DraftTree:
         """bool ``[N, N]``: node i may attend to node j iff j is i or one of its ancestors."""
         N = self.size
         mask = torch.eye(N, dtype=torch.bool)
-        for i in range(1, N):  # topological order: the parent's row is complete
-            mask[i] |= mask[int(self.parent_N[i])]
+        up_N = self.parent_N.clamp(min=0)  # the root is its own parent
+        ancestor_N = up_N
+        for _ in range(int(self.depth_N.max())):  # one hop up per level, all nodes at once
+            mask[torch.arange(N), ancestor_N] = True
+            ancestor_N = up_N[ancestor_N]
         return mask
 
     def children(self) -> list[list[int]]:

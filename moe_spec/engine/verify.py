@@ -21,28 +21,36 @@ from __future__ import annotations
 
 import torch
 
+from moe_spec.engine.tree import DraftTree
 
-def accept_greedy(children: list[list[int]], tokens_N: torch.Tensor, logits_NV: torch.Tensor):
-    """``(path, bonus)``: node indices from the root down, and the next token."""
-    best_N = logits_NV.argmax(dim=-1).tolist()
-    tokens = tokens_N.tolist()
-    path = [0]
-    while True:
-        node = path[-1]
-        match = next((c for c in children[node] if tokens[c] == best_N[node]), None)
-        if match is None:
-            return path, best_N[node]
-        path.append(match)
+
+def accept_greedy(tree: DraftTree, logits_NV: torch.Tensor) -> tuple[list[int], int]:
+    """``(path, bonus)``: node indices from the root down, and the next token.
+
+    Vectorised: a node is accepted when it and every ancestor carry the target's
+    argmax at their parent; children's tokens are distinct, so the accepted
+    nodes form one chain, and the deepest of them ends the path.
+    """
+    best_N = logits_NV.argmax(dim=-1)
+    match_N = tree.tokens_N == best_N[tree.parent_N.clamp(min=0)]
+    match_N[0] = True  # the root is already committed
+    ancestors_NN = tree.ancestor_mask_NN()
+    accepted_N = ~(ancestors_NN & ~match_N[None, :]).any(dim=1)
+    last = int(torch.where(accepted_N, tree.depth_N, -1).argmax())
+    path_N = ancestors_NN[last].nonzero().flatten()
+    path_N = path_N[torch.sort(tree.depth_N[path_N]).indices]
+    return path_N.tolist(), int(best_N[last])
 
 
 def accept_sampling(
-    children: list[list[int]],
-    tokens_N: torch.Tensor,
-    probs_NV: torch.Tensor,
-    generator: torch.Generator,
-):
-    """``(path, bonus)`` under the target-only speculative sampling rule (see module doc)."""
-    tokens = tokens_N.tolist()
+    tree: DraftTree, probs_NV: torch.Tensor, generator: torch.Generator
+) -> tuple[list[int], int]:
+    """``(path, bonus)`` under the target-only speculative sampling rule (see module doc).
+
+    Sequential by nature (each draw depends on the last); it visits only the path's nodes.
+    """
+    children = tree.children()
+    tokens = tree.tokens_N.tolist()
     path = [0]
     while True:
         node = path[-1]

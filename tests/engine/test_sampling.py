@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from moe_spec.engine.tree import DraftTree
 from moe_spec.engine.verify import accept_sampling, sample_children
 
 P_V = torch.tensor([0.30, 0.05, 0.25, 0.10, 0.20, 0.10])  # a small vocabulary
@@ -48,16 +49,20 @@ def test_the_check_catches_a_broken_rule():
 
 def test_two_level_tree_gives_the_target_joint_distribution():
     """Root children [0, 2]; node 0 has children [1, 4]; the second token given the first."""
-    tokens_N = torch.tensor([9, 0, 2, 1, 4])
-    children = [[1, 2], [3, 4], [], [], []]
+    tree = DraftTree(
+        tokens_N=torch.tensor([9, 0, 2, 1, 4]),
+        parent_N=torch.tensor([-1, 0, 0, 1, 1]),
+        depth_N=torch.tensor([0, 1, 1, 2, 2]),
+        logprob_N=torch.tensor([0.0, -0.1, -0.2, -0.3, -0.4]),  # children in this order
+    )
     p_after_0 = torch.tensor([0.1, 0.4, 0.1, 0.1, 0.2, 0.1])
     probs_NV = torch.stack([P_V, p_after_0, P_V, P_V, P_V])
     g = torch.Generator().manual_seed(1)
     first = torch.zeros(6)
     second_after_0 = torch.zeros(6)
     for _ in range(DRAWS):
-        path, bonus = accept_sampling(children, tokens_N, probs_NV, g)
-        emitted = tokens_N[path[1:]].tolist() + [bonus]
+        path, bonus = accept_sampling(tree, probs_NV, g)
+        emitted = tree.tokens_N[path[1:]].tolist() + [bonus]
         first[emitted[0]] += 1
         if emitted[0] == 0:
             second_after_0[emitted[1]] += 1

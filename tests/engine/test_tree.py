@@ -109,3 +109,23 @@ def test_tree_keeps_the_best_candidates_and_their_ancestors(tiny_engine):
     )
     for node in range(1, tree.size):
         assert tree.logprob_N[node] <= tree.logprob_N[int(tree.parent_N[node])]
+
+
+def test_greedy_acceptance_walks_the_matching_chain():
+    from moe_spec.engine.verify import accept_greedy
+
+    def logits_choosing(choices: dict[int, int]) -> torch.Tensor:
+        logits = torch.zeros(HAND_TREE.size, 20)
+        for node, token in choices.items():
+            logits[node, token] = 1.0
+        return logits
+
+    # root -> 3 (node 1) -> 5 (node 4) -> 6 (node 5); then the target wants 11.
+    assert accept_greedy(HAND_TREE, logits_choosing({0: 3, 1: 5, 4: 6, 5: 11})) == (
+        [0, 1, 4, 5],
+        11,
+    )
+    # root wants 9 (node 2, a leaf): bonus from node 2.
+    assert accept_greedy(HAND_TREE, logits_choosing({0: 9, 2: 12})) == ([0, 2], 12)
+    # root wants a token no child has; a matching grandchild does not count.
+    assert accept_greedy(HAND_TREE, logits_choosing({0: 13, 1: 4})) == ([0], 13)
