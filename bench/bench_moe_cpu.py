@@ -144,6 +144,8 @@ def budget_ratios(
             routings[i, b] = (out_b.topk_ids_TK, out_b.topk_weights_TK)
     calls = {key: moe_call(layers, x_TD, *r, counter) for key, r in routings.items()}
     policies = {name: get_policy(name) for name in POLICIES}
+    for policy in policies.values():
+        policy.validate = False  # as a server's hot path runs it: no host-side value checks
     select_calls = {
         (name, b): (lambda p=p, b=b: p.apply(records[0], b))
         for name, p in policies.items()
