@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
@@ -115,14 +115,8 @@ def demo_configs(budgets: Sequence[int], policies: Sequence[str], spec: SpecConf
     configs: list[tuple[str, SpecConfig | None]] = [("autoregressive", None), ("none", spec)]
     for policy in policies:
         for budget in budgets:
-            configs.append(
-                (f"{policy} B={budget}", replace_spec(spec, policy=policy, budget=budget))
-            )
+            configs.append((f"{policy} B={budget}", replace(spec, policy=policy, budget=budget)))
     return configs
-
-
-def replace_spec(spec: SpecConfig, **changes) -> SpecConfig:
-    return SpecConfig(**{**asdict(spec), **changes})
 
 
 def run_demo(engine: Engine, prompts: list[str], configs, max_new_tokens: int, progress=None):
