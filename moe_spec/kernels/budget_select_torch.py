@@ -46,7 +46,7 @@ class ScoreRule:
 
 
 def score_experts_torch(record: RoutingRecord, rule: ScoreRule) -> torch.Tensor:
-    """fp32 ``[E]``: the rule's expert scores, computed as the built-in policies do."""
+    """fp32 ``[E]``: the rule's expert scores (the built-in policies' ``score``)."""
     if rule.kind == "mass":
         score_E = record.router_mass_E(rule.weight_T)
     else:

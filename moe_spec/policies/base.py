@@ -75,15 +75,6 @@ class Policy:
         """
         return None
 
-    def scores_as(self, owner: type[Policy]) -> bool:
-        """Whether this object scores and keeps exactly as class ``owner`` does.
-
-        A subclass that overrides ``score`` or ``keep`` no longer matches the
-        owner's :meth:`fused_rule`, so the fused path must not be used for it.
-        """
-        cls = type(self)
-        return cls.score is owner.score and cls.keep is owner.keep
-
     def apply(
         self,
         record: RoutingRecord,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from moe_spec.budget import select_kept
-from moe_spec.kernels.budget_select_torch import ScoreRule
+from moe_spec.kernels.budget_select_torch import ScoreRule, score_experts_torch
 from moe_spec.policies.base import Policy, PolicyError
 from moe_spec.policies.hookspecs import hookimpl
 from moe_spec.routing import RoutingRecord
@@ -29,7 +29,30 @@ class NoBudget(Policy):
         return None
 
 
-class TopKFrequency(Policy):
+class RuleScored(Policy):
+    """A policy whose score is a :class:`ScoreRule`.
+
+    One definition serves both paths: :meth:`score` evaluates the rule in torch,
+    and the fused Triton kernel computes the same rule when it runs. A subclass
+    that overrides ``score`` or ``keep`` leaves the fused path (it no longer
+    matches the rule).
+    """
+
+    def rule(self, record: RoutingRecord) -> ScoreRule:
+        """How this policy scores experts."""
+        raise NotImplementedError
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        return score_experts_torch(record, self.rule(record))
+
+    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
+        cls = type(self)
+        if cls.score is RuleScored.score and cls.keep is Policy.keep:
+            return self.rule(record)
+        return None
+
+
+class TopKFrequency(RuleScored):
     """``topk-frequency``: ``score[e] = sum_t v[t] * [e in topk(t)]``.
 
     The number of valid tree tokens whose top-k contains the expert.
@@ -38,14 +61,11 @@ class TopKFrequency(Policy):
     name = "topk-frequency"
     description = "experts picked by the most tree tokens"
 
-    def score(self, record: RoutingRecord) -> torch.Tensor:
-        return (record.topk_hits_TE() & record.valid_mask_T()[:, None]).sum(dim=0).float()
-
-    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
-        return ScoreRule("frequency") if self.scores_as(TopKFrequency) else None
+    def rule(self, record: RoutingRecord) -> ScoreRule:
+        return ScoreRule("frequency")
 
 
-class RouterMass(Policy):
+class RouterMass(RuleScored):
     """``router-mass``: ``score[e] = sum_t v[t] * p[t, e]`` (the MoE-Spec paper's ranking).
 
     Router probability summed over valid tree tokens, over all E experts (not
@@ -55,11 +75,8 @@ class RouterMass(Policy):
     name = "router-mass"
     description = "routing probability summed over tree tokens (MoE-Spec paper)"
 
-    def score(self, record: RoutingRecord) -> torch.Tensor:
-        return record.router_mass_E()
-
-    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
-        return ScoreRule("mass") if self.scores_as(RouterMass) else None
+    def rule(self, record: RoutingRecord) -> ScoreRule:
+        return ScoreRule("mass")
 
 
 class LayerAdaptive(Policy):
@@ -112,7 +129,7 @@ class LayerAdaptive(Policy):
         return select_kept(mass_E, layer_budget, record.used_E())
 
 
-class TokenPriority(Policy):
+class TokenPriority(RuleScored):
     """``token-priority``: ``score[e] = sum_t v[t] * a[t] * p[t, e]`` + root bonus.
 
     ``a[t]``, how likely token t is to be accepted: ``exp(path_logprob[t])``
@@ -130,14 +147,7 @@ class TokenPriority(Policy):
             raise PolicyError(f"token-priority: decay is {decay!r}; allowed: 0 < decay <= 1")
         self.decay = float(decay)
 
-    def score(self, record: RoutingRecord) -> torch.Tensor:
-        score_E = record.router_mass_E(self.accept_T(record))
-        root_E = (record.topk_hits_TE() & self.root_T(record)[:, None]).any(dim=0)
-        return score_E + root_E * (score_E.sum() + 1.0)
-
-    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
-        if not self.scores_as(TokenPriority):
-            return None
+    def rule(self, record: RoutingRecord) -> ScoreRule:
         return ScoreRule("mass", self.accept_T(record), self.root_T(record))
 
     def accept_T(self, record: RoutingRecord) -> torch.Tensor:
