@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_spec.routing import softmax_topk
+
 
 @dataclass(frozen=True)
 class MoeShape:
@@ -88,8 +90,8 @@ def skewed_logits(T: int, E: int, seed: int, zipf: float = 0.7) -> torch.Tensor:
 
 def model_topk(logits_TE: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own routing: top-k of the softmax, renormalised (OLMoE and Qwen3 do)."""
-    weights_TK, ids_TK = torch.softmax(logits_TE.float(), -1).topk(K, dim=-1)
-    return ids_TK, weights_TK / weights_TK.sum(-1, keepdim=True)
+    weights_TK, ids_TK = softmax_topk(logits_TE, K, renormalize=True)
+    return ids_TK, weights_TK
 
 
 def distinct(ids_TK: torch.Tensor) -> int:

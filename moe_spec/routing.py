@@ -121,6 +121,20 @@ class RoutingRecord:
         return used_experts_E(self.topk_ids_TK, self.num_experts, self.valid_mask_T())
 
 
+def softmax_topk(
+    logits_TE: torch.Tensor, top_k: int, renormalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A softmax router's own choice: fp32 ``(weights_TK, ids_TK)``.
+
+    Weights are the top-k softmax probabilities, rescaled to sum to 1 when the
+    model renormalises (Qwen3, Mixtral) and raw otherwise (OLMoE).
+    """
+    weights_TK, ids_TK = torch.topk(torch.softmax(logits_TE.float(), dim=-1), top_k, dim=-1)
+    if renormalize:
+        weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+    return weights_TK, ids_TK
+
+
 def one_hot_topk_TE(topk_ids_TK: torch.Tensor, num_experts: int) -> torch.Tensor:
     """bool ``[T, E]``: True where expert e is among token t's top-k ids."""
     hits_TE = torch.zeros(

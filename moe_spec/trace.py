@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from moe_spec.routing import RoutingRecord
+from moe_spec.routing import RoutingRecord, softmax_topk
 
 TRACE_FORMAT = "moe-spec-trace/1"
 
@@ -67,10 +67,7 @@ class RoutingTrace:
     def record(self, layer_idx: int) -> RoutingRecord:
         """The :class:`RoutingRecord` of one layer, with the model's own top-k."""
         logits_TE = self.router_logits_LTE[layer_idx]
-        probs_TE = torch.softmax(logits_TE.float(), dim=-1)
-        weights_TK, ids_TK = torch.topk(probs_TE, self.top_k, dim=-1)
-        if self.renormalize:
-            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        weights_TK, ids_TK = softmax_topk(logits_TE, self.top_k, self.renormalize)
         return RoutingRecord(
             router_logits_TE=logits_TE,
             topk_ids_TK=ids_TK,

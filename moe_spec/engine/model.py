@@ -24,7 +24,7 @@ from moe_spec.engine.attention import KVCache, attend
 from moe_spec.engine.config import ModelConfig
 from moe_spec.kernels import fused_moe
 from moe_spec.policies import Policy
-from moe_spec.routing import RoutingRecord, used_experts_E
+from moe_spec.routing import RoutingRecord, softmax_topk, used_experts_E
 
 
 class RMSNorm(nn.Module):
@@ -113,9 +113,7 @@ class MoE(nn.Module):
     def route(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``router_logits_TE``, ``topk_ids_TK``, ``topk_weights_TK`` (fp32)."""
         logits_TE = self.router(x_TD).float()
-        weights_TK, ids_TK = torch.topk(torch.softmax(logits_TE, dim=-1), self.config.top_k, dim=-1)
-        if self.config.renormalize:
-            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        weights_TK, ids_TK = softmax_topk(logits_TE, self.config.top_k, self.config.renormalize)
         return logits_TE, ids_TK, weights_TK
 
     def forward(self, x_TD: torch.Tensor, verify: VerifyBudget | None = None):
