@@ -1,0 +1,1 @@
+"""Integrations of the budgeted verify pass into other inference stacks."""

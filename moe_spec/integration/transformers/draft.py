@@ -1,0 +1,95 @@
+"""A transformers causal LM as the draft: it grows trees with the engine's ``expand_tree``.
+
+Shape legend: M candidates, Q query tokens, S key positions, D draft model dim, V vocabulary.
+
+The draft is a smaller causal LM sharing the target's tokenizer (a dense model
+of the same family, say). It keeps its own ``DynamicCache`` of every committed
+token, the root included, so the root's children sit at position ``length``
+and a depth-d candidate at ``length + d - 1``: the layout
+``moe_spec.engine.tree.expand_tree`` uses. Two small adapters let that function
+drive the causal LM unchanged: :class:`DraftCacheView` (the ``length`` /
+``offset`` bookkeeping over the contiguous cache) and :class:`CausalLMDraft`
+(``draft(...)`` returns the LM's last hidden states, ``lm_head`` turns them into
+logits). The engine's parent feature input is ignored: the LM sees a
+candidate's ancestors through its KV cache and the tree mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from moe_spec.engine.tree import DraftTree, expand_tree
+from moe_spec.integration.transformers.tree import additive_mask, check_tree_attention
+
+
+class DraftCacheView:
+    """``expand_tree``'s view of a draft cache: ``length`` committed, ``offset`` scratch entries."""
+
+    def __init__(self, cache: DynamicCache) -> None:
+        self.cache = cache
+        self.length = cache.get_seq_length()
+        self.offset = 0
+
+
+class CausalLMDraft:
+    """A causal LM behind the ``(draft, target)`` interface ``expand_tree`` calls."""
+
+    def __init__(self, model) -> None:
+        check_tree_attention(model)
+        if getattr(model.config, "final_logit_softcapping", None):
+            raise ValueError(
+                f"draft model_type {model.config.model_type!r} soft-caps its logits; "
+                "use a draft whose logits are lm_head(last hidden state) (Llama, Qwen, Mistral)"
+            )
+        self.model = model
+        self.body = model.get_decoder()
+        self.head = model.get_output_embeddings()
+
+    def lm_head(self, hidden_QD: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (on the CPU) of final hidden states."""
+        return self.head(hidden_QD.to(self.model.device)).float().cpu()
+
+    def __call__(
+        self,
+        _target,
+        _feature_BQD: torch.Tensor,
+        tokens_BQ: torch.Tensor,
+        positions_Q: torch.Tensor,
+        view: DraftCacheView,
+        allowed_QS: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run candidate tokens after the cache; last hidden states ``[1, Q, D]``."""
+        device = self.model.device
+        out = self.body(
+            input_ids=tokens_BQ.to(device),
+            position_ids=positions_Q[None].to(device),
+            attention_mask=additive_mask(allowed_QS.to(device), self.model.dtype),
+            past_key_values=view.cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state.cpu()
+
+    def extend(self, cache: DynamicCache, tokens: list[int]) -> torch.Tensor:
+        """Append committed tokens to the cache (plain causal); log-probs ``[V]`` after the last."""
+        ids = torch.tensor([tokens], device=self.model.device)
+        out = self.body(input_ids=ids, past_key_values=cache, use_cache=True)
+        return torch.log_softmax(self.lm_head(out.last_hidden_state[0, -1]), dim=-1)
+
+    def grow_tree(
+        self,
+        cache: DynamicCache,
+        root: int,
+        root_logprobs_V: torch.Tensor,
+        width: int,
+        depth: int,
+        num_tokens: int,
+    ) -> DraftTree:
+        """A tree below ``root`` (the cache's last entry); the cache is left as it was."""
+        view = DraftCacheView(cache)
+        unused_feature_D = torch.zeros(self.model.config.hidden_size, dtype=self.model.dtype)
+        tree = expand_tree(
+            self, self, view, root, unused_feature_D, root_logprobs_V, width, depth, num_tokens
+        )
+        cache.crop(view.length)
+        return tree

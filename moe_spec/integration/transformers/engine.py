@@ -1,0 +1,173 @@
+"""Speculative decoding with a transformers MoE target: the reference engine's interface.
+
+Shape legend: N tree tokens, P prompt tokens, V vocabulary, L MoE layers.
+
+One step mirrors ``moe_spec.engine.generate.Engine``: the draft LM grows a tree
+below the root (the last target token); the target runs the tree in one
+forward with the tree mask and positions ``prefix + depth``, its MoE blocks
+budgeted by the policy (the only budgeted forward); the greedy or sampling
+rule picks the path and a bonus token; both KV caches keep only committed
+tokens. Prefill, autoregressive decoding and the draft run the models' own code.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import DynamicCache
+
+from moe_spec.budget import check_budget
+from moe_spec.engine.generate import GenerationResult, SpecConfig, StepStats, sample
+from moe_spec.engine.model import distinct_per_layer
+from moe_spec.engine.tree import DraftTree
+from moe_spec.engine.verify import accept_greedy, accept_sampling
+from moe_spec.integration.transformers.adapter import (
+    VerifyRouting,
+    budgeted_verify,
+    find_moe_blocks,
+)
+from moe_spec.integration.transformers.draft import CausalLMDraft
+from moe_spec.integration.transformers.tree import check_tree_attention, keep_path, run_tree
+from moe_spec.policies import Policy, get_policy
+
+
+def context_limit(config) -> int:
+    """Longest sequence the model handles with a plain (non-sliding) tree mask."""
+    limit = getattr(config, "max_position_embeddings", None) or 1 << 30
+    window = getattr(config, "sliding_window", None)
+    return min(limit, window - 1) if window else limit
+
+
+def eos_ids(model) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
+
+
+class TransformersEngine:
+    """A transformers MoE target, a causal-LM draft and a tokenizer, ready to generate (batch 1)."""
+
+    def __init__(self, target, draft, tokenizer, max_len: int | None = None) -> None:
+        check_tree_attention(target)
+        blocks = find_moe_blocks(target)
+        if draft.config.vocab_size > target.config.vocab_size:
+            raise ValueError(
+                f"draft vocab_size={draft.config.vocab_size} exceeds the target's "
+                f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+            )
+        self.target, self.tokenizer = target.eval(), tokenizer
+        self.draft = CausalLMDraft(draft.eval())
+        self.n_experts, self.top_k = blocks[0].num_experts, blocks[0].top_k
+        self.n_moe_layers = len(blocks)
+        self.max_len = max_len or min(context_limit(target.config), context_limit(draft.config))
+        self.eos = eos_ids(target)
+        self.eot = min(self.eos) if self.eos else -1
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def check_room(self, prompt: list[int], max_new_tokens: int, extra: int = 0) -> None:
+        need = len(prompt) + max_new_tokens + extra
+        if not prompt or need > self.max_len:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens + {max_new_tokens} new (+{extra} tree scratch) "
+                f"must be non-empty and fit max_len={self.max_len}"
+            )
+
+    def new_cache(self, model) -> DynamicCache:
+        return DynamicCache(config=model.config)
+
+    def forward_last(self, tokens: list[int], cache: DynamicCache) -> torch.Tensor:
+        """Plain causal forward of ``tokens`` after the cache: fp32 logits ``[V]`` of the last."""
+        ids = torch.tensor([tokens], device=self.target.device)
+        out = self.target(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float().cpu()
+
+    @torch.no_grad()
+    def generate_autoregressive(
+        self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0
+    ) -> GenerationResult:
+        """The baseline: prefill, then one target forward per token."""
+        self.check_room(prompt, max_new_tokens)
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        cache = self.new_cache(self.target)
+        logits_V = self.forward_last(prompt, cache)
+        out: list[int] = []
+        while len(out) < max_new_tokens:
+            token = sample(logits_V, temperature, g)
+            out.append(token)
+            if token in self.eos:
+                break
+            logits_V = self.forward_last([token], cache)
+        return GenerationResult(out, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def generate_speculative(
+        self, prompt: list[int], max_new_tokens: int, spec: SpecConfig, seed: int = 0
+    ) -> GenerationResult:
+        """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``."""
+        self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
+        E = self.n_experts
+        budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
+        policy = get_policy(spec.policy, **spec.policy_options)
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        tcache, dcache = self.new_cache(self.target), self.new_cache(self.draft.model)
+        root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
+        out, steps = [root], []
+        root_logprobs_V = self.draft.extend(dcache, prompt + [root])
+        while len(out) < max_new_tokens and out[-1] not in self.eos:
+            tree = self.draft.grow_tree(
+                dcache, root, root_logprobs_V, spec.width, spec.depth, spec.num_tokens
+            )
+            path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
+            new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
+            steps.append(
+                StepStats(
+                    len(new_tokens),
+                    distinct_per_layer(routing.ids_before_LTK, E),
+                    routing.distinct_computed_L(),
+                    distinct_per_layer(routing.ids_before_LTK, E, torch.tensor(path)),
+                )
+            )
+            out.extend(new_tokens)
+            root = bonus
+            root_logprobs_V = self.draft.extend(dcache, new_tokens)
+        out = out[:max_new_tokens]
+        ends = [i for i, t in enumerate(out) if t in self.eos]
+        if ends:
+            out = out[: ends[0] + 1]
+        return GenerationResult(out, time.perf_counter() - start, steps)
+
+    def verify(
+        self,
+        tree: DraftTree,
+        cache: DynamicCache,
+        policy: Policy,
+        budget: int,
+        spec: SpecConfig,
+        g: torch.Generator,
+    ) -> tuple[list[int], int, VerifyRouting]:
+        """One budgeted target forward over the tree; keep the accepted path in the cache.
+
+        Returns ``(path node indices, bonus token, the forward's routing)``.
+        """
+        prefix, device = cache.get_seq_length(), self.target.device
+        depth_T, logprob_T = tree.depth_N.to(device), tree.logprob_N.to(device)
+        with budgeted_verify(self.target, policy, budget, spec.mode, depth_T, logprob_T) as routing:
+            logits_NV = run_tree(self.target, cache, tree).cpu()
+        if spec.temperature == 0:
+            path, bonus = accept_greedy(tree, logits_NV)
+        else:
+            probs_NV = torch.softmax(logits_NV / spec.temperature, dim=-1)
+            path, bonus = accept_sampling(tree, probs_NV, g)
+        keep_path(cache, prefix, torch.tensor(path))
+        return path, bonus, routing

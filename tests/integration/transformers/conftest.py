@@ -1,0 +1,140 @@
+"""Tiny random-initialised transformers models (built from transformers' own config classes).
+
+float64 and a wide initialiser keep routing and argmax decisions far from ties,
+so a tree forward and a plain forward agree on every top-k and every token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from transformers import (
+    AutoModelForCausalLM,
+    DeepseekV2Config,
+    GptOssConfig,
+    MixtralConfig,
+    OlmoeConfig,
+    Qwen2MoeConfig,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
+
+from moe_spec.engine.tree import DraftTree
+
+VOCAB = 96
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.2,
+    bos_token_id=1,
+    eos_token_id=None,
+    pad_token_id=0,
+)
+
+
+def tiny_config(model_type: str):
+    """A 2-layer config of ``model_type`` with 8 or 16 experts."""
+    if model_type == "qwen3_moe":
+        return Qwen3MoeConfig(
+            **COMMON, head_dim=8, intermediate_size=32, moe_intermediate_size=16,
+            num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+        )  # fmt: skip
+    if model_type == "olmoe":
+        return OlmoeConfig(
+            **COMMON, intermediate_size=16, num_experts=16, num_experts_per_tok=4,
+            norm_topk_prob=False,
+        )  # fmt: skip
+    if model_type == "mixtral":
+        return MixtralConfig(
+            **COMMON, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2
+        )
+    if model_type == "qwen2_moe":
+        return Qwen2MoeConfig(
+            **COMMON, intermediate_size=32, moe_intermediate_size=16,
+            shared_expert_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
+            norm_topk_prob=False,
+        )  # fmt: skip
+    if model_type == "deepseek_v2":
+        return DeepseekV2Config(
+            **{**COMMON, "num_key_value_heads": 4}, intermediate_size=32, moe_intermediate_size=16, n_routed_experts=8,
+            num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=0,
+            kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=4,
+            v_head_dim=8, topk_method="greedy", n_group=1, topk_group=1,
+            routed_scaling_factor=2.0,
+        )  # fmt: skip
+    if model_type == "gpt_oss":
+        return GptOssConfig(
+            **COMMON, head_dim=8, intermediate_size=16, num_local_experts=8,
+            num_experts_per_tok=2, sliding_window=128,
+        )  # fmt: skip
+    raise ValueError(model_type)
+
+
+REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
+EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss")
+
+
+def build(config, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, experts_implementation="eager")
+    return model.to(torch.float64).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session", params=REQUIRED + EXTRA)
+def moe_model(request):
+    return build(tiny_config(request.param))
+
+
+@pytest.fixture(scope="session")
+def dense_draft():
+    config = Qwen3Config(**COMMON, head_dim=8, intermediate_size=32)
+    return build(config, seed=1)
+
+
+def hand_tree(tokens: list[int], parents: list[int]) -> DraftTree:
+    """A DraftTree from tokens and parent indices (topological order)."""
+    depth = [0]
+    for p in parents[1:]:
+        depth.append(depth[p] + 1)
+    return DraftTree(
+        tokens_N=torch.tensor(tokens),
+        parent_N=torch.tensor(parents),
+        depth_N=torch.tensor(depth),
+        logprob_N=-torch.arange(len(tokens), dtype=torch.float32),
+    )
+
+
+class ExpertAccessCounter(TorchFunctionMode):
+    """Which expert weight slices each experts module actually reads (an independent count).
+
+    Any torch call that receives a slice ``param[e]`` of a registered experts
+    parameter (``gate_up_proj``, the first weight every expert computation reads)
+    records expert ``e`` for that layer, in the current ``window``.
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.params = {}
+        experts = [m for m in model.modules() if type(m).__name__.endswith("Experts")]
+        for layer, module in enumerate(experts):
+            self.params[module.gate_up_proj.untyped_storage().data_ptr()] = (layer, module)
+        self.window = 0
+        self.seen: dict[tuple[int, int], set[int]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        for arg in list(args) + list((kwargs or {}).values()):
+            if isinstance(arg, torch.Tensor) and arg.dim() == 2:
+                hit = self.params.get(arg.untyped_storage().data_ptr())
+                if hit is not None:
+                    layer, module = hit
+                    expert = arg.storage_offset() // module.gate_up_proj.stride(0)
+                    self.seen.setdefault((self.window, layer), set()).add(expert)
+        return func(*args, **(kwargs or {}))
+
+    def distinct(self, window: int, layers: int) -> list[int]:
+        return [len(self.seen.get((window, layer), ())) for layer in range(layers)]
