@@ -37,42 +37,45 @@ COMMON = dict(
 )
 
 
+ARCH_CONFIGS = {
+    "qwen3_moe": (
+        Qwen3MoeConfig,
+        dict(head_dim=8, intermediate_size=32, moe_intermediate_size=16, num_experts=8,
+             num_experts_per_tok=2, norm_topk_prob=True),
+    ),
+    "olmoe": (
+        OlmoeConfig,
+        dict(intermediate_size=16, num_experts=16, num_experts_per_tok=4, norm_topk_prob=False),
+    ),
+    "mixtral": (
+        MixtralConfig,
+        dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2),
+    ),
+    "qwen2_moe": (  # with a shared expert outside the routed experts
+        Qwen2MoeConfig,
+        dict(intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+             num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
+    ),
+    "deepseek_v2": (  # DeepSeek-V2-Lite style: MLA, greedy top-k, scaled weights, shared expert
+        DeepseekV2Config,
+        dict(num_key_value_heads=4, intermediate_size=32, moe_intermediate_size=16,
+             n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+             first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4,
+             qk_nope_head_dim=4, v_head_dim=8, topk_method="greedy", n_group=1, topk_group=1,
+             routed_scaling_factor=2.0),
+    ),
+    "gpt_oss": (  # router bias, attention sinks, sliding-window layers (eager attention)
+        GptOssConfig,
+        dict(head_dim=8, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
+             sliding_window=128),
+    ),
+}  # fmt: skip
+
+
 def tiny_config(model_type: str):
     """A 2-layer config of ``model_type`` with 8 or 16 experts."""
-    if model_type == "qwen3_moe":
-        return Qwen3MoeConfig(
-            **COMMON, head_dim=8, intermediate_size=32, moe_intermediate_size=16,
-            num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
-        )  # fmt: skip
-    if model_type == "olmoe":
-        return OlmoeConfig(
-            **COMMON, intermediate_size=16, num_experts=16, num_experts_per_tok=4,
-            norm_topk_prob=False,
-        )  # fmt: skip
-    if model_type == "mixtral":
-        return MixtralConfig(
-            **COMMON, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2
-        )
-    if model_type == "qwen2_moe":
-        return Qwen2MoeConfig(
-            **COMMON, intermediate_size=32, moe_intermediate_size=16,
-            shared_expert_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
-            norm_topk_prob=False,
-        )  # fmt: skip
-    if model_type == "deepseek_v2":
-        return DeepseekV2Config(
-            **{**COMMON, "num_key_value_heads": 4}, intermediate_size=32, moe_intermediate_size=16, n_routed_experts=8,
-            num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=0,
-            kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=4,
-            v_head_dim=8, topk_method="greedy", n_group=1, topk_group=1,
-            routed_scaling_factor=2.0,
-        )  # fmt: skip
-    if model_type == "gpt_oss":
-        return GptOssConfig(
-            **COMMON, head_dim=8, intermediate_size=16, num_local_experts=8,
-            num_experts_per_tok=2, sliding_window=128,
-        )  # fmt: skip
-    raise ValueError(model_type)
+    config_class, kwargs = ARCH_CONFIGS[model_type]
+    return config_class(**{**COMMON, **kwargs})
 
 
 REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
@@ -138,3 +141,12 @@ class ExpertAccessCounter(TorchFunctionMode):
 
     def distinct(self, window: int, layers: int) -> list[int]:
         return [len(self.seen.get((window, layer), ())) for layer in range(layers)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads; on a shared 2-core box they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

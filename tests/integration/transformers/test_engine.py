@@ -1,0 +1,105 @@
+"""Tree speculative decoding on a transformers MoE target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe_spec.engine.generate import SpecConfig
+from moe_spec.integration.transformers import TransformersEngine, find_moe_blocks
+
+from .conftest import ExpertAccessCounter
+
+PROMPT = [5, 17, 42, 8, 63, 29, 4]
+NEW = 20
+SPEC = SpecConfig(width=3, depth=3, num_tokens=8)
+
+
+class NoTokenizer:
+    def encode(self, text):
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def greedy_reference(model) -> list[int]:
+    out = model.generate(
+        torch.tensor([PROMPT]), max_new_tokens=NEW, do_sample=False, eos_token_id=None
+    )
+    return out[0, len(PROMPT) :].tolist()
+
+
+@pytest.mark.parametrize("draft_kind", ["dense", "self"])
+def test_greedy_speculative_reproduces_generate(moe_model, dense_draft, draft_kind):
+    draft = dense_draft if draft_kind == "dense" else moe_model
+    engine = TransformersEngine(moe_model, draft, NoTokenizer())
+    expected = greedy_reference(moe_model)
+    result = engine.generate_speculative(PROMPT, NEW, SPEC)
+    assert result.tokens == expected
+    assert engine.generate_autoregressive(PROMPT, NEW).tokens == expected
+    E, L = engine.n_experts, engine.n_moe_layers
+    for step in result.steps:
+        assert len(step.distinct_before_L) == L
+        assert step.distinct_after_L == step.distinct_before_L  # policy none
+        assert all(
+            p <= b <= E for p, b in zip(step.distinct_path_L, step.distinct_before_L, strict=True)
+        )
+    if draft_kind == "self":  # the target drafting for itself: its argmax child is always kept
+        assert all(step.committed >= 2 for step in result.steps)
+        chain = SpecConfig(width=1, depth=3, num_tokens=4)  # the greedy chain alone
+        chained = engine.generate_speculative(PROMPT, NEW, chain)
+        assert chained.tokens == expected
+        assert all(step.committed == chain.depth + 1 for step in chained.steps)
+
+
+def test_prefill_and_decode_are_not_budgeted(moe_model, dense_draft):
+    """Count expert reads per target forward: only tree forwards stay within B."""
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    L, K = engine.n_moe_layers, engine.top_k
+    budget = K + 1
+    counter = ExpertAccessCounter(moe_model)
+    query_lengths = []
+
+    def next_window(_module, args, kwargs):
+        counter.window += 1
+        query_lengths.append(kwargs["input_ids"].shape[1])
+
+    handle = moe_model.register_forward_pre_hook(next_window, with_kwargs=True)
+    try:
+        with counter:
+            spec = SpecConfig(3, 3, 8, policy="router-mass", budget=budget)
+            result = engine.generate_speculative(PROMPT, 8, spec)
+            first_decode = counter.window + 1
+            engine.generate_autoregressive(PROMPT, 3)
+    finally:
+        handle.remove()
+    prefill = counter.distinct(1, L)
+    assert query_lengths[0] == len(PROMPT) and max(prefill) > budget  # unbudgeted prefill
+    verify_windows = range(2, first_decode)  # the tree forwards (the draft is another model)
+    assert len(verify_windows) == len(result.steps) and all(
+        query_lengths[w - 1] == SPEC.num_tokens for w in verify_windows
+    )
+    for w, step in zip(verify_windows, result.steps, strict=True):
+        assert all(n <= budget for n in counter.distinct(w, L))
+        assert counter.distinct(w, L) == step.distinct_after_L
+    assert max(counter.distinct(first_decode, L)) > budget  # the autoregressive prefill
+    assert result.tokens[0] == greedy_reference(moe_model)[0]
+
+
+def test_sampling_runs_and_is_seeded(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    spec = SpecConfig(3, 3, 8, temperature=1.0, policy="router-mass", budget=engine.top_k)
+    first = engine.generate_speculative(PROMPT, 12, spec, seed=3)
+    again = engine.generate_speculative(PROMPT, 12, spec, seed=3)
+    assert first.tokens == again.tokens and len(first.tokens) == 12
+    assert all(0 <= t < moe_model.config.vocab_size for t in first.tokens)
+
+
+def test_room_and_vocab_are_checked(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    with pytest.raises(ValueError, match="max_len"):
+        engine.generate_speculative(PROMPT, engine.max_len, SPEC)
+    with pytest.raises(ValueError, match="budget"):
+        engine.generate_speculative(PROMPT, 4, SpecConfig(policy="router-mass", budget=1))
+    assert find_moe_blocks(moe_model)

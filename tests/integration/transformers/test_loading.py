@@ -1,0 +1,77 @@
+"""load_engine: local safetensors checkpoint directories only, with clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config
+
+from moe_spec.engine.generate import SpecConfig
+from moe_spec.integration.transformers import (
+    ModelPathError,
+    TransformersEngine,
+    UnsupportedModelError,
+    load_engine,
+)
+
+from .conftest import COMMON, VOCAB, build, tiny_config
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over ``VOCAB`` words ``w0 .. w95``."""
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", pad_token="w0")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    target = build(tiny_config("qwen3_moe")).to(torch.float32)
+    target.save_pretrained(root / "target", safe_serialization=True)
+    word_tokenizer().save_pretrained(root / "target")
+    draft = build(Qwen3Config(**COMMON, head_dim=8, intermediate_size=32), seed=1)
+    draft.to(torch.float32).save_pretrained(root / "draft", safe_serialization=True)
+    return root
+
+
+def test_load_engine_from_local_directories(checkpoints):
+    engine = load_engine(str(checkpoints / "target"), str(checkpoints / "draft"), device="cpu")
+    assert isinstance(engine, TransformersEngine)
+    assert engine.target.config.model_type == "qwen3_moe" and engine.n_experts == 8
+    prompt = engine.encode("w5 w17 w42 w8")
+    assert prompt == [5, 17, 42, 8]
+    assert engine.decode(prompt) == "w5 w17 w42 w8"
+    result = engine.generate_speculative(prompt, 10, SpecConfig(width=2, depth=3, num_tokens=6))
+    assert result.tokens == engine.generate_autoregressive(prompt, 10).tokens
+    budgeted = SpecConfig(2, 3, 6, policy="router-mass", budget=3)
+    steps = engine.generate_speculative(prompt, 10, budgeted).steps
+    assert steps and all(max(s.distinct_after_L) <= 3 for s in steps)
+
+
+def test_paths_that_are_not_model_directories(checkpoints, tmp_path):
+    draft = str(checkpoints / "draft")
+    with pytest.raises(ModelPathError, match="not a local model directory"):
+        load_engine("Qwen/Qwen3-30B-A3B", draft)  # a hub id is never downloaded
+    a_file = tmp_path / "model.safetensors"
+    a_file.write_bytes(b"")
+    with pytest.raises(ModelPathError, match="not a local model directory"):
+        load_engine(str(a_file), draft)
+    with pytest.raises(ModelPathError, match="no config.json"):
+        load_engine(str(tmp_path), draft)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
+    a_file.unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ModelPathError, match="no \\*.safetensors"):
+        load_engine(str(tmp_path), draft)
+
+
+def test_unsupported_target_lists_supported_types(checkpoints):
+    draft = str(checkpoints / "draft")
+    with pytest.raises(UnsupportedModelError, match="qwen3_moe") as err:
+        load_engine(draft, draft)  # a dense model as the target
+    assert "'qwen3'" in str(err.value) and "mixtral" in str(err.value)
