@@ -9,8 +9,11 @@ top_k_index, top_k_weights)``. :func:`budgeted_verify` adds a forward hook on
 the router that hands its routing to the policy (through the budgeting core,
 with the model's own convention) and replaces the ids and weights the block
 passes on, plus a pre-hook on the experts module that records which experts
-the block actually computes. Shared experts (Qwen2-MoE, DeepSeek-V2) sit
-outside the experts module and are never touched. Outside the context manager
+the block actually computes. Conventions per architecture (:data:`ARCHITECTURES`):
+softmax top-k with or without renormalisation (``norm_topk_prob``), DeepSeek's
+``routed_scaling_factor``, and sigmoid gates chosen with a correction bias
+(DeepSeek-V3, GLM-4.5). Shared experts (Qwen2-MoE, DeepSeek, GLM) sit outside
+the experts module and are never touched. Outside the context manager
 no hook is installed: prefill and decoding run the model's own code.
 """
 
@@ -40,6 +43,7 @@ class RouterConvention:
     scoring: Scoring = "softmax"
     renormalize: bool = True  # top-k weights rescaled to sum to 1
     scale: float = 1.0  # DeepSeek's routed_scaling_factor, applied after the top-k
+    bias_attr: str | None = None  # sigmoid routers: the router's selection-bias buffer
 
 
 def softmax_topk_convention(config) -> RouterConvention:
@@ -57,6 +61,25 @@ def deepseek_v2_convention(config) -> RouterConvention:
     return RouterConvention("gate", renormalize=False, scale=float(config.routed_scaling_factor))
 
 
+def sigmoid_bias_convention(config) -> RouterConvention:
+    """DeepSeek-V3, GLM-4.5: sigmoid gates, top-k chosen by gate + correction bias,
+    weights from the gates (renormalised iff ``norm_topk_prob``) times ``routed_scaling_factor``.
+    """
+    if config.topk_group != config.n_group:
+        raise UnsupportedModelError(
+            f"{config.model_type} with n_group={config.n_group}, topk_group={config.topk_group} "
+            "limits each token to some expert groups, which a re-route would ignore; "
+            "supported: topk_group == n_group (e.g. n_group=1, as GLM-4.5)"
+        )
+    return RouterConvention(
+        "gate",
+        scoring="sigmoid",
+        renormalize=bool(config.norm_topk_prob),
+        scale=float(config.routed_scaling_factor),
+        bias_attr="e_score_correction_bias",
+    )
+
+
 ARCHITECTURES: dict[str, Callable[[object], RouterConvention]] = {
     "qwen3_moe": softmax_topk_convention,
     "qwen2_moe": softmax_topk_convention,
@@ -65,6 +88,8 @@ ARCHITECTURES: dict[str, Callable[[object], RouterConvention]] = {
     "deepseek_v2": deepseek_v2_convention,
     # softmax over the top-k logits (router bias included) == renormalised softmax top-k
     "gpt_oss": lambda config: RouterConvention("router"),
+    "deepseek_v3": sigmoid_bias_convention,
+    "glm4_moe": sigmoid_bias_convention,
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(ARCHITECTURES))
 
@@ -93,6 +118,7 @@ class MoEBlock:
     experts: nn.Module
     num_experts: int
     top_k: int
+    correction_bias_E: torch.Tensor | None = None  # sigmoid routers' selection bias
 
 
 def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
@@ -112,7 +138,8 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
     blocks = []
     for i, m in enumerate(modules):
         router = getattr(m, convention.router_attr)
-        blocks.append(MoEBlock(i, router, m.experts, router.num_experts, router.top_k))
+        bias_E = getattr(router, convention.bias_attr) if convention.bias_attr else None
+        blocks.append(MoEBlock(i, router, m.experts, router.num_experts, router.top_k, bias_E))
     return blocks
 
 
@@ -159,6 +186,7 @@ def budget_routing(
         num_layers=num_layers,
         scoring=convention.scoring,
         renormalize=convention.renormalize,
+        correction_bias_E=block.correction_bias_E,
     )
     new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)

@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 from transformers import (
     AutoModelForCausalLM,
     DeepseekV2Config,
+    Glm4MoeConfig,
     GptOssConfig,
     MixtralConfig,
     OlmoeConfig,
@@ -69,6 +70,12 @@ ARCH_CONFIGS = {
         dict(head_dim=8, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
              sliding_window=128),
     ),
+    "glm4_moe": (  # sigmoid gates with a selection bias, scaled weights, shared expert
+        Glm4MoeConfig,
+        dict(head_dim=8, intermediate_size=32, moe_intermediate_size=16, n_routed_experts=16,
+             num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=0,
+             routed_scaling_factor=2.5, norm_topk_prob=True, num_mtp_layers=0),
+    ),
 }  # fmt: skip
 
 
@@ -79,12 +86,15 @@ def tiny_config(model_type: str):
 
 
 REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
-EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss")
+EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe")
 
 
 def build(config, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, experts_implementation="eager")
+    for module in model.modules():  # a selection bias that matters (initialised to zero)
+        if hasattr(module, "e_score_correction_bias"):
+            module.e_score_correction_bias.copy_(torch.randn(module.num_experts) * 0.3)
     return model.to(torch.float64).eval().requires_grad_(False)
 
 

@@ -93,17 +93,25 @@ def test_hooks_live_only_inside_the_context(moe_model):
 
 def test_each_architecture_declares_its_routing_convention():
     expected = {
-        "qwen3_moe": (True, 1.0),  # norm_topk_prob=True in the tiny config
-        "olmoe": (False, 1.0),
-        "mixtral": (True, 1.0),
-        "qwen2_moe": (False, 1.0),
-        "deepseek_v2": (False, 2.0),
-        "gpt_oss": (True, 1.0),
+        "qwen3_moe": ("softmax", True, 1.0),  # norm_topk_prob=True in the tiny config
+        "olmoe": ("softmax", False, 1.0),
+        "mixtral": ("softmax", True, 1.0),
+        "qwen2_moe": ("softmax", False, 1.0),
+        "deepseek_v2": ("softmax", False, 2.0),
+        "gpt_oss": ("softmax", True, 1.0),
+        "glm4_moe": ("sigmoid", True, 2.5),
+        "deepseek_v3": ("sigmoid", True, 2.5),  # its config's defaults, with one expert group
     }
     assert set(expected) == set(SUPPORTED_MODEL_TYPES)
-    for model_type, (renormalize, scale) in expected.items():
-        convention = router_convention(tiny_config(model_type))
-        assert (convention.renormalize, convention.scale) == (renormalize, scale)
+    for model_type, want in expected.items():
+        if model_type == "deepseek_v3":
+            from transformers import DeepseekV3Config
+
+            config = DeepseekV3Config(n_group=1, topk_group=1)
+        else:
+            config = tiny_config(model_type)
+        convention = router_convention(config)
+        assert (convention.scoring, convention.renormalize, convention.scale) == want
 
 
 def test_unsupported_architectures_are_named():
@@ -116,3 +124,112 @@ def test_unsupported_architectures_are_named():
     config.topk_method = "group_limited_greedy"
     with pytest.raises(UnsupportedModelError, match="greedy"):
         router_convention(config)
+    config = tiny_config("glm4_moe")
+    config.n_group, config.topk_group = 4, 2
+    with pytest.raises(UnsupportedModelError, match="topk_group"):
+        router_convention(config)
+
+
+def capture_block_io(model):
+    """Hooks that record each router's own output and what each experts module receives."""
+    seen = {"router": [], "experts": []}
+    handles = []
+    for block in find_moe_blocks(model):
+        handles.append(
+            block.router.register_forward_hook(lambda _m, _a, out: seen["router"].append(out))
+        )
+        handles.append(
+            block.experts.register_forward_pre_hook(
+                lambda _m, args: seen["experts"].append((args[1], args[2]))
+            )
+        )
+    return seen, handles
+
+
+def gates_and_choice(convention, logits_E, bias_E):
+    """The model's gate values and the scores it picks its top-k by."""
+    if convention.scoring == "softmax":
+        gates_E = torch.softmax(logits_E.double(), dim=-1)
+        return gates_E, gates_E
+    gates_E = torch.sigmoid(logits_E.double())
+    return gates_E, gates_E + bias_E.double()
+
+
+def expected_routing(config, logits_E, bias_E, ids_K, weights_K, kept, mode):
+    """{expert: weight} a re-routed token should get, from the model's documented formula."""
+    convention = router_convention(config)
+    gates_E, choice_E = gates_and_choice(convention, logits_E, bias_E)
+    kept_ids = sorted(kept)
+    if mode == "substitution":
+        ids = sorted(kept_ids, key=lambda e: (-float(choice_E[e]), e))[: ids_K.numel()]
+        weights = {e: float(gates_E[e]) for e in ids}
+    else:
+        raw = weights_K.double() / convention.scale
+        weights = {int(e): float(w) for e, w in zip(ids_K, raw, strict=True) if int(e) in kept}
+        if not weights:
+            best = max(kept_ids, key=lambda e: (float(choice_E[e]), -e))
+            weights = {best: float(gates_E[best])}
+    if convention.renormalize:
+        total = sum(weights.values())
+        weights = {e: w / total for e, w in weights.items()}
+    return {e: w * convention.scale for e, w in weights.items()}
+
+
+@pytest.mark.parametrize("mode", ["substitution", "truncation"])
+def test_rerouted_tokens_follow_the_models_own_convention(moe_model, mode):
+    """Independent of the budgeting core: the paper's kept set and each model's weight formula."""
+    blocks = find_moe_blocks(moe_model)
+    convention = router_convention(moe_model.config)
+    budget = blocks[0].top_k + 1
+    seen, handles = capture_block_io(moe_model)
+    try:
+        verify_logits(moe_model, "router-mass", budget, mode)
+    finally:
+        for handle in handles:
+            handle.remove()
+    prefill_calls = len(seen["router"]) // 2  # one per layer for the prefill, then the tree
+    rerouted = 0
+    for block, (logits, weights_TK, ids_TK), (got_ids_TK, got_weights_TK) in zip(
+        blocks, seen["router"][prefill_calls:], seen["experts"][prefill_calls:], strict=True
+    ):
+        if convention.scoring == "softmax":
+            probs_TE = torch.softmax(logits.double(), dim=-1)
+        else:  # the paper's mass for sigmoid routers: gates normalised per token
+            probs_TE = torch.sigmoid(logits.double())
+            probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True)
+        used = sorted({int(e) for e in ids_TK.flatten()})
+        mass_E = probs_TE.sum(0)
+        kept = set(sorted(used, key=lambda e: (-float(mass_E[e]), e))[:budget])
+        for t in range(ids_TK.shape[0]):
+            got = {}
+            for e, w in zip(got_ids_TK[t].tolist(), got_weights_TK[t].tolist(), strict=True):
+                got[e] = got.get(e, 0.0) + w
+            got = {e: w for e, w in got.items() if w != 0.0}
+            if set(ids_TK[t].tolist()) <= kept:
+                assert torch.equal(got_ids_TK[t], ids_TK[t])
+                assert torch.equal(got_weights_TK[t], weights_TK[t])
+                continue
+            rerouted += 1
+            want = expected_routing(
+                moe_model.config,
+                logits[t],
+                block.correction_bias_E,
+                ids_TK[t],
+                weights_TK[t],
+                kept,
+                mode,
+            )
+            assert set(got) == set(want), (t, got, want)
+            for e in want:
+                assert got[e] == pytest.approx(want[e], rel=1e-5, abs=1e-7)
+    assert rerouted > 0
+
+
+def test_attention_without_custom_masks_is_refused():
+    from types import SimpleNamespace
+
+    from moe_spec.integration.transformers.tree import TreeAttentionError, check_tree_attention
+
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    with pytest.raises(TreeAttentionError, match="eager, sdpa"):
+        check_tree_attention(model)
