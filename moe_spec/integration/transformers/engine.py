@@ -13,6 +13,8 @@ tokens. Prefill, autoregressive decoding and the draft run the models' own code.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache
@@ -30,6 +32,48 @@ from moe_spec.integration.transformers.adapter import (
 from moe_spec.integration.transformers.draft import CausalLMDraft
 from moe_spec.integration.transformers.tree import check_tree_attention, keep_path, run_tree
 from moe_spec.policies import Policy, get_policy
+
+
+@dataclass(frozen=True)
+class MoEShape:
+    """The target's MoE shape, under the names ``moe_spec.engine.config.ModelConfig`` uses."""
+
+    n_layers: int  # MoE layers (dense layers are not counted)
+    n_experts: int
+    top_k: int
+    dim: int
+    expert_dim: int
+
+
+def moe_shape(model, blocks) -> MoEShape:
+    E, D = blocks[0].num_experts, model.config.hidden_size
+    expert_dim = blocks[0].experts.down_proj.numel() // (E * D)  # [E, D, F] or [E, F, D]
+    return MoEShape(len(blocks), E, blocks[0].top_k, D, expert_dim)
+
+
+TreeSize = Callable[[list[StepStats]], tuple[int, int, int]]
+
+
+def pick_tree(spec: SpecConfig, steps: list[StepStats], tree_size: TreeSize | None):
+    """``(num_tokens, width, depth)`` of the next step: ``spec``'s, or ``tree_size``'s pick."""
+    largest = (spec.num_tokens, spec.width, spec.depth)
+    if tree_size is None:
+        return largest
+    picked, lows = tuple(tree_size(steps)), (2, 1, 1)
+    if len(picked) != 3 or not all(
+        lo <= p <= m for p, lo, m in zip(picked, lows, largest, strict=False)
+    ):
+        raise ValueError(f"tree_size picked {picked}; allowed: {lows} <= each <= {largest}")
+    return picked
+
+
+def step_stats(committed: int, before_L, after_L, path_L, tree: tuple[int, int, int]):
+    """A :class:`StepStats`, with the tree's size where this version of it records one."""
+    names = {f.name for f in fields(StepStats)}
+    sizes = dict(zip(("num_tokens", "width", "depth"), tree, strict=True))
+    return StepStats(
+        committed, before_L, after_L, path_L, **{k: v for k, v in sizes.items() if k in names}
+    )
 
 
 def context_limit(config) -> int:
@@ -61,8 +105,9 @@ class TransformersEngine:
             )
         self.target, self.tokenizer = target.eval(), tokenizer
         self.draft = CausalLMDraft(draft.eval())
-        self.n_experts, self.top_k = blocks[0].num_experts, blocks[0].top_k
-        self.n_moe_layers = len(blocks)
+        self.config = moe_shape(target, blocks)
+        self.n_experts, self.top_k = self.config.n_experts, self.config.top_k
+        self.n_moe_layers = self.config.n_layers
         self.max_len = max_len or min(context_limit(target.config), context_limit(draft.config))
         self.eos = eos_ids(target)
         self.eot = min(self.eos) if self.eos else -1
@@ -111,9 +156,18 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate_speculative(
-        self, prompt: list[int], max_new_tokens: int, spec: SpecConfig, seed: int = 0
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        spec: SpecConfig,
+        seed: int = 0,
+        tree_size: TreeSize | None = None,
     ) -> GenerationResult:
-        """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``."""
+        """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``.
+
+        ``tree_size``, if given, picks ``(num_tokens, width, depth)`` before every step
+        from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
+        """
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
@@ -125,17 +179,17 @@ class TransformersEngine:
         out, steps = [root], []
         root_logprobs_V = self.draft.extend(dcache, prompt + [root])
         while len(out) < max_new_tokens and out[-1] not in self.eos:
-            tree = self.draft.grow_tree(
-                dcache, root, root_logprobs_V, spec.width, spec.depth, spec.num_tokens
-            )
+            num_tokens, width, depth = pick_tree(spec, steps, tree_size)
+            tree = self.draft.grow_tree(dcache, root, root_logprobs_V, width, depth, num_tokens)
             path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
             new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
             steps.append(
-                StepStats(
+                step_stats(
                     len(new_tokens),
                     distinct_per_layer(routing.ids_before_LTK, E),
                     routing.distinct_computed_L(),
                     distinct_per_layer(routing.ids_before_LTK, E, torch.tensor(path)),
+                    (num_tokens, width, depth),
                 )
             )
             out.extend(new_tokens)
@@ -146,6 +200,15 @@ class TransformersEngine:
         if ends:
             out = out[: ends[0] + 1]
         return GenerationResult(out, time.perf_counter() - start, steps)
+
+    @torch.no_grad()
+    def score(self, prompt: list[int], tokens: list[int]) -> list[float]:
+        """Log-probabilities of ``tokens`` after ``prompt`` under the unbudgeted target."""
+        self.check_room(prompt, len(tokens))
+        ids = torch.tensor([prompt + tokens], device=self.target.device)
+        logits_QV = self.target(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+        logprobs_QV = torch.log_softmax(logits_QV, dim=-1).cpu()
+        return logprobs_QV.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
 
     def verify(
         self,

@@ -103,3 +103,42 @@ def test_room_and_vocab_are_checked(moe_model, dense_draft):
     with pytest.raises(ValueError, match="budget"):
         engine.generate_speculative(PROMPT, 4, SpecConfig(policy="router-mass", budget=1))
     assert find_moe_blocks(moe_model)
+
+
+def test_engine_interface_for_the_ab_harness(moe_model, dense_draft):
+    """``config`` shape, ``score`` and a per-step ``tree_size``, as the reference Engine has."""
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    shape = engine.config
+    blocks = find_moe_blocks(moe_model)
+    assert (shape.n_layers, shape.n_experts, shape.top_k) == (
+        len(blocks),
+        blocks[0].num_experts,
+        blocks[0].top_k,
+    )
+    assert (shape.dim, shape.expert_dim) == (32, 16)  # every tiny config's expert width
+
+    out = moe_model.generate(
+        torch.tensor([PROMPT]),
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    tokens = out.sequences[0, len(PROMPT) :].tolist()
+    steps = zip(out.logits, tokens, strict=True)
+    decoded = [torch.log_softmax(logits[0].float(), -1)[t].item() for logits, t in steps]
+    assert engine.score(PROMPT, tokens) == pytest.approx(decoded, abs=1e-6)
+
+    picks = []
+
+    def tree_size(steps):
+        picks.append(len(steps))
+        return (4, 2, 2)
+
+    result = engine.generate_speculative(PROMPT, NEW, SPEC, tree_size=tree_size)
+    assert result.tokens == greedy_reference(moe_model)
+    assert picks == list(range(len(result.steps)))
+    assert all(s.committed <= 3 for s in result.steps)  # depth 2: at most 2 drafts + bonus
+    with pytest.raises(ValueError, match="tree_size picked"):
+        engine.generate_speculative(PROMPT, NEW, SPEC, tree_size=lambda steps: (64, 2, 2))
