@@ -142,3 +142,17 @@ def test_engine_interface_for_the_ab_harness(moe_model, dense_draft):
     assert all(s.committed <= 3 for s in result.steps)  # depth 2: at most 2 drafts + bonus
     with pytest.raises(ValueError, match="tree_size picked"):
         engine.generate_speculative(PROMPT, NEW, SPEC, tree_size=lambda steps: (64, 2, 2))
+
+
+def test_stops_where_generate_stops_at_an_end_token(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    reference = greedy_reference(moe_model)
+    end = reference[4]
+    engine.eos = {end}
+    out = moe_model.generate(
+        torch.tensor([PROMPT]), max_new_tokens=NEW, do_sample=False, eos_token_id=end
+    )
+    expected = out[0, len(PROMPT) :].tolist()
+    assert expected[-1] == end and len(expected) <= 5
+    assert engine.generate_speculative(PROMPT, NEW, SPEC).tokens == expected
+    assert engine.generate_autoregressive(PROMPT, NEW).tokens == expected
