@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from moe_spec.budget import Mode
+from moe_spec.engine.model import VerifyBudget
 from moe_spec.policies import Policy
 from moe_spec.routing import RoutingRecord, Scoring, used_experts_E
 
@@ -144,21 +145,14 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
 
 
 @dataclass
-class VerifyRouting:
-    """What a budgeted verify forward needs, and what it measured per MoE layer.
+class VerifyRouting(VerifyBudget):
+    """The engine's :class:`VerifyBudget`, plus what each block computed.
 
-    ``ids_before_LTK`` / ``ids_after_LTK``: each layer's top-k ids before and
+    ``ids_before_LTK`` / ``ids_after_LTK``: each MoE layer's top-k ids before and
     after the policy. ``computed_LE``: bool ``[E]`` per layer, the experts the
     experts module received tokens for (measured at its input, inside the block).
     """
 
-    policy: Policy
-    budget: int
-    mode: Mode = "substitution"
-    depth_T: torch.Tensor | None = None
-    path_logprob_T: torch.Tensor | None = None
-    ids_before_LTK: list[torch.Tensor] = field(default_factory=list)
-    ids_after_LTK: list[torch.Tensor] = field(default_factory=list)
     computed_LE: list[torch.Tensor] = field(default_factory=list)
 
     def distinct_computed_L(self) -> list[int]:
