@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 from transformers import (
     AutoModelForCausalLM,
     DeepseekV2Config,
+    DeepseekV3Config,
     Glm4MoeConfig,
     GptOssConfig,
     MixtralConfig,
@@ -76,6 +77,14 @@ ARCH_CONFIGS = {
              num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=0,
              routed_scaling_factor=2.5, norm_topk_prob=True, num_mtp_layers=0),
     ),
+    "deepseek_v3": (  # MLA, sigmoid gates with a selection bias, one expert group
+        DeepseekV3Config,
+        dict(num_key_value_heads=4, intermediate_size=32, moe_intermediate_size=16,
+             n_routed_experts=16, num_experts_per_tok=2, n_shared_experts=1,
+             first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4,
+             qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1,
+             routed_scaling_factor=2.5, norm_topk_prob=True),
+    ),
 }  # fmt: skip
 
 
@@ -86,7 +95,7 @@ def tiny_config(model_type: str):
 
 
 REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
-EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe")
+EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe", "deepseek_v3")
 
 
 def build(config, seed: int = 0):
