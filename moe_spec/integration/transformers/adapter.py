@@ -160,6 +160,11 @@ class VerifyRouting(VerifyBudget):
         return [int(used_E.sum()) for used_E in self.computed_LE]
 
 
+def on_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``tensor`` on ``device`` (layers of a model split over GPUs sit on different ones)."""
+    return None if tensor is None else tensor.to(device, non_blocking=True)
+
+
 def budget_routing(
     state: VerifyRouting,
     convention: RouterConvention,
@@ -174,8 +179,8 @@ def budget_routing(
         logits_TE,
         ids_TK,
         weights_TK / convention.scale if convention.scale != 1.0 else weights_TK,
-        depth_T=state.depth_T,
-        path_logprob_T=state.path_logprob_T,
+        depth_T=on_device(state.depth_T, logits.device),
+        path_logprob_T=on_device(state.path_logprob_T, logits.device),
         layer_idx=block.layer_idx,
         num_layers=num_layers,
         scoring=convention.scoring,
