@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from moe_spec.engine.tree import DraftTree, expand_tree
-from moe_spec.integration.transformers.tree import additive_mask, check_tree_attention
+from moe_spec.integration.transformers.tree import check_tree_attention, layer_masks
 
 
 class DraftCacheView:
@@ -30,6 +30,12 @@ class DraftCacheView:
         self.cache = cache
         self.length = cache.get_seq_length()
         self.offset = 0
+        self.key_pos_S = torch.arange(self.length)  # positions of the cached entries
+
+    def append(self, positions_Q: torch.Tensor) -> torch.Tensor:
+        """Note new entries' positions; return every entry's position ``[S]``."""
+        self.key_pos_S = torch.cat((self.key_pos_S, positions_Q.cpu()))
+        return self.key_pos_S
 
 
 class CausalLMDraft:
@@ -60,11 +66,13 @@ class CausalLMDraft:
         allowed_QS: torch.Tensor,
     ) -> torch.Tensor:
         """Run candidate tokens after the cache; last hidden states ``[1, Q, D]``."""
-        device = self.model.device
+        device, config = self.model.device, self.model.config
+        key_pos_S = view.append(positions_Q)
+        masks = layer_masks(config, allowed_QS, positions_Q, key_pos_S, self.model.dtype, device)
         out = self.body(
             input_ids=tokens_BQ.to(device),
             position_ids=positions_Q[None].to(device),
-            attention_mask=additive_mask(allowed_QS.to(device), self.model.dtype),
+            attention_mask=masks,
             past_key_values=view.cache,
             use_cache=True,
         )

@@ -30,7 +30,12 @@ from moe_spec.integration.transformers.adapter import (
     find_moe_blocks,
 )
 from moe_spec.integration.transformers.draft import CausalLMDraft
-from moe_spec.integration.transformers.tree import check_tree_attention, keep_path, run_tree
+from moe_spec.integration.transformers.tree import (
+    check_tree_attention,
+    keep_path,
+    new_cache,
+    run_tree,
+)
 from moe_spec.policies import Policy, get_policy
 
 
@@ -77,10 +82,7 @@ def step_stats(committed: int, before_L, after_L, path_L, tree: tuple[int, int, 
 
 
 def context_limit(config) -> int:
-    """Longest sequence the model handles with a plain (non-sliding) tree mask."""
-    limit = getattr(config, "max_position_embeddings", None) or 1 << 30
-    window = getattr(config, "sliding_window", None)
-    return min(limit, window - 1) if window else limit
+    return getattr(config, "max_position_embeddings", None) or 1 << 30
 
 
 def eos_ids(model) -> set[int]:
@@ -126,9 +128,6 @@ class TransformersEngine:
                 f"must be non-empty and fit max_len={self.max_len}"
             )
 
-    def new_cache(self, model) -> DynamicCache:
-        return DynamicCache(config=model.config)
-
     def forward_last(self, tokens: list[int], cache: DynamicCache) -> torch.Tensor:
         """Plain causal forward of ``tokens`` after the cache: fp32 logits ``[V]`` of the last."""
         ids = torch.tensor([tokens], device=self.target.device)
@@ -143,7 +142,7 @@ class TransformersEngine:
         self.check_room(prompt, max_new_tokens)
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        cache = self.new_cache(self.target)
+        cache = new_cache()
         logits_V = self.forward_last(prompt, cache)
         out: list[int] = []
         while len(out) < max_new_tokens:
@@ -174,7 +173,7 @@ class TransformersEngine:
         policy = get_policy(spec.policy, **spec.policy_options)
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        tcache, dcache = self.new_cache(self.target), self.new_cache(self.draft.model)
+        tcache, dcache = new_cache(), new_cache()
         root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
         out, steps = [root], []
         root_logprobs_V = self.draft.extend(dcache, prompt + [root])

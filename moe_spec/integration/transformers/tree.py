@@ -9,8 +9,12 @@ ancestors; the dtype's minimum elsewhere). transformers returns a 4-D mask
 as-is to the attention implementation, and both ``eager`` (adds it to the
 scores) and ``sdpa`` (passes it to ``scaled_dot_product_attention``) accept it.
 
+Sliding-window layers get the same mask with keys ``window`` or more positions
+behind the query removed (a dict by layer type where the model mixes both kinds).
+
 KV cache: a ``DynamicCache`` is contiguous, so the verify forward appends the N
-tree entries after the prefix. :func:`keep_path` then gathers the accepted
+tree entries after the prefix. Its layers keep every entry, sliding ones too
+(the masks hide what a sliding layer may not see). :func:`keep_path` then gathers the accepted
 path's entries into place and drops the rest. Each path node's keys were
 computed at position ``P + depth``, which is exactly where a plain forward of
 the path would put them, so no forward is re-run.
@@ -45,16 +49,56 @@ def additive_mask(allowed_QS: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill(~allowed_QS, torch.finfo(dtype).min)[None, None]
 
 
-def tree_inputs(tree: DraftTree, prefix: int, dtype: torch.dtype, device) -> dict:
-    """Model kwargs for a tree forward after ``prefix`` cached tokens."""
+def sliding_window(config) -> int | None:
+    """The model's attention window, or None when every layer attends to everything."""
+    return getattr(config, "sliding_window", None) or None
+
+
+def layer_masks(config, allowed_QS, query_pos_Q, key_pos_S, dtype: torch.dtype, device):
+    """The masks the model's layers need for ``allowed_QS``: one 4-D mask, or one per layer type.
+
+    Sliding-window layers also drop keys ``window`` or more positions behind the query
+    (the model's own rule, ``q - k < window``). A model mixing full and sliding layers
+    (GPT-OSS, Qwen2-MoE with ``use_sliding_window``) takes a dict by layer type.
+    """
+    full = additive_mask(allowed_QS.to(device), dtype)
+    window = sliding_window(config)
+    if window is None:
+        return full
+    near_QS = query_pos_Q[:, None] - key_pos_S[None, :] < window
+    sliding = additive_mask((allowed_QS & near_QS).to(device), dtype)
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    if {"full_attention", "sliding_attention"} <= layer_types:
+        return {"full_attention": full, "sliding_attention": sliding}
+    return sliding
+
+
+def tree_attention_mask(config, tree: DraftTree, prefix: int, dtype: torch.dtype, device):
+    """Masks for a tree forward after ``prefix`` cached tokens (see :func:`layer_masks`)."""
     allowed_NS = torch.cat(
         (torch.ones(tree.size, prefix, dtype=torch.bool), tree.ancestor_mask_NN()), dim=1
     )
+    key_pos_S = torch.cat((torch.arange(prefix), prefix + tree.depth_N))
+    return layer_masks(config, allowed_NS, prefix + tree.depth_N, key_pos_S, dtype, device)
+
+
+def tree_inputs(model, tree: DraftTree, prefix: int) -> dict:
+    """Model kwargs for a tree forward after ``prefix`` cached tokens."""
+    device = model.device
     return {
         "input_ids": tree.tokens_N[None].to(device),
         "position_ids": (prefix + tree.depth_N)[None].to(device),
-        "attention_mask": additive_mask(allowed_NS.to(device), dtype),
+        "attention_mask": tree_attention_mask(model.config, tree, prefix, model.dtype, device),
     }
+
+
+def new_cache() -> DynamicCache:
+    """A cache that keeps every entry in every layer (sliding layers included).
+
+    The model masks what a sliding layer may not see, so nothing is lost by
+    keeping it, and the accepted path can always be gathered into place.
+    """
+    return DynamicCache()
 
 
 def run_tree(model, cache: DynamicCache, tree: DraftTree) -> torch.Tensor:
@@ -62,8 +106,7 @@ def run_tree(model, cache: DynamicCache, tree: DraftTree) -> torch.Tensor:
 
     Leaves the N tree entries appended to ``cache`` (see :func:`keep_path`).
     """
-    prefix = cache.get_seq_length()
-    inputs = tree_inputs(tree, prefix, model.dtype, model.device)
+    inputs = tree_inputs(model, tree, cache.get_seq_length())
     out = model(**inputs, past_key_values=cache, use_cache=True)
     return out.logits[0].float()
 
@@ -88,8 +131,3 @@ def keep_path(cache: DynamicCache, prefix: int, path_N: torch.Tensor) -> None:
         layer.values = layer.values.index_select(-2, keep_S)
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = keep_S.numel()
-
-
-def crop(cache: DynamicCache, length: int) -> None:
-    """Drop every entry after the first ``length`` (the draft's scratch entries)."""
-    cache.crop(length)

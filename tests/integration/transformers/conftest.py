@@ -49,14 +49,15 @@ ARCH_CONFIGS = {
         OlmoeConfig,
         dict(intermediate_size=16, num_experts=16, num_experts_per_tok=4, norm_topk_prob=False),
     ),
-    "mixtral": (
+    "mixtral": (  # every layer slides over 8 tokens: one sliding tree mask
         MixtralConfig,
-        dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2),
+        dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2, sliding_window=8),
     ),
-    "qwen2_moe": (  # with a shared expert outside the routed experts
+    "qwen2_moe": (  # a shared expert; layer 0 slides over 8 tokens, layer 1 does not
         Qwen2MoeConfig,
         dict(intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-             num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
+             num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+             use_sliding_window=True, sliding_window=8, max_window_layers=2),
     ),
     "deepseek_v2": (  # DeepSeek-V2-Lite style: MLA, greedy top-k, scaled weights, shared expert
         DeepseekV2Config,
@@ -66,10 +67,10 @@ ARCH_CONFIGS = {
              qk_nope_head_dim=4, v_head_dim=8, topk_method="greedy", n_group=1, topk_group=1,
              routed_scaling_factor=2.0),
     ),
-    "gpt_oss": (  # router bias, attention sinks, sliding-window layers (eager attention)
+    "gpt_oss": (  # router bias, attention sinks, sliding (8) and full layers, eager attention
         GptOssConfig,
         dict(head_dim=8, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
-             sliding_window=128),
+             sliding_window=8),
     ),
     "glm4_moe": (  # sigmoid gates with a selection bias, scaled weights, shared expert
         Glm4MoeConfig,

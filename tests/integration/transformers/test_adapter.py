@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from moe_spec.integration.transformers import (
     SUPPORTED_MODEL_TYPES,
@@ -13,7 +12,7 @@ from moe_spec.integration.transformers import (
     find_moe_blocks,
 )
 from moe_spec.integration.transformers.adapter import router_convention
-from moe_spec.integration.transformers.tree import run_tree
+from moe_spec.integration.transformers.tree import new_cache, run_tree
 from moe_spec.policies import get_policy
 
 from .conftest import ExpertAccessCounter, hand_tree, tiny_config
@@ -27,7 +26,7 @@ TOKENS = [11, 70, 3, 44, 91, 12, 7, 58, 33]
 def verify_logits(model, policy="none", budget=None, mode="substitution", counter=None):
     """Prefill PROMPT, then one (budgeted) tree forward: ``(logits_NV, routing)``."""
     tree = hand_tree(TOKENS, PARENTS)
-    cache = DynamicCache(config=model.config)
+    cache = new_cache()
     model(input_ids=torch.tensor([PROMPT]), past_key_values=cache, use_cache=True)
     E = find_moe_blocks(model)[0].num_experts
     with budgeted_verify(
