@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -156,3 +158,33 @@ def test_stops_where_generate_stops_at_an_end_token(moe_model, dense_draft):
     assert expected[-1] == end and len(expected) <= 5
     assert engine.generate_speculative(PROMPT, NEW, SPEC).tokens == expected
     assert engine.generate_autoregressive(PROMPT, NEW).tokens == expected
+
+
+def test_budget_covering_every_expert_changes_no_token(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    spec = SpecConfig(3, 3, 8, policy="router-mass", budget=engine.n_experts)
+    result = engine.generate_speculative(PROMPT, NEW, spec)
+    assert result.tokens == greedy_reference(moe_model)
+    assert all(s.distinct_after_L == s.distinct_before_L for s in result.steps)
+
+
+def test_half_precision_runs_within_budget(moe_model, dense_draft):
+    """bf16 weights, logits and masks: no dtype clash anywhere, and the budget holds."""
+    target = copy.deepcopy(moe_model).to(torch.bfloat16)
+    engine = TransformersEngine(target, copy.deepcopy(dense_draft).to(torch.bfloat16), None)
+    budget = engine.top_k + 1
+    for mode in ("substitution", "truncation"):
+        spec = SpecConfig(3, 3, 8, policy="router-mass", budget=budget, mode=mode)
+        result = engine.generate_speculative(PROMPT, 8, spec)
+        assert len(result.tokens) == 8
+        assert all(max(s.distinct_after_L) <= budget for s in result.steps)
+
+
+def test_draft_vocabulary_must_fit_the_target(moe_model):
+    from transformers import Qwen3Config
+
+    from .conftest import COMMON, build
+
+    big = build(Qwen3Config(**{**COMMON, "vocab_size": 200}, head_dim=8, intermediate_size=32))
+    with pytest.raises(ValueError, match="vocab_size=200"):
+        TransformersEngine(moe_model, big, None)
