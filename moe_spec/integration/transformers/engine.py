@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from moe_spec.budget import check_budget
-from moe_spec.engine.generate import GenerationResult, SpecConfig, StepStats, sample
+from moe_spec.engine.generate import Engine, GenerationResult, SpecConfig, StepStats, sample
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
 from moe_spec.engine.verify import accept_greedy, accept_sampling
@@ -120,13 +120,7 @@ class TransformersEngine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def check_room(self, prompt: list[int], max_new_tokens: int, extra: int = 0) -> None:
-        need = len(prompt) + max_new_tokens + extra
-        if not prompt or need > self.max_len:
-            raise ValueError(
-                f"prompt of {len(prompt)} tokens + {max_new_tokens} new (+{extra} tree scratch) "
-                f"must be non-empty and fit max_len={self.max_len}"
-            )
+    check_room = Engine.check_room  # prompt + new tokens (+ tree scratch) must fit max_len
 
     def forward_last(self, tokens: list[int], cache: DynamicCache) -> torch.Tensor:
         """Plain causal forward of ``tokens`` after the cache: fp32 logits ``[V]`` of the last."""
