@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from moe_spec.budget import Mode
+from moe_spec.budget import Mode, check_budget, check_mode
 from moe_spec.engine.model import VerifyBudget
 from moe_spec.policies import Policy
 from moe_spec.routing import RoutingRecord, Scoring, used_experts_E
@@ -190,9 +190,8 @@ def budget_routing(
     new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)
     if convention.scale != 1.0:  # unchanged rows keep the model's own weights bit for bit
-        changed_T = (new_ids_TK != ids_TK).any(-1) | (new_weights_TK != record.topk_weights_TK).any(
-            -1
-        )
+        changed_T = (new_ids_TK != ids_TK).any(-1)
+        changed_T |= (new_weights_TK != record.topk_weights_TK).any(-1)
         new_weights_TK = torch.where(
             changed_T[:, None], new_weights_TK * convention.scale, weights_TK
         )
@@ -227,6 +226,8 @@ def budgeted_verify(
     """
     convention = router_convention(model.config)
     blocks = find_moe_blocks(model)
+    check_mode(mode)
+    budget = check_budget(budget, blocks[0].top_k, blocks[0].num_experts)
     state = VerifyRouting(policy, budget, mode, depth_T, path_logprob_T)
     handles = []
 

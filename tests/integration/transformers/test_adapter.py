@@ -226,3 +226,12 @@ def test_attention_without_custom_masks_is_refused():
     model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
     with pytest.raises(TreeAttentionError, match="eager, sdpa"):
         check_tree_attention(model)
+
+
+def test_bad_budget_or_mode_fails_before_the_forward(moe_model):
+    policy = get_policy("router-mass")
+    with pytest.raises(ValueError, match="below top-k"):
+        budgeted_verify(moe_model, policy, 1).__enter__()
+    with pytest.raises(ValueError, match="budget mode"):
+        budgeted_verify(moe_model, policy, 4, mode="drop").__enter__()
+    assert not any(b.router._forward_hooks for b in find_moe_blocks(moe_model))
