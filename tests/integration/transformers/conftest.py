@@ -1,5 +1,9 @@
 """Tiny random-initialised transformers models (built from transformers' own config classes).
 
+transformers' config and model classes import Triton; they are looked up only when a
+test runs, because collecting them earlier would switch Triton on before
+``tests/kernels/conftest.py`` can select its interpreter (a whole-suite run breaks).
+
 float64 and a wide initialiser keep routing and argmax decisions far from ties,
 so a tree forward and a plain forward agree on every top-k and every token.
 """
@@ -8,19 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from torch.overrides import TorchFunctionMode
-from transformers import (
-    AutoModelForCausalLM,
-    DeepseekV2Config,
-    DeepseekV3Config,
-    Glm4MoeConfig,
-    GptOssConfig,
-    MixtralConfig,
-    OlmoeConfig,
-    Qwen2MoeConfig,
-    Qwen3Config,
-    Qwen3MoeConfig,
-)
 
 from moe_spec.engine.tree import DraftTree
 
@@ -41,26 +34,26 @@ COMMON = dict(
 
 ARCH_CONFIGS = {
     "qwen3_moe": (
-        Qwen3MoeConfig,
+        "Qwen3MoeConfig",
         dict(head_dim=8, intermediate_size=32, moe_intermediate_size=16, num_experts=8,
              num_experts_per_tok=2, norm_topk_prob=True),
     ),
     "olmoe": (
-        OlmoeConfig,
+        "OlmoeConfig",
         dict(intermediate_size=16, num_experts=16, num_experts_per_tok=4, norm_topk_prob=False),
     ),
     "mixtral": (  # every layer slides over 8 tokens: one sliding tree mask
-        MixtralConfig,
+        "MixtralConfig",
         dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2, sliding_window=8),
     ),
     "qwen2_moe": (  # a shared expert; layer 0 slides over 8 tokens, layer 1 does not
-        Qwen2MoeConfig,
+        "Qwen2MoeConfig",
         dict(intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
              num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
              use_sliding_window=True, sliding_window=8, max_window_layers=2),
     ),
     "deepseek_v2": (  # DeepSeek-V2-Lite style: MLA, greedy top-k, scaled weights, shared expert
-        DeepseekV2Config,
+        "DeepseekV2Config",
         dict(num_key_value_heads=4, intermediate_size=32, moe_intermediate_size=16,
              n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
              first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4,
@@ -68,18 +61,18 @@ ARCH_CONFIGS = {
              routed_scaling_factor=2.0),
     ),
     "gpt_oss": (  # router bias, attention sinks, sliding (8) and full layers, eager attention
-        GptOssConfig,
+        "GptOssConfig",
         dict(head_dim=8, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
              sliding_window=8),
     ),
     "glm4_moe": (  # sigmoid gates with a selection bias, scaled weights, shared expert
-        Glm4MoeConfig,
+        "Glm4MoeConfig",
         dict(head_dim=8, intermediate_size=32, moe_intermediate_size=16, n_routed_experts=16,
              num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=0,
              routed_scaling_factor=2.5, norm_topk_prob=True, num_mtp_layers=0),
     ),
     "deepseek_v3": (  # MLA, sigmoid gates with a selection bias, one expert group
-        DeepseekV3Config,
+        "DeepseekV3Config",
         dict(num_key_value_heads=4, intermediate_size=32, moe_intermediate_size=16,
              n_routed_experts=16, num_experts_per_tok=2, n_shared_experts=1,
              first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4,
@@ -91,8 +84,8 @@ ARCH_CONFIGS = {
 
 def tiny_config(model_type: str):
     """A 2-layer config of ``model_type`` with 8 or 16 experts."""
-    config_class, kwargs = ARCH_CONFIGS[model_type]
-    return config_class(**{**COMMON, **kwargs})
+    class_name, kwargs = ARCH_CONFIGS[model_type]
+    return getattr(transformers, class_name)(**{**COMMON, **kwargs})
 
 
 REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
@@ -101,7 +94,7 @@ EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe", "deepseek_v3")
 
 def build(config, seed: int = 0):
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, experts_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_config(config, experts_implementation="eager")
     for module in model.modules():  # a selection bias that matters (initialised to zero)
         if hasattr(module, "e_score_correction_bias"):
             module.e_score_correction_bias.copy_(torch.randn(module.num_experts) * 0.3)
@@ -115,7 +108,7 @@ def moe_model(request):
 
 @pytest.fixture(scope="session")
 def dense_draft():
-    config = Qwen3Config(**COMMON, head_dim=8, intermediate_size=32)
+    config = transformers.Qwen3Config(**COMMON, head_dim=8, intermediate_size=32)
     return build(config, seed=1)
 
 

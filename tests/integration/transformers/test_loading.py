@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config
+from transformers import PreTrainedTokenizerFast
 
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import (
@@ -34,6 +34,8 @@ def checkpoints(tmp_path_factory):
     target = build(tiny_config("qwen3_moe")).to(torch.float32)
     target.save_pretrained(root / "target", safe_serialization=True)
     word_tokenizer().save_pretrained(root / "target")
+    from transformers import Qwen3Config  # imports Triton: not at collection (see conftest)
+
     draft = build(Qwen3Config(**COMMON, head_dim=8, intermediate_size=32), seed=1)
     draft.to(torch.float32).save_pretrained(root / "draft", safe_serialization=True)
     return root
