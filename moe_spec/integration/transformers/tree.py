@@ -101,11 +101,23 @@ def new_cache() -> DynamicCache:
     return DynamicCache()
 
 
+def check_complete(cache: DynamicCache) -> None:
+    """Raise :class:`TreeAttentionError` if a cache layer dropped entries (a sliding window)."""
+    for layer_idx, layer in enumerate(cache.layers):
+        if layer.keys is not None and layer.keys.shape[-2] != layer.get_seq_length():
+            raise TreeAttentionError(
+                f"cache layer {layer_idx} keeps {layer.keys.shape[-2]} of "
+                f"{layer.get_seq_length()} entries (a sliding window dropped the rest); "
+                "use new_cache() (keeps every entry), not DynamicCache(config=...)"
+            )
+
+
 def run_tree(model, cache: DynamicCache, tree: DraftTree) -> torch.Tensor:
     """One forward of the tree after the cached prefix: fp32 logits ``[N, V]``.
 
     Leaves the N tree entries appended to ``cache`` (see :func:`keep_path`).
     """
+    check_complete(cache)
     inputs = tree_inputs(model, tree, cache.get_seq_length())
     out = model(**inputs, past_key_values=cache, use_cache=True)
     return out.logits[0].float()
@@ -113,21 +125,10 @@ def run_tree(model, cache: DynamicCache, tree: DraftTree) -> torch.Tensor:
 
 def keep_path(cache: DynamicCache, prefix: int, path_N: torch.Tensor) -> None:
     """Keep the prefix, then the tree entries at ``prefix + path_N``; drop the rest."""
-    for layer_idx, layer in enumerate(cache.layers):
+    check_complete(cache)
+    for layer in cache.layers:
         if layer.keys is None or layer.keys.numel() == 0:
             continue
-        cached = layer.keys.shape[-2]
-        if (
-            cached < prefix + int(path_N.max()) + 1
-            or getattr(layer, "cumulative_length", cached) != cached
-        ):
-            raise TreeAttentionError(
-                f"cache layer {layer_idx} holds {cached} entries, not the whole prefix of {prefix} "
-                "plus the tree: a sliding-window layer dropped entries (keep prompt + new tokens "
-                "within the model's sliding_window)"
-            )
         keep_S = torch.cat((torch.arange(prefix), prefix + path_N.cpu())).to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, keep_S)
         layer.values = layer.values.index_select(-2, keep_S)
-        if hasattr(layer, "cumulative_length"):
-            layer.cumulative_length = keep_S.numel()

@@ -235,3 +235,19 @@ def test_bad_budget_or_mode_fails_before_the_forward(moe_model):
     with pytest.raises(ValueError, match="budget mode"):
         budgeted_verify(moe_model, policy, 4, mode="drop").__enter__()
     assert not any(b.router._forward_hooks for b in find_moe_blocks(moe_model))
+
+
+def test_a_cache_that_dropped_sliding_entries_is_refused():
+    from transformers import DynamicCache
+
+    from moe_spec.integration.transformers.tree import TreeAttentionError, keep_path
+
+    from .conftest import build
+
+    model = build(tiny_config("gpt_oss"))  # sliding window of 8
+    cache = DynamicCache(config=model.config)  # trims its sliding layers to the window
+    model(input_ids=torch.tensor([PROMPT + PROMPT]), past_key_values=cache, use_cache=True)
+    with pytest.raises(TreeAttentionError, match="new_cache"):
+        run_tree(model, cache, hand_tree(TOKENS, PARENTS))
+    with pytest.raises(TreeAttentionError, match="new_cache"):
+        keep_path(cache, 2 * len(PROMPT), torch.tensor([0, 1, 3]))
