@@ -65,10 +65,11 @@ ARCH_CONFIGS = {
         dict(head_dim=8, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
              sliding_window=8),
     ),
-    "glm4_moe": (  # sigmoid gates with a selection bias, scaled weights, shared expert
+    "glm4_moe": (  # sigmoid gates with a selection bias, scaled weights; a dense first layer
         "Glm4MoeConfig",
         dict(head_dim=8, intermediate_size=32, moe_intermediate_size=16, n_routed_experts=16,
-             num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=0,
+             num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+             num_hidden_layers=3,
              routed_scaling_factor=2.5, norm_topk_prob=True, num_mtp_layers=0),
     ),
     "deepseek_v3": (  # MLA, sigmoid gates with a selection bias, one expert group
