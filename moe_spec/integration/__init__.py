@@ -1,1 +1,1 @@
-"""Integrations of the budgeted verify pass into other inference stacks."""
+"""Integrations of the budgeting core with serving and modelling libraries."""
