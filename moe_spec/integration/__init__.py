@@ -1,0 +1,1 @@
+"""Integrations of the budgeting core with serving and modelling libraries."""
