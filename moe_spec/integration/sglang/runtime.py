@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from moe_spec.budget import check_budget
+from moe_spec.budget import BudgetedTopK, apply_budget, check_budget
 from moe_spec.integration.sglang.batch import current_batch, is_target_verify, tree_depth_T
 from moe_spec.integration.sglang.compat import (
     Findings,
@@ -56,15 +56,16 @@ class BudgetRuntime:
             found.errors.append(
                 f"the target model ({type(model).__name__}) has no SGLang TopK MoE layers"
             )
-        elif not experts:
-            found.errors.append("found TopK layers but no FusedMoE experts to read E from")
         for topk in topks:
             found.extend(check_topk_layer(topk))
-        for layer_id, E in sorted(experts.items()):
+            E = experts.get(topk.layer_id)
+            if E is None:
+                found.errors.append(f"MoE layer {topk.layer_id}: no FusedMoE experts found")
+                continue
             try:
-                check_budget(self.settings.budget, topks[0].topk_config.top_k, E)
+                check_budget(self.settings.budget, topk.topk_config.top_k, E)
             except ValueError as exc:
-                found.errors.append(f"MoE layer {layer_id}: {exc}")
+                found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
         found.raise_errors()
         for warning in found.warnings:
             logger.warning("moe-spec: %s", warning)
@@ -118,6 +119,8 @@ class BudgetRuntime:
             correction_bias_E=cfg.correction_bias,
         )
         budgeted = self.policy.apply(record, self.settings.budget, mode=self.settings.mode)
+        if self.settings.mode == "truncation":
+            budgeted = distinct_slots(record, budgeted, self.settings.budget)
         # Rows SGLang padded keep what SGLang wrote (it masks them itself).
         new_ids_TK = torch.where(valid_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
         new_weights_TK = torch.where(
@@ -137,6 +140,24 @@ class BudgetRuntime:
         if self.counters is None or not self.counters.due() or capturing():
             return
         self.counters.report()
+
+
+def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) -> BudgetedTopK:
+    """Truncation's routing with distinct ids in every row, as SGLang's kernels expect.
+
+    Truncation fills a token's empty slots with a repeated kept expert of weight 0;
+    SGLang's native MoE path counts ids per row and breaks on repeats. Here the
+    slots take the token's substitution choice inside the same kept set (its best
+    kept experts, surviving ones included), each weighted by what truncation gave
+    that expert: 0 for the newcomers. Same combine, distinct ids, static shapes.
+    """
+    substituted = apply_budget(
+        record, budget, truncated.keep_E, mode="substitution", validate=False
+    )
+    weights_TE = torch.zeros_like(record.router_logits_TE, dtype=truncated.topk_weights_TK.dtype)
+    weights_TE.scatter_add_(1, truncated.topk_ids_TK.long(), truncated.topk_weights_TK)
+    ids_TK = substituted.topk_ids_TK
+    return BudgetedTopK(ids_TK, weights_TE.gather(1, ids_TK.long()), truncated.keep_E)
 
 
 def moe_modules(model: Any) -> tuple[list[Any], dict[int, int]]:
