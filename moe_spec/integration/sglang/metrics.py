@@ -104,6 +104,17 @@ class ExpertCounters:
         return snap
 
 
+_GAUGES: PrometheusGauges | None = None
+
+
+def prometheus_gauges() -> PrometheusGauges:
+    """The process's gauges (Prometheus refuses to register a metric name twice)."""
+    global _GAUGES
+    if _GAUGES is None:
+        _GAUGES = PrometheusGauges()
+    return _GAUGES
+
+
 class PrometheusGauges:
     """``moe_spec_distinct_experts{layer,stage}`` and ``moe_spec_verify_passes_total``."""
 

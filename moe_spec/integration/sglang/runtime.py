@@ -19,7 +19,11 @@ from moe_spec.integration.sglang.compat import (
     check_topk_layer,
     installed_sglang_version,
 )
-from moe_spec.integration.sglang.metrics import ExpertCounters, PrometheusGauges
+from moe_spec.integration.sglang.metrics import (
+    ExpertCounters,
+    PrometheusGauges,
+    prometheus_gauges,
+)
 from moe_spec.integration.sglang.settings import ServeSettings
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
@@ -74,7 +78,7 @@ class BudgetRuntime:
         self.num_experts = experts
         self.counters = ExpertCounters(len(layer_ids), device, self.settings.log_interval_s)
         if getattr(server_args, "enable_metrics", False):
-            self.counters.gauges = prometheus_gauges()
+            self.counters.gauges = optional_gauges()
         logger.info(
             "moe-spec: budgeting %d MoE layers in verify passes: policy %s, B=%d, %s",
             len(layer_ids),
@@ -191,10 +195,10 @@ def capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def prometheus_gauges() -> PrometheusGauges | None:
+def optional_gauges() -> PrometheusGauges | None:
     """Prometheus gauges when ``prometheus_client`` is installed (SGLang's metrics use it)."""
     try:
-        return PrometheusGauges()
+        return prometheus_gauges()
     except ImportError:
         logger.warning("moe-spec: --enable-metrics is on but prometheus_client is missing")
         return None
