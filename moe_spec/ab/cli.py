@@ -59,6 +59,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--model-shape", help="add modeled throughput for this model shape")
     p.add_argument("--gpu", help="... on this GPU (A100-80GB, H100, H200)")
+    p.add_argument("--threads", type=int, help="engine: torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ab)
 
@@ -136,6 +137,12 @@ def load_engine(args):
     from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
     from moe_spec.engine.generate import Engine
 
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     return Engine(load_checkpoint(args.checkpoint or SHIPPED))
 
 

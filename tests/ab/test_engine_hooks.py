@@ -44,7 +44,9 @@ def test_depth_width_explores_then_picks_the_best_modeled_utility():
     steps = []
     for tree in trees:  # each candidate once, largest first
         assert pick(steps) == tree
-        steps.append(step(tree, {32: 5, 16: 4, 8: 2, 4: 1}[tree[0]], {32: 8, 16: 7}.get(tree[0], 5)))
+        steps.append(
+            step(tree, {32: 5, 16: 4, 8: 2, 4: 1}[tree[0]], {32: 8, 16: 7}.get(tree[0], 5))
+        )
     steps.append(steps[-1])  # 5 steps: not an exploration step
     best = pick(steps)
     utilities = {t: pick.utility(t, [s for s in steps if s.num_tokens == t[0]]) for t in trees}

@@ -52,7 +52,13 @@ def test_held_out_prompts_extend_deterministically_to_twenty():
 def test_config_syntax_and_aliases():
     (c,) = parse_config("router-mass:B=8,mode=truncation,tokens=16,width=4,depth=3,T=0.5")
     assert (c.policy, c.budget, c.mode, c.num_tokens, c.width, c.depth, c.temperature) == (
-        "router-mass", 8, "truncation", 16, 4, 3, 0.5
+        "router-mass",
+        8,
+        "truncation",
+        16,
+        4,
+        3,
+        0.5,
     )
     assert c.label == "router-mass B=8 truncation tree=16/4/3 T=0.5"
     assert c.spec().policy == "router-mass" and c.spec().budget == 8

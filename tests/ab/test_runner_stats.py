@@ -68,14 +68,16 @@ def test_per_prompt_measures_against_the_unbudgeted_run():
     assert got["tokens_per_s"] == (4, 2.0)
     assert got["mean_logprob"] == (-2.0, 4)
     assert got["expert_mb_per_token"] == (15.0, 4)  # (4+4+4+3) experts x 1 MB over 4 tokens
-    ar = per_prompt(RunRecord("ar", 0, 0, [1, 2], 1.0), RunConfig("autoregressive"), ref, info, None)
+    ar = per_prompt(
+        RunRecord("ar", 0, 0, [1, 2], 1.0), RunConfig("autoregressive"), ref, info, None
+    )
     assert ar["acceptance_length"] == (1.0, 1.0) and ar["expert_mb_per_token"] == (8.0, 2)
 
 
 def test_paired_bootstrap_of_a_ratio_metric():
     rng = np.random.default_rng(1)
     a = [{"m": (float(x), 2.0)} for x in rng.normal(10, 1, 30)]
-    b = [{"m": (float(x) - 1.0, 2.0)} for x, in [p["m"][:1] for p in a]]  # exactly 0.5 lower
+    b = [{"m": (float(x) - 1.0, 2.0)} for (x,) in [p["m"][:1] for p in a]]  # exactly 0.5 lower
     out = paired_bootstrap(a, b, "m")
     assert out["diff"] == pytest.approx(0.5)
     assert out["ci95"] == pytest.approx([0.5, 0.5])  # a paired, constant shift has no spread
