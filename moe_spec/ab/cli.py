@@ -59,6 +59,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--model-shape", help="add modeled throughput for this model shape")
     p.add_argument("--gpu", help="... on this GPU (A100-80GB, H100, H200)")
+    p.add_argument(
+        "--overhead-us",
+        type=float,
+        default=0.0,
+        help="cost model: fixed microseconds per layer per forward (default 0: the pure "
+        "roofline; 101 reproduces the paper's OLMoE gain on an H200, see docs)",
+    )
     p.add_argument("--threads", type=int, help="engine: torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ab)
@@ -108,6 +115,8 @@ def cost_model(args):
 
     if bool(args.model_shape) != bool(args.gpu):
         raise ValueError("--model-shape and --gpu go together")
+    if not args.overhead_us >= 0:
+        raise ValueError(f"--overhead-us must be >= 0, got {args.overhead_us}")
     shape, gpu = (args.model_shape, args.gpu) if args.gpu else DEFAULT_CONTROLLER_MODEL
     return get_gpu(gpu), get_shape(shape), bool(args.gpu)
 
@@ -119,7 +128,7 @@ def make_backend(args, configs, gpu, shape):
         return SglangBackend({c.label: c.server for c in configs if c.server})
     from moe_spec.ab.engine_backend import EngineBackend
 
-    return EngineBackend(load_engine(args), gpu, shape)
+    return EngineBackend(load_engine(args), gpu, shape, args.overhead_us * 1e-6)
 
 
 def load_engine(args):
@@ -167,7 +176,10 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "backend": backend.name,
         "configs": [c.label for c in configs],
+        "controller": None,
     }
+    if any(c.kind == "depth-width" for c in configs):  # its choices depend on the cost model
+        header["controller"] = f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer"
     store = Store(out, header, args.resume)
     print(
         f"{len(configs)} configurations x {len(prompts)} prompts, backend {backend.name}; "
@@ -177,7 +189,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     records = run_all(
         backend, configs, prompts, store, args.seed, args.max_new_tokens, not args.no_progress
     )
-    modeled = Modeled(gpu, shape) if modeled_columns else None
+    modeled = Modeled(gpu, shape, args.overhead_us * 1e-6) if modeled_columns else None
     rows = analyze(configs, records, len(prompts), reference, backend.model_info(), modeled)
     meta = {
         "title": f"{len(configs)} configurations on {len(prompts)} prompts",
@@ -188,7 +200,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "reference": reference,
-        "modeled_on": f"{shape.name} on {gpu.name}" if modeled else None,
+        "modeled_on": None
+        if modeled is None
+        else f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer overhead",
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(rows, out / "results.json", meta)

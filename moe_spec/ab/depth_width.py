@@ -40,6 +40,7 @@ class DepthWidthController:
     n_experts: int
     candidates: list[tuple[int, int, int]]
     explore_every: int = 8
+    overhead_s: float = 0.0  # the roofline's fixed time per layer per forward
 
     def __call__(self, steps) -> tuple[int, int, int]:
         """The tree of the next step given this generation's ``steps`` (engine StepStats)."""
@@ -61,7 +62,8 @@ class DepthWidthController:
         mapped = map_distinct(
             distinct, self.top_k, self.n_experts, self.shape.top_k, self.shape.n_experts
         )
-        seconds = draft_seconds(self.gpu, self.shape, width, depth) + verify_seconds(
-            self.gpu, self.shape, num_tokens, mapped
+        g, s, o = self.gpu, self.shape, self.overhead_s
+        seconds = draft_seconds(g, s, width, depth, overhead_s=o) + verify_seconds(
+            g, s, num_tokens, mapped, overhead_s=o
         )
         return committed / seconds

@@ -24,8 +24,8 @@ BYTES_PER_PARAM = 2
 class EngineBackend:
     name = "engine"
 
-    def __init__(self, engine, gpu: GPU, shape: ModelShape) -> None:
-        self.engine, self.gpu, self.shape = engine, gpu, shape
+    def __init__(self, engine, gpu: GPU, shape: ModelShape, overhead_s: float = 0.0) -> None:
+        self.engine, self.gpu, self.shape, self.overhead_s = engine, gpu, shape, overhead_s
         self.ids: dict[str, list[int]] = {}
 
     def model_info(self) -> dict:
@@ -59,7 +59,9 @@ class EngineBackend:
         elif config.kind == "depth-width":
             cfg = self.engine.config
             trees = candidate_trees(config.num_tokens, config.width, config.depth)
-            pick = DepthWidthController(self.gpu, self.shape, cfg.top_k, cfg.n_experts, trees)
+            pick = DepthWidthController(
+                self.gpu, self.shape, cfg.top_k, cfg.n_experts, trees, overhead_s=self.overhead_s
+            )
             result = self.engine.generate_speculative(
                 ids, max_new, config.spec(), seed=seed, tree_size=pick
             )

@@ -75,7 +75,7 @@ class Store:
 
     def check_header(self) -> None:
         old = json.loads(self.header_path.read_text()) if self.header_path.exists() else {}
-        for key in ("prompts_sha", "max_new_tokens", "seed", "backend"):
+        for key in ("prompts_sha", "max_new_tokens", "seed", "backend", "controller"):
             if old.get(key) != self.header.get(key):
                 raise ResumeError(
                     f"{self.folder} holds a run with {key}={old.get(key)!r}, this one has "

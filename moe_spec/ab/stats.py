@@ -39,6 +39,7 @@ METRICS = {
 class Modeled:
     gpu: GPU
     shape: ModelShape
+    overhead_s: float = 0.0  # fixed time per layer per forward (0: the pure roofline)
 
 
 def per_prompt(
@@ -71,7 +72,7 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
     """``(tokens, modeled seconds)``: each step's tree and mapped distinct count."""
     if config.kind == "autoregressive":
         n = len(record.tokens)
-        return (n, n / autoregressive_tokens_per_s(m.gpu, m.shape))
+        return (n, n / autoregressive_tokens_per_s(m.gpu, m.shape, overhead_s=m.overhead_s))
     if not record.steps:
         return (0.0, 0.0)
     steps = [
@@ -91,7 +92,8 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
         for s in record.steps
     ]
     committed = sum(s.committed for s in steps)
-    return (committed, committed / speculative_tokens_per_s(m.gpu, m.shape, steps))
+    tokens_per_s = speculative_tokens_per_s(m.gpu, m.shape, steps, overhead_s=m.overhead_s)
+    return (committed, committed / tokens_per_s)
 
 
 def ratio(pairs: list[tuple[float, float]]) -> float | None:

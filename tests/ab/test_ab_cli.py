@@ -96,6 +96,7 @@ def test_a_finished_run_resumes_without_running_again(ab_run, capsys):
         (["--target", "t"], "--target and --draft go together"),
         (["--target", "t", "--draft", "d"], "moe_spec.integration.transformers"),
         (["--gpu", "H200"], "--model-shape and --gpu go together"),
+        (["--overhead-us", "-1"], "--overhead-us must be >= 0"),
     ],
 )
 def test_bad_input_is_a_clear_error(tiny_dir, tmp_path, capsys, monkeypatch, extra, message):

@@ -69,6 +69,18 @@ def test_fewer_experts_and_faster_gpus_give_shorter_steps():
     assert draft_seconds(h200, shape, 8, 6) == pytest.approx(6 * draft_seconds(h200, shape, 8, 1))
 
 
+def test_overhead_adds_a_fixed_time_per_layer_of_every_forward():
+    gpu, shape = get_gpu("H200"), get_shape("Qwen3-30B-A3B")
+    base, slow = (
+        verify_seconds(gpu, shape, 8, 30),
+        verify_seconds(gpu, shape, 8, 30, overhead_s=1e-4),
+    )
+    assert slow == pytest.approx(base + 48 * 1e-4)
+    assert draft_seconds(gpu, shape, 8, 6, overhead_s=1e-4) == pytest.approx(
+        draft_seconds(gpu, shape, 8, 6) + 6 * 1e-4
+    )
+
+
 def test_throughput_is_committed_tokens_over_modeled_time():
     gpu, shape = get_gpu("H200"), get_shape("OLMoE-1B-7B")
     steps = [ModeledStep(3, 32, 8, 6, 40.0), ModeledStep(1, 32, 8, 6, 30.0)]
