@@ -24,8 +24,8 @@ def test_score_matches_one_forward_per_prefix(tiny_engine):
 
 def test_a_fixed_tree_size_pick_equals_the_spec_tree(tiny_engine):
     spec = SpecConfig(width=4, depth=4, num_tokens=12)
-    plain = tiny_engine.generate_speculative(PROMPT, 20, SpecConfig(width=3, depth=2, num_tokens=6))
-    picked = tiny_engine.generate_speculative(PROMPT, 20, spec, tree_size=lambda steps: (6, 3, 2))
+    plain = tiny_engine.generate_speculative(PROMPT, 12, SpecConfig(width=3, depth=2, num_tokens=6))
+    picked = tiny_engine.generate_speculative(PROMPT, 12, spec, tree_size=lambda steps: (6, 3, 2))
     assert picked.tokens == plain.tokens
     assert [s.committed for s in picked.steps] == [s.committed for s in plain.steps]
     assert {(s.num_tokens, s.width, s.depth) for s in picked.steps} == {(6, 3, 2)}
@@ -59,6 +59,6 @@ def test_depth_width_runs_in_the_engine(tiny_engine):
     trees = candidate_trees(8, 4, 3)
     pick = DepthWidthController(get_gpu("H100"), get_shape("Mixtral-8x7B"), 2, 8, trees)
     spec = SpecConfig(width=4, depth=3, num_tokens=8)
-    out = tiny_engine.generate_speculative(PROMPT, 24, spec, tree_size=pick)
-    assert out.tokens == tiny_engine.generate_autoregressive(PROMPT, 24).tokens  # still lossless
+    out = tiny_engine.generate_speculative(PROMPT, 16, spec, tree_size=pick)
+    assert out.tokens == tiny_engine.generate_autoregressive(PROMPT, 16).tokens  # still lossless
     assert {(s.num_tokens, s.width, s.depth) for s in out.steps} <= set(trees)
