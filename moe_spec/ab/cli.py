@@ -93,6 +93,8 @@ def load_configs(args):
         "mode": args.mode,
         "temperature": args.temperature,
     }
+    if args.backend == "sglang" and not args.config:
+        raise ValueError("--backend sglang needs a --config (and a --server) for every server")
     configs = [c for text in (args.config or DEFAULT_CONFIGS) for c in parse_config(text, defaults)]
     if args.backend == "sglang":
         if args.server and len(args.server) != len(configs):

@@ -97,6 +97,7 @@ def test_a_finished_run_resumes_without_running_again(ab_run, capsys):
         (["--target", "t", "--draft", "d"], "moe_spec.integration.transformers"),
         (["--gpu", "H200"], "--model-shape and --gpu go together"),
         (["--overhead-us", "-1"], "--overhead-us must be >= 0"),
+        (["--backend", "sglang"], "needs a --config"),
     ],
 )
 def test_bad_input_is_a_clear_error(tiny_dir, tmp_path, capsys, monkeypatch, extra, message):
