@@ -97,3 +97,13 @@ def test_pareto_front():
 def test_store_writes_the_versioned_header(tmp_path):
     Store(tmp_path, HEADER, False)
     assert json.loads((tmp_path / "run.json").read_text())["schema"] == "moe-spec-ab-run/1"
+
+
+def test_resuming_with_an_added_configuration_runs_only_the_new_arm(tmp_path):
+    prompts = ["a", "bb"]
+    run_all(FakeBackend(), CONFIGS, prompts, Store(tmp_path, HEADER, False), 0, 4, False)
+    more = FakeBackend()
+    extra = RunConfig("router-mass", 8)
+    records = run_all(more, [*CONFIGS, extra], prompts, Store(tmp_path, HEADER, True), 0, 4, False)
+    assert [(label, i) for label, i, _ in more.calls] == [(extra.label, 0), (extra.label, 1)]
+    assert len(records) == 8
