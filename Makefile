@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch 2.14.1 is the release SGLang 0.5.23 pins; pip takes it from the local wheel cache where one exists.
 TORCH_SPEC ?= torch==2.14.1
+# SGLang is installed without its CUDA dependencies; the extra sglang-cpu lists what it imports.
+SGLANG_SPEC ?= sglang==0.5.23
 
 .PHONY: demo test lint venv clean
 
@@ -12,7 +14,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,sglang-cpu]"
+	$(BIN)/pip install --quiet --no-deps "$(SGLANG_SPEC)"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
 from moe_spec.policies import PluginError, PolicyError, get_policy, list_policies
 
@@ -193,6 +195,47 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false), else text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from moe_spec.integration.sglang.serve import plan_launch, run_launch
+    from moe_spec.integration.sglang.settings import ServeSettings
+
+    sglang_args = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
+    if not sglang_args:
+        raise ValueError(
+            "no SGLang arguments; usage: moe-spec serve --policy P --budget B -- "
+            "--model-path PATH --speculative-algorithm EAGLE3 ..."
+        )
+    settings = ServeSettings(
+        policy=args.policy,
+        budget=args.budget,
+        mode=args.mode,
+        options=dict(args.policy_option),
+        log_interval_s=args.log_interval,
+    )
+    launch = plan_launch(settings, sglang_args)
+    for warning in launch.warnings:
+        print(f"moe-spec: warning: {warning}", file=sys.stderr)
+    if args.dry_run:
+        for key, value in sorted(launch.env.items()):
+            print(f"{key}={shlex.quote(value)}")
+        print(shlex.join(launch.argv))
+        return 0
+    return run_launch(launch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-spec", description="Expert budgeting for speculative decoding on MoE models."
@@ -201,6 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("policies", help="list installed budgeting policies and their origin")
     p.set_defaults(func=cmd_policies)
+
+    p = sub.add_parser(
+        "serve",
+        help="validate, then start an SGLang server with expert budgeting in EAGLE verify passes",
+        usage="moe-spec serve --policy NAME --budget B [options] -- <sglang launch_server args>",
+    )
+    p.add_argument("--policy", required=True, help="budgeting policy (see `moe-spec policies`)")
+    p.add_argument("--budget", type=int, required=True, help="B: experts per MoE layer")
+    p.add_argument("--mode", choices=MODES, default="substitution")
+    p.add_argument(
+        "--policy-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a policy option (repeatable), e.g. decay=0.7",
+    )
+    p.add_argument(
+        "--log-interval", type=float, default=30.0, help="seconds between expert-count logs"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the environment and command")
+    p.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: SGLang's arguments")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "demo", help="held-out prompts: autoregressive vs speculative decoding vs policies"
@@ -245,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tree-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_trace)
+    add_ab_parser(sub)
     return parser
 
 
@@ -253,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, PolicyError, PluginError) as exc:
+    except (ValueError, PolicyError, PluginError, RuntimeError) as exc:
         print(f"moe-spec: error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from moe_spec import apply_budget, get_policy
 from tests.conftest import make_record
+from tests.host_sync import HostSyncRecorder
 
 BUILTINS = ["none", "topk-frequency", "router-mass", "layer-adaptive", "token-priority"]
 
@@ -52,26 +52,6 @@ def test_policy_compiles_without_graph_breaks(name):
     got, want = compiled(record), policy.apply(record, 6)
     assert torch.equal(got.keep_E, want.keep_E)
     assert torch.equal(got.topk_ids_TK, want.topk_ids_TK)
-
-
-class HostSyncRecorder(TorchDispatchMode):
-    """Records the aten ops that make the host wait for the device (on CPU as on CUDA)."""
-
-    SYNC_OPS = {
-        torch.ops.aten._local_scalar_dense.default,  # .item(), bool(t), int(t), .tolist()
-        torch.ops.aten.nonzero.default,  # boolean-mask indexing, .nonzero()
-        torch.ops.aten.masked_select.default,
-        torch.ops.aten._unique2.default,
-    }
-
-    def __init__(self):
-        super().__init__()
-        self.syncs: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in self.SYNC_OPS:
-            self.syncs.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("name", BUILTINS)

@@ -16,6 +16,7 @@ Prefill, autoregressive decoding and the draft are never budgeted.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +68,9 @@ class StepStats:
     distinct_before_L: list[int]  # the whole tree, unbudgeted
     distinct_after_L: list[int]  # the whole tree, after the budget
     distinct_path_L: list[int]  # the accepted path alone: the floor of a lossless verify
+    num_tokens: int = 0  # the tree this step asked for: tokens, width, depth
+    width: int = 0
+    depth: int = 0
 
 
 @dataclass
@@ -148,9 +152,18 @@ class Engine:
 
     @torch.no_grad()
     def generate_speculative(
-        self, prompt: list[int], max_new_tokens: int, spec: SpecConfig, seed: int = 0
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        spec: SpecConfig,
+        seed: int = 0,
+        tree_size: Callable[[list[StepStats]], tuple[int, int, int]] | None = None,
     ) -> GenerationResult:
-        """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``."""
+        """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``.
+
+        ``tree_size``, if given, picks ``(num_tokens, width, depth)`` before every step
+        from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
+        """
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.width * spec.depth)
         E = self.config.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.config.top_k, E)
@@ -165,6 +178,7 @@ class Engine:
         out, steps = [root], []
         root_feature_D = self.draft_catch_up(feature_PD, prompt[1:] + [root], dcache)
         while len(out) < max_new_tokens and out[-1] != self.eot:
+            num_tokens, width, depth = self.pick_tree(spec, steps, tree_size)
             root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
             tree = expand_tree(
                 self.draft,
@@ -173,9 +187,9 @@ class Engine:
                 root,
                 root_feature_D,
                 root_logprobs_V,
-                spec.width,
-                spec.depth,
-                spec.num_tokens,
+                width,
+                depth,
+                num_tokens,
             )
             dcache.offset = 0  # drop the tree's scratch entries
             verify = VerifyBudget(policy, budget, spec.mode, tree.depth_N, tree.logprob_N)
@@ -187,6 +201,9 @@ class Engine:
                     distinct_per_layer(verify.ids_before_LTK, E),
                     distinct_per_layer(verify.ids_after_LTK, E),
                     distinct_per_layer(verify.ids_before_LTK, E, torch.tensor(path)),
+                    num_tokens,
+                    width,
+                    depth,
                 )
             )
             out.extend(new_tokens)
@@ -196,6 +213,29 @@ class Engine:
         if self.eot in out:
             out = out[: out.index(self.eot) + 1]
         return GenerationResult(out, time.perf_counter() - start, steps)
+
+    @staticmethod
+    def pick_tree(spec: SpecConfig, steps: list[StepStats], tree_size) -> tuple[int, int, int]:
+        """``(num_tokens, width, depth)`` of the next step: ``spec``'s, or ``tree_size``'s pick."""
+        largest = (spec.num_tokens, spec.width, spec.depth)
+        if tree_size is None:
+            return largest
+        picked = tuple(tree_size(steps))
+        lows = (2, 1, 1)
+        ok = len(picked) == 3 and all(
+            lo <= p <= m for p, lo, m in zip(picked, lows, largest, strict=False)
+        )
+        if not ok:
+            raise ValueError(f"tree_size picked {picked}; allowed: {lows} <= each <= {largest}")
+        return picked
+
+    @torch.no_grad()
+    def score(self, prompt: list[int], tokens: list[int]) -> list[float]:
+        """Log-probabilities of ``tokens`` after ``prompt`` under the unbudgeted target."""
+        self.check_room(prompt, len(tokens))
+        logits_QV = self.target(torch.tensor([prompt + tokens])).logits_BQV[0]
+        logprobs_QV = torch.log_softmax(logits_QV[len(prompt) - 1 : -1].float(), dim=-1)
+        return logprobs_QV.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
 
     def verify(
         self,

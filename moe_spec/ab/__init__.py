@@ -1,0 +1,1 @@
+"""``moe-spec ab``: A/B tests of budgeting policies and the baselines users would pick instead."""

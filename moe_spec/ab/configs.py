@@ -1,0 +1,172 @@
+"""Configurations of an A/B run: the policies under test and the baselines.
+
+A configuration is written ``NAME[:key=value,...]``. NAME is a budgeting
+policy (``token-priority``, ``router-mass``, ... or a plugin's) or a baseline:
+
+- ``autoregressive``: one target forward per token, no draft;
+- ``none``: unbudgeted tree speculative decoding (what EAGLE-3 does);
+- ``depth-width``: Cascade-style, unbudgeted, with the tree size chosen per
+  step from the cost model (see ``moe_spec.ab.depth_width``).
+
+Keys: ``B``/``budget``, ``mode`` (substitution|truncation), ``tokens``/``num_tokens``,
+``width``, ``depth``, ``T``/``temperature``, ``label``, ``server`` (sglang backend).
+A ``.json`` file holds a list of objects with the same keys (long names, plus
+``policy``), or ``{"configs": [...]}``; a ``.toml`` file holds ``[[config]]`` tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import tomllib
+
+from moe_spec.budget import MODES
+from moe_spec.engine.generate import SpecConfig
+
+BASELINES = ("autoregressive", "none", "depth-width")
+ALIASES = {"B": "budget", "tokens": "num_tokens", "T": "temperature"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One arm of the A/B run."""
+
+    policy: str  # a policy name or one of BASELINES
+    budget: int | None = None
+    mode: str = "substitution"
+    num_tokens: int = 32
+    width: int = 8
+    depth: int = 6
+    temperature: float = 0.0
+    label: str = ""
+    server: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, str) or not self.policy:
+            raise ValueError(f"policy must be a non-empty name, got {self.policy!r}")
+        budgeted = self.policy not in BASELINES
+        if budgeted and self.budget is None:
+            raise ValueError(f"{self.policy}: a budget is required, e.g. {self.policy}:B=16")
+        if not budgeted and self.budget is not None:
+            raise ValueError(
+                f"{self.policy} is a baseline and takes no budget (got B={self.budget})"
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
+        self.spec()  # validates the tree and the temperature
+        if not self.label:
+            object.__setattr__(self, "label", default_label(self))
+
+    @property
+    def kind(self) -> str:
+        return self.policy if self.policy in ("autoregressive", "depth-width") else "speculative"
+
+    def spec(self) -> SpecConfig:
+        """The engine's configuration (baselines run unbudgeted)."""
+        budgeted = self.policy not in BASELINES
+        return SpecConfig(
+            width=self.width,
+            depth=self.depth,
+            num_tokens=self.num_tokens,
+            temperature=self.temperature,
+            policy=self.policy if budgeted else "none",
+            budget=self.budget,
+            mode=self.mode,  # type: ignore[arg-type]
+        )
+
+
+def default_label(c: RunConfig) -> str:
+    label = c.policy if c.budget is None else f"{c.policy} B={c.budget}"
+    if c.mode != "substitution":
+        label += f" {c.mode}"
+    if (c.num_tokens, c.width, c.depth) != (32, 8, 6) and c.policy != "autoregressive":
+        label += f" tree={c.num_tokens}/{c.width}/{c.depth}"
+    if c.temperature:
+        label += f" T={c.temperature:g}"
+    return label
+
+
+def coerce(key: str, value):
+    """A field's value from text or JSON, or ``ValueError`` naming the key."""
+    types = {"budget": int, "num_tokens": int, "width": int, "depth": int, "temperature": float}
+    if key not in types or not isinstance(value, str):
+        return value
+    try:
+        return types[key](value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not a {types[key].__name__}") from None
+
+
+def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
+    allowed = {f.name for f in fields(RunConfig)}
+    items = {ALIASES.get(k, k): v for k, v in data.items()}
+    unknown = sorted(set(items) - allowed)
+    if unknown:
+        keys = ", ".join(sorted(allowed | set(ALIASES)))
+        raise ValueError(f"{source}: unknown keys {unknown}; allowed: {keys}")
+    merged = {**defaults, **{k: coerce(k, v) for k, v in items.items()}}
+    try:
+        return RunConfig(**merged)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def parse_config(text: str, defaults: dict | None = None) -> list[RunConfig]:
+    """``NAME[:k=v,...]`` -> one configuration; a ``.json``/``.toml`` path -> its list."""
+    defaults = defaults or {}
+    if text.endswith((".json", ".toml")):
+        return load_config_file(Path(text), defaults)
+    name, _, rest = text.partition(":")
+    data: dict = {"policy": name.strip()}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"config {text!r}: expected key=value, got {item!r}")
+        data[key.strip()] = value.strip()
+    return [from_mapping(data, defaults, f"config {text!r}")]
+
+
+def load_config_file(path: Path, defaults: dict) -> list[RunConfig]:
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            data = tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot parse ({exc})") from None
+    items = data.get("configs", data.get("config")) if isinstance(data, dict) else data
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ValueError(f"{path}: expected a list of configuration objects")
+    return [from_mapping(item, defaults, f"{path} entry {n}") for n, item in enumerate(items, 1)]
+
+
+def finalize(
+    configs: list[RunConfig], reference: str | None, add_unbudgeted: bool = True
+) -> tuple[list[RunConfig], str]:
+    """Add the unbudgeted run if missing (quality is measured against it); check labels.
+
+    Returns the configurations and the reference label (default: the unbudgeted run).
+    """
+    labels = [c.label for c in configs]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ValueError(f"configurations share labels {duplicates}; give each a label=...")
+    temps = {c.temperature for c in configs if c.kind != "autoregressive"} or {0.0}
+    for t in sorted(temps) if add_unbudgeted else ():
+        if not any(c.policy == "none" and c.temperature == t for c in configs):
+            base = next((c for c in configs if c.temperature == t), None)
+            tree = (
+                {}
+                if base is None
+                else {"num_tokens": base.num_tokens, "width": base.width, "depth": base.depth}
+            )
+            configs = [*configs, RunConfig("none", temperature=t, **tree)]
+    unbudgeted = next((c.label for c in configs if c.policy == "none"), configs[0].label)
+    reference = reference or unbudgeted
+    if reference not in [c.label for c in configs]:
+        raise ValueError(f"reference {reference!r} is not a configuration; have {labels}")
+    return configs, reference

@@ -1,0 +1,95 @@
+"""The ``engine`` backend: any object with ``moe_spec.engine.generate.Engine``'s interface.
+
+It needs ``config`` (``n_layers``, ``n_experts``, ``top_k``, ``dim``, ``expert_dim``),
+``encode``, ``generate_autoregressive``, ``generate_speculative`` (whose results
+carry ``tokens``, ``seconds`` and ``steps`` of ``StepStats``), and optionally
+``score(prompt, tokens) -> log-probs`` (target log-probabilities of the text)
+and the ``tree_size=`` argument of ``generate_speculative`` (the depth-width baseline).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.depth_width import DepthWidthController, candidate_trees
+from moe_spec.ab.records import RunRecord, Step
+from moe_spec.budget import check_budget
+from moe_spec.costmodel import GPU, ModelShape
+from moe_spec.policies import get_policy
+
+BYTES_PER_PARAM = 2
+
+
+class EngineBackend:
+    name = "engine"
+
+    def __init__(self, engine, gpu: GPU, shape: ModelShape, overhead_s: float = 0.0) -> None:
+        self.engine, self.gpu, self.shape, self.overhead_s = engine, gpu, shape, overhead_s
+        self.ids: dict[str, list[int]] = {}
+
+    def model_info(self) -> dict:
+        cfg = self.engine.config
+        return {
+            "n_layers": cfg.n_layers,
+            "n_experts": cfg.n_experts,
+            "top_k": cfg.top_k,
+            "expert_bytes": 3 * cfg.dim * cfg.expert_dim * BYTES_PER_PARAM,
+        }
+
+    def check(self, configs: list[RunConfig]) -> None:
+        """Unknown policies, budgets out of range and unsupported baselines fail before work."""
+        cfg = self.engine.config
+        for c in configs:
+            if c.budget is not None:
+                get_policy(c.policy)
+                check_budget(c.budget, cfg.top_k, cfg.n_experts)
+            if c.kind == "depth-width":
+                params = inspect.signature(self.engine.generate_speculative).parameters
+                if "tree_size" not in params:
+                    raise ValueError(
+                        "the depth-width baseline needs an engine whose generate_speculative "
+                        "takes tree_size= (choose the tree per step); this engine does not"
+                    )
+
+    def run(self, config: RunConfig, index: int, prompt: str, seed: int, max_new: int):
+        ids = self.ids.setdefault(prompt, self.engine.encode(prompt))
+        if config.kind == "autoregressive":
+            result = self.engine.generate_autoregressive(ids, max_new, config.temperature, seed)
+        elif config.kind == "depth-width":
+            cfg = self.engine.config
+            trees = candidate_trees(config.num_tokens, config.width, config.depth)
+            pick = DepthWidthController(
+                self.gpu, self.shape, cfg.top_k, cfg.n_experts, trees, overhead_s=self.overhead_s
+            )
+            result = self.engine.generate_speculative(
+                ids, max_new, config.spec(), seed=seed, tree_size=pick
+            )
+        else:
+            result = self.engine.generate_speculative(ids, max_new, config.spec(), seed=seed)
+        steps = [
+            Step(
+                s.committed,
+                s.num_tokens or config.num_tokens,
+                s.width or config.width,
+                s.depth or config.depth,
+                list(s.distinct_before_L),
+                list(s.distinct_after_L),
+                list(s.distinct_path_L),
+            )
+            for s in result.steps
+        ]
+        logprobs = None
+        if hasattr(self.engine, "score") and result.tokens:
+            logprobs = float(sum(self.engine.score(ids, list(result.tokens))))
+        verify_ct = len(steps) if config.kind != "autoregressive" else None
+        return RunRecord(
+            config.label,
+            index,
+            seed,
+            list(result.tokens),
+            result.seconds,
+            steps,
+            verify_ct,
+            logprobs,
+        )

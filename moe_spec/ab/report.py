@@ -1,0 +1,168 @@
+"""Results of an A/B run: statistics per configuration, JSON, Markdown and the terminal table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.records import RunRecord
+from moe_spec.ab.stats import METRICS, ConfigStats, Modeled, paired_bootstrap, summarize
+
+SCHEMA = "moe-spec-ab/1"
+BOOTSTRAP_METRICS = (
+    "acceptance_length",
+    "tokens_per_s",
+    "modeled_tokens_per_s",
+    "agreement",
+    "mean_logprob",
+)
+
+
+def unbudgeted_for(config: RunConfig, configs: list[RunConfig]) -> RunConfig | None:
+    """The greedy unbudgeted run quality is measured against (None when sampling)."""
+    if config.temperature != 0:
+        return None
+    return next((c for c in configs if c.policy == "none" and c.temperature == 0), None)
+
+
+def analyze(
+    configs: list[RunConfig],
+    records: dict[tuple[str, int], RunRecord],
+    n_prompts: int,
+    reference: str,
+    info: dict,
+    modeled: Modeled | None,
+) -> list[ConfigStats]:
+    """Statistics per configuration, with paired differences against ``reference``."""
+    rows, pairs = [], {}
+    for c in configs:
+        runs = [records[(c.label, i)] for i in range(n_prompts)]
+        base = unbudgeted_for(c, configs)
+        refs = [None if base is None else records[(base.label, i)] for i in range(n_prompts)]
+        row, pairs[c.label] = summarize(c, runs, refs, info, modeled)
+        rows.append(row)
+    for row in rows:
+        if row.label != reference:
+            row.vs_reference = {
+                m: paired_bootstrap(pairs[row.label], pairs[reference], m)
+                for m in BOOTSTRAP_METRICS
+            }
+    return rows
+
+
+def write_json(rows: list[ConfigStats], path: Path, meta: dict) -> None:
+    payload = {"schema": SCHEMA, **meta, "metrics": METRICS, "configs": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def speedup(row: ConfigStats, ref: ConfigStats, metric: str) -> float | None:
+    a, b = row.metrics.get(metric), ref.metrics.get(metric)
+    return a / b if a is not None and b else None
+
+
+def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
+    ref = next(r for r in rows if r.label == reference)
+    modeled = any(r.metrics["modeled_tokens_per_s"] is not None for r in rows)
+    head = [
+        "configuration",
+        "accept",
+        "tok/s",
+        "experts/layer",
+        "p99",
+        "floor",
+        "MB/tok",
+        "agree",
+        "logprob",
+    ] + (["model tok/s", "x ref"] if modeled else [])
+    out = [head]
+    for r in rows:
+        m = r.metrics
+        before, after = r.distinct_before, r.distinct_after
+        experts = "-" if after is None else f"{before['mean']:.1f}->{after['mean']:.1f}"
+        line = [
+            r.label + (" (ref)" if r.label == reference else ""),
+            fmt(m["acceptance_length"], ".2f"),
+            fmt(m["tokens_per_s"], ".1f"),
+            experts,
+            "-" if after is None else f"{after['p99']:.0f}",
+            "-" if r.distinct_path is None else f"{r.distinct_path['mean']:.1f}",
+            fmt(m["expert_mb_per_token"], ".2f"),
+            fmt(m["agreement"], ".1%"),
+            fmt(m["mean_logprob"], ".3f"),
+        ]
+        if modeled:
+            line += [
+                fmt(m["modeled_tokens_per_s"], ".0f"),
+                fmt(speedup(r, ref, "modeled_tokens_per_s"), ".2f"),
+            ]
+        out.append(line)
+    return out
+
+
+def format_table(rows: list[ConfigStats], reference: str) -> str:
+    """The one-screen terminal table."""
+    cells = table_rows(rows, reference)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=False))
+            )
+        )
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def ci_text(d: dict | None, spec: str) -> str:
+    if d is None:
+        return "-"
+    low, high = d["ci95"]
+    return f"{format(d['diff'], spec)} [{format(low, spec)}, {format(high, spec)}]"
+
+
+def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[str]) -> None:
+    reference = meta["reference"]
+    cells = table_rows(rows, reference)
+    lines = [f"# moe-spec ab: {meta['title']}", ""]
+    lines += [
+        f"- {k}: {meta[k]}"
+        for k in ("backend", "model", "prompts", "max_new_tokens", "seed", "modeled_on")
+        if k in meta
+    ]
+    lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    lines += [
+        "",
+        f"## Differences against `{reference}` (95% paired bootstrap CI over prompts)",
+        "",
+        "| configuration | " + " | ".join(BOOTSTRAP_METRICS) + " |",
+        "|" + " --- |" * (len(BOOTSTRAP_METRICS) + 1),
+    ]
+    specs = {"agreement": ".3f", "mean_logprob": ".3f", "acceptance_length": ".3f"}
+    for r in rows:
+        if r.label != reference:
+            lines.append(
+                f"| {r.label} | "
+                + " | ".join(
+                    ci_text(r.vs_reference.get(m), specs.get(m, ".1f")) for m in BOOTSTRAP_METRICS
+                )
+                + " |"
+            )
+    lines += ["", "## Columns", ""]
+    lines += [f"- {name}: {text}" for name, text in METRICS.items()]
+    lines += [
+        "- experts/layer: distinct experts per layer per verify step, before->after the "
+        "budget (mean; p99 after); floor: the accepted path's own distinct experts",
+        "",
+    ]
+    lines += [f"![{p}]({p})" for p in plots]
+    path.write_text("\n".join(lines) + "\n")

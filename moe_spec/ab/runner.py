@@ -1,0 +1,54 @@
+"""The interleaved runner: every configuration on every prompt, round-robin, resumable.
+
+Prompt ``i`` runs every configuration with seed ``seed + i`` before prompt
+``i + 1`` starts, and the configuration order rotates by one per prompt, so
+slow drift of the machine (heat, other load) falls on all configurations alike
+and no configuration always runs first. Finished runs go to the store at once.
+"""
+
+from __future__ import annotations
+
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.records import RunRecord, Store
+
+
+class RunInterruptedError(ValueError):
+    """A run failed; the finished ones are kept in the output folder."""
+
+
+def schedule(configs: list[RunConfig], n_prompts: int) -> list[tuple[int, RunConfig]]:
+    """``(prompt index, config)`` in run order: prompt by prompt, rotating the configs."""
+    order = []
+    for i in range(n_prompts):
+        shift = i % len(configs)
+        order += [(i, c) for c in configs[shift:] + configs[:shift]]
+    return order
+
+
+def run_all(
+    backend,
+    configs: list[RunConfig],
+    prompts: list[str],
+    store: Store,
+    seed: int,
+    max_new_tokens: int,
+    show_progress: bool = True,
+) -> dict[tuple[str, int], RunRecord]:
+    """Run what the store does not hold yet; return every record keyed ``(label, prompt)``."""
+    from tqdm import tqdm
+
+    todo = [(i, c) for i, c in schedule(configs, len(prompts)) if (c.label, i) not in store.done]
+    total = len(configs) * len(prompts)
+    with tqdm(total=total, initial=total - len(todo), disable=not show_progress, unit="run") as bar:
+        for i, config in todo:
+            bar.set_description(f"{config.label} / prompt {i}")
+            try:
+                record = backend.run(config, i, prompts[i], seed + i, max_new_tokens)
+            except ValueError as exc:
+                raise RunInterruptedError(
+                    f"{config.label} on prompt {i}: {exc}\n{len(store.done)} finished runs are "
+                    f"kept in {store.folder}; fix the cause and rerun with --resume"
+                ) from exc
+            store.add(record)
+            bar.update()
+    return dict(store.done)

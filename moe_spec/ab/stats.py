@@ -1,0 +1,180 @@
+"""Per-configuration statistics and paired bootstrap differences against a reference.
+
+Every aggregate is a ratio of sums over prompts (numerator, denominator per
+prompt), so a bootstrap resample of prompts re-computes it exactly as the point
+estimate was computed. Distinct-expert statistics pool every (verify step,
+layer) value of a configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.records import RunRecord
+from moe_spec.costmodel import (
+    GPU,
+    ModeledStep,
+    ModelShape,
+    autoregressive_tokens_per_s,
+    map_distinct,
+    speculative_tokens_per_s,
+)
+from moe_spec.engine.demo import first_divergence
+
+#: metric -> what it is; each is sum(numerator) / sum(denominator) over prompts.
+METRICS = {
+    "acceptance_length": "tokens committed per verify step (bonus included)",
+    "tokens_per_s": "generated tokens per second, measured",
+    "modeled_tokens_per_s": "tokens per second on the modeled GPU and model shape",
+    "agreement": "share of tokens equal to the unbudgeted run's at the same position",
+    "mean_logprob": "mean target log-probability per generated token",
+    "expert_mb_per_token": "modeled expert MB read per generated token (this model, bf16)",
+}
+
+
+@dataclass
+class Modeled:
+    gpu: GPU
+    shape: ModelShape
+    overhead_s: float = 0.0  # fixed time per layer per forward (0: the pure roofline)
+
+
+def per_prompt(
+    record: RunRecord, config: RunConfig, ref: RunRecord | None, info: dict, modeled: Modeled | None
+) -> dict[str, tuple[float, float]]:
+    """``metric -> (numerator, denominator)`` of one run (missing metrics are left out)."""
+    n = len(record.tokens)
+    out: dict[str, tuple[float, float]] = {"tokens_per_s": (n, record.seconds)}
+    if config.kind == "autoregressive":
+        out["acceptance_length"] = (1.0, 1.0)
+    elif record.steps:
+        out["acceptance_length"] = (sum(s.committed for s in record.steps), len(record.steps))
+    elif record.verify_ct:
+        out["acceptance_length"] = (n, record.verify_ct)
+    if ref is not None:
+        same = sum(a == b for a, b in zip(record.tokens, ref.tokens, strict=False))
+        out["agreement"] = (same, len(ref.tokens))
+    if record.logprobs_sum is not None and n:
+        out["mean_logprob"] = (record.logprobs_sum, n)
+    if info and (record.steps or config.kind == "autoregressive"):
+        L, K = info["n_layers"], info["top_k"]
+        experts = sum(sum(s.after_L) for s in record.steps) if record.steps else n * L * K
+        out["expert_mb_per_token"] = (experts * info["expert_bytes"] / 1e6, n)
+    if modeled is not None and info:
+        out["modeled_tokens_per_s"] = modeled_pair(record, config, info, modeled)
+    return out
+
+
+def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
+    """``(tokens, modeled seconds)``: each step's tree and mapped distinct count."""
+    if config.kind == "autoregressive":
+        n = len(record.tokens)
+        return (n, n / autoregressive_tokens_per_s(m.gpu, m.shape, overhead_s=m.overhead_s))
+    if not record.steps:
+        return (0.0, 0.0)
+    steps = [
+        ModeledStep(
+            s.committed,
+            s.num_tokens,
+            s.width,
+            s.depth,
+            map_distinct(
+                sum(s.after_L) / len(s.after_L),
+                info["top_k"],
+                info["n_experts"],
+                m.shape.top_k,
+                m.shape.n_experts,
+            ),
+        )
+        for s in record.steps
+    ]
+    committed = sum(s.committed for s in steps)
+    tokens_per_s = speculative_tokens_per_s(m.gpu, m.shape, steps, overhead_s=m.overhead_s)
+    return (committed, committed / tokens_per_s)
+
+
+def ratio(pairs: list[tuple[float, float]]) -> float | None:
+    den = sum(d for _, d in pairs)
+    return sum(n for n, _ in pairs) / den if pairs and den else None
+
+
+def distribution(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    arr = np.asarray(values, dtype=float)
+    return {
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+    }
+
+
+@dataclass
+class ConfigStats:
+    label: str
+    config: dict
+    prompts: int
+    tokens: int
+    verify_steps: int
+    metrics: dict[str, float | None]
+    distinct_before: dict | None
+    distinct_after: dict | None
+    distinct_path: dict | None
+    distinct_after_per_layer: list[float]
+    first_divergence: list[int | None]
+    vs_reference: dict[str, dict] = field(default_factory=dict)
+
+
+def summarize(
+    config: RunConfig,
+    records: list[RunRecord],
+    refs: list[RunRecord | None],
+    info: dict,
+    modeled: Modeled | None,
+) -> tuple[ConfigStats, list[dict]]:
+    """The statistics of one configuration, and its per-prompt pairs (for the bootstrap)."""
+    pairs = [
+        per_prompt(r, config, ref, info, modeled) for r, ref in zip(records, refs, strict=False)
+    ]
+    steps = [s for r in records for s in r.steps]
+    L = len(steps[0].after_L) if steps else 0
+    return ConfigStats(
+        label=config.label,
+        config={k: v for k, v in vars(config).items() if k != "label"},
+        prompts=len(records),
+        tokens=sum(len(r.tokens) for r in records),
+        verify_steps=sum(r.verify_ct or 0 for r in records),
+        metrics={m: ratio([p[m] for p in pairs if m in p]) for m in METRICS},
+        distinct_before=distribution([v for s in steps for v in s.before_L]),
+        distinct_after=distribution([v for s in steps for v in s.after_L]),
+        distinct_path=distribution([v for s in steps for v in s.path_L]),
+        distinct_after_per_layer=[float(np.mean([s.after_L[i] for s in steps])) for i in range(L)],
+        first_divergence=[
+            None if ref is None else first_divergence(r.tokens, ref.tokens)
+            for r, ref in zip(records, refs, strict=False)
+        ],
+    ), pairs
+
+
+def paired_bootstrap(
+    a: list[dict], b: list[dict], metric: str, n_boot: int = 2000, seed: int = 0
+) -> dict | None:
+    """Difference ``a - b`` of a ratio metric and its 95% CI, resampling prompts jointly."""
+    if not all(metric in p for p in a + b) or len(a) != len(b) or not a:
+        return None
+    arr = np.array(
+        [[*x[metric], *y[metric]] for x, y in zip(a, b, strict=False)], dtype=float
+    )  # [P, 4]
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    sums = arr[idx].sum(axis=1)  # [n_boot, 4]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diffs = sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
+    diffs = diffs[np.isfinite(diffs)]
+    tot = arr.sum(axis=0)
+    if tot[1] == 0 or tot[3] == 0 or diffs.size == 0:
+        return None
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": float(tot[0] / tot[1] - tot[2] / tot[3]), "ci95": [float(low), float(high)]}

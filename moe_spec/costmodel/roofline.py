@@ -1,0 +1,134 @@
+"""A roofline for batch-1 speculative decoding on a GPU: draft and verify step times.
+
+A forward is split into parts that run one after another; each part takes
+``max(bytes / bandwidth, flops / peak)`` (it is bound by memory or by compute):
+
+- ``dense``: attention projections, shared/dense FFNs, routers and the LM head,
+  read once per forward whatever the routing;
+- ``experts``: the distinct routed experts of every MoE layer, ``d`` per layer,
+  each read once (``n_moe_layers * d * expert_bytes``); FLOPs are ``2 * T * K``
+  expert matmuls per token (budgeting changes which experts, not how many);
+- ``kv``: the KV cache of ``context`` committed tokens plus the new ones.
+
+A speculative step is ``depth`` draft forwards (``depth - 1`` tree expansions
+of ``width`` tokens and the catch-up on the accepted path) plus one verify
+forward over ``num_tokens`` tree tokens. Throughput is tokens committed over
+modeled time; prefill is not counted. ``overhead_s`` adds a fixed time per
+layer of every forward (kernel launches, synchronisation); it is 0 in a pure
+roofline and is not a data-sheet value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from moe_spec.costmodel.gpus import GPU
+from moe_spec.costmodel.shapes import BYTES_PER_PARAM, ModelShape
+
+DEFAULT_CONTEXT = 1024  # committed tokens the KV cache holds during decoding
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    bytes: float
+    flops: float
+
+    def seconds(self, gpu: GPU) -> float:
+        return max(self.bytes / gpu.bandwidth_Bps, self.flops / gpu.peak_flops)
+
+
+def verify_parts(shape: ModelShape, tokens: int, distinct: float, context: int) -> list[Part]:
+    """The parts of a target forward over ``tokens`` tokens reading ``distinct`` experts/layer."""
+    if not 0 <= distinct <= shape.n_experts:
+        raise ValueError(f"distinct={distinct} experts/layer outside [0, E={shape.n_experts}]")
+    expert_flops_per_token = shape.n_moe_layers * shape.top_k * shape.expert_bytes
+    dense_params = shape.dense_bytes / BYTES_PER_PARAM
+    attn_flops = 4 * tokens * (context + tokens) * shape.hidden * shape.n_layers
+    return [
+        Part("dense", shape.dense_bytes, 2 * tokens * dense_params),
+        Part(
+            "experts",
+            shape.n_moe_layers * distinct * shape.expert_bytes,
+            tokens * expert_flops_per_token,  # 2 FLOPs per weight = expert_bytes / 2 bytes
+        ),
+        Part("kv", (context + tokens) * shape.kv_bytes_per_token, attn_flops),
+    ]
+
+
+def forward_seconds(gpu: GPU, parts: Iterable[Part], layers: int, overhead_s: float) -> float:
+    return sum(p.seconds(gpu) for p in parts) + layers * overhead_s
+
+
+def verify_seconds(
+    gpu: GPU,
+    shape: ModelShape,
+    num_tokens: int,
+    distinct: float,
+    context: int = DEFAULT_CONTEXT,
+    overhead_s: float = 0.0,
+) -> float:
+    """One target forward over a ``num_tokens`` tree reading ``distinct`` experts per layer."""
+    parts = verify_parts(shape, num_tokens, distinct, context)
+    return forward_seconds(gpu, parts, shape.n_layers, overhead_s)
+
+
+def decode_seconds(
+    gpu: GPU, shape: ModelShape, context: int = DEFAULT_CONTEXT, overhead_s: float = 0.0
+) -> float:
+    """One autoregressive step: a single token reads its K experts per layer."""
+    return verify_seconds(gpu, shape, 1, shape.top_k, context, overhead_s)
+
+
+def draft_seconds(
+    gpu: GPU,
+    shape: ModelShape,
+    width: int,
+    depth: int,
+    context: int = DEFAULT_CONTEXT,
+    overhead_s: float = 0.0,
+) -> float:
+    """``depth`` EAGLE-3 draft forwards of ``width`` tokens each (one layer, one KV layer)."""
+    kv_one_layer = shape.kv_bytes_per_token / shape.n_layers
+    part = Part(
+        "draft",
+        shape.draft_bytes + (context + width) * kv_one_layer,
+        2 * width * shape.draft_bytes / BYTES_PER_PARAM,
+    )
+    return depth * forward_seconds(gpu, [part], 1, overhead_s)
+
+
+@dataclass(frozen=True)
+class ModeledStep:
+    """One speculative step as the cost model sees it (distinct counts in the large model)."""
+
+    committed: int
+    num_tokens: int
+    width: int
+    depth: int
+    distinct: float  # experts per MoE layer the verify reads (after any budget)
+
+
+def speculative_tokens_per_s(
+    gpu: GPU,
+    shape: ModelShape,
+    steps: Iterable[ModeledStep],
+    context: int = DEFAULT_CONTEXT,
+    overhead_s: float = 0.0,
+) -> float:
+    """Modeled throughput: committed tokens over the summed draft + verify time of ``steps``."""
+    tokens = seconds = 0.0
+    for s in steps:
+        tokens += s.committed
+        seconds += draft_seconds(gpu, shape, s.width, s.depth, context, overhead_s)
+        seconds += verify_seconds(gpu, shape, s.num_tokens, s.distinct, context, overhead_s)
+    if seconds == 0:
+        raise ValueError("no speculative steps to model")
+    return tokens / seconds
+
+
+def autoregressive_tokens_per_s(
+    gpu: GPU, shape: ModelShape, context: int = DEFAULT_CONTEXT, overhead_s: float = 0.0
+) -> float:
+    return 1.0 / decode_seconds(gpu, shape, context, overhead_s)

@@ -1,0 +1,165 @@
+"""What the plugin can serve correctly, checked before any request runs.
+
+Two checks share one vocabulary of findings: :func:`check_server_args` reads
+SGLang's server arguments (in ``moe-spec serve`` before launch, and again in
+every rank when the target model has loaded), :func:`check_topk_layer` reads one
+built ``TopK`` module (its routing convention and output format).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+#: SGLang releases whose verify path and hook points this plugin was written against.
+SUPPORTED_SGLANG = (Version("0.5.23"), Version("0.6"))
+SUPPORTED_TEXT = ">=0.5.23,<0.6"
+TREE_ALGORITHMS = ("EAGLE", "EAGLE3")
+#: MoE runners whose TopK output routes inside the kernel (ids cannot be rewritten).
+KERNEL_ROUTING_RUNNERS = ("triton_kernel", "flashinfer_trtllm", "flashinfer_mxfp4")
+
+
+class UnsupportedSetupError(RuntimeError):
+    """SGLang is configured in a way the budgeting hook cannot serve correctly."""
+
+
+@dataclass
+class Findings:
+    """Refusals (``errors``) and advice (``warnings``), each a full sentence."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def extend(self, other: Findings) -> None:
+        self.errors += other.errors
+        self.warnings += other.warnings
+
+    def raise_errors(self) -> None:
+        """Raise :class:`UnsupportedSetupError` listing every refusal, if any."""
+        if self.errors:
+            lines = "\n".join(f"  - {e}" for e in self.errors)
+            raise UnsupportedSetupError(f"moe-spec cannot budget this SGLang setup:\n{lines}")
+
+
+def installed_sglang_version() -> str | None:
+    """The installed sglang distribution's version, or None when it is not installed."""
+    try:
+        return metadata.version("sglang")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_sglang_version(version: str | None) -> Findings:
+    """Refuse an SGLang outside :data:`SUPPORTED_SGLANG`, naming the supported range."""
+    found = Findings()
+    if version is None:
+        found.errors.append(f"sglang is not installed; supported versions: sglang{SUPPORTED_TEXT}")
+        return found
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        found.errors.append(f"sglang version {version!r} is unreadable; supported {SUPPORTED_TEXT}")
+        return found
+    low, high = SUPPORTED_SGLANG
+    if not low <= Version(parsed.base_version) < high:
+        found.errors.append(
+            f"sglang {version} is installed; moe-spec's plugin supports sglang{SUPPORTED_TEXT}"
+        )
+    return found
+
+
+def check_server_args(args: Any) -> Findings:
+    """Refusals and warnings for SGLang server arguments (a namespace or ServerArgs)."""
+    found = Findings()
+    opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    algorithm = opt("speculative_algorithm")
+    if algorithm is None or str(algorithm).upper() not in TREE_ALGORITHMS:
+        found.errors.append(
+            f"--speculative-algorithm is {algorithm!r}; MoE-Spec budgets the verify pass of "
+            f"tree speculation, allowed: {', '.join(TREE_ALGORITHMS)}"
+        )
+    topk = opt("speculative_eagle_topk")
+    if topk is None or int(topk) <= 1:
+        found.warnings.append(
+            f"--speculative-eagle-topk is {topk!r}: the draft is a chain (SGLang's default for "
+            "MoE targets), whose few verify tokens touch few experts, so budgeting saves "
+            "little; pass --speculative-eagle-topk 4 (or more) for a tree"
+        )
+    if opt("enable_dp_attention", False) or int(opt("attn_dp_size", 1) or 1) > 1:
+        found.errors.append(
+            "DP-attention (--enable-dp-attention / --attn-dp-size > 1) is on: each rank's MoE "
+            "rows are other tokens, so ranks would keep different experts; serve with plain "
+            "--tp instead"
+        )
+    a2a = opt("moe_a2a_backend")
+    if a2a not in (None, "none"):
+        found.errors.append(
+            f"--moe-a2a-backend {a2a} dispatches tokens across ranks (expert-parallel "
+            "all-to-all); a global budget would need agreement across ranks, which this plugin "
+            "does not implement; use --moe-a2a-backend none"
+        )
+    if opt("enable_eplb", False) or int(opt("ep_num_redundant_experts", 0) or 0) > 0:
+        found.errors.append(
+            "EPLB / redundant experts are on: top-k ids are physical replicas, not the router's "
+            "experts; turn off --enable-eplb and --ep-num-redundant-experts"
+        )
+    location = opt("init_expert_location", "trivial")
+    if location not in (None, "trivial"):
+        found.errors.append(
+            f"--init-expert-location {location}: remapped expert placement is not supported; "
+            "use the default 'trivial'"
+        )
+    runner = opt("moe_runner_backend")
+    if runner in KERNEL_ROUTING_RUNNERS:
+        found.errors.append(
+            f"--moe-runner-backend {runner} routes inside the MoE kernel, so the top-k ids "
+            "cannot be rewritten; use triton, deep_gemm, cutlass or auto"
+        )
+    if opt("expert_distribution_recorder_mode"):
+        found.warnings.append(
+            "the expert-distribution recorder counts top-k ids before the budget; the "
+            "plugin's own log line reports distinct experts after it"
+        )
+    return found
+
+
+def check_topk_layer(topk: Any) -> Findings:
+    """Refusals for one built SGLang ``TopK`` module whose routing cannot be rewritten."""
+    found = Findings()
+    cfg = topk.topk_config
+    where = f"MoE layer {topk.layer_id}"
+    fmt = getattr(cfg.output_format, "name", cfg.output_format)
+    if fmt not in (None, "STANDARD"):
+        found.errors.append(
+            f"{where}: TopK output format {fmt} routes inside the kernel; only STANDARD "
+            "top-k ids can be budgeted (pick another --moe-runner-backend)"
+        )
+    if cfg.fused_gate_packed_ids:
+        found.errors.append(f"{where}: packed top-k ids (fused gate) cannot be rewritten")
+    if cfg.num_shared_topk_slots:
+        found.errors.append(
+            f"{where}: shared experts are fused into the top-k ids; pass "
+            "--disable-shared-experts-fusion"
+        )
+    if cfg.custom_routing_function is not None:
+        found.errors.append(f"{where}: a custom routing function is not supported")
+    if cfg.use_grouped_topk and cfg.topk_group != cfg.num_expert_group:
+        found.errors.append(
+            f"{where}: group-limited routing (topk_group={cfg.topk_group} of "
+            f"num_expert_group={cfg.num_expert_group}) is not supported"
+        )
+    if cfg.scoring_func not in ("softmax", "sigmoid"):
+        found.errors.append(
+            f"{where}: scoring function {cfg.scoring_func!r}; supported: softmax, sigmoid"
+        )
+    if cfg.apply_routed_scaling_factor_on_output and cfg.routed_scaling_factor not in (None, 1.0):
+        found.errors.append(
+            f"{where}: routed_scaling_factor={cfg.routed_scaling_factor} is folded into the "
+            "top-k weights; re-routed weights would miss it"
+        )
+    if getattr(topk, "enable_waterfill", False):
+        found.errors.append(f"{where}: Waterfill shared-expert balancing is not supported")
+    return found

@@ -1,0 +1,113 @@
+"""The SGLang plugin: entry point ``moe_spec`` in the group ``sglang.srt.plugins``.
+
+SGLang's ``load_plugins()`` calls :func:`register` in the launcher and in every
+scheduler (TP rank) process before the model is built. It registers four hooks
+with SGLang's ``HookRegistry``:
+
+- ``forward_context`` (AROUND): remember the running ForwardBatch (its mode, positions);
+- ``TopK.forward`` (AFTER): in target verify passes, budget the top-k ids and weights
+  before the fused-MoE kernel reads expert weights;
+- ``ModelRunner.load_model`` (AFTER): check the setup and find the target's MoE
+  layers before CUDA graphs are captured; refuse unsupported setups there;
+- ``ModelRunner.forward`` (AFTER): the periodic distinct-experts log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from moe_spec.integration.sglang.runtime import BudgetRuntime
+from moe_spec.integration.sglang.settings import (
+    ENV_DISABLE,
+    SettingsError,
+    plugin_disabled,
+    settings_from_environ,
+)
+
+logger = logging.getLogger("moe_spec.sglang")
+
+FORWARD_CONTEXT = "sglang.srt.model_executor.forward_context.forward_context"
+TOPK_FORWARD = "sglang.srt.layers.moe.topk.TopK.forward"
+LOAD_MODEL = "sglang.srt.model_executor.model_runner.ModelRunner.load_model"
+RUNNER_FORWARD = "sglang.srt.model_executor.model_runner.ModelRunner.forward"
+
+#: The runtime of this process (None until :func:`register` configured one).
+RUNTIME: BudgetRuntime | None = None
+
+
+def register() -> None:
+    """Entry point: read the environment and register the hooks (or nothing when off)."""
+    global RUNTIME
+    if plugin_disabled():
+        logger.info("moe-spec: plugin loaded but switched off (%s)", ENV_DISABLE)
+        return
+    try:
+        settings = settings_from_environ()
+        if settings is None:
+            logger.info("moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget")
+            return
+        RUNTIME = BudgetRuntime(settings)
+    except (SettingsError, ValueError) as exc:
+        # load_plugins() would only log an exception here; refuse at model load instead.
+        register_refusal(f"moe-spec: invalid configuration: {exc}")
+        return
+    register_hooks(RUNTIME)
+
+
+def register_hooks(runtime: BudgetRuntime) -> None:
+    """Register the four hooks that apply ``runtime`` in this process."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from moe_spec.integration.sglang.batch import track_forward_batch
+
+    HookRegistry.register(FORWARD_CONTEXT, track_forward_batch, HookType.AROUND)
+    HookRegistry.register(TOPK_FORWARD, budget_after_topk(runtime), HookType.AFTER)
+    HookRegistry.register(LOAD_MODEL, prepare_after_load(runtime), HookType.AFTER)
+    HookRegistry.register(RUNNER_FORWARD, report_after_forward(runtime), HookType.AFTER)
+
+
+def register_refusal(message: str) -> None:
+    """Make every model load fail with ``message`` (a clear start-up refusal)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from moe_spec.integration.sglang.compat import UnsupportedSetupError
+
+    logger.error(message)
+
+    def refuse(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
+        raise UnsupportedSetupError(message)
+
+    HookRegistry.register(LOAD_MODEL, refuse, HookType.AFTER)
+
+
+def budget_after_topk(runtime: BudgetRuntime):
+    """AFTER hook of ``TopK.forward``: the budgeted output in target verify passes."""
+
+    def hook(output: Any, topk: Any, *args: Any, **kwargs: Any) -> Any:
+        return runtime.budget(topk, output)
+
+    return hook
+
+
+def prepare_after_load(runtime: BudgetRuntime):
+    """AFTER hook of ``ModelRunner.load_model``: check and index the target's MoE layers."""
+
+    def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(runner, "is_draft_worker", False):
+            return None
+        runtime.prepare(runner.model, runner.server_args, runner.device)
+        return None
+
+    return hook
+
+
+def report_after_forward(runtime: BudgetRuntime):
+    """AFTER hook of ``ModelRunner.forward``: the periodic log line when it is due."""
+
+    def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
+        if not getattr(runner, "is_draft_worker", False):
+            runtime.after_forward()
+        return None
+
+    return hook

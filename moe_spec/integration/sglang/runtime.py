@@ -1,0 +1,204 @@
+"""The budget applied inside SGLang: one :class:`BudgetRuntime` per rank process.
+
+Shape legend: T tokens (verify rows), K top-k, E experts, L MoE layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from moe_spec.budget import BudgetedTopK, apply_budget, check_budget
+from moe_spec.integration.sglang.batch import current_batch, is_target_verify, tree_depth_T
+from moe_spec.integration.sglang.compat import (
+    Findings,
+    check_server_args,
+    check_sglang_version,
+    check_topk_layer,
+    installed_sglang_version,
+)
+from moe_spec.integration.sglang.metrics import (
+    ExpertCounters,
+    PrometheusGauges,
+    prometheus_gauges,
+)
+from moe_spec.integration.sglang.settings import ServeSettings
+from moe_spec.policies import get_policy
+from moe_spec.routing import RoutingRecord
+
+logger = logging.getLogger("moe_spec.sglang")
+
+
+class BudgetRuntime:
+    """Applies the configured policy to the target model's TopK outputs in verify passes."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.policy = get_policy(settings.policy, **settings.options)
+        self.policy.validate = False  # server hot path: no value checks that read the device
+        self.layer_index: dict[int, int] = {}  # SGLang layer_id -> MoE layer index
+        self.num_experts: dict[int, int] = {}  # SGLang layer_id -> E
+        self.counters: ExpertCounters | None = None
+        self.skipped: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.counters is not None
+
+    def prepare(self, model: Any, server_args: Any, device: torch.device | str) -> Findings:
+        """Find the target's MoE layers, check them and the server arguments; set up counters.
+
+        Raises :class:`~moe_spec.integration.sglang.compat.UnsupportedSetupError` (so the
+        server refuses to start) when the setup cannot be budgeted correctly.
+        """
+        found = check_sglang_version(installed_sglang_version())
+        found.extend(check_server_args(server_args))
+        topks, experts = moe_modules(model)
+        if not topks:
+            found.errors.append(
+                f"the target model ({type(model).__name__}) has no SGLang TopK MoE layers"
+            )
+        for topk in topks:
+            found.extend(check_topk_layer(topk))
+            E = experts.get(topk.layer_id)
+            if E is None:
+                found.errors.append(f"MoE layer {topk.layer_id}: no FusedMoE experts found")
+                continue
+            try:
+                check_budget(self.settings.budget, topk.topk_config.top_k, E)
+            except ValueError as exc:
+                found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
+        found.raise_errors()
+        for warning in found.warnings:
+            logger.warning("moe-spec: %s", warning)
+        layer_ids = sorted(t.layer_id for t in topks)
+        self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
+        self.num_experts = experts
+        self.counters = ExpertCounters(len(layer_ids), device, self.settings.log_interval_s)
+        if getattr(server_args, "enable_metrics", False):
+            self.counters.gauges = optional_gauges()
+        logger.info(
+            "moe-spec: budgeting %d MoE layers in verify passes: policy %s, B=%d, %s",
+            len(layer_ids),
+            self.settings.policy,
+            self.settings.budget,
+            self.settings.mode,
+        )
+        return found
+
+    def budget(self, topk: Any, output: Any) -> Any:
+        """``output`` with at most B distinct experts when this is a target verify pass."""
+        if topk.is_draft or not self.ready or not is_target_verify(current_batch()):
+            return output
+        layer = self.layer_index.get(topk.layer_id)
+        if layer is None:
+            return output
+        if type(output).__name__ != "StandardTopKOutput":
+            self.skip(f"TopK output {type(output).__name__} cannot be rewritten")
+            return output
+        try:
+            return self.budget_standard(topk, output, layer)
+        except Exception as exc:  # a policy bug must not take the server down
+            self.skip(f"policy {self.settings.policy!r} failed in layer {topk.layer_id}: {exc!r}")
+            return output
+
+    def budget_standard(self, topk: Any, output: Any, layer: int) -> Any:
+        """Rewrite a StandardTopKOutput's ids and weights through the policy (no host sync)."""
+        ids_TK, weights_TK, logits_TE = output.topk_ids, output.topk_weights, output.router_logits
+        T, E = logits_TE.shape
+        valid_T = (ids_TK >= 0).all(dim=1) & non_padded_T(T, ids_TK.device)
+        cfg = topk.topk_config
+        record = RoutingRecord(
+            logits_TE,
+            ids_TK.clamp(min=0),
+            weights_TK,
+            valid_T=valid_T,
+            depth_T=tree_depth_T(current_batch(), T),
+            layer_idx=layer,
+            num_layers=len(self.layer_index),
+            scoring=cfg.scoring_func,
+            renormalize=cfg.renormalize,
+            correction_bias_E=cfg.correction_bias,
+        )
+        budgeted = self.policy.apply(record, self.settings.budget, mode=self.settings.mode)
+        if self.settings.mode == "truncation":
+            budgeted = distinct_slots(record, budgeted, self.settings.budget)
+        # Rows SGLang padded keep what SGLang wrote (it masks them itself).
+        new_ids_TK = torch.where(valid_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
+        new_weights_TK = torch.where(
+            valid_T[:, None], budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK
+        )
+        self.counters.add(layer, ids_TK, new_ids_TK, valid_T, E)
+        return type(output)(new_weights_TK, new_ids_TK, logits_TE)
+
+    def skip(self, reason: str) -> None:
+        """Log once per reason that a verify pass went unbudgeted (never silently)."""
+        if reason not in self.skipped:
+            self.skipped.add(reason)
+            logger.error("moe-spec: verify pass NOT budgeted: %s", reason)
+
+    def after_forward(self) -> None:
+        """Host side, after a forward returned: the periodic report when it is due."""
+        if self.counters is None or not self.counters.due() or capturing():
+            return
+        self.counters.report()
+
+
+def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) -> BudgetedTopK:
+    """Truncation's routing with distinct ids in every row, as SGLang's kernels expect.
+
+    Truncation fills a token's empty slots with a repeated kept expert of weight 0;
+    SGLang's native MoE path counts ids per row and breaks on repeats. Here the
+    slots take the token's substitution choice inside the same kept set (its best
+    kept experts, surviving ones included), each weighted by what truncation gave
+    that expert: 0 for the newcomers. Same combine, distinct ids, static shapes.
+    """
+    substituted = apply_budget(
+        record, budget, truncated.keep_E, mode="substitution", validate=False
+    )
+    weights_TE = torch.zeros_like(record.router_logits_TE, dtype=truncated.topk_weights_TK.dtype)
+    weights_TE.scatter_add_(1, truncated.topk_ids_TK.long(), truncated.topk_weights_TK)
+    ids_TK = substituted.topk_ids_TK
+    return BudgetedTopK(ids_TK, weights_TE.gather(1, ids_TK.long()), truncated.keep_E)
+
+
+def moe_modules(model: Any) -> tuple[list[Any], dict[int, int]]:
+    """The target's (not draft) SGLang ``TopK`` modules and ``{layer_id: num_experts}``."""
+    from sglang.srt.layers.moe.topk import TopK
+
+    topks, experts = [], {}
+    for module in model.modules():
+        if isinstance(module, TopK) and not module.is_draft:
+            topks.append(module)
+        elif hasattr(module, "w13_weight") and hasattr(module, "num_experts"):
+            experts[int(module.layer_id)] = int(module.num_experts)
+    return topks, experts
+
+
+def non_padded_T(num_rows: int, device: torch.device) -> torch.Tensor:
+    """bool ``[T]``: rows below SGLang's ``num_token_non_padded`` (all True when unknown)."""
+    from sglang.srt.model_executor.forward_context import get_forward_context, has_forward_context
+
+    rows_T = torch.ones(num_rows, dtype=torch.bool, device=device)
+    if has_forward_context():
+        get_bound = get_forward_context().moe_num_token_non_padded
+        bound = get_bound() if get_bound is not None else None
+        if bound is not None:
+            rows_T = torch.arange(num_rows, device=device) < bound
+    return rows_T
+
+
+def capturing() -> bool:
+    """True while a CUDA graph is being captured (never read counters then)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def optional_gauges() -> PrometheusGauges | None:
+    """Prometheus gauges when ``prometheus_client`` is installed (SGLang's metrics use it)."""
+    try:
+        return prometheus_gauges()
+    except ImportError:
+        logger.warning("moe-spec: --enable-metrics is on but prometheus_client is missing")
+        return None

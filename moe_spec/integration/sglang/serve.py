@@ -1,0 +1,144 @@
+"""``moe-spec serve``: validate a budgeting setup, then start SGLang with the plugin on.
+
+Everything that can be checked before the GPU is touched is checked here: the
+policy and its options, the budget against the model's ``config.json`` (when the
+model path is a local directory), the speculative setup and SGLang's version.
+The server itself runs as ``python -m sglang.launch_server <args>``, with the
+plugin configured through the environment its ranks inherit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from moe_spec.budget import check_budget
+from moe_spec.integration.sglang.compat import (
+    Findings,
+    check_server_args,
+    check_sglang_version,
+    installed_sglang_version,
+)
+from moe_spec.integration.sglang.settings import ServeSettings
+from moe_spec.policies import get_policy
+
+PLUGIN_NAME = "moe_spec"
+EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+TOPK_KEYS = ("num_experts_per_tok", "moe_topk", "moe_top_k", "top_k")
+
+
+class ServeError(ValueError):
+    """``moe-spec serve`` refuses to start: the message says what to change."""
+
+
+@dataclass
+class Launch:
+    """The command ``moe-spec serve`` runs and the environment it adds."""
+
+    argv: list[str]
+    env: dict[str, str]
+    warnings: list[str]
+
+
+def parse_sglang_args(sglang_args: Sequence[str]):
+    """SGLang's own parser applied to ``sglang_args`` (no resolution, nothing started)."""
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server", add_help=False)
+    ServerArgs.add_cli_args(parser)
+    try:
+        return parser.parse_args(list(sglang_args))
+    except SystemExit:
+        raise ServeError(f"SGLang rejected its arguments: {' '.join(sglang_args)}") from None
+
+
+def moe_shape(model_path: str) -> tuple[int, int] | None:
+    """``(num_experts, top_k)`` from a local model directory's config.json, else None."""
+    config_path = Path(model_path) / "config.json"
+    if not Path(model_path).is_dir():
+        return None
+    if not config_path.is_file():
+        raise ServeError(f"{model_path} is a directory without config.json; is it a model?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ServeError(f"cannot read {config_path}: {exc}") from None
+    config = config.get("text_config", config)  # multimodal wrappers nest the LM's config
+    experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int)), None)
+    top_k = next((config[k] for k in TOPK_KEYS if isinstance(config.get(k), int)), None)
+    if experts is None or top_k is None:
+        raise ServeError(
+            f"{config_path} names no routed experts ({'/'.join(EXPERT_KEYS)}) and top-k "
+            f"({'/'.join(TOPK_KEYS)}): MoE-Spec budgets Mixture-of-Experts models only"
+        )
+    return experts, top_k
+
+
+def plugin_installed() -> bool:
+    """Whether SGLang will find this package's ``sglang.srt.plugins`` entry point."""
+    return any(ep.name == PLUGIN_NAME for ep in entry_points(group="sglang.srt.plugins"))
+
+
+def plan_launch(
+    settings: ServeSettings, sglang_args: Sequence[str], environ: Mapping[str, str] | None = None
+) -> Launch:
+    """Validate everything and return the launch; raise :class:`ServeError` with every refusal."""
+    environ = os.environ if environ is None else environ
+    get_policy(settings.policy, **settings.options)  # unknown policy / bad options: PolicyError
+    found = Findings()
+    found.extend(check_sglang_version(installed_sglang_version()))
+    if found.errors:
+        raise ServeError(found.errors[0])
+    if not plugin_installed():
+        found.errors.append(
+            "the moe_spec entry point (group sglang.srt.plugins) is not installed in this "
+            "environment; reinstall moe-spec (pip install -e .)"
+        )
+    args = parse_sglang_args(sglang_args)
+    found.extend(check_server_args(args))
+    shape = moe_shape(args.model_path)
+    if shape is None:
+        found.warnings.append(
+            f"--model-path {args.model_path} is not a local directory: B={settings.budget} is "
+            "checked against the model's experts and top-k when it loads"
+        )
+    else:
+        try:
+            check_budget(settings.budget, shape[1], shape[0])
+        except ValueError as exc:
+            found.errors.append(f"{args.model_path}: {exc}")
+    if found.errors:
+        raise ServeError(
+            "refusing to start SGLang:\n" + "\n".join(f"  - {e}" for e in found.errors)
+        )
+    env = settings.to_environ()
+    allowed = environ.get("SGLANG_PLUGINS", "")
+    if allowed.strip() and PLUGIN_NAME not in [x.strip() for x in allowed.split(",")]:
+        env["SGLANG_PLUGINS"] = f"{allowed},{PLUGIN_NAME}"
+    argv = [sys.executable, "-m", "sglang.launch_server", *sglang_args]
+    return Launch(argv=argv, env=env, warnings=found.warnings)
+
+
+def run_launch(launch: Launch) -> int:
+    """Run the server in the foreground; forward SIGINT/SIGTERM; return its exit code."""
+    child = subprocess.Popen(launch.argv, env={**os.environ, **launch.env})
+
+    def forward(signum, _frame) -> None:
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+        return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,107 @@
+"""The plugin's configuration: environment variables inherited by every SGLang rank.
+
+SGLang plugins have no command-line flags of their own, so ``moe-spec serve``
+(or the user) sets these before ``python -m sglang.launch_server`` starts:
+
+=============================  =========================================================
+``MOE_SPEC_POLICY``            policy name (``moe-spec policies`` lists them); unset: off
+``MOE_SPEC_BUDGET``            B, distinct experts per MoE layer in a verify pass
+``MOE_SPEC_MODE``              ``substitution`` (default) or ``truncation``
+``MOE_SPEC_POLICY_OPTIONS``    the policy's keyword options as a JSON object
+``MOE_SPEC_SGLANG_DISABLE``    ``1``: load the plugin but change nothing (off switch)
+``MOE_SPEC_LOG_INTERVAL``      seconds between expert-count log lines (default 30, 0: off)
+=============================  =========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from moe_spec.budget import MODES, check_mode
+
+ENV_POLICY = "MOE_SPEC_POLICY"
+ENV_BUDGET = "MOE_SPEC_BUDGET"
+ENV_MODE = "MOE_SPEC_MODE"
+ENV_OPTIONS = "MOE_SPEC_POLICY_OPTIONS"
+ENV_DISABLE = "MOE_SPEC_SGLANG_DISABLE"
+ENV_LOG_INTERVAL = "MOE_SPEC_LOG_INTERVAL"
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class SettingsError(ValueError):
+    """An environment variable of the plugin holds a value it cannot use."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the plugin applies in every target MoE layer of a verify forward."""
+
+    policy: str
+    budget: int
+    mode: str = "substitution"
+    options: dict = field(default_factory=dict)
+    log_interval_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.policy:
+            raise SettingsError(f"{ENV_POLICY} is empty; name a policy (see `moe-spec policies`)")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise SettingsError(f"{ENV_BUDGET}={self.budget!r}; allowed: an integer >= 1")
+        try:
+            check_mode(self.mode)
+        except ValueError:
+            raise SettingsError(f"{ENV_MODE}={self.mode!r}; allowed: {', '.join(MODES)}") from None
+        if not isinstance(self.options, dict):
+            raise SettingsError(f"{ENV_OPTIONS} must be a JSON object, got {self.options!r}")
+        if self.log_interval_s < 0:
+            raise SettingsError(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")
+
+    def to_environ(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a rank process."""
+        return {
+            ENV_POLICY: self.policy,
+            ENV_BUDGET: str(self.budget),
+            ENV_MODE: self.mode,
+            ENV_OPTIONS: json.dumps(self.options, sort_keys=True),
+            ENV_LOG_INTERVAL: f"{self.log_interval_s:g}",
+        }
+
+
+def plugin_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the off switch ``MOE_SPEC_SGLANG_DISABLE`` is set to a true word."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV_DISABLE, "").strip().lower() in TRUE_WORDS
+
+
+def settings_from_environ(environ: Mapping[str, str] | None = None) -> ServeSettings | None:
+    """The settings in ``environ``; None when no policy is configured or the switch is off."""
+    environ = os.environ if environ is None else environ
+    if plugin_disabled(environ) or not environ.get(ENV_POLICY, "").strip():
+        return None
+    raw_budget = environ.get(ENV_BUDGET, "").strip()
+    if not raw_budget:
+        raise SettingsError(f"{ENV_POLICY} is set but {ENV_BUDGET} is not; set B, e.g. 32")
+    try:
+        budget = int(raw_budget)
+    except ValueError:
+        raise SettingsError(f"{ENV_BUDGET}={raw_budget!r}; allowed: an integer >= 1") from None
+    raw_options = environ.get(ENV_OPTIONS, "").strip() or "{}"
+    try:
+        options = json.loads(raw_options)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{ENV_OPTIONS}={raw_options!r} is not JSON: {exc}") from None
+    raw_interval = environ.get(ENV_LOG_INTERVAL, "").strip() or "30"
+    try:
+        interval = float(raw_interval)
+    except ValueError:
+        raise SettingsError(f"{ENV_LOG_INTERVAL}={raw_interval!r}; allowed: seconds") from None
+    return ServeSettings(
+        policy=environ[ENV_POLICY].strip(),
+        budget=budget,
+        mode=environ.get(ENV_MODE, "").strip() or "substitution",
+        options=options,
+        log_interval_s=interval,
+    )

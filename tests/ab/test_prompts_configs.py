@@ -1,0 +1,111 @@
+"""Prompts files and configuration syntax: what parses, and the errors for what does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moe_spec.ab.configs import RunConfig, finalize, parse_config
+from moe_spec.ab.prompts import PromptsError, held_out_benchmark_prompts, load_prompts
+
+
+def test_jsonl_and_plain_text_prompts(tmp_path):
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"prompt": "def f(x):\n", "id": 1}) + "\n\n" + '{"prompt": "b"}\n')
+    assert load_prompts(jl) == ["def f(x):\n", "b"]
+    txt = tmp_path / "p.txt"
+    txt.write_text("first line\n\n  second\n")
+    assert load_prompts(txt) == ["first line", "  second"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty"),
+        ('{"prompt": "a"}\n{"prompt": \n', r"p.jsonl:2: not valid JSON"),
+        ('{"text": "a"}\n', 'string "prompt" field'),
+        ('{"prompt": ""}\n', "the prompt is empty"),
+    ],
+)
+def test_malformed_prompts_files_name_the_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(PromptsError, match=message):
+        load_prompts(path)
+
+
+def test_missing_prompts_file(tmp_path):
+    with pytest.raises(PromptsError, match="does not exist"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+def test_held_out_prompts_extend_deterministically_to_twenty():
+    prompts = held_out_benchmark_prompts(20)
+    assert len(prompts) == 20 and len(set(prompts)) == 20
+    assert prompts == held_out_benchmark_prompts(20)
+    assert prompts[:12] == held_out_benchmark_prompts(12)
+    with pytest.raises(PromptsError, match="available"):
+        held_out_benchmark_prompts(500)
+
+
+def test_config_syntax_and_aliases():
+    (c,) = parse_config("router-mass:B=8,mode=truncation,tokens=16,width=4,depth=3,T=0.5")
+    assert (c.policy, c.budget, c.mode, c.num_tokens, c.width, c.depth, c.temperature) == (
+        "router-mass",
+        8,
+        "truncation",
+        16,
+        4,
+        3,
+        0.5,
+    )
+    assert c.label == "router-mass B=8 truncation tree=16/4/3 T=0.5"
+    assert c.spec().policy == "router-mass" and c.spec().budget == 8
+    (base,) = parse_config("depth-width", {"num_tokens": 16})
+    assert base.kind == "depth-width" and base.spec().policy == "none" and base.num_tokens == 16
+    (ar,) = parse_config("autoregressive:label=AR")
+    assert ar.kind == "autoregressive" and ar.label == "AR"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("token-priority", "a budget is required"),
+        ("none:B=8", "takes no budget"),
+        ("token-priority:B=eight", "budget='eight' is not a int"),
+        ("token-priority:B=8,colour=red", "unknown keys"),
+        ("token-priority:B=8,mode=drop", "allowed: substitution, truncation"),
+        ("token-priority:B=8,depth=0", "depth must be an integer >= 1"),
+        ("token-priority:B8", "expected key=value"),
+    ],
+)
+def test_bad_configs_say_what_is_allowed(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config(text)
+
+
+def test_json_and_toml_config_files(tmp_path):
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"configs": [{"policy": "token-priority", "budget": 8}]}))
+    toml = tmp_path / "c.toml"
+    toml.write_text('[[config]]\npolicy = "none"\n\n[[config]]\npolicy = "router-mass"\nB = 16\n')
+    assert [c.label for c in parse_config(str(js))] == ["token-priority B=8"]
+    assert [c.label for c in parse_config(str(toml))] == ["none", "router-mass B=16"]
+    js.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="list of configuration objects"):
+        parse_config(str(js))
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_config(str(tmp_path / "missing.toml"))
+
+
+def test_finalize_adds_the_unbudgeted_run_and_checks_labels():
+    configs, ref = finalize([RunConfig("token-priority", 8, num_tokens=16)], None)
+    assert [c.label for c in configs] == ["token-priority B=8 tree=16/8/6", "none tree=16/8/6"]
+    assert ref == "none tree=16/8/6"
+    with pytest.raises(ValueError, match="share labels"):
+        finalize([RunConfig("none"), RunConfig("none")], None)
+    with pytest.raises(ValueError, match="reference 'x' is not a configuration"):
+        finalize([RunConfig("none")], "x")
+    configs, _ = finalize([RunConfig("autoregressive")], None, add_unbudgeted=False)
+    assert [c.label for c in configs] == ["autoregressive"]

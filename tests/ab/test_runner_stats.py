@@ -1,0 +1,109 @@
+"""The interleaved, resumable runner (with a fake backend) and the statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.plots import pareto
+from moe_spec.ab.records import ResumeError, RunRecord, Step, Store
+from moe_spec.ab.runner import RunInterruptedError, run_all, schedule
+from moe_spec.ab.stats import paired_bootstrap, per_prompt
+
+CONFIGS = [RunConfig("autoregressive"), RunConfig("none"), RunConfig("token-priority", 8)]
+HEADER = {"prompts_sha": "x", "max_new_tokens": 4, "seed": 0, "backend": "fake"}
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+        self.fail_at = fail_at
+
+    def run(self, config, index, prompt, seed, max_new):
+        if len(self.calls) == self.fail_at:
+            raise ValueError("server went away")
+        self.calls.append((config.label, index, seed))
+        return RunRecord(config.label, index, seed, [index, len(prompt)], 0.5)
+
+
+def test_schedule_runs_prompt_by_prompt_and_rotates_the_order():
+    order = [(i, c.label) for i, c in schedule(CONFIGS, 3)]
+    assert order[:3] == [(0, "autoregressive"), (0, "none"), (0, "token-priority B=8")]
+    assert order[3:6] == [(1, "none"), (1, "token-priority B=8"), (1, "autoregressive")]
+    assert sorted(order) == sorted((i, c.label) for i in range(3) for c in CONFIGS)
+
+
+def test_runs_are_stored_as_they_finish_and_a_rerun_skips_them(tmp_path):
+    prompts = ["a", "bb", "ccc"]
+    backend = FakeBackend(fail_at=4)
+    with pytest.raises(RunInterruptedError, match="4 finished runs are kept"):
+        run_all(backend, CONFIGS, prompts, Store(tmp_path, HEADER, False), 7, 4, False)
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(ResumeError, match="--resume"):
+        Store(tmp_path, HEADER, resume=False)
+    with pytest.raises(ResumeError, match="seed"):
+        Store(tmp_path, {**HEADER, "seed": 1}, resume=True)
+    with (tmp_path / "runs.jsonl").open("a") as f:
+        f.write('{"label": "none", "prom')  # a line cut short by a kill
+    again = FakeBackend()
+    records = run_all(again, CONFIGS, prompts, Store(tmp_path, HEADER, True), 7, 4, False)
+    assert len(again.calls) == 9 - 4 and len(records) == 9
+    assert all(seed == 7 + i for _, i, seed in backend.calls + again.calls)
+    assert records[("none", 2)].tokens == [2, 3]
+
+
+def test_per_prompt_measures_against_the_unbudgeted_run():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1_000_000}
+    steps = [Step(3, 8, 4, 3, [6, 5], [4, 4], [2, 3]), Step(1, 8, 4, 3, [7, 7], [4, 3], [2, 2])]
+    run = RunRecord("x", 0, 0, [1, 2, 3, 9], 2.0, steps, 2, -2.0)
+    ref = RunRecord("none", 0, 0, [1, 2, 3, 4, 5], 1.0)
+    got = per_prompt(run, RunConfig("token-priority", 4), ref, info, None)
+    assert got["acceptance_length"] == (4, 2)
+    assert got["agreement"] == (3, 5)
+    assert got["tokens_per_s"] == (4, 2.0)
+    assert got["mean_logprob"] == (-2.0, 4)
+    assert got["expert_mb_per_token"] == (15.0, 4)  # (4+4+4+3) experts x 1 MB over 4 tokens
+    ar = per_prompt(
+        RunRecord("ar", 0, 0, [1, 2], 1.0), RunConfig("autoregressive"), ref, info, None
+    )
+    assert ar["acceptance_length"] == (1.0, 1.0) and ar["expert_mb_per_token"] == (8.0, 2)
+
+
+def test_paired_bootstrap_of_a_ratio_metric():
+    rng = np.random.default_rng(1)
+    a = [{"m": (float(x), 2.0)} for x in rng.normal(10, 1, 30)]
+    b = [{"m": (float(x) - 1.0, 2.0)} for (x,) in [p["m"][:1] for p in a]]  # exactly 0.5 lower
+    out = paired_bootstrap(a, b, "m")
+    assert out["diff"] == pytest.approx(0.5)
+    assert out["ci95"] == pytest.approx([0.5, 0.5])  # a paired, constant shift has no spread
+    c = [{"m": (float(x), 2.0)} for x in rng.normal(10, 1, 30)]
+    noisy = paired_bootstrap(a, c, "m")
+    expected = sum(p["m"][0] for p in a) / 60 - sum(p["m"][0] for p in c) / 60
+    assert noisy["diff"] == pytest.approx(expected)
+    assert noisy["ci95"][0] < noisy["diff"] < noisy["ci95"][1]
+    assert paired_bootstrap(a, [{}] * 30, "m") is None
+
+
+def test_pareto_front():
+    pts = [(1, 5), (2, 4), (3, 1), (1.5, 3), (2, 4.5)]
+    assert pareto(pts) == [(1, 5), (2, 4.5), (3, 1)]
+
+
+def test_store_writes_the_versioned_header(tmp_path):
+    Store(tmp_path, HEADER, False)
+    assert json.loads((tmp_path / "run.json").read_text())["schema"] == "moe-spec-ab-run/1"
+
+
+def test_resuming_with_an_added_configuration_runs_only_the_new_arm(tmp_path):
+    prompts = ["a", "bb"]
+    run_all(FakeBackend(), CONFIGS, prompts, Store(tmp_path, HEADER, False), 0, 4, False)
+    more = FakeBackend()
+    extra = RunConfig("router-mass", 8)
+    records = run_all(more, [*CONFIGS, extra], prompts, Store(tmp_path, HEADER, True), 0, 4, False)
+    assert [(label, i) for label, i, _ in more.calls] == [(extra.label, 0), (extra.label, 1)]
+    assert len(records) == 8

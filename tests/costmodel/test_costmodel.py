@@ -1,0 +1,132 @@
+"""The roofline cost model: shapes against published sizes, bounds, mapping, paper check."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_spec.costmodel import (
+    SHAPES,
+    ModeledStep,
+    coverage_fraction,
+    decode_seconds,
+    draft_seconds,
+    get_gpu,
+    get_shape,
+    independent_distinct,
+    map_distinct,
+    speculative_tokens_per_s,
+    verify_seconds,
+)
+from moe_spec.costmodel.paper import PAPER_CASES, check_case, implied_overhead_s
+from moe_spec.costmodel.roofline import verify_parts
+from moe_spec.costmodel.shapes import ModelShape
+
+# Total parameters each model card states (billions).
+PUBLISHED_TOTAL_B = {
+    "OLMoE-1B-7B": 6.9,
+    "Qwen3-30B-A3B": 30.5,
+    "Mixtral-8x7B": 46.7,
+    "DeepSeek-V2-Lite": 15.7,
+}
+PUBLISHED_ACTIVE_B = {"OLMoE-1B-7B": 1.3, "Qwen3-30B-A3B": 3.3, "Mixtral-8x7B": 12.9}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_shapes_add_up_to_the_published_parameter_counts(name):
+    s = SHAPES[name]
+    total = s.dense_bytes / 2 + s.n_moe_layers * s.n_experts * s.expert_bytes / 2
+    assert total / 1e9 == pytest.approx(PUBLISHED_TOTAL_B[name], rel=0.04)
+    if name in PUBLISHED_ACTIVE_B:
+        assert s.active_params_per_token / 1e9 == pytest.approx(PUBLISHED_ACTIVE_B[name], rel=0.1)
+
+
+TOY = ModelShape("toy", 2, 2, 64, 8, 2, 32, 0, 4 * 64 * 64, 0, 100, 2 * 2 * 64 * 2)
+
+
+def test_a_small_verify_is_bandwidth_bound_and_sums_bytes_by_hand():
+    gpu = get_gpu("h100")
+    expert_bytes = 3 * 64 * 32 * 2
+    dense = (2 * 4 * 64 * 64 + 2 * 64 * 8 + 100 * 64) * 2
+    kv = (10 + 3) * (2 * 2 * 64 * 2)
+    expected = (dense + 2 * 5 * expert_bytes + kv) / gpu.bandwidth_Bps
+    assert verify_seconds(gpu, TOY, 3, 5, context=10) == pytest.approx(expected)
+
+
+def test_a_huge_verify_is_compute_bound():
+    gpu, shape = get_gpu("A100-80GB"), get_shape("OLMoE-1B-7B")
+    parts = verify_parts(shape, 100_000, shape.n_experts, 0)
+    experts = next(p for p in parts if p.name == "experts")
+    assert experts.seconds(gpu) == pytest.approx(experts.flops / gpu.peak_flops)
+    assert experts.flops == 100_000 * 2 * shape.n_moe_layers * shape.top_k * 3 * 2048 * 1024
+
+
+def test_fewer_experts_and_faster_gpus_give_shorter_steps():
+    shape = get_shape("Qwen3-30B-A3B")
+    a100, h200 = get_gpu("A100-80GB"), get_gpu("H200")
+    assert verify_seconds(h200, shape, 63, 64) < verify_seconds(h200, shape, 63, 80)
+    assert verify_seconds(h200, shape, 63, 80) < verify_seconds(a100, shape, 63, 80)
+    assert decode_seconds(h200, shape) < verify_seconds(h200, shape, 63, 80)
+    assert draft_seconds(h200, shape, 8, 6) == pytest.approx(6 * draft_seconds(h200, shape, 8, 1))
+
+
+def test_overhead_adds_a_fixed_time_per_layer_of_every_forward():
+    gpu, shape = get_gpu("H200"), get_shape("Qwen3-30B-A3B")
+    base, slow = (
+        verify_seconds(gpu, shape, 8, 30),
+        verify_seconds(gpu, shape, 8, 30, overhead_s=1e-4),
+    )
+    assert slow == pytest.approx(base + 48 * 1e-4)
+    assert draft_seconds(gpu, shape, 8, 6, overhead_s=1e-4) == pytest.approx(
+        draft_seconds(gpu, shape, 8, 6) + 6 * 1e-4
+    )
+
+
+def test_throughput_is_committed_tokens_over_modeled_time():
+    gpu, shape = get_gpu("H200"), get_shape("OLMoE-1B-7B")
+    steps = [ModeledStep(3, 32, 8, 6, 40.0), ModeledStep(1, 32, 8, 6, 30.0)]
+    seconds = sum(
+        draft_seconds(gpu, shape, 8, 6) + verify_seconds(gpu, shape, 32, s.distinct) for s in steps
+    )
+    assert speculative_tokens_per_s(gpu, shape, steps) == pytest.approx(4 / seconds)
+    with pytest.raises(ValueError, match="no speculative steps"):
+        speculative_tokens_per_s(gpu, shape, [])
+
+
+def test_mapping_keeps_the_endpoints_and_the_budget_order():
+    assert map_distinct(4, 4, 32, 8, 64) == 8
+    assert map_distinct(32, 4, 32, 8, 64) == 64
+    assert map_distinct(16, 4, 32, 8, 64) == pytest.approx(8 + 12 / 28 * 56)
+    assert coverage_fraction(40, 4, 32) == 1.0 and coverage_fraction(5, 5, 5) == 0.0
+    mapped = [map_distinct(b, 4, 32, 8, 128) for b in (8, 12, 16, 24)]
+    assert mapped == sorted(mapped)
+
+
+def test_independent_routing_matches_the_notes_figures():
+    # ../shared/notes: Qwen3-30B-A3B 8 tokens -> 52, 32 -> 112, 63 -> 126 of 128.
+    for tokens, expected in ((8, 52), (32, 112), (63, 126)):
+        assert independent_distinct(tokens, 8, 128) == pytest.approx(expected, abs=1)
+
+
+@pytest.mark.parametrize("case", PAPER_CASES, ids=lambda c: c.shape)
+def test_paper_check_is_the_step_time_ratio_and_calibration_reproduces_it(case):
+    gpu, shape = get_gpu("A100-80GB"), get_shape(case.shape)
+    draft = draft_seconds(gpu, shape, case.width, case.depth)
+    full = draft + verify_seconds(gpu, shape, case.num_tokens, case.distinct)
+    budgeted = draft + verify_seconds(gpu, shape, case.num_tokens, case.budget)
+    check = check_case(case)
+    assert check.predicted_gain == pytest.approx(full / budgeted * (1 - 0.014))
+    assert check.in_range == (1.1 <= check.predicted_gain <= 1.3)
+    overhead = implied_overhead_s(case)
+    if overhead > 0:
+        assert check_case(case, overhead_s=overhead).predicted_gain == pytest.approx(
+            case.reported_gain, rel=1e-6
+        )
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="known: A100-80GB, H100, H200"):
+        get_gpu("V100")
+    with pytest.raises(ValueError, match="OLMoE-1B-7B"):
+        get_shape("llama")
+    with pytest.raises(ValueError, match="outside"):
+        verify_seconds(get_gpu("H200"), TOY, 4, 9)

@@ -1,0 +1,390 @@
+"""Scenarios that run the real SGLang 0.5.23 on CPU, one per process.
+
+SGLang's plugin loader and HookRegistry patch classes process-wide, so every
+scenario runs in a fresh interpreter (``python -m tests.integration.sglang.scenarios
+NAME``) and prints one JSON object on its last line for the tests to check.
+The environment (MOE_SPEC_*, SGLANG_PLUGINS) comes from the calling test.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import tempfile
+from types import SimpleNamespace
+
+import torch
+
+BUDGET_LAYERS = {0: "qwen3_moe", 1: "olmoe"}
+
+
+def publish_runtime() -> None:
+    """Publish SGLang's runtime context and single-rank process groups on CPU."""
+    from sglang.srt.distributed.parallel_state import (
+        init_distributed_environment,
+        initialize_model_parallel,
+    )
+    from sglang.srt.runtime_context import SpawnRanks, publish
+    from sglang.srt.server_args import ServerArgs
+
+    model_dir = tempfile.mkdtemp()
+    qwen3_config().save_pretrained(model_dir)
+    publish(
+        ServerArgs(model_path=model_dir, device="cpu"),
+        role="scheduler",
+        ranks=SpawnRanks(world_rank=0),
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    init_distributed_environment(
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        distributed_init_method=f"tcp://127.0.0.1:{port}",
+        backend="gloo",
+    )
+    initialize_model_parallel(backend="gloo")
+
+
+def qwen3_config():
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        max_position_embeddings=128,
+        architectures=["Qwen3MoeForCausalLM"],
+    )
+
+
+def build_model() -> torch.nn.ModuleList:
+    """Two real SGLang MoE blocks: Qwen3-MoE (E=8, top-2, renormalised), OLMoE (E=16, top-4)."""
+    from sglang.srt.models.olmoe import OlmoeMoE
+    from sglang.srt.models.qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleList(
+        [
+            Qwen3MoeSparseMoeBlock(layer_id=0, config=qwen3_config()),
+            OlmoeMoE(num_experts=16, top_k=4, hidden_size=32, intermediate_size=16, layer_id=1),
+        ]
+    )
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def sglang_args(*extra: str):
+    from moe_spec.integration.sglang.serve import parse_sglang_args
+
+    return parse_sglang_args(
+        [
+            "--model-path",
+            "unused",
+            "--speculative-algorithm",
+            "EAGLE3",
+            "--speculative-eagle-topk",
+            "4",
+            *extra,
+        ]
+    )
+
+
+def tree_batch(mode_name: str, depths: list[list[int]], non_padded: int | None = None):
+    """A ForwardBatch stand-in: requests' tree depths -> positions (prefix length + depth)."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    prefix = torch.tensor([7 + 3 * i for i in range(len(depths))])
+    positions = torch.cat([p + torch.tensor(d) for p, d in zip(prefix, depths, strict=True)])
+    bound = None if non_padded is None else torch.tensor(non_padded)
+    return SimpleNamespace(
+        forward_mode=getattr(ForwardMode, mode_name),
+        positions=positions,
+        seq_lens=prefix,
+        moe_num_token_non_padded=lambda: bound,
+    )
+
+
+def run_blocks(model, x_TD, batch) -> list[dict]:
+    """Each block's output and the top-k output its FusedMoE received (measured inside)."""
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+
+    received = {}
+
+    def record(module, args):
+        received[module.layer_id] = args[1]
+
+    handles = [blk.experts.register_forward_pre_hook(record) for blk in model]
+    try:
+        if batch is None:
+            with forward_context(ForwardContext(attn_backend=None)):
+                outs = [blk(x_TD) for blk in model]
+        else:
+            with forward_context(ForwardContext(attn_backend=None), forward_batch=batch):
+                outs = [blk(x_TD) for blk in model]
+    finally:
+        for h in handles:
+            h.remove()
+    return [
+        {
+            "out": out,
+            "ids": received[blk.experts.layer_id].topk_ids,
+            "weights": received[blk.experts.layer_id].topk_weights,
+            "logits": received[blk.experts.layer_id].router_logits,
+            "type": type(received[blk.experts.layer_id]).__name__,
+        }
+        for blk, out in zip(model, outs, strict=True)
+    ]
+
+
+def dense_TE(ids_TK, weights_TK, E: int) -> torch.Tensor:
+    """The combine weight each token gives each expert (repeated ids add up)."""
+    dense = torch.zeros(ids_TK.shape[0], E)
+    return dense.scatter_add_(1, ids_TK.long(), weights_TK.float())
+
+
+def run_topks(model, x_TD, batch) -> list[dict]:
+    """Each block's TopK output (after the plugin's hook) for a forward batch."""
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+
+    with forward_context(ForwardContext(attn_backend=None), forward_batch=batch):
+        outs = [blk.topk(x_TD, blk.gate(x_TD)[0]) for blk in model]
+    return [{"ids": o.topk_ids, "weights": o.topk_weights} for o in outs]
+
+
+def plugin_state() -> dict:
+    """What load_plugins() registered: our hook targets and whether they are applied."""
+    from sglang.srt.layers.moe.topk import TopK
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from moe_spec.integration.sglang import plugin
+
+    ours = sorted(
+        target
+        for target, hooks in HookRegistry._hooks.items()
+        if any(src is not None and src.plugin_name == "moe_spec" for _, _, src in hooks)
+    )
+    runtime = plugin.RUNTIME
+    return {
+        "targets": ours,
+        "patched": sorted(t for t in ours if t in HookRegistry._patched),
+        "topk_wrapped": hasattr(TopK.forward, "__wrapped__"),
+        "settings": None
+        if runtime is None
+        else {
+            "policy": runtime.settings.policy,
+            "budget": runtime.settings.budget,
+            "mode": runtime.settings.mode,
+            "options": runtime.settings.options,
+        },
+    }
+
+
+def scenario_load() -> dict:
+    """SGLang's own load_plugins(), as every scheduler rank runs it."""
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+    return plugin_state()
+
+
+def scenario_refusal() -> dict:
+    """A bad configuration: the hook on ModelRunner.load_model refuses every model load."""
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from moe_spec.integration.sglang.plugin import LOAD_MODEL
+
+    load_plugins()
+    state = plugin_state()
+    state["refused"] = []
+    for _, hook, _ in HookRegistry._hooks.get(LOAD_MODEL, []):
+        try:  # an AFTER hook: (result of the original load_model, the runner)
+            hook(None, SimpleNamespace(is_draft_worker=False))
+        except Exception as exc:  # noqa: BLE001
+            state["refused"].append(f"{type(exc).__name__}: {exc}")
+    return state
+
+
+def scenario_verify() -> dict:
+    """Real SGLang MoE blocks on CPU through every forward mode, with the plugin loaded."""
+    from sglang.srt.plugins import load_plugins
+
+    from moe_spec.integration.sglang import plugin
+    from moe_spec.kernels.fused_moe_reference import fused_moe_reference
+    from moe_spec.policies import get_policy
+    from moe_spec.routing import RoutingRecord
+    from tests.host_sync import HostSyncRecorder
+
+    publish_runtime()
+    load_plugins()
+    runtime = plugin.RUNTIME
+    model = build_model()
+    runtime.prepare(model, sglang_args(), "cpu")
+    depths = [[0, 1, 1, 1, 2, 2, 3], [0, 1, 2, 2, 3, 3, 3]]  # two requests x N=7
+    g = torch.Generator().manual_seed(1)
+    x_TD = torch.randn(14, 32, generator=g)
+    plain = run_blocks(model, x_TD, None)
+    modes = {}
+    for mode in ("DECODE", "EXTEND", "DRAFT_EXTEND_V2", "IDLE"):
+        got = run_blocks(model, x_TD, tree_batch(mode, depths))
+        modes[mode] = all(
+            torch.equal(a["ids"], b["ids"]) and torch.equal(a["out"], b["out"])
+            for a, b in zip(got, plain, strict=True)
+        )
+    recorder = HostSyncRecorder()
+    budget_standard = runtime.budget_standard
+
+    def recorded(*args):  # only the plugin's own work, not SGLang's CPU expert loop
+        with recorder:
+            return budget_standard(*args)
+
+    runtime.budget_standard = recorded
+    verify = run_blocks(model, x_TD, tree_batch("TARGET_VERIFY", depths))
+    runtime.budget_standard = budget_standard
+    settings = runtime.settings
+    layers = []
+    for blk, v, p in zip(model, verify, plain, strict=True):
+        cfg = blk.topk.topk_config
+        E = blk.experts.num_experts
+        depth_T = torch.tensor(sum(depths, []))
+        want = get_policy(settings.policy, **settings.options).apply(
+            RoutingRecord(
+                p["logits"],
+                p["ids"],
+                p["weights"],
+                depth_T=depth_T,
+                layer_idx=runtime.layer_index[blk.experts.layer_id],
+                num_layers=2,
+                renormalize=cfg.renormalize,
+            ),
+            settings.budget,
+            mode=settings.mode,
+        )
+        reference = fused_moe_reference(
+            x_TD, blk.experts.w13_weight, blk.experts.w2_weight, v["ids"], v["weights"]
+        )
+        layers.append(
+            {
+                "layer_id": blk.experts.layer_id,
+                "type": v["type"],
+                "distinct_before": int(p["ids"].unique().numel()),
+                "distinct_after": int(v["ids"].unique().numel()),
+                "ids_equal_core": torch.equal(v["ids"].long(), want.topk_ids_TK.long()),
+                "routing_equal_core": torch.allclose(
+                    dense_TE(v["ids"], v["weights"], E),
+                    dense_TE(want.topk_ids_TK, want.topk_weights_TK, E),
+                    atol=1e-6,
+                ),
+                "distinct_ids_per_row": all(len(set(r)) == len(r) for r in v["ids"].tolist()),
+                "min_id": int(v["ids"].min()),
+                "out_vs_loop_reference": float((v["out"] - reference).abs().max()),
+                "out_changed": not torch.equal(v["out"], p["out"]),
+            }
+        )
+    # SGLang writes -1 into padded rows' ids (its CPU expert loop cannot run them), so
+    # padded batches stop at the TopK modules.
+    padded = run_topks(model, x_TD, tree_batch("TARGET_VERIFY", depths, non_padded=9))
+    padded_plain = run_topks(model, x_TD, tree_batch("DECODE", depths, non_padded=9))
+    snap = runtime.counters.snapshot()
+    return {
+        "untouched_modes": modes,
+        "layers": layers,
+        "host_syncs": recorder.syncs,
+        "padded_rows_as_sglang_wrote": all(
+            torch.equal(pd["ids"][9:], pp["ids"][9:])
+            for pd, pp in zip(padded, padded_plain, strict=True)
+        ),
+        "sglang_padded_ids": [sorted(set(pp["ids"][9:].flatten().tolist())) for pp in padded_plain],
+        "padded_distinct_after": [int(pd["ids"][:9].unique().numel()) for pd in padded],
+        "counters": {"passes": snap.passes_L, "before": snap.before_L, "after": snap.after_L},
+        "log_line": snap.line(),
+    }
+
+
+def scenario_draft_and_formats() -> dict:
+    """A draft TopK in a verify pass is untouched; unsupported setups are refused at load."""
+    from sglang.srt.layers.moe.topk import (
+        BypassedTopKOutput,
+        TopK,
+        TopKOutputFormat,
+    )
+    from sglang.srt.plugins import load_plugins
+
+    from moe_spec.integration.sglang import plugin
+    from moe_spec.integration.sglang.compat import UnsupportedSetupError
+
+    publish_runtime()
+    load_plugins()
+    runtime = plugin.RUNTIME
+    model = build_model()
+    runtime.prepare(model, sglang_args(), "cpu")
+    result = {}
+    draft = TopK(top_k=2, layer_id=0, is_draft=True, renormalize=True)
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+
+    logits = torch.randn(14, 8, generator=torch.Generator().manual_seed(2))
+    batch = tree_batch("TARGET_VERIFY", [[0, 1, 1, 1, 2, 2, 3]] * 2)
+    with forward_context(ForwardContext(attn_backend=None), forward_batch=batch):
+        draft_out = draft(torch.zeros(14, 32), logits)
+        bypassed = BypassedTopKOutput(torch.zeros(14, 32), logits, model[0].topk.topk_config)
+        passed = runtime.budget(model[0].topk, bypassed)
+    result["draft_distinct"] = int(draft_out.topk_ids.unique().numel())
+    result["bypassed_passed_through"] = passed is bypassed
+    result["skipped_logged"] = sorted(runtime.skipped)
+    refusals = {}
+    cases = {
+        "bypassed_format": lambda t: setattr(
+            t.topk_config, "output_format", TopKOutputFormat.BYPASSED
+        ),
+        "fused_shared_experts": lambda t: setattr(
+            t.topk_config,
+            "shared_experts",
+            type(t.topk_config.shared_experts)(num_fused_shared_experts=1),
+        ),
+    }
+    for name, spoil in cases.items():
+        spoiled = build_model()
+        spoil(spoiled[0].topk)
+        try:
+            runtime.prepare(spoiled, sglang_args(), "cpu")
+            refusals[name] = None
+        except UnsupportedSetupError as exc:
+            refusals[name] = str(exc)
+    for name, extra in {
+        "dp_attention": ["--enable-dp-attention", "--dp", "2"],
+        "deepep": ["--moe-a2a-backend", "deepep"],
+        "budget_below_topk": None,
+    }.items():
+        try:
+            if extra is None:
+                runtime.settings = type(runtime.settings)(policy="router-mass", budget=3)
+                runtime.prepare(build_model(), sglang_args(), "cpu")
+            else:
+                runtime.prepare(build_model(), sglang_args(*extra), "cpu")
+            refusals[name] = None
+        except UnsupportedSetupError as exc:
+            refusals[name] = str(exc)
+    result["refusals"] = refusals
+    return result
+
+
+SCENARIOS = {
+    "load": scenario_load,
+    "refusal": scenario_refusal,
+    "verify": scenario_verify,
+    "draft_and_formats": scenario_draft_and_formats,
+}
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[1]]()))

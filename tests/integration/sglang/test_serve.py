@@ -1,0 +1,185 @@
+"""``moe-spec serve``: validation and refusals before anything starts; the launch itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from moe_spec.cli import main
+from moe_spec.integration.sglang.compat import (
+    check_server_args,
+    check_sglang_version,
+    check_topk_layer,
+)
+from moe_spec.integration.sglang.serve import Launch, parse_sglang_args, run_launch
+
+EAGLE3 = ["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", "/drafts/e3"]
+TREE = ["--speculative-eagle-topk", "8", "--speculative-num-steps", "6",
+        "--speculative-num-draft-tokens", "64"]  # fmt: skip
+
+
+@pytest.fixture
+def qwen3_dir(tmp_path):
+    config = {"model_type": "qwen3_moe", "num_experts": 128, "num_experts_per_tok": 8}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def serve(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["serve", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dry_run_prints_the_environment_and_the_command(capsys, qwen3_dir, monkeypatch):
+    monkeypatch.delenv("SGLANG_PLUGINS", raising=False)
+    code, out, err = serve(
+        capsys, "--policy", "token-priority", "--budget", "64", "--mode", "truncation",
+        "--policy-option", "decay=0.7", "--dry-run", "--",
+        "--model-path", qwen3_dir, *EAGLE3, *TREE, "--tp", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[:5] == [
+        "MOE_SPEC_BUDGET=64",
+        "MOE_SPEC_LOG_INTERVAL=30",
+        "MOE_SPEC_MODE=truncation",
+        "MOE_SPEC_POLICY=token-priority",
+        "MOE_SPEC_POLICY_OPTIONS='{\"decay\": 0.7}'",
+    ]
+    assert lines[5].split()[1:4] == ["-m", "sglang.launch_server", "--model-path"]
+    assert lines[5].endswith("--tp 4")
+    assert err == ""  # a tree, a local MoE model: nothing to warn about
+
+
+def test_allow_list_gets_the_plugin_added(capsys, qwen3_dir, monkeypatch):
+    monkeypatch.setenv("SGLANG_PLUGINS", "vendor_plugin")
+    code, out, _ = serve(
+        capsys, "--policy", "router-mass", "--budget", "32", "--dry-run", "--",
+        "--model-path", qwen3_dir, *EAGLE3, *TREE,
+    )  # fmt: skip
+    assert code == 0
+    assert "SGLANG_PLUGINS=vendor_plugin,moe_spec" in out
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--policy", "nope", "--budget", "32"], "unknown policy 'nope'"),
+        (["--policy", "token-priority", "--budget", "32", "--policy-option", "decay=7"],
+         "decay is 7; allowed: 0 < decay <= 1"),
+        (["--policy", "router-mass", "--budget", "4"], "budget B=4 is below top-k=8"),
+    ],
+)  # fmt: skip
+def test_policy_and_budget_are_checked_against_the_model(capsys, qwen3_dir, argv, words):
+    code, _, err = serve(capsys, *argv, "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)
+    assert code == 2
+    assert words in err
+
+
+def test_refusals_are_listed_together(capsys, qwen3_dir):
+    code, _, err = serve(
+        capsys, "--policy", "router-mass", "--budget", "32", "--",
+        "--model-path", qwen3_dir, "--speculative-algorithm", "NGRAM",
+        "--moe-a2a-backend", "deepep", "--moe-runner-backend", "triton_kernel",
+        "--enable-eplb",
+    )  # fmt: skip
+    assert code == 2
+    assert "refusing to start SGLang" in err
+    for words in ("'NGRAM'; MoE-Spec budgets", "--moe-a2a-backend deepep",
+                  "--moe-runner-backend triton_kernel", "EPLB"):  # fmt: skip
+        assert words in err
+
+
+def test_a_chain_and_a_remote_model_are_warned_about(capsys):
+    code, out, err = serve(
+        capsys, "--policy", "router-mass", "--budget", "32", "--dry-run", "--",
+        "--model-path", "Qwen/Qwen3-30B-A3B", *EAGLE3,
+    )  # fmt: skip
+    assert code == 0
+    assert "draft is a chain" in err
+    assert "not a local directory" in err
+
+
+def test_dense_or_unreadable_models_are_refused(capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    code, _, err = serve(
+        capsys, "--policy", "router-mass", "--budget", "32", "--",
+        "--model-path", str(tmp_path), *EAGLE3, *TREE,
+    )  # fmt: skip
+    assert code == 2 and "Mixture-of-Experts models only" in err
+    (tmp_path / "config.json").write_text("{not json")
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--",
+                         "--model-path", str(tmp_path), *EAGLE3)  # fmt: skip
+    assert code == 2 and "cannot read" in err
+
+
+def test_missing_sglang_arguments(capsys):
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32")
+    assert code == 2 and "no SGLang arguments" in err
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--", "--bogus")
+    assert code == 2 and "SGLang rejected its arguments" in err
+
+
+def test_sglang_version_range():
+    assert check_sglang_version("0.5.23").errors == []
+    assert check_sglang_version("0.5.30.post1").errors == []
+    for version in ("0.5.22", "0.6.0", "1.0"):
+        (error,) = check_sglang_version(version).errors
+        assert f"sglang {version} is installed" in error and ">=0.5.23,<0.6" in error
+    assert "not installed" in check_sglang_version(None).errors[0]
+
+
+def test_server_args_checks_read_sglangs_own_parser():
+    ok = check_server_args(parse_sglang_args(["--model-path", "m", *EAGLE3, *TREE, "--tp", "8"]))
+    assert ok.errors == [] and ok.warnings == []
+    dp = check_server_args(parse_sglang_args(["--model-path", "m", *EAGLE3, *TREE,
+                                              "--attn-dp-size", "2"]))  # fmt: skip
+    assert any("DP-attention" in e for e in dp.errors)
+
+
+def test_topk_layer_checks():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(
+        output_format=None, fused_gate_packed_ids=False, num_shared_topk_slots=0,
+        custom_routing_function=None, use_grouped_topk=True, topk_group=1, num_expert_group=1,
+        scoring_func="sigmoid", apply_routed_scaling_factor_on_output=False,
+        routed_scaling_factor=2.5,
+    )  # fmt: skip
+    assert check_topk_layer(SimpleNamespace(topk_config=cfg, layer_id=3)).errors == []
+    cfg.topk_group, cfg.num_expert_group, cfg.scoring_func = 4, 8, "sqrtsoftplus"
+    cfg.apply_routed_scaling_factor_on_output = True
+    errors = check_topk_layer(SimpleNamespace(topk_config=cfg, layer_id=3)).errors
+    assert len(errors) == 3 and all(e.startswith("MoE layer 3:") for e in errors)
+
+
+def test_launch_returns_the_servers_exit_code():
+    assert run_launch(Launch([sys.executable, "-c", "raise SystemExit(3)"], {}, [])) == 3
+    killed = Launch([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"], {}, [])
+    assert run_launch(killed) == 128 + 9
+
+
+def test_launch_forwards_sigterm_to_the_server(tmp_path):
+    server = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    launcher = (
+        "import sys\n"
+        "from moe_spec.integration.sglang.serve import Launch, run_launch\n"
+        f"sys.exit(run_launch(Launch([sys.executable, '-c', {server!r}], {{}}, [])))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == 7

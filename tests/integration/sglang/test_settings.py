@@ -1,0 +1,49 @@
+"""The plugin's environment variables: parsed, validated, round-tripped."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_spec.integration.sglang.settings import (
+    ServeSettings,
+    SettingsError,
+    plugin_disabled,
+    settings_from_environ,
+)
+
+
+def test_round_trip_through_the_environment():
+    settings = ServeSettings("token-priority", 32, "truncation", {"decay": 0.7}, 10.0)
+    assert settings_from_environ(settings.to_environ()) == settings
+
+
+def test_defaults_and_off():
+    assert settings_from_environ({}) is None
+    assert settings_from_environ({"MOE_SPEC_POLICY": "  "}) is None
+    on = {"MOE_SPEC_POLICY": "router-mass", "MOE_SPEC_BUDGET": "16"}
+    assert settings_from_environ(on) == ServeSettings("router-mass", 16)
+    for word in ("1", "true", "YES", "on"):
+        assert plugin_disabled({"MOE_SPEC_SGLANG_DISABLE": word})
+        assert settings_from_environ({**on, "MOE_SPEC_SGLANG_DISABLE": word}) is None
+    assert not plugin_disabled({"MOE_SPEC_SGLANG_DISABLE": "0"})
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"MOE_SPEC_POLICY": "router-mass"}, "MOE_SPEC_BUDGET is not"),
+        ({"MOE_SPEC_BUDGET": "lots"}, "MOE_SPEC_BUDGET='lots'"),
+        ({"MOE_SPEC_BUDGET": "0"}, "MOE_SPEC_BUDGET=0; allowed: an integer >= 1"),
+        ({"MOE_SPEC_MODE": "drop"}, "MOE_SPEC_MODE='drop'; allowed: substitution, truncation"),
+        ({"MOE_SPEC_POLICY_OPTIONS": "{"}, "is not JSON"),
+        ({"MOE_SPEC_POLICY_OPTIONS": "[1]"}, "must be a JSON object"),
+        ({"MOE_SPEC_LOG_INTERVAL": "-1"}, "MOE_SPEC_LOG_INTERVAL=-1.0; allowed: >= 0"),
+        ({"MOE_SPEC_LOG_INTERVAL": "soon"}, "MOE_SPEC_LOG_INTERVAL='soon'"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_is_allowed(env, words):
+    base = {"MOE_SPEC_POLICY": "router-mass", "MOE_SPEC_BUDGET": "16"}
+    if env == {"MOE_SPEC_POLICY": "router-mass"}:
+        base = {}
+    with pytest.raises(SettingsError, match=words.replace("[", r"\[").replace("(", r"\(")):
+        settings_from_environ({**base, **env})
