@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -57,28 +57,6 @@ def moe_shape(model, blocks) -> MoEShape:
 
 
 TreeSize = Callable[[list[StepStats]], tuple[int, int, int]]
-
-
-def pick_tree(spec: SpecConfig, steps: list[StepStats], tree_size: TreeSize | None):
-    """``(num_tokens, width, depth)`` of the next step: ``spec``'s, or ``tree_size``'s pick."""
-    largest = (spec.num_tokens, spec.width, spec.depth)
-    if tree_size is None:
-        return largest
-    picked, lows = tuple(tree_size(steps)), (2, 1, 1)
-    if len(picked) != 3 or not all(
-        lo <= p <= m for p, lo, m in zip(picked, lows, largest, strict=False)
-    ):
-        raise ValueError(f"tree_size picked {picked}; allowed: {lows} <= each <= {largest}")
-    return picked
-
-
-def step_stats(committed: int, before_L, after_L, path_L, tree: tuple[int, int, int]):
-    """A :class:`StepStats`, with the tree's size where this version of it records one."""
-    names = {f.name for f in fields(StepStats)}
-    sizes = dict(zip(("num_tokens", "width", "depth"), tree, strict=True))
-    return StepStats(
-        committed, before_L, after_L, path_L, **{k: v for k, v in sizes.items() if k in names}
-    )
 
 
 def context_limit(config) -> int:
@@ -172,17 +150,19 @@ class TransformersEngine:
         out, steps = [root], []
         root_logprobs_V = self.draft.extend(dcache, prompt + [root])
         while len(out) < max_new_tokens and out[-1] not in self.eos:
-            num_tokens, width, depth = pick_tree(spec, steps, tree_size)
+            num_tokens, width, depth = Engine.pick_tree(spec, steps, tree_size)
             tree = self.draft.grow_tree(dcache, root, root_logprobs_V, width, depth, num_tokens)
             path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
             new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
             steps.append(
-                step_stats(
+                StepStats(
                     len(new_tokens),
                     distinct_per_layer(routing.ids_before_LTK, E),
                     routing.distinct_computed_L(),
                     distinct_per_layer(routing.ids_before_LTK, E, torch.tensor(path)),
-                    (num_tokens, width, depth),
+                    num_tokens,
+                    width,
+                    depth,
                 )
             )
             out.extend(new_tokens)

@@ -141,6 +141,7 @@ def test_engine_interface_for_the_ab_harness(moe_model, dense_draft):
     result = engine.generate_speculative(PROMPT, NEW, SPEC, tree_size=tree_size)
     assert result.tokens == greedy_reference(moe_model)
     assert picks == list(range(len(result.steps)))
+    assert all((s.num_tokens, s.width, s.depth) == (4, 2, 2) for s in result.steps)
     assert all(s.committed <= 3 for s in result.steps)  # depth 2: at most 2 drafts + bonus
     with pytest.raises(ValueError, match="tree_size picked"):
         engine.generate_speculative(PROMPT, NEW, SPEC, tree_size=lambda steps: (64, 2, 2))

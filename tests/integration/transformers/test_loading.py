@@ -77,3 +77,21 @@ def test_unsupported_target_lists_supported_types(checkpoints):
     with pytest.raises(UnsupportedModelError, match="qwen3_moe") as err:
         load_engine(draft, draft)  # a dense model as the target
     assert "'qwen3'" in str(err.value) and "mixtral" in str(err.value)
+
+
+def test_moe_spec_ab_runs_on_local_transformers_checkpoints(checkpoints, tmp_path, capsys):
+    from moe_spec.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("w5 w17 w42 w8\nw60 w3 w77\n")
+    out = tmp_path / "out"
+    args = ["ab", "--target", str(checkpoints / "target"), "--draft", str(checkpoints / "draft")]
+    args += ["--prompts", str(prompts), "--out", str(out), "--no-progress"]
+    args += ["--config", "autoregressive", "--config", "router-mass:B=3", "--config", "none"]
+    args += ["--num-tokens", "6", "--width", "2", "--depth", "3", "--max-new-tokens", "8"]
+    assert main(args) == 0
+    rows = {c["label"]: c for c in json.loads((out / "results.json").read_text())["configs"]}
+    none, budgeted = rows["none tree=6/2/3"], rows["router-mass B=3 tree=6/2/3"]
+    assert none["metrics"]["agreement"] == 1.0  # lossless against autoregressive
+    assert budgeted["distinct_after"]["p99"] <= 3 < none["distinct_before"]["p99"]
+    assert "router-mass B=3" in capsys.readouterr().out
