@@ -1,6 +1,16 @@
-"""Shared helpers: routing records built the way a model builds them."""
+"""Shared helpers: routing records built the way a model builds them.
+
+Triton kernels run under Triton's interpreter on CPU. Triton reads
+``TRITON_INTERPRET`` when a ``@triton.jit`` function is defined, and importing
+transformers' model classes (or SGLang) defines some, so it is switched on here,
+before any test module is collected.
+"""
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

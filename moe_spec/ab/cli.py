@@ -47,7 +47,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--checkpoint", help="engine: checkpoint folder (default: the shipped one)")
     p.add_argument("--target", help="engine: a transformers target model (needs --draft)")
-    p.add_argument("--draft", help="engine: a transformers EAGLE draft (needs --target)")
+    p.add_argument(
+        "--draft",
+        help="engine: a causal LM sharing the target's tokenizer (local directory; needs --target)",
+    )
     p.add_argument("--num-tokens", type=int, default=32, help="default tree tokens per step")
     p.add_argument("--width", type=int, default=8, help="default tree width")
     p.add_argument("--depth", type=int, default=6, help="default tree depth")
