@@ -183,3 +183,22 @@ def test_launch_forwards_sigterm_to_the_server(tmp_path):
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == 7
+
+
+def test_readme_serve_command_passes_validation(capsys):
+    """The README's full command line for Qwen3-30B-A3B + EAGLE-3 is accepted as written."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("## Serve with SGLang", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    command = block.split("moe-spec serve", 1)[1].replace("\\\n", " ")
+    argv = shlex.split(command, comments=True)
+    code, out, err = serve(
+        capsys, *argv[: argv.index("--")], "--dry-run", *argv[argv.index("--") :]
+    )
+    assert code == 0, err
+    assert "--speculative-eagle-topk 8" in out
+    assert "not a local directory" in err  # /models/... does not exist here

@@ -1,0 +1,92 @@
+"""Verify-forward time of budgeting on a random transformers Qwen3-MoE on CPU.
+
+One 32-node tree verified after a 128-token prefix, by a random Qwen3-MoE
+(4 MoE layers x 64 experts, top-8, hidden 512, fp32, one thread): plain forward,
+the hooks with policy ``none`` (their overhead), and router-mass at B=32 and 16
+(distinct experts computed per layer, measured inside the experts modules).
+Conditions are interleaved in every repetition. Random weights: only the
+mechanics and the overhead mean anything here, not acceptance or quality.
+
+    .venv/bin/python bench/bench_hf_verify.py [--experts-impl eager|grouped_mm] [--reps 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache, Qwen3MoeConfig
+
+from moe_spec.engine.tree import DraftTree
+from moe_spec.integration.transformers import budgeted_verify
+from moe_spec.integration.transformers.tree import run_tree
+from moe_spec.policies import get_policy
+
+CONDITIONS = [("plain", None, None), ("none", "none", 64), ("router-mass", "router-mass", 32),
+              ("router-mass", "router-mass", 16)]  # fmt: skip
+
+
+def random_tree(n: int, vocab: int, g: torch.Generator) -> DraftTree:
+    parent = [-1] + [
+        int(torch.randint(0, i, (1,), generator=g)) if i > 1 else 0 for i in range(1, n)
+    ]
+    depth = [0]
+    for p in parent[1:]:
+        depth.append(depth[p] + 1)
+    return DraftTree(torch.randint(0, vocab, (n,), generator=g), torch.tensor(parent),
+                     torch.tensor(depth), -torch.arange(n, dtype=torch.float32))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experts-impl", default="eager", choices=["eager", "grouped_mm"])
+    parser.add_argument("--reps", type=int, default=12)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = Qwen3MoeConfig(
+        vocab_size=2048, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=64, intermediate_size=1024, moe_intermediate_size=256,
+        num_experts=64, num_experts_per_tok=8, norm_topk_prob=False, max_position_embeddings=1024,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg, experts_implementation=args.experts_impl)
+    model = model.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    tree = random_tree(32, cfg.vocab_size, g)
+    cache = DynamicCache(config=cfg)
+    with torch.no_grad():
+        prompt = torch.randint(0, cfg.vocab_size, (1, 128), generator=g)
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    prefix = cache.get_seq_length()
+    times = {c: [] for c in CONDITIONS}
+    distinct = {}
+    for _ in range(args.reps):
+        for c in CONDITIONS:
+            _, policy, budget = c
+            start = time.perf_counter()
+            with torch.no_grad():
+                if policy is None:
+                    run_tree(model, cache, tree)
+                else:
+                    with budgeted_verify(
+                        model, get_policy(policy), budget, "substitution", tree.depth_N,
+                        tree.logprob_N,
+                    ) as routing:  # fmt: skip
+                        run_tree(model, cache, tree)
+                    distinct[c] = routing.distinct_computed_L()
+            times[c].append(time.perf_counter() - start)
+            cache.crop(prefix)
+    print(f"experts_implementation={args.experts_impl}, tree N=32, prefix={prefix}, "
+          "4 MoE layers x 64 experts top-8, fp32, 1 thread")  # fmt: skip
+    print("| condition | B | median ms | min ms | distinct experts computed per layer |")
+    print("| --- | --- | --- | --- | --- |")
+    for c in CONDITIONS:
+        ts = [1000 * t for t in times[c][2:]]  # the first two repetitions warm up
+        print(f"| {c[0]} | {c[2] or '-'} | {statistics.median(ts):.1f} | {min(ts):.1f} | "
+              f"{distinct.get(c, '-')} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
