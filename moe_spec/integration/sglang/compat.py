@@ -118,6 +118,11 @@ def check_server_args(args: Any) -> Findings:
             f"--moe-runner-backend {runner} routes inside the MoE kernel, so the top-k ids "
             "cannot be rewritten; use triton, deep_gemm, cutlass or auto"
         )
+    if opt("enable_torch_compile", False):
+        found.errors.append(
+            "--enable-torch-compile: the hook learns which forward runs from Python state that a "
+            "compiled graph would bake in at trace time; not supported yet (CUDA graphs are)"
+        )
     if opt("expert_distribution_recorder_mode"):
         found.warnings.append(
             "the expert-distribution recorder counts top-k ids before the budget; the "

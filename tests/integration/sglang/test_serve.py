@@ -88,12 +88,13 @@ def test_refusals_are_listed_together(capsys, qwen3_dir):
         capsys, "--policy", "router-mass", "--budget", "32", "--",
         "--model-path", qwen3_dir, "--speculative-algorithm", "NGRAM",
         "--moe-a2a-backend", "deepep", "--moe-runner-backend", "triton_kernel",
-        "--enable-eplb",
+        "--enable-eplb", "--enable-torch-compile",
     )  # fmt: skip
     assert code == 2
     assert "refusing to start SGLang" in err
     for words in ("'NGRAM'; MoE-Spec budgets", "--moe-a2a-backend deepep",
-                  "--moe-runner-backend triton_kernel", "EPLB"):  # fmt: skip
+                  "--moe-runner-backend triton_kernel", "EPLB",
+                  "--enable-torch-compile"):  # fmt: skip
         assert words in err
 
 
