@@ -126,10 +126,19 @@ def test_tree_and_catch_up_match_a_plain_forward_of_the_head(target):
 
 
 def test_greedy_speculative_with_a_random_head_reproduces_generate(target):
-    engine = TransformersEngine(target, EagleHeadDraft(random_head(), target), None)
+    draft = EagleHeadDraft(random_head(), target)
+    engine = TransformersEngine(target, draft, None)
+    calls = []  # (tokens, the target features the engine paired them with); start -> extend
+    extend = draft.extend
+    draft.extend = lambda c, tokens, f: calls.append((tokens, f)) or extend(c, tokens, f)
     expected = greedy_reference(target)
     result = engine.generate_speculative(PROMPT, NEW, SPEC)
     assert result.tokens == expected
+    # Every token the head caught up on came with the feature of the position before it.
+    committed = PROMPT[:1] + [t for tokens, _ in calls for t in tokens]
+    assert committed[: len(PROMPT) + NEW] == PROMPT + expected
+    paired_SD = torch.cat([f for _, f in calls])
+    torch.testing.assert_close(paired_SD, reference_features(target, committed)[:-1], **CLOSE)
     chain = engine.generate_speculative(PROMPT, NEW, SpecConfig(width=1, depth=4, num_tokens=5))
     assert chain.tokens == expected
     assert all(s.distinct_after_L == s.distinct_before_L for s in result.steps)  # policy none
