@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from types import SimpleNamespace
 
@@ -195,3 +196,32 @@ def test_malformed_heads_are_refused(checkpoints, tmp_path):
         (head / "config.json").write_text(json.dumps(broken))
         with pytest.raises(ValueError, match=message):
             load_engine(target, str(head), device="cpu")
+
+
+def test_half_precision_head_runs_within_budget(target):
+    """A bf16 target: the head follows its dtype; masks, rotary tables and cache fit."""
+    half = copy.deepcopy(target).to(torch.bfloat16)
+    draft = EagleHeadDraft(random_head(), half)
+    assert draft.head.fc.weight.dtype == torch.bfloat16
+    engine = TransformersEngine(half, draft, None)
+    budget = engine.top_k + 1
+    spec = SpecConfig(3, 3, 8, policy="router-mass", budget=budget, mode="truncation")
+    result = engine.generate_speculative(PROMPT, 8, spec)
+    assert len(result.tokens) == 8
+    assert all(max(s.distinct_after_L) <= budget for s in result.steps)
+
+
+def test_moe_spec_ab_takes_a_head_as_the_draft(checkpoints, tmp_path):
+    from moe_spec.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("w5 w17 w42 w8\n")
+    out = tmp_path / "out"
+    args = ["ab", "--target", str(checkpoints / "target"), "--draft", str(checkpoints / "head")]
+    args += ["--prompts", str(prompts), "--out", str(out), "--no-progress"]
+    args += ["--config", "autoregressive", "--config", "none", "--config", "router-mass:B=3"]
+    args += ["--num-tokens", "6", "--width", "2", "--depth", "3", "--max-new-tokens", "8"]
+    assert main(args) == 0
+    rows = {c["label"]: c for c in json.loads((out / "results.json").read_text())["configs"]}
+    assert rows["none tree=6/2/3"]["metrics"]["agreement"] == 1.0  # lossless
+    assert rows["router-mass B=3 tree=6/2/3"]["distinct_after"]["p99"] <= 3
