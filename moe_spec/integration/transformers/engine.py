@@ -91,6 +91,8 @@ class TransformersEngine:
         blocks = find_moe_blocks(target)
         self.target, self.tokenizer = target.eval(), tokenizer
         if isinstance(draft, EagleHeadDraft):
+            if draft.out is not target.get_output_embeddings():
+                raise ValueError("the EagleHeadDraft was built for another target model")
             self.draft = draft
         else:
             self.draft = causal_lm_draft(target, draft)

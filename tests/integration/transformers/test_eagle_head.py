@@ -168,6 +168,9 @@ def test_a_head_of_another_dim_is_refused(checkpoints, tmp_path, target):
         load_engine(str(checkpoints / "target"), str(tmp_path), device="cpu")
     with pytest.raises(EagleHeadError, match="dim 48 != the target's hidden_size 32"):
         EagleHeadDraft(random_head(dim=48), target)
+    other = build(tiny_config("olmoe"))
+    with pytest.raises(ValueError, match="built for another target"):
+        TransformersEngine(target, EagleHeadDraft(random_head(), other), None)
 
 
 def test_malformed_heads_are_refused(checkpoints, tmp_path):
