@@ -65,7 +65,8 @@ class FeatureRecorder:
     last_BSD: torch.Tensor | None = None
 
     def __call__(self, _module, _args, output) -> None:
-        self.last_BSD = output.last_hidden_state
+        hidden = getattr(output, "last_hidden_state", None)
+        self.last_BSD = output[0] if hidden is None else hidden  # a tuple with return_dict=False
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from moe_spec.integration.transformers import (
 )
 from moe_spec.integration.transformers.eagle import capture_features
 
-from .conftest import REQUIRED, build, tiny_config
+from .conftest import build, tiny_config
 from .test_loading import word_tokenizer
 
 PROMPT = [5, 17, 42, 8, 63, 29, 4]
@@ -42,9 +42,10 @@ def random_head(dim: int = 32, seed: int = 2) -> EagleDraft:
     return head
 
 
-@pytest.fixture(scope="module", params=REQUIRED)
-def target(request):
-    return build(tiny_config(request.param))
+@pytest.fixture
+def target(moe_model):
+    """Every supported architecture (conftest's session-wide tiny models)."""
+    return moe_model
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,8 @@ def test_load_engine_reads_a_draft_only_head(checkpoints):
     assert max(max(s.distinct_before_L) for s in steps) > budget  # the budget did bind
 
 
-def test_a_head_of_another_dim_is_refused(checkpoints, tmp_path, target):
+def test_a_head_of_another_dim_is_refused(checkpoints, tmp_path):
+    target = build(tiny_config("qwen3_moe"))
     save_eagle_head(tmp_path, random_head(dim=48))
     with pytest.raises(EagleHeadError, match="dim 48 != the target's hidden_size 32"):
         load_engine(str(checkpoints / "target"), str(tmp_path), device="cpu")
