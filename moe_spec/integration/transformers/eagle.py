@@ -71,7 +71,7 @@ class FeatureRecorder:
 
 @contextmanager
 def capture_features(target) -> Iterator[FeatureRecorder]:
-    """Record the target's final normed hidden states while the block runs."""
+    """Record the target's final normed hidden states while the ``with`` block runs."""
     recorder = FeatureRecorder()
     handle = target.get_decoder().register_forward_hook(recorder)
     try:
@@ -81,7 +81,10 @@ def capture_features(target) -> Iterator[FeatureRecorder]:
 
 
 class EagleHeadDraft:
-    """An :class:`EagleDraft` behind the ``(draft, target)`` interface ``expand_tree`` calls."""
+    """An :class:`EagleDraft` behind the ``(draft, target)`` interface ``expand_tree`` calls.
+
+    ``head`` is moved (in place) to the target's device and dtype.
+    """
 
     def __init__(self, head: EagleDraft, target, rope_theta: float = ROPE_THETA) -> None:
         check_head_fits(head.config, target.config)
