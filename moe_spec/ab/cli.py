@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--target", help="engine: a transformers target model (needs --draft)")
     p.add_argument(
         "--draft",
-        help="engine: a causal LM sharing the target's tokenizer (local directory; needs --target)",
+        help="engine: a causal LM sharing the target's tokenizer, or an engine-format EAGLE "
+        "head for the target (local directory; needs --target)",
     )
     p.add_argument("--num-tokens", type=int, default=32, help="default tree tokens per step")
     p.add_argument("--width", type=int, default=8, help="default tree width")

@@ -1,7 +1,8 @@
 """Budgeted tree verification on Hugging Face transformers MoE models (see docs/transformers.md).
 
 ``load_engine(target_dir, draft_dir)`` returns a :class:`TransformersEngine` with the
-reference engine's interface; :func:`budgeted_verify` budgets any forward of a model.
+reference engine's interface (the draft: a causal LM, or an engine-format EAGLE head);
+:func:`budgeted_verify` budgets any forward of a model.
 """
 
 from moe_spec.integration.transformers.adapter import (
@@ -11,11 +12,14 @@ from moe_spec.integration.transformers.adapter import (
     budgeted_verify,
     find_moe_blocks,
 )
+from moe_spec.integration.transformers.eagle import EagleHeadDraft, EagleHeadError
 from moe_spec.integration.transformers.engine import TransformersEngine
-from moe_spec.integration.transformers.loading import ModelPathError, load_engine
+from moe_spec.integration.transformers.loading import ModelPathError, load_engine, save_eagle_head
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
+    "EagleHeadDraft",
+    "EagleHeadError",
     "ModelPathError",
     "TransformersEngine",
     "UnsupportedModelError",
@@ -23,4 +27,5 @@ __all__ = [
     "budgeted_verify",
     "find_moe_blocks",
     "load_engine",
+    "save_eagle_head",
 ]

@@ -12,6 +12,10 @@ drive the causal LM unchanged: :class:`DraftCacheView` (the ``length`` /
 (``draft(...)`` returns the LM's last hidden states, ``lm_head`` turns them into
 logits). The engine's parent feature input is ignored: the LM sees a
 candidate's ancestors through its KV cache and the tree mask.
+
+``TransformersEngine`` drives any draft through ``new_cache``, ``start`` (after the
+prefill), ``extend`` (after each step) and ``grow_tree``; ``start`` and ``extend`` also
+receive the target's features, which only an EAGLE head reads (see ``eagle.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import torch
 from transformers import DynamicCache
 
 from moe_spec.engine.tree import DraftTree, expand_tree
-from moe_spec.integration.transformers.tree import check_tree_attention, layer_masks
+from moe_spec.integration.transformers.tree import check_tree_attention, layer_masks, new_cache
+
+
+def context_limit(config) -> int:
+    return getattr(config, "max_position_embeddings", None) or 1 << 30
 
 
 class DraftCacheView:
@@ -51,6 +59,10 @@ class CausalLMDraft:
         self.model = model
         self.body = model.get_decoder()
         self.head = model.get_output_embeddings()
+        self.context_limit = context_limit(model.config)
+
+    def new_cache(self, _max_len: int) -> DynamicCache:
+        return new_cache()
 
     def lm_head(self, hidden_QD: torch.Tensor) -> torch.Tensor:
         """fp32 logits (on the CPU) of final hidden states."""
@@ -78,11 +90,18 @@ class CausalLMDraft:
         )
         return out.last_hidden_state.cpu()
 
-    def extend(self, cache: DynamicCache, tokens: list[int]) -> torch.Tensor:
-        """Append committed tokens to the cache (plain causal); log-probs ``[V]`` after the last."""
+    def extend(self, cache: DynamicCache, tokens: list[int], _feature_QD=None) -> torch.Tensor:
+        """Append committed tokens to the cache (plain causal); log-probs ``[V]`` after the last.
+
+        The target's features are not used: the LM reads its own.
+        """
         ids = torch.tensor([tokens], device=self.model.device)
         out = self.body(input_ids=ids, past_key_values=cache, use_cache=True)
         return torch.log_softmax(self.lm_head(out.last_hidden_state[0, -1]), dim=-1)
+
+    def start(self, cache: DynamicCache, prompt: list[int], root: int, _feature_PD=None):
+        """After the target's prefill: the prompt and the root; log-probs ``[V]`` after the root."""
+        return self.extend(cache, prompt + [root])
 
     def grow_tree(
         self,

@@ -2,7 +2,8 @@
 
 Shape legend: N tree tokens, P prompt tokens, V vocabulary, L MoE layers.
 
-One step mirrors ``moe_spec.engine.generate.Engine``: the draft LM grows a tree
+One step mirrors ``moe_spec.engine.generate.Engine``: the draft (a causal LM or an
+engine-format EAGLE head) grows a tree
 below the root (the last target token); the target runs the tree in one
 forward with the tree mask and positions ``prefix + depth``, its MoE blocks
 budgeted by the policy (the only budgeted forward); the greedy or sampling
@@ -29,7 +30,8 @@ from moe_spec.integration.transformers.adapter import (
     budgeted_verify,
     find_moe_blocks,
 )
-from moe_spec.integration.transformers.draft import CausalLMDraft
+from moe_spec.integration.transformers.draft import CausalLMDraft, context_limit
+from moe_spec.integration.transformers.eagle import EagleHeadDraft, capture_features
 from moe_spec.integration.transformers.tree import (
     check_tree_attention,
     keep_path,
@@ -59,10 +61,6 @@ def moe_shape(model, blocks) -> MoEShape:
 TreeSize = Callable[[list[StepStats]], tuple[int, int, int]]
 
 
-def context_limit(config) -> int:
-    return getattr(config, "max_position_embeddings", None) or 1 << 30
-
-
 def eos_ids(model) -> set[int]:
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
@@ -72,23 +70,36 @@ def eos_ids(model) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
 
 
+def causal_lm_draft(target, draft) -> CausalLMDraft:
+    if draft.config.vocab_size > target.config.vocab_size:
+        raise ValueError(
+            f"draft vocab_size={draft.config.vocab_size} exceeds the target's "
+            f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+        )
+    return CausalLMDraft(draft.eval())
+
+
 class TransformersEngine:
-    """A transformers MoE target, a causal-LM draft and a tokenizer, ready to generate (batch 1)."""
+    """A transformers MoE target, a draft and a tokenizer, ready to generate (batch 1).
+
+    ``draft`` is a transformers causal LM sharing the target's tokenizer, or an
+    :class:`EagleHeadDraft` (an engine-format EAGLE head built for this target).
+    """
 
     def __init__(self, target, draft, tokenizer, max_len: int | None = None) -> None:
         check_tree_attention(target)
         blocks = find_moe_blocks(target)
-        if draft.config.vocab_size > target.config.vocab_size:
-            raise ValueError(
-                f"draft vocab_size={draft.config.vocab_size} exceeds the target's "
-                f"{target.config.vocab_size}: the draft must share the target's tokenizer"
-            )
         self.target, self.tokenizer = target.eval(), tokenizer
-        self.draft = CausalLMDraft(draft.eval())
+        if isinstance(draft, EagleHeadDraft):
+            if draft.out is not target.get_output_embeddings():
+                raise ValueError("the EagleHeadDraft was built for another target model")
+            self.draft = draft
+        else:
+            self.draft = causal_lm_draft(target, draft)
         self.config = moe_shape(target, blocks)
         self.n_experts, self.top_k = self.config.n_experts, self.config.top_k
         self.n_moe_layers = self.config.n_layers
-        self.max_len = max_len or min(context_limit(target.config), context_limit(draft.config))
+        self.max_len = max_len or min(context_limit(target.config), self.draft.context_limit)
         self.eos = eos_ids(target)
         self.eot = min(self.eos) if self.eos else -1
 
@@ -145,29 +156,32 @@ class TransformersEngine:
         policy = get_policy(spec.policy, **spec.policy_options)
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        tcache, dcache = new_cache(), new_cache()
-        root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
-        out, steps = [root], []
-        root_logprobs_V = self.draft.extend(dcache, prompt + [root])
-        while len(out) < max_new_tokens and out[-1] not in self.eos:
-            num_tokens, width, depth = Engine.pick_tree(spec, steps, tree_size)
-            tree = self.draft.grow_tree(dcache, root, root_logprobs_V, width, depth, num_tokens)
-            path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
-            new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
-            steps.append(
-                StepStats(
-                    len(new_tokens),
-                    distinct_per_layer(routing.ids_before_LTK, E),
-                    routing.distinct_computed_L(),
-                    distinct_per_layer(routing.ids_before_LTK, E, torch.tensor(path)),
-                    num_tokens,
-                    width,
-                    depth,
+        with capture_features(self.target) as features:
+            draft_room = len(prompt) + max_new_tokens + spec.depth + 1 + spec.width * spec.depth
+            tcache, dcache = new_cache(), self.draft.new_cache(draft_room)
+            root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
+            out, steps = [root], []
+            root_state = self.draft.start(dcache, prompt, root, features.last_BSD[0])
+            while len(out) < max_new_tokens and out[-1] not in self.eos:
+                num_tokens, width, depth = Engine.pick_tree(spec, steps, tree_size)
+                tree = self.draft.grow_tree(dcache, root, root_state, width, depth, num_tokens)
+                path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
+                path_feature_QD = features.last_BSD[0, path]  # read before the draft runs
+                new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
+                steps.append(
+                    StepStats(
+                        len(new_tokens),
+                        distinct_per_layer(routing.ids_before_LTK, E),
+                        routing.distinct_computed_L(),
+                        distinct_per_layer(routing.ids_before_LTK, E, torch.tensor(path)),
+                        num_tokens,
+                        width,
+                        depth,
+                    )
                 )
-            )
-            out.extend(new_tokens)
-            root = bonus
-            root_logprobs_V = self.draft.extend(dcache, new_tokens)
+                out.extend(new_tokens)
+                root = bonus
+                root_state = self.draft.extend(dcache, new_tokens, path_feature_QD)
         out = out[:max_new_tokens]
         ends = [i for i, t in enumerate(out) if t in self.eos]
         if ends:

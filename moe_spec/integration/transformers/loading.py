@@ -3,16 +3,36 @@
 Only local directories with ``config.json`` and ``*.safetensors`` weights are
 read (``local_files_only=True``, ``use_safetensors=True``, no remote code):
 nothing is downloaded and no pickle is unpickled.
+
+The draft is a transformers causal LM, or an EAGLE head in the engine's format
+(``moe_spec.engine.checkpoint``), draft-only: ``config.json`` with
+``"format": "moe-spec-checkpoint/1"``, a ``"draft"`` section (``DraftConfig``) and
+optionally ``"rope_theta"`` (default 10000), next to ``draft.safetensors``. A full
+engine checkpoint also loads as a head (its ``"model"`` section supplies
+``rope_theta``; its target weights are not read).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from moe_spec.engine.checkpoint import CHECKPOINT_FORMAT, load_weights, save_weights
+from moe_spec.engine.config import DraftConfig, ModelConfig, config_from_dict
+from moe_spec.engine.draft import EagleDraft
 from moe_spec.integration.transformers.adapter import router_convention
+from moe_spec.integration.transformers.eagle import (
+    ROPE_THETA,
+    EagleHeadDraft,
+    EagleHeadError,
+    check_head_fits,
+)
 from moe_spec.integration.transformers.engine import TransformersEngine
+
+HEAD_KEYS = ("format", "draft", "rope_theta", "model")
 
 
 class ModelPathError(ValueError):
@@ -59,6 +79,60 @@ def load_causal_lm(path: Path, device: str, dtype: torch.dtype | str):
     return model.to(device).eval().requires_grad_(False)
 
 
+def read_json(file: Path):
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelPathError(f"{file} is missing or not valid JSON: {exc}") from exc
+
+
+def is_eagle_head(path: Path) -> bool:
+    """Whether ``path/config.json`` is an engine-format config (rather than a transformers one)."""
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict):
+        return False
+    return "draft" in config or str(config.get("format", "")).startswith("moe-spec-checkpoint")
+
+
+def read_head_config(path: Path) -> tuple[DraftConfig, float]:
+    """The head's ``DraftConfig`` and ``rope_theta`` from ``path/config.json``."""
+    file = path / "config.json"
+    config = read_json(file)
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise EagleHeadError(
+            f"{file} has format {config.get('format')!r}; an EAGLE head needs {CHECKPOINT_FORMAT!r}"
+        )
+    unknown = sorted(set(config) - set(HEAD_KEYS))
+    if unknown:
+        raise EagleHeadError(f"{file}: unknown keys {unknown}; allowed: {list(HEAD_KEYS)}")
+    head_config = config_from_dict(DraftConfig, config.get("draft"), f"{file} 'draft'")
+    if "model" in config:
+        rope_theta = config_from_dict(ModelConfig, config["model"], f"{file} 'model'").rope_theta
+    else:
+        rope_theta = config.get("rope_theta", ROPE_THETA)
+    if isinstance(rope_theta, bool) or not isinstance(rope_theta, int | float) or rope_theta <= 0:
+        raise EagleHeadError(f"{file}: rope_theta must be a positive number, got {rope_theta!r}")
+    return head_config, float(rope_theta)
+
+
+def load_eagle_head(path: Path, target_config) -> tuple[EagleDraft, float]:
+    """An :class:`EagleDraft` (fp32, CPU) from a head directory; checked against the target."""
+    head_config, rope_theta = read_head_config(path)
+    check_head_fits(head_config, target_config)
+    head = EagleDraft(head_config)
+    load_weights(head, path / "draft.safetensors")  # names, shapes, finite values
+    return head, rope_theta
+
+
+def save_eagle_head(path: str | Path, head: EagleDraft, rope_theta: float = ROPE_THETA) -> None:
+    """Write ``head`` as a draft-only engine checkpoint that ``load_engine`` reads."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"format": CHECKPOINT_FORMAT, "draft": asdict(head.config), "rope_theta": rope_theta}
+    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_weights(head, path / "draft.safetensors")
+
+
 def load_engine(
     target_path: str,
     draft_path: str,
@@ -71,16 +145,27 @@ def load_engine(
 
     The target must be a supported MoE architecture (checked from its config
     before any weight is read); the tokenizer comes from the target directory.
-    ``device`` defaults to CUDA when available; ``dtype`` to the checkpoint's.
+    ``draft_path`` holds a causal LM or an engine-format EAGLE head (see the module
+    docstring; its dim must be the target's hidden size, also checked before any
+    weight is read). ``device`` defaults to CUDA when available; ``dtype`` to the
+    checkpoint's (the head takes the target's).
     """
     from transformers import AutoTokenizer
 
     target_dir = check_model_dir(target_path, "target")
     draft_dir = check_model_dir(draft_path, "draft")
-    router_convention(load_config(target_dir))
-    load_config(draft_dir)
+    target_config = load_config(target_dir)
+    router_convention(target_config)
+    head = None
+    if is_eagle_head(draft_dir):
+        head, rope_theta = load_eagle_head(draft_dir, target_config)
+    else:
+        load_config(draft_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     target = load_causal_lm(target_dir, device, dtype)
-    draft = load_causal_lm(draft_dir, device, dtype)
+    if head is not None:
+        draft = EagleHeadDraft(head, target, rope_theta)
+    else:
+        draft = load_causal_lm(draft_dir, device, dtype)
     return TransformersEngine(target, draft, tokenizer, max_len)
