@@ -13,7 +13,14 @@ from moe_spec import apply_budget, get_policy
 from tests.conftest import make_record
 from tests.host_sync import HostSyncRecorder
 
-BUILTINS = ["none", "topk-frequency", "router-mass", "layer-adaptive", "token-priority"]
+BUILTINS = [
+    "none",
+    "topk-frequency",
+    "router-mass",
+    "layer-adaptive",
+    "token-priority",
+    "draft-path",
+]
 
 
 def sample_record():
