@@ -55,10 +55,22 @@ def test_tokens_limits_the_strict_order_and_mass_fills_the_rest():
 
 
 def test_padded_rows_never_take_a_place():
-    valid_T = torch.tensor([True, False, True, True, True, True, True])
-    # Without r1: root, r2 (3, 4), r3 (5, 4): experts 0, 1, 3, 4, 5.
-    assert kept("draft-path", tree_record(valid_T=valid_T), 3) == [0, 1, 3]
-    assert kept("draft-path", tree_record(valid_T=valid_T), 4) == [0, 1, 3, 4]
+    record = tree_record(valid_T=torch.tensor([True, False, True, True, True, True, True]))
+    # Without r1, r3 is depth 1's likeliest: root, r3 (5, 4), r2 (3, 4), ...
+    assert kept("draft-path", record, 3) == [0, 1, 5]
+    assert kept("draft-path", record, 4) == [0, 1, 4, 5]
+    # By log-prob alone r2 (0.5) comes before r3 (0.3).
+    assert kept("draft-path", record, 3, order="logprob") == [0, 1, 3]
+    assert kept("draft-path", record, 4, order="logprob") == [0, 1, 3, 4]
+
+
+def test_the_likeliest_token_of_each_depth_comes_before_likelier_siblings():
+    accept = [1.0, 0.6, 0.2, 0.3, 0.05, 0.25, 0.25]  # r2, r1's child, now below r3, r5, r6
+    record = tree_record(path_logprob_T=torch.tensor([math.log(a) for a in accept]))
+    # path: root, r1, r2 (depth 2's likeliest), r3, ...: experts 0, 1, 2, 3, 4, 5.
+    assert kept("draft-path", record, 5) == [0, 1, 2, 3, 4]
+    # logprob: root, r1, r3 (5, 4), ...: expert 5 before 4.
+    assert kept("draft-path", record, 5, order="logprob") == [0, 1, 2, 3, 5]
 
 
 def test_ties_go_to_the_shallower_token_then_the_lower_row():
@@ -72,9 +84,10 @@ def test_ties_go_to_the_shallower_token_then_the_lower_row():
 
 
 def test_without_path_probabilities_depth_orders_the_tokens():
-    # decay ** depth: root, then the depth-1 rows in row order (r1, r3, ...), then r2.
+    # decay ** depth: depth-1 rows tie, so r1 (the lower row) is depth 1's likeliest.
     record = tree_record(path_logprob_T=None)
-    assert kept("draft-path", record, 5) == [0, 1, 2, 3, 5]
+    assert kept("draft-path", record, 5) == [0, 1, 2, 3, 4]  # root, r1, r2, r3, ...
+    assert kept("draft-path", record, 5, order="logprob") == [0, 1, 2, 3, 5]  # r3 before r2
 
 
 def test_without_tree_metadata_it_says_what_it_needs():
@@ -89,20 +102,32 @@ def test_bad_tokens_option(tokens):
         get_policy("draft-path", tokens=tokens)
 
 
-def loop_kept(ids, choice, depth, logprob, valid, budget):
-    """The spec as loops: walk tokens root first, by log-prob, depth, row; take experts."""
+def test_bad_order_option():
+    with pytest.raises(PolicyError, match=r"draft-path: order is 'depth'; allowed: path, logprob"):
+        get_policy("draft-path", order="depth")
+
+
+def loop_kept(ids, choice, depth, logprob, valid, budget, order):
+    """The spec as loops: walk tokens in the policy's order; take each one's experts in turn."""
     rows = [t for t in range(len(ids)) if valid[t]]
     rows.sort(key=lambda t: (depth[t] != 0, -logprob[t], depth[t], t))
-    order = []
+    if order == "path":  # each depth's first token in that order, shallow first, then the rest
+        best = {}
+        for t in rows:
+            best.setdefault(depth[t], t)
+        path = sorted(best.values(), key=lambda t: depth[t])
+        rows = path + [t for t in rows if t not in path]
+    experts = []
     for t in rows:
         for e in sorted(ids[t], key=lambda e: (-choice[t][e], e)):
-            if e not in order:
-                order.append(e)
-    return sorted(order[:budget])
+            if e not in experts:
+                experts.append(e)
+    return sorted(experts[:budget])
 
 
+@pytest.mark.parametrize("order", ["path", "logprob"])
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_a_loop_reference_on_random_trees(seed):
+def test_matches_a_loop_reference_on_random_trees(seed, order):
     g = torch.Generator().manual_seed(seed)
     T, E, K = 29, 24, 4
     depth_T = torch.randint(1, 6, (T,), generator=g)
@@ -127,5 +152,6 @@ def test_matches_a_loop_reference_on_random_trees(seed):
             logprob_T.tolist(),
             valid_T.tolist(),
             budget,
+            order,
         )
-        assert kept("draft-path", record, budget) == want
+        assert kept("draft-path", record, budget, order=order) == want

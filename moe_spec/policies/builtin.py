@@ -183,15 +183,20 @@ class DraftPath(TokenPriority):
     name = "draft-path"
     description = "experts of the likeliest draft path first, in strict order; then by mass"
 
-    def __init__(self, decay: float = 0.5, tokens: int | None = None) -> None:
+    ORDERS = ("path", "logprob")
+
+    def __init__(self, decay: float = 0.5, tokens: int | None = None, order: str = "path") -> None:
         super().__init__(decay=decay)
         if tokens is not None and (type(tokens) is not int or tokens < 1):
             raise PolicyError(f"draft-path: tokens is {tokens!r}; allowed: an int >= 1 (or unset)")
+        if order not in self.ORDERS:
+            raise PolicyError(f"draft-path: order is {order!r}; allowed: {', '.join(self.ORDERS)}")
         self.tokens = tokens
+        self.order = order
 
     def score(self, record: RoutingRecord) -> torch.Tensor:
         accept_T = self.accept_T(record)
-        rank_T = token_rank_T(record, self.root_T(record), accept_T)
+        rank_T = token_rank_T(record, self.root_T(record), accept_T, self.order == "path")
         key_E = priority_key_E(record, rank_T, self.tokens)
         mass_E = record.router_mass_E(accept_T)
         fill_E = mass_E / mass_E.sum().clamp_min(1e-30)  # in [0, 1]

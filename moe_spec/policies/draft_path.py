@@ -22,27 +22,37 @@ from moe_spec.routing import RoutingRecord
 
 
 def token_rank_T(
-    record: RoutingRecord, root_T: torch.Tensor, logprob_T: torch.Tensor
+    record: RoutingRecord, root_T: torch.Tensor, logprob_T: torch.Tensor, path_first: bool = True
 ) -> torch.Tensor:
     """long ``[T]``: how many valid tokens rank ahead of each token.
 
-    Order: root rows first, then higher ``logprob_T``, then shallower depth,
-    then the lower row. Padded rows never rank ahead of anything.
+    Order: root rows first; with ``path_first``, then the likeliest token of
+    each depth, shallow first (the draft's guess of the accepted path); then the
+    rest by higher ``logprob_T``, shallower depth, lower row. Padded rows never
+    rank ahead of anything (nor are they any depth's likeliest).
     """
     T = record.num_tokens
     device = record.router_logits_TE.device
+    valid_T = record.valid_mask_T()
     depth_T = record.depth_T if record.depth_T is not None else torch.zeros(T, device=device)
     row_T = torch.arange(T, device=device)
-
-    def ahead(key_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return key_T[None, :] > key_T[:, None], key_T[None, :] == key_T[:, None]
-
-    root_gt, root_eq = ahead(root_T.float())
-    lp_gt, lp_eq = ahead(logprob_T.float())
-    dep_gt, dep_eq = ahead(-depth_T.float())
     row_gt = row_T[None, :] < row_T[:, None]
-    ahead_TT = root_gt | (root_eq & (lp_gt | (lp_eq & (dep_gt | (dep_eq & row_gt)))))
-    return (ahead_TT & record.valid_mask_T()[None, :]).sum(dim=1)
+    lp_gt, lp_eq = pairwise(logprob_T.float())
+    dep_gt, dep_eq = pairwise(-depth_T.float())
+    by_lp_TT = lp_gt | (lp_eq & (dep_gt | (dep_eq & row_gt)))  # [t, s]: s ahead by log-prob
+    root_gt, root_eq = pairwise(root_T.float())
+    if path_first:
+        best_T = valid_T & ~(by_lp_TT & dep_eq & valid_T[None, :]).any(dim=1)
+        best_gt, best_eq = pairwise(best_T.float())
+        path_TT = best_gt | (best_eq & best_T[:, None] & dep_gt)  # best ones, shallow first
+        by_lp_TT = path_TT | (best_eq & ~best_T[:, None] & by_lp_TT)
+    ahead_TT = root_gt | (root_eq & by_lp_TT)
+    return (ahead_TT & valid_T[None, :]).sum(dim=1)
+
+
+def pairwise(key_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool ``[T, T]`` pair: ``[t, s]`` is ``key[s] > key[t]``, and ``key[s] == key[t]``."""
+    return key_T[None, :] > key_T[:, None], key_T[None, :] == key_T[:, None]
 
 
 def slot_rank_TK(record: RoutingRecord) -> torch.Tensor:
