@@ -14,17 +14,10 @@ import torch
 from moe_spec import PluginError, Policy, PolicyError, get_policy, hookimpl, list_policies
 from moe_spec.policies import reset_registry
 from moe_spec.policies.registry import default_registry
-from tests.conftest import make_record
+from tests.conftest import BUILTIN_NAMES, make_record
 
 REPO = Path(__file__).resolve().parent.parent
-BUILTINS = {
-    "none",
-    "topk-frequency",
-    "router-mass",
-    "layer-adaptive",
-    "token-priority",
-    "draft-path",
-}
+BUILTINS = set(BUILTIN_NAMES)
 
 
 def fake_distribution(root: Path, dist: str, module: str, source: str, ep_name: str) -> None:

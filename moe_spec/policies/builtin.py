@@ -15,7 +15,7 @@ import torch
 from moe_spec.budget import select_kept
 from moe_spec.kernels.budget_select_torch import ScoreRule, score_experts_torch
 from moe_spec.policies.base import Policy, PolicyError
-from moe_spec.policies.draft_path import priority_key_E, token_rank_T
+from moe_spec.policies.draft_path import ORDERS, priority_key_E, token_rank_T
 from moe_spec.policies.hookspecs import hookimpl
 from moe_spec.routing import RoutingRecord
 
@@ -171,26 +171,27 @@ class TokenPriority(RuleScored):
 class DraftPath(TokenPriority):
     """``draft-path``: experts of the likeliest tokens first, in strict order; then mass.
 
-    Tokens are ranked root first, then by path log-probability (acceptance
-    likelihood; ``decay ** depth`` stands in without it), so every token comes
-    after its ancestors. The first ``tokens`` of them (default: all valid
-    tokens) hand in their top-k experts in turn, each token's in its own
-    preference order; every such expert ranks above every other. Remaining
-    places go by ``token-priority``'s score ``sum_t v[t] * a[t] * p[t, e]``.
-    A token whose experts all fit is computed exactly as without a budget.
+    Tokens are ranked root first; with ``order="path"`` (default) then the
+    likeliest token of each depth, shallow first (the draft's guess of the
+    accepted path); then the rest by path log-probability (``decay ** depth``
+    stands in without it), which lists every token after its ancestors
+    (``order="logprob"`` uses this ranking alone). The first ``tokens`` of them
+    (default: all valid tokens) hand in their top-k experts in turn, each
+    token's in its own preference order; every such expert ranks above every
+    other. Remaining places go by ``token-priority``'s score
+    ``sum_t v[t] * a[t] * p[t, e]``. A token whose experts all fit is computed
+    exactly as without a budget; see ``moe_spec.policies.draft_path``.
     """
 
     name = "draft-path"
     description = "experts of the likeliest draft path first, in strict order; then by mass"
 
-    ORDERS = ("path", "logprob")
-
     def __init__(self, decay: float = 0.5, tokens: int | None = None, order: str = "path") -> None:
         super().__init__(decay=decay)
         if tokens is not None and (type(tokens) is not int or tokens < 1):
             raise PolicyError(f"draft-path: tokens is {tokens!r}; allowed: an int >= 1 (or unset)")
-        if order not in self.ORDERS:
-            raise PolicyError(f"draft-path: order is {order!r}; allowed: {', '.join(self.ORDERS)}")
+        if order not in ORDERS:
+            raise PolicyError(f"draft-path: order is {order!r}; allowed: {', '.join(ORDERS)}")
         self.tokens = tokens
         self.order = order
 

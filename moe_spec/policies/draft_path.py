@@ -20,6 +20,8 @@ import torch
 
 from moe_spec.routing import RoutingRecord
 
+ORDERS: tuple[str, ...] = ("path", "logprob")  # draft-path's token orders
+
 
 def token_rank_T(
     record: RoutingRecord, root_T: torch.Tensor, logprob_T: torch.Tensor, path_first: bool = True
