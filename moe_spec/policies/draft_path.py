@@ -5,13 +5,17 @@ Shape legend: T tokens, E experts, K top-k (see ``moe_spec.routing``).
 Greedy output is unchanged exactly when every token on the accepted path keeps
 its own top-k experts in every layer: a token's hidden state depends only on
 its ancestors, which are on the path too. The draft's path log-probabilities
-are the best guess of that path, and they decrease from parent to child, so
-ranking tokens by them (root first) lists every token after its ancestors: any
-prefix of the ranking is a subtree, the most likely one of its size.
+are the best guess of that path. They decrease from parent to child, so ranking
+tokens by them (root first, ``order="logprob"``) lists every token after its
+ancestors: any prefix of the ranking is a subtree, the most likely one of its
+size. ``order="path"`` first takes the likeliest token of each depth, shallow
+first: a better guess of the accepted path when the draft under-rates deep
+tokens (it is one tree's guess: in a batched verify pass, where several trees
+share the depths, ``order="logprob"`` is the one that ranks them all).
 
-Everything here is tensor operations with static shapes (pairwise comparisons
-instead of data-dependent sorts into Python), so it runs under ``torch.compile``
-and CUDA-graph capture.
+Everything here is tensor operations with static shapes (pairwise comparisons,
+``[T, T]`` boolean matrices, instead of data-dependent sorts into Python), so it
+runs under ``torch.compile`` and CUDA-graph capture.
 """
 
 from __future__ import annotations
