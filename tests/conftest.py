@@ -18,6 +18,16 @@ import torch
 from moe_spec import RoutingRecord
 from moe_spec.policies import reset_registry
 
+#: Every built-in policy (the compile, host-sync and registry tests cover each).
+BUILTIN_NAMES = (
+    "none",
+    "topk-frequency",
+    "router-mass",
+    "layer-adaptive",
+    "token-priority",
+    "draft-path",
+)
+
 
 def model_topk(
     logits_TE: torch.Tensor,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from moe_spec import apply_budget, get_policy
-from tests.conftest import make_record
+from tests.conftest import BUILTIN_NAMES, make_record
 from tests.host_sync import HostSyncRecorder
 
-BUILTINS = ["none", "topk-frequency", "router-mass", "layer-adaptive", "token-priority"]
+BUILTINS = list(BUILTIN_NAMES)
 
 
 def sample_record():

@@ -14,10 +14,10 @@ import torch
 from moe_spec import PluginError, Policy, PolicyError, get_policy, hookimpl, list_policies
 from moe_spec.policies import reset_registry
 from moe_spec.policies.registry import default_registry
-from tests.conftest import make_record
+from tests.conftest import BUILTIN_NAMES, make_record
 
 REPO = Path(__file__).resolve().parent.parent
-BUILTINS = {"none", "topk-frequency", "router-mass", "layer-adaptive", "token-priority"}
+BUILTINS = set(BUILTIN_NAMES)
 
 
 def fake_distribution(root: Path, dist: str, module: str, source: str, ep_name: str) -> None:
@@ -192,8 +192,8 @@ def test_two_plugins_claiming_one_name_are_both_named(site):
 def test_unknown_policy_lists_the_available_ones():
     with pytest.raises(
         PolicyError,
-        match=r"unknown policy 'route-mass'; available: layer-adaptive, none, router-mass, "
-        r"token-priority, topk-frequency",
+        match=r"unknown policy 'route-mass'; available: draft-path, layer-adaptive, none, "
+        r"router-mass, token-priority, topk-frequency",
     ):
         get_policy("route-mass")
 

@@ -158,7 +158,7 @@ def test_options_on_a_policy_without_options_are_refused():
 
 
 @pytest.mark.parametrize(
-    "name", ["topk-frequency", "router-mass", "layer-adaptive", "token-priority"]
+    "name", ["topk-frequency", "router-mass", "layer-adaptive", "token-priority", "draft-path"]
 )
 @pytest.mark.parametrize("mode", ["substitution", "truncation"])
 def test_every_policy_respects_the_budget_on_random_routing(name, mode):

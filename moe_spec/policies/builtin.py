@@ -15,6 +15,7 @@ import torch
 from moe_spec.budget import select_kept
 from moe_spec.kernels.budget_select_torch import ScoreRule, score_experts_torch
 from moe_spec.policies.base import Policy, PolicyError
+from moe_spec.policies.draft_path import ORDERS, priority_key_E, token_rank_T
 from moe_spec.policies.hookspecs import hookimpl
 from moe_spec.routing import RoutingRecord
 
@@ -167,12 +168,50 @@ class TokenPriority(RuleScored):
         return root_T & record.valid_mask_T()
 
 
+class DraftPath(TokenPriority):
+    """``draft-path``: experts of the likeliest tokens first, in strict order; then mass.
+
+    Tokens are ranked root first; with ``order="path"`` (default) then the
+    likeliest token of each depth, shallow first (the draft's guess of the
+    accepted path); then the rest by path log-probability (``decay ** depth``
+    stands in without it), which lists every token after its ancestors
+    (``order="logprob"`` uses this ranking alone). The first ``tokens`` of them
+    (default: all valid tokens) hand in their top-k experts in turn, each
+    token's in its own preference order; every such expert ranks above every
+    other. Remaining places go by ``token-priority``'s score
+    ``sum_t v[t] * a[t] * p[t, e]``. A token whose experts all fit is computed
+    exactly as without a budget; see ``moe_spec.policies.draft_path``.
+    """
+
+    name = "draft-path"
+    description = "experts of the likeliest draft path first, in strict order; then by mass"
+
+    def __init__(self, decay: float = 0.5, tokens: int | None = None, order: str = "path") -> None:
+        super().__init__(decay=decay)
+        if tokens is not None and (type(tokens) is not int or tokens < 1):
+            raise PolicyError(f"draft-path: tokens is {tokens!r}; allowed: an int >= 1 (or unset)")
+        if order not in ORDERS:
+            raise PolicyError(f"draft-path: order is {order!r}; allowed: {', '.join(ORDERS)}")
+        self.tokens = tokens
+        self.order = order
+
+    def score(self, record: RoutingRecord) -> torch.Tensor:
+        accept_T = self.accept_T(record)
+        rank_T = token_rank_T(record, self.root_T(record), accept_T, self.order == "path")
+        key_E = priority_key_E(record, rank_T, self.tokens)
+        mass_E = record.router_mass_E(accept_T)
+        fill_E = mass_E / mass_E.sum().clamp_min(1e-30)  # in [0, 1]
+        none = record.num_tokens * record.top_k
+        return torch.where(key_E < none, (none - key_E + 1).float(), fill_E)
+
+
 BUILTIN_POLICIES: tuple[type[Policy], ...] = (
     NoBudget,
     TopKFrequency,
     RouterMass,
     LayerAdaptive,
     TokenPriority,
+    DraftPath,
 )
 
 
