@@ -9,21 +9,24 @@ policy (``token-priority``, ``router-mass``, ... or a plugin's) or a baseline:
   step from the cost model (see ``moe_spec.ab.depth_width``).
 
 Keys: ``B``/``budget``, ``mode`` (substitution|truncation), ``tokens``/``num_tokens``,
-``width``, ``depth``, ``T``/``temperature``, ``label``, ``server`` (sglang backend).
-A ``.json`` file holds a list of objects with the same keys (long names, plus
-``policy``), or ``{"configs": [...]}``; a ``.toml`` file holds ``[[config]]`` tables.
+``width``, ``depth``, ``T``/``temperature``, ``label``, ``server`` (sglang backend), and
+the policy's own options as ``opt.NAME=VALUE`` (VALUE read as JSON when it parses:
+``draft-path:B=16,opt.order=logprob``). A ``.json`` file holds a list of objects with
+the same keys (long names, plus ``policy``, and ``options`` as an object), or
+``{"configs": [...]}``; a ``.toml`` file holds ``[[config]]`` tables.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import tomllib
 
 from moe_spec.budget import MODES
 from moe_spec.engine.generate import SpecConfig
+from moe_spec.policies import get_policy
 
 BASELINES = ("autoregressive", "none", "depth-width")
 ALIASES = {"B": "budget", "tokens": "num_tokens", "T": "temperature"}
@@ -42,6 +45,7 @@ class RunConfig:
     temperature: float = 0.0
     label: str = ""
     server: str | None = None
+    options: dict = field(default_factory=dict)  # the policy's keyword options
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or not self.policy:
@@ -53,6 +57,12 @@ class RunConfig:
             raise ValueError(
                 f"{self.policy} is a baseline and takes no budget (got B={self.budget})"
             )
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a mapping, got {self.options!r}")
+        if self.options and not budgeted:
+            raise ValueError(f"{self.policy} is a baseline and takes no policy options")
+        if self.options:
+            get_policy(self.policy, **self.options)  # unknown options: the policy's own error
         if self.mode not in MODES:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
         self.spec()  # validates the tree and the temperature
@@ -74,11 +84,13 @@ class RunConfig:
             policy=self.policy if budgeted else "none",
             budget=self.budget,
             mode=self.mode,  # type: ignore[arg-type]
+            policy_options=dict(self.options),
         )
 
 
 def default_label(c: RunConfig) -> str:
     label = c.policy if c.budget is None else f"{c.policy} B={c.budget}"
+    label += "".join(f" {k}={v}" for k, v in sorted(c.options.items()))
     if c.mode != "substitution":
         label += f" {c.mode}"
     if (c.num_tokens, c.width, c.depth) != (32, 8, 6) and c.policy != "autoregressive":
@@ -99,12 +111,27 @@ def coerce(key: str, value):
         raise ValueError(f"{key}={value!r} is not a {types[key].__name__}") from None
 
 
+def option_value(text: str):
+    """A policy option's value: JSON when it parses (numbers, true/false, lists), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
     allowed = {f.name for f in fields(RunConfig)}
+    options = dict(data.get("options", {}))
+    for key in [k for k in data if k.startswith("opt.")]:
+        value = data[key]
+        options[key[4:]] = option_value(value) if isinstance(value, str) else value
+    data = {k: v for k, v in data.items() if not k.startswith("opt.")}
+    if options:
+        data["options"] = options
     items = {ALIASES.get(k, k): v for k, v in data.items()}
     unknown = sorted(set(items) - allowed)
     if unknown:
-        keys = ", ".join(sorted(allowed | set(ALIASES)))
+        keys = ", ".join(sorted(allowed | set(ALIASES) | {"opt.NAME"}))
         raise ValueError(f"{source}: unknown keys {unknown}; allowed: {keys}")
     merged = {**defaults, **{k: coerce(k, v) for k, v in items.items()}}
     try:

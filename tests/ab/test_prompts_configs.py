@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -109,3 +110,31 @@ def test_finalize_adds_the_unbudgeted_run_and_checks_labels():
         finalize([RunConfig("none")], "x")
     configs, _ = finalize([RunConfig("autoregressive")], None, add_unbudgeted=False)
     assert [c.label for c in configs] == ["autoregressive"]
+
+
+def test_policy_options_reach_the_engine_and_the_label(tmp_path):
+    from moe_spec.ab.configs import parse_config
+
+    (c,) = parse_config("draft-path:B=16,opt.order=logprob,opt.tokens=4")
+    assert c.options == {"order": "logprob", "tokens": 4}  # JSON values: 4 is an int
+    assert c.spec().policy_options == {"order": "logprob", "tokens": 4}
+    assert c.label == "draft-path B=16 order=logprob tokens=4"
+    path = tmp_path / "arms.json"
+    path.write_text('[{"policy": "token-priority", "budget": 8, "options": {"decay": 0.7}}]')
+    (f,) = parse_config(str(path))
+    assert f.spec().policy_options == {"decay": 0.7}
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("draft-path:B=16,opt.order=sideways", "order is 'sideways'; allowed: path, logprob"),
+        ("none:opt.decay=0.5", "none is a baseline and takes no policy options"),
+        ("token-priority:B=8,opt.nope=1", "bad options {'nope': 1}"),
+    ],
+)
+def test_bad_policy_options_are_refused_by_the_policy(text, words):
+    from moe_spec.ab.configs import parse_config
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_config(text)
