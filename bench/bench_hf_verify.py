@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, Qwen3MoeConfig
 
 from moe_spec.engine.tree import DraftTree
 from moe_spec.integration.transformers import budgeted_verify
-from moe_spec.integration.transformers.tree import run_tree
+from moe_spec.integration.transformers.tree import crop_to, run_tree
 from moe_spec.policies import get_policy
 
 CONDITIONS = [("plain", None, None), ("none", "none", 64), ("router-mass", "router-mass", 32),
@@ -77,7 +77,7 @@ def main() -> None:
                         run_tree(model, cache, tree)
                     distinct[c] = routing.distinct_computed_L()
             times[c].append(time.perf_counter() - start)
-            cache.crop(prefix)
+            crop_to(cache, prefix)
     print(f"experts_implementation={args.experts_impl}, tree N=32, prefix={prefix}, "
           "4 MoE layers x 64 experts top-8, fp32, 1 thread")  # fmt: skip
     print("| condition | B | median ms | min ms | distinct experts computed per layer |")

@@ -24,7 +24,12 @@ import torch
 from transformers import DynamicCache
 
 from moe_spec.engine.tree import DraftTree, expand_tree
-from moe_spec.integration.transformers.tree import check_tree_attention, layer_masks, new_cache
+from moe_spec.integration.transformers.tree import (
+    check_tree_attention,
+    crop_to,
+    layer_masks,
+    new_cache,
+)
 
 
 def context_limit(config) -> int:
@@ -118,5 +123,5 @@ class CausalLMDraft:
         tree = expand_tree(
             self, self, view, root, unused_feature_D, root_logprobs_V, width, depth, num_tokens
         )
-        cache.crop(view.length)
+        crop_to(cache, view.length)
         return tree

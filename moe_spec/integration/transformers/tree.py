@@ -132,3 +132,10 @@ def keep_path(cache: DynamicCache, prefix: int, path_N: torch.Tensor) -> None:
         keep_S = torch.cat((torch.arange(prefix), prefix + path_N.cpu())).to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, keep_S)
         layer.values = layer.values.index_select(-2, keep_S)
+
+
+def crop_to(cache: DynamicCache, length: int) -> None:
+    """Drop the cache's entries past ``length`` (transformers deprecates a positive ``crop``)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
