@@ -129,14 +129,14 @@ class Engine:
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         cache = self.new_cache(self.config.n_layers, self.config.n_heads, self.config.head_dim)
-        logits_V = self.prefill(prompt, cache)[0]
-        out: list[int] = []
-        while len(out) < max_new_tokens:
-            token = sample(logits_V, temperature, g)
-            out.append(token)
-            if token == self.eot:
-                break
-            logits_V = self.decode_one_token(token, cache)
+        out = decode_loop(
+            self.prefill(prompt, cache)[0],
+            lambda token: self.decode_one_token(token, cache),
+            lambda token: token == self.eot,
+            max_new_tokens,
+            temperature,
+            g,
+        )
         return GenerationResult(out, time.perf_counter() - start)
 
     def prefill(self, prompt: list[int], cache: KVCache):
@@ -269,6 +269,25 @@ class Engine:
         )
         cache.advance(len(next_tokens))
         return out_BQD[0, -1]
+
+
+def decode_loop(
+    logits_V: torch.Tensor,
+    next_logits: Callable[[int], torch.Tensor],
+    is_end: Callable[[int], bool],
+    max_new_tokens: int,
+    temperature: float,
+    g: torch.Generator,
+) -> list[int]:
+    """Autoregressive decoding from the prompt's last logits ``[V]``: sample, feed back, stop."""
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        token = sample(logits_V, temperature, g)
+        out.append(token)
+        if is_end(token):
+            break
+        logits_V = next_logits(token)
+    return out
 
 
 def sample(logits_V: torch.Tensor, temperature: float, g: torch.Generator) -> int:

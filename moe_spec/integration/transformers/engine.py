@@ -21,7 +21,14 @@ import torch
 from transformers import DynamicCache
 
 from moe_spec.budget import check_budget
-from moe_spec.engine.generate import Engine, GenerationResult, SpecConfig, StepStats, sample
+from moe_spec.engine.generate import (
+    Engine,
+    GenerationResult,
+    SpecConfig,
+    StepStats,
+    decode_loop,
+    sample,
+)
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
 from moe_spec.engine.verify import accept_greedy, accept_sampling
@@ -126,14 +133,14 @@ class TransformersEngine:
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         cache = new_cache()
-        logits_V = self.forward_last(prompt, cache)
-        out: list[int] = []
-        while len(out) < max_new_tokens:
-            token = sample(logits_V, temperature, g)
-            out.append(token)
-            if token in self.eos:
-                break
-            logits_V = self.forward_last([token], cache)
+        out = decode_loop(
+            self.forward_last(prompt, cache),
+            lambda token: self.forward_last([token], cache),
+            lambda token: token in self.eos,
+            max_new_tokens,
+            temperature,
+            g,
+        )
         return GenerationResult(out, time.perf_counter() - start)
 
     @torch.no_grad()
