@@ -8,28 +8,43 @@ and while capturing CUDA graphs, but the context object does not keep the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-_batches: list[Any] = []
+# Innermost last: (ForwardBatch, what this forward computed once for all its MoE layers).
+_forwards: list[tuple[Any, dict]] = []
 
 
 def current_batch() -> Any | None:
     """The ForwardBatch of the innermost running forward, or None outside one."""
-    return _batches[-1] if _batches else None
+    return _forwards[-1][0] if _forwards else None
+
+
+def once_per_forward(key: Hashable, compute: Callable[[], Any]) -> Any:
+    """``compute()`` the first time ``key`` is asked for in the running forward, then reused.
+
+    Tree depth and the padding mask are the same for every MoE layer of a forward;
+    this keeps them from being rebuilt (and captured) once per layer.
+    """
+    if not _forwards:
+        return compute()
+    memo = _forwards[-1][1]
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 @contextmanager
 def running_batch(forward_batch: Any) -> Iterator[None]:
     """Publish ``forward_batch`` to :func:`current_batch` for the duration of the block."""
-    _batches.append(forward_batch)
+    _forwards.append((forward_batch, {}))
     try:
         yield
     finally:
-        _batches.pop()
+        _forwards.pop()
 
 
 def track_forward_batch(original: Callable, *args: Any, **kwargs: Any):

@@ -11,7 +11,12 @@ from typing import Any
 import torch
 
 from moe_spec.budget import BudgetedTopK, apply_budget, check_budget
-from moe_spec.integration.sglang.batch import current_batch, is_target_verify, tree_depth_T
+from moe_spec.integration.sglang.batch import (
+    current_batch,
+    is_target_verify,
+    once_per_forward,
+    tree_depth_T,
+)
 from moe_spec.integration.sglang.compat import (
     Findings,
     check_server_args,
@@ -108,14 +113,15 @@ class BudgetRuntime:
         """Rewrite a StandardTopKOutput's ids and weights through the policy (no host sync)."""
         ids_TK, weights_TK, logits_TE = output.topk_ids, output.topk_weights, output.router_logits
         T, E = logits_TE.shape
-        valid_T = (ids_TK >= 0).all(dim=1) & non_padded_T(T, ids_TK.device)
+        rows_T = once_per_forward(("rows", T), lambda: non_padded_T(T, ids_TK.device))
+        valid_T = (ids_TK >= 0).all(dim=1) & rows_T
         cfg = topk.topk_config
         record = RoutingRecord(
             logits_TE,
             ids_TK.clamp(min=0),
             weights_TK,
             valid_T=valid_T,
-            depth_T=tree_depth_T(current_batch(), T),
+            depth_T=once_per_forward(("depth", T), lambda: tree_depth_T(current_batch(), T)),
             layer_idx=layer,
             num_layers=len(self.layer_index),
             scoring=cfg.scoring_func,
