@@ -128,16 +128,23 @@ class Engine:
         self.check_room(prompt, max_new_tokens)
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        cache = self.new_cache(self.config.n_layers, self.config.n_heads, self.config.head_dim)
-        out = decode_loop(
-            self.prefill(prompt, cache)[0],
-            lambda token: self.decode_one_token(token, cache),
-            lambda token: token == self.eot,
-            max_new_tokens,
-            temperature,
-            g,
-        )
+        logits_V, next_logits = self.start_decoding(prompt)
+        out: list[int] = []
+        while len(out) < max_new_tokens:
+            token = sample(logits_V, temperature, g)
+            out.append(token)
+            if self.is_end(token):
+                break
+            logits_V = next_logits(token)
         return GenerationResult(out, time.perf_counter() - start)
+
+    def start_decoding(self, prompt: list[int]):
+        """Prefill a fresh cache: the last logits ``[V]`` and ``next_logits(token) -> [V]``."""
+        cache = self.new_cache(self.config.n_layers, self.config.n_heads, self.config.head_dim)
+        return self.prefill(prompt, cache)[0], lambda token: self.decode_one_token(token, cache)
+
+    def is_end(self, token: int) -> bool:
+        return token == self.eot
 
     def prefill(self, prompt: list[int], cache: KVCache):
         """Run the prompt through the target: last logits ``[V]`` and features ``[P, D]``."""
@@ -269,25 +276,6 @@ class Engine:
         )
         cache.advance(len(next_tokens))
         return out_BQD[0, -1]
-
-
-def decode_loop(
-    logits_V: torch.Tensor,
-    next_logits: Callable[[int], torch.Tensor],
-    is_end: Callable[[int], bool],
-    max_new_tokens: int,
-    temperature: float,
-    g: torch.Generator,
-) -> list[int]:
-    """Autoregressive decoding from the prompt's last logits ``[V]``: sample, feed back, stop."""
-    out: list[int] = []
-    while len(out) < max_new_tokens:
-        token = sample(logits_V, temperature, g)
-        out.append(token)
-        if is_end(token):
-            break
-        logits_V = next_logits(token)
-    return out
 
 
 def sample(logits_V: torch.Tensor, temperature: float, g: torch.Generator) -> int:

@@ -26,7 +26,6 @@ from moe_spec.engine.generate import (
     GenerationResult,
     SpecConfig,
     StepStats,
-    decode_loop,
     sample,
 )
 from moe_spec.engine.model import distinct_per_layer
@@ -124,24 +123,16 @@ class TransformersEngine:
         out = self.target(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float().cpu()
 
-    @torch.no_grad()
-    def generate_autoregressive(
-        self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0
-    ) -> GenerationResult:
-        """The baseline: prefill, then one target forward per token."""
-        self.check_room(prompt, max_new_tokens)
-        g = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
+    # Prefill, then one plain target forward per token (the engine's loop, this model's hooks).
+    generate_autoregressive = Engine.generate_autoregressive
+
+    def start_decoding(self, prompt: list[int]):
+        """Prefill a fresh cache: the last logits ``[V]`` and ``next_logits(token) -> [V]``."""
         cache = new_cache()
-        out = decode_loop(
-            self.forward_last(prompt, cache),
-            lambda token: self.forward_last([token], cache),
-            lambda token: token in self.eos,
-            max_new_tokens,
-            temperature,
-            g,
-        )
-        return GenerationResult(out, time.perf_counter() - start)
+        return self.forward_last(prompt, cache), lambda token: self.forward_last([token], cache)
+
+    def is_end(self, token: int) -> bool:
+        return token in self.eos
 
     @torch.no_grad()
     def generate_speculative(
