@@ -146,6 +146,12 @@ class Engine:
     def is_end(self, token: int) -> bool:
         return token == self.eot
 
+    def trim(self, out: list[int], max_new_tokens: int) -> list[int]:
+        """At most ``max_new_tokens``, ending at the first end token (a step may overshoot)."""
+        out = out[:max_new_tokens]
+        end = next((i for i, token in enumerate(out) if self.is_end(token)), None)
+        return out if end is None else out[: end + 1]
+
     def prefill(self, prompt: list[int], cache: KVCache):
         """Run the prompt through the target: last logits ``[V]`` and features ``[P, D]``."""
         result = self.target(torch.tensor([prompt]), cache=cache)
@@ -184,7 +190,7 @@ class Engine:
         root = sample(logits_V, spec.temperature, g)
         out, steps = [root], []
         root_feature_D = self.draft_catch_up(feature_PD, prompt[1:] + [root], dcache)
-        while len(out) < max_new_tokens and out[-1] != self.eot:
+        while len(out) < max_new_tokens and not self.is_end(out[-1]):
             num_tokens, width, depth = self.pick_tree(spec, steps, tree_size)
             root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
             tree = expand_tree(
@@ -216,10 +222,7 @@ class Engine:
             out.extend(new_tokens)
             root = bonus
             root_feature_D = self.draft_catch_up(path_feature_QD, new_tokens, dcache)
-        out = out[:max_new_tokens]
-        if self.eot in out:
-            out = out[: out.index(self.eot) + 1]
-        return GenerationResult(out, time.perf_counter() - start, steps)
+        return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
 
     @staticmethod
     def pick_tree(spec: SpecConfig, steps: list[StepStats], tree_size) -> tuple[int, int, int]:

@@ -134,6 +134,8 @@ class TransformersEngine:
     def is_end(self, token: int) -> bool:
         return token in self.eos
 
+    trim = Engine.trim
+
     @torch.no_grad()
     def generate_speculative(
         self,
@@ -160,7 +162,7 @@ class TransformersEngine:
             root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
             out, steps = [root], []
             root_state = self.draft.start(dcache, prompt, root, features.last_BSD[0])
-            while len(out) < max_new_tokens and out[-1] not in self.eos:
+            while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 num_tokens, width, depth = Engine.pick_tree(spec, steps, tree_size)
                 tree = self.draft.grow_tree(dcache, root, root_state, width, depth, num_tokens)
                 path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
@@ -180,11 +182,7 @@ class TransformersEngine:
                 out.extend(new_tokens)
                 root = bonus
                 root_state = self.draft.extend(dcache, new_tokens, path_feature_QD)
-        out = out[:max_new_tokens]
-        ends = [i for i, t in enumerate(out) if t in self.eos]
-        if ends:
-            out = out[: ends[0] + 1]
-        return GenerationResult(out, time.perf_counter() - start, steps)
+        return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
 
     @torch.no_grad()
     def score(self, prompt: list[int], tokens: list[int]) -> list[float]:
