@@ -1,12 +1,13 @@
-"""The A/B benchmark: 3 policies x 3 budgets and the baselines on 20 held-out prompts.
+"""The A/B benchmark: 3 policies x 3 budgets (plain and with repair) and the baselines.
 
-Runs ``moe-spec ab`` (timed) on the shipped model with the OLMoE-1B-7B / H200
-cost model, then answers, as Markdown: the best policy per budget; whether a
-configuration reaches modeled throughput >= 1.3x unbudgeted tree speculation
-with acceptance length within 2% and greedy agreement >= 98%; and how the best
-such configuration compares with the depth/width baseline at equal quality.
+Runs ``moe-spec ab`` (timed) on the shipped model and 20 held-out prompts with the
+OLMoE-1B-7B / H200 cost model, then answers, as Markdown: the best policy per
+budget; whether a configuration reaches modeled throughput >= 1.3x unbudgeted
+tree speculation with acceptance length within 2% and greedy agreement >= 98%;
+and how the best such configuration compares with the depth/width baseline at
+equal quality. ``--no-repair`` leaves out the ``repair=true`` arms (3x3 only).
 
-    .venv/bin/python bench/ab_policies.py [--out out/ab-bench] [--summarize-only]
+    .venv/bin/python bench/ab_policies.py [--out out/ab-bench] [--no-repair] [--summarize-only]
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from pathlib import Path
 
 from moe_spec.cli import main as moe_spec_main
 
-POLICIES = ("token-priority", "router-mass", "topk-frequency")
+POLICIES = ("token-priority", "draft-path", "router-mass")
 BUDGETS = (8, 12, 16)
 TARGET_SPEEDUP, ACCEPT_TOL, AGREEMENT = 1.3, 0.02, 0.98
 
 
-def ab_args(out: str, threads: int, overhead_us: float) -> list[str]:
+def ab_args(out: str, threads: int, overhead_us: float, repair: bool) -> list[str]:
     configs = ["autoregressive", "none", "depth-width"]
     configs += [f"{p}:B={b}" for p in POLICIES for b in BUDGETS]
+    configs += [f"{p}:B={b},repair=true" for p in POLICIES for b in BUDGETS] if repair else []
     args = [
         "ab",
         "--out",
@@ -59,15 +61,16 @@ def summarize(results: dict) -> str:
         return m["acceptance_length"] / ref["acceptance_length"] - 1
 
     lines = [
-        "| budget | best policy (agreement) | accept (vs none) | agreement | modeled x none |",
+        "| budget | best (agreement, then modeled speed) | accept (vs none) | agreement "
+        "| modeled x none |",
         "| --- | --- | --- | --- | --- |",
     ]
     for b in BUDGETS:
-        cands = [rows[f"{p} B={b}"] for p in POLICIES]
+        cands = [r for r in rows.values() if r["config"]["budget"] == b]
         best = max(cands, key=lambda r: (r["metrics"]["agreement"], speed(r["metrics"])))
         m = best["metrics"]
         lines.append(
-            f"| {b} | {best['config']['policy']} | {m['acceptance_length']:.2f} "
+            f"| {b} | {best['label']} | {m['acceptance_length']:.2f} "
             f"({accept(m):+.1%}) | {m['agreement']:.1%} | {speed(m):.2f} |"
         )
     ok = [
@@ -110,11 +113,13 @@ def main() -> None:
     parser.add_argument("--out", default="out/ab-bench")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overhead-us", type=float, default=0.0, help="see moe-spec ab")
+    parser.add_argument("--no-repair", action="store_true", help="leave out the repair arms")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
     if not args.summarize_only:
         started = time.perf_counter()
-        assert moe_spec_main(ab_args(args.out, args.threads, args.overhead_us)) == 0
+        ab = ab_args(args.out, args.threads, args.overhead_us, not args.no_repair)
+        assert moe_spec_main(ab) == 0
         print(f"\nwall time {time.perf_counter() - started:.0f} s on {platform.machine()}")
     results = json.loads((Path(args.out) / "results.json").read_text())
     print(summarize(results))

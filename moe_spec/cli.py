@@ -15,6 +15,10 @@ from moe_spec.policies import PluginError, PolicyError, get_policy, list_policie
 BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "token-priority")
 
 
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def parse_int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -95,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = SpecConfig(
         width=args.width, depth=args.depth, num_tokens=args.num_tokens, mode=args.mode
     )
-    configs = demo_configs(args.budgets, args.policies, spec)
+    configs = demo_configs(args.budgets, args.policies, spec, args.repair_policies)
     for _, config in configs[1:]:
         get_policy(config.policy)  # unknown policies fail before any work
     prompts = held_out_prompts()
@@ -149,6 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         policy=args.policy,
         budget=args.budget,
         temperature=args.temperature,
+        repair=args.repair,
     )
     result = engine.generate_speculative(
         engine.encode(args.prompt), args.max_new_tokens, spec, seed=args.seed
@@ -273,7 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_args(p)
     p.add_argument("--budgets", type=parse_int_list, default=[8, 16], help="default: 8,16")
-    p.add_argument("--policies", type=lambda s: s.split(","), default=list(BUILTIN_DEMO_POLICIES))
+    p.add_argument("--policies", type=comma_list, default=list(BUILTIN_DEMO_POLICIES))
+    p.add_argument(
+        "--repair-policies",
+        type=comma_list,
+        default=["draft-path"],
+        help="policies also run with repair at every budget (default: draft-path; '' for none)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--out", default="out/demo", help="folder for results.json and demo.png")
     p.set_defaults(func=cmd_demo)
@@ -286,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-run unbudgeted the accepted path's tokens the budget changed (lossless)",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train tokenizer, MoE target and EAGLE draft from scratch")
@@ -298,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", help="a trace file (safetensors) instead of a synthetic trace")
     p.add_argument("--budgets", type=parse_int_list, default=[16, 32], help="default: 16,32")
     p.add_argument("--mode", choices=MODES, default="substitution")
-    p.add_argument("--policies", type=lambda s: s.split(","), default=list(BUILTIN_DEMO_POLICIES))
+    p.add_argument("--policies", type=comma_list, default=list(BUILTIN_DEMO_POLICIES))
     p.add_argument("--tree-size", type=int, default=32, help="synthetic trace: tree tokens")
     p.add_argument("--seed", type=int, default=0, help="synthetic trace: seed")
     p.set_defaults(func=cmd_trace_demo)

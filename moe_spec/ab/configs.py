@@ -9,7 +9,9 @@ policy (``token-priority``, ``router-mass``, ... or a plugin's) or a baseline:
   step from the cost model (see ``moe_spec.ab.depth_width``).
 
 Keys: ``B``/``budget``, ``mode`` (substitution|truncation), ``tokens``/``num_tokens``,
-``width``, ``depth``, ``T``/``temperature``, ``label``, ``server`` (sglang backend), and
+``width``, ``depth``, ``T``/``temperature``, ``repair`` (true|false: re-run unbudgeted
+the accepted path's tokens the budget changed, so the output is the unbudgeted run's;
+engine backend), ``label``, ``server`` (sglang backend), and
 the policy's own options as ``opt.NAME=VALUE`` (VALUE read as JSON when it parses:
 ``draft-path:B=16,opt.order=logprob``). A ``.json`` file holds a list of objects with
 the same keys (long names, plus ``policy``, and ``options`` as an object), or
@@ -46,6 +48,7 @@ class RunConfig:
     label: str = ""
     server: str | None = None
     options: dict = field(default_factory=dict)  # the policy's keyword options
+    repair: bool = False  # re-run unbudgeted what the budget changed on the accepted path
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or not self.policy:
@@ -65,6 +68,8 @@ class RunConfig:
             get_policy(self.policy, **self.options)  # unknown options: the policy's own error
         if self.mode not in MODES:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.repair and not budgeted:
+            raise ValueError(f"{self.policy} is a baseline: repair applies to budgeted policies")
         self.spec()  # validates the tree and the temperature
         if not self.label:
             object.__setattr__(self, "label", default_label(self))
@@ -85,6 +90,7 @@ class RunConfig:
             budget=self.budget,
             mode=self.mode,  # type: ignore[arg-type]
             policy_options=dict(self.options),
+            repair=self.repair,
         )
 
 
@@ -93,6 +99,8 @@ def default_label(c: RunConfig) -> str:
     label += "".join(f" {k}={v}" for k, v in sorted(c.options.items()))
     if c.mode != "substitution":
         label += f" {c.mode}"
+    if c.repair:
+        label += " repair"
     if (c.num_tokens, c.width, c.depth) != (32, 8, 6) and c.policy != "autoregressive":
         label += f" tree={c.num_tokens}/{c.width}/{c.depth}"
     if c.temperature:
@@ -102,6 +110,11 @@ def default_label(c: RunConfig) -> str:
 
 def coerce(key: str, value):
     """A field's value from text or JSON, or ``ValueError`` naming the key."""
+    if key == "repair" and isinstance(value, str):
+        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if value.lower() not in flags:
+            raise ValueError(f"repair={value!r} is not a flag; allowed: true, false (or 1, 0)")
+        return flags[value.lower()]
     types = {"budget": int, "num_tokens": int, "width": int, "depth": int, "temperature": float}
     if key not in types or not isinstance(value, str):
         return value

@@ -44,6 +44,11 @@ class EngineBackend:
             if c.budget is not None:
                 get_policy(c.policy)
                 check_budget(c.budget, cfg.top_k, cfg.n_experts)
+            if c.repair and not getattr(self.engine, "supports_repair", False):
+                raise ValueError(
+                    f"{c.label}: repair needs an engine that can re-run a path unbudgeted; "
+                    f"{type(self.engine).__name__} cannot (the reference engine can)"
+                )
             if c.kind == "depth-width":
                 params = inspect.signature(self.engine.generate_speculative).parameters
                 if "tree_size" not in params:
@@ -76,6 +81,8 @@ class EngineBackend:
                 list(s.distinct_before_L),
                 list(s.distinct_after_L),
                 list(s.distinct_path_L),
+                s.repair_tokens,
+                list(s.distinct_repair_L),
             )
             for s in result.steps
         ]

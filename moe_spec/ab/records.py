@@ -27,6 +27,8 @@ class Step:
     before_L: list[int]
     after_L: list[int]
     path_L: list[int]
+    repair_tokens: int = 0  # tokens re-run unbudgeted after the verify (repair=true)
+    repair_L: list[int] = field(default_factory=list)  # that forward's distinct experts
 
 
 @dataclass

@@ -80,6 +80,8 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
         "agree",
         "logprob",
     ] + (["model tok/s", "x ref"] if modeled else [])
+    repaired = any(r.metrics.get("repair_rate") is not None for r in rows)
+    head += ["repaired"] if repaired else []
     out = [head]
     for r in rows:
         m = r.metrics
@@ -101,6 +103,8 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
                 fmt(m["modeled_tokens_per_s"], ".0f"),
                 fmt(speedup(r, ref, "modeled_tokens_per_s"), ".2f"),
             ]
+        if repaired:
+            line.append(fmt(m.get("repair_rate"), ".0%"))
         out.append(line)
     return out
 

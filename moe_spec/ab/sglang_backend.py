@@ -61,6 +61,8 @@ class SglangBackend:
     def check(self, configs: list[RunConfig]) -> None:
         """Every configuration has a reachable server; speculative ones run speculation."""
         for c in configs:
+            if c.repair:
+                raise ServerError(f"{c.label}: repair runs only on the engine backend")
             if c.label not in self.servers:
                 raise ServerError(f"configuration {c.label!r} has no server (--server or server=)")
             info = self.server_info(self.servers[c.label])

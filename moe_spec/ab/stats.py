@@ -26,12 +26,14 @@ from moe_spec.engine.demo import first_divergence
 
 #: metric -> what it is; each is sum(numerator) / sum(denominator) over prompts.
 METRICS = {
-    "acceptance_length": "tokens committed per verify step (bonus included)",
+    "acceptance_length": "tokens committed per verify step (bonus included; a repair is "
+    "part of its step)",
     "tokens_per_s": "generated tokens per second, measured",
     "modeled_tokens_per_s": "tokens per second on the modeled GPU and model shape",
     "agreement": "share of tokens equal to the unbudgeted run's at the same position",
     "mean_logprob": "mean target log-probability per generated token",
     "expert_mb_per_token": "modeled expert MB read per generated token (this model, bf16)",
+    "repair_rate": "share of verify steps followed by an unbudgeted repair forward",
 }
 
 
@@ -61,8 +63,14 @@ def per_prompt(
         out["mean_logprob"] = (record.logprobs_sum, n)
     if info and (record.steps or config.kind == "autoregressive"):
         L, K = info["n_layers"], info["top_k"]
-        experts = sum(sum(s.after_L) for s in record.steps) if record.steps else n * L * K
+        experts = (
+            sum(sum(s.after_L) + sum(s.repair_L) for s in record.steps)
+            if record.steps
+            else n * L * K
+        )
         out["expert_mb_per_token"] = (experts * info["expert_bytes"] / 1e6, n)
+    if config.repair and record.steps:
+        out["repair_rate"] = (sum(s.repair_tokens > 0 for s in record.steps), len(record.steps))
     if modeled is not None and info:
         out["modeled_tokens_per_s"] = modeled_pair(record, config, info, modeled)
     return out
@@ -75,19 +83,22 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
         return (n, n / autoregressive_tokens_per_s(m.gpu, m.shape, overhead_s=m.overhead_s))
     if not record.steps:
         return (0.0, 0.0)
+
+    def mapped(distinct_L: list[int]) -> float:
+        mean = sum(distinct_L) / len(distinct_L) if distinct_L else 0.0
+        return map_distinct(
+            mean, info["top_k"], info["n_experts"], m.shape.top_k, m.shape.n_experts
+        )
+
     steps = [
         ModeledStep(
             s.committed,
             s.num_tokens,
             s.width,
             s.depth,
-            map_distinct(
-                sum(s.after_L) / len(s.after_L),
-                info["top_k"],
-                info["n_experts"],
-                m.shape.top_k,
-                m.shape.n_experts,
-            ),
+            mapped(s.after_L),
+            s.repair_tokens,
+            mapped(s.repair_L) if s.repair_tokens else 0.0,
         )
         for s in record.steps
     ]

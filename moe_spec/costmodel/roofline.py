@@ -12,10 +12,11 @@ A forward is split into parts that run one after another; each part takes
 
 A speculative step is ``depth`` draft forwards (``depth - 1`` tree expansions
 of ``width`` tokens and the catch-up on the accepted path) plus one verify
-forward over ``num_tokens`` tree tokens. Throughput is tokens committed over
-modeled time; prefill is not counted. ``overhead_s`` adds a fixed time per
-layer of every forward (kernel launches, synchronisation); it is 0 in a pure
-roofline and is not a data-sheet value.
+forward over ``num_tokens`` tree tokens, plus, in a step that needed a repair,
+one more target forward over the ``repair_tokens`` re-run tokens. Throughput
+is tokens committed over modeled time; prefill is not counted. ``overhead_s``
+adds a fixed time per layer of every forward (kernel launches, synchronisation);
+it is 0 in a pure roofline and is not a data-sheet value.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class ModeledStep:
     width: int
     depth: int
     distinct: float  # experts per MoE layer the verify reads (after any budget)
+    repair_tokens: int = 0  # tokens of the unbudgeted repair forward (0: no repair)
+    repair_distinct: float = 0.0  # experts per MoE layer that forward reads
 
 
 def speculative_tokens_per_s(
@@ -117,12 +120,16 @@ def speculative_tokens_per_s(
     context: int = DEFAULT_CONTEXT,
     overhead_s: float = 0.0,
 ) -> float:
-    """Modeled throughput: committed tokens over the summed draft + verify time of ``steps``."""
+    """Modeled throughput: committed tokens over the summed draft + verify (+ repair) time."""
     tokens = seconds = 0.0
     for s in steps:
         tokens += s.committed
         seconds += draft_seconds(gpu, shape, s.width, s.depth, context, overhead_s)
         seconds += verify_seconds(gpu, shape, s.num_tokens, s.distinct, context, overhead_s)
+        if s.repair_tokens:
+            seconds += verify_seconds(
+                gpu, shape, s.repair_tokens, s.repair_distinct, context, overhead_s
+            )
     if seconds == 0:
         raise ValueError("no speculative steps to model")
     return tokens / seconds

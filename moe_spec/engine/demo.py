@@ -110,12 +110,20 @@ def first_divergence(tokens: list[int], reference: list[int]) -> int | None:
     return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
 
 
-def demo_configs(budgets: Sequence[int], policies: Sequence[str], spec: SpecConfig):
-    """``(label, SpecConfig or None)``: autoregressive, unbudgeted, then each policy x budget."""
+def demo_configs(
+    budgets: Sequence[int],
+    policies: Sequence[str],
+    spec: SpecConfig,
+    repair_policies: Sequence[str] = (),
+):
+    """``(label, SpecConfig or None)``: autoregressive, unbudgeted, each policy x budget, then
+    each of ``repair_policies`` x budget with repair."""
     configs: list[tuple[str, SpecConfig | None]] = [("autoregressive", None), ("none", spec)]
-    for policy in policies:
+    arms = [(p, False) for p in policies] + [(p, True) for p in repair_policies]
+    for policy, repair in arms:
         for budget in budgets:
-            configs.append((f"{policy} B={budget}", replace(spec, policy=policy, budget=budget)))
+            budgeted = replace(spec, policy=policy, budget=budget, repair=repair)
+            configs.append((budgeted.label, budgeted))
     return configs
 
 

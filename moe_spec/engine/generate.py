@@ -9,6 +9,9 @@ Speculative decoding (batch size 1), one step:
      the budgeting policy first (the only budgeted forward).
   3. ``accept_greedy`` / ``accept_sampling`` picks the path to keep and a bonus
      token; the target's KV cache keeps only that path (``KVCache.commit``).
+     With ``repair``, the path's tail from its first token whose routing the
+     budget changed is re-run unbudgeted and decided again (see ``verify.py``),
+     so the output is exactly the unbudgeted run's.
   4. The draft catches up on the accepted path with the target's real features.
 Prefill, autoregressive decoding and the draft are never budgeted.
 """
@@ -27,7 +30,7 @@ from moe_spec.engine.checkpoint import Checkpoint
 from moe_spec.engine.model import VerifyBudget, distinct_per_layer
 from moe_spec.engine.tokenizer import EOT
 from moe_spec.engine.tree import DraftTree, expand_tree, verify_mask
-from moe_spec.engine.verify import accept_greedy, accept_sampling
+from moe_spec.engine.verify import accept, accept_chain, exact_prefix
 from moe_spec.policies import get_policy
 
 
@@ -43,6 +46,7 @@ class SpecConfig:
     budget: int | None = None  # None: the number of experts (no budget)
     mode: Mode = "substitution"
     policy_options: dict = field(default_factory=dict)
+    repair: bool = False  # re-run, unbudgeted, the accepted path's tokens the budget changed
 
     def __post_init__(self) -> None:
         for name, low in (("width", 1), ("depth", 1), ("num_tokens", 2)):
@@ -53,11 +57,13 @@ class SpecConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
+        if not isinstance(self.repair, bool):
+            raise ValueError(f"repair must be True or False, got {self.repair!r}")
 
     @property
     def label(self) -> str:
         budget = "" if self.budget is None or self.policy == "none" else f" B={self.budget}"
-        return f"{self.policy}{budget}"
+        return f"{self.policy}{budget}" + (" repair" if self.repair else "")
 
 
 @dataclass
@@ -71,6 +77,8 @@ class StepStats:
     num_tokens: int = 0  # the tree this step asked for: tokens, width, depth
     width: int = 0
     depth: int = 0
+    repair_tokens: int = 0  # tokens re-run unbudgeted after the verify (0: none needed)
+    distinct_repair_L: list[int] = field(default_factory=list)  # that forward's experts
 
 
 @dataclass
@@ -91,6 +99,8 @@ class GenerationResult:
 
 class Engine:
     """Target, draft and tokenizer of a checkpoint, ready to generate (batch size 1)."""
+
+    supports_repair = True  # SpecConfig.repair
 
     def __init__(self, checkpoint: Checkpoint, max_len: int | None = None) -> None:
         self.target, self.draft, self.tokenizer = (
@@ -206,7 +216,9 @@ class Engine:
             )
             dcache.offset = 0  # drop the tree's scratch entries
             verify = VerifyBudget(policy, budget, spec.mode, tree.depth_N, tree.logprob_N)
-            path, bonus, path_feature_QD = self.verify(tree, tcache, verify, spec.temperature, g)
+            path, bonus, path_feature_QD, repair = self.verify(
+                tree, tcache, verify, spec.temperature, g, spec.repair
+            )
             new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
             steps.append(
                 StepStats(
@@ -217,6 +229,8 @@ class Engine:
                     num_tokens,
                     width,
                     depth,
+                    0 if repair is None else len(repair.ids_before_LTK[0]),
+                    [] if repair is None else distinct_per_layer(repair.ids_before_LTK, E),
                 )
             )
             out.extend(new_tokens)
@@ -254,23 +268,45 @@ class Engine:
         budget: VerifyBudget,
         temperature: float,
         g: torch.Generator,
+        repair: bool = False,
     ):
         """One target forward over the tree; keep the accepted path in the KV cache.
 
-        Returns ``(path node indices, bonus token, target features of the path [Q, D])``.
+        Returns ``(path node indices, bonus token, target features of the path [Q, D],
+        the repair forward's routing or None)``. With ``repair``, the path's nodes from
+        the first one whose routing the budget changed are re-run unbudgeted
+        (``repair_chain``) and the path may end earlier.
         """
         positions_N = cache.length + tree.depth_N
         mask = verify_mask(tree, cache.length)
         result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
-        logits_NV = result.logits_BQV[0]
-        if temperature == 0:
-            path, bonus = accept_greedy(tree, logits_NV)
-        else:
-            probs_NV = torch.softmax(logits_NV / temperature, dim=-1)
-            path, bonus = accept_sampling(tree, probs_NV, g)
-        path_N = torch.tensor(path)
+        path, bonus = accept(tree, result.logits_BQV[0], temperature, g)
+        exact = exact_prefix(path, budget.exact_T()) if repair else len(path)
+        path_N = torch.tensor(path[:exact], dtype=torch.long)
         cache.commit(path_N)
-        return path, bonus, result.feature_BQD[0, path_N]
+        feature_QD = result.feature_BQD[0, path_N]
+        if exact == len(path):
+            return path, bonus, feature_QD, None
+        chain = path[exact:]
+        kept, bonus, chain_feature_QD, routing = self.repair_chain(
+            tree.tokens_N[chain], cache, temperature, g
+        )
+        feature_QD = torch.cat((feature_QD, chain_feature_QD))
+        return path[: exact + kept], bonus, feature_QD, routing
+
+    def repair_chain(
+        self, tokens_Q: torch.Tensor, cache: KVCache, temperature: float, g: torch.Generator
+    ):
+        """Run ``tokens_Q`` (its first already accepted) unbudgeted after the cache; decide again.
+
+        Returns ``(tokens kept, bonus token, their features [kept, D], the forward's routing)``.
+        """
+        # Policy "none" with B=E changes nothing; the record keeps the routing for the stats.
+        routing = VerifyBudget(get_policy("none"), self.config.n_experts)
+        result = self.target(tokens_Q[None], cache=cache, verify=routing)
+        kept, bonus = accept_chain(tokens_Q, result.logits_BQV[0], temperature, g)
+        cache.advance(kept)
+        return kept, bonus, result.feature_BQD[0, :kept], routing
 
     def draft_catch_up(self, feature_QD: torch.Tensor, next_tokens: list[int], cache: KVCache):
         """Feed (target feature, next token) pairs to the draft; return its last feature ``[D]``."""

@@ -87,7 +87,8 @@ class VerifyBudget:
     """What a verification forward needs to budget its MoE layers, and what it measured.
 
     ``depth_T`` and ``path_logprob_T`` describe the tree tokens (passed to the policy).
-    After the forward, ``ids_before_LTK`` / ``ids_after_LTK`` hold each layer's routing.
+    After the forward, ``ids_before_LTK`` / ``ids_after_LTK`` hold each layer's routing and
+    ``exact_LT`` which tokens' routing the budget left bit-identical (ids and weights).
     """
 
     policy: Policy
@@ -97,6 +98,11 @@ class VerifyBudget:
     path_logprob_T: torch.Tensor | None = None
     ids_before_LTK: list[torch.Tensor] = field(default_factory=list)
     ids_after_LTK: list[torch.Tensor] = field(default_factory=list)
+    exact_LT: list[torch.Tensor] = field(default_factory=list)
+
+    def exact_T(self) -> torch.Tensor:
+        """bool ``[T]``: tokens whose routing no layer's budget changed."""
+        return torch.stack(self.exact_LT).all(dim=0)
 
 
 class MoE(nn.Module):
@@ -131,8 +137,14 @@ class MoE(nn.Module):
                 renormalize=self.config.renormalize,
             )
             verify.ids_before_LTK.append(ids_TK)
-            ids_TK, weights_TK, _ = verify.policy.apply(record, verify.budget, mode=verify.mode)
-            verify.ids_after_LTK.append(ids_TK)
+            new_ids_TK, new_weights_TK, _ = verify.policy.apply(
+                record, verify.budget, mode=verify.mode
+            )
+            verify.ids_after_LTK.append(new_ids_TK)
+            verify.exact_LT.append(
+                (new_ids_TK == ids_TK).all(dim=-1) & (new_weights_TK == weights_TK).all(dim=-1)
+            )
+            ids_TK, weights_TK = new_ids_TK, new_weights_TK
         out_TD = fused_moe(
             x_TD,
             self.w13_EFD.to(x_TD.dtype),

@@ -15,6 +15,18 @@ rejected, the bonus token is drawn from the conditioned p. Each step samples
 from p restricted to the not-yet-rejected tokens, so the token emitted at
 every position is distributed exactly as p: the output distribution is the
 target's own, whatever the draft proposed.
+
+Repair (``SpecConfig.repair``): a budgeted verify computes exact logits only
+for tokens whose routing the budget left untouched in every layer, and whose
+ancestors' routing too. Walking the path from the root, every decision made
+at such a node is the unbudgeted one, so the path is right up to and
+including the first node whose routing changed (its parent, exact, accepted
+it). From that node on the target re-runs the path's remaining tokens as a
+chain, unbudgeted, and ``accept_chain`` decides them again with exact logits
+(and, when sampling, fresh random numbers). Both rules accept a candidate by
+looking only at the target's distribution, never at how the candidate was
+chosen, so the output is the unbudgeted run's: the same tokens when greedy,
+the same distribution when sampling.
 """
 
 from __future__ import annotations
@@ -22,6 +34,15 @@ from __future__ import annotations
 import torch
 
 from moe_spec.engine.tree import DraftTree
+
+
+def accept(
+    tree: DraftTree, logits_NV: torch.Tensor, temperature: float, generator: torch.Generator
+) -> tuple[list[int], int]:
+    """``(path, bonus)``: ``accept_greedy`` at temperature 0, else ``accept_sampling``."""
+    if temperature == 0:
+        return accept_greedy(tree, logits_NV)
+    return accept_sampling(tree, torch.softmax(logits_NV / temperature, dim=-1), generator)
 
 
 def accept_greedy(tree: DraftTree, logits_NV: torch.Tensor) -> tuple[list[int], int]:
@@ -78,3 +99,35 @@ def sample_children(candidates: list[int], p_V: torch.Tensor, generator: torch.G
     # Some mass is left: had the candidates covered all of it, the last one would have
     # been accepted with certainty (u < 1).
     return None, residual_V
+
+
+def exact_prefix(path: list[int], exact_N: torch.Tensor) -> int:
+    """How many of the path's nodes, from the root, have routing the budget left untouched."""
+    for i, node in enumerate(path):
+        if not bool(exact_N[node]):
+            return i
+    return len(path)
+
+
+def accept_chain(
+    tokens_Q: torch.Tensor, logits_QV: torch.Tensor, temperature: float, generator: torch.Generator
+) -> tuple[int, int]:
+    """``(accepted, bonus)`` along a chain whose first token is already accepted.
+
+    Token ``q + 1`` is kept when the target accepts it after token ``q`` (greedy:
+    it is the argmax; sampling: the single-candidate rule of ``sample_children``);
+    ``accepted`` counts the kept tokens (at least 1) and ``bonus`` is the next token.
+    """
+    tokens = tokens_Q.tolist()
+    for q in range(len(tokens)):
+        candidates = tokens[q + 1 : q + 2]
+        if temperature == 0:
+            best = int(logits_QV[q].argmax())
+            if candidates != [best]:
+                return q + 1, best
+            continue
+        p_V = torch.softmax(logits_QV[q].float() / temperature, dim=-1)
+        accepted, residual_V = sample_children(candidates, p_V, generator)
+        if accepted is None:
+            return q + 1, int(torch.multinomial(residual_V, 1, generator=generator))
+    raise AssertionError("unreachable: the last token has no candidate, so the loop returns")

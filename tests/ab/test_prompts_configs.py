@@ -79,6 +79,8 @@ def test_config_syntax_and_aliases():
         ("token-priority:B=8,mode=drop", "allowed: substitution, truncation"),
         ("token-priority:B=8,depth=0", "depth must be an integer >= 1"),
         ("token-priority:B8", "expected key=value"),
+        ("token-priority:B=8,repair=maybe", "repair='maybe' is not a flag; allowed: true, false"),
+        ("none:repair=1", "none is a baseline: repair applies to budgeted policies"),
     ],
 )
 def test_bad_configs_say_what_is_allowed(text, message):
@@ -138,3 +140,14 @@ def test_bad_policy_options_are_refused_by_the_policy(text, words):
 
     with pytest.raises(ValueError, match=re.escape(words)):
         parse_config(text)
+
+
+def test_repair_flag_reaches_the_engine_and_the_label(tmp_path):
+    (c,) = parse_config("draft-path:B=12,repair=true")
+    assert c.repair and c.spec().repair and c.label == "draft-path B=12 repair"
+    (off,) = parse_config("draft-path:B=12,repair=0")
+    assert not off.repair and off.label == "draft-path B=12"
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps([{"policy": "token-priority", "budget": 8, "repair": 1}]))
+    with pytest.raises(ValueError, match="repair must be True or False, got 1"):
+        parse_config(str(js))

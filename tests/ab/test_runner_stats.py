@@ -11,7 +11,8 @@ from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.plots import pareto
 from moe_spec.ab.records import ResumeError, RunRecord, Step, Store
 from moe_spec.ab.runner import RunInterruptedError, run_all, schedule
-from moe_spec.ab.stats import paired_bootstrap, per_prompt
+from moe_spec.ab.stats import Modeled, paired_bootstrap, per_prompt
+from moe_spec.costmodel import draft_seconds, get_gpu, get_shape, map_distinct, verify_seconds
 
 CONFIGS = [RunConfig("autoregressive"), RunConfig("none"), RunConfig("token-priority", 8)]
 HEADER = {"prompts_sha": "x", "max_new_tokens": 4, "seed": 0, "backend": "fake"}
@@ -72,6 +73,34 @@ def test_per_prompt_measures_against_the_unbudgeted_run():
         RunRecord("ar", 0, 0, [1, 2], 1.0), RunConfig("autoregressive"), ref, info, None
     )
     assert ar["acceptance_length"] == (1.0, 1.0) and ar["expert_mb_per_token"] == (8.0, 2)
+
+
+def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1_000_000}
+    steps = [
+        Step(3, 8, 4, 3, [6, 5], [4, 4], [2, 3], 2, [3, 4]),
+        Step(1, 8, 4, 3, [7, 7], [4, 3], [2, 2]),
+    ]
+    run = RunRecord("x", 0, 0, [1, 2, 3, 9], 2.0, steps, 2, -2.0)
+    gpu, shape = get_gpu("H200"), get_shape("OLMoE-1B-7B")
+    got = per_prompt(
+        run, RunConfig("token-priority", 4, repair=True), None, info, Modeled(gpu, shape)
+    )
+    assert got["expert_mb_per_token"] == (22.0, 4)  # (4+4+4+3) verify + (3+4) repair experts
+    assert got["repair_rate"] == (1, 2)
+
+    def mapped(d):
+        return map_distinct(d, 2, 8, shape.top_k, shape.n_experts)
+
+    seconds = 2 * draft_seconds(gpu, shape, 4, 3)
+    seconds += verify_seconds(gpu, shape, 8, mapped(4.0)) + verify_seconds(
+        gpu, shape, 8, mapped(3.5)
+    )
+    seconds += verify_seconds(gpu, shape, 2, mapped(3.5))  # the repair forward: 2 tokens
+    assert got["modeled_tokens_per_s"][0] == 4
+    assert got["modeled_tokens_per_s"][1] == pytest.approx(seconds)
+    plain = per_prompt(run, RunConfig("token-priority", 4), None, info, None)
+    assert "repair_rate" not in plain
 
 
 def test_paired_bootstrap_of_a_ratio_metric():

@@ -107,6 +107,8 @@ def test_unreachable_and_non_speculative_servers_are_clear_errors():
         server.shutdown()
     with pytest.raises(ServerError, match="has no server"):
         SglangBackend({}).check([config])
+    with pytest.raises(ServerError, match="repair runs only on the engine backend"):
+        SglangBackend({}).check([RunConfig("token-priority", 8, repair=True)])
 
 
 def test_cli_over_two_servers_keeps_finished_results_when_one_fails(tmp_path, capsys):

@@ -88,6 +88,9 @@ def test_throughput_is_committed_tokens_over_modeled_time():
         draft_seconds(gpu, shape, 8, 6) + verify_seconds(gpu, shape, 32, s.distinct) for s in steps
     )
     assert speculative_tokens_per_s(gpu, shape, steps) == pytest.approx(4 / seconds)
+    repaired = [ModeledStep(3, 32, 8, 6, 40.0, repair_tokens=3, repair_distinct=20.0), steps[1]]
+    seconds += verify_seconds(gpu, shape, 3, 20.0)  # one more target forward, over 3 tokens
+    assert speculative_tokens_per_s(gpu, shape, repaired) == pytest.approx(4 / seconds)
     with pytest.raises(ValueError, match="no speculative steps"):
         speculative_tokens_per_s(gpu, shape, [])
 

@@ -47,7 +47,7 @@ def test_demo_prints_the_table_and_writes_json_and_png(tiny_dir, tmp_path, capsy
     labels = [
         line.split("  ")[0].strip()
         for line in text.splitlines()
-        if line.startswith(("autoregressive", "none", "router-mass", "token-priority"))
+        if line.startswith(("autoregressive", "none", "router-mass", "token-priority", "draft"))
     ]
     assert labels == [
         "autoregressive",
@@ -56,11 +56,14 @@ def test_demo_prints_the_table_and_writes_json_and_png(tiny_dir, tmp_path, capsy
         "router-mass B=5",
         "token-priority B=3",
         "token-priority B=5",
+        "draft-path B=3 repair",  # --repair-policies defaults to draft-path
+        "draft-path B=5 repair",
     ]
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == "moe-spec-demo/1" and len(results["results"]) == 6
+    assert results["schema"] == "moe-spec-demo/1" and len(results["results"]) == 8
     by_label = {r["label"]: r for r in results["results"]}
     assert by_label["none"]["agreement"] == 1.0
+    assert by_label["draft-path B=3 repair"]["agreement"] == 1.0  # repair is lossless
     assert by_label["autoregressive"]["agreement"] == 1.0  # greedy speculation is exact
     assert max(by_label["router-mass B=3"]["distinct_after_per_layer"]) <= 3
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -93,3 +96,5 @@ def test_generate_prints_the_completion(tiny_dir, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("def f(x):")
     assert "policy router-mass B=4" in captured.err
+    assert main([*args, "--repair"]) == 0
+    assert "policy router-mass B=4 repair" in capsys.readouterr().err

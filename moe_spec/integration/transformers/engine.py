@@ -30,7 +30,7 @@ from moe_spec.engine.generate import (
 )
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
-from moe_spec.engine.verify import accept_greedy, accept_sampling
+from moe_spec.engine.verify import accept
 from moe_spec.integration.transformers.adapter import (
     VerifyRouting,
     budgeted_verify,
@@ -92,6 +92,8 @@ class TransformersEngine:
     :class:`EagleHeadDraft` (an engine-format EAGLE head built for this target).
     """
 
+    supports_repair = False  # SpecConfig.repair runs on the reference engine only
+
     def __init__(self, target, draft, tokenizer, max_len: int | None = None) -> None:
         check_tree_attention(target)
         blocks = find_moe_blocks(target)
@@ -150,6 +152,11 @@ class TransformersEngine:
         ``tree_size``, if given, picks ``(num_tokens, width, depth)`` before every step
         from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
         """
+        if spec.repair:
+            raise ValueError(
+                "repair=True is not available on transformers models yet; "
+                "it runs on the reference engine (moe_spec.engine)"
+            )
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
@@ -210,10 +217,6 @@ class TransformersEngine:
         depth_T, logprob_T = tree.depth_N.to(device), tree.logprob_N.to(device)
         with budgeted_verify(self.target, policy, budget, spec.mode, depth_T, logprob_T) as routing:
             logits_NV = run_tree(self.target, cache, tree).cpu()
-        if spec.temperature == 0:
-            path, bonus = accept_greedy(tree, logits_NV)
-        else:
-            probs_NV = torch.softmax(logits_NV / spec.temperature, dim=-1)
-            path, bonus = accept_sampling(tree, probs_NV, g)
+        path, bonus = accept(tree, logits_NV, spec.temperature, g)
         keep_path(cache, prefix, torch.tensor(path))
         return path, bonus, routing

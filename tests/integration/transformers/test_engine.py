@@ -7,6 +7,9 @@ import copy
 import pytest
 import torch
 
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.engine_backend import EngineBackend
+from moe_spec.costmodel import get_gpu, get_shape
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine, find_moe_blocks
 
@@ -104,6 +107,13 @@ def test_room_and_vocab_are_checked(moe_model, dense_draft):
         engine.generate_speculative(PROMPT, engine.max_len, SPEC)
     with pytest.raises(ValueError, match="budget"):
         engine.generate_speculative(PROMPT, 4, SpecConfig(policy="router-mass", budget=1))
+    repair = SpecConfig(policy="router-mass", budget=engine.top_k, repair=True)
+    with pytest.raises(ValueError, match="repair=True is not available on transformers models"):
+        engine.generate_speculative(PROMPT, 4, repair)
+    with pytest.raises(ValueError, match="TransformersEngine cannot"):
+        EngineBackend(engine, get_gpu("H200"), get_shape("OLMoE-1B-7B")).check(
+            [RunConfig("router-mass", engine.top_k, repair=True)]
+        )
     assert find_moe_blocks(moe_model)
 
 
