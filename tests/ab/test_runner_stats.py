@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.plots import pareto
 from moe_spec.ab.records import ResumeError, RunRecord, Step, Store
 from moe_spec.ab.runner import RunInterruptedError, run_all, schedule
@@ -136,3 +138,13 @@ def test_resuming_with_an_added_configuration_runs_only_the_new_arm(tmp_path):
     records = run_all(more, [*CONFIGS, extra], prompts, Store(tmp_path, HEADER, True), 0, 4, False)
     assert [(label, i) for label, i, _ in more.calls] == [(extra.label, 0), (extra.label, 1)]
     assert len(records) == 8
+
+
+def test_engine_backend_refuses_repair_on_an_engine_without_it():
+    engine = SimpleNamespace(
+        config=SimpleNamespace(top_k=2, n_experts=8), generate_speculative=lambda *a: None
+    )
+    backend = EngineBackend(engine, get_gpu("H200"), get_shape("OLMoE-1B-7B"))
+    backend.check([RunConfig("token-priority", 4)])
+    with pytest.raises(ValueError, match="repair needs an engine that can re-run a path"):
+        backend.check([RunConfig("token-priority", 4, repair=True)])

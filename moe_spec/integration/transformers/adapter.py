@@ -189,14 +189,15 @@ def budget_routing(
     )
     new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)
+    changed_T = (new_ids_TK != ids_TK).any(-1)
+    changed_T |= (new_weights_TK != record.topk_weights_TK).any(-1)
     if convention.scale != 1.0:  # unchanged rows keep the model's own weights bit for bit
-        changed_T = (new_ids_TK != ids_TK).any(-1)
-        changed_T |= (new_weights_TK != record.topk_weights_TK).any(-1)
         new_weights_TK = torch.where(
             changed_T[:, None], new_weights_TK * convention.scale, weights_TK
         )
     state.ids_before_LTK.append(ids_TK)
     state.ids_after_LTK.append(new_ids_TK)
+    state.exact_LT.append(~changed_T)
     return logits, new_weights_TK.to(weights_TK.dtype), new_ids_TK
 
 

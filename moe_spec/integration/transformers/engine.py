@@ -30,16 +30,21 @@ from moe_spec.engine.generate import (
 )
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
-from moe_spec.engine.verify import accept
+from moe_spec.engine.verify import accept, accept_chain, exact_prefix
 from moe_spec.integration.transformers.adapter import (
     VerifyRouting,
     budgeted_verify,
     find_moe_blocks,
 )
 from moe_spec.integration.transformers.draft import CausalLMDraft, context_limit
-from moe_spec.integration.transformers.eagle import EagleHeadDraft, capture_features
+from moe_spec.integration.transformers.eagle import (
+    EagleHeadDraft,
+    FeatureRecorder,
+    capture_features,
+)
 from moe_spec.integration.transformers.tree import (
     check_tree_attention,
+    crop_to,
     keep_path,
     new_cache,
     run_tree,
@@ -92,7 +97,7 @@ class TransformersEngine:
     :class:`EagleHeadDraft` (an engine-format EAGLE head built for this target).
     """
 
-    supports_repair = False  # SpecConfig.repair runs on the reference engine only
+    supports_repair = True  # SpecConfig.repair
 
     def __init__(self, target, draft, tokenizer, max_len: int | None = None) -> None:
         check_tree_attention(target)
@@ -152,11 +157,6 @@ class TransformersEngine:
         ``tree_size``, if given, picks ``(num_tokens, width, depth)`` before every step
         from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
         """
-        if spec.repair:
-            raise ValueError(
-                "repair=True is not available on transformers models yet; "
-                "it runs on the reference engine (moe_spec.engine)"
-            )
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
@@ -172,8 +172,9 @@ class TransformersEngine:
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 num_tokens, width, depth = Engine.pick_tree(spec, steps, tree_size)
                 tree = self.draft.grow_tree(dcache, root, root_state, width, depth, num_tokens)
-                path, bonus, routing = self.verify(tree, tcache, policy, budget, spec, g)
-                path_feature_QD = features.last_BSD[0, path]  # read before the draft runs
+                path, bonus, path_feature_QD, routing, repair = self.verify(
+                    tree, tcache, policy, budget, spec, g, features
+                )
                 new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
                 steps.append(
                     StepStats(
@@ -184,6 +185,8 @@ class TransformersEngine:
                         num_tokens,
                         width,
                         depth,
+                        0 if repair is None else len(repair.ids_before_LTK[0]),
+                        [] if repair is None else repair.distinct_computed_L(),
                     )
                 )
                 out.extend(new_tokens)
@@ -208,15 +211,48 @@ class TransformersEngine:
         budget: int,
         spec: SpecConfig,
         g: torch.Generator,
-    ) -> tuple[list[int], int, VerifyRouting]:
+        features: FeatureRecorder,
+    ) -> tuple[list[int], int, torch.Tensor, VerifyRouting, VerifyRouting | None]:
         """One budgeted target forward over the tree; keep the accepted path in the cache.
 
-        Returns ``(path node indices, bonus token, the forward's routing)``.
+        Returns ``(path node indices, bonus token, the path's target features [Q, D], the
+        forward's routing, the repair forward's routing or None)``; with ``spec.repair`` the
+        path's tokens from the first one the budget changed are re-run unbudgeted, as in
+        ``Engine.verify``.
         """
         prefix, device = cache.get_seq_length(), self.target.device
         depth_T, logprob_T = tree.depth_N.to(device), tree.logprob_N.to(device)
         with budgeted_verify(self.target, policy, budget, spec.mode, depth_T, logprob_T) as routing:
             logits_NV = run_tree(self.target, cache, tree).cpu()
         path, bonus = accept(tree, logits_NV, spec.temperature, g)
-        keep_path(cache, prefix, torch.tensor(path))
-        return path, bonus, routing
+        exact = exact_prefix(path, routing.exact_T().cpu()) if spec.repair else len(path)
+        path_N = torch.tensor(path[:exact], dtype=torch.long)
+        keep_path(cache, prefix, path_N)
+        feature_QD = features.last_BSD[0, path_N.to(device)]  # read before another forward
+        if exact == len(path):
+            return path, bonus, feature_QD, routing, None
+        kept, bonus, chain_feature_QD, repair = self.repair_chain(
+            tree.tokens_N[path[exact:]], cache, spec.temperature, g, features
+        )
+        feature_QD = torch.cat((feature_QD, chain_feature_QD))
+        return path[: exact + kept], bonus, feature_QD, routing, repair
+
+    def repair_chain(
+        self,
+        tokens_Q: torch.Tensor,
+        cache: DynamicCache,
+        temperature: float,
+        g: torch.Generator,
+        features: FeatureRecorder,
+    ):
+        """Run ``tokens_Q`` (its first already accepted) unbudgeted after the cache; decide again.
+
+        Returns ``(tokens kept, bonus token, their features [kept, D], the forward's routing)``.
+        """
+        prefix = cache.get_seq_length()
+        ids = tokens_Q[None].to(self.target.device)
+        with budgeted_verify(self.target, get_policy("none"), self.n_experts) as routing:
+            out = self.target(input_ids=ids, past_key_values=cache, use_cache=True)
+        kept, bonus = accept_chain(tokens_Q, out.logits[0].float().cpu(), temperature, g)
+        crop_to(cache, prefix + kept)
+        return kept, bonus, features.last_BSD[0, :kept], routing

@@ -7,9 +7,6 @@ import copy
 import pytest
 import torch
 
-from moe_spec.ab.configs import RunConfig
-from moe_spec.ab.engine_backend import EngineBackend
-from moe_spec.costmodel import get_gpu, get_shape
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine, find_moe_blocks
 
@@ -56,6 +53,23 @@ def test_greedy_speculative_reproduces_generate(moe_model, dense_draft, draft_ki
         chained = engine.generate_speculative(PROMPT, NEW, chain)
         assert chained.tokens == expected
         assert all(step.committed == chain.depth + 1 for step in chained.steps)
+
+
+@pytest.mark.parametrize("draft_kind", ["dense", "self"])
+def test_repair_reproduces_generate_at_the_harshest_budget(moe_model, dense_draft, draft_kind):
+    """B = top-k changes many path tokens' routing; repair re-runs them, so greedy is exact."""
+    engine = TransformersEngine(
+        moe_model, dense_draft if draft_kind == "dense" else moe_model, NoTokenizer()
+    )
+    spec = SpecConfig(3, 3, 8, policy="router-mass", budget=engine.top_k, repair=True)
+    result = engine.generate_speculative(PROMPT, NEW, spec)
+    assert result.tokens == greedy_reference(moe_model)
+    repaired = [s for s in result.steps if s.repair_tokens]
+    assert repaired, "B = top-k must change some accepted path"
+    for s in result.steps:
+        assert max(s.distinct_after_L) <= engine.top_k  # the verify stayed budgeted
+        assert len(s.distinct_repair_L) == (engine.n_moe_layers if s.repair_tokens else 0)
+        assert 0 <= s.repair_tokens <= spec.depth + 1
 
 
 def test_prefill_and_decode_are_not_budgeted(moe_model, dense_draft):
@@ -107,13 +121,6 @@ def test_room_and_vocab_are_checked(moe_model, dense_draft):
         engine.generate_speculative(PROMPT, engine.max_len, SPEC)
     with pytest.raises(ValueError, match="budget"):
         engine.generate_speculative(PROMPT, 4, SpecConfig(policy="router-mass", budget=1))
-    repair = SpecConfig(policy="router-mass", budget=engine.top_k, repair=True)
-    with pytest.raises(ValueError, match="repair=True is not available on transformers models"):
-        engine.generate_speculative(PROMPT, 4, repair)
-    with pytest.raises(ValueError, match="TransformersEngine cannot"):
-        EngineBackend(engine, get_gpu("H200"), get_shape("OLMoE-1B-7B")).check(
-            [RunConfig("router-mass", engine.top_k, repair=True)]
-        )
     assert find_moe_blocks(moe_model)
 
 
