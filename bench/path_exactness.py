@@ -44,11 +44,11 @@ class RecordingEngine(Engine):
 
     steps: list
 
-    def verify(self, tree, cache, budget, temperature, g):
+    def verify(self, tree, cache, budget, spec, g):
         budget.policy = recorder = Recorder()
-        path, bonus, feature = super().verify(tree, cache, budget, temperature, g)
-        self.steps.append((recorder.records, torch.tensor(path)))
-        return path, bonus, feature
+        out = super().verify(tree, cache, budget, spec, g)
+        self.steps.append((recorder.records, torch.tensor(out[0])))
+        return out
 
 
 def parse_config(text: str) -> tuple[str, dict]:

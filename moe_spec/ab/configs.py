@@ -11,7 +11,8 @@ policy (``token-priority``, ``router-mass``, ... or a plugin's) or a baseline:
 Keys: ``B``/``budget``, ``mode`` (substitution|truncation), ``tokens``/``num_tokens``,
 ``width``, ``depth``, ``T``/``temperature``, ``repair`` (true|false: re-run unbudgeted
 the accepted path's tokens the budget changed, so the output is the unbudgeted run's;
-engine backend), ``label``, ``server`` (sglang backend), and
+engine backend), ``repair_min``/``repair_min_tokens`` (a shorter changed tail is cut
+instead of re-run; default 1), ``label``, ``server`` (sglang backend), and
 the policy's own options as ``opt.NAME=VALUE`` (VALUE read as JSON when it parses:
 ``draft-path:B=16,opt.order=logprob``). A ``.json`` file holds a list of objects with
 the same keys (long names, plus ``policy``, and ``options`` as an object), or
@@ -27,11 +28,16 @@ from pathlib import Path
 import tomllib
 
 from moe_spec.budget import MODES
-from moe_spec.engine.generate import SpecConfig
+from moe_spec.engine.generate import SpecConfig, repair_label
 from moe_spec.policies import get_policy
 
 BASELINES = ("autoregressive", "none", "depth-width")
-ALIASES = {"B": "budget", "tokens": "num_tokens", "T": "temperature"}
+ALIASES = {
+    "B": "budget",
+    "tokens": "num_tokens",
+    "T": "temperature",
+    "repair_min": "repair_min_tokens",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class RunConfig:
     server: str | None = None
     options: dict = field(default_factory=dict)  # the policy's keyword options
     repair: bool = False  # re-run unbudgeted what the budget changed on the accepted path
+    repair_min_tokens: int = 1  # with repair: a shorter changed tail is cut instead
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or not self.policy:
@@ -70,6 +77,8 @@ class RunConfig:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
         if self.repair and not budgeted:
             raise ValueError(f"{self.policy} is a baseline: repair applies to budgeted policies")
+        if self.repair_min_tokens != 1 and not self.repair:
+            raise ValueError("repair_min applies only with repair=true")
         self.spec()  # validates the tree and the temperature
         if not self.label:
             object.__setattr__(self, "label", default_label(self))
@@ -91,6 +100,7 @@ class RunConfig:
             mode=self.mode,  # type: ignore[arg-type]
             policy_options=dict(self.options),
             repair=self.repair,
+            repair_min_tokens=self.repair_min_tokens,
         )
 
 
@@ -99,8 +109,7 @@ def default_label(c: RunConfig) -> str:
     label += "".join(f" {k}={v}" for k, v in sorted(c.options.items()))
     if c.mode != "substitution":
         label += f" {c.mode}"
-    if c.repair:
-        label += " repair"
+    label += repair_label(c.repair, c.repair_min_tokens)
     if (c.num_tokens, c.width, c.depth) != (32, 8, 6) and c.policy != "autoregressive":
         label += f" tree={c.num_tokens}/{c.width}/{c.depth}"
     if c.temperature:
@@ -115,7 +124,14 @@ def coerce(key: str, value):
         if value.lower() not in flags:
             raise ValueError(f"repair={value!r} is not a flag; allowed: true, false (or 1, 0)")
         return flags[value.lower()]
-    types = {"budget": int, "num_tokens": int, "width": int, "depth": int, "temperature": float}
+    types = {
+        "budget": int,
+        "num_tokens": int,
+        "width": int,
+        "depth": int,
+        "temperature": float,
+        "repair_min_tokens": int,
+    }
     if key not in types or not isinstance(value, str):
         return value
     try:

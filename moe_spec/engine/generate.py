@@ -30,7 +30,7 @@ from moe_spec.engine.checkpoint import Checkpoint
 from moe_spec.engine.model import VerifyBudget, distinct_per_layer
 from moe_spec.engine.tokenizer import EOT
 from moe_spec.engine.tree import DraftTree, expand_tree, verify_mask
-from moe_spec.engine.verify import accept, accept_chain, exact_prefix
+from moe_spec.engine.verify import accept, accept_chain, exact_prefix, rerun_tail
 from moe_spec.policies import get_policy
 
 
@@ -47,9 +47,10 @@ class SpecConfig:
     mode: Mode = "substitution"
     policy_options: dict = field(default_factory=dict)
     repair: bool = False  # re-run, unbudgeted, the accepted path's tokens the budget changed
+    repair_min_tokens: int = 1  # a shorter changed tail is cut instead of re-run
 
     def __post_init__(self) -> None:
-        for name, low in (("width", 1), ("depth", 1), ("num_tokens", 2)):
+        for name, low in (("width", 1), ("depth", 1), ("num_tokens", 2), ("repair_min_tokens", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -63,7 +64,13 @@ class SpecConfig:
     @property
     def label(self) -> str:
         budget = "" if self.budget is None or self.policy == "none" else f" B={self.budget}"
-        return f"{self.policy}{budget}" + (" repair" if self.repair else "")
+        return f"{self.policy}{budget}{repair_label(self.repair, self.repair_min_tokens)}"
+
+
+def repair_label(repair: bool, min_tokens: int) -> str:
+    if not repair:
+        return ""
+    return " repair" if min_tokens == 1 else f" repair>={min_tokens}"
 
 
 @dataclass
@@ -216,9 +223,7 @@ class Engine:
             )
             dcache.offset = 0  # drop the tree's scratch entries
             verify = VerifyBudget(policy, budget, spec.mode, tree.depth_N, tree.logprob_N)
-            path, bonus, path_feature_QD, repair = self.verify(
-                tree, tcache, verify, spec.temperature, g, spec.repair
-            )
+            path, bonus, path_feature_QD, repair = self.verify(tree, tcache, verify, spec, g)
             new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
             steps.append(
                 StepStats(
@@ -266,30 +271,30 @@ class Engine:
         tree: DraftTree,
         cache: KVCache,
         budget: VerifyBudget,
-        temperature: float,
+        spec: SpecConfig,
         g: torch.Generator,
-        repair: bool = False,
     ):
         """One target forward over the tree; keep the accepted path in the KV cache.
 
         Returns ``(path node indices, bonus token, target features of the path [Q, D],
-        the repair forward's routing or None)``. With ``repair``, the path's nodes from
-        the first one whose routing the budget changed are re-run unbudgeted
-        (``repair_chain``) and the path may end earlier.
+        the repair forward's routing or None)``. With ``spec.repair``, the path's nodes
+        from the first one whose routing the budget changed are re-run unbudgeted
+        (``repair_chain``) or cut (``rerun_tail``), and the path may end earlier.
         """
         positions_N = cache.length + tree.depth_N
         mask = verify_mask(tree, cache.length)
         result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
-        path, bonus = accept(tree, result.logits_BQV[0], temperature, g)
-        exact = exact_prefix(path, budget.exact_T()) if repair else len(path)
+        path, bonus = accept(tree, result.logits_BQV[0], spec.temperature, g)
+        exact = exact_prefix(path, budget.exact_T()) if spec.repair else len(path)
         path_N = torch.tensor(path[:exact], dtype=torch.long)
         cache.commit(path_N)
         feature_QD = result.feature_BQD[0, path_N]
         if exact == len(path):
             return path, bonus, feature_QD, None
-        chain = path[exact:]
+        if not rerun_tail(len(path), exact, spec.repair_min_tokens):
+            return path[:exact], int(tree.tokens_N[path[exact]]), feature_QD, None
         kept, bonus, chain_feature_QD, routing = self.repair_chain(
-            tree.tokens_N[chain], cache, temperature, g
+            tree.tokens_N[path[exact:]], cache, spec.temperature, g
         )
         feature_QD = torch.cat((feature_QD, chain_feature_QD))
         return path[: exact + kept], bonus, feature_QD, routing

@@ -26,7 +26,10 @@ chain, unbudgeted, and ``accept_chain`` decides them again with exact logits
 (and, when sampling, fresh random numbers). Both rules accept a candidate by
 looking only at the target's distribution, never at how the candidate was
 chosen, so the output is the unbudgeted run's: the same tokens when greedy,
-the same distribution when sampling.
+the same distribution when sampling. A short changed tail may instead be cut
+(``rerun_tail``): the first changed node, accepted by its exact parent, ends
+the step as its last token (the next root), which costs no forward and is
+exact as well; the tokens below it are drafted again in the next step.
 """
 
 from __future__ import annotations
@@ -107,6 +110,15 @@ def exact_prefix(path: list[int], exact_N: torch.Tensor) -> int:
         if not bool(exact_N[node]):
             return i
     return len(path)
+
+
+def rerun_tail(path_len: int, exact: int, min_tokens: int) -> bool:
+    """Whether to re-run the path's changed tail (``path_len - exact`` nodes) or cut it.
+
+    Cutting needs an exact root (``exact >= 1``); otherwise the tail is re-run when it
+    has at least ``min_tokens`` nodes.
+    """
+    return exact == 0 or path_len - exact >= min_tokens
 
 
 def accept_chain(

@@ -147,6 +147,10 @@ def test_repair_flag_reaches_the_engine_and_the_label(tmp_path):
     assert c.repair and c.spec().repair and c.label == "draft-path B=12 repair"
     (off,) = parse_config("draft-path:B=12,repair=0")
     assert not off.repair and off.label == "draft-path B=12"
+    (cut,) = parse_config("draft-path:B=12,repair=1,repair_min=3")
+    assert cut.spec().repair_min_tokens == 3 and cut.label == "draft-path B=12 repair>=3"
+    with pytest.raises(ValueError, match="repair_min applies only with repair=true"):
+        parse_config("draft-path:B=12,repair_min=3")
     js = tmp_path / "c.json"
     js.write_text(json.dumps([{"policy": "token-priority", "budget": 8, "repair": 1}]))
     with pytest.raises(ValueError, match="repair must be True or False, got 1"):

@@ -7,7 +7,7 @@ import torch
 
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.engine.model import VerifyBudget
-from moe_spec.engine.verify import accept_chain, exact_prefix
+from moe_spec.engine.verify import accept_chain, exact_prefix, rerun_tail
 from moe_spec.policies import get_policy
 
 PROMPTS = [[5, 17, 42, 8, 99, 3], [1, 2, 3], [250, 12, 12, 12, 40, 41, 42, 43, 44]]
@@ -34,6 +34,25 @@ def test_repair_gives_the_unbudgeted_greedy_output_at_the_harshest_budget(tiny_e
             assert max(s.distinct_after_L) <= 2  # the verify itself stayed budgeted
         assert all(s.distinct_repair_L == [] for s in fixed.steps if not s.repair_tokens)
     assert changed, "without repair the budget must change some output, or the test proves nothing"
+
+
+@pytest.mark.parametrize("policy", ["router-mass", "draft-path"])
+def test_cutting_short_tails_is_lossless_too(tiny_engine, policy):
+    """repair_min_tokens=99: a changed tail is cut, not re-run, unless the root itself changed."""
+    for prompt in PROMPTS:
+        want = tiny_engine.generate_autoregressive(prompt, 24).tokens
+        spec = SpecConfig(**{**HARSH, "policy": policy}, repair=True, repair_min_tokens=99)
+        out = tiny_engine.generate_speculative(prompt, 24, spec)
+        assert out.tokens == want
+        if policy == "draft-path":  # it always keeps the root's experts: nothing is re-run
+            assert not any(s.repair_tokens for s in out.steps)
+
+
+def test_rerun_tail_rule():
+    assert rerun_tail(path_len=4, exact=0, min_tokens=99)  # the root changed: must re-run
+    assert rerun_tail(path_len=4, exact=2, min_tokens=2)
+    assert not rerun_tail(path_len=4, exact=3, min_tokens=2)
+    assert not rerun_tail(path_len=4, exact=1, min_tokens=4)
 
 
 def test_no_repair_when_the_budget_changes_nothing(tiny_engine):
@@ -92,4 +111,8 @@ def test_repair_sampling_runs_and_is_reproducible(tiny_engine):
 def test_repair_must_be_a_flag():
     with pytest.raises(ValueError, match="repair must be True or False, got 1"):
         SpecConfig(repair=1)
+    with pytest.raises(ValueError, match="repair_min_tokens must be an integer >= 1, got 0"):
+        SpecConfig(repair=True, repair_min_tokens=0)
     assert SpecConfig(policy="draft-path", budget=8, repair=True).label == "draft-path B=8 repair"
+    cut = SpecConfig(policy="draft-path", budget=8, repair=True, repair_min_tokens=3)
+    assert cut.label == "draft-path B=8 repair>=3"

@@ -30,7 +30,7 @@ from moe_spec.engine.generate import (
 )
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
-from moe_spec.engine.verify import accept, accept_chain, exact_prefix
+from moe_spec.engine.verify import accept, accept_chain, exact_prefix, rerun_tail
 from moe_spec.integration.transformers.adapter import (
     VerifyRouting,
     budgeted_verify,
@@ -231,6 +231,8 @@ class TransformersEngine:
         feature_QD = features.last_BSD[0, path_N.to(device)]  # read before another forward
         if exact == len(path):
             return path, bonus, feature_QD, routing, None
+        if not rerun_tail(len(path), exact, spec.repair_min_tokens):
+            return path[:exact], int(tree.tokens_N[path[exact]]), feature_QD, routing, None
         kept, bonus, chain_feature_QD, repair = self.repair_chain(
             tree.tokens_N[path[exact:]], cache, spec.temperature, g, features
         )

@@ -66,6 +66,12 @@ def test_repair_reproduces_generate_at_the_harshest_budget(moe_model, dense_draf
     assert result.tokens == greedy_reference(moe_model)
     repaired = [s for s in result.steps if s.repair_tokens]
     assert repaired, "B = top-k must change some accepted path"
+    cut = SpecConfig(
+        3, 3, 8, policy="draft-path", budget=engine.top_k, repair=True, repair_min_tokens=99
+    )
+    cut_result = engine.generate_speculative(PROMPT, NEW, cut)  # cuts changed tails instead
+    assert cut_result.tokens == result.tokens
+    assert not any(s.repair_tokens for s in cut_result.steps)  # draft-path keeps the root
     for s in result.steps:
         assert max(s.distinct_after_L) <= engine.top_k  # the verify stayed budgeted
         assert len(s.distinct_repair_L) == (engine.n_moe_layers if s.repair_tokens else 0)
