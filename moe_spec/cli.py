@@ -134,8 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "\naccept: tokens committed per verify step (bonus included); experts/layer: distinct "
         "experts per layer per verify step, before->after the budget;\npath floor: distinct "
         "experts of the accepted path alone; MB/token: modeled expert bytes read per generated "
-        "token (bf16);\nagree: share of tokens identical to the unbudgeted greedy output; first "
-        "divergence: per prompt, '-' if identical."
+        "token (bf16, repair forwards included);\nagree: share of tokens identical to the "
+        "unbudgeted greedy output; first divergence: per prompt, '-' if identical."
     )
     print(f"\nwrote {json_path} and {png_path} in {time.perf_counter() - started:.0f} s")
     return 0

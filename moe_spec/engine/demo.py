@@ -77,7 +77,8 @@ def summarize(
         ]
         before = fmean(fmean(s.distinct_before_L) for s in steps)
         path = fmean(fmean(s.distinct_path_L) for s in steps)
-        read = sum(sum(s.distinct_after_L) for s in steps) * expert_bytes
+        read = sum(sum(s.distinct_after_L) + sum(s.distinct_repair_L) for s in steps)
+        read *= expert_bytes  # verify passes and any repair forwards
     else:  # autoregressive: every token reads its own K experts per layer
         per_layer = [float(cfg.top_k)] * cfg.n_layers
         before = path = float(cfg.top_k)
