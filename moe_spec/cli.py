@@ -153,7 +153,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         policy=args.policy,
         budget=args.budget,
         temperature=args.temperature,
-        repair=args.repair,
+        repair=args.repair or args.repair_min is not None,
+        repair_min_tokens=1 if args.repair_min is None else args.repair_min,
     )
     result = engine.generate_speculative(
         engine.encode(args.prompt), args.max_new_tokens, spec, seed=args.seed
@@ -301,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair",
         action="store_true",
         help="re-run unbudgeted the accepted path's tokens the budget changed (lossless)",
+    )
+    p.add_argument(
+        "--repair-min",
+        type=int,
+        default=None,
+        help="cut a changed tail of fewer tokens instead of re-running it (implies --repair)",
     )
     p.set_defaults(func=cmd_generate)
 

@@ -81,7 +81,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
         "logprob",
     ] + (["model tok/s", "x ref"] if modeled else [])
     repaired = any(r.metrics.get("repair_rate") is not None for r in rows)
-    head += ["repaired"] if repaired else []
+    head += ["tok/fwd", "repaired"] if repaired else []
     out = [head]
     for r in rows:
         m = r.metrics
@@ -104,7 +104,10 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
                 fmt(speedup(r, ref, "modeled_tokens_per_s"), ".2f"),
             ]
         if repaired:
-            line.append(fmt(m.get("repair_rate"), ".0%"))
+            line += [
+                fmt(m.get("tokens_per_target_forward"), ".2f"),
+                fmt(m.get("repair_rate"), ".0%"),
+            ]
         out.append(line)
     return out
 

@@ -34,6 +34,7 @@ METRICS = {
     "mean_logprob": "mean target log-probability per generated token",
     "expert_mb_per_token": "modeled expert MB read per generated token (this model, bf16)",
     "repair_rate": "share of verify steps followed by an unbudgeted repair forward",
+    "tokens_per_target_forward": "tokens committed per target forward (verify and repair)",
 }
 
 
@@ -51,11 +52,14 @@ def per_prompt(
     n = len(record.tokens)
     out: dict[str, tuple[float, float]] = {"tokens_per_s": (n, record.seconds)}
     if config.kind == "autoregressive":
-        out["acceptance_length"] = (1.0, 1.0)
+        out["acceptance_length"] = out["tokens_per_target_forward"] = (1.0, 1.0)
     elif record.steps:
-        out["acceptance_length"] = (sum(s.committed for s in record.steps), len(record.steps))
+        committed = sum(s.committed for s in record.steps)
+        repairs = sum(s.repair_tokens > 0 for s in record.steps)
+        out["acceptance_length"] = (committed, len(record.steps))
+        out["tokens_per_target_forward"] = (committed, len(record.steps) + repairs)
     elif record.verify_ct:
-        out["acceptance_length"] = (n, record.verify_ct)
+        out["acceptance_length"] = out["tokens_per_target_forward"] = (n, record.verify_ct)
     if ref is not None:
         same = sum(a == b for a, b in zip(record.tokens, ref.tokens, strict=False))
         out["agreement"] = (same, len(ref.tokens))

@@ -60,6 +60,8 @@ class SpecConfig:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
         if not isinstance(self.repair, bool):
             raise ValueError(f"repair must be True or False, got {self.repair!r}")
+        if self.repair_min_tokens != 1 and not self.repair:
+            raise ValueError("repair_min_tokens applies only with repair=True")
 
     @property
     def label(self) -> str:
@@ -285,7 +287,7 @@ class Engine:
         mask = verify_mask(tree, cache.length)
         result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
         path, bonus = accept(tree, result.logits_BQV[0], spec.temperature, g)
-        exact = exact_prefix(path, budget.exact_T()) if spec.repair else len(path)
+        exact = exact_prefix(path, budget.exact_T().cpu()) if spec.repair else len(path)
         path_N = torch.tensor(path[:exact], dtype=torch.long)
         cache.commit(path_N)
         feature_QD = result.feature_BQD[0, path_N]

@@ -101,8 +101,9 @@ class VerifyBudget:
     exact_LT: list[torch.Tensor] = field(default_factory=list)
 
     def exact_T(self) -> torch.Tensor:
-        """bool ``[T]``: tokens whose routing no layer's budget changed."""
-        return torch.stack(self.exact_LT).all(dim=0)
+        """bool ``[T]``: tokens whose routing no layer's budget changed (on layer 0's device)."""
+        device = self.exact_LT[0].device  # a model split over devices keeps flags per layer
+        return torch.stack([exact_T.to(device) for exact_T in self.exact_LT]).all(dim=0)
 
 
 class MoE(nn.Module):

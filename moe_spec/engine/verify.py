@@ -26,7 +26,9 @@ chain, unbudgeted, and ``accept_chain`` decides them again with exact logits
 (and, when sampling, fresh random numbers). Both rules accept a candidate by
 looking only at the target's distribution, never at how the candidate was
 chosen, so the output is the unbudgeted run's: the same tokens when greedy,
-the same distribution when sampling. A short changed tail may instead be cut
+the same distribution when sampling (up to floating-point rounding: an exact
+token's expert matmuls may run beside other tokens than in the unbudgeted
+forward, as tree verification itself does beside decoding). A short changed tail may instead be cut
 (``rerun_tail``): the first changed node, accepted by its exact parent, ends
 the step as its last token (the next root), which costs no forward and is
 exact as well; the tokens below it are drafted again in the next step.

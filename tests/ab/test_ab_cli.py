@@ -31,6 +31,8 @@ def ab_run(tiny_dir, tmp_path_factory):
         "router-mass:B=3",
         "--config",
         "token-priority:B=3,mode=truncation",
+        "--config",
+        "router-mass:B=3,repair=true",
         "--num-tokens",
         "8",
         "--width",
@@ -60,6 +62,7 @@ def test_writes_json_report_plots_and_prints_the_table(ab_run, capsys):
         "depth-width tree=8/4/3",
         "router-mass B=3 tree=8/4/3",
         "token-priority B=3 truncation tree=8/4/3",
+        "router-mass B=3 repair tree=8/4/3",
         "none tree=8/4/3",
     ]
     rows = {c["label"]: c for c in results["configs"]}
@@ -76,6 +79,10 @@ def test_writes_json_report_plots_and_prints_the_table(ab_run, capsys):
     assert (out / "tradeoff.png").stat().st_size > 0 and (out / "experts.png").stat().st_size > 0
     assert "Differences against" in (out / "report.md").read_text()
     assert "none tree=8/4/3 (ref)" in printed and "x ref" in printed
+    repaired = rows["router-mass B=3 repair tree=8/4/3"]["metrics"]
+    assert repaired["agreement"] == 1.0 and repaired["repair_rate"] > 0  # lossless, and it worked
+    assert repaired["tokens_per_target_forward"] < repaired["acceptance_length"]
+    assert "repaired" in printed and "tok/fwd" in printed
 
 
 def test_a_finished_run_resumes_without_running_again(ab_run, capsys):

@@ -67,6 +67,7 @@ def test_per_prompt_measures_against_the_unbudgeted_run():
     ref = RunRecord("none", 0, 0, [1, 2, 3, 4, 5], 1.0)
     got = per_prompt(run, RunConfig("token-priority", 4), ref, info, None)
     assert got["acceptance_length"] == (4, 2)
+    assert got["tokens_per_target_forward"] == (4, 2)  # no repairs: one forward per step
     assert got["agreement"] == (3, 5)
     assert got["tokens_per_s"] == (4, 2.0)
     assert got["mean_logprob"] == (-2.0, 4)
@@ -90,6 +91,7 @@ def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
     )
     assert got["expert_mb_per_token"] == (22.0, 4)  # (4+4+4+3) verify + (3+4) repair experts
     assert got["repair_rate"] == (1, 2)
+    assert got["tokens_per_target_forward"] == (4, 3)  # 2 verify forwards + 1 repair
 
     def mapped(d):
         return map_distinct(d, 2, 8, shape.top_k, shape.n_experts)

@@ -98,3 +98,5 @@ def test_generate_prints_the_completion(tiny_dir, capsys):
     assert "policy router-mass B=4" in captured.err
     assert main([*args, "--repair"]) == 0
     assert "policy router-mass B=4 repair" in capsys.readouterr().err
+    assert main([*args, "--repair-min", "3"]) == 0
+    assert "policy router-mass B=4 repair>=3" in capsys.readouterr().err

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moe_spec.engine import generate
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.engine.model import VerifyBudget
+from moe_spec.engine.tree import DraftTree
 from moe_spec.engine.verify import accept_chain, exact_prefix, rerun_tail
 from moe_spec.policies import get_policy
 
@@ -55,6 +57,73 @@ def test_rerun_tail_rule():
     assert not rerun_tail(path_len=4, exact=1, min_tokens=4)
 
 
+def oracle_expand_tree(target, sequence: list[int]):
+    """An ``expand_tree`` that knows the target's greedy text: at each depth below the root,
+    the target's top-3 next tokens, the first (greedy) one expanded further.
+
+    The random tiny draft accepts almost nothing, so without it repairs would start at the
+    root; with it paths run several tokens deep and the budget changes them part-way.
+    """
+    top3_SK = target(torch.tensor([sequence])).logits_BQV[0].topk(3, dim=-1).indices
+
+    def expand(draft, target_, cache, root, root_feature, root_logprobs, width, depth, n):
+        start = cache.length  # the root's position: sequence[start] is the root when on track
+        tokens, parents, depths, logprobs = [root], [-1], [0], [0.0]
+        parent = 0
+        on_track = start < len(sequence) and sequence[start] == root
+        for d in range(1, depth + 1):
+            if not on_track or start + d >= len(sequence) or len(tokens) + 3 > n:
+                break
+            for j, token in enumerate(top3_SK[start + d - 1].tolist()):
+                tokens.append(token), parents.append(parent), depths.append(d)
+                logprobs.append(-d - 0.1 * j)
+            parent = len(tokens) - 3
+        return DraftTree(
+            torch.tensor(tokens),
+            torch.tensor(parents),
+            torch.tensor(depths),
+            torch.tensor(logprobs),
+        )
+
+    return expand
+
+
+@pytest.mark.parametrize("mode", ["substitution", "truncation"])
+@pytest.mark.parametrize("repair_min", [1, 2])
+def test_repair_of_deep_paths_with_an_oracle_draft(tiny_engine, monkeypatch, mode, repair_min):
+    chains = []
+
+    def recording_accept_chain(tokens_Q, logits_QV, temperature, g):
+        kept, bonus = accept_chain(tokens_Q, logits_QV, temperature, g)
+        chains.append((len(tokens_Q), kept))
+        return kept, bonus
+
+    monkeypatch.setattr(generate, "accept_chain", recording_accept_chain)
+    deep = 0
+    for prompt in PROMPTS:
+        want = tiny_engine.generate_autoregressive(prompt, 30).tokens
+        monkeypatch.setattr(
+            generate, "expand_tree", oracle_expand_tree(tiny_engine.target, prompt + want)
+        )
+        for policy in ("router-mass", "token-priority"):
+            spec = SpecConfig(
+                policy=policy,
+                budget=2,
+                depth=5,
+                num_tokens=16,
+                width=3,
+                mode=mode,
+                repair=True,
+                repair_min_tokens=repair_min,
+            )
+            out = tiny_engine.generate_speculative(prompt, 30, spec)
+            assert out.tokens == want, (policy, prompt)
+            deep += sum(s.committed >= 3 for s in out.steps)
+    assert deep > 10  # the oracle's paths are deep
+    assert any(length >= 3 for length, _ in chains)  # re-run chains past the root
+    assert any(kept < length for length, kept in chains)  # and chains cut short by the target
+
+
 def test_no_repair_when_the_budget_changes_nothing(tiny_engine):
     spec = SpecConfig(policy="router-mass", budget=8, depth=4, num_tokens=12, repair=True)
     out = tiny_engine.generate_speculative(PROMPTS[0], 20, spec)
@@ -101,6 +170,33 @@ def test_accept_chain_sampling_emits_the_target_distribution():
     assert (counts / draws - p_V).abs().max() < 0.018
 
 
+def second_token_frequencies(engine, prompt, spec, draws):
+    counts = torch.zeros(engine.config.vocab_size, dtype=torch.float64)
+    for seed in range(draws):
+        counts[engine.generate_speculative(prompt, 2, spec, seed=seed).tokens[1]] += 1
+    return counts / draws
+
+
+def test_repair_samples_from_the_target_distribution(tiny_engine):
+    """The second token (the first verify step's) against its exact marginal under the target.
+
+    At T=0.02 the tiny model's distributions are peaked enough that the plain B=2 budget is
+    far off (total variation about 0.24) while sampling noise alone gives about 0.05-0.06.
+    """
+    T, draws, prompt = 0.02, 600, PROMPTS[0]
+    target, V = tiny_engine.target, tiny_engine.config.vocab_size
+    p1_V = torch.softmax(target(torch.tensor([prompt])).logits_BQV[0, -1] / T, -1).double()
+    seqs = torch.tensor([prompt + [t] for t in range(V)])
+    p2_VV = torch.softmax(target(seqs).logits_BQV[:, -1] / T, -1).double()
+    marginal_V = (p1_V[:, None] * p2_VV).sum(0)
+    repaired = second_token_frequencies(
+        tiny_engine, prompt, SpecConfig(**HARSH, temperature=T, repair=True), draws
+    )
+    plain = second_token_frequencies(tiny_engine, prompt, SpecConfig(**HARSH, temperature=T), draws)
+    assert 0.5 * (repaired - marginal_V).abs().sum() < 0.13
+    assert 0.5 * (plain - marginal_V).abs().sum() > 0.15  # the check has the power to fail
+
+
 def test_repair_sampling_runs_and_is_reproducible(tiny_engine):
     spec = SpecConfig(**HARSH, temperature=0.8, repair=True)
     a = tiny_engine.generate_speculative(PROMPTS[1], 20, spec, seed=3)
@@ -113,6 +209,8 @@ def test_repair_must_be_a_flag():
         SpecConfig(repair=1)
     with pytest.raises(ValueError, match="repair_min_tokens must be an integer >= 1, got 0"):
         SpecConfig(repair=True, repair_min_tokens=0)
+    with pytest.raises(ValueError, match="repair_min_tokens applies only with repair=True"):
+        SpecConfig(repair_min_tokens=2)
     assert SpecConfig(policy="draft-path", budget=8, repair=True).label == "draft-path B=8 repair"
     cut = SpecConfig(policy="draft-path", budget=8, repair=True, repair_min_tokens=3)
     assert cut.label == "draft-path B=8 repair>=3"
