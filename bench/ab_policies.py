@@ -61,9 +61,9 @@ def summarize(results: dict) -> str:
         return m["acceptance_length"] / ref["acceptance_length"] - 1
 
     lines = [
-        "| budget | best (agreement, then modeled speed) | accept (vs none) | agreement "
-        "| modeled x none |",
-        "| --- | --- | --- | --- | --- |",
+        "| budget | best (agreement, then modeled speed) | accept (vs none) | tok/fwd "
+        "| agreement | modeled x none |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for b in BUDGETS:
         cands = [r for r in rows.values() if r["config"]["budget"] == b]
@@ -71,7 +71,8 @@ def summarize(results: dict) -> str:
         m = best["metrics"]
         lines.append(
             f"| {b} | {best['label']} | {m['acceptance_length']:.2f} "
-            f"({accept(m):+.1%}) | {m['agreement']:.1%} | {speed(m):.2f} |"
+            f"({accept(m):+.1%}) | {m['tokens_per_target_forward']:.2f} "
+            f"| {m['agreement']:.1%} | {speed(m):.2f} |"
         )
     ok = [
         r
@@ -83,7 +84,7 @@ def summarize(results: dict) -> str:
     ]
     lines.append("")
     lines.append(
-        f"Target (modeled >= {TARGET_SPEEDUP}x none, acceptance within {ACCEPT_TOL:.0%}, "
+        f"Target (modeled >= {TARGET_SPEEDUP}x none, acceptance per step within {ACCEPT_TOL:.0%}, "
         f"agreement >= {AGREEMENT:.0%}): "
         + (", ".join(r["label"] for r in ok) if ok else "not reached by any configuration")
     )
