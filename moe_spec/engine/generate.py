@@ -224,7 +224,9 @@ class Engine:
                 num_tokens,
             )
             dcache.offset = 0  # drop the tree's scratch entries
-            verify = VerifyBudget(policy, budget, spec.mode, tree.depth_N, tree.logprob_N)
+            verify = VerifyBudget(
+                policy, budget, spec.mode, tree.depth_N, tree.logprob_N, track_exact=spec.repair
+            )
             path, bonus, path_feature_QD, repair = self.verify(tree, tcache, verify, spec, g)
             new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
             steps.append(
@@ -287,7 +289,7 @@ class Engine:
         mask = verify_mask(tree, cache.length)
         result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
         path, bonus = accept(tree, result.logits_BQV[0], spec.temperature, g)
-        exact = exact_prefix(path, budget.exact_T().cpu()) if spec.repair else len(path)
+        exact = exact_prefix(path, budget.exact_T()) if spec.repair else len(path)
         path_N = torch.tensor(path[:exact], dtype=torch.long)
         cache.commit(path_N)
         feature_QD = result.feature_BQD[0, path_N]

@@ -87,8 +87,9 @@ class VerifyBudget:
     """What a verification forward needs to budget its MoE layers, and what it measured.
 
     ``depth_T`` and ``path_logprob_T`` describe the tree tokens (passed to the policy).
-    After the forward, ``ids_before_LTK`` / ``ids_after_LTK`` hold each layer's routing and
-    ``exact_LT`` which tokens' routing the budget left bit-identical (ids and weights).
+    After the forward, ``ids_before_LTK`` / ``ids_after_LTK`` hold each layer's routing and,
+    with ``track_exact`` (repair needs it), ``exact_LT`` which tokens' routing the budget left
+    bit-identical (ids and weights).
     """
 
     policy: Policy
@@ -96,6 +97,7 @@ class VerifyBudget:
     mode: Mode = "substitution"
     depth_T: torch.Tensor | None = None
     path_logprob_T: torch.Tensor | None = None
+    track_exact: bool = False
     ids_before_LTK: list[torch.Tensor] = field(default_factory=list)
     ids_after_LTK: list[torch.Tensor] = field(default_factory=list)
     exact_LT: list[torch.Tensor] = field(default_factory=list)
@@ -142,9 +144,10 @@ class MoE(nn.Module):
                 record, verify.budget, mode=verify.mode
             )
             verify.ids_after_LTK.append(new_ids_TK)
-            verify.exact_LT.append(
-                (new_ids_TK == ids_TK).all(dim=-1) & (new_weights_TK == weights_TK).all(dim=-1)
-            )
+            if verify.track_exact:
+                verify.exact_LT.append(
+                    (new_ids_TK == ids_TK).all(dim=-1) & (new_weights_TK == weights_TK).all(dim=-1)
+                )
             ids_TK, weights_TK = new_ids_TK, new_weights_TK
         out_TD = fused_moe(
             x_TD,

@@ -108,10 +108,8 @@ def sample_children(candidates: list[int], p_V: torch.Tensor, generator: torch.G
 
 def exact_prefix(path: list[int], exact_N: torch.Tensor) -> int:
     """How many of the path's nodes, from the root, have routing the budget left untouched."""
-    for i, node in enumerate(path):
-        if not bool(exact_N[node]):
-            return i
-    return len(path)
+    flags = exact_N[torch.tensor(path)].tolist()  # one read of the device tensor
+    return next((i for i, exact in enumerate(flags) if not exact), len(path))
 
 
 def rerun_tail(path_len: int, exact: int, min_tokens: int) -> bool:
@@ -133,12 +131,12 @@ def accept_chain(
     ``accepted`` counts the kept tokens (at least 1) and ``bonus`` is the next token.
     """
     tokens = tokens_Q.tolist()
+    best_Q = logits_QV.argmax(dim=-1).tolist() if temperature == 0 else None
     for q in range(len(tokens)):
         candidates = tokens[q + 1 : q + 2]
-        if temperature == 0:
-            best = int(logits_QV[q].argmax())
-            if candidates != [best]:
-                return q + 1, best
+        if best_Q is not None:
+            if candidates != best_Q[q : q + 1]:
+                return q + 1, best_Q[q]
             continue
         p_V = torch.softmax(logits_QV[q].float() / temperature, dim=-1)
         accepted, residual_V = sample_children(candidates, p_V, generator)

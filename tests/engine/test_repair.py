@@ -137,7 +137,7 @@ def test_exact_tokens_have_the_unbudgeted_logits(tiny_engine):
     tokens = torch.tensor([[7, 3, 99, 42, 42, 150, 9, 11, 260, 5]])
     full = target(tokens).logits_BQV[0]
     for budget in (2, 3, 5):
-        record = VerifyBudget(get_policy("router-mass"), budget)
+        record = VerifyBudget(get_policy("router-mass"), budget, track_exact=True)
         got = target(tokens, verify=record).logits_BQV[0]
         # Causal: token t is exact when it and every earlier token kept their routing.
         exact = exact_prefix(list(range(tokens.shape[1])), record.exact_T())

@@ -189,15 +189,17 @@ def budget_routing(
     )
     new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)
-    changed_T = (new_ids_TK != ids_TK).any(-1)
-    changed_T |= (new_weights_TK != record.topk_weights_TK).any(-1)
+    if convention.scale != 1.0 or state.track_exact:
+        changed_T = (new_ids_TK != ids_TK).any(-1)
+        changed_T |= (new_weights_TK != record.topk_weights_TK).any(-1)
     if convention.scale != 1.0:  # unchanged rows keep the model's own weights bit for bit
         new_weights_TK = torch.where(
             changed_T[:, None], new_weights_TK * convention.scale, weights_TK
         )
     state.ids_before_LTK.append(ids_TK)
     state.ids_after_LTK.append(new_ids_TK)
-    state.exact_LT.append(~changed_T)
+    if state.track_exact:
+        state.exact_LT.append(~changed_T)
     return logits, new_weights_TK.to(weights_TK.dtype), new_ids_TK
 
 
@@ -219,17 +221,19 @@ def budgeted_verify(
     mode: Mode = "substitution",
     depth_T: torch.Tensor | None = None,
     path_logprob_T: torch.Tensor | None = None,
+    track_exact: bool = False,
 ) -> Iterator[VerifyRouting]:
     """Budget every MoE block of ``model`` for the forwards run inside the ``with`` body.
 
     Yields the :class:`VerifyRouting` that fills up with each layer's routing.
-    ``depth_T`` / ``path_logprob_T`` describe the T tokens of the forward (batch 1).
+    ``depth_T`` / ``path_logprob_T`` describe the T tokens of the forward (batch 1);
+    ``track_exact`` records which tokens' routing the budget left unchanged (for repair).
     """
     convention = router_convention(model.config)
     blocks = find_moe_blocks(model)
     check_mode(mode)
     budget = check_budget(budget, blocks[0].top_k, blocks[0].num_experts)
-    state = VerifyRouting(policy, budget, mode, depth_T, path_logprob_T)
+    state = VerifyRouting(policy, budget, mode, depth_T, path_logprob_T, track_exact)
     handles = []
 
     def router_hook(block: MoEBlock):

@@ -222,10 +222,12 @@ class TransformersEngine:
         """
         prefix, device = cache.get_seq_length(), self.target.device
         depth_T, logprob_T = tree.depth_N.to(device), tree.logprob_N.to(device)
-        with budgeted_verify(self.target, policy, budget, spec.mode, depth_T, logprob_T) as routing:
+        with budgeted_verify(
+            self.target, policy, budget, spec.mode, depth_T, logprob_T, spec.repair
+        ) as routing:
             logits_NV = run_tree(self.target, cache, tree).cpu()
         path, bonus = accept(tree, logits_NV, spec.temperature, g)
-        exact = exact_prefix(path, routing.exact_T().cpu()) if spec.repair else len(path)
+        exact = exact_prefix(path, routing.exact_T()) if spec.repair else len(path)
         path_N = torch.tensor(path[:exact], dtype=torch.long)
         keep_path(cache, prefix, path_N)
         feature_QD = features.last_BSD[0, path_N.to(device)]  # read before another forward
