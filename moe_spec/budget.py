@@ -135,17 +135,29 @@ def apply_budget(
 
     kept_TK = keep_E[ids_TK.long()]
     affected_T = ~kept_TK.all(dim=-1)
-    choice_TE = record.choice_scores_TE().masked_fill(~keep_E, float("-inf"))
+    choice_TE = kept_choice_TE(record, keep_E)
     best_kept_T = choice_TE.argmax(dim=-1)  # first maximum: lower id wins ties
     if mode == "substitution":
         new_ids_TK, new_weights_TK = substitute(record, keep_E, choice_TE, best_kept_T)
     else:
         new_ids_TK, new_weights_TK = truncate(record, kept_TK, best_kept_T)
+    new_weights_TK = torch.nan_to_num(new_weights_TK, nan=0.0)  # rows of NaN logits (padding)
     return BudgetedTopK(
         torch.where(affected_T[:, None], new_ids_TK.to(ids_TK.dtype), ids_TK),
         torch.where(affected_T[:, None], new_weights_TK.to(weights_TK.dtype), weights_TK),
         keep_E,
     )
+
+
+def kept_choice_TE(record: RoutingRecord, keep_E: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[T, E]``: choice scores inside the kept set, ``-inf`` outside it.
+
+    Non-finite scores of kept experts (a padded row may hold anything) become
+    finite, so every row's best choices are kept experts whatever it holds.
+    """
+    big = torch.finfo(torch.float32).max
+    choice_TE = torch.nan_to_num(record.choice_scores_TE(), nan=-big, posinf=big, neginf=-big)
+    return choice_TE.masked_fill(~keep_E, float("-inf"))
 
 
 def substitute(

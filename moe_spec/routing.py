@@ -106,11 +106,15 @@ class RoutingRecord:
         return gates_TE
 
     def router_mass_E(self, weight_T: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 ``[E]``: routing probability summed over valid tokens (times ``weight_T``)."""
-        w_T = self.valid_mask_T().float()
+        """fp32 ``[E]``: routing probability summed over valid tokens (times ``weight_T``).
+
+        Padded rows are left out by selection, not by multiplying with 0, so
+        whatever they hold (NaN included) never reaches the sum.
+        """
+        mass_TE = self.routing_probs_TE()
         if weight_T is not None:
-            w_T = w_T * weight_T.float()
-        return (self.routing_probs_TE() * w_T[:, None]).sum(dim=0)
+            mass_TE = mass_TE * weight_T.float()[:, None]
+        return torch.where(self.valid_mask_T()[:, None], mass_TE, 0.0).sum(dim=0)
 
     def topk_hits_TE(self) -> torch.Tensor:
         """bool ``[T, E]``: True where expert e is in token t's top-k (padded rows too)."""
@@ -165,6 +169,8 @@ def check_shapes(record: RoutingRecord) -> None:
     K = ids.shape[1]
     if not 1 <= K <= E:
         raise ValueError(f"top-k is {K}; it must be in [1, E={E}]")
+    if not weights.is_floating_point():
+        raise ValueError(f"topk_weights_TK must be floating point, got {weights.dtype}")
     if tuple(weights.shape) != (T, K):
         raise ValueError(
             f"topk_weights_TK must have the shape of topk_ids_TK {(T, K)}, "

@@ -54,7 +54,7 @@ def score_experts_torch(record: RoutingRecord, rule: ScoreRule) -> torch.Tensor:
         if rule.weight_T is None:
             score_E = hits_TE.sum(dim=0).float()
         else:
-            score_E = (hits_TE * rule.weight_T.float()[:, None]).sum(dim=0)
+            score_E = torch.where(hits_TE, rule.weight_T.float()[:, None], 0.0).sum(dim=0)
     if rule.root_T is not None:
         root_E = (record.topk_hits_TE() & rule.root_T[:, None]).any(dim=0)
         score_E = score_E + root_E * (score_E.sum() + 1.0)

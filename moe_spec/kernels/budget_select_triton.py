@@ -28,6 +28,7 @@ from moe_spec.kernels.budget_select_torch import ScoreRule
 from moe_spec.routing import RoutingRecord
 
 RANK_CHUNK = 16  # experts ranked at a time (an [RANK_CHUNK, E] comparison)
+FLT_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -167,6 +168,9 @@ def rewrite_topk_kernel(
     choice = gates
     if HAS_BIAS:
         choice = choice + tl.load(bias_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)[None, :]
+    # A padded row may hold anything: NaN/inf become finite, so kept experts always win.
+    choice = tl.where(choice == choice, choice, -FLT_MAX)
+    choice = tl.minimum(tl.maximum(choice, -FLT_MAX), FLT_MAX)
     choice = tl.where(keep_E[None, :], choice, float("-inf"))
     best_T = first_argmax(choice, offs_e, BLOCK_E)
     if TRUNCATE:
@@ -192,6 +196,7 @@ def rewrite_topk_kernel(
     if RENORMALIZE:
         new_w = tl.where(k_ok[None, :], new_w, 0.0)
         new_w = new_w / tl.maximum(tl.sum(new_w, axis=1), 1e-20)[:, None]
+    new_w = tl.where(new_w == new_w, new_w, 0.0)  # rows of NaN logits get weight 0
     out_ids = tl.where(affected_T[:, None], new_ids.to(ids.dtype), ids)
     out_w = tl.where(affected_T[:, None], new_w.to(weights.dtype), weights)
     out_offs = t.to(tl.int64)[:, None] * K + offs_k[None, :]
