@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from moe_spec import RoutingRecord, apply_budget, get_policy
@@ -13,19 +13,27 @@ from tests.loop_reference import reference_apply_budget, reference_keep
 
 
 @st.composite
-def routings(draw) -> tuple[RoutingRecord, int, str]:
-    """A record as a model would produce it, a budget in [K, E + 2] and a mode."""
-    T = draw(st.integers(1, 12))
-    E = draw(st.integers(1, 16))
-    K = draw(st.integers(1, E))
+def routings(draw, drop: bool = True) -> tuple[RoutingRecord, int, str]:
+    """A record as a model would produce it, a budget and a mode.
+
+    With ``drop`` the budget lies below the distinct experts the valid rows use
+    whenever they use more than K, so the case re-routes something; otherwise
+    (and for one case in 16 either way) it is drawn from [K, E + 2].
+    """
+    T = draw(st.integers(2, 12))
+    E = draw(st.integers(2, 16))
+    K = draw(st.integers(1, E - 1))
     scoring = draw(st.sampled_from(["softmax", "sigmoid"]))
     # Small integer logits make exact ties common: the tie rule is exercised.
     ints = draw(st.lists(st.integers(-3, 3), min_size=T * E, max_size=T * E))
-    noise = draw(st.floats(0.0, 1.0))
+    noise = draw(st.sampled_from([0.0, draw(st.floats(0.0, 1.0))]))
     seed = draw(st.integers(0, 2**16))
     logits_TE = torch.tensor(ints, dtype=torch.float32).view(T, E)
     logits_TE = logits_TE + noise * torch.randn(T, E, generator=torch.Generator().manual_seed(seed))
-    valid_T = torch.tensor(draw(st.lists(st.booleans(), min_size=T, max_size=T)))
+    valid_T = torch.ones(T, dtype=torch.bool)
+    if draw(st.booleans()):  # padded rows, at least one row valid
+        valid_T = torch.tensor(draw(st.lists(st.booleans(), min_size=T, max_size=T)))
+        valid_T[draw(st.integers(0, T - 1))] = True
     bias_E = None
     if scoring == "sigmoid" and draw(st.booleans()):
         bias_E = torch.tensor(draw(st.lists(st.integers(-2, 2), min_size=E, max_size=E))) * 0.1
@@ -37,9 +45,30 @@ def routings(draw) -> tuple[RoutingRecord, int, str]:
         valid_T=valid_T,
         correction_bias_E=bias_E,
     )
-    budget = draw(st.integers(K, E + 2))
+    used = int(record.used_E().sum())
+    if drop and used > K and draw(st.integers(0, 15)):
+        budget = draw(st.integers(K, used - 1))
+    else:
+        budget = draw(st.integers(K, E + 2))
     mode = draw(st.sampled_from(["substitution", "truncation"]))
+    describe(record, budget, mode)
     return record, budget, mode
+
+
+def drops_experts(record: RoutingRecord, budget: int) -> bool:
+    """Whether the valid rows use more distinct experts than the budget allows."""
+    return int(record.used_E().sum()) > budget
+
+
+def describe(record: RoutingRecord, budget: int, mode: str) -> None:
+    """Label the case in Hypothesis' statistics (``pytest --hypothesis-show-statistics``)."""
+    event("drops experts" if drops_experts(record, budget) else "drops nothing")
+    event(f"mode={mode}")
+    event(f"scoring={record.scoring}")
+    event("padded rows" if not bool(record.valid_mask_T().all()) else "no padded rows")
+    logits_TE = record.router_logits_TE
+    ties = int((logits_TE[:, :, None] == logits_TE[:, None, :]).sum()) > logits_TE.numel()
+    event("exact ties" if ties else "no ties")
 
 
 def as_lists(record: RoutingRecord):
@@ -74,10 +103,31 @@ def test_matches_the_per_token_loop_reference(case):
     assert torch.equal(out.topk_weights_TK[unchanged_T], record.topk_weights_TK[unchanged_T])
 
 
-@settings(max_examples=300, deadline=None)
-@given(routings())
-def test_budget_invariants(case):
-    record, budget, mode = case
+def test_budget_invariants_on_at_least_1000_cases_that_drop_experts():
+    """Hypothesis runs 1300 cases; at least 1000 of them must re-route something."""
+    kinds: dict[str, int] = {}
+
+    @settings(max_examples=1300, deadline=None, database=None)
+    @given(routings())
+    def check(case):
+        record, budget, mode = case
+        check_budget_invariants(record, budget, mode)
+        if drops_experts(record, budget):
+            for kind in (
+                "drops",
+                mode,
+                record.scoring,
+                "padded" if not bool(record.valid_mask_T().all()) else "dense",
+            ):
+                kinds[kind] = kinds.get(kind, 0) + 1
+
+    check()
+    assert kinds.get("drops", 0) >= 1000, kinds
+    for kind in ("substitution", "truncation", "softmax", "sigmoid", "padded", "dense"):
+        assert kinds.get(kind, 0) >= 100, kinds  # every mode, scoring and padding is exercised
+
+
+def check_budget_invariants(record: RoutingRecord, budget: int, mode: str) -> None:
     out = apply_budget(record, budget, mode=mode)
     E = record.num_experts
     ids_TK, w_TK = out.topk_ids_TK, out.topk_weights_TK
