@@ -10,7 +10,14 @@ from pathlib import Path
 
 from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
-from moe_spec.policies import PluginError, PolicyError, get_policy, list_policies
+from moe_spec.policies import (
+    PluginError,
+    PluginWarning,
+    PolicyError,
+    get_policy,
+    list_policies,
+    plugin_failures,
+)
 
 BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "token-priority")
 
@@ -29,11 +36,17 @@ def parse_int_list(text: str) -> list[int]:
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
-    infos = list_policies()
+    import warnings
+
+    with warnings.catch_warnings():  # failures are listed below instead
+        warnings.simplefilter("ignore", PluginWarning)
+        infos = list_policies()
     width = max(len(i.name) for i in infos)
     origin_width = max(len(i.origin) for i in infos)
     for info in infos:
         print(f"{info.name:<{width}}  {info.origin:<{origin_width}}  {info.description}")
+    for origin, why in plugin_failures().items():
+        print(f"left out: {origin}: {why}", file=sys.stderr)
     return 0
 
 

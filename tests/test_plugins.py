@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from moe_spec import PluginError, Policy, PolicyError, get_policy, hookimpl, list_policies
-from moe_spec.policies import reset_registry
+from moe_spec.policies import PluginWarning, plugin_failures, reset_registry
 from moe_spec.policies.registry import default_registry
 from tests.conftest import BUILTIN_NAMES, make_record
 
@@ -132,14 +132,24 @@ def test_autoload_can_be_disabled(site, monkeypatch):
     assert "even-first" not in names() and names() >= BUILTINS
 
 
-def test_a_plugin_that_fails_to_import_is_named(site):
+def left_out(match: str) -> None:
+    """The registry warns that a plugin was left out; built-ins and the others still load."""
+    with pytest.warns(PluginWarning, match=match):
+        assert names() >= BUILTINS
+
+
+def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_load(site):
+    install(site, "moe-spec-even", "even-first")
     install(site, "moe-spec-broken", "broken", "import not_a_module_anywhere\n")
-    with pytest.raises(
-        PluginError,
-        match=r"plugin moe-spec-broken 1.2.3 \(entry point 'broken'.*failed to import"
-        r".*not_a_module_anywhere",
-    ):
-        list_policies()
+    left_out(
+        r"plugin moe-spec-broken 1.2.3 \(entry point 'broken'.*failed to import"
+        r".*not_a_module_anywhere.*left out"
+    )
+    assert "even-first" in names()
+    failures = plugin_failures()
+    assert list(failures) == ["moe-spec-broken 1.2.3 (entry point 'broken' -> moe_spec_broken)"]
+    with pytest.raises(PolicyError, match=r"unknown policy 'broken'.*left out: plugin moe-spec-br"):
+        get_policy("broken")
 
 
 def test_a_plugin_that_raises_while_registering_is_named(site):
@@ -151,12 +161,7 @@ def test_a_plugin_that_raises_while_registering_is_named(site):
             raise RuntimeError("boom")
     """
     install(site, "moe-spec-raises", "raises", source)
-    with pytest.raises(
-        PluginError,
-        match=r"plugin moe-spec-raises 1.2.3 .* failed in register_policies: "
-        r"RuntimeError\('boom'\)",
-    ):
-        list_policies()
+    left_out(r"plugin moe-spec-raises 1.2.3 .* failed in register_policies: RuntimeError\('boom'\)")
 
 
 @pytest.mark.parametrize(
@@ -171,20 +176,49 @@ def test_registering_something_invalid_is_named(registered, message):
     class BadName(Policy):
         name = "Bad Name"
 
+    class Good(Policy):
+        name = "good-one"
+
     things = {"int": int, "Policy": Policy, "BadName": BadName}
-    plugin = SimpleNamespace(
-        register_policies=hookimpl(lambda register: register(things[registered]))
-    )
+
+    def register_policies(register):
+        register(Good)  # all or nothing: a plugin with one bad class is left out whole
+        register(things[registered])
+
+    plugin = SimpleNamespace(register_policies=hookimpl(register_policies))
     registry = default_registry({})
     registry.add_plugin(plugin, "bad", "bad-plugin 9.9")
-    with pytest.raises(PluginError, match=r"plugin bad-plugin 9.9 " + message):
-        registry.policies()
+    with pytest.warns(PluginWarning, match=r"plugin bad-plugin 9.9 " + message):
+        policies = registry.policies()
+    assert "good-one" not in policies and set(policies) == BUILTINS
+    assert list(registry.failures) == ["bad-plugin 9.9"]
 
 
 def test_two_plugins_claiming_one_name_are_both_named(site):
     install(site, "moe-spec-a", "router-mass")
+    left_out(r"'router-mass' is registered twice: by built-in and by moe-spec-a 1.2.3")
+    assert get_policy("router-mass").origin == "built-in"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on"])
+def test_autoload_switch_accepts_the_usual_true_spellings(site, monkeypatch, value):
+    install(site, "moe-spec-even", "even-first")
+    monkeypatch.setenv("MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD", value)
+    assert "even-first" not in names()
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "off", ""])
+def test_autoload_switch_accepts_the_usual_false_spellings(site, monkeypatch, value):
+    install(site, "moe-spec-even", "even-first")
+    monkeypatch.setenv("MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD", value)
+    assert "even-first" in names()
+
+
+def test_autoload_switch_refuses_other_values(site, monkeypatch):
+    monkeypatch.setenv("MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD", "maybe")
+    reset_registry()
     with pytest.raises(
-        PluginError, match=r"'router-mass' is registered twice: by built-in and by moe-spec-a 1.2.3"
+        PluginError, match=r"MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD='maybe' is not a flag"
     ):
         list_policies()
 
@@ -207,9 +241,13 @@ class Misbehaving(Policy):
         self.scores, self.kept = scores, keep
 
     def score(self, record):
+        if isinstance(self.scores, str):
+            raise RuntimeError("plugin bug")
         return self.scores
 
     def keep(self, record, budget):
+        if isinstance(self.kept, str):
+            raise RuntimeError("plugin bug")
         return self.kept if self.kept is not None else super().keep(record, budget)
 
 
@@ -236,9 +274,16 @@ def misbehaving(**outputs) -> Policy:
         ({"keep": torch.tensor([-1])}, r"keep\(\) returned expert ids \[-1\]; ids must be in"),
         (
             {"keep": torch.ones(8, dtype=torch.bool)},
-            r"keep\(\) kept 8 experts; allowed: 1 to budget B=3",
+            r"keep\(\) kept 8 experts; allowed: top-k=2 to budget B=3",
         ),
         ({"keep": torch.zeros(8, dtype=torch.bool)}, r"keep\(\) kept 0 experts"),
+        ({"keep": torch.tensor([5])}, r"keep\(\) kept 1 experts; allowed: top-k=2 to budget"),
+        (
+            {"keep": torch.tensor([4, 4, 4])},
+            r"keep\(\) returned expert ids \[4, 4, 4\] with repeats",
+        ),
+        ({"scores": "raise"}, r"score\(\) raised RuntimeError\('plugin bug'\)"),
+        ({"keep": "raise"}, r"keep\(\) raised RuntimeError\('plugin bug'\)"),
         (
             {"keep": torch.ones(4, dtype=torch.bool)},
             r"keep\(\) returned a mask of shape \(4,\); expected \[E=8\]",
@@ -295,3 +340,15 @@ def test_example_plugin_package_installs_and_is_discovered(tmp_path, monkeypatch
     monkeypatch.setenv("MOE_SPEC_PLUGINS", "")
     reset_registry()
     assert "shallow-first" not in names()
+
+
+def test_policies_command_lists_a_broken_plugin_and_every_other_policy(site, capsys):
+    from moe_spec.cli import main
+
+    install(site, "moe-spec-even", "even-first")
+    install(site, "moe-spec-broken", "broken", "import not_a_module_anywhere\n")
+    assert main(["policies"]) == 0
+    out, err = capsys.readouterr()
+    assert "even-first" in out and "router-mass" in out
+    assert "left out: moe-spec-broken 1.2.3 (entry point 'broken'" in err
+    assert "not_a_module_anywhere" in err

@@ -7,9 +7,11 @@ from moe_spec.policies.registry import (
     DISABLE_ENV,
     ENTRY_POINT_GROUP,
     PluginError,
+    PluginWarning,
     PolicyInfo,
     get_policy,
     list_policies,
+    plugin_failures,
     reset_registry,
 )
 
@@ -18,11 +20,13 @@ __all__ = [
     "DISABLE_ENV",
     "ENTRY_POINT_GROUP",
     "PluginError",
+    "PluginWarning",
     "Policy",
     "PolicyError",
     "PolicyInfo",
     "get_policy",
     "hookimpl",
     "list_policies",
+    "plugin_failures",
     "reset_registry",
 ]

@@ -93,14 +93,28 @@ class Policy:
             check_values(record)
         budgeting = budget < record.num_experts
         if budgeting and choose_backend(record.router_logits_TE.device) == "triton":
-            rule = self.fused_rule(record)
+            rule = self.guarded("fused_rule()", self.fused_rule, record)
             if rule is not None:
                 return self.apply_fused(record, budget, rule, mode, validating)
-        keep = self.keep(record, budget) if budgeting else None
+        keep = self.guarded("keep()", self.keep, record, budget) if budgeting else None
         if keep is None:
             return apply_budget(record, record.num_experts, mode=mode, validate=False)
         keep_E = self.checked_keep(keep, record, budget, validating)
         return apply_budget(record, budget, keep_E, mode=mode, validate=False)
+
+    def guarded(self, what: str, method, *args):
+        """``method(*args)``; an exception it raises becomes a PolicyError naming the plugin.
+
+        Under ``torch.compile`` the call is made plainly (no try block in the graph).
+        """
+        if torch.compiler.is_compiling():
+            return method(*args)
+        try:
+            return method(*args)
+        except PolicyError:
+            raise
+        except Exception as exc:
+            raise self.error(f"{what} raised {exc!r}") from exc
 
     def apply_fused(
         self, record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode, validating: bool
@@ -139,14 +153,22 @@ class Policy:
                 f"mask [E={E}] or 1-D integer expert ids"
             )
         if check_values:
+            K = record.top_k
+            if keep.dtype != torch.bool and keep.numel() != keep.unique().numel():
+                raise self.error(
+                    f"keep() returned expert ids {keep.tolist()} with repeats; each id once"
+                )
             kept = int(keep_E.sum())
-            if not 1 <= kept <= budget:
-                raise self.error(f"keep() kept {kept} experts; allowed: 1 to budget B={budget}")
+            if not min(K, E) <= kept <= budget:
+                raise self.error(
+                    f"keep() kept {kept} experts; allowed: top-k={K} to budget B={budget} "
+                    "(a token needs room for its k experts)"
+                )
         return keep_E
 
     def checked_scores(self, record: RoutingRecord) -> torch.Tensor:
         """``self.score(record)``, checked for shape and (in eager mode) finiteness."""
-        scores_E = self.score(record)
+        scores_E = self.guarded("score()", self.score, record)
         E = record.num_experts
         if not isinstance(scores_E, torch.Tensor) or tuple(scores_E.shape) != (E,):
             got = tuple(scores_E.shape) if isinstance(scores_E, torch.Tensor) else type(scores_E)

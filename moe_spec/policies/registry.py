@@ -8,8 +8,12 @@ Plugins come from two places, loaded the same way:
 Environment:
   * ``MOE_SPEC_PLUGINS=a,b``: load only these entry points (by entry-point or
     distribution name); set but empty loads none.
-  * ``MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points at all.
-Built-in policies are always available.
+  * ``MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD=1`` (or true/yes/on): load no entry
+    points at all; ``0``/false/no/off or unset: load them.
+Built-in policies are always available. A plugin that fails to import or to
+register is left out with a :class:`PluginWarning` that names it and says why;
+every other plugin still loads, and asking for a policy that is missing lists
+the plugins that failed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -35,6 +40,27 @@ POLICY_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 class PluginError(RuntimeError):
     """A plugin failed to import or registered something invalid."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin was left out because it failed to import or to register."""
+
+
+FLAG_VALUES = {
+    "": False, "0": False, "false": False, "no": False, "off": False,
+    "1": True, "true": True, "yes": True, "on": True,
+}  # fmt: skip
+
+
+def env_flag(environ: os._Environ | dict, name: str) -> bool:
+    """An on/off environment variable; anything but the usual spellings is an error."""
+    value = environ.get(name, "").strip().lower()
+    if value not in FLAG_VALUES:
+        raise PluginError(
+            f"{name}={environ.get(name)!r} is not a flag; allowed: 1/true/yes/on or "
+            "0/false/no/off (or unset)"
+        )
+    return FLAG_VALUES[value]
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,7 @@ class PolicyRegistry:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}  # pluggy plugin name -> human-readable origin
+        self.failures: dict[str, str] = {}  # origin -> why that plugin was left out
         self._policies: dict[str, PolicyInfo] | None = None
 
     def add_plugin(self, plugin: object, name: str, origin: str) -> None:
@@ -68,7 +95,7 @@ class PolicyRegistry:
     def load_entry_points(self, environ: os._Environ | dict | None = None) -> None:
         """Import and register the ``moe_spec.policies`` entry points the environment allows."""
         environ = os.environ if environ is None else environ
-        if environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+        if env_flag(environ, DISABLE_ENV):
             return
         found = list(entry_points(group=ENTRY_POINT_GROUP))
         allowed = environ.get(ALLOW_ENV)
@@ -89,7 +116,17 @@ class PolicyRegistry:
                     f"installed entry points: {installed or 'none'}"
                 )
         for ep in found:
-            self.add_plugin(import_entry_point(ep), f"{dist_name(ep)}:{ep.name}", describe(ep))
+            try:
+                plugin = import_entry_point(ep)
+            except PluginError as exc:
+                self.fail(describe(ep), str(exc))
+                continue
+            self.add_plugin(plugin, f"{dist_name(ep)}:{ep.name}", describe(ep))
+
+    def fail(self, origin: str, message: str) -> None:
+        """Leave a plugin out: remember why and warn, naming it."""
+        self.failures[origin] = message
+        warnings.warn(f"{message}; its policies are left out", PluginWarning, stacklevel=3)
 
     def policies(self) -> dict[str, PolicyInfo]:
         """All registered policies by name (runs the ``register_policies`` hook once)."""
@@ -99,34 +136,24 @@ class PolicyRegistry:
 
     def _collect(self) -> dict[str, PolicyInfo]:
         found: dict[str, PolicyInfo] = {}
+        # In registration order, built-ins first: a plugin that reuses a taken name is
+        # the one left out.
         for impl in self.manager.hook.register_policies.get_hookimpls():
             origin = self.origins.get(impl.plugin_name, impl.plugin_name)
-
-            def register(policy_class: type[Policy], origin: str = origin) -> None:
-                info = check_policy_class(policy_class, origin)
-                if info.name in found:
-                    raise PluginError(
-                        f"policy {info.name!r} is registered twice: by {found[info.name].origin} "
-                        f"and by {origin}"
-                    )
-                found[info.name] = info
-
-            kwargs = {"register": register}
             try:
-                impl.function(*(kwargs[arg] for arg in impl.argnames))
-            except (PluginError, PolicyError):
-                raise
-            except Exception as exc:
-                raise PluginError(f"plugin {origin} failed in register_policies: {exc!r}") from exc
+                found.update(collect_plugin(impl, origin, found))
+            except PluginError as exc:
+                self.fail(origin, str(exc))
         return dict(sorted(found.items()))
 
     def get(self, name: str, **options: object) -> Policy:
         """A configured instance of policy ``name``; unknown names list the known ones."""
         available = self.policies()
         if name not in available:
+            failed = "".join(f"; left out: {why}" for why in self.failures.values())
             raise PolicyError(
                 f"unknown policy {name!r}; available: {', '.join(available)} "
-                f"(install a plugin package to add more; `moe-spec policies` lists them)"
+                f"(install a plugin package to add more; `moe-spec policies` lists them){failed}"
             )
         info = available[name]
         try:
@@ -139,6 +166,29 @@ class PolicyRegistry:
             ) from exc
         policy.origin = info.origin
         return policy
+
+
+def collect_plugin(impl, origin: str, taken: dict[str, PolicyInfo]) -> dict[str, PolicyInfo]:
+    """What one plugin's ``register_policies`` registers, all or nothing."""
+    mine: dict[str, PolicyInfo] = {}
+
+    def register(policy_class: type[Policy]) -> None:
+        info = check_policy_class(policy_class, origin)
+        if info.name in taken or info.name in mine:
+            first = taken[info.name].origin if info.name in taken else origin
+            raise PluginError(
+                f"policy {info.name!r} is registered twice: by {first} and by {origin}"
+            )
+        mine[info.name] = info
+
+    kwargs = {"register": register}
+    try:
+        impl.function(*(kwargs[arg] for arg in impl.argnames))
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {origin} failed in register_policies: {exc!r}") from exc
+    return mine
 
 
 def check_policy_class(policy_class: object, origin: str) -> PolicyInfo:
@@ -206,6 +256,12 @@ def reset_registry() -> None:
 def list_policies() -> list[PolicyInfo]:
     """Every installed policy, sorted by name."""
     return list(registry().policies().values())
+
+
+def plugin_failures() -> dict[str, str]:
+    """Plugins left out of the process-wide registry: origin -> why."""
+    registry().policies()
+    return dict(registry().failures)
 
 
 def get_policy(name: str, **options: object) -> Policy:
