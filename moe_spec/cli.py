@@ -10,6 +10,7 @@ from pathlib import Path
 
 from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
+from moe_spec.checks import check_positive, check_seed, check_temperature, prepare_output_dir
 from moe_spec.policies import (
     PluginError,
     PluginWarning,
@@ -20,6 +21,13 @@ from moe_spec.policies import (
 )
 
 BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "token-priority")
+
+
+def check_unique(flag: str, values: list) -> None:
+    """Refuse a list flag that names one value twice (it would run twice, under one label)."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{flag} names {', '.join(repeated)} more than once; list each once")
 
 
 def comma_list(text: str) -> list[str]:
@@ -105,6 +113,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from moe_spec.engine.generate import SpecConfig
 
     started = time.perf_counter()
+    check_positive("--max-new-tokens", args.max_new_tokens)
+    for flag, values in (
+        ("--budgets", args.budgets),
+        ("--policies", args.policies),
+        ("--repair-policies", args.repair_policies),
+    ):
+        check_unique(flag, values)
+    out = prepare_output_dir(args.out, "--out")
     engine = load_engine(args)
     cfg = engine.config
     for budget in args.budgets:
@@ -142,7 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
         "max_new_tokens": args.max_new_tokens,
     }
-    json_path, png_path = write_outputs(rows, Path(args.out), meta)
+    json_path, png_path = write_outputs(rows, out, meta)
     print(
         "\naccept: tokens committed per verify step (bonus included); experts/layer: distinct "
         "experts per layer per verify step, before->after the budget;\npath floor: distinct "
@@ -157,6 +173,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from moe_spec.engine.generate import SpecConfig
 
+    check_positive("--max-new-tokens", args.max_new_tokens)
+    check_temperature(args.temperature)
+    check_seed(args.seed)
+    if args.policy != "none" and args.budget is None:
+        raise ValueError(
+            f"--policy {args.policy} needs --budget B (distinct experts per MoE layer, at least "
+            "the model's top-k); without a budget use --policy none"
+        )
+    if args.policy == "none" and args.budget is not None:
+        raise ValueError(
+            f"--budget {args.budget} has no effect with --policy none (unbudgeted); name a "
+            "budgeting policy, e.g. --policy router-mass (`moe-spec policies` lists them)"
+        )
     engine = load_engine(args)
     spec = SpecConfig(
         width=args.width,

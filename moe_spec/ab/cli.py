@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 DEFAULT_CONFIGS = (
     "autoregressive",
@@ -127,6 +126,19 @@ def cost_model(args):
     return get_gpu(gpu), get_shape(shape), bool(args.gpu)
 
 
+def provenance(args, backend) -> tuple[str, str]:
+    """``(model, code)`` fingerprints a resumed run must match (``moe_spec.ab.provenance``)."""
+    from moe_spec.ab.provenance import code_sha, model_sha
+
+    if hasattr(backend, "provenance"):
+        return backend.provenance()
+    if args.target:
+        return model_sha([args.target, args.draft]), code_sha()
+    from moe_spec.engine.checkpoint import SHIPPED
+
+    return model_sha([args.checkpoint or SHIPPED]), code_sha()
+
+
 def make_backend(args, configs, gpu, shape):
     if args.backend == "sglang":
         from moe_spec.ab.sglang_backend import SglangBackend
@@ -163,18 +175,23 @@ def load_engine(args):
 
 def cmd_ab(args: argparse.Namespace) -> int:
     from moe_spec.ab.plots import plot_experts, plot_tradeoff
+    from moe_spec.ab.provenance import config_sha
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
     from moe_spec.ab.runner import run_all
     from moe_spec.ab.stats import Modeled
+    from moe_spec.checks import check_positive, check_seed, prepare_output_dir
 
     started = time.perf_counter()
+    check_positive("--max-new-tokens", args.max_new_tokens)
+    out = prepare_output_dir(args.out, "--out")
     prompts = load_prompt_list(args)
+    check_seed(args.seed + len(prompts) - 1, f"--seed {args.seed} + prompt index")
     configs, reference = load_configs(args)
     gpu, shape, modeled_columns = cost_model(args)
     backend = make_backend(args, configs, gpu, shape)
     backend.check(configs)
-    out = Path(args.out)
+    model, code = provenance(args, backend)
     header = {
         "prompts_sha": fingerprint(prompts),
         "prompts": len(prompts),
@@ -183,18 +200,32 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "backend": backend.name,
         "configs": [c.label for c in configs],
         "controller": None,
+        "model": model,
+        "code": code,
+        "arms": {c.label: config_sha(c) for c in configs},
     }
     if any(c.kind == "depth-width" for c in configs):  # its choices depend on the cost model
         header["controller"] = f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer"
     store = Store(out, header, args.resume)
+    for notice in store.notices():
+        print(f"moe-spec ab: {notice}", file=sys.stderr)
     print(
         f"{len(configs)} configurations x {len(prompts)} prompts, backend {backend.name}; "
         f"results in {out}",
         file=sys.stderr,
     )
-    records = run_all(
-        backend, configs, prompts, store, args.seed, args.max_new_tokens, not args.no_progress
-    )
+    try:
+        records = run_all(
+            backend, configs, prompts, store, args.seed, args.max_new_tokens, not args.no_progress
+        )
+    except KeyboardInterrupt:
+        total = len(configs) * len(prompts)
+        print(
+            f"\nmoe-spec ab: interrupted; {len(store.done)} of {total} runs are finished and kept "
+            f"in {store.runs_path}. Run the same command with --resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
     modeled = Modeled(gpu, shape, args.overhead_us * 1e-6) if modeled_columns else None
     rows = analyze(configs, records, len(prompts), reference, backend.model_info(), modeled)
     meta = {

@@ -162,8 +162,8 @@ def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
     if unknown:
         keys = ", ".join(sorted(allowed | set(ALIASES) | {"opt.NAME"}))
         raise ValueError(f"{source}: unknown keys {unknown}; allowed: {keys}")
-    merged = {**defaults, **{k: coerce(k, v) for k, v in items.items()}}
     try:
+        merged = {**defaults, **{k: coerce(k, v) for k, v in items.items()}}
         return RunConfig(**merged)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc}") from None
@@ -176,12 +176,32 @@ def parse_config(text: str, defaults: dict | None = None) -> list[RunConfig]:
         return load_config_file(Path(text), defaults)
     name, _, rest = text.partition(":")
     data: dict = {"policy": name.strip()}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
+    for item in filter(None, (s.strip() for s in split_items(rest, text))):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"config {text!r}: expected key=value, got {item!r}")
         data[key.strip()] = value.strip()
     return [from_mapping(data, defaults, f"config {text!r}")]
+
+
+def split_items(text: str, config: str) -> list[str]:
+    """Split ``k=v,k=v`` at commas outside brackets and quotes (``opt.budgets=[8,12]``)."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth or quote:
+        raise ValueError(f"config {config!r}: unbalanced brackets or quotes")
+    return [*items, text[start:]]
 
 
 def load_config_file(path: Path, defaults: dict) -> list[RunConfig]:
@@ -207,10 +227,6 @@ def finalize(
 
     Returns the configurations and the reference label (default: the unbudgeted run).
     """
-    labels = [c.label for c in configs]
-    duplicates = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicates:
-        raise ValueError(f"configurations share labels {duplicates}; give each a label=...")
     temps = {c.temperature for c in configs if c.kind != "autoregressive"} or {0.0}
     for t in sorted(temps) if add_unbudgeted else ():
         if not any(c.policy == "none" and c.temperature == t for c in configs):
@@ -221,6 +237,13 @@ def finalize(
                 else {"num_tokens": base.num_tokens, "width": base.width, "depth": base.depth}
             )
             configs = [*configs, RunConfig("none", temperature=t, **tree)]
+    labels = [c.label for c in configs]  # checked after the automatic arms are added
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ValueError(
+            f"configurations share labels {duplicates} (automatic reference arms included); "
+            "give each a distinct label=..."
+        )
     unbudgeted = next((c.label for c in configs if c.policy == "none"), configs[0].label)
     reference = reference or unbudgeted
     if reference not in [c.label for c in configs]:

@@ -1,9 +1,11 @@
 """One finished (configuration, prompt) run and the store that keeps them for resuming.
 
-The output folder holds ``run.json`` (what the run is: prompts, configurations,
-seed, tokens; a resumed run must match it) and ``runs.jsonl``, one record per
+The output folder holds ``run.json`` (what the run is: prompts, seed, tokens,
+the model and code fingerprints, each arm's configuration hash; a resumed run
+must match it, see ``moe_spec.ab.provenance``) and ``runs.jsonl``, one record per
 line, appended as each run finishes, so an interrupted run loses at most the
-run in progress.
+run in progress. Each record carries its arm's configuration hash: on resume,
+records of an arm whose configuration changed are not reused (that arm reruns).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RunRecord:
     verify_ct: int | None = None  # verify forwards (sglang reports it; engine: len(steps))
     logprobs_sum: float | None = None  # target log-probability of the tokens, summed
     error: str | None = None
+    config_sha: str | None = None  # the arm's configuration hash (set by the store)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord:
@@ -58,13 +61,32 @@ class ResumeError(ValueError):
 
 
 class Store:
-    """``run.json`` + ``runs.jsonl`` in ``folder``."""
+    """``run.json`` + ``runs.jsonl`` in ``folder``.
+
+    ``header["arms"]`` maps each label to its configuration hash; records of a
+    label whose hash changed are left out of :attr:`done` and counted in
+    :attr:`stale` (label -> runs that will run again).
+    """
+
+    #: header keys a resumed run must match, with what each one means
+    MATCHED = {
+        "prompts_sha": "prompts",
+        "max_new_tokens": "max_new_tokens",
+        "seed": "seed",
+        "backend": "backend",
+        "controller": "depth-width controller",
+        "model": "model",
+        "code": "moe-spec code",
+    }
 
     def __init__(self, folder: Path, header: dict, resume: bool) -> None:
         self.folder, self.header = Path(folder), header
+        self.arms: dict[str, str] = dict(header.get("arms", {}))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.runs_path, self.header_path = self.folder / "runs.jsonl", self.folder / "run.json"
         self.done: dict[tuple[str, int], RunRecord] = {}
+        self.stale: dict[str, int] = {}
+        self.cut_line = False
         if self.runs_path.exists() and self.runs_path.stat().st_size:
             if not resume:
                 raise ResumeError(
@@ -72,28 +94,90 @@ class Store:
                     "or choose another --out"
                 )
             self.check_header()
+            self.drop_cut_line()
             self.load()
         self.header_path.write_text(json.dumps({"schema": RUN_SCHEMA, **header}, indent=2))
 
     def check_header(self) -> None:
-        old = json.loads(self.header_path.read_text()) if self.header_path.exists() else {}
-        for key in ("prompts_sha", "max_new_tokens", "seed", "backend", "controller"):
-            if old.get(key) != self.header.get(key):
+        old = self.read_header()
+        for key, what in self.MATCHED.items():
+            if key not in self.header or old.get(key) == self.header[key]:
+                continue
+            if key not in old:
                 raise ResumeError(
-                    f"{self.folder} holds a run with {key}={old.get(key)!r}, this one has "
-                    f"{self.header.get(key)!r}; resume with the same options or use another --out"
+                    f"{self.header_path} does not record the {what} (written by an older "
+                    "moe-spec), so its results cannot be checked; write to another --out"
                 )
+            advice = "resume with the same options"
+            if key == "prompts_sha":
+                advice = "resume with the prompts it was started with"
+            raise ResumeError(
+                f"{self.folder} holds results for another {what} ({key}: stored "
+                f"{old[key]!r}, now {self.header[key]!r}); reusing them would mix the two. To "
+                f"continue the stored run, {advice}; to start over, choose another --out or "
+                f"delete {self.runs_path}"
+            )
+
+    def read_header(self) -> dict:
+        if not self.header_path.exists():
+            raise ResumeError(
+                f"{self.runs_path} has no {self.header_path.name} beside it, so its results "
+                "cannot be checked; write to another --out"
+            )
+        try:
+            old = json.loads(self.header_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ResumeError(f"{self.header_path} is not valid JSON ({exc})") from None
+        if not isinstance(old, dict):
+            raise ResumeError(f"{self.header_path} must hold a JSON object")
+        return old
+
+    def drop_cut_line(self) -> None:
+        """Cut off a last line that an interruption left without its newline."""
+        data = self.runs_path.read_bytes()
+        if data.endswith(b"\n"):
+            return
+        self.runs_path.write_bytes(data[: data.rfind(b"\n") + 1])
+        self.cut_line = True
 
     def load(self) -> None:
-        for _n, line in enumerate(self.runs_path.read_text().splitlines(), 1):
+        for n, line in enumerate(self.runs_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
             try:
-                record = RunRecord.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                continue  # a line cut short by an interruption: that run reruns
-            if record.error is None:
-                self.done[(record.label, record.prompt)] = record
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise TypeError(f"a {type(data).__name__}, not an object")
+                record = RunRecord.from_dict(data)
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ResumeError(
+                    f"{self.runs_path}:{n} is not a run record ({exc}); fix or delete that "
+                    "line to resume"
+                ) from None
+            if record.error is not None:
+                continue
+            if self.arms and record.config_sha != self.arms.get(record.label):
+                if record.label in self.arms:
+                    self.stale[record.label] = self.stale.get(record.label, 0) + 1
+                continue
+            self.done[(record.label, record.prompt)] = record
+
+    def notices(self) -> list[str]:
+        """What resuming changed: a cut line dropped, arms whose stored runs are stale."""
+        out = []
+        if self.cut_line:
+            out.append(
+                f"{self.runs_path}: the last line was cut short by an interruption; "
+                "that run runs again"
+            )
+        for label, n in sorted(self.stale.items()):
+            out.append(
+                f"{label!r}: its configuration changed since {n} stored runs; they run again"
+            )
+        return out
 
     def add(self, record: RunRecord) -> None:
+        record.config_sha = self.arms.get(record.label)
         with self.runs_path.open("a") as f:
             f.write(json.dumps(asdict(record)) + "\n")
         if record.error is None:

@@ -54,6 +54,7 @@ class SglangBackend:
         """``servers``: configuration label -> base URL (``http://host:port``)."""
         self.servers = {label: url.rstrip("/") for label, url in servers.items()}
         self.timeout = timeout
+        self.infos: dict[str, dict] = {}  # label -> the server's /server_info (after check)
 
     def model_info(self) -> dict:
         return {}
@@ -65,7 +66,7 @@ class SglangBackend:
                 raise ServerError(f"{c.label}: repair runs only on the engine backend")
             if c.label not in self.servers:
                 raise ServerError(f"configuration {c.label!r} has no server (--server or server=)")
-            info = self.server_info(self.servers[c.label])
+            info = self.infos[c.label] = self.server_info(self.servers[c.label])
             algorithm = info.get("speculative_algorithm")
             if c.kind != "autoregressive" and not algorithm:
                 raise ServerError(
@@ -74,6 +75,14 @@ class SglangBackend:
                 )
             if c.kind == "depth-width":
                 raise ServerError("the depth-width baseline runs only on the engine backend")
+
+    def provenance(self) -> tuple[str, str]:
+        """``(model, code)`` as the servers report them: model paths and SGLang versions."""
+
+        def reported(key: str) -> str:
+            return ", ".join(sorted({str(i.get(key, "?")) for i in self.infos.values()}))
+
+        return reported("model_path"), f"sglang {reported('version')}"
 
     def server_info(self, url: str) -> dict:
         try:

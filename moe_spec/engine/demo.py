@@ -178,7 +178,7 @@ def write_outputs(rows: Sequence[ConfigResult], out_dir: Path, meta: dict) -> tu
     budgeted = [r for r in rows if r.budget is not None]
     unbudgeted = next(r for r in rows if r.policy == "none")
     for policy in dict.fromkeys(r.policy for r in budgeted):
-        pts = sorted((r.budget, r) for r in budgeted if r.policy == policy)
+        pts = sorted(((r.budget, r) for r in budgeted if r.policy == policy), key=lambda p: p[0])
         ax_acc.plot([b for b, _ in pts], [r.acceptance_length for _, r in pts], "o-", label=policy)
         ax_exp.plot([b for b, _ in pts], [r.distinct_after for _, r in pts], "o-", label=policy)
     ax_acc.axhline(unbudgeted.acceptance_length, color="k", ls="--", label="unbudgeted")

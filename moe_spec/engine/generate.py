@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from moe_spec.budget import MODES, Mode, check_budget
+from moe_spec.checks import check_temperature
 from moe_spec.engine.attention import KVCache
 from moe_spec.engine.checkpoint import Checkpoint
 from moe_spec.engine.model import VerifyBudget, distinct_per_layer
@@ -54,8 +55,7 @@ class SpecConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        check_temperature(self.temperature, "temperature")
         if self.mode not in MODES:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
         if not isinstance(self.repair, bool):
