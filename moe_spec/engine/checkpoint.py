@@ -123,6 +123,11 @@ def load_weights(module: nn.Module, file: Path) -> None:
                 f"{file}: tensor {name!r} has shape {tuple(tensors[name].shape)}; "
                 f"the config needs {tuple(want.shape)}"
             )
+        if want.is_floating_point() and not tensors[name].is_floating_point():
+            raise ValueError(
+                f"{file}: tensor {name!r} is {tensors[name].dtype}; weights must be floating "
+                "point (float32, bfloat16 or float16): quantized checkpoints are not supported"
+            )
         if not torch.isfinite(tensors[name].float()).all():
             raise ValueError(f"{file}: tensor {name!r} has NaN or inf values")
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})

@@ -112,3 +112,14 @@ def test_nan_weights_are_refused(saved):
     with pytest.raises(ValueError, match=r"tensor 'norm.weight' has NaN or inf values"):
         load_checkpoint(saved)
     shutil.rmtree(saved)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32])
+def test_integer_weights_are_refused(saved, dtype):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(saved / "draft.safetensors"))
+    tensors["fc.weight"] = (tensors["fc.weight"].float() * 100).to(dtype)
+    save_file(tensors, str(saved / "draft.safetensors"))
+    with pytest.raises(ValueError, match=rf"tensor .fc.weight. is {dtype}; weights must be float"):
+        load_checkpoint(saved)
