@@ -58,6 +58,18 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_architectures(args: argparse.Namespace) -> int:
+    """List the transformers MoE architectures the adapter serves, with their origin."""
+    from moe_spec.integration.transformers.architectures import architectures
+
+    infos = architectures()
+    width = max(len(name) for name in infos)
+    origin_width = max(len(info.origin) for info in infos.values())
+    for name, info in infos.items():
+        print(f"{name:<{width}}  {info.origin:<{origin_width}}  {info.architecture.description}")
+    return 0
+
+
 def cmd_trace_demo(args: argparse.Namespace) -> int:
     from moe_spec.compare import compare, format_table
     from moe_spec.trace import load_trace, synthetic_trace
@@ -292,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("policies", help="list installed budgeting policies and their origin")
     p.set_defaults(func=cmd_policies)
+
+    p = sub.add_parser(
+        "architectures",
+        help="list the transformers MoE architectures the adapter serves and their origin",
+    )
+    p.set_defaults(func=cmd_architectures)
 
     p = sub.add_parser(
         "serve",

@@ -1,4 +1,4 @@
-"""Hook specifications of the ``moe_spec`` plugin system (pluggy).
+"""Hook specifications of the ``moe_spec`` plugin system (pluggy): policies and architectures.
 
 A plugin is a module (or object) with functions marked ``@hookimpl``. Built-in
 policies are registered the same way as third-party ones; third-party plugins
@@ -19,3 +19,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def register_policies(register: Callable[[type], None]) -> None:
     """Register budgeting policies by calling ``register(PolicyClass)`` for each."""
+
+
+@hookspec
+def register_architectures(register: Callable[[object], None]) -> None:
+    """Register transformers MoE architectures by calling ``register(Architecture(...))``."""

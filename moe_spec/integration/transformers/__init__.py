@@ -12,12 +12,20 @@ from moe_spec.integration.transformers.adapter import (
     budgeted_verify,
     find_moe_blocks,
 )
+from moe_spec.integration.transformers.architectures import (
+    Architecture,
+    RouterConvention,
+    architectures,
+)
 from moe_spec.integration.transformers.eagle import EagleHeadDraft, EagleHeadError
 from moe_spec.integration.transformers.engine import TransformersEngine
 from moe_spec.integration.transformers.loading import ModelPathError, load_engine, save_eagle_head
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
+    "Architecture",
+    "RouterConvention",
+    "architectures",
     "EagleHeadDraft",
     "EagleHeadError",
     "ModelPathError",

@@ -9,7 +9,8 @@ top_k_index, top_k_weights)``. :func:`budgeted_verify` adds a forward hook on
 the router that hands its routing to the policy (through the budgeting core,
 with the model's own convention) and replaces the ids and weights the block
 passes on, plus a pre-hook on the experts module that records which experts
-the block actually computes. Conventions per architecture (:data:`ARCHITECTURES`):
+the block actually computes. Conventions per architecture (registered as plugins,
+:mod:`moe_spec.integration.transformers.architectures`):
 softmax top-k with or without renormalisation (``norm_topk_prob``), DeepSeek's
 ``routed_scaling_factor``, and sigmoid gates chosen with a correction bias
 (DeepSeek-V3, GLM-4.5). Shared experts (Qwen2-MoE, DeepSeek, GLM) sit outside
@@ -19,7 +20,9 @@ no hook is installed: prefill and decoding run the model's own code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -28,86 +31,40 @@ from torch import nn
 
 from moe_spec.budget import Mode, check_budget, check_mode
 from moe_spec.engine.model import VerifyBudget
+from moe_spec.integration.transformers.architectures import (
+    BUILTIN_ARCHITECTURES,
+    RouterConvention,
+    UnsupportedModelError,
+    architectures,
+    router_convention,
+)
+from moe_spec.integration.transformers.contract import check_router_contract
 from moe_spec.policies import Policy
-from moe_spec.routing import RoutingRecord, Scoring, used_experts_E
+from moe_spec.routing import RoutingRecord, used_experts_E
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "MoEBlock",
+    "RouterConvention",
+    "UnsupportedModelError",
+    "VerifyRouting",
+    "budgeted_verify",
+    "check_model_type",
+    "find_moe_blocks",
+    "router_convention",
+]
 
 
-class UnsupportedModelError(ValueError):
-    """The model's architecture has no routing adapter."""
-
-
-@dataclass(frozen=True)
-class RouterConvention:
-    """How an architecture routes: where the router sits and how it weights experts."""
-
-    router_attr: str  # the block's router child: "gate" or "router"
-    scoring: Scoring = "softmax"
-    renormalize: bool = True  # top-k weights rescaled to sum to 1
-    scale: float = 1.0  # DeepSeek's routed_scaling_factor, applied after the top-k
-    bias_attr: str | None = None  # sigmoid routers: the router's selection-bias buffer
-
-
-def softmax_topk_convention(config) -> RouterConvention:
-    """Qwen2-MoE, Qwen3-MoE, OLMoE: softmax top-k, renormalised iff ``norm_topk_prob``."""
-    return RouterConvention("gate", renormalize=bool(config.norm_topk_prob))
-
-
-def deepseek_v2_convention(config) -> RouterConvention:
-    """DeepSeek-V2(-Lite): greedy softmax top-k, raw weights times ``routed_scaling_factor``."""
-    if config.topk_method != "greedy":
-        raise UnsupportedModelError(
-            f"deepseek_v2 with topk_method={config.topk_method!r} is not supported (a re-route "
-            "would ignore its group limit); supported: topk_method='greedy' (DeepSeek-V2-Lite)"
-        )
-    return RouterConvention("gate", renormalize=False, scale=float(config.routed_scaling_factor))
-
-
-def sigmoid_bias_convention(config) -> RouterConvention:
-    """DeepSeek-V3, GLM-4.5: sigmoid gates, top-k chosen by gate + correction bias,
-    weights from the gates (renormalised iff ``norm_topk_prob``) times ``routed_scaling_factor``.
-    """
-    if config.topk_group != config.n_group:
-        raise UnsupportedModelError(
-            f"{config.model_type} with n_group={config.n_group}, topk_group={config.topk_group} "
-            "limits each token to some expert groups, which a re-route would ignore; "
-            "supported: topk_group == n_group (e.g. n_group=1, as GLM-4.5)"
-        )
-    return RouterConvention(
-        "gate",
-        scoring="sigmoid",
-        renormalize=bool(config.norm_topk_prob),
-        scale=float(config.routed_scaling_factor),
-        bias_attr="e_score_correction_bias",
-    )
-
-
-ARCHITECTURES: dict[str, Callable[[object], RouterConvention]] = {
-    "qwen3_moe": softmax_topk_convention,
-    "qwen2_moe": softmax_topk_convention,
-    "olmoe": softmax_topk_convention,
-    "mixtral": lambda config: RouterConvention("gate"),
-    "deepseek_v2": deepseek_v2_convention,
-    # softmax over the top-k logits (router bias included) == renormalised softmax top-k
-    "gpt_oss": lambda config: RouterConvention("router"),
-    "deepseek_v3": sigmoid_bias_convention,
-    "glm4_moe": sigmoid_bias_convention,
-}
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(ARCHITECTURES))
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(b.model_type for b in BUILTIN_ARCHITECTURES)
 
 
 def check_model_type(model_type: str) -> None:
-    if model_type not in ARCHITECTURES:
+    """Refuse a ``model_type`` that no installed plugin registered."""
+    known = architectures()
+    if model_type not in known:
         raise UnsupportedModelError(
-            f"model_type {model_type!r} has no MoE routing adapter; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"model_type {model_type!r} has no MoE routing adapter; supported: {', '.join(known)}"
         )
-
-
-def router_convention(config) -> RouterConvention:
-    """The routing convention of a model config, or :class:`UnsupportedModelError`."""
-    model_type = getattr(config, "model_type", None)
-    check_model_type(model_type)
-    return ARCHITECTURES[model_type](config)
 
 
 @dataclass(frozen=True)
@@ -122,25 +79,41 @@ class MoEBlock:
     correction_bias_E: torch.Tensor | None = None  # sigmoid routers' selection bias
 
 
+_FOUND: weakref.WeakKeyDictionary[nn.Module, list[MoEBlock]] = weakref.WeakKeyDictionary()
+
+
 def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
-    """Every sparse-MoE block of ``model`` in layer order (dense layers are skipped)."""
+    """Every sparse-MoE block of ``model`` in layer order (dense layers are skipped).
+
+    Found, and each router checked against the registered convention
+    (:func:`~moe_spec.integration.transformers.contract.check_router_contract`),
+    once per model; later calls return the same blocks.
+    """
+    if model in _FOUND:
+        return _FOUND[model]
     convention = router_convention(model.config)
     modules = [
         m
         for m in model.modules()
         if isinstance(getattr(m, convention.router_attr, None), nn.Module)
-        and isinstance(getattr(m, "experts", None), nn.Module)
+        and isinstance(getattr(m, convention.experts_attr, None), nn.Module)
     ]
     if not modules:
         raise UnsupportedModelError(
-            f"found no sparse-MoE block (a module with .{convention.router_attr} and .experts) "
-            f"in {type(model).__name__}; is this a {model.config.model_type} MoE model?"
+            f"found no sparse-MoE block (a module with .{convention.router_attr} and "
+            f".{convention.experts_attr}) in {type(model).__name__}; is this a "
+            f"{model.config.model_type} MoE model?"
         )
     blocks = []
     for i, m in enumerate(modules):
         router = getattr(m, convention.router_attr)
         bias_E = getattr(router, convention.bias_attr) if convention.bias_attr else None
-        blocks.append(MoEBlock(i, router, m.experts, router.num_experts, router.top_k, bias_E))
+        experts = getattr(m, convention.experts_attr)
+        block = MoEBlock(i, router, experts, router.num_experts, router.top_k, bias_E)
+        with torch.no_grad():
+            check_router_contract(block, convention, model.config.hidden_size)
+        blocks.append(block)
+    _FOUND[model] = blocks
     return blocks
 
 
@@ -171,9 +144,17 @@ def budget_routing(
     block: MoEBlock,
     num_layers: int,
     output: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The router's ``(logits, weights, ids)`` with ids and weights budgeted by the policy."""
-    logits, weights_TK, ids_TK = output
+) -> tuple[torch.Tensor, ...]:
+    """The router's output with ids and weights budgeted by the policy (same order)."""
+    logits, weights_TK, ids_TK = convention.split(output)
+    if state.budget >= block.num_experts:  # no budget: note the routing, touch nothing
+        state.ids_before_LTK.append(ids_TK)
+        state.ids_after_LTK.append(ids_TK)
+        if state.track_exact:
+            state.exact_LT.append(
+                torch.ones(ids_TK.shape[0], dtype=torch.bool, device=ids_TK.device)
+            )
+        return output
     logits_TE = logits.reshape(-1, block.num_experts)
     record = RoutingRecord(
         logits_TE,
@@ -200,7 +181,7 @@ def budget_routing(
     state.ids_after_LTK.append(new_ids_TK)
     if state.track_exact:
         state.exact_LT.append(~changed_T)
-    return logits, new_weights_TK.to(weights_TK.dtype), new_ids_TK
+    return convention.join(logits, new_weights_TK.to(weights_TK.dtype), new_ids_TK)
 
 
 def record_computed(state: VerifyRouting, block: MoEBlock, args: tuple, kwargs: dict) -> None:
@@ -222,17 +203,23 @@ def budgeted_verify(
     depth_T: torch.Tensor | None = None,
     path_logprob_T: torch.Tensor | None = None,
     track_exact: bool = False,
+    validate: bool = False,
 ) -> Iterator[VerifyRouting]:
     """Budget every MoE block of ``model`` for the forwards run inside the ``with`` body.
 
     Yields the :class:`VerifyRouting` that fills up with each layer's routing.
     ``depth_T`` / ``path_logprob_T`` describe the T tokens of the forward (batch 1);
     ``track_exact`` records which tokens' routing the budget left unchanged (for repair).
+    ``validate`` runs the policy's value checks, which read tensors on the host in every
+    layer (off by default: the hot path then has no host synchronisation of its own).
     """
     convention = router_convention(model.config)
     blocks = find_moe_blocks(model)
     check_mode(mode)
-    budget = check_budget(budget, blocks[0].top_k, blocks[0].num_experts)
+    budget = check_budget(budget, max(b.top_k for b in blocks), blocks[0].num_experts)
+    if not validate:  # the hot path reads nothing on the host per layer
+        policy = copy.copy(policy)
+        policy.validate = False
     state = VerifyRouting(policy, budget, mode, depth_T, path_logprob_T, track_exact)
     handles = []
 

@@ -94,6 +94,8 @@ class EagleHeadDraft:
         self.head = head.to(device=self.device, dtype=target.dtype).eval().requires_grad_(False)
         self.embed = target.get_input_embeddings()
         self.out = target.get_output_embeddings()
+        # GraniteMoE divides its logits by logits_scaling after the LM head
+        self.logits_scaling = float(getattr(target.config, "logits_scaling", 1.0) or 1.0)
         self.rope_theta = float(rope_theta)
         self.rope_cos = self.rope_sin = None
         self.context_limit = 1 << 30  # rotary tables are built per run (new_cache)
@@ -110,7 +112,8 @@ class EagleHeadDraft:
 
     def lm_head(self, feature_QD: torch.Tensor) -> torch.Tensor:
         """fp32 logits (on the CPU) of features, through the target's LM head."""
-        return self.out(feature_QD.to(self.device)).float().cpu()
+        logits_QV = self.out(feature_QD.to(self.device)).float().cpu()
+        return logits_QV / self.logits_scaling if self.logits_scaling != 1.0 else logits_QV
 
     def __call__(
         self,

@@ -80,6 +80,17 @@ ARCH_CONFIGS = {
              qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1,
              routed_scaling_factor=2.5, norm_topk_prob=True),
     ),
+    "granitemoe": (  # the router returns (ids, weights, logits); muP-style multipliers
+        "GraniteMoeConfig",
+        dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
+             embedding_multiplier=2.0, logits_scaling=2.0, residual_multiplier=0.5,
+             attention_multiplier=0.25),
+    ),
+    "granitemoeshared": (  # GraniteMoE with a shared MLP beside the experts
+        "GraniteMoeSharedConfig",
+        dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
+             shared_intermediate_size=16),
+    ),
 }  # fmt: skip
 
 
@@ -90,7 +101,10 @@ def tiny_config(model_type: str):
 
 
 REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
-EXTRA = ("qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe", "deepseek_v3")
+EXTRA = (
+    "qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe", "deepseek_v3", "granitemoe",
+    "granitemoeshared",
+)  # fmt: skip
 
 
 def build(config, seed: int = 0):

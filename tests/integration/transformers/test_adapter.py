@@ -100,6 +100,8 @@ def test_each_architecture_declares_its_routing_convention():
         "gpt_oss": ("softmax", True, 1.0),
         "glm4_moe": ("sigmoid", True, 2.5),
         "deepseek_v3": ("sigmoid", True, 2.5),
+        "granitemoe": ("softmax", True, 1.0),
+        "granitemoeshared": ("softmax", True, 1.0),
     }
     assert set(expected) == set(SUPPORTED_MODEL_TYPES)
     for model_type, want in expected.items():
@@ -127,9 +129,12 @@ def capture_block_io(model):
     """Hooks that record each router's own output and what each experts module receives."""
     seen = {"router": [], "experts": []}
     handles = []
-    for block in find_moe_blocks(model):
+    convention = router_convention(model.config)
+    for block in find_moe_blocks(model):  # router outputs stored as (logits, weights, ids)
         handles.append(
-            block.router.register_forward_hook(lambda _m, _a, out: seen["router"].append(out))
+            block.router.register_forward_hook(
+                lambda _m, _a, out: seen["router"].append(convention.split(out))
+            )
         )
         handles.append(
             block.experts.register_forward_pre_hook(

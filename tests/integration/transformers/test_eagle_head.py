@@ -71,6 +71,7 @@ def test_the_feature_is_the_final_normed_hidden_state(target):
     assert features.last_BSD.shape == (1, ids.shape[1], target.config.hidden_size)
     torch.testing.assert_close(features.last_BSD, out.hidden_states[-1], rtol=0, atol=0)
     logits = target.get_output_embeddings()(features.last_BSD[:, -1])
+    logits = logits / getattr(target.config, "logits_scaling", 1.0)  # GraniteMoE's
     torch.testing.assert_close(logits, out.logits[:, -1], rtol=0, atol=0)
 
 
@@ -94,7 +95,11 @@ def test_tree_and_catch_up_match_a_plain_forward_of_the_head(target):
     """Depth 1 and 2 of the first tree, then a catch-up, against cache-free references."""
     head = random_head()
     draft = EagleHeadDraft(head, target, rope_theta=THETA)
-    lm_head = target.get_output_embeddings()
+    scaling = getattr(target.config, "logits_scaling", 1.0)  # GraniteMoE divides its logits
+
+    def lm_head(feature):
+        return target.get_output_embeddings()(feature) / scaling
+
     cache = draft.new_cache(64)
     with capture_features(target) as features:
         root = int(target(input_ids=torch.tensor([PROMPT])).logits[0, -1].argmax())
