@@ -6,6 +6,8 @@ the hooks with policy ``none`` (their overhead), and router-mass at B=32 and 16
 (distinct experts computed per layer, measured inside the experts modules).
 Conditions are interleaved in every repetition. Random weights: only the
 mechanics and the overhead mean anything here, not acceptance or quality.
+Beside the times it counts the aten ops each condition dispatches per verify
+forward (a count that does not depend on the machine's load).
 
     .venv/bin/python bench/bench_hf_verify.py [--experts-impl eager|grouped_mm] [--reps 12]
 """
@@ -17,6 +19,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, DynamicCache, Qwen3MoeConfig
 
 from moe_spec.engine.tree import DraftTree
@@ -37,6 +40,32 @@ def random_tree(n: int, vocab: int, g: torch.Generator) -> DraftTree:
         depth.append(depth[p] + 1)
     return DraftTree(torch.randint(0, vocab, (n,), generator=g), torch.tensor(parent),
                      torch.tensor(depth), -torch.arange(n, dtype=torch.float32))  # fmt: skip
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten ops dispatched inside the ``with`` block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def verify(model, cache, tree, condition):
+    """One tree forward under ``condition``; the distinct experts computed per layer (or None)."""
+    _, policy, budget = condition
+    with torch.no_grad():
+        if policy is None:
+            run_tree(model, cache, tree)
+            return None
+        with budgeted_verify(
+            model, get_policy(policy), budget, "substitution", tree.depth_N, tree.logprob_N
+        ) as routing:
+            run_tree(model, cache, tree)
+        return routing.distinct_computed_L()
 
 
 def main() -> None:
@@ -62,30 +91,31 @@ def main() -> None:
     prefix = cache.get_seq_length()
     times = {c: [] for c in CONDITIONS}
     distinct = {}
+    ops = {}
+    for c in CONDITIONS:  # warm-up: blocks found (and routers probed) once, outside the count
+        verify(model, cache, tree, c)
+        crop_to(cache, prefix)
+    for c in CONDITIONS:
+        with OpCounter() as counter:
+            verify(model, cache, tree, c)
+        ops[c] = counter.ops
+        crop_to(cache, prefix)
     for _ in range(args.reps):
         for c in CONDITIONS:
-            _, policy, budget = c
             start = time.perf_counter()
-            with torch.no_grad():
-                if policy is None:
-                    run_tree(model, cache, tree)
-                else:
-                    with budgeted_verify(
-                        model, get_policy(policy), budget, "substitution", tree.depth_N,
-                        tree.logprob_N,
-                    ) as routing:  # fmt: skip
-                        run_tree(model, cache, tree)
-                    distinct[c] = routing.distinct_computed_L()
+            distinct[c] = verify(model, cache, tree, c)
             times[c].append(time.perf_counter() - start)
             crop_to(cache, prefix)
     print(f"experts_implementation={args.experts_impl}, tree N=32, prefix={prefix}, "
           "4 MoE layers x 64 experts top-8, fp32, 1 thread")  # fmt: skip
-    print("| condition | B | median ms | min ms | distinct experts computed per layer |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| condition | B | median ms | min ms | vs plain (min) | aten ops | distinct experts "
+          "computed per layer |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    plain = min(times[CONDITIONS[0]][2:])
     for c in CONDITIONS:
         ts = [1000 * t for t in times[c][2:]]  # the first two repetitions warm up
         print(f"| {c[0]} | {c[2] or '-'} | {statistics.median(ts):.1f} | {min(ts):.1f} | "
-              f"{distinct.get(c, '-')} |")  # fmt: skip
+              f"{min(ts) / 1000 / plain:.3f}x | {ops[c]} | {distinct.get(c) or '-'} |")  # fmt: skip
 
 
 if __name__ == "__main__":
