@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from moe_spec.routing import RoutingRecord, check_values
+from moe_spec.routing import RoutingRecord, check_values, sparsemixer_topk
 
 Mode = Literal["substitution", "truncation"]
 MODES: tuple[str, ...] = ("substitution", "truncation")
@@ -140,7 +140,7 @@ def apply_budget(
     if mode == "substitution":
         new_ids_TK, new_weights_TK = substitute(record, keep_E, choice_TE, best_kept_T)
     else:
-        new_ids_TK, new_weights_TK = truncate(record, kept_TK, best_kept_T)
+        new_ids_TK, new_weights_TK = truncate(record, keep_E, kept_TK, best_kept_T)
     new_weights_TK = torch.nan_to_num(new_weights_TK, nan=0.0)  # rows of NaN logits (padding)
     return BudgetedTopK(
         torch.where(affected_T[:, None], new_ids_TK.to(ids_TK.dtype), ids_TK),
@@ -165,6 +165,12 @@ def substitute(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each token's top-k among kept experts (``choice_TE`` is -inf outside them)."""
     K = record.top_k
+    if record.scoring == "sparsemixer":  # the model's own rule, on the kept experts
+        eps = record.sparsemixer_eps
+        weights_TK, ids_TK = sparsemixer_topk(record.router_logits_TE, K, eps, keep_E)
+        slot_ok_TK = torch.arange(K, device=ids_TK.device)[None, :] < keep_E.sum()
+        weights_TK = torch.where(slot_ok_TK, weights_TK, 0.0)
+        return torch.where(slot_ok_TK, ids_TK, best_kept_T[:, None]), weights_TK
     order_TE = torch.sort(choice_TE, dim=-1, descending=True, stable=True).indices
     ids_TK = order_TE[:, :K]
     # A kept set smaller than K (a policy's choice) leaves slots with no expert.
@@ -177,12 +183,17 @@ def substitute(
 
 
 def truncate(
-    record: RoutingRecord, kept_TK: torch.Tensor, best_kept_T: torch.Tensor
+    record: RoutingRecord, keep_E: torch.Tensor, kept_TK: torch.Tensor, best_kept_T: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each token's surviving experts; all lost: its best kept expert alone."""
     weights_TK = torch.where(kept_TK, record.topk_weights_TK.float(), 0.0)
     lost_all_T = ~kept_TK.any(dim=-1)
-    fallback_T = record.gate_weights_TE().gather(1, best_kept_T[:, None])[:, 0]
+    if record.scoring == "sparsemixer":  # its weight as the model's first pick among the kept
+        fallback_T = sparsemixer_topk(record.router_logits_TE, 1, record.sparsemixer_eps, keep_E)[
+            0
+        ][:, 0]
+    else:
+        fallback_T = record.gate_weights_TE().gather(1, best_kept_T[:, None])[:, 0]
     first_slot_TK = torch.zeros_like(kept_TK)
     first_slot_TK[:, 0] = True
     weights_TK = torch.where(lost_all_T[:, None] & first_slot_TK, fallback_T[:, None], weights_TK)

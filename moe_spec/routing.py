@@ -20,8 +20,8 @@ from typing import Literal
 
 import torch
 
-Scoring = Literal["softmax", "sigmoid"]
-SCORINGS: tuple[str, ...] = ("softmax", "sigmoid")
+Scoring = Literal["softmax", "sigmoid", "sparsemixer"]
+SCORINGS: tuple[str, ...] = ("softmax", "sigmoid", "sparsemixer")
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,12 @@ class RoutingRecord:
         path_logprob_T: optional draft log-probability of the path root..token.
         layer_idx: index of this MoE layer, in ``[0, num_layers)``.
         num_layers: number of MoE layers in the model.
-        scoring: ``"softmax"`` (Mixtral, Qwen-MoE, OLMoE) or ``"sigmoid"``
-            (DeepSeek-V3 style, optionally with ``correction_bias_E``).
+        scoring: ``"softmax"`` (Mixtral, Qwen-MoE, OLMoE), ``"sigmoid"``
+            (DeepSeek-V3 style, optionally with ``correction_bias_E``) or
+            ``"sparsemixer"`` (PhiMoE: experts by logit, each weighted by a softmax
+            over the logits near it; see :func:`sparsemixer_topk`).
+        sparsemixer_eps: the sparsemixer's jitter epsilon (PhiMoE's
+            ``router_jitter_noise``); used only with ``scoring="sparsemixer"``.
         renormalize: whether the model rescales its top-k weights to sum to 1.
         correction_bias_E: sigmoid routers' selection bias (chooses experts,
             does not weight them).
@@ -55,6 +59,7 @@ class RoutingRecord:
     scoring: Scoring = "softmax"
     renormalize: bool = True
     correction_bias_E: torch.Tensor | None = None
+    sparsemixer_eps: float = 0.01
 
     def __post_init__(self) -> None:
         check_shapes(self)
@@ -82,19 +87,23 @@ class RoutingRecord:
     def routing_probs_TE(self) -> torch.Tensor:
         """fp32 ``[T, E]``: each token's routing distribution over all experts.
 
-        Softmax routers: ``softmax(logits)``. Sigmoid routers: ``sigmoid(logits)``
-        normalised over the experts, so every token carries mass 1 either way.
+        Softmax (and sparsemixer) routers: ``softmax(logits)``. Sigmoid routers:
+        ``sigmoid(logits)`` normalised over the experts, so every token carries mass 1.
         """
         logits_TE = self.router_logits_TE.float()
-        if self.scoring == "softmax":
+        if self.scoring != "sigmoid":
             return torch.softmax(logits_TE, dim=-1)
         gates_TE = torch.sigmoid(logits_TE)
         return gates_TE / gates_TE.sum(dim=-1, keepdim=True).clamp_min(1e-20)
 
     def gate_weights_TE(self) -> torch.Tensor:
-        """fp32 ``[T, E]``: the weight a token would give each expert before renormalisation."""
+        """fp32 ``[T, E]``: the weight a token would give each expert before renormalisation.
+
+        A sparsemixer's weights depend on which experts are available; this is the
+        plain softmax, which ranks experts as its logits do (see :func:`sparsemixer_topk`).
+        """
         logits_TE = self.router_logits_TE.float()
-        if self.scoring == "softmax":
+        if self.scoring != "sigmoid":
             return torch.softmax(logits_TE, dim=-1)
         return torch.sigmoid(logits_TE)
 
@@ -137,6 +146,33 @@ def softmax_topk(
     if renormalize:
         weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
     return weights_TK, ids_TK
+
+
+def sparsemixer_topk(
+    logits_TE: torch.Tensor, top_k: int, eps: float, allowed_E: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's sparsemixer in inference (``transformers``' ``sparsemixer``, eval mode).
+
+    Step k picks ``e_k``, the best logit ``m_k`` among the experts not picked yet
+    (and in ``allowed_E``, bool ``[E]``, when given); its weight is the softmax, at
+    ``e_k``, over the experts still available whose logit is near the step's best:
+    ``(m_k - s_j) / max(|s_j|, m_k) <= 2 * eps``. PhiMoE has ``top_k = 2``; the rule
+    runs for any k. Returns fp32 ``(weights_TK, ids_TK)``; ties go to the lower id.
+    """
+    s_TE = logits_TE.float()
+    available_TE = torch.ones_like(s_TE, dtype=torch.bool)
+    if allowed_E is not None:
+        available_TE = available_TE & allowed_E[None, :]
+    weights, ids = [], []
+    for _ in range(top_k):
+        candidates_TE = s_TE.masked_fill(~available_TE, float("-inf"))
+        m_T, e_T = candidates_TE.max(dim=-1, keepdim=True)  # first maximum: lower id
+        far_TE = (m_T - s_TE) / s_TE.abs().clamp(min=m_T) > 2 * eps
+        gates_TE = torch.softmax(candidates_TE.masked_fill(far_TE, float("-inf")), dim=-1)
+        weights.append(gates_TE.gather(1, e_T))
+        ids.append(e_T)
+        available_TE = available_TE.scatter(1, e_T, False)
+    return torch.cat(weights, dim=1), torch.cat(ids, dim=1)
 
 
 def one_hot_topk_TE(topk_ids_TK: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -191,6 +227,8 @@ def check_shapes(record: RoutingRecord) -> None:
         raise ValueError(f"correction_bias_E must have shape [E={E}], got {tuple(bias.shape)}")
     if record.scoring not in SCORINGS:
         raise ValueError(f"scoring is {record.scoring!r}; allowed: {', '.join(SCORINGS)}")
+    if record.scoring == "sparsemixer" and not record.sparsemixer_eps >= 0:
+        raise ValueError(f"sparsemixer_eps is {record.sparsemixer_eps!r}; allowed: >= 0")
     if bias is not None and record.scoring != "sigmoid":
         raise ValueError("correction_bias_E is only used by sigmoid routers (scoring='sigmoid')")
     if record.num_layers < 1 or not 0 <= record.layer_idx < record.num_layers:

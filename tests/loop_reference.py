@@ -56,3 +56,30 @@ def reference_apply_budget(
         out_ids.append(new_ids)
         out_weights.append(new_w)
     return out_ids, out_weights
+
+
+def reference_sparsemixer(
+    logits: list[float], allowed: list[int], top_k: int, eps: float
+) -> tuple[list[int], list[float]]:
+    """PhiMoE's sparsemixer for one token, as loops: ``(ids, weights)`` among ``allowed``.
+
+    Each step picks the best remaining logit ``m`` (lower id on ties) and weights it
+    by the softmax, over the remaining experts with ``(m - s) / max(|s|, m) <= 2 eps``.
+    """
+    import math
+
+    remaining = sorted(allowed)
+    ids, weights = [], []
+    for _ in range(min(top_k, len(remaining))):
+        best = min(remaining, key=lambda e: (-logits[e], e))
+        m = logits[best]
+        near = []
+        for e in remaining:
+            factor = max(abs(logits[e]), m)
+            if not (factor and (m - logits[e]) / factor > 2 * eps):
+                near.append(e)
+        total = sum(math.exp(logits[e] - m) for e in near)
+        ids.append(best)
+        weights.append(1.0 / total)  # exp(m - m) / total
+        remaining.remove(best)
+    return ids, weights

@@ -221,6 +221,8 @@ def select_budget_triton(
     ``budget >= E``). Returns ``(BudgetedTopK, scores_E)``; output ids and
     weights keep the input dtypes and are contiguous ``[T, K]``.
     """
+    if record.scoring == "sparsemixer":
+        raise ValueError("the Triton budget kernel has no sparsemixer rule; use the torch path")
     T, E, K = record.num_tokens, record.num_experts, record.top_k
     device = record.router_logits_TE.device
     logits_TE = record.router_logits_TE.contiguous()

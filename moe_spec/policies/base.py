@@ -92,7 +92,8 @@ class Policy:
         if validating:
             check_values(record)
         budgeting = budget < record.num_experts
-        if budgeting and choose_backend(record.router_logits_TE.device) == "triton":
+        fusable = record.scoring != "sparsemixer"  # the kernel has no sparsemixer rule
+        if budgeting and fusable and choose_backend(record.router_logits_TE.device) == "triton":
             rule = self.guarded("fused_rule()", self.fused_rule, record)
             if rule is not None:
                 return self.apply_fused(record, budget, rule, mode, validating)

@@ -94,7 +94,8 @@ def test_policy_runs_only_in_verify_forwards_with_tree_metadata(tiny_engine, spy
     [
         ({"width": 0}, r"width must be an integer >= 1, got 0"),
         ({"num_tokens": 1}, r"num_tokens must be an integer >= 2"),
-        ({"temperature": -1.0}, r"temperature must be >= 0"),
+        ({"temperature": -1.0}, r"temperature is -1.0; allowed: 0 \(greedy\) or a finite"),
+        ({"temperature": 1e-300}, r"temperature is 1e-300; allowed"),
         ({"mode": "drop"}, r"mode is 'drop'; allowed: substitution, truncation"),
     ],
 )

@@ -167,6 +167,7 @@ def budget_routing(
         scoring=convention.scoring,
         renormalize=convention.renormalize,
         correction_bias_E=block.correction_bias_E,
+        sparsemixer_eps=convention.sparsemixer_eps,
     )
     new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)

@@ -2,7 +2,8 @@
 
 An :class:`Architecture` names a ``model_type`` and says how its MoE blocks
 route: where the router and experts modules sit, the order of what the router
-returns, its scoring (softmax or sigmoid with a selection bias), whether top-k
+returns, its scoring (softmax, sigmoid with a selection bias, or PhiMoE's
+sparsemixer), whether top-k
 weights are renormalised, and a scale applied after the top-k. Built-ins are
 registered through the ``register_architectures`` hook of the same pluggy
 plugin manager and entry-point group (``moe_spec.policies``) as policies, so a
@@ -63,6 +64,7 @@ class RouterConvention:
     bias_attr: str | None = None  # sigmoid routers: the router's selection-bias buffer
     returns: tuple[str, str, str] = ROUTER_OUTPUTS  # the router's output order
     experts_attr: str = "experts"  # the block's experts child
+    sparsemixer_eps: float = 0.01  # scoring="sparsemixer": the router's jitter epsilon
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -127,6 +129,16 @@ def sigmoid_bias_convention(config) -> RouterConvention:
     )
 
 
+def phimoe_convention(config) -> RouterConvention:
+    """PhiMoE: sparsemixer top-2 (each pick weighted by a softmax over logits near it), raw."""
+    return RouterConvention(
+        "router",
+        scoring="sparsemixer",
+        renormalize=False,
+        sparsemixer_eps=float(config.router_jitter_noise),
+    )
+
+
 def granite_convention(config) -> RouterConvention:
     """GraniteMoE(-Shared): softmax over the top-k logits (= renormalised softmax top-k);
     the router returns ``(ids, weights, logits)``."""
@@ -145,6 +157,7 @@ BUILTIN_ARCHITECTURES = (
     Architecture("glm4_moe", sigmoid_bias_convention, "GLM-4.5, one expert group"),
     Architecture("granitemoe", granite_convention, "GraniteMoE"),
     Architecture("granitemoeshared", granite_convention, "GraniteMoE with a shared MLP"),
+    Architecture("phimoe", phimoe_convention, "PhiMoE (Phi-3.5-MoE), sparsemixer weights"),
 )
 
 

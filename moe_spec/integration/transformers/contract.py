@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from moe_spec.integration.transformers.architectures import RouterConvention, UnsupportedModelError
-from moe_spec.routing import RoutingRecord
+from moe_spec.routing import RoutingRecord, sparsemixer_topk
 
 PROBE_TOKENS = 8
 
@@ -25,6 +25,9 @@ def convention_topk(
     logits_TE: torch.Tensor, convention: RouterConvention, top_k: int, bias_E: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 ``(ids_TK, weights_TK)`` the convention derives from router logits."""
+    if convention.scoring == "sparsemixer":
+        weights_TK, ids_TK = sparsemixer_topk(logits_TE, top_k, convention.sparsemixer_eps)
+        return ids_TK, weights_TK * convention.scale
     probe = RoutingRecord(
         logits_TE.float(),
         torch.zeros(logits_TE.shape[0], top_k, dtype=torch.long),

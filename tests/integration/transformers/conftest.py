@@ -91,6 +91,11 @@ ARCH_CONFIGS = {
         dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
              shared_intermediate_size=16),
     ),
+    "phimoe": (  # sparsemixer top-2 weights (each pick's softmax over the logits near it)
+        "PhimoeConfig",
+        dict(intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
+             router_jitter_noise=0.01),
+    ),
 }  # fmt: skip
 
 
@@ -103,7 +108,7 @@ def tiny_config(model_type: str):
 REQUIRED = ("qwen3_moe", "olmoe", "mixtral")
 EXTRA = (
     "qwen2_moe", "deepseek_v2", "gpt_oss", "glm4_moe", "deepseek_v3", "granitemoe",
-    "granitemoeshared",
+    "granitemoeshared", "phimoe",
 )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from moe_spec.integration.transformers import (
 from moe_spec.integration.transformers.adapter import router_convention
 from moe_spec.integration.transformers.tree import new_cache, run_tree
 from moe_spec.policies import get_policy
+from tests.loop_reference import reference_sparsemixer
 
 from .conftest import ExpertAccessCounter, hand_tree, tiny_config
 
@@ -102,6 +103,7 @@ def test_each_architecture_declares_its_routing_convention():
         "deepseek_v3": ("sigmoid", True, 2.5),
         "granitemoe": ("softmax", True, 1.0),
         "granitemoeshared": ("softmax", True, 1.0),
+        "phimoe": ("sparsemixer", False, 1.0),
     }
     assert set(expected) == set(SUPPORTED_MODEL_TYPES)
     for model_type, want in expected.items():
@@ -156,6 +158,17 @@ def gates_and_choice(convention, logits_E, bias_E):
 def expected_routing(config, logits_E, bias_E, ids_K, weights_K, kept, mode):
     """{expert: weight} a re-routed token should get, from the model's documented formula."""
     convention = router_convention(config)
+    if convention.scoring == "sparsemixer":  # PhiMoE: the model's own rule on the kept experts
+        eps, K = convention.sparsemixer_eps, ids_K.numel()
+        if mode == "substitution":
+            return dict(zip(*reference_sparsemixer(logits_E.tolist(), kept, K, eps), strict=True))
+        weights = {
+            int(e): float(w) for e, w in zip(ids_K, weights_K, strict=True) if int(e) in kept
+        }
+        if not weights:
+            first, weight = reference_sparsemixer(logits_E.tolist(), kept, 1, eps)
+            weights = {first[0]: weight[0]}
+        return weights
     gates_E, choice_E = gates_and_choice(convention, logits_E, bias_E)
     kept_ids = sorted(kept)
     if mode == "substitution":
@@ -190,7 +203,7 @@ def test_rerouted_tokens_follow_the_models_own_convention(moe_model, mode):
     for block, (logits, weights_TK, ids_TK), (got_ids_TK, got_weights_TK) in zip(
         blocks, seen["router"][prefill_calls:], seen["experts"][prefill_calls:], strict=True
     ):
-        if convention.scoring == "softmax":
+        if convention.scoring != "sigmoid":  # softmax and sparsemixer routers
             probs_TE = torch.softmax(logits.double(), dim=-1)
         else:  # the paper's mass for sigmoid routers: gates normalised per token
             probs_TE = torch.sigmoid(logits.double())

@@ -22,7 +22,7 @@ from moe_spec.integration.transformers.adapter import budget_routing, router_con
 from moe_spec.policies import PluginWarning, reset_registry
 from moe_spec.policies.registry import registry
 from tests.host_sync import HostSyncRecorder
-from tests.integration.transformers.conftest import COMMON, build, tiny_config
+from tests.integration.transformers.conftest import build, tiny_config
 
 
 @pytest.fixture
@@ -82,15 +82,13 @@ def test_a_wrong_weighting_rule_is_refused_naming_block_field_and_values(plugin)
 
 
 def test_phimoe_registered_with_the_default_convention_is_refused(plugin):
-    plugin(lambda register: register(Architecture("phimoe", lambda c: RouterConvention("router"))))
-    config = transformers.PhimoeConfig(
-        **{**COMMON, "num_key_value_heads": 2},
-        intermediate_size=16,
-        num_local_experts=8,
-        num_experts_per_tok=2,
-    )
-    with pytest.raises(UnsupportedModelError, match=r"field (weights|ids) differs"):
-        find_moe_blocks(build(config))
+    plugin(lambda register: register(Architecture("phi_x", lambda c: RouterConvention("router"))))
+    model = renamed(build(tiny_config("phimoe")), "phi_x")
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"PhimoeTopKRouter\): field weights differs .* router \[1.0, 1.0\], convention",
+    ):
+        find_moe_blocks(model)
 
 
 def test_a_plugin_reusing_a_builtin_name_is_left_out(plugin):
