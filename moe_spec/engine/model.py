@@ -128,7 +128,12 @@ class MoE(nn.Module):
     def forward(self, x_TD: torch.Tensor, verify: VerifyBudget | None = None):
         """``out_TD`` and the Switch-style load-balancing loss ``E * sum_e f_e * P_e``."""
         logits_TE, ids_TK, weights_TK = self.route(x_TD)
-        if verify is not None:
+        if verify is not None and verify.budget >= self.config.n_experts:  # nothing to budget
+            verify.ids_before_LTK.append(ids_TK)
+            verify.ids_after_LTK.append(ids_TK)
+            if verify.track_exact:
+                verify.exact_LT.append(torch.ones(ids_TK.shape[0], dtype=torch.bool))
+        elif verify is not None:
             record = RoutingRecord(
                 logits_TE,
                 ids_TK,
