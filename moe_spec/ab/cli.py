@@ -7,14 +7,22 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_CONFIGS = (
-    "autoregressive",
-    "none",
-    "depth-width",
-    "token-priority:B=8",
-    "token-priority:B=16",
-)
-DEFAULT_CONTROLLER_MODEL = ("OLMoE-1B-7B", "H200")
+from moe_spec.ab.pricing import COST_MODEL_CHOICES
+
+DEFAULT_BASELINES = ("autoregressive", "none", "depth-width")
+DEFAULT_POLICY = "token-priority"
+
+
+def default_configs(n_experts: int | None, top_k: int | None) -> list[str]:
+    """The baselines plus ``token-priority`` at E/4 and E/2 (each in [K, E), deduplicated).
+
+    Budgets follow the model: on the shipped model (32 experts, top-4) B=8 and B=16; on an
+    8-expert top-2 model B=2 and B=4; a model whose top-k leaves no budget below E gets none.
+    """
+    if n_experts is None or top_k is None:
+        n_experts, top_k = 32, 4
+    budgets = sorted({max(top_k, n_experts // 4), max(top_k, n_experts // 2)})
+    return [*DEFAULT_BASELINES] + [f"{DEFAULT_POLICY}:B={b}" for b in budgets if b < n_experts]
 
 
 def add_parser(subparsers) -> None:
@@ -33,8 +41,8 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="SPEC",
         help="NAME[:key=value,...] or a .json/.toml file; repeatable (default: "
-        + ", ".join(DEFAULT_CONFIGS)
-        + ")",
+        + ", ".join(DEFAULT_BASELINES)
+        + f", {DEFAULT_POLICY} at B=E/4 and E/2 of the model)",
     )
     p.add_argument("--reference", help="label differences are measured against (default: none)")
     p.add_argument("--backend", choices=("engine", "sglang"), default="engine")
@@ -64,11 +72,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-shape", help="add modeled throughput for this model shape")
     p.add_argument("--gpu", help="... on this GPU (A100-80GB, H100, H200)")
     p.add_argument(
+        "--cost-model",
+        choices=COST_MODEL_CHOICES,
+        default=None,
+        help="calibrated (default: roofline plus overheads fitted to published points) or "
+        "roofline (bytes/bandwidth and FLOPs/peak only); see docs/ab.md",
+    )
+    p.add_argument(
         "--overhead-us",
         type=float,
-        default=0.0,
-        help="cost model: fixed microseconds per layer per forward (default 0: the pure "
-        "roofline; 101 reproduces the paper's OLMoE gain on an H200, see docs)",
+        default=None,
+        help="the roofline plus this fixed time per layer per forward (microseconds; "
+        "implies --cost-model roofline)",
     )
     p.add_argument("--threads", type=int, help="engine: torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,7 +102,7 @@ def load_prompt_list(args) -> list[str]:
     return prompts[: args.num_prompts] if args.num_prompts else prompts
 
 
-def load_configs(args):
+def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
     from moe_spec.ab.configs import finalize, parse_config
 
     defaults = {
@@ -99,7 +114,8 @@ def load_configs(args):
     }
     if args.backend == "sglang" and not args.config:
         raise ValueError("--backend sglang needs a --config (and a --server) for every server")
-    configs = [c for text in (args.config or DEFAULT_CONFIGS) for c in parse_config(text, defaults)]
+    texts = args.config or default_configs(n_experts, top_k)
+    configs = [c for text in texts for c in parse_config(text, defaults)]
     if args.backend == "sglang":
         if args.server and len(args.server) != len(configs):
             raise ValueError(f"{len(args.server)} --server URLs for {len(configs)} configurations")
@@ -116,28 +132,18 @@ def _with_server(config, url):
     return replace(config, server=url)
 
 
-def cost_model(args):
-    from moe_spec.costmodel import get_gpu, get_shape
-
-    if bool(args.model_shape) != bool(args.gpu):
-        raise ValueError("--model-shape and --gpu go together")
-    if not args.overhead_us >= 0:
-        raise ValueError(f"--overhead-us must be >= 0, got {args.overhead_us}")
-    shape, gpu = (args.model_shape, args.gpu) if args.gpu else DEFAULT_CONTROLLER_MODEL
-    return get_gpu(gpu), get_shape(shape), bool(args.gpu)
-
-
-def make_backend(args, configs, gpu, shape):
+def make_backend(args, configs, engine, controller):
     if args.backend == "sglang":
         from moe_spec.ab.sglang_backend import SglangBackend
 
         return SglangBackend({c.label: c.server for c in configs if c.server})
     from moe_spec.ab.engine_backend import EngineBackend
 
-    return EngineBackend(load_engine(args), gpu, shape, args.overhead_us * 1e-6)
+    return EngineBackend(engine, controller.cost, controller.shape)
 
 
 def load_engine(args):
+    """The engine backend's model: a transformers pair or the reference engine."""
     if bool(args.target) != bool(args.draft):
         raise ValueError("--target and --draft go together")
     if args.target:
@@ -161,18 +167,34 @@ def load_engine(args):
     return Engine(load_checkpoint(args.checkpoint or SHIPPED))
 
 
+def stored_controller(args):
+    """The depth-width controller a resumed folder's ``run.json`` holds (None: none stored)."""
+    import json
+
+    path = Path(args.out) / "run.json"
+    if not (args.resume and path.exists()):
+        return None
+    return json.loads(path.read_text()).get("controller")
+
+
 def cmd_ab(args: argparse.Namespace) -> int:
     from moe_spec.ab.plots import plot_experts, plot_tradeoff
+    from moe_spec.ab.pricing import controller, pricing
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
     from moe_spec.ab.runner import run_all
-    from moe_spec.ab.stats import Modeled
 
     started = time.perf_counter()
     prompts = load_prompt_list(args)
-    configs, reference = load_configs(args)
-    gpu, shape, modeled_columns = cost_model(args)
-    backend = make_backend(args, configs, gpu, shape)
+    engine = load_engine(args) if args.backend == "engine" else None
+    cfg = getattr(engine, "config", None)
+    configs, reference = load_configs(
+        args, getattr(cfg, "n_experts", None), getattr(cfg, "top_k", None)
+    )
+    modeled = pricing(args.model_shape, args.gpu, args.cost_model, args.overhead_us)
+    stored = stored_controller(args)
+    pick = controller(modeled, stored, args.cost_model, args.overhead_us)
+    backend = make_backend(args, configs, engine, pick)
     backend.check(configs)
     out = Path(args.out)
     header = {
@@ -184,8 +206,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "configs": [c.label for c in configs],
         "controller": None,
     }
-    if any(c.kind == "depth-width" for c in configs):  # its choices depend on the cost model
-        header["controller"] = f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer"
+    if stored is not None or any(c.kind == "depth-width" for c in configs):
+        header["controller"] = stored if stored is not None else pick.to_json()
     store = Store(out, header, args.resume)
     print(
         f"{len(configs)} configurations x {len(prompts)} prompts, backend {backend.name}; "
@@ -195,7 +217,6 @@ def cmd_ab(args: argparse.Namespace) -> int:
     records = run_all(
         backend, configs, prompts, store, args.seed, args.max_new_tokens, not args.no_progress
     )
-    modeled = Modeled(gpu, shape, args.overhead_us * 1e-6) if modeled_columns else None
     rows = analyze(configs, records, len(prompts), reference, backend.model_info(), modeled)
     meta = {
         "title": f"{len(configs)} configurations on {len(prompts)} prompts",
@@ -206,16 +227,18 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "reference": reference,
-        "modeled_on": None
-        if modeled is None
-        else f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer overhead",
+        "modeled_on": None if modeled is None else modeled.describe(),
+        "cost_model": None if modeled is None else modeled.cost.name,
+        "depth_width_controller": None
+        if header["controller"] is None
+        else f"{pick.shape.name}, {pick.cost.describe()}",
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(rows, out / "results.json", meta)
     plots = [
         name
         for name, fn in (("tradeoff.png", plot_tradeoff), ("experts.png", plot_experts))
-        if fn(rows, out / name, meta["title"])
+        if fn(rows, out / name, meta)
     ]
     write_markdown(rows, out / "report.md", meta, plots)
     print(format_table(rows, reference))

@@ -78,6 +78,8 @@ class Store:
     def check_header(self) -> None:
         old = json.loads(self.header_path.read_text()) if self.header_path.exists() else {}
         for key in ("prompts_sha", "max_new_tokens", "seed", "backend", "controller"):
+            if key == "controller" and old.get(key) is None:
+                continue  # a depth-width arm added on resume brings its controller
             if old.get(key) != self.header.get(key):
                 raise ResumeError(
                     f"{self.folder} holds a run with {key}={old.get(key)!r}, this one has "

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord
-from moe_spec.ab.stats import METRICS, ConfigStats, Modeled, paired_bootstrap, summarize
+from moe_spec.ab.stats import ConfigStats, Modeled, metric_names, paired_bootstrap, summarize
+from moe_spec.ab.verdict import verdicts
 
 SCHEMA = "moe-spec-ab/1"
 BOOTSTRAP_METRICS = (
@@ -16,6 +17,7 @@ BOOTSTRAP_METRICS = (
     "tokens_per_s",
     "modeled_tokens_per_s",
     "agreement",
+    "tokens_to_divergence",
     "mean_logprob",
 )
 
@@ -53,7 +55,12 @@ def analyze(
 
 
 def write_json(rows: list[ConfigStats], path: Path, meta: dict) -> None:
-    payload = {"schema": SCHEMA, **meta, "metrics": METRICS, "configs": [asdict(r) for r in rows]}
+    payload = {
+        "schema": SCHEMA,
+        **meta,
+        "metrics": metric_names(),
+        "configs": [asdict(r) for r in rows],
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
@@ -78,6 +85,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
         "floor",
         "MB/tok",
         "agree",
+        "to div",
         "logprob",
     ] + (["model tok/s", "x ref"] if modeled else [])
     repaired = any(r.metrics.get("repair_rate") is not None for r in rows)
@@ -96,6 +104,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
             "-" if r.distinct_path is None else f"{r.distinct_path['mean']:.1f}",
             fmt(m["expert_mb_per_token"], ".2f"),
             fmt(m["agreement"], ".1%"),
+            fmt(m["tokens_to_divergence"], ".1f"),
             fmt(m["mean_logprob"], ".3f"),
         ]
         if modeled:
@@ -142,9 +151,18 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
     lines = [f"# moe-spec ab: {meta['title']}", ""]
     lines += [
         f"- {k}: {meta[k]}"
-        for k in ("backend", "model", "prompts", "max_new_tokens", "seed", "modeled_on")
-        if k in meta
+        for k in (
+            "backend",
+            "model",
+            "prompts",
+            "max_new_tokens",
+            "seed",
+            "modeled_on",
+            "depth_width_controller",
+        )
+        if meta.get(k) is not None
     ]
+    lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(rows, meta)]
     lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
     lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
     lines += [
@@ -155,6 +173,7 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
         "|" + " --- |" * (len(BOOTSTRAP_METRICS) + 1),
     ]
     specs = {"agreement": ".3f", "mean_logprob": ".3f", "acceptance_length": ".3f"}
+    specs["tokens_to_divergence"] = ".1f"
     for r in rows:
         if r.label != reference:
             lines.append(
@@ -165,10 +184,11 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
                 + " |"
             )
     lines += ["", "## Columns", ""]
-    lines += [f"- {name}: {text}" for name, text in METRICS.items()]
+    lines += [f"- {name}: {text}" for name, text in metric_names().items()]
     lines += [
         "- experts/layer: distinct experts per layer per verify step, before->after the "
-        "budget (mean; p99 after); floor: the accepted path's own distinct experts",
+        "budget (mean; p99 after); floor: the accepted path's own distinct experts; "
+        "to div: tokens_to_divergence",
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]
