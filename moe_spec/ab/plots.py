@@ -31,6 +31,12 @@ def series_name(row: ConfigStats) -> str:
     return label
 
 
+def legend_label(row: ConfigStats) -> str:
+    """The arm's label, saying ``no repair`` for a budgeted arm without it."""
+    budgeted = row.config.get("budget") is not None
+    return row.label + (" (no repair)" if budgeted and not row.config.get("repair") else "")
+
+
 def styles(rows: list[ConfigStats]) -> dict[str, tuple[str, str]]:
     """``series name -> (colour, marker)``, in order of first appearance."""
     import matplotlib
@@ -143,7 +149,7 @@ def plot_experts(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
             ["-", "--", "-.", ":"][n % 4],
             marker=marker,
             color=colour,
-            label=r.label,
+            label=legend_label(r),
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="layer", ylabel="distinct experts / verify step (after budget)")

@@ -22,7 +22,7 @@ def _compare(row: ConfigStats, base: ConfigStats | None, metric: str, name: str)
         return None
     ratio = a / b
     word = "faster than" if ratio > 1 else "slower than"
-    return f"{ratio:.2f}x {name} ({word})"
+    return f"{word} {name} ({ratio:.2f}x)"
 
 
 def _quality(row: ConfigStats, reference: str) -> str:
@@ -45,7 +45,7 @@ def verdicts(rows: list[ConfigStats], meta: dict) -> list[str]:
     priced = any(r.metrics.get("modeled_tokens_per_s") is not None for r in rows)
     metric = "modeled_tokens_per_s" if priced else "tokens_per_s"
     where = (
-        f"under the {meta.get('modeled_on')}"
+        f"modeled for {meta.get('modeled_on')}"
         if priced
         else "measured on the machine that ran it (no cost model)"
     )

@@ -20,6 +20,7 @@ class GPU:
     bandwidth_Bps: float  # HBM bytes per second
     peak_flops: float  # dense bf16/fp16 tensor-core FLOP per second
     source: str
+    overlap: bool = True  # memory and compute overlap (GPU); False: they add up (CPU engine)
 
     def __post_init__(self) -> None:
         if not (self.bandwidth_Bps > 0 and self.peak_flops > 0):

@@ -63,7 +63,9 @@ class Part:
     flops: float
 
     def seconds(self, gpu: GPU) -> float:
-        return max(self.bytes / gpu.bandwidth_Bps, self.flops / gpu.peak_flops)
+        """``max`` of memory and compute time when they overlap (GPU), else their sum."""
+        memory, compute = self.bytes / gpu.bandwidth_Bps, self.flops / gpu.peak_flops
+        return max(memory, compute) if gpu.overlap else memory + compute
 
 
 def verify_parts(shape: ModelShape, tokens: int, distinct: float, context: int) -> list[Part]:
