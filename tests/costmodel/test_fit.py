@@ -103,3 +103,13 @@ def test_named_cost_models():
         get_cost_model("magic", "H200")
     with pytest.raises(ValueError, match="allowed: forward_s, layer_s, expert_s"):
         fit_overheads(PUBLISHED, free=("bandwidth",))
+
+
+def test_benchmarks_quote_the_fit_table_the_code_prints():
+    from pathlib import Path
+
+    from moe_spec.costmodel.fit_report import format_fit
+
+    doc = (Path(__file__).resolve().parents[2] / "BENCHMARKS.md").read_text()
+    for line in format_fit().splitlines():
+        assert line in doc, line
