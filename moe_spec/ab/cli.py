@@ -67,6 +67,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="default temperature")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="prompt i runs with seed + i")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run each prompt this many times (seeds seed + i): at temperature > 0 the "
+        "report tests each arm's per-position token distribution against unbudgeted",
+    )
     p.add_argument("--out", default="out/ab", help="output folder (results, report, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--model-shape", help="add modeled throughput for this model shape")
@@ -95,11 +102,14 @@ def load_prompt_list(args) -> list[str]:
 
     if args.num_prompts is not None and args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.prompts:
         prompts = load_prompts(args.prompts)
     else:
         prompts = held_out_benchmark_prompts(args.num_prompts or 20)
-    return prompts[: args.num_prompts] if args.num_prompts else prompts
+    prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
+    return [p for p in prompts for _ in range(args.seeds)]  # run i: prompt i // seeds
 
 
 def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
@@ -217,7 +227,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     records = run_all(
         backend, configs, prompts, store, args.seed, args.max_new_tokens, not args.no_progress
     )
-    rows = analyze(configs, records, len(prompts), reference, backend.model_info(), modeled)
+    rows = analyze(
+        configs, records, len(prompts), reference, backend.model_info(), modeled, args.seeds
+    )
     meta = {
         "title": f"{len(configs)} configurations on {len(prompts)} prompts",
         "backend": backend.name,
@@ -226,6 +238,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "prompts_sha": header["prompts_sha"],
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
+        "seeds": args.seeds,
         "reference": reference,
         "modeled_on": None if modeled is None else modeled.describe(),
         "cost_model": None if modeled is None else modeled.cost.name,

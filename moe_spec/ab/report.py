@@ -8,6 +8,7 @@ from pathlib import Path
 
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord
+from moe_spec.ab.sampled import distribution_check
 from moe_spec.ab.stats import ConfigStats, Modeled, metric_names, paired_bootstrap, summarize
 from moe_spec.ab.verdict import verdicts
 
@@ -36,14 +37,26 @@ def analyze(
     reference: str,
     info: dict,
     modeled: Modeled | None,
+    seeds: int = 1,
 ) -> list[ConfigStats]:
-    """Statistics per configuration, with paired differences against ``reference``."""
+    """Statistics per configuration, with paired differences against ``reference``.
+
+    With ``seeds > 1`` (run ``i`` is prompt ``i // seeds``), every arm sampled at
+    temperature > 0 also gets ``distribution_check`` against the unbudgeted arm at the same
+    temperature (``moe_spec.ab.sampled``).
+    """
     rows, pairs = [], {}
     for c in configs:
         runs = [records[(c.label, i)] for i in range(n_prompts)]
         base = unbudgeted_for(c, configs)
         refs = [None if base is None else records[(base.label, i)] for i in range(n_prompts)]
         row, pairs[c.label] = summarize(c, runs, refs, info, modeled)
+        sampled_ref = next(
+            (x for x in configs if x.policy == "none" and x.temperature == c.temperature), None
+        )
+        if c.temperature > 0 and sampled_ref is not None and sampled_ref.label != c.label:
+            ref_tokens = [records[(sampled_ref.label, i)].tokens for i in range(n_prompts)]
+            row.distribution_check = distribution_check([r.tokens for r in runs], ref_tokens, seeds)
         rows.append(row)
     for row in rows:
         if row.label != reference:

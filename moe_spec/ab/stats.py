@@ -162,6 +162,7 @@ class ConfigStats:
     distinct_after_per_layer: list[float]
     first_divergence: list[int | None]
     vs_reference: dict[str, dict] = field(default_factory=dict)
+    distribution_check: dict | None = None  # sampled mode (moe_spec.ab.sampled)
 
 
 def summarize(

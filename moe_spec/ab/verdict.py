@@ -35,6 +35,15 @@ def _quality(row: ConfigStats, reference: str) -> str:
     if d is not None:
         low, high = d["ci95"]
         parts.append(f"log-prob/token {d['diff']:+.3f} [{low:+.3f}, {high:+.3f}] vs {reference}")
+    check = row.distribution_check
+    if check is not None:
+        verdict = "consistent with" if check["consistent"] else "differs from"
+        parts.append(
+            f"sampled tokens {verdict} the unbudgeted distribution (permutation test of "
+            f"per-position token counts over {check['positions']} positions, {check['seeds']} "
+            f"seeds: p = {check['p_value']:.3g}, alpha {check['alpha']:g}; largest "
+            f"difference at position {check['worst_position']})"
+        )
     if m.get("repair_rate") is not None:
         parts.append(f"repair after {m['repair_rate']:.0%} of steps")
     return "; ".join(parts) if parts else "no quality measure"
