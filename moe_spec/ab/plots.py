@@ -2,7 +2,8 @@
 
 Every series keeps one colour and one marker in both plots. A series is an arm, with the
 budgets of one policy (same mode, options, repair, tree) joined into one line; the legend
-names it with its repair setting. Budget labels are placed so that they do not overlap.
+names it with its repair setting. Budget labels, in their series' colour, are placed so that
+they do not overlap (a thin leader line when pushed away from their point).
 """
 
 from __future__ import annotations
@@ -46,25 +47,36 @@ def styles(rows: list[ConfigStats]) -> dict[str, tuple[str, str]]:
     return {n: (colours[i % 10], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
 
 
-def _place_labels(ax, fig, labelled: list[tuple[str, float, float]]) -> None:
-    """Annotate each point, trying offsets until the label's box overlaps none placed so far."""
+def _place_labels(ax, fig, labelled: list[tuple[str, float, float, tuple]]) -> None:
+    """Annotate each point in its colour, trying offsets until no placed label is overlapped."""
     offsets = [(5, 4), (5, -11), (-30, 4), (-30, -11), (5, 14), (-30, 14), (5, -21), (-30, -21)]
+    offsets += [(-12, 24), (-12, -31), (18, 24), (18, -31), (-42, 24), (-42, -31)]
     fig.canvas.draw()
     placed = []
     renderer = fig.canvas.get_renderer()
-    for text, x, y in labelled:
+
+    def annotate(text, x, y, colour, dx, dy):
+        leader = {"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.6}
+        return ax.annotate(
+            text,
+            (x, y),
+            fontsize=7,
+            color=colour,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            arrowprops=leader if abs(dy) > 14 else None,
+        )
+
+    for text, x, y, colour in labelled:
         for dx, dy in offsets:
-            ann = ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points")
+            ann = annotate(text, x, y, colour, dx, dy)
             box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
             if not any(box.overlaps(b) for b in placed):
                 placed.append(box)
                 break
             ann.remove()
         else:  # every offset collides: keep the first (rare with few points)
-            ann = ax.annotate(
-                text, (x, y), fontsize=7, xytext=offsets[0], textcoords="offset points"
-            )
-            placed.append(ann.get_window_extent(renderer))
+            placed.append(annotate(text, x, y, colour, *offsets[0]).get_window_extent(renderer))
 
 
 def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
@@ -100,7 +112,7 @@ def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
             label=name,
             markersize=7,
         )
-        labelled += [(f"B={b}", x, y) for b, x, y in mine if b]
+        labelled += [(f"B={b}", x, y, colour) for b, x, y in mine if b]
     front = pareto([(x, y) for _, x, y in pts])
     ax.plot([x for x, _ in front], [y for _, y in front], ":", color="grey", label="Pareto front")
     _place_labels(ax, fig, labelled)
@@ -125,7 +137,12 @@ def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
 
 
 def plot_experts(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
-    """Distinct experts per verify step, per layer, for each speculative configuration."""
+    """Distinct experts per verify step, per layer, for each speculative configuration.
+
+    Budgeted arms of one budget whose curves lie within 0.5 of each other in every layer
+    (they sit at the budget) are drawn as one grey line, naming how many arms it stands for,
+    instead of lines that hide each other.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,26 +153,51 @@ def plot_experts(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
     rows = [r for r in rows if r.distinct_after_per_layer]
     if not rows:
         return False
+    by_budget: dict[int, list[ConfigStats]] = {}
+    for r in rows:
+        if r.config.get("budget") is not None:
+            by_budget.setdefault(r.config["budget"], []).append(r)
+    at_budget = {
+        b: group
+        for b, group in by_budget.items()
+        if len(group) > 1
+        and all(
+            max(layer) - min(layer) <= 0.5
+            for layer in zip(*(r.distinct_after_per_layer for r in group), strict=True)
+        )
+    }
+    own = [r for r in rows if r.config.get("budget") not in at_budget]
     fig, ax = plt.subplots(figsize=(8, 5))
     dashes = {}
-    for r in rows:
+    for r in own:
         colour, marker = style[series_name(r)]
         n = dashes.setdefault(series_name(r), 0)
         dashes[series_name(r)] += 1
-        layers = list(range(len(r.distinct_after_per_layer)))
         ax.plot(
-            layers,
+            range(len(r.distinct_after_per_layer)),
             r.distinct_after_per_layer,
             ["-", "--", "-.", ":"][n % 4],
             marker=marker,
             color=colour,
             label=legend_label(r),
         )
+    for b, group in sorted(at_budget.items()):
+        layers = list(zip(*(r.distinct_after_per_layer for r in group), strict=True))
+        ax.plot(
+            range(len(layers)),
+            [sum(v) / len(v) for v in layers],
+            "--",
+            marker="_",
+            color="grey",
+            label=f"B={b}: {len(group)} budgeted arms (mean; all within 0.5)",
+        )
+        ax.annotate(f"B={b}", (0, sum(layers[0]) / len(layers[0])), fontsize=7, color="grey",
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="layer", ylabel="distinct experts / verify step (after budget)")
     ax.set_title(meta.get("title", ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

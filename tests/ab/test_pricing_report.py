@@ -120,3 +120,27 @@ def test_verdicts_compare_with_both_baselines_and_name_the_cost_model():
     assert "roofline cost model on H200" in lines[1] and "75.0% greedy agreement" in lines[1]
     assert "12.5 tokens before the first divergence" in lines[1]
     assert NO_OVERHEADS.forward_s == 0
+
+
+def test_plot_series_have_one_style_each_and_legends_name_repair():
+    from moe_spec.ab.plots import legend_label, series_name, styles
+
+    rows = [
+        row("none", "none", 1.0),
+        row("tp B=8", "token-priority", 1.0),
+        row("tp B=16", "token-priority", 1.0),
+        row("tp B=8 repair", "token-priority", 1.0),
+    ]
+    for r, b, repair in zip(rows[1:], (8, 16, 8), (False, False, True), strict=True):
+        r.config.update(budget=b, repair=repair)
+    assert [series_name(r) for r in rows] == [
+        "none",
+        "tp (no repair)",
+        "tp (no repair)",
+        "tp repair",
+    ]
+    style = styles(rows)
+    assert len(style) == 3 and len(set(style.values())) == 3
+    assert (
+        legend_label(rows[1]) == "tp B=8 (no repair)" and legend_label(rows[3]) == "tp B=8 repair"
+    )
