@@ -22,6 +22,13 @@ What is *not* here, and why:
 - TreeMoE-Spec's 2.48x (Mixtral offloaded to host memory on an RTX 4090): a PCIe-bound
   regime this model does not describe.
 - The llama.cpp CPU port's +7.3% / +22.3% verify throughput: unknown CPU and kernels.
+- Served (CUDA-graph) stacks, candidates for a second overhead set: AngelSlim's EAGLE-3
+  table gives Qwen3-30B-A3B 320.87 -> 438.07 tok/s at acceptance 2.04 (mean of four
+  benchmarks, https://angelslim.readthedocs.io/ , "Speculative decoding benchmarks"), but
+  neither the GPU nor the tree is stated beside it; a Qwen3-Coder-30B-A3B + EAGLE-3 study on
+  one H100 with SGLang (https://jinnpan.com/en/blog/eagle3-qwen3-benchmark) whose result
+  table we could not read. Mixing them with the paper's eager-PyTorch points under one set
+  of overheads would be wrong: ``Overheads`` are per stack.
 
 The tree's draft width and depth are not reported either: we assume EAGLE-3's usual
 width 8 and depth 8 (255 tokens) or 6 (63 tokens), as ``moe_spec.costmodel.paper`` did.
