@@ -8,6 +8,7 @@ and how the best such configuration compares with the depth/width baseline at
 equal quality. ``--no-repair`` leaves out the ``repair=true`` arms (3x3 only).
 
     .venv/bin/python bench/ab_policies.py [--out out/ab-bench] [--no-repair] [--summarize-only]
+        [--cost-model calibrated|roofline] [--resume]  (--resume on a finished folder re-prices)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ BUDGETS = (8, 12, 16)
 TARGET_SPEEDUP, ACCEPT_TOL, AGREEMENT = 1.3, 0.02, 0.98
 
 
-def ab_args(out: str, threads: int, overhead_us: float, repair: bool) -> list[str]:
+def ab_args(out: str, threads: int, pricing: list[str], repair: bool) -> list[str]:
     configs = ["autoregressive", "none", "depth-width"]
     configs += [f"{p}:B={b}" for p in POLICIES for b in BUDGETS]
     configs += [f"{p}:B={b},repair=true" for p in POLICIES for b in BUDGETS] if repair else []
@@ -41,8 +42,7 @@ def ab_args(out: str, threads: int, overhead_us: float, repair: bool) -> list[st
         "OLMoE-1B-7B",
         "--gpu",
         "H200",
-        "--overhead-us",
-        str(overhead_us),
+        *pricing,
     ]
     for c in configs:
         args += ["--config", c]
@@ -113,13 +113,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/ab-bench")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--overhead-us", type=float, default=0.0, help="see moe-spec ab")
+    parser.add_argument("--cost-model", choices=("calibrated", "roofline"), default="calibrated")
+    parser.add_argument("--overhead-us", type=float, help="see moe-spec ab (roofline + this)")
+    parser.add_argument(
+        "--resume", action="store_true", help="re-price / continue the run in --out"
+    )
     parser.add_argument("--no-repair", action="store_true", help="leave out the repair arms")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
     if not args.summarize_only:
         started = time.perf_counter()
-        ab = ab_args(args.out, args.threads, args.overhead_us, not args.no_repair)
+        pricing = (
+            ["--overhead-us", str(args.overhead_us)]
+            if args.overhead_us is not None
+            else ["--cost-model", args.cost_model]
+        )
+        ab = ab_args(args.out, args.threads, pricing, not args.no_repair)
+        ab += ["--resume"] if args.resume else []
         assert moe_spec_main(ab) == 0
         print(f"\nwall time {time.perf_counter() - started:.0f} s on {platform.machine()}")
     results = json.loads((Path(args.out) / "results.json").read_text())

@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-DEFAULT_CONFIGS = (
-    "autoregressive",
-    "none",
-    "depth-width",
-    "token-priority:B=8",
-    "token-priority:B=16",
-)
-DEFAULT_CONTROLLER_MODEL = ("OLMoE-1B-7B", "H200")
+from moe_spec.ab.pricing import COST_MODEL_CHOICES
+
+DEFAULT_BASELINES = ("autoregressive", "none", "depth-width")
+DEFAULT_POLICY = "token-priority"
+
+
+def default_configs(n_experts: int | None, top_k: int | None) -> list[str]:
+    """The baselines plus ``token-priority`` at E/4 and E/2 (each in [K, E), deduplicated).
+
+    Budgets follow the model: on the shipped model (32 experts, top-4) B=8 and B=16; on an
+    8-expert top-2 model B=2 and B=4; a model whose top-k leaves no budget below E gets none.
+    """
+    if n_experts is None or top_k is None:
+        n_experts, top_k = 32, 4
+    budgets = sorted({max(top_k, n_experts // 4), max(top_k, n_experts // 2)})
+    return [*DEFAULT_BASELINES] + [f"{DEFAULT_POLICY}:B={b}" for b in budgets if b < n_experts]
 
 
 def add_parser(subparsers) -> None:
@@ -32,8 +41,8 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="SPEC",
         help="NAME[:key=value,...] or a .json/.toml file; repeatable (default: "
-        + ", ".join(DEFAULT_CONFIGS)
-        + ")",
+        + ", ".join(DEFAULT_BASELINES)
+        + f", {DEFAULT_POLICY} at B=E/4 and E/2 of the model)",
     )
     p.add_argument("--reference", help="label differences are measured against (default: none)")
     p.add_argument("--backend", choices=("engine", "sglang"), default="engine")
@@ -58,16 +67,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="default temperature")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="prompt i runs with seed + i")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run each prompt this many times (seeds seed + i): at temperature > 0 the "
+        "report tests each arm's per-position token distribution against unbudgeted",
+    )
     p.add_argument("--out", default="out/ab", help="output folder (results, report, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--model-shape", help="add modeled throughput for this model shape")
     p.add_argument("--gpu", help="... on this GPU (A100-80GB, H100, H200)")
     p.add_argument(
+        "--cost-model",
+        choices=COST_MODEL_CHOICES,
+        default=None,
+        help="calibrated (default: roofline plus overheads fitted to published points) or "
+        "roofline (bytes/bandwidth and FLOPs/peak only); see docs/ab.md",
+    )
+    p.add_argument(
         "--overhead-us",
         type=float,
-        default=0.0,
-        help="cost model: fixed microseconds per layer per forward (default 0: the pure "
-        "roofline; 101 reproduces the paper's OLMoE gain on an H200, see docs)",
+        default=None,
+        help="the roofline plus this fixed time per layer per forward (microseconds; "
+        "implies --cost-model roofline)",
     )
     p.add_argument("--threads", type=int, help="engine: torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,14 +102,17 @@ def load_prompt_list(args) -> list[str]:
 
     if args.num_prompts is not None and args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.prompts:
         prompts = load_prompts(args.prompts)
     else:
         prompts = held_out_benchmark_prompts(args.num_prompts or 20)
-    return prompts[: args.num_prompts] if args.num_prompts else prompts
+    prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
+    return [p for p in prompts for _ in range(args.seeds)]  # run i: prompt i // seeds
 
 
-def load_configs(args):
+def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
     from moe_spec.ab.configs import finalize, parse_config
 
     defaults = {
@@ -98,7 +124,8 @@ def load_configs(args):
     }
     if args.backend == "sglang" and not args.config:
         raise ValueError("--backend sglang needs a --config (and a --server) for every server")
-    configs = [c for text in (args.config or DEFAULT_CONFIGS) for c in parse_config(text, defaults)]
+    texts = args.config or default_configs(n_experts, top_k)
+    configs = [c for text in texts for c in parse_config(text, defaults)]
     if args.backend == "sglang":
         if args.server and len(args.server) != len(configs):
             raise ValueError(f"{len(args.server)} --server URLs for {len(configs)} configurations")
@@ -115,17 +142,6 @@ def _with_server(config, url):
     return replace(config, server=url)
 
 
-def cost_model(args):
-    from moe_spec.costmodel import get_gpu, get_shape
-
-    if bool(args.model_shape) != bool(args.gpu):
-        raise ValueError("--model-shape and --gpu go together")
-    if not args.overhead_us >= 0:
-        raise ValueError(f"--overhead-us must be >= 0, got {args.overhead_us}")
-    shape, gpu = (args.model_shape, args.gpu) if args.gpu else DEFAULT_CONTROLLER_MODEL
-    return get_gpu(gpu), get_shape(shape), bool(args.gpu)
-
-
 def provenance(args, backend) -> tuple[str, str]:
     """``(model, code)`` fingerprints a resumed run must match (``moe_spec.ab.provenance``)."""
     from moe_spec.ab.provenance import code_sha, model_sha
@@ -139,17 +155,18 @@ def provenance(args, backend) -> tuple[str, str]:
     return model_sha([args.checkpoint or SHIPPED]), code_sha()
 
 
-def make_backend(args, configs, gpu, shape):
+def make_backend(args, configs, engine, controller):
     if args.backend == "sglang":
         from moe_spec.ab.sglang_backend import SglangBackend
 
         return SglangBackend({c.label: c.server for c in configs if c.server})
     from moe_spec.ab.engine_backend import EngineBackend
 
-    return EngineBackend(load_engine(args), gpu, shape, args.overhead_us * 1e-6)
+    return EngineBackend(engine, controller.cost, controller.shape)
 
 
 def load_engine(args):
+    """The engine backend's model: a transformers pair or the reference engine."""
     if bool(args.target) != bool(args.draft):
         raise ValueError("--target and --draft go together")
     if args.target:
@@ -173,13 +190,27 @@ def load_engine(args):
     return Engine(load_checkpoint(args.checkpoint or SHIPPED))
 
 
+def stored_controller(args):
+    """The depth-width controller a resumed folder's ``run.json`` holds (None: none stored)."""
+    import json
+
+    path = Path(args.out) / "run.json"
+    if not (args.resume and path.exists()):
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # the store refuses the folder, naming the file
+    return stored.get("controller") if isinstance(stored, dict) else None
+
+
 def cmd_ab(args: argparse.Namespace) -> int:
     from moe_spec.ab.plots import plot_experts, plot_tradeoff
+    from moe_spec.ab.pricing import controller, pricing
     from moe_spec.ab.provenance import config_sha
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
     from moe_spec.ab.runner import run_all
-    from moe_spec.ab.stats import Modeled
     from moe_spec.checks import check_positive, check_seed, prepare_output_dir
 
     started = time.perf_counter()
@@ -187,9 +218,15 @@ def cmd_ab(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, "--out")
     prompts = load_prompt_list(args)
     check_seed(args.seed + len(prompts) - 1, f"--seed {args.seed} + prompt index")
-    configs, reference = load_configs(args)
-    gpu, shape, modeled_columns = cost_model(args)
-    backend = make_backend(args, configs, gpu, shape)
+    engine = load_engine(args) if args.backend == "engine" else None
+    cfg = getattr(engine, "config", None)
+    configs, reference = load_configs(
+        args, getattr(cfg, "n_experts", None), getattr(cfg, "top_k", None)
+    )
+    modeled = pricing(args.model_shape, args.gpu, args.cost_model, args.overhead_us)
+    stored = stored_controller(args)
+    pick = controller(modeled, stored, args.cost_model, args.overhead_us)
+    backend = make_backend(args, configs, engine, pick)
     backend.check(configs)
     model, code = provenance(args, backend)
     header = {
@@ -204,8 +241,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "code": code,
         "arms": {c.label: config_sha(c) for c in configs},
     }
-    if any(c.kind == "depth-width" for c in configs):  # its choices depend on the cost model
-        header["controller"] = f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer"
+    if stored is not None or any(c.kind == "depth-width" for c in configs):
+        header["controller"] = stored if stored is not None else pick.to_json()
     store = Store(out, header, args.resume)
     for notice in store.notices():
         print(f"moe-spec ab: {notice}", file=sys.stderr)
@@ -226,8 +263,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    modeled = Modeled(gpu, shape, args.overhead_us * 1e-6) if modeled_columns else None
-    rows = analyze(configs, records, len(prompts), reference, backend.model_info(), modeled)
+    rows = analyze(
+        configs, records, len(prompts), reference, backend.model_info(), modeled, args.seeds
+    )
     meta = {
         "title": f"{len(configs)} configurations on {len(prompts)} prompts",
         "backend": backend.name,
@@ -236,17 +274,20 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "prompts_sha": header["prompts_sha"],
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
+        "seeds": args.seeds,
         "reference": reference,
-        "modeled_on": None
-        if modeled is None
-        else f"{shape.name} on {gpu.name}, {args.overhead_us:g} us/layer overhead",
+        "modeled_on": None if modeled is None else modeled.describe(),
+        "cost_model": None if modeled is None else modeled.cost.name,
+        "depth_width_controller": None
+        if header["controller"] is None
+        else f"{pick.shape.name}, {pick.cost.describe()}",
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(rows, out / "results.json", meta)
     plots = [
         name
         for name, fn in (("tradeoff.png", plot_tradeoff), ("experts.png", plot_experts))
-        if fn(rows, out / name, meta["title"])
+        if fn(rows, out / name, meta)
     ]
     write_markdown(rows, out / "report.md", meta, plots)
     print(format_table(rows, reference))

@@ -8,7 +8,7 @@ its halvings: 32, 16, 8, 4 tokens) by modeled utility
 
 where the expected committed tokens and the distinct experts per layer of a
 candidate are the means of the steps that used it so far in this generation,
-and the times come from the roofline for the chosen GPU and model shape (the
+and the times come from the cost model for the chosen GPU and model shape (the
 distinct counts mapped to its size). Each candidate is tried once first
 (largest first), and the least recently tried one again every ``explore_every``
 steps. The state lives in the steps of one generation, so every prompt starts
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import fmean
 
-from moe_spec.costmodel import GPU, ModelShape, draft_seconds, map_distinct, verify_seconds
+from moe_spec.costmodel import CostModel, ModelShape, draft_seconds, map_distinct, verify_seconds
 
 
 def candidate_trees(num_tokens: int, width: int, depth: int) -> list[tuple[int, int, int]]:
@@ -34,13 +34,12 @@ def candidate_trees(num_tokens: int, width: int, depth: int) -> list[tuple[int, 
 
 @dataclass
 class DepthWidthController:
-    gpu: GPU
+    cost: CostModel  # device and overheads the utility is priced with
     shape: ModelShape
     top_k: int  # of the model that runs (the small one)
     n_experts: int
     candidates: list[tuple[int, int, int]]
     explore_every: int = 8
-    overhead_s: float = 0.0  # the roofline's fixed time per layer per forward
 
     def __call__(self, steps) -> tuple[int, int, int]:
         """The tree of the next step given this generation's ``steps`` (engine StepStats)."""
@@ -62,8 +61,8 @@ class DepthWidthController:
         mapped = map_distinct(
             distinct, self.top_k, self.n_experts, self.shape.top_k, self.shape.n_experts
         )
-        g, s, o = self.gpu, self.shape, self.overhead_s
-        seconds = draft_seconds(g, s, width, depth, overhead_s=o) + verify_seconds(
-            g, s, num_tokens, mapped, overhead_s=o
+        g, s, o = self.cost.gpu, self.shape, self.cost.overheads
+        seconds = draft_seconds(g, s, width, depth, overheads=o) + verify_seconds(
+            g, s, num_tokens, mapped, overheads=o
         )
         return committed / seconds

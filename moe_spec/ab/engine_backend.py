@@ -15,7 +15,7 @@ from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.depth_width import DepthWidthController, candidate_trees
 from moe_spec.ab.records import RunRecord, Step
 from moe_spec.budget import check_budget
-from moe_spec.costmodel import GPU, ModelShape
+from moe_spec.costmodel import CostModel, ModelShape
 from moe_spec.policies import get_policy
 
 BYTES_PER_PARAM = 2
@@ -24,8 +24,8 @@ BYTES_PER_PARAM = 2
 class EngineBackend:
     name = "engine"
 
-    def __init__(self, engine, gpu: GPU, shape: ModelShape, overhead_s: float = 0.0) -> None:
-        self.engine, self.gpu, self.shape, self.overhead_s = engine, gpu, shape, overhead_s
+    def __init__(self, engine, cost: CostModel, shape: ModelShape) -> None:
+        self.engine, self.cost, self.shape = engine, cost, shape  # the depth-width controller's
         self.ids: dict[str, list[int]] = {}
 
     def model_info(self) -> dict:
@@ -64,9 +64,7 @@ class EngineBackend:
         elif config.kind == "depth-width":
             cfg = self.engine.config
             trees = candidate_trees(config.num_tokens, config.width, config.depth)
-            pick = DepthWidthController(
-                self.gpu, self.shape, cfg.top_k, cfg.n_experts, trees, overhead_s=self.overhead_s
-            )
+            pick = DepthWidthController(self.cost, self.shape, cfg.top_k, cfg.n_experts, trees)
             result = self.engine.generate_speculative(
                 ids, max_new, config.spec(), seed=seed, tree_size=pick
             )

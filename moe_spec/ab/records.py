@@ -103,6 +103,8 @@ class Store:
         for key, what in self.MATCHED.items():
             if key not in self.header or old.get(key) == self.header[key]:
                 continue
+            if key == "controller" and old.get(key) is None:
+                continue  # a depth-width arm added on resume brings its controller
             if key not in old:
                 raise ResumeError(
                     f"{self.header_path} does not record the {what} (written by an older "

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord
-from moe_spec.ab.stats import METRICS, ConfigStats, Modeled, paired_bootstrap, summarize
+from moe_spec.ab.sampled import distribution_check
+from moe_spec.ab.stats import ConfigStats, Modeled, metric_names, paired_bootstrap, summarize
+from moe_spec.ab.verdict import verdicts
 
 SCHEMA = "moe-spec-ab/1"
 BOOTSTRAP_METRICS = (
@@ -16,6 +18,7 @@ BOOTSTRAP_METRICS = (
     "tokens_per_s",
     "modeled_tokens_per_s",
     "agreement",
+    "tokens_to_divergence",
     "mean_logprob",
 )
 
@@ -34,14 +37,26 @@ def analyze(
     reference: str,
     info: dict,
     modeled: Modeled | None,
+    seeds: int = 1,
 ) -> list[ConfigStats]:
-    """Statistics per configuration, with paired differences against ``reference``."""
+    """Statistics per configuration, with paired differences against ``reference``.
+
+    With ``seeds > 1`` (run ``i`` is prompt ``i // seeds``), every arm sampled at
+    temperature > 0 also gets ``distribution_check`` against the unbudgeted arm at the same
+    temperature (``moe_spec.ab.sampled``).
+    """
     rows, pairs = [], {}
     for c in configs:
         runs = [records[(c.label, i)] for i in range(n_prompts)]
         base = unbudgeted_for(c, configs)
         refs = [None if base is None else records[(base.label, i)] for i in range(n_prompts)]
         row, pairs[c.label] = summarize(c, runs, refs, info, modeled)
+        sampled_ref = next(
+            (x for x in configs if x.policy == "none" and x.temperature == c.temperature), None
+        )
+        if c.temperature > 0 and sampled_ref is not None and sampled_ref.label != c.label:
+            ref_tokens = [records[(sampled_ref.label, i)].tokens for i in range(n_prompts)]
+            row.distribution_check = distribution_check([r.tokens for r in runs], ref_tokens, seeds)
         rows.append(row)
     for row in rows:
         if row.label != reference:
@@ -53,7 +68,12 @@ def analyze(
 
 
 def write_json(rows: list[ConfigStats], path: Path, meta: dict) -> None:
-    payload = {"schema": SCHEMA, **meta, "metrics": METRICS, "configs": [asdict(r) for r in rows]}
+    payload = {
+        "schema": SCHEMA,
+        **meta,
+        "metrics": metric_names(),
+        "configs": [asdict(r) for r in rows],
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
@@ -78,6 +98,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
         "floor",
         "MB/tok",
         "agree",
+        "to div",
         "logprob",
     ] + (["model tok/s", "x ref"] if modeled else [])
     repaired = any(r.metrics.get("repair_rate") is not None for r in rows)
@@ -96,6 +117,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
             "-" if r.distinct_path is None else f"{r.distinct_path['mean']:.1f}",
             fmt(m["expert_mb_per_token"], ".2f"),
             fmt(m["agreement"], ".1%"),
+            fmt(m["tokens_to_divergence"], ".1f"),
             fmt(m["mean_logprob"], ".3f"),
         ]
         if modeled:
@@ -142,9 +164,18 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
     lines = [f"# moe-spec ab: {meta['title']}", ""]
     lines += [
         f"- {k}: {meta[k]}"
-        for k in ("backend", "model", "prompts", "max_new_tokens", "seed", "modeled_on")
-        if k in meta
+        for k in (
+            "backend",
+            "model",
+            "prompts",
+            "max_new_tokens",
+            "seed",
+            "modeled_on",
+            "depth_width_controller",
+        )
+        if meta.get(k) is not None
     ]
+    lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(rows, meta)]
     lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
     lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
     lines += [
@@ -155,6 +186,7 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
         "|" + " --- |" * (len(BOOTSTRAP_METRICS) + 1),
     ]
     specs = {"agreement": ".3f", "mean_logprob": ".3f", "acceptance_length": ".3f"}
+    specs["tokens_to_divergence"] = ".1f"
     for r in rows:
         if r.label != reference:
             lines.append(
@@ -165,10 +197,11 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
                 + " |"
             )
     lines += ["", "## Columns", ""]
-    lines += [f"- {name}: {text}" for name, text in METRICS.items()]
+    lines += [f"- {name}: {text}" for name, text in metric_names().items()]
     lines += [
         "- experts/layer: distinct experts per layer per verify step, before->after the "
-        "budget (mean; p99 after); floor: the accepted path's own distinct experts",
+        "budget (mean; p99 after); floor: the accepted path's own distinct experts; "
+        "to div: tokens_to_divergence",
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]

@@ -8,6 +8,7 @@ layer) value of a configuration.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord
 from moe_spec.costmodel import (
-    GPU,
+    CostModel,
     ModeledStep,
     ModelShape,
     autoregressive_tokens_per_s,
@@ -31,6 +32,8 @@ METRICS = {
     "tokens_per_s": "generated tokens per second, measured",
     "modeled_tokens_per_s": "tokens per second on the modeled GPU and model shape",
     "agreement": "share of tokens equal to the unbudgeted run's at the same position",
+    "tokens_to_divergence": "tokens generated before the first one that differs from the "
+    "unbudgeted run's (the whole output when none differs), mean over prompts",
     "mean_logprob": "mean target log-probability per generated token",
     "expert_mb_per_token": "modeled expert MB read per generated token (this model, bf16)",
     "repair_rate": "share of verify steps followed by an unbudgeted repair forward",
@@ -38,11 +41,24 @@ METRICS = {
 }
 
 
+#: Extra per-run quality metrics: name -> (description, fn(tokens) -> (numerator, denominator)).
+#: A hook for text metrics computed elsewhere (e.g. a share of repeated 5-grams); each
+#: registered metric becomes a column of results.json and is aggregated like the others.
+TEXT_METRICS: dict[str, tuple[str, Callable[[list[int]], tuple[float, float]]]] = {}
+
+
+def metric_names() -> dict[str, str]:
+    """Every metric with its description: the built-in ones and the registered text metrics."""
+    return {**METRICS, **{name: desc for name, (desc, _) in TEXT_METRICS.items()}}
+
+
 @dataclass
 class Modeled:
-    gpu: GPU
+    cost: CostModel  # the device and its overhead terms (roofline or calibrated)
     shape: ModelShape
-    overhead_s: float = 0.0  # fixed time per layer per forward (0: the pure roofline)
+
+    def describe(self) -> str:
+        return f"{self.shape.name}, {self.cost.describe()}"
 
 
 def per_prompt(
@@ -63,6 +79,10 @@ def per_prompt(
     if ref is not None:
         same = sum(a == b for a, b in zip(record.tokens, ref.tokens, strict=False))
         out["agreement"] = (same, len(ref.tokens))
+        diverged = first_divergence(record.tokens, ref.tokens)
+        out["tokens_to_divergence"] = (n if diverged is None else diverged, 1)
+    for name, (_, fn) in TEXT_METRICS.items():
+        out[name] = fn(record.tokens)
     if record.logprobs_sum is not None and n:
         out["mean_logprob"] = (record.logprobs_sum, n)
     if info and (record.steps or config.kind == "autoregressive"):
@@ -84,7 +104,8 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
     """``(tokens, modeled seconds)``: each step's tree and mapped distinct count."""
     if config.kind == "autoregressive":
         n = len(record.tokens)
-        return (n, n / autoregressive_tokens_per_s(m.gpu, m.shape, overhead_s=m.overhead_s))
+        tokens_per_s = autoregressive_tokens_per_s(m.cost.gpu, m.shape, overheads=m.cost.overheads)
+        return (n, n / tokens_per_s)
     if not record.steps:
         return (0.0, 0.0)
 
@@ -107,7 +128,7 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
         for s in record.steps
     ]
     committed = sum(s.committed for s in steps)
-    tokens_per_s = speculative_tokens_per_s(m.gpu, m.shape, steps, overhead_s=m.overhead_s)
+    tokens_per_s = speculative_tokens_per_s(m.cost.gpu, m.shape, steps, overheads=m.cost.overheads)
     return (committed, committed / tokens_per_s)
 
 
@@ -141,6 +162,7 @@ class ConfigStats:
     distinct_after_per_layer: list[float]
     first_divergence: list[int | None]
     vs_reference: dict[str, dict] = field(default_factory=dict)
+    distribution_check: dict | None = None  # sampled mode (moe_spec.ab.sampled)
 
 
 def summarize(
@@ -162,7 +184,7 @@ def summarize(
         prompts=len(records),
         tokens=sum(len(r.tokens) for r in records),
         verify_steps=sum(r.verify_ct or 0 for r in records),
-        metrics={m: ratio([p[m] for p in pairs if m in p]) for m in METRICS},
+        metrics={m: ratio([p[m] for p in pairs if m in p]) for m in metric_names()},
         distinct_before=distribution([v for s in steps for v in s.before_L]),
         distinct_after=distribution([v for s in steps for v in s.after_L]),
         distinct_path=distribution([v for s in steps for v in s.path_L]),

@@ -7,6 +7,9 @@ Sources (NVIDIA data sheets; dense figures, i.e. the "with sparsity" numbers hal
   BF16/FP16 Tensor Core 1,979 TFLOPS with sparsity -> 989.5 dense.
 - H200 SXM: "NVIDIA H200 Tensor Core GPU" data sheet (2024): HBM3e 4.8 TB/s;
   BF16/FP16 Tensor Core 1,979 TFLOPS with sparsity -> 989.5 dense.
+
+The ``cpu`` device is not a data sheet: ``moe_spec.costmodel.cpu.measure_cpu_profile``
+measures the running machine and returns it as a ``GPU`` with ``overlap=False``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class GPU:
     bandwidth_Bps: float  # HBM bytes per second
     peak_flops: float  # dense bf16/fp16 tensor-core FLOP per second
     source: str
+    overlap: bool = True  # memory and compute overlap (GPU); False: they add up (CPU engine)
 
     def __post_init__(self) -> None:
         if not (self.bandwidth_Bps > 0 and self.peak_flops > 0):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moe_spec.costmodel.gpus import get_gpu
-from moe_spec.costmodel.roofline import DEFAULT_CONTEXT, draft_seconds, verify_seconds
+from moe_spec.costmodel.roofline import DEFAULT_CONTEXT, Overheads, draft_seconds, verify_seconds
 from moe_spec.costmodel.shapes import get_shape
 
 ACCEPTANCE_DROP = 0.014
@@ -55,12 +55,14 @@ class PaperCheck:
 
 
 def check_case(case: PaperCase, gpu_name: str = "A100-80GB", overhead_s: float = 0.0) -> PaperCheck:
+    """The gain the roofline plus ``overhead_s`` per layer per forward predicts for ``case``."""
     gpu, shape = get_gpu(gpu_name), get_shape(case.shape)
-    draft = draft_seconds(gpu, shape, case.width, case.depth, DEFAULT_CONTEXT, overhead_s)
+    overheads = Overheads(layer_s=overhead_s)
+    draft = draft_seconds(gpu, shape, case.width, case.depth, DEFAULT_CONTEXT, overheads)
 
     def step(distinct: float) -> float:
         return draft + verify_seconds(
-            gpu, shape, case.num_tokens, distinct, DEFAULT_CONTEXT, overhead_s
+            gpu, shape, case.num_tokens, distinct, DEFAULT_CONTEXT, overheads
         )
 
     full, budgeted = step(case.distinct), step(min(case.budget, case.distinct))

@@ -14,9 +14,13 @@ A speculative step is ``depth`` draft forwards (``depth - 1`` tree expansions
 of ``width`` tokens and the catch-up on the accepted path) plus one verify
 forward over ``num_tokens`` tree tokens, plus, in a step that needed a repair,
 one more target forward over the ``repair_tokens`` re-run tokens. Throughput
-is tokens committed over modeled time; prefill is not counted. ``overhead_s``
-adds a fixed time per layer of every forward (kernel launches, synchronisation);
-it is 0 in a pure roofline and is not a data-sheet value.
+is tokens committed over modeled time; prefill is not counted.
+
+``Overheads`` adds what a roofline omits, per forward (see ``moe_spec.costmodel.model``):
+``forward_s`` once, ``layer_s`` per layer (kernel launches, framework dispatch,
+synchronisation) and ``expert_s`` per (MoE layer, distinct expert) read (one
+grouped-GEMM tile schedule, one Python loop turn on CPU). All 0 in the pure
+roofline; fitted to published points in ``moe_spec.costmodel.fit``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,31 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from moe_spec.costmodel.gpus import GPU
-from moe_spec.costmodel.shapes import BYTES_PER_PARAM, ModelShape
+from moe_spec.costmodel.shapes import ModelShape
 
 DEFAULT_CONTEXT = 1024  # committed tokens the KV cache holds during decoding
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Fixed times of one forward beside bytes and FLOPs (seconds; all >= 0)."""
+
+    forward_s: float = 0.0  # once per forward
+    layer_s: float = 0.0  # per layer of the forward
+    expert_s: float = 0.0  # per MoE layer per distinct expert read
+
+    def __post_init__(self) -> None:
+        for name in ("forward_s", "layer_s", "expert_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"Overheads.{name} must be >= 0 seconds, got {value!r}")
+
+    def seconds(self, layers: int, expert_reads: float) -> float:
+        """``forward_s + layers * layer_s + expert_reads * expert_s``."""
+        return self.forward_s + layers * self.layer_s + expert_reads * self.expert_s
+
+
+NO_OVERHEADS = Overheads()
 
 
 @dataclass(frozen=True)
@@ -37,29 +63,35 @@ class Part:
     flops: float
 
     def seconds(self, gpu: GPU) -> float:
-        return max(self.bytes / gpu.bandwidth_Bps, self.flops / gpu.peak_flops)
+        """``max`` of memory and compute time when they overlap (GPU), else their sum."""
+        memory, compute = self.bytes / gpu.bandwidth_Bps, self.flops / gpu.peak_flops
+        return max(memory, compute) if gpu.overlap else memory + compute
 
 
 def verify_parts(shape: ModelShape, tokens: int, distinct: float, context: int) -> list[Part]:
     """The parts of a target forward over ``tokens`` tokens reading ``distinct`` experts/layer."""
     if not 0 <= distinct <= shape.n_experts:
         raise ValueError(f"distinct={distinct} experts/layer outside [0, E={shape.n_experts}]")
-    expert_flops_per_token = shape.n_moe_layers * shape.top_k * shape.expert_bytes
-    dense_params = shape.dense_bytes / BYTES_PER_PARAM
+    expert_params = shape.expert_bytes / shape.bytes_per_param
+    expert_flops_per_token = 2 * shape.n_moe_layers * shape.top_k * expert_params
+    dense_params = shape.dense_bytes / shape.bytes_per_param
     attn_flops = 4 * tokens * (context + tokens) * shape.hidden * shape.n_layers
     return [
         Part("dense", shape.dense_bytes, 2 * tokens * dense_params),
         Part(
             "experts",
             shape.n_moe_layers * distinct * shape.expert_bytes,
-            tokens * expert_flops_per_token,  # 2 FLOPs per weight = expert_bytes / 2 bytes
+            tokens * expert_flops_per_token,  # 2 FLOPs per weight
         ),
         Part("kv", (context + tokens) * shape.kv_bytes_per_token, attn_flops),
     ]
 
 
-def forward_seconds(gpu: GPU, parts: Iterable[Part], layers: int, overhead_s: float) -> float:
-    return sum(p.seconds(gpu) for p in parts) + layers * overhead_s
+def forward_seconds(
+    gpu: GPU, parts: Iterable[Part], layers: int, expert_reads: float, overheads: Overheads
+) -> float:
+    """Roofline time of the parts plus the forward's fixed overheads."""
+    return sum(p.seconds(gpu) for p in parts) + overheads.seconds(layers, expert_reads)
 
 
 def verify_seconds(
@@ -68,18 +100,22 @@ def verify_seconds(
     num_tokens: int,
     distinct: float,
     context: int = DEFAULT_CONTEXT,
-    overhead_s: float = 0.0,
+    overheads: Overheads = NO_OVERHEADS,
 ) -> float:
     """One target forward over a ``num_tokens`` tree reading ``distinct`` experts per layer."""
     parts = verify_parts(shape, num_tokens, distinct, context)
-    return forward_seconds(gpu, parts, shape.n_layers, overhead_s)
+    reads = shape.n_moe_layers * distinct
+    return forward_seconds(gpu, parts, shape.n_layers, reads, overheads)
 
 
 def decode_seconds(
-    gpu: GPU, shape: ModelShape, context: int = DEFAULT_CONTEXT, overhead_s: float = 0.0
+    gpu: GPU,
+    shape: ModelShape,
+    context: int = DEFAULT_CONTEXT,
+    overheads: Overheads = NO_OVERHEADS,
 ) -> float:
     """One autoregressive step: a single token reads its K experts per layer."""
-    return verify_seconds(gpu, shape, 1, shape.top_k, context, overhead_s)
+    return verify_seconds(gpu, shape, 1, shape.top_k, context, overheads)
 
 
 def draft_seconds(
@@ -88,16 +124,16 @@ def draft_seconds(
     width: int,
     depth: int,
     context: int = DEFAULT_CONTEXT,
-    overhead_s: float = 0.0,
+    overheads: Overheads = NO_OVERHEADS,
 ) -> float:
     """``depth`` EAGLE-3 draft forwards of ``width`` tokens each (one layer, one KV layer)."""
     kv_one_layer = shape.kv_bytes_per_token / shape.n_layers
     part = Part(
         "draft",
         shape.draft_bytes + (context + width) * kv_one_layer,
-        2 * width * shape.draft_bytes / BYTES_PER_PARAM,
+        2 * width * shape.draft_bytes / shape.bytes_per_param,
     )
-    return depth * forward_seconds(gpu, [part], 1, overhead_s)
+    return depth * forward_seconds(gpu, [part], 1, 0.0, overheads)
 
 
 @dataclass(frozen=True)
@@ -118,17 +154,17 @@ def speculative_tokens_per_s(
     shape: ModelShape,
     steps: Iterable[ModeledStep],
     context: int = DEFAULT_CONTEXT,
-    overhead_s: float = 0.0,
+    overheads: Overheads = NO_OVERHEADS,
 ) -> float:
     """Modeled throughput: committed tokens over the summed draft + verify (+ repair) time."""
     tokens = seconds = 0.0
     for s in steps:
         tokens += s.committed
-        seconds += draft_seconds(gpu, shape, s.width, s.depth, context, overhead_s)
-        seconds += verify_seconds(gpu, shape, s.num_tokens, s.distinct, context, overhead_s)
+        seconds += draft_seconds(gpu, shape, s.width, s.depth, context, overheads)
+        seconds += verify_seconds(gpu, shape, s.num_tokens, s.distinct, context, overheads)
         if s.repair_tokens:
             seconds += verify_seconds(
-                gpu, shape, s.repair_tokens, s.repair_distinct, context, overhead_s
+                gpu, shape, s.repair_tokens, s.repair_distinct, context, overheads
             )
     if seconds == 0:
         raise ValueError("no speculative steps to model")
@@ -136,6 +172,9 @@ def speculative_tokens_per_s(
 
 
 def autoregressive_tokens_per_s(
-    gpu: GPU, shape: ModelShape, context: int = DEFAULT_CONTEXT, overhead_s: float = 0.0
+    gpu: GPU,
+    shape: ModelShape,
+    context: int = DEFAULT_CONTEXT,
+    overheads: Overheads = NO_OVERHEADS,
 ) -> float:
-    return 1.0 / decode_seconds(gpu, shape, context, overhead_s)
+    return 1.0 / decode_seconds(gpu, shape, context, overheads)

@@ -40,6 +40,7 @@ class ModelShape:
     vocab: int
     kv_bytes_per_token: int  # all layers, bf16
     draft_vocab: int = 32000
+    bytes_per_param: int = BYTES_PER_PARAM  # 2: bf16/fp16 weights; 4: fp32 (the CPU engine)
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.n_experts:
@@ -50,7 +51,7 @@ class ModelShape:
     @property
     def expert_bytes(self) -> int:
         """Bytes of one routed expert (gate, up and down projections)."""
-        return 3 * self.hidden * self.expert_dim * BYTES_PER_PARAM
+        return 3 * self.hidden * self.expert_dim * self.bytes_per_param
 
     @property
     def dense_bytes(self) -> int:
@@ -58,20 +59,20 @@ class ModelShape:
         shared = self.n_moe_layers * self.n_shared_experts * 3 * self.hidden * self.expert_dim
         router = self.n_moe_layers * self.hidden * self.n_experts
         params = self.n_layers * self.attention_params + self.dense_ffn_params + shared + router
-        return (params + self.vocab * self.hidden) * BYTES_PER_PARAM
+        return (params + self.vocab * self.hidden) * self.bytes_per_param
 
     @property
     def active_params_per_token(self) -> int:
         """Parameters one token multiplies with (for FLOPs): dense part plus its K experts."""
         routed = self.n_moe_layers * self.top_k * 3 * self.hidden * self.expert_dim
-        return self.dense_bytes // BYTES_PER_PARAM + routed
+        return self.dense_bytes // self.bytes_per_param + routed
 
     @property
     def draft_bytes(self) -> int:
         """One EAGLE-3 draft forward: a decoder layer, the 3D->D fusion and the draft head."""
         D = self.hidden
         params = self.attention_params + 3 * D * 3 * D + 3 * D * D + self.draft_vocab * D
-        return params * BYTES_PER_PARAM
+        return params * self.bytes_per_param
 
 
 def _mha(D: int, q_heads: int, kv_heads: int, head_dim: int) -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_spec.ab.depth_width import DepthWidthController, candidate_trees
-from moe_spec.costmodel import get_gpu, get_shape
+from moe_spec.costmodel import get_cost_model, get_shape
 from moe_spec.engine.generate import SpecConfig, StepStats
 
 PROMPT = [5, 17, 42, 99, 7, 3]
@@ -40,7 +40,8 @@ def step(tree, committed, distinct):
 def test_depth_width_explores_then_picks_the_best_modeled_utility():
     trees = candidate_trees(32, 8, 6)
     assert trees == [(32, 8, 6), (16, 8, 6), (8, 7, 6), (4, 3, 3)]
-    pick = DepthWidthController(get_gpu("H200"), get_shape("OLMoE-1B-7B"), 2, 8, trees)
+    cost = get_cost_model("roofline", "H200")
+    pick = DepthWidthController(cost, get_shape("OLMoE-1B-7B"), 2, 8, trees)
     steps = []
     for tree in trees:  # each candidate once, largest first
         assert pick(steps) == tree
@@ -57,7 +58,8 @@ def test_depth_width_explores_then_picks_the_best_modeled_utility():
 
 def test_depth_width_runs_in_the_engine(tiny_engine):
     trees = candidate_trees(8, 4, 3)
-    pick = DepthWidthController(get_gpu("H100"), get_shape("Mixtral-8x7B"), 2, 8, trees)
+    cost = get_cost_model("roofline", "H100")
+    pick = DepthWidthController(cost, get_shape("Mixtral-8x7B"), 2, 8, trees)
     spec = SpecConfig(width=4, depth=3, num_tokens=8)
     out = tiny_engine.generate_speculative(PROMPT, 16, spec, tree_size=pick)
     assert out.tokens == tiny_engine.generate_autoregressive(PROMPT, 16).tokens  # still lossless

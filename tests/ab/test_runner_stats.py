@@ -14,7 +14,14 @@ from moe_spec.ab.plots import pareto
 from moe_spec.ab.records import ResumeError, RunRecord, Step, Store
 from moe_spec.ab.runner import RunInterruptedError, run_all, schedule
 from moe_spec.ab.stats import Modeled, paired_bootstrap, per_prompt
-from moe_spec.costmodel import draft_seconds, get_gpu, get_shape, map_distinct, verify_seconds
+from moe_spec.costmodel import (
+    draft_seconds,
+    get_cost_model,
+    get_gpu,
+    get_shape,
+    map_distinct,
+    verify_seconds,
+)
 
 CONFIGS = [RunConfig("autoregressive"), RunConfig("none"), RunConfig("token-priority", 8)]
 HEADER = {"prompts_sha": "x", "max_new_tokens": 4, "seed": 0, "backend": "fake"}
@@ -87,7 +94,11 @@ def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
     run = RunRecord("x", 0, 0, [1, 2, 3, 9], 2.0, steps, 2, -2.0)
     gpu, shape = get_gpu("H200"), get_shape("OLMoE-1B-7B")
     got = per_prompt(
-        run, RunConfig("token-priority", 4, repair=True), None, info, Modeled(gpu, shape)
+        run,
+        RunConfig("token-priority", 4, repair=True),
+        None,
+        info,
+        Modeled(get_cost_model("roofline", "H200"), shape),
     )
     assert got["expert_mb_per_token"] == (22.0, 4)  # (4+4+4+3) verify + (3+4) repair experts
     assert got["repair_rate"] == (1, 2)
@@ -146,7 +157,7 @@ def test_engine_backend_refuses_repair_on_an_engine_without_it():
     engine = SimpleNamespace(
         config=SimpleNamespace(top_k=2, n_experts=8), generate_speculative=lambda *a: None
     )
-    backend = EngineBackend(engine, get_gpu("H200"), get_shape("OLMoE-1B-7B"))
+    backend = EngineBackend(engine, get_cost_model("roofline", "H200"), get_shape("OLMoE-1B-7B"))
     backend.check([RunConfig("token-priority", 4)])
     with pytest.raises(ValueError, match="repair needs an engine that can re-run a path"):
         backend.check([RunConfig("token-priority", 4, repair=True)])

@@ -7,6 +7,7 @@ import pytest
 from moe_spec.costmodel import (
     SHAPES,
     ModeledStep,
+    Overheads,
     coverage_fraction,
     decode_seconds,
     draft_seconds,
@@ -69,16 +70,20 @@ def test_fewer_experts_and_faster_gpus_give_shorter_steps():
     assert draft_seconds(h200, shape, 8, 6) == pytest.approx(6 * draft_seconds(h200, shape, 8, 1))
 
 
-def test_overhead_adds_a_fixed_time_per_layer_of_every_forward():
+def test_overheads_add_per_forward_per_layer_and_per_expert_read_terms():
     gpu, shape = get_gpu("H200"), get_shape("Qwen3-30B-A3B")
-    base, slow = (
-        verify_seconds(gpu, shape, 8, 30),
-        verify_seconds(gpu, shape, 8, 30, overhead_s=1e-4),
+    o = Overheads(forward_s=3e-5, layer_s=1e-4, expert_s=2e-6)
+    base, slow = verify_seconds(gpu, shape, 8, 30), verify_seconds(gpu, shape, 8, 30, overheads=o)
+    assert slow == pytest.approx(base + 3e-5 + 48 * 1e-4 + 48 * 30 * 2e-6)
+    # a draft forward is one layer reading no routed experts, depth times
+    assert draft_seconds(gpu, shape, 8, 6, overheads=o) == pytest.approx(
+        draft_seconds(gpu, shape, 8, 6) + 6 * (3e-5 + 1e-4)
     )
-    assert slow == pytest.approx(base + 48 * 1e-4)
-    assert draft_seconds(gpu, shape, 8, 6, overhead_s=1e-4) == pytest.approx(
-        draft_seconds(gpu, shape, 8, 6) + 6 * 1e-4
+    assert decode_seconds(gpu, shape, overheads=o) == pytest.approx(
+        decode_seconds(gpu, shape) + 3e-5 + 48 * 1e-4 + 48 * 8 * 2e-6
     )
+    with pytest.raises(ValueError, match="layer_s must be >= 0"):
+        Overheads(layer_s=-1e-6)
 
 
 def test_throughput_is_committed_tokens_over_modeled_time():

@@ -1,0 +1,99 @@
+"""Which cost model prices an A/B run, and which one the depth-width controller decides with.
+
+Two roles, kept apart so a finished run can be re-priced without rerunning it:
+
+- **pricing** (the modeled columns): ``--model-shape/--gpu`` with ``--cost-model``
+  (``calibrated`` by default, or ``roofline``) or ``--overhead-us`` (the roofline plus a
+  fixed time per layer). Changing it on ``--resume`` re-prices the stored steps.
+- **the controller** of the ``depth-width`` arm: its tree choices depend on a cost model,
+  so they are part of what ran. It is stored in ``run.json`` (``controller``: shape, GPU,
+  cost model and its overhead terms) when the run starts; a resumed run reuses the stored
+  one whatever the pricing options say, so new depth-width runs decide as the old ones did.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from moe_spec.ab.stats import Modeled
+from moe_spec.costmodel import (
+    COST_MODELS,
+    CostModel,
+    ModelShape,
+    Overheads,
+    get_cost_model,
+    get_gpu,
+    get_shape,
+)
+
+COST_MODEL_CHOICES = COST_MODELS
+DEFAULT_CONTROLLER_MODEL = ("OLMoE-1B-7B", "H200")
+
+
+def cost_model_from_args(gpu_name: str, name: str | None, overhead_us: float | None) -> CostModel:
+    """``--cost-model`` / ``--overhead-us`` on ``gpu_name`` (default: calibrated)."""
+    if overhead_us is None:
+        return get_cost_model(name or "calibrated", gpu_name)
+    if name not in (None, "roofline"):
+        raise ValueError(
+            f"--overhead-us adds to the roofline; it cannot go with --cost-model {name}"
+        )
+    if not overhead_us >= 0:
+        raise ValueError(f"--overhead-us must be >= 0, got {overhead_us}")
+    overheads = Overheads(layer_s=overhead_us * 1e-6)
+    return CostModel(f"roofline+{overhead_us:g}us/layer", get_gpu(gpu_name), overheads)
+
+
+def pricing(model_shape: str | None, gpu: str | None, name: str | None, overhead_us) -> Modeled:
+    """The model that prices the modeled columns, or None without ``--model-shape/--gpu``."""
+    if bool(model_shape) != bool(gpu):
+        raise ValueError("--model-shape and --gpu go together")
+    if not gpu:
+        return None  # --cost-model alone still chooses the depth-width controller's model
+    return Modeled(cost_model_from_args(gpu, name, overhead_us), get_shape(model_shape))
+
+
+@dataclass(frozen=True)
+class Controller:
+    """The cost model the depth-width arm picks trees with."""
+
+    cost: CostModel
+    shape: ModelShape
+
+    def to_json(self) -> dict:
+        o = self.cost.overheads
+        return {
+            "shape": self.shape.name,
+            "gpu": self.cost.gpu.name,
+            "cost_model": self.cost.name,
+            "overheads_s": {"forward": o.forward_s, "layer": o.layer_s, "expert": o.expert_s},
+        }
+
+    @classmethod
+    def from_json(cls, data) -> Controller:
+        """From ``run.json``: ``to_json``'s object, or the older ``SHAPE on GPU, N us/layer``."""
+        if isinstance(data, str):
+            m = re.fullmatch(r"(\S+) on (\S+), ([0-9.eE+-]+) us/layer", data)
+            if not m:
+                raise ValueError(f"cannot read the stored depth-width controller {data!r}")
+            data = {
+                "shape": m[1],
+                "gpu": m[2],
+                "cost_model": f"roofline+{m[3]}us/layer",
+                "overheads_s": {"layer": float(m[3]) * 1e-6},
+            }
+        o = data["overheads_s"]
+        overheads = Overheads(o.get("forward", 0.0), o.get("layer", 0.0), o.get("expert", 0.0))
+        cost = CostModel(data["cost_model"], get_gpu(data["gpu"]), overheads)
+        return cls(cost, get_shape(data["shape"]))
+
+
+def controller(priced: Modeled | None, stored, name: str | None, overhead_us) -> Controller:
+    """The stored controller (resume), else the pricing model, else OLMoE-1B-7B on an H200."""
+    if stored is not None:
+        return Controller.from_json(stored)
+    if priced is not None:
+        return Controller(priced.cost, priced.shape)
+    shape, gpu = DEFAULT_CONTROLLER_MODEL
+    return Controller(cost_model_from_args(gpu, name, overhead_us), get_shape(shape))

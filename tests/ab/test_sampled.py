@@ -1,0 +1,65 @@
+"""Sampled mode: the per-position permutation test of an arm's token distribution."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moe_spec.ab.sampled import distribution_check, g_statistic, permutation_p
+from moe_spec.cli import main
+
+
+def test_g_statistic_by_hand():
+    # token 1: (2-1)^2/3, token 2: (1-2)^2/3; second group: token 5 (0-1)^2/1, token 6 (1-0)^2/1
+    assert g_statistic([([1, 1, 2], [1, 2, 2])]) == pytest.approx(2 / 3)
+    assert g_statistic([([1, 1, 2], [1, 2, 2]), ([6], [5])]) == pytest.approx(2 / 3 + 2)
+
+
+def test_permutation_p_of_equal_and_of_separated_samples():
+    rng = np.random.default_rng(0)
+    same = [([[1, 2], [3, 4]], [[1, 2], [3, 4]])] * 3  # per prompt: (arm runs, ref runs)
+    p, g_p = permutation_p(same, 2, 200, rng)
+    assert p == 1.0 and g_p == [0.0, 0.0]  # nothing is further from equal than 0
+    apart = [([[1, 1]] * 4, [[2, 2]] * 4)] * 5
+    p, g_p = permutation_p(apart, 2, 200, rng)
+    assert p == pytest.approx(1 / 201) and g_p == [40.0, 40.0]  # 5 x (16/4 + 16/4)
+
+
+def sample(rng, probs, prompts, seeds, length):
+    return [list(rng.choice(len(probs), size=length, p=probs)) for _ in range(prompts * seeds)]
+
+
+def test_same_distribution_passes_a_shifted_one_fails():
+    rng = np.random.default_rng(1)
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    ref = sample(rng, p, 10, 8, 6)
+    same = sample(rng, p, 10, 8, 6)
+    shifted = sample(rng, p[::-1].copy(), 10, 8, 6)
+    ok = distribution_check(same, ref, seeds=8, positions=6, n_perm=200)
+    bad = distribution_check(shifted, ref, seeds=8, positions=6, n_perm=200)
+    assert ok["consistent"] and ok["positions"] == 6
+    assert not bad["consistent"] and bad["p_value"] < 0.01
+    assert distribution_check(same, ref, seeds=1) is None  # one seed: no test
+
+
+def test_ab_sampled_mode_end_to_end(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "ab", "--checkpoint", str(tiny_dir), "--num-prompts", "2", "--seeds", "3",
+        "--out", str(out), "--config", "autoregressive:T=1", "--config", "none:T=1",
+        "--config", "token-priority:B=3,T=1", "--num-tokens", "8", "--width", "4",
+        "--depth", "3", "--max-new-tokens", "4", "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == 3 and results["prompts"] == 6
+    rows = {c["label"]: c for c in results["configs"]}
+    ar = rows["autoregressive T=1"]["distribution_check"]
+    assert ar["seeds"] == 3 and ar["positions"] == 4
+    assert ar["consistent"]  # autoregressive sampling is the target's distribution
+    assert rows["none tree=8/4/3 T=1"]["distribution_check"] is None  # the reference itself
+    budgeted = rows["token-priority B=3 tree=8/4/3 T=1"]["distribution_check"]
+    assert budgeted is not None and 0 < budgeted["p_value"] <= 1
+    assert "unbudgeted distribution" in (out / "report.md").read_text()
