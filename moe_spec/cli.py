@@ -230,6 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mode=args.mode,
         options=dict(args.policy_option),
         log_interval_s=args.log_interval,
+        counters=not args.no_counters,
     )
     launch = plan_launch(settings, sglang_args)
     for warning in launch.warnings:
@@ -269,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-interval", type=float, default=30.0, help="seconds between expert-count logs"
+    )
+    p.add_argument(
+        "--no-counters",
+        action="store_true",
+        help="no distinct-expert counters in the verify pass (no log line, no metrics)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the environment and command")
     p.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: SGLang's arguments")

@@ -48,17 +48,48 @@ class Launch:
 
 
 def parse_sglang_args(sglang_args: Sequence[str]):
-    """SGLang's own parser applied to ``sglang_args`` (no resolution, nothing started)."""
+    """SGLang's own parser applied to ``sglang_args``, ``--config`` YAML merged as SGLang does.
+
+    Nothing is resolved or started; see :func:`resolve_sglang_args`.
+    """
     import argparse
 
     from sglang.srt.server_args import ServerArgs
 
     parser = argparse.ArgumentParser(prog="python -m sglang.launch_server", add_help=False)
     ServerArgs.add_cli_args(parser)
+    argv = list(sglang_args)
+    if "--config" in argv:
+        from sglang.srt.utils.server_args_config_parser import ConfigArgumentMerger
+
+        try:
+            argv = ConfigArgumentMerger(parser).merge_config_with_args(argv)
+        except Exception as exc:  # missing file, bad YAML, unknown keys: SGLang's message
+            raise ServeError(f"SGLang could not read its --config: {exc}") from None
     try:
-        return parser.parse_args(list(sglang_args))
+        return parser.parse_args(argv)
     except SystemExit:
         raise ServeError(f"SGLang rejected its arguments: {' '.join(sglang_args)}") from None
+
+
+def resolve_sglang_args(args) -> tuple[object, str | None]:
+    """A resolved copy of SGLang's settings (aliases, ``auto`` backends, derived sizes).
+
+    Returns ``(ServerArgs, None)``, or ``(args, why)`` when SGLang cannot resolve them on
+    this machine (e.g. a GPU setup checked from a CPU host, a model not on disk): the
+    checks then read the arguments as given, and every rank checks its resolved
+    settings again when the model loads.
+    """
+    from sglang.srt.server_args import ServerArgs
+
+    try:
+        resolved = ServerArgs.from_cli_args(args)
+        resolved.resolve_once()
+    except BaseException as exc:  # noqa: BLE001 (SGLang may sys.exit on what it refuses)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return args, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    return resolved, None
 
 
 def moe_shape(model_path: str) -> tuple[int, int] | None:
@@ -104,12 +135,21 @@ def plan_launch(
             "environment; reinstall moe-spec (pip install -e .)"
         )
     args = parse_sglang_args(sglang_args)
-    found.extend(check_server_args(args))
+    resolved, why = args, None  # a remote model: resolving would download its config
+    if Path(args.model_path).is_dir():
+        resolved, why = resolve_sglang_args(args)
+    if why is not None:
+        found.warnings.append(
+            f"SGLang could not resolve its settings here ({why}); checked them as given, and "
+            "every rank checks its resolved settings again when the model loads"
+        )
+    found.extend(check_server_args(resolved))
     shape = moe_shape(args.model_path)
     if shape is None:
         found.warnings.append(
             f"--model-path {args.model_path} is not a local directory: B={settings.budget} is "
-            "checked against the model's experts and top-k when it loads"
+            "checked against the model's experts and top-k, and SGLang's resolved settings "
+            "against the plugin, when it loads"
         )
     else:
         try:
