@@ -224,6 +224,7 @@ def test_config_yaml_is_read_as_sglang_reads_it(capsys, qwen3_dir, tmp_path):
         "--config", str(config), "--model-path", qwen3_dir,
     )  # fmt: skip
     assert code == 2 and "--speculative-algorithm is 'NGRAM'" in err
+    missing = str(tmp_path / "missing.yaml")
     code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--",
-                         "--config", str(tmp_path / "missing.yaml"), "--model-path", qwen3_dir)  # fmt: skip
+                         "--config", missing, "--model-path", qwen3_dir)  # fmt: skip
     assert code == 2 and "SGLang could not read its --config" in err
