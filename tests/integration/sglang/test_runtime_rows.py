@@ -116,3 +116,24 @@ def test_counters_cost_a_dozen_ops_per_moe_layer_and_nothing_when_off():
     with_counters, without = ops_per_layer(True), ops_per_layer(False)
     print(f"aten ops per MoE layer: budget {without}, budget + counters {with_counters}")
     assert 0 < with_counters - without <= 14  # the old counters took about 26
+
+
+def test_expert_layers_are_found_by_type_not_by_weight_name():
+    """GPTQ/AWQ layers hold w13_qweight, compressed-tensors w13_weight_packed: still FusedMoE."""
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+
+    from moe_spec.integration.sglang.runtime import moe_modules
+
+    def fused(layer_id: int, weight_name: str) -> FusedMoE:
+        layer = FusedMoE.__new__(FusedMoE)  # the attributes the runtime reads, no kernels
+        torch.nn.Module.__init__(layer)
+        layer.layer_id, layer.num_experts = layer_id, 64
+        layer.register_parameter(weight_name, torch.nn.Parameter(torch.zeros(1)))
+        return layer
+
+    impostor = torch.nn.Module()  # has the old marker attributes but is no FusedMoE
+    impostor.w13_weight, impostor.num_experts, impostor.layer_id = torch.zeros(1), 8, 9
+    model = torch.nn.ModuleList(
+        [fused(0, "w13_qweight"), fused(1, "w13_weight_packed"), fused(2, "w13_weight"), impostor]
+    )
+    assert moe_modules(model) == ([], {0: 64, 1: 64, 2: 64})
