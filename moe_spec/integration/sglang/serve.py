@@ -27,7 +27,7 @@ from moe_spec.integration.sglang.compat import (
     installed_sglang_version,
 )
 from moe_spec.integration.sglang.settings import ServeSettings
-from moe_spec.policies import get_policy
+from moe_spec.policies import PolicyError, get_policy
 
 PLUGIN_NAME = "moe_spec"
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -93,7 +93,12 @@ def resolve_sglang_args(args) -> tuple[object, str | None]:
 
 
 def moe_shape(model_path: str) -> tuple[int, int] | None:
-    """``(num_experts, top_k)`` from a local model directory's config.json, else None."""
+    """``(num_experts, top_k)`` from a local model directory's config.json, else None.
+
+    Raises :class:`ServeError` for a config that is not a JSON object, names no
+    experts, or routes in a way SGLang would fold into the top-k where the plugin
+    cannot follow (group-limited routing, a routed scaling factor).
+    """
     config_path = Path(model_path) / "config.json"
     if not Path(model_path).is_dir():
         return None
@@ -103,7 +108,13 @@ def moe_shape(model_path: str) -> tuple[int, int] | None:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ServeError(f"cannot read {config_path}: {exc}") from None
-    config = config.get("text_config", config)  # multimodal wrappers nest the LM's config
+    if isinstance(config, dict) and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]  # multimodal wrappers nest the LM's config
+    if not isinstance(config, dict):
+        raise ServeError(
+            f"{config_path} holds a JSON {type(config).__name__}, not an object: "
+            "is it a model's config.json?"
+        )
     experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int)), None)
     top_k = next((config[k] for k in TOPK_KEYS if isinstance(config.get(k), int)), None)
     if experts is None or top_k is None:
@@ -111,7 +122,48 @@ def moe_shape(model_path: str) -> tuple[int, int] | None:
             f"{config_path} names no routed experts ({'/'.join(EXPERT_KEYS)}) and top-k "
             f"({'/'.join(TOPK_KEYS)}): MoE-Spec budgets Mixture-of-Experts models only"
         )
+    refusals = routing_refusals(config)
+    if refusals:
+        raise ServeError(f"{config_path}: " + "; ".join(refusals))
     return experts, top_k
+
+
+def routing_refusals(config: dict) -> list[str]:
+    """DeepSeek-style routing in a config.json that the plugin cannot budget correctly."""
+    found = []
+    groups, topk_group = config.get("n_group"), config.get("topk_group")
+    if isinstance(groups, int) and groups > 1 and topk_group != groups:
+        found.append(
+            f"group-limited routing (topk_group={topk_group} of n_group={groups}) is not "
+            "supported: re-routed tokens could land in groups the router excluded"
+        )
+    factor = config.get("routed_scaling_factor")
+    if isinstance(factor, int | float) and not isinstance(factor, bool) and factor != 1:
+        found.append(
+            f"routed_scaling_factor={factor}: SGLang folds it into the top-k weights of "
+            "these models, and re-routed weights would miss it"
+        )
+    return found
+
+
+def policy_errors(name: str, options: dict) -> list[str]:
+    """Every reason the policy ``name`` refuses ``options`` (one per bad option), or []."""
+    try:
+        get_policy(name, **options)
+        return []
+    except PolicyError as exc:
+        together = str(exc)
+    try:
+        get_policy(name)
+    except PolicyError:
+        return [together]  # unknown policy (or one that needs options): one reason
+    alone = []
+    for key, value in options.items():
+        try:
+            get_policy(name, **{key: value})
+        except PolicyError as exc:
+            alone.append(str(exc))
+    return alone or [together]
 
 
 def plugin_installed() -> bool:
@@ -124,11 +176,12 @@ def plan_launch(
 ) -> Launch:
     """Validate everything and return the launch; raise :class:`ServeError` with every refusal."""
     environ = os.environ if environ is None else environ
-    get_policy(settings.policy, **settings.options)  # unknown policy / bad options: PolicyError
+    get_policy(settings.policy)  # an unknown policy: PolicyError at once, before SGLang loads
+    version = check_sglang_version(installed_sglang_version())
+    if version.errors:  # nothing else can be checked without the right SGLang
+        raise ServeError(version.errors[0])
     found = Findings()
-    found.extend(check_sglang_version(installed_sglang_version()))
-    if found.errors:
-        raise ServeError(found.errors[0])
+    found.errors += policy_errors(settings.policy, settings.options)
     if not plugin_installed():
         found.errors.append(
             "the moe_spec entry point (group sglang.srt.plugins) is not installed in this "
@@ -156,6 +209,11 @@ def plan_launch(
             check_budget(settings.budget, shape[1], shape[0])
         except ValueError as exc:
             found.errors.append(f"{args.model_path}: {exc}")
+        if settings.budget >= shape[0]:
+            found.warnings.append(
+                f"--budget {settings.budget} is not below the model's {shape[0]} experts: "
+                "nothing to cut, every verify pass runs unbudgeted (budgeting is off)"
+            )
     if found.errors:
         raise ServeError(
             "refusing to start SGLang:\n" + "\n".join(f"  - {e}" for e in found.errors)

@@ -228,3 +228,53 @@ def test_config_yaml_is_read_as_sglang_reads_it(capsys, qwen3_dir, tmp_path):
     code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--",
                          "--config", missing, "--model-path", qwen3_dir)  # fmt: skip
     assert code == 2 and "SGLang could not read its --config" in err
+
+
+def test_a_config_that_is_not_an_object_is_named(capsys, tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--dry-run", "--",
+                         "--model-path", str(tmp_path), *EAGLE3, *TREE)  # fmt: skip
+    assert code == 2 and "holds a JSON list, not an object" in err
+
+
+def test_a_budget_at_or_above_e_warns_that_budgeting_is_off(capsys, qwen3_dir):
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "128", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == 0 and "not below the model's 128 experts" in err and "budgeting is off" in err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [(["--budget", "0"], "--budget is 0; allowed"), (["--budget", "8", "--log-interval", "-1"],
+                                                     "--log-interval is -1; allowed")],
+)  # fmt: skip
+def test_flags_are_named_in_their_errors(capsys, qwen3_dir, argv, words):
+    code, _, err = serve(capsys, "--policy", "router-mass", *argv, "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == 2 and words in err and "MOE_SPEC_" not in err
+
+
+def test_every_bad_policy_option_is_reported(capsys, qwen3_dir):
+    code, _, err = serve(
+        capsys, "--policy", "draft-path", "--budget", "32", "--policy-option", "decay=7",
+        "--policy-option", "order=sideways", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE,
+    )  # fmt: skip
+    assert code == 2
+    assert "decay is 7" in err and "sideways" in err
+
+
+def test_deepseek_style_routing_is_refused_from_config_json(capsys, tmp_path):
+    config = {"model_type": "deepseek_v3", "n_routed_experts": 256, "num_experts_per_tok": 8,
+              "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "64", "--dry-run", "--",
+                         "--model-path", str(tmp_path), *EAGLE3, *TREE)  # fmt: skip
+    assert code == 2
+    assert "topk_group=4 of n_group=8" in err and "routed_scaling_factor=2.5" in err
+
+
+def test_sglang_arguments_without_the_separator_get_a_hint(capsys, qwen3_dir):
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32",
+                         "--model-path", qwen3_dir, "--tp", "2")  # fmt: skip
+    assert code == 2
+    assert "SGLang's arguments go after `--`" in err and "--model-path" in err
