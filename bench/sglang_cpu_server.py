@@ -11,6 +11,7 @@ through the live tests' harness, with the same CPU recipe.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -61,6 +62,16 @@ def measure(spec: ServerSpec, logs: Path, requests: int, tokens: int) -> dict:
     }
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10)
@@ -69,7 +80,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="moe-spec-bench-"))
     models = build_all(root / "models")
     (root / "logs").mkdir()
-    print(f"CPU: {platform.processor() or platform.machine()}; logs in {root / 'logs'}")
+    print(f"CPU: {cpu_name()}; logs in {root / 'logs'}")
     print(
         f"| server | start to /health | median latency, {args.tokens} tokens | tokens per verify |"
     )

@@ -17,6 +17,8 @@ import pytest
 from tests.integration.sglang.live.conftest import BUDGET, LOG_INTERVAL, OLMOE_BUDGET
 from tests.integration.sglang.live.harness import LiveServer
 
+pytestmark = pytest.mark.live
+
 #: Prompts of different lengths (1 to about 30 tokens), each with its own output length.
 PROMPTS = [
     ("x", 9),
