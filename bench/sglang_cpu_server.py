@@ -1,6 +1,6 @@
 """Start time and per-request latency of a real SGLang 0.5.23 server on this CPU.
 
-Tiny random Qwen3-MoE (4 layers, 8 experts, top-2) with a random EAGLE-3 draft: the
+Tiny random Qwen3-MoE (4 layers, 8 experts, top-2) with its bigram EAGLE draft: the
 numbers say what the live tests cost and that budgeting adds no visible overhead
 here, nothing about GPU speed. Servers start one after another (no contention),
 through the live tests' harness, with the same CPU recipe.
@@ -26,19 +26,12 @@ PROMPT = "import os\nimport sys\n\nclass Config:\n    def __init__(self):"
 
 
 def configurations(models: dict[str, Path]) -> list[ServerSpec]:
-    qwen3, eagle3 = models["qwen3-moe"], eagle(models["qwen3-moe-eagle3"], "EAGLE3")
+    qwen3, draft = models["qwen3-moe"], eagle(models["qwen3-moe-eagle"])
+    budget = ["--policy", "router-mass", "--budget", "2"]
     return [
         ServerSpec("no speculation", qwen3, []),
-        ServerSpec(
-            "EAGLE-3, plugin off",
-            qwen3,
-            eagle3,
-            ["--policy", "router-mass", "--budget", "2"],
-            env={"MOE_SPEC_SGLANG_DISABLE": "1"},
-        ),
-        ServerSpec(
-            "EAGLE-3, router-mass B=2", qwen3, eagle3, ["--policy", "router-mass", "--budget", "2"]
-        ),
+        ServerSpec("EAGLE, plugin off", qwen3, draft, budget, {"MOE_SPEC_SGLANG_DISABLE": "1"}),
+        ServerSpec("EAGLE, router-mass B=2", qwen3, draft, budget),
     ]
 
 

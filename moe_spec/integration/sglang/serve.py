@@ -3,21 +3,21 @@
 Everything that can be checked before the GPU is touched is checked here: the
 policy and its options, the budget against the model's ``config.json`` (when the
 model path is a local directory), the speculative setup and SGLang's version.
-The server itself runs as ``python -m sglang.launch_server <args>``, with the
-plugin configured through the environment its ranks inherit.
+The server itself then replaces this process (``exec``) as ``python -m
+sglang.launch_server <args>``, with the plugin configured through the environment
+its ranks inherit.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import NoReturn
 
 from moe_spec.budget import check_budget
 from moe_spec.integration.sglang.compat import (
@@ -226,17 +226,12 @@ def plan_launch(
     return Launch(argv=argv, env=env, warnings=found.warnings)
 
 
-def run_launch(launch: Launch) -> int:
-    """Run the server in the foreground; forward SIGINT/SIGTERM; return its exit code."""
-    child = subprocess.Popen(launch.argv, env={**os.environ, **launch.env})
+def run_launch(launch: Launch) -> NoReturn:
+    """Become the server: ``exec`` it with the plugin's environment (never returns).
 
-    def forward(signum, _frame) -> None:
-        child.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = child.wait()
-        return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    The checks above imported SGLang (about 1 GB); exec hands that memory back, and
+    the server keeps this process's pid, signals and exit status, as if started directly.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(launch.argv[0], launch.argv, {**os.environ, **launch.env})

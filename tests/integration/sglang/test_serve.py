@@ -17,7 +17,7 @@ from moe_spec.integration.sglang.compat import (
     check_sglang_version,
     check_topk_layer,
 )
-from moe_spec.integration.sglang.serve import Launch, parse_sglang_args, run_launch
+from moe_spec.integration.sglang.serve import parse_sglang_args
 
 EAGLE3 = ["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", "/drafts/e3"]
 TREE = ["--speculative-eagle-topk", "8", "--speculative-num-steps", "6",
@@ -164,26 +164,35 @@ def test_topk_layer_checks():
     assert len(errors) == 3 and all(e.startswith("MoE layer 3:") for e in errors)
 
 
-def test_launch_returns_the_servers_exit_code():
-    assert run_launch(Launch([sys.executable, "-c", "raise SystemExit(3)"], {}, [])) == 3
-    killed = Launch([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"], {}, [])
-    assert run_launch(killed) == 128 + 9
-
-
-def test_launch_forwards_sigterm_to_the_server(tmp_path):
-    server = (
-        "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    launcher = (
+def launcher(server_code: str) -> list[str]:
+    """A process that runs ``run_launch`` on a Python server given as source."""
+    code = (
         "import sys\n"
         "from moe_spec.integration.sglang.serve import Launch, run_launch\n"
-        f"sys.exit(run_launch(Launch([sys.executable, '-c', {server!r}], {{}}, [])))\n"
+        f"run_launch(Launch([sys.executable, '-c', {server_code!r}], {{'SEEN': 'yes'}}, []))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    return [sys.executable, "-c", code]
+
+
+def test_launch_becomes_the_server():
+    """Same pid, the plugin's environment added, the server's exit status as its own."""
+    server = "import os, sys; print(os.getpid(), os.environ['SEEN']); sys.exit(3)"
+    proc = subprocess.run(launcher(server), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split()[1] == "yes"
+    killed = subprocess.run(launcher("import os; os.kill(os.getpid(), 9)"), timeout=60)
+    assert killed.returncode == -9  # killed by the signal itself, as a shell would see 137
+
+
+def test_sigterm_reaches_the_server(tmp_path):
+    server = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(launcher(server), stdout=subprocess.PIPE, text=True)
+    assert int(proc.stdout.readline()) == proc.pid  # exec: the launcher is the server
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == 7
