@@ -287,3 +287,9 @@ def test_sglang_arguments_without_the_separator_get_a_hint(capsys, qwen3_dir):
                          "--model-path", qwen3_dir, "--tp", "2")  # fmt: skip
     assert code == 2
     assert "SGLang's arguments go after `--`" in err and "--model-path" in err
+
+
+def test_no_counters_reaches_the_ranks(capsys, qwen3_dir):
+    code, out, _ = serve(capsys, "--policy", "router-mass", "--budget", "32", "--no-counters",
+                         "--dry-run", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == 0 and "MOE_SPEC_COUNTERS=0" in out.splitlines()
