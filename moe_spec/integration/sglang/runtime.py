@@ -116,7 +116,7 @@ class BudgetRuntime:
             self.skip(
                 f"policy {self.settings.policy!r} raised {exc!r} (first seen in MoE layer "
                 f"{topk.layer_id}; the layers where it raises run unbudgeted)",
-                key=(self.settings.policy, type(exc).__name__, str(exc)),
+                key=(self.settings.policy, type(exc).__name__),
             )
             return output
 
@@ -160,7 +160,7 @@ class BudgetRuntime:
         return type(output)(new_weights_TK, new_ids_TK, logits_TE)
 
     def skip(self, reason: str, key: object = None) -> None:
-        """Log once per kind of failure that a verify pass went unbudgeted (never silently)."""
+        """Log once per kind of failure (policy and exception type) that a pass went unbudgeted."""
         key = reason if key is None else key
         if key not in self.skipped:
             self.skipped.add(key)

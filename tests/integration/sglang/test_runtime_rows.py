@@ -137,3 +137,25 @@ def test_expert_layers_are_found_by_type_not_by_weight_name():
         [fused(0, "w13_qweight"), fused(1, "w13_weight_packed"), fused(2, "w13_weight"), impostor]
     )
     assert moe_modules(model) == ([], {0: 64, 1: 64, 2: 64})
+
+
+def test_a_raising_policy_is_logged_once_and_its_layers_pass_through(caplog):
+    rt = runtime(layers=2)
+    calls = []
+
+    def broken(record, budget, mode):
+        calls.append(1)
+        raise RuntimeError(f"bad value {len(calls)}")  # a different message every time
+
+    rt.policy.apply = broken
+    batch = verify_batch([7, 12])
+    batch.forward_mode = SimpleNamespace(is_target_verify=lambda: True)
+    out = routing(torch.randn(2 * N, E, generator=torch.Generator().manual_seed(3)))
+    with caplog.at_level("ERROR", logger="moe_spec.sglang"):
+        for _ in range(3):  # three verify passes of two layers
+            with running_batch(batch):
+                assert rt.budget(topk_module(0), out) is out
+                assert rt.budget(topk_module(1), out) is out
+    assert len(calls) == 6
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "policy 'router-mass' raised RuntimeError('bad value 1')" in line
