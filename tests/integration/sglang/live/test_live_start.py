@@ -13,7 +13,7 @@ from tests.integration.sglang.live.harness import CPU_ARGS, ROOT, server_environ
 pytestmark = pytest.mark.live
 
 
-def serve(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def serve(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "moe_spec.cli", "serve", *argv],
         cwd=ROOT,
