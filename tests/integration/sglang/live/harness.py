@@ -41,8 +41,11 @@ SERVER_ENV = {
 CPU_ARGS = [
     "--device", "cpu", "--host", "127.0.0.1",
     # Without AMX kernels SGLang would switch to torch_native, which has no EAGLE draft backend.
+    # --mem-fraction-static 0.5: SGLang refuses to start when free memory drops by more than
+    # the fraction while it loads, which other servers starting at once can cause; the KV
+    # cache stays small anyway (--max-total-tokens).
     "--prefill-attention-backend", "intel_amx", "--decode-attention-backend", "intel_amx",
-    "--disable-cuda-graph", "--mem-fraction-static", "0.05", "--max-total-tokens", "4096",
+    "--disable-cuda-graph", "--mem-fraction-static", "0.5", "--max-total-tokens", "4096",
     "--skip-server-warmup", "--log-level", "info",
 ]  # fmt: skip
 TREE_ARGS = [
