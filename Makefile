@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1
 # SGLang is installed without its CUDA dependencies; the extra sglang-cpu lists what it imports.
 SGLANG_SPEC ?= sglang==0.5.23
+# Imported by SGLang's function-call code at server start; --no-deps like sglang itself.
+XGRAMMAR_SPEC ?= xgrammar==0.2.7
 
 .PHONY: demo test lint venv clean
 
@@ -15,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[test,sglang-cpu]"
-	$(BIN)/pip install --quiet --no-deps "$(SGLANG_SPEC)"
+	$(BIN)/pip install --quiet --no-deps "$(SGLANG_SPEC)" "$(XGRAMMAR_SPEC)"
 	touch $@
 
 venv: $(BIN)/.installed

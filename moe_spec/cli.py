@@ -273,6 +273,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from moe_spec.integration.sglang.settings import ServeSettings
 
     sglang_args = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
+    if args.budget < 1:
+        raise ValueError(f"--budget is {args.budget}; allowed: an integer >= 1")
+    if args.log_interval < 0:
+        raise ValueError(f"--log-interval is {args.log_interval:g}; allowed: seconds >= 0")
     if not sglang_args:
         raise ValueError(
             "no SGLang arguments; usage: moe-spec serve --policy P --budget B -- "
@@ -284,6 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mode=args.mode,
         options=dict(args.policy_option),
         log_interval_s=args.log_interval,
+        counters=not args.no_counters,
     )
     launch = plan_launch(settings, sglang_args)
     for warning in launch.warnings:
@@ -329,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-interval", type=float, default=30.0, help="seconds between expert-count logs"
+    )
+    p.add_argument(
+        "--no-counters",
+        action="store_true",
+        help="no distinct-expert counters in the verify pass (no log line, no metrics)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the environment and command")
     p.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: SGLang's arguments")
@@ -400,7 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command == "serve":
+        print(
+            f"moe-spec: error: serve does not know {' '.join(unknown)}; SGLang's arguments go "
+            "after `--`: moe-spec serve --policy NAME --budget B -- --model-path PATH ...",
+            file=sys.stderr,
+        )
+        return 2
+    if unknown:
+        parser.parse_args(argv)  # argparse's own error for the other commands
     try:
         return args.func(args)
     except (ValueError, PolicyError, PluginError, RuntimeError) as exc:

@@ -86,3 +86,44 @@ def tree_depth_T(forward_batch: Any, num_rows: int) -> torch.Tensor | None:
         return None
     pos_bN = positions.view(bs, num_rows // bs).long()
     return (pos_bN - pos_bN[:, :1]).clamp(min=0).reshape(num_rows)
+
+
+def real_rows_T(forward_batch: Any, num_rows: int, device: torch.device) -> torch.Tensor:
+    """bool ``[T]``: rows of real requests in a verify batch, derived on the device.
+
+    A CUDA-graph replay pads the batch to a captured size: padded requests get
+    ``seq_lens`` = the backend's fill value and positions 0, while a real request's
+    root sits at ``positions == seq_lens`` (> 0). SGLang's ``num_token_non_padded``
+    (set under expert parallelism / DP-attention only) is applied on top when known.
+    Static shapes, no host sync.
+    """
+    rows_T = non_padded_T(num_rows, device)
+    positions = getattr(forward_batch, "positions", None)
+    seq_lens = getattr(forward_batch, "seq_lens", None)
+    bs = 0 if seq_lens is None else seq_lens.shape[0]
+    if (
+        positions is None
+        or positions.dim() != 1
+        or positions.shape[0] != num_rows
+        or bs == 0
+        or num_rows % bs
+    ):
+        real_T = torch.ones(num_rows, dtype=torch.bool, device=device)
+    else:
+        root_b = positions.view(bs, num_rows // bs)[:, 0]
+        real_b = (root_b == seq_lens) & (seq_lens > 0)
+        real_T = real_b[:, None].expand(bs, num_rows // bs).reshape(num_rows)
+    return real_T if rows_T is None else real_T & rows_T
+
+
+def non_padded_T(num_rows: int, device: torch.device) -> torch.Tensor | None:
+    """bool ``[T]``: rows below SGLang's ``num_token_non_padded``, or None when unknown."""
+    from sglang.srt.model_executor.forward_context import get_forward_context, has_forward_context
+
+    if not has_forward_context():
+        return None
+    get_bound = get_forward_context().moe_num_token_non_padded
+    bound = get_bound() if get_bound is not None else None
+    if bound is None:
+        return None
+    return torch.arange(num_rows, device=device) < bound

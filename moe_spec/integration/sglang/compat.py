@@ -18,6 +18,8 @@ from packaging.version import InvalidVersion, Version
 SUPPORTED_SGLANG = (Version("0.5.23"), Version("0.6"))
 SUPPORTED_TEXT = ">=0.5.23,<0.6"
 TREE_ALGORITHMS = ("EAGLE", "EAGLE3")
+#: Names SGLang resolves to a tree algorithm (NEXTN: DeepSeek-style MTP heads, run as EAGLE).
+ALGORITHM_ALIASES = {"NEXTN": "EAGLE"}
 #: MoE runners whose TopK output routes inside the kernel (ids cannot be rewritten).
 KERNEL_ROUTING_RUNNERS = ("triton_kernel", "flashinfer_trtllm", "flashinfer_mxfp4")
 
@@ -76,10 +78,13 @@ def check_server_args(args: Any) -> Findings:
     found = Findings()
     opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     algorithm = opt("speculative_algorithm")
-    if algorithm is None or str(algorithm).upper() not in TREE_ALGORITHMS:
+    name = getattr(algorithm, "name", algorithm)  # resolved ServerArgs may hold an enum
+    name = None if name is None else ALGORITHM_ALIASES.get(str(name).upper(), str(name).upper())
+    if name not in TREE_ALGORITHMS:
+        allowed = ", ".join((*TREE_ALGORITHMS, *ALGORITHM_ALIASES))
         found.errors.append(
             f"--speculative-algorithm is {algorithm!r}; MoE-Spec budgets the verify pass of "
-            f"tree speculation, allowed: {', '.join(TREE_ALGORITHMS)}"
+            f"tree speculation, allowed: {allowed}"
         )
     topk = opt("speculative_eagle_topk")
     if topk is None or int(topk) <= 1:
@@ -122,6 +127,11 @@ def check_server_args(args: Any) -> Findings:
         found.errors.append(
             "--enable-torch-compile: the hook learns which forward runs from Python state that a "
             "compiled graph would bake in at trace time; not supported yet (CUDA graphs are)"
+        )
+    if opt("enable_nvidia_megakernel", False):
+        found.errors.append(
+            "--enable-nvidia-megakernel runs the model in one fused kernel that routes inside "
+            "it, so the top-k ids cannot be rewritten; serve without it"
         )
     if opt("expert_distribution_recorder_mode"):
         found.warnings.append(

@@ -1,7 +1,7 @@
 """The SGLang plugin: entry point ``moe_spec`` in the group ``sglang.srt.plugins``.
 
 SGLang's ``load_plugins()`` calls :func:`register` in the launcher and in every
-scheduler (TP rank) process before the model is built. It registers four hooks
+scheduler (TP rank) process before the model is built. It registers five hooks
 with SGLang's ``HookRegistry``:
 
 - ``forward_context`` (AROUND): remember the running ForwardBatch (its mode, positions);
@@ -9,6 +9,7 @@ with SGLang's ``HookRegistry``:
   before the fused-MoE kernel reads expert weights;
 - ``ModelRunner.load_model`` (AFTER): check the setup and find the target's MoE
   layers before CUDA graphs are captured; refuse unsupported setups there;
+- ``ModelRunner.init_cuda_graphs`` (AFTER): forget the counts of capture passes;
 - ``ModelRunner.forward`` (AFTER): the periodic distinct-experts log line.
 """
 
@@ -20,7 +21,6 @@ from typing import Any
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import (
     ENV_DISABLE,
-    SettingsError,
     plugin_disabled,
     settings_from_environ,
 )
@@ -30,6 +30,7 @@ logger = logging.getLogger("moe_spec.sglang")
 FORWARD_CONTEXT = "sglang.srt.model_executor.forward_context.forward_context"
 TOPK_FORWARD = "sglang.srt.layers.moe.topk.TopK.forward"
 LOAD_MODEL = "sglang.srt.model_executor.model_runner.ModelRunner.load_model"
+INIT_GRAPHS = "sglang.srt.model_executor.model_runner.ModelRunner.init_cuda_graphs"
 RUNNER_FORWARD = "sglang.srt.model_executor.model_runner.ModelRunner.forward"
 
 #: The runtime of this process (None until :func:`register` configured one).
@@ -37,26 +38,31 @@ RUNTIME: BudgetRuntime | None = None
 
 
 def register() -> None:
-    """Entry point: read the environment and register the hooks (or nothing when off)."""
+    """Entry point: read the environment and register the hooks (or nothing when off).
+
+    SGLang calls this before it configures logging in the rank processes, and it
+    swallows what this raises; so what there is to say is said from the target's
+    ``load_model`` (TP rank 0 only), and a bad configuration (including a broken
+    policy plugin) makes that model load fail: the server refuses to start.
+    """
     global RUNTIME
     if plugin_disabled():
-        logger.info("moe-spec: plugin loaded but switched off (%s)", ENV_DISABLE)
+        register_notice(f"moe-spec: plugin loaded but switched off ({ENV_DISABLE})")
         return
     try:
         settings = settings_from_environ()
         if settings is None:
-            logger.info("moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget")
+            register_notice("moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget")
             return
         RUNTIME = BudgetRuntime(settings)
-    except (SettingsError, ValueError) as exc:
-        # load_plugins() would only log an exception here; refuse at model load instead.
+    except Exception as exc:  # settings, unknown policy, bad options, broken policy plugins
         register_refusal(f"moe-spec: invalid configuration: {exc}")
         return
     register_hooks(RUNTIME)
 
 
 def register_hooks(runtime: BudgetRuntime) -> None:
-    """Register the four hooks that apply ``runtime`` in this process."""
+    """Register the hooks that apply ``runtime`` in this process."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from moe_spec.integration.sglang.batch import track_forward_batch
@@ -64,7 +70,19 @@ def register_hooks(runtime: BudgetRuntime) -> None:
     HookRegistry.register(FORWARD_CONTEXT, track_forward_batch, HookType.AROUND)
     HookRegistry.register(TOPK_FORWARD, budget_after_topk(runtime), HookType.AFTER)
     HookRegistry.register(LOAD_MODEL, prepare_after_load(runtime), HookType.AFTER)
+    HookRegistry.register(INIT_GRAPHS, reset_after_capture(runtime), HookType.AFTER)
     HookRegistry.register(RUNNER_FORWARD, report_after_forward(runtime), HookType.AFTER)
+
+
+def register_notice(message: str) -> None:
+    """Log ``message`` once the target model has loaded (logging is configured by then)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    def notice(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
+        if is_target_rank0(runner):
+            logger.info(message)
+
+    HookRegistry.register(LOAD_MODEL, notice, HookType.AFTER)
 
 
 def register_refusal(message: str) -> None:
@@ -73,12 +91,27 @@ def register_refusal(message: str) -> None:
 
     from moe_spec.integration.sglang.compat import UnsupportedSetupError
 
-    logger.error(message)
-
     def refuse(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
         raise UnsupportedSetupError(message)
 
     HookRegistry.register(LOAD_MODEL, refuse, HookType.AFTER)
+
+
+def tp_rank_of(runner: Any) -> int:
+    """The tensor-parallel rank of a ModelRunner's process (0 when SGLang does not say)."""
+    rank = getattr(runner, "tp_rank", None)
+    if rank is None:
+        try:
+            from sglang.srt.runtime_context import get_parallel
+
+            rank = get_parallel().tp_rank
+        except Exception:  # no published runtime context (tests, other versions)
+            rank = 0
+    return int(rank)
+
+
+def is_target_rank0(runner: Any) -> bool:
+    return not getattr(runner, "is_draft_worker", False) and tp_rank_of(runner) == 0
 
 
 def budget_after_topk(runtime: BudgetRuntime):
@@ -96,7 +129,18 @@ def prepare_after_load(runtime: BudgetRuntime):
     def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
         if getattr(runner, "is_draft_worker", False):
             return None
-        runtime.prepare(runner.model, runner.server_args, runner.device)
+        runtime.prepare(runner.model, runner.server_args, runner.device, tp_rank_of(runner))
+        return None
+
+    return hook
+
+
+def reset_after_capture(runtime: BudgetRuntime):
+    """AFTER hook of ``ModelRunner.init_cuda_graphs``: capture passes are not served passes."""
+
+    def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
+        if not getattr(runner, "is_draft_worker", False):
+            runtime.after_capture()
         return None
 
     return hook

@@ -15,6 +15,7 @@ from moe_spec.integration.sglang.batch import (
     current_batch,
     is_target_verify,
     once_per_forward,
+    real_rows_T,
     tree_depth_T,
 )
 from moe_spec.integration.sglang.compat import (
@@ -46,15 +47,15 @@ class BudgetRuntime:
         self.layer_index: dict[int, int] = {}  # SGLang layer_id -> MoE layer index
         self.num_experts: dict[int, int] = {}  # SGLang layer_id -> E
         self.counters: ExpertCounters | None = None
+        self.ready = False
         self.skipped: set[str] = set()
 
-    @property
-    def ready(self) -> bool:
-        return self.counters is not None
-
-    def prepare(self, model: Any, server_args: Any, device: torch.device | str) -> Findings:
+    def prepare(
+        self, model: Any, server_args: Any, device: torch.device | str, tp_rank: int = 0
+    ) -> Findings:
         """Find the target's MoE layers, check them and the server arguments; set up counters.
 
+        ``server_args`` are SGLang's resolved arguments (the rank's ``ServerArgs``).
         Raises :class:`~moe_spec.integration.sglang.compat.UnsupportedSetupError` (so the
         server refuses to start) when the setup cannot be budgeted correctly.
         """
@@ -76,21 +77,27 @@ class BudgetRuntime:
             except ValueError as exc:
                 found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
         found.raise_errors()
-        for warning in found.warnings:
-            logger.warning("moe-spec: %s", warning)
+        if tp_rank == 0:
+            for warning in found.warnings:
+                logger.warning("moe-spec: %s", warning)
         layer_ids = sorted(t.layer_id for t in topks)
         self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
         self.num_experts = experts
-        self.counters = ExpertCounters(len(layer_ids), device, self.settings.log_interval_s)
-        if getattr(server_args, "enable_metrics", False):
-            self.counters.gauges = optional_gauges()
-        logger.info(
-            "moe-spec: budgeting %d MoE layers in verify passes: policy %s, B=%d, %s",
-            len(layer_ids),
-            self.settings.policy,
-            self.settings.budget,
-            self.settings.mode,
-        )
+        self.ready = True
+        if self.settings.counters:
+            interval = self.settings.log_interval_s
+            self.counters = ExpertCounters(len(layer_ids), device, interval, tp_rank)
+            if getattr(server_args, "enable_metrics", False):
+                self.counters.gauges = optional_gauges()
+        if tp_rank == 0:
+            logger.info(
+                "moe-spec: budgeting %d MoE layers in verify passes: policy %s, B=%d, %s%s",
+                len(layer_ids),
+                self.settings.policy,
+                self.settings.budget,
+                self.settings.mode,
+                "" if self.settings.counters else " (counters off)",
+            )
         return found
 
     def budget(self, topk: Any, output: Any) -> Any:
@@ -106,21 +113,33 @@ class BudgetRuntime:
         try:
             return self.budget_standard(topk, output, layer)
         except Exception as exc:  # a policy bug must not take the server down
-            self.skip(f"policy {self.settings.policy!r} failed in layer {topk.layer_id}: {exc!r}")
+            self.skip(
+                f"policy {self.settings.policy!r} raised {exc!r} (first seen in MoE layer "
+                f"{topk.layer_id}; the layers where it raises run unbudgeted)",
+                key=(self.settings.policy, type(exc).__name__),
+            )
             return output
 
     def budget_standard(self, topk: Any, output: Any, layer: int) -> Any:
-        """Rewrite a StandardTopKOutput's ids and weights through the policy (no host sync)."""
+        """Rewrite a StandardTopKOutput's ids and weights through the policy (no host sync).
+
+        Rows of padded requests (found from the batch, so it holds in CUDA-graph
+        replay) and rows SGLang masked (ids -1) never count towards the scores;
+        every row but the masked ones is re-routed into the kept set, because the
+        MoE kernel reads experts for padded rows too.
+        """
         ids_TK, weights_TK, logits_TE = output.topk_ids, output.topk_weights, output.router_logits
         T, E = logits_TE.shape
-        rows_T = once_per_forward(("rows", T), lambda: non_padded_T(T, ids_TK.device))
-        valid_T = (ids_TK >= 0).all(dim=1) & rows_T
+        real_T = once_per_forward(
+            ("rows", T), lambda: real_rows_T(current_batch(), T, ids_TK.device)
+        )
+        routed_T = (ids_TK >= 0).all(dim=1)
         cfg = topk.topk_config
         record = RoutingRecord(
             logits_TE,
             ids_TK.clamp(min=0),
             weights_TK,
-            valid_T=valid_T,
+            valid_T=routed_T & real_T,
             depth_T=once_per_forward(("depth", T), lambda: tree_depth_T(current_batch(), T)),
             layer_idx=layer,
             num_layers=len(self.layer_index),
@@ -131,19 +150,26 @@ class BudgetRuntime:
         budgeted = self.policy.apply(record, self.settings.budget, mode=self.settings.mode)
         if self.settings.mode == "truncation":
             budgeted = distinct_slots(record, budgeted, self.settings.budget)
-        # Rows SGLang padded keep what SGLang wrote (it masks them itself).
-        new_ids_TK = torch.where(valid_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
+        # Rows SGLang masked (-1) keep what SGLang wrote; its kernels skip them.
+        new_ids_TK = torch.where(routed_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
         new_weights_TK = torch.where(
-            valid_T[:, None], budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK
+            routed_T[:, None], budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK
         )
-        self.counters.add(layer, ids_TK, new_ids_TK, valid_T, E)
+        if self.counters is not None:
+            self.counters.add(layer, ids_TK, new_ids_TK, E)
         return type(output)(new_weights_TK, new_ids_TK, logits_TE)
 
-    def skip(self, reason: str) -> None:
-        """Log once per reason that a verify pass went unbudgeted (never silently)."""
-        if reason not in self.skipped:
-            self.skipped.add(reason)
+    def skip(self, reason: str, key: object = None) -> None:
+        """Log once per kind of failure (policy and exception type) that a pass went unbudgeted."""
+        key = reason if key is None else key
+        if key not in self.skipped:
+            self.skipped.add(key)
             logger.error("moe-spec: verify pass NOT budgeted: %s", reason)
+
+    def after_capture(self) -> None:
+        """After CUDA-graph capture: forget the capture and warm-up passes."""
+        if self.counters is not None:
+            self.counters.reset()
 
     def after_forward(self) -> None:
         """Host side, after a forward returned: the periodic report when it is due."""
@@ -171,29 +197,22 @@ def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) 
 
 
 def moe_modules(model: Any) -> tuple[list[Any], dict[int, int]]:
-    """The target's (not draft) SGLang ``TopK`` modules and ``{layer_id: num_experts}``."""
+    """The target's (not draft) SGLang ``TopK`` modules and ``{layer_id: num_experts}``.
+
+    Expert layers are found by type (``FusedMoE`` and its subclasses), not by a
+    weight name: quantized layers hold ``w13_qweight`` (GPTQ/AWQ) or
+    ``w13_weight_packed`` (compressed-tensors) instead of ``w13_weight``.
+    """
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
     from sglang.srt.layers.moe.topk import TopK
 
     topks, experts = [], {}
     for module in model.modules():
         if isinstance(module, TopK) and not module.is_draft:
             topks.append(module)
-        elif hasattr(module, "w13_weight") and hasattr(module, "num_experts"):
+        elif isinstance(module, FusedMoE):
             experts[int(module.layer_id)] = int(module.num_experts)
     return topks, experts
-
-
-def non_padded_T(num_rows: int, device: torch.device) -> torch.Tensor:
-    """bool ``[T]``: rows below SGLang's ``num_token_non_padded`` (all True when unknown)."""
-    from sglang.srt.model_executor.forward_context import get_forward_context, has_forward_context
-
-    rows_T = torch.ones(num_rows, dtype=torch.bool, device=device)
-    if has_forward_context():
-        get_bound = get_forward_context().moe_num_token_non_padded
-        bound = get_bound() if get_bound is not None else None
-        if bound is not None:
-            rows_T = torch.arange(num_rows, device=device) < bound
-    return rows_T
 
 
 def capturing() -> bool:

@@ -3,21 +3,21 @@
 Everything that can be checked before the GPU is touched is checked here: the
 policy and its options, the budget against the model's ``config.json`` (when the
 model path is a local directory), the speculative setup and SGLang's version.
-The server itself runs as ``python -m sglang.launch_server <args>``, with the
-plugin configured through the environment its ranks inherit.
+The server itself then replaces this process (``exec``) as ``python -m
+sglang.launch_server <args>``, with the plugin configured through the environment
+its ranks inherit.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import NoReturn
 
 from moe_spec.budget import check_budget
 from moe_spec.integration.sglang.compat import (
@@ -27,7 +27,7 @@ from moe_spec.integration.sglang.compat import (
     installed_sglang_version,
 )
 from moe_spec.integration.sglang.settings import ServeSettings
-from moe_spec.policies import get_policy
+from moe_spec.policies import PolicyError, get_policy
 
 PLUGIN_NAME = "moe_spec"
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -48,21 +48,57 @@ class Launch:
 
 
 def parse_sglang_args(sglang_args: Sequence[str]):
-    """SGLang's own parser applied to ``sglang_args`` (no resolution, nothing started)."""
+    """SGLang's own parser applied to ``sglang_args``, ``--config`` YAML merged as SGLang does.
+
+    Nothing is resolved or started; see :func:`resolve_sglang_args`.
+    """
     import argparse
 
     from sglang.srt.server_args import ServerArgs
 
     parser = argparse.ArgumentParser(prog="python -m sglang.launch_server", add_help=False)
     ServerArgs.add_cli_args(parser)
+    argv = list(sglang_args)
+    if "--config" in argv:
+        from sglang.srt.utils.server_args_config_parser import ConfigArgumentMerger
+
+        try:
+            argv = ConfigArgumentMerger(parser).merge_config_with_args(argv)
+        except Exception as exc:  # missing file, bad YAML, unknown keys: SGLang's message
+            raise ServeError(f"SGLang could not read its --config: {exc}") from None
     try:
-        return parser.parse_args(list(sglang_args))
+        return parser.parse_args(argv)
     except SystemExit:
         raise ServeError(f"SGLang rejected its arguments: {' '.join(sglang_args)}") from None
 
 
+def resolve_sglang_args(args) -> tuple[object, str | None]:
+    """A resolved copy of SGLang's settings (aliases, ``auto`` backends, derived sizes).
+
+    Returns ``(ServerArgs, None)``, or ``(args, why)`` when SGLang cannot resolve them on
+    this machine (e.g. a GPU setup checked from a CPU host, a model not on disk): the
+    checks then read the arguments as given, and every rank checks its resolved
+    settings again when the model loads.
+    """
+    from sglang.srt.server_args import ServerArgs
+
+    try:
+        resolved = ServerArgs.from_cli_args(args)
+        resolved.resolve_once()
+    except BaseException as exc:  # noqa: BLE001 (SGLang may sys.exit on what it refuses)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return args, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    return resolved, None
+
+
 def moe_shape(model_path: str) -> tuple[int, int] | None:
-    """``(num_experts, top_k)`` from a local model directory's config.json, else None."""
+    """``(num_experts, top_k)`` from a local model directory's config.json, else None.
+
+    Raises :class:`ServeError` for a config that is not a JSON object, names no
+    experts, or routes in a way SGLang would fold into the top-k where the plugin
+    cannot follow (group-limited routing, a routed scaling factor).
+    """
     config_path = Path(model_path) / "config.json"
     if not Path(model_path).is_dir():
         return None
@@ -72,7 +108,13 @@ def moe_shape(model_path: str) -> tuple[int, int] | None:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ServeError(f"cannot read {config_path}: {exc}") from None
-    config = config.get("text_config", config)  # multimodal wrappers nest the LM's config
+    if isinstance(config, dict) and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]  # multimodal wrappers nest the LM's config
+    if not isinstance(config, dict):
+        raise ServeError(
+            f"{config_path} holds a JSON {type(config).__name__}, not an object: "
+            "is it a model's config.json?"
+        )
     experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int)), None)
     top_k = next((config[k] for k in TOPK_KEYS if isinstance(config.get(k), int)), None)
     if experts is None or top_k is None:
@@ -80,7 +122,48 @@ def moe_shape(model_path: str) -> tuple[int, int] | None:
             f"{config_path} names no routed experts ({'/'.join(EXPERT_KEYS)}) and top-k "
             f"({'/'.join(TOPK_KEYS)}): MoE-Spec budgets Mixture-of-Experts models only"
         )
+    refusals = routing_refusals(config)
+    if refusals:
+        raise ServeError(f"{config_path}: " + "; ".join(refusals))
     return experts, top_k
+
+
+def routing_refusals(config: dict) -> list[str]:
+    """DeepSeek-style routing in a config.json that the plugin cannot budget correctly."""
+    found = []
+    groups, topk_group = config.get("n_group"), config.get("topk_group")
+    if isinstance(groups, int) and groups > 1 and topk_group != groups:
+        found.append(
+            f"group-limited routing (topk_group={topk_group} of n_group={groups}) is not "
+            "supported: re-routed tokens could land in groups the router excluded"
+        )
+    factor = config.get("routed_scaling_factor")
+    if isinstance(factor, int | float) and not isinstance(factor, bool) and factor != 1:
+        found.append(
+            f"routed_scaling_factor={factor}: SGLang folds it into the top-k weights of "
+            "these models, and re-routed weights would miss it"
+        )
+    return found
+
+
+def policy_errors(name: str, options: dict) -> list[str]:
+    """Every reason the policy ``name`` refuses ``options`` (one per bad option), or []."""
+    try:
+        get_policy(name, **options)
+        return []
+    except PolicyError as exc:
+        together = str(exc)
+    try:
+        get_policy(name)
+    except PolicyError:
+        return [together]  # unknown policy (or one that needs options): one reason
+    alone = []
+    for key, value in options.items():
+        try:
+            get_policy(name, **{key: value})
+        except PolicyError as exc:
+            alone.append(str(exc))
+    return alone or [together]
 
 
 def plugin_installed() -> bool:
@@ -93,29 +176,44 @@ def plan_launch(
 ) -> Launch:
     """Validate everything and return the launch; raise :class:`ServeError` with every refusal."""
     environ = os.environ if environ is None else environ
-    get_policy(settings.policy, **settings.options)  # unknown policy / bad options: PolicyError
+    get_policy(settings.policy)  # an unknown policy: PolicyError at once, before SGLang loads
+    version = check_sglang_version(installed_sglang_version())
+    if version.errors:  # nothing else can be checked without the right SGLang
+        raise ServeError(version.errors[0])
     found = Findings()
-    found.extend(check_sglang_version(installed_sglang_version()))
-    if found.errors:
-        raise ServeError(found.errors[0])
+    found.errors += policy_errors(settings.policy, settings.options)
     if not plugin_installed():
         found.errors.append(
             "the moe_spec entry point (group sglang.srt.plugins) is not installed in this "
             "environment; reinstall moe-spec (pip install -e .)"
         )
     args = parse_sglang_args(sglang_args)
-    found.extend(check_server_args(args))
+    resolved, why = args, None  # a remote model: resolving would download its config
+    if Path(args.model_path).is_dir():
+        resolved, why = resolve_sglang_args(args)
+    if why is not None:
+        found.warnings.append(
+            f"SGLang could not resolve its settings here ({why}); checked them as given, and "
+            "every rank checks its resolved settings again when the model loads"
+        )
+    found.extend(check_server_args(resolved))
     shape = moe_shape(args.model_path)
     if shape is None:
         found.warnings.append(
             f"--model-path {args.model_path} is not a local directory: B={settings.budget} is "
-            "checked against the model's experts and top-k when it loads"
+            "checked against the model's experts and top-k, and SGLang's resolved settings "
+            "against the plugin, when it loads"
         )
     else:
         try:
             check_budget(settings.budget, shape[1], shape[0])
         except ValueError as exc:
             found.errors.append(f"{args.model_path}: {exc}")
+        if settings.budget >= shape[0]:
+            found.warnings.append(
+                f"--budget {settings.budget} is not below the model's {shape[0]} experts: "
+                "nothing to cut, every verify pass runs unbudgeted (budgeting is off)"
+            )
     if found.errors:
         raise ServeError(
             "refusing to start SGLang:\n" + "\n".join(f"  - {e}" for e in found.errors)
@@ -128,17 +226,12 @@ def plan_launch(
     return Launch(argv=argv, env=env, warnings=found.warnings)
 
 
-def run_launch(launch: Launch) -> int:
-    """Run the server in the foreground; forward SIGINT/SIGTERM; return its exit code."""
-    child = subprocess.Popen(launch.argv, env={**os.environ, **launch.env})
+def run_launch(launch: Launch) -> NoReturn:
+    """Become the server: ``exec`` it with the plugin's environment (never returns).
 
-    def forward(signum, _frame) -> None:
-        child.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = child.wait()
-        return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    The checks above imported SGLang (about 1 GB); exec hands that memory back, and
+    the server keeps this process's pid, signals and exit status, as if started directly.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(launch.argv[0], launch.argv, {**os.environ, **launch.env})

@@ -10,6 +10,7 @@ SGLang plugins have no command-line flags of their own, so ``moe-spec serve``
 ``MOE_SPEC_POLICY_OPTIONS``    the policy's keyword options as a JSON object
 ``MOE_SPEC_SGLANG_DISABLE``    ``1``: load the plugin but change nothing (off switch)
 ``MOE_SPEC_LOG_INTERVAL``      seconds between expert-count log lines (default 30, 0: off)
+``MOE_SPEC_COUNTERS``          ``0``: no distinct-expert counters in the verify graph (default on)
 =============================  =========================================================
 """
 
@@ -28,7 +29,9 @@ ENV_MODE = "MOE_SPEC_MODE"
 ENV_OPTIONS = "MOE_SPEC_POLICY_OPTIONS"
 ENV_DISABLE = "MOE_SPEC_SGLANG_DISABLE"
 ENV_LOG_INTERVAL = "MOE_SPEC_LOG_INTERVAL"
+ENV_COUNTERS = "MOE_SPEC_COUNTERS"
 TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 class SettingsError(ValueError):
@@ -44,6 +47,7 @@ class ServeSettings:
     mode: str = "substitution"
     options: dict = field(default_factory=dict)
     log_interval_s: float = 30.0
+    counters: bool = True
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -67,6 +71,7 @@ class ServeSettings:
             ENV_MODE: self.mode,
             ENV_OPTIONS: json.dumps(self.options, sort_keys=True),
             ENV_LOG_INTERVAL: f"{self.log_interval_s:g}",
+            ENV_COUNTERS: "1" if self.counters else "0",
         }
 
 
@@ -98,10 +103,16 @@ def settings_from_environ(environ: Mapping[str, str] | None = None) -> ServeSett
         interval = float(raw_interval)
     except ValueError:
         raise SettingsError(f"{ENV_LOG_INTERVAL}={raw_interval!r}; allowed: seconds") from None
+    raw_counters = environ.get(ENV_COUNTERS, "").strip().lower() or "1"
+    if raw_counters not in TRUE_WORDS + FALSE_WORDS:
+        raise SettingsError(
+            f"{ENV_COUNTERS}={raw_counters!r}; allowed: {', '.join(TRUE_WORDS + FALSE_WORDS)}"
+        )
     return ServeSettings(
         policy=environ[ENV_POLICY].strip(),
         budget=budget,
         mode=environ.get(ENV_MODE, "").strip() or "substitution",
         options=options,
         log_interval_s=interval,
+        counters=raw_counters in TRUE_WORDS,
     )

@@ -191,11 +191,28 @@ def plugin_state() -> dict:
 
 
 def scenario_load() -> dict:
-    """SGLang's own load_plugins(), as every scheduler rank runs it."""
+    """SGLang's own load_plugins(), as every scheduler rank runs it; then a model load."""
+    import logging
+
     from sglang.srt.plugins import load_plugins
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from moe_spec.integration.sglang.plugin import LOAD_MODEL
 
     load_plugins()
-    return plugin_state()
+    state = plugin_state()
+    if state["settings"] is None:  # the notice hooks: what they log at model load
+        notices = []
+        handler = logging.Handler()
+        handler.emit = lambda record: notices.append(record.getMessage())
+        logger = logging.getLogger("moe_spec.sglang")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        runner = SimpleNamespace(is_draft_worker=False, tp_rank=0)
+        for _, hook, _ in HookRegistry._hooks.get(LOAD_MODEL, []):
+            hook(None, runner)
+        state["notices"] = notices
+    return state
 
 
 def scenario_refusal() -> dict:

@@ -1,4 +1,4 @@
-"""Distinct-expert counters: device-side sums, the log line, Prometheus gauges."""
+"""Distinct-expert counters: device-side sums and maxima, the log line, Prometheus series."""
 
 from __future__ import annotations
 
@@ -8,31 +8,33 @@ import torch
 
 from moe_spec.integration.sglang.metrics import (
     ExpertCounters,
-    distinct_experts,
+    distinct_read,
     prometheus_gauges,
 )
 from tests.host_sync import HostSyncRecorder
 
 
-def test_distinct_experts_counts_valid_rows_only():
+def test_distinct_read_counts_every_id_but_sglangs_minus_one():
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        ids_TK = torch.randint(0, 16, (9, 3), generator=g)
-        valid_T = torch.rand(9, generator=g) > 0.3
-        want = len({e for row, ok in zip(ids_TK.tolist(), valid_T.tolist(), strict=True)
-                    if ok for e in row})  # fmt: skip
-        assert int(distinct_experts(ids_TK, valid_T, 16)) == want
+        before_TK = torch.randint(0, 16, (9, 3), generator=g, dtype=torch.int32)
+        after_TK = torch.randint(0, 4, (9, 3), generator=g, dtype=torch.int32)
+        masked_T = torch.rand(9, generator=g) < 0.3
+        before_TK[masked_T], after_TK[masked_T] = -1, -1
+        want = [
+            len({e for row in ids.tolist() for e in row} - {-1}) for ids in (before_TK, after_TK)
+        ]
+        assert distinct_read(before_TK, after_TK, 16).tolist() == want
 
 
-def test_counters_add_without_host_syncs_and_report_means(caplog):
+def test_counters_add_without_host_syncs_and_report_means_and_maxima(caplog):
     counters = ExpertCounters(num_layers=2, device="cpu", interval_s=30.0)
     before = torch.tensor([[0, 1], [2, 3], [4, 5]])
     after = torch.tensor([[0, 1], [0, 1], [1, 0]])
-    valid = torch.ones(3, dtype=torch.bool)
     with HostSyncRecorder() as recorder:
-        counters.add(0, before, after, valid, 8)
-        counters.add(0, before[:1], after[:1], valid[:1], 8)
-        counters.add(1, before, before, valid, 8)
+        counters.add(0, before, after, 8)
+        counters.add(0, before[:1], after[:1], 8)
+        counters.add(1, before, before, 8)
     assert recorder.syncs == []
     assert not counters.due(now=counters.last_report + 29.0)
     assert counters.due(now=counters.last_report + 30.0)
@@ -40,21 +42,41 @@ def test_counters_add_without_host_syncs_and_report_means(caplog):
         snap = counters.report()
     assert snap.passes_L == [2, 1]
     assert snap.before_L == [4.0, 6.0] and snap.after_L == [2.0, 6.0]
+    assert snap.max_before_L == [6, 6] and snap.max_after_L == [2, 6]
     assert "2 verify passes; distinct experts per layer 5.0 -> 4.0" in caplog.text
-    assert counters.snapshot().passes_L == [0, 0]  # report() cleared them
+    assert "since start 6 -> 6)" in caplog.text
+    again = counters.snapshot()
+    assert again.passes_L == [0, 0]  # report() cleared the sums ...
+    assert again.max_after_L == [2, 6]  # ... not the maxima since start-up
+    counters.reset()  # after CUDA-graph capture: capture passes never count
+    assert counters.snapshot().max_after_L == [0, 0]
     assert ExpertCounters(1, "cpu", 0.0).due() is False  # interval 0: never
 
 
-def test_prometheus_gauges_carry_the_snapshot():
+def test_only_tp_rank_0_logs(caplog):
+    counters = ExpertCounters(num_layers=1, device="cpu", interval_s=1.0, tp_rank=3)
+    counters.add(0, torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), 4)
+    with caplog.at_level(logging.INFO, logger="moe_spec.sglang"):
+        assert counters.report().passes_L == [1]
+    assert "verify passes" not in caplog.text
+
+
+def test_prometheus_series_carry_the_tp_rank():
+    """Multiprocess mode would sum the ranks' series; the rank label keeps them apart."""
     from prometheus_client import REGISTRY
 
-    counters = ExpertCounters(num_layers=1, device="cpu", interval_s=1.0)
-    counters.gauges = prometheus_gauges()
-    assert prometheus_gauges() is counters.gauges  # one registration per process
+    gauges = prometheus_gauges()
+    assert prometheus_gauges() is gauges  # one registration per process
     ids = torch.tensor([[0, 1], [2, 3]])
-    counters.add(0, ids, torch.tensor([[0, 1], [1, 0]]), torch.ones(2, dtype=torch.bool), 4)
-    counters.report()
+    for rank in (0, 1):
+        counters = ExpertCounters(num_layers=1, device="cpu", interval_s=1.0, tp_rank=rank)
+        counters.gauges = gauges
+        counters.add(0, ids, torch.tensor([[0, 1], [1, 0]]), 4)
+        counters.report()
     sample = REGISTRY.get_sample_value
-    assert sample("moe_spec_distinct_experts", {"layer": "0", "stage": "before"}) == 4.0
-    assert sample("moe_spec_distinct_experts", {"layer": "0", "stage": "after"}) == 2.0
-    assert sample("moe_spec_verify_passes_total", {"layer": "0"}) >= 1.0
+    for rank in ("0", "1"):
+        labels = {"layer": "0", "tp_rank": rank}
+        assert sample("moe_spec_distinct_experts", {**labels, "stage": "before"}) == 4.0
+        assert sample("moe_spec_distinct_experts", {**labels, "stage": "after"}) == 2.0
+        assert sample("moe_spec_distinct_experts_max", {**labels, "stage": "after"}) == 2.0
+        assert sample("moe_spec_verify_passes_total", labels) >= 1.0

@@ -6,13 +6,14 @@ from importlib.metadata import entry_points
 
 from moe_spec.integration.sglang.plugin import (
     FORWARD_CONTEXT,
+    INIT_GRAPHS,
     LOAD_MODEL,
     RUNNER_FORWARD,
     TOPK_FORWARD,
 )
 from tests.integration.sglang.conftest import run_scenario
 
-ALL_HOOKS = sorted([FORWARD_CONTEXT, LOAD_MODEL, RUNNER_FORWARD, TOPK_FORWARD])
+ALL_HOOKS = sorted([FORWARD_CONTEXT, INIT_GRAPHS, LOAD_MODEL, RUNNER_FORWARD, TOPK_FORWARD])
 ON = {"MOE_SPEC_POLICY": "token-priority", "MOE_SPEC_BUDGET": "4"}
 
 
@@ -42,13 +43,22 @@ def test_sglang_plugins_allow_list_selects_the_plugin():
     assert skipped["targets"] == [] and not skipped["topk_wrapped"]
 
 
-def test_off_switch_registers_nothing():
+def test_off_switch_changes_nothing_but_says_so_at_model_load():
+    """Only a notice on load_model (SGLang configures the ranks' logging after the plugins)."""
     state = run_scenario("load", **ON, MOE_SPEC_SGLANG_DISABLE="1")
-    assert state == {"targets": [], "patched": [], "topk_wrapped": False, "settings": None}
+    assert state["targets"] == [LOAD_MODEL]
+    assert not state["topk_wrapped"] and state["settings"] is None
+    assert state["notices"] == [
+        "moe-spec: plugin loaded but switched off (MOE_SPEC_SGLANG_DISABLE)"
+    ]
 
 
-def test_no_policy_registers_nothing():
-    assert run_scenario("load")["targets"] == []
+def test_no_policy_changes_nothing():
+    state = run_scenario("load")
+    assert state["targets"] == [LOAD_MODEL] and not state["topk_wrapped"]
+    assert state["notices"] == [
+        "moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget"
+    ]
 
 
 def test_bad_configuration_refuses_every_model_load():
@@ -58,6 +68,21 @@ def test_bad_configuration_refuses_every_model_load():
     assert "UnsupportedSetupError" in state["refused"][0]
     assert "unknown policy 'no-such-policy'" in state["refused"][0]
     assert "token-priority" in state["refused"][0]  # and what is available
+
+
+def test_a_broken_policy_plugin_refuses_the_start(tmp_path):
+    """A policy plugin that fails to import is the registry's error, caught in register()."""
+    dist = tmp_path / "broken_policies-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-policies\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[moe_spec.policies]\nbroken = broken_policies\n")
+    (tmp_path / "broken_policies.py").write_text("raise ImportError('no such dependency')\n")
+    state = run_scenario(
+        "refusal", MOE_SPEC_POLICY="router-mass", MOE_SPEC_BUDGET="4", PYTHONPATH=str(tmp_path)
+    )
+    assert state["targets"] == [LOAD_MODEL] and not state["topk_wrapped"]
+    assert "UnsupportedSetupError: moe-spec: invalid configuration" in state["refused"][0]
+    assert "broken" in state["refused"][0]
 
 
 def test_budget_without_policy_options_json_is_refused():

@@ -47,3 +47,15 @@ def test_bad_values_name_the_variable_and_what_is_allowed(env, words):
         base = {}
     with pytest.raises(SettingsError, match=words.replace("[", r"\[").replace("(", r"\(")):
         settings_from_environ({**base, **env})
+
+
+def test_counters_switch():
+    on = {"MOE_SPEC_POLICY": "router-mass", "MOE_SPEC_BUDGET": "16"}
+    assert settings_from_environ(on).counters is True
+    off = ServeSettings("router-mass", 16, counters=False)
+    assert off.to_environ()["MOE_SPEC_COUNTERS"] == "0"
+    assert settings_from_environ(off.to_environ()) == off
+    for word in ("0", "false", "Off", "no"):
+        assert settings_from_environ({**on, "MOE_SPEC_COUNTERS": word}).counters is False
+    with pytest.raises(SettingsError, match="MOE_SPEC_COUNTERS='maybe'; allowed: 1, true"):
+        settings_from_environ({**on, "MOE_SPEC_COUNTERS": "maybe"})

@@ -1,0 +1,122 @@
+"""Session fixtures: tiny models built once, and one live SGLang server per configuration.
+
+Every configuration the live tests use is started at once, the first time any of
+them is asked for (imports dominate a start, so they overlap), and all of them
+are stopped by process group at the end of the session. A test waits only for
+the server it needs.
+
+=============  ===================================================================
+``budgeted``   Qwen3-MoE + EAGLE-3, ``failing-router-mass`` B=2 (router-mass until
+               its trip file exists), ``--enable-metrics``
+``olmoe``      OLMoE (E=16, top-4) + EAGLE, ``token-priority`` B=4, ``--enable-metrics``
+               (plus the ``get_embed_and_head`` accessor EAGLE needs, which SGLang
+               0.5.23's OLMoE lacks: ``policy_plugin/moe_spec_live_policies.py``)
+``full``       Qwen3-MoE + EAGLE, ``router-mass`` B=16 (above E=8: nothing to cut)
+``off``        Qwen3-MoE + EAGLE-3, the plugin's off switch: no hooks at all
+``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
+``refused``    Qwen3-MoE + EAGLE-3 with an unknown policy in the environment
+=============  ===================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sglang.live.harness import TREE_ARGS, LiveServer, ServerSpec, stop_all
+from tests.integration.sglang.live.models import build_all
+
+#: Seconds a server may take from launch to ``/health`` (two cores, six servers at once).
+START_TIMEOUT_S = float(os.environ.get("MOE_SPEC_LIVE_START_TIMEOUT", "900"))
+BUDGET = 2
+OLMOE_BUDGET = 4
+LOG_INTERVAL = "0.2"
+
+
+def eagle(draft: Path, algorithm: str = "EAGLE") -> list[str]:
+    return [
+        "--speculative-algorithm", algorithm, "--speculative-draft-model-path", str(draft),
+        *TREE_ARGS,
+    ]  # fmt: skip
+
+
+def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
+    qwen3, eagle3 = models["qwen3-moe"], eagle(models["qwen3-moe-eagle3"], "EAGLE3")
+    serve = lambda policy, budget, *more: [  # noqa: E731
+        "--policy", policy, "--budget", str(budget), "--log-interval", LOG_INTERVAL, *more,
+    ]  # fmt: skip
+    return [
+        ServerSpec(
+            "budgeted",
+            qwen3,
+            [*eagle3, "--enable-metrics"],
+            serve("failing-router-mass", BUDGET, "--policy-option", f"trip={trip}"),
+            env={"MOE_SPEC_PLUGINS": "live-test"},
+        ),
+        ServerSpec(
+            "olmoe",
+            models["olmoe"],
+            [*eagle(models["olmoe-eagle"]), "--enable-metrics"],
+            serve("token-priority", OLMOE_BUDGET),
+            env={"SGLANG_PLUGINS": "moe_spec,live_test_olmoe_eagle"},  # see policy_plugin/
+        ),
+        ServerSpec("full", qwen3, eagle(models["qwen3-moe-eagle"]), serve("router-mass", 16)),
+        ServerSpec(
+            "off",
+            qwen3,
+            eagle3,
+            serve("router-mass", BUDGET),
+            env={"MOE_SPEC_SGLANG_DISABLE": "1"},
+        ),
+        ServerSpec("plain", qwen3, []),
+        ServerSpec(
+            "refused",
+            qwen3,
+            eagle3,
+            env={"MOE_SPEC_POLICY": "no-such-policy", "MOE_SPEC_BUDGET": str(BUDGET)},
+        ),
+    ]
+
+
+class Fleet:
+    """The session's servers by name; :meth:`ready` waits for one to answer."""
+
+    def __init__(self, servers: dict[str, LiveServer], trip: Path, models: dict[str, Path]):
+        self.servers = servers
+        self.trip = trip
+        self.models = models
+        self.launched = time.monotonic()
+
+    def ready(self, name: str) -> LiveServer:
+        server = self.servers[name]
+        server.wait_ready(START_TIMEOUT_S)
+        return server
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("live")
+    models = build_all(root / "models")
+    trip = root / "trip-the-policy"
+    logs = root / "logs"
+    logs.mkdir()
+    servers = {}
+    try:
+        for spec in server_specs(models, trip):
+            servers[spec.name] = LiveServer(spec, logs)
+        fleet = Fleet(servers, trip, models)
+        yield fleet
+    finally:
+        stop_all(servers.values())
+    report_start_times(servers)
+
+
+def report_start_times(servers: dict[str, LiveServer]) -> None:
+    """Print how long each server took to answer (seen with ``pytest -s``; not asserted)."""
+    for name, server in servers.items():
+        if server.ready_after_s is not None:
+            print(f"live server {name}: ready after {server.ready_after_s:.0f} s")

@@ -1,0 +1,161 @@
+"""The runtime's verify-pass rewrite on its own: padded requests, SGLang's -1 rows, its cost.
+
+The TopK module and output are stand-ins with the fields the runtime reads; the
+policy, the budget and the counters are the real ones.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from types import SimpleNamespace
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from moe_spec.integration.sglang.batch import real_rows_T, running_batch
+from moe_spec.integration.sglang.metrics import ExpertCounters
+from moe_spec.integration.sglang.runtime import BudgetRuntime
+from moe_spec.integration.sglang.settings import ServeSettings
+
+# The runtime recognises SGLang's output by its class name and rebuilds it positionally.
+StandardTopKOutput = namedtuple("StandardTopKOutput", "topk_weights topk_ids router_logits")
+E, K, N, B = 16, 2, 4, 4
+DEPTHS = [0, 1, 1, 2]
+
+
+def runtime(counters: bool = True, layers: int = 1) -> BudgetRuntime:
+    rt = BudgetRuntime(ServeSettings("router-mass", budget=B, counters=counters))
+    rt.layer_index = {layer_id: i for i, layer_id in enumerate(range(layers))}
+    rt.ready = True
+    if counters:
+        rt.counters = ExpertCounters(layers, "cpu", interval_s=30.0)
+    return rt
+
+
+def topk_module(layer_id: int = 0):
+    config = SimpleNamespace(scoring_func="softmax", renormalize=True, correction_bias=None)
+    return SimpleNamespace(is_draft=False, layer_id=layer_id, topk_config=config)
+
+
+def verify_batch(seq_lens: list[int], padded: int = 0):
+    """``len(seq_lens)`` real requests of N tokens, then ``padded`` requests as a CUDA-graph
+    replay pads them (``seq_lens`` = fill value 1, positions zeroed)."""
+    positions = [s + d for s in seq_lens for d in DEPTHS] + [0] * (N * padded)
+    return SimpleNamespace(
+        positions=torch.tensor(positions), seq_lens=torch.tensor(seq_lens + [1] * padded)
+    )
+
+
+def routing(logits_TE: torch.Tensor) -> StandardTopKOutput:
+    weights_TK, ids_TK = torch.softmax(logits_TE, -1).topk(K, dim=-1)
+    weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True)
+    return StandardTopKOutput(weights_TK, ids_TK.to(torch.int32), logits_TE)
+
+
+def test_padded_requests_are_found_from_the_batch():
+    real_T = real_rows_T(verify_batch([7, 12], padded=1), 3 * N, torch.device("cpu"))
+    assert real_T.tolist() == [True] * 2 * N + [False] * N
+    unknown = real_rows_T(SimpleNamespace(), 5, torch.device("cpu"))
+    assert unknown.tolist() == [True] * 5  # no positions: every row counts
+
+
+def test_padded_rows_neither_score_nor_escape_the_budget():
+    g = torch.Generator().manual_seed(0)
+    real_TE = torch.randn(2 * N, E, generator=g)
+    real_TE[:, 8:] -= 4.0  # real tokens prefer experts 0-7 ...
+    pad_TE = torch.randn(N, E, generator=g)
+    pad_TE[:, 12:] += 8.0  # ... padded rows (garbage) shout for 12-15
+    rt = runtime()
+    with running_batch(verify_batch([7, 12], padded=1)):
+        padded = rt.budget_standard(topk_module(), routing(torch.cat([real_TE, pad_TE])), 0)
+    with running_batch(verify_batch([7, 12])):
+        alone = rt.budget_standard(topk_module(), routing(real_TE), 0)
+    assert torch.equal(padded.topk_ids[: 2 * N], alone.topk_ids)  # same kept set, same routing
+    assert torch.equal(padded.topk_weights[: 2 * N], alone.topk_weights)
+    kept = set(alone.topk_ids.flatten().tolist())
+    assert set(padded.topk_ids.flatten().tolist()) <= kept  # the kernel reads <= B experts
+    assert len(kept) <= B and not kept & {12, 13, 14, 15}
+
+
+def test_rows_sglang_masked_keep_minus_one():
+    g = torch.Generator().manual_seed(1)
+    out = routing(torch.randn(2 * N, E, generator=g))
+    out.topk_ids[-1] = -1
+    rt = runtime()
+    with running_batch(verify_batch([7, 12])):
+        got = rt.budget_standard(topk_module(), out, 0)
+    assert got.topk_ids[-1].tolist() == [-1] * K
+    assert len(set(got.topk_ids[:-1].flatten().tolist())) <= B
+    assert rt.counters.snapshot().max_after_L == [len(set(got.topk_ids[:-1].flatten().tolist()))]
+
+
+class AtenOps(TorchDispatchMode):
+    """Counts the aten ops that run (what a CUDA graph would capture as kernels or views)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_layer(counters: bool) -> int:
+    """Aten ops of one MoE layer's rewrite in steady state (per-forward values already made)."""
+    rt = runtime(counters, layers=2)
+    out = routing(torch.randn(3 * N, E, generator=torch.Generator().manual_seed(2)))
+    with running_batch(verify_batch([7, 12, 20])):
+        rt.budget_standard(topk_module(0), out, 0)  # the first layer builds depth and rows
+        with AtenOps() as mode:
+            rt.budget_standard(topk_module(1), out, 1)
+    return len(mode.ops)
+
+
+def test_counters_cost_a_dozen_ops_per_moe_layer_and_nothing_when_off():
+    with_counters, without = ops_per_layer(True), ops_per_layer(False)
+    print(f"aten ops per MoE layer: budget {without}, budget + counters {with_counters}")
+    assert 0 < with_counters - without <= 14  # the old counters took about 26
+
+
+def test_expert_layers_are_found_by_type_not_by_weight_name():
+    """GPTQ/AWQ layers hold w13_qweight, compressed-tensors w13_weight_packed: still FusedMoE."""
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+
+    from moe_spec.integration.sglang.runtime import moe_modules
+
+    def fused(layer_id: int, weight_name: str) -> FusedMoE:
+        layer = FusedMoE.__new__(FusedMoE)  # the attributes the runtime reads, no kernels
+        torch.nn.Module.__init__(layer)
+        layer.layer_id, layer.num_experts = layer_id, 64
+        layer.register_parameter(weight_name, torch.nn.Parameter(torch.zeros(1)))
+        return layer
+
+    impostor = torch.nn.Module()  # has the old marker attributes but is no FusedMoE
+    impostor.w13_weight, impostor.num_experts, impostor.layer_id = torch.zeros(1), 8, 9
+    model = torch.nn.ModuleList(
+        [fused(0, "w13_qweight"), fused(1, "w13_weight_packed"), fused(2, "w13_weight"), impostor]
+    )
+    assert moe_modules(model) == ([], {0: 64, 1: 64, 2: 64})
+
+
+def test_a_raising_policy_is_logged_once_and_its_layers_pass_through(caplog):
+    rt = runtime(layers=2)
+    calls = []
+
+    def broken(record, budget, mode):
+        calls.append(1)
+        raise RuntimeError(f"bad value {len(calls)}")  # a different message every time
+
+    rt.policy.apply = broken
+    batch = verify_batch([7, 12])
+    batch.forward_mode = SimpleNamespace(is_target_verify=lambda: True)
+    out = routing(torch.randn(2 * N, E, generator=torch.Generator().manual_seed(3)))
+    with caplog.at_level("ERROR", logger="moe_spec.sglang"):
+        for _ in range(3):  # three verify passes of two layers
+            with running_batch(batch):
+                assert rt.budget(topk_module(0), out) is out
+                assert rt.budget(topk_module(1), out) is out
+    assert len(calls) == 6
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "policy 'router-mass' raised RuntimeError('bad value 1')" in line
