@@ -24,6 +24,7 @@ from moe_spec.integration.sglang.settings import (
     plugin_disabled,
     settings_from_environ,
 )
+from moe_spec.policies import plugin_failures
 
 logger = logging.getLogger("moe_spec.sglang")
 
@@ -59,6 +60,8 @@ def register() -> None:
         register_refusal(f"moe-spec: invalid configuration: {exc}")
         return
     register_hooks(RUNTIME)
+    for why in plugin_failures().values():  # the chosen policy loaded; others did not
+        register_notice(f"moe-spec: a policy plugin was left out: {why}", logging.WARNING)
 
 
 def register_hooks(runtime: BudgetRuntime) -> None:
@@ -74,13 +77,13 @@ def register_hooks(runtime: BudgetRuntime) -> None:
     HookRegistry.register(RUNNER_FORWARD, report_after_forward(runtime), HookType.AFTER)
 
 
-def register_notice(message: str) -> None:
+def register_notice(message: str, level: int = logging.INFO) -> None:
     """Log ``message`` once the target model has loaded (logging is configured by then)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     def notice(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
         if is_target_rank0(runner):
-            logger.info(message)
+            logger.log(level, message)
 
     HookRegistry.register(LOAD_MODEL, notice, HookType.AFTER)
 

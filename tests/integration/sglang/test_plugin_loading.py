@@ -70,19 +70,35 @@ def test_bad_configuration_refuses_every_model_load():
     assert "token-priority" in state["refused"][0]  # and what is available
 
 
-def test_a_broken_policy_plugin_refuses_the_start(tmp_path):
-    """A policy plugin that fails to import is the registry's error, caught in register()."""
+def broken_plugin(tmp_path):
     dist = tmp_path / "broken_policies-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-policies\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[moe_spec.policies]\nbroken = broken_policies\n")
     (tmp_path / "broken_policies.py").write_text("raise ImportError('no such dependency')\n")
+    return str(tmp_path)
+
+
+def test_a_policy_from_a_broken_plugin_refuses_the_start(tmp_path):
+    """The broken plugin is left out; asking for its policy is refused, naming why."""
     state = run_scenario(
-        "refusal", MOE_SPEC_POLICY="router-mass", MOE_SPEC_BUDGET="4", PYTHONPATH=str(tmp_path)
+        "refusal", MOE_SPEC_POLICY="broken", MOE_SPEC_BUDGET="4", PYTHONPATH=broken_plugin(tmp_path)
     )
     assert state["targets"] == [LOAD_MODEL] and not state["topk_wrapped"]
     assert "UnsupportedSetupError: moe-spec: invalid configuration" in state["refused"][0]
-    assert "broken" in state["refused"][0]
+    assert "unknown policy 'broken'" in state["refused"][0]
+    assert "left out: plugin broken-policies 0.1" in state["refused"][0]
+    assert "no such dependency" in state["refused"][0]
+
+
+def test_a_broken_plugin_beside_a_built_in_policy_is_left_out_and_the_server_budgets(tmp_path):
+    state = run_scenario(
+        "refusal",
+        MOE_SPEC_POLICY="router-mass",
+        MOE_SPEC_BUDGET="4",
+        PYTHONPATH=broken_plugin(tmp_path),
+    )
+    assert state["topk_wrapped"] and state["settings"]["policy"] == "router-mass"
 
 
 def test_budget_without_policy_options_json_is_refused():
