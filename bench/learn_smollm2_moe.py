@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -74,8 +75,14 @@ def cmd_draft(args) -> None:
     model, tok, splits, shape = moe_target(spec)
     seqs = calibration_sequences(tok, args.files, args.seq_len, seed=args.seed + 1000)
     start = time.perf_counter()
-    with as_moe(model, splits, spec["n_experts"], spec["top_k"]):
-        data = target_features(model, seqs)
+    cache = args.features_cache
+    if cache and cache.is_file():
+        data = torch.load(cache, weights_only=True)  # tensors only: never unpickles objects
+    else:
+        with as_moe(model, splits, spec["n_experts"], spec["top_k"]):
+            data = target_features(model, seqs, bf16=args.bf16_features)
+        if cache:
+            torch.save(data, cache)
     log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
     head_config = DraftConfig(
         dim=shape.hidden_size,
@@ -83,7 +90,7 @@ def cmd_draft(args) -> None:
         mlp_dim=args.mlp_dim,
         norm_eps=shape.rms_norm_eps,
     )
-    cfg = HeadTrainConfig(steps=args.steps, batch=args.batch, seed=args.seed)
+    cfg = HeadTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
     head = train_head(model, seqs, data, head_config, cfg, shape.rope_theta, log)
     save_eagle_head(ASSETS / "eagle", head, rope_theta=shape.rope_theta)
     spec["draft"] = {
@@ -91,6 +98,9 @@ def cmd_draft(args) -> None:
         "seq_len": args.seq_len,
         "steps": args.steps,
         "batch": args.batch,
+        "lr": args.lr,
+        "bf16_features": args.bf16_features,
+        "vocab_subset": cfg.vocab_subset,
         "seed": args.seed,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -125,11 +135,14 @@ def main() -> None:
     q.add_argument("--seq-len", type=int, default=256)
     q.add_argument("--steps", type=int, default=300)
     q.add_argument("--batch", type=int, default=4)
+    q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--mlp-dim", type=int, default=1536)
+    q.add_argument("--bf16-features", action="store_true", help="target forward under bf16")
+    q.add_argument("--features-cache", type=Path, help="reuse / store the features here")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_draft)
     q = sub.add_parser("hash")
-    q.add_argument("--out", type=__import__("pathlib").Path, default=None)
+    q.add_argument("--out", type=Path, default=None)
     q.set_defaults(func=cmd_hash)
     args = p.parse_args()
     if getattr(args, "out", 0) is None:
