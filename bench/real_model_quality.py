@@ -26,7 +26,7 @@ from moe_spec.ab.prompts import held_out_benchmark_prompts
 from moe_spec.engine.checkpoint import load_checkpoint
 from moe_spec.engine.data import HELD_OUT
 from moe_spec.engine.demo import held_out_prompts
-from moe_spec.engine.generate import SpecConfig
+from moe_spec.engine.generate import Engine, SpecConfig
 from moe_spec.models import model_path
 from moe_spec.models.evaluate import held_out_loss, held_out_texts, hf_greedy, hf_logits_fn
 from moe_spec.models.gguf_weights import dense_llama, read_llama
@@ -70,20 +70,24 @@ def cmd_quality(args) -> dict:
         return toy.target(torch.tensor([ids])).logits_BQV[0]
 
     start = time.perf_counter()
-    losses = {
-        "dense": held_out_loss(hf_logits_fn(dense), hf_enc, tok.decode, texts),
-        "moe": held_out_loss(hf_logits_fn(moe), hf_enc, tok.decode, texts),
-        "toy": held_out_loss(
-            toy_logits, lambda t: toy.tokenizer.encode(t).ids, toy.tokenizer.decode, texts
-        ),
-    }
+    losses = (
+        {}
+        if args.no_loss
+        else {
+            "dense": held_out_loss(hf_logits_fn(dense), hf_enc, tok.decode, texts),
+            "moe": held_out_loss(hf_logits_fn(moe), hf_enc, tok.decode, texts),
+            "toy": held_out_loss(
+                toy_logits, lambda t: toy.tokenizer.encode(t).ids, toy.tokenizer.decode, texts
+            ),
+        }
+    )
     for name, loss in losses.items():
         out[f"{name}_loss"] = {**vars(loss), "perplexity": loss.perplexity}
         print(f"{name}: {vars(loss)} ppl {loss.perplexity:.2f}", flush=True)
-    out["moe_over_dense_perplexity"] = losses["moe"].perplexity / losses["dense"].perplexity
-    out["moe_per_byte_gain_over_toy"] = (
-        1 - losses["moe"].nats_per_byte / losses["toy"].nats_per_byte
-    )
+    if losses:
+        dense_ppl, moe_ppl = losses["dense"].perplexity, losses["moe"].perplexity
+        out["moe_over_dense_perplexity"] = moe_ppl / dense_ppl
+        out["moe_per_byte_gain"] = 1 - losses["moe"].nats_per_byte / losses["toy"].nats_per_byte
     out["loss_seconds"] = time.perf_counter() - start
 
     prompts = held_out_benchmark_prompts(args.prompts)
@@ -97,8 +101,6 @@ def cmd_quality(args) -> dict:
             if i < args.show:
                 show(f"prompt {i} {name}", tok.decode(new))
         toy_ids = toy.tokenizer.encode(prompt).ids
-        from moe_spec.engine.generate import Engine
-
         new = (
             Engine(toy.target, toy.draft, toy.tokenizer)
             .generate_autoregressive(toy_ids, args.max_new_tokens)
@@ -170,6 +172,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--show", type=int, default=2, help="print the completions of the first N")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-loss", action="store_true", help="quality: completions only")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

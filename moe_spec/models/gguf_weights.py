@@ -107,7 +107,7 @@ def read_llama(path: Path) -> tuple[LlamaShape, dict[str, torch.Tensor]]:
     state = {}
     for t in reader.tensors:
         array = gguf.quants.dequantize(t.data, t.tensor_type)
-        w = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        w = torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy
         name = hf_name(t.name)
         if ".q_proj." in name:
             w = unpermute_rows(w, shape.num_attention_heads)
