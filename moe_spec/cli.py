@@ -10,8 +10,8 @@ from pathlib import Path
 
 from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
-from moe_spec.models.cli import add_parser as add_models_parser
 from moe_spec.checks import check_positive, check_seed, check_temperature, prepare_output_dir
+from moe_spec.models.cli import add_parser as add_models_parser
 from moe_spec.policies import (
     PluginError,
     PluginWarning,
