@@ -200,3 +200,16 @@ def test_architectures_command_lists_them_with_their_origin(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[:2] == ["granitemoe", "built-in"] for line in lines)
     assert len(lines) == len(architectures())
+
+
+def test_a_per_layer_top_k_is_read_from_each_router_and_budgeted():
+    fresh_model = build(tiny_config("qwen3_moe"))
+    fresh_model.model.layers[1].mlp.gate.top_k = 3  # Qwen3-MoE's router reads this attribute
+    blocks = find_moe_blocks(fresh_model)
+    assert [b.top_k for b in blocks] == [2, 3]
+    with budgeted_verify(fresh_model, get_policy("router-mass"), 3) as routing:
+        fresh_model(input_ids=torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]]))
+    assert [ids.shape[1] for ids in routing.ids_after_LTK] == [2, 3]
+    assert max(routing.distinct_computed_L()) <= 3
+    with pytest.raises(ValueError, match="below top-k=3"):
+        budgeted_verify(fresh_model, get_policy("router-mass"), 2).__enter__()
