@@ -99,6 +99,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
         "MB/tok",
         "agree",
         "to div",
+        "rep5",
         "logprob",
     ] + (["model tok/s", "x ref"] if modeled else [])
     repaired = any(r.metrics.get("repair_rate") is not None for r in rows)
@@ -118,6 +119,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
             fmt(m["expert_mb_per_token"], ".2f"),
             fmt(m["agreement"], ".1%"),
             fmt(m["tokens_to_divergence"], ".1f"),
+            fmt(m.get("repeated_5grams"), ".2f"),
             fmt(m["mean_logprob"], ".3f"),
         ]
         if modeled:
@@ -201,7 +203,7 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
     lines += [
         "- experts/layer: distinct experts per layer per verify step, before->after the "
         "budget (mean; p99 after); floor: the accepted path's own distinct experts; "
-        "to div: tokens_to_divergence",
+        "to div: tokens_to_divergence; rep5: repeated_5grams",
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]

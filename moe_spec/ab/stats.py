@@ -47,6 +47,21 @@ METRICS = {
 TEXT_METRICS: dict[str, tuple[str, Callable[[list[int]], tuple[float, float]]]] = {}
 
 
+def repeated_5grams(tokens: list[int]) -> tuple[float, float]:
+    """``(repeated 5-grams, 5-grams)`` of a completion: the degenerate-text measure."""
+    from moe_spec.models.repetition import repeated_ngram_share
+
+    total = max(len(tokens) - 4, 0)
+    return round(repeated_ngram_share(tokens, 5) * total), total
+
+
+TEXT_METRICS["repeated_5grams"] = (
+    "share of the completion's 5-token windows that already occurred earlier in it "
+    "(0: no loop; near 1: degenerate, looping text)",
+    repeated_5grams,
+)
+
+
 def metric_names() -> dict[str, str]:
     """Every metric with its description: the built-in ones and the registered text metrics."""
     return {**METRICS, **{name: desc for name, (desc, _) in TEXT_METRICS.items()}}

@@ -161,3 +161,14 @@ def test_engine_backend_refuses_repair_on_an_engine_without_it():
     backend.check([RunConfig("token-priority", 4)])
     with pytest.raises(ValueError, match="repair needs an engine that can re-run a path"):
         backend.check([RunConfig("token-priority", 4, repair=True)])
+
+
+def test_the_repeated_5gram_share_is_reported_per_run_and_aggregated_over_windows():
+    loop = [1, 2, 3] * 6  # 18 tokens, 14 windows of 5; all but the first 3 repeat
+    fresh = list(range(10))  # 6 windows, none repeated
+    info = {}
+    a = per_prompt(RunRecord("x", 0, 0, loop, 1.0), RunConfig("none"), None, info, None)
+    b = per_prompt(RunRecord("x", 1, 0, fresh, 1.0), RunConfig("none"), None, info, None)
+    assert a["repeated_5grams"] == (11, 14) and b["repeated_5grams"] == (0, 6)
+    short = per_prompt(RunRecord("x", 2, 0, [1, 2], 1.0), RunConfig("none"), None, info, None)
+    assert short["repeated_5grams"] == (0, 0)
