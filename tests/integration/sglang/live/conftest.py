@@ -1,8 +1,9 @@
-"""Session fixtures: tiny models built once, and one live SGLang server per configuration.
+"""Package fixtures: tiny models built once, and one live SGLang server per configuration.
 
 Every configuration the live tests use is started at once, the first time any of
 them is asked for (imports dominate a start, so they overlap), and all of them
-are stopped by process group at the end of the session. A test waits only for
+are stopped by process group once the live tests are done (package scope: the rest of
+the suite does not run beside six busy SGLang schedulers). A test waits only for
 the server it needs.
 
 =============  ===================================================================
@@ -97,7 +98,7 @@ class Fleet:
         return server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once the live tests are done
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("live")
     models = build_all(root / "models")
