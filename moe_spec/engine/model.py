@@ -102,6 +102,15 @@ class VerifyBudget:
     ids_after_LTK: list[torch.Tensor] = field(default_factory=list)
     exact_LT: list[torch.Tensor] = field(default_factory=list)
 
+    def note_unbudgeted(self, ids_TK: torch.Tensor) -> None:
+        """A layer the budget cannot touch (B >= E): its routing, unchanged and exact."""
+        self.ids_before_LTK.append(ids_TK)
+        self.ids_after_LTK.append(ids_TK)
+        if self.track_exact:
+            self.exact_LT.append(
+                torch.ones(ids_TK.shape[0], dtype=torch.bool, device=ids_TK.device)
+            )
+
     def exact_T(self) -> torch.Tensor:
         """bool ``[T]``: tokens whose routing no layer's budget changed (on layer 0's device)."""
         device = self.exact_LT[0].device  # a model split over devices keeps flags per layer
@@ -129,10 +138,7 @@ class MoE(nn.Module):
         """``out_TD`` and the Switch-style load-balancing loss ``E * sum_e f_e * P_e``."""
         logits_TE, ids_TK, weights_TK = self.route(x_TD)
         if verify is not None and verify.budget >= self.config.n_experts:  # nothing to budget
-            verify.ids_before_LTK.append(ids_TK)
-            verify.ids_after_LTK.append(ids_TK)
-            if verify.track_exact:
-                verify.exact_LT.append(torch.ones(ids_TK.shape[0], dtype=torch.bool))
+            verify.note_unbudgeted(ids_TK)
         elif verify is not None:
             record = RoutingRecord(
                 logits_TE,

@@ -35,7 +35,6 @@ from moe_spec.integration.transformers.architectures import (
     BUILTIN_ARCHITECTURES,
     RouterConvention,
     UnsupportedModelError,
-    architectures,
     router_convention,
 )
 from moe_spec.integration.transformers.contract import check_router_contract
@@ -49,22 +48,12 @@ __all__ = [
     "UnsupportedModelError",
     "VerifyRouting",
     "budgeted_verify",
-    "check_model_type",
     "find_moe_blocks",
     "router_convention",
 ]
 
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(b.model_type for b in BUILTIN_ARCHITECTURES)
-
-
-def check_model_type(model_type: str) -> None:
-    """Refuse a ``model_type`` that no installed plugin registered."""
-    known = architectures()
-    if model_type not in known:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} has no MoE routing adapter; supported: {', '.join(known)}"
-        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,9 @@ class MoEBlock:
     correction_bias_E: torch.Tensor | None = None  # sigmoid routers' selection bias
 
 
-_FOUND: weakref.WeakKeyDictionary[nn.Module, list[MoEBlock]] = weakref.WeakKeyDictionary()
+_FOUND: weakref.WeakKeyDictionary[nn.Module, tuple[RouterConvention, list[MoEBlock]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
@@ -89,6 +80,11 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
     (:func:`~moe_spec.integration.transformers.contract.check_router_contract`),
     once per model; later calls return the same blocks.
     """
+    return moe_routing(model)[1]
+
+
+def moe_routing(model: nn.Module) -> tuple[RouterConvention, list[MoEBlock]]:
+    """The model's routing convention and its checked MoE blocks, found once per model."""
     if model in _FOUND:
         return _FOUND[model]
     convention = router_convention(model.config)
@@ -113,7 +109,8 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
         with torch.no_grad():
             check_router_contract(block, convention, model.config.hidden_size)
         blocks.append(block)
-    _FOUND[model] = blocks
+    _FOUND[model] = convention, blocks
+    return convention, blocks
     return blocks
 
 
@@ -148,12 +145,7 @@ def budget_routing(
     """The router's output with ids and weights budgeted by the policy (same order)."""
     logits, weights_TK, ids_TK = convention.split(output)
     if state.budget >= block.num_experts:  # no budget: note the routing, touch nothing
-        state.ids_before_LTK.append(ids_TK)
-        state.ids_after_LTK.append(ids_TK)
-        if state.track_exact:
-            state.exact_LT.append(
-                torch.ones(ids_TK.shape[0], dtype=torch.bool, device=ids_TK.device)
-            )
+        state.note_unbudgeted(ids_TK)
         return output
     logits_TE = logits.reshape(-1, block.num_experts)
     record = RoutingRecord(
@@ -214,8 +206,7 @@ def budgeted_verify(
     ``validate`` runs the policy's value checks, which read tensors on the host in every
     layer (off by default: the hot path then has no host synchronisation of its own).
     """
-    convention = router_convention(model.config)
-    blocks = find_moe_blocks(model)
+    convention, blocks = moe_routing(model)  # found and checked once per model
     check_mode(mode)
     budget = check_budget(budget, max(b.top_k for b in blocks), blocks[0].num_experts)
     if not validate:  # the hot path reads nothing on the host per layer
