@@ -98,7 +98,10 @@ def cmd_trace_demo(args: argparse.Namespace) -> int:
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--checkpoint", default=None, help="checkpoint folder (default: the shipped one)"
+        "--checkpoint",
+        default=None,
+        help="a model name (smollm2-moe, the default; stdlib-toy, the small shipped toy) or a "
+        "checkpoint folder",
     )
     p.add_argument("--width", type=int, default=8, help="tree: children per expanded node")
     p.add_argument("--depth", type=int, default=6, help="tree: draft steps below the root")
@@ -107,10 +110,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_engine(args: argparse.Namespace):
-    from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
-    from moe_spec.engine.generate import Engine
+    from moe_spec.models.registry import open_engine
 
-    return Engine(load_checkpoint(args.checkpoint or SHIPPED))
+    engine, _path, args.model_description = open_engine(args.checkpoint)
+    return engine
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -121,12 +124,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         format_table,
         held_out_prompts,
         run_demo,
+        sample_lines,
         write_outputs,
     )
     from moe_spec.engine.generate import SpecConfig
 
     started = time.perf_counter()
     check_positive("--max-new-tokens", args.max_new_tokens)
+    check_positive("--sample-lines", args.sample_lines)
     for flag, values in (
         ("--budgets", args.budgets),
         ("--policies", args.policies),
@@ -146,20 +151,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         get_policy(config.policy)  # unknown policies fail before any work
     prompts = held_out_prompts()
     print(
-        f"Model: {engine.config.n_layers} MoE layers x {cfg.n_experts} experts (top-{cfg.top_k}), "
-        f"trained on the CPython standard library; checkpoint {args.checkpoint or 'shipped'}"
+        f"Model: {args.model_description}\n{cfg.n_layers} MoE layers x {cfg.n_experts} routed "
+        f"experts (top-{cfg.top_k})"
     )
     print(
         f"{len(prompts)} held-out prompts, greedy, {args.max_new_tokens} new tokens each; tree: "
         f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}; mode: {spec.mode}\n"
     )
-    rows = run_demo(
-        engine,
-        prompts,
-        configs,
-        args.max_new_tokens,
-        progress=lambda label: print(f"  ran {label}", file=sys.stderr),
-    )
+    shown: dict[str, list[int]] = {}
+
+    def show(label: str, runs) -> None:
+        """A configuration's first completion: a few lines, or that it equals one shown."""
+        tokens = runs[0].tokens
+        same = next((name for name, seen in shown.items() if seen == tokens), None)
+        if same is not None:
+            print(f"  {label}: the same text as {same}", flush=True)
+            return
+        shown[label] = tokens
+        print(f"  {label} ({len(runs)} prompts, {sum(r.seconds for r in runs):.1f} s):")
+        for line in sample_lines(engine.decode(tokens), args.sample_lines):
+            print(f"    | {line}", flush=True)
+
+    print(f"First prompt's completion per configuration (ends: {prompts[0].splitlines()[-1]!r}):")
+    rows = run_demo(engine, prompts, configs, args.max_new_tokens, progress=show)
+    print()
     print(format_table(rows))
     meta = {
         "title": f"moe-spec demo: {len(prompts)} held-out prompts, {spec.num_tokens}-token tree",
@@ -358,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="policies also run with repair at every budget (default: draft-path; '' for none)",
     )
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument(
+        "--sample-lines", type=int, default=3, help="lines of text shown per configuration"
+    )
     p.add_argument("--out", default="out/demo", help="folder for results.json and demo.png")
     p.set_defaults(func=cmd_demo)
 

@@ -53,7 +53,11 @@ def add_parser(subparsers) -> None:
         metavar="URL",
         help="sglang: a server per configuration, in --config order",
     )
-    p.add_argument("--checkpoint", help="engine: checkpoint folder (default: the shipped one)")
+    p.add_argument(
+        "--checkpoint",
+        help="engine: a model name (smollm2-moe, the default; stdlib-toy, the small shipped "
+        "toy) or a checkpoint folder",
+    )
     p.add_argument("--target", help="engine: a transformers target model (needs --draft)")
     p.add_argument(
         "--draft",
@@ -150,9 +154,7 @@ def provenance(args, backend) -> tuple[str, str]:
         return backend.provenance()
     if args.target:
         return model_sha([args.target, args.draft]), code_sha()
-    from moe_spec.engine.checkpoint import SHIPPED
-
-    return model_sha([args.checkpoint or SHIPPED]), code_sha()
+    return model_sha([args.checkpoint_path]), code_sha()
 
 
 def make_backend(args, configs, engine, controller):
@@ -178,8 +180,7 @@ def load_engine(args):
                 f"installation lacks ({exc})"
             ) from None
         return load_hf(args.target, args.draft)
-    from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
-    from moe_spec.engine.generate import Engine
+    from moe_spec.models.registry import open_engine
 
     if args.threads is not None:
         import torch
@@ -187,7 +188,8 @@ def load_engine(args):
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return Engine(load_checkpoint(args.checkpoint or SHIPPED))
+    engine, args.checkpoint_path, args.model_description = open_engine(args.checkpoint)
+    return engine
 
 
 def stored_controller(args):
@@ -269,7 +271,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     meta = {
         "title": f"{len(configs)} configurations on {len(prompts)} prompts",
         "backend": backend.name,
-        "model": args.target or args.checkpoint or "shipped stdlib-moe",
+        "model": args.target or getattr(args, "model_description", None) or args.checkpoint,
         "prompts": len(prompts),
         "prompts_sha": header["prompts_sha"],
         "max_new_tokens": args.max_new_tokens,

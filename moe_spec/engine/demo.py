@@ -129,7 +129,10 @@ def demo_configs(
 
 
 def run_demo(engine: Engine, prompts: list[str], configs, max_new_tokens: int, progress=None):
-    """Run every configuration on every prompt; the unbudgeted run is the agreement reference."""
+    """Run every configuration on every prompt; the unbudgeted run is the agreement reference.
+
+    ``progress(label, runs)`` is called after each configuration with its results.
+    """
     ids = [engine.encode(p) for p in prompts]
     results, reference = [], None
     for label, spec in configs:
@@ -141,8 +144,14 @@ def run_demo(engine: Engine, prompts: list[str], configs, max_new_tokens: int, p
             reference = [r.tokens for r in runs]
         results.append((label, spec, runs))
         if progress:
-            progress(label)
+            progress(label, runs)
     return [summarize(label, spec, runs, reference, engine) for label, spec, runs in results]
+
+
+def sample_lines(text: str, lines: int = 3, width: int = 96) -> list[str]:
+    """The first ``lines`` non-empty lines of a completion, each cut to ``width`` characters."""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][:lines]
+    return [line if len(line) <= width else line[: width - 3] + "..." for line in kept]
 
 
 def format_table(rows: Sequence[ConfigResult]) -> str:

@@ -5,12 +5,19 @@
 ``moe_spec.integration.transformers.load_engine(path, path / "eagle")``.
 ``stdlib-toy``: the shipped 4-layer reference-engine model
 (``moe_spec.engine.checkpoint.load_checkpoint(path)``).
+
+``open_engine(checkpoint)`` is what the CLI's ``--checkpoint`` means: a model name
+(default :data:`DEFAULT_MODEL`) or a folder, either a reference-engine checkpoint or a
+transformers MoE checkpoint with its EAGLE head in ``eagle/``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-moe"
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,51 @@ def status(name: str) -> str:
     path = checkpoint_dir()
     built = is_built(path, read_spec().get("checkpoint_sha256"))
     return f"built at {path}" if built else f"not built ({path})"
+
+
+def open_engine(checkpoint: str | Path | None = None):
+    """``(engine, path, description)`` for a model name or checkpoint folder (see module doc)."""
+    value = str(checkpoint or DEFAULT_MODEL)
+    if value in MODELS:
+        info = MODELS[value]
+        path, kind, description = model_path(value), info.engine, f"{value}: {info.description}"
+    else:
+        path = Path(value)
+        kind = folder_kind(path)
+        description = str(path)
+    if kind == "engine":
+        from moe_spec.engine.checkpoint import load_checkpoint
+        from moe_spec.engine.generate import Engine
+
+        return Engine(load_checkpoint(path)), path, description
+    import torch
+
+    from moe_spec.integration.transformers import load_engine
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "auto" if device == "cuda" else torch.float32  # bf16 is slow on CPUs without AMX
+    engine = load_engine(str(path), str(path / "eagle"), device=device, dtype=dtype)
+    return engine, path, description
+
+
+def folder_kind(path: Path) -> str:
+    """``"engine"`` or ``"transformers"``: which engine reads the checkpoint folder ``path``."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise ValueError(
+            f"--checkpoint {str(path)!r} is neither a model name ({', '.join(sorted(MODELS))}) "
+            "nor a folder with a config.json"
+        )
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config}: not readable JSON ({exc})") from None
+    if isinstance(data, dict) and "format" in data:
+        return "engine"  # moe_spec.engine.checkpoint's layout; load_checkpoint checks the rest
+    if isinstance(data, dict) and "model_type" in data and (path / "eagle").is_dir():
+        return "transformers"
+    raise ValueError(
+        f"--checkpoint {str(path)!r}: expected a reference-engine checkpoint (config.json with "
+        "a 'format') or a transformers MoE checkpoint (config.json with a 'model_type') with "
+        "an EAGLE head in eagle/; for another draft use moe-spec ab --target/--draft"
+    )

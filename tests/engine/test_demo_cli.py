@@ -76,7 +76,7 @@ def test_demo_refuses_bad_input_before_running(tiny_dir, capsys):
     assert main(["demo", "--checkpoint", str(tiny_dir), "--policies", "nope"]) == 2
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["demo", "--checkpoint", "/nonexistent"]) == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "--checkpoint '/nonexistent' is neither a model name" in capsys.readouterr().err
 
 
 def test_generate_prints_the_completion(tiny_dir, capsys):
