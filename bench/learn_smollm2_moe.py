@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,8 +23,13 @@ import torch
 from moe_spec.engine.config import DraftConfig
 from moe_spec.integration.transformers import save_eagle_head
 from moe_spec.models.build import ASSETS, build_checkpoint, load_split, read_spec
-from moe_spec.models.calibration import calibration_sequences
-from moe_spec.models.draft_head import HeadTrainConfig, target_features, train_head
+from moe_spec.models.calibration import calibration_sequences, held_out_sequences
+from moe_spec.models.draft_head import (
+    HeadTrainConfig,
+    head_agreement,
+    target_features,
+    train_head,
+)
 from moe_spec.models.gguf_weights import dense_llama, gguf_tokenizer, read_llama
 from moe_spec.models.learn import SplitConfig, learn_split, save_split
 from moe_spec.models.simulate import LayerSplit, as_moe
@@ -69,31 +75,63 @@ def moe_target(spec: dict):
     return dense_llama(shape, state), gguf_tokenizer(gguf), splits, shape
 
 
+def features(model, spec, splits, seqs, cache: Path | None, bf16: bool):
+    """The MoE target's features on ``seqs``, read from / stored to ``cache`` when given."""
+    if cache and cache.is_file():
+        return torch.load(cache, weights_only=True)  # tensors only: never unpickles objects
+    with as_moe(model, splits, spec["n_experts"], spec["top_k"]):
+        data = target_features(model, seqs, bf16=bf16)
+    if cache:
+        torch.save(data, cache)
+    return data
+
+
 def cmd_draft(args) -> None:
     torch.manual_seed(args.seed)
     spec = read_spec(ASSETS)
     model, tok, splits, shape = moe_target(spec)
     seqs = calibration_sequences(tok, args.files, args.seq_len, seed=args.seed + 1000)
     start = time.perf_counter()
-    cache = args.features_cache
-    if cache and cache.is_file():
-        data = torch.load(cache, weights_only=True)  # tensors only: never unpickles objects
-    else:
-        with as_moe(model, splits, spec["n_experts"], spec["top_k"]):
-            data = target_features(model, seqs, bf16=args.bf16_features)
-        if cache:
-            torch.save(data, cache)
+    data = features(model, spec, splits, seqs, args.features_cache, args.bf16_features)
     log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
+    eval_seqs = held_out_sequences(tok, args.eval_tokens, args.seq_len)
+    eval_data = features(model, spec, splits, eval_seqs, None, args.bf16_features)
+    evaluate = lambda driver: head_agreement(driver, eval_seqs, eval_data)  # noqa: E731
     head_config = DraftConfig(
         dim=shape.hidden_size,
         n_heads=shape.num_attention_heads,
         mlp_dim=args.mlp_dim,
         norm_eps=shape.rms_norm_eps,
     )
-    cfg = HeadTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-    head = train_head(model, seqs, data, head_config, cfg, shape.rope_theta, log)
+    cfg = HeadTrainConfig(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        window=args.window,
+        unroll=args.unroll,
+    )
+    evals: list[dict] = []
+
+    def log_and_keep(entry: dict) -> None:
+        log(entry)
+        if "eval" in entry:
+            evals.append(entry)
+
+    head = train_head(
+        model,
+        seqs,
+        data,
+        head_config,
+        cfg,
+        shape.rope_theta,
+        log_and_keep,
+        evaluate,
+        args.eval_every,
+    )
     save_eagle_head(ASSETS / "eagle", head, rope_theta=shape.rope_theta)
     spec["draft"] = {
+        "command": "python bench/learn_smollm2_moe.py " + " ".join(sys.argv[1:]),
         "files": args.files,
         "seq_len": args.seq_len,
         "steps": args.steps,
@@ -101,6 +139,11 @@ def cmd_draft(args) -> None:
         "lr": args.lr,
         "bf16_features": args.bf16_features,
         "vocab_subset": cfg.vocab_subset,
+        "unroll": cfg.unroll,
+        "window": cfg.window,
+        "tokens": sum(map(len, seqs)),
+        "held_out_agreement": evals[-1]["eval"],
+        "held_out_tokens": sum(map(len, eval_seqs)),
         "seed": args.seed,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -139,6 +182,10 @@ def main() -> None:
     q.add_argument("--mlp-dim", type=int, default=1536)
     q.add_argument("--bf16-features", action="store_true", help="target forward under bf16")
     q.add_argument("--features-cache", type=Path, help="reuse / store the features here")
+    q.add_argument("--unroll", type=int, default=2, help="training-time test passes")
+    q.add_argument("--window", type=int, default=256, help="tokens per sequence per step")
+    q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens to score")
+    q.add_argument("--eval-every", type=int, default=200)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_draft)
     q = sub.add_parser("hash")

@@ -2,6 +2,7 @@
 
     python bench/real_model_quality.py quality [--prompts 20] [--chars 2000]
     python bench/real_model_quality.py spec [--prompts 10]
+    python bench/real_model_quality.py speed [--prompts 3] [--checkpoint stdlib-toy]
 
 ``quality``: held-out loss per token and per byte of the dense SmolLM2 (GGUF weights,
 transformers Llama), the MoE checkpoint (transformers Qwen2-MoE) and the shipped toy, on
@@ -10,6 +11,9 @@ share of repeated 5-grams (``moe_spec.models.repetition``).
 ``spec``: the MoE with its EAGLE head in the transformers engine, unbudgeted 32-token
 trees (width 8, depth 6): acceptance length, distinct experts per layer per verify step,
 the accepted path's own (the floor), on two held-out prompt sets.
+``speed``: tokens/s in one run of autoregressive decoding, unbudgeted tree speculation
+and every built-in policy at ``--budget`` (lossy, and ``draft-path`` with repair), per
+prompt set, beside this machine's measured copy bandwidth and fp32 / bf16 matmul rates.
 """
 
 from __future__ import annotations
@@ -164,9 +168,65 @@ def cmd_spec(args) -> dict:
     return out
 
 
+def machine_rates() -> dict:
+    """Copy bandwidth (a 256 MiB buffer) and fp32 / bf16 matmul rates (256 x 576 x 576)."""
+    from moe_spec.costmodel.cpu import _rate, measure_cpu_profile
+
+    fp32 = measure_cpu_profile(256 * 2**20, (256, 576, 576))
+    a, b = torch.randn(256, 576, dtype=torch.bfloat16), torch.randn(576, 576, dtype=torch.bfloat16)
+    return {
+        "copy_GBps": fp32.copy_bandwidth_Bps / 1e9,
+        "fp32_matmul_GFLOPs": fp32.matmul_flops / 1e9,
+        "bf16_matmul_GFLOPs": _rate(lambda: torch.matmul(a, b), 2 * 256 * 576 * 576) / 1e9,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def speed_configs(budget: int) -> list[tuple[str, SpecConfig | None]]:
+    from moe_spec.cli import BUILTIN_DEMO_POLICIES
+    from moe_spec.engine.demo import demo_configs
+
+    spec = SpecConfig(width=8, depth=6, num_tokens=32)
+    return demo_configs([budget], BUILTIN_DEMO_POLICIES, spec, ["draft-path"])
+
+
+def cmd_speed(args) -> dict:
+    from moe_spec.engine.demo import run_demo
+    from moe_spec.models.registry import open_engine
+
+    engine, _path, description = open_engine(args.checkpoint)
+    out = {"cpu": cpu_name(), "model": description, "machine": machine_rates(), "sets": {}}
+    print(json.dumps(out["machine"]), flush=True)
+    configs = speed_configs(args.budget)
+    sets = prompt_sets(args.prompts)
+    run_demo(engine, sets["ab-prompts"][:1], configs, 4)  # warm-up: one-time costs
+    for name, prompts in sets.items():
+        rows = run_demo(engine, prompts, configs, args.max_new_tokens)
+        auto = rows[0].tokens_per_s
+        out["sets"][name] = {
+            r.label: {
+                "tokens_per_s": r.tokens_per_s,
+                "x_autoregressive": r.tokens_per_s / auto,
+                "acceptance_length": r.acceptance_length,
+                "distinct_after": r.distinct_after,
+                "agreement": r.agreement,
+            }
+            for r in rows
+        }
+        for r in rows:
+            print(
+                f"{name:11} {r.label:24} {r.tokens_per_s:7.1f} tok/s {r.tokens_per_s / auto:5.2f}x "
+                f"accept {r.acceptance_length:.2f}",
+                flush=True,
+            )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("quality", "spec"))
+    p.add_argument("what", choices=("quality", "spec", "speed"))
+    p.add_argument("--checkpoint", help="speed: model name or folder (default: smollm2-moe)")
+    p.add_argument("--budget", type=int, default=16, help="speed: the policies' budget")
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--chars", type=int, default=2000)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -176,7 +236,7 @@ def main() -> None:
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    result = (cmd_quality if args.what == "quality" else cmd_spec)(args)
+    result = {"quality": cmd_quality, "spec": cmd_spec, "speed": cmd_speed}[args.what](args)
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:

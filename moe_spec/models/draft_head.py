@@ -6,9 +6,17 @@ The feature is what ``moe_spec.integration.transformers.eagle`` feeds the head a
 time: the target's final normed hidden state (its LM head's input). Features and the
 target's greedy next tokens are computed once (:func:`target_features`); the head then
 learns, as in EAGLE, to predict ``f_{i+1}`` from ``(f_i, x_{i+1})``: cross-entropy of
-its logits (the target's LM head) against the target's greedy token (over the tokens the
-target predicts in the data, to keep the LM head's cost down) plus a smooth-L1 pull
-towards the feature, with small noise on the input features. Seeded; AdamW.
+its logits (the target's LM head, over the whole vocabulary) against the target's greedy
+token plus a smooth-L1 pull towards the feature, with small noise on the input features.
+With ``unroll > 1`` the head is also trained on its own predictions, as it runs when it
+drafts deeper than one step (EAGLE-3's training-time test, without its tree mask): pass
+``u`` feeds pass ``u-1``'s predicted features back in and is scored against the target's
+features ``u`` positions further on. Seeded; AdamW.
+
+Restricting the cross-entropy to the tokens the target predicts in the data
+(``vocab_subset``) makes a step cheaper but never teaches the head to push the other
+tokens down: a head trained that way for 100 steps agreed with the target 72% of the
+time on its training batch and 21% on held-out text over the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ class HeadTrainConfig:
     feature_loss: float = 0.5
     feature_noise: float = 0.05
     seed: int = 0
-    vocab_subset: bool = True  # cross-entropy over the tokens the target predicts in ``data``
+    vocab_subset: bool = False  # cross-entropy over the tokens the target predicts in ``data``
+    window: int = 256  # tokens per sequence in a batch (a random window of each)
+    unroll: int = 1  # passes over the head's own predicted features (training-time test)
+    unroll_decay: float = 0.7  # weight of pass u is unroll_decay**u
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "warmup"):
+        for name in ("steps", "batch", "warmup", "window", "unroll"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -70,18 +81,22 @@ def train_head(
     cfg: HeadTrainConfig,
     rope_theta: float,
     log: Callable[[dict], None] = print,
+    evaluate: Callable[[EagleHeadDraft], dict] | None = None,
+    eval_every: int = 0,
 ) -> EagleDraft:
-    """A head trained on ``data`` (from :func:`target_features` over ``sequences``)."""
+    """A head trained on ``data`` (from :func:`target_features` over ``sequences``);
+    ``evaluate(driver)`` is logged every ``eval_every`` steps and after the last."""
     torch.manual_seed(cfg.seed)
     head = EagleDraft(head_config)
     driver = EagleHeadDraft(head, model, rope_theta)
     driver.new_cache(max(len(s) for s in sequences))
     head.float().train().requires_grad_(True)
     lm_weight_VD = model.get_output_embeddings().weight.detach()
-    # Cross-entropy over the tokens the target ever predicts here (a few thousand, not the
-    # whole vocabulary): the LM head dominates a step's cost on a CPU.
-    vocab_U = torch.unique(torch.cat([greedy_S for _f, greedy_S in data]))
-    lm_weight_UD = lm_weight_VD[vocab_U] if cfg.vocab_subset else lm_weight_VD
+    if cfg.vocab_subset:  # only the tokens the target predicts here (see the module doc)
+        vocab_U = torch.unique(torch.cat([greedy_S for _f, greedy_S in data]))
+        lm_weight_UD = lm_weight_VD[vocab_U]
+    else:
+        lm_weight_UD = lm_weight_VD
     opt = optimizer_for(head, cfg.lr, cfg.weight_decay)
     rng = random.Random(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -89,31 +104,87 @@ def train_head(
     for step in range(cfg.steps):
         set_lr(opt, lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
         picks = [rng.randrange(len(sequences)) for _ in range(cfg.batch)]
-        S = min(len(sequences[i]) for i in picks)
-        feature_BSD = torch.stack([data[i][0][:S] for i in picks])
-        greedy_BS = torch.stack([data[i][1][:S] for i in picks])
+        S = min(cfg.window, *(len(sequences[i]) for i in picks))
+        starts = [rng.randrange(len(sequences[i]) - S + 1) for i in picks]
+        feature_BSD = torch.stack(
+            [data[i][0][a : a + S] for i, a in zip(picks, starts, strict=True)]
+        )
+        greedy_BS = torch.stack([data[i][1][a : a + S] for i, a in zip(picks, starts, strict=True)])
         if cfg.vocab_subset:
             greedy_BS = torch.searchsorted(vocab_U, greedy_BS)
-        tokens_BS = torch.tensor([sequences[i][:S] for i in picks])
-        noisy_BSD = feature_BSD[:, :-1] + cfg.feature_noise * torch.randn(
+        tokens_BS = torch.tensor(
+            [sequences[i][a : a + S] for i, a in zip(picks, starts, strict=True)]
+        )
+        input_BSD = feature_BSD[:, :-1] + cfg.feature_noise * torch.randn(
             feature_BSD[:, :-1].shape, generator=g
         )
-        pred_BSD = head(driver, noisy_BSD, tokens_BS[:, 1:])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits_BSV = F.linear(pred_BSD, lm_weight_UD)
-        cls = F.cross_entropy(logits_BSV.float().flatten(0, 1), greedy_BS[:, 1:].flatten())
-        reg = F.smooth_l1_loss(pred_BSD, feature_BSD[:, 1:])
-        step_optimizer(opt, head, cls + cfg.feature_loss * reg)
+        loss, passes = 0.0, []
+        for u in range(min(cfg.unroll, S - 2)):
+            # pass u: pred[:, j] is the head's guess of f_{j+1+u}, labelled greedy[j+1+u]
+            pred_BSD = head(driver, input_BSD, tokens_BS[:, 1 + u :])
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits_BSV = F.linear(pred_BSD, lm_weight_UD)
+            labels_BS = greedy_BS[:, 1 + u :]
+            cls = F.cross_entropy(logits_BSV.float().flatten(0, 1), labels_BS.flatten())
+            reg = F.smooth_l1_loss(pred_BSD, feature_BSD[:, 1 + u :])
+            loss = loss + cfg.unroll_decay**u * (cls + cfg.feature_loss * reg)
+            passes.append((cls, reg, logits_BSV, labels_BS))
+            input_BSD = pred_BSD[:, :-1]
+        step_optimizer(opt, head, loss)
+        cls, reg, logits_BSV, labels_BS = passes[0]
         if step % 20 == 0 or step == cfg.steps - 1:
             with torch.no_grad():
-                top1 = (logits_BSV.argmax(-1) == greedy_BS[:, 1:]).float().mean().item()
+                top1 = (logits_BSV.argmax(-1) == labels_BS).float().mean().item()
             log(
                 {
                     "step": step,
                     "cls": round(cls.item(), 4),
                     "reg": round(reg.item(), 4),
                     "top1": round(top1, 4),
+                    **{f"cls{u}": round(p[0].item(), 4) for u, p in enumerate(passes[1:], 1)},
                     "s": round(time.perf_counter() - start, 1),
                 }
             )
+        last = step == cfg.steps - 1
+        if evaluate is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
+            head.eval()
+            log({"step": step, "eval": evaluate(driver)})
+            head.train()
     return head.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def head_agreement(
+    driver: EagleHeadDraft,
+    sequences: list[list[int]],
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    unroll: int = 2,
+    k: int = 8,
+) -> dict[str, float]:
+    """Teacher-forced agreement of the head with the target's greedy tokens, per pass.
+
+    ``top1_u``/``topk_u``: the share of positions where pass ``u`` (``u`` of the head's own
+    features fed back, as when drafting ``u + 1`` steps deep) ranks the target's greedy
+    token first / among its ``k`` best, over the whole vocabulary.
+    """
+    longest = max(map(len, sequences))
+    if driver.rope_cos is None or driver.rope_cos.shape[0] < longest:
+        driver.new_cache(longest)  # rotary tables long enough
+    hits = torch.zeros(2, unroll)  # [top1 / topk, pass]
+    counts = torch.zeros(unroll)
+    for ids, (feature_SD, greedy_S) in zip(sequences, data, strict=True):
+        input_BSD, tokens_S = feature_SD[None, :-1], torch.tensor(ids)
+        for u in range(min(unroll, len(ids) - 2)):
+            pred_BSD = driver(driver, input_BSD, tokens_S[None, 1 + u :])
+            best_SK = driver.lm_head(pred_BSD[0]).topk(k, dim=-1).indices
+            labels_S = greedy_S[1 + u :]
+            hits[0, u] += (best_SK[:, 0] == labels_S).sum()
+            hits[1, u] += (best_SK == labels_S[:, None]).any(-1).sum()
+            counts[u] += len(labels_S)
+            input_BSD = pred_BSD[:, :-1]
+    share = (hits / counts.clamp(min=1)).tolist()
+    return {
+        f"{name}_{u}": round(share[row][u], 4)
+        for row, name in enumerate(("top1", f"top{k}"))
+        for u in range(unroll)
+    }
