@@ -3,6 +3,7 @@
     python bench/real_model_quality.py quality [--prompts 20] [--chars 2000]
     python bench/real_model_quality.py spec [--prompts 10]
     python bench/real_model_quality.py speed [--prompts 3] [--checkpoint stdlib-toy]
+    python bench/real_model_quality.py trees [--prompts 3] [--checkpoint stdlib-toy]
 
 ``quality``: held-out loss per token and per byte of the dense SmolLM2 (GGUF weights,
 transformers Llama), the MoE checkpoint (transformers Qwen2-MoE) and the shipped toy, on
@@ -14,6 +15,8 @@ the accepted path's own (the floor), on two held-out prompt sets.
 ``speed``: tokens/s in one run of autoregressive decoding, unbudgeted tree speculation
 and every built-in policy at ``--budget`` (lossy, and ``draft-path`` with repair), per
 prompt set, beside this machine's measured copy bandwidth and fp32 / bf16 matmul rates.
+``trees``: tokens/s of unbudgeted speculation over tree shapes (tokens, width, depth) against
+autoregressive decoding, in one run: which shape is best on this machine.
 """
 
 from __future__ import annotations
@@ -191,13 +194,19 @@ def speed_configs(budget: int) -> list[tuple[str, SpecConfig | None]]:
 
 
 def cmd_speed(args) -> dict:
+    machine = machine_rates()
+    print(json.dumps(machine), flush=True)
+    return {"machine": machine, **timed_configs(args, speed_configs(args.budget))}
+
+
+def timed_configs(args, configs) -> dict:
+    """Every configuration on both prompt sets in one run (after a warm-up): tokens/s,
+    its ratio to autoregressive decoding (the first configuration), acceptance, agreement."""
     from moe_spec.engine.demo import run_demo
     from moe_spec.models.registry import open_engine
 
     engine, _path, description = open_engine(args.checkpoint)
-    out = {"cpu": cpu_name(), "model": description, "machine": machine_rates(), "sets": {}}
-    print(json.dumps(out["machine"]), flush=True)
-    configs = speed_configs(args.budget)
+    out = {"cpu": cpu_name(), "model": description, "sets": {}}
     sets = prompt_sets(args.prompts)
     run_demo(engine, sets["ab-prompts"][:1], configs, 4)  # warm-up: one-time costs
     for name, prompts in sets.items():
@@ -215,16 +224,27 @@ def cmd_speed(args) -> dict:
         }
         for r in rows:
             print(
-                f"{name:11} {r.label:24} {r.tokens_per_s:7.1f} tok/s {r.tokens_per_s / auto:5.2f}x "
-                f"accept {r.acceptance_length:.2f}",
+                f"{name:11} {r.label:30} {r.tokens_per_s:7.1f} tok/s "
+                f"{r.tokens_per_s / auto:5.2f}x accept {r.acceptance_length:.2f}",
                 flush=True,
             )
     return out
 
 
+TREES = ((32, 8, 6), (16, 4, 4), (8, 2, 3), (8, 4, 2), (5, 1, 4), (5, 2, 2), (4, 1, 3), (3, 1, 2))
+
+
+def cmd_trees(args) -> dict:
+    shapes = [
+        (f"{n} tokens, width {w}, depth {d}", SpecConfig(width=w, depth=d, num_tokens=n))
+        for n, w, d in TREES
+    ]
+    return timed_configs(args, [("autoregressive", None), *shapes])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("quality", "spec", "speed"))
+    p.add_argument("what", choices=("quality", "spec", "speed", "trees"))
     p.add_argument("--checkpoint", help="speed: model name or folder (default: smollm2-moe)")
     p.add_argument("--budget", type=int, default=16, help="speed: the policies' budget")
     p.add_argument("--prompts", type=int, default=20)
@@ -236,7 +256,8 @@ def main() -> None:
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"quality": cmd_quality, "spec": cmd_spec, "speed": cmd_speed}[args.what](args)
+    commands = {"quality": cmd_quality, "spec": cmd_spec, "speed": cmd_speed, "trees": cmd_trees}
+    result = commands[args.what](args)
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:
