@@ -1,0 +1,154 @@
+"""Online estimates of what a verify step gets accepted, kept between steps.
+
+Shape legend: N tree tokens, L MoE layers, E experts, K top-k, P path positions,
+C candidate trees, S steps in the window.
+
+Three estimates, all updated after acceptance (outside the verify forward):
+
+- **calibration** of the draft's path probability ``q = exp(path_logprob)`` to the
+  probability that the node is on the accepted path: ``bins`` equal-width bins of q,
+  each with counts of nodes seen and accepted and a prior of ``prior`` pseudo-nodes at
+  the bin's centre (so an empty bin trusts the draft):
+  ``P(accept | bin b) = (accepted_b + prior * centre_b) / (seen_b + prior)``.
+- **acceptance per depth**: ``P(the accepted path reaches depth d | the tree had depth d)``.
+- a **window** of the last ``window`` tree steps, each kept as
+  ``need_LP`` (the smallest budget layer l needed, under the policy's ranking of that
+  step, to keep every expert of path positions 0..p: a path position's routing depends
+  on its ancestors, so the need is a running maximum along the path),
+  ``committed_C`` (tokens the step would have committed with each smaller candidate
+  tree: the accepted path's prefix inside the candidate's best nodes by path
+  log-probability, -1 when the step's tree was smaller than the candidate) and
+  ``used_CL`` (distinct experts the candidate's tokens picked in each layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe_spec.control.steps import StepOutcome
+
+
+@dataclass(frozen=True)
+class WindowStep:
+    need_LP: np.ndarray  # int [L, P]: budget each layer needed for path positions 0..p
+    committed_C: np.ndarray  # int [C]: committed tokens per candidate tree (-1: unknown)
+    used_CL: np.ndarray  # int [C, L]: distinct experts of the candidate's tokens
+
+
+class AcceptanceEstimates:
+    """Calibration, acceptance per depth and the window of recent tree steps."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_experts: int,
+        candidate_tokens: list[int],
+        window: int = 64,
+        bins: int = 10,
+        prior: float = 4.0,
+        max_depth: int = 64,
+    ) -> None:
+        if window < 1 or bins < 1 or not prior > 0:
+            raise ValueError(
+                f"need window >= 1, bins >= 1, prior > 0; got {window}, {bins}, {prior}"
+            )
+        self.L, self.E = num_layers, num_experts
+        self.candidate_tokens = list(candidate_tokens)
+        self.prior = float(prior)
+        self.centre_B = (np.arange(bins) + 0.5) / bins
+        self.seen_B = np.zeros(bins)
+        self.accepted_B = np.zeros(bins)
+        self.tried_D = np.zeros(max_depth + 1)
+        self.reached_D = np.zeros(max_depth + 1)
+        self.window: deque[WindowStep] = deque(maxlen=window)
+
+    # -- calibration -------------------------------------------------------------------
+    @property
+    def bins(self) -> int:
+        return self.centre_B.size
+
+    def logprob_edges(self) -> list[float]:
+        """The bins' inner edges in log-probability (for ``torch.bucketize``), ascending."""
+        return [math.log(i / self.bins) for i in range(1, self.bins)]
+
+    def accept_B(self) -> np.ndarray:
+        """float ``[bins]``: calibrated P(accepted) per bin of the draft's path probability."""
+        return (self.accepted_B + self.prior * self.centre_B) / (self.seen_B + self.prior)
+
+    def bin_of(self, logprob_N: np.ndarray) -> np.ndarray:
+        q_N = np.exp(np.minimum(logprob_N, 0.0))
+        return np.minimum((q_N * self.bins).astype(int), self.bins - 1)
+
+    def reach_D(self) -> np.ndarray:
+        """float ``[depths]``: P(path reaches depth d | tree had depth d), prior 1/2 per depth."""
+        out = (self.reached_D + 0.5) / (self.tried_D + 1.0)
+        out[0] = 1.0
+        return out
+
+    # -- updates -----------------------------------------------------------------------
+    def observe(
+        self, outcome: StepOutcome, rank_LE: torch.Tensor | None, ids_LNK: torch.Tensor | None
+    ) -> None:
+        """Fold in one finished tree step; ``rank_LE``/``ids_LNK`` are the policy's ranking
+        and the unbudgeted top-k of the verify forward (None: the window is not updated)."""
+        logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
+        N, path = logprob_N.size, list(outcome.path)
+        on_path_N = np.zeros(N, dtype=bool)
+        on_path_N[path] = True
+        b_N = self.bin_of(logprob_N[1:])
+        np.add.at(self.seen_B, b_N, 1.0)
+        np.add.at(self.accepted_B, b_N, on_path_N[1:].astype(float))
+        depth = int(outcome.depth_N.max()) if outcome.depth_N is not None else len(path) - 1
+        depth = min(depth, self.tried_D.size - 1)
+        self.tried_D[1 : depth + 1] += 1
+        self.reached_D[1 : min(len(path), depth + 1)] += 1
+        if rank_LE is None or ids_LNK is None:
+            return
+        self.window.append(self.window_step(logprob_N, path, rank_LE, ids_LNK))
+
+    def window_step(
+        self, logprob_N: np.ndarray, path: list[int], rank_LE: torch.Tensor, ids_LNK: torch.Tensor
+    ) -> WindowStep:
+        L, N, K = ids_LNK.shape
+        ids_LNK = ids_LNK.long().cpu()
+        rank_LE = rank_LE.long().cpu()
+        path_P = torch.tensor(path)
+        need_LPK = rank_LE.gather(1, ids_LNK[:, path_P].reshape(L, -1)).view(L, len(path), K)
+        need_LP = torch.cummax(need_LPK.amax(dim=-1) + 1, dim=1).values.numpy()
+        # node order by path log-probability (higher first, lower index on ties)
+        order_N = np.lexsort((np.arange(N), -logprob_N))
+        place_N = np.empty(N, dtype=int)
+        place_N[order_N] = np.arange(N)
+        path_place_P = np.maximum.accumulate(place_N[path])
+        C = len(self.candidate_tokens)
+        committed_C = np.full(C, -1)
+        used_CL = np.zeros((C, L), dtype=int)
+        hits_LNE = torch.zeros(L, N, self.E, dtype=torch.bool)
+        hits_LNE.scatter_(2, ids_LNK, True)
+        cum_LNE = torch.cummax(hits_LNE[:, torch.from_numpy(order_N)].to(torch.uint8), dim=1)
+        used_LN = cum_LNE.values.sum(dim=-1).numpy()  # distinct experts of the best n+1 nodes
+        for c, n in enumerate(self.candidate_tokens):
+            if n <= N:
+                committed_C[c] = int((path_place_P < n).sum())
+                used_CL[c] = used_LN[:, n - 1]
+        return WindowStep(need_LP, committed_C, used_CL)
+
+    def arrays(self, c: int, max_path: int):
+        """The window for candidate ``c``: ``need_SLP`` (padded with E + 1, never met),
+        ``committed_S`` and ``used_SL``, only the steps that knew candidate ``c``."""
+        rows = [w for w in self.window if w.committed_C[c] >= 1]
+        S, L = len(rows), self.L
+        need_SLP = np.full((S, L, max_path), self.E + 1, dtype=np.int64)
+        committed_S = np.zeros(S, dtype=np.int64)
+        used_SL = np.zeros((S, L), dtype=np.int64)
+        for s, w in enumerate(rows):
+            P = min(w.need_LP.shape[1], max_path)
+            need_SLP[s, :, :P] = w.need_LP[:, :P]
+            committed_S[s] = w.committed_C[c]
+            used_SL[s] = w.used_CL[c]
+        return need_SLP, committed_S, used_SL

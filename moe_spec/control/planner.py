@@ -1,0 +1,85 @@
+"""Predicted throughput of a tree and per-layer budgets over the window; the best budgets.
+
+Shape legend: V budget vectors, S steps in the window, L MoE layers, P path positions.
+
+For a step s of the window and per-layer budgets ``B_l``:
+
+- ``exact_s`` = path positions, from the root, whose need is met in every layer
+  (``need[s, l, p] <= B_l``): the accepted path's prefix the budget leaves untouched;
+- with **repair** the step commits what it committed (``committed_s``, the output is the
+  unbudgeted one) and pays an unbudgeted forward of the ``committed_s - exact_s`` tokens
+  after that prefix; **without** it, it is counted as committing
+  ``min(committed_s, exact_s + 1)``: the untouched prefix plus one token decided by
+  changed logits (a lower bound: a changed token may still be accepted);
+- the verify reads ``mean_l min(B_l, used[s, l])`` experts per layer.
+
+Predicted throughput = sum of committed tokens / sum of modeled step seconds. The search
+starts from one budget for all layers (every level tried at once), then improves one
+layer at a time (``passes`` rounds); a change must gain strictly, so ties keep the
+larger budget, the one that changes less.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moe_spec.control.cost import StepCost
+
+
+def throughput_V(
+    cost: StepCost,
+    c: int,
+    need_SLP: np.ndarray,
+    committed_S: np.ndarray,
+    used_SL: np.ndarray,
+    B_VL: np.ndarray,
+    repair: bool,
+) -> np.ndarray:
+    """float ``[V]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_VL``."""
+    ok_VSLP = need_SLP[None] <= B_VL[:, None, :, None]
+    exact_VS = np.cumprod(ok_VSLP.all(axis=2), axis=-1).sum(axis=-1)
+    exact_VS = np.minimum(exact_VS, committed_S[None])
+    if repair:
+        tokens_VS = np.broadcast_to(committed_S[None], exact_VS.shape)
+        repair_VS = committed_S[None] - exact_VS
+    else:
+        tokens_VS = np.minimum(committed_S[None], exact_VS + 1)
+        repair_VS = np.zeros_like(exact_VS)
+    read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).mean(axis=-1)
+    seconds_VS = cost.tree_seconds(c, read_VS, repair_VS)
+    return tokens_VS.sum(axis=-1) / seconds_VS.sum(axis=-1)
+
+
+def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:
+    """Up to ``levels`` budgets from top-k to ``cap`` inclusive, evenly spaced, ascending."""
+    return np.unique(np.linspace(top_k, cap, max(levels, 2)).round().astype(np.int64))
+
+
+def best_budgets(
+    cost: StepCost,
+    c: int,
+    window: tuple[np.ndarray, np.ndarray, np.ndarray],
+    levels_V: np.ndarray,
+    repair: bool,
+    passes: int = 2,
+) -> tuple[np.ndarray, float]:
+    """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c``."""
+    need_SLP, committed_S, used_SL = window
+    L = need_SLP.shape[1]
+    levels_desc = levels_V[::-1]
+    uniform_VL = np.repeat(levels_desc[:, None], L, axis=1)
+    tp_V = throughput_V(cost, c, need_SLP, committed_S, used_SL, uniform_VL, repair)
+    best = int(np.argmax(tp_V))  # first maximum: the largest budget among ties
+    B_L, tp = uniform_VL[best].copy(), float(tp_V[best])
+    for _ in range(passes):
+        changed = False
+        for layer in range(L):
+            trial_VL = np.repeat(B_L[None], levels_desc.size, axis=0)
+            trial_VL[:, layer] = levels_desc
+            tp_V = throughput_V(cost, c, need_SLP, committed_S, used_SL, trial_VL, repair)
+            v = int(np.argmax(tp_V))
+            if tp_V[v] > tp * (1 + 1e-9):
+                B_L, tp, changed = trial_VL[v].copy(), float(tp_V[v]), True
+        if not changed:
+            break
+    return B_L, tp
