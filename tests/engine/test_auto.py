@@ -27,7 +27,9 @@ def test_auto_with_repair_gives_the_unbudgeted_output_while_budgeting(tiny_engin
         assert out.tokens == want
         assert all(s.guard == "tree" and s.reason for s in out.steps)
         budgeted |= any(
-            a < b for s in out.steps for a, b in zip(s.distinct_after_L, s.distinct_before_L)
+            a < b
+            for s in out.steps
+            for a, b in zip(s.distinct_after_L, s.distinct_before_L, strict=True)
         )
     assert budgeted, "under the H200 cost model auto must read fewer experts somewhere"
 
