@@ -40,6 +40,16 @@ class WindowStep:
     used_CL: np.ndarray  # int [C, L]: distinct experts of the candidate's tokens
 
 
+def exact_table(need_LP: np.ndarray, num_experts: int) -> np.ndarray:
+    """int ``[L, E + 1]``: path positions whose need budget ``b`` meets, per layer and b.
+
+    ``need_LP`` rises along the path, so the positions a budget keeps form a prefix and
+    the prefix all layers keep is the shortest of theirs (the planner's ``min`` over L).
+    """
+    b_B = np.arange(num_experts + 1)
+    return (need_LP[:, :, None] <= b_B).sum(axis=1)
+
+
 class AcceptanceEstimates:
     """Calibration, acceptance per depth and the window of recent tree steps."""
 
@@ -66,6 +76,11 @@ class AcceptanceEstimates:
         self.tried_D = np.zeros(max_depth + 1)
         self.reached_D = np.zeros(max_depth + 1)
         self.window: deque[WindowStep] = deque(maxlen=window)
+        C = len(self.candidate_tokens)
+        self.exact_WLB = np.zeros((window, num_layers, num_experts + 1), dtype=np.int64)
+        self.committed_WC = np.full((window, C), -1, dtype=np.int64)
+        self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
+        self.steps_seen = 0
 
     # -- calibration -------------------------------------------------------------------
     @property
@@ -98,57 +113,53 @@ class AcceptanceEstimates:
         and the unbudgeted top-k of the verify forward (None: the window is not updated)."""
         logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
         N, path = logprob_N.size, list(outcome.path)
-        on_path_N = np.zeros(N, dtype=bool)
-        on_path_N[path] = True
+        on_path_N = np.zeros(N)
+        on_path_N[path] = 1.0
         b_N = self.bin_of(logprob_N[1:])
-        np.add.at(self.seen_B, b_N, 1.0)
-        np.add.at(self.accepted_B, b_N, on_path_N[1:].astype(float))
+        self.seen_B += np.bincount(b_N, minlength=self.bins)
+        self.accepted_B += np.bincount(b_N, weights=on_path_N[1:], minlength=self.bins)
         depth = int(outcome.depth_N.max()) if outcome.depth_N is not None else len(path) - 1
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
         self.reached_D[1 : min(len(path), depth + 1)] += 1
         if rank_LE is None or ids_LNK is None:
             return
-        self.window.append(self.window_step(logprob_N, path, rank_LE, ids_LNK))
+        step = self.window_step(logprob_N, path, rank_LE.cpu().numpy(), ids_LNK.cpu().numpy())
+        self.window.append(step)
+        w = self.steps_seen % self.exact_WLB.shape[0]
+        self.exact_WLB[w] = exact_table(step.need_LP, self.E)
+        self.committed_WC[w] = step.committed_C
+        self.used_WCL[w] = step.used_CL
+        self.steps_seen += 1
 
     def window_step(
-        self, logprob_N: np.ndarray, path: list[int], rank_LE: torch.Tensor, ids_LNK: torch.Tensor
+        self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
     ) -> WindowStep:
         L, N, K = ids_LNK.shape
-        ids_LNK = ids_LNK.long().cpu()
-        rank_LE = rank_LE.long().cpu()
-        path_P = torch.tensor(path)
-        need_LPK = rank_LE.gather(1, ids_LNK[:, path_P].reshape(L, -1)).view(L, len(path), K)
-        need_LP = torch.cummax(need_LPK.amax(dim=-1) + 1, dim=1).values.numpy()
+        ids_LNK = ids_LNK.astype(np.int64)
+        P, l_L1 = len(path), np.arange(L)[:, None]
+        need_LPK = rank_LE[l_L1, ids_LNK[:, path].reshape(L, -1)].reshape(L, P, K)
+        need_LP = np.maximum.accumulate(need_LPK.max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
-        order_N = np.lexsort((np.arange(N), -logprob_N))
-        place_N = np.empty(N, dtype=int)
+        order_N = np.argsort(-logprob_N, kind="stable")
+        place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
         path_place_P = np.maximum.accumulate(place_N[path])
+        hits_LNE = np.zeros((L, N, self.E), dtype=bool)
+        hits_LNE[l_L1[:, :, None], np.arange(N)[None, :, None], ids_LNK[:, order_N]] = True
+        used_LN = np.logical_or.accumulate(hits_LNE, axis=1).sum(axis=-1)  # best n+1 nodes
         C = len(self.candidate_tokens)
         committed_C = np.full(C, -1)
         used_CL = np.zeros((C, L), dtype=int)
-        hits_LNE = torch.zeros(L, N, self.E, dtype=torch.bool)
-        hits_LNE.scatter_(2, ids_LNK, True)
-        cum_LNE = torch.cummax(hits_LNE[:, torch.from_numpy(order_N)].to(torch.uint8), dim=1)
-        used_LN = cum_LNE.values.sum(dim=-1).numpy()  # distinct experts of the best n+1 nodes
         for c, n in enumerate(self.candidate_tokens):
             if n <= N:
                 committed_C[c] = int((path_place_P < n).sum())
                 used_CL[c] = used_LN[:, n - 1]
         return WindowStep(need_LP, committed_C, used_CL)
 
-    def arrays(self, c: int, max_path: int):
-        """The window for candidate ``c``: ``need_SLP`` (padded with E + 1, never met),
-        ``committed_S`` and ``used_SL``, only the steps that knew candidate ``c``."""
-        rows = [w for w in self.window if w.committed_C[c] >= 1]
-        S, L = len(rows), self.L
-        need_SLP = np.full((S, L, max_path), self.E + 1, dtype=np.int64)
-        committed_S = np.zeros(S, dtype=np.int64)
-        used_SL = np.zeros((S, L), dtype=np.int64)
-        for s, w in enumerate(rows):
-            P = min(w.need_LP.shape[1], max_path)
-            need_SLP[s, :, :P] = w.need_LP[:, :P]
-            committed_S[s] = w.committed_C[c]
-            used_SL[s] = w.used_CL[c]
-        return need_SLP, committed_S, used_SL
+    def arrays(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window for candidate ``c``, only the steps that knew it: ``exact_SLB``
+        (:func:`exact_table` of each step), ``committed_S`` and ``used_SL``."""
+        filled = min(self.steps_seen, self.exact_WLB.shape[0])
+        rows = np.flatnonzero(self.committed_WC[:filled, c] >= 1)
+        return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]

@@ -14,8 +14,10 @@ current choice is kept unless another is predicted faster by more than ``margin`
 prediction is redone every ``replan_every`` tree steps. While not on the full tree the
 guard probes it every ``probe`` steps (doubling after each probe that does not win back,
 up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one.
-The first ``warmup`` tree steps run the full tree unbudgeted. Every plan carries its
-reason; :attr:`Guard.overhead_s` sums the controller's own time.
+The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
+searched layer by layer for the full tree and the current choice, one budget for all
+layers for the other trees. Every plan
+carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Guard:
         guard: bool = True,
         margin: float = 0.05,
         levels: int = 8,
-        replan_every: int = 4,
+        replan_every: int = 8,
         warmup: int = 2,
         probe: int = 16,
         max_probe: int = 256,
@@ -60,7 +62,6 @@ class Guard:
         self.probe0, self.max_probe = probe, max_probe
         self.probe_every = probe
         self.trees = cost.trees
-        self.max_path = max(d for _, _, d in self.trees) + 1
         L = estimates.L
         self.budget_L = np.full(L, cap, dtype=np.int64)
         self.choice = 0  # index into trees, or -1 for autoregressive
@@ -72,6 +73,7 @@ class Guard:
         self.current: StepPlan | None = None
         self.probing = False
         self.why = ""
+        self.replans = 0
         self.started = 0.0
         self.overhead_s = 0.0
         self.decisions = 0
@@ -109,16 +111,18 @@ class Guard:
     def replan(self) -> None:
         """Predict every arm's tokens/s from the window; switch with hysteresis."""
         self.since_replan = 0
+        self.replans += 1
         self.switch(self.predict())
 
     def predict(self) -> dict[int, float]:
         """Predicted tokens/s per arm (tree index, -1 autoregressive); sets their budgets."""
         predicted: dict[int, float] = {}
         for c in range(len(self.trees) if self.guard else 1):
-            window = self.est.arrays(c, self.max_path)
+            window = self.est.arrays(c)
             if window[1].size == 0:
                 continue
-            B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair)
+            passes = 2 if c in (0, self.choice) else 0  # others: one budget for all layers
+            B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
             predicted[c] = tp / self.ratio(TREE)
         if self.guard:

@@ -5,7 +5,9 @@ Shape legend: V budget vectors, S steps in the window, L MoE layers, P path posi
 For a step s of the window and per-layer budgets ``B_l``:
 
 - ``exact_s`` = path positions, from the root, whose need is met in every layer
-  (``need[s, l, p] <= B_l``): the accepted path's prefix the budget leaves untouched;
+  (``need[s, l, p] <= B_l``): the accepted path's prefix the budget leaves untouched,
+  read from each step's table ``exact[s, l, b]`` (``estimates.exact_table``) as
+  ``min_l exact[s, l, B_l]``;
 - with **repair** the step commits what it committed (``committed_s``, the output is the
   unbudgeted one) and pays an unbudgeted forward of the ``committed_s - exact_s`` tokens
   after that prefix; **without** it, it is counted as committing
@@ -29,25 +31,25 @@ from moe_spec.control.cost import StepCost
 def throughput_V(
     cost: StepCost,
     c: int,
-    need_SLP: np.ndarray,
+    exact_SLB: np.ndarray,
     committed_S: np.ndarray,
     used_SL: np.ndarray,
     B_VL: np.ndarray,
     repair: bool,
 ) -> np.ndarray:
     """float ``[V]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_VL``."""
-    ok_VSLP = need_SLP[None] <= B_VL[:, None, :, None]
-    exact_VS = np.cumprod(ok_VSLP.all(axis=2), axis=-1).sum(axis=-1)
-    exact_VS = np.minimum(exact_VS, committed_S[None])
+    L = exact_SLB.shape[1]
+    exact_SVL = exact_SLB[:, np.arange(L)[None, :], B_VL]
+    exact_VS = np.minimum(exact_SVL.min(axis=-1).T, committed_S[None])
     if repair:
-        tokens_VS = np.broadcast_to(committed_S[None], exact_VS.shape)
+        tokens_V = np.full(B_VL.shape[0], committed_S.sum(), dtype=float)
         repair_VS = committed_S[None] - exact_VS
     else:
-        tokens_VS = np.minimum(committed_S[None], exact_VS + 1)
+        tokens_V = np.minimum(committed_S[None], exact_VS + 1).sum(axis=-1)
         repair_VS = np.zeros_like(exact_VS)
     read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).mean(axis=-1)
     seconds_VS = cost.tree_seconds(c, read_VS, repair_VS)
-    return tokens_VS.sum(axis=-1) / seconds_VS.sum(axis=-1)
+    return tokens_V / seconds_VS.sum(axis=-1)
 
 
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:
@@ -64,11 +66,11 @@ def best_budgets(
     passes: int = 2,
 ) -> tuple[np.ndarray, float]:
     """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c``."""
-    need_SLP, committed_S, used_SL = window
-    L = need_SLP.shape[1]
+    exact_SLB, committed_S, used_SL = window
+    L = exact_SLB.shape[1]
     levels_desc = levels_V[::-1]
     uniform_VL = np.repeat(levels_desc[:, None], L, axis=1)
-    tp_V = throughput_V(cost, c, need_SLP, committed_S, used_SL, uniform_VL, repair)
+    tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, uniform_VL, repair)
     best = int(np.argmax(tp_V))  # first maximum: the largest budget among ties
     B_L, tp = uniform_VL[best].copy(), float(tp_V[best])
     for _ in range(passes):
@@ -76,7 +78,7 @@ def best_budgets(
         for layer in range(L):
             trial_VL = np.repeat(B_L[None], levels_desc.size, axis=0)
             trial_VL[:, layer] = levels_desc
-            tp_V = throughput_V(cost, c, need_SLP, committed_S, used_SL, trial_VL, repair)
+            tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, trial_VL, repair)
             v = int(np.argmax(tp_V))
             if tp_V[v] > tp * (1 + 1e-9):
                 B_L, tp, changed = trial_VL[v].copy(), float(tp_V[v]), True

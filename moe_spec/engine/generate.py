@@ -214,18 +214,19 @@ class Engine:
         logits_V, feature_PD = self.prefill(prompt, tcache)
         root = sample(logits_V, spec.temperature, g)
         out, steps = [root], []
-        pending_QD, pending = feature_PD, prompt[1:] + [root]  # pairs the draft has not seen
+        pending_QD, pending = [feature_PD], prompt[1:] + [root]  # pairs the draft has not seen
         while len(out) < max_new_tokens and not self.is_end(out[-1]):
             plan = plan_step(policy, spec, steps, tree_size)
             if plan.kind == AUTOREGRESSIVE:  # the guard's choice: one plain target forward
                 root, feature_QD = self.decode_step(root, tcache, spec.temperature, g)
-                pending_QD, pending = torch.cat((pending_QD, feature_QD)), pending + [root]
+                pending_QD.append(feature_QD)
+                pending.append(root)
                 steps.append(autoregressive_stats(plan, E, self.config.top_k, cfg.n_layers))
                 policy.observe(StepOutcome(AUTOREGRESSIVE, [0]))
                 out.append(root)
                 continue
             num_tokens, width, depth = plan.tree
-            root_feature_D = self.draft_catch_up(pending_QD, pending, dcache)
+            root_feature_D = self.draft_catch_up(torch.cat(pending_QD), pending, dcache)
             root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
             tree = expand_tree(
                 self.draft,
@@ -263,7 +264,7 @@ class Engine:
             policy.observe(StepOutcome(TREE, path, tree.depth_N, tree.logprob_N, plan.tree, exact))
             out.extend(new_tokens)
             root = bonus
-            pending_QD, pending = path_feature_QD, new_tokens
+            pending_QD, pending = [path_feature_QD], new_tokens
         return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
 
     def decode_step(self, root: int, cache: KVCache, temperature: float, g: torch.Generator):

@@ -12,7 +12,9 @@ place between steps, so the kept mask has a data-dependent size and a static sha
 and nothing in :meth:`Auto.keep` reads the device.
 
 Between steps (:meth:`Auto.plan_step`, :meth:`Auto.observe`, called by the engines
-outside the forward) a :class:`moe_spec.control.Guard` picks the per-layer budgets
+outside the forward; the device tensors are rewritten only when their values change:
+the budgets when the plan changes them, the calibration tables after each replan) a
+:class:`moe_spec.control.Guard` picks the per-layer budgets
 that maximise predicted committed tokens per second under the cost model
 (``shape`` on ``gpu``, ``cost_model``) and, with ``guard``, a smaller tree or plain
 autoregressive decoding when those are predicted faster. ``measure`` corrects the
@@ -70,7 +72,7 @@ class Auto(TokenPriority):
         window: int = 64,
         levels: int = 8,
         prior: float = 4.0,
-        replan_every: int = 4,
+        replan_every: int = 8,
         warmup: int = 2,
         probe: int = 16,
     ) -> None:
@@ -111,6 +113,8 @@ class Auto(TokenPriority):
         self.ids_LNK: dict[int, torch.Tensor] = {}
         self.repair = False
         self.tree: tuple[int, int, int] | None = None
+        self.budget_host_L: np.ndarray | None = None  # what the device tensor holds
+        self.tables_at = 0  # the controller's replan count the calibration tables are from
 
     # -- inside the forward (graph-safe) -----------------------------------------------
     def accept_T(self, record: RoutingRecord) -> torch.Tensor:
@@ -145,6 +149,7 @@ class Auto(TokenPriority):
         cap = min(cap, num_experts)
         self.dims = (num_layers, num_experts, top_k, cap)
         est = self.estimates()
+        self.budget_host_L = np.full(num_layers, cap, dtype=np.int64)
         self.device_state = {
             "budget_L": torch.full((num_layers,), cap, dtype=torch.long, device=device),
             "edges": torch.tensor(est.logprob_edges(), dtype=torch.float32, device=device),
@@ -174,8 +179,14 @@ class Auto(TokenPriority):
         if self.controller is None:
             return StepPlan(TREE, *self.tree, "warm-up (no verify step seen yet)")
         plan = self.controller.plan()
-        if plan.kind == TREE:
-            self.device_state["budget_L"].copy_(torch.from_numpy(self.controller.budget_L))
+        if plan.kind == TREE and not np.array_equal(self.controller.budget_L, self.budget_host_L):
+            self.budget_host_L = self.controller.budget_L.copy()
+            self.device_state["budget_L"].copy_(torch.from_numpy(self.budget_host_L))
+        if self.controller.replans != self.tables_at:  # new estimates: refresh the tables
+            self.tables_at = self.controller.replans
+            est = self.controller.est
+            self.device_state["accept_B"].copy_(torch.from_numpy(est.accept_B()).float())
+            self.device_state["reach_D"].copy_(torch.from_numpy(reach_cum(est)).float())
         return plan
 
     def observe(self, outcome: StepOutcome) -> None:
@@ -189,10 +200,6 @@ class Auto(TokenPriority):
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
-        if outcome.kind == TREE:
-            est = self.controller.est
-            self.device_state["accept_B"].copy_(torch.from_numpy(est.accept_B()).float())
-            self.device_state["reach_D"].copy_(torch.from_numpy(reach_cum(est)).float())
 
 
 def reach_cum(est: AcceptanceEstimates) -> np.ndarray:

@@ -59,10 +59,11 @@ def test_a_smaller_tree_says_nothing_about_a_larger_candidate():
     est = AcceptanceEstimates(2, 4, [8, 4], window=8)
     est.observe(StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
     assert est.window[0].committed_C.tolist() == [-1, 3]
-    need_SLP, committed_S, _ = est.arrays(0, 4)
-    assert committed_S.size == 0 and need_SLP.shape == (0, 2, 4)
-    need_SLP, committed_S, used_SL = est.arrays(1, 4)
-    assert need_SLP[0].tolist() == [[1, 3, 4, 5], [4, 4, 4, 5]]  # padded with E + 1
+    exact_SLB, committed_S, _ = est.arrays(0)
+    assert committed_S.size == 0 and exact_SLB.shape == (0, 2, 5)
+    exact_SLB, committed_S, used_SL = est.arrays(1)
+    # needs 1, 3, 4 and 4, 4, 4: positions kept by budgets 0..4
+    assert exact_SLB[0].tolist() == [[0, 1, 1, 2, 3], [0, 0, 0, 0, 3]]
     assert committed_S.tolist() == [3] and used_SL.tolist() == [[4, 4]]
 
 

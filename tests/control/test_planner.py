@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from moe_spec.control.cost import StepCost
+from moe_spec.control.estimates import exact_table
 from moe_spec.control.planner import best_budgets, budget_levels, throughput_V
 from moe_spec.costmodel import get_cost_model, get_shape
 
@@ -37,13 +38,14 @@ def loop_throughput(cost, need_SLP, committed_S, used_SL, B_L, repair) -> float:
 @pytest.mark.parametrize("repair", [False, True])
 def test_throughput_matches_the_loop(repair):
     rng = np.random.default_rng(0)
-    S, L, P = 12, 3, 4
+    S, L, P = 40, 3, 4
     need_SLP = np.maximum.accumulate(rng.integers(1, 9, (S, L, P)), axis=2)
     committed_S = rng.integers(1, P + 1, S)
     used_SL = rng.integers(2, 9, (S, L))
     B_VL = rng.integers(2, 9, (7, L))
     cost = tiny_cost()
-    got = throughput_V(cost, 0, need_SLP, committed_S, used_SL, B_VL, repair)
+    exact_SLB = np.stack([exact_table(need_LP, 8) for need_LP in need_SLP])
+    got = throughput_V(cost, 0, exact_SLB, committed_S, used_SL, B_VL, repair)
     want = [loop_throughput(cost, need_SLP, committed_S, used_SL, B, repair) for B in B_VL]
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
@@ -57,7 +59,7 @@ def hand_cost(verify_D, repair_per_token: float) -> StepCost:
 
 
 WINDOW = (
-    np.array([[[1, 3, 3], [1, 1, 5]]]),  # one step: layer 0 needs 1, 3, 3; layer 1 1, 1, 5
+    exact_table(np.array([[1, 3, 3], [1, 1, 5]]), 8)[None],  # layer 0 needs 1, 3, 3; 1: 1, 1, 5
     np.array([3]),
     np.array([[8, 8]]),
 )
@@ -80,3 +82,8 @@ def test_budgeting_that_pays_keeps_what_the_path_needs_per_layer():
 def test_budget_levels_span_top_k_to_the_cap():
     assert budget_levels(4, 32, 8).tolist() == [4, 8, 12, 16, 20, 24, 28, 32]
     assert budget_levels(2, 3, 8).tolist() == [2, 3]
+
+
+def test_exact_table_counts_the_kept_prefix():
+    table = exact_table(np.array([[1, 3, 3], [2, 2, 9]]), 9)
+    assert table.tolist() == [[0, 1, 1, 3, 3, 3, 3, 3, 3, 3], [0, 0, 2, 2, 2, 2, 2, 2, 2, 3]]

@@ -176,15 +176,12 @@ class TransformersEngine:
             root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
             out, steps = [root], []
             root_state = self.draft.start(dcache, prompt, root, features.last_BSD[0])
-            pending_QD, pending = None, []  # the guard's decoded pairs the draft has not seen
+            pending_QD, pending = [], []  # the guard's decoded pairs the draft has not seen
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 plan = plan_step(policy, spec, steps, tree_size)
                 if plan.kind == AUTOREGRESSIVE:  # one plain target forward
                     logits_V = self.forward_last([root], tcache)
-                    feature_QD = features.last_BSD[0, -1:]
-                    if pending_QD is not None:
-                        feature_QD = torch.cat((pending_QD, feature_QD))
-                    pending_QD = feature_QD
+                    pending_QD.append(features.last_BSD[0, -1:])
                     root = sample(logits_V, spec.temperature, g)
                     pending.append(root)
                     steps.append(autoregressive_stats(plan, E, self.top_k, self.n_moe_layers))
@@ -192,8 +189,8 @@ class TransformersEngine:
                     out.append(root)
                     continue
                 if pending:
-                    root_state = self.draft.extend(dcache, pending, pending_QD)
-                    pending_QD, pending = None, []
+                    root_state = self.draft.extend(dcache, pending, torch.cat(pending_QD))
+                    pending_QD, pending = [], []
                 num_tokens, width, depth = plan.tree
                 tree = self.draft.grow_tree(dcache, root, root_state, width, depth, num_tokens)
                 path, bonus, path_feature_QD, routing, repair = self.verify(
