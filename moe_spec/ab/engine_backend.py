@@ -12,9 +12,10 @@ from __future__ import annotations
 import inspect
 
 from moe_spec.ab.configs import BASELINES, RunConfig
-from moe_spec.ab.depth_width import DepthWidthController, candidate_trees
+from moe_spec.ab.depth_width import DepthWidthController
 from moe_spec.ab.records import RunRecord, Step
 from moe_spec.budget import check_budget
+from moe_spec.control import candidate_trees
 from moe_spec.costmodel import CostModel, ModelShape
 from moe_spec.policies import get_policy
 
