@@ -73,6 +73,12 @@ class Policy:
         scores_E = self.checked_scores(record)
         return select_kept(scores_E, budget, record.used_E())
 
+    def prepare(
+        self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
+    ) -> None:
+        """Create any device state before a server captures graphs (default: none)."""
+        return None
+
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan | None:
         """Before a speculative step: the step to run, or None for the configured tree.
 
