@@ -17,8 +17,10 @@ For a step s of the window and per-layer budgets ``B_l``:
 
 Predicted throughput = sum of committed tokens / sum of modeled step seconds. The search
 starts from one budget for all layers (every level tried at once), then improves one
-layer at a time (``passes`` rounds); a change must gain strictly, so ties keep the
-larger budget, the one that changes less.
+layer at a time (``passes`` rounds). A smaller budget must be predicted faster by more
+than ``min_gain`` (default 1%) than the largest one within that margin: the window holds
+a few dozen steps, and a budget that only fits them by a hair is noise, while a larger
+budget changes less.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def best_budgets(
     levels_V: np.ndarray,
     repair: bool,
     passes: int = 2,
+    min_gain: float = 0.01,
 ) -> tuple[np.ndarray, float]:
     """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c``."""
     exact_SLB, committed_S, used_SL = window
@@ -71,7 +74,7 @@ def best_budgets(
     levels_desc = levels_V[::-1]
     uniform_VL = np.repeat(levels_desc[:, None], L, axis=1)
     tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, uniform_VL, repair)
-    best = int(np.argmax(tp_V))  # first maximum: the largest budget among ties
+    best = first_clear_best(tp_V, min_gain)
     B_L, tp = uniform_VL[best].copy(), float(tp_V[best])
     for _ in range(passes):
         changed = False
@@ -79,9 +82,14 @@ def best_budgets(
             trial_VL = np.repeat(B_L[None], levels_desc.size, axis=0)
             trial_VL[:, layer] = levels_desc
             tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, trial_VL, repair)
-            v = int(np.argmax(tp_V))
-            if tp_V[v] > tp * (1 + 1e-9):
+            v = first_clear_best(tp_V, min_gain)
+            if tp_V[v] > tp * (1 + 1e-9) and not np.array_equal(trial_VL[v], B_L):
                 B_L, tp, changed = trial_VL[v].copy(), float(tp_V[v]), True
         if not changed:
             break
     return B_L, tp
+
+
+def first_clear_best(tp_V: np.ndarray, min_gain: float) -> int:
+    """Index of the first (largest-budget) value within ``min_gain`` of the maximum."""
+    return int(np.argmax(tp_V >= tp_V.max() / (1 + min_gain)))

@@ -87,3 +87,11 @@ def test_budget_levels_span_top_k_to_the_cap():
 def test_exact_table_counts_the_kept_prefix():
     table = exact_table(np.array([[1, 3, 3], [2, 2, 9]]), 9)
     assert table.tolist() == [[0, 1, 1, 3, 3, 3, 3, 3, 3, 3], [0, 0, 2, 2, 2, 2, 2, 2, 2, 3]]
+
+
+def test_a_smaller_budget_only_a_hair_faster_is_not_taken():
+    nearly_flat = hand_cost(1.0 + 0.001 * np.arange(9), repair_per_token=10.0)
+    B_L, _ = best_budgets(nearly_flat, 0, WINDOW, np.arange(1, 9), repair=True)
+    assert B_L.tolist() == [8, 8]  # (3, 5) would be 0.3% faster: within the 1% margin
+    B_L, _ = best_budgets(nearly_flat, 0, WINDOW, np.arange(1, 9), repair=True, min_gain=0.0)
+    assert B_L.tolist() == [3, 5]
