@@ -80,6 +80,7 @@ class AcceptanceEstimates:
         self.exact_WLB = np.zeros((window, num_layers, num_experts + 1), dtype=np.int64)
         self.committed_WC = np.full((window, C), -1, dtype=np.int64)
         self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
+        self.ran_W = np.full(window, -1, dtype=np.int64)  # the candidate each step ran (-1: other)
         self.steps_seen = 0
 
     # -- calibration -------------------------------------------------------------------
@@ -130,6 +131,8 @@ class AcceptanceEstimates:
         self.exact_WLB[w] = exact_table(step.need_LP, self.E)
         self.committed_WC[w] = step.committed_C
         self.used_WCL[w] = step.used_CL
+        n = outcome.tree[0]
+        self.ran_W[w] = self.candidate_tokens.index(n) if n in self.candidate_tokens else -1
         self.steps_seen += 1
 
     def window_step(
@@ -157,9 +160,15 @@ class AcceptanceEstimates:
                 used_CL[c] = used_LN[:, n - 1]
         return WindowStep(need_LP, committed_C, used_CL)
 
-    def arrays(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The window for candidate ``c``, only the steps that knew it: ``exact_SLB``
-        (:func:`exact_table` of each step), ``committed_S`` and ``used_SL``."""
+    def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window for candidate ``c``: ``exact_SLB`` (:func:`exact_table` of each step),
+        ``committed_S`` and ``used_SL``.
+
+        Steps that ran candidate ``c`` itself when there are ``min_ran`` of them; otherwise
+        every step that knew it, a larger tree's included (its best nodes stand in for the
+        smaller tree, an optimistic guess: a smaller draft expands fewer candidates).
+        """
         filled = min(self.steps_seen, self.exact_WLB.shape[0])
-        rows = np.flatnonzero(self.committed_WC[:filled, c] >= 1)
+        ran = np.flatnonzero(self.ran_W[:filled] == c)
+        rows = ran if ran.size >= min_ran else np.flatnonzero(self.committed_WC[:filled, c] >= 1)
         return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]

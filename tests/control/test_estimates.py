@@ -75,3 +75,13 @@ def test_bad_settings_are_refused():
 def test_candidate_trees_halve_down_to_four_tokens():
     assert candidate_trees(32, 8, 6) == [(32, 8, 6), (16, 8, 6), (8, 7, 6), (4, 3, 3)]
     assert candidate_trees(3, 2, 2) == [(3, 2, 2)]
+
+
+def test_a_candidate_that_ran_often_enough_is_judged_by_its_own_steps():
+    est = AcceptanceEstimates(2, 4, [4, 2], window=8)
+    est.observe(StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
+    small = StepOutcome("tree", [0], DEPTH_N[:2], LOGPROB_N[:2], (2, 1, 1))  # draft rejected
+    for n in range(4):
+        assert est.arrays(1)[1].tolist() == [2] + [1] * n  # the larger tree's guess stays in
+        est.observe(small, RANK_LE, IDS_LNK[:, :2])
+    assert est.arrays(1)[1].tolist() == [1, 1, 1, 1]  # four of its own: only those
