@@ -69,7 +69,7 @@ class Auto(TokenPriority):
         guard: bool = True,
         margin: float = 0.05,
         measure: bool = False,
-        window: int = 64,
+        window: int = 24,
         levels: int = 8,
         prior: float = 4.0,
         replan_every: int = 8,
