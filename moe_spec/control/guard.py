@@ -13,7 +13,10 @@ with ``measure``, corrected by the wall time measured for tree and autoregressiv
 current choice is kept unless another is predicted faster by more than ``margin``; the
 prediction is redone every ``replan_every`` tree steps. While not on the full tree the
 guard probes it every ``probe`` steps (doubling after each probe that does not win back,
-up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one.
+up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one;
+at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
+the current choice is predicted than the full tree: a probe costs more, and is less likely
+to win, the further behind the full tree is.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice, one budget for all
 layers for the other trees. Every plan
@@ -144,6 +147,10 @@ class Guard:
             self.probe_every = self.probe0
         elif self.probing:  # the probe did not win the full tree back: probe less often
             self.probe_every = min(self.probe_every * 2, self.max_probe)
+        if self.choice != 0 and 0 in predicted:  # the further behind, the rarer the probe
+            gap = predicted[self.choice] / max(predicted[0], 1e-30)
+            floor = int(self.probe0 * min(gap, 4.0) ** 2)
+            self.probe_every = min(max(self.probe_every, floor), self.max_probe)
         self.probing = False
 
     def arm_name(self, c: int) -> str:

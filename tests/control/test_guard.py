@@ -31,7 +31,7 @@ def test_switches_only_when_another_arm_wins_by_more_than_the_margin():
 def test_probes_the_full_tree_and_backs_off_when_it_does_not_win():
     g = guard(probe=2, max_probe=8, warmup=1)
     g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 100.0, -1: 200.0}  # decoding always predicted faster
+    g.predict = lambda: {0: 100.0, -1: 110.0}  # decoding always predicted a little faster
     kinds = []
     for _ in range(20):
         plan = g.plan()
@@ -51,3 +51,20 @@ def test_without_the_guard_only_the_full_tree_is_planned():
     g.tree_steps = 1
     g.predict = lambda: {0: 100.0}
     assert {g.plan().kind for _ in range(5)} == {"tree"}
+
+
+def test_the_further_behind_the_full_tree_the_rarer_the_probe():
+    g = guard(probe=2, max_probe=64, warmup=1)
+    g.tree_steps = 1
+    g.predict = lambda: {0: 100.0, -1: 300.0}  # decoding 3x faster: probe after 2 * 3**2
+    kinds = []
+    for _ in range(20):
+        plan = g.plan()
+        kinds.append("T" if plan.kind == "tree" else "a")
+        if plan.kind == "tree":
+            lp = torch.tensor([0.0, -1.0])
+            g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, plan.tree))
+        else:
+            g.observe(StepOutcome("autoregressive", [0]))
+    assert "".join(kinds) == "a" * 18 + "Ta"
+    assert g.probe_every == 36  # doubled after the probe lost
