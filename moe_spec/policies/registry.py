@@ -1,7 +1,7 @@
 """Find, load and look up budgeting policies.
 
 Plugins come from two places, loaded the same way:
-  * the built-in module ``moe_spec.policies.builtin``;
+  * the built-in modules ``moe_spec.policies.builtin`` and ``moe_spec.policies.auto``;
   * installed packages that declare an entry point in the ``moe_spec.policies``
     group (``[project.entry-points."moe_spec.policies"] name = "module"``).
 
