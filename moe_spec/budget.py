@@ -76,6 +76,15 @@ def select_kept(
     go to the lower expert id. ``budget`` may be a 0-d tensor (a per-layer
     budget computed on device); the mask's size then varies, its shape never.
     """
+    return expert_rank_E(scores_E, used_E) < budget
+
+
+def expert_rank_E(scores_E: torch.Tensor, used_E: torch.Tensor | None = None) -> torch.Tensor:
+    """long ``[E]``: how many experts rank ahead of each (used first, then score, then id).
+
+    ``rank < B`` is :func:`select_kept`'s kept set; the smallest budget that keeps a set
+    of experts is their largest rank plus one.
+    """
     E = scores_E.shape[0]
     ids_E = torch.arange(E, device=scores_E.device)
     s_i, s_j = scores_E[:, None], scores_E[None, :]
@@ -83,8 +92,7 @@ def select_kept(
     if used_E is not None:
         u_i, u_j = used_E[:, None], used_E[None, :]
         ahead_EE = (u_j & ~u_i) | ((u_j == u_i) & ahead_EE)
-    rank_E = ahead_EE.sum(dim=1)  # how many experts rank ahead of e
-    return rank_E < budget
+    return ahead_EE.sum(dim=1)
 
 
 def apply_budget(
@@ -132,7 +140,13 @@ def apply_budget(
     check_keep_shape(keep_E, E)
     if validating:
         check_keep_size(keep_E, budget)
+    return reroute(record, keep_E, mode)
 
+
+def reroute(record: RoutingRecord, keep_E: torch.Tensor, mode: Mode) -> BudgetedTopK:
+    """:func:`apply_budget`'s rewrite for a checked kept set ``keep_E`` (bool ``[E]``), at
+    any size up to E (an adaptive policy's per-layer budget may reach E); no checks."""
+    ids_TK, weights_TK = record.topk_ids_TK, record.topk_weights_TK
     kept_TK = keep_E[ids_TK.long()]
     affected_T = ~kept_TK.all(dim=-1)
     choice_TE = kept_choice_TE(record, keep_E)

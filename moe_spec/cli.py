@@ -204,10 +204,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_positive("--max-new-tokens", args.max_new_tokens)
     check_temperature(args.temperature)
     check_seed(args.seed)
-    if args.policy != "none" and args.budget is None:
+    adaptive = get_policy(args.policy, **dict(args.policy_option)).adaptive
+    if args.policy != "none" and args.budget is None and not adaptive:
         raise ValueError(
             f"--policy {args.policy} needs --budget B (distinct experts per MoE layer, at least "
-            "the model's top-k); without a budget use --policy none"
+            "the model's top-k); without a budget use --policy none (or --policy auto)"
         )
     if args.policy == "none" and args.budget is not None:
         raise ValueError(
@@ -222,6 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         mode=args.mode,
         policy=args.policy,
         budget=args.budget,
+        policy_options=dict(args.policy_option),
         temperature=args.temperature,
         repair=args.repair or args.repair_min is not None,
         repair_min_tokens=1 if args.repair_min is None else args.repair_min,
@@ -235,6 +237,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"length {result.acceptance_length:.2f}, policy {spec.label}]",
         file=sys.stderr,
     )
+    decoded = sum(s.guard == "autoregressive" for s in result.steps)
+    if any(s.guard for s in result.steps):
+        print(
+            f"[guard: {decoded} of {len(result.steps)} steps decoded autoregressively; "
+            f"last: {result.steps[-1].reason}]",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -384,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="text to complete")
     p.add_argument("--policy", default="none")
     p.add_argument("--budget", type=int, default=None)
+    p.add_argument(
+        "--policy-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a policy option (repeatable), e.g. measure=true for auto on this machine",
+    )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

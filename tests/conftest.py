@@ -26,6 +26,7 @@ BUILTIN_NAMES = (
     "layer-adaptive",
     "token-priority",
     "draft-path",
+    "auto",
 )
 
 

@@ -226,7 +226,7 @@ def test_autoload_switch_refuses_other_values(site, monkeypatch):
 def test_unknown_policy_lists_the_available_ones():
     with pytest.raises(
         PolicyError,
-        match=r"unknown policy 'route-mass'; available: draft-path, layer-adaptive, none, "
+        match=r"unknown policy 'route-mass'; available: auto, draft-path, layer-adaptive, none, "
         r"router-mass, token-priority, topk-frequency",
     ):
         get_policy("route-mass")

@@ -8,6 +8,10 @@ policy (``token-priority``, ``router-mass``, ... or a plugin's) or a baseline:
 - ``depth-width``: Cascade-style, unbudgeted, with the tree size chosen per
   step from the cost model (see ``moe_spec.ab.depth_width``).
 
+An adaptive policy (``auto``) needs no budget (B is then its cap, default E):
+``auto:repair=true,opt.shape=Qwen3-30B-A3B``; its guard may decode steps
+autoregressively or on a smaller tree (the report's ``guard`` columns).
+
 Keys: ``B``/``budget``, ``mode`` (substitution|truncation), ``tokens``/``num_tokens``,
 ``width``, ``depth``, ``T``/``temperature``, ``repair`` (true|false: re-run unbudgeted
 the accepted path's tokens the budget changed, so the output is the unbudgeted run's;
@@ -61,7 +65,7 @@ class RunConfig:
         if not isinstance(self.policy, str) or not self.policy:
             raise ValueError(f"policy must be a non-empty name, got {self.policy!r}")
         budgeted = self.policy not in BASELINES
-        if budgeted and self.budget is None:
+        if budgeted and self.budget is None and not is_adaptive(self.policy):
             raise ValueError(f"{self.policy}: a budget is required, e.g. {self.policy}:B=16")
         if not budgeted and self.budget is not None:
             raise ValueError(
@@ -102,6 +106,14 @@ class RunConfig:
             repair=self.repair,
             repair_min_tokens=self.repair_min_tokens,
         )
+
+
+def is_adaptive(name: str) -> bool:
+    """Whether ``name`` is an installed policy that picks its own budget (``auto``)."""
+    try:
+        return get_policy(name).adaptive
+    except ValueError:  # unknown here: the backend's check names it
+        return False
 
 
 def default_label(c: RunConfig) -> str:

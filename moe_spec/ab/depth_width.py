@@ -20,16 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import fmean
 
+from moe_spec.control import candidate_trees  # noqa: F401 (re-exported: the trees it scores)
 from moe_spec.costmodel import CostModel, ModelShape, draft_seconds, map_distinct, verify_seconds
-
-
-def candidate_trees(num_tokens: int, width: int, depth: int) -> list[tuple[int, int, int]]:
-    """``(num_tokens, width, depth)``: the tree and its halvings down to 4 tokens."""
-    out, n = [], num_tokens
-    while n >= 4 or not out:
-        out.append((n, min(width, n - 1), min(depth, n - 1)))
-        n //= 2
-    return out
 
 
 @dataclass

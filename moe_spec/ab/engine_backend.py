@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import inspect
 
-from moe_spec.ab.configs import RunConfig
-from moe_spec.ab.depth_width import DepthWidthController, candidate_trees
+from moe_spec.ab.configs import BASELINES, RunConfig
+from moe_spec.ab.depth_width import DepthWidthController
 from moe_spec.ab.records import RunRecord, Step
 from moe_spec.budget import check_budget
+from moe_spec.control import candidate_trees
 from moe_spec.costmodel import CostModel, ModelShape
 from moe_spec.policies import get_policy
 
@@ -41,8 +42,9 @@ class EngineBackend:
         """Unknown policies, budgets out of range and unsupported baselines fail before work."""
         cfg = self.engine.config
         for c in configs:
+            if c.budget is not None or c.policy not in BASELINES:
+                get_policy(c.policy, **c.options)
             if c.budget is not None:
-                get_policy(c.policy)
                 check_budget(c.budget, cfg.top_k, cfg.n_experts)
             if c.repair and not getattr(self.engine, "supports_repair", False):
                 raise ValueError(
@@ -74,13 +76,15 @@ class EngineBackend:
             Step(
                 s.committed,
                 s.num_tokens or config.num_tokens,
-                s.width or config.width,
-                s.depth or config.depth,
+                s.width if s.guard else s.width or config.width,  # a guard's decode: 0
+                s.depth if s.guard else s.depth or config.depth,
                 list(s.distinct_before_L),
                 list(s.distinct_after_L),
                 list(s.distinct_path_L),
                 s.repair_tokens,
                 list(s.distinct_repair_L),
+                s.guard,
+                s.reason,
             )
             for s in result.steps
         ]

@@ -31,6 +31,8 @@ class Step:
     path_L: list[int]
     repair_tokens: int = 0  # tokens re-run unbudgeted after the verify (repair=true)
     repair_L: list[int] = field(default_factory=list)  # that forward's distinct experts
+    guard: str = ""  # a planning policy's step kind (auto: "tree" / "autoregressive")
+    reason: str = ""  # why it planned this step
 
 
 @dataclass

@@ -104,6 +104,8 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
     ] + (["model tok/s", "x ref"] if modeled else [])
     repaired = any(r.metrics.get("repair_rate") is not None for r in rows)
     head += ["tok/fwd", "repaired"] if repaired else []
+    guarded = any(r.metrics.get("guard_autoregressive") is not None for r in rows)
+    head += ["guard AR", "guard small"] if guarded else []
     out = [head]
     for r in rows:
         m = r.metrics
@@ -132,6 +134,9 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
                 fmt(m.get("tokens_per_target_forward"), ".2f"),
                 fmt(m.get("repair_rate"), ".0%"),
             ]
+        if guarded:
+            line += [fmt(m.get("guard_autoregressive"), ".0%")]
+            line += [fmt(m.get("guard_smaller_tree"), ".0%")]
         out.append(line)
     return out
 
@@ -198,6 +203,11 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
                 )
                 + " |"
             )
+    guarded = [r for r in rows if r.guard_reasons]
+    if guarded:
+        lines += ["", "## The guard's last decision per prompt", ""]
+        for r in guarded:
+            lines += [f"- {r.label}:"] + [f"  - {why}" for why in r.guard_reasons]
     lines += ["", "## Columns", ""]
     lines += [f"- {name}: {text}" for name, text in metric_names().items()]
     lines += [

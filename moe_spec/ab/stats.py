@@ -38,6 +38,9 @@ METRICS = {
     "expert_mb_per_token": "modeled expert MB read per generated token (this model, bf16)",
     "repair_rate": "share of verify steps followed by an unbudgeted repair forward",
     "tokens_per_target_forward": "tokens committed per target forward (verify and repair)",
+    "guard_autoregressive": "share of steps a planning policy's guard (auto) decoded "
+    "autoregressively instead of verifying a tree",
+    "guard_smaller_tree": "share of steps its guard verified a tree smaller than configured",
 }
 
 
@@ -108,6 +111,12 @@ def per_prompt(
             else n * L * K
         )
         out["expert_mb_per_token"] = (experts * info["expert_bytes"] / 1e6, n)
+    guarded = [s for s in record.steps if s.guard]
+    if guarded:
+        ar = sum(s.guard == "autoregressive" for s in guarded)
+        small = sum(s.guard == "tree" and s.num_tokens < config.num_tokens for s in guarded)
+        out["guard_autoregressive"] = (ar, len(record.steps))
+        out["guard_smaller_tree"] = (small, len(record.steps))
     if config.repair and record.steps:
         out["repair_rate"] = (sum(s.repair_tokens > 0 for s in record.steps), len(record.steps))
     if modeled is not None and info:
@@ -177,6 +186,7 @@ class ConfigStats:
     distinct_after_per_layer: list[float]
     first_divergence: list[int | None]
     vs_reference: dict[str, dict] = field(default_factory=dict)
+    guard_reasons: list[str] = field(default_factory=list)  # each prompt's last planned step
     distribution_check: dict | None = None  # sampled mode (moe_spec.ab.sampled)
 
 
@@ -208,6 +218,7 @@ def summarize(
             None if ref is None else first_divergence(r.tokens, ref.tokens)
             for r, ref in zip(records, refs, strict=False)
         ],
+        guard_reasons=[r.steps[-1].reason for r in records if r.steps and r.steps[-1].guard],
     ), pairs
 
 

@@ -26,13 +26,14 @@ import torch
 
 from moe_spec.budget import MODES, Mode, check_budget
 from moe_spec.checks import check_temperature
+from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.engine.attention import KVCache
 from moe_spec.engine.checkpoint import Checkpoint
 from moe_spec.engine.model import VerifyBudget, distinct_per_layer
 from moe_spec.engine.tokenizer import EOT
 from moe_spec.engine.tree import DraftTree, expand_tree, verify_mask
 from moe_spec.engine.verify import accept, accept_chain, exact_prefix, rerun_tail
-from moe_spec.policies import get_policy
+from moe_spec.policies import Policy, get_policy
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class StepStats:
     depth: int = 0
     repair_tokens: int = 0  # tokens re-run unbudgeted after the verify (0: none needed)
     distinct_repair_L: list[int] = field(default_factory=list)  # that forward's experts
+    guard: str = ""  # a planning policy's step kind ("tree", "autoregressive"); "" if none
+    reason: str = ""  # why the policy planned this step
 
 
 @dataclass
@@ -190,16 +193,19 @@ class Engine:
         spec: SpecConfig,
         seed: int = 0,
         tree_size: Callable[[list[StepStats]], tuple[int, int, int]] | None = None,
+        policy: Policy | None = None,
     ) -> GenerationResult:
         """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``.
 
         ``tree_size``, if given, picks ``(num_tokens, width, depth)`` before every step
         from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
+        ``policy``: a live instance of ``spec.policy`` to use instead of a fresh one (a
+        planning policy such as ``auto`` then keeps its statistics across generations).
         """
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.width * spec.depth)
         E = self.config.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.config.top_k, E)
-        policy = get_policy(spec.policy, **spec.policy_options)
+        policy = live_policy(spec, policy)
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         cfg, dcfg = self.config, self.draft.config
@@ -208,9 +214,19 @@ class Engine:
         logits_V, feature_PD = self.prefill(prompt, tcache)
         root = sample(logits_V, spec.temperature, g)
         out, steps = [root], []
-        root_feature_D = self.draft_catch_up(feature_PD, prompt[1:] + [root], dcache)
+        pending_QD, pending = [feature_PD], prompt[1:] + [root]  # pairs the draft has not seen
         while len(out) < max_new_tokens and not self.is_end(out[-1]):
-            num_tokens, width, depth = self.pick_tree(spec, steps, tree_size)
+            plan = plan_step(policy, spec, steps, tree_size)
+            if plan.kind == AUTOREGRESSIVE:  # the guard's choice: one plain target forward
+                root, feature_QD = self.decode_step(root, tcache, spec.temperature, g)
+                pending_QD.append(feature_QD)
+                pending.append(root)
+                steps.append(autoregressive_stats(plan, E, self.config.top_k, cfg.n_layers))
+                policy.observe(StepOutcome(AUTOREGRESSIVE, [0]))
+                out.append(root)
+                continue
+            num_tokens, width, depth = plan.tree
+            root_feature_D = self.draft_catch_up(torch.cat(pending_QD), pending, dcache)
             root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
             tree = expand_tree(
                 self.draft,
@@ -240,12 +256,22 @@ class Engine:
                     depth,
                     0 if repair is None else len(repair.ids_before_LTK[0]),
                     [] if repair is None else distinct_per_layer(repair.ids_before_LTK, E),
+                    plan.kind if plan.reason else "",
+                    plan.reason,
                 )
             )
+            exact = exact_prefix(path, verify.exact_T()) if spec.repair else None
+            policy.observe(StepOutcome(TREE, path, tree.depth_N, tree.logprob_N, plan.tree, exact))
             out.extend(new_tokens)
             root = bonus
-            root_feature_D = self.draft_catch_up(path_feature_QD, new_tokens, dcache)
+            pending_QD, pending = [path_feature_QD], new_tokens
         return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
+
+    def decode_step(self, root: int, cache: KVCache, temperature: float, g: torch.Generator):
+        """One plain target forward of ``root``: the next token, ``root``'s feature ``[1, D]``."""
+        result = self.target(torch.tensor([[root]]), cache=cache)
+        cache.advance(1)
+        return sample(result.logits_BQV[0, -1], temperature, g), result.feature_BQD[0, -1:]
 
     @staticmethod
     def pick_tree(spec: SpecConfig, steps: list[StepStats], tree_size) -> tuple[int, int, int]:
@@ -324,6 +350,35 @@ class Engine:
         )
         cache.advance(len(next_tokens))
         return out_BQD[0, -1]
+
+
+def live_policy(spec: SpecConfig, policy: Policy | None) -> Policy:
+    """``policy`` if given (it must be ``spec.policy``), else a fresh ``spec.policy``."""
+    if policy is None:
+        return get_policy(spec.policy, **spec.policy_options)
+    if policy.name != spec.policy:
+        raise ValueError(f"the policy instance is {policy.name!r}; spec.policy is {spec.policy!r}")
+    return policy
+
+
+def plan_step(policy, spec: SpecConfig, steps: list[StepStats], tree_size) -> StepPlan:
+    """The next step: the policy's plan (a planning policy such as ``auto``), else the
+    configured tree or ``tree_size``'s pick. A planned tree must fit the configured one."""
+    largest = (spec.num_tokens, spec.width, spec.depth)
+    plan = policy.plan_step(largest, spec.repair)
+    if plan is None:
+        return StepPlan(TREE, *Engine.pick_tree(spec, steps, tree_size))
+    if tree_size is not None:
+        raise ValueError(f"policy {policy.name!r} plans its own steps; it takes no tree_size")
+    if plan.kind == TREE and not all(p <= m for p, m in zip(plan.tree, largest, strict=True)):
+        raise ValueError(f"policy {policy.name!r} planned tree {plan.tree}; allowed: <= {largest}")
+    return plan
+
+
+def autoregressive_stats(plan: StepPlan, n_experts: int, top_k: int, n_layers: int) -> StepStats:
+    """A guard's autoregressive step: one token committed, its own top-k read per layer."""
+    read_L = [min(top_k, n_experts)] * n_layers
+    return StepStats(1, read_L, read_L, read_L, 1, 0, 0, guard=plan.kind, reason=plan.reason)
 
 
 def sample(logits_V: torch.Tensor, temperature: float, g: torch.Generator) -> int:

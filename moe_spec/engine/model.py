@@ -137,7 +137,8 @@ class MoE(nn.Module):
     def forward(self, x_TD: torch.Tensor, verify: VerifyBudget | None = None):
         """``out_TD`` and the Switch-style load-balancing loss ``E * sum_e f_e * P_e``."""
         logits_TE, ids_TK, weights_TK = self.route(x_TD)
-        if verify is not None and verify.budget >= self.config.n_experts:  # nothing to budget
+        unbudgeted = verify is not None and not verify.policy.adaptive
+        if unbudgeted and verify.budget >= self.config.n_experts:  # nothing to budget
             verify.note_unbudgeted(ids_TK)
         elif verify is not None:
             record = RoutingRecord(

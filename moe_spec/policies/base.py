@@ -13,7 +13,7 @@ and no branches on tensor values, so they stay CUDA-graph and
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -23,12 +23,16 @@ from moe_spec.budget import (
     apply_budget,
     check_budget,
     check_mode,
+    reroute,
     select_kept,
     validation_enabled,
 )
 from moe_spec.kernels.budget_select_torch import ScoreRule
 from moe_spec.kernels.dispatch import choose_backend
 from moe_spec.routing import RoutingRecord, check_values
+
+if TYPE_CHECKING:
+    from moe_spec.control.steps import StepOutcome, StepPlan
 
 
 class PolicyError(ValueError):
@@ -50,6 +54,9 @@ class Policy:
     #: None runs them outside torch.compile and CUDA-graph capture; a server's
     #: eager hot path sets False.
     validate: bool | None = None
+    #: An adaptive policy picks its own per-layer budget (at most the call's B) and is
+    #: consulted even when B >= E; it may also plan each step (:meth:`plan_step`).
+    adaptive: ClassVar[bool] = False
 
     def __init__(self, **options: object) -> None:
         if options:
@@ -65,6 +72,25 @@ class Policy:
         """bool ``[E]``: experts to keep (at most ``budget``), or None for no budget."""
         scores_E = self.checked_scores(record)
         return select_kept(scores_E, budget, record.used_E())
+
+    def prepare(
+        self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
+    ) -> None:
+        """Create any device state before a server captures graphs (default: none)."""
+        return None
+
+    def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan | None:
+        """Before a speculative step: the step to run, or None for the configured tree.
+
+        ``tree`` is the configured ``(num_tokens, width, depth)``, the largest allowed;
+        ``repair`` whether the engine re-runs what the budget changed. Called outside
+        the forward; a planning policy updates its device state here.
+        """
+        return None
+
+    def observe(self, outcome: StepOutcome) -> None:
+        """After a step's acceptance: what was committed (outside the forward)."""
+        return None
 
     def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
         """:meth:`score` as a rule the fused budget-selection kernel computes, or None.
@@ -91,7 +117,7 @@ class Policy:
         validating = validation_enabled(record.topk_ids_TK, self.validate)
         if validating:
             check_values(record)
-        budgeting = budget < record.num_experts
+        budgeting = budget < record.num_experts or self.adaptive
         fusable = record.scoring != "sparsemixer"  # the kernel has no sparsemixer rule
         if budgeting and fusable and choose_backend(record.router_logits_TE.device) == "triton":
             rule = self.guarded("fused_rule()", self.fused_rule, record)
@@ -101,6 +127,8 @@ class Policy:
         if keep is None:
             return apply_budget(record, record.num_experts, mode=mode, validate=False)
         keep_E = self.checked_keep(keep, record, budget, validating)
+        if budget >= record.num_experts:  # an adaptive policy's own budgets, up to E
+            return reroute(record, keep_E, mode)
         return apply_budget(record, budget, keep_E, mode=mode, validate=False)
 
     def guarded(self, what: str, method, *args):

@@ -1,7 +1,7 @@
 """Find, load and look up budgeting policies.
 
 Plugins come from two places, loaded the same way:
-  * the built-in module ``moe_spec.policies.builtin``;
+  * the built-in modules ``moe_spec.policies.builtin`` and ``moe_spec.policies.auto``;
   * installed packages that declare an entry point in the ``moe_spec.policies``
     group (``[project.entry-points."moe_spec.policies"] name = "module"``).
 
@@ -28,7 +28,7 @@ from types import ModuleType
 
 import pluggy
 
-from moe_spec.policies import builtin, hookspecs
+from moe_spec.policies import auto, builtin, hookspecs
 from moe_spec.policies.base import Policy, PolicyError
 
 ENTRY_POINT_GROUP = "moe_spec.policies"
@@ -231,6 +231,7 @@ def default_registry(environ: os._Environ | dict | None = None) -> PolicyRegistr
     """A registry with the built-ins and the entry points ``environ`` allows."""
     registry = PolicyRegistry()
     registry.add_plugin(builtin, "moe_spec.builtin", BUILTIN_ORIGIN)
+    registry.add_plugin(auto, "moe_spec.auto", BUILTIN_ORIGIN)
     registry.load_entry_points(environ)
     return registry
 

@@ -83,6 +83,12 @@ class BudgetRuntime:
         layer_ids = sorted(t.layer_id for t in topks)
         self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
         self.num_experts = experts
+        # an adaptive policy's device state (auto: per-layer budgets, calibration tables)
+        # exists before graph capture and is only ever rewritten in place
+        self.policy.record_routing = False  # nothing here reads it back between passes
+        top_k = min(t.topk_config.top_k for t in topks)
+        E = max(experts[t.layer_id] for t in topks)
+        self.policy.prepare(len(layer_ids), E, top_k, self.settings.budget, device)
         self.ready = True
         if self.settings.counters:
             interval = self.settings.log_interval_s

@@ -144,7 +144,7 @@ def budget_routing(
 ) -> tuple[torch.Tensor, ...]:
     """The router's output with ids and weights budgeted by the policy (same order)."""
     logits, weights_TK, ids_TK = convention.split(output)
-    if state.budget >= block.num_experts:  # no budget: note the routing, touch nothing
+    if state.budget >= block.num_experts and not state.policy.adaptive:  # no budget: note it
         state.note_unbudgeted(ids_TK)
         return output
     logits_TE = logits.reshape(-1, block.num_experts)
@@ -209,7 +209,7 @@ def budgeted_verify(
     convention, blocks = moe_routing(model)  # found and checked once per model
     check_mode(mode)
     budget = check_budget(budget, max(b.top_k for b in blocks), blocks[0].num_experts)
-    if not validate:  # the hot path reads nothing on the host per layer
+    if not validate and policy.validate is not False:  # the hot path reads nothing per layer
         policy = copy.copy(policy)
         policy.validate = False
     state = VerifyRouting(policy, budget, mode, depth_T, path_logprob_T, track_exact)

@@ -21,11 +21,15 @@ import torch
 from transformers import DynamicCache
 
 from moe_spec.budget import check_budget
+from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome
 from moe_spec.engine.generate import (
     Engine,
     GenerationResult,
     SpecConfig,
     StepStats,
+    autoregressive_stats,
+    live_policy,
+    plan_step,
     sample,
 )
 from moe_spec.engine.model import distinct_per_layer
@@ -151,16 +155,19 @@ class TransformersEngine:
         spec: SpecConfig,
         seed: int = 0,
         tree_size: TreeSize | None = None,
+        policy: Policy | None = None,
     ) -> GenerationResult:
         """Tree speculative decoding; the verify forward is budgeted by ``spec.policy``.
 
         ``tree_size``, if given, picks ``(num_tokens, width, depth)`` before every step
         from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
+        ``policy``: a live instance of ``spec.policy`` (see ``Engine.generate_speculative``).
         """
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
-        policy = get_policy(spec.policy, **spec.policy_options)
+        policy = live_policy(spec, policy)
+        policy.validate = False  # the hot path reads nothing on the host per layer
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         with capture_features(self.target) as features:
@@ -169,8 +176,22 @@ class TransformersEngine:
             root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
             out, steps = [root], []
             root_state = self.draft.start(dcache, prompt, root, features.last_BSD[0])
+            pending_QD, pending = [], []  # the guard's decoded pairs the draft has not seen
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
-                num_tokens, width, depth = Engine.pick_tree(spec, steps, tree_size)
+                plan = plan_step(policy, spec, steps, tree_size)
+                if plan.kind == AUTOREGRESSIVE:  # one plain target forward
+                    logits_V = self.forward_last([root], tcache)
+                    pending_QD.append(features.last_BSD[0, -1:])
+                    root = sample(logits_V, spec.temperature, g)
+                    pending.append(root)
+                    steps.append(autoregressive_stats(plan, E, self.top_k, self.n_moe_layers))
+                    policy.observe(StepOutcome(AUTOREGRESSIVE, [0]))
+                    out.append(root)
+                    continue
+                if pending:
+                    root_state = self.draft.extend(dcache, pending, torch.cat(pending_QD))
+                    pending_QD, pending = [], []
+                num_tokens, width, depth = plan.tree
                 tree = self.draft.grow_tree(dcache, root, root_state, width, depth, num_tokens)
                 path, bonus, path_feature_QD, routing, repair = self.verify(
                     tree, tcache, policy, budget, spec, g, features
@@ -187,7 +208,13 @@ class TransformersEngine:
                         depth,
                         0 if repair is None else len(repair.ids_before_LTK[0]),
                         [] if repair is None else repair.distinct_computed_L(),
+                        plan.kind if plan.reason else "",
+                        plan.reason,
                     )
+                )
+                exact = exact_prefix(path, routing.exact_T()) if spec.repair else None
+                policy.observe(
+                    StepOutcome(TREE, path, tree.depth_N, tree.logprob_N, plan.tree, exact)
                 )
                 out.extend(new_tokens)
                 root = bonus

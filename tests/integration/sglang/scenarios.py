@@ -396,7 +396,47 @@ def scenario_draft_and_formats() -> dict:
     return result
 
 
+def scenario_auto() -> dict:
+    """``auto`` in the plugin: per-layer budgets rewritten in place between verify passes."""
+    from sglang.srt.plugins import load_plugins
+
+    from moe_spec.integration.sglang import plugin
+    from tests.host_sync import HostSyncRecorder
+
+    publish_runtime()
+    load_plugins()
+    runtime = plugin.RUNTIME
+    model = build_model()
+    runtime.prepare(model, sglang_args(), "cpu")
+    budget_L = runtime.policy.device_state["budget_L"]
+    address = budget_L.data_ptr()
+    depths = [[0, 1, 1, 1, 2, 2, 3], [0, 1, 2, 2, 3, 3, 3]]
+    x_TD = torch.randn(14, 32, generator=torch.Generator().manual_seed(1))
+    recorder = HostSyncRecorder()
+    budget_standard = runtime.budget_standard
+
+    def recorded(*args):
+        with recorder:
+            return budget_standard(*args)
+
+    runtime.budget_standard = recorded
+    distinct = {}
+    for budgets in ([8, 16], [3, 6], [2, 4]):
+        budget_L.copy_(torch.tensor(budgets))  # between passes, as a controller would
+        verify = run_blocks(model, x_TD, tree_batch("TARGET_VERIFY", depths))
+        distinct[str(budgets)] = [int(v["ids"].unique().numel()) for v in verify]
+    plain = run_blocks(model, x_TD, None)
+    return {
+        "before": [int(p["ids"].unique().numel()) for p in plain],
+        "distinct": distinct,
+        "host_syncs": recorder.syncs,
+        "same_tensor": budget_L.data_ptr() == address,
+        "record_routing": runtime.policy.record_routing,
+    }
+
+
 SCENARIOS = {
+    "auto": scenario_auto,
     "load": scenario_load,
     "refusal": scenario_refusal,
     "verify": scenario_verify,

@@ -1,0 +1,295 @@
+"""The ``auto`` policy against fixed budgets, the baselines and autoregressive decoding.
+
+Two held-out prompt sets (A: the start of each held-out file's code, B: the code that
+follows), greedy decoding, on the shipped model (or ``--checkpoint DIR``, an engine
+checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model).
+
+1. **Measured on this CPU** (tokens/s, wall clock): autoregressive, unbudgeted tree
+   speculation, and ``auto`` with ``measure=true`` (its guard corrects the cost model by
+   measured step times), fresh per prompt and warm (one policy instance across the set,
+   as a server keeps it). Arms alternate per prompt, ``--rounds`` times.
+2. **Modeled** on ``--gpu`` for each ``--shapes`` (calibrated cost model): the runs'
+   steps priced as ``moe-spec ab`` prices them; fixed budgets of ``token-priority`` (the
+   ranking ``auto`` refines) with and without repair, ``depth-width`` (Cascade-style),
+   and ``auto`` deciding with that shape's cost model, with and without repair. Best
+   fixed B is chosen in hindsight per prompt set and shape.
+3. **Controller overhead**: the auto policy's own seconds (planning and observing) per
+   step, against a verify step measured here and modeled on the GPU.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
+        [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from statistics import fmean
+
+import torch
+
+from moe_spec.ab.configs import RunConfig, parse_config
+from moe_spec.ab.engine_backend import EngineBackend
+from moe_spec.ab.prompts import held_out_benchmark_prompts
+from moe_spec.ab.stats import Modeled, modeled_pair
+from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
+from moe_spec.costmodel.cpu import cpu_name
+from moe_spec.engine.generate import SpecConfig
+from moe_spec.policies import get_policy
+
+TREE = SpecConfig()  # 32 tokens, width 8, depth 6
+
+
+def load(args):
+    if args.model:
+        from moe_spec.integration.transformers import load_engine
+        from moe_spec.models import model_path
+
+        path = model_path(args.model)
+        return load_engine(str(path), str(path / "eagle"), device="cpu")
+    from moe_spec.engine.checkpoint import load_checkpoint
+    from moe_spec.engine.generate import Engine
+
+    return Engine(load_checkpoint(Path(args.checkpoint)) if args.checkpoint else shipped())
+
+
+def shipped():
+    import moe_spec
+    from moe_spec.engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(moe_spec.__file__).parent / "assets" / "stdlib-moe")
+
+
+def prompt_sets(n: int) -> dict[str, list[str]]:
+    prompts = held_out_benchmark_prompts(20)
+    return {"A (file starts)": prompts[:n], "B (code after them)": prompts[12 : 12 + n]}
+
+
+class LivePolicy:
+    """An engine whose speculative runs all use one live policy instance."""
+
+    def __init__(self, engine, policy) -> None:
+        self.engine, self.policy = engine, policy
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate_speculative(self, *args, **kwargs):
+        return self.engine.generate_speculative(*args, policy=self.policy, **kwargs)
+
+
+def measured(engine, prompts: list[str], args) -> dict:
+    """Tokens and seconds per arm on this CPU, arms alternating per prompt."""
+    ids = [engine.encode(p) for p in prompts]
+    auto = SpecConfig(policy="auto", policy_options={"measure": True})
+    arms = {"autoregressive": [0, 0.0], "none": [0, 0.0], "auto": [0, 0.0], "auto warm": [0, 0.0]}
+    decisions = {"auto": [], "auto warm": []}
+    warm = get_policy("auto", measure=True)
+    for r in range(args.rounds):
+        for p in ids:
+            runs = {
+                "autoregressive": lambda p=p: engine.generate_autoregressive(p, args.max_new),
+                "none": lambda p=p: engine.generate_speculative(p, args.max_new, TREE),
+                "auto": lambda p=p: engine.generate_speculative(p, args.max_new, auto),
+                "auto warm": lambda p=p: engine.generate_speculative(
+                    p, args.max_new, auto, policy=warm
+                ),
+            }
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            for name in order:
+                out = runs[name]()
+                arms[name][0] += len(out.tokens)
+                arms[name][1] += out.seconds
+                if name in decisions:
+                    decisions[name] += [s.guard for s in out.steps]
+    tps = {k: n / s for k, (n, s) in arms.items()}
+    share = {k: fmean(g == "autoregressive" for g in v) for k, v in decisions.items() if v}
+    return {"tokens_per_s": tps, "autoregressive_step_share": share}
+
+
+def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
+    """Modeled tokens/s and greedy agreement per arm and shape; the controller's overhead."""
+    cost = get_cost_model(args.cost_model, args.gpu)
+    shapes = [get_shape(s) for s in args.shapes]
+    backend = EngineBackend(engine, cost, shapes[0])
+    info = backend.model_info()
+    common = ["none"] + [
+        f"token-priority:B={b}{r}" for b in args.budgets for r in ("", ",repair=true")
+    ]
+    per_shape = {
+        s.name: [f"auto:opt.shape={s.name},opt.gpu={args.gpu}{r}" for r in ("", ",repair=true")]
+        + ["depth-width"]
+        for s in shapes
+    }
+    records: dict[str, list] = {}
+    configs: dict[str, RunConfig] = {}
+    overhead = {"seconds": 0.0, "steps": 0}
+
+    def run(text: str, shape=None):
+        (config,) = parse_config(text)
+        key = text if shape is None else f"{text}@{shape.name}"
+        configs[key] = config
+        runner = backend if shape is None else EngineBackend(engine, cost, shape)
+        records[key] = [runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)]
+
+    for text in common:
+        run(text)
+    for s in shapes:
+        for text in per_shape[s.name]:
+            run(text, s)
+        for text in per_shape[s.name][:2]:  # auto again, one policy across the set (a server)
+            (config,) = parse_config(text)
+            live = get_policy("auto", **config.options)
+            runner = EngineBackend(LivePolicy(engine, live), cost, s)
+            key = f"{text} warm@{s.name}"
+            configs[key] = config
+            records[key] = [
+                runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)
+            ]
+    # controller overhead: rerun the OLMoE auto arm with a live policy to read its timer
+    policy = get_policy("auto", shape=shapes[0].name, gpu=args.gpu)
+    spec = SpecConfig(policy="auto")
+    verify_s = []
+    for p in prompts:
+        policy.controller = None
+        out = engine.generate_speculative(engine.encode(p), args.max_new, spec, policy=policy)
+        overhead["seconds"] += policy.controller.overhead_s
+        overhead["steps"] += len(out.steps)
+        verify_s.append(out.seconds / max(len(out.steps), 1))
+    overhead["cpu_step_s"] = fmean(verify_s)
+
+    ref = records["none"]
+    table: dict = {}
+    for s in shapes:
+        m = Modeled(cost, s)
+        ar = autoregressive_tokens_per_s(cost.gpu, s, overheads=cost.overheads)
+        row = {"autoregressive": ar}
+        for key, recs in records.items():
+            if "@" in key and not key.endswith(f"@{s.name}"):
+                continue
+            pairs = [modeled_pair(r, configs[key], info, m) for r in recs]
+            tps = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
+            agree = fmean(
+                sum(x == y for x, y in zip(r.tokens, q.tokens, strict=False)) / len(q.tokens)
+                for r, q in zip(recs, ref, strict=True)
+            )
+            ar_share = fmean(st.guard == "autoregressive" for r in recs for st in r.steps)
+            row[key.split("@")[0]] = {"tok_s": tps, "agree": agree, "guard_ar": ar_share}
+        table[s.name] = row
+    from moe_spec.costmodel import verify_seconds
+
+    overhead["gpu_verify_s"] = {
+        s.name: verify_seconds(cost.gpu, s, 32, s.n_experts * 0.7, overheads=cost.overheads)
+        for s in shapes
+    }
+    return table, overhead
+
+
+def summary(set_name: str, table: dict) -> list[str]:
+    lines = []
+    for shape, row in table.items():
+        ar, none = row["autoregressive"], row["none"]["tok_s"]
+        fixed = {k: v for k, v in row.items() if k.startswith("token-priority")}
+        lossless = {k: v for k, v in fixed.items() if "repair" in k}
+        lossy = {k: v for k, v in fixed.items() if "repair" not in k}
+        best_ll = max(lossless, key=lambda k: lossless[k]["tok_s"])
+
+        def auto(repair: bool, warm: bool, row=row):
+            return next(
+                v
+                for k, v in row.items()
+                if k.startswith("auto:")
+                and ("repair" in k) == repair
+                and k.endswith(" warm") == warm
+            )
+
+        auto_ll, auto_ly, warm_ll = auto(True, False), auto(False, False), auto(True, True)
+        warm_ly = auto(False, True)
+        best_ly = max(lossy, key=lambda k: lossy[k]["tok_s"])
+        dw = row["depth-width"]["tok_s"]
+        floor = max(ar, none)
+        lines.append(
+            f"| {set_name} | {shape} | {ar:.0f} | {none:.0f} | {dw:.0f} | "
+            f"{lossless[best_ll]['tok_s']:.0f} ({best_ll.split(':')[1]}) | "
+            f"{auto_ll['tok_s']:.0f} | {auto_ll['tok_s'] / lossless[best_ll]['tok_s']:.3f} | "
+            f"{auto_ll['tok_s'] / floor:.2f} | {auto_ll['guard_ar']:.0%} | "
+            f"{lossy[best_ly]['tok_s']:.0f} ({best_ly.split(':')[1]}, "
+            f"{lossy[best_ly]['agree']:.0%}) | {auto_ly['tok_s']:.0f} ({auto_ly['agree']:.0%}) | "
+            f"{warm_ll['tok_s']:.0f} | {warm_ll['tok_s'] / lossless[best_ll]['tok_s']:.3f} | "
+            f"{warm_ll['tok_s'] / floor:.2f} | {warm_ly['tok_s']:.0f} ({warm_ly['agree']:.0%}) |"
+        )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None, help="an engine checkpoint folder")
+    ap.add_argument("--model", default=None, help="a named model (transformers engine)")
+    ap.add_argument("--prompts", type=int, default=6, help="prompts per set (at most 8)")
+    ap.add_argument("--max-new", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gpu", default="H200")
+    ap.add_argument("--cost-model", default="calibrated")
+    ap.add_argument("--shapes", nargs="+", default=["OLMoE-1B-7B", "Qwen3-30B-A3B"])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 20, 24])
+    ap.add_argument("--skip-measured", action="store_true")
+    ap.add_argument("--out", default="out/auto-bench")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"cpu": f"{cpu_name()}, {args.threads} torch thread(s)", "sets": {}}
+    start = time.time()
+    for name, prompts in prompt_sets(args.prompts).items():
+        entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
+        entry["modeled"], entry["overhead"] = modeled(engine, prompts, args)
+        results["sets"][name] = entry
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    lines = [f"CPU: {results['cpu']}; {time.time() - start:.0f} s", ""]
+    if not args.skip_measured:
+        lines += [
+            "| prompt set | AR tok/s | none | auto (fresh) | auto (warm) | "
+            "auto/AR fresh, warm | AR-step share fresh, warm |",
+            "|" + " --- |" * 7,
+        ]
+        for name, e in results["sets"].items():
+            t, sh = e["measured"]["tokens_per_s"], e["measured"]["autoregressive_step_share"]
+            lines.append(
+                f"| {name} | {t['autoregressive']:.1f} | {t['none']:.1f} | {t['auto']:.1f} | "
+                f"{t['auto warm']:.1f} | {t['auto'] / t['autoregressive']:.3f}, "
+                f"{t['auto warm'] / t['autoregressive']:.3f} | "
+                f"{sh.get('auto', 0):.0%}, {sh.get('auto warm', 0):.0%} |"
+            )
+        lines.append("")
+    lines += [
+        "| prompt set | shape | AR | none | depth-width | best fixed B, repair | auto repair | "
+        "x best fixed | x max(AR, none) | auto AR steps | best fixed B lossy (agree) | "
+        "auto lossy (agree) | auto warm repair | x best fixed | x max(AR, none) | "
+        "auto warm lossy (agree) |",
+        "|" + " --- |" * 16,
+    ]
+    for name, e in results["sets"].items():
+        lines += summary(name, e["modeled"])
+    lines.append("")
+    for name, e in results["sets"].items():
+        o = e["overhead"]
+        per_step = o["seconds"] / max(o["steps"], 1)
+        gpu = ", ".join(
+            f"{k} {per_step / v:.1%} of a modeled 32-token verify"
+            for k, v in o["gpu_verify_s"].items()
+        )
+        lines.append(
+            f"- controller overhead, set {name}: {per_step * 1e3:.3f} ms per step = "
+            f"{per_step / o['cpu_step_s']:.1%} of a measured step here; {gpu}"
+        )
+    text = "\n".join(lines)
+    (out / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

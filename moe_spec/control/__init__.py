@@ -1,0 +1,32 @@
+"""Choosing the verify budget per step and layer, and guarding against slow speculation.
+
+- ``steps``: what an engine tells a planning policy before a step (``StepPlan``, the
+  guard's answer) and after it (``StepOutcome``).
+- ``estimates``: online statistics of what was accepted (calibration of the draft's
+  path probability, acceptance per depth, and per step the budget each layer needed
+  to keep the accepted path whole).
+- ``cost``: the step-time tables the controller plans with (a cost model for a model
+  shape and device, optionally corrected by measured wall time).
+- ``planner``: predicted committed tokens over predicted time for a tree and per-layer
+  budgets; the search for the best per-layer budgets.
+- ``guard``: before each step, the budgeted tree, a smaller tree or autoregressive
+  decoding, whichever is predicted fastest, with hysteresis and probes.
+
+The ``auto`` policy (``moe_spec.policies.auto``) holds one controller per generation.
+"""
+
+from moe_spec.control.cost import StepCost
+from moe_spec.control.estimates import AcceptanceEstimates
+from moe_spec.control.guard import Guard
+from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan, candidate_trees
+
+__all__ = [
+    "AUTOREGRESSIVE",
+    "TREE",
+    "AcceptanceEstimates",
+    "Guard",
+    "StepCost",
+    "StepOutcome",
+    "StepPlan",
+    "candidate_trees",
+]

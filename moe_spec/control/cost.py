@@ -1,0 +1,80 @@
+"""Step times the controller plans with: a cost model on a model shape, as lookup tables.
+
+The running model (``top_k`` of ``n_experts``) may be small and the priced one large:
+distinct-expert counts are carried over with ``moe_spec.costmodel.map_distinct``, as
+the A/B harness prices them. Times are tabulated once per tree so that the planner
+prices a window of steps for many budget vectors with array operations only:
+
+- ``draft_C[c]``: the draft forwards of candidate tree c;
+- ``verify_CD[c, d]``: the verify forward of tree c reading d experts per layer
+  (d from 0 to E; fractional means interpolate);
+- ``repair_Q[q]``: an unbudgeted forward of q re-run path tokens (its distinct experts:
+  the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
+- ``decode_s``: one autoregressive step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moe_spec.costmodel import (
+    CostModel,
+    ModelShape,
+    decode_seconds,
+    draft_seconds,
+    independent_distinct,
+    map_distinct,
+    verify_seconds,
+)
+
+
+class StepCost:
+    """Modeled seconds of the steps a controller can choose between."""
+
+    def __init__(
+        self,
+        cost: CostModel,
+        shape: ModelShape,
+        top_k: int,
+        n_experts: int,
+        trees: list[tuple[int, int, int]],
+        max_repair: int = 64,
+    ) -> None:
+        self.cost, self.shape, self.trees = cost, shape, list(trees)
+        self.K, self.E = top_k, n_experts
+        g, o = cost.gpu, cost.overheads
+
+        def mapped(d: float) -> float:
+            return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
+
+        self.draft_C = np.array([draft_seconds(g, shape, w, d, overheads=o) for _, w, d in trees])
+        self.verify_CD = np.array(
+            [
+                [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
+                for n, _, _ in trees
+            ]
+        )
+        self.repair_Q = np.array(
+            [0.0]
+            + [
+                verify_seconds(
+                    g, shape, q, mapped(independent_distinct(q, top_k, n_experts)), overheads=o
+                )
+                for q in range(1, max_repair + 1)
+            ]
+        )
+        self.decode_s = decode_seconds(g, shape, overheads=o)
+
+    def describe(self) -> str:
+        return f"{self.shape.name} on {self.cost.describe()}"
+
+    def tree_seconds(self, c: int, read: np.ndarray, repair_tokens: np.ndarray) -> np.ndarray:
+        """Seconds of steps with tree ``c``: draft + verify reading ``read`` experts per layer
+        (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none)."""
+        d = np.clip(read, 0, self.E)
+        low = np.floor(d).astype(int)
+        high = np.minimum(low + 1, self.E)
+        frac = d - low
+        verify = self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
+        repair = self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
+        return self.draft_C[c] + verify + repair

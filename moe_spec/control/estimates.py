@@ -1,0 +1,174 @@
+"""Online estimates of what a verify step gets accepted, kept between steps.
+
+Shape legend: N tree tokens, L MoE layers, E experts, K top-k, P path positions,
+C candidate trees, S steps in the window.
+
+Three estimates, all updated after acceptance (outside the verify forward):
+
+- **calibration** of the draft's path probability ``q = exp(path_logprob)`` to the
+  probability that the node is on the accepted path: ``bins`` equal-width bins of q,
+  each with counts of nodes seen and accepted and a prior of ``prior`` pseudo-nodes at
+  the bin's centre (so an empty bin trusts the draft):
+  ``P(accept | bin b) = (accepted_b + prior * centre_b) / (seen_b + prior)``.
+- **acceptance per depth**: ``P(the accepted path reaches depth d | the tree had depth d)``.
+- a **window** of the last ``window`` tree steps, each kept as
+  ``need_LP`` (the smallest budget layer l needed, under the policy's ranking of that
+  step, to keep every expert of path positions 0..p: a path position's routing depends
+  on its ancestors, so the need is a running maximum along the path),
+  ``committed_C`` (tokens the step would have committed with each smaller candidate
+  tree: the accepted path's prefix inside the candidate's best nodes by path
+  log-probability, -1 when the step's tree was smaller than the candidate) and
+  ``used_CL`` (distinct experts the candidate's tokens picked in each layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe_spec.control.steps import StepOutcome
+
+
+@dataclass(frozen=True)
+class WindowStep:
+    need_LP: np.ndarray  # int [L, P]: budget each layer needed for path positions 0..p
+    committed_C: np.ndarray  # int [C]: committed tokens per candidate tree (-1: unknown)
+    used_CL: np.ndarray  # int [C, L]: distinct experts of the candidate's tokens
+
+
+def exact_table(need_LP: np.ndarray, num_experts: int) -> np.ndarray:
+    """int ``[L, E + 1]``: path positions whose need budget ``b`` meets, per layer and b.
+
+    ``need_LP`` rises along the path, so the positions a budget keeps form a prefix and
+    the prefix all layers keep is the shortest of theirs (the planner's ``min`` over L).
+    """
+    b_B = np.arange(num_experts + 1)
+    return (need_LP[:, :, None] <= b_B).sum(axis=1)
+
+
+class AcceptanceEstimates:
+    """Calibration, acceptance per depth and the window of recent tree steps."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_experts: int,
+        candidate_tokens: list[int],
+        window: int = 64,
+        bins: int = 10,
+        prior: float = 4.0,
+        max_depth: int = 64,
+    ) -> None:
+        if window < 1 or bins < 1 or not prior > 0:
+            raise ValueError(
+                f"need window >= 1, bins >= 1, prior > 0; got {window}, {bins}, {prior}"
+            )
+        self.L, self.E = num_layers, num_experts
+        self.candidate_tokens = list(candidate_tokens)
+        self.prior = float(prior)
+        self.centre_B = (np.arange(bins) + 0.5) / bins
+        self.seen_B = np.zeros(bins)
+        self.accepted_B = np.zeros(bins)
+        self.tried_D = np.zeros(max_depth + 1)
+        self.reached_D = np.zeros(max_depth + 1)
+        self.window: deque[WindowStep] = deque(maxlen=window)
+        C = len(self.candidate_tokens)
+        self.exact_WLB = np.zeros((window, num_layers, num_experts + 1), dtype=np.int64)
+        self.committed_WC = np.full((window, C), -1, dtype=np.int64)
+        self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
+        self.ran_W = np.full(window, -1, dtype=np.int64)  # the candidate each step ran (-1: other)
+        self.steps_seen = 0
+
+    # -- calibration -------------------------------------------------------------------
+    @property
+    def bins(self) -> int:
+        return self.centre_B.size
+
+    def logprob_edges(self) -> list[float]:
+        """The bins' inner edges in log-probability (for ``torch.bucketize``), ascending."""
+        return [math.log(i / self.bins) for i in range(1, self.bins)]
+
+    def accept_B(self) -> np.ndarray:
+        """float ``[bins]``: calibrated P(accepted) per bin of the draft's path probability."""
+        return (self.accepted_B + self.prior * self.centre_B) / (self.seen_B + self.prior)
+
+    def bin_of(self, logprob_N: np.ndarray) -> np.ndarray:
+        q_N = np.exp(np.minimum(logprob_N, 0.0))
+        return np.minimum((q_N * self.bins).astype(int), self.bins - 1)
+
+    def reach_D(self) -> np.ndarray:
+        """float ``[depths]``: P(path reaches depth d | tree had depth d), prior 1/2 per depth."""
+        out = (self.reached_D + 0.5) / (self.tried_D + 1.0)
+        out[0] = 1.0
+        return out
+
+    # -- updates -----------------------------------------------------------------------
+    def observe(
+        self, outcome: StepOutcome, rank_LE: torch.Tensor | None, ids_LNK: torch.Tensor | None
+    ) -> None:
+        """Fold in one finished tree step; ``rank_LE``/``ids_LNK`` are the policy's ranking
+        and the unbudgeted top-k of the verify forward (None: the window is not updated)."""
+        logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
+        N, path = logprob_N.size, list(outcome.path)
+        on_path_N = np.zeros(N)
+        on_path_N[path] = 1.0
+        b_N = self.bin_of(logprob_N[1:])
+        self.seen_B += np.bincount(b_N, minlength=self.bins)
+        self.accepted_B += np.bincount(b_N, weights=on_path_N[1:], minlength=self.bins)
+        depth = int(outcome.depth_N.max()) if outcome.depth_N is not None else len(path) - 1
+        depth = min(depth, self.tried_D.size - 1)
+        self.tried_D[1 : depth + 1] += 1
+        self.reached_D[1 : min(len(path), depth + 1)] += 1
+        if rank_LE is None or ids_LNK is None:
+            return
+        step = self.window_step(logprob_N, path, rank_LE.cpu().numpy(), ids_LNK.cpu().numpy())
+        self.window.append(step)
+        w = self.steps_seen % self.exact_WLB.shape[0]
+        self.exact_WLB[w] = exact_table(step.need_LP, self.E)
+        self.committed_WC[w] = step.committed_C
+        self.used_WCL[w] = step.used_CL
+        n = outcome.tree[0]
+        self.ran_W[w] = self.candidate_tokens.index(n) if n in self.candidate_tokens else -1
+        self.steps_seen += 1
+
+    def window_step(
+        self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
+    ) -> WindowStep:
+        L, N, K = ids_LNK.shape
+        ids_LNK = ids_LNK.astype(np.int64)
+        P, l_L1 = len(path), np.arange(L)[:, None]
+        need_LPK = rank_LE[l_L1, ids_LNK[:, path].reshape(L, -1)].reshape(L, P, K)
+        need_LP = np.maximum.accumulate(need_LPK.max(axis=-1) + 1, axis=1)
+        # node order by path log-probability (higher first, lower index on ties)
+        order_N = np.argsort(-logprob_N, kind="stable")
+        place_N = np.empty(N, dtype=np.int64)
+        place_N[order_N] = np.arange(N)
+        path_place_P = np.maximum.accumulate(place_N[path])
+        hits_LNE = np.zeros((L, N, self.E), dtype=bool)
+        hits_LNE[l_L1[:, :, None], np.arange(N)[None, :, None], ids_LNK[:, order_N]] = True
+        used_LN = np.logical_or.accumulate(hits_LNE, axis=1).sum(axis=-1)  # best n+1 nodes
+        C = len(self.candidate_tokens)
+        committed_C = np.full(C, -1)
+        used_CL = np.zeros((C, L), dtype=int)
+        for c, n in enumerate(self.candidate_tokens):
+            if n <= N:
+                committed_C[c] = int((path_place_P < n).sum())
+                used_CL[c] = used_LN[:, n - 1]
+        return WindowStep(need_LP, committed_C, used_CL)
+
+    def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window for candidate ``c``: ``exact_SLB`` (:func:`exact_table` of each step),
+        ``committed_S`` and ``used_SL``.
+
+        Steps that ran candidate ``c`` itself when there are ``min_ran`` of them; otherwise
+        every step that knew it, a larger tree's included (its best nodes stand in for the
+        smaller tree, an optimistic guess: a smaller draft expands fewer candidates).
+        """
+        filled = min(self.steps_seen, self.exact_WLB.shape[0])
+        ran = np.flatnonzero(self.ran_W[:filled] == c)
+        rows = ran if ran.size >= min_ran else np.flatnonzero(self.committed_WC[:filled, c] >= 1)
+        return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]

@@ -1,0 +1,207 @@
+"""The controller of one generation: per-layer budgets, and a guard against slow steps.
+
+Before each step (:meth:`Guard.plan`) it answers one of
+
+- the configured **tree** with the per-layer budgets predicted to give the most
+  committed tokens per second (``moe_spec.control.planner``);
+- a **smaller tree** (the configured tree halved, down to 4 tokens), with its own budgets;
+- **autoregressive**: one plain target forward,
+
+whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``) and,
+with ``measure``, corrected by the wall time measured for tree and autoregressive steps
+(an exponential average of measured over modeled seconds per kind). Hysteresis: the
+current choice is kept unless another is predicted faster by more than ``margin``; the
+prediction is redone every ``replan_every`` tree steps. While not on the full tree the
+guard probes it every ``probe`` steps (doubling after each probe that does not win back,
+up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one;
+at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
+the current choice is predicted than the full tree: a probe costs more, and is less likely
+to win, the further behind the full tree is.
+The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
+searched layer by layer for the full tree and the current choice, one budget for all
+layers for the other trees. Every plan
+carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from moe_spec.control.cost import StepCost
+from moe_spec.control.estimates import AcceptanceEstimates
+from moe_spec.control.planner import best_budgets, budget_levels
+from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
+
+
+class Guard:
+    """Plans each step of one generation from what the previous steps showed."""
+
+    def __init__(
+        self,
+        estimates: AcceptanceEstimates,
+        cost: StepCost,
+        top_k: int,
+        cap: int,
+        *,
+        repair: bool = False,
+        guard: bool = True,
+        margin: float = 0.05,
+        levels: int = 8,
+        replan_every: int = 8,
+        warmup: int = 2,
+        probe: int = 16,
+        max_probe: int = 256,
+        measure: bool = False,
+    ) -> None:
+        self.est, self.cost, self.repair = estimates, cost, repair
+        self.guard, self.margin, self.measure = guard, margin, measure
+        self.levels_V = budget_levels(top_k, cap, levels)
+        self.cap = cap
+        self.replan_every, self.warmup = replan_every, warmup
+        self.probe0, self.max_probe = probe, max_probe
+        self.probe_every = probe
+        self.trees = cost.trees
+        L = estimates.L
+        self.budget_L = np.full(L, cap, dtype=np.int64)
+        self.choice = 0  # index into trees, or -1 for autoregressive
+        self.budgets_C = [self.budget_L.copy() for _ in self.trees]
+        self.predicted: dict[str, float] = {}
+        self.tree_steps = self.since_replan = self.since_full = 0
+        self.log_ratio = {TREE: 0.0, AUTOREGRESSIVE: 0.0}
+        self.measured = {TREE: 0, AUTOREGRESSIVE: 0}
+        self.current: StepPlan | None = None
+        self.probing = False
+        self.why = ""
+        self.replans = 0
+        self.started = 0.0
+        self.overhead_s = 0.0
+        self.decisions = 0
+
+    # -- before a step -----------------------------------------------------------------
+    def plan(self) -> StepPlan:
+        t0 = time.perf_counter()
+        plan = self.decide()
+        self.current, self.decisions = plan, self.decisions + 1
+        self.overhead_s += time.perf_counter() - t0
+        self.started = time.perf_counter()
+        return plan
+
+    def decide(self) -> StepPlan:
+        full = self.trees[0]
+        if self.tree_steps < self.warmup:
+            self.budget_L[:] = self.cap
+            return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
+        if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
+            return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
+        if self.since_replan >= self.replan_every or not self.predicted:
+            self.replan()
+        if self.choice != 0 and self.since_full >= self.probe_every:
+            self.budget_L[:] = self.budgets_C[0]
+            self.probing = True
+            return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
+        return self.plan_of(self.choice, self.why)
+
+    def plan_of(self, choice: int, reason: str) -> StepPlan:
+        if choice < 0:
+            return StepPlan(AUTOREGRESSIVE, reason=reason)
+        self.budget_L[:] = self.budgets_C[choice]
+        return StepPlan(TREE, *self.trees[choice], reason)
+
+    def replan(self) -> None:
+        """Predict every arm's tokens/s from the window; switch with hysteresis."""
+        self.since_replan = 0
+        self.replans += 1
+        self.switch(self.predict())
+
+    def predict(self) -> dict[int, float]:
+        """Predicted tokens/s per arm (tree index, -1 autoregressive); sets their budgets."""
+        predicted: dict[int, float] = {}
+        for c in range(len(self.trees) if self.guard else 1):
+            window = self.est.arrays(c)
+            if window[1].size == 0:
+                continue
+            passes = 2 if c in (0, self.choice) else 0  # others: one budget for all layers
+            B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
+            self.budgets_C[c] = B_L
+            predicted[c] = tp / self.ratio(TREE)
+        if self.guard:
+            predicted[-1] = 1.0 / (self.cost.decode_s * self.ratio(AUTOREGRESSIVE))
+        return predicted
+
+    def switch(self, predicted: dict[int, float]) -> None:
+        """Move to the best arm if it beats the current one by more than ``margin``."""
+        self.predicted = {self.arm_name(c): tp for c, tp in predicted.items()}
+        best = max(predicted, key=lambda c: (predicted[c], -abs(c)))  # ties: the full tree
+        current = predicted.get(self.choice, 0.0)
+        summary = ", ".join(f"{self.arm_name(c)} {tp:.4g}" for c, tp in predicted.items())
+        if best != self.choice and predicted[best] > current * (1 + self.margin):
+            self.choice = best
+            self.why = f"switched to {self.arm_name(best)}: predicted tok/s {summary}"
+        else:
+            self.why = f"keeps {self.arm_name(self.choice)}: predicted tok/s {summary}"
+        if self.choice == 0:
+            self.probe_every = self.probe0
+        elif self.probing:  # the probe did not win the full tree back: probe less often
+            self.probe_every = min(self.probe_every * 2, self.max_probe)
+        if self.choice != 0 and 0 in predicted:  # the further behind, the rarer the probe
+            gap = predicted[self.choice] / max(predicted[0], 1e-30)
+            floor = int(self.probe0 * min(gap, 4.0) ** 2)
+            self.probe_every = min(max(self.probe_every, floor), self.max_probe)
+        self.probing = False
+
+    def arm_name(self, c: int) -> str:
+        if c < 0:
+            return AUTOREGRESSIVE
+        n, w, d = self.trees[c]
+        return f"tree {n}/{w}/{d} B={','.join(str(int(b)) for b in self.budgets_C[c])}"
+
+    def ratio(self, kind: str) -> float:
+        """Measured over modeled seconds for this kind of step (1 without ``measure``)."""
+        if not self.measure:
+            return 1.0
+        kinds = [k for k in (kind, TREE, AUTOREGRESSIVE) if self.measured[k]]
+        return math.exp(self.log_ratio[kinds[0]]) if kinds else 1.0
+
+    # -- after a step ------------------------------------------------------------------
+    def observe(
+        self,
+        outcome: StepOutcome,
+        rank_LE: torch.Tensor | None = None,
+        ids_LNK: torch.Tensor | None = None,
+    ) -> None:
+        t0 = time.perf_counter()
+        seconds = t0 - self.started if self.started else 0.0  # 0: a step this guard did not plan
+        self.started = 0.0
+        if outcome.kind == AUTOREGRESSIVE:
+            self.note_time(AUTOREGRESSIVE, seconds, self.cost.decode_s)
+            self.since_full += 1
+        else:
+            self.est.observe(outcome, rank_LE, ids_LNK)
+            self.tree_steps += 1
+            self.since_replan += 1
+            self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
+            if self.probing:  # decide again right after a probe
+                self.since_replan = self.replan_every
+            if self.measure and self.est.window and outcome.tree in self.trees:
+                self.note_time(TREE, seconds, self.modeled_step(outcome))
+        self.overhead_s += time.perf_counter() - t0
+
+    def modeled_step(self, outcome: StepOutcome) -> float:
+        c = self.trees.index(outcome.tree)
+        used_L = self.est.window[-1].used_CL[c]
+        read = np.minimum(self.budget_L, used_L).mean()
+        exact = outcome.committed if outcome.exact is None else outcome.exact
+        tail = outcome.committed - exact if self.repair else 0
+        return float(self.cost.tree_seconds(c, np.array(read), np.array(max(tail, 0))))
+
+    def note_time(self, kind: str, seconds: float, modeled: float) -> None:
+        if not self.measure or modeled <= 0 or seconds <= 0:
+            return
+        x = math.log(seconds / modeled)
+        n = self.measured[kind]
+        self.log_ratio[kind] = x if n == 0 else 0.8 * self.log_ratio[kind] + 0.2 * x
+        self.measured[kind] = n + 1

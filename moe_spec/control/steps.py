@@ -1,0 +1,72 @@
+"""What a planning policy and an engine tell each other around one decoding step.
+
+Shape legend: N tree tokens (node 0 is the root).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TREE = "tree"
+AUTOREGRESSIVE = "autoregressive"
+KINDS = (TREE, AUTOREGRESSIVE)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The guard's decision for the next step: a tree of this size, or one plain decode.
+
+    ``reason`` says why in words (it goes into the step statistics and the A/B report).
+    """
+
+    kind: str
+    num_tokens: int = 1
+    width: int = 0
+    depth: int = 0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"step kind is {self.kind!r}; allowed: {', '.join(KINDS)}")
+        if self.kind == TREE and not (self.num_tokens >= 2 and self.width >= 1 and self.depth >= 1):
+            raise ValueError(
+                f"a tree step needs num_tokens >= 2, width >= 1, depth >= 1; got "
+                f"{self.num_tokens}/{self.width}/{self.depth}"
+            )
+
+    @property
+    def tree(self) -> tuple[int, int, int]:
+        return (self.num_tokens, self.width, self.depth)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One finished step as the engine saw it, after acceptance (and any repair).
+
+    ``path`` holds the accepted path's tree node indices, root first (its length is the
+    tokens committed: accepted drafts plus the bonus token); ``exact`` how many of them,
+    from the root, the budget left untouched (None: not tracked). An autoregressive step
+    has ``kind=AUTOREGRESSIVE``, ``path=[0]`` and no tree.
+    """
+
+    kind: str
+    path: list[int]
+    depth_N: torch.Tensor | None = None
+    logprob_N: torch.Tensor | None = None
+    tree: tuple[int, int, int] = (1, 0, 0)
+    exact: int | None = None
+
+    @property
+    def committed(self) -> int:
+        return len(self.path)
+
+
+def candidate_trees(num_tokens: int, width: int, depth: int) -> list[tuple[int, int, int]]:
+    """``(num_tokens, width, depth)``: the tree and its halvings down to 4 tokens."""
+    out, n = [], num_tokens
+    while n >= 4 or not out:
+        out.append((n, min(width, n - 1), min(depth, n - 1)))
+        n //= 2
+    return out

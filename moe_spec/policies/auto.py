@@ -1,0 +1,212 @@
+"""``auto``: the budget of every layer chosen per step; a guard against slow speculation.
+
+Shape legend: T tokens, E experts, K top-k, L MoE layers (see ``moe_spec.routing``).
+
+Expert value is ``token-priority``'s acceptance-weighted router mass,
+``score[e] = sum_t v[t] * a[t] * p[t, e]`` (the root's experts first), with ``a[t]``
+the *calibrated* probability that token t is accepted: the draft's path probability
+mapped through the bins of :class:`moe_spec.control.AcceptanceEstimates` (without path
+log-probabilities, the estimated probability of reaching the token's depth). Layer l
+keeps the experts ranked below ``B_l``, a device tensor the controller rewrites in
+place between steps, so the kept mask has a data-dependent size and a static shape,
+and nothing in :meth:`Auto.keep` reads the device.
+
+Between steps (:meth:`Auto.plan_step`, :meth:`Auto.observe`, called by the engines
+outside the forward; the device tensors are rewritten only when their values change:
+the budgets when the plan changes them, the calibration tables after each replan) a
+:class:`moe_spec.control.Guard` picks the per-layer budgets
+that maximise predicted committed tokens per second under the cost model
+(``shape`` on ``gpu``, ``cost_model``) and, with ``guard``, a smaller tree or plain
+autoregressive decoding when those are predicted faster. ``measure`` corrects the
+modeled times by the measured wall time (for a run whose own speed is what counts,
+such as the reference engine on a CPU). The state lives in the policy instance: the
+engines create one per generation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moe_spec.budget import expert_rank_E
+from moe_spec.control import (
+    TREE,
+    AcceptanceEstimates,
+    Guard,
+    StepCost,
+    StepOutcome,
+    StepPlan,
+    candidate_trees,
+)
+from moe_spec.costmodel import get_cost_model, get_shape
+from moe_spec.policies.base import PolicyError
+from moe_spec.policies.builtin import TokenPriority
+from moe_spec.policies.hookspecs import hookimpl
+from moe_spec.routing import RoutingRecord
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise PolicyError(f"auto: {name} is {value!r}; allowed: {allowed}")
+
+
+def _is_int(value) -> bool:
+    return type(value) is int
+
+
+class Auto(TokenPriority):
+    """``auto``: per-layer budgets from calibrated acceptance and the cost model."""
+
+    name = "auto"
+    description = "per-layer budget per step from acceptance and cost model; guard vs AR"
+    adaptive = True
+
+    def __init__(
+        self,
+        shape: str = "OLMoE-1B-7B",
+        gpu: str = "H200",
+        cost_model: str = "calibrated",
+        guard: bool = True,
+        margin: float = 0.05,
+        measure: bool = False,
+        window: int = 24,
+        levels: int = 8,
+        prior: float = 4.0,
+        replan_every: int = 8,
+        warmup: int = 2,
+        probe: int = 16,
+    ) -> None:
+        super().__init__()
+        try:
+            self.shape = get_shape(shape)
+            self.cost = get_cost_model(cost_model, gpu)
+        except ValueError as exc:
+            raise PolicyError(f"auto: {exc}") from None
+        for name, value in (("guard", guard), ("measure", measure)):
+            _check(name, value, isinstance(value, bool), "true or false")
+        num = (int, float)
+        _check("margin", margin, isinstance(margin, num) and 0 <= margin < 1, "0 <= margin < 1")
+        _check("prior", prior, isinstance(prior, num) and prior > 0, "a number > 0")
+        for name, value, low in (
+            ("window", window, 1),
+            ("levels", levels, 2),
+            ("replan_every", replan_every, 1),
+            ("warmup", warmup, 1),
+            ("probe", probe, 1),
+        ):
+            _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
+        self.options = dict(
+            guard=guard,
+            margin=float(margin),
+            measure=measure,
+            levels=levels,
+            replan_every=replan_every,
+            warmup=warmup,
+            probe=probe,
+        )
+        self.window, self.prior = window, float(prior)
+        self.controller: Guard | None = None
+        self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
+        self.device_state: dict[str, torch.Tensor] = {}
+        self.record_routing = True  # keep each layer's ranking for observe() (eager engines)
+        self.rank_LE: dict[int, torch.Tensor] = {}
+        self.ids_LNK: dict[int, torch.Tensor] = {}
+        self.repair = False
+        self.tree: tuple[int, int, int] | None = None
+        self.budget_host_L: np.ndarray | None = None  # what the device tensor holds
+        self.tables_at = 0  # the controller's replan count the calibration tables are from
+
+    # -- inside the forward (graph-safe) -----------------------------------------------
+    def accept_T(self, record: RoutingRecord) -> torch.Tensor:
+        state = self.device_state
+        if not state:
+            return super().accept_T(record)
+        if record.path_logprob_T is not None:
+            lp_T = record.path_logprob_T.float().clamp(max=0.0)
+            return state["accept_B"][torch.bucketize(lp_T, state["edges"], right=True)]
+        if record.depth_T is not None:
+            reach_D = state["reach_D"]
+            return reach_D[record.depth_T.long().clamp(0, reach_D.numel() - 1)]
+        return super().accept_T(record)
+
+    def keep(self, record: RoutingRecord, budget: int) -> torch.Tensor:
+        device = record.router_logits_TE.device
+        self.prepare(record.num_layers, record.num_experts, record.top_k, budget, device)
+        scores_E = self.checked_scores(record)
+        rank_E = expert_rank_E(scores_E, record.used_E())
+        if self.record_routing:
+            self.rank_LE[record.layer_idx] = rank_E
+            self.ids_LNK[record.layer_idx] = record.topk_ids_TK
+        return rank_E < self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
+
+    # -- between steps ------------------------------------------------------------------
+    def prepare(
+        self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
+    ) -> None:
+        """Create the device state (a server calls this before capturing graphs)."""
+        if self.device_state:
+            return
+        cap = min(cap, num_experts)
+        self.dims = (num_layers, num_experts, top_k, cap)
+        est = self.estimates()
+        self.budget_host_L = np.full(num_layers, cap, dtype=np.int64)
+        self.device_state = {
+            "budget_L": torch.full((num_layers,), cap, dtype=torch.long, device=device),
+            "edges": torch.tensor(est.logprob_edges(), dtype=torch.float32, device=device),
+            "accept_B": torch.tensor(est.accept_B(), dtype=torch.float32, device=device),
+            "reach_D": torch.tensor(reach_cum(est), dtype=torch.float32, device=device),
+        }
+
+    def estimates(self) -> AcceptanceEstimates:
+        if self.controller is not None:
+            return self.controller.est
+        L, E, _, _ = self.dims
+        trees = candidate_trees(*self.tree) if self.tree else [(32, 8, 6)]
+        return AcceptanceEstimates(L, E, [n for n, _, _ in trees], self.window, prior=self.prior)
+
+    def build_controller(self) -> Guard:
+        L, E, K, cap = self.dims
+        trees = candidate_trees(*self.tree)
+        cost = StepCost(self.cost, self.shape, K, E, trees)
+        est = AcceptanceEstimates(L, E, [n for n, _, _ in trees], self.window, prior=self.prior)
+        return Guard(est, cost, K, cap, repair=self.repair, **self.options)
+
+    def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:
+        if self.tree is None:
+            self.tree, self.repair = tuple(tree), repair
+        if self.controller is None and self.dims is not None:
+            self.controller = self.build_controller()
+        if self.controller is None:
+            return StepPlan(TREE, *self.tree, "warm-up (no verify step seen yet)")
+        plan = self.controller.plan()
+        if plan.kind == TREE and not np.array_equal(self.controller.budget_L, self.budget_host_L):
+            self.budget_host_L = self.controller.budget_L.copy()
+            self.device_state["budget_L"].copy_(torch.from_numpy(self.budget_host_L))
+        if self.controller.replans != self.tables_at:  # new estimates: refresh the tables
+            self.tables_at = self.controller.replans
+            est = self.controller.est
+            self.device_state["accept_B"].copy_(torch.from_numpy(est.accept_B()).float())
+            self.device_state["reach_D"].copy_(torch.from_numpy(reach_cum(est)).float())
+        return plan
+
+    def observe(self, outcome: StepOutcome) -> None:
+        if self.controller is None and self.dims is not None:
+            self.controller = self.build_controller()
+        if self.controller is None:
+            return
+        rank_LE = ids_LNK = None
+        if outcome.kind == TREE and len(self.rank_LE) == self.dims[0]:
+            rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
+            ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
+        self.rank_LE, self.ids_LNK = {}, {}
+        self.controller.observe(outcome, rank_LE, ids_LNK)
+
+
+def reach_cum(est: AcceptanceEstimates) -> np.ndarray:
+    """float ``[depths]``: estimated P(the accepted path reaches depth d), a running product."""
+    return np.cumprod(est.reach_D())
+
+
+@hookimpl
+def register_policies(register):
+    register(Auto)

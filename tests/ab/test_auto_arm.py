@@ -1,0 +1,49 @@
+"""An ``auto`` arm in ``moe-spec ab``: no budget needed, guard decisions in the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moe_spec.ab.configs import RunConfig, parse_config
+from moe_spec.ab.records import RunRecord, Step
+from moe_spec.ab.stats import Modeled, modeled_pair
+from moe_spec.cli import main
+from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
+
+
+def test_auto_takes_no_budget_and_labels_its_options():
+    (config,) = parse_config("auto:repair=true,opt.shape=Qwen3-30B-A3B")
+    assert config.budget is None and config.label == "auto shape=Qwen3-30B-A3B repair"
+    with pytest.raises(ValueError, match="a budget is required"):
+        RunConfig("router-mass")
+
+
+def test_a_guard_decoded_step_is_priced_as_an_autoregressive_decode():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    steps = [Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")] * 5
+    record = RunRecord("auto", 0, 0, [1] * 5, 1.0, steps)
+    m = Modeled(get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B"))
+    tokens, seconds = modeled_pair(record, RunConfig("auto"), info, m)
+    ar = autoregressive_tokens_per_s(m.cost.gpu, m.shape, overheads=m.cost.overheads)
+    assert tokens / seconds == pytest.approx(ar, rel=1e-12)
+
+
+def test_the_report_shows_the_guards_decisions(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def apply(budget):"}\n{"prompt": "return ids, weights"}\n')
+    out = tmp_path / "out"
+    args = ["ab", "--checkpoint", str(tiny_dir), "--prompts", str(prompts), "--out", str(out)]
+    args += ["--config", "autoregressive", "--config", "auto", "--num-tokens", "8"]
+    args += ["--width", "4", "--depth", "3", "--max-new-tokens", "40", "--no-progress"]
+    args += ["--model-shape", "OLMoE-1B-7B", "--gpu", "H200"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "guard AR" in printed
+    results = json.loads((out / "results.json").read_text())
+    auto = next(c for c in results["configs"] if c["label"] == "auto tree=8/4/3")
+    assert auto["metrics"]["guard_autoregressive"] > 0.5  # a random draft: decoding wins
+    assert all("autoregressive" in why for why in auto["guard_reasons"])
+    report = (out / "report.md").read_text()
+    assert "The guard's last decision per prompt" in report

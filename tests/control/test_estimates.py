@@ -1,0 +1,87 @@
+"""AcceptanceEstimates against a tree worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from moe_spec.control import AcceptanceEstimates, StepOutcome, candidate_trees
+
+# root 0; nodes 1 (q=.62) and 2 (q=.33) below it; node 3 (q=.47) below node 1
+LOGPROB_N = torch.tensor([0.0, math.log(0.62), math.log(0.33), math.log(0.47)])
+DEPTH_N = torch.tensor([0, 1, 1, 2])
+PATH = [0, 1, 3]
+RANK_LE = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])  # layer 0: expert e ranks e-th
+IDS_LNK = torch.tensor([[0, 2, 1, 3], [0, 1, 2, 3]])[..., None]  # top-1 of each node
+
+
+def observed() -> AcceptanceEstimates:
+    est = AcceptanceEstimates(2, 4, [4, 2], window=8, bins=10, prior=4.0)
+    outcome = StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2))
+    est.observe(outcome, RANK_LE, IDS_LNK)
+    return est
+
+
+def test_calibration_is_counts_with_a_prior_at_the_bin_centre():
+    want = (np.arange(10) + 0.5) / 10
+    want[6] = (1 + 4 * 0.65) / 5  # node 1: q=.62, accepted
+    want[3] = (0 + 4 * 0.35) / 5  # node 2: q=.33, rejected
+    want[4] = (1 + 4 * 0.45) / 5  # node 3: q=.47, accepted
+    np.testing.assert_allclose(observed().accept_B(), want)
+
+
+def test_bins_and_log_edges_agree_with_bucketize():
+    est = observed()
+    lp = torch.log(torch.tensor([0.05, 0.15, 0.62, 0.99, 1.0]))
+    got = torch.bucketize(lp, torch.tensor(est.logprob_edges()), right=True)
+    assert got.tolist() == est.bin_of(lp.numpy()).tolist() == [0, 1, 6, 9, 9]
+
+
+def test_acceptance_per_depth():
+    reach_D = observed().reach_D()
+    assert reach_D[:4].tolist() == [1.0, 1.5 / 2, 1.5 / 2, 0.5]  # prior 1/2 where unseen
+
+
+def test_window_step_needs_committed_and_used_counts():
+    (step,) = observed().window
+    # layer 0: path experts 0, 2, 3 rank 0, 2, 3 -> budgets 1, 3, 4; layer 1: 0, 1, 3 rank
+    # 3, 2, 0 -> 4, 3, 1, a running maximum along the path -> 4, 4, 4
+    assert step.need_LP.tolist() == [[1, 3, 4], [4, 4, 4]]
+    # nodes by path probability: 0, 1, 3, 2; the 2 best hold the path's first 2 nodes
+    assert step.committed_C.tolist() == [3, 2]
+    assert step.used_CL.tolist() == [[4, 4], [2, 2]]
+
+
+def test_a_smaller_tree_says_nothing_about_a_larger_candidate():
+    est = AcceptanceEstimates(2, 4, [8, 4], window=8)
+    est.observe(StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
+    assert est.window[0].committed_C.tolist() == [-1, 3]
+    exact_SLB, committed_S, _ = est.arrays(0)
+    assert committed_S.size == 0 and exact_SLB.shape == (0, 2, 5)
+    exact_SLB, committed_S, used_SL = est.arrays(1)
+    # needs 1, 3, 4 and 4, 4, 4: positions kept by budgets 0..4
+    assert exact_SLB[0].tolist() == [[0, 1, 1, 2, 3], [0, 0, 0, 0, 3]]
+    assert committed_S.tolist() == [3] and used_SL.tolist() == [[4, 4]]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="window >= 1"):
+        AcceptanceEstimates(2, 4, [4], window=0)
+
+
+def test_candidate_trees_halve_down_to_four_tokens():
+    assert candidate_trees(32, 8, 6) == [(32, 8, 6), (16, 8, 6), (8, 7, 6), (4, 3, 3)]
+    assert candidate_trees(3, 2, 2) == [(3, 2, 2)]
+
+
+def test_a_candidate_that_ran_often_enough_is_judged_by_its_own_steps():
+    est = AcceptanceEstimates(2, 4, [4, 2], window=8)
+    est.observe(StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
+    small = StepOutcome("tree", [0], DEPTH_N[:2], LOGPROB_N[:2], (2, 1, 1))  # draft rejected
+    for n in range(4):
+        assert est.arrays(1)[1].tolist() == [2] + [1] * n  # the larger tree's guess stays in
+        est.observe(small, RANK_LE, IDS_LNK[:, :2])
+    assert est.arrays(1)[1].tolist() == [1, 1, 1, 1]  # four of its own: only those

@@ -1,0 +1,70 @@
+"""The guard's hysteresis and probes, on predictions given by hand."""
+
+from __future__ import annotations
+
+import torch
+
+from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome
+from moe_spec.costmodel import get_cost_model, get_shape
+
+TREES = [(8, 4, 3), (4, 3, 3)]
+
+
+def guard(**options) -> Guard:
+    est = AcceptanceEstimates(2, 8, [n for n, _, _ in TREES])
+    cost = StepCost(get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B"), 2, 8, TREES)
+    return Guard(est, cost, 2, 8, **options)
+
+
+def test_switches_only_when_another_arm_wins_by_more_than_the_margin():
+    g = guard(margin=0.1)
+    g.switch({0: 100.0, 1: 90.0, -1: 109.0})
+    assert g.choice == 0 and g.why.startswith("keeps tree 8/4/3")
+    g.switch({0: 100.0, 1: 90.0, -1: 111.0})
+    assert g.choice == -1 and g.why.startswith("switched to autoregressive")
+    g.switch({0: 109.0, 1: 90.0, -1: 100.0})  # the tree is better, but not by the margin
+    assert g.choice == -1
+    g.switch({0: 120.0, 1: 90.0, -1: 100.0})
+    assert g.choice == 0 and "tree 8/4/3" in g.why
+
+
+def test_probes_the_full_tree_and_backs_off_when_it_does_not_win():
+    g = guard(probe=2, max_probe=8, warmup=1)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 100.0, -1: 110.0}  # decoding always predicted a little faster
+    kinds = []
+    for _ in range(20):
+        plan = g.plan()
+        kinds.append("T" if plan.kind == "tree" else "a")
+        if plan.kind == "tree":
+            lp = torch.tensor([0.0, -1.0])
+            g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, plan.tree))
+        else:
+            g.observe(StepOutcome("autoregressive", [0]))
+    # probes after 2, then 4, then 8 (the cap) decoding steps
+    assert "".join(kinds) == "aaTaaaaTaaaaaaaaTaaa"
+    assert g.probe_every == 8
+
+
+def test_without_the_guard_only_the_full_tree_is_planned():
+    g = guard(guard=False, warmup=1)
+    g.tree_steps = 1
+    g.predict = lambda: {0: 100.0}
+    assert {g.plan().kind for _ in range(5)} == {"tree"}
+
+
+def test_the_further_behind_the_full_tree_the_rarer_the_probe():
+    g = guard(probe=2, max_probe=64, warmup=1)
+    g.tree_steps = 1
+    g.predict = lambda: {0: 100.0, -1: 300.0}  # decoding 3x faster: probe after 2 * 3**2
+    kinds = []
+    for _ in range(20):
+        plan = g.plan()
+        kinds.append("T" if plan.kind == "tree" else "a")
+        if plan.kind == "tree":
+            lp = torch.tensor([0.0, -1.0])
+            g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, plan.tree))
+        else:
+            g.observe(StepOutcome("autoregressive", [0]))
+    assert "".join(kinds) == "a" * 18 + "Ta"
+    assert g.probe_every == 36  # doubled after the probe lost

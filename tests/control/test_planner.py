@@ -1,0 +1,97 @@
+"""The planner's predicted throughput against a per-step loop, and its budget choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe_spec.control.cost import StepCost
+from moe_spec.control.estimates import exact_table
+from moe_spec.control.planner import best_budgets, budget_levels, throughput_V
+from moe_spec.costmodel import get_cost_model, get_shape
+
+
+def tiny_cost() -> StepCost:
+    return StepCost(
+        get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B"), 2, 8, [(8, 4, 3)]
+    )
+
+
+def loop_throughput(cost, need_SLP, committed_S, used_SL, B_L, repair) -> float:
+    """The planner's rule written one step at a time."""
+    tokens = seconds = 0.0
+    for need_LP, c, used_L in zip(need_SLP, committed_S, used_SL, strict=True):
+        exact = 0
+        for p in range(need_LP.shape[1]):
+            if all(need_LP[layer, p] <= B_L[layer] for layer in range(len(B_L))):
+                exact += 1
+            else:
+                break
+        exact = min(exact, c)
+        got, tail = (c, c - exact) if repair else (min(c, exact + 1), 0)
+        read = np.mean([min(b, u) for b, u in zip(B_L, used_L, strict=True)])
+        tokens += got
+        seconds += float(cost.tree_seconds(0, np.array(read), np.array(tail)))
+    return tokens / seconds
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_throughput_matches_the_loop(repair):
+    rng = np.random.default_rng(0)
+    S, L, P = 40, 3, 4
+    need_SLP = np.maximum.accumulate(rng.integers(1, 9, (S, L, P)), axis=2)
+    committed_S = rng.integers(1, P + 1, S)
+    used_SL = rng.integers(2, 9, (S, L))
+    B_VL = rng.integers(2, 9, (7, L))
+    cost = tiny_cost()
+    exact_SLB = np.stack([exact_table(need_LP, 8) for need_LP in need_SLP])
+    got = throughput_V(cost, 0, exact_SLB, committed_S, used_SL, B_VL, repair)
+    want = [loop_throughput(cost, need_SLP, committed_S, used_SL, B, repair) for B in B_VL]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def hand_cost(verify_D, repair_per_token: float) -> StepCost:
+    cost = tiny_cost()
+    cost.draft_C[:] = 0.0
+    cost.verify_CD[0] = verify_D
+    cost.repair_Q = repair_per_token * np.arange(cost.repair_Q.size, dtype=float)
+    return cost
+
+
+WINDOW = (
+    exact_table(np.array([[1, 3, 3], [1, 1, 5]]), 8)[None],  # layer 0 needs 1, 3, 3; 1: 1, 1, 5
+    np.array([3]),
+    np.array([[8, 8]]),
+)
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_budgeting_that_does_not_pay_keeps_every_expert(repair):
+    flat = hand_cost(np.ones(9), repair_per_token=1.0)  # reading fewer experts saves nothing
+    B_L, tp = best_budgets(flat, 0, WINDOW, budget_levels(2, 8, 8), repair)
+    assert B_L.tolist() == [8, 8] and tp == pytest.approx(3.0)
+
+
+def test_budgeting_that_pays_keeps_what_the_path_needs_per_layer():
+    linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)  # time = experts read
+    B_L, tp = best_budgets(linear, 0, WINDOW, np.arange(1, 9), repair=True)
+    assert B_L.tolist() == [3, 5]  # the least that keeps the path whole in each layer
+    assert tp == pytest.approx(3 / 4)
+
+
+def test_budget_levels_span_top_k_to_the_cap():
+    assert budget_levels(4, 32, 8).tolist() == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert budget_levels(2, 3, 8).tolist() == [2, 3]
+
+
+def test_exact_table_counts_the_kept_prefix():
+    table = exact_table(np.array([[1, 3, 3], [2, 2, 9]]), 9)
+    assert table.tolist() == [[0, 1, 1, 3, 3, 3, 3, 3, 3, 3], [0, 0, 2, 2, 2, 2, 2, 2, 2, 3]]
+
+
+def test_a_smaller_budget_only_a_hair_faster_is_not_taken():
+    nearly_flat = hand_cost(1.0 + 0.001 * np.arange(9), repair_per_token=10.0)
+    B_L, _ = best_budgets(nearly_flat, 0, WINDOW, np.arange(1, 9), repair=True)
+    assert B_L.tolist() == [8, 8]  # (3, 5) would be 0.3% faster: within the 1% margin
+    B_L, _ = best_budgets(nearly_flat, 0, WINDOW, np.arange(1, 9), repair=True, min_gain=0.0)
+    assert B_L.tolist() == [3, 5]

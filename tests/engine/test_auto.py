@@ -1,0 +1,78 @@
+"""The ``auto`` policy in the reference engine: lossless with repair, and its guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_spec.costmodel import CostModel, Overheads
+from moe_spec.costmodel.gpus import GPU
+from moe_spec.engine.generate import SpecConfig
+from moe_spec.policies import get_policy
+
+PROMPTS = [[5, 17, 42, 8, 99, 3], [250, 12, 12, 12, 40, 41, 42, 43, 44]]
+TREE = {"width": 4, "depth": 4, "num_tokens": 16}
+NEW = 40
+
+
+def auto_spec(repair: bool = True, **options) -> SpecConfig:
+    return SpecConfig(**TREE, policy="auto", repair=repair, policy_options=options)
+
+
+def test_auto_with_repair_gives_the_unbudgeted_output_while_budgeting(tiny_engine):
+    budgeted = False
+    for prompt in PROMPTS:
+        want = tiny_engine.generate_speculative(prompt, NEW, SpecConfig(**TREE)).tokens
+        assert want == tiny_engine.generate_autoregressive(prompt, NEW).tokens
+        out = tiny_engine.generate_speculative(prompt, NEW, auto_spec(guard=False))
+        assert out.tokens == want
+        assert all(s.guard == "tree" and s.reason for s in out.steps)
+        budgeted |= any(
+            a < b
+            for s in out.steps
+            for a, b in zip(s.distinct_after_L, s.distinct_before_L, strict=True)
+        )
+    assert budgeted, "under the H200 cost model auto must read fewer experts somewhere"
+
+
+def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay(tiny_engine):
+    policy = get_policy("auto", guard=False)
+    free = GPU("free-experts", 1e30, 1e30, "test: bytes and FLOPs cost nothing")
+    policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3))
+    spec = auto_spec(repair=False, guard=False)
+    plain = tiny_engine.generate_speculative(PROMPTS[0], NEW, SpecConfig(**TREE))
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
+    assert out.tokens == plain.tokens
+    assert len(out.steps) > policy.controller.warmup  # it did plan, with budgets E
+    assert all(s.distinct_after_L == s.distinct_before_L for s in out.steps)
+    assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_the_guard_falls_back_to_autoregressive_when_speculation_cannot_win(
+    tiny_engine, temperature
+):
+    """A random draft is almost never accepted: a tree step commits ~1 token at more cost."""
+    for prompt in PROMPTS:
+        spec = SpecConfig(**TREE, policy="auto", temperature=temperature)
+        out = tiny_engine.generate_speculative(prompt, 80, spec, seed=3)
+        kinds = [s.guard for s in out.steps]
+        assert kinds[:2] == ["tree", "tree"]  # warm-up
+        assert kinds.count("autoregressive") > len(kinds) / 2
+        assert any(s.reason.startswith("switched to autoregressive") for s in out.steps)
+        assert any(s.reason.startswith("probe the full tree") for s in out.steps)
+        ar_steps = [s for s in out.steps if s.guard == "autoregressive"]
+        assert all(s.committed == 1 and s.num_tokens == 1 for s in ar_steps)
+        if temperature == 0:
+            assert out.tokens == tiny_engine.generate_autoregressive(prompt, 80).tokens
+
+
+def test_a_live_policy_must_be_the_spec_policy(tiny_engine):
+    with pytest.raises(ValueError, match="spec.policy is 'auto'"):
+        tiny_engine.generate_speculative(
+            PROMPTS[0], 4, auto_spec(), policy=get_policy("router-mass")
+        )
+
+
+def test_a_planning_policy_takes_no_tree_size(tiny_engine):
+    with pytest.raises(ValueError, match="plans its own steps"):
+        tiny_engine.generate_speculative(PROMPTS[0], 8, auto_spec(), tree_size=lambda s: (8, 4, 4))

@@ -1,0 +1,27 @@
+"""``auto`` on a transformers MoE target: lossless with repair, and the guard's fallback."""
+
+from __future__ import annotations
+
+from moe_spec.engine.generate import SpecConfig
+from moe_spec.integration.transformers import TransformersEngine
+
+from .test_engine import NEW, PROMPT, NoTokenizer, greedy_reference
+
+
+def test_auto_with_repair_is_exact_and_budgets(moe_model):
+    """The target drafting for itself is accepted often, so the guard stays on the tree."""
+    engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
+    spec = SpecConfig(3, 3, 8, policy="auto", repair=True, policy_options={"guard": False})
+    result = engine.generate_speculative(PROMPT, NEW, spec)
+    assert result.tokens == greedy_reference(moe_model)
+    assert all(s.guard == "tree" and s.reason for s in result.steps)
+    assert "predicted tok/s" in result.steps[-1].reason  # planned from the estimates
+
+
+def test_the_guard_falls_back_to_autoregressive_with_a_poor_draft(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    spec = SpecConfig(3, 3, 8, policy="auto")
+    result = engine.generate_speculative(PROMPT, 40, spec)
+    kinds = [s.guard for s in result.steps]
+    assert kinds.count("autoregressive") > len(kinds) / 2
+    assert result.tokens == engine.generate_autoregressive(PROMPT, 40).tokens

@@ -1,0 +1,87 @@
+"""``auto`` inside the forward: per-layer budgets from a device tensor, no host reads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moe_spec import get_policy
+from moe_spec.policies import PolicyError
+from moe_spec.policies.builtin import TokenPriority
+from tests.conftest import make_record
+from tests.host_sync import HostSyncRecorder
+
+
+def record(layer: int, T: int = 12, E: int = 16, K: int = 2):
+    g = torch.Generator().manual_seed(layer)
+    logprob_T = -torch.rand(T, generator=g) * 3
+    logprob_T[0] = 0.0
+    return make_record(
+        torch.randn(T, E, generator=g) * 2,
+        K,
+        depth_T=torch.cat((torch.zeros(1, dtype=torch.long), torch.randint(1, 4, (T - 1,)))),
+        path_logprob_T=logprob_T,
+        layer_idx=layer,
+        num_layers=2,
+    )
+
+
+def test_each_layer_keeps_its_own_budget_without_reading_the_device():
+    policy = get_policy("auto")
+    policy.validate = False
+    policy.prepare(2, 16, 2, 16, torch.device("cpu"))
+    policy.device_state["budget_L"].copy_(torch.tensor([3, 7]))
+    records = [record(layer) for layer in (0, 1)]
+    with HostSyncRecorder() as recorder:
+        kept = [policy.apply(r, 16).keep_E for r in records]
+    assert recorder.syncs == []
+    assert [int(k.sum()) for k in kept] == [3, 7]
+    assert policy.apply(record(1), 5).keep_E.sum() == 5  # the call's budget caps it
+
+
+def test_kept_experts_follow_calibrated_acceptance_weighted_mass():
+    """With a calibration table, auto ranks like token-priority with those weights."""
+    policy = get_policy("auto")
+    policy.prepare(2, 16, 2, 16, torch.device("cpu"))
+    table = torch.linspace(0.01, 0.99, 10) ** 3
+    policy.device_state["accept_B"].copy_(table)
+    policy.device_state["budget_L"].fill_(6)
+    r = record(0)
+    q_T = torch.exp(r.path_logprob_T)
+    weight_T = table[(q_T * 10).long().clamp(max=9)]
+
+    class Reference(TokenPriority):
+        def accept_T(self, rec):
+            return weight_T
+
+    want = Reference().apply(r, 6).keep_E
+    assert torch.equal(policy.apply(r, 16).keep_E, want)
+    bins = torch.bucketize(
+        r.path_logprob_T, torch.tensor([math.log(i / 10) for i in range(1, 10)]), right=True
+    )
+    assert torch.equal(bins, (q_T * 10).long().clamp(max=9))
+
+
+def test_records_each_layers_ranking_for_observe():
+    policy = get_policy("auto")
+    for layer in (0, 1):
+        policy.apply(record(layer), 16)
+    assert sorted(policy.rank_LE) == [0, 1] and policy.rank_LE[0].shape == (16,)
+    assert policy.ids_LNK[1].shape == (12, 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"margin": 1.5}, "margin is 1.5"),
+        ({"window": 0}, "window is 0"),
+        ({"guard": "yes"}, "guard is 'yes'"),
+        ({"shape": "GPT-5"}, "unknown model shape"),
+        ({"cost_model": "magic"}, "unknown cost model"),
+    ],
+)
+def test_bad_options_are_refused_by_name(options, match):
+    with pytest.raises(PolicyError, match=match):
+        get_policy("auto", **options)
