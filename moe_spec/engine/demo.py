@@ -186,10 +186,26 @@ def write_outputs(rows: Sequence[ConfigResult], out_dir: Path, meta: dict) -> tu
     fig, (ax_acc, ax_exp) = plt.subplots(1, 2, figsize=(11, 4.2))
     budgeted = [r for r in rows if r.budget is not None]
     unbudgeted = next(r for r in rows if r.policy == "none")
-    for policy in dict.fromkeys(r.policy for r in budgeted):
-        pts = sorted(((r.budget, r) for r in budgeted if r.policy == policy), key=lambda p: p[0])
-        ax_acc.plot([b for b, _ in pts], [r.acceptance_length for _, r in pts], "o-", label=policy)
-        ax_exp.plot([b for b, _ in pts], [r.distinct_after for _, r in pts], "o-", label=policy)
+
+    def arm(r: ConfigResult) -> str:  # the label without its budget: "draft-path repair"
+        return r.label.replace(f" B={r.budget}", "")
+
+    arms = list(dict.fromkeys(arm(r) for r in budgeted))
+    for i, name in enumerate(arms):
+        pts = sorted(((r.budget, r) for r in budgeted if arm(r) == name), key=lambda p: p[0])
+        style = dict(
+            marker="osD^vP*X"[i % 8],
+            markersize=11 - 2 * (i % 4),  # equal points stay visible one over another
+            fillstyle="none" if "repair" in name else "full",
+            label=name,
+        )
+        ax_acc.plot([b for b, _ in pts], [r.acceptance_length for _, r in pts], "-", **style)
+        ax_exp.plot([b for b, _ in pts], [r.distinct_after for _, r in pts], "-", **style)
+    budgets = sorted({r.budget for r in budgeted})
+    for ax in (ax_acc, ax_exp):
+        ax.set_xticks(budgets)  # integer budgets only
+        if len(budgets) == 1:
+            ax.set_xlim(budgets[0] - 4, budgets[0] + 4)
     ax_acc.axhline(unbudgeted.acceptance_length, color="k", ls="--", label="unbudgeted")
     ax_exp.axhline(unbudgeted.distinct_before, color="k", ls="--", label="unbudgeted")
     ax_exp.axhline(unbudgeted.distinct_path, color="grey", ls=":", label="accepted-path floor")
