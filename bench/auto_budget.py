@@ -43,12 +43,10 @@ TREE = SpecConfig()  # 32 tokens, width 8, depth 6
 
 
 def load(args):
-    if args.model:
-        from moe_spec.integration.transformers import load_engine
-        from moe_spec.models import model_path
+    if args.model:  # fp32 on a CPU: transformers' bf16 grouped_mm refuses 12-neuron experts
+        from moe_spec.models.registry import open_engine
 
-        path = model_path(args.model)
-        return load_engine(str(path), str(path / "eagle"), device="cpu")
+        return open_engine(args.model)[0]
     from moe_spec.engine.checkpoint import load_checkpoint
     from moe_spec.engine.generate import Engine
 
