@@ -108,11 +108,7 @@ def cmd_quality(args) -> dict:
             if i < args.show:
                 show(f"prompt {i} {name}", tok.decode(new))
         toy_ids = toy.tokenizer.encode(prompt).ids
-        new = (
-            Engine(toy.target, toy.draft, toy.tokenizer)
-            .generate_autoregressive(toy_ids, args.max_new_tokens)
-            .tokens
-        )
+        new = Engine(toy).generate_autoregressive(toy_ids, args.max_new_tokens).tokens
         shares["toy"].append(repeated_ngram_share(new, 5))
         if i < args.show:
             show(f"prompt {i} toy", toy.tokenizer.decode(new))
