@@ -260,8 +260,9 @@ class Engine:
                     plan.reason,
                 )
             )
-            exact = exact_prefix(path, verify.exact_T()) if spec.repair else None
-            policy.observe(StepOutcome(TREE, path, tree.depth_N, tree.logprob_N, plan.tree, exact))
+            policy.observe(
+                StepOutcome(TREE, path, tree.depth_N, tree.logprob_N, plan.tree, verify.exact_path)
+            )
             out.extend(new_tokens)
             root = bonus
             pending_QD, pending = [path_feature_QD], new_tokens
@@ -316,6 +317,7 @@ class Engine:
         result = self.target(tree.tokens_N[None], positions_N, cache, mask, budget)
         path, bonus = accept(tree, result.logits_BQV[0], spec.temperature, g)
         exact = exact_prefix(path, budget.exact_T()) if spec.repair else len(path)
+        budget.exact_path = exact if spec.repair else None  # read once; the policy sees it
         path_N = torch.tensor(path[:exact], dtype=torch.long)
         cache.commit(path_N)
         feature_QD = result.feature_BQD[0, path_N]

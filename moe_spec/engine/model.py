@@ -101,6 +101,7 @@ class VerifyBudget:
     ids_before_LTK: list[torch.Tensor] = field(default_factory=list)
     ids_after_LTK: list[torch.Tensor] = field(default_factory=list)
     exact_LT: list[torch.Tensor] = field(default_factory=list)
+    exact_path: int | None = None  # with track_exact: the accepted path's exact prefix length
 
     def note_unbudgeted(self, ids_TK: torch.Tensor) -> None:
         """A layer the budget cannot touch (B >= E): its routing, unchanged and exact."""

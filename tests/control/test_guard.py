@@ -28,21 +28,27 @@ def test_switches_only_when_another_arm_wins_by_more_than_the_margin():
     assert g.choice == 0 and "tree 8/4/3" in g.why
 
 
-def test_probes_the_full_tree_and_backs_off_when_it_does_not_win():
-    g = guard(probe=2, max_probe=8, warmup=1)
-    g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 100.0, -1: 110.0}  # decoding always predicted a little faster
-    kinds = []
-    for _ in range(20):
+def run_steps(g, n: int) -> str:
+    """Plan and observe ``n`` steps (a tree step accepts only its root); "T" tree, "a" decode."""
+    kinds = ""
+    for _ in range(n):
         plan = g.plan()
-        kinds.append("T" if plan.kind == "tree" else "a")
+        kinds += "T" if plan.kind == "tree" else "a"
         if plan.kind == "tree":
             lp = torch.tensor([0.0, -1.0])
             g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, plan.tree))
         else:
             g.observe(StepOutcome("autoregressive", [0]))
+    return kinds
+
+
+def test_probes_the_full_tree_and_backs_off_when_it_does_not_win():
+    g = guard(probe=2, max_probe=8, warmup=1)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 100.0, -1: 110.0}  # decoding always predicted a little faster
+    kinds = run_steps(g, 20)
     # probes after 2, then 4, then 8 (the cap) decoding steps
-    assert "".join(kinds) == "aaTaaaaTaaaaaaaaTaaa"
+    assert kinds == "aaTaaaaTaaaaaaaaTaaa"
     assert g.probe_every == 8
 
 
@@ -57,14 +63,6 @@ def test_the_further_behind_the_full_tree_the_rarer_the_probe():
     g = guard(probe=2, max_probe=64, warmup=1)
     g.tree_steps = 1
     g.predict = lambda: {0: 100.0, -1: 300.0}  # decoding 3x faster: probe after 2 * 3**2
-    kinds = []
-    for _ in range(20):
-        plan = g.plan()
-        kinds.append("T" if plan.kind == "tree" else "a")
-        if plan.kind == "tree":
-            lp = torch.tensor([0.0, -1.0])
-            g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, plan.tree))
-        else:
-            g.observe(StepOutcome("autoregressive", [0]))
-    assert "".join(kinds) == "a" * 18 + "Ta"
+    kinds = run_steps(g, 20)
+    assert kinds == "a" * 18 + "Ta"
     assert g.probe_every == 36  # doubled after the probe lost

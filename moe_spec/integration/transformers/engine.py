@@ -212,9 +212,10 @@ class TransformersEngine:
                         plan.reason,
                     )
                 )
-                exact = exact_prefix(path, routing.exact_T()) if spec.repair else None
                 policy.observe(
-                    StepOutcome(TREE, path, tree.depth_N, tree.logprob_N, plan.tree, exact)
+                    StepOutcome(
+                        TREE, path, tree.depth_N, tree.logprob_N, plan.tree, routing.exact_path
+                    )
                 )
                 out.extend(new_tokens)
                 root = bonus
@@ -255,6 +256,7 @@ class TransformersEngine:
             logits_NV = run_tree(self.target, cache, tree).cpu()
         path, bonus = accept(tree, logits_NV, spec.temperature, g)
         exact = exact_prefix(path, routing.exact_T()) if spec.repair else len(path)
+        routing.exact_path = exact if spec.repair else None  # read once; the policy sees it
         path_N = torch.tensor(path[:exact], dtype=torch.long)
         keep_path(cache, prefix, path_N)
         feature_QD = features.last_BSD[0, path_N.to(device)]  # read before another forward
