@@ -19,12 +19,15 @@ logits, equal counts) resolve the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 from moe_spec.budget import BudgetedTopK, Mode
 from moe_spec.kernels.budget_select_torch import ScoreRule
+from moe_spec.kernels.dispatch import interpreter_enabled
 from moe_spec.routing import RoutingRecord
 
 RANK_CHUNK = 16  # experts ranked at a time (an [RANK_CHUNK, E] comparison)
@@ -212,8 +215,21 @@ def first_argmax(values, offs_e, BLOCK_E: tl.constexpr):
     return tl.min(candidates, axis=1)
 
 
+@dataclass(frozen=True)
+class SelectLaunch:
+    """Launch sizes of the two kernels; ``None``: the built-in rule (results do not change)."""
+
+    rewrite_block_t: int | None = None  # rows per rewrite program
+    score_warps: int | None = None
+    rewrite_warps: int | None = None
+
+
 def select_budget_triton(
-    record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode = "substitution"
+    record: RoutingRecord,
+    budget: int,
+    rule: ScoreRule,
+    mode: Mode = "substitution",
+    launch: SelectLaunch = SelectLaunch(),  # noqa: B008  (frozen, never mutated)
 ) -> tuple[BudgetedTopK, torch.Tensor]:
     """The Triton twin of :func:`~moe_spec.kernels.budget_select_torch.select_budget_torch`.
 
@@ -238,6 +254,12 @@ def select_budget_triton(
     keep_E = torch.empty(E, dtype=torch.int8, device=device)
     block_e = max(triton.next_power_of_2(E), RANK_CHUNK)
     block_t = max(min(triton.next_power_of_2(T), 16), 2)
+    # Launch sizes measured on an H200 (bench/gpu_tune.py --only-selection, BENCHMARKS.md):
+    # 8 warps score E=128 twice as fast as 4; rewrites of 4 rows per program beat 16.
+    # The interpreter runs programs one by one, so there few large programs win.
+    score_warps = 4 if block_e <= 64 else 8
+    rewrite_warps = 2 if block_e <= 64 else 4 if block_e <= 128 else 8
+    rewrite_t = block_t if interpreter_enabled() else min(block_t, 4)
     sigmoid = record.scoring == "sigmoid"
     score_keep_kernel[(1,)](
         logits_TE, ids_TK, valid_T, weight_T, root_T, scores_E, used_E, keep_E,
@@ -245,16 +267,17 @@ def select_budget_triton(
         K=K, BLOCK_T=block_t, BLOCK_E=block_e, RANK_CHUNK=RANK_CHUNK,
         MASS=rule.kind == "mass", SIGMOID=sigmoid,
         HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
-        num_warps=4 if block_e <= 128 else 8,
+        num_warps=launch.score_warps or score_warps,
     )  # fmt: skip
     out_ids_TK = torch.empty_like(ids_TK)
     out_weights_TK = torch.empty_like(weights_TK)
-    rewrite_topk_kernel[(triton.cdiv(T, block_t),)](
+    rewrite_t = launch.rewrite_block_t or rewrite_t
+    rewrite_topk_kernel[(triton.cdiv(T, rewrite_t),)](
         logits_TE, ids_TK, weights_TK, bias_E, keep_E, out_ids_TK, out_weights_TK,
         T, E, logits_TE.stride(0), ids_TK.stride(0), weights_TK.stride(0),
-        K=K, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(K),
+        K=K, BLOCK_T=rewrite_t, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(K),
         SIGMOID=sigmoid, HAS_BIAS=record.correction_bias_E is not None,
         RENORMALIZE=record.renormalize, TRUNCATE=mode == "truncation",
-        num_warps=4 if block_e <= 128 else 8,
+        num_warps=launch.rewrite_warps or rewrite_warps,
     )  # fmt: skip
     return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.bool()), scores_E

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from moe_spec.kernels.checks import check_moe_shapes
-from moe_spec.kernels.configs import moe_block_config
+from moe_spec.kernels.configs import MoeBlockConfig, moe_block_config
 from moe_spec.kernels.dispatch import interpreter_enabled
 from moe_spec.kernels.moe_align import align_block_size
 
@@ -143,8 +143,11 @@ def fused_moe_triton(
     w2_EDF: torch.Tensor,
     topk_ids_TK: torch.Tensor,
     topk_weights_TK: torch.Tensor,
+    config: MoeBlockConfig | None = None,
 ) -> torch.Tensor:
     """The fused MoE of :func:`moe_spec.kernels.fused_moe` on Triton; ``[T, D]`` in x's dtype.
+
+    ``config``: block sizes to use instead of the device table's (``bench/gpu_tune.py``).
 
     Ids outside ``[0, E)`` are checked only for CPU (interpreted) tensors: on
     CUDA the check would be a host synchronisation.
@@ -156,7 +159,7 @@ def fused_moe_triton(
     E, F = w13_EFD.shape[0], w13_EFD.shape[1] // 2
     K = topk_ids_TK.shape[1]
     N = T * K
-    config = moe_block_config(N, E, x_TD.dtype, x_TD.device)
+    config = config or moe_block_config(N, E, x_TD.dtype, x_TD.device)
     aligned = align_block_size(topk_ids_TK, E, config.block_m)
     x_TD, w13_EFD, w2_EDF = x_TD.contiguous(), w13_EFD.contiguous(), w2_EDF.contiguous()
     weights_N = topk_weights_TK.reshape(-1).contiguous()
