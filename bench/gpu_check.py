@@ -1,29 +1,41 @@
-"""One prepared GPU check of the moe-spec kernels: compile, check against torch, time.
+"""One prepared GPU check of moe-spec: compile, check against torch, time real-shaped steps.
 
 Shape legend: T tokens, E experts, K top-k, B budget, D model dim, F expert dim;
 U distinct experts read.
 
 On a machine with an NVIDIA GPU and only PyTorch and Triton installed (run
-from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit):
+from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
+50 s on an H200):
 
 1. compiles the Triton kernels and checks them on CUDA against the torch
    references: the fused MoE (fp32, fp16, bf16; awkward and real shapes) and
-   budget selection (exact ids and kept sets; weights within tolerance);
-2. captures budget selection + fused MoE in a CUDA graph and replays it;
-3. times the fused MoE at OLMoE-1B-7B and Qwen3-30B-A3B shapes (bf16, T in
-   {32, 64}) versus distinct experts U, budgeted (B in {16, 32, 64}) versus
-   unbudgeted on skewed routing, and the selection kernel's share of the layer;
-4. prints Markdown tables to paste into BENCHMARKS.md, with date and GPU.
+   budget selection (exact ids and kept sets; weights within tolerance), and
+   captures selection + fused MoE in a CUDA graph and replays it;
+2. builds OLMoE-1B-7B- and Qwen3-30B-A3B-shaped models with random bf16 weights
+   on the GPU (``bench/gpu_model.py``; no download) and times one decode step and
+   verify steps of 32 and 64 tree tokens, routing steered to the paper's
+   distinct-expert counts, unbudgeted and at two budgets each, eagerly and
+   replayed from CUDA graphs (each replay checked against eager); these are the
+   points ``moe_spec.costmodel.measured`` fits (``--json`` writes them);
+3. splits the budget selection's cost out of a captured verify: the selections
+   alone, the routed experts alone, as shares of the MoE and of the verify;
+4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
+   check's machine) and the fused MoE kernel against U, budgeted and not, each
+   call replayed from a CUDA graph;
+5. prints it all as Markdown, headed ``moe-spec GPU check: <GPU>``, with the date.
 
 Exits 2 with a message when no GPU is visible, 1 when a check fails.
 ``--interpret`` runs the same code paths on CPU under Triton's interpreter with
-tiny shapes (to test this script; its timings mean nothing).
+tiny shapes (to test this script; its timings mean nothing, and its "graphs" are
+eager re-runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import json
 import os
 import statistics
 import sys
@@ -40,6 +52,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+import gpu_model  # noqa: E402
 from moe_bench_common import (  # noqa: E402
     MODEL_SHAPES,
     MoeShape,
@@ -52,6 +65,7 @@ from moe_bench_common import (  # noqa: E402
 
 TINY_SHAPES = {"tiny": MoeShape("tiny E=16", E=16, K=2, D=64, F=48)}
 BUDGETS = (4, 8, 16, 32, 64)  # those with K <= B < E are timed
+CONTEXT = 1024  # committed tokens in the KV cache (the cost model's DEFAULT_CONTEXT)
 FAILURES: list[str] = []
 
 
@@ -205,6 +219,12 @@ def bench_fn(fn: Callable[[], object], interpret: bool) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
 
 
+def bench_graph(fn: Callable[[], object], interpret: bool) -> float:
+    """Median milliseconds of ``fn`` replayed from a CUDA graph (launch overhead left out)."""
+    replay, _ = capture(fn, interpret)
+    return bench_fn(replay, interpret)
+
+
 def time_shapes(
     shapes: dict[str, MoeShape], tokens: list[int], device: str, interpret: bool
 ) -> list[str]:
@@ -237,12 +257,12 @@ def time_distinct(
     rows = []
     for u in grid:
         ids_TK, weights_TK = (t.to(device) for t in uniform_routing(T, shape.E, shape.K, u, u))
-        ms = bench_fn(lambda: fused_moe_triton(*layer, ids_TK, weights_TK), interpret)  # noqa: B023
+        ms = bench_graph(lambda: fused_moe_triton(*layer, ids_TK, weights_TK), interpret)  # noqa: B023
         ms_torch = bench_fn(lambda: fused_moe_torch(*layer, ids_TK, weights_TK), interpret)  # noqa: B023
         rows.append((u, ms, ms_torch))
     table = [
         f"\n{shape.name}, T={T}, bf16: fused MoE time versus distinct experts U\n",
-        "| U | Triton ms | GB/s of weights | t(U)/t(E) | U/E | torch grouped ms |",
+        "| U | Triton ms | GB/s of weights | t(U)/t(E) | U/E | torch ms (eager, syncs) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for u, ms, ms_torch in rows:
@@ -267,7 +287,7 @@ def time_budgets(
     ids_TK, weights_TK = model_topk(logits_TE, shape.K)
     record = RoutingRecord(logits_TE, ids_TK, weights_TK)
     rule = ScoreRule("mass")
-    base_ms = bench_fn(lambda: fused_moe_triton(*layer, ids_TK, weights_TK), interpret)
+    base_ms = bench_graph(lambda: fused_moe_triton(*layer, ids_TK, weights_TK), interpret)
     U = distinct(ids_TK)
     table = [
         f"\n{shape.name}, T={T}, bf16: budgeted (router-mass) / unbudgeted, skewed routing\n",
@@ -277,17 +297,176 @@ def time_budgets(
     ]
     for B in [b for b in BUDGETS if shape.K <= b < shape.E]:
         out, _ = select_budget_triton(record, B, rule)
-        ms = bench_fn(
+        ms = bench_graph(
             lambda: fused_moe_triton(*layer, out.topk_ids_TK, out.topk_weights_TK),  # noqa: B023
             interpret,
         )
-        sel_ms = bench_fn(lambda: select_budget_triton(record, B, rule), interpret)  # noqa: B023
+        sel_ms = bench_graph(lambda: select_budget_triton(record, B, rule), interpret)  # noqa: B023
         read = distinct(out.topk_ids_TK)
         table.append(
             f"| {B} | {U} | {read} | {base_ms:.3f} | {ms:.3f} | {ms / base_ms:.3f} | "
             f"{read / U:.3f} | {ms / base_ms / (read / U):.3f} | {sel_ms:.4f} | {sel_ms / ms:.1%} |"
         )
     return table
+
+
+def capture(fn: Callable[[], object], interpret: bool) -> tuple[Callable[[], object], object]:
+    """``fn`` captured in a CUDA graph after two warm-up runs: ``(replay, static output)``.
+
+    Under the interpreter (no CUDA) the "replay" runs ``fn`` eagerly, so the smoke run
+    goes through the same code; its timings mean nothing.
+    """
+    if interpret:
+        return fn, fn()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
+def mean_distinct(ids_per_layer: list[torch.Tensor]) -> float:
+    return statistics.fmean(distinct(ids_TK) for ids_TK in ids_per_layer)
+
+
+def time_model(
+    dims: gpu_model.ModelDims, tokens: list[int], device: str, interpret: bool, gpu: str
+) -> tuple[list[str], list[dict]]:
+    """Decode and verify steps of a random real-shaped model: eager and CUDA graph.
+
+    Returns the Markdown table and the measured points (``forward_seconds``, the form
+    ``moe_spec.costmodel.measured`` reads). Also checks each graph replay against eager,
+    and splits the budget selection's cost out of a captured verify.
+    """
+    model = gpu_model.RandomMoeModel(dims, device, CONTEXT, max(tokens))
+    model.steer_routing(max(tokens))
+    rows, points, splits = [], [], []
+    cases = [(1, None)] + [(T, B) for T in tokens for B in (None, *dims.budgets)]
+    for T, B in cases:
+        inputs = gpu_model.StepInputs.tree(model, T, seed=T)
+        logits_TV, ids = gpu_model.forward(model, inputs, B)
+        read = mean_distinct(ids)
+        timings = {"eager": bench_fn(lambda: gpu_model.forward(model, inputs, B), interpret)}  # noqa: B023
+        replay, (static_logits, _) = capture(lambda: gpu_model.forward(model, inputs, B), interpret)  # noqa: B023
+        replay()
+        check(
+            f"{dims.name} T={T} B={B or 'none'} graph replay",
+            torch.equal(static_logits, gpu_model.forward(model, inputs, B)[0]),
+            "logits equal eager",
+        )
+        timings["graph"] = bench_fn(replay, interpret)
+        del replay
+        rows.append((T, B, read, timings))
+        for stack, ms in timings.items():
+            points.append(
+                {
+                    "kind": "forward_seconds",
+                    "shape": dims.name,
+                    "gpu": gpu,
+                    "stack": stack,
+                    "num_tokens": T,
+                    "distinct": read,
+                    "budget": B,
+                    "context": CONTEXT,
+                    "value": ms / 1e3,
+                }  # fmt: skip
+            )
+        if dims.budgets[0] == B:
+            splits.append(selection_split(model, inputs, B, ids, interpret))
+        del logits_TV
+    table = [
+        f"\n{dims.name} ({dims.L} layers, E={dims.E}, K={dims.K}, D={dims.D}, F={dims.F}, "
+        f"V={dims.V}), bf16 random weights, context {CONTEXT}: one forward, ms\n",
+        "| step | T | B | experts read / layer | eager ms | CUDA graph ms | eager / graph |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for T, B, read, t in rows:
+        step = "decode" if T == 1 else "verify"
+        graph_ms = t["graph"]
+        table.append(
+            f"| {step} | {T} | {B or 'none'} | {read:.1f} | {t['eager']:.3f} | {graph_ms:.3f} | "
+            f"{t['eager'] / graph_ms:.2f} |"
+        )
+    if splits:
+        table += [
+            f"\n{dims.name}: budget selection inside a captured verify (router-mass, "
+            f"B={dims.budgets[0]}), per forward\n",
+            "| T | selection ms (L calls) | routed-expert MoE ms (L layers) | selection / MoE | "
+            "verify ms | selection / verify |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *splits,
+        ]
+    return table, points
+
+
+def selection_split(
+    model: gpu_model.RandomMoeModel,
+    inputs: gpu_model.StepInputs,
+    B: int,
+    ids: list[torch.Tensor],
+    interpret: bool,
+) -> str:
+    """Captured: selections alone, the verify on fixed budgeted ids, and without the MoE."""
+    T = inputs.tokens_T.shape[0]
+    routing = gpu_model.steered_routing(model, T)
+    fixed = []
+    for (logits_TE, _, _), budgeted_TK in zip(routing, ids, strict=True):
+        gathered = torch.gather(logits_TE.softmax(-1), 1, budgeted_TK)
+        fixed.append((budgeted_TK.clone(), gathered / gathered.sum(-1, keepdim=True)))
+    times = {}
+    for name, fn in {
+        "select": lambda: gpu_model.selections(routing, B),
+        "fixed": lambda: gpu_model.forward(model, inputs, fixed_ids=fixed),
+        "no_moe": lambda: gpu_model.forward(model, inputs, moe=False),
+        "verify": lambda: gpu_model.forward(model, inputs, B),
+    }.items():
+        replay, _ = capture(fn, interpret)
+        times[name] = bench_fn(replay, interpret)
+        del replay
+    moe_ms = times["fixed"] - times["no_moe"]
+    return (
+        f"| {T} | {times['select']:.3f} | {moe_ms:.3f} | {times['select'] / moe_ms:.1%} | "
+        f"{times['verify']:.3f} | {times['select'] / times['verify']:.1%} |"
+    )
+
+
+def time_sdpa(device: str, interpret: bool) -> list[str]:
+    """SDPA tree attention of one layer (FlashInfer cannot travel to the check's machine)."""
+    table = [
+        f"\nSDPA tree attention, one layer, bf16, context {CONTEXT} (FlashInfer not timed: its "
+        "wheel is over 100 MB, beyond what travels to the GPU machine)\n",
+        "| model | T | ms |",
+        "| --- | --- | --- |",
+    ]
+    for dims in (gpu_model.TINY,) if interpret else tuple(gpu_model.MODELS.values()):
+        for T in (8,) if interpret else (32, 64):
+            q = torch.randn(1, dims.H, T, dims.Dh, device=device, dtype=torch.bfloat16)
+            kv = torch.randn(
+                2, 1, dims.G, CONTEXT + T, dims.Dh, device=device, dtype=torch.bfloat16
+            )
+            mask_TS = torch.ones(T, CONTEXT + T, device=device, dtype=torch.bool).tril(CONTEXT)
+            attend = functools.partial(
+                torch.nn.functional.scaled_dot_product_attention,
+                q, kv[0], kv[1], attn_mask=mask_TS, enable_gqa=dims.G != dims.H,
+            )  # fmt: skip
+            ms = bench_fn(attend, interpret)
+            table.append(f"| {dims.name} | {T} | {ms:.4f} |")
+    return table
+
+
+def gpu_short_name(device_name: str) -> str:
+    """The cost model's GPU name in ``torch.cuda.get_device_name()`` (else the name itself)."""
+    from moe_spec.costmodel.gpus import GPUS
+
+    for key in GPUS:
+        if key.split("-")[0].lower() in device_name.lower():
+            return key
+    return device_name
 
 
 def tree_attention_note() -> str:
@@ -309,7 +488,16 @@ def main() -> int:
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run of this script")
     parser.add_argument("--models", default="olmoe,qwen3", help="comma list of: olmoe, qwen3")
     parser.add_argument("--tokens", default="32,64", help="tree tokens T, comma list")
+    parser.add_argument("--json", help="also write the model steps here (for the cost model)")
+    parser.add_argument(
+        "--stage-deadline-s", type=float, default=330.0,
+        help="start no new timing stage after this many seconds (the script's limit is 470)",
+    )  # fmt: skip
     args = parser.parse_args()
+    model_keys = args.models.split(",")
+    unknown = sorted(set(model_keys) - set(gpu_model.MODELS))
+    if unknown:
+        parser.error(f"--models {','.join(unknown)}: allowed {', '.join(gpu_model.MODELS)}")
     if not args.interpret and not torch.cuda.is_available():
         print(
             f"gpu_check: no CUDA GPU is visible to PyTorch (torch {torch.__version__}, CUDA build "
@@ -345,10 +533,32 @@ def main() -> int:
     check_budget_select(device)
     if not args.interpret:
         check_cuda_graph(device)
-    print(f"\n## Timing (bf16){'' if args.interpret else ' with triton.testing.do_bench, median'}")
-    shapes = TINY_SHAPES if args.interpret else {k: MODEL_SHAPES[k] for k in args.models.split(",")}
+    gpu_key = "interpreter" if args.interpret else gpu_short_name(gpu)
+    command = " ".join(["bash bench/gpu_check.sh", *sys.argv[1:]])
+    report = {"command": command, "gpu": gpu_key, "device_name": gpu,
+              "date": f"{datetime.date.today()}", "torch": torch.__version__,
+              "triton": triton.__version__, "context": CONTEXT, "points": []}  # fmt: skip
+    print("\n## One decode / verify step of a real-shaped model (bf16, random weights)")
+    models = [gpu_model.TINY] if args.interpret else [gpu_model.MODELS[k] for k in model_keys]
     tokens = [8] if args.interpret else [int(t) for t in args.tokens.split(",")]
-    time_shapes(shapes, tokens, device, args.interpret)
+    for dims in models:
+        if time.perf_counter() - start > args.stage_deadline_s:
+            print(f"\n{dims.name}: skipped, past {args.stage_deadline_s:.0f} s", flush=True)
+            continue
+        table, points = time_model(dims, tokens, device, args.interpret, gpu_key)
+        print("\n".join(table), flush=True)
+        report["points"] += points
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        torch.cuda.empty_cache() if not args.interpret else None
+    print("\n".join(time_sdpa(device, args.interpret)), flush=True)
+    how = "" if args.interpret else " with triton.testing.do_bench, median"
+    print(f"\n## Fused MoE kernel (bf16){how}, each call replayed from a CUDA graph")
+    shapes = TINY_SHAPES if args.interpret else {k: MODEL_SHAPES[k] for k in model_keys}
+    if time.perf_counter() - start > args.stage_deadline_s:
+        print(f"skipped, past {args.stage_deadline_s:.0f} s")
+    else:
+        time_shapes(shapes, tokens, device, args.interpret)
     print(f"\n{tree_attention_note()}")
     elapsed = time.perf_counter() - start
     print(f"\nchecks failed: {len(FAILURES)} ({', '.join(FAILURES) or 'none'}); {elapsed:.0f} s")

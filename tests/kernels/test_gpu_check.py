@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from moe_spec.costmodel.measured import POINT_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,15 +28,42 @@ def test_without_gpu_exits_2_with_a_clear_message():
 
 
 @pytest.mark.slow
-def test_interpreter_smoke_run_passes_its_checks_and_prints_tables():
+def test_interpreter_smoke_run_passes_its_checks_and_prints_tables(tmp_path):
+    out = tmp_path / "points.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--interpret"],
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--interpret", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[FAIL]" not in done.stdout
+    assert "budget selection T=64 E=128 K=8: ids and kept sets equal" in done.stdout
+    assert "tiny T=8 B=4 graph replay: logits equal eager" in done.stdout
+    assert "| step | T | B | experts read / layer | eager ms | CUDA graph ms |" in done.stdout
+    assert "budget selection inside a captured verify" in done.stdout
+    assert "| U | Triton ms | GB/s of weights |" in done.stdout
+    assert "checks failed: 0 (none)" in done.stdout
+    report = json.loads(out.read_text())
+    # decode + (none, B=4, B=8) at T=8, eager and "graph" (eager under the interpreter)
+    assert len(report["points"]) == 8
+    assert all(set(POINT_FIELDS) <= set(p) for p in report["points"])
+    budgeted = [p for p in report["points"] if p["budget"] == 4]
+    assert budgeted and all(p["distinct"] <= 4 for p in budgeted)
+
+
+@pytest.mark.slow
+def test_tuning_sweep_smoke_run_prints_both_tables(tmp_path):
+    out = tmp_path / "tune.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_tune.py"), "--interpret", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "[FAIL]" not in done.stdout
-    assert "budget selection T=64 E=128 K=8: ids and kept sets equal" in done.stdout
-    assert "| U | Triton ms | GB/s of weights |" in done.stdout
-    assert "checks failed: 0 (none)" in done.stdout
+    assert "| tiny | 8 | none |" in done.stdout
+    report = json.loads(out.read_text())
+    assert [c["T"] for c in report["cases"]] == [1, 8]
+    (selection,) = report["selection"]
+    assert selection["all_same"] and len(selection["all"]) == 2
