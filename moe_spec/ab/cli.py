@@ -86,8 +86,9 @@ def add_parser(subparsers) -> None:
         "--cost-model",
         choices=COST_MODEL_CHOICES,
         default=None,
-        help="calibrated (default: roofline plus overheads fitted to published points) or "
-        "roofline (bytes/bandwidth and FLOPs/peak only); see docs/ab.md",
+        help="calibrated (default: roofline plus overheads fitted to published points), "
+        "roofline (bytes/bandwidth and FLOPs/peak only) or measured (overheads fitted to "
+        "the GPU check's CUDA-graph forwards; H200 only); see docs/ab.md",
     )
     p.add_argument(
         "--overhead-us",

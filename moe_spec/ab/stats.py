@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.configs import BASELINES, RunConfig
 from moe_spec.ab.records import RunRecord
 from moe_spec.costmodel import (
     CostModel,
@@ -148,6 +148,7 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
             mapped(s.after_L),
             s.repair_tokens,
             mapped(s.repair_L) if s.repair_tokens else 0.0,
+            budgeted=config.policy not in BASELINES,
         )
         for s in record.steps
     ]

@@ -10,7 +10,9 @@ prices a window of steps for many budget vectors with array operations only:
   (d from 0 to E; fractional means interpolate);
 - ``repair_Q[q]``: an unbudgeted forward of q re-run path tokens (its distinct experts:
   the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
-- ``decode_s``: one autoregressive step.
+- ``decode_s``: one autoregressive step;
+- ``select_s``: what a budgeted verify adds, the budget selection in every MoE layer
+  (``Overheads.select_s``; 0 unless the cost model measured it).
 """
 
 from __future__ import annotations
@@ -64,17 +66,25 @@ class StepCost:
             ]
         )
         self.decode_s = decode_seconds(g, shape, overheads=o)
+        self.select_s = shape.n_moe_layers * o.select_s
 
     def describe(self) -> str:
         return f"{self.shape.name} on {self.cost.describe()}"
 
-    def tree_seconds(self, c: int, read: np.ndarray, repair_tokens: np.ndarray) -> np.ndarray:
+    def tree_seconds(
+        self,
+        c: int,
+        read: np.ndarray,
+        repair_tokens: np.ndarray,
+        budgeted: np.ndarray | bool = False,
+    ) -> np.ndarray:
         """Seconds of steps with tree ``c``: draft + verify reading ``read`` experts per layer
-        (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none)."""
+        (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none);
+        ``budgeted`` (broadcast against ``read``): the verify ran the budget selection."""
         d = np.clip(read, 0, self.E)
         low = np.floor(d).astype(int)
         high = np.minimum(low + 1, self.E)
         frac = d - low
         verify = self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
         repair = self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
-        return self.draft_C[c] + verify + repair
+        return self.draft_C[c] + verify + repair + np.asarray(budgeted) * self.select_s

@@ -50,7 +50,8 @@ def throughput_V(
         tokens_V = np.minimum(committed_S[None], exact_VS + 1).sum(axis=-1)
         repair_VS = np.zeros_like(exact_VS)
     read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).mean(axis=-1)
-    seconds_VS = cost.tree_seconds(c, read_VS, repair_VS)
+    budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
+    seconds_VS = cost.tree_seconds(c, read_VS, repair_VS, budgeted_V1)
     return tokens_V / seconds_VS.sum(axis=-1)
 
 

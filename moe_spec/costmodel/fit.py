@@ -31,6 +31,12 @@ from moe_spec.costmodel.roofline import (
 from moe_spec.costmodel.shapes import get_shape
 
 FREE = ("forward_s", "layer_s", "expert_s")
+# Measured forwards say which ran the selection and span decode and tree steps. The
+# per-expert term stays 0: the GPU check's kernel table measured the fused MoE's slope at
+# 2.0-2.1 us per expert, what the roofline already charges (bytes / HBM bandwidth), and
+# freeing it lets it trade off against the others (14 points; BENCHMARKS.md).
+FREE_MEASURED = ("forward_s", "layer_s", "select_s", "tree_s")
+TERMS = (*FREE, "select_s", "tree_s")
 P = TypeVar("P")
 
 
@@ -38,15 +44,19 @@ def predict(point: PublishedPoint, overheads: Overheads = NO_OVERHEADS) -> float
     """What the cost model says for ``point``'s configuration (same unit as ``point.value``)."""
     gpu, shape = get_gpu(point.gpu), get_shape(point.shape)
 
-    def verify(distinct: float) -> float:
-        return verify_seconds(gpu, shape, point.num_tokens, distinct, DEFAULT_CONTEXT, overheads)
+    def verify(distinct: float, budgeted: bool = False) -> float:
+        return verify_seconds(
+            gpu, shape, point.num_tokens, distinct, DEFAULT_CONTEXT, overheads, budgeted
+        )
 
+    if point.kind == "forward_seconds":
+        return verify(point.distinct, budgeted=point.budget is not None)
     if point.kind == "expert_slope":
         return verify(point.distinct + 1) - verify(point.distinct)
     draft = draft_seconds(gpu, shape, point.width, point.depth, DEFAULT_CONTEXT, overheads)
     full = draft + verify(point.distinct)
     if point.kind == "budget_gain":
-        budgeted = draft + verify(min(point.budget, point.distinct))
+        budgeted = draft + verify(min(point.budget, point.distinct), budgeted=True)
         return full / budgeted * point.acceptance_ratio
     return point.acceptance * decode_seconds(gpu, shape, DEFAULT_CONTEXT, overheads) / full
 
@@ -64,12 +74,19 @@ def fit_overheads(
     points: Sequence[PublishedPoint], free: Sequence[str] = FREE, iters: int = 200
 ) -> Overheads:
     """The ``Overheads`` (only the ``free`` terms non-zero) minimising the squared log errors."""
-    unknown = set(free) - set(FREE)
+    unknown = set(free) - set(TERMS)
     if unknown or not free:
-        raise ValueError(f"free terms {sorted(unknown) or free}; allowed: {', '.join(FREE)}")
+        allowed = ", ".join(TERMS)
+        raise ValueError(f"free terms {sorted(unknown) or free}; allowed: {allowed}")
     if not points:
         raise ValueError("no points to fit")
-    starts = {"forward_s": (0.0, 100.0), "layer_s": (0.0, 30.0, 200.0), "expert_s": (0.0, 1.0)}
+    starts = {
+        "forward_s": (0.0, 100.0),
+        "layer_s": (0.0, 30.0, 200.0),
+        "expert_s": (0.0, 1.0),
+        "select_s": (0.0, 10.0),
+        "tree_s": (0.0, 100.0),
+    }
     best_x, best_loss = None, math.inf
     for x0 in itertools.product(*(starts[name] for name in free)):
         x, loss = _levenberg_marquardt(points, free, np.array(x0, dtype=float), iters)

@@ -15,11 +15,14 @@ from moe_spec.costmodel.roofline import NO_OVERHEADS, Overheads
 
 
 def _value(p: PublishedPoint, v: float) -> str:
-    return f"{v * 1e3:.3f} ms" if p.kind == "expert_slope" else f"{v:.3f}"
+    return f"{v * 1e3:.3f} ms" if p.kind in ("expert_slope", "forward_seconds") else f"{v:.3f}"
 
 
 def _terms(o: Overheads) -> str:
-    return f"{o.forward_s * 1e6:.0f} / {o.layer_s * 1e6:.0f} / {o.expert_s * 1e6:.2f}"
+    text = f"{o.forward_s * 1e6:.0f} / {o.layer_s * 1e6:.0f} / {o.expert_s * 1e6:.2f}"
+    if o.select_s or o.tree_s:
+        text += f" / select {o.select_s * 1e6:.1f} / tree {o.tree_s * 1e6:.0f}"
+    return text
 
 
 def with_acceptance(points, acceptance: float) -> list[PublishedPoint]:
@@ -27,16 +30,20 @@ def with_acceptance(points, acceptance: float) -> list[PublishedPoint]:
     return [replace(p, acceptance=acceptance) if p.kind == "spec_over_ar" else p for p in points]
 
 
-def format_fit(points=PUBLISHED, free=FREE) -> str:
-    """Per point: published, roofline, calibrated (in-sample) and leave-one-out predictions."""
+def format_fit(
+    points=PUBLISHED, free=FREE, reference: Overheads | None = None, value_label="published"
+) -> str:
+    """Per point: published, roofline, calibrated (in-sample) and leave-one-out predictions;
+    with ``reference``, also what those overheads (e.g. the paper-calibrated ones) predict."""
     fitted = fit_overheads(points, free)
     held = leave_one_out(list(points), lambda pts: fit_overheads(pts, free), predict)
+    ref_head, ref_rule = (" paper-calibrated |", " --- |") if reference else ("", "")
     lines = [
         f"Calibrated overheads (forward us / layer us / expert us): {_terms(fitted)}",
         "",
-        "| point | published | roofline | calibrated | left out: predicted | left out: fit "
-        "(fwd/layer/expert us) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| point | {value_label} | roofline |{ref_head} calibrated | left out: predicted | "
+        "left out: fit (fwd/layer/expert us) |",
+        f"| --- | --- | --- |{ref_rule} --- | --- | --- |",
     ]
     for p, h in zip(points, held, strict=True):
         roof, cal = predict(p, NO_OVERHEADS), predict(p, fitted)
@@ -45,9 +52,13 @@ def format_fit(points=PUBLISHED, free=FREE) -> str:
             if abs(h.error) < 10
             else "diverges: without it no point fixes an absolute time"
         )
+        ref = ""
+        if reference:
+            r = predict(p, reference)
+            ref = f" {_value(p, r)} ({r / p.value - 1:+.0%}) |"
         lines.append(
-            f"| {p.name} | {_value(p, p.value)} | {_value(p, roof)} ({roof / p.value - 1:+.0%}) | "
-            f"{_value(p, cal)} ({cal / p.value - 1:+.0%}) | "
+            f"| {p.name} | {_value(p, p.value)} | {_value(p, roof)} ({roof / p.value - 1:+.0%}) |"
+            f"{ref} {_value(p, cal)} ({cal / p.value - 1:+.0%}) | "
             f"{held_text} | {_terms(h.fitted) if abs(h.error) < 10 else '-'} |"
         )
     return "\n".join(lines)

@@ -16,6 +16,10 @@ The variants:
   dispatch) costs, which a faster HBM does not shorten; that is an assumption, as no
   H100/H200 point is in the data. ``bench/costmodel_fit.py`` prints the fit and its
   leave-one-out errors (BENCHMARKS.md).
+- ``measured``: the overheads (``select_s`` included) fitted to the forwards the GPU
+  check measured on that GPU, replayed from CUDA graphs with the project's Triton
+  kernels (``moe_spec.costmodel.measured``; shipped for the H200). The served-stack
+  setting: launch overhead is gone, fixed per-layer kernel costs are not.
 - ``cpu``: the running machine measured (``moe_spec.costmodel.cpu``); only for the
   reference engine on CPU.
 """
@@ -28,7 +32,7 @@ from functools import lru_cache
 from moe_spec.costmodel.gpus import GPU, get_gpu
 from moe_spec.costmodel.roofline import NO_OVERHEADS, Overheads
 
-COST_MODELS = ("calibrated", "roofline")
+COST_MODELS = ("calibrated", "roofline", "measured")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ class CostModel:
         o = self.overheads
         return (
             f"{self.name} cost model on {self.gpu.name} (forward {o.forward_s * 1e6:.0f} us, "
-            f"layer {o.layer_s * 1e6:.0f} us, expert {o.expert_s * 1e6:.2f} us)"
+            f"layer {o.layer_s * 1e6:.0f} us, expert {o.expert_s * 1e6:.2f} us, "
+            f"selection {o.select_s * 1e6:.1f} us, tree {o.tree_s * 1e6:.0f} us)"
         )
 
 
@@ -56,11 +61,22 @@ def calibrated_overheads() -> Overheads:
     return fit_overheads(PUBLISHED)
 
 
+@lru_cache(maxsize=4)
+def measured_overheads(gpu_name: str) -> Overheads:
+    """The overheads fitted to the shipped CUDA-graph measurements of ``gpu_name``."""
+    from moe_spec.costmodel.fit import FREE_MEASURED, fit_overheads
+    from moe_spec.costmodel.measured import shipped_points
+
+    return fit_overheads(shipped_points(gpu_name), FREE_MEASURED)
+
+
 def get_cost_model(name: str, gpu_name: str) -> CostModel:
-    """``roofline`` or ``calibrated`` on the named GPU; ``ValueError`` lists what is allowed."""
+    """A named cost model on the named GPU; ``ValueError`` lists what is allowed."""
     gpu = get_gpu(gpu_name)
     if name == "roofline":
         return CostModel(name, gpu)
     if name == "calibrated":
         return CostModel(name, gpu, calibrated_overheads())
+    if name == "measured":
+        return CostModel(name, gpu, measured_overheads(gpu.name))
     raise ValueError(f"unknown cost model {name!r}; allowed: {', '.join(COST_MODELS)}")

@@ -6,7 +6,10 @@ Three kinds of point:
   autoregressive decoding, ``acceptance * t_decode / (t_draft + t_verify)``;
 - ``budget_gain``: budgeted over unbudgeted speculation on the same tree,
   ``(t_draft + t_verify(distinct)) / (t_draft + t_verify(B)) * acceptance_ratio``;
-- ``expert_slope``: seconds one more distinct expert adds to a verify forward.
+- ``expert_slope``: seconds one more distinct expert adds to a verify forward;
+- ``forward_seconds``: one measured target forward over ``num_tokens`` tokens reading
+  ``distinct`` experts per MoE layer, budgeted when ``budget`` is set (the GPU check's
+  points, ``moe_spec.costmodel.measured``).
 
 What is *not* here, and why:
 
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("spec_over_ar", "budget_gain", "expert_slope")
+KINDS = ("spec_over_ar", "budget_gain", "expert_slope", "forward_seconds")
 ASSUMED_ACCEPTANCE = 5.0  # tokens per verify step; see the module docstring
 PAPER = "MoE-Spec, arXiv 2602.16052 (https://arxiv.org/abs/2602.16052)"
 PAPER_NOTE = (
@@ -56,7 +59,7 @@ class PublishedPoint:
     kind: str
     shape: str  # a name in moe_spec.costmodel.SHAPES
     gpu: str  # a name in moe_spec.costmodel.GPUS
-    value: float  # the ratio, or seconds per expert for ``expert_slope``
+    value: float  # the ratio; seconds per expert (expert_slope); seconds (forward_seconds)
     num_tokens: int  # verify tokens (the tree)
     distinct: float  # distinct experts per MoE layer of the unbudgeted verify
     source: str

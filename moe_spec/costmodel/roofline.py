@@ -18,9 +18,13 @@ is tokens committed over modeled time; prefill is not counted.
 
 ``Overheads`` adds what a roofline omits, per forward (see ``moe_spec.costmodel.model``):
 ``forward_s`` once, ``layer_s`` per layer (kernel launches, framework dispatch,
-synchronisation) and ``expert_s`` per (MoE layer, distinct expert) read (one
-grouped-GEMM tile schedule, one Python loop turn on CPU). All 0 in the pure
-roofline; fitted to published points in ``moe_spec.costmodel.fit``.
+synchronisation), ``expert_s`` per (MoE layer, distinct expert) read (one
+grouped-GEMM tile schedule, one Python loop turn on CPU), ``select_s`` per MoE
+layer of a budgeted forward (the budget selection's kernels) and ``tree_s`` per layer
+of a forward over more than one token (what a tree forward pays beyond a decode step:
+masked attention, sorting more (token, expert) pairs; measured on an H200 by the GPU
+check, where a 32-token verify cost 1.8x a decode, not the roofline's 4x). All 0 in the pure
+roofline; fitted to published or measured points in ``moe_spec.costmodel.fit``.
 """
 
 from __future__ import annotations
@@ -41,16 +45,23 @@ class Overheads:
     forward_s: float = 0.0  # once per forward
     layer_s: float = 0.0  # per layer of the forward
     expert_s: float = 0.0  # per MoE layer per distinct expert read
+    select_s: float = 0.0  # per MoE layer of a budgeted forward: the budget selection
+    tree_s: float = 0.0  # per layer of a forward over more than one token
 
     def __post_init__(self) -> None:
-        for name in ("forward_s", "layer_s", "expert_s"):
+        for name in ("forward_s", "layer_s", "expert_s", "select_s", "tree_s"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"Overheads.{name} must be >= 0 seconds, got {value!r}")
 
-    def seconds(self, layers: int, expert_reads: float) -> float:
-        """``forward_s + layers * layer_s + expert_reads * expert_s``."""
-        return self.forward_s + layers * self.layer_s + expert_reads * self.expert_s
+    def seconds(
+        self, layers: int, expert_reads: float, selections: int = 0, tokens: int = 1
+    ) -> float:
+        """``forward_s + layers * (layer_s + [tokens > 1] tree_s) + expert_reads * expert_s
+        + selections * select_s``."""
+        per_layer = self.layer_s + (self.tree_s if tokens > 1 else 0.0)
+        fixed = self.forward_s + layers * per_layer
+        return fixed + expert_reads * self.expert_s + selections * self.select_s
 
 
 NO_OVERHEADS = Overheads()
@@ -88,10 +99,17 @@ def verify_parts(shape: ModelShape, tokens: int, distinct: float, context: int) 
 
 
 def forward_seconds(
-    gpu: GPU, parts: Iterable[Part], layers: int, expert_reads: float, overheads: Overheads
+    gpu: GPU,
+    parts: Iterable[Part],
+    layers: int,
+    expert_reads: float,
+    overheads: Overheads,
+    selections: int = 0,
+    tokens: int = 1,
 ) -> float:
     """Roofline time of the parts plus the forward's fixed overheads."""
-    return sum(p.seconds(gpu) for p in parts) + overheads.seconds(layers, expert_reads)
+    fixed = overheads.seconds(layers, expert_reads, selections, tokens)
+    return sum(p.seconds(gpu) for p in parts) + fixed
 
 
 def verify_seconds(
@@ -101,11 +119,16 @@ def verify_seconds(
     distinct: float,
     context: int = DEFAULT_CONTEXT,
     overheads: Overheads = NO_OVERHEADS,
+    budgeted: bool = False,
 ) -> float:
-    """One target forward over a ``num_tokens`` tree reading ``distinct`` experts per layer."""
+    """One target forward over a ``num_tokens`` tree reading ``distinct`` experts per layer.
+
+    ``budgeted``: every MoE layer runs the budget selection (``Overheads.select_s``).
+    """
     parts = verify_parts(shape, num_tokens, distinct, context)
     reads = shape.n_moe_layers * distinct
-    return forward_seconds(gpu, parts, shape.n_layers, reads, overheads)
+    selections = shape.n_moe_layers if budgeted else 0
+    return forward_seconds(gpu, parts, shape.n_layers, reads, overheads, selections, num_tokens)
 
 
 def decode_seconds(
@@ -147,6 +170,7 @@ class ModeledStep:
     distinct: float  # experts per MoE layer the verify reads (after any budget)
     repair_tokens: int = 0  # tokens of the unbudgeted repair forward (0: no repair)
     repair_distinct: float = 0.0  # experts per MoE layer that forward reads
+    budgeted: bool = False  # the verify ran the budget selection in every MoE layer
 
 
 def speculative_tokens_per_s(
@@ -161,7 +185,9 @@ def speculative_tokens_per_s(
     for s in steps:
         tokens += s.committed
         seconds += draft_seconds(gpu, shape, s.width, s.depth, context, overheads)
-        seconds += verify_seconds(gpu, shape, s.num_tokens, s.distinct, context, overheads)
+        seconds += verify_seconds(
+            gpu, shape, s.num_tokens, s.distinct, context, overheads, s.budgeted
+        )
         if s.repair_tokens:
             seconds += verify_seconds(
                 gpu, shape, s.repair_tokens, s.repair_distinct, context, overheads
