@@ -85,7 +85,7 @@ class AcceptanceFeed:
         self.buffers = policy.record_to_device(REQUESTS * self.N, top_k)
         self.pending: deque[Snapshot] = deque()
         self.plan: StepPlan | None = policy.plan_step(tree, False)
-        self.steps = self.requests = self.observed = self.tokens = 0
+        self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
         self.stopped: str | None = None  # why the feed stopped, once it has
         self.interval_s, self.tp_rank = interval_s, tp_rank
         self.last_report = time.monotonic()
@@ -155,8 +155,10 @@ class AcceptanceFeed:
 
     # -- reporting ---------------------------------------------------------------------
     def due(self, now: float | None = None) -> bool:
+        """Whether ``interval_s`` has passed since the last report and steps came in since."""
         now = time.monotonic() if now is None else now
-        return self.interval_s > 0 and now - self.last_report >= self.interval_s
+        fresh = self.steps > self.reported_steps
+        return fresh and self.interval_s > 0 and now - self.last_report >= self.interval_s
 
     def line(self) -> str:
         """What the policy learned so far: steps seen, budgets, acceptance per depth."""
@@ -174,6 +176,6 @@ class AcceptanceFeed:
         )
 
     def report(self) -> None:
-        self.last_report = time.monotonic()
+        self.last_report, self.reported_steps = time.monotonic(), self.steps
         if self.tp_rank == 0:
             logger.info(self.line())

@@ -32,7 +32,7 @@ from moe_spec.integration.sglang.metrics import (
     PrometheusGauges,
     prometheus_gauges,
 )
-from moe_spec.integration.sglang.settings import ENV_OPTIONS, ServeSettings, SettingsError
+from moe_spec.integration.sglang.settings import ServeSettings
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
 
@@ -44,12 +44,6 @@ class BudgetRuntime:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        if settings.options.get("guard"):
-            raise SettingsError(
-                f"{ENV_OPTIONS} asks policy {settings.policy!r} for guard=true: SGLang runs the "
-                "configured tree every step and a plugin cannot switch to a smaller tree or to "
-                "plain decoding; leave guard unset (or false)"
-            )
         self.policy = get_policy(settings.policy, **settings.options)
         self.policy.validate = False  # server hot path: no value checks that read the device
         self.feed: AcceptanceFeed | None = None  # adaptive policies: acceptance after verify

@@ -81,8 +81,8 @@ def test_a_missing_verify_hook_refuses_the_start(fed):
 
 
 def test_guard_is_refused_because_sglang_runs_the_configured_tree():
-    with pytest.raises(SettingsError, match="guard=true.*cannot switch to a smaller tree"):
-        BudgetRuntime(ServeSettings("auto", 16, options={"guard": True}))
+    with pytest.raises(SettingsError, match=r"guard=True \(auto\).*cannot switch to a smaller"):
+        ServeSettings("auto", 16, options={"guard": True})
     runtime = BudgetRuntime(ServeSettings("auto", 16, options={"guard": False}))
     assert runtime.learns and runtime.policy.options["guard"] is False
     assert BudgetRuntime(ServeSettings("auto", 16)).policy.options["guard"] is False
