@@ -157,16 +157,16 @@ class AcceptanceEstimates:
         place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
         path_place_P = np.maximum.accumulate(place_N[path])
-        hits_LNE = np.zeros((L, N, self.E), dtype=bool)
-        hits_LNE[l_L1[:, :, None], np.arange(N)[None, :, None], ids_LNK[:, order_N]] = True
-        used_LN = np.logical_or.accumulate(hits_LNE, axis=1).sum(axis=-1)  # best n+1 nodes
+        ids_by_place_LNK = ids_LNK[:, order_N]
         C = len(self.candidate_tokens)
         committed_C = np.full(C, -1)
         used_CL = np.zeros((C, L), dtype=int)
         for c, n in enumerate(self.candidate_tokens):
             if n <= N:
                 committed_C[c] = int((path_place_P < n).sum())
-                used_CL[c] = used_LN[:, n - 1]
+                hits_LE = np.zeros((L, self.E), dtype=bool)  # experts of the best n nodes
+                hits_LE[l_L1, ids_by_place_LNK[:, :n].reshape(L, -1)] = True
+                used_CL[c] = hits_LE.sum(axis=1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

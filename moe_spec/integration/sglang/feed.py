@@ -5,7 +5,7 @@ SGLang's ``EAGLEWorkerV2.verify`` returns, per request, how many tokens were acc
 [bs, depth + 1]``, rows of the whole verify batch, root first, -1 padded). The plugin's
 AFTER hook on it hands both to :class:`AcceptanceFeed`, with what the policy recorded
 in that verify forward (each layer's expert ranking, the unbudgeted top-k and depths of
-the first :data:`REQUESTS` requests' rows: ``Auto.record_to_device``). The feed copies
+the first :data:`REQUESTS` request's rows: ``Auto.record_to_device``). The feed copies
 them off the device (asynchronously on CUDA: a step is folded in once its copy has
 landed, at the latest one verify step later), calls the policy's ``observe`` once per
 recorded request and ``plan_step`` once per verify step. ``plan_step`` rewrites the
@@ -34,8 +34,10 @@ from moe_spec.integration.sglang.compat import UnsupportedSetupError
 
 logger = logging.getLogger("moe_spec.sglang")
 
-#: Requests per verify step whose routing is recorded and observed (the batch's first).
-REQUESTS = 4
+#: Requests per verify step whose routing is recorded and observed (the batch's first):
+#: each costs about 0.3 ms of host time at Qwen3-30B-A3B's shape with a 64-token tree, and
+#: every 8 observed requests the controller replans (about 5 ms); BENCHMARKS.md.
+REQUESTS = 1
 #: What the feed reads from SGLang's verify result.
 RESULT_FIELDS = ("accept_lens", "accept_index")
 
@@ -78,14 +80,16 @@ class AcceptanceFeed:
         top_k: int,
         interval_s: float = 30.0,
         tp_rank: int = 0,
+        requests: int = REQUESTS,
     ) -> None:
         self.policy = policy
         self.tree = tree
         self.N = tree[0]
-        self.buffers = policy.record_to_device(REQUESTS * self.N, top_k)
+        self.buffers = policy.record_to_device(requests * self.N, top_k)
         self.pending: deque[Snapshot] = deque()
         self.plan: StepPlan | None = policy.plan_step(tree, False)
         self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
+        self.host_s = 0.0  # the feed's own host time (copies, observe, plan_step)
         self.stopped: str | None = None  # why the feed stopped, once it has
         self.interval_s, self.tp_rank = interval_s, tp_rank
         self.last_report = time.monotonic()
@@ -108,10 +112,12 @@ class AcceptanceFeed:
                 f"SGLang's verify result has accept_lens {tuple(lens_b.shape)} and accept_index "
                 f"{tuple(index_bP.shape)}; expected [bs] and [bs, depth + 1]"
             )
+        t0 = time.perf_counter()
         if lens_b.numel():
             self.pending.append(self.snapshot(lens_b, index_bP))
         while self.pending and self.pending[0].landed():
             self.fold(self.pending.popleft())
+        self.host_s += time.perf_counter() - t0
 
     def snapshot(self, lens_b: torch.Tensor, index_bP: torch.Tensor) -> Snapshot:
         """Host copies of this step's tensors (non-blocking into pinned memory on CUDA)."""
@@ -172,7 +178,8 @@ class AcceptanceFeed:
         return (
             f"moe-spec: auto observed {self.steps} verify steps ({self.observed} requests "
             f"folded in), mean accepted length {mean:.2f}; budgets per layer {budgets}; "
-            f"P(reach depth 1..{self.tree[2]}) {reach}; plan: {reason}"
+            f"P(reach depth 1..{self.tree[2]}) {reach}; host time per step "
+            f"{1e3 * self.host_s / max(self.steps, 1):.2f} ms; plan: {reason}"
         )
 
     def report(self) -> None:

@@ -491,7 +491,7 @@ def scenario_auto_feed() -> dict:
     schedule_batch = SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY)
     g = torch.Generator().manual_seed(1)
     steps = []
-    for step in range(12 + 16):  # deeper paths first, then only the roots
+    for step in range(12 + 32):  # deeper paths first, then only the roots (window: 24)
         budgets = budget_L.tolist()  # what this verify pass runs under
         x_TD = torch.randn(14, 32, generator=g)
         plain = run_blocks(model, x_TD, None)

@@ -32,7 +32,7 @@ def test_budgets_learned_between_replays_of_a_captured_verify(device):
     policy.validate, policy.record_routing = False, False
     policy.fixed_tree()
     policy.prepare(L, E, K, E, torch.device(device))
-    feed = AcceptanceFeed(policy, (N, 4, 3), K)
+    feed = AcceptanceFeed(policy, (N, 4, 3), K, requests=BS)  # both requests observed
     budget_L = policy.device_state["budget_L"]
     address = budget_L.data_ptr()
     logits_LTE = torch.zeros(L, BS * N, E, device=device)
