@@ -35,8 +35,7 @@ from moe_spec.integration.sglang.compat import UnsupportedSetupError
 logger = logging.getLogger("moe_spec.sglang")
 
 #: Requests per verify step whose routing is recorded and observed (the batch's first):
-#: each costs about 0.3 ms of host time at Qwen3-30B-A3B's shape with a 64-token tree, and
-#: every 8 observed requests the controller replans (about 5 ms); BENCHMARKS.md.
+#: each is a host-side observe, and every 8 observed requests the controller replans.
 REQUESTS = 1
 #: What the feed reads from SGLang's verify result.
 RESULT_FIELDS = ("accept_lens", "accept_index")
