@@ -6,8 +6,9 @@ SGLang's ``EAGLEWorkerV2.verify`` returns, per request, how many tokens were acc
 AFTER hook on it hands both to :class:`AcceptanceFeed`, with what the policy recorded
 in that verify forward (each layer's expert ranking, the unbudgeted top-k and depths of
 the first :data:`REQUESTS` request's rows: ``Auto.record_to_device``). The feed copies
-them off the device (asynchronously on CUDA: a step is folded in once its copy has
-landed, at the latest one verify step later), calls the policy's ``observe`` once per
+them off the device (on CUDA without blocking: a step is folded in at the next verify
+step, a fixed lag, so that every tensor-parallel rank changes its budgets at the same
+step and all ranks keep the same experts), calls the policy's ``observe`` once per
 recorded request and ``plan_step`` once per verify step. ``plan_step`` rewrites the
 per-layer budget tensor in place between forwards, so captured CUDA graphs stay valid;
 nothing here runs inside a forward.
@@ -58,15 +59,17 @@ class FeedError(RuntimeError):
 
 @dataclass
 class Snapshot:
-    """One verify step's acceptance and recorded routing, on the host once ``landed``."""
+    """One verify step's acceptance and recorded routing, on the host after :meth:`wait`."""
 
-    event: Any  # a CUDA event recorded after the copies, or None (copied already)
+    event: Any  # a CUDA event recorded after the non-blocking copies, or None (copied)
     lens_b: torch.Tensor
     index_bP: torch.Tensor
     recorded: dict[str, torch.Tensor]
 
-    def landed(self) -> bool:
-        return self.event is None or self.event.query()
+    def wait(self) -> None:
+        """Until the copies have landed (long done when the next step comes)."""
+        if self.event is not None:
+            self.event.synchronize()
 
 
 class AcceptanceFeed:
@@ -95,7 +98,8 @@ class AcceptanceFeed:
 
     # -- after each verify -------------------------------------------------------------
     def after_verify(self, result: Any, batch: Any) -> None:
-        """Queue this step's acceptance and recorded routing; fold in what has landed."""
+        """Queue this step's acceptance and recorded routing; fold in the previous step's
+        (on CUDA) or this one's (on a CPU, where the copies are made at once)."""
         mode = getattr(batch, "forward_mode", None)
         if mode is not None and mode.is_idle():
             return
@@ -114,8 +118,11 @@ class AcceptanceFeed:
         t0 = time.perf_counter()
         if lens_b.numel():
             self.pending.append(self.snapshot(lens_b, index_bP))
-        while self.pending and self.pending[0].landed():
-            self.fold(self.pending.popleft())
+        lag = int(lens_b.device.type == "cuda")
+        while len(self.pending) > lag:
+            snap = self.pending.popleft()
+            snap.wait()
+            self.fold(snap)
         self.host_s += time.perf_counter() - t0
 
     def snapshot(self, lens_b: torch.Tensor, index_bP: torch.Tensor) -> Snapshot:
