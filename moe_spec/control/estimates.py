@@ -111,14 +111,23 @@ class AcceptanceEstimates:
         self, outcome: StepOutcome, rank_LE: torch.Tensor | None, ids_LNK: torch.Tensor | None
     ) -> None:
         """Fold in one finished tree step; ``rank_LE``/``ids_LNK`` are the policy's ranking
-        and the unbudgeted top-k of the verify forward (None: the window is not updated)."""
-        logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
-        N, path = logprob_N.size, list(outcome.path)
-        on_path_N = np.zeros(N)
-        on_path_N[path] = 1.0
-        b_N = self.bin_of(logprob_N[1:])
-        self.seen_B += np.bincount(b_N, minlength=self.bins)
-        self.accepted_B += np.bincount(b_N, weights=on_path_N[1:], minlength=self.bins)
+        and the unbudgeted top-k of the verify forward (None: the window is not updated).
+
+        Without the draft's path log-probabilities (``logprob_N`` None, as in SGLang) the
+        calibration is left as it is and the window orders nodes by depth instead.
+        """
+        path = list(outcome.path)
+        if outcome.logprob_N is not None:
+            logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
+            on_path_N = np.zeros(logprob_N.size)
+            on_path_N[path] = 1.0
+            b_N = self.bin_of(logprob_N[1:])
+            self.seen_B += np.bincount(b_N, minlength=self.bins)
+            self.accepted_B += np.bincount(b_N, weights=on_path_N[1:], minlength=self.bins)
+        elif outcome.depth_N is not None:  # no draft scores (SGLang): shallower nodes first
+            logprob_N = -outcome.depth_N.detach().float().cpu().numpy()
+        else:
+            raise ValueError("a tree step's outcome needs logprob_N or depth_N")
         depth = int(outcome.depth_N.max()) if outcome.depth_N is not None else len(path) - 1
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
@@ -148,16 +157,16 @@ class AcceptanceEstimates:
         place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
         path_place_P = np.maximum.accumulate(place_N[path])
-        hits_LNE = np.zeros((L, N, self.E), dtype=bool)
-        hits_LNE[l_L1[:, :, None], np.arange(N)[None, :, None], ids_LNK[:, order_N]] = True
-        used_LN = np.logical_or.accumulate(hits_LNE, axis=1).sum(axis=-1)  # best n+1 nodes
+        ids_by_place_LNK = ids_LNK[:, order_N]
         C = len(self.candidate_tokens)
         committed_C = np.full(C, -1)
         used_CL = np.zeros((C, L), dtype=int)
         for c, n in enumerate(self.candidate_tokens):
             if n <= N:
                 committed_C[c] = int((path_place_P < n).sum())
-                used_CL[c] = used_LN[:, n - 1]
+                hits_LE = np.zeros((L, self.E), dtype=bool)  # experts of the best n nodes
+                hits_LE[l_L1, ids_by_place_LNK[:, :n].reshape(L, -1)] = True
+                used_CL[c] = hits_LE.sum(axis=1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -137,9 +137,53 @@ class Auto(TokenPriority):
         if self.record_routing:
             self.rank_LE[record.layer_idx] = rank_E
             self.ids_LNK[record.layer_idx] = record.topk_ids_TK
+        if "ids_LRK" in self.device_state:
+            self.record_rows(record, rank_E)
         return rank_E < self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
 
+    def record_rows(self, record: RoutingRecord, rank_E: torch.Tensor) -> None:
+        """Copy this layer's ranking and its first rows' top-k (and depths) into the
+        buffers of :meth:`record_to_device`: in-place copies, static shapes, no host read."""
+        state, layer = self.device_state, record.layer_idx
+        state["rank_LE"][layer, : rank_E.numel()].copy_(rank_E)
+        ids_LRK = state["ids_LRK"]
+        R, K = min(record.num_tokens, ids_LRK.shape[1]), record.top_k
+        ids_RK = record.topk_ids_TK[:R]
+        ids_LRK[layer, :R, :K].copy_(ids_RK)
+        # narrower layers repeat their first id: neither a rank maximum nor a count changes
+        ids_LRK[layer, :R, K:].copy_(ids_RK[:, :1].expand(R, ids_LRK.shape[2] - K))
+        if record.depth_T is not None and layer == 0:
+            state["depth_R"][:R].copy_(record.depth_T[:R])
+
     # -- between steps ------------------------------------------------------------------
+    def record_to_device(self, rows: int, top_k: int) -> dict[str, torch.Tensor]:
+        """Device buffers that every verify forward overwrites, for a server's observe.
+
+        Returns ``rank_LE`` (long ``[L, E]``, each layer's expert ranking; layers with
+        fewer experts leave the rest), ``ids_LRK`` (long ``[L, rows, top_k]``, the
+        unbudgeted top-k of the first ``rows`` verify rows) and ``depth_R`` (long
+        ``[rows]``). Call after :meth:`prepare` and before any graph is captured; read
+        the buffers after the forward (:meth:`observe` takes them as arguments).
+        """
+        if self.dims is None:
+            raise PolicyError("auto: record_to_device() needs prepare() first")
+        L, E, _, _ = self.dims
+        device = self.device_state["budget_L"].device
+        self.device_state.update(
+            rank_LE=torch.full((L, E), E, dtype=torch.long, device=device),
+            ids_LRK=torch.zeros((L, rows, top_k), dtype=torch.long, device=device),
+            depth_R=torch.zeros(rows, dtype=torch.long, device=device),
+        )
+        return {k: self.device_state[k] for k in ("rank_LE", "ids_LRK", "depth_R")}
+
+    def fixed_tree(self) -> None:
+        """For a server that runs the configured tree every step (SGLang): plan only its
+        per-layer budgets; no guard (it would ask for trees the server cannot run) and
+        no measured step times."""
+        if self.controller is not None:
+            raise PolicyError("auto: fixed_tree() must come before the first step")
+        self.options.update(guard=False, measure=False)
+
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
     ) -> None:
@@ -189,13 +233,20 @@ class Auto(TokenPriority):
             self.device_state["reach_D"].copy_(torch.from_numpy(reach_cum(est)).float())
         return plan
 
-    def observe(self, outcome: StepOutcome) -> None:
+    def observe(
+        self,
+        outcome: StepOutcome,
+        rank_LE: torch.Tensor | None = None,
+        ids_LNK: torch.Tensor | None = None,
+    ) -> None:
+        """Fold in a finished step. A server passes the ranking and the tree's unbudgeted
+        top-k it recorded (:meth:`record_to_device`); eager engines leave them to
+        ``record_routing``."""
         if self.controller is None and self.dims is not None:
             self.controller = self.build_controller()
         if self.controller is None:
             return
-        rank_LE = ids_LNK = None
-        if outcome.kind == TREE and len(self.rank_LE) == self.dims[0]:
+        if rank_LE is None and outcome.kind == TREE and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
         self.rank_LE, self.ids_LNK = {}, {}

@@ -85,3 +85,22 @@ def test_a_candidate_that_ran_often_enough_is_judged_by_its_own_steps():
         assert est.arrays(1)[1].tolist() == [2] + [1] * n  # the larger tree's guess stays in
         est.observe(small, RANK_LE, IDS_LNK[:, :2])
     assert est.arrays(1)[1].tolist() == [1, 1, 1, 1]  # four of its own: only those
+
+
+def test_without_draft_scores_calibration_stays_and_nodes_go_by_depth():
+    """SGLang keeps no draft log-probabilities: nothing to calibrate, shallower nodes first."""
+    est = AcceptanceEstimates(2, 4, [4, 3], window=8, bins=10, prior=4.0)
+    est.observe(StepOutcome("tree", [0, 2], DEPTH_N, None, (4, 2, 2)), RANK_LE, IDS_LNK)
+    np.testing.assert_allclose(est.accept_B(), (np.arange(10) + 0.5) / 10)  # the prior
+    assert est.reach_D()[:3].tolist() == [1.0, 1.5 / 2, 0.5 / 2]
+    (step,) = est.window
+    # by depth the 3 best nodes are 0, 1, 2 and hold the path [0, 2]; by path probability
+    # (0, 1, 3, 2) they would hold only its root
+    assert step.committed_C.tolist() == [2, 2]
+    with_scores = AcceptanceEstimates(2, 4, [4, 3], window=8)
+    with_scores.observe(
+        StepOutcome("tree", [0, 2], DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK
+    )
+    assert with_scores.window[0].committed_C.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="needs logprob_N or depth_N"):
+        est.observe(StepOutcome("tree", [0], None, None, (4, 2, 2)), RANK_LE, IDS_LNK)

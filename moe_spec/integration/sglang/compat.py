@@ -24,6 +24,13 @@ ALGORITHM_ALIASES = {"NEXTN": "EAGLE"}
 KERNEL_ROUTING_RUNNERS = ("triton_kernel", "flashinfer_trtllm", "flashinfer_mxfp4")
 
 
+#: SGLang's verify steps, whose results carry the acceptance an adaptive policy learns from.
+VERIFY_TARGETS = {
+    False: "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.verify",
+    True: "sglang.srt.speculative.multi_layer_eagle_worker_v2.MultiLayerEagleWorkerV2.verify",
+}
+
+
 class UnsupportedSetupError(RuntimeError):
     """SGLang is configured in a way the budgeting hook cannot serve correctly."""
 
@@ -177,4 +184,25 @@ def check_topk_layer(topk: Any) -> Findings:
         )
     if getattr(topk, "enable_waterfill", False):
         found.errors.append(f"{where}: Waterfill shared-expert balancing is not supported")
+    return found
+
+
+def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
+    """Refuse an adaptive policy when the verify step of this setup could not be hooked.
+
+    The hook is registered by name when the plugin loads; an SGLang whose speculative
+    worker moved or was renamed leaves it unapplied (SGLang only logs that), and the
+    policy would then never see what was accepted.
+    """
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    found = Findings()
+    multi_layer = bool(getattr(server_args, "enable_multi_layer_eagle", False))
+    target = VERIFY_TARGETS[multi_layer]
+    if target not in HookRegistry._patched:
+        found.errors.append(
+            f"policy {policy_name!r} learns from each verify step's acceptance, read after "
+            f"{target}, which this SGLang does not have (or the hook could not be applied); "
+            f"supported: sglang{SUPPORTED_TEXT}, or pick a fixed policy such as token-priority"
+        )
     return found

@@ -10,7 +10,10 @@ with SGLang's ``HookRegistry``:
 - ``ModelRunner.load_model`` (AFTER): check the setup and find the target's MoE
   layers before CUDA graphs are captured; refuse unsupported setups there;
 - ``ModelRunner.init_cuda_graphs`` (AFTER): forget the counts of capture passes;
-- ``ModelRunner.forward`` (AFTER): the periodic distinct-experts log line.
+- ``ModelRunner.forward`` (AFTER): the periodic distinct-experts log line;
+- for a policy that learns from acceptance (``auto``), ``EAGLEWorkerV2.verify`` and
+  ``MultiLayerEagleWorkerV2.verify`` (AFTER): each verify step's accepted paths to the
+  policy, which then rewrites its per-layer budgets in place (``feed.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from moe_spec.integration.sglang.compat import VERIFY_TARGETS
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import (
     ENV_DISABLE,
@@ -75,6 +79,9 @@ def register_hooks(runtime: BudgetRuntime) -> None:
     HookRegistry.register(LOAD_MODEL, prepare_after_load(runtime), HookType.AFTER)
     HookRegistry.register(INIT_GRAPHS, reset_after_capture(runtime), HookType.AFTER)
     HookRegistry.register(RUNNER_FORWARD, report_after_forward(runtime), HookType.AFTER)
+    if runtime.learns:
+        for target in VERIFY_TARGETS.values():
+            HookRegistry.register(target, feed_after_verify(runtime), HookType.AFTER)
 
 
 def register_notice(message: str, level: int = logging.INFO) -> None:
@@ -155,6 +162,16 @@ def report_after_forward(runtime: BudgetRuntime):
     def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
         if not getattr(runner, "is_draft_worker", False):
             runtime.after_forward()
+        return None
+
+    return hook
+
+
+def feed_after_verify(runtime: BudgetRuntime):
+    """AFTER hook of the EAGLE workers' ``verify``: the step's acceptance to the policy."""
+
+    def hook(result: Any, worker: Any, batch: Any = None, *args: Any, **kwargs: Any) -> None:
+        runtime.after_verify(result, kwargs.get("batch", batch))
         return None
 
     return hook

@@ -20,11 +20,13 @@ from moe_spec.integration.sglang.batch import (
 )
 from moe_spec.integration.sglang.compat import (
     Findings,
+    check_acceptance_hook,
     check_server_args,
     check_sglang_version,
     check_topk_layer,
     installed_sglang_version,
 )
+from moe_spec.integration.sglang.feed import AcceptanceFeed, tree_of
 from moe_spec.integration.sglang.metrics import (
     ExpertCounters,
     PrometheusGauges,
@@ -44,6 +46,9 @@ class BudgetRuntime:
         self.settings = settings
         self.policy = get_policy(settings.policy, **settings.options)
         self.policy.validate = False  # server hot path: no value checks that read the device
+        self.feed: AcceptanceFeed | None = None  # adaptive policies: acceptance after verify
+        if hasattr(self.policy, "fixed_tree"):
+            self.policy.fixed_tree()
         self.layer_index: dict[int, int] = {}  # SGLang layer_id -> MoE layer index
         self.num_experts: dict[int, int] = {}  # SGLang layer_id -> E
         self.counters: ExpertCounters | None = None
@@ -76,6 +81,8 @@ class BudgetRuntime:
                 check_budget(self.settings.budget, topk.topk_config.top_k, E)
             except ValueError as exc:
                 found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
+        if self.learns:
+            found.extend(check_acceptance_hook(server_args, self.settings.policy))
         found.raise_errors()
         if tp_rank == 0:
             for warning in found.warnings:
@@ -86,9 +93,13 @@ class BudgetRuntime:
         # an adaptive policy's device state (auto: per-layer budgets, calibration tables)
         # exists before graph capture and is only ever rewritten in place
         self.policy.record_routing = False  # nothing here reads it back between passes
-        top_k = min(t.topk_config.top_k for t in topks)
+        top_k = max(t.topk_config.top_k for t in topks)  # every layer needs room for its k
         E = max(experts[t.layer_id] for t in topks)
         self.policy.prepare(len(layer_ids), E, top_k, self.settings.budget, device)
+        if self.learns:
+            tree = tree_of(server_args)
+            interval = self.settings.log_interval_s
+            self.feed = AcceptanceFeed(self.policy, tree, top_k, interval, tp_rank)
         self.ready = True
         if self.settings.counters:
             interval = self.settings.log_interval_s
@@ -105,6 +116,11 @@ class BudgetRuntime:
                 "" if self.settings.counters else " (counters off)",
             )
         return found
+
+    @property
+    def learns(self) -> bool:
+        """Whether the policy learns from acceptance (it is fed after every verify step)."""
+        return self.policy.adaptive and hasattr(self.policy, "record_to_device")
 
     def budget(self, topk: Any, output: Any) -> Any:
         """``output`` with at most B distinct experts when this is a target verify pass."""
@@ -178,10 +194,32 @@ class BudgetRuntime:
             self.counters.reset()
 
     def after_forward(self) -> None:
-        """Host side, after a forward returned: the periodic report when it is due."""
-        if self.counters is None or not self.counters.due() or capturing():
+        """Host side, after a forward returned: the periodic reports when they are due."""
+        if capturing():
             return
-        self.counters.report()
+        if self.counters is not None and self.counters.due():
+            self.counters.report()
+        if self.feed is not None and self.feed.due():
+            self.feed.report()
+
+    def after_verify(self, result: Any, batch: Any) -> None:
+        """Host side, after a verify step: its acceptance to the policy (never raises).
+
+        A result SGLang lays out differently stops the feed with one error line; the
+        server keeps serving with the budgets the policy had.
+        """
+        feed = self.feed
+        if feed is None or feed.stopped or capturing():
+            return
+        try:
+            feed.after_verify(result, batch)
+        except Exception as exc:  # an unexpected layout or a policy bug: stop learning only
+            feed.stopped = f"{exc!r}"
+            logger.error(
+                "moe-spec: policy %r gets no more acceptance (its budgets stay as they are): %r",
+                self.settings.policy,
+                exc,
+            )
 
 
 def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) -> BudgetedTopK:

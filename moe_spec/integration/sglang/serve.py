@@ -176,7 +176,7 @@ def plan_launch(
 ) -> Launch:
     """Validate everything and return the launch; raise :class:`ServeError` with every refusal."""
     environ = os.environ if environ is None else environ
-    get_policy(settings.policy)  # an unknown policy: PolicyError at once, before SGLang loads
+    policy = get_policy(settings.policy)  # unknown: PolicyError at once, before SGLang loads
     version = check_sglang_version(installed_sglang_version())
     if version.errors:  # nothing else can be checked without the right SGLang
         raise ServeError(version.errors[0])
@@ -209,7 +209,7 @@ def plan_launch(
             check_budget(settings.budget, shape[1], shape[0])
         except ValueError as exc:
             found.errors.append(f"{args.model_path}: {exc}")
-        if settings.budget >= shape[0]:
+        if settings.budget >= shape[0] and not policy.adaptive:  # auto picks each layer's B
             found.warnings.append(
                 f"--budget {settings.budget} is not below the model's {shape[0]} experts: "
                 "nothing to cut, every verify pass runs unbudgeted (budgeting is off)"

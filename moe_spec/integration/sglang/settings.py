@@ -60,6 +60,12 @@ class ServeSettings:
             raise SettingsError(f"{ENV_MODE}={self.mode!r}; allowed: {', '.join(MODES)}") from None
         if not isinstance(self.options, dict):
             raise SettingsError(f"{ENV_OPTIONS} must be a JSON object, got {self.options!r}")
+        if self.options.get("guard"):
+            raise SettingsError(
+                f"policy option guard={self.options['guard']!r} ({self.policy}): SGLang runs the "
+                "configured tree every step and a plugin cannot switch to a smaller tree or to "
+                "plain decoding; leave guard unset (or false)"
+            )
         if self.log_interval_s < 0:
             raise SettingsError(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")
 

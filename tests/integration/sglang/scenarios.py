@@ -407,7 +407,7 @@ def scenario_auto() -> dict:
     load_plugins()
     runtime = plugin.RUNTIME
     model = build_model()
-    runtime.prepare(model, sglang_args(), "cpu")
+    runtime.prepare(model, sglang_args(*TREE_7), "cpu")
     budget_L = runtime.policy.device_state["budget_L"]
     address = budget_L.data_ptr()
     depths = [[0, 1, 1, 1, 2, 2, 3], [0, 1, 2, 2, 3, 3, 3]]
@@ -435,8 +435,148 @@ def scenario_auto() -> dict:
     }
 
 
+#: The tree of ``DEPTHS``: 7 draft tokens per request, 4 wide, 3 deep.
+TREE_7 = ("--speculative-num-draft-tokens", "7", "--speculative-num-steps", "3")
+DEPTHS = [[0, 1, 1, 1, 2, 2, 3], [0, 1, 2, 2, 3, 3, 3]]
+#: Accepted rows per request (rows of the whole batch, root first, -1 padded), as
+#: SGLang's verify returns them: request 0 takes its node 1, request 1 its nodes 1 and 2.
+ACCEPT_INDEX = [[0, 1, -1, -1], [7, 8, 9, -1]]
+
+
+ROOT_ONLY = [[0, -1, -1, -1], [7, -1, -1, -1]]
+
+
+def verify_result(accept_index: list[list[int]]) -> SimpleNamespace:
+    """What SGLang's verify returns for these accepted rows (bonus token included)."""
+    lens = [sum(i >= 0 for i in rows) for rows in accept_index]
+    return SimpleNamespace(accept_lens=torch.tensor(lens), accept_index=torch.tensor(accept_index))
+
+
+def scenario_auto_feed() -> dict:
+    """``auto`` fed by the verify hook: what observe receives, budgets rewritten in place."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from moe_spec.integration.sglang import plugin
+    from moe_spec.integration.sglang.compat import VERIFY_TARGETS, UnsupportedSetupError
+    from moe_spec.integration.sglang.runtime import BudgetRuntime
+    from tests.host_sync import HostSyncRecorder
+
+    publish_runtime()
+    load_plugins()
+    runtime, policy = plugin.RUNTIME, plugin.RUNTIME.policy
+    model = build_model()
+    runtime.prepare(model, sglang_args(*TREE_7), "cpu")
+    budget_L = policy.device_state["budget_L"]
+    address, initial = budget_L.data_ptr(), budget_L.tolist()
+    observed = []
+    observe = policy.observe
+
+    def spy(outcome, rank_LE=None, ids_LNK=None):
+        observed.append((outcome, rank_LE.clone(), ids_LNK.clone()))
+        observe(outcome, rank_LE, ids_LNK)
+
+    policy.observe = spy
+    recorder = HostSyncRecorder()
+    budget_standard = runtime.budget_standard
+
+    def recorded(*args):
+        with recorder:
+            return budget_standard(*args)
+
+    runtime.budget_standard = recorded
+    hooks = {t: [h for _, h, _ in HookRegistry._hooks.get(t, [])] for t in VERIFY_TARGETS.values()}
+    results = [verify_result(ACCEPT_INDEX), verify_result(ROOT_ONLY)]
+    schedule_batch = SimpleNamespace(forward_mode=ForwardMode.TARGET_VERIFY)
+    g = torch.Generator().manual_seed(1)
+    steps = []
+    for step in range(12 + 32):  # deeper paths first, then only the roots (window: 24)
+        budgets = budget_L.tolist()  # what this verify pass runs under
+        x_TD = torch.randn(14, 32, generator=g)
+        plain = run_blocks(model, x_TD, None)
+        verify = run_blocks(model, x_TD, tree_batch("TARGET_VERIFY", DEPTHS))
+        first = len(observed)
+        for hook in hooks[VERIFY_TARGETS[False]]:
+            hook(results[step >= 12], SimpleNamespace(), schedule_batch)
+        steps.append(step_record(budgets, plain, verify, observed[first:]))
+    feed_line = runtime.feed.line()
+    stopped = {}
+    for name, broken in {
+        "no_accept_index": SimpleNamespace(accept_lens=torch.tensor([2, 3])),
+        "rows_of_another_request": verify_result([[0, 8, -1, -1]] * 2),
+    }.items():
+        runtime.feed.stopped = None
+        hooks[VERIFY_TARGETS[False]][0](broken, SimpleNamespace(), schedule_batch)
+        stopped[name] = runtime.feed.stopped
+    refused = {}
+    for multi_layer in (False, True):
+        HookRegistry._patched.discard(VERIFY_TARGETS[multi_layer])
+        try:
+            BudgetRuntime(runtime.settings).prepare(
+                build_model(),
+                sglang_args(*TREE_7, *["--enable-multi-layer-eagle"] * multi_layer),
+                "cpu",
+            )
+            refused[str(multi_layer)] = None
+        except UnsupportedSetupError as exc:
+            refused[str(multi_layer)] = str(exc)
+    return {
+        "hooked": {t: len(h) for t, h in hooks.items()},
+        "initial": initial,
+        "final": budget_L.tolist(),
+        "host_copy": policy.budget_host_L.tolist(),
+        "same_tensor": budget_L.data_ptr() == address,
+        "reach_D": policy.device_state["reach_D"].tolist(),
+        "steps": steps,
+        "host_syncs": recorder.syncs,
+        "feed_line": feed_line,
+        "stopped": stopped,
+        "refused": refused,
+    }
+
+
+def step_record(budgets, plain, verify, observed) -> dict:
+    """One fed verify step: what observe got, checked against the unbudgeted routing."""
+    outcomes = []
+    for i, (outcome, _, ids_LNK) in enumerate(observed):
+        rows = slice(7 * i, 7 * (i + 1))
+        ids_match = []
+        for layer, p in enumerate(plain):
+            K = p["ids"].shape[1]
+            got_NK = ids_LNK[layer]
+            ids_match.append(
+                torch.equal(got_NK[:, :K], p["ids"][rows].long())
+                and torch.equal(got_NK[:, K:], got_NK[:, :1].expand(-1, got_NK.shape[1] - K))
+            )
+        outcomes.append(
+            {
+                "path": outcome.path,
+                "depth_N": outcome.depth_N.tolist(),
+                "tree": list(outcome.tree),
+                "logprob_N": outcome.logprob_N,
+                "ids_match_unbudgeted": ids_match,
+            }
+        )
+    # the recorded ranking is the one the pass budgeted with: kept = rank < budget
+    rank_LE = observed[0][1] if observed else None
+    kept_match = []
+    for layer, v in enumerate(verify):
+        E = 8 if layer == 0 else 16
+        kept = set(v["ids"].unique().tolist())
+        ranked = {e for e in range(E) if int(rank_LE[layer, e]) < min(budgets[layer], E)}
+        kept_match.append(kept <= ranked)
+    return {
+        "budgets": budgets,
+        "distinct": [int(v["ids"].unique().numel()) for v in verify],
+        "outcomes": outcomes,
+        "kept_within_ranked": kept_match,
+    }
+
+
 SCENARIOS = {
     "auto": scenario_auto,
+    "auto_feed": scenario_auto_feed,
     "load": scenario_load,
     "refusal": scenario_refusal,
     "verify": scenario_verify,

@@ -1,8 +1,16 @@
-"""``auto`` in the SGLang plugin: per-layer budgets from a device tensor, no host reads."""
+"""``auto`` in the SGLang plugin: per-layer budgets from a device tensor, no host reads,
+and the acceptance of every verify step fed back to the policy between steps."""
 
 from __future__ import annotations
 
+import pytest
+
+from moe_spec.integration.sglang.runtime import BudgetRuntime
+from moe_spec.integration.sglang.settings import ServeSettings, SettingsError
 from tests.integration.sglang.conftest import run_scenario
+from tests.integration.sglang.scenarios import ACCEPT_INDEX, DEPTHS, ROOT_ONLY
+
+EXPERTS = [8, 16]  # the scenario's two MoE layers: Qwen3-MoE (top-2), OLMoE (top-4)
 
 
 def test_per_layer_budgets_change_in_place_between_passes():
@@ -15,3 +23,67 @@ def test_per_layer_budgets_change_in_place_between_passes():
     for budgets in ([3, 6], [2, 4]):
         got = result["distinct"][str(budgets)]
         assert got == budgets, (budgets, got)
+
+
+@pytest.fixture(scope="module")
+def fed():
+    return run_scenario("auto_feed", MOE_SPEC_POLICY="auto", MOE_SPEC_BUDGET="16")
+
+
+def paths(accept_index: list[list[int]]) -> list[list[int]]:
+    """Each request's accepted tree nodes (its own indices), as observe should get them."""
+    return [[r - 7 * i for r in rows if r >= 0] for i, rows in enumerate(accept_index)]
+
+
+def test_every_verify_step_reaches_observe_with_what_was_accepted(fed):
+    assert set(fed["hooked"].values()) == {1}  # EAGLE and multi-layer EAGLE workers
+    assert fed["host_syncs"] == []  # recording the routing reads nothing inside the forward
+    assert len(fed["steps"]) == 44
+    for n, step in enumerate(fed["steps"]):
+        want = paths(ACCEPT_INDEX if n < 12 else ROOT_ONLY)[:1]  # the batch's first request
+        assert [o["path"] for o in step["outcomes"]] == want, n
+        for i, outcome in enumerate(step["outcomes"]):
+            assert outcome["depth_N"] == DEPTHS[i]
+            assert outcome["tree"] == [7, 4, 3]  # --speculative-num-draft-tokens/topk/steps
+            assert outcome["logprob_N"] is None  # SGLang keeps no draft scores
+            assert all(outcome["ids_match_unbudgeted"]), (n, i)
+        assert all(step["kept_within_ranked"]), n  # the recorded ranking is the one applied
+        for distinct, budget, E in zip(step["distinct"], step["budgets"], EXPERTS, strict=True):
+            assert distinct <= min(budget, E), (n, step)
+    assert "auto observed 44 verify steps (44 requests folded in)" in fed["feed_line"]
+    assert "mean accepted length 1.41" in fed["feed_line"]  # (12 * (2 + 3) + 32 * 2) / 88
+
+
+def test_observed_acceptance_rewrites_the_budgets_in_place(fed):
+    assert fed["same_tensor"]
+    assert fed["initial"] == [16, 16]
+    budgets = [step["budgets"] for step in fed["steps"]]
+    assert any(b != fed["initial"] for b in budgets[1:12])  # it moved while paths were deep
+    # only roots accepted at the end: any budget commits the same one token, so the
+    # cheapest one that leaves room for every layer's top-k (4) wins
+    assert fed["final"] == fed["host_copy"] == [4, 4]
+    assert budgets[-1] == [4, 4]
+    reach = fed["reach_D"]  # P(reach depth d), prior 1/2 per depth: [1, .5, .25, .125]
+    assert reach[1] < 0.5  # 12 of the (at most) 44 observed paths reached depth 1
+    assert reach[3] < 0.01  # none reached depth 3
+
+
+def test_a_verify_result_laid_out_otherwise_stops_learning_only(fed):
+    stopped = fed["stopped"]
+    assert "has no accept_index" in stopped["no_accept_index"]
+    assert "rows of its own 7, root first" in stopped["rows_of_another_request"]
+
+
+def test_a_missing_verify_hook_refuses_the_start(fed):
+    for multi_layer, worker in (("False", "EAGLEWorkerV2"), ("True", "MultiLayerEagleWorkerV2")):
+        refusal = fed["refused"][multi_layer]
+        assert refusal and f"{worker}.verify, which this SGLang does not have" in refusal
+
+
+def test_guard_is_refused_because_sglang_runs_the_configured_tree():
+    with pytest.raises(SettingsError, match=r"guard=True \(auto\).*cannot switch to a smaller"):
+        ServeSettings("auto", 16, options={"guard": True})
+    runtime = BudgetRuntime(ServeSettings("auto", 16, options={"guard": False}))
+    assert runtime.learns and runtime.policy.options["guard"] is False
+    assert BudgetRuntime(ServeSettings("auto", 16)).policy.options["guard"] is False
+    assert not BudgetRuntime(ServeSettings("token-priority", 16)).learns

@@ -250,6 +250,16 @@ def test_a_budget_at_or_above_e_warns_that_budgeting_is_off(capsys, qwen3_dir):
     code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "128", "--dry-run", "--",
                          "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
     assert code == 0 and "not below the model's 128 experts" in err and "budgeting is off" in err
+    # auto picks each layer's budget below the cap, so a cap of E is not "off"
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "128", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == 0 and "budgeting is off" not in err
+
+
+def test_autos_guard_is_refused_before_sglang_starts(capsys, qwen3_dir):
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
+                         "guard=true", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == 2 and "guard=True (auto)" in err and "cannot switch to a smaller tree" in err
 
 
 @pytest.mark.parametrize(

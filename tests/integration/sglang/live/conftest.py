@@ -3,7 +3,7 @@
 Every configuration the live tests use is started at once, the first time any of
 them is asked for (imports dominate a start, so they overlap), and all of them
 are stopped by process group once the live tests are done (package scope: the rest of
-the suite does not run beside six busy SGLang schedulers). A test waits only for
+the suite does not run beside seven busy SGLang schedulers). A test waits only for
 the server it needs.
 
 =============  ===================================================================
@@ -14,6 +14,7 @@ the server it needs.
                0.5.23's OLMoE lacks: ``policy_plugin/moe_spec_live_policies.py``)
 ``full``       Qwen3-MoE + EAGLE, ``router-mass`` B=16 (above E=8: nothing to cut)
 ``off``        Qwen3-MoE + EAGLE-3, the plugin's off switch: no hooks at all
+``auto``       Qwen3-MoE + EAGLE-3, ``auto`` capped at B=8 (= E: it picks each layer's B)
 ``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
 ``refused``    Qwen3-MoE + EAGLE-3 with an unknown policy in the environment
 =============  ===================================================================
@@ -31,10 +32,11 @@ import pytest
 from tests.integration.sglang.live.harness import TREE_ARGS, LiveServer, ServerSpec, stop_all
 from tests.integration.sglang.live.models import build_all
 
-#: Seconds a server may take from launch to ``/health`` (two cores, six servers at once).
+#: Seconds a server may take from launch to ``/health`` (two cores, seven servers at once).
 START_TIMEOUT_S = float(os.environ.get("MOE_SPEC_LIVE_START_TIMEOUT", "900"))
 BUDGET = 2
 OLMOE_BUDGET = 4
+AUTO_CAP = 8
 LOG_INTERVAL = "0.2"
 
 
@@ -73,6 +75,7 @@ def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
             serve("router-mass", BUDGET),
             env={"MOE_SPEC_SGLANG_DISABLE": "1"},
         ),
+        ServerSpec("auto", qwen3, eagle3, serve("auto", AUTO_CAP)),
         ServerSpec("plain", qwen3, []),
         ServerSpec(
             "refused",

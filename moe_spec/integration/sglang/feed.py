@@ -1,0 +1,194 @@
+"""Acceptance fed back to an adaptive policy (``auto``) after every SGLang verify step.
+
+SGLang's ``EAGLEWorkerV2.verify`` returns, per request, how many tokens were accepted
+(``accept_lens [bs]``, the bonus token included) and which tree rows (``accept_index
+[bs, depth + 1]``, rows of the whole verify batch, root first, -1 padded). The plugin's
+AFTER hook on it hands both to :class:`AcceptanceFeed`, with what the policy recorded
+in that verify forward (each layer's expert ranking, the unbudgeted top-k and depths of
+the first :data:`REQUESTS` request's rows: ``Auto.record_to_device``). The feed copies
+them off the device (on CUDA without blocking: a step is folded in at the next verify
+step, a fixed lag, so that every tensor-parallel rank changes its budgets at the same
+step and all ranks keep the same experts), calls the policy's ``observe`` once per
+recorded request and ``plan_step`` once per verify step. ``plan_step`` rewrites the
+per-layer budget tensor in place between forwards, so captured CUDA graphs stay valid;
+nothing here runs inside a forward.
+
+SGLang runs the configured tree every step: a plugin cannot switch to a smaller tree or
+to plain decoding, so the policy plans per-layer budgets for that tree only (no guard).
+
+Shape legend: b requests, P accepted-path slots, L MoE layers, E experts, K top-k,
+N tree tokens per request, R recorded rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moe_spec.control.steps import TREE, StepOutcome, StepPlan, candidate_trees
+from moe_spec.integration.sglang.compat import UnsupportedSetupError
+
+logger = logging.getLogger("moe_spec.sglang")
+
+#: Requests per verify step whose routing is recorded and observed (the batch's first):
+#: each is a host-side observe, and every 8 observed requests the controller replans.
+REQUESTS = 1
+#: What the feed reads from SGLang's verify result.
+RESULT_FIELDS = ("accept_lens", "accept_index")
+
+
+def tree_of(server_args: Any) -> tuple[int, int, int]:
+    """``(num_tokens, width, depth)`` of the EAGLE tree SGLang verifies every step
+    (width and depth at most ``num_tokens - 1``, as the policy's candidate trees)."""
+    names = ("speculative_num_draft_tokens", "speculative_eagle_topk", "speculative_num_steps")
+    values = [getattr(server_args, name, None) for name in names]
+    if any(v is None for v in values):
+        unset = [n for n, v in zip(names, values, strict=True) if v is None]
+        raise UnsupportedSetupError(f"SGLang's server arguments leave {', '.join(unset)} unset")
+    return candidate_trees(*(int(v) for v in values))[0]
+
+
+class FeedError(RuntimeError):
+    """SGLang's verify result is not laid out as the feed expects."""
+
+
+@dataclass
+class Snapshot:
+    """One verify step's acceptance and recorded routing, on the host after :meth:`wait`."""
+
+    event: Any  # a CUDA event recorded after the non-blocking copies, or None (copied)
+    lens_b: torch.Tensor
+    index_bP: torch.Tensor
+    recorded: dict[str, torch.Tensor]
+
+    def wait(self) -> None:
+        """Until the copies have landed (long done when the next step comes)."""
+        if self.event is not None:
+            self.event.synchronize()
+
+
+class AcceptanceFeed:
+    """Feeds each verify step's acceptance to ``policy.observe``, then ``plan_step``."""
+
+    def __init__(
+        self,
+        policy: Any,
+        tree: tuple[int, int, int],
+        top_k: int,
+        interval_s: float = 30.0,
+        tp_rank: int = 0,
+        requests: int = REQUESTS,
+    ) -> None:
+        self.policy = policy
+        self.tree = tree
+        self.N = tree[0]
+        self.buffers = policy.record_to_device(requests * self.N, top_k)
+        self.pending: deque[Snapshot] = deque()
+        self.plan: StepPlan | None = policy.plan_step(tree, False)
+        self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
+        self.host_s = 0.0  # the feed's own host time (copies, observe, plan_step)
+        self.stopped: str | None = None  # why the feed stopped, once it has
+        self.interval_s, self.tp_rank = interval_s, tp_rank
+        self.last_report = time.monotonic()
+
+    # -- after each verify -------------------------------------------------------------
+    def after_verify(self, result: Any, batch: Any) -> None:
+        """Queue this step's acceptance and recorded routing; fold in the previous step's
+        (on CUDA) or this one's (on a CPU, where the copies are made at once)."""
+        mode = getattr(batch, "forward_mode", None)
+        if mode is not None and mode.is_idle():
+            return
+        missing = [name for name in RESULT_FIELDS if getattr(result, name, None) is None]
+        if missing:
+            raise FeedError(
+                f"SGLang's verify result ({type(result).__name__}) has no "
+                f"{', '.join(missing)}; auto needs them to learn acceptance"
+            )
+        lens_b, index_bP = result.accept_lens, result.accept_index
+        if lens_b.dim() != 1 or index_bP.dim() != 2 or index_bP.shape[0] != lens_b.shape[0]:
+            raise FeedError(
+                f"SGLang's verify result has accept_lens {tuple(lens_b.shape)} and accept_index "
+                f"{tuple(index_bP.shape)}; expected [bs] and [bs, depth + 1]"
+            )
+        t0 = time.perf_counter()
+        if lens_b.numel():
+            self.pending.append(self.snapshot(lens_b, index_bP))
+        lag = int(lens_b.device.type == "cuda")
+        while len(self.pending) > lag:
+            snap = self.pending.popleft()
+            snap.wait()
+            self.fold(snap)
+        self.host_s += time.perf_counter() - t0
+
+    def snapshot(self, lens_b: torch.Tensor, index_bP: torch.Tensor) -> Snapshot:
+        """Host copies of this step's tensors (non-blocking into pinned memory on CUDA)."""
+        tensors = {"lens_b": lens_b, "index_bP": index_bP, **self.buffers}
+        if lens_b.device.type != "cuda":
+            host = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
+            event = None
+        else:
+            host = {
+                k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                for k, t in tensors.items()
+            }
+            event = torch.cuda.Event()
+            event.record()
+        lens, index = host.pop("lens_b"), host.pop("index_bP")
+        return Snapshot(event, lens, index, host)
+
+    def fold(self, snap: Snapshot) -> None:
+        """Observe the recorded requests of one step, then plan the next (host only)."""
+        N = self.N
+        lens, index = snap.lens_b.tolist(), snap.index_bP.tolist()
+        paths = []
+        for i, (n, rows) in enumerate(zip(lens, index, strict=True)):
+            path = [row - i * N for row in rows[:n]]
+            if not 1 <= n <= len(rows) or not all(0 <= p < N for p in path) or path[0] != 0:
+                raise FeedError(
+                    f"request {i} of a verify step: accept_lens {n}, accept_index {rows}; "
+                    f"expected 1 to {len(rows)} rows of its own {N}, root first"
+                )
+            paths.append(path)
+        rec = snap.recorded
+        for i, path in enumerate(paths[: rec["ids_LRK"].shape[1] // N]):
+            rows = slice(i * N, (i + 1) * N)
+            outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, self.tree)
+            self.policy.observe(outcome, rec["rank_LE"], rec["ids_LRK"][:, rows])
+            self.observed += 1
+        self.steps += 1
+        self.requests += len(paths)
+        self.tokens += sum(lens)
+        self.plan = self.policy.plan_step(self.tree, False)
+
+    # -- reporting ---------------------------------------------------------------------
+    def due(self, now: float | None = None) -> bool:
+        """Whether ``interval_s`` has passed since the last report and steps came in since."""
+        now = time.monotonic() if now is None else now
+        fresh = self.steps > self.reported_steps
+        return fresh and self.interval_s > 0 and now - self.last_report >= self.interval_s
+
+    def line(self) -> str:
+        """What the policy learned so far: steps seen, budgets, acceptance per depth."""
+        if self.stopped:
+            return f"moe-spec: auto gets no acceptance (budgets stay as they are): {self.stopped}"
+        state = self.policy.device_state
+        budgets = self.policy.budget_host_L.tolist()
+        reach = [round(x, 3) for x in state["reach_D"][1 : self.tree[2] + 1].tolist()]
+        mean = self.tokens / self.requests if self.requests else 0.0
+        reason = self.plan.reason if self.plan is not None else ""
+        return (
+            f"moe-spec: auto observed {self.steps} verify steps ({self.observed} requests "
+            f"folded in), mean accepted length {mean:.2f}; budgets per layer {budgets}; "
+            f"P(reach depth 1..{self.tree[2]}) {reach}; host time per step "
+            f"{1e3 * self.host_s / max(self.steps, 1):.2f} ms; plan: {reason}"
+        )
+
+    def report(self) -> None:
+        self.last_report, self.reported_steps = time.monotonic(), self.steps
+        if self.tp_rank == 0:
+            logger.info(self.line())

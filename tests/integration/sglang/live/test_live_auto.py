@@ -1,0 +1,47 @@
+"""``auto`` on a live SGLang server: it learns each verify step's acceptance while serving."""
+
+from __future__ import annotations
+
+import ast
+import re
+import time
+
+import pytest
+
+from tests.integration.sglang.live.conftest import AUTO_CAP, LOG_INTERVAL
+from tests.integration.sglang.live.models import VOCAB
+from tests.integration.sglang.live.test_live_serving import PROMPTS
+
+pytestmark = pytest.mark.live
+
+AUTO_LINE = re.compile(
+    r"moe-spec: auto observed (\d+) verify steps \((\d+) requests folded in\), mean accepted "
+    r"length ([\d.]+); budgets per layer (\[[\d, ]+\]); P\(reach depth 1\.\.(\d+)\) "
+    r"(\[[\d., e-]+\])"
+)
+
+
+def test_auto_learns_acceptance_and_sets_each_layers_budget(fleet):
+    server = fleet.ready("auto")
+    answers = [server.generate(text, n) for text, n in PROMPTS]  # one at a time
+    first_tokens = [fleet.ready("plain").generate(text, 1)["output_ids"] for text, _ in PROMPTS]
+    assert [len(a["output_ids"]) for a in answers] == [n for _, n in PROMPTS]
+    assert all(0 <= t < VOCAB for a in answers for t in a["output_ids"])
+    # the first token comes from the prefill, which the budget never touches
+    assert [a["output_ids"][:1] for a in answers] == first_tokens
+    verify_ct = sum(a["meta_info"]["spec_verify_ct"] for a in answers)
+    assert verify_ct >= len(PROMPTS)
+    time.sleep(float(LOG_INTERVAL) + 0.1)
+    server.generate("flush", 1)  # a prefill: its forward writes the due report, no verify
+    log = server.log()
+    lines = AUTO_LINE.findall(log)
+    assert lines, server.log_tail()
+    steps, requests, mean, budgets, depth, reach = lines[-1]
+    assert int(steps) == int(requests) == verify_ct  # every verify step reached observe
+    assert 1.0 <= float(mean) <= 3.0  # accepted tokens per request and step (tree depth 2)
+    budgets = ast.literal_eval(budgets)
+    assert len(budgets) == 4 and all(2 <= b <= AUTO_CAP for b in budgets)  # top-k to cap
+    reach = ast.literal_eval(reach)
+    assert int(depth) == 2 and reach != [0.5, 0.25]  # moved off the prior
+    assert "NOT budgeted" not in log and "gets no more acceptance" not in log
+    assert "budgeting 4 MoE layers in verify passes: policy auto, B=8" in log

@@ -1,0 +1,85 @@
+"""On a GPU: ``auto``'s verify work captured in a CUDA graph, fed by :class:`AcceptanceFeed`.
+
+The plugin's forward-side work (record the routing, keep ``rank < B_l``) is captured once;
+the feed copies each step's acceptance and recording off the device without blocking,
+folds each step in at the next one and rewrites the budgets in place; replays must then
+keep at most the new ``B_l`` experts.
+The same loop runs eagerly on the CPU; the CUDA case (graph capture, non-blocking copies)
+is skipped without a GPU (``make test`` on a CPU): a device check runs it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from moe_spec.integration.sglang.feed import AcceptanceFeed
+from moe_spec.policies import get_policy
+from moe_spec.routing import RoutingRecord
+
+CUDA = pytest.param(
+    "cuda",
+    marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+)
+L, E, K, N, BS = 3, 16, 2, 7, 2
+DEPTH_N = [0, 1, 1, 1, 2, 2, 3]
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_budgets_learned_between_replays_of_a_captured_verify(device):
+    policy = get_policy("auto")
+    policy.validate, policy.record_routing = False, False
+    policy.fixed_tree()
+    policy.prepare(L, E, K, E, torch.device(device))
+    feed = AcceptanceFeed(policy, (N, 4, 3), K, requests=BS)  # both requests observed
+    budget_L = policy.device_state["budget_L"]
+    address = budget_L.data_ptr()
+    logits_LTE = torch.zeros(L, BS * N, E, device=device)
+    depth_T = torch.tensor(DEPTH_N * BS, device=device)
+
+    def verify() -> list[torch.Tensor]:
+        out = []
+        for layer in range(L):
+            weights_TK, ids_TK = torch.topk(torch.softmax(logits_LTE[layer], -1), K)
+            record = RoutingRecord(
+                logits_LTE[layer], ids_TK, weights_TK, depth_T=depth_T, layer_idx=layer,
+                num_layers=L,
+            )  # fmt: skip
+            out.append(policy.apply(record, E).topk_ids_TK)
+        return out
+
+    if device == "cuda":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            verify()  # warm-up outside the graph
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            ids_LTK = verify()
+    result = SimpleNamespace(
+        accept_lens=torch.tensor([1, 1], device=device),  # only the roots: B falls to top-k
+        accept_index=torch.tensor([[0, -1, -1, -1], [N, -1, -1, -1]], device=device),
+    )
+    g = torch.Generator(device=device).manual_seed(0)
+    seen = []
+    for _ in range(40):
+        logits_LTE.copy_(torch.randn(L, BS * N, E, device=device, generator=g) * 3)
+        if device == "cuda":
+            graph.replay()
+        else:
+            ids_LTK = verify()
+        budgets = policy.budget_host_L.tolist()  # what the device tensor held for this replay
+        distinct = [int(ids.unique().numel()) for ids in ids_LTK]
+        seen.append((budgets, distinct))
+        feed.after_verify(result, None)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert budget_L.data_ptr() == address
+    assert budget_L.tolist() == policy.budget_host_L.tolist() == [K] * L
+    lag = int(device == "cuda")  # on CUDA a step is folded in at the next one, on every rank
+    assert feed.steps == 40 - lag and feed.observed == 2 * feed.steps
+    assert all(d <= b for budgets, distinct in seen for d, b in zip(distinct, budgets, strict=True))
+    assert seen[0][0] == [E] * L and seen[-1][1] == [K] * L
