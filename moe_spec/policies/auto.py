@@ -45,6 +45,17 @@ from moe_spec.policies.hookspecs import hookimpl
 from moe_spec.routing import RoutingRecord
 
 
+def upload(dst: torch.Tensor, src: np.ndarray) -> None:
+    """``dst.copy_(src)`` without blocking the host on CUDA: through pinned memory, whose
+    caching allocator keeps the buffer until the copy ran (a pageable copy would
+    synchronise the stream, stalling a server that overlaps host and device work)."""
+    host = torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype)
+    if dst.is_cuda:
+        dst.copy_(host.pin_memory(), non_blocking=True)
+    else:
+        dst.copy_(host)
+
+
 def _check(name: str, value, ok: bool, allowed: str) -> None:
     if not ok:
         raise PolicyError(f"auto: {name} is {value!r}; allowed: {allowed}")
@@ -225,12 +236,12 @@ class Auto(TokenPriority):
         plan = self.controller.plan()
         if plan.kind == TREE and not np.array_equal(self.controller.budget_L, self.budget_host_L):
             self.budget_host_L = self.controller.budget_L.copy()
-            self.device_state["budget_L"].copy_(torch.from_numpy(self.budget_host_L))
+            upload(self.device_state["budget_L"], self.budget_host_L)
         if self.controller.replans != self.tables_at:  # new estimates: refresh the tables
             self.tables_at = self.controller.replans
             est = self.controller.est
-            self.device_state["accept_B"].copy_(torch.from_numpy(est.accept_B()).float())
-            self.device_state["reach_D"].copy_(torch.from_numpy(reach_cum(est)).float())
+            upload(self.device_state["accept_B"], est.accept_B())
+            upload(self.device_state["reach_D"], reach_cum(est))
         return plan
 
     def observe(

@@ -10,6 +10,7 @@ is skipped without a GPU (``make test`` on a CPU): a device check runs it.
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +26,19 @@ CUDA = pytest.param(
 )
 L, E, K, N, BS = 3, 16, 2, 7, 2
 DEPTH_N = [0, 1, 1, 1, 2, 2, 3]
+
+
+@contextlib.contextmanager
+def no_host_sync(device: str):
+    """On CUDA: fail on any operation that makes the host wait for the device."""
+    if device != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
@@ -74,7 +88,8 @@ def test_budgets_learned_between_replays_of_a_captured_verify(device):
         budgets = policy.budget_host_L.tolist()  # what the device tensor held for this replay
         distinct = [int(ids.unique().numel()) for ids in ids_LTK]
         seen.append((budgets, distinct))
-        feed.after_verify(result, None)
+        with no_host_sync(device):
+            feed.after_verify(result, None)
     if device == "cuda":
         torch.cuda.synchronize()
     assert budget_L.data_ptr() == address
