@@ -66,15 +66,40 @@ def load_config(path: Path):
         raise ModelPathError(f"cannot read {path / 'config.json'}: {exc}") from exc
 
 
+EXPERT_DIM_KEYS = ("moe_intermediate_size", "expert_intermediate_size", "intermediate_size")
+
+
+def experts_implementation(config, device: str, dtype: torch.dtype | str) -> str | None:
+    """``batched_mm`` where transformers' default ``grouped_mm`` experts would fail, else None.
+
+    On a CPU, ``grouped_mm`` refuses 16-bit experts whose rows are not a multiple of 16
+    bytes ("strides should be multiple of 16 bytes": smollm2-moe's 12-neuron bf16 experts,
+    loaded with ``dtype="auto"``); ``batched_mm`` computes the same product without it.
+    """
+    if not str(device).startswith("cpu"):
+        return None
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if not isinstance(dtype, torch.dtype) or dtype.itemsize >= 4:
+        return None
+    dims = [getattr(config, key, None) for key in EXPERT_DIM_KEYS]
+    odd = any(isinstance(d, int) and d * dtype.itemsize % 16 for d in dims)
+    return "batched_mm" if odd else None
+
+
 def load_causal_lm(path: Path, device: str, dtype: torch.dtype | str):
     from transformers import AutoModelForCausalLM
 
+    experts = experts_implementation(load_config(path), device, dtype)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         local_files_only=True,
         use_safetensors=True,
         trust_remote_code=False,
         dtype=dtype,
+        **({"experts_implementation": experts} if experts else {}),
     )
     return model.to(device).eval().requires_grad_(False)
 

@@ -16,6 +16,7 @@ from moe_spec.integration.transformers import (
     UnsupportedModelError,
     load_engine,
 )
+from moe_spec.integration.transformers.loading import experts_implementation
 
 from .conftest import COMMON, VOCAB, build, tiny_config
 
@@ -53,6 +54,23 @@ def test_load_engine_from_local_directories(checkpoints):
     budgeted = SpecConfig(2, 3, 6, policy="router-mass", budget=3)
     steps = engine.generate_speculative(prompt, 10, budgeted).steps
     assert steps and all(max(s.distinct_after_L) <= 3 for s in steps)
+
+
+def test_a_bf16_checkpoint_with_narrow_experts_runs_on_a_cpu(tmp_path):
+    # transformers' default grouped_mm refuses bf16 experts of 12 neurons (24-byte rows) on
+    # a CPU ("strides should be multiple of 16 bytes"); smollm2-moe's are such experts.
+    config = tiny_config("qwen2_moe")
+    config.moe_intermediate_size = 12
+    build(config).to(torch.bfloat16).save_pretrained(tmp_path / "t", safe_serialization=True)
+    word_tokenizer().save_pretrained(tmp_path / "t")
+    assert experts_implementation(config, "cpu", torch.bfloat16) == "batched_mm"
+    assert experts_implementation(config, "cpu", torch.float32) is None
+    assert experts_implementation(config, "cuda", torch.bfloat16) is None
+    engine = load_engine(str(tmp_path / "t"), str(tmp_path / "t"), device="cpu")  # dtype auto
+    assert engine.target.dtype == torch.bfloat16
+    assert engine.target.config._experts_implementation == "batched_mm"
+    prompt = engine.encode("w5 w17 w42 w8")
+    assert len(engine.generate_autoregressive(prompt, 4).tokens) == 4
 
 
 def test_paths_that_are_not_model_directories(checkpoints, tmp_path):
