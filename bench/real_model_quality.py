@@ -7,7 +7,7 @@
 
 ``quality``: held-out loss per token and per byte of the dense SmolLM2 (GGUF weights,
 transformers Llama), the MoE checkpoint (transformers Qwen2-MoE) and the shipped toy, on
-the same characters; greedy completions of the ``moe-spec ab`` prompts by each and their
+the same characters; greedy completions of both prompt sets (``spec``'s) by each and their
 share of repeated 5-grams (``moe_spec.models.repetition``).
 ``spec``: the MoE with its EAGLE head in the transformers engine, unbudgeted 32-token
 trees (width 8, depth 6): acceptance length, distinct experts per layer per verify step,
@@ -97,23 +97,25 @@ def cmd_quality(args) -> dict:
         out["moe_per_byte_gain"] = 1 - losses["moe"].nats_per_byte / losses["toy"].nats_per_byte
     out["loss_seconds"] = time.perf_counter() - start
 
-    prompts = held_out_benchmark_prompts(args.prompts)
     eos = {shape.eos_token_id}
-    shares: dict[str, list[float]] = {"dense": [], "moe": [], "toy": []}
-    for i, prompt in enumerate(prompts):
-        ids = tok.encode(prompt)
-        for name, model in (("dense", dense), ("moe", moe)):
-            new = hf_greedy(model, ids, args.max_new_tokens, eos)
-            shares[name].append(repeated_ngram_share(new, 5))
+    out["repeated_5gram_share"], out["max_new_tokens"] = {}, args.max_new_tokens
+    for set_name, prompts in prompt_sets(args.prompts).items():
+        shares: dict[str, list[float]] = {"dense": [], "moe": [], "toy": []}
+        for i, prompt in enumerate(prompts):
+            ids = tok.encode(prompt)
+            for name, model in (("dense", dense), ("moe", moe)):
+                new = hf_greedy(model, ids, args.max_new_tokens, eos)
+                shares[name].append(repeated_ngram_share(new, 5))
+                if i < args.show:
+                    show(f"{set_name} prompt {i} {name}", tok.decode(new))
+            toy_ids = toy.tokenizer.encode(prompt).ids
+            new = Engine(toy).generate_autoregressive(toy_ids, args.max_new_tokens).tokens
+            shares["toy"].append(repeated_ngram_share(new, 5))
             if i < args.show:
-                show(f"prompt {i} {name}", tok.decode(new))
-        toy_ids = toy.tokenizer.encode(prompt).ids
-        new = Engine(toy).generate_autoregressive(toy_ids, args.max_new_tokens).tokens
-        shares["toy"].append(repeated_ngram_share(new, 5))
-        if i < args.show:
-            show(f"prompt {i} toy", toy.tokenizer.decode(new))
-    out["repeated_5gram_share"] = {k: fmean(v) for k, v in shares.items()}
-    out["prompts"], out["max_new_tokens"] = len(prompts), args.max_new_tokens
+                show(f"{set_name} prompt {i} toy", toy.tokenizer.decode(new))
+        means = {k: fmean(v) for k, v in shares.items()}
+        out["repeated_5gram_share"][set_name] = {**means, "prompts": len(prompts)}
+        print(f"{set_name}: repeated 5-gram share {means}", flush=True)
     return out
 
 
