@@ -35,8 +35,8 @@ FREE = ("forward_s", "layer_s", "expert_s")
 # per-expert term stays 0: the GPU check's kernel table measured the fused MoE's slope at
 # 2.0-2.1 us per expert, what the roofline already charges (bytes / HBM bandwidth), and
 # freeing it lets it trade off against the others (14 points; BENCHMARKS.md).
-FREE_MEASURED = ("forward_s", "layer_s", "select_s", "tree_s")
-TERMS = (*FREE, "select_s", "tree_s")
+FREE_MEASURED = ("forward_s", "layer_s", "select_s", "tree_s", "token_s")
+TERMS = (*FREE, "select_s", "tree_s", "token_s")
 P = TypeVar("P")
 
 
@@ -86,6 +86,7 @@ def fit_overheads(
         "expert_s": (0.0, 1.0),
         "select_s": (0.0, 10.0),
         "tree_s": (0.0, 100.0),
+        "token_s": (0.0, 1.0),
     }
     best_x, best_loss = None, math.inf
     for x0 in itertools.product(*(starts[name] for name in free)):

@@ -20,8 +20,11 @@ def _value(p: PublishedPoint, v: float) -> str:
 
 def _terms(o: Overheads) -> str:
     text = f"{o.forward_s * 1e6:.0f} / {o.layer_s * 1e6:.0f} / {o.expert_s * 1e6:.2f}"
-    if o.select_s or o.tree_s:
-        text += f" / select {o.select_s * 1e6:.1f} / tree {o.tree_s * 1e6:.0f}"
+    if o.select_s or o.tree_s or o.token_s:
+        text += (
+            f" / select {o.select_s * 1e6:.1f} / tree {o.tree_s * 1e6:.0f}"
+            f" + {o.token_s * 1e6:.2f}/token"
+        )
     return text
 
 

@@ -48,7 +48,8 @@ class CostModel:
         return (
             f"{self.name} cost model on {self.gpu.name} (forward {o.forward_s * 1e6:.0f} us, "
             f"layer {o.layer_s * 1e6:.0f} us, expert {o.expert_s * 1e6:.2f} us, "
-            f"selection {o.select_s * 1e6:.1f} us, tree {o.tree_s * 1e6:.0f} us)"
+            f"selection {o.select_s * 1e6:.1f} us, tree {o.tree_s * 1e6:.0f} us + "
+            f"{o.token_s * 1e6:.2f} us/token)"
         )
 
 

@@ -20,10 +20,11 @@ is tokens committed over modeled time; prefill is not counted.
 ``forward_s`` once, ``layer_s`` per layer (kernel launches, framework dispatch,
 synchronisation), ``expert_s`` per (MoE layer, distinct expert) read (one
 grouped-GEMM tile schedule, one Python loop turn on CPU), ``select_s`` per MoE
-layer of a budgeted forward (the budget selection's kernels) and ``tree_s`` per layer
-of a forward over more than one token (what a tree forward pays beyond a decode step:
-masked attention, sorting more (token, expert) pairs; measured on an H200 by the GPU
-check, where a 32-token verify cost 1.8x a decode, not the roofline's 4x). All 0 in the pure
+layer of a budgeted forward (the budget selection's kernels), and for a forward over
+``T > 1`` tokens ``tree_s + T * token_s`` per layer (what a tree forward pays beyond a
+decode step: masked attention, sorting more (token, expert) pairs, per-token kernels the
+roofline thinks free; measured on an H200 by the GPU check, where a 32-token verify cost
+1.8x a decode, not the roofline's 4x, and a 255-token one 2.6x). All 0 in the pure
 roofline; fitted to published or measured points in ``moe_spec.costmodel.fit``.
 """
 
@@ -47,9 +48,10 @@ class Overheads:
     expert_s: float = 0.0  # per MoE layer per distinct expert read
     select_s: float = 0.0  # per MoE layer of a budgeted forward: the budget selection
     tree_s: float = 0.0  # per layer of a forward over more than one token
+    token_s: float = 0.0  # per layer per token of a forward over more than one token
 
     def __post_init__(self) -> None:
-        for name in ("forward_s", "layer_s", "expert_s", "select_s", "tree_s"):
+        for name in ("forward_s", "layer_s", "expert_s", "select_s", "tree_s", "token_s"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"Overheads.{name} must be >= 0 seconds, got {value!r}")
@@ -57,9 +59,10 @@ class Overheads:
     def seconds(
         self, layers: int, expert_reads: float, selections: int = 0, tokens: int = 1
     ) -> float:
-        """``forward_s + layers * (layer_s + [tokens > 1] tree_s) + expert_reads * expert_s
-        + selections * select_s``."""
-        per_layer = self.layer_s + (self.tree_s if tokens > 1 else 0.0)
+        """``forward_s + layers * (layer_s + [tokens > 1] (tree_s + tokens * token_s))
+        + expert_reads * expert_s + selections * select_s``."""
+        tree = self.tree_s + tokens * self.token_s if tokens > 1 else 0.0
+        per_layer = self.layer_s + tree
         fixed = self.forward_s + layers * per_layer
         return fixed + expert_reads * self.expert_s + selections * self.select_s
 
