@@ -67,6 +67,7 @@ class StepCost:
         )
         self.decode_s = decode_seconds(g, shape, overheads=o)
         self.select_s = shape.n_moe_layers * o.select_s
+        self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 
     def describe(self) -> str:
         return f"{self.shape.name} on {self.cost.describe()}"
@@ -81,10 +82,35 @@ class StepCost:
         """Seconds of steps with tree ``c``: draft + verify reading ``read`` experts per layer
         (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none);
         ``budgeted`` (broadcast against ``read``): the verify ran the budget selection."""
+        return self.add_parts(c, self.verify_seconds(c, read), repair_tokens, budgeted)
+
+    def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
+        """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""
         d = np.clip(read, 0, self.E)
         low = np.floor(d).astype(int)
         high = np.minimum(low + 1, self.E)
         frac = d - low
-        verify = self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
+        return self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
+
+    def tree_seconds_total(
+        self,
+        c: int,
+        total_read: np.ndarray,
+        layers: int,
+        repair_tokens: np.ndarray,
+        budgeted: np.ndarray | bool = False,
+    ) -> np.ndarray:
+        """:meth:`tree_seconds` with ``read = total_read / layers`` (``total_read``: integer
+        experts read over ``layers`` layers), the verify looked up in a table made once
+        per tree and layer count with the same arithmetic, so the same numbers."""
+        table = self.by_total.get((c, layers))
+        if table is None:
+            table = self.verify_seconds(c, np.arange(layers * self.E + 1) / layers)
+            self.by_total[(c, layers)] = table
+        return self.add_parts(c, table[total_read], repair_tokens, budgeted)
+
+    def add_parts(
+        self, c: int, verify: np.ndarray, repair_tokens: np.ndarray, budgeted: np.ndarray | bool
+    ) -> np.ndarray:
         repair = self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
         return self.draft_C[c] + verify + repair + np.asarray(budgeted) * self.select_s

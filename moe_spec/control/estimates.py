@@ -46,8 +46,10 @@ def exact_table(need_LP: np.ndarray, num_experts: int) -> np.ndarray:
     ``need_LP`` rises along the path, so the positions a budget keeps form a prefix and
     the prefix all layers keep is the shortest of theirs (the planner's ``min`` over L).
     """
-    b_B = np.arange(num_experts + 1)
-    return (need_LP[:, :, None] <= b_B).sum(axis=1)
+    L, P = need_LP.shape
+    at_LP = np.minimum(need_LP, num_experts + 1) + (num_experts + 2) * np.arange(L)[:, None]
+    count_LB = np.bincount(at_LP.ravel(), minlength=L * (num_experts + 2)).reshape(L, -1)
+    return np.cumsum(count_LB[:, : num_experts + 1], axis=1)  # positions with need <= b
 
 
 class AcceptanceEstimates:
@@ -139,7 +141,7 @@ class AcceptanceEstimates:
         self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
     ) -> WindowStep:
         L, N, K = ids_LNK.shape
-        ids_LNK = ids_LNK.astype(np.int64)
+        ids_LNK = ids_LNK.astype(np.int64, copy=False)
         P, l_L1 = len(path), np.arange(L)[:, None]
         need_LPK = rank_LE[l_L1, ids_LNK[:, path].reshape(L, -1)].reshape(L, P, K)
         need_LP = np.maximum.accumulate(need_LPK.max(axis=-1) + 1, axis=1)
@@ -148,16 +150,16 @@ class AcceptanceEstimates:
         place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
         path_place_P = np.maximum.accumulate(place_N[path])
-        hits_LNE = np.zeros((L, N, self.E), dtype=bool)
-        hits_LNE[l_L1[:, :, None], np.arange(N)[None, :, None], ids_LNK[:, order_N]] = True
-        used_LN = np.logical_or.accumulate(hits_LNE, axis=1).sum(axis=-1)  # best n+1 nodes
-        C = len(self.candidate_tokens)
-        committed_C = np.full(C, -1)
-        used_CL = np.zeros((C, L), dtype=int)
-        for c, n in enumerate(self.candidate_tokens):
-            if n <= N:
-                committed_C[c] = int((path_place_P < n).sum())
-                used_CL[c] = used_LN[:, n - 1]
+        # per layer, the distinct experts of the best n nodes: one count of (layer, expert)
+        # over the node prefix of each candidate tree's size
+        flat_NX = (ids_LNK + l_L1[:, :, None] * self.E).transpose(1, 0, 2)[order_N].reshape(N, -1)
+        n_C = np.array(self.candidate_tokens)
+        known_C = n_C <= N
+        committed_C = np.where(known_C, (path_place_P[None, :] < n_C[:, None]).sum(axis=1), -1)
+        used_CL = np.zeros((n_C.size, L), dtype=np.int64)
+        for c in np.flatnonzero(known_C):
+            hits_X = np.bincount(flat_NX[: n_C[c]].ravel(), minlength=L * self.E)
+            used_CL[c] = (hits_X.reshape(L, self.E) > 0).sum(axis=1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,4 +173,6 @@ class AcceptanceEstimates:
         filled = min(self.steps_seen, self.exact_WLB.shape[0])
         ran = np.flatnonzero(self.ran_W[:filled] == c)
         rows = ran if ran.size >= min_ran else np.flatnonzero(self.committed_WC[:filled, c] >= 1)
+        if rows.size == filled:  # every step (ascending): views, not copies of the tables
+            rows = slice(0, filled)
         return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]
