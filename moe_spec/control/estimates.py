@@ -156,10 +156,10 @@ class AcceptanceEstimates:
         n_C = np.array(self.candidate_tokens)
         known_C = n_C <= N
         committed_C = np.where(known_C, (path_place_P[None, :] < n_C[:, None]).sum(axis=1), -1)
-        used_CL = np.zeros((n_C.size, L), dtype=np.int64)
-        for c in np.flatnonzero(known_C):
-            hits_X = np.bincount(flat_NX[: n_C[c]].ravel(), minlength=L * self.E)
-            used_CL[c] = (hits_X.reshape(L, self.E) > 0).sum(axis=1)
+        LE, used_CL = L * self.E, np.zeros((n_C.size, L), dtype=np.int64)
+        if known_C.any():
+            hits_X = [np.bincount(flat_NX[:n].ravel(), minlength=LE) for n in n_C[known_C]]
+            used_CL[known_C] = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

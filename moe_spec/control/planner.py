@@ -41,18 +41,34 @@ def throughput_V(
 ) -> np.ndarray:
     """float ``[V]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_VL``."""
     L = exact_SLB.shape[1]
-    exact_SVL = exact_SLB[:, np.arange(L)[None, :], B_VL]
-    exact_VS = np.minimum(exact_SVL.min(axis=-1).T, committed_S[None])
-    if repair:
-        tokens_V = np.full(B_VL.shape[0], committed_S.sum(), dtype=float)
-        repair_VS = committed_S[None] - exact_VS
-    else:
-        tokens_V = np.minimum(committed_S[None], exact_VS + 1).sum(axis=-1)
-        repair_VS = np.zeros_like(exact_VS)
+    exact_VS = exact_SLB[:, np.arange(L)[None, :], B_VL].min(axis=-1).T
     read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
     budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
-    seconds_VS = cost.tree_seconds_total(c, read_VS, L, repair_VS, budgeted_V1)
-    return tokens_V / seconds_VS.sum(axis=-1)
+    return price(cost, c, exact_VS, committed_S, read_VS, L, budgeted_V1, repair)
+
+
+def price(
+    cost: StepCost,
+    c: int,
+    exact_XS: np.ndarray,
+    committed_S: np.ndarray,
+    read_XS: np.ndarray,
+    layers: int,
+    budgeted_X1: np.ndarray,
+    repair: bool,
+) -> np.ndarray:
+    """float ``[...]``: tokens/s of tree ``c`` over the window for each leading index X of
+    ``exact_XS`` (untouched path prefix per step, before the cap at ``committed_S``) and
+    ``read_XS`` (experts read per step, summed over ``layers`` layers)."""
+    exact_XS = np.minimum(exact_XS, committed_S)
+    if repair:
+        tokens_X = np.full(exact_XS.shape[:-1], committed_S.sum(), dtype=float)
+        repair_XS = committed_S - exact_XS
+    else:
+        tokens_X = np.minimum(committed_S, exact_XS + 1).sum(axis=-1)
+        repair_XS = np.zeros_like(exact_XS)
+    seconds_XS = cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
+    return tokens_X / seconds_XS.sum(axis=-1)
 
 
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:
@@ -80,13 +96,15 @@ def best_budgets(
     exact_SLB, committed_S, used_SL = window
     L = exact_SLB.shape[1]
     levels_desc = levels_V[::-1]
-    uniform_VL = np.repeat(levels_desc[:, None], L, axis=1)
-    tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, uniform_VL, repair)
+    exact_SLV = exact_SLB[:, :, levels_desc]  # the table at the levels, gathered once
+    # one budget for all layers (throughput_V of the uniform rows)
+    read_VS = np.minimum(levels_desc[:, None, None], used_SL).sum(axis=-1)
+    budgeted_V1 = (levels_desc < cost.E)[:, None]
+    tp_V = price(cost, c, exact_SLV.min(axis=1).T, committed_S, read_VS, L, budgeted_V1, repair)
     best = first_clear_best(tp_V, min_gain)
-    B_L, tp = uniform_VL[best].copy(), float(tp_V[best])
+    B_L, tp = np.full(L, levels_desc[best]), float(tp_V[best])
     if passes < 1:
         return B_L, tp
-    exact_SLV = exact_SLB[:, :, levels_desc]  # the table at the levels, gathered once
     for _ in range(passes):
         changed, start = False, 0
         while start < L:
@@ -131,23 +149,15 @@ def layer_trials_JV(
     ]
     others_JS = np.minimum(before_SL, after_SL)[:, start:].T  # min over the other layers
     exact_JVS = np.minimum(others_JS[:, None, :], exact_SLV[:, start:, :].transpose(1, 2, 0))
-    exact_JVS = np.minimum(exact_JVS, committed_S)
-    if repair:
-        tokens_JV = np.full(exact_JVS.shape[:2], committed_S.sum(), dtype=float)
-        repair_JVS = committed_S - exact_JVS
-    else:
-        tokens_JV = np.minimum(committed_S, exact_JVS + 1).sum(axis=-1)
-        repair_JVS = np.zeros_like(exact_JVS)
     kept_SL = np.minimum(B_L, used_SL)
-    used_JS = used_SL[:, start:].T
-    read_JVS = (kept_SL.sum(axis=1) - kept_SL[:, start:].T)[:, None, :] + np.minimum(
-        levels_V[None, :, None], used_JS[:, None, :]
+    others_read_JS = kept_SL.sum(axis=1) - kept_SL[:, start:].T
+    read_JVS = others_read_JS[:, None, :] + np.minimum(
+        levels_V[None, :, None], used_SL[:, start:].T[:, None, :]
     )
     below_L = B_L < cost.E
     others_J = (below_L.sum() - below_L[start:]) > 0
     budgeted_JV1 = (others_J[:, None] | (levels_V < cost.E)[None, :])[:, :, None]
-    seconds_JVS = cost.tree_seconds_total(c, read_JVS, L, repair_JVS, budgeted_JV1)
-    return tokens_JV / seconds_JVS.sum(axis=-1)
+    return price(cost, c, exact_JVS, committed_S, read_JVS, L, budgeted_JV1, repair)
 
 
 def first_clear_best(tp_V: np.ndarray, min_gain: float) -> int:
