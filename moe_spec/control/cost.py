@@ -97,7 +97,7 @@ class StepCost:
         c: int,
         total_read: np.ndarray,
         layers: int,
-        repair_tokens: np.ndarray,
+        repair_tokens: np.ndarray | None,
         budgeted: np.ndarray | bool = False,
     ) -> np.ndarray:
         """:meth:`tree_seconds` with ``read = total_read / layers`` (``total_read``: integer
@@ -110,7 +110,15 @@ class StepCost:
         return self.add_parts(c, table[total_read], repair_tokens, budgeted)
 
     def add_parts(
-        self, c: int, verify: np.ndarray, repair_tokens: np.ndarray, budgeted: np.ndarray | bool
+        self,
+        c: int,
+        verify: np.ndarray,
+        repair_tokens: np.ndarray | None,
+        budgeted: np.ndarray | bool,
     ) -> np.ndarray:
-        repair = self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
-        return self.draft_C[c] + verify + repair + np.asarray(budgeted) * self.select_s
+        """draft + verify + repair (None: no repair; adding ``repair_Q[0] = 0`` changes no
+        number) + the budget selection where ``budgeted``."""
+        seconds = self.draft_C[c] + verify
+        if repair_tokens is not None:
+            seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
+        return seconds + np.asarray(budgeted) * self.select_s

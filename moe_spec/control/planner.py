@@ -66,7 +66,7 @@ def price(
         repair_XS = committed_S - exact_XS
     else:
         tokens_X = np.minimum(committed_S, exact_XS + 1).sum(axis=-1)
-        repair_XS = np.zeros_like(exact_XS)
+        repair_XS = None
     seconds_XS = cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
     return tokens_X / seconds_XS.sum(axis=-1)
 
