@@ -121,7 +121,10 @@ class AcceptanceEstimates:
         b_N = self.bin_of(logprob_N[1:])
         self.seen_B += np.bincount(b_N, minlength=self.bins)
         self.accepted_B += np.bincount(b_N, weights=on_path_N[1:], minlength=self.bins)
-        depth = int(outcome.depth_N.max()) if outcome.depth_N is not None else len(path) - 1
+        if outcome.depth_N is None:
+            depth = len(path) - 1
+        else:
+            depth = int(outcome.depth_N.detach().cpu().numpy().max())
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
         self.reached_D[1 : min(len(path), depth + 1)] += 1
@@ -141,25 +144,29 @@ class AcceptanceEstimates:
         self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
     ) -> WindowStep:
         L, N, K = ids_LNK.shape
-        ids_LNK = ids_LNK.astype(np.int64, copy=False)
-        P, l_L1 = len(path), np.arange(L)[:, None]
-        need_LPK = rank_LE[l_L1, ids_LNK[:, path].reshape(L, -1)].reshape(L, P, K)
-        need_LP = np.maximum.accumulate(need_LPK.max(axis=-1) + 1, axis=1)
+        # (layer, expert) as one index into [L * E]
+        at_LNK = ids_LNK.astype(np.int64, copy=False) + (np.arange(L) * self.E)[:, None, None]
+        rank_X = np.ascontiguousarray(rank_LE).ravel()
+        need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
         order_N = np.argsort(-logprob_N, kind="stable")
         place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
-        path_place_P = np.maximum.accumulate(place_N[path])
-        # per layer, the distinct experts of the best n nodes: one count of (layer, expert)
-        # over the node prefix of each candidate tree's size
-        flat_NX = (ids_LNK + l_L1[:, :, None] * self.E).transpose(1, 0, 2)[order_N].reshape(N, -1)
+        path_place_P = np.maximum.accumulate(place_N[path])  # ascending
         n_C = np.array(self.candidate_tokens)
         known_C = n_C <= N
-        committed_C = np.where(known_C, (path_place_P[None, :] < n_C[:, None]).sum(axis=1), -1)
-        LE, used_CL = L * self.E, np.zeros((n_C.size, L), dtype=np.int64)
-        if known_C.any():
-            hits_X = [np.bincount(flat_NX[:n].ravel(), minlength=LE) for n in n_C[known_C]]
-            used_CL[known_C] = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
+        committed_C = np.where(known_C, np.searchsorted(path_place_P, n_C), -1)
+        # per layer, the distinct experts of the best n nodes: one count of (layer, expert)
+        # over the node prefix of each candidate tree's size
+        at_NX = at_LNK.transpose(1, 0, 2)[order_N].reshape(N, -1)
+        LE = L * self.E
+        hits_X = [np.bincount(at_NX[:n].ravel(), minlength=LE) for n in n_C[known_C]]
+        if known_C.all():
+            used_CL = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
+        else:
+            used_CL = np.zeros((n_C.size, L), dtype=np.int64)
+            if hits_X:
+                used_CL[known_C] = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
