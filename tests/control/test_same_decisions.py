@@ -150,7 +150,7 @@ def test_each_layers_trials_are_priced_as_the_reference_prices_them(repair):
 def test_window_steps_and_exact_tables_match_the_references():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        L, E = int(rng.integers(1, 10)), int(rng.choice([4, 8, 32, 64]))
+        L, E = int(rng.integers(1, 10)), int(rng.choice([4, 8, 32, 64, 128]))
         K, N = int(rng.integers(1, min(E, 8) + 1)), int(rng.integers(1, 40))
         ids_LNK = np.stack([[rng.choice(E, K, replace=False) for _ in range(N)] for _ in range(L)])
         rank_LE = np.stack([rng.permutation(E) for _ in range(L)])
