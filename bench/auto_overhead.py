@@ -14,7 +14,7 @@ step measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbud
 OLMoE-1B-7B 7.220 ms, Qwen3-30B-A3B 23.498 ms).
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_overhead.py [--steps 400] [--grid]
-        [--cost-model measured] [--json out.json]
+        [--cost-model measured] [--json out.json] [--compare before.json]
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--cost-model", default="measured")
     ap.add_argument("--repair", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--compare", help="a JSON of an earlier run: print a before/after table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sizes = [(L, E) for L in (16, 30, 48) for E in (32, 64, 128)] if args.grid else SIZES
@@ -164,6 +165,31 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu_name(), "rows": rows}, f, indent=1)
+    if args.compare:
+        with open(args.compare) as f:
+            compare(json.load(f)["rows"], rows)
+
+
+def compare(before: list[dict], after: list[dict]) -> None:
+    """Before/after table; the decisions (tree steps, replans, last budgets) must agree."""
+    print(
+        "\n| L | E | priced as (H200 verify) | tree steps | before: mean (median / p90) ms "
+        "| after: mean (median / p90) ms | before / after | after: share of the verify |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b, a in zip(before, after, strict=True):
+        same = ("L", "E", "tree_share", "replans", "budgets")
+        if any(b[k] != a[k] for k in same):
+            raise SystemExit(f"before and after decided differently at L={a['L']}, E={a['E']}")
+        ms = [
+            f"{r['mean_s'] * 1e3:.3f} ({r['median_s'] * 1e3:.3f} / {r['p90_s'] * 1e3:.3f})"
+            for r in (b, a)
+        ]
+        verify_ms = H200_VERIFY_S[a["shape"]] * 1e3
+        print(
+            f"| {a['L']} | {a['E']} | {a['shape']} ({verify_ms:.2f} ms) | {a['tree_share']:.0%} "
+            f"| {ms[0]} | {ms[1]} | {b['mean_s'] / a['mean_s']:.1f}x | {a['share']:.2%} |"
+        )
 
 
 if __name__ == "__main__":

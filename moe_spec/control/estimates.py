@@ -143,7 +143,10 @@ class AcceptanceEstimates:
     def window_step(
         self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
     ) -> WindowStep:
+        """One step's :class:`WindowStep`; ``ids_LNK`` holds expert ids in ``[0, E)``."""
         L, N, K = ids_LNK.shape
+        if rank_LE.shape != (L, self.E):
+            raise ValueError(f"rank_LE has shape {rank_LE.shape}; expected ({L}, {self.E})")
         # (layer, expert) as one index into [L * E]
         at_LNK = ids_LNK.astype(np.int64, copy=False) + (np.arange(L) * self.E)[:, None, None]
         rank_X = np.ascontiguousarray(rank_LE).ravel()

@@ -220,3 +220,10 @@ def test_a_seeded_run_decides_as_with_the_reference_paths(seed, monkeypatch):
     budgets = {tuple(b) for *_, b in want}
     per_layer = any(len(set(b)) > 1 for b in budgets)  # budgets that differ by layer
     assert kinds == {"tree", "autoregressive"} or per_layer, (kinds, budgets)
+
+
+def test_a_ranking_of_the_wrong_size_is_refused():
+    est = AcceptanceEstimates(2, 8, [4])
+    ids_LNK = np.zeros((2, 4, 1), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"rank_LE has shape \(2, 16\); expected \(2, 8\)"):
+        est.window_step(np.zeros(4), [0], np.zeros((2, 16), dtype=np.int64), ids_LNK)
