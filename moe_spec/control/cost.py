@@ -17,6 +17,8 @@ prices a window of steps for many budget vectors with array operations only:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from moe_spec.costmodel import (
@@ -44,29 +46,13 @@ class StepCost:
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
-        g, o = cost.gpu, cost.overheads
-
-        def mapped(d: float) -> float:
-            return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
-
-        self.draft_C = np.array([draft_seconds(g, shape, w, d, overheads=o) for _, w, d in trees])
-        self.verify_CD = np.array(
-            [
-                [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
-                for n, _, _ in trees
-            ]
-        )
-        self.repair_Q = np.array(
-            [0.0]
-            + [
-                verify_seconds(
-                    g, shape, q, mapped(independent_distinct(q, top_k, n_experts)), overheads=o
-                )
-                for q in range(1, max_repair + 1)
-            ]
-        )
-        self.decode_s = decode_seconds(g, shape, overheads=o)
-        self.select_s = shape.n_moe_layers * o.select_s
+        key = tuple(tuple(t) for t in trees)
+        try:
+            tables = step_tables(cost, shape, top_k, n_experts, key, max_repair)
+        except TypeError:  # a cost model that cannot be hashed: made here, not cached
+            tables = step_tables.__wrapped__(cost, shape, top_k, n_experts, key, max_repair)
+        self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
+        self.decode_s, self.select_s = tables[3:]
         self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 
     def describe(self) -> str:
@@ -122,3 +108,47 @@ class StepCost:
         if repair_tokens is not None:
             seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
         return seconds + np.asarray(budgeted) * self.select_s
+
+
+@functools.lru_cache(maxsize=64)
+def step_tables(
+    cost: CostModel,
+    shape: ModelShape,
+    top_k: int,
+    n_experts: int,
+    trees: tuple[tuple[int, int, int], ...],
+    max_repair: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """``(draft_C, verify_CD, repair_Q, decode_s, select_s)`` of :class:`StepCost`, made
+    once per cost model, shape, routing and trees (a policy per generation reuses them);
+    the cached arrays are read-only (each :class:`StepCost` holds copies)."""
+    g, o = cost.gpu, cost.overheads
+
+    def mapped(d: float) -> float:
+        return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
+
+    draft_C = np.array([draft_seconds(g, shape, w, d, overheads=o) for _, w, d in trees])
+    verify_CD = np.array(
+        [
+            [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
+            for n, _, _ in trees
+        ]
+    )
+    repair_Q = np.array(
+        [0.0]
+        + [
+            verify_seconds(
+                g, shape, q, mapped(independent_distinct(q, top_k, n_experts)), overheads=o
+            )
+            for q in range(1, max_repair + 1)
+        ]
+    )
+    for table in (draft_C, verify_CD, repair_Q):
+        table.setflags(write=False)
+    return (
+        draft_C,
+        verify_CD,
+        repair_Q,
+        decode_seconds(g, shape, overheads=o),
+        (shape.n_moe_layers * o.select_s),
+    )

@@ -16,6 +16,7 @@ import torch
 import moe_spec.control.estimates as estimates_module
 import moe_spec.control.guard as guard_module
 from moe_spec.control import AcceptanceEstimates, StepCost, StepOutcome
+from moe_spec.control.cost import step_tables
 from moe_spec.control.estimates import WindowStep, exact_table
 from moe_spec.control.planner import (
     best_budgets,
@@ -227,3 +228,13 @@ def test_a_ranking_of_the_wrong_size_is_refused():
     ids_LNK = np.zeros((2, 4, 1), dtype=np.int64)
     with pytest.raises(ValueError, match=r"rank_LE has shape \(2, 16\); expected \(2, 8\)"):
         est.window_step(np.zeros(4), [0], np.zeros((2, 16), dtype=np.int64), ids_LNK)
+
+
+def test_step_tables_are_made_once_and_each_step_cost_owns_its_copy():
+    cost_model, shape = get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B")
+    first = StepCost(cost_model, shape, 4, 32, TREES)
+    first.verify_CD[0] = 0.0  # a test may edit its tables: the next one is unaffected
+    second = StepCost(cost_model, shape, 4, 32, list(TREES))
+    fresh = step_tables.__wrapped__(cost_model, shape, 4, 32, tuple(TREES), 64)
+    np.testing.assert_array_equal(second.verify_CD, fresh[1])
+    assert second.verify_CD[0, 1] > 0 and step_tables.cache_info().hits >= 1
