@@ -9,9 +9,10 @@ device-tensor updates) and :meth:`Auto.observe` (stacking the recorded per-layer
 rankings, the estimates' update). The rankings themselves are made in the forward and
 are not timed. ``prepare`` runs once per generation, before the timed steps.
 
-Reports median / p90 / mean seconds per step and the mean's share of an H200 verify
-step measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbudgeted:
-OLMoE-1B-7B 7.220 ms, Qwen3-30B-A3B 23.498 ms).
+Reports median / p90 / mean seconds per step and the mean's share of an H200 verify step
+measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbudgeted:
+OLMoE-1B-7B 7.220 ms, Qwen3-30B-A3B 23.498 ms), and what a new generation's policy costs
+before its first step (creation, ``prepare``, the first plan, which builds the controller).
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_overhead.py [--steps 400] [--grid]
         [--repeat 1] [--cost-model measured] [--json out.json] [--compare before.json]
@@ -130,6 +131,19 @@ def run(L: int, E: int, shape: str, args) -> dict:
     }
 
 
+def setup_seconds(L: int, E: int, shape: str, args, times: int = 12) -> float:
+    """Median seconds a new generation's policy costs before its first step (creation,
+    ``prepare``, the first ``plan_step``, which builds the controller), after one warm-up."""
+    took = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
+        policy.prepare(L, E, K, E, torch.device("cpu"))
+        policy.plan_step(TREE, args.repair)
+        took.append(time.perf_counter() - t0)
+    return float(np.median(took[1:]))
+
+
 def repeated(L: int, E: int, shape: str, args) -> dict:
     """:func:`run` ``--repeat`` times; the median of each time over the runs (a shared
     machine's load spikes hit one run), which must all have decided the same."""
@@ -138,7 +152,8 @@ def repeated(L: int, E: int, shape: str, args) -> dict:
         if any(r[k] != runs[0][k] for k in ("tree_share", "replans", "budgets")):
             raise SystemExit(f"repeated runs decided differently at L={L}, E={E}")
     times = ("median_s", "p90_s", "mean_s", "plan_mean_s", "observe_mean_s")
-    return runs[0] | {k: float(np.median([r[k] for r in runs])) for k in times}
+    medians = {k: float(np.median([r[k] for r in runs])) for k in times}
+    return runs[0] | medians | {"setup_s": setup_seconds(L, E, shape, args)}
 
 
 def main() -> None:
@@ -158,9 +173,9 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, 1 torch thread; cost model {args.cost_model}, tree {TREE}")
     print(
         "| L | E | priced as | tree steps | replans | median ms | p90 ms | mean ms "
-        "| plan / observe mean ms | mean / H200 verify |"
+        "| plan / observe mean ms | mean / H200 verify | setup per generation ms |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for L, E in sizes:
         shape = "Qwen3-30B-A3B" if (L >= 48 or E >= 128) else "OLMoE-1B-7B"
@@ -171,7 +186,8 @@ def main() -> None:
             f"| {L} | {E} | {shape} | {r['tree_share']:.0%} | {r['replans']} "
             f"| {r['median_s'] * 1e3:.3f} | {r['p90_s'] * 1e3:.3f} | {r['mean_s'] * 1e3:.3f} "
             f"| {r['plan_mean_s'] * 1e3:.3f} / {r['observe_mean_s'] * 1e3:.3f} "
-            f"| {r['share']:.2%} of {H200_VERIFY_S[shape] * 1e3:.2f} ms |",
+            f"| {r['share']:.2%} of {H200_VERIFY_S[shape] * 1e3:.2f} ms "
+            f"| {r['setup_s'] * 1e3:.2f} |",
             flush=True,
         )
     if args.json:
@@ -186,9 +202,10 @@ def compare(before: list[dict], after: list[dict]) -> None:
     """Before/after table; the decisions (tree steps, replans, last budgets) must agree."""
     print(
         "\n| L | E | priced as (H200 verify) | tree steps | before: mean (median / p90) ms "
-        "| after: mean (median / p90) ms | before / after | after: share of the verify |"
+        "| after: mean (median / p90) ms | before / after | after: share of the verify "
+        "| setup per generation ms, before / after |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for b, a in zip(before, after, strict=True):
         same = ("L", "E", "tree_share", "replans", "budgets")
         if any(b[k] != a[k] for k in same):
@@ -200,7 +217,8 @@ def compare(before: list[dict], after: list[dict]) -> None:
         verify_ms = H200_VERIFY_S[a["shape"]] * 1e3
         print(
             f"| {a['L']} | {a['E']} | {a['shape']} ({verify_ms:.2f} ms) | {a['tree_share']:.0%} "
-            f"| {ms[0]} | {ms[1]} | {b['mean_s'] / a['mean_s']:.1f}x | {a['share']:.2%} |"
+            f"| {ms[0]} | {ms[1]} | {b['mean_s'] / a['mean_s']:.1f}x | {a['share']:.2%} "
+            f"| {b['setup_s'] * 1e3:.2f} / {a['setup_s'] * 1e3:.2f} |"
         )
 
 
