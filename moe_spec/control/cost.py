@@ -17,6 +17,8 @@ prices a window of steps for many budget vectors with array operations only:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from moe_spec.costmodel import (
@@ -44,29 +46,14 @@ class StepCost:
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
-        g, o = cost.gpu, cost.overheads
-
-        def mapped(d: float) -> float:
-            return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
-
-        self.draft_C = np.array([draft_seconds(g, shape, w, d, overheads=o) for _, w, d in trees])
-        self.verify_CD = np.array(
-            [
-                [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
-                for n, _, _ in trees
-            ]
-        )
-        self.repair_Q = np.array(
-            [0.0]
-            + [
-                verify_seconds(
-                    g, shape, q, mapped(independent_distinct(q, top_k, n_experts)), overheads=o
-                )
-                for q in range(1, max_repair + 1)
-            ]
-        )
-        self.decode_s = decode_seconds(g, shape, overheads=o)
-        self.select_s = shape.n_moe_layers * o.select_s
+        key = tuple(tuple(t) for t in trees)
+        try:
+            tables = step_tables(cost, shape, top_k, n_experts, key, max_repair)
+        except TypeError:  # a cost model that cannot be hashed: made here, not cached
+            tables = step_tables.__wrapped__(cost, shape, top_k, n_experts, key, max_repair)
+        self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
+        self.decode_s, self.select_s = tables[3:]
+        self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 
     def describe(self) -> str:
         return f"{self.shape.name} on {self.cost.describe()}"
@@ -81,10 +68,87 @@ class StepCost:
         """Seconds of steps with tree ``c``: draft + verify reading ``read`` experts per layer
         (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none);
         ``budgeted`` (broadcast against ``read``): the verify ran the budget selection."""
+        return self.add_parts(c, self.verify_seconds(c, read), repair_tokens, budgeted)
+
+    def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
+        """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""
         d = np.clip(read, 0, self.E)
         low = np.floor(d).astype(int)
         high = np.minimum(low + 1, self.E)
         frac = d - low
-        verify = self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
-        repair = self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
-        return self.draft_C[c] + verify + repair + np.asarray(budgeted) * self.select_s
+        return self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
+
+    def tree_seconds_total(
+        self,
+        c: int,
+        total_read: np.ndarray,
+        layers: int,
+        repair_tokens: np.ndarray | None,
+        budgeted: np.ndarray | bool = False,
+    ) -> np.ndarray:
+        """:meth:`tree_seconds` with ``read = total_read / layers`` (``total_read``: integer
+        experts read over ``layers`` layers), the verify looked up in a table made once
+        per tree and layer count with the same arithmetic, so the same numbers."""
+        table = self.by_total.get((c, layers))
+        if table is None:
+            table = self.verify_seconds(c, np.arange(layers * self.E + 1) / layers)
+            self.by_total[(c, layers)] = table
+        return self.add_parts(c, table[total_read], repair_tokens, budgeted)
+
+    def add_parts(
+        self,
+        c: int,
+        verify: np.ndarray,
+        repair_tokens: np.ndarray | None,
+        budgeted: np.ndarray | bool,
+    ) -> np.ndarray:
+        """draft + verify + repair (None: no repair; adding ``repair_Q[0] = 0`` changes no
+        number) + the budget selection where ``budgeted``."""
+        seconds = self.draft_C[c] + verify
+        if repair_tokens is not None:
+            seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
+        return seconds + np.asarray(budgeted) * self.select_s
+
+
+@functools.lru_cache(maxsize=64)
+def step_tables(
+    cost: CostModel,
+    shape: ModelShape,
+    top_k: int,
+    n_experts: int,
+    trees: tuple[tuple[int, int, int], ...],
+    max_repair: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """``(draft_C, verify_CD, repair_Q, decode_s, select_s)`` of :class:`StepCost`, made
+    once per cost model, shape, routing and trees (a policy per generation reuses them);
+    the cached arrays are read-only (each :class:`StepCost` holds copies)."""
+    g, o = cost.gpu, cost.overheads
+
+    def mapped(d: float) -> float:
+        return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
+
+    draft_C = np.array([draft_seconds(g, shape, w, d, overheads=o) for _, w, d in trees])
+    verify_CD = np.array(
+        [
+            [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
+            for n, _, _ in trees
+        ]
+    )
+    repair_Q = np.array(
+        [0.0]
+        + [
+            verify_seconds(
+                g, shape, q, mapped(independent_distinct(q, top_k, n_experts)), overheads=o
+            )
+            for q in range(1, max_repair + 1)
+        ]
+    )
+    for table in (draft_C, verify_CD, repair_Q):
+        table.setflags(write=False)
+    return (
+        draft_C,
+        verify_CD,
+        repair_Q,
+        decode_seconds(g, shape, overheads=o),
+        (shape.n_moe_layers * o.select_s),
+    )

@@ -46,8 +46,10 @@ def exact_table(need_LP: np.ndarray, num_experts: int) -> np.ndarray:
     ``need_LP`` rises along the path, so the positions a budget keeps form a prefix and
     the prefix all layers keep is the shortest of theirs (the planner's ``min`` over L).
     """
-    b_B = np.arange(num_experts + 1)
-    return (need_LP[:, :, None] <= b_B).sum(axis=1)
+    L, P = need_LP.shape
+    at_LP = np.minimum(need_LP, num_experts + 1) + (num_experts + 2) * np.arange(L)[:, None]
+    count_LB = np.bincount(at_LP.ravel(), minlength=L * (num_experts + 2)).reshape(L, -1)
+    return np.cumsum(count_LB[:, : num_experts + 1], axis=1)  # positions with need <= b
 
 
 class AcceptanceEstimates:
@@ -128,7 +130,11 @@ class AcceptanceEstimates:
             logprob_N = -outcome.depth_N.detach().float().cpu().numpy()
         else:
             raise ValueError("a tree step's outcome needs logprob_N or depth_N")
-        depth = int(outcome.depth_N.max()) if outcome.depth_N is not None else len(path) - 1
+        depth = (
+            int(outcome.depth_N.detach().cpu().numpy().max())
+            if outcome.depth_N is not None
+            else len(path) - 1
+        )
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
         self.reached_D[1 : min(len(path), depth + 1)] += 1
@@ -147,26 +153,33 @@ class AcceptanceEstimates:
     def window_step(
         self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
     ) -> WindowStep:
+        """One step's :class:`WindowStep`; ``ids_LNK`` holds expert ids in ``[0, E)``."""
         L, N, K = ids_LNK.shape
-        ids_LNK = ids_LNK.astype(np.int64)
-        P, l_L1 = len(path), np.arange(L)[:, None]
-        need_LPK = rank_LE[l_L1, ids_LNK[:, path].reshape(L, -1)].reshape(L, P, K)
-        need_LP = np.maximum.accumulate(need_LPK.max(axis=-1) + 1, axis=1)
+        if rank_LE.shape != (L, self.E):
+            raise ValueError(f"rank_LE has shape {rank_LE.shape}; expected ({L}, {self.E})")
+        # (layer, expert) as one index into [L * E]
+        at_LNK = ids_LNK.astype(np.int64, copy=False) + (np.arange(L) * self.E)[:, None, None]
+        rank_X = np.ascontiguousarray(rank_LE).ravel()
+        need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
         order_N = np.argsort(-logprob_N, kind="stable")
         place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
-        path_place_P = np.maximum.accumulate(place_N[path])
-        ids_by_place_LNK = ids_LNK[:, order_N]
-        C = len(self.candidate_tokens)
-        committed_C = np.full(C, -1)
-        used_CL = np.zeros((C, L), dtype=int)
-        for c, n in enumerate(self.candidate_tokens):
-            if n <= N:
-                committed_C[c] = int((path_place_P < n).sum())
-                hits_LE = np.zeros((L, self.E), dtype=bool)  # experts of the best n nodes
-                hits_LE[l_L1, ids_by_place_LNK[:, :n].reshape(L, -1)] = True
-                used_CL[c] = hits_LE.sum(axis=1)
+        path_place_P = np.maximum.accumulate(place_N[path])  # ascending
+        n_C = np.array(self.candidate_tokens)
+        known_C = n_C <= N
+        committed_C = np.where(known_C, np.searchsorted(path_place_P, n_C), -1)
+        # per layer, the distinct experts of the best n nodes: one count of (layer, expert)
+        # over the node prefix of each candidate tree's size
+        at_NX = at_LNK.transpose(1, 0, 2)[order_N].reshape(N, -1)
+        LE = L * self.E
+        hits_X = [np.bincount(at_NX[:n].ravel(), minlength=LE) for n in n_C[known_C]]
+        if known_C.all():
+            used_CL = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
+        else:
+            used_CL = np.zeros((n_C.size, L), dtype=np.int64)
+            if hits_X:
+                used_CL[known_C] = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,4 +193,6 @@ class AcceptanceEstimates:
         filled = min(self.steps_seen, self.exact_WLB.shape[0])
         ran = np.flatnonzero(self.ran_W[:filled] == c)
         rows = ran if ran.size >= min_ran else np.flatnonzero(self.committed_WC[:filled, c] >= 1)
+        if rows.size == filled:  # every step (ascending): views, not copies of the tables
+            rows = slice(0, filled)
         return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]

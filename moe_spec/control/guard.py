@@ -134,13 +134,14 @@ class Guard:
 
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``."""
-        self.predicted = {self.arm_name(c): tp for c, tp in predicted.items()}
+        names = {c: self.arm_name(c) for c in predicted}
+        self.predicted = {names[c]: tp for c, tp in predicted.items()}
         best = max(predicted, key=lambda c: (predicted[c], -abs(c)))  # ties: the full tree
         current = predicted.get(self.choice, 0.0)
-        summary = ", ".join(f"{self.arm_name(c)} {tp:.4g}" for c, tp in predicted.items())
+        summary = ", ".join(f"{names[c]} {tp:.4g}" for c, tp in predicted.items())
         if best != self.choice and predicted[best] > current * (1 + self.margin):
             self.choice = best
-            self.why = f"switched to {self.arm_name(best)}: predicted tok/s {summary}"
+            self.why = f"switched to {names[best]}: predicted tok/s {summary}"
         else:
             self.why = f"keeps {self.arm_name(self.choice)}: predicted tok/s {summary}"
         if self.choice == 0:
@@ -157,7 +158,7 @@ class Guard:
         if c < 0:
             return AUTOREGRESSIVE
         n, w, d = self.trees[c]
-        return f"tree {n}/{w}/{d} B={','.join(str(int(b)) for b in self.budgets_C[c])}"
+        return f"tree {n}/{w}/{d} B={','.join(map(str, self.budgets_C[c].tolist()))}"
 
     def ratio(self, kind: str) -> float:
         """Measured over modeled seconds for this kind of step (1 without ``measure``)."""

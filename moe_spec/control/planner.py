@@ -41,18 +41,34 @@ def throughput_V(
 ) -> np.ndarray:
     """float ``[V]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_VL``."""
     L = exact_SLB.shape[1]
-    exact_SVL = exact_SLB[:, np.arange(L)[None, :], B_VL]
-    exact_VS = np.minimum(exact_SVL.min(axis=-1).T, committed_S[None])
-    if repair:
-        tokens_V = np.full(B_VL.shape[0], committed_S.sum(), dtype=float)
-        repair_VS = committed_S[None] - exact_VS
-    else:
-        tokens_V = np.minimum(committed_S[None], exact_VS + 1).sum(axis=-1)
-        repair_VS = np.zeros_like(exact_VS)
-    read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).mean(axis=-1)
+    exact_VS = exact_SLB[:, np.arange(L)[None, :], B_VL].min(axis=-1).T
+    read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
     budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
-    seconds_VS = cost.tree_seconds(c, read_VS, repair_VS, budgeted_V1)
-    return tokens_V / seconds_VS.sum(axis=-1)
+    return price(cost, c, exact_VS, committed_S, read_VS, L, budgeted_V1, repair)
+
+
+def price(
+    cost: StepCost,
+    c: int,
+    exact_XS: np.ndarray,
+    committed_S: np.ndarray,
+    read_XS: np.ndarray,
+    layers: int,
+    budgeted_X1: np.ndarray,
+    repair: bool,
+) -> np.ndarray:
+    """float ``[...]``: tokens/s of tree ``c`` over the window for each leading index X of
+    ``exact_XS`` (untouched path prefix per step, before the cap at ``committed_S``) and
+    ``read_XS`` (experts read per step, summed over ``layers`` layers)."""
+    exact_XS = np.minimum(exact_XS, committed_S)
+    if repair:
+        tokens_X = np.full(exact_XS.shape[:-1], committed_S.sum(), dtype=float)
+        repair_XS = committed_S - exact_XS
+    else:
+        tokens_X = np.minimum(committed_S, exact_XS + 1).sum(axis=-1)
+        repair_XS = None
+    seconds_XS = cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
+    return tokens_X / seconds_XS.sum(axis=-1)
 
 
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:
@@ -69,26 +85,79 @@ def best_budgets(
     passes: int = 2,
     min_gain: float = 0.01,
 ) -> tuple[np.ndarray, float]:
-    """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c``."""
+    """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c``.
+
+    Each pass visits the layers in order and moves layer l to its best level given the
+    others (the first level within ``min_gain`` of that layer's best, if it beats the
+    current throughput). The trials of all layers not yet visited are priced at once
+    against the current budgets (:func:`layer_trials_JV`); after a move only the layers
+    behind it are priced again, so a pass that moves nothing costs one call.
+    """
     exact_SLB, committed_S, used_SL = window
     L = exact_SLB.shape[1]
     levels_desc = levels_V[::-1]
-    uniform_VL = np.repeat(levels_desc[:, None], L, axis=1)
-    tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, uniform_VL, repair)
+    exact_SLV = exact_SLB[:, :, levels_desc]  # the table at the levels, gathered once
+    # one budget for all layers (throughput_V of the uniform rows)
+    read_VS = np.minimum(levels_desc[:, None, None], used_SL).sum(axis=-1)
+    budgeted_V1 = (levels_desc < cost.E)[:, None]
+    tp_V = price(cost, c, exact_SLV.min(axis=1).T, committed_S, read_VS, L, budgeted_V1, repair)
     best = first_clear_best(tp_V, min_gain)
-    B_L, tp = uniform_VL[best].copy(), float(tp_V[best])
+    B_L, tp = np.full(L, levels_desc[best]), float(tp_V[best])
+    if passes < 1:
+        return B_L, tp
     for _ in range(passes):
-        changed = False
-        for layer in range(L):
-            trial_VL = np.repeat(B_L[None], levels_desc.size, axis=0)
-            trial_VL[:, layer] = levels_desc
-            tp_V = throughput_V(cost, c, exact_SLB, committed_S, used_SL, trial_VL, repair)
-            v = first_clear_best(tp_V, min_gain)
-            if tp_V[v] > tp * (1 + 1e-9) and not np.array_equal(trial_VL[v], B_L):
-                B_L, tp, changed = trial_VL[v].copy(), float(tp_V[v]), True
+        changed, start = False, 0
+        while start < L:
+            tp_JV = layer_trials_JV(
+                cost, c, exact_SLV, committed_S, used_SL, levels_desc, B_L, start, repair
+            )
+            tp_J = tp_JV.max(axis=1)
+            v_J = np.argmax(tp_JV >= (tp_J / (1 + min_gain))[:, None], axis=1)
+            got_J = tp_JV[np.arange(v_J.size), v_J]
+            move_J = (got_J > tp * (1 + 1e-9)) & (levels_desc[v_J] != B_L[start:])
+            if not move_J.any():
+                break
+            j = int(np.argmax(move_J))
+            B_L[start + j], tp, changed = levels_desc[v_J[j]], float(got_J[j]), True
+            start += j + 1
         if not changed:
             break
     return B_L, tp
+
+
+def layer_trials_JV(
+    cost: StepCost,
+    c: int,
+    exact_SLV: np.ndarray,
+    committed_S: np.ndarray,
+    used_SL: np.ndarray,
+    levels_V: np.ndarray,
+    B_L: np.ndarray,
+    start: int,
+    repair: bool,
+) -> np.ndarray:
+    """float ``[J, V]``: :func:`throughput_V` of ``B_L`` with layer ``start + j`` set to
+    ``levels_V[v]`` (J = L - start), from per-layer partial results (the same numbers:
+    integer minima and sums, and the same float operations per step)."""
+    S, L, V = exact_SLV.shape
+    l_L = np.arange(L)
+    cur_SL = exact_SLV[:, l_L, np.searchsorted(-levels_V, -B_L)]  # levels_V descends
+    big_S1 = np.full((S, 1), np.iinfo(np.int64).max)
+    before_SL = np.minimum.accumulate(np.concatenate((big_S1, cur_SL[:, :-1]), axis=1), axis=1)
+    after_SL = np.minimum.accumulate(np.concatenate((big_S1, cur_SL[:, :0:-1]), axis=1), axis=1)[
+        :, ::-1
+    ]
+    others_JS = np.minimum(before_SL, after_SL)[:, start:].T  # min over the other layers
+    exact_JVS = np.minimum(others_JS[:, None, :], exact_SLV[:, start:, :].transpose(1, 2, 0))
+    kept_SL = np.minimum(B_L, used_SL)
+    others_read_JS = kept_SL.sum(axis=1) - kept_SL[:, start:].T
+    read_JVS = others_read_JS[:, None, :] + np.minimum(
+        levels_V[None, :, None], used_SL[:, start:].T[:, None, :]
+    )
+    below_L = B_L < cost.E
+    others_J = (below_L.sum() - below_L[start:]) > 0
+    budgeted_JV1 = (others_J[:, None] | (levels_V < cost.E)[None, :])[:, :, None]
+    return price(cost, c, exact_JVS, committed_S, read_JVS, L, budgeted_JV1, repair)
 
 
 def first_clear_best(tp_V: np.ndarray, min_gain: float) -> int:

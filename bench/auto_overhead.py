@@ -1,0 +1,226 @@
+"""The ``auto`` controller's own host time per step, in isolation, at realistic sizes.
+
+Drives an ``auto`` policy (``moe_spec.policies.auto.Auto``) with seeded synthetic verify
+steps: a 32-token tree of width 8 and depth 6, skewed top-8 routing over E experts in
+L MoE layers, an accepted path of 1-7 tokens. Per step it times what ``auto`` does on
+the host between verify forwards: :meth:`Auto.plan_step` (the guard's decision, a
+replan of every candidate tree each ``replan_every`` steps, the budget/calibration
+device-tensor updates) and :meth:`Auto.observe` (stacking the recorded per-layer
+rankings, the estimates' update). The rankings themselves are made in the forward and
+are not timed. ``prepare`` runs once per generation, before the timed steps.
+
+Reports median / p90 / mean seconds per step and the mean's share of an H200 verify step
+measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbudgeted:
+OLMoE-1B-7B 7.220 ms, Qwen3-30B-A3B 23.498 ms), and what a new generation's policy costs
+before its first step (creation, ``prepare``, the first plan, which builds the controller).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/auto_overhead.py [--steps 400] [--grid]
+        [--repeat 1] [--cost-model measured] [--json out.json] [--compare before.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from moe_spec.control import StepOutcome
+from moe_spec.costmodel.cpu import cpu_name
+from moe_spec.policies import get_policy
+
+TREE = (32, 8, 6)
+K = 8
+# measured on the H200 (BENCHMARKS.md, GPU check, CUDA graph, T=32, B=none), seconds
+H200_VERIFY_S = {"OLMoE-1B-7B": 7.220e-3, "Qwen3-30B-A3B": 23.498e-3}
+SIZES = [(16, 64), (30, 32), (48, 128)]  # OLMoE-, smollm2-moe-, Qwen3-shaped (L, E)
+
+
+def synthetic_steps(L: int, E: int, n: int, accept: float = 0.85, seed: int = 0) -> list[dict]:
+    """``n`` seeded verify steps: tree, path (each level accepted with p ``accept``),
+    per-layer ranks and top-k ids."""
+    rng = np.random.default_rng(seed)
+    N, width, depth = TREE
+    pop_E = rng.dirichlet(np.full(E, 0.3))  # skewed expert popularity
+    steps = []
+    for _ in range(n):
+        parent_N = np.full(N, -1)
+        depth_N = np.zeros(N, dtype=np.int64)
+        logprob_N = np.zeros(N)
+        for i in range(1, N):
+            p = int(rng.integers(0, i))
+            while depth_N[p] >= depth:
+                p = int(rng.integers(0, i))
+            parent_N[i], depth_N[i] = p, depth_N[p] + 1
+            logprob_N[i] = logprob_N[p] + np.log(rng.uniform(0.05, 1.0))
+        path = [0]
+        while True:
+            kids = np.flatnonzero(parent_N == path[-1])
+            if kids.size == 0 or rng.random() > accept:
+                break
+            path.append(int(kids[np.argmax(logprob_N[kids])]))
+        ids_LNK = np.stack(
+            [
+                np.stack([rng.choice(E, K, replace=False, p=pop_E) for _ in range(N)])
+                for _ in range(L)
+            ]
+        )
+        score_LE = np.stack([np.bincount(ids.ravel(), minlength=E) for ids in ids_LNK])
+        score_LE = score_LE + rng.random((L, E))
+        rank_LE = np.argsort(np.argsort(-score_LE, axis=1), axis=1)
+        steps.append(
+            dict(
+                rank=[torch.from_numpy(r) for r in rank_LE],
+                ids=[torch.from_numpy(i) for i in ids_LNK],
+                outcome=StepOutcome(
+                    "tree",
+                    path,
+                    torch.from_numpy(depth_N),
+                    torch.from_numpy(logprob_N).float(),
+                    TREE,
+                ),
+            )
+        )
+    return steps
+
+
+def run(L: int, E: int, shape: str, args) -> dict:
+    policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
+    policy.prepare(L, E, K, E, torch.device("cpu"))
+    steps = synthetic_steps(L, E, args.distinct, args.accept)
+    plan_s, observe_s, kinds = [], [], []
+    for i in range(args.steps):
+        step = steps[i % len(steps)]
+        t0 = time.perf_counter()
+        plan = policy.plan_step(TREE, args.repair)
+        t1 = time.perf_counter()
+        if plan.kind == "tree":  # what keep() records inside the forward, not timed
+            policy.rank_LE = dict(enumerate(step["rank"]))
+            n = plan.num_tokens  # a smaller tree: its first n nodes
+            policy.ids_LNK = {layer: ids[:n] for layer, ids in enumerate(step["ids"])}
+            o = step["outcome"]
+            path = o.path[: next((i for i, p in enumerate(o.path) if p >= n), len(o.path))]
+            outcome = StepOutcome("tree", path, o.depth_N[:n], o.logprob_N[:n], plan.tree)
+        else:
+            outcome = StepOutcome("autoregressive", [0])
+        t2 = time.perf_counter()
+        policy.observe(outcome)
+        t3 = time.perf_counter()
+        plan_s.append(t1 - t0)
+        observe_s.append(t3 - t2)
+        kinds.append(plan.kind)
+    per_step = np.array(plan_s) + np.array(observe_s)
+    skip = min(16, args.steps // 4)  # first steps: warm-up, tables built
+    per_step, plan_s, observe_s = per_step[skip:], plan_s[skip:], observe_s[skip:]
+    c = policy.controller
+    return {
+        "L": L,
+        "E": E,
+        "shape": shape,
+        "steps": int(per_step.size),
+        "tree_share": float(np.mean([k == "tree" for k in kinds[skip:]])),
+        "replans": c.replans,
+        "median_s": float(np.median(per_step)),
+        "p90_s": float(np.percentile(per_step, 90)),
+        "mean_s": float(per_step.mean()),
+        "plan_mean_s": float(np.mean(plan_s)),
+        "observe_mean_s": float(np.mean(observe_s)),
+        "budgets": c.budget_L.tolist(),
+    }
+
+
+def setup_seconds(L: int, E: int, shape: str, args, times: int = 12) -> float:
+    """Median seconds a new generation's policy costs before its first step (creation,
+    ``prepare``, the first ``plan_step``, which builds the controller), after one warm-up."""
+    took = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
+        policy.prepare(L, E, K, E, torch.device("cpu"))
+        policy.plan_step(TREE, args.repair)
+        took.append(time.perf_counter() - t0)
+    return float(np.median(took[1:]))
+
+
+def repeated(L: int, E: int, shape: str, args) -> dict:
+    """:func:`run` ``--repeat`` times; the median of each time over the runs (a shared
+    machine's load spikes hit one run), which must all have decided the same."""
+    runs = [run(L, E, shape, args) for _ in range(args.repeat)]
+    for r in runs[1:]:
+        if any(r[k] != runs[0][k] for k in ("tree_share", "replans", "budgets")):
+            raise SystemExit(f"repeated runs decided differently at L={L}, E={E}")
+    times = ("median_s", "p90_s", "mean_s", "plan_mean_s", "observe_mean_s")
+    medians = {k: float(np.median([r[k] for r in runs])) for k in times}
+    return runs[0] | medians | {"setup_s": setup_seconds(L, E, shape, args)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--distinct", type=int, default=48, help="distinct synthetic steps, cycled")
+    ap.add_argument("--accept", type=float, default=0.85, help="P(path goes one deeper)")
+    ap.add_argument("--grid", action="store_true", help="every L in 16/30/48 x E in 32/64/128")
+    ap.add_argument("--cost-model", default="measured")
+    ap.add_argument("--repair", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per size; medians reported")
+    ap.add_argument("--json")
+    ap.add_argument("--compare", help="a JSON of an earlier run: print a before/after table")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    sizes = [(L, E) for L in (16, 30, 48) for E in (32, 64, 128)] if args.grid else SIZES
+    print(f"CPU: {cpu_name()}, 1 torch thread; cost model {args.cost_model}, tree {TREE}")
+    print(
+        "| L | E | priced as | tree steps | replans | median ms | p90 ms | mean ms "
+        "| plan / observe mean ms | mean / H200 verify | setup per generation ms |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for L, E in sizes:
+        shape = "Qwen3-30B-A3B" if (L >= 48 or E >= 128) else "OLMoE-1B-7B"
+        r = repeated(L, E, shape, args)
+        r["share"] = r["mean_s"] / H200_VERIFY_S[shape]
+        rows.append(r)
+        print(
+            f"| {L} | {E} | {shape} | {r['tree_share']:.0%} | {r['replans']} "
+            f"| {r['median_s'] * 1e3:.3f} | {r['p90_s'] * 1e3:.3f} | {r['mean_s'] * 1e3:.3f} "
+            f"| {r['plan_mean_s'] * 1e3:.3f} / {r['observe_mean_s'] * 1e3:.3f} "
+            f"| {r['share']:.2%} of {H200_VERIFY_S[shape] * 1e3:.2f} ms "
+            f"| {r['setup_s'] * 1e3:.2f} |",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": cpu_name(), "rows": rows}, f, indent=1)
+    if args.compare:
+        with open(args.compare) as f:
+            compare(json.load(f)["rows"], rows)
+
+
+def compare(before: list[dict], after: list[dict]) -> None:
+    """Before/after table; the decisions (tree steps, replans, last budgets) must agree."""
+    print(
+        "\n| L | E | priced as (H200 verify) | tree steps | before: mean (median / p90) ms "
+        "| after: mean (median / p90) ms | before / after | after: share of the verify "
+        "| setup per generation ms, before / after |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b, a in zip(before, after, strict=True):
+        same = ("L", "E", "tree_share", "replans", "budgets")
+        if any(b[k] != a[k] for k in same):
+            raise SystemExit(f"before and after decided differently at L={a['L']}, E={a['E']}")
+        ms = [
+            f"{r['mean_s'] * 1e3:.3f} ({r['median_s'] * 1e3:.3f} / {r['p90_s'] * 1e3:.3f})"
+            for r in (b, a)
+        ]
+        verify_ms = H200_VERIFY_S[a["shape"]] * 1e3
+        print(
+            f"| {a['L']} | {a['E']} | {a['shape']} ({verify_ms:.2f} ms) | {a['tree_share']:.0%} "
+            f"| {ms[0]} | {ms[1]} | {b['mean_s'] / a['mean_s']:.1f}x | {a['share']:.2%} "
+            f"| {b['setup_s'] * 1e3:.2f} / {a['setup_s'] * 1e3:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""bench/auto_overhead.py: a short run drives auto through tree steps and reports each size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_short_run_reports_every_size_with_tree_steps(tmp_path):
+    out = tmp_path / "overhead.json"
+    cmd = [sys.executable, str(REPO / "bench" / "auto_overhead.py"), "--steps", "40"]
+    done = subprocess.run(
+        [*cmd, "--distinct", "4", "--json", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CPU: " in done.stdout and "of 7.22 ms" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["L"], r["E"]) for r in rows] == [(16, 64), (30, 32), (48, 128)]
+    for r in rows:
+        assert r["steps"] == 30 and 0 < r["median_s"] <= r["p90_s"]
+        assert len(r["budgets"]) == r["L"] and r["replans"] >= 1
+    assert rows[0]["tree_share"] > 0.5  # the synthetic acceptance pays for the tree there
