@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F_
-from moe_bench_common import skewed_logits
+from moe_bench_common import model_topk, skewed_logits
 
 
 @dataclass(frozen=True)
@@ -169,10 +169,7 @@ def forward(
     (the same experts with no selection cost: the check's overhead split). ``moe=False``
     skips the routed experts (the split's other end).
     """
-    from moe_spec.kernels.budget_select_torch import ScoreRule
-    from moe_spec.kernels.budget_select_triton import select_budget_triton
     from moe_spec.kernels.fused_moe_triton import fused_moe_triton
-    from moe_spec.routing import RoutingRecord
 
     d = model.dims
     T = inputs.tokens_T.shape[0]
@@ -201,16 +198,26 @@ def forward(
             ids_TK, weights_TK = fixed_ids[i]
         else:
             logits_TE = (h_TD @ layer["router_ED"].T).float() + model.bias_LTE[i, :T]
-            weights_TK, ids_TK = torch.topk(logits_TE.softmax(-1), d.K, dim=-1)
-            weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True)
+            ids_TK, weights_TK = model_topk(logits_TE, d.K)
             if budget is not None and budget < d.E:
-                record = RoutingRecord(logits_TE, ids_TK, weights_TK)
-                out, _ = select_budget_triton(record, budget, ScoreRule("mass"))
-                ids_TK, weights_TK = out.topk_ids_TK, out.topk_weights_TK
+                ids_TK, weights_TK = select_mass(logits_TE, ids_TK, weights_TK, budget)
         ids_per_layer.append(ids_TK)
         x_TD = x_TD + fused_moe_triton(h_TD, layer["w13_EFD"], layer["w2_EDF"], ids_TK, weights_TK)
     logits_TV = rms_norm(x_TD, model.norm_D) @ model.head_VD.T
     return logits_TV, ids_per_layer
+
+
+def select_mass(
+    logits_TE: torch.Tensor, ids_TK: torch.Tensor, weights_TK: torch.Tensor, budget: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton budget selection (router-mass, substitution): budgeted ``(ids_TK, weights_TK)``."""
+    from moe_spec.kernels.budget_select_torch import ScoreRule
+    from moe_spec.kernels.budget_select_triton import select_budget_triton
+    from moe_spec.routing import RoutingRecord
+
+    record = RoutingRecord(logits_TE, ids_TK, weights_TK)
+    out, _ = select_budget_triton(record, budget, ScoreRule("mass"))
+    return out.topk_ids_TK, out.topk_weights_TK
 
 
 def steered_routing(model: RandomMoeModel, T: int) -> list[tuple[torch.Tensor, ...]]:
@@ -218,18 +225,11 @@ def steered_routing(model: RandomMoeModel, T: int) -> list[tuple[torch.Tensor, .
     out = []
     for i in range(model.dims.L):
         logits_TE = model.bias_LTE[i, :T].contiguous()
-        weights_TK, ids_TK = torch.topk(logits_TE.softmax(-1), model.dims.K, dim=-1)
-        out.append((logits_TE, ids_TK, weights_TK / weights_TK.sum(-1, keepdim=True)))
+        out.append((logits_TE, *model_topk(logits_TE, model.dims.K)))
     return out
 
 
 def selections(routing: list[tuple[torch.Tensor, ...]], budget: int) -> None:
     """Only the budget selections of one forward (the check's overhead timing)."""
-    from moe_spec.kernels.budget_select_torch import ScoreRule
-    from moe_spec.kernels.budget_select_triton import select_budget_triton
-    from moe_spec.routing import RoutingRecord
-
     for logits_TE, ids_TK, weights_TK in routing:
-        select_budget_triton(
-            RoutingRecord(logits_TE, ids_TK, weights_TK), budget, ScoreRule("mass")
-        )
+        select_mass(logits_TE, ids_TK, weights_TK, budget)

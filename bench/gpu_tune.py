@@ -46,22 +46,23 @@ def grid(interpret: bool) -> list[MoeBlockConfig]:
     return configs
 
 
-def routing(shape: MoeShape, T: int, budget: int | None, device: str):
-    """``(ids_TK, weights_TK)`` over the paper's U experts (skewed), optionally budgeted."""
+def steered_topk(shape: MoeShape, T: int, device: str) -> tuple[torch.Tensor, ...]:
+    """``(logits_TE, ids_TK, weights_TK)``: skewed routing over the paper's U experts."""
     from gpu_model import steered_bias
 
     U = min(PAPER_DISTINCT.get(shape.name, shape.E // 2), shape.E)
     logits_TE = steered_bias(shape.E, U, 1, T, seed=7)[0].to(device)
-    ids_TK, weights_TK = model_topk(logits_TE, shape.K)
+    return (logits_TE, *model_topk(logits_TE, shape.K))
+
+
+def routing(shape: MoeShape, T: int, budget: int | None, device: str):
+    """``(ids_TK, weights_TK)`` of :func:`steered_topk`, optionally budgeted."""
+    from gpu_model import select_mass
+
+    logits_TE, ids_TK, weights_TK = steered_topk(shape, T, device)
     if budget is None:
         return ids_TK, weights_TK
-    from moe_spec.kernels.budget_select_torch import ScoreRule
-    from moe_spec.kernels.budget_select_triton import select_budget_triton
-    from moe_spec.routing import RoutingRecord
-
-    record = RoutingRecord(logits_TE, ids_TK, weights_TK)
-    out, _ = select_budget_triton(record, budget, ScoreRule("mass"))
-    return out.topk_ids_TK, out.topk_weights_TK
+    return select_mass(logits_TE, ids_TK, weights_TK, budget)
 
 
 def tune_case(shape, T, budget, configs, device, interpret) -> dict:
@@ -97,15 +98,11 @@ def tune_case(shape, T, budget, configs, device, interpret) -> dict:
 
 def tune_selection(shape: MoeShape, T: int, interpret: bool, device: str) -> dict:
     """Budget selection (router-mass, B = E/4) in a graph: launch sizes and the torch path."""
-    from gpu_model import steered_bias
-
     from moe_spec.kernels.budget_select_torch import ScoreRule, select_budget_torch
     from moe_spec.kernels.budget_select_triton import SelectLaunch, select_budget_triton
     from moe_spec.routing import RoutingRecord
 
-    U = min(PAPER_DISTINCT.get(shape.name, shape.E // 2), shape.E)
-    logits_TE = steered_bias(shape.E, U, 1, T, seed=7)[0].to(device)
-    ids_TK, weights_TK = model_topk(logits_TE, shape.K)
+    logits_TE, ids_TK, weights_TK = steered_topk(shape, T, device)
     valid_T = torch.ones(T, dtype=torch.bool, device=device)
     record = RoutingRecord(logits_TE, ids_TK, weights_TK, valid_T=valid_T)
     B, rule = max(shape.E // 4, shape.K), ScoreRule("mass")

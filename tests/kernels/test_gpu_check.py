@@ -27,16 +27,22 @@ def test_without_gpu_exits_2_with_a_clear_message():
     assert "run it on a machine with one" in done.stderr
 
 
+def run_interpreted(script: str, out: Path, timeout: int) -> subprocess.CompletedProcess:
+    """``bench/<script> --interpret --json out``; its exit status checked."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--interpret", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 @pytest.mark.slow
 def test_interpreter_smoke_run_passes_its_checks_and_prints_tables(tmp_path):
     out = tmp_path / "points.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--interpret", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_interpreted("gpu_check.py", out, timeout=600)
     assert "[FAIL]" not in done.stdout
     assert "budget selection T=64 E=128 K=8: ids and kept sets equal" in done.stdout
     assert "tiny T=8 B=4 graph replay: logits equal eager" in done.stdout
@@ -55,13 +61,7 @@ def test_interpreter_smoke_run_passes_its_checks_and_prints_tables(tmp_path):
 @pytest.mark.slow
 def test_tuning_sweep_smoke_run_prints_both_tables(tmp_path):
     out = tmp_path / "tune.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_tune.py"), "--interpret", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_interpreted("gpu_tune.py", out, timeout=300)
     assert "| tiny | 8 | none |" in done.stdout
     report = json.loads(out.read_text())
     assert [c["T"] for c in report["cases"]] == [1, 8]
