@@ -15,6 +15,7 @@ import numpy as np
 
 from moe_spec.ab.configs import BASELINES, RunConfig
 from moe_spec.ab.records import RunRecord
+from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.costmodel import (
     CostModel,
     ModeledStep,
@@ -148,7 +149,8 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
             mapped(s.after_L),
             s.repair_tokens,
             mapped(s.repair_L) if s.repair_tokens else 0.0,
-            budgeted=config.policy not in BASELINES,
+            # the guard's autoregressive steps are plain forwards: no ranking, no budget
+            budgeted=config.policy not in BASELINES and s.guard != AUTOREGRESSIVE,
         )
         for s in record.steps
     ]

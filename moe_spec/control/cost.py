@@ -11,8 +11,10 @@ prices a window of steps for many budget vectors with array operations only:
 - ``repair_Q[q]``: an unbudgeted forward of q re-run path tokens (its distinct experts:
   the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
 - ``decode_s``: one autoregressive step;
-- ``select_s``: what a budgeted verify adds, the budget selection in every MoE layer
-  (``Overheads.select_s``; 0 unless the cost model measured it).
+- ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
+  the cost model measured it), paid by every tree step the controller plans, whatever
+  its budgets: the controller ranks the experts of every verify, since that ranking is
+  what it learns from (an autoregressive step pays none).
 """
 
 from __future__ import annotations
@@ -63,12 +65,11 @@ class StepCost:
         c: int,
         read: np.ndarray,
         repair_tokens: np.ndarray,
-        budgeted: np.ndarray | bool = False,
     ) -> np.ndarray:
         """Seconds of steps with tree ``c``: draft + verify reading ``read`` experts per layer
-        (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none);
-        ``budgeted`` (broadcast against ``read``): the verify ran the budget selection."""
-        return self.add_parts(c, self.verify_seconds(c, read), repair_tokens, budgeted)
+        (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none)
+        + the expert ranking."""
+        return self.add_parts(c, self.verify_seconds(c, read), repair_tokens)
 
     def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
         """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""
@@ -84,7 +85,6 @@ class StepCost:
         total_read: np.ndarray,
         layers: int,
         repair_tokens: np.ndarray | None,
-        budgeted: np.ndarray | bool = False,
     ) -> np.ndarray:
         """:meth:`tree_seconds` with ``read = total_read / layers`` (``total_read``: integer
         experts read over ``layers`` layers), the verify looked up in a table made once
@@ -93,21 +93,20 @@ class StepCost:
         if table is None:
             table = self.verify_seconds(c, np.arange(layers * self.E + 1) / layers)
             self.by_total[(c, layers)] = table
-        return self.add_parts(c, table[total_read], repair_tokens, budgeted)
+        return self.add_parts(c, table[total_read], repair_tokens)
 
     def add_parts(
         self,
         c: int,
         verify: np.ndarray,
         repair_tokens: np.ndarray | None,
-        budgeted: np.ndarray | bool,
     ) -> np.ndarray:
         """draft + verify + repair (None: no repair; adding ``repair_Q[0] = 0`` changes no
-        number) + the budget selection where ``budgeted``."""
+        number) + the expert ranking."""
         seconds = self.draft_C[c] + verify
         if repair_tokens is not None:
             seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
-        return seconds + np.asarray(budgeted) * self.select_s
+        return seconds + self.select_s
 
 
 @functools.lru_cache(maxsize=64)

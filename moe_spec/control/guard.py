@@ -11,8 +11,13 @@ whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``
 with ``measure``, corrected by the wall time measured for tree and autoregressive steps
 (an exponential average of measured over modeled seconds per kind). Hysteresis: the
 current choice is kept unless another is predicted faster by more than ``margin``; the
-prediction is redone every ``replan_every`` tree steps. While not on the full tree the
-guard probes it every ``probe`` steps (doubling after each probe that does not win back,
+prediction is redone every ``replan_every`` tree steps. A tree that is not the current
+choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token added to
+the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``,
+``a`` its mean committed tokens. A tree predicted from two or three lucky steps does not
+win a switch (a switch costs steps to undo), while over a full window the shrink is a few
+percent. Autoregressive decoding's time is known, and is not shrunk. While not on the full
+tree the guard probes it every ``probe`` steps (doubling after each probe that does not win back,
 up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one;
 at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
 the current choice is predicted than the full tree: a probe costs more, and is less likely
@@ -56,9 +61,12 @@ class Guard:
         probe: int = 16,
         max_probe: int = 256,
         measure: bool = False,
+        switch_prior: float = 2.0,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
+        self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
+        self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
         self.levels_V = budget_levels(top_k, cap, levels)
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
@@ -127,13 +135,16 @@ class Guard:
             passes = 2 if c in (0, self.choice) else 0  # others: one budget for all layers
             B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
+            self.evidence[c] = (window[1].size, float(window[1].mean()))
             predicted[c] = tp / self.ratio(TREE)
         if self.guard:
             predicted[-1] = 1.0 / (self.cost.decode_s * self.ratio(AUTOREGRESSIVE))
         return predicted
 
     def switch(self, predicted: dict[int, float]) -> None:
-        """Move to the best arm if it beats the current one by more than ``margin``."""
+        """Move to the best arm if it beats the current one by more than ``margin``; trees
+        other than the current one count with their :meth:`shrunk` prediction."""
+        predicted = {c: self.shrunk(c, tp) for c, tp in predicted.items()}
         names = {c: self.arm_name(c) for c in predicted}
         self.predicted = {names[c]: tp for c, tp in predicted.items()}
         best = max(predicted, key=lambda c: (predicted[c], -abs(c)))  # ties: the full tree
@@ -153,6 +164,15 @@ class Guard:
             floor = int(self.probe0 * min(gap, 4.0) ** 2)
             self.probe_every = min(max(self.probe_every, floor), self.max_probe)
         self.probing = False
+
+    def shrunk(self, c: int, tp: float) -> float:
+        """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed
+        token (unchanged for the current choice and for autoregressive decoding)."""
+        if c < 0 or c == self.choice or c not in self.evidence:
+            return tp
+        steps, mean = self.evidence[c]
+        prior = self.switch_prior
+        return tp * (steps + prior / max(mean, 1.0)) / (steps + prior)
 
     def arm_name(self, c: int) -> str:
         if c < 0:
@@ -197,8 +217,7 @@ class Guard:
         read = np.minimum(self.budget_L, used_L).mean()
         exact = outcome.committed if outcome.exact is None else outcome.exact
         tail = outcome.committed - exact if self.repair else 0
-        budgeted = bool((self.budget_L < self.cost.E).any())
-        return float(self.cost.tree_seconds(c, np.array(read), np.array(max(tail, 0)), budgeted))
+        return float(self.cost.tree_seconds(c, np.array(read), np.array(max(tail, 0))))
 
     def note_time(self, kind: str, seconds: float, modeled: float) -> None:
         if not self.measure or modeled <= 0 or seconds <= 0:

@@ -86,6 +86,7 @@ class Auto(TokenPriority):
         replan_every: int = 8,
         warmup: int = 2,
         probe: int = 16,
+        switch_prior: float = 2.0,
     ) -> None:
         super().__init__()
         try:
@@ -98,6 +99,8 @@ class Auto(TokenPriority):
         num = (int, float)
         _check("margin", margin, isinstance(margin, num) and 0 <= margin < 1, "0 <= margin < 1")
         _check("prior", prior, isinstance(prior, num) and prior > 0, "a number > 0")
+        ok = isinstance(switch_prior, num) and not isinstance(switch_prior, bool)
+        _check("switch_prior", switch_prior, ok and switch_prior >= 0, "a number >= 0")
         for name, value, low in (
             ("window", window, 1),
             ("levels", levels, 2),
@@ -114,6 +117,7 @@ class Auto(TokenPriority):
             replan_every=replan_every,
             warmup=warmup,
             probe=probe,
+            switch_prior=float(switch_prior),
         )
         self.window, self.prior = window, float(prior)
         self.controller: Guard | None = None

@@ -20,11 +20,12 @@ def test_auto_takes_no_budget_and_labels_its_options():
         RunConfig("router-mass")
 
 
-def test_a_guard_decoded_step_is_priced_as_an_autoregressive_decode():
+@pytest.mark.parametrize("cost_model", ["calibrated", "measured"])  # measured: select_s > 0
+def test_a_guard_decoded_step_is_priced_as_an_autoregressive_decode(cost_model):
     info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
     steps = [Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")] * 5
     record = RunRecord("auto", 0, 0, [1] * 5, 1.0, steps)
-    m = Modeled(get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B"))
+    m = Modeled(get_cost_model(cost_model, "H200"), get_shape("OLMoE-1B-7B"))
     tokens, seconds = modeled_pair(record, RunConfig("auto"), info, m)
     ar = autoregressive_tokens_per_s(m.cost.gpu, m.shape, overheads=m.cost.overheads)
     assert tokens / seconds == pytest.approx(ar, rel=1e-12)

@@ -66,3 +66,24 @@ def test_the_further_behind_the_full_tree_the_rarer_the_probe():
     kinds = run_steps(g, 20)
     assert kinds == "a" * 18 + "Ta"
     assert g.probe_every == 36  # doubled after the probe lost
+
+
+def test_a_tree_seen_in_few_steps_needs_more_to_win_a_switch():
+    g = guard(margin=0.05)  # on the full tree (choice 0); tree 1 predicted 20% faster
+    g.evidence = {0: (24, 2.5), 1: (2, 2.5)}  # tree 1 from two steps of 2.5 tokens
+    g.switch({0: 100.0, 1: 120.0, -1: 50.0})
+    # 120 * (2 + 2 / 2.5) / (2 + 2) = 84: two pseudo-steps of one token outweigh two steps
+    assert g.choice == 0 and "tree 4/3/3 B=8,8 84" in g.why
+    g.evidence[1] = (24, 2.5)  # a full window of the same: shrunk by 4.6% only
+    g.switch({0: 100.0, 1: 120.0, -1: 50.0})
+    assert g.choice == 1 and "tree 4/3/3 B=8,8 114.5" in g.why
+    # the current choice and decoding are taken as predicted
+    g.switch({0: 100.0, 1: 120.0, -1: 126.1})
+    assert g.choice == -1 and "tree 4/3/3 B=8,8 120," in g.why
+
+
+def test_without_a_switch_prior_predictions_are_taken_as_they_are():
+    g = guard(margin=0.05, switch_prior=0.0)
+    g.evidence = {0: (24, 2.5), 1: (1, 3.0)}
+    g.switch({0: 100.0, 1: 106.0, -1: 50.0})
+    assert g.choice == 1

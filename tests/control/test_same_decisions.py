@@ -44,8 +44,7 @@ def reference_throughput_V(cost, c, exact_SLB, committed_S, used_SL, B_VL, repai
         tokens_V = np.minimum(committed_S[None], exact_VS + 1).sum(axis=-1)
         repair_VS = np.zeros_like(exact_VS)
     read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).mean(axis=-1)
-    budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
-    return tokens_V / cost.tree_seconds(c, read_VS, repair_VS, budgeted_V1).sum(axis=-1)
+    return tokens_V / cost.tree_seconds(c, read_VS, repair_VS).sum(axis=-1)
 
 
 def reference_best_budgets(cost, c, window, levels_V, repair, passes=2, min_gain=0.01):
@@ -108,7 +107,7 @@ def test_budget_search_matches_the_layer_by_layer_reference(seed):
     rng = np.random.default_rng(seed)
     moved = 0
     for i in range(8):
-        # "measured" prices the budget selection (select_s > 0): budgeted or not matters
+        # "measured" prices the expert ranking (select_s > 0)
         cost_model = get_cost_model(("calibrated", "measured")[i % 2], "H200")
         L, E = int(rng.integers(1, 24)), int(rng.choice([8, 32, 64]))
         K = min(8, E // 2)

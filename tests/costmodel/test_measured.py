@@ -96,10 +96,11 @@ def test_the_measured_model_fits_the_h200_within_10_percent_and_exists_only_ther
         get_cost_model("measured", "A100-80GB")
 
 
-def test_the_controller_prices_the_selection_only_for_budgeted_steps():
+def test_the_controller_prices_the_ranking_in_every_tree_step_it_plans():
+    # auto ranks the experts of every verify (what it learns from), at B = E too
     model = replace(get_cost_model("roofline", "H200"), overheads=Overheads(select_s=20e-6))
+    no_select = StepCost(get_cost_model("roofline", "H200"), OLMOE, 8, 64, [(32, 8, 6)])
     cost = StepCost(model, OLMOE, top_k=8, n_experts=64, trees=[(32, 8, 6)])
-    read, tail = np.array([30.0]), np.array([0])
-    plain = cost.tree_seconds(0, read, tail)
-    budgeted = cost.tree_seconds(0, read, tail, budgeted=True)
-    assert budgeted - plain == pytest.approx(OLMOE.n_moe_layers * 20e-6)
+    read, tail = np.array([64.0, 30.0]), np.array([0, 0])
+    ranked = cost.tree_seconds(0, read, tail) - no_select.tree_seconds(0, read, tail)
+    assert ranked == pytest.approx([OLMOE.n_moe_layers * 20e-6] * 2)
