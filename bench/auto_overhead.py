@@ -9,6 +9,12 @@ device-tensor updates) and :meth:`Auto.observe` (stacking the recorded per-layer
 rankings, the estimates' update). The rankings themselves are made in the forward and
 are not timed. ``prepare`` runs once per generation, before the timed steps.
 
+``--sglang`` times the SGLang plugin's path instead: :class:`AcceptanceFeed`'s
+``after_verify`` on a synthetic verify result (one request), which copies the step's
+acceptance and the routing ``auto`` recorded off the device, folds it in with
+``observe`` and plans the next step (per-layer budgets only: SGLang runs one tree, no
+guard). On a CPU the copies are plain copies, made at once.
+
 Reports median / p90 / mean seconds per step and the mean's share of an H200 verify step
 measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbudgeted:
 OLMoE-1B-7B 7.220 ms, Qwen3-30B-A3B 23.498 ms), and what a new generation's policy costs
@@ -16,6 +22,7 @@ before its first step (creation, ``prepare``, the first plan, which builds the c
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_overhead.py [--steps 400] [--grid]
         [--repeat 1] [--cost-model measured] [--json out.json] [--compare before.json]
+        [--sglang]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -131,6 +139,51 @@ def run(L: int, E: int, shape: str, args) -> dict:
     }
 
 
+def run_feed(L: int, E: int, shape: str, args) -> dict:
+    """The SGLang path: ``AcceptanceFeed.after_verify`` per synthetic verify step, timed
+    whole; the recorded routing is written into the policy's buffers first (what its
+    ``keep`` does inside the forward, not timed)."""
+    from moe_spec.integration.sglang.feed import AcceptanceFeed
+
+    policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
+    policy.fixed_tree()
+    policy.prepare(L, E, K, E, torch.device("cpu"))
+    feed = AcceptanceFeed(policy, TREE, K, interval_s=0)
+    buffers, depth = feed.buffers, TREE[2]
+    steps = synthetic_steps(L, E, args.distinct, args.accept)
+    batch = SimpleNamespace(forward_mode=None)
+    took = []
+    for i in range(args.steps):
+        step = steps[i % len(steps)]
+        buffers["rank_LE"].copy_(torch.stack(step["rank"]))
+        buffers["ids_LRK"].copy_(torch.stack(step["ids"]))
+        buffers["depth_R"].copy_(step["outcome"].depth_N)
+        path = step["outcome"].path
+        index = torch.full((1, depth + 1), -1, dtype=torch.long)
+        index[0, : len(path)] = torch.tensor(path)
+        result = SimpleNamespace(accept_lens=torch.tensor([len(path)]), accept_index=index)
+        t0 = time.perf_counter()
+        feed.after_verify(result, batch)
+        took.append(time.perf_counter() - t0)
+    skip = min(16, args.steps // 4)
+    per_step = np.array(took[skip:])
+    c = policy.controller
+    return {
+        "L": L,
+        "E": E,
+        "shape": shape,
+        "steps": int(per_step.size),
+        "tree_share": 1.0,
+        "replans": c.replans,
+        "median_s": float(np.median(per_step)),
+        "p90_s": float(np.percentile(per_step, 90)),
+        "mean_s": float(per_step.mean()),
+        "plan_mean_s": float("nan"),
+        "observe_mean_s": float("nan"),
+        "budgets": c.budget_L.tolist(),
+    }
+
+
 def setup_seconds(L: int, E: int, shape: str, args, times: int = 12) -> float:
     """Median seconds a new generation's policy costs before its first step (creation,
     ``prepare``, the first ``plan_step``, which builds the controller), after one warm-up."""
@@ -147,7 +200,7 @@ def setup_seconds(L: int, E: int, shape: str, args, times: int = 12) -> float:
 def repeated(L: int, E: int, shape: str, args) -> dict:
     """:func:`run` ``--repeat`` times; the median of each time over the runs (a shared
     machine's load spikes hit one run), which must all have decided the same."""
-    runs = [run(L, E, shape, args) for _ in range(args.repeat)]
+    runs = [(run_feed if args.sglang else run)(L, E, shape, args) for _ in range(args.repeat)]
     for r in runs[1:]:
         if any(r[k] != runs[0][k] for k in ("tree_share", "replans", "budgets")):
             raise SystemExit(f"repeated runs decided differently at L={L}, E={E}")
@@ -167,10 +220,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per size; medians reported")
     ap.add_argument("--json")
     ap.add_argument("--compare", help="a JSON of an earlier run: print a before/after table")
+    ap.add_argument("--sglang", action="store_true", help="time the SGLang feed's after_verify")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sizes = [(L, E) for L in (16, 30, 48) for E in (32, 64, 128)] if args.grid else SIZES
-    print(f"CPU: {cpu_name()}, 1 torch thread; cost model {args.cost_model}, tree {TREE}")
+    path = "SGLang feed (after_verify)" if args.sglang else "auto (plan_step + observe)"
+    print(f"CPU: {cpu_name()}, 1 torch thread; cost model {args.cost_model}, tree {TREE}; {path}")
     print(
         "| L | E | priced as | tree steps | replans | median ms | p90 ms | mean ms "
         "| plan / observe mean ms | mean / H200 verify | setup per generation ms |"

@@ -24,3 +24,17 @@ def test_short_run_reports_every_size_with_tree_steps(tmp_path):
         assert r["steps"] == 30 and 0 < r["median_s"] <= r["p90_s"]
         assert len(r["budgets"]) == r["L"] and r["replans"] >= 1
     assert rows[0]["tree_share"] > 0.5  # the synthetic acceptance pays for the tree there
+
+
+def test_the_sglang_feed_path_folds_every_step_and_plans_budgets(tmp_path):
+    out = tmp_path / "feed.json"
+    cmd = [sys.executable, str(REPO / "bench" / "auto_overhead.py"), "--steps", "40", "--sglang"]
+    done = subprocess.run(
+        [*cmd, "--distinct", "4", "--json", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SGLang feed (after_verify)" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    for r in rows:  # SGLang runs its one tree every step; the feed replans every 8 steps
+        assert r["tree_share"] == 1.0 and r["replans"] == 40 // 8
+        assert len(r["budgets"]) == r["L"] and 0 < r["median_s"] <= r["p90_s"]
