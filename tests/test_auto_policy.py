@@ -78,6 +78,7 @@ def test_records_each_layers_ranking_for_observe():
         ({"margin": 1.5}, "margin is 1.5"),
         ({"window": 0}, "window is 0"),
         ({"switch_prior": -1}, "switch_prior is -1; allowed: a number >= 0"),
+        ({"rank_every": 0}, "rank_every is 0; allowed: an integer >= 1"),
         ({"guard": "yes"}, "guard is 'yes'"),
         ({"shape": "GPT-5"}, "unknown model shape"),
         ({"cost_model": "magic"}, "unknown cost model"),

@@ -85,6 +85,7 @@ class EngineBackend:
                 list(s.distinct_repair_L),
                 s.guard,
                 s.reason,
+                s.ranked,
             )
             for s in result.steps
         ]

@@ -33,6 +33,7 @@ class Step:
     repair_L: list[int] = field(default_factory=list)  # that forward's distinct experts
     guard: str = ""  # a planning policy's step kind (auto: "tree" / "autoregressive")
     reason: str = ""  # why it planned this step
+    ranked: bool = True  # the policy ran in the verify (False: priced without the selection)
 
 
 @dataclass

@@ -149,8 +149,9 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
             mapped(s.after_L),
             s.repair_tokens,
             mapped(s.repair_L) if s.repair_tokens else 0.0,
-            # the guard's autoregressive steps are plain forwards: no ranking, no budget
-            budgeted=config.policy not in BASELINES and s.guard != AUTOREGRESSIVE,
+            # the guard's autoregressive steps are plain forwards, and a policy that rested
+            # (or B >= E) ran no selection: priced without it
+            budgeted=config.policy not in BASELINES and s.guard != AUTOREGRESSIVE and s.ranked,
         )
         for s in record.steps
     ]

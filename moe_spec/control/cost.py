@@ -12,9 +12,10 @@ prices a window of steps for many budget vectors with array operations only:
   the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
 - ``decode_s``: one autoregressive step;
 - ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
-  the cost model measured it), paid by every tree step the controller plans, whatever
-  its budgets: the controller ranks the experts of every verify, since that ranking is
-  what it learns from (an autoregressive step pays none).
+  the cost model measured it), paid by every budgeted tree step; a step whose budgets are
+  all at least E ranks only every ``rank_every``-th time (the ranking is what the
+  controller learns from), so it pays ``select_s / rank_every`` on average (an
+  autoregressive step pays none).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class StepCost:
         n_experts: int,
         trees: list[tuple[int, int, int]],
         max_repair: int = 64,
+        rank_every: int = 1,
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
@@ -55,6 +57,7 @@ class StepCost:
             tables = step_tables.__wrapped__(cost, shape, top_k, n_experts, key, max_repair)
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
         self.decode_s, self.select_s = tables[3:]
+        self.rest_select_s = self.select_s / rank_every  # an unbudgeted step, on average
         self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 
     def describe(self) -> str:
@@ -65,11 +68,12 @@ class StepCost:
         c: int,
         read: np.ndarray,
         repair_tokens: np.ndarray,
+        budgeted: np.ndarray | bool = False,
     ) -> np.ndarray:
         """Seconds of steps with tree ``c``: draft + verify reading ``read`` experts per layer
         (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none)
-        + the expert ranking."""
-        return self.add_parts(c, self.verify_seconds(c, read), repair_tokens)
+        + the expert ranking (``budgeted``, broadcast against ``read``: every step ranks)."""
+        return self.add_parts(c, self.verify_seconds(c, read), repair_tokens, budgeted)
 
     def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
         """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""
@@ -85,6 +89,7 @@ class StepCost:
         total_read: np.ndarray,
         layers: int,
         repair_tokens: np.ndarray | None,
+        budgeted: np.ndarray | bool = False,
     ) -> np.ndarray:
         """:meth:`tree_seconds` with ``read = total_read / layers`` (``total_read``: integer
         experts read over ``layers`` layers), the verify looked up in a table made once
@@ -93,20 +98,21 @@ class StepCost:
         if table is None:
             table = self.verify_seconds(c, np.arange(layers * self.E + 1) / layers)
             self.by_total[(c, layers)] = table
-        return self.add_parts(c, table[total_read], repair_tokens)
+        return self.add_parts(c, table[total_read], repair_tokens, budgeted)
 
     def add_parts(
         self,
         c: int,
         verify: np.ndarray,
         repair_tokens: np.ndarray | None,
+        budgeted: np.ndarray | bool,
     ) -> np.ndarray:
         """draft + verify + repair (None: no repair; adding ``repair_Q[0] = 0`` changes no
-        number) + the expert ranking."""
+        number) + the expert ranking (all of it where ``budgeted``)."""
         seconds = self.draft_C[c] + verify
         if repair_tokens is not None:
             seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
-        return seconds + self.select_s
+        return seconds + np.where(budgeted, self.select_s, self.rest_select_s)
 
 
 @functools.lru_cache(maxsize=64)

@@ -217,7 +217,8 @@ class Guard:
         read = np.minimum(self.budget_L, used_L).mean()
         exact = outcome.committed if outcome.exact is None else outcome.exact
         tail = outcome.committed - exact if self.repair else 0
-        return float(self.cost.tree_seconds(c, np.array(read), np.array(max(tail, 0))))
+        budgeted = bool((self.budget_L < self.cost.E).any())
+        return float(self.cost.tree_seconds(c, np.array(read), np.array(max(tail, 0)), budgeted))
 
     def note_time(self, kind: str, seconds: float, modeled: float) -> None:
         if not self.measure or modeled <= 0 or seconds <= 0:

@@ -43,7 +43,8 @@ def throughput_V(
     L = exact_SLB.shape[1]
     exact_VS = exact_SLB[:, np.arange(L)[None, :], B_VL].min(axis=-1).T
     read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
-    return price(cost, c, exact_VS, committed_S, read_VS, L, repair)
+    budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
+    return price(cost, c, exact_VS, committed_S, read_VS, L, budgeted_V1, repair)
 
 
 def price(
@@ -53,6 +54,7 @@ def price(
     committed_S: np.ndarray,
     read_XS: np.ndarray,
     layers: int,
+    budgeted_X1: np.ndarray,
     repair: bool,
 ) -> np.ndarray:
     """float ``[...]``: tokens/s of tree ``c`` over the window for each leading index X of
@@ -65,7 +67,7 @@ def price(
     else:
         tokens_X = np.minimum(committed_S, exact_XS + 1).sum(axis=-1)
         repair_XS = None
-    seconds_XS = cost.tree_seconds_total(c, read_XS, layers, repair_XS)
+    seconds_XS = cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
     # contiguous: numpy sums a contiguous last axis pairwise, a strided one in order, and
     # the same numbers must come out whatever layout the trials were gathered in
     return tokens_X / np.ascontiguousarray(seconds_XS).sum(axis=-1)
@@ -99,7 +101,8 @@ def best_budgets(
     exact_SLV = exact_SLB[:, :, levels_desc]  # the table at the levels, gathered once
     # one budget for all layers (throughput_V of the uniform rows)
     read_VS = np.minimum(levels_desc[:, None, None], used_SL).sum(axis=-1)
-    tp_V = price(cost, c, exact_SLV.min(axis=1).T, committed_S, read_VS, L, repair)
+    budgeted_V1 = (levels_desc < cost.E)[:, None]
+    tp_V = price(cost, c, exact_SLV.min(axis=1).T, committed_S, read_VS, L, budgeted_V1, repair)
     best = first_clear_best(tp_V, min_gain)
     B_L, tp = np.full(L, levels_desc[best]), float(tp_V[best])
     if passes < 1:
@@ -153,7 +156,10 @@ def layer_trials_JV(
     read_JVS = others_read_JS[:, None, :] + np.minimum(
         levels_V[None, :, None], used_SL[:, start:].T[:, None, :]
     )
-    return price(cost, c, exact_JVS, committed_S, read_JVS, L, repair)
+    below_L = B_L < cost.E
+    others_J = (below_L.sum() - below_L[start:]) > 0
+    budgeted_JV1 = (others_J[:, None] | (levels_V < cost.E)[None, :])[:, :, None]
+    return price(cost, c, exact_JVS, committed_S, read_JVS, L, budgeted_JV1, repair)
 
 
 def first_clear_best(tp_V: np.ndarray, min_gain: float) -> int:

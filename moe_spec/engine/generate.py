@@ -91,6 +91,7 @@ class StepStats:
     distinct_repair_L: list[int] = field(default_factory=list)  # that forward's experts
     guard: str = ""  # a planning policy's step kind ("tree", "autoregressive"); "" if none
     reason: str = ""  # why the policy planned this step
+    ranked: bool = True  # the policy ran in the verify (ranked experts: the selection's cost)
 
 
 @dataclass
@@ -258,6 +259,7 @@ class Engine:
                     [] if repair is None else distinct_per_layer(repair.ids_before_LTK, E),
                     plan.kind if plan.reason else "",
                     plan.reason,
+                    verify.ranked,
                 )
             )
             policy.observe(
@@ -380,7 +382,9 @@ def plan_step(policy, spec: SpecConfig, steps: list[StepStats], tree_size) -> St
 def autoregressive_stats(plan: StepPlan, n_experts: int, top_k: int, n_layers: int) -> StepStats:
     """A guard's autoregressive step: one token committed, its own top-k read per layer."""
     read_L = [min(top_k, n_experts)] * n_layers
-    return StepStats(1, read_L, read_L, read_L, 1, 0, 0, guard=plan.kind, reason=plan.reason)
+    return StepStats(
+        1, read_L, read_L, read_L, 1, 0, 0, guard=plan.kind, reason=plan.reason, ranked=False
+    )
 
 
 def sample(logits_V: torch.Tensor, temperature: float, g: torch.Generator) -> int:

@@ -102,6 +102,19 @@ class VerifyBudget:
     ids_after_LTK: list[torch.Tensor] = field(default_factory=list)
     exact_LT: list[torch.Tensor] = field(default_factory=list)
     exact_path: int | None = None  # with track_exact: the accepted path's exact prefix length
+    policy_layers: int = 0  # MoE layers of this forward that called the policy
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the policy ran in any layer (ranked experts, budgeted or not)."""
+        return self.policy_layers > 0
+
+    def skips(self, num_experts: int) -> bool:
+        """Whether a layer of ``num_experts`` runs unbudgeted without calling the policy:
+        B >= E and the policy does not budget by itself, or rests this step."""
+        rest = self.budget >= num_experts and (not self.policy.adaptive or self.policy.resting)
+        self.policy_layers += not rest
+        return rest
 
     def note_unbudgeted(self, ids_TK: torch.Tensor) -> None:
         """A layer the budget cannot touch (B >= E): its routing, unchanged and exact."""
@@ -138,8 +151,7 @@ class MoE(nn.Module):
     def forward(self, x_TD: torch.Tensor, verify: VerifyBudget | None = None):
         """``out_TD`` and the Switch-style load-balancing loss ``E * sum_e f_e * P_e``."""
         logits_TE, ids_TK, weights_TK = self.route(x_TD)
-        unbudgeted = verify is not None and not verify.policy.adaptive
-        if unbudgeted and verify.budget >= self.config.n_experts:  # nothing to budget
+        if verify is not None and verify.skips(self.config.n_experts):  # nothing to budget
             verify.note_unbudgeted(ids_TK)
         elif verify is not None:
             record = RoutingRecord(

@@ -19,8 +19,11 @@ that maximise predicted committed tokens per second under the cost model
 (``shape`` on ``gpu``, ``cost_model``) and, with ``guard``, a smaller tree or plain
 autoregressive decoding when those are predicted faster. ``measure`` corrects the
 modeled times by the measured wall time (for a run whose own speed is what counts,
-such as the reference engine on a CPU). The state lives in the policy instance: the
-engines create one per generation.
+such as the reference engine on a CPU). A tree step whose budgets are all at least E
+*rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
+policy) except every ``rank_every``-th one, which ranks and is learned from: the ranking
+is the selection's cost, and a step that keeps every expert needs it only to learn. The
+state lives in the policy instance: the engines create one per generation.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Auto(TokenPriority):
         warmup: int = 2,
         probe: int = 16,
         switch_prior: float = 2.0,
+        rank_every: int = 4,
     ) -> None:
         super().__init__()
         try:
@@ -107,6 +111,7 @@ class Auto(TokenPriority):
             ("replan_every", replan_every, 1),
             ("warmup", warmup, 1),
             ("probe", probe, 1),
+            ("rank_every", rank_every, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         self.options = dict(
@@ -120,6 +125,7 @@ class Auto(TokenPriority):
             switch_prior=float(switch_prior),
         )
         self.window, self.prior = window, float(prior)
+        self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
         self.controller: Guard | None = None
         self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
         self.device_state: dict[str, torch.Tensor] = {}
@@ -198,6 +204,7 @@ class Auto(TokenPriority):
         if self.controller is not None:
             raise PolicyError("auto: fixed_tree() must come before the first step")
         self.options.update(guard=False, measure=False)
+        self.rank_every = 1  # the captured forward ranks every step anyway
 
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
@@ -226,7 +233,7 @@ class Auto(TokenPriority):
     def build_controller(self) -> Guard:
         L, E, K, cap = self.dims
         trees = candidate_trees(*self.tree)
-        cost = StepCost(self.cost, self.shape, K, E, trees)
+        cost = StepCost(self.cost, self.shape, K, E, trees, rank_every=self.rank_every)
         est = AcceptanceEstimates(L, E, [n for n, _, _ in trees], self.window, prior=self.prior)
         return Guard(est, cost, K, cap, repair=self.repair, **self.options)
 
@@ -238,6 +245,7 @@ class Auto(TokenPriority):
         if self.controller is None:
             return StepPlan(TREE, *self.tree, "warm-up (no verify step seen yet)")
         plan = self.controller.plan()
+        self.resting = self.rests(plan)
         if plan.kind == TREE and not np.array_equal(self.controller.budget_L, self.budget_host_L):
             self.budget_host_L = self.controller.budget_L.copy()
             upload(self.device_state["budget_L"], self.budget_host_L)
@@ -247,6 +255,14 @@ class Auto(TokenPriority):
             upload(self.device_state["accept_B"], est.accept_B())
             upload(self.device_state["reach_D"], reach_cum(est))
         return plan
+
+    def rests(self, plan: StepPlan) -> bool:
+        """Whether the planned step runs unbudgeted without ranking: a tree step whose
+        budgets are all at least E, except every ``rank_every``-th tree step (learned from)."""
+        c = self.controller
+        if plan.kind != TREE or self.rank_every == 1 or (c.budget_L < self.dims[1]).any():
+            return False
+        return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
 
     def observe(
         self,

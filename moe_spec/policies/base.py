@@ -57,6 +57,9 @@ class Policy:
     #: An adaptive policy picks its own per-layer budget (at most the call's B) and is
     #: consulted even when B >= E; it may also plan each step (:meth:`plan_step`).
     adaptive: ClassVar[bool] = False
+    #: An adaptive policy that neither ranks nor budgets the current step (all its budgets
+    #: are at least E): the verify then runs as if unbudgeted, without calling it.
+    resting: bool = False
 
     def __init__(self, **options: object) -> None:
         if options:

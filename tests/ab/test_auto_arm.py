@@ -31,6 +31,19 @@ def test_a_guard_decoded_step_is_priced_as_an_autoregressive_decode(cost_model):
     assert tokens / seconds == pytest.approx(ar, rel=1e-12)
 
 
+def test_a_tree_step_without_the_policy_is_priced_without_the_selection():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))
+
+    def seconds(ranked: bool) -> float:
+        step = Step(2, 8, 4, 3, [6, 6], [6, 6], [3, 3], guard="tree", ranked=ranked)
+        record = RunRecord("auto", 0, 0, [1] * 2, 1.0, [step])
+        return modeled_pair(record, RunConfig("auto"), info, m)[1]
+
+    selection = m.shape.n_moe_layers * m.cost.overheads.select_s
+    assert selection > 0 and seconds(True) - seconds(False) == pytest.approx(selection)
+
+
 def test_the_report_shows_the_guards_decisions(tiny_dir, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def apply(budget):"}\n{"prompt": "return ids, weights"}\n')

@@ -44,7 +44,8 @@ def reference_throughput_V(cost, c, exact_SLB, committed_S, used_SL, B_VL, repai
         tokens_V = np.minimum(committed_S[None], exact_VS + 1).sum(axis=-1)
         repair_VS = np.zeros_like(exact_VS)
     read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).mean(axis=-1)
-    return tokens_V / cost.tree_seconds(c, read_VS, repair_VS).sum(axis=-1)
+    budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
+    return tokens_V / cost.tree_seconds(c, read_VS, repair_VS, budgeted_V1).sum(axis=-1)
 
 
 def reference_best_budgets(cost, c, window, levels_V, repair, passes=2, min_gain=0.01):
@@ -107,11 +108,13 @@ def test_budget_search_matches_the_layer_by_layer_reference(seed):
     rng = np.random.default_rng(seed)
     moved = 0
     for i in range(8):
-        # "measured" prices the expert ranking (select_s > 0)
+        # "measured" prices the expert ranking (select_s > 0), all of it on a budgeted step
+        # and a share 1 / rank_every on an unbudgeted one: budgeted or not matters
         cost_model = get_cost_model(("calibrated", "measured")[i % 2], "H200")
         L, E = int(rng.integers(1, 24)), int(rng.choice([8, 32, 64]))
         K = min(8, E // 2)
-        cost = StepCost(cost_model, get_shape("OLMoE-1B-7B"), K, E, TREES[:2])
+        shape = get_shape("OLMoE-1B-7B")
+        cost = StepCost(cost_model, shape, K, E, TREES[:2], rank_every=1 + i % 4)
         window = random_window(rng, L, E, K, int(rng.integers(1, 30)), int(rng.integers(2, 8)))
         levels_V = budget_levels(K, E, int(rng.integers(2, 10)))
         for repair in (False, True):
@@ -127,10 +130,10 @@ def test_budget_search_matches_the_layer_by_layer_reference(seed):
 def test_each_layers_trials_are_priced_as_the_reference_prices_them(repair):
     rng = np.random.default_rng(1)
     cost_model = get_cost_model("measured", "H200")  # select_s > 0
-    for _ in range(20):
+    for i in range(20):
         L, E = int(rng.integers(1, 12)), int(rng.choice([8, 32, 64]))
         K = min(8, E // 2)
-        cost = StepCost(cost_model, get_shape("OLMoE-1B-7B"), K, E, TREES[:2])
+        cost = StepCost(cost_model, get_shape("OLMoE-1B-7B"), K, E, TREES[:2], rank_every=1 + i % 4)
         exact_SLB, committed_S, used_SL = random_window(rng, L, E, K, 12, 5)
         levels_V = budget_levels(K, E, 6)[::-1]
         B_L = rng.choice(levels_V, L, p=[0.7] + [0.3 / (levels_V.size - 1)] * (levels_V.size - 1))

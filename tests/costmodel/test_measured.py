@@ -96,11 +96,13 @@ def test_the_measured_model_fits_the_h200_within_10_percent_and_exists_only_ther
         get_cost_model("measured", "A100-80GB")
 
 
-def test_the_controller_prices_the_ranking_in_every_tree_step_it_plans():
-    # auto ranks the experts of every verify (what it learns from), at B = E too
+def test_the_controller_prices_the_ranking_it_runs():
+    # a budgeted step ranks; an unbudgeted one ranks every rank_every-th time (auto learns
+    # from the ranking), so it pays that share on average
     model = replace(get_cost_model("roofline", "H200"), overheads=Overheads(select_s=20e-6))
     no_select = StepCost(get_cost_model("roofline", "H200"), OLMOE, 8, 64, [(32, 8, 6)])
-    cost = StepCost(model, OLMOE, top_k=8, n_experts=64, trees=[(32, 8, 6)])
+    cost = StepCost(model, OLMOE, top_k=8, n_experts=64, trees=[(32, 8, 6)], rank_every=4)
     read, tail = np.array([64.0, 30.0]), np.array([0, 0])
-    ranked = cost.tree_seconds(0, read, tail) - no_select.tree_seconds(0, read, tail)
-    assert ranked == pytest.approx([OLMOE.n_moe_layers * 20e-6] * 2)
+    budgeted = np.array([False, True])
+    ranked = cost.tree_seconds(0, read, tail, budgeted) - no_select.tree_seconds(0, read, tail)
+    assert ranked == pytest.approx([OLMOE.n_moe_layers * 20e-6 / 4, OLMOE.n_moe_layers * 20e-6])

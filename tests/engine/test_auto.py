@@ -26,6 +26,7 @@ def test_auto_with_repair_gives_the_unbudgeted_output_while_budgeting(tiny_engin
         out = tiny_engine.generate_speculative(prompt, NEW, auto_spec(guard=False))
         assert out.tokens == want
         assert all(s.guard == "tree" and s.reason for s in out.steps)
+        assert all(s.ranked for s in out.steps if s.distinct_after_L != s.distinct_before_L)
         budgeted |= any(
             a < b
             for s in out.steps
@@ -45,6 +46,20 @@ def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay
     assert len(out.steps) > policy.controller.warmup  # it did plan, with budgets E
     assert all(s.distinct_after_L == s.distinct_before_L for s in out.steps)
     assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}
+    # unbudgeted, it ranks (and learns) on the warm-up steps, then on every 4th tree step;
+    # the other steps never call it, and the A/B harness prices them without the selection
+    ranked = [s.ranked for s in out.steps]
+    assert ranked == [i < 2 or i % 4 == 0 for i in range(len(out.steps))]
+    assert policy.controller.est.steps_seen == sum(ranked)  # the window: ranked steps only
+
+
+def test_every_tree_step_ranks_when_rank_every_is_one(tiny_engine):
+    policy = get_policy("auto", guard=False, rank_every=1)
+    free = GPU("free-experts", 1e30, 1e30, "test: bytes and FLOPs cost nothing")
+    policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3))
+    spec = auto_spec(repair=False, guard=False, rank_every=1)
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
+    assert all(s.ranked for s in out.steps)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])

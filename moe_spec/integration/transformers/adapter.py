@@ -144,7 +144,7 @@ def budget_routing(
 ) -> tuple[torch.Tensor, ...]:
     """The router's output with ids and weights budgeted by the policy (same order)."""
     logits, weights_TK, ids_TK = convention.split(output)
-    if state.budget >= block.num_experts and not state.policy.adaptive:  # no budget: note it
+    if state.skips(block.num_experts):  # no budget: note it
         state.note_unbudgeted(ids_TK)
         return output
     logits_TE = logits.reshape(-1, block.num_experts)

@@ -210,6 +210,7 @@ class TransformersEngine:
                         [] if repair is None else repair.distinct_computed_L(),
                         plan.kind if plan.reason else "",
                         plan.reason,
+                        routing.ranked,
                     )
                 )
                 policy.observe(
