@@ -176,3 +176,28 @@ def test_rotary_reordering_is_a_per_head_permutation():
     for i in range(C // 2):  # engine pair (2i, 2i+1) -> rotate-half pair (i, i + C/2)
         torch.testing.assert_close(q_neox[:, i], q_ours[:, 2 * i], rtol=0, atol=0)
         torch.testing.assert_close(q_neox[:, i + C // 2], q_ours[:, 2 * i + 1], rtol=0, atol=0)
+
+
+def test_sglangs_own_llama_eagle_module_computes_the_same(target_dir, tmp_path):
+    """SGLang 0.5.23's LlamaForCausalLMEagle built on CPU (its CPU engine, the live tests'
+    sgl_kernel stand-in on the path), load_weights on the export, its model's forward with a
+    plain causal attention standing in for the attention backend: the engine head's output."""
+    from tests.integration.sglang.conftest import ROOT, run_scenario
+    from tests.integration.sglang.live.harness import STUB_PATH
+
+    head = random_head()
+    out = export_sglang_draft(head, tmp_path / "draft", target_dir, THETA, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    embed_SD, feature_SD = torch.randn(S, D, generator=g), torch.randn(S, D, generator=g)
+    save_file({"embed": embed_SD, "feature": feature_SD}, str(tmp_path / "inputs.safetensors"))
+    got = run_scenario(
+        "eagle_draft",
+        MOE_SPEC_TEST_DRAFT=str(out),
+        SGLANG_USE_CPU_ENGINE="1",
+        PYTHONPATH=f"{ROOT}:{STUB_PATH}",
+    )
+    assert all(got["loaded"].values()), got["loaded"]  # q,k,v and gate,up stacked as read
+    assert not got["has_input_layernorm"]
+    assert not any("norm" in p and "post_attention" not in p for p in got["params"])
+    want = engine_head_output(head, embed_SD, feature_SD)
+    torch.testing.assert_close(torch.tensor(got["out"]), want, rtol=1e-4, atol=1e-4)
