@@ -1,11 +1,14 @@
 """Learn what ships in moe_spec/assets/smollm2-moe/ (run once; seeded; CPU).
 
     python bench/learn_smollm2_moe.py split --shared 1152 --experts 32 --top-k 8
+    python bench/learn_smollm2_moe.py features --files 600 --skip-files 600 --out feat.pt
     python bench/learn_smollm2_moe.py draft --steps 300
     python bench/learn_smollm2_moe.py hash      # build from the wheel, record the hash
 
 ``split``: calibration text from stdlib training files (held-out files excluded), the
 dense model's FFN inputs, shared neurons + balanced k-means groups + routers per layer.
+``features``: only the MoE target's features on training files ``skip .. skip + files``
+of the draft's seeded shuffle, stored for ``draft --extra-files/--extra-cache``.
 ``draft``: the EAGLE head on the MoE target's features (other training files).
 ``hash``: builds the checkpoint and writes its content hash into moe.json.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from moe_spec.engine.config import DraftConfig
+from moe_spec.engine.config import DRAFT_LAYOUTS, DraftConfig
 from moe_spec.integration.transformers import save_eagle_head
 from moe_spec.models.build import ASSETS, build_checkpoint, load_split, read_spec
 from moe_spec.models.calibration import calibration_sequences, held_out_sequences
@@ -86,13 +89,38 @@ def features(model, spec, splits, seqs, cache: Path | None, bf16: bool):
     return data
 
 
+def draft_sequences(tok, files: int, seq_len: int, seed: int, skip: int = 0):
+    """The draft's training text: one seeded shuffle of training files (seed + 1000)."""
+    return calibration_sequences(tok, files, seq_len, seed=seed + 1000, skip=skip)
+
+
+def cmd_features(args) -> None:
+    if args.out.exists():
+        raise SystemExit(f"{args.out} exists; remove it or name another --out")
+    spec = read_spec(ASSETS)
+    model, tok, splits, _shape = moe_target(spec)
+    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed, args.skip_files)
+    start = time.perf_counter()
+    features(model, spec, splits, seqs, args.out, args.bf16_features)
+    seconds = time.perf_counter() - start
+    log({"files": len(seqs), "tokens": sum(map(len, seqs)), "s": round(seconds, 1)})
+
+
 def cmd_draft(args) -> None:
     torch.manual_seed(args.seed)
     spec = read_spec(ASSETS)
     model, tok, splits, shape = moe_target(spec)
-    seqs = calibration_sequences(tok, args.files, args.seq_len, seed=args.seed + 1000)
+    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed)
     start = time.perf_counter()
     data = features(model, spec, splits, seqs, args.features_cache, args.bf16_features)
+    if args.extra_files:
+        extra = draft_sequences(tok, args.extra_files, args.seq_len, args.seed, args.files)
+        extra_data = features(
+            model, spec, splits, extra, args.extra_cache, args.extra_bf16_features
+        )
+        if len(extra_data) != len(extra) or len(data) != len(seqs):
+            raise SystemExit("a features cache does not match its files; extract it again")
+        seqs, data = seqs + extra, data + extra_data
     log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
     eval_seqs = held_out_sequences(tok, args.eval_tokens, args.seq_len)
     eval_data = features(model, spec, splits, eval_seqs, None, args.bf16_features)
@@ -102,6 +130,7 @@ def cmd_draft(args) -> None:
         n_heads=shape.num_attention_heads,
         mlp_dim=args.mlp_dim,
         norm_eps=shape.rms_norm_eps,
+        layout=args.layout,
     )
     cfg = HeadTrainConfig(
         steps=args.steps,
@@ -132,7 +161,10 @@ def cmd_draft(args) -> None:
     save_eagle_head(ASSETS / "eagle", head, rope_theta=shape.rope_theta)
     spec["draft"] = {
         "command": "python bench/learn_smollm2_moe.py " + " ".join(sys.argv[1:]),
+        "layout": args.layout,
         "files": args.files,
+        "extra_files": args.extra_files,
+        "extra_bf16_features": args.extra_bf16_features,
         "seq_len": args.seq_len,
         "steps": args.steps,
         "batch": args.batch,
@@ -173,6 +205,14 @@ def main() -> None:
     q.add_argument("--tokens-per-file", type=int, default=256)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_split)
+    q = sub.add_parser("features")
+    q.add_argument("--files", type=int, default=600)
+    q.add_argument("--skip-files", type=int, default=0, help="of the draft's seeded shuffle")
+    q.add_argument("--seq-len", type=int, default=512)
+    q.add_argument("--bf16-features", action="store_true", help="target forward under bf16")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_features)
     q = sub.add_parser("draft")
     q.add_argument("--files", type=int, default=64)
     q.add_argument("--seq-len", type=int, default=256)
@@ -180,8 +220,12 @@ def main() -> None:
     q.add_argument("--batch", type=int, default=4)
     q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--mlp-dim", type=int, default=1536)
+    q.add_argument("--layout", choices=DRAFT_LAYOUTS, default="sglang", help="DraftConfig.layout")
     q.add_argument("--bf16-features", action="store_true", help="target forward under bf16")
     q.add_argument("--features-cache", type=Path, help="reuse / store the features here")
+    q.add_argument("--extra-files", type=int, default=0, help="the next files of the shuffle")
+    q.add_argument("--extra-cache", type=Path, help="their features (see `features`)")
+    q.add_argument("--extra-bf16-features", action="store_true", help="extra ones under bf16")
     q.add_argument("--unroll", type=int, default=2, help="training-time test passes")
     q.add_argument("--window", type=int, default=256, help="tokens per sequence per step")
     q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens to score")

@@ -53,20 +53,32 @@ class ModelConfig:
         return self.dim // self.n_heads
 
 
+DRAFT_LAYOUTS = ("moe-spec", "sglang")
+
+
 @dataclass(frozen=True)
 class DraftConfig:
-    """An EAGLE-style draft head: one decoder layer over (target feature, next-token embedding)."""
+    """An EAGLE-style draft head: one decoder layer over (target feature, next-token embedding).
+
+    ``layout`` (see ``moe_spec.engine.draft``): ``"moe-spec"``, fc over [feature, embedding]
+    without bias, a norm before attention and a final norm; ``"sglang"``, SGLang's
+    ``LlamaForCausalLMEagle``: fc with bias over [embedding, feature], no norm before
+    attention, no final norm.
+    """
 
     dim: int = 256  # must equal the target's D
     n_heads: int = 4
     mlp_dim: int = 512
     norm_eps: float = 1e-5
+    layout: str = "moe-spec"
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_heads", "mlp_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.layout not in DRAFT_LAYOUTS:
+            raise ValueError(f"layout must be one of {list(DRAFT_LAYOUTS)}, got {self.layout!r}")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
             raise ValueError(f"dim={self.dim} must split into n_heads={self.n_heads} even heads")
 

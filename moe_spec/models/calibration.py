@@ -4,7 +4,10 @@ Shape legend: T tokens, D hidden size, F FFN size, L layers.
 
 The text is the standard library's source with the documented held-out files
 left out (``moe_spec.engine.data.split_files``): ``n_files`` training files picked
-with a seeded generator, the first ``tokens_per_file`` tokens of each.
+with a seeded generator, the first ``tokens_per_file`` tokens of each. The picks are
+one seeded shuffle read from its start (``random.sample`` draws one file after the
+other, so a longer draw starts with a shorter one): ``skip`` files further on gives
+files disjoint from the first ``skip``, to add training text to an existing set.
 """
 
 from __future__ import annotations
@@ -16,12 +19,22 @@ import torch
 from moe_spec.engine.data import read_text, split_files
 
 
-def calibration_sequences(
-    tokenizer, n_files: int, tokens_per_file: int, seed: int = 0
-) -> list[list[int]]:
-    """``n_files`` token sequences of training (never held-out) stdlib files, seeded."""
+def calibration_files(n_files: int, seed: int = 0, skip: int = 0) -> list:
+    """Files ``skip .. skip + n_files`` of a seeded shuffle of the training (never
+    held-out) stdlib files; fewer when the shuffle runs out."""
+    for name, value in (("n_files", n_files), ("skip", skip)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     train, _held_out = split_files()
-    files = random.Random(seed).sample(train, min(n_files, len(train)))
+    return random.Random(seed).sample(train, min(skip + n_files, len(train)))[skip:]
+
+
+def calibration_sequences(
+    tokenizer, n_files: int, tokens_per_file: int, seed: int = 0, skip: int = 0
+) -> list[list[int]]:
+    """Token sequences of :func:`calibration_files` ``(n_files, seed, skip)`` (files
+    under 16 tokens dropped), the first ``tokens_per_file`` tokens of each."""
+    files = calibration_files(n_files, seed, skip)
     out = []
     for path in files:
         ids = tokenizer.encode(read_text(path))[:tokens_per_file]

@@ -20,6 +20,34 @@ def test_full_build_reproduces_the_recorded_hash(tmp_path):
     assert config["model_type"] == "qwen2_moe" and config["num_experts"] >= 32
     assert config["num_experts_per_tok"] * 4 <= config["num_experts"]
     assert (out / "eagle" / "draft.safetensors").is_file()
+    if read_spec()["draft"].get("layout") == "sglang":
+        from moe_spec.integration.sglang.eagle_draft import load_sglang_draft
+
+        head, _theta = load_sglang_draft(out / "eagle-sglang")
+        assert head.config.dim == config["hidden_size"]
+
+
+@pytest.mark.parametrize("layout", ["moe-spec", "sglang"])
+def test_an_sglang_layout_head_is_also_written_for_sglang(tmp_path, layout):
+    import torch
+
+    from moe_spec.engine.config import DraftConfig
+    from moe_spec.engine.draft import EagleDraft
+    from moe_spec.integration.sglang.eagle_draft import load_sglang_draft
+    from moe_spec.integration.transformers import save_eagle_head
+    from moe_spec.models.build import write_sglang_draft
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32, "vocab_size": 50}))
+    torch.manual_seed(0)
+    head = EagleDraft(DraftConfig(dim=32, n_heads=4, mlp_dim=48, layout=layout))
+    save_eagle_head(tmp_path / "eagle", head, rope_theta=1e5)
+    written = write_sglang_draft(tmp_path)
+    assert (written is not None) == (layout == "sglang") == (tmp_path / "eagle-sglang").is_dir()
+    if written:
+        loaded, theta = load_sglang_draft(written)
+        assert theta == 1e5 and loaded.config == head.config
+        want = {k: v.bfloat16().float() for k, v in head.state_dict().items()}
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in want.items())
 
 
 def test_wrong_recorded_hash_is_refused(tmp_path, monkeypatch):
@@ -29,6 +57,7 @@ def test_wrong_recorded_hash_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "read_spec", lambda _assets=None: spec)
     monkeypatch.setattr(build, "write_checkpoint", lambda out, *a, **k: (out / "x").write_text("x"))
     monkeypatch.setattr(build, "read_llama", lambda _path: (None, {}))
+    monkeypatch.setattr(build, "write_sglang_draft", lambda _path: None)  # needs config.json
     with pytest.raises(BuildError, match="content hash .* not the 0000"):
         build_checkpoint(tmp_path / "c")
     assert not (tmp_path / "c").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from moe_spec.engine.config import DraftConfig
+from moe_spec.engine.config import DRAFT_LAYOUTS, DraftConfig
 from moe_spec.engine.draft import EagleDraft
 from moe_spec.integration.transformers.eagle import EagleHeadDraft
 from moe_spec.models.draft_head import (
@@ -37,8 +37,8 @@ def corpus(target):
     return sequences, target_features(target, sequences)
 
 
-def head_config(target) -> DraftConfig:
-    return DraftConfig(dim=target.config.hidden_size, n_heads=4, mlp_dim=64)
+def head_config(target, layout: str = "moe-spec") -> DraftConfig:
+    return DraftConfig(dim=target.config.hidden_size, n_heads=4, mlp_dim=64, layout=layout)
 
 
 def manual_agreement(driver, ids, feature_SD, greedy_S, u: int) -> tuple[int, int]:
@@ -74,12 +74,13 @@ def test_agreement_matches_a_position_by_position_reference(target, corpus):
     assert all(got[f"top4_{u}"] >= got[f"top1_{u}"] for u in range(2))
 
 
-def test_training_with_unroll_learns_the_targets_tokens_on_both_passes(target, corpus):
+@pytest.mark.parametrize("layout", DRAFT_LAYOUTS)
+def test_training_with_unroll_learns_the_targets_tokens_on_both_passes(target, corpus, layout):
     sequences, data = corpus
     cfg = HeadTrainConfig(steps=60, batch=2, lr=3e-3, warmup=5, window=24, unroll=2, seed=0)
     log: list[dict] = []
     head = train_head(
-        target, sequences, data, head_config(target), cfg, THETA, log.append,
+        target, sequences, data, head_config(target, layout), cfg, THETA, log.append,
         evaluate=lambda d: head_agreement(d, sequences, data), eval_every=30,
     )  # fmt: skip
     evals = [e["eval"] for e in log if "eval" in e]

@@ -40,3 +40,26 @@ def test_engine_loads_slice_with_eagle_head(slice_dir, shipped_split):
         SpecConfig(width=4, depth=3, num_tokens=12, policy="router-mass", budget=spec["top_k"]),
     )
     assert all(max(s.distinct_after_L) <= spec["top_k"] for s in budgeted.steps)
+
+
+def test_the_shipped_head_drafts_the_same_from_its_sglang_export(slice_dir):
+    """``eagle-sglang/`` (the build writes it for an sglang-layout head) is the same draft."""
+    from moe_spec.integration.sglang.eagle_draft import load_sglang_draft
+    from moe_spec.integration.transformers.loading import read_head_config
+    from moe_spec.models.build import write_sglang_draft
+
+    layout = read_head_config(slice_dir / "eagle")[0].layout
+    written = write_sglang_draft(slice_dir)
+    assert (written is not None) == (layout == "sglang")
+    if written is None:
+        return
+    engine = load_engine(
+        str(slice_dir), str(slice_dir / "eagle"), device="cpu", dtype=torch.float32
+    )
+    exported = load_engine(str(slice_dir), str(written), device="cpu", dtype=torch.float32)
+    shipped, head = engine.draft.head.state_dict(), load_sglang_draft(written)[0].state_dict()
+    assert shipped.keys() == head.keys() and all(torch.equal(shipped[k], head[k]) for k in head)
+    prompt = engine.encode("import os\n\ndef walk(path):\n")
+    spec = SpecConfig(width=4, depth=3, num_tokens=12)
+    a, b = (e.generate_speculative(prompt, 10, spec) for e in (engine, exported))
+    assert a.tokens == b.tokens and [s.committed for s in a.steps] == [s.committed for s in b.steps]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -80,3 +82,18 @@ def test_split_config_validates():
         SplitConfig(shared=8, n_experts=8, top_k=9)
     with pytest.raises(ValueError, match="router_scale"):
         SplitConfig(shared=8, n_experts=8, top_k=2, router_scale=-1.0)
+
+
+def test_calibration_files_extend_one_seeded_shuffle_without_held_out_files():
+    from moe_spec.engine.data import split_files
+    from moe_spec.models.calibration import calibration_files
+
+    train, held_out = split_files()
+    first = calibration_files(30, seed=1000)
+    assert first == random.Random(1000).sample(train, 30)  # what earlier feature caches used
+    more = calibration_files(40, seed=1000, skip=30)
+    assert calibration_files(70, seed=1000) == first + more
+    assert len(set(first + more)) == 70 and not set(first + more) & set(held_out)
+    assert len(calibration_files(10, seed=1000, skip=len(train) - 4)) == 4  # the shuffle ran out
+    with pytest.raises(ValueError, match="skip must be an integer >= 0, got -1"):
+        calibration_files(3, skip=-1)

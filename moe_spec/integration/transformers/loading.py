@@ -4,10 +4,12 @@ Only local directories with ``config.json`` and ``*.safetensors`` weights are
 read (``local_files_only=True``, ``use_safetensors=True``, no remote code):
 nothing is downloaded and no pickle is unpickled.
 
-The draft is a transformers causal LM, or an EAGLE head in the engine's format
-(``moe_spec.engine.checkpoint``), draft-only: ``config.json`` with
-``"format": "moe-spec-checkpoint/1"``, a ``"draft"`` section (``DraftConfig``) and
-optionally ``"rope_theta"`` (default 10000), next to ``draft.safetensors``. A full
+The draft is a transformers causal LM, an EAGLE head exported for SGLang
+(``architectures: ["LlamaForCausalLMEagle"]``, :mod:`moe_spec.integration.sglang.eagle_draft`),
+or an EAGLE head in the engine's format (``moe_spec.engine.checkpoint``), draft-only:
+``config.json`` with ``"format": "moe-spec-checkpoint/1"``, a ``"draft"`` section
+(``DraftConfig``) and optionally ``"rope_theta"`` (default 10000), next to
+``draft.safetensors``. A full
 engine checkpoint also loads as a head (its ``"model"`` section supplies
 ``rope_theta``; its target weights are not read).
 """
@@ -23,6 +25,7 @@ import torch
 from moe_spec.engine.checkpoint import CHECKPOINT_FORMAT, load_weights, save_weights
 from moe_spec.engine.config import DraftConfig, ModelConfig, config_from_dict
 from moe_spec.engine.draft import EagleDraft
+from moe_spec.integration.sglang.eagle_draft import is_sglang_draft, load_sglang_draft
 from moe_spec.integration.transformers.adapter import router_convention
 from moe_spec.integration.transformers.eagle import (
     ROPE_THETA,
@@ -170,8 +173,8 @@ def load_engine(
 
     The target must be a supported MoE architecture (checked from its config
     before any weight is read); the tokenizer comes from the target directory.
-    ``draft_path`` holds a causal LM or an engine-format EAGLE head (see the module
-    docstring; its dim must be the target's hidden size, also checked before any
+    ``draft_path`` holds a causal LM or an EAGLE head (the engine's or SGLang's format; see
+    the module docstring; its dim must be the target's hidden size, also checked before any
     weight is read). ``device`` defaults to CUDA when available; ``dtype`` to the
     checkpoint's (the head takes the target's).
     """
@@ -182,7 +185,10 @@ def load_engine(
     target_config = load_config(target_dir)
     router_convention(target_config)
     head = None
-    if is_eagle_head(draft_dir):
+    if is_sglang_draft(read_json(draft_dir / "config.json")):
+        head, rope_theta = load_sglang_draft(draft_dir)
+        check_head_fits(head.config, target_config)
+    elif is_eagle_head(draft_dir):
         head, rope_theta = load_eagle_head(draft_dir, target_config)
     else:
         load_config(draft_dir)

@@ -574,7 +574,87 @@ def step_record(budgets, plain, verify, observed) -> dict:
     }
 
 
+class CausalAttention:
+    """A stand-in attention backend: plain causal attention over one sequence (no KV cache)."""
+
+    def forward(self, q, k, v, layer, _forward_batch, _save_kv_cache=True, **_kwargs):
+        C = layer.qk_head_dim
+        q_HSC = q.view(-1, layer.tp_q_head_num, C).transpose(0, 1)
+        k_HSC = k.view(-1, layer.tp_k_head_num, C).transpose(0, 1)
+        v_HSC = v.view(-1, layer.tp_v_head_num, layer.v_head_dim).transpose(0, 1)
+        out_HSC = torch.nn.functional.scaled_dot_product_attention(
+            q_HSC, k_HSC, v_HSC, is_causal=True, scale=layer.scaling
+        )
+        return out_HSC.transpose(0, 1).reshape(q_HSC.shape[1], -1)
+
+
+class PrefillBatch(SimpleNamespace):
+    """A ForwardBatch stand-in; attributes it lacks read as None (and are recorded)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self.__dict__.setdefault("defaulted", set()).add(name)
+        return None
+
+
+def scenario_eagle_draft() -> dict:
+    """SGLang's own LlamaForCausalLMEagle on an exported draft (MOE_SPEC_TEST_DRAFT): its
+    parameters after load_weights, and its model's output on the saved inputs."""
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig
+
+    publish_runtime()
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+    from sglang.srt.models.llama_eagle import LlamaForCausalLMEagle
+
+    out = Path(os.environ["MOE_SPEC_TEST_DRAFT"])
+    config = LlamaConfig(**json.loads((out / "config.json").read_text()))
+    model = LlamaForCausalLMEagle(config).float()
+    tensors = load_file(str(out / "model.safetensors"))
+    model.load_weights(iter(tensors.items()))
+    layer = model.model.layers[0]
+    expect = {
+        "model.fc.weight": tensors["fc.weight"],
+        "model.fc.bias": tensors["fc.bias"],
+        "model.layers.0.self_attn.qkv_proj.weight": torch.cat(
+            [tensors[f"layers.0.self_attn.{n}_proj.weight"] for n in "qkv"]
+        ),
+        "model.layers.0.mlp.gate_up_proj.weight": torch.cat(
+            [tensors[f"layers.0.mlp.{n}_proj.weight"] for n in ("gate", "up")]
+        ),
+    }
+    params = dict(model.named_parameters())
+    inputs = load_file(str(out.parent / "inputs.safetensors"))
+    embed_SD, feature_SD = inputs["embed"], inputs["feature"]
+    S = len(embed_SD)
+    batch = PrefillBatch(
+        forward_mode=ForwardMode.EXTEND,
+        spec_info=SimpleNamespace(hidden_states=feature_SD),
+        residual_stream=None,
+        positions=torch.arange(S),
+        moe_num_token_non_padded=lambda: None,
+    )
+    with (
+        torch.no_grad(),
+        forward_context(ForwardContext(attn_backend=CausalAttention()), forward_batch=batch),
+    ):
+        hidden_SD = model.model(torch.zeros(S, dtype=torch.long), torch.arange(S), batch, embed_SD)
+    return {
+        "params": sorted(params),
+        "loaded": {k: bool(torch.equal(params[k].data, v.float())) for k, v in expect.items()},
+        "has_input_layernorm": hasattr(layer, "input_layernorm"),
+        "out": hidden_SD.tolist(),
+        "defaulted": sorted(batch.__dict__.get("defaulted", ())),
+    }
+
+
 SCENARIOS = {
+    "eagle_draft": scenario_eagle_draft,
     "auto": scenario_auto,
     "auto_feed": scenario_auto_feed,
     "load": scenario_load,

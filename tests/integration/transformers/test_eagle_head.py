@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from moe_spec.engine.config import DraftConfig
+from moe_spec.engine.config import DRAFT_LAYOUTS, DraftConfig
 from moe_spec.engine.draft import EagleDraft
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.engine.model import rope_tables
@@ -34,9 +34,9 @@ THETA = 500.0  # not the default, so a head's own rope_theta must reach its atte
 CLOSE = dict(rtol=1e-5, atol=1e-5)  # the engine's rotary and norms compute in fp32
 
 
-def random_head(dim: int = 32, seed: int = 2) -> EagleDraft:
+def random_head(dim: int = 32, seed: int = 2, layout: str = "moe-spec") -> EagleDraft:
     torch.manual_seed(seed)
-    head = EagleDraft(DraftConfig(dim=dim, n_heads=4, mlp_dim=64))
+    head = EagleDraft(DraftConfig(dim=dim, n_heads=4, mlp_dim=64, layout=layout))
     for p in head.parameters():  # norms too: nothing is left at its neutral initial value
         torch.nn.init.normal_(p, mean=float(p.dim() == 1), std=0.3)
     return head
@@ -91,9 +91,10 @@ def reference_head(head: EagleDraft, model, feature_SD, next_tokens: list[int]) 
     return head(host, feature_SD[None], torch.tensor([next_tokens]))[0, -1]
 
 
-def test_tree_and_catch_up_match_a_plain_forward_of_the_head(target):
+@pytest.mark.parametrize("layout", DRAFT_LAYOUTS)
+def test_tree_and_catch_up_match_a_plain_forward_of_the_head(target, layout):
     """Depth 1 and 2 of the first tree, then a catch-up, against cache-free references."""
-    head = random_head()
+    head = random_head(layout=layout)
     draft = EagleHeadDraft(head, target, rope_theta=THETA)
     scaling = getattr(target.config, "logits_scaling", 1.0)  # GraniteMoE divides its logits
 
@@ -132,8 +133,9 @@ def test_tree_and_catch_up_match_a_plain_forward_of_the_head(target):
     torch.testing.assert_close(got, ref, **CLOSE)
 
 
-def test_greedy_speculative_with_a_random_head_reproduces_generate(target):
-    draft = EagleHeadDraft(random_head(), target)
+@pytest.mark.parametrize("layout", DRAFT_LAYOUTS)
+def test_greedy_speculative_with_a_random_head_reproduces_generate(target, layout):
+    draft = EagleHeadDraft(random_head(layout=layout), target)
     engine = TransformersEngine(target, draft, None)
     calls = []  # (tokens, the target features the engine paired them with); start -> extend
     extend = draft.extend
