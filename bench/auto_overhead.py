@@ -121,20 +121,28 @@ def run(L: int, E: int, shape: str, args) -> dict:
         kinds.append(plan.kind)
     per_step = np.array(plan_s) + np.array(observe_s)
     skip = min(16, args.steps // 4)  # first steps: warm-up, tables built
-    per_step, plan_s, observe_s = per_step[skip:], plan_s[skip:], observe_s[skip:]
+    tree_share = float(np.mean([k == "tree" for k in kinds[skip:]]))
+    parts = {"plan_mean_s": np.mean(plan_s[skip:]), "observe_mean_s": np.mean(observe_s[skip:])}
+    return summary(L, E, shape, per_step[skip:], policy, tree_share, parts)
+
+
+def summary(
+    L: int, E: int, shape: str, per_step: np.ndarray, policy, tree_share: float, parts: dict
+) -> dict:
+    """One row: the per-step seconds' median / p90 / mean, ``parts`` (mean seconds of each
+    timed part, if split) and what the controller decided."""
     c = policy.controller
     return {
         "L": L,
         "E": E,
         "shape": shape,
         "steps": int(per_step.size),
-        "tree_share": float(np.mean([k == "tree" for k in kinds[skip:]])),
+        "tree_share": tree_share,
         "replans": c.replans,
         "median_s": float(np.median(per_step)),
         "p90_s": float(np.percentile(per_step, 90)),
         "mean_s": float(per_step.mean()),
-        "plan_mean_s": float(np.mean(plan_s)),
-        "observe_mean_s": float(np.mean(observe_s)),
+        **{k: float(v) for k, v in parts.items()},
         "budgets": c.budget_L.tolist(),
     }
 
@@ -166,22 +174,7 @@ def run_feed(L: int, E: int, shape: str, args) -> dict:
         feed.after_verify(result, batch)
         took.append(time.perf_counter() - t0)
     skip = min(16, args.steps // 4)
-    per_step = np.array(took[skip:])
-    c = policy.controller
-    return {
-        "L": L,
-        "E": E,
-        "shape": shape,
-        "steps": int(per_step.size),
-        "tree_share": 1.0,
-        "replans": c.replans,
-        "median_s": float(np.median(per_step)),
-        "p90_s": float(np.percentile(per_step, 90)),
-        "mean_s": float(per_step.mean()),
-        "plan_mean_s": float("nan"),
-        "observe_mean_s": float("nan"),
-        "budgets": c.budget_L.tolist(),
-    }
+    return summary(L, E, shape, np.array(took[skip:]), policy, 1.0, {})
 
 
 def setup_seconds(L: int, E: int, shape: str, args, times: int = 12) -> float:
@@ -205,7 +198,7 @@ def repeated(L: int, E: int, shape: str, args) -> dict:
         if any(r[k] != runs[0][k] for k in ("tree_share", "replans", "budgets")):
             raise SystemExit(f"repeated runs decided differently at L={L}, E={E}")
     times = ("median_s", "p90_s", "mean_s", "plan_mean_s", "observe_mean_s")
-    medians = {k: float(np.median([r[k] for r in runs])) for k in times}
+    medians = {k: float(np.median([r[k] for r in runs])) for k in times if k in runs[0]}
     return runs[0] | medians | {"setup_s": setup_seconds(L, E, shape, args)}
 
 
@@ -240,7 +233,7 @@ def main() -> None:
         print(
             f"| {L} | {E} | {shape} | {r['tree_share']:.0%} | {r['replans']} "
             f"| {r['median_s'] * 1e3:.3f} | {r['p90_s'] * 1e3:.3f} | {r['mean_s'] * 1e3:.3f} "
-            f"| {r['plan_mean_s'] * 1e3:.3f} / {r['observe_mean_s'] * 1e3:.3f} "
+            f"| {split(r)} "
             f"| {r['share']:.2%} of {H200_VERIFY_S[shape] * 1e3:.2f} ms "
             f"| {r['setup_s'] * 1e3:.2f} |",
             flush=True,
@@ -251,6 +244,13 @@ def main() -> None:
     if args.compare:
         with open(args.compare) as f:
             compare(json.load(f)["rows"], rows)
+
+
+def split(row: dict) -> str:
+    """``plan / observe`` mean ms, or ``-`` for a path timed whole (the SGLang feed)."""
+    if "plan_mean_s" not in row:
+        return "-"
+    return f"{row['plan_mean_s'] * 1e3:.3f} / {row['observe_mean_s'] * 1e3:.3f}"
 
 
 def compare(before: list[dict], after: list[dict]) -> None:
