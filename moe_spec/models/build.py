@@ -109,7 +109,6 @@ def write_checkpoint(
         for k, v in dense.items()
         if not k.startswith("model.layers.") or int(k.split(".")[2]) < L
     }
-    dense["lm_head.weight"] = dense["model.embed_tokens.weight"]  # untied: SGLang reads it
     tensors = moe_state_dict(
         dense,
         shape,

@@ -11,6 +11,9 @@ Per layer, with the neuron permutation ``perm_F`` (shared first, then each exper
 - ``mlp.experts.e.{gate,up}_proj = W_{gate,up}[group_e]``, ``down_proj = K W_down[:, group_e]``:
   with ``norm_topk_prob`` the K weights sum to 1, so equal weights give each chosen expert 1.
 - ``mlp.gate.weight = router_scale * router_ED``; q/k/v biases are zeros (Qwen2 has them).
+- ``lm_head.weight`` is written out (a copy of the embedding, ``tie_word_embeddings: false``):
+  SGLang's ``Qwen2MoeForCausalLM`` ignores ``tie_word_embeddings`` and would leave its LM
+  head unloaded (all zeros on CPU: every logit equal, token 0 at every position).
 
 With ``K = E`` and ``router_scale = 0`` every weight is ``1/E`` and the model computes the
 dense FFN exactly (up to summation order): the split loses nothing before routing.
@@ -41,7 +44,7 @@ def qwen2_moe_config(
         "rms_norm_eps": shape.rms_norm_eps,
         "rope_theta": shape.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": shape.rope_theta},
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,  # lm_head.weight is written (see above)
         "use_sliding_window": False,
         "decoder_sparse_step": 1,
         "mlp_only_layers": [],
@@ -76,10 +79,10 @@ def moe_state_dict(
             f"split of shape {tuple(perms_LF.shape)} with shared={shared}, E={E} does not fit "
             f"{shape.num_hidden_layers} layers of {shape.intermediate_size} neurons"
         )
-    out = {}
-    for name, w in dense.items():
-        if ".mlp." not in name and name != "lm_head.weight":
-            out[name] = w
+    out = {name: w for name, w in dense.items() if ".mlp." not in name}
+    if "lm_head.weight" not in out:  # tied in the base model: write the head SGLang loads
+        out["lm_head.weight"] = dense["model.embed_tokens.weight"]
+    out["lm_head.weight"] = out["lm_head.weight"].clone()  # its own tensor in the file
     for i in range(L):
         p = f"model.layers.{i}."
         wg, wu = dense[p + "mlp.gate_proj.weight"], dense[p + "mlp.up_proj.weight"]

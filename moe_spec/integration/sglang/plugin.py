@@ -14,6 +14,11 @@ with SGLang's ``HookRegistry``:
 - for a policy that learns from acceptance (``auto``), ``EAGLEWorkerV2.verify`` and
   ``MultiLayerEagleWorkerV2.verify`` (AFTER): each verify step's accepted paths to the
   policy, which then rewrites its per-layer budgets in place (``feed.py``).
+
+Whatever the settings (switched off included), one more ``ModelRunner.load_model``
+(AFTER) hook gives a target that lacks it the ``get_embed_and_head()`` accessor EAGLE
+needs (``eagle_target.py``): without it SGLang 0.5.23 cannot run EAGLE on a Qwen2-MoE,
+OLMoE or Mixtral target at all, budgeted or not.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 from typing import Any
 
 from moe_spec.integration.sglang.compat import VERIFY_TARGETS
+from moe_spec.integration.sglang.eagle_target import add_embed_and_head, notice
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import (
     ENV_DISABLE,
@@ -51,6 +57,7 @@ def register() -> None:
     policy plugin) makes that model load fail: the server refuses to start.
     """
     global RUNTIME
+    register_eagle_accessor()
     if plugin_disabled():
         register_notice(f"moe-spec: plugin loaded but switched off ({ENV_DISABLE})")
         return
@@ -82,6 +89,21 @@ def register_hooks(runtime: BudgetRuntime) -> None:
     if runtime.learns:
         for target in VERIFY_TARGETS.values():
             HookRegistry.register(target, feed_after_verify(runtime), HookType.AFTER)
+
+
+def register_eagle_accessor() -> None:
+    """After the target model loads: add ``get_embed_and_head()`` where SGLang lacks it."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(runner, "is_draft_worker", False):
+            return None
+        added = add_embed_and_head(getattr(runner, "model", None))
+        if added and tp_rank_of(runner) == 0:
+            logger.info(notice(added))
+        return None
+
+    HookRegistry.register(LOAD_MODEL, hook, HookType.AFTER)
 
 
 def register_notice(message: str, level: int = logging.INFO) -> None:

@@ -208,10 +208,12 @@ def scenario_load() -> dict:
         logger = logging.getLogger("moe_spec.sglang")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-        runner = SimpleNamespace(is_draft_worker=False, tp_rank=0)
+        Qwen2MoeForCausalLM = type("Qwen2MoeForCausalLM", (), {})  # noqa: N806 (SGLang's name)
+        runner = SimpleNamespace(is_draft_worker=False, tp_rank=0, model=Qwen2MoeForCausalLM())
         for _, hook, _ in HookRegistry._hooks.get(LOAD_MODEL, []):
             hook(None, runner)
         state["notices"] = notices
+        state["accessor_added"] = hasattr(Qwen2MoeForCausalLM, "get_embed_and_head")
     return state
 
 
@@ -575,7 +577,8 @@ def step_record(budgets, plain, verify, observed) -> dict:
 
 
 class CausalAttention:
-    """A stand-in attention backend: plain causal attention over one sequence (no KV cache)."""
+    """A stand-in attention backend: plain causal attention over one sequence (no KV cache;
+    grouped-query heads shared as SGLang's backends share them)."""
 
     def forward(self, q, k, v, layer, _forward_batch, _save_kv_cache=True, **_kwargs):
         C = layer.qk_head_dim
@@ -583,7 +586,7 @@ class CausalAttention:
         k_HSC = k.view(-1, layer.tp_k_head_num, C).transpose(0, 1)
         v_HSC = v.view(-1, layer.tp_v_head_num, layer.v_head_dim).transpose(0, 1)
         out_HSC = torch.nn.functional.scaled_dot_product_attention(
-            q_HSC, k_HSC, v_HSC, is_causal=True, scale=layer.scaling
+            q_HSC, k_HSC, v_HSC, is_causal=True, scale=layer.scaling, enable_gqa=True
         )
         return out_HSC.transpose(0, 1).reshape(q_HSC.shape[1], -1)
 
@@ -653,7 +656,61 @@ def scenario_eagle_draft() -> dict:
     }
 
 
+def scenario_qwen2_moe_greedy() -> dict:
+    """SGLang's own Qwen2MoeForCausalLM on a checkpoint (MOE_SPEC_TEST_TARGET), built on CPU
+    as a server builds it (the live servers' stand-ins), loaded with its load_weights: the
+    last position's logits of the saved prompt and ``MOE_SPEC_TEST_STEPS`` greedy tokens (one
+    uncached forward per token, plain causal attention), and what the plugin's accessor gives."""
+    import os
+    from pathlib import Path
+
+    from moe_spec_live_policies import cpu_stand_ins  # on PYTHONPATH (policy_plugin/)
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from moe_spec.integration.sglang.eagle_target import add_embed_and_head
+
+    publish_runtime()
+    cpu_stand_ins()
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+    from sglang.srt.models.qwen2_moe import Qwen2MoeForCausalLM
+
+    path = Path(os.environ["MOE_SPEC_TEST_TARGET"])
+    model = Qwen2MoeForCausalLM(AutoConfig.from_pretrained(path)).float().eval()
+    model.load_weights(iter(load_file(str(path / "model.safetensors")).items()))
+    ids = load_file(os.environ["MOE_SPEC_TEST_INPUTS"])["ids"].tolist()
+
+    def last_logits_V(tokens: list[int]) -> torch.Tensor:
+        S = len(tokens)
+        batch = PrefillBatch(
+            forward_mode=ForwardMode.EXTEND,
+            positions=torch.arange(S),
+            residual_stream=None,
+            moe_num_token_non_padded=lambda: None,
+        )
+        attention = ForwardContext(attn_backend=CausalAttention())
+        with torch.no_grad(), forward_context(attention, forward_batch=batch):
+            hidden_SD = model.model(torch.tensor(tokens), torch.arange(S), batch)
+        return hidden_SD[-1] @ model.lm_head.weight.T  # what LogitsProcessor computes
+
+    first_V = last_logits_V(ids)
+    tokens = [int(first_V.argmax())]
+    for _ in range(int(os.environ["MOE_SPEC_TEST_STEPS"]) - 1):
+        tokens.append(int(last_logits_V(ids + tokens).argmax()))
+    added = add_embed_and_head(model)
+    embed_VD, head_VD = model.get_embed_and_head()
+    return {
+        "logits": first_V.tolist(),
+        "tokens": tokens,
+        "accessor_added": added,
+        "accessor_is_model_weights": embed_VD is model.model.embed_tokens.weight
+        and head_VD is model.lm_head.weight,
+    }
+
+
 SCENARIOS = {
+    "qwen2_moe_greedy": scenario_qwen2_moe_greedy,
     "eagle_draft": scenario_eagle_draft,
     "auto": scenario_auto,
     "auto_feed": scenario_auto_feed,

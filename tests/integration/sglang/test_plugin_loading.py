@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
+from moe_spec.integration.sglang.eagle_target import notice
 from moe_spec.integration.sglang.plugin import (
     FORWARD_CONTEXT,
     INIT_GRAPHS,
@@ -44,20 +45,24 @@ def test_sglang_plugins_allow_list_selects_the_plugin():
 
 
 def test_off_switch_changes_nothing_but_says_so_at_model_load():
-    """Only a notice on load_model (SGLang configures the ranks' logging after the plugins)."""
+    """Only hooks on load_model: a notice (SGLang configures the ranks' logging after the
+    plugins) and the accessor EAGLE needs from a Qwen2-MoE target, which budgets nothing."""
     state = run_scenario("load", **ON, MOE_SPEC_SGLANG_DISABLE="1")
     assert state["targets"] == [LOAD_MODEL]
     assert not state["topk_wrapped"] and state["settings"] is None
     assert state["notices"] == [
-        "moe-spec: plugin loaded but switched off (MOE_SPEC_SGLANG_DISABLE)"
+        notice("Qwen2MoeForCausalLM"),
+        "moe-spec: plugin loaded but switched off (MOE_SPEC_SGLANG_DISABLE)",
     ]
+    assert state["accessor_added"]
 
 
 def test_no_policy_changes_nothing():
     state = run_scenario("load")
     assert state["targets"] == [LOAD_MODEL] and not state["topk_wrapped"]
     assert state["notices"] == [
-        "moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget"
+        notice("Qwen2MoeForCausalLM"),
+        "moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget",
     ]
 
 

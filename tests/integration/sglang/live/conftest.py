@@ -10,8 +10,8 @@ the server it needs.
 ``budgeted``   Qwen3-MoE + EAGLE-3, ``failing-router-mass`` B=2 (router-mass until
                its trip file exists), ``--enable-metrics``
 ``olmoe``      OLMoE (E=16, top-4) + EAGLE, ``token-priority`` B=4, ``--enable-metrics``
-               (plus the ``get_embed_and_head`` accessor EAGLE needs, which SGLang
-               0.5.23's OLMoE lacks: ``policy_plugin/moe_spec_live_policies.py``)
+               (the plugin adds the ``get_embed_and_head`` accessor EAGLE needs,
+               which SGLang 0.5.23's OLMoE lacks)
 ``full``       Qwen3-MoE + EAGLE, ``router-mass`` B=16 (above E=8: nothing to cut)
 ``off``        Qwen3-MoE + EAGLE-3, the plugin's off switch: no hooks at all
 ``auto``       Qwen3-MoE + EAGLE-3, ``auto`` capped at B=8 (= E: it picks each layer's B)
@@ -65,7 +65,6 @@ def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
             models["olmoe"],
             [*eagle(models["olmoe-eagle"]), "--enable-metrics"],
             serve("token-priority", OLMOE_BUDGET),
-            env={"SGLANG_PLUGINS": "moe_spec,live_test_olmoe_eagle"},  # see policy_plugin/
         ),
         ServerSpec("full", qwen3, eagle(models["qwen3-moe-eagle"]), serve("router-mass", 16)),
         ServerSpec(

@@ -4,7 +4,8 @@ A server is launched through ``moe-spec serve`` (or, for the non-speculative
 reference, SGLang's own launcher), in a new session so that one ``killpg`` of its
 process group stops the launcher, the HTTP server and every rank. What SGLang
 needs to run on a CPU without sgl-kernel (``SGLANG_USE_CPU_ENGINE=1``, the
-pure-torch stand-in for its CPU ops on ``PYTHONPATH``, the AMX attention classes)
+pure-torch stand-in for its CPU ops on ``PYTHONPATH``, torch stand-ins for the Triton
+kernels of its Qwen2-MoE, the AMX attention classes)
 is set here and only in the server's environment; see CONTRIBUTING.md for the
 same recipe by hand.
 """
@@ -36,7 +37,8 @@ SERVER_ENV = {
     "TORCHDYNAMO_DISABLE": "1",  # skip torch.compile of the draft's top-k (30 s per server)
     "OMP_NUM_THREADS": "1",  # tiny matmuls; several servers share two cores
     "TOKENIZERS_PARALLELISM": "false",
-    "SGLANG_PLUGINS": "moe_spec",  # not the test-only SGLang plugin, unless a server asks
+    # The test-only SGLang plugin's torch stand-ins for Triton kernels (policy_plugin/).
+    "SGLANG_PLUGINS": "moe_spec,live_test_cpu",
 }
 CPU_ARGS = [
     "--device", "cpu", "--host", "127.0.0.1",

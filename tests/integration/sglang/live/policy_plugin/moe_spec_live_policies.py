@@ -2,7 +2,8 @@
 
 ``failing-router-mass`` budgets exactly as ``router-mass`` until the file named
 by its ``trip`` option exists; from then on every call raises, as a buggy
-third-party policy would in the middle of serving.
+third-party policy would in the middle of serving. ``cpu_stand_ins`` (an SGLang
+plugin) replaces the Triton kernels a CPU server would otherwise launch.
 """
 
 from __future__ import annotations
@@ -34,18 +35,27 @@ def register_policies(register) -> None:
     register(FailingRouterMass)
 
 
-def olmoe_eagle_accessor() -> None:
-    """SGLang plugin (test servers only): the one accessor EAGLE needs from an OLMoE target.
+def gate_sigmoid_mul(hidden_TD, gate_D, shared_TD, out_TD=None):
+    """``sigmoid(hidden . gate) * shared`` (+ ``out_TD``, in place, when given), in fp32 as
+    SGLang's Triton ``_fused_gate_sigmoid_mul_add_kernel`` computes it."""
+    import torch
 
-    SGLang 0.5.23's EAGLE workers share the target's embedding and LM head through
-    ``get_embed_and_head()``, which its Qwen3-MoE has and its OLMoE (like Mixtral and
-    Qwen2-MoE) lacks. This adds it, as Qwen3-MoE defines it; nothing else of OLMoE
-    changes (its attention, gate, TopK and FusedMoE are SGLang's own).
+    gate_T1 = torch.sigmoid(hidden_TD.float() @ gate_D.float())[:, None]
+    if out_TD is None:
+        return (gate_T1 * shared_TD.float()).to(shared_TD.dtype)
+    out_TD.copy_(gate_T1 * shared_TD.float() + out_TD.float())
+    return None
+
+
+def cpu_stand_ins() -> None:
+    """SGLang plugin (test servers only): torch for the Triton kernels a CPU cannot launch.
+
+    SGLang 0.5.23's Qwen2-MoE gates its shared expert with the Triton kernels
+    ``fused_gate_sigmoid_mul(_add)`` whenever the gate is not an AMX layer; the stand-in
+    ``sgl_kernel`` has no AMX ops, so on the test servers they would be launched on CPU
+    tensors. (A GPU runs the kernels; a CPU with sgl-kernel's CPU build takes the AMX op.)
     """
-    from sglang.srt.models.olmoe import OlmoeForCausalLM
+    from sglang.srt.models import qwen2_moe
 
-    def get_embed_and_head(self):
-        return self.model.embed_tokens.weight, self.lm_head.weight
-
-    if not hasattr(OlmoeForCausalLM, "get_embed_and_head"):
-        OlmoeForCausalLM.get_embed_and_head = get_embed_and_head
+    qwen2_moe.fused_gate_sigmoid_mul = gate_sigmoid_mul
+    qwen2_moe.fused_gate_sigmoid_mul_add = gate_sigmoid_mul
