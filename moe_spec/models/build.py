@@ -130,16 +130,12 @@ def write_checkpoint(
 
 def write_sglang_draft(path: Path) -> Path | None:
     """``path/eagle-sglang``: ``path/eagle``'s head for SGLang, if its layout is ``"sglang"``."""
-    from moe_spec.engine.checkpoint import load_weights
-    from moe_spec.engine.draft import EagleDraft
     from moe_spec.integration.sglang.eagle_draft import export_sglang_draft
-    from moe_spec.integration.transformers.loading import read_head_config
+    from moe_spec.integration.transformers.loading import read_eagle_head
 
-    head_config, rope_theta = read_head_config(path / "eagle")
-    if head_config.layout != "sglang":
+    head, rope_theta = read_eagle_head(path / "eagle")
+    if head.config.layout != "sglang":
         return None
-    head = EagleDraft(head_config)
-    load_weights(head, path / "eagle" / "draft.safetensors")
     return export_sglang_draft(head, path / "eagle-sglang", path, rope_theta)
 
 

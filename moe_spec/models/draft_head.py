@@ -17,6 +17,9 @@ Restricting the cross-entropy to the tokens the target predicts in the data
 (``vocab_subset``) makes a step cheaper but never teaches the head to push the other
 tokens down: a head trained that way for 100 steps agreed with the target 72% of the
 time on its training batch and 21% on held-out text over the whole vocabulary.
+
+``train_head(init=...)`` warm-starts from a head trained before (:func:`warm_start_head`
+reads one saved by ``save_eagle_head``), e.g. to train it further on more text.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,7 @@ from moe_spec.engine.config import DraftConfig
 from moe_spec.engine.draft import EagleDraft
 from moe_spec.engine.train import lr_at, optimizer_for, set_lr, step_optimizer
 from moe_spec.integration.transformers.eagle import EagleHeadDraft
+from moe_spec.integration.transformers.loading import read_eagle_head
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,27 @@ class HeadTrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_same_head(got: DraftConfig, want: DraftConfig, what: str) -> None:
+    """ValueError naming each field where ``got`` (``what``) differs from ``want``."""
+    wanted = asdict(want)
+    diffs = [f"{k}={v!r} (need {wanted[k]!r})" for k, v in asdict(got).items() if v != wanted[k]]
+    if diffs:
+        raise ValueError(f"{what} does not match the head to train: {', '.join(diffs)}")
+
+
+def warm_start_head(path: str | Path, head_config: DraftConfig, rope_theta: float) -> EagleDraft:
+    """The head saved in ``path`` (``save_eagle_head``'s directory: config.json and
+    draft.safetensors; never unpickles), refused unless its config and rope theta are
+    ``head_config`` and ``rope_theta``."""
+    head, theta = read_eagle_head(Path(path))
+    check_same_head(head.config, head_config, f"the head in {path}")
+    if theta != rope_theta:
+        raise ValueError(
+            f"the head in {path} has rope_theta={theta!r}; the target's is {rope_theta!r}"
+        )
+    return head
 
 
 @torch.no_grad()
@@ -83,11 +109,16 @@ def train_head(
     log: Callable[[dict], None] = print,
     evaluate: Callable[[EagleHeadDraft], dict] | None = None,
     eval_every: int = 0,
+    init: EagleDraft | None = None,
 ) -> EagleDraft:
     """A head trained on ``data`` (from :func:`target_features` over ``sequences``);
-    ``evaluate(driver)`` is logged every ``eval_every`` steps and after the last."""
+    ``evaluate(driver)`` is logged every ``eval_every`` steps and after the last.
+    ``init``: start from a copy of its weights (its config must be ``head_config``)."""
     torch.manual_seed(cfg.seed)
     head = EagleDraft(head_config)
+    if init is not None:
+        check_same_head(init.config, head_config, "init")
+        head.load_state_dict(init.state_dict())  # a copy: ``init`` is left as it is
     driver = EagleHeadDraft(head, model, rope_theta)
     driver.new_cache(max(len(s) for s in sequences))
     head.float().train().requires_grad_(True)

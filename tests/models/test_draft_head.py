@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import transformers
 
 from moe_spec.engine.config import DRAFT_LAYOUTS, DraftConfig
 from moe_spec.engine.draft import EagleDraft
+from moe_spec.integration.transformers import save_eagle_head
 from moe_spec.integration.transformers.eagle import EagleHeadDraft
 from moe_spec.models.draft_head import (
     HeadTrainConfig,
     head_agreement,
     target_features,
     train_head,
+    warm_start_head,
 )
 from tests.tiny_models import VOCAB, tiny_config
 
@@ -97,3 +101,69 @@ def test_training_with_unroll_learns_the_targets_tokens_on_both_passes(target, c
 def test_config_refuses_non_positive_sizes(field):
     with pytest.raises(ValueError, match=f"{field} must be a positive integer, got 0"):
         HeadTrainConfig(**{field: 0})
+
+
+@pytest.fixture(scope="module")
+def trained(target, corpus):
+    """A head trained on ``corpus`` (agrees with the target) and its agreement."""
+    sequences, data = corpus
+    cfg = HeadTrainConfig(steps=60, batch=2, lr=3e-3, warmup=5, window=24, unroll=2, seed=0)
+    head = train_head(target, sequences, data, head_config(target), cfg, THETA, lambda _e: None)
+    return head, head_agreement(EagleHeadDraft(head, target, THETA), sequences, data)
+
+
+def test_warm_start_reads_the_saved_head_and_starts_from_its_weights(
+    target, corpus, trained, tmp_path
+):
+    sequences, data = corpus
+    head, agreement = trained
+    assert agreement["top1_0"] > 0.6  # a head worth starting from
+    save_eagle_head(tmp_path, head, rope_theta=THETA)
+    loaded = warm_start_head(tmp_path, head_config(target), THETA)
+    stored = {k: v.to(torch.bfloat16).float() for k, v in head.state_dict().items()}
+    assert_same_weights(loaded, stored)  # the weights as saved (bf16)
+    frozen = HeadTrainConfig(steps=3, batch=2, lr=0.0, warmup=1, window=24, seed=4)
+    kept = train_head(
+        target, sequences, data, head_config(target), frozen, THETA, lambda _e: None, init=loaded
+    )
+    assert_same_weights(kept, stored)  # no update: exactly the given weights come back
+    assert kept is not loaded
+    # a few steps on: the warm start keeps its agreement; from scratch it is far from it
+    cfg = HeadTrainConfig(steps=6, batch=2, lr=3e-4, warmup=2, window=24, seed=4)
+    logs: dict[str, list[dict]] = {"warm": [], "cold": []}
+    warm, cold = (
+        train_head(target, sequences, data, head_config(target), cfg, THETA, logs[name].append,
+                   init=init)
+        for name, init in (("warm", loaded), ("cold", None))
+    )  # fmt: skip
+    assert_same_weights(loaded, stored)  # ``init`` itself is left as it was
+    after = {n: head_agreement(EagleHeadDraft(h, target, THETA), sequences, data)
+             for n, h in (("warm", warm), ("cold", cold))}  # fmt: skip
+    assert after["warm"]["top1_0"] > agreement["top1_0"] - 0.1, (agreement, after)
+    assert after["cold"]["top1_0"] < after["warm"]["top1_0"] - 0.3, after
+    assert logs["warm"][0]["cls"] < logs["cold"][0]["cls"] - 1.0  # step 0 scored the init
+
+
+def assert_same_weights(a: EagleDraft, sb: dict[str, torch.Tensor]) -> None:
+    sa = a.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_head_that_does_not_fit_is_refused(target, corpus, trained, tmp_path):
+    sequences, data = corpus
+    head, _ = trained
+    save_eagle_head(tmp_path, head, rope_theta=THETA)
+    other = replace(head_config(target), mlp_dim=32)
+    with pytest.raises(ValueError, match=r"mlp_dim=64 \(need 32\)"):
+        warm_start_head(tmp_path, other, THETA)
+    with pytest.raises(ValueError, match="rope_theta=10000.0; the target's is 500.0"):
+        warm_start_head(tmp_path, head_config(target), 500.0)
+    cfg = HeadTrainConfig(steps=1, batch=2, window=24)
+    with pytest.raises(
+        ValueError, match=r"init does not match.*layout='moe-spec' \(need 'sglang'\)"
+    ):
+        train_head(target, sequences, data, head_config(target, "sglang"), cfg, THETA, init=head)
+    (tmp_path / "config.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="format 'other'"):
+        warm_start_head(tmp_path, head_config(target), THETA)

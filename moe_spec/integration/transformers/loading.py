@@ -143,10 +143,12 @@ def read_head_config(path: Path) -> tuple[DraftConfig, float]:
     return head_config, float(rope_theta)
 
 
-def load_eagle_head(path: Path, target_config) -> tuple[EagleDraft, float]:
-    """An :class:`EagleDraft` (fp32, CPU) from a head directory; checked against the target."""
+def read_eagle_head(path: Path, target_config=None) -> tuple[EagleDraft, float]:
+    """An :class:`EagleDraft` (fp32, CPU) and its rope theta from a head directory
+    (safetensors; never unpickles); checked against ``target_config`` when given."""
     head_config, rope_theta = read_head_config(path)
-    check_head_fits(head_config, target_config)
+    if target_config is not None:
+        check_head_fits(head_config, target_config)
     head = EagleDraft(head_config)
     load_weights(head, path / "draft.safetensors")  # names, shapes, finite values
     return head, rope_theta
@@ -189,7 +191,7 @@ def load_engine(
         head, rope_theta = load_sglang_draft(draft_dir)
         check_head_fits(head.config, target_config)
     elif is_eagle_head(draft_dir):
-        head, rope_theta = load_eagle_head(draft_dir, target_config)
+        head, rope_theta = read_eagle_head(draft_dir, target_config)
     else:
         load_config(draft_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
