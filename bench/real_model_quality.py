@@ -137,10 +137,10 @@ def cmd_spec(args) -> dict:
 
     path = model_path("smollm2-moe")
     engine = load_engine(str(path), str(path / "eagle"), device="cpu", dtype=torch.float32)
-    spec = SpecConfig(width=8, depth=6, num_tokens=32)
+    spec = SpecConfig(width=args.width, depth=args.depth, num_tokens=args.tree_tokens)
     out = {
         "cpu": cpu_name(),
-        "tree": "32 tokens, width 8, depth 6",
+        "tree": f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}",
         "top_k": engine.top_k,
         "n_experts": engine.n_experts,
         "sets": {},
@@ -246,6 +246,9 @@ def main() -> None:
     p.add_argument("--checkpoint", help="speed: model name or folder (default: smollm2-moe)")
     p.add_argument("--budget", type=int, default=16, help="speed: the policies' budget")
     p.add_argument("--prompts", type=int, default=20)
+    p.add_argument("--tree-tokens", type=int, default=32, help="spec: tree size (root included)")
+    p.add_argument("--width", type=int, default=8, help="spec: children per expanded node")
+    p.add_argument("--depth", type=int, default=6, help="spec: levels below the root")
     p.add_argument("--chars", type=int, default=2000)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--show", type=int, default=2, help="print the completions of the first N")
