@@ -4,6 +4,7 @@
     python bench/real_model_quality.py spec [--prompts 10]
     python bench/real_model_quality.py speed [--prompts 3] [--checkpoint stdlib-toy]
     python bench/real_model_quality.py trees [--prompts 3] [--checkpoint stdlib-toy]
+    python bench/real_model_quality.py forward [--experts dense]
 
 ``quality``: held-out loss per token and per byte of the dense SmolLM2 (GGUF weights,
 transformers Llama), the MoE checkpoint (transformers Qwen2-MoE) and the shipped toy, on
@@ -17,6 +18,9 @@ and every built-in policy at ``--budget`` (lossy, and ``draft-path`` with repair
 prompt set, beside this machine's measured copy bandwidth and fp32 / bf16 matmul rates.
 ``trees``: tokens/s of unbudgeted speculation over tree shapes (tokens, width, depth) against
 autoregressive decoding, in one run: which shape is best on this machine.
+``forward``: milliseconds of one target forward of T = 1, 8, 32 new tokens after a 256-token
+prefix (KV cache; median of 15), per transformers experts implementation, in one run:
+where a CPU forward's time goes with 32 experts of 12 neurons per layer.
 """
 
 from __future__ import annotations
@@ -203,8 +207,8 @@ def timed_configs(args, configs) -> dict:
     from moe_spec.engine.demo import run_demo
     from moe_spec.models.registry import open_engine
 
-    engine, _path, description = open_engine(args.checkpoint)
-    out = {"cpu": cpu_name(), "model": description, "sets": {}}
+    engine, _path, description = open_engine(args.checkpoint, args.experts)
+    out = {"cpu": cpu_name(), "model": description, "experts": args.experts, "sets": {}}
     sets = prompt_sets(args.prompts)
     run_demo(engine, sets["ab-prompts"][:1], configs, 4)  # warm-up: one-time costs
     for name, prompts in sets.items():
@@ -240,11 +244,49 @@ def cmd_trees(args) -> dict:
     return timed_configs(args, [("autoregressive", None), *shapes])
 
 
+FORWARD_TOKENS = (1, 8, 32)
+EXPERTS_IMPLEMENTATIONS = ("grouped_mm", "batched_mm", "dense", "eager")
+
+
+def cmd_forward(args) -> dict:
+    from transformers import DynamicCache
+
+    from moe_spec.integration.transformers.loading import load_causal_lm
+
+    path = model_path("smollm2-moe")
+    ids = load_moe(path)[1](held_out_texts(4000)[0])["input_ids"][: 256 + max(FORWARD_TOKENS)]
+    prefix, new = torch.tensor([ids[:256]]), torch.tensor([ids[256:]])
+    impls = [args.experts] if args.experts else EXPERTS_IMPLEMENTATIONS
+    out = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "ms": {}}
+    for impl in impls:
+        model = load_causal_lm(path, "cpu", torch.float32, impl)
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(prefix, past_key_values=cache)
+            row = {}
+            for T in FORWARD_TOKENS:
+                times = []
+                for _ in range(15):
+                    start = time.perf_counter()
+                    model(new[:, :T], past_key_values=cache)
+                    times.append(time.perf_counter() - start)
+                    cache.crop(256)
+                row[T] = sorted(times)[len(times) // 2] * 1e3
+        out["ms"][impl] = row
+        print(impl, {T: f"{ms:.1f} ms" for T, ms in row.items()}, flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("quality", "spec", "speed", "trees"))
+    p.add_argument("what", choices=("quality", "spec", "speed", "trees", "forward"))
     p.add_argument("--checkpoint", help="speed: model name or folder (default: smollm2-moe)")
     p.add_argument("--budget", type=int, default=16, help="speed: the policies' budget")
+    p.add_argument(
+        "--experts",
+        help="speed, forward: the transformers experts implementation (dense, grouped_mm, "
+        "batched_mm, eager; default: transformers' choice; forward: all four)",
+    )
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--tree-tokens", type=int, default=32, help="spec: tree size (root included)")
     p.add_argument("--width", type=int, default=8, help="spec: children per expanded node")
@@ -257,7 +299,13 @@ def main() -> None:
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    commands = {"quality": cmd_quality, "spec": cmd_spec, "speed": cmd_speed, "trees": cmd_trees}
+    commands = {
+        "quality": cmd_quality,
+        "spec": cmd_spec,
+        "speed": cmd_speed,
+        "trees": cmd_trees,
+        "forward": cmd_forward,
+    }
     result = commands[args.what](args)
     print(json.dumps(result, indent=2))
     if args.out:

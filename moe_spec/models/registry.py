@@ -72,8 +72,9 @@ def status(name: str) -> str:
     return f"built at {path}" if built else f"not built ({path})"
 
 
-def open_engine(checkpoint: str | Path | None = None):
-    """``(engine, path, description)`` for a model name or checkpoint folder (see module doc)."""
+def open_engine(checkpoint: str | Path | None = None, experts: str | None = None):
+    """``(engine, path, description)`` for a model name or checkpoint folder (see module doc);
+    ``experts``: a transformers checkpoint's experts implementation (``load_engine``)."""
     value = str(checkpoint or DEFAULT_MODEL)
     if value in MODELS:
         info = MODELS[value]
@@ -93,7 +94,9 @@ def open_engine(checkpoint: str | Path | None = None):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "auto" if device == "cuda" else torch.float32  # bf16 is slow on CPUs without AMX
-    engine = load_engine(str(path), str(path / "eagle"), device=device, dtype=dtype)
+    engine = load_engine(
+        str(path), str(path / "eagle"), device=device, dtype=dtype, experts=experts
+    )
     return engine, path, description
 
 

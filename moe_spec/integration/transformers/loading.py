@@ -27,6 +27,8 @@ from moe_spec.engine.config import DraftConfig, ModelConfig, config_from_dict
 from moe_spec.engine.draft import EagleDraft
 from moe_spec.integration.sglang.eagle_draft import is_sglang_draft, load_sglang_draft
 from moe_spec.integration.transformers.adapter import router_convention
+from moe_spec.integration.transformers.dense_experts import NAME as DENSE
+from moe_spec.integration.transformers.dense_experts import register as register_dense
 from moe_spec.integration.transformers.eagle import (
     ROPE_THETA,
     EagleHeadDraft,
@@ -72,13 +74,28 @@ def load_config(path: Path):
 EXPERT_DIM_KEYS = ("moe_intermediate_size", "expert_intermediate_size", "intermediate_size")
 
 
-def experts_implementation(config, device: str, dtype: torch.dtype | str) -> str | None:
-    """``batched_mm`` where transformers' default ``grouped_mm`` experts would fail, else None.
+#: ``experts`` values :func:`load_engine` accepts (transformers' names, and ours: ``dense``).
+EXPERTS_CHOICES = ("eager", "grouped_mm", "batched_mm", DENSE)
+
+
+def experts_implementation(
+    config, device: str, dtype: torch.dtype | str, requested: str | None = None
+) -> str | None:
+    """``requested`` (checked), else ``batched_mm`` where transformers' default ``grouped_mm``
+    experts would fail, else None (transformers' default).
 
     On a CPU, ``grouped_mm`` refuses 16-bit experts whose rows are not a multiple of 16
     bytes ("strides should be multiple of 16 bytes": smollm2-moe's 12-neuron bf16 experts,
     loaded with ``dtype="auto"``); ``batched_mm`` computes the same product without it.
     """
+    if requested is not None:
+        if requested not in EXPERTS_CHOICES:
+            raise ValueError(
+                f"experts implementation {requested!r} is not one of {', '.join(EXPERTS_CHOICES)}"
+            )
+        if requested == DENSE:
+            register_dense()
+        return requested
     if not str(device).startswith("cpu"):
         return None
     if dtype == "auto":
@@ -92,10 +109,10 @@ def experts_implementation(config, device: str, dtype: torch.dtype | str) -> str
     return "batched_mm" if odd else None
 
 
-def load_causal_lm(path: Path, device: str, dtype: torch.dtype | str):
+def load_causal_lm(path: Path, device: str, dtype: torch.dtype | str, experts: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    experts = experts_implementation(load_config(path), device, dtype)
+    experts = experts_implementation(load_config(path), device, dtype, experts)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         local_files_only=True,
@@ -170,6 +187,7 @@ def load_engine(
     device: str | None = None,
     dtype: torch.dtype | str = "auto",
     max_len: int | None = None,
+    experts: str | None = None,
 ) -> TransformersEngine:
     """A :class:`TransformersEngine` from two local checkpoint directories.
 
@@ -178,7 +196,10 @@ def load_engine(
     ``draft_path`` holds a causal LM or an EAGLE head (the engine's or SGLang's format; see
     the module docstring; its dim must be the target's hidden size, also checked before any
     weight is read). ``device`` defaults to CUDA when available; ``dtype`` to the
-    checkpoint's (the head takes the target's).
+    checkpoint's (the head takes the target's). ``experts`` picks the target's experts
+    implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in two matmuls, the
+    fastest on a CPU for small experts, :mod:`~moe_spec.integration.transformers.dense_experts`);
+    default: transformers' choice.
     """
     from transformers import AutoTokenizer
 
@@ -196,7 +217,7 @@ def load_engine(
         load_config(draft_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
-    target = load_causal_lm(target_dir, device, dtype)
+    target = load_causal_lm(target_dir, device, dtype, experts)
     if head is not None:
         draft = EagleHeadDraft(head, target, rope_theta)
     else:

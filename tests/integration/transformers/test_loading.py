@@ -56,6 +56,20 @@ def test_load_engine_from_local_directories(checkpoints):
     assert steps and all(max(s.distinct_after_L) <= 3 for s in steps)
 
 
+def test_the_experts_implementation_is_a_choice(checkpoints):
+    target, draft = str(checkpoints / "target"), str(checkpoints / "draft")
+    default = load_engine(target, draft, device="cpu")
+    dense = load_engine(target, draft, device="cpu", experts="dense")
+    assert dense.target.config._experts_implementation == "dense"
+    prompt = default.encode("w5 w17 w42 w8")
+    budgeted = SpecConfig(2, 3, 6, policy="router-mass", budget=3)
+    want, got = (e.generate_speculative(prompt, 10, budgeted) for e in (default, dense))
+    assert got.tokens == want.tokens
+    assert [s.distinct_after_L for s in got.steps] == [s.distinct_after_L for s in want.steps]
+    with pytest.raises(ValueError, match="'sparse' is not one of eager, grouped_mm, batched_mm"):
+        load_engine(target, draft, device="cpu", experts="sparse")
+
+
 def test_a_bf16_checkpoint_with_narrow_experts_runs_on_a_cpu(tmp_path):
     # transformers' default grouped_mm refuses bf16 experts of 12 neurons (24-byte rows) on
     # a CPU ("strides should be multiple of 16 bytes"); smollm2-moe's are such experts.
