@@ -17,7 +17,14 @@ the server it needs.
 ``auto``       Qwen3-MoE + EAGLE-3, ``auto`` capped at B=8 (= E: it picks each layer's B)
 ``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
 ``refused``    Qwen3-MoE + EAGLE-3 with an unknown policy in the environment
+``real-full``  smollm2-moe (the real checkpoint, 30 layers, E=32, top-8, float32) + its
+               exported EAGLE head (``eagle-sglang/``), a tree of 3 steps x top-4 x 8
+               tokens, ``router-mass`` B=32 (= E); its reference is transformers' greedy
+               decoding of the checkpoint, computed in the test
+``real-budget`` the same, ``router-mass`` B=12, ``--enable-metrics``
 =============  ===================================================================
+
+The real checkpoint is built into the cache on first use (``model_path``, about 30 s).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from moe_spec.models import model_path
 from tests.integration.sglang.live.harness import TREE_ARGS, LiveServer, ServerSpec, stop_all
 from tests.integration.sglang.live.models import build_all
 
@@ -37,6 +45,8 @@ START_TIMEOUT_S = float(os.environ.get("MOE_SPEC_LIVE_START_TIMEOUT", "900"))
 BUDGET = 2
 OLMOE_BUDGET = 4
 AUTO_CAP = 8
+REAL_BUDGET = 12  # smollm2-moe: top-8 of 32 experts
+REAL_LAYERS = 30
 LOG_INTERVAL = "0.2"
 
 
@@ -45,6 +55,26 @@ def eagle(draft: Path, algorithm: str = "EAGLE") -> list[str]:
         "--speculative-algorithm", algorithm, "--speculative-draft-model-path", str(draft),
         *TREE_ARGS,
     ]  # fmt: skip
+
+
+def real_model_specs(path: Path) -> list[ServerSpec]:
+    """smollm2-moe with its exported EAGLE head at B = E and B < E."""
+    fp32 = ["--dtype", "float32"]  # bf16 near-ties flip greedy tokens between batch shapes
+    head = [
+        "--speculative-algorithm", "EAGLE", "--speculative-draft-model-path",
+        str(path / "eagle-sglang"), "--speculative-num-steps", "3",
+        "--speculative-eagle-topk", "4", "--speculative-num-draft-tokens", "8",
+    ]  # fmt: skip
+    policy = lambda budget: ["--policy", "router-mass", "--budget", str(budget)]  # noqa: E731
+    return [
+        ServerSpec("real-full", path, [*fp32, *head], policy(32)),
+        ServerSpec(
+            "real-budget",
+            path,
+            [*fp32, *head, "--enable-metrics"],
+            [*policy(REAL_BUDGET), "--log-interval", LOG_INTERVAL],
+        ),
+    ]
 
 
 def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
@@ -82,6 +112,7 @@ def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
             eagle3,
             env={"MOE_SPEC_POLICY": "no-such-policy", "MOE_SPEC_BUDGET": str(BUDGET)},
         ),
+        *real_model_specs(models["smollm2-moe"]),
     ]
 
 
@@ -103,7 +134,7 @@ class Fleet:
 @pytest.fixture(scope="package")  # stopped once the live tests are done
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("live")
-    models = build_all(root / "models")
+    models = {**build_all(root / "models"), "smollm2-moe": model_path("smollm2-moe")}
     trip = root / "trip-the-policy"
     logs = root / "logs"
     logs.mkdir()

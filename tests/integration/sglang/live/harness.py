@@ -49,6 +49,9 @@ CPU_ARGS = [
     "--prefill-attention-backend", "intel_amx", "--decode-attention-backend", "intel_amx",
     "--disable-cuda-graph", "--mem-fraction-static", "0.5", "--max-total-tokens", "4096",
     "--skip-server-warmup", "--log-level", "info",
+    # idle schedulers block on their sockets instead of spinning: a dozen test servers share
+    # two cores with the tests (without it each idle server keeps a core busy)
+    "--sleep-on-idle",
 ]  # fmt: skip
 TREE_ARGS = [
     "--speculative-num-steps", "2", "--speculative-eagle-topk", "2",

@@ -14,7 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.sglang.live.conftest import BUDGET, LOG_INTERVAL, OLMOE_BUDGET
+from tests.integration.sglang.live.conftest import (
+    BUDGET,
+    LOG_INTERVAL,
+    OLMOE_BUDGET,
+    REAL_BUDGET,
+    REAL_LAYERS,
+)
 from tests.integration.sglang.live.harness import LiveServer
 
 pytestmark = pytest.mark.live
@@ -76,7 +82,12 @@ def test_unbudgeted_servers_answer_exactly_as_plain_decoding(fleet):
 
 
 @pytest.mark.parametrize(
-    "name, budget, layers", [("budgeted", BUDGET, 4), ("olmoe", OLMOE_BUDGET, 4)]
+    "name, budget, layers",
+    [
+        ("budgeted", BUDGET, 4),
+        ("olmoe", OLMOE_BUDGET, 4),
+        ("real-budget", REAL_BUDGET, REAL_LAYERS),
+    ],
 )
 def test_every_verify_pass_reads_at_most_b_experts_per_layer(fleet, name, budget, layers):
     server = fleet.ready(name)
