@@ -5,6 +5,7 @@
     python bench/learn_smollm2_moe.py draft --steps 300
     python bench/learn_smollm2_moe.py draft --files 600 --extra-files 600 566 \
         --extra-cache B.pt C.pt --init-head moe_spec/assets/smollm2-moe/eagle --steps 700
+    python bench/learn_smollm2_moe.py hot --files 1200 --size 8192
     python bench/learn_smollm2_moe.py hash      # build from the wheel, record the hash
 
 ``split``: calibration text from stdlib training files (held-out files excluded), the
@@ -15,6 +16,9 @@ of the draft's seeded shuffle, stored for ``draft --extra-files/--extra-cache``.
 then each ``--extra-files`` count in turn (consecutive files of the shuffle, each with its
 ``--extra-cache``); ``--init-head DIR`` warm-starts from a head saved before (lr 3e-4 unless
 ``--lr``). It writes the head over ``eagle/`` and its record into moe.json's ``draft``.
+``hot``: the draft vocabulary, the ``--size`` most frequent token ids of the draft's training
+text (its first ``--files`` files), into ``eagle/hot_tokens.safetensors`` and moe.json's
+``hot_tokens`` (``moe_spec.integration.transformers.hot_tokens``).
 ``hash``: builds the checkpoint and writes its content hash into moe.json.
 """
 
@@ -31,6 +35,11 @@ import torch
 
 from moe_spec.engine.config import DRAFT_LAYOUTS, DraftConfig
 from moe_spec.integration.transformers import save_eagle_head
+from moe_spec.integration.transformers.hot_tokens import (
+    HOT_TOKENS_FILE,
+    frequent_tokens,
+    save_hot_tokens,
+)
 from moe_spec.models.build import ASSETS, build_checkpoint, load_split, read_spec
 from moe_spec.models.calibration import calibration_sequences, held_out_sequences
 from moe_spec.models.draft_head import (
@@ -239,6 +248,30 @@ def cmd_draft(args) -> None:
     (ASSETS / "moe.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
 
 
+def cmd_hot(args) -> None:
+    spec = read_spec(ASSETS)
+    tok = gguf_tokenizer(find_gguf())
+    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed)
+    hot_N = frequent_tokens(seqs, args.size)
+    save_hot_tokens(ASSETS / "eagle" / HOT_TOKENS_FILE, hot_N)
+    hot, total = set(hot_N.tolist()), sum(len(s) for s in seqs)
+    covered = sum(t in hot for s in seqs for t in s) / total
+    held = [t for s in held_out_sequences(tok, args.eval_tokens, args.seq_len) for t in s]
+    record = {
+        "files": args.files,
+        "seq_len": args.seq_len,
+        "seed": args.seed,
+        "size": args.size,
+        "training_tokens": total,
+        "distinct_training_tokens": len({t for s in seqs for t in s}),
+        "training_coverage": round(covered, 5),
+        "held_out_coverage": round(sum(t in hot for t in held) / len(held), 5),
+    }
+    spec["hot_tokens"] = record
+    (ASSETS / "moe.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    log(record)
+
+
 def cmd_hash(args) -> None:
     spec = read_spec(ASSETS)
     spec.pop("checkpoint_sha256", None)
@@ -292,6 +325,13 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--init-head", type=Path, help="warm-start from this head directory")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_draft)
+    q = sub.add_parser("hot")
+    q.add_argument("--files", type=int, default=1200, help="the draft's training files")
+    q.add_argument("--seq-len", type=int, default=512)
+    q.add_argument("--size", type=int, default=8192, help="ids kept")
+    q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens to cover")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_hot)
     q = sub.add_parser("hash")
     q.add_argument("--out", type=Path, default=None)
     q.set_defaults(func=cmd_hash)

@@ -207,8 +207,14 @@ def timed_configs(args, configs) -> dict:
     from moe_spec.engine.demo import run_demo
     from moe_spec.models.registry import open_engine
 
-    engine, _path, description = open_engine(args.checkpoint, args.experts)
-    out = {"cpu": cpu_name(), "model": description, "experts": args.experts, "sets": {}}
+    engine, _path, description = open_engine(args.checkpoint, args.experts, not args.full_vocab)
+    out = {
+        "cpu": cpu_name(),
+        "model": description,
+        "experts": args.experts,
+        "draft_vocab": "full" if args.full_vocab else "hot tokens",
+        "sets": {},
+    }
     sets = prompt_sets(args.prompts)
     run_demo(engine, sets["ab-prompts"][:1], configs, 4)  # warm-up: one-time costs
     for name, prompts in sets.items():
@@ -286,6 +292,9 @@ def main() -> None:
         "--experts",
         help="speed, forward: the transformers experts implementation (dense, grouped_mm, "
         "batched_mm, eager; default: transformers' choice; forward: all four)",
+    )
+    p.add_argument(
+        "--full-vocab", action="store_true", help="speed: draft from every token, not hot ones"
     )
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--tree-tokens", type=int, default=32, help="spec: tree size (root included)")

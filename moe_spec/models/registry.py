@@ -72,9 +72,11 @@ def status(name: str) -> str:
     return f"built at {path}" if built else f"not built ({path})"
 
 
-def open_engine(checkpoint: str | Path | None = None, experts: str | None = None):
+def open_engine(
+    checkpoint: str | Path | None = None, experts: str | None = None, hot_tokens: bool = True
+):
     """``(engine, path, description)`` for a model name or checkpoint folder (see module doc);
-    ``experts``: a transformers checkpoint's experts implementation (``load_engine``)."""
+    ``experts``, ``hot_tokens``: for a transformers checkpoint, as ``load_engine`` takes them."""
     value = str(checkpoint or DEFAULT_MODEL)
     if value in MODELS:
         info = MODELS[value]
@@ -95,7 +97,12 @@ def open_engine(checkpoint: str | Path | None = None, experts: str | None = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "auto" if device == "cuda" else torch.float32  # bf16 is slow on CPUs without AMX
     engine = load_engine(
-        str(path), str(path / "eagle"), device=device, dtype=dtype, experts=experts
+        str(path),
+        str(path / "eagle"),
+        device=device,
+        dtype=dtype,
+        experts=experts,
+        hot_tokens=hot_tokens,
     )
     return engine, path, description
 

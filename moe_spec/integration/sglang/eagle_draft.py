@@ -38,6 +38,7 @@ from moe_spec.engine.draft import EagleDraft
 
 ARCHITECTURE = "LlamaForCausalLMEagle"
 WEIGHTS = "model.safetensors"
+TOKEN_MAP = "hot_token_map.pt"  # --speculative-token-map
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 #: Tensors some exports carry that the head does not read (it uses the target's).
 IGNORED = ("embed_tokens.weight", "lm_head.weight")
@@ -124,8 +125,14 @@ def export_sglang_draft(
     target_dir: str | Path,
     rope_theta: float,
     dtype: torch.dtype = torch.bfloat16,
+    hot_tokens: torch.Tensor | None = None,
 ) -> Path:
-    """Write ``head`` (``layout="sglang"``) for ``--speculative-draft-model-path``; the dir."""
+    """Write ``head`` (``layout="sglang"``) for ``--speculative-draft-model-path``; the dir.
+
+    ``hot_tokens`` (int64 ``[N]``) is also written as :data:`TOKEN_MAP` for SGLang's
+    ``--speculative-token-map`` (SGLang reads it with ``torch.load(weights_only=True)``;
+    moe-spec never loads it).
+    """
     target_dir, out = Path(target_dir), Path(out)
     target_file = target_dir / "config.json"
     try:
@@ -146,6 +153,8 @@ def export_sglang_draft(
     for name in TOKENIZER_FILES:
         if (target_dir / name).is_file():
             shutil.copyfile(target_dir / name, out / name)
+    if hot_tokens is not None:
+        torch.save(hot_tokens.to(torch.long).contiguous(), out / TOKEN_MAP)
     return out
 
 

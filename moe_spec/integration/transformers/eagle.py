@@ -36,6 +36,7 @@ from moe_spec.engine.config import DraftConfig, ModelConfig
 from moe_spec.engine.draft import EagleDraft
 from moe_spec.engine.model import MoETransformer, rope_tables
 from moe_spec.engine.tree import DraftTree, expand_tree
+from moe_spec.integration.transformers.hot_tokens import check_hot_tokens, hot_logits
 
 ROPE_THETA = ModelConfig().rope_theta  # the engine's default, used when a head names none
 
@@ -83,10 +84,17 @@ def capture_features(target) -> Iterator[FeatureRecorder]:
 class EagleHeadDraft:
     """An :class:`EagleDraft` behind the ``(draft, target)`` interface ``expand_tree`` calls.
 
-    ``head`` is moved (in place) to the target's device and dtype.
+    ``head`` is moved (in place) to the target's device and dtype. ``hot_tokens`` (int64
+    ``[N]``, :mod:`~moe_spec.integration.transformers.hot_tokens`): draft only from these ids.
     """
 
-    def __init__(self, head: EagleDraft, target, rope_theta: float = ROPE_THETA) -> None:
+    def __init__(
+        self,
+        head: EagleDraft,
+        target,
+        rope_theta: float = ROPE_THETA,
+        hot_tokens: torch.Tensor | None = None,
+    ) -> None:
         check_head_fits(head.config, target.config)
         if not rope_theta > 0:
             raise EagleHeadError(f"rope_theta must be > 0, got {rope_theta!r}")
@@ -99,6 +107,14 @@ class EagleHeadDraft:
         self.rope_theta = float(rope_theta)
         self.rope_cos = self.rope_sin = None
         self.context_limit = 1 << 30  # rotary tables are built per run (new_cache)
+        self.hot_tokens = None
+        if hot_tokens is not None:
+            vocab = self.out.weight.shape[0]
+            check_hot_tokens(hot_tokens, vocab)
+            if getattr(self.out, "bias", None) is not None:
+                raise EagleHeadError("hot tokens need an LM head without bias")
+            self.hot_tokens = hot_tokens.cpu()  # indexes the CPU logits
+            self.hot_weight_ND = self.out.weight[hot_tokens.to(self.device)].contiguous()
 
     rope_and_mask = MoETransformer.rope_and_mask  # positions after the cache; causal by default
 
@@ -111,8 +127,14 @@ class EagleHeadDraft:
         return KVCache(1, cfg.n_heads, cfg.head_dim, max_len, dtype, self.device)
 
     def lm_head(self, feature_QD: torch.Tensor) -> torch.Tensor:
-        """fp32 logits (on the CPU) of features, through the target's LM head."""
-        logits_QV = self.out(feature_QD.to(self.device)).float().cpu()
+        """fp32 logits (on the CPU) of features, through the target's LM head (its hot rows
+        only, -inf elsewhere, when the draft has hot tokens)."""
+        if self.hot_tokens is None:
+            logits_QV = self.out(feature_QD.to(self.device)).float().cpu()
+        else:
+            vocab = self.out.weight.shape[0]
+            feature_QD = feature_QD.to(self.device)
+            logits_QV = hot_logits(feature_QD, self.hot_weight_ND, self.hot_tokens, vocab)
         return logits_QV / self.logits_scaling if self.logits_scaling != 1.0 else logits_QV
 
     def __call__(

@@ -36,6 +36,7 @@ from moe_spec.integration.transformers.eagle import (
     check_head_fits,
 )
 from moe_spec.integration.transformers.engine import TransformersEngine
+from moe_spec.integration.transformers.hot_tokens import HOT_TOKENS_FILE, read_hot_tokens
 
 HEAD_KEYS = ("format", "draft", "rope_theta", "model")
 
@@ -188,6 +189,7 @@ def load_engine(
     dtype: torch.dtype | str = "auto",
     max_len: int | None = None,
     experts: str | None = None,
+    hot_tokens: bool = True,
 ) -> TransformersEngine:
     """A :class:`TransformersEngine` from two local checkpoint directories.
 
@@ -199,7 +201,9 @@ def load_engine(
     checkpoint's (the head takes the target's). ``experts`` picks the target's experts
     implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in two matmuls, the
     fastest on a CPU for small experts, :mod:`~moe_spec.integration.transformers.dense_experts`);
-    default: transformers' choice.
+    default: transformers' choice. ``hot_tokens``: an engine-format head whose folder holds
+    ``hot_tokens.safetensors`` drafts from those ids only
+    (:mod:`~moe_spec.integration.transformers.hot_tokens`); False drafts from the whole vocabulary.
     """
     from transformers import AutoTokenizer
 
@@ -219,7 +223,11 @@ def load_engine(
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     target = load_causal_lm(target_dir, device, dtype, experts)
     if head is not None:
-        draft = EagleHeadDraft(head, target, rope_theta)
+        hot_file = draft_dir / HOT_TOKENS_FILE
+        hot = None
+        if hot_tokens and hot_file.is_file():
+            hot = read_hot_tokens(hot_file, target.get_output_embeddings().weight.shape[0])
+        draft = EagleHeadDraft(head, target, rope_theta, hot)
     else:
         draft = load_causal_lm(draft_dir, device, dtype)
     return TransformersEngine(target, draft, tokenizer, max_len)

@@ -18,7 +18,8 @@ the server it needs.
 ``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
 ``refused``    Qwen3-MoE + EAGLE-3 with an unknown policy in the environment
 ``real-full``  smollm2-moe (the real checkpoint, 30 layers, E=32, top-8, float32) + its
-               exported EAGLE head (``eagle-sglang/``), a tree of 3 steps x top-4 x 8
+               exported EAGLE head (``eagle-sglang/``, drafting from its 8192 hot tokens:
+               ``--speculative-token-map``), a tree of 3 steps x top-4 x 8
                tokens, ``router-mass`` B=32 (= E); its reference is transformers' greedy
                decoding of the checkpoint, computed in the test
 ``real-budget`` the same, ``router-mass`` B=12, ``--enable-metrics``
@@ -62,7 +63,8 @@ def real_model_specs(path: Path) -> list[ServerSpec]:
     fp32 = ["--dtype", "float32"]  # bf16 near-ties flip greedy tokens between batch shapes
     head = [
         "--speculative-algorithm", "EAGLE", "--speculative-draft-model-path",
-        str(path / "eagle-sglang"), "--speculative-num-steps", "3",
+        str(path / "eagle-sglang"), "--speculative-token-map",
+        str(path / "eagle-sglang" / "hot_token_map.pt"), "--speculative-num-steps", "3",
         "--speculative-eagle-topk", "4", "--speculative-num-draft-tokens", "8",
     ]  # fmt: skip
     policy = lambda budget: ["--policy", "router-mass", "--budget", str(budget)]  # noqa: E731
