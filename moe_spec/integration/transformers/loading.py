@@ -199,9 +199,9 @@ def load_engine(
     the module docstring; its dim must be the target's hidden size, also checked before any
     weight is read). ``device`` defaults to CUDA when available; ``dtype`` to the
     checkpoint's (the head takes the target's). ``experts`` picks the target's experts
-    implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in two matmuls, the
-    fastest on a CPU for small experts, :mod:`~moe_spec.integration.transformers.dense_experts`);
-    default: transformers' choice. ``hot_tokens``: an engine-format head whose folder holds
+    implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in two matmuls, a
+    faster verify on a CPU for small experts,
+    :mod:`~moe_spec.integration.transformers.dense_experts`); default: transformers' choice. ``hot_tokens``: an engine-format head whose folder holds
     ``hot_tokens.safetensors`` drafts from those ids only
     (:mod:`~moe_spec.integration.transformers.hot_tokens`); False drafts from the whole vocabulary.
     """
