@@ -201,9 +201,10 @@ def load_engine(
     checkpoint's (the head takes the target's). ``experts`` picks the target's experts
     implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in two matmuls, a
     faster verify on a CPU for small experts,
-    :mod:`~moe_spec.integration.transformers.dense_experts`); default: transformers' choice. ``hot_tokens``: an engine-format head whose folder holds
-    ``hot_tokens.safetensors`` drafts from those ids only
-    (:mod:`~moe_spec.integration.transformers.hot_tokens`); False drafts from the whole vocabulary.
+    :mod:`~moe_spec.integration.transformers.dense_experts`); default: transformers' choice.
+    ``hot_tokens``: an engine-format head whose folder holds ``hot_tokens.safetensors`` drafts
+    from those ids only (:mod:`~moe_spec.integration.transformers.hot_tokens`); False drafts
+    from the whole vocabulary.
     """
     from transformers import AutoTokenizer
 
