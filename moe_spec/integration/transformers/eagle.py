@@ -108,9 +108,9 @@ class EagleHeadDraft:
         self.rope_cos = self.rope_sin = None
         self.context_limit = 1 << 30  # rotary tables are built per run (new_cache)
         self.hot_tokens = None
+        self.vocab_size = self.out.weight.shape[0]
         if hot_tokens is not None:
-            vocab = self.out.weight.shape[0]
-            check_hot_tokens(hot_tokens, vocab)
+            check_hot_tokens(hot_tokens, self.vocab_size)
             if getattr(self.out, "bias", None) is not None:
                 raise EagleHeadError("hot tokens need an LM head without bias")
             self.hot_tokens = hot_tokens.cpu()  # indexes the CPU logits
@@ -132,9 +132,8 @@ class EagleHeadDraft:
         if self.hot_tokens is None:
             logits_QV = self.out(feature_QD.to(self.device)).float().cpu()
         else:
-            vocab = self.out.weight.shape[0]
             feature_QD = feature_QD.to(self.device)
-            logits_QV = hot_logits(feature_QD, self.hot_weight_ND, self.hot_tokens, vocab)
+            logits_QV = hot_logits(feature_QD, self.hot_weight_ND, self.hot_tokens, self.vocab_size)
         return logits_QV / self.logits_scaling if self.logits_scaling != 1.0 else logits_QV
 
     def __call__(

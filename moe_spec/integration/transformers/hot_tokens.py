@@ -78,7 +78,7 @@ def hot_logits(
 ) -> torch.Tensor:
     """fp32 logits ``[Q, V]`` (CPU): ``feature @ weight.T`` at ``ids_N``, -inf elsewhere.
 
-    ``weight_ND`` holds the LM head's rows for ``ids_N`` (bias, if any, folded by the caller).
+    ``weight_ND`` holds the rows for ``ids_N`` of an LM head without bias.
     """
     sub_QN = (feature_QD @ weight_ND.T).float().cpu()
     out_QV = torch.full((*sub_QN.shape[:-1], vocab_size), float("-inf"))
