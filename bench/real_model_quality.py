@@ -20,7 +20,8 @@ prompt set, beside this machine's measured copy bandwidth and fp32 / bf16 matmul
 autoregressive decoding, in one run: which shape is best on this machine.
 ``forward``: milliseconds of one target forward of T = 1, 8, 32 new tokens after a 256-token
 prefix (KV cache; median of 15), per transformers experts implementation, in one run:
-where a CPU forward's time goes with 32 experts of 12 neurons per layer.
+where a CPU forward's time goes with 32 experts of 12 neurons per layer; and the draft's LM
+head over one draft level (8 nodes) with the whole vocabulary and with the head's hot tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import json
 import platform
 import time
+from functools import partial
 from statistics import fmean
 
 import torch
@@ -254,6 +256,43 @@ FORWARD_TOKENS = (1, 8, 32)
 EXPERTS_IMPLEMENTATIONS = ("grouped_mm", "batched_mm", "dense", "eager")
 
 
+def median_ms(fn, reps: int = 15) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def forward_then_crop(model, cache, ids):
+    """A callable: one forward of ``ids`` after the cache, then the cache cut back."""
+    kept = cache.get_seq_length()
+
+    def run() -> None:
+        model(ids, past_key_values=cache)
+        cache.crop(kept)
+
+    return run
+
+
+def draft_lm_head_ms(path) -> dict:
+    """The draft's LM head over 8 features (one draft level of width 8): whole vocabulary
+    against the head's hot tokens, milliseconds (median of 15)."""
+    from moe_spec.integration.transformers import load_engine
+
+    feature_QD = torch.randn(8, 576)
+    out = {}
+    for label, hot in (("full vocabulary", False), ("hot tokens", True)):
+        engine = load_engine(
+            str(path), str(path / "eagle"), device="cpu", dtype=torch.float32, hot_tokens=hot
+        )
+        with torch.no_grad():
+            out[label] = median_ms(partial(engine.draft.lm_head, feature_QD))
+    print("draft LM head, 8 nodes", {k: f"{v:.1f} ms" for k, v in out.items()}, flush=True)
+    return out
+
+
 def cmd_forward(args) -> dict:
     from transformers import DynamicCache
 
@@ -269,17 +308,12 @@ def cmd_forward(args) -> dict:
         cache = DynamicCache(config=model.config)
         with torch.no_grad():
             model(prefix, past_key_values=cache)
-            row = {}
-            for T in FORWARD_TOKENS:
-                times = []
-                for _ in range(15):
-                    start = time.perf_counter()
-                    model(new[:, :T], past_key_values=cache)
-                    times.append(time.perf_counter() - start)
-                    cache.crop(256)
-                row[T] = sorted(times)[len(times) // 2] * 1e3
+            row = {
+                T: median_ms(forward_then_crop(model, cache, new[:, :T])) for T in FORWARD_TOKENS
+            }
         out["ms"][impl] = row
         print(impl, {T: f"{ms:.1f} ms" for T, ms in row.items()}, flush=True)
+    out["draft_lm_head_ms"] = draft_lm_head_ms(path)
     return out
 
 
