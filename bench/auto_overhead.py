@@ -5,7 +5,9 @@ steps: a 32-token tree of width 8 and depth 6, skewed top-8 routing over E exper
 L MoE layers, an accepted path of 1-7 tokens. Per step it times what ``auto`` does on
 the host between verify forwards: :meth:`Auto.plan_step` (the guard's decision, a
 replan of every candidate tree each ``replan_every`` steps, the budget/calibration
-device-tensor updates) and :meth:`Auto.observe` (stacking the recorded per-layer
+device-tensor updates), :meth:`Auto.gate` after a planned tree's draft (its verdict on
+the step's path log-probabilities; a gated step is observed as a decode, counted apart
+from tree steps) and :meth:`Auto.observe` (stacking the recorded per-layer
 rankings, the estimates' update). The rankings themselves are made in the forward and
 are not timed. ``prepare`` runs once per generation, before the timed steps.
 
@@ -103,22 +105,22 @@ def run(L: int, E: int, shape: str, args) -> dict:
         step = steps[i % len(steps)]
         t0 = time.perf_counter()
         plan = policy.plan_step(TREE, args.repair)
+        o, n = step["outcome"], plan.num_tokens  # a smaller tree: its first n nodes
+        gated = plan.kind == "tree" and policy.gate(o.logprob_N[:n]) is not None
         t1 = time.perf_counter()
-        if plan.kind == "tree":  # what keep() records inside the forward, not timed
+        if plan.kind == "tree" and not gated:  # what keep() records inside the forward
             policy.rank_LE = dict(enumerate(step["rank"]))
-            n = plan.num_tokens  # a smaller tree: its first n nodes
             policy.ids_LNK = {layer: ids[:n] for layer, ids in enumerate(step["ids"])}
-            o = step["outcome"]
             path = o.path[: next((i for i, p in enumerate(o.path) if p >= n), len(o.path))]
             outcome = StepOutcome("tree", path, o.depth_N[:n], o.logprob_N[:n], plan.tree)
         else:
-            outcome = StepOutcome("autoregressive", [0])
+            outcome = StepOutcome("autoregressive", [0], tree=plan.tree if gated else (1, 0, 0))
         t2 = time.perf_counter()
         policy.observe(outcome)
         t3 = time.perf_counter()
         plan_s.append(t1 - t0)
         observe_s.append(t3 - t2)
-        kinds.append(plan.kind)
+        kinds.append("gated" if gated else plan.kind)
     per_step = np.array(plan_s) + np.array(observe_s)
     skip = min(16, args.steps // 4)  # first steps: warm-up, tables built
     tree_share = float(np.mean([k == "tree" for k in kinds[skip:]]))

@@ -22,6 +22,18 @@ up to ``max_probe``), since a smaller tree or decoding teaches nothing about the
 at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
 the current choice is predicted than the full tree: a probe costs more, and is less likely
 to win, the further behind the full tree is.
+**The draft gate** (:meth:`Guard.gate`, with ``gate``): before the planned tree is grown,
+the draft's first level (the log-probabilities of the root's ``width`` most likely
+children, known once the draft has caught up) gives the step's own expected committed
+tokens, ``1 + min(1, sum_i a(q_i)) * (1 + m)``: ``a`` the calibrated acceptance of a node
+of path probability ``q_i`` (only one child of the root can be accepted), ``m`` the
+tokens expected past depth 1 from the acceptance per depth. With ``R`` the best
+predicted tokens/s the tree is drafted and verified when ``expected - R * rest_s >=
+1 - R * decode_s`` (``rest_s``: the tree step less its first draft forward, already
+run), else the root is decoded alone. Draft confidence varies from step to step far more
+than the window's mean does, so this picks the steps a tree pays on; a tree's prediction
+counts its gated steps (one token for a draft forward and a decode) at their share of
+its recent steps. Not during warm-up or a probe.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice, one budget for all
 layers for the other trees. Every plan
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 
 import numpy as np
 import torch
@@ -62,11 +75,17 @@ class Guard:
         max_probe: int = 256,
         measure: bool = False,
         switch_prior: float = 2.0,
+        gate: bool = True,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
+        self.gating = gate and guard
+        self.step_s_C = np.zeros(len(cost.trees))  # modeled draft + verify at the budgets
+        self.gated_C = [deque(maxlen=estimates.window.maxlen) for _ in cost.trees]
+        self.best_rate = 0.0  # the best predicted tokens/s (the draft gate's exchange rate)
+        self.gated: int | None = None  # the tree of a step the gate turned into a decode
         self.levels_V = budget_levels(top_k, cap, levels)
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
@@ -135,11 +154,29 @@ class Guard:
             passes = 2 if c in (0, self.choice) else 0  # others: one budget for all layers
             B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
-            self.evidence[c] = (window[1].size, float(window[1].mean()))
-            predicted[c] = tp / self.ratio(TREE)
+            mean = float(window[1].mean())
+            self.evidence[c] = (window[1].size, mean)
+            read = np.minimum(window[2], B_L).mean()
+            budgeted = bool((B_L < self.cost.E).any())
+            seconds = float(self.cost.tree_seconds(c, np.array(read), np.array(0), budgeted))
+            self.step_s_C[c] = seconds
+            predicted[c] = self.with_gated(c, mean, tp / self.ratio(TREE))
         if self.guard:
-            predicted[-1] = 1.0 / (self.cost.decode_s * self.ratio(AUTOREGRESSIVE))
+            predicted[-1] = 1.0 / self.decode_seconds()
+        self.best_rate = max(predicted.values(), default=0.0)
         return predicted
+
+    def decode_seconds(self) -> float:
+        return self.cost.decode_s * self.ratio(AUTOREGRESSIVE)
+
+    def with_gated(self, c: int, mean: float, rate: float) -> float:
+        """Tree ``c``'s tokens/s counting its gated steps (one token for a draft forward and
+        a decode) at their share of its recent steps; ``rate``: its verified steps'."""
+        g = float(np.mean(self.gated_C[c])) if self.gated_C[c] else 0.0
+        if g == 0.0 or rate <= 0.0:
+            return rate
+        gated_s = self.first_draft_s(c) * self.ratio(TREE) + self.decode_seconds()
+        return ((1 - g) * mean + g) / ((1 - g) * mean / rate + g * gated_s)
 
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``; trees
@@ -187,6 +224,52 @@ class Guard:
         kinds = [k for k in (kind, TREE, AUTOREGRESSIVE) if self.measured[k]]
         return math.exp(self.log_ratio[kinds[0]]) if kinds else 1.0
 
+    # -- between the draft and the verify ----------------------------------------------
+    def gate(self, logprob_W: torch.Tensor) -> str | None:
+        """Before the planned tree is grown: None to grow and verify it, else why to decode
+        the root alone instead. ``logprob_W``: the draft's log-probabilities of the root's
+        most likely children (its first level)."""
+        t0 = time.perf_counter()
+        try:
+            plan = self.current
+            if (
+                not self.gating
+                or plan is None
+                or plan.kind != TREE
+                or self.probing
+                or self.tree_steps < self.warmup
+                or plan.tree not in self.trees
+                or self.best_rate <= 0.0
+            ):
+                return None
+            c = self.trees.index(plan.tree)
+            expected = self.expected_tokens(logprob_W.detach().float().cpu().numpy(), c)
+            rest_s = (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
+            decode_s = self.decode_seconds()
+            rate = self.best_rate
+            if expected - rate * rest_s >= 1.0 - rate * decode_s:
+                return None
+            self.gated = c
+            return (
+                f"draft gate: {expected:.2f} expected tokens do not pay a tree step of "
+                f"{rest_s * 1e3:.3g} ms against a decode of {decode_s * 1e3:.3g} ms "
+                f"at {rate:.4g} tok/s"
+            )
+        finally:
+            self.overhead_s += time.perf_counter() - t0
+
+    def expected_tokens(self, logprob_W: np.ndarray, c: int) -> float:
+        """Committed tokens expected from tree ``c`` given its first level's log-probs."""
+        first = min(1.0, float(self.est.accept_B()[self.est.bin_of(logprob_W)].sum()))
+        reach_D = self.est.reach_D()  # P(the accepted path reaches depth d)
+        given_first = np.minimum(reach_D[2 : self.trees[c][2] + 1] / reach_D[1], 1.0)
+        beyond = float(given_first.sum())  # tokens past depth 1, given depth 1
+        return 1.0 + first * (1.0 + beyond)
+
+    def first_draft_s(self, c: int) -> float:
+        """Modeled seconds of one draft forward of tree ``c`` (the catch-up the gate reads)."""
+        return float(self.cost.draft_C[c]) / self.trees[c][2]
+
     # -- after a step ------------------------------------------------------------------
     def observe(
         self,
@@ -197,10 +280,16 @@ class Guard:
         t0 = time.perf_counter()
         seconds = t0 - self.started if self.started else 0.0  # 0: a step this guard did not plan
         self.started = 0.0
-        if outcome.kind == AUTOREGRESSIVE:
+        if outcome.kind == AUTOREGRESSIVE and self.gated is not None:  # the gate's decode
+            self.gated_C[self.gated].append(1)
+            self.gated = None
+            self.since_full += 1
+        elif outcome.kind == AUTOREGRESSIVE:
             self.note_time(AUTOREGRESSIVE, seconds, self.cost.decode_s)
             self.since_full += 1
         else:
+            if outcome.tree in self.trees:
+                self.gated_C[self.trees.index(outcome.tree)].append(0)
             self.est.observe(outcome, rank_LE, ids_LNK)
             self.tree_steps += 1
             self.since_replan += 1

@@ -218,17 +218,20 @@ class Engine:
         pending_QD, pending = [feature_PD], prompt[1:] + [root]  # pairs the draft has not seen
         while len(out) < max_new_tokens and not self.is_end(out[-1]):
             plan = plan_step(policy, spec, steps, tree_size)
-            if plan.kind == AUTOREGRESSIVE:  # the guard's choice: one plain target forward
+            num_tokens, width, depth = plan.tree
+            if plan.kind == TREE:
+                root_feature_D = self.draft_catch_up(torch.cat(pending_QD), pending, dcache)
+                pending_QD, pending = [], []
+                root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
+                plan = gate_step(policy, plan, root_logprobs_V)
+            if plan.kind == AUTOREGRESSIVE:  # the guard's choice, or the gate's: a plain forward
                 root, feature_QD = self.decode_step(root, tcache, spec.temperature, g)
                 pending_QD.append(feature_QD)
                 pending.append(root)
                 steps.append(autoregressive_stats(plan, E, self.config.top_k, cfg.n_layers))
-                policy.observe(StepOutcome(AUTOREGRESSIVE, [0]))
+                policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree))
                 out.append(root)
                 continue
-            num_tokens, width, depth = plan.tree
-            root_feature_D = self.draft_catch_up(torch.cat(pending_QD), pending, dcache)
-            root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
             tree = expand_tree(
                 self.draft,
                 self.target,
@@ -379,11 +382,32 @@ def plan_step(policy, spec: SpecConfig, steps: list[StepStats], tree_size) -> St
     return plan
 
 
+def gate_step(policy, plan: StepPlan, root_logprobs_V: torch.Tensor) -> StepPlan:
+    """Before growing ``plan``'s tree: ``plan``, or a decode of the root alone when the
+    policy's gate finds the draft's first level (the root's ``plan.width`` most likely
+    children) too unsure to pay for the tree. A gated step is priced as the one draft
+    forward it ran (the catch-up that gave the first level) and a decode."""
+    reason = policy.gate(root_logprobs_V.topk(plan.width).values)
+    if reason is None:
+        return plan
+    return StepPlan(AUTOREGRESSIVE, 1, 1, 1, reason)
+
+
 def autoregressive_stats(plan: StepPlan, n_experts: int, top_k: int, n_layers: int) -> StepStats:
-    """A guard's autoregressive step: one token committed, its own top-k read per layer."""
+    """A guard's autoregressive step: one token committed, its own top-k read per layer;
+    ``plan``'s width and depth are the draft forwards it ran (the gate's: 1 and 1; else 0)."""
     read_L = [min(top_k, n_experts)] * n_layers
     return StepStats(
-        1, read_L, read_L, read_L, 1, 0, 0, guard=plan.kind, reason=plan.reason, ranked=False
+        1,
+        read_L,
+        read_L,
+        read_L,
+        1,
+        plan.width,
+        plan.depth,
+        guard=plan.kind,
+        reason=plan.reason,
+        ranked=False,
     )
 
 

@@ -17,7 +17,10 @@ the budgets when the plan changes them, the calibration tables after each replan
 :class:`moe_spec.control.Guard` picks the per-layer budgets
 that maximise predicted committed tokens per second under the cost model
 (``shape`` on ``gpu``, ``cost_model``) and, with ``guard``, a smaller tree or plain
-autoregressive decoding when those are predicted faster. ``measure`` corrects the
+autoregressive decoding when those are predicted faster; with ``gate`` (and ``guard``),
+after each step's draft, a decode of the root alone when that step's own draft confidence
+does not pay its verify (:meth:`Auto.gate`; engines that draft on the host: the reference
+and transformers engines). ``measure`` corrects the
 modeled times by the measured wall time (for a run whose own speed is what counts,
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
@@ -81,6 +84,7 @@ class Auto(TokenPriority):
         gpu: str = "H200",
         cost_model: str = "calibrated",
         guard: bool = True,
+        gate: bool = True,
         margin: float = 0.05,
         measure: bool = False,
         window: int = 24,
@@ -98,7 +102,7 @@ class Auto(TokenPriority):
             self.cost = get_cost_model(cost_model, gpu)
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
-        for name, value in (("guard", guard), ("measure", measure)):
+        for name, value in (("guard", guard), ("gate", gate), ("measure", measure)):
             _check(name, value, isinstance(value, bool), "true or false")
         num = (int, float)
         _check("margin", margin, isinstance(margin, num) and 0 <= margin < 1, "0 <= margin < 1")
@@ -116,6 +120,7 @@ class Auto(TokenPriority):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         self.options = dict(
             guard=guard,
+            gate=gate,
             margin=float(margin),
             measure=measure,
             levels=levels,
@@ -203,7 +208,7 @@ class Auto(TokenPriority):
         no measured step times."""
         if self.controller is not None:
             raise PolicyError("auto: fixed_tree() must come before the first step")
-        self.options.update(guard=False, measure=False)
+        self.options.update(guard=False, gate=False, measure=False)
         self.rank_every = 1  # the captured forward ranks every step anyway
 
     def prepare(
@@ -255,6 +260,10 @@ class Auto(TokenPriority):
             upload(self.device_state["accept_B"], est.accept_B())
             upload(self.device_state["reach_D"], reach_cum(est))
         return plan
+
+    def gate(self, logprob_N: torch.Tensor) -> str | None:
+        """The guard's draft gate (:meth:`moe_spec.control.Guard.gate`)."""
+        return None if self.controller is None else self.controller.gate(logprob_N)
 
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose

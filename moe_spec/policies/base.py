@@ -91,6 +91,12 @@ class Policy:
         """
         return None
 
+    def gate(self, logprob_N: torch.Tensor) -> str | None:
+        """After drafting a planned tree, before its verify: None to verify it, or why to
+        decode the root alone instead (default: always verify). ``logprob_N``: float
+        ``[N]``, the tree's path log-probabilities, root first."""
+        return None
+
     def observe(self, outcome: StepOutcome) -> None:
         """After a step's acceptance: what was committed (outside the forward)."""
         return None

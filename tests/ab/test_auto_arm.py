@@ -10,7 +10,13 @@ from moe_spec.ab.configs import RunConfig, parse_config
 from moe_spec.ab.records import RunRecord, Step
 from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.cli import main
-from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
+from moe_spec.costmodel import (
+    autoregressive_tokens_per_s,
+    decode_seconds,
+    draft_seconds,
+    get_cost_model,
+    get_shape,
+)
 
 
 def test_auto_takes_no_budget_and_labels_its_options():
@@ -29,6 +35,17 @@ def test_a_guard_decoded_step_is_priced_as_an_autoregressive_decode(cost_model):
     tokens, seconds = modeled_pair(record, RunConfig("auto"), info, m)
     ar = autoregressive_tokens_per_s(m.cost.gpu, m.shape, overheads=m.cost.overheads)
     assert tokens / seconds == pytest.approx(ar, rel=1e-12)
+
+
+def test_a_step_the_draft_gate_decoded_is_priced_as_its_draft_and_a_decode():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))
+    gated = Step(1, 1, 8, 6, [2, 2], [2, 2], [2, 2], guard="autoregressive", ranked=False)
+    record = RunRecord("auto", 0, 0, [1], 1.0, [gated])
+    tokens, seconds = modeled_pair(record, RunConfig("auto"), info, m)
+    g, o = m.cost.gpu, m.cost.overheads
+    want = draft_seconds(g, m.shape, 8, 6, overheads=o) + decode_seconds(g, m.shape, overheads=o)
+    assert tokens == 1 and seconds == pytest.approx(want, rel=1e-12)
 
 
 def test_a_tree_step_without_the_policy_is_priced_without_the_selection():

@@ -91,3 +91,35 @@ def test_a_live_policy_must_be_the_spec_policy(tiny_engine):
 def test_a_planning_policy_takes_no_tree_size(tiny_engine):
     with pytest.raises(ValueError, match="plans its own steps"):
         tiny_engine.generate_speculative(PROMPTS[0], 8, auto_spec(), tree_size=lambda s: (8, 4, 4))
+
+
+def gate_every_other_step(policy):
+    """``policy`` with a gate that sends every second planned tree to a decode."""
+    calls = []
+
+    def gate(logprob_W):
+        calls.append(logprob_W)
+        return "test gate" if len(calls) % 2 == 0 else None
+
+    policy.gate = gate
+    return policy, calls
+
+
+def test_a_gated_step_decodes_the_root_without_growing_the_tree(tiny_engine, monkeypatch):
+    """Lossless: the draft catches up on the decoded token as on any decode."""
+    import moe_spec.engine.generate as generate
+
+    spec = SpecConfig(**TREE)
+    policy, calls = gate_every_other_step(get_policy(spec.policy))
+    grown = []
+    expand = generate.expand_tree
+    monkeypatch.setattr(generate, "expand_tree", lambda *a: grown.append(1) or expand(*a))
+    out = tiny_engine.generate_speculative(PROMPTS[1], NEW, spec, policy=policy)
+    assert out.tokens == tiny_engine.generate_autoregressive(PROMPTS[1], NEW).tokens
+    gated = [s for s in out.steps if s.guard == "autoregressive"]
+    assert len(gated) == len(calls) // 2 > 3 and len(grown) == len(out.steps) - len(gated)
+    assert all(s.reason == "test gate" and s.committed == s.num_tokens == 1 for s in gated)
+    assert all((s.width, s.depth) == (1, 1) for s in gated)  # priced: one draft forward
+    assert not any(s.ranked for s in gated)
+    # the gate reads the draft's first level: the root's `width` most likely children
+    assert all(lp.shape == (TREE["width"],) and bool((lp <= 0).all()) for lp in calls)

@@ -14,7 +14,8 @@ logits). The engine's parent feature input is ignored: the LM sees a
 candidate's ancestors through its KV cache and the tree mask.
 
 ``TransformersEngine`` drives any draft through ``new_cache``, ``start`` (after the
-prefill), ``extend`` (after each step) and ``grow_tree``; ``start`` and ``extend`` also
+prefill), ``extend`` (after each step), ``first_level`` (the root's children's
+log-probabilities, which the policy's gate reads) and ``grow_tree``; ``start`` and ``extend`` also
 receive the target's features, which only an EAGLE head reads (see ``eagle.py``).
 """
 
@@ -108,6 +109,10 @@ class CausalLMDraft:
         """After the target's prefill: the prompt and the root; log-probs ``[V]`` after the root."""
         return self.extend(cache, prompt + [root])
 
+    def first_level(self, root_logprobs_V: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``[V]`` of the root's children (the state ``extend`` returned)."""
+        return root_logprobs_V
+
     def grow_tree(
         self,
         cache: DynamicCache,
@@ -116,6 +121,7 @@ class CausalLMDraft:
         width: int,
         depth: int,
         num_tokens: int,
+        _first_level: torch.Tensor | None = None,
     ) -> DraftTree:
         """A tree below ``root`` (the cache's last entry); the cache is left as it was."""
         view = DraftCacheView(cache)

@@ -166,6 +166,10 @@ class EagleHeadDraft:
         """After the prefill: the prompt's features paired with the tokens that follow them."""
         return self.extend(cache, prompt[1:] + [root], feature_PD)
 
+    def first_level(self, root_feature_D: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``[V]`` of the root's children, from the head's feature for it."""
+        return torch.log_softmax(self.lm_head(root_feature_D), dim=-1)
+
     def grow_tree(
         self,
         cache: KVCache,
@@ -174,9 +178,12 @@ class EagleHeadDraft:
         width: int,
         depth: int,
         num_tokens: int,
+        root_logprobs_V: torch.Tensor | None = None,
     ) -> DraftTree:
-        """A tree below ``root`` from the head's feature for it; scratch entries are dropped."""
-        root_logprobs_V = torch.log_softmax(self.lm_head(root_feature_D), dim=-1)
+        """A tree below ``root`` from the head's feature for it; scratch entries are dropped.
+        ``root_logprobs_V``: :meth:`first_level` if already computed."""
+        if root_logprobs_V is None:
+            root_logprobs_V = self.first_level(root_feature_D)
         tree = expand_tree(
             self, self, cache, root, root_feature_D, root_logprobs_V, width, depth, num_tokens
         )

@@ -28,6 +28,7 @@ from moe_spec.engine.generate import (
     SpecConfig,
     StepStats,
     autoregressive_stats,
+    gate_step,
     live_policy,
     plan_step,
     sample,
@@ -179,20 +180,25 @@ class TransformersEngine:
             pending_QD, pending = [], []  # the guard's decoded pairs the draft has not seen
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 plan = plan_step(policy, spec, steps, tree_size)
-                if plan.kind == AUTOREGRESSIVE:  # one plain target forward
+                num_tokens, width, depth = plan.tree
+                if plan.kind == TREE:
+                    if pending:
+                        root_state = self.draft.extend(dcache, pending, torch.cat(pending_QD))
+                        pending_QD, pending = [], []
+                    first_V = self.draft.first_level(root_state)
+                    plan = gate_step(policy, plan, first_V)
+                if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: a plain forward
                     logits_V = self.forward_last([root], tcache)
                     pending_QD.append(features.last_BSD[0, -1:])
                     root = sample(logits_V, spec.temperature, g)
                     pending.append(root)
                     steps.append(autoregressive_stats(plan, E, self.top_k, self.n_moe_layers))
-                    policy.observe(StepOutcome(AUTOREGRESSIVE, [0]))
+                    policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree))
                     out.append(root)
                     continue
-                if pending:
-                    root_state = self.draft.extend(dcache, pending, torch.cat(pending_QD))
-                    pending_QD, pending = [], []
-                num_tokens, width, depth = plan.tree
-                tree = self.draft.grow_tree(dcache, root, root_state, width, depth, num_tokens)
+                tree = self.draft.grow_tree(
+                    dcache, root, root_state, width, depth, num_tokens, first_V
+                )
                 path, bonus, path_feature_QD, routing, repair = self.verify(
                     tree, tcache, policy, budget, spec, g, features
                 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
+from moe_spec.policies import get_policy
+from tests.engine.test_auto import gate_every_other_step
 
 from .test_engine import NEW, PROMPT, NoTokenizer, greedy_reference
 
@@ -25,3 +27,15 @@ def test_the_guard_falls_back_to_autoregressive_with_a_poor_draft(moe_model, den
     kinds = [s.guard for s in result.steps]
     assert kinds.count("autoregressive") > len(kinds) / 2
     assert result.tokens == engine.generate_autoregressive(PROMPT, 40).tokens
+
+
+def test_a_gated_step_decodes_the_root(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    spec = SpecConfig(3, 3, 8)
+    policy, calls = gate_every_other_step(get_policy(spec.policy))
+    result = engine.generate_speculative(PROMPT, 24, spec, policy=policy)
+    assert result.tokens == engine.generate_autoregressive(PROMPT, 24).tokens
+    gated = [s for s in result.steps if s.guard == "autoregressive"]
+    assert len(gated) == len(calls) // 2 > 2
+    assert all((s.committed, s.width, s.depth) == (1, 1, 1) for s in gated)
+    assert all(lp.shape == (3,) for lp in calls)

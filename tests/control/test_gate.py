@@ -1,0 +1,104 @@
+"""The guard's draft gate: grow and verify a tree only when the draft's first level pays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
+from moe_spec.costmodel import get_cost_model, get_shape
+
+TREES = [(8, 4, 3), (4, 3, 3)]
+
+
+def guard(**options) -> Guard:
+    est = AcceptanceEstimates(2, 8, [n for n, _, _ in TREES])
+    cost = StepCost(get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B"), 2, 8, TREES)
+    g = Guard(est, cost, 2, 8, warmup=1, **options)
+    g.tree_steps = 1  # past warm-up
+    g.current = StepPlan("tree", *TREES[0])
+    g.cost.decode_s = 0.004
+    g.cost.draft_C = np.array([0.003, 0.003])  # tree 0: 3 draft forwards of 1 ms
+    g.step_s_C[:] = [0.012, 0.009]  # draft + verify
+    g.best_rate = 100.0  # tokens/s: the rest of tree 0's step costs 1.1 tokens, a decode 0.4
+    return g
+
+
+def logprobs(*q: float) -> torch.Tensor:
+    """The draft's first level: log-probabilities ``log q`` of the root's children."""
+    return torch.tensor([math.log(x) for x in q])
+
+
+def test_grows_the_tree_exactly_when_its_expected_tokens_pay_for_it():
+    g = guard()
+    # nothing seen yet: a child of probability q counts its bin's centre (bins of 0.1), and
+    # each depth is reached with probability 1/2, so 2 tokens are expected past depth 1:
+    # expected = 1 + 3 * sum(centres); grown iff expected - 1.1 >= 1 - 0.4, i.e. sum >= 0.7/3
+    assert g.expected_tokens(logprobs(0.25).numpy(), 0) == pytest.approx(1.75)
+    assert g.gate(logprobs(0.25)) is None
+    assert g.gate(logprobs(0.15, 0.12)) is None  # 0.15 + 0.15
+    reason = g.gate(logprobs(0.15, 0.05))  # 0.2: 1.6 tokens expected
+    assert reason is not None and reason.startswith("draft gate: 1.60 expected tokens")
+    assert g.gated == 0
+    # only one child can be accepted: the first level counts at most once
+    assert g.expected_tokens(logprobs(0.95, 0.95, 0.95).numpy(), 0) == pytest.approx(4.0)
+
+
+def test_calibrated_bins_and_depths_replace_the_drafts_own_numbers():
+    g = guard()
+    q = torch.full((40,), 0.95)  # 40 nodes of q = 0.95 at depth 1, none accepted
+    tree = torch.cat((torch.zeros(1), q.log()))
+    depth_N = torch.cat((torch.zeros(1, dtype=torch.long), torch.ones(40, dtype=torch.long)))
+    g.est.observe(StepOutcome("tree", [0], depth_N, tree, (41, 40, 1)), None, None)
+    # bin 9: (0 + 4 * 0.95) / (40 + 4) = 0.086; depth 1 reached (0 + 0.5) / (1 + 1) = 0.25
+    # of steps, depths 2 and 3 by their prior 0.5: past depth 1 at most 1 each (2 tokens)
+    a = 3.8 / 44
+    assert g.expected_tokens(logprobs(0.95).numpy(), 0) == pytest.approx(1 + a * (1 + 2.0))
+    assert g.gate(logprobs(0.95)) is not None  # 1.43 tokens expected
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["gate off", "guard off", "warm-up", "probe", "decoding", "another tree", "no prediction"],
+)
+def test_the_gate_stays_open(state):
+    g = guard(gate=state != "gate off", guard=state != "guard off")
+    if state == "warm-up":
+        g.tree_steps = 0
+    elif state == "probe":
+        g.probing = True
+    elif state == "decoding":
+        g.current = StepPlan("autoregressive")
+    elif state == "another tree":
+        g.current = StepPlan("tree", 6, 2, 3)
+    elif state == "no prediction":
+        g.best_rate = 0.0
+    assert g.gate(logprobs(0.01)) is None
+
+
+def test_a_gated_step_is_counted_but_its_time_is_not_a_decodes():
+    g = guard(measure=True)
+    assert g.gate(logprobs(0.01)) is not None
+    g.started = 1.0  # a step planned long ago: its seconds would be huge
+    g.observe(StepOutcome("autoregressive", [0], tree=(1, 1, 1)))
+    assert list(g.gated_C[0]) == [1] and g.gated is None
+    assert g.measured["autoregressive"] == 0  # the draft's seconds are not a decode's
+    lp = torch.tensor([0.0, math.log(0.9)])
+    g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1]), lp, TREES[0]))
+    assert list(g.gated_C[0]) == [1, 0]
+    g.started = 0.0
+    g.observe(StepOutcome("autoregressive", [0]))  # a planned decode
+    assert list(g.gated_C[0]) == [1, 0]
+
+
+def test_a_trees_prediction_counts_its_gated_steps():
+    g = guard()
+    assert g.with_gated(0, 3.0, 300.0) == 300.0  # no gated step seen
+    g.gated_C[0].extend([1, 0, 0, 0])
+    gated_s = 0.001 + 0.004  # one draft forward and a decode, for one token
+    want = (0.75 * 3.0 + 0.25) / (0.75 * 3.0 / 300.0 + 0.25 * gated_s)
+    assert g.with_gated(0, 3.0, 300.0) == pytest.approx(want)
+    assert g.with_gated(1, 3.0, 300.0) == 300.0  # the other tree: none of its own
