@@ -18,7 +18,8 @@ Three estimates, all updated after acceptance (outside the verify forward):
   ``committed_C`` (tokens the step would have committed with each smaller candidate
   tree: the accepted path's prefix inside the candidate's best nodes by path
   log-probability, -1 when the step's tree was smaller than the candidate) and
-  ``used_CL`` (distinct experts the candidate's tokens picked in each layer).
+  ``used_CL`` (distinct experts the candidate's tokens picked in each layer), and the
+  bins of its first level's path probabilities (``first_WB``: what the draft gate reads).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class AcceptanceEstimates:
         self.committed_WC = np.full((window, C), -1, dtype=np.int64)
         self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
         self.ran_W = np.full(window, -1, dtype=np.int64)  # the candidate each step ran (-1: other)
+        self.first_WB = np.zeros((window, bins), dtype=np.int64)  # depth-1 nodes per bin
         self.steps_seen = 0
 
     # -- calibration -------------------------------------------------------------------
@@ -143,6 +145,10 @@ class AcceptanceEstimates:
         step = self.window_step(logprob_N, path, rank_LE.cpu().numpy(), ids_LNK.cpu().numpy())
         self.window.append(step)
         w = self.steps_seen % self.exact_WLB.shape[0]
+        self.first_WB[w] = 0
+        if outcome.logprob_N is not None and outcome.depth_N is not None:
+            first_N = outcome.depth_N.detach().cpu().numpy() == 1
+            self.first_WB[w] = np.bincount(self.bin_of(logprob_N[first_N]), minlength=self.bins)
         self.exact_WLB[w] = exact_table(step.need_LP, self.E)
         self.committed_WC[w] = step.committed_C
         self.used_WCL[w] = step.used_CL
@@ -190,9 +196,14 @@ class AcceptanceEstimates:
         every step that knew it, a larger tree's included (its best nodes stand in for the
         smaller tree, an optimistic guess: a smaller draft expands fewer candidates).
         """
+        rows = self.rows(c, min_ran)
+        return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]
+
+    def rows(self, c: int, min_ran: int = 4) -> np.ndarray | slice:
+        """The window rows :meth:`arrays` reads for candidate ``c``."""
         filled = min(self.steps_seen, self.exact_WLB.shape[0])
         ran = np.flatnonzero(self.ran_W[:filled] == c)
         rows = ran if ran.size >= min_ran else np.flatnonzero(self.committed_WC[:filled, c] >= 1)
         if rows.size == filled:  # every step (ascending): views, not copies of the tables
             rows = slice(0, filled)
-        return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]
+        return rows

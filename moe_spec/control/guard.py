@@ -53,6 +53,7 @@ from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.planner import best_budgets, budget_levels
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
+from moe_spec.costmodel import independent_distinct
 
 
 class Guard:
@@ -82,9 +83,16 @@ class Guard:
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
         self.gating = gate and guard
-        self.step_s_C = np.zeros(len(cost.trees))  # modeled draft + verify at the budgets
+        # modeled draft + verify of each tree at its budgets; before any prediction,
+        # unbudgeted with independently routed tokens
+        read_C = np.array([independent_distinct(n, top_k, cost.E) for n, _, _ in cost.trees])
+        self.step_s_C = np.array(
+            [cost.tree_seconds(c, read_C[c], np.array(0)) for c in range(len(cost.trees))]
+        )
         self.gated_C = [deque(maxlen=estimates.window.maxlen) for _ in cost.trees]
         self.best_rate = 0.0  # the best predicted tokens/s (the draft gate's exchange rate)
+        self.gate_history = 8  # gated shares from fewer of a tree's steps are not trusted
+        self.gated_steps = 0
         self.gated: int | None = None  # the tree of a step the gate turned into a decode
         self.levels_V = budget_levels(top_k, cap, levels)
         self.cap = cap
@@ -119,7 +127,7 @@ class Guard:
 
     def decide(self) -> StepPlan:
         full = self.trees[0]
-        if self.tree_steps < self.warmup:
+        if self.tree_steps < self.warmup and self.gated_steps < self.gate_history:
             self.budget_L[:] = self.cap
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
         if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
@@ -160,7 +168,7 @@ class Guard:
             budgeted = bool((B_L < self.cost.E).any())
             seconds = float(self.cost.tree_seconds(c, np.array(read), np.array(0), budgeted))
             self.step_s_C[c] = seconds
-            predicted[c] = self.with_gated(c, mean, tp / self.ratio(TREE))
+            predicted[c] = self.with_gated(c, window[1], tp / self.ratio(TREE))
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
@@ -169,14 +177,34 @@ class Guard:
     def decode_seconds(self) -> float:
         return self.cost.decode_s * self.ratio(AUTOREGRESSIVE)
 
-    def with_gated(self, c: int, mean: float, rate: float) -> float:
-        """Tree ``c``'s tokens/s counting its gated steps (one token for a draft forward and
-        a decode) at their share of its recent steps; ``rate``: its verified steps'."""
-        g = float(np.mean(self.gated_C[c])) if self.gated_C[c] else 0.0
-        if g == 0.0 or rate <= 0.0:
+    def with_gated(self, c: int, committed_S: np.ndarray, rate: float) -> float:
+        """Tree ``c``'s tokens/s with the draft gate: its window steps (``committed_S``,
+        verified at ``rate`` tokens/s) mixed with gated steps (one token for a draft
+        forward and a decode) at the gated share of its last ``gate_history`` steps, or,
+        with fewer behind it, at the share the gate would gate of the window's steps now
+        (then the window's mean counts only the steps it would verify)."""
+        if not self.gating or rate <= 0.0 or committed_S.size == 0:
+            return rate
+        seconds = float(committed_S.mean()) / rate  # per verified step
+        if len(self.gated_C[c]) >= self.gate_history:
+            g, mean = float(np.mean(self.gated_C[c])), float(committed_S.mean())
+        else:
+            first_SB = self.est.first_WB[self.est.rows(c)]
+            gated_S = self.would_gate(c, first_SB, self.best_rate or rate)
+            g = float(gated_S.mean())
+            mean = float(committed_S[~gated_S].mean()) if g < 1.0 else 1.0
+        if g == 0.0:
             return rate
         gated_s = self.first_draft_s(c) * self.ratio(TREE) + self.decode_seconds()
-        return ((1 - g) * mean + g) / ((1 - g) * mean / rate + g * gated_s)
+        return ((1 - g) * mean + g) / ((1 - g) * seconds + g * gated_s)
+
+    def would_gate(self, c: int, first_SB: np.ndarray, rate: float) -> np.ndarray:
+        """bool ``[S]``: the steps whose first level (counts per calibration bin) the gate
+        would send to a decode at ``rate`` tokens/s."""
+        first_S = np.minimum(first_SB @ self.est.accept_B(), 1.0)
+        expected_S = 1.0 + first_S * (1.0 + self.beyond_first(c))
+        rest_s = (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
+        return expected_S - rate * rest_s < 1.0 - rate * self.decode_seconds()
 
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``; trees
@@ -237,16 +265,14 @@ class Guard:
                 or plan is None
                 or plan.kind != TREE
                 or self.probing
-                or self.tree_steps < self.warmup
                 or plan.tree not in self.trees
-                or self.best_rate <= 0.0
             ):
                 return None
             c = self.trees.index(plan.tree)
             expected = self.expected_tokens(logprob_W.detach().float().cpu().numpy(), c)
             rest_s = (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
             decode_s = self.decode_seconds()
-            rate = self.best_rate
+            rate = self.best_rate or 1.0 / decode_s  # before a prediction: decoding's
             if expected - rate * rest_s >= 1.0 - rate * decode_s:
                 return None
             self.gated = c
@@ -261,10 +287,12 @@ class Guard:
     def expected_tokens(self, logprob_W: np.ndarray, c: int) -> float:
         """Committed tokens expected from tree ``c`` given its first level's log-probs."""
         first = min(1.0, float(self.est.accept_B()[self.est.bin_of(logprob_W)].sum()))
+        return 1.0 + first * (1.0 + self.beyond_first(c))
+
+    def beyond_first(self, c: int) -> float:
+        """Tokens tree ``c`` is expected to accept past depth 1, given depth 1."""
         reach_D = self.est.reach_D()  # P(the accepted path reaches depth d)
-        given_first = np.minimum(reach_D[2 : self.trees[c][2] + 1] / reach_D[1], 1.0)
-        beyond = float(given_first.sum())  # tokens past depth 1, given depth 1
-        return 1.0 + first * (1.0 + beyond)
+        return float(np.minimum(reach_D[2 : self.trees[c][2] + 1] / reach_D[1], 1.0).sum())
 
     def first_draft_s(self, c: int) -> float:
         """Modeled seconds of one draft forward of tree ``c`` (the catch-up the gate reads)."""
@@ -282,6 +310,8 @@ class Guard:
         self.started = 0.0
         if outcome.kind == AUTOREGRESSIVE and self.gated is not None:  # the gate's decode
             self.gated_C[self.gated].append(1)
+            self.gated_steps += 1
+            self.since_replan += 1
             self.gated = None
             self.since_full += 1
         elif outcome.kind == AUTOREGRESSIVE:

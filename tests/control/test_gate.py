@@ -62,20 +62,16 @@ def test_calibrated_bins_and_depths_replace_the_drafts_own_numbers():
 
 @pytest.mark.parametrize(
     "state",
-    ["gate off", "guard off", "warm-up", "probe", "decoding", "another tree", "no prediction"],
+    ["gate off", "guard off", "probe", "decoding", "another tree"],
 )
 def test_the_gate_stays_open(state):
     g = guard(gate=state != "gate off", guard=state != "guard off")
-    if state == "warm-up":
-        g.tree_steps = 0
-    elif state == "probe":
+    if state == "probe":
         g.probing = True
     elif state == "decoding":
         g.current = StepPlan("autoregressive")
     elif state == "another tree":
         g.current = StepPlan("tree", 6, 2, 3)
-    elif state == "no prediction":
-        g.best_rate = 0.0
     assert g.gate(logprobs(0.01)) is None
 
 
@@ -94,11 +90,37 @@ def test_a_gated_step_is_counted_but_its_time_is_not_a_decodes():
     assert list(g.gated_C[0]) == [1, 0]
 
 
+def test_before_any_prediction_the_gate_trades_at_decodings_rate():
+    g = guard()
+    g.best_rate = 0.0  # warm-up: 250 tok/s, a decode costs 1 token, the rest of the step 2.75
+    assert g.gate(logprobs(0.65)) is None  # 1 + 3 * 0.65 = 2.95 >= 2.75
+    assert g.gate(logprobs(0.55)) is not None  # 2.65
+
+
 def test_a_trees_prediction_counts_its_gated_steps():
     g = guard()
-    assert g.with_gated(0, 3.0, 300.0) == 300.0  # no gated step seen
-    g.gated_C[0].extend([1, 0, 0, 0])
+    committed_S = np.array([3.0, 3.0])
     gated_s = 0.001 + 0.004  # one draft forward and a decode, for one token
+    g.gated_C[0].extend([1, 0, 0, 0] * 2)  # 8 decisions: a quarter gated
     want = (0.75 * 3.0 + 0.25) / (0.75 * 3.0 / 300.0 + 0.25 * gated_s)
-    assert g.with_gated(0, 3.0, 300.0) == pytest.approx(want)
-    assert g.with_gated(1, 3.0, 300.0) == 300.0  # the other tree: none of its own
+    assert g.with_gated(0, committed_S, 300.0) == pytest.approx(want)
+
+
+def test_with_few_decisions_behind_it_a_tree_is_judged_by_what_the_gate_would_do():
+    g = guard()
+    est = g.est
+    est.steps_seen = 4
+    est.ran_W[:4] = 0
+    est.first_WB[:4] = 0
+    est.first_WB[0, 9] = 1  # one confident first level (q in bin 9): 1 + 3 * 0.95 expected
+    est.first_WB[1:4, 0] = 1  # three unsure ones: 1 + 3 * 0.05
+    np.testing.assert_array_equal(
+        g.would_gate(0, est.first_WB[:4], 100.0), [False, True, True, True]
+    )
+    committed_S = np.array([4.0, 1.0, 1.0, 2.0])
+    gated_s = 0.001 + 0.004
+    seconds = committed_S.mean() / 200.0  # per verified step at 200 tok/s
+    want = (0.25 * 4.0 + 0.75) / (0.25 * seconds + 0.75 * gated_s)
+    assert g.with_gated(0, committed_S, 200.0) == pytest.approx(want)
+    assert g.with_gated(0, committed_S, 200.0) > 200.0  # the gate pays here
+    assert guard(gate=False).with_gated(0, committed_S, 200.0) == 200.0

@@ -189,6 +189,12 @@ def synthetic_run(policy, steps: int, L: int, E: int, K: int, seed: int) -> list
         logprob_N = np.zeros(n)
         for j in range(1, n):
             logprob_N[j] = logprob_N[parent_N[j]] + np.log(rng.uniform(0.05, 1.0))
+        first = torch.from_numpy(logprob_N[1:][parent_N[1:] == 0])
+        gated = policy.gate(first)
+        out.append(("gate", gated))
+        if gated is not None:
+            policy.observe(StepOutcome("autoregressive", [0], tree=(1, 1, 1)))
+            continue
         path = [0]
         while (kids := np.flatnonzero(parent_N == path[-1])).size and rng.random() < accept:
             path.append(int(kids[np.argmax(logprob_N[kids])]))
@@ -219,10 +225,12 @@ def test_a_seeded_run_decides_as_with_the_reference_paths(seed, monkeypatch):
     )
     want = synthetic_run(get_policy("auto", **options), steps, L, E, K, seed)
     assert got == want
-    kinds = {kind for kind, *_ in want}
-    budgets = {tuple(b) for *_, b in want}
+    plans = [p for p in want if p[0] != "gate"]
+    kinds = {kind for kind, *_ in plans}
+    budgets = {tuple(b) for *_, b in plans}
     per_layer = any(len(set(b)) > 1 for b in budgets)  # budgets that differ by layer
-    assert kinds == {"tree", "autoregressive"} or per_layer, (kinds, budgets)
+    gated = any(p[0] == "gate" and p[1] is not None for p in want)
+    assert kinds == {"tree", "autoregressive"} or per_layer or gated, (kinds, budgets)
 
 
 def test_a_ranking_of_the_wrong_size_is_refused():
