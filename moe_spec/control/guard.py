@@ -33,7 +33,13 @@ predicted tokens/s the tree is drafted and verified when ``expected - R * rest_s
 run), else the root is decoded alone. Draft confidence varies from step to step far more
 than the window's mean does, so this picks the steps a tree pays on; a tree's prediction
 counts its gated steps (one token for a draft forward and a decode) at their share of
-its recent steps. Not during warm-up or a probe.
+its last ``gate_history`` (8) steps, or, before that, at the share the gate would gate of
+the window's steps (their first-level bins are kept there). In warm-up the gate trades at
+decoding's rate with the calibration's prior; a warm-up it keeps decoding ends after 8
+gated steps. Not in a probe. While the guard decodes, every ``gate_every`` (4)-th step
+is planned as the full tree for the gate to judge (the draft catches up on the decoded
+tokens in one forward): the tree runs where the draft is sure, the rest are decodes, and
+these looks are the gated share the full tree's prediction is made from.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice, one budget for all
 layers for the other trees. Every plan
@@ -51,7 +57,7 @@ import torch
 
 from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
-from moe_spec.control.planner import best_budgets, budget_levels
+from moe_spec.control.planner import best_budgets, budget_levels, step_seconds
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.costmodel import independent_distinct
 
@@ -77,6 +83,7 @@ class Guard:
         measure: bool = False,
         switch_prior: float = 2.0,
         gate: bool = True,
+        gate_every: int = 4,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
@@ -93,6 +100,7 @@ class Guard:
         self.best_rate = 0.0  # the best predicted tokens/s (the draft gate's exchange rate)
         self.gate_history = 8  # gated shares from fewer of a tree's steps are not trusted
         self.gated_steps = 0
+        self.gate_every, self.since_gate = gate_every, 0  # while decoding: the gate's looks
         self.gated: int | None = None  # the tree of a step the gate turned into a decode
         self.levels_V = budget_levels(top_k, cap, levels)
         self.cap = cap
@@ -138,6 +146,10 @@ class Guard:
             self.budget_L[:] = self.budgets_C[0]
             self.probing = True
             return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
+        if self.choice < 0 and self.gating and self.since_gate >= self.gate_every:
+            self.since_gate = 0
+            self.budget_L[:] = self.budgets_C[0]
+            return StepPlan(TREE, *full, f"the gate judges the full tree ({self.why})")
         return self.plan_of(self.choice, self.why)
 
     def plan_of(self, choice: int, reason: str) -> StepPlan:
@@ -164,10 +176,7 @@ class Guard:
             self.budgets_C[c] = B_L
             mean = float(window[1].mean())
             self.evidence[c] = (window[1].size, mean)
-            read = np.minimum(window[2], B_L).mean()
-            budgeted = bool((B_L < self.cost.E).any())
-            seconds = float(self.cost.tree_seconds(c, np.array(read), np.array(0), budgeted))
-            self.step_s_C[c] = seconds
+            self.step_s_C[c] = step_seconds(self.cost, c, window, B_L, self.repair)
             predicted[c] = self.with_gated(c, window[1], tp / self.ratio(TREE))
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
@@ -185,14 +194,16 @@ class Guard:
         (then the window's mean counts only the steps it would verify)."""
         if not self.gating or rate <= 0.0 or committed_S.size == 0:
             return rate
-        seconds = float(committed_S.mean()) / rate  # per verified step
+        seconds = self.step_s_C[c] * self.ratio(TREE)  # per verified step
+        mean = rate * seconds  # tokens counted per verified step
         if len(self.gated_C[c]) >= self.gate_history:
-            g, mean = float(np.mean(self.gated_C[c])), float(committed_S.mean())
+            g = float(np.mean(self.gated_C[c]))
         else:
             first_SB = self.est.first_WB[self.est.rows(c)]
             gated_S = self.would_gate(c, first_SB, self.best_rate or rate)
-            g = float(gated_S.mean())
-            mean = float(committed_S[~gated_S].mean()) if g < 1.0 else 1.0
+            g = float(gated_S.mean()) if gated_S.size == committed_S.size else 0.0
+            if 0.0 < g < 1.0:  # the steps it would verify
+                mean *= float(committed_S[~gated_S].mean() / committed_S.mean())
         if g == 0.0:
             return rate
         gated_s = self.first_draft_s(c) * self.ratio(TREE) + self.decode_seconds()
@@ -317,6 +328,7 @@ class Guard:
         elif outcome.kind == AUTOREGRESSIVE:
             self.note_time(AUTOREGRESSIVE, seconds, self.cost.decode_s)
             self.since_full += 1
+            self.since_gate += 1
         else:
             if outcome.tree in self.trees:
                 self.gated_C[self.trees.index(outcome.tree)].append(0)

@@ -60,6 +60,25 @@ def price(
     """float ``[...]``: tokens/s of tree ``c`` over the window for each leading index X of
     ``exact_XS`` (untouched path prefix per step, before the cap at ``committed_S``) and
     ``read_XS`` (experts read per step, summed over ``layers`` layers)."""
+    tokens_X, seconds_XS = tokens_and_seconds(
+        cost, c, exact_XS, committed_S, read_XS, layers, budgeted_X1, repair
+    )
+    # contiguous: numpy sums a contiguous last axis pairwise, a strided one in order, and
+    # the same numbers must come out whatever layout the trials were gathered in
+    return tokens_X / np.ascontiguousarray(seconds_XS).sum(axis=-1)
+
+
+def tokens_and_seconds(
+    cost: StepCost,
+    c: int,
+    exact_XS: np.ndarray,
+    committed_S: np.ndarray,
+    read_XS: np.ndarray,
+    layers: int,
+    budgeted_X1: np.ndarray,
+    repair: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`price`'s parts: tokens counted ``[...]`` and modeled seconds ``[..., S]``."""
     exact_XS = np.minimum(exact_XS, committed_S)
     if repair:
         tokens_X = np.full(exact_XS.shape[:-1], committed_S.sum(), dtype=float)
@@ -67,10 +86,25 @@ def price(
     else:
         tokens_X = np.minimum(committed_S, exact_XS + 1).sum(axis=-1)
         repair_XS = None
-    seconds_XS = cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
-    # contiguous: numpy sums a contiguous last axis pairwise, a strided one in order, and
-    # the same numbers must come out whatever layout the trials were gathered in
-    return tokens_X / np.ascontiguousarray(seconds_XS).sum(axis=-1)
+    return tokens_X, cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
+
+
+def step_seconds(
+    cost: StepCost,
+    c: int,
+    window: tuple[np.ndarray, np.ndarray, np.ndarray],
+    B_L: np.ndarray,
+    repair: bool,
+) -> float:
+    """Mean modeled seconds of the window's steps with tree ``c`` under budgets ``B_L``:
+    draft, verify, repair and ranking, as :func:`throughput_V` prices them."""
+    exact_SLB, committed_S, used_SL = window
+    L = exact_SLB.shape[1]
+    exact_S = exact_SLB[:, np.arange(L), B_L].min(axis=-1)
+    read_S = np.minimum(B_L, used_SL).sum(axis=-1)
+    budgeted = np.array(bool((B_L < cost.E).any()))
+    _, seconds_S = tokens_and_seconds(cost, c, exact_S, committed_S, read_S, L, budgeted, repair)
+    return float(seconds_S.mean())
 
 
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:

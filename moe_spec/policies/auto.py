@@ -18,9 +18,9 @@ the budgets when the plan changes them, the calibration tables after each replan
 that maximise predicted committed tokens per second under the cost model
 (``shape`` on ``gpu``, ``cost_model``) and, with ``guard``, a smaller tree or plain
 autoregressive decoding when those are predicted faster; with ``gate`` (and ``guard``),
-after each step's draft, a decode of the root alone when that step's own draft confidence
-does not pay its verify (:meth:`Auto.gate`; engines that draft on the host: the reference
-and transformers engines). ``measure`` corrects the
+before each planned tree, a decode of the root alone when the draft's first level is too
+unsure to pay for the tree (:meth:`Auto.gate`; engines that draft on the host: the
+reference and transformers engines). ``measure`` corrects the
 modeled times by the measured wall time (for a run whose own speed is what counts,
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
@@ -85,6 +85,7 @@ class Auto(TokenPriority):
         cost_model: str = "calibrated",
         guard: bool = True,
         gate: bool = True,
+        gate_every: int = 4,
         margin: float = 0.05,
         measure: bool = False,
         window: int = 24,
@@ -116,11 +117,13 @@ class Auto(TokenPriority):
             ("warmup", warmup, 1),
             ("probe", probe, 1),
             ("rank_every", rank_every, 1),
+            ("gate_every", gate_every, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         self.options = dict(
             guard=guard,
             gate=gate,
+            gate_every=gate_every,
             margin=float(margin),
             measure=measure,
             levels=levels,
@@ -261,9 +264,9 @@ class Auto(TokenPriority):
             upload(self.device_state["reach_D"], reach_cum(est))
         return plan
 
-    def gate(self, logprob_N: torch.Tensor) -> str | None:
+    def gate(self, logprob_W: torch.Tensor) -> str | None:
         """The guard's draft gate (:meth:`moe_spec.control.Guard.gate`)."""
-        return None if self.controller is None else self.controller.gate(logprob_N)
+        return None if self.controller is None else self.controller.gate(logprob_W)
 
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose

@@ -91,10 +91,10 @@ class Policy:
         """
         return None
 
-    def gate(self, logprob_N: torch.Tensor) -> str | None:
-        """After drafting a planned tree, before its verify: None to verify it, or why to
-        decode the root alone instead (default: always verify). ``logprob_N``: float
-        ``[N]``, the tree's path log-probabilities, root first."""
+    def gate(self, logprob_W: torch.Tensor) -> str | None:
+        """Before growing a planned tree: None to grow and verify it, or why to decode the
+        root alone instead (default: always grow). ``logprob_W``: float ``[W]``, the
+        draft's log-probabilities of the root's ``width`` most likely children."""
         return None
 
     def observe(self, outcome: StepOutcome) -> None:

@@ -100,10 +100,11 @@ def test_before_any_prediction_the_gate_trades_at_decodings_rate():
 def test_a_trees_prediction_counts_its_gated_steps():
     g = guard()
     committed_S = np.array([3.0, 3.0])
+    # a verified step of tree 0 takes 12 ms: at 250 tok/s it counts 3 tokens
     gated_s = 0.001 + 0.004  # one draft forward and a decode, for one token
     g.gated_C[0].extend([1, 0, 0, 0] * 2)  # 8 decisions: a quarter gated
-    want = (0.75 * 3.0 + 0.25) / (0.75 * 3.0 / 300.0 + 0.25 * gated_s)
-    assert g.with_gated(0, committed_S, 300.0) == pytest.approx(want)
+    want = (0.75 * 3.0 + 0.25) / (0.75 * 0.012 + 0.25 * gated_s)
+    assert g.with_gated(0, committed_S, 250.0) == pytest.approx(want)
 
 
 def test_with_few_decisions_behind_it_a_tree_is_judged_by_what_the_gate_would_do():
@@ -118,9 +119,28 @@ def test_with_few_decisions_behind_it_a_tree_is_judged_by_what_the_gate_would_do
         g.would_gate(0, est.first_WB[:4], 100.0), [False, True, True, True]
     )
     committed_S = np.array([4.0, 1.0, 1.0, 2.0])
-    gated_s = 0.001 + 0.004
-    seconds = committed_S.mean() / 200.0  # per verified step at 200 tok/s
-    want = (0.25 * 4.0 + 0.75) / (0.25 * seconds + 0.75 * gated_s)
+    # at 200 tok/s a 12 ms step counts 2.4 tokens where 2 were committed: the verified
+    # step's 4 count 4.8
+    want = (0.25 * 4.8 + 0.75) / (0.25 * 0.012 + 0.75 * 0.005)
     assert g.with_gated(0, committed_S, 200.0) == pytest.approx(want)
     assert g.with_gated(0, committed_S, 200.0) > 200.0  # the gate pays here
     assert guard(gate=False).with_gated(0, committed_S, 200.0) == 200.0
+
+
+def test_while_decoding_every_fourth_step_is_a_tree_for_the_gate_to_judge():
+    g = guard(gate_every=4)
+    g.predict = lambda: {0: 100.0, -1: 200.0}  # decoding predicted 2x faster
+    g.probe0 = g.probe_every = g.max_probe = 10_000  # no blind probe here
+    kinds = ""
+    for _ in range(12):
+        plan = g.plan()
+        kinds += "T" if plan.kind == "tree" else "a"
+        if plan.kind == "tree":
+            assert plan.reason.startswith("the gate judges the full tree")
+            assert g.gate(logprobs(0.01)) is not None  # unsure: decoded instead
+        g.observe(StepOutcome("autoregressive", [0], tree=(1, 1, 1)))
+    assert kinds == "aaaaTaaaaTaa"
+    assert list(g.gated_C[0]) == [1, 1]
+    off = guard(gate=False)
+    off.predict = g.predict
+    assert all(off.plan().kind == "autoregressive" for _ in range(12))

@@ -43,7 +43,7 @@ def run_steps(g, n: int) -> str:
 
 
 def test_probes_the_full_tree_and_backs_off_when_it_does_not_win():
-    g = guard(probe=2, max_probe=8, warmup=1)
+    g = guard(probe=2, max_probe=8, warmup=1, gate=False)
     g.tree_steps = 1  # past warm-up
     g.predict = lambda: {0: 100.0, -1: 110.0}  # decoding always predicted a little faster
     kinds = run_steps(g, 20)
@@ -60,7 +60,7 @@ def test_without_the_guard_only_the_full_tree_is_planned():
 
 
 def test_the_further_behind_the_full_tree_the_rarer_the_probe():
-    g = guard(probe=2, max_probe=64, warmup=1)
+    g = guard(probe=2, max_probe=64, warmup=1, gate=False)
     g.tree_steps = 1
     g.predict = lambda: {0: 100.0, -1: 300.0}  # decoding 3x faster: probe after 2 * 3**2
     kinds = run_steps(g, 20)
