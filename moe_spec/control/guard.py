@@ -39,7 +39,8 @@ decoding's rate with the calibration's prior; a warm-up it keeps decoding ends a
 gated steps. Not in a probe. While the guard decodes, every ``gate_every`` (4)-th step
 is planned as the full tree for the gate to judge (the draft catches up on the decoded
 tokens in one forward): the tree runs where the draft is sure, the rest are decodes, and
-these looks are the gated share the full tree's prediction is made from.
+these looks are the gated share the full tree's prediction is made from. A look the gate
+turns down doubles the interval (up to ``16 * gate_every``); a tree step resets it.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice, one budget for all
 layers for the other trees. Every plan
@@ -101,6 +102,7 @@ class Guard:
         self.gate_history = 8  # gated shares from fewer of a tree's steps are not trusted
         self.gated_steps = 0
         self.gate_every, self.since_gate = gate_every, 0  # while decoding: the gate's looks
+        self.look_every, self.max_look = gate_every, 16 * gate_every
         self.gated: int | None = None  # the tree of a step the gate turned into a decode
         self.levels_V = budget_levels(top_k, cap, levels)
         self.cap = cap
@@ -146,7 +148,7 @@ class Guard:
             self.budget_L[:] = self.budgets_C[0]
             self.probing = True
             return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
-        if self.choice < 0 and self.gating and self.since_gate >= self.gate_every:
+        if self.choice < 0 and self.gating and self.since_gate >= self.look_every:
             self.since_gate = 0
             self.budget_L[:] = self.budgets_C[0]
             return StepPlan(TREE, *full, f"the gate judges the full tree ({self.why})")
@@ -322,6 +324,8 @@ class Guard:
         if outcome.kind == AUTOREGRESSIVE and self.gated is not None:  # the gate's decode
             self.gated_C[self.gated].append(1)
             self.gated_steps += 1
+            if self.choice < 0:  # a look the gate turned down: look half as often
+                self.look_every = min(2 * self.look_every, self.max_look)
             self.since_replan += 1
             self.gated = None
             self.since_full += 1
@@ -332,6 +336,7 @@ class Guard:
         else:
             if outcome.tree in self.trees:
                 self.gated_C[self.trees.index(outcome.tree)].append(0)
+            self.look_every = self.gate_every  # the draft was sure: look as often again
             self.est.observe(outcome, rank_LE, ids_LNK)
             self.tree_steps += 1
             self.since_replan += 1

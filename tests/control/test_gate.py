@@ -127,20 +127,29 @@ def test_with_few_decisions_behind_it_a_tree_is_judged_by_what_the_gate_would_do
     assert guard(gate=False).with_gated(0, committed_S, 200.0) == 200.0
 
 
-def test_while_decoding_every_fourth_step_is_a_tree_for_the_gate_to_judge():
+def test_while_decoding_the_gate_judges_the_full_tree_every_fourth_step_or_less_often():
     g = guard(gate_every=4)
     g.predict = lambda: {0: 100.0, -1: 200.0}  # decoding predicted 2x faster
     g.probe0 = g.probe_every = g.max_probe = 10_000  # no blind probe here
+    sure = iter([False, False, True, False])  # what the draft's first level says per look
     kinds = ""
-    for _ in range(12):
+    for _ in range(32):
         plan = g.plan()
         kinds += "T" if plan.kind == "tree" else "a"
         if plan.kind == "tree":
             assert plan.reason.startswith("the gate judges the full tree")
-            assert g.gate(logprobs(0.01)) is not None  # unsure: decoded instead
-        g.observe(StepOutcome("autoregressive", [0], tree=(1, 1, 1)))
-    assert kinds == "aaaaTaaaaTaa"
-    assert list(g.gated_C[0]) == [1, 1]
+            reason = g.gate(logprobs(0.99 if next(sure) else 0.01))
+            if reason is None:  # grown and verified: 3 tokens
+                lp = torch.tensor([0.0, -0.01, -0.02])
+                g.observe(StepOutcome("tree", [0, 1, 2], torch.tensor([0, 1, 2]), lp, TREES[0]))
+                continue
+        g.observe(
+            StepOutcome("autoregressive", [0], tree=(1, 1, 1) if kinds[-1] == "T" else (1, 0, 0))
+        )
+    # turned down after 4, then after 8 decodes; the third look is verified: 4 again
+    assert kinds == "aaaaT" + "a" * 8 + "T" + "a" * 16 + "T" + "a"
+    assert list(g.gated_C[0]) == [1, 1, 0]
+    assert g.look_every == 4
     off = guard(gate=False)
     off.predict = g.predict
     assert all(off.plan().kind == "autoregressive" for _ in range(12))
