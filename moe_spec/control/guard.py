@@ -36,11 +36,12 @@ counts its gated steps (one token for a draft forward and a decode) at their sha
 its last ``gate_history`` (8) steps, or, before that, at the share the gate would gate of
 the window's steps (their first-level bins are kept there). In warm-up the gate trades at
 decoding's rate with the calibration's prior; a warm-up it keeps decoding ends after 8
-gated steps. Not in a probe. While the guard decodes, every ``gate_every`` (4)-th step
-is planned as the full tree for the gate to judge (the draft catches up on the decoded
-tokens in one forward): the tree runs where the draft is sure, the rest are decodes, and
-these looks are the gated share the full tree's prediction is made from. A look the gate
-turns down doubles the interval (up to ``16 * gate_every``); a tree step resets it.
+gated steps. Not in a probe. With ``gate_every`` (0: off, the default), while the guard
+decodes, every ``gate_every``-th step is planned as the full tree for the gate to judge
+(the draft catches up on the decoded tokens in one forward): the tree runs where the draft
+is sure, the rest are decodes, and these looks are the gated share the full tree's
+prediction is made from. A look the gate turns down doubles the interval (up to
+``16 * gate_every``); a tree step resets it.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice, one budget for all
 layers for the other trees. Every plan
@@ -84,7 +85,7 @@ class Guard:
         measure: bool = False,
         switch_prior: float = 2.0,
         gate: bool = True,
-        gate_every: int = 4,
+        gate_every: int = 0,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
@@ -148,7 +149,12 @@ class Guard:
             self.budget_L[:] = self.budgets_C[0]
             self.probing = True
             return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
-        if self.choice < 0 and self.gating and self.since_gate >= self.look_every:
+        if (
+            self.choice < 0
+            and self.gating
+            and self.gate_every
+            and self.since_gate >= self.look_every
+        ):
             self.since_gate = 0
             self.budget_L[:] = self.budgets_C[0]
             return StepPlan(TREE, *full, f"the gate judges the full tree ({self.why})")

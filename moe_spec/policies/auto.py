@@ -85,7 +85,7 @@ class Auto(TokenPriority):
         cost_model: str = "calibrated",
         guard: bool = True,
         gate: bool = True,
-        gate_every: int = 4,
+        gate_every: int = 0,
         margin: float = 0.05,
         measure: bool = False,
         window: int = 24,
@@ -117,7 +117,7 @@ class Auto(TokenPriority):
             ("warmup", warmup, 1),
             ("probe", probe, 1),
             ("rank_every", rank_every, 1),
-            ("gate_every", gate_every, 1),
+            ("gate_every", gate_every, 0),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         self.options = dict(

@@ -128,6 +128,7 @@ def test_with_few_decisions_behind_it_a_tree_is_judged_by_what_the_gate_would_do
 
 
 def test_while_decoding_the_gate_judges_the_full_tree_every_fourth_step_or_less_often():
+    assert guard().gate_every == 0  # off by default
     g = guard(gate_every=4)
     g.predict = lambda: {0: 100.0, -1: 200.0}  # decoding predicted 2x faster
     g.probe0 = g.probe_every = g.max_probe = 10_000  # no blind probe here
@@ -150,6 +151,6 @@ def test_while_decoding_the_gate_judges_the_full_tree_every_fourth_step_or_less_
     assert kinds == "aaaaT" + "a" * 8 + "T" + "a" * 16 + "T" + "a"
     assert list(g.gated_C[0]) == [1, 1, 0]
     assert g.look_every == 4
-    off = guard(gate=False)
-    off.predict = g.predict
-    assert all(off.plan().kind == "autoregressive" for _ in range(12))
+    for off in (guard(gate=False, gate_every=4), guard()):
+        off.predict = g.predict
+        assert all(off.plan().kind == "autoregressive" for _ in range(12))
