@@ -23,25 +23,26 @@ at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many time
 the current choice is predicted than the full tree: a probe costs more, and is less likely
 to win, the further behind the full tree is.
 **The draft gate** (:meth:`Guard.gate`, with ``gate``): before the planned tree is grown,
-the draft's first level (the log-probabilities of the root's ``width`` most likely
-children, known once the draft has caught up) gives the step's own expected committed
-tokens, ``1 + min(1, sum_i a(q_i)) * (1 + m)``: ``a`` the calibrated acceptance of a node
-of path probability ``q_i`` (only one child of the root can be accepted), ``m`` the
-tokens expected past depth 1 from the acceptance per depth. With ``R`` the best
-predicted tokens/s the tree is drafted and verified when ``expected - R * rest_s >=
-1 - R * decode_s`` (``rest_s``: the tree step less its first draft forward, already
-run), else the root is decoded alone. Draft confidence varies from step to step far more
-than the window's mean does, so this picks the steps a tree pays on; a tree's prediction
-counts its gated steps (one token for a draft forward and a decode) at their share of
-its last ``gate_history`` (8) steps, or, before that, at the share the gate would gate of
-the window's steps (their first-level bins are kept there). In warm-up the gate trades at
-decoding's rate with the calibration's prior; a warm-up it keeps decoding ends after 8
-gated steps. Not in a probe. With ``gate_every`` (0: off, the default), while the guard
-decodes, every ``gate_every``-th step is planned as the full tree for the gate to judge
-(the draft catches up on the decoded tokens in one forward): the tree runs where the draft
-is sure, the rest are decodes, and these looks are the gated share the full tree's
-prediction is made from. A look the gate turns down doubles the interval (up to
-``16 * gate_every``); a tree step resets it.
+the draft's first level (the log-probabilities of the root's ``width`` most likely children,
+known once the draft has caught up) gives the step's own expected committed tokens, ``1 +
+min(1, sum_i a(q_i)) * (1 + m)``: ``a`` the calibrated acceptance of a node of path
+probability ``q_i`` (only one child of the root can be accepted), ``m`` the tokens expected
+past depth 1 from the acceptance per depth. With ``R`` the best predicted tokens/s the tree
+is drafted and verified when ``expected - R * rest_s >= 1 - R * decode_s`` (``rest_s``: the
+tree step less its first draft forward, already run), else the root is decoded alone. Draft
+confidence varies from step to step far more than the window's mean does, so this picks the
+steps a tree pays on; a tree's prediction counts its gated steps (one token for a draft
+forward and a decode) at their share of its last ``gate_history`` (8) steps, or, before
+that, at the share the gate would gate of the window's steps (their first-level bins are
+kept there). In warm-up the gate trades at decoding's rate with the calibration's prior; a
+warm-up it keeps decoding ends after 8 gated steps. Not in a probe, and not while the best
+tree is predicted more than ``gate_margin`` (25%) faster than decoding: there the tree
+clearly wins and the gate's per-step estimates are too noisy to beat it. With ``gate_every``
+(0: off, the default), while the guard decodes, every ``gate_every``-th step is planned as
+the full tree for the gate to judge (the draft catches up on the decoded tokens in one
+forward): the tree runs where the draft is sure, the rest are decodes, and these looks are
+the gated share the full tree's prediction is made from. A look the gate turns down doubles
+the interval (up to ``16 * gate_every``); a tree step resets it.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice, one budget for all
 layers for the other trees. Every plan
@@ -102,6 +103,10 @@ class Guard:
         self.best_rate = 0.0  # the best predicted tokens/s (the draft gate's exchange rate)
         self.gate_history = 8  # gated shares from fewer of a tree's steps are not trusted
         self.gated_steps = 0
+        # the gate acts while the best tree is predicted less than this much faster than
+        # decoding (and before any prediction): where trees clearly win, its per-step
+        # estimates are too noisy to beat them
+        self.gate_margin, self.close_call = 0.25, True
         self.gate_every, self.since_gate = gate_every, 0  # while decoding: the gate's looks
         self.look_every, self.max_look = gate_every, 16 * gate_every
         self.gated: int | None = None  # the tree of a step the gate turned into a decode
@@ -189,6 +194,7 @@ class Guard:
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
+
         return predicted
 
     def decode_seconds(self) -> float:
@@ -228,6 +234,10 @@ class Guard:
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``; trees
         other than the current one count with their :meth:`shrunk` prediction."""
+        trees = [tp for c, tp in predicted.items() if c >= 0]
+        self.close_call = -1 not in predicted or max(trees, default=0.0) < predicted[-1] * (
+            1 + self.gate_margin
+        )  # the draft gate acts only then
         predicted = {c: self.shrunk(c, tp) for c, tp in predicted.items()}
         names = {c: self.arm_name(c) for c in predicted}
         self.predicted = {names[c]: tp for c, tp in predicted.items()}
@@ -281,6 +291,7 @@ class Guard:
             plan = self.current
             if (
                 not self.gating
+                or not self.close_call
                 or plan is None
                 or plan.kind != TREE
                 or self.probing

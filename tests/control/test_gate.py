@@ -154,3 +154,11 @@ def test_while_decoding_the_gate_judges_the_full_tree_every_fourth_step_or_less_
     for off in (guard(gate=False, gate_every=4), guard()):
         off.predict = g.predict
         assert all(off.plan().kind == "autoregressive" for _ in range(12))
+
+
+def test_the_gate_rests_while_the_tree_clearly_beats_decoding():
+    g = guard()  # gate_margin 25%
+    g.switch({0: 260.0, 1: 200.0, -1: 200.0})  # 1.30x decoding
+    assert not g.close_call and g.gate(logprobs(0.01)) is None
+    g.switch({0: 240.0, 1: 200.0, -1: 200.0})  # 1.20x
+    assert g.close_call and g.gate(logprobs(0.01)) is not None
