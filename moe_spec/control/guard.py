@@ -87,6 +87,7 @@ class Guard:
         switch_prior: float = 2.0,
         gate: bool = True,
         gate_every: int = 0,
+        gate_margin: float = 0.25,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
@@ -106,7 +107,7 @@ class Guard:
         # the gate acts while the best tree is predicted less than this much faster than
         # decoding (and before any prediction): where trees clearly win, its per-step
         # estimates are too noisy to beat them
-        self.gate_margin, self.close_call = 0.25, True
+        self.gate_margin, self.close_call = gate_margin, True
         self.gate_every, self.since_gate = gate_every, 0  # while decoding: the gate's looks
         self.look_every, self.max_look = gate_every, 16 * gate_every
         self.gated: int | None = None  # the tree of a step the gate turned into a decode

@@ -86,6 +86,7 @@ class Auto(TokenPriority):
         guard: bool = True,
         gate: bool = True,
         gate_every: int = 0,
+        gate_margin: float = 0.25,
         margin: float = 0.05,
         measure: bool = False,
         window: int = 24,
@@ -108,6 +109,8 @@ class Auto(TokenPriority):
         num = (int, float)
         _check("margin", margin, isinstance(margin, num) and 0 <= margin < 1, "0 <= margin < 1")
         _check("prior", prior, isinstance(prior, num) and prior > 0, "a number > 0")
+        ok = isinstance(gate_margin, num) and not isinstance(gate_margin, bool)
+        _check("gate_margin", gate_margin, ok and gate_margin >= 0, "a number >= 0")
         ok = isinstance(switch_prior, num) and not isinstance(switch_prior, bool)
         _check("switch_prior", switch_prior, ok and switch_prior >= 0, "a number >= 0")
         for name, value, low in (
@@ -124,6 +127,7 @@ class Auto(TokenPriority):
             guard=guard,
             gate=gate,
             gate_every=gate_every,
+            gate_margin=float(gate_margin),
             margin=float(margin),
             measure=measure,
             levels=levels,

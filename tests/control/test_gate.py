@@ -10,6 +10,7 @@ import torch
 
 from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
 from moe_spec.costmodel import get_cost_model, get_shape
+from moe_spec.policies import PolicyError, get_policy
 
 TREES = [(8, 4, 3), (4, 3, 3)]
 
@@ -162,3 +163,11 @@ def test_the_gate_rests_while_the_tree_clearly_beats_decoding():
     assert not g.close_call and g.gate(logprobs(0.01)) is None
     g.switch({0: 240.0, 1: 200.0, -1: 200.0})  # 1.20x
     assert g.close_call and g.gate(logprobs(0.01)) is not None
+
+
+def test_auto_passes_the_gate_options_and_refuses_bad_ones():
+    policy = get_policy("auto", gate_margin=1.5, gate_every=2)
+    assert policy.options["gate_margin"] == 1.5 and policy.options["gate_every"] == 2
+    for bad in ({"gate_margin": -0.1}, {"gate_margin": True}, {"gate_every": -1}):
+        with pytest.raises(PolicyError, match=next(iter(bad))):
+            get_policy("auto", **bad)
