@@ -30,8 +30,8 @@ probability ``q_i`` (only one child of the root can be accepted), ``m`` the toke
 past depth 1 from the acceptance per depth. With ``R`` the best predicted tokens/s the tree
 is drafted and verified when ``expected - R * rest_s >= 1 - R * decode_s`` (``rest_s``: the
 tree step less its first draft forward, already run), else the root is decoded alone. Draft
-confidence varies from step to step far more than the window's mean does, so this picks the
-steps a tree pays on; a tree's prediction counts its gated steps (one token for a draft
+confidence varies from step to step far more than the window's mean does, so this aims the
+tree at the steps it pays on; a tree's prediction counts its gated steps (one token for a draft
 forward and a decode) at their share of its last ``gate_history`` (8) steps, or, before
 that, at the share the gate would gate of the window's steps (their first-level bins are
 kept there). In warm-up the gate trades at decoding's rate with the calibration's prior; a
