@@ -195,7 +195,6 @@ class Guard:
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
-
         return predicted
 
     def decode_seconds(self) -> float:
@@ -227,10 +226,21 @@ class Guard:
     def would_gate(self, c: int, first_SB: np.ndarray, rate: float) -> np.ndarray:
         """bool ``[S]``: the steps whose first level (counts per calibration bin) the gate
         would send to a decode at ``rate`` tokens/s."""
+        return ~self.pays(c, self.expected_S(c, first_SB), rate)
+
+    def expected_S(self, c: int, first_SB: np.ndarray) -> np.ndarray:
+        """float ``[S]``: committed tokens expected from tree ``c`` given the first level's
+        nodes per calibration bin (``first_SB``): ``1 + min(1, sum a) * (1 + beyond)``."""
         first_S = np.minimum(first_SB @ self.est.accept_B(), 1.0)
-        expected_S = 1.0 + first_S * (1.0 + self.beyond_first(c))
-        rest_s = (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
-        return expected_S - rate * rest_s < 1.0 - rate * self.decode_seconds()
+        return 1.0 + first_S * (1.0 + self.beyond_first(c))
+
+    def pays(self, c: int, expected_S: np.ndarray, rate: float) -> np.ndarray:
+        """bool ``[S]``: the rest of tree ``c``'s step beats a decode at ``rate`` tokens/s."""
+        return expected_S - rate * self.rest_seconds(c) >= 1.0 - rate * self.decode_seconds()
+
+    def rest_seconds(self, c: int) -> float:
+        """Tree ``c``'s step less its first draft forward (run before the gate decides)."""
+        return (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
 
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``; trees
@@ -301,24 +311,22 @@ class Guard:
                 return None
             c = self.trees.index(plan.tree)
             expected = self.expected_tokens(logprob_W.detach().float().cpu().numpy(), c)
-            rest_s = (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
-            decode_s = self.decode_seconds()
-            rate = self.best_rate or 1.0 / decode_s  # before a prediction: decoding's
-            if expected - rate * rest_s >= 1.0 - rate * decode_s:
+            rate = self.best_rate or 1.0 / self.decode_seconds()  # before a prediction
+            if self.pays(c, np.array([expected]), rate)[0]:
                 return None
             self.gated = c
             return (
                 f"draft gate: {expected:.2f} expected tokens do not pay a tree step of "
-                f"{rest_s * 1e3:.3g} ms against a decode of {decode_s * 1e3:.3g} ms "
-                f"at {rate:.4g} tok/s"
+                f"{self.rest_seconds(c) * 1e3:.3g} ms against a decode of "
+                f"{self.decode_seconds() * 1e3:.3g} ms at {rate:.4g} tok/s"
             )
         finally:
             self.overhead_s += time.perf_counter() - t0
 
     def expected_tokens(self, logprob_W: np.ndarray, c: int) -> float:
-        """Committed tokens expected from tree ``c`` given its first level's log-probs."""
-        first = min(1.0, float(self.est.accept_B()[self.est.bin_of(logprob_W)].sum()))
-        return 1.0 + first * (1.0 + self.beyond_first(c))
+        """:meth:`expected_S` of one first level given as log-probabilities ``[W]``."""
+        first_B = np.bincount(self.est.bin_of(logprob_W), minlength=self.est.bins)
+        return float(self.expected_S(c, first_B[None])[0])
 
     def beyond_first(self, c: int) -> float:
         """Tokens tree ``c`` is expected to accept past depth 1, given depth 1."""
