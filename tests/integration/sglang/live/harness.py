@@ -103,23 +103,39 @@ def server_environ(extra: dict[str, str]) -> dict[str, str]:
 class LiveServer:
     """A running server: its process group, its port, its log file."""
 
+    #: Relaunches on a fresh port when the chosen one was taken while the server started.
+    PORT_RETRIES = 2
+
     def __init__(self, spec: ServerSpec, log_dir: Path) -> None:
         self.spec = spec
+        self.log_path = log_dir / f"{spec.name}.log"
+        self.ready_after_s: float | None = None
+        self.port_clashes = 0
+        self.launch()
+
+    def launch(self) -> None:
+        """Start the server on a port free now (SGLang binds it only after loading)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{spec.name}.log"
         self.started = time.monotonic()
-        self.ready_after_s: float | None = None
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                spec.argv(self.port),
+                self.spec.argv(self.port),
                 cwd=ROOT,
-                env=server_environ(spec.env),
+                env=server_environ(self.spec.env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: one killpg stops every rank
             )
+
+    def lost_its_port(self) -> bool:
+        """Whether the server exited because another process bound its port meanwhile.
+
+        ``free_port`` can only pick a port that is free when asked; under load a server
+        takes minutes to bind it, and the other servers' internal sockets may take it first.
+        """
+        return f"('127.0.0.1', {self.port}): address already in use" in self.log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -140,9 +156,13 @@ class LiveServer:
         """Poll ``/health`` until it answers 200; raise :class:`ServerStartError` otherwise."""
         if self.ready_after_s is not None:
             return
-        deadline = self.started + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < self.started + timeout_s:  # a relaunch restarts the clock
             code = self.proc.poll()
+            if code is not None and self.lost_its_port() and self.port_clashes < self.PORT_RETRIES:
+                self.port_clashes += 1
+                stop_all([self])  # its scheduler processes may outlive the HTTP server
+                self.launch()
+                continue
             if code is not None:
                 raise self.failure(f"exited with code {code} before it was ready")
             try:
