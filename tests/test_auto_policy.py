@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -87,3 +88,14 @@ def test_records_each_layers_ranking_for_observe():
 def test_bad_options_are_refused_by_name(options, match):
     with pytest.raises(PolicyError, match=match):
         get_policy("auto", **options)
+
+
+def test_without_draft_scores_a_token_weighs_its_depths_reach():
+    """SGLang passes depths, not draft log-probabilities: a token counts P(reach its depth)."""
+    policy = get_policy("auto")
+    policy.prepare(2, 16, 2, 16, torch.device("cpu"))
+    r = dataclasses.replace(record(0), path_logprob_T=None)
+    reach_D = policy.estimates().reach_D()  # no step seen yet: the prior 2**-d
+    assert reach_D[:4].tolist() == [1.0, 0.5, 0.25, 0.125]
+    want_T = torch.tensor(reach_D, dtype=torch.float32)[r.depth_T]
+    assert torch.equal(policy.accept_T(r), want_T)

@@ -10,7 +10,10 @@ Three estimates, all updated after acceptance (outside the verify forward):
   each with counts of nodes seen and accepted and a prior of ``prior`` pseudo-nodes at
   the bin's centre (so an empty bin trusts the draft):
   ``P(accept | bin b) = (accepted_b + prior * centre_b) / (seen_b + prior)``.
-- **acceptance per depth**: ``P(the accepted path reaches depth d | the tree had depth d)``.
+- **acceptance per depth**: ``P(the accepted path reaches depth d | the tree had depth d)``,
+  unconditional on the shallower depths (a running product of these would count the
+  shallower levels twice), with a prior of one pseudo-step reaching depth d with
+  probability ``2**-d``.
 - a **window** of the last ``window`` tree steps, each kept as
   ``need_LP`` (the smallest budget layer l needed, under the policy's ranking of that
   step, to keep every expert of path positions 0..p: a path position's routing depends
@@ -105,8 +108,8 @@ class AcceptanceEstimates:
         return np.minimum((q_N * self.bins).astype(int), self.bins - 1)
 
     def reach_D(self) -> np.ndarray:
-        """float ``[depths]``: P(path reaches depth d | tree had depth d), prior 1/2 per depth."""
-        out = (self.reached_D + 0.5) / (self.tried_D + 1.0)
+        """float ``[depths]``: P(path reaches depth d | tree had depth d); prior ``2**-d``."""
+        out = (self.reached_D + 0.5 ** np.arange(self.reached_D.size)) / (self.tried_D + 1.0)
         out[0] = 1.0
         return out
 

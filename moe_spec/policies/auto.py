@@ -232,7 +232,7 @@ class Auto(TokenPriority):
             "budget_L": torch.full((num_layers,), cap, dtype=torch.long, device=device),
             "edges": torch.tensor(est.logprob_edges(), dtype=torch.float32, device=device),
             "accept_B": torch.tensor(est.accept_B(), dtype=torch.float32, device=device),
-            "reach_D": torch.tensor(reach_cum(est), dtype=torch.float32, device=device),
+            "reach_D": torch.tensor(est.reach_D(), dtype=torch.float32, device=device),
         }
 
     def estimates(self) -> AcceptanceEstimates:
@@ -265,7 +265,7 @@ class Auto(TokenPriority):
             self.tables_at = self.controller.replans
             est = self.controller.est
             upload(self.device_state["accept_B"], est.accept_B())
-            upload(self.device_state["reach_D"], reach_cum(est))
+            upload(self.device_state["reach_D"], est.reach_D())
         return plan
 
     def gate(self, logprob_W: torch.Tensor) -> str | None:
@@ -298,11 +298,6 @@ class Auto(TokenPriority):
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
-
-
-def reach_cum(est: AcceptanceEstimates) -> np.ndarray:
-    """float ``[depths]``: estimated P(the accepted path reaches depth d), a running product."""
-    return np.cumprod(est.reach_D())
 
 
 @hookimpl

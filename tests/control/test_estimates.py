@@ -42,7 +42,8 @@ def test_bins_and_log_edges_agree_with_bucketize():
 
 def test_acceptance_per_depth():
     reach_D = observed().reach_D()
-    assert reach_D[:4].tolist() == [1.0, 1.5 / 2, 1.5 / 2, 0.5]  # prior 1/2 where unseen
+    # depths 1 and 2 tried and reached once; prior: one pseudo-step reaching depth d w.p. 2**-d
+    assert reach_D[:4].tolist() == [1.0, 1.5 / 2, 1.25 / 2, 0.125]
 
 
 def test_window_step_needs_committed_and_used_counts():
@@ -92,7 +93,7 @@ def test_without_draft_scores_calibration_stays_and_nodes_go_by_depth():
     est = AcceptanceEstimates(2, 4, [4, 3], window=8, bins=10, prior=4.0)
     est.observe(StepOutcome("tree", [0, 2], DEPTH_N, None, (4, 2, 2)), RANK_LE, IDS_LNK)
     np.testing.assert_allclose(est.accept_B(), (np.arange(10) + 0.5) / 10)  # the prior
-    assert est.reach_D()[:3].tolist() == [1.0, 1.5 / 2, 0.5 / 2]
+    assert est.reach_D()[:3].tolist() == [1.0, 1.5 / 2, 0.25 / 2]
     (step,) = est.window
     # by depth the 3 best nodes are 0, 1, 2 and hold the path [0, 2]; by path probability
     # (0, 1, 3, 2) they would hold only its root
@@ -104,3 +105,14 @@ def test_without_draft_scores_calibration_stays_and_nodes_go_by_depth():
     assert with_scores.window[0].committed_C.tolist() == [2, 1]
     with pytest.raises(ValueError, match="needs logprob_N or depth_N"):
         est.observe(StepOutcome("tree", [0], None, None, (4, 2, 2)), RANK_LE, IDS_LNK)
+
+
+def test_reach_per_depth_is_unconditional():
+    """Half the paths reach depth 3, the rest stop at the root: P(reach d) is 1/2 at every
+    depth (a running product of the per-depth figures would put depth 3 near 1/8)."""
+    est = AcceptanceEstimates(2, 4, [4], window=8)
+    depth_N = torch.tensor([0, 1, 2, 3])
+    for path in ([0, 1, 2, 3], [0]) * 5:
+        est.observe(StepOutcome("tree", path, depth_N, None, (4, 1, 3)), None, None)
+    want = [1.0] + [(5 + 0.5**d) / 11 for d in (1, 2, 3)]
+    np.testing.assert_allclose(est.reach_D()[:4], want)

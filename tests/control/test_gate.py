@@ -36,16 +36,17 @@ def logprobs(*q: float) -> torch.Tensor:
 def test_grows_the_tree_exactly_when_its_expected_tokens_pay_for_it():
     g = guard()
     # nothing seen yet: a child of probability q counts its bin's centre (bins of 0.1), and
-    # each depth is reached with probability 1/2, so 2 tokens are expected past depth 1:
-    # expected = 1 + 3 * sum(centres); grown iff expected - 1.1 >= 1 - 0.4, i.e. sum >= 0.7/3
-    assert g.expected_tokens(logprobs(0.25).numpy(), 0) == pytest.approx(1.75)
-    assert g.gate(logprobs(0.25)) is None
-    assert g.gate(logprobs(0.15, 0.12)) is None  # 0.15 + 0.15
-    reason = g.gate(logprobs(0.15, 0.05))  # 0.2: 1.6 tokens expected
-    assert reason is not None and reason.startswith("draft gate: 1.60 expected tokens")
+    # depth d is reached with prior probability 2**-d, so 0.25 / 0.5 + 0.125 / 0.5 = 0.75
+    # tokens are expected past depth 1: expected = 1 + 1.75 * sum(centres); grown iff
+    # expected - 1.1 >= 1 - 0.4, i.e. sum >= 0.4
+    assert g.expected_tokens(logprobs(0.45).numpy(), 0) == pytest.approx(1 + 1.75 * 0.45)
+    assert g.gate(logprobs(0.45)) is None
+    assert g.gate(logprobs(0.35, 0.12)) is None  # 0.35 + 0.15
+    reason = g.gate(logprobs(0.15, 0.05))  # 0.2: 1.35 tokens expected
+    assert reason is not None and reason.startswith("draft gate: 1.35 expected tokens")
     assert g.gated == 0
     # only one child can be accepted: the first level counts at most once
-    assert g.expected_tokens(logprobs(0.95, 0.95, 0.95).numpy(), 0) == pytest.approx(4.0)
+    assert g.expected_tokens(logprobs(0.95, 0.95, 0.95).numpy(), 0) == pytest.approx(2.75)
 
 
 def test_calibrated_bins_and_depths_replace_the_drafts_own_numbers():
@@ -55,10 +56,10 @@ def test_calibrated_bins_and_depths_replace_the_drafts_own_numbers():
     depth_N = torch.cat((torch.zeros(1, dtype=torch.long), torch.ones(40, dtype=torch.long)))
     g.est.observe(StepOutcome("tree", [0], depth_N, tree, (41, 40, 1)), None, None)
     # bin 9: (0 + 4 * 0.95) / (40 + 4) = 0.086; depth 1 reached (0 + 0.5) / (1 + 1) = 0.25
-    # of steps, depths 2 and 3 by their prior 0.5: past depth 1 at most 1 each (2 tokens)
+    # of steps, depths 2 and 3 by their priors 0.25 and 0.125: past depth 1, 1 + 0.5 tokens
     a = 3.8 / 44
-    assert g.expected_tokens(logprobs(0.95).numpy(), 0) == pytest.approx(1 + a * (1 + 2.0))
-    assert g.gate(logprobs(0.95)) is not None  # 1.43 tokens expected
+    assert g.expected_tokens(logprobs(0.95).numpy(), 0) == pytest.approx(1 + a * (1 + 1.5))
+    assert g.gate(logprobs(0.95)) is not None  # 1.22 tokens expected
 
 
 @pytest.mark.parametrize(
@@ -93,9 +94,10 @@ def test_a_gated_step_is_counted_but_its_time_is_not_a_decodes():
 
 def test_before_any_prediction_the_gate_trades_at_decodings_rate():
     g = guard()
-    g.best_rate = 0.0  # warm-up: 250 tok/s, a decode costs 1 token, the rest of the step 2.75
-    assert g.gate(logprobs(0.65)) is None  # 1 + 3 * 0.65 = 2.95 >= 2.75
-    assert g.gate(logprobs(0.55)) is not None  # 2.65
+    g.best_rate = 0.0  # warm-up: 250 tok/s, a decode costs 1 token
+    g.step_s_C[0] = 0.010  # the rest of the step (9 ms) 2.25 tokens
+    assert g.gate(logprobs(0.75)) is None  # 1 + 1.75 * 0.75 = 2.31 >= 2.25
+    assert g.gate(logprobs(0.65)) is not None  # 2.14
 
 
 def test_a_trees_prediction_counts_its_gated_steps():

@@ -63,7 +63,7 @@ def test_observed_acceptance_rewrites_the_budgets_in_place(fed):
     # cheapest one that leaves room for every layer's top-k (4) wins
     assert fed["final"] == fed["host_copy"] == [4, 4]
     assert budgets[-1] == [4, 4]
-    reach = fed["reach_D"]  # P(reach depth d), prior 1/2 per depth: [1, .5, .25, .125]
+    reach = fed["reach_D"]  # P(reach depth d), prior 2**-d: [1, .5, .25, .125]
     assert reach[1] < 0.5  # 12 of the (at most) 44 observed paths reached depth 1
     assert reach[3] < 0.01  # none reached depth 3
 
