@@ -34,8 +34,10 @@ confidence varies from step to step far more than the window's mean does, so thi
 tree at the steps it pays on; a tree's prediction counts its gated steps (one token for a draft
 forward and a decode) at their share of its last ``gate_history`` (8) steps, or, before
 that, at the share the gate would gate of the window's steps (their first-level bins are
-kept there). In warm-up the gate trades at decoding's rate with the calibration's prior; a
-warm-up it keeps decoding ends after 8 gated steps. Not in a probe, and not while the best
+kept there). The gate rests in warm-up: judged by the priors and one or two steps, a tree
+it turns down teaches nothing, so an early pessimistic estimate would stay (measured: the
+toy's warm-up decoded where its trees win); before the first prediction it trades at
+decoding's rate. Not in a probe, and not while the best
 tree is predicted more than ``gate_margin`` (25%) faster than decoding: there the tree
 clearly wins and the gate's per-step estimates are too noisy to beat it. With ``gate_every``
 (0: off, the default), while the guard decodes, every ``gate_every``-th step is planned as
@@ -103,7 +105,6 @@ class Guard:
         self.gated_C = [deque(maxlen=estimates.window.maxlen) for _ in cost.trees]
         self.best_rate = 0.0  # the best predicted tokens/s (the draft gate's exchange rate)
         self.gate_history = 8  # gated shares from fewer of a tree's steps are not trusted
-        self.gated_steps = 0
         # the gate acts while the best tree is predicted less than this much faster than
         # decoding (and before any prediction): where trees clearly win, its per-step
         # estimates are too noisy to beat them
@@ -144,7 +145,7 @@ class Guard:
 
     def decide(self) -> StepPlan:
         full = self.trees[0]
-        if self.tree_steps < self.warmup and self.gated_steps < self.gate_history:
+        if self.tree_steps < self.warmup:
             self.budget_L[:] = self.cap
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
         if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
@@ -302,6 +303,7 @@ class Guard:
             plan = self.current
             if (
                 not self.gating
+                or self.tree_steps < self.warmup  # warm-up: the trees teach the gate
                 or not self.close_call
                 or plan is None
                 or plan.kind != TREE
@@ -349,7 +351,6 @@ class Guard:
         self.started = 0.0
         if outcome.kind == AUTOREGRESSIVE and self.gated is not None:  # the gate's decode
             self.gated_C[self.gated].append(1)
-            self.gated_steps += 1
             if self.choice < 0:  # a look the gate turned down: look half as often
                 self.look_every = min(2 * self.look_every, self.max_look)
             self.since_replan += 1

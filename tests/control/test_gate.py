@@ -94,7 +94,7 @@ def test_a_gated_step_is_counted_but_its_time_is_not_a_decodes():
 
 def test_before_any_prediction_the_gate_trades_at_decodings_rate():
     g = guard()
-    g.best_rate = 0.0  # warm-up: 250 tok/s, a decode costs 1 token
+    g.best_rate = 0.0  # no prediction yet: 250 tok/s, a decode costs 1 token
     g.step_s_C[0] = 0.010  # the rest of the step (9 ms) 2.25 tokens
     assert g.gate(logprobs(0.75)) is None  # 1 + 1.75 * 0.75 = 2.31 >= 2.25
     assert g.gate(logprobs(0.65)) is not None  # 2.14
@@ -173,3 +173,12 @@ def test_auto_passes_the_gate_options_and_refuses_bad_ones():
     for bad in ({"gate_margin": -0.1}, {"gate_margin": True}, {"gate_every": -1}):
         with pytest.raises(PolicyError, match=next(iter(bad))):
             get_policy("auto", **bad)
+
+
+def test_the_gate_rests_in_warm_up():
+    """Judged by its priors and a step or two, a tree the gate turns down teaches nothing."""
+    g = guard()
+    g.warmup, g.tree_steps = 2, 1
+    assert g.gate(logprobs(0.05)) is None
+    g.tree_steps = 2
+    assert g.gate(logprobs(0.05)) is not None

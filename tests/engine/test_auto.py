@@ -71,8 +71,7 @@ def test_the_guard_falls_back_to_autoregressive_when_speculation_cannot_win(
         spec = SpecConfig(**TREE, policy="auto", temperature=temperature)
         out = tiny_engine.generate_speculative(prompt, 80, spec, seed=3)
         kinds = [s.guard for s in out.steps]
-        assert kinds[0] == "tree"  # warm-up; the draft gate then decodes unsure steps
-        assert any(s.reason.startswith("draft gate: ") for s in out.steps)
+        assert kinds[:2] == ["tree", "tree"]  # warm-up (the draft gate rests in it)
         assert kinds.count("autoregressive") > len(kinds) / 2
         assert any(s.reason.startswith("switched to autoregressive") for s in out.steps)
         assert any(s.reason.startswith("probe the full tree") for s in out.steps)
