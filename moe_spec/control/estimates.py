@@ -81,6 +81,7 @@ class AcceptanceEstimates:
         self.accepted_B = np.zeros(bins)
         self.tried_D = np.zeros(max_depth + 1)
         self.reached_D = np.zeros(max_depth + 1)
+        self.reach_prior_D = 0.5 ** np.arange(max_depth + 1)  # one pseudo-step, 2**-d
         self.window: deque[WindowStep] = deque(maxlen=window)
         C = len(self.candidate_tokens)
         self.exact_WLB = np.zeros((window, num_layers, num_experts + 1), dtype=np.int64)
@@ -109,7 +110,7 @@ class AcceptanceEstimates:
 
     def reach_D(self) -> np.ndarray:
         """float ``[depths]``: P(path reaches depth d | tree had depth d); prior ``2**-d``."""
-        out = (self.reached_D + 0.5 ** np.arange(self.reached_D.size)) / (self.tried_D + 1.0)
+        out = (self.reached_D + self.reach_prior_D) / (self.tried_D + 1.0)
         out[0] = 1.0
         return out
 
