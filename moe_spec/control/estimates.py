@@ -44,20 +44,22 @@ class WindowStep:
     used_CL: np.ndarray  # int [C, L]: distinct experts of the candidate's tokens
 
 
-def exact_table(need_LP: np.ndarray, num_experts: int) -> np.ndarray:
-    """int ``[L, E + 1]``: path positions whose need budget ``b`` meets, per layer and b.
+def exact_table(need_LP: np.ndarray, levels_V: np.ndarray) -> np.ndarray:
+    """int ``[L, V]``: path positions whose need the budget ``levels_V[v]`` meets, per layer.
 
     ``need_LP`` rises along the path, so the positions a budget keeps form a prefix and
     the prefix all layers keep is the shortest of theirs (the planner's ``min`` over L).
+    ``levels_V``: ascending budgets (``np.arange(E + 1)``: every budget).
     """
-    L, P = need_LP.shape
-    at_LP = np.minimum(need_LP, num_experts + 1) + (num_experts + 2) * np.arange(L)[:, None]
-    count_LB = np.bincount(at_LP.ravel(), minlength=L * (num_experts + 2)).reshape(L, -1)
-    return np.cumsum(count_LB[:, : num_experts + 1], axis=1)  # positions with need <= b
+    return (need_LP[:, :, None] <= levels_V).sum(axis=1)
 
 
 class AcceptanceEstimates:
-    """Calibration, acceptance per depth and the window of recent tree steps."""
+    """Calibration, acceptance per depth and the window of recent tree steps.
+
+    ``levels``: the ascending budgets the window's exact-prefix tables are kept at (the
+    planner's budget levels; None: every budget from 0 to E).
+    """
 
     def __init__(
         self,
@@ -68,13 +70,18 @@ class AcceptanceEstimates:
         bins: int = 10,
         prior: float = 4.0,
         max_depth: int = 64,
+        levels: np.ndarray | None = None,
     ) -> None:
         if window < 1 or bins < 1 or not prior > 0:
             raise ValueError(
                 f"need window >= 1, bins >= 1, prior > 0; got {window}, {bins}, {prior}"
             )
         self.L, self.E = num_layers, num_experts
+        self.levels_V = np.arange(num_experts + 1) if levels is None else np.asarray(levels)
+        if self.levels_V.size == 0 or (np.diff(self.levels_V) <= 0).any():
+            raise ValueError(f"levels must be ascending budgets; got {self.levels_V.tolist()}")
         self.candidate_tokens = list(candidate_tokens)
+        self.n_C = np.array(self.candidate_tokens, dtype=np.int64)
         self.prior = float(prior)
         self.centre_B = (np.arange(bins) + 0.5) / bins
         self.seen_B = np.zeros(bins)
@@ -83,8 +90,8 @@ class AcceptanceEstimates:
         self.reached_D = np.zeros(max_depth + 1)
         self.reach_prior_D = 0.5 ** np.arange(max_depth + 1)  # one pseudo-step, 2**-d
         self.window: deque[WindowStep] = deque(maxlen=window)
-        C = len(self.candidate_tokens)
-        self.exact_WLB = np.zeros((window, num_layers, num_experts + 1), dtype=np.int64)
+        C, V = len(self.candidate_tokens), self.levels_V.size
+        self.exact_WLV = np.zeros((window, num_layers, V), dtype=np.int64)
         self.committed_WC = np.full((window, C), -1, dtype=np.int64)
         self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
         self.ran_W = np.full(window, -1, dtype=np.int64)  # the candidate each step ran (-1: other)
@@ -125,22 +132,24 @@ class AcceptanceEstimates:
         calibration is left as it is and the window orders nodes by depth instead.
         """
         path = list(outcome.path)
+        depth_N = None if outcome.depth_N is None else outcome.depth_N.detach().cpu().numpy()
+        first_B = None
         if outcome.logprob_N is not None:
             logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
-            on_path_N = np.zeros(logprob_N.size)
-            on_path_N[path] = 1.0
-            b_N = self.bin_of(logprob_N[1:])
-            self.seen_B += np.bincount(b_N, minlength=self.bins)
-            self.accepted_B += np.bincount(b_N, weights=on_path_N[1:], minlength=self.bins)
-        elif outcome.depth_N is not None:  # no draft scores (SGLang): shallower nodes first
-            logprob_N = -outcome.depth_N.detach().float().cpu().numpy()
+            # one count of the non-root nodes by (depth 1?, on the path?, bin)
+            code_N = self.bin_of(logprob_N)
+            code_N[path] += self.bins
+            if depth_N is not None:
+                code_N[depth_N == 1] += 2 * self.bins
+            count_FAB = np.bincount(code_N[1:], minlength=4 * self.bins).reshape(2, 2, -1)
+            self.seen_B += count_FAB.sum(axis=(0, 1))
+            self.accepted_B += count_FAB[:, 1].sum(axis=0)
+            first_B = count_FAB[1].sum(axis=0) if depth_N is not None else None
+        elif depth_N is not None:  # no draft scores (SGLang): shallower nodes first
+            logprob_N = -depth_N.astype(np.float32)
         else:
             raise ValueError("a tree step's outcome needs logprob_N or depth_N")
-        depth = (
-            int(outcome.depth_N.detach().cpu().numpy().max())
-            if outcome.depth_N is not None
-            else len(path) - 1
-        )
+        depth = int(depth_N.max()) if depth_N is not None else len(path) - 1
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
         self.reached_D[1 : min(len(path), depth + 1)] += 1
@@ -148,12 +157,9 @@ class AcceptanceEstimates:
             return
         step = self.window_step(logprob_N, path, rank_LE.cpu().numpy(), ids_LNK.cpu().numpy())
         self.window.append(step)
-        w = self.steps_seen % self.exact_WLB.shape[0]
-        self.first_WB[w] = 0
-        if outcome.logprob_N is not None and outcome.depth_N is not None:
-            first_N = outcome.depth_N.detach().cpu().numpy() == 1
-            self.first_WB[w] = np.bincount(self.bin_of(logprob_N[first_N]), minlength=self.bins)
-        self.exact_WLB[w] = exact_table(step.need_LP, self.E)
+        w = self.steps_seen % self.exact_WLV.shape[0]
+        self.first_WB[w] = 0 if first_B is None else first_B
+        self.exact_WLV[w] = exact_table(step.need_LP, self.levels_V)
         self.committed_WC[w] = step.committed_C
         self.used_WCL[w] = step.used_CL
         n = outcome.tree[0]
@@ -176,24 +182,21 @@ class AcceptanceEstimates:
         place_N = np.empty(N, dtype=np.int64)
         place_N[order_N] = np.arange(N)
         path_place_P = np.maximum.accumulate(place_N[path])  # ascending
-        n_C = np.array(self.candidate_tokens)
-        known_C = n_C <= N
-        committed_C = np.where(known_C, np.searchsorted(path_place_P, n_C), -1)
-        # per layer, the distinct experts of the best n nodes: one count of (layer, expert)
-        # over the node prefix of each candidate tree's size
-        at_NX = at_LNK.transpose(1, 0, 2)[order_N].reshape(N, -1)
-        LE = L * self.E
-        hits_X = [np.bincount(at_NX[:n].ravel(), minlength=LE) for n in n_C[known_C]]
-        if known_C.all():
-            used_CL = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
-        else:
-            used_CL = np.zeros((n_C.size, L), dtype=np.int64)
-            if hits_X:
-                used_CL[known_C] = (np.stack(hits_X).reshape(-1, L, self.E) > 0).sum(axis=-1)
+        known_C = self.n_C <= N
+        committed_C = np.where(known_C, np.searchsorted(path_place_P, self.n_C), -1)
+        # each (layer, expert)'s best place among the nodes that picked it (N: none); the
+        # best n nodes of a candidate tree use the experts whose place is below n
+        first_X = np.full(L * self.E, N, dtype=np.int64)
+        np.minimum.at(first_X, at_LNK.ravel(), np.broadcast_to(place_N[:, None], (L, N, K)).ravel())
+        n_C1 = np.where(known_C, self.n_C, 0)[:, None, None]
+        used_CL = (first_X.reshape(L, self.E) < n_C1).sum(axis=-1)
         return WindowStep(need_LP, committed_C, used_CL)
 
-    def arrays(self, c: int, min_ran: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The window for candidate ``c``: ``exact_SLB`` (:func:`exact_table` of each step),
+    def arrays(
+        self, c: int, levels_V: np.ndarray | None = None, min_ran: int = 4
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window for candidate ``c``: ``exact_SLV`` (:func:`exact_table` of each step at
+        ``levels_V``, ascending budgets among :attr:`levels_V`; None: all of those),
         ``committed_S`` and ``used_SL``.
 
         Steps that ran candidate ``c`` itself when there are ``min_ran`` of them; otherwise
@@ -201,11 +204,20 @@ class AcceptanceEstimates:
         smaller tree, an optimistic guess: a smaller draft expands fewer candidates).
         """
         rows = self.rows(c, min_ran)
-        return self.exact_WLB[rows], self.committed_WC[rows, c], self.used_WCL[rows, c]
+        exact_SLV = self.exact_WLV[rows]
+        if levels_V is not None and not np.array_equal(levels_V, self.levels_V):
+            v_V = np.searchsorted(self.levels_V, levels_V)
+            if (v_V >= self.levels_V.size).any() or (self.levels_V[v_V] != levels_V).any():
+                raise ValueError(
+                    f"levels {np.asarray(levels_V).tolist()} are not all among the window's "
+                    f"{self.levels_V.tolist()}"
+                )
+            exact_SLV = exact_SLV[:, :, v_V]
+        return exact_SLV, self.committed_WC[rows, c], self.used_WCL[rows, c]
 
     def rows(self, c: int, min_ran: int = 4) -> np.ndarray | slice:
         """The window rows :meth:`arrays` reads for candidate ``c``."""
-        filled = min(self.steps_seen, self.exact_WLB.shape[0])
+        filled = min(self.steps_seen, self.exact_WLV.shape[0])
         ran = np.flatnonzero(self.ran_W[:filled] == c)
         rows = ran if ran.size >= min_ran else np.flatnonzero(self.committed_WC[:filled, c] >= 1)
         if rows.size == filled:  # every step (ascending): views, not copies of the tables

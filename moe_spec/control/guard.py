@@ -183,7 +183,7 @@ class Guard:
         """Predicted tokens/s per arm (tree index, -1 autoregressive); sets their budgets."""
         predicted: dict[int, float] = {}
         for c in range(len(self.trees) if self.guard else 1):
-            window = self.est.arrays(c)
+            window = self.est.arrays(c, self.levels_V)
             if window[1].size == 0:
                 continue
             passes = 2 if c in (0, self.choice) else 0  # others: one budget for all layers
@@ -191,7 +191,7 @@ class Guard:
             self.budgets_C[c] = B_L
             mean = float(window[1].mean())
             self.evidence[c] = (window[1].size, mean)
-            self.step_s_C[c] = step_seconds(self.cost, c, window, B_L, self.repair)
+            self.step_s_C[c] = step_seconds(self.cost, c, window, self.levels_V, B_L, self.repair)
             predicted[c] = self.with_gated(c, window[1], tp / self.ratio(TREE))
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()

@@ -1,13 +1,14 @@
 """Predicted throughput of a tree and per-layer budgets over the window; the best budgets.
 
-Shape legend: V budget vectors, S steps in the window, L MoE layers, P path positions.
+Shape legend: V budget levels, X budget vectors, S steps in the window, L MoE layers,
+P path positions.
 
 For a step s of the window and per-layer budgets ``B_l``:
 
 - ``exact_s`` = path positions, from the root, whose need is met in every layer
   (``need[s, l, p] <= B_l``): the accepted path's prefix the budget leaves untouched,
-  read from each step's table ``exact[s, l, b]`` (``estimates.exact_table``) as
-  ``min_l exact[s, l, B_l]``;
+  read from each step's table ``exact[s, l, v]`` at the budget levels ``levels_V``
+  (``estimates.exact_table``) as ``min_l exact[s, l, v_l]``, ``levels_V[v_l] = B_l``;
 - with **repair** the step commits what it committed (``committed_s``, the output is the
   unbudgeted one) and pays an unbudgeted forward of the ``committed_s - exact_s`` tokens
   after that prefix; **without** it, it is counted as committing
@@ -30,21 +31,32 @@ import numpy as np
 from moe_spec.control.cost import StepCost
 
 
-def throughput_V(
+def level_index(levels_V: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Where each budget of ``B`` (any shape) stands in the ascending ``levels_V``."""
+    v = np.searchsorted(levels_V, B)
+    if (v >= levels_V.size).any() or (levels_V[np.minimum(v, levels_V.size - 1)] != B).any():
+        bad = np.setdiff1d(B, levels_V).tolist()
+        raise ValueError(f"budgets {bad} are not all in {levels_V.tolist()}")
+    return v
+
+
+def throughput_X(
     cost: StepCost,
     c: int,
-    exact_SLB: np.ndarray,
+    exact_SLV: np.ndarray,
     committed_S: np.ndarray,
     used_SL: np.ndarray,
-    B_VL: np.ndarray,
+    levels_V: np.ndarray,
+    B_XL: np.ndarray,
     repair: bool,
 ) -> np.ndarray:
-    """float ``[V]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_VL``."""
-    L = exact_SLB.shape[1]
-    exact_VS = exact_SLB[:, np.arange(L)[None, :], B_VL].min(axis=-1).T
-    read_VS = np.minimum(B_VL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
-    budgeted_V1 = (B_VL < cost.E).any(axis=-1)[:, None]
-    return price(cost, c, exact_VS, committed_S, read_VS, L, budgeted_V1, repair)
+    """float ``[X]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_XL``
+    (each a level of ``levels_V``, the budgets of the tables ``exact_SLV``)."""
+    L = exact_SLV.shape[1]
+    exact_XS = exact_SLV[:, np.arange(L)[None, :], level_index(levels_V, B_XL)].min(axis=-1).T
+    read_XS = np.minimum(B_XL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
+    budgeted_X1 = (B_XL < cost.E).any(axis=-1)[:, None]
+    return price(cost, c, exact_XS, committed_S, read_XS, L, budgeted_X1, repair)
 
 
 def price(
@@ -93,14 +105,16 @@ def step_seconds(
     cost: StepCost,
     c: int,
     window: tuple[np.ndarray, np.ndarray, np.ndarray],
+    levels_V: np.ndarray,
     B_L: np.ndarray,
     repair: bool,
 ) -> float:
-    """Mean modeled seconds of the window's steps with tree ``c`` under budgets ``B_L``:
-    draft, verify, repair and ranking, as :func:`throughput_V` prices them."""
-    exact_SLB, committed_S, used_SL = window
-    L = exact_SLB.shape[1]
-    exact_S = exact_SLB[:, np.arange(L), B_L].min(axis=-1)
+    """Mean modeled seconds of the window's steps (tables at ``levels_V``) with tree ``c``
+    under budgets ``B_L``: draft, verify, repair and ranking, as :func:`throughput_X`
+    prices them."""
+    exact_SLV, committed_S, used_SL = window
+    L = exact_SLV.shape[1]
+    exact_S = exact_SLV[:, np.arange(L), level_index(levels_V, B_L)].min(axis=-1)
     read_S = np.minimum(B_L, used_SL).sum(axis=-1)
     budgeted = np.array(bool((B_L < cost.E).any()))
     _, seconds_S = tokens_and_seconds(cost, c, exact_S, committed_S, read_S, L, budgeted, repair)
@@ -121,7 +135,8 @@ def best_budgets(
     passes: int = 2,
     min_gain: float = 0.01,
 ) -> tuple[np.ndarray, float]:
-    """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c``.
+    """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c`` among the
+    ascending ``levels_V``, the budgets of the window's tables (``exact_SLV``).
 
     Each pass visits the layers in order and moves layer l to its best level given the
     others (the first level within ``min_gain`` of that layer's best, if it beats the
@@ -129,11 +144,11 @@ def best_budgets(
     against the current budgets (:func:`layer_trials_JV`); after a move only the layers
     behind it are priced again, so a pass that moves nothing costs one call.
     """
-    exact_SLB, committed_S, used_SL = window
-    L = exact_SLB.shape[1]
+    exact_SLV, committed_S, used_SL = window
+    L = exact_SLV.shape[1]
     levels_desc = levels_V[::-1]
-    exact_SLV = exact_SLB[:, :, levels_desc]  # the table at the levels, gathered once
-    # one budget for all layers (throughput_V of the uniform rows)
+    exact_SLV = exact_SLV[:, :, ::-1]  # largest budget first, as levels_desc
+    # one budget for all layers (throughput_X of the uniform rows)
     read_VS = np.minimum(levels_desc[:, None, None], used_SL).sum(axis=-1)
     budgeted_V1 = (levels_desc < cost.E)[:, None]
     tp_V = price(cost, c, exact_SLV.min(axis=1).T, committed_S, read_VS, L, budgeted_V1, repair)
@@ -172,7 +187,7 @@ def layer_trials_JV(
     start: int,
     repair: bool,
 ) -> np.ndarray:
-    """float ``[J, V]``: :func:`throughput_V` of ``B_L`` with layer ``start + j`` set to
+    """float ``[J, V]``: :func:`throughput_X` of ``B_L`` with layer ``start + j`` set to
     ``levels_V[v]`` (J = L - start), from per-layer partial results (the same numbers:
     integer minima and sums, and the same float operations per step)."""
     S, L, V = exact_SLV.shape

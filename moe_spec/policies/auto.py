@@ -44,6 +44,7 @@ from moe_spec.control import (
     StepPlan,
     candidate_trees,
 )
+from moe_spec.control.planner import budget_levels
 from moe_spec.costmodel import get_cost_model, get_shape
 from moe_spec.policies.base import PolicyError
 from moe_spec.policies.builtin import TokenPriority
@@ -246,7 +247,10 @@ class Auto(TokenPriority):
         L, E, K, cap = self.dims
         trees = candidate_trees(*self.tree)
         cost = StepCost(self.cost, self.shape, K, E, trees, rank_every=self.rank_every)
-        est = AcceptanceEstimates(L, E, [n for n, _, _ in trees], self.window, prior=self.prior)
+        levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
+        est = AcceptanceEstimates(
+            L, E, [n for n, _, _ in trees], self.window, prior=self.prior, levels=levels_V
+        )
         return Guard(est, cost, K, cap, repair=self.repair, **self.options)
 
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:

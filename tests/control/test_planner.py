@@ -7,7 +7,7 @@ import pytest
 
 from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import exact_table
-from moe_spec.control.planner import best_budgets, budget_levels, throughput_V
+from moe_spec.control.planner import best_budgets, budget_levels, level_index, throughput_X
 from moe_spec.costmodel import get_cost_model, get_shape
 
 
@@ -44,8 +44,9 @@ def test_throughput_matches_the_loop(repair):
     used_SL = rng.integers(2, 9, (S, L))
     B_VL = rng.integers(2, 9, (7, L))
     cost = tiny_cost()
-    exact_SLB = np.stack([exact_table(need_LP, 8) for need_LP in need_SLP])
-    got = throughput_V(cost, 0, exact_SLB, committed_S, used_SL, B_VL, repair)
+    levels_V = np.arange(2, 9)  # every budget the rows use
+    exact_SLV = np.stack([exact_table(need_LP, levels_V) for need_LP in need_SLP])
+    got = throughput_X(cost, 0, exact_SLV, committed_S, used_SL, levels_V, B_VL, repair)
     want = [loop_throughput(cost, need_SLP, committed_S, used_SL, B, repair) for B in B_VL]
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
@@ -58,23 +59,23 @@ def hand_cost(verify_D, repair_per_token: float) -> StepCost:
     return cost
 
 
-WINDOW = (
-    exact_table(np.array([[1, 3, 3], [1, 1, 5]]), 8)[None],  # layer 0 needs 1, 3, 3; 1: 1, 1, 5
-    np.array([3]),
-    np.array([[8, 8]]),
-)
+def window(levels_V: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step: layer 0 needs 1, 3, 3 along the path; layer 1: 1, 1, 5."""
+    need_LP = np.array([[1, 3, 3], [1, 1, 5]])
+    return exact_table(need_LP, levels_V)[None], np.array([3]), np.array([[8, 8]])
 
 
 @pytest.mark.parametrize("repair", [False, True])
 def test_budgeting_that_does_not_pay_keeps_every_expert(repair):
     flat = hand_cost(np.ones(9), repair_per_token=1.0)  # reading fewer experts saves nothing
-    B_L, tp = best_budgets(flat, 0, WINDOW, budget_levels(2, 8, 8), repair)
+    levels_V = budget_levels(2, 8, 8)
+    B_L, tp = best_budgets(flat, 0, window(levels_V), levels_V, repair)
     assert B_L.tolist() == [8, 8] and tp == pytest.approx(3.0)
 
 
 def test_budgeting_that_pays_keeps_what_the_path_needs_per_layer():
     linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)  # time = experts read
-    B_L, tp = best_budgets(linear, 0, WINDOW, np.arange(1, 9), repair=True)
+    B_L, tp = best_budgets(linear, 0, window(np.arange(1, 9)), np.arange(1, 9), repair=True)
     assert B_L.tolist() == [3, 5]  # the least that keeps the path whole in each layer
     assert tp == pytest.approx(3 / 4)
 
@@ -85,13 +86,23 @@ def test_budget_levels_span_top_k_to_the_cap():
 
 
 def test_exact_table_counts_the_kept_prefix():
-    table = exact_table(np.array([[1, 3, 3], [2, 2, 9]]), 9)
+    table = exact_table(np.array([[1, 3, 3], [2, 2, 9]]), np.arange(10))
     assert table.tolist() == [[0, 1, 1, 3, 3, 3, 3, 3, 3, 3], [0, 0, 2, 2, 2, 2, 2, 2, 2, 3]]
+    assert exact_table(np.array([[1, 3, 3], [2, 2, 9]]), np.array([2, 8, 9])).tolist() == [
+        [1, 3, 3],
+        [2, 2, 3],
+    ]
+
+
+def test_a_budget_that_is_not_a_level_is_refused():
+    with pytest.raises(ValueError, match=r"budgets \[5\] are not all in \[1, 3, 8\]"):
+        level_index(np.array([1, 3, 8]), np.array([3, 5]))
 
 
 def test_a_smaller_budget_only_a_hair_faster_is_not_taken():
     nearly_flat = hand_cost(1.0 + 0.001 * np.arange(9), repair_per_token=10.0)
-    B_L, _ = best_budgets(nearly_flat, 0, WINDOW, np.arange(1, 9), repair=True)
+    levels_V = np.arange(1, 9)
+    B_L, _ = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True)
     assert B_L.tolist() == [8, 8]  # (3, 5) would be 0.3% faster: within the 1% margin
-    B_L, _ = best_budgets(nearly_flat, 0, WINDOW, np.arange(1, 9), repair=True, min_gain=0.0)
+    B_L, _ = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True, min_gain=0.0)
     assert B_L.tolist() == [3, 5]

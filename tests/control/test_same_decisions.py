@@ -30,11 +30,15 @@ from moe_spec.policies import get_policy
 TREES = [(32, 8, 6), (16, 8, 6), (8, 7, 6), (4, 3, 3)]
 
 
-def reference_exact_table(need_LP: np.ndarray, num_experts: int) -> np.ndarray:
-    return (need_LP[:, :, None] <= np.arange(num_experts + 1)).sum(axis=1)
+def reference_exact_table(need_LP: np.ndarray, levels_V: np.ndarray) -> np.ndarray:
+    L, P = need_LP.shape
+    return np.array(
+        [[sum(need_LP[layer, p] <= b for p in range(P)) for b in levels_V] for layer in range(L)]
+    )
 
 
 def reference_throughput_V(cost, c, exact_SLB, committed_S, used_SL, B_VL, repair):
+    """``exact_SLB``: the tables at every budget 0..E (indexed by the budget itself)."""
     L = exact_SLB.shape[1]
     exact_VS = np.minimum(exact_SLB[:, np.arange(L)[None, :], B_VL].min(axis=-1).T, committed_S)
     if repair:
@@ -99,7 +103,7 @@ def random_window(rng, L: int, E: int, K: int, S: int, P: int):
     skew_1L1 = rng.uniform(0.5, 4.0, (1, L, 1))
     need_SLP = np.minimum(E, K + (rng.pareto(skew_1L1, (S, L, P)) * E / 16).astype(np.int64))
     need_SLP = np.maximum.accumulate(need_SLP, axis=2)
-    exact_SLB = np.stack([exact_table(need_LP, E) for need_LP in need_SLP])
+    exact_SLB = np.stack([exact_table(need_LP, np.arange(E + 1)) for need_LP in need_SLP])
     return exact_SLB, rng.integers(max(1, P - 3), P + 1, S), rng.integers(K, E + 1, (S, L))
 
 
@@ -120,7 +124,8 @@ def test_budget_search_matches_the_layer_by_layer_reference(seed):
         for repair in (False, True):
             for passes in (0, 2):
                 want = reference_best_budgets(cost, 1, window, levels_V, repair, passes)
-                got = best_budgets(cost, 1, window, levels_V, repair, passes)
+                at_levels = (window[0][:, :, levels_V], *window[1:])
+                got = best_budgets(cost, 1, at_levels, levels_V, repair, passes)
                 assert got[0].tolist() == want[0].tolist() and got[1] == want[1]
                 moved += len(set(want[0].tolist())) > 1  # layers that differ
     assert moved > 0, "the search never set per-layer budgets: nothing was compared"
@@ -166,9 +171,11 @@ def test_window_steps_and_exact_tables_match_the_references():
         want = reference_window_step(est, logprob_N, path, rank_LE, ids_LNK)
         for name in ("need_LP", "committed_C", "used_CL"):
             assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
-        np.testing.assert_array_equal(
-            exact_table(got.need_LP, E), reference_exact_table(got.need_LP, E)
-        )
+        levels_V = np.unique(rng.integers(0, E + 1, int(rng.integers(1, 9))))
+        for budgets_V in (np.arange(E + 1), levels_V):
+            np.testing.assert_array_equal(
+                exact_table(got.need_LP, budgets_V), reference_exact_table(got.need_LP, budgets_V)
+            )
 
 
 def synthetic_run(policy, steps: int, L: int, E: int, K: int, seed: int) -> list[tuple]:
@@ -216,7 +223,13 @@ def test_a_seeded_run_decides_as_with_the_reference_paths(seed, monkeypatch):
     L, E, K, steps = 6, 32, 4, 140
     options = {"cost_model": ("calibrated", "measured")[seed % 2]}
     got = synthetic_run(get_policy("auto", **options), steps, L, E, K, seed)
-    monkeypatch.setattr(guard_module, "best_budgets", reference_best_budgets)
+
+    def reference_on_level_tables(cost, c, window, levels_V, repair, passes):
+        exact_SLB = np.zeros((*window[0].shape[:2], cost.E + 1), dtype=np.int64)
+        exact_SLB[:, :, levels_V] = window[0]  # the reference reads only these budgets
+        return reference_best_budgets(cost, c, (exact_SLB, *window[1:]), levels_V, repair, passes)
+
+    monkeypatch.setattr(guard_module, "best_budgets", reference_on_level_tables)
     monkeypatch.setattr(estimates_module, "exact_table", reference_exact_table)
     monkeypatch.setattr(
         AcceptanceEstimates,
