@@ -4,12 +4,14 @@ Drives an ``auto`` policy (``moe_spec.policies.auto.Auto``) with seeded syntheti
 steps: a 32-token tree of width 8 and depth 6, skewed top-8 routing over E experts in
 L MoE layers, an accepted path of 1-7 tokens. Per step it times what ``auto`` does on
 the host between verify forwards: :meth:`Auto.plan_step` (the guard's decision, a
-replan of every candidate tree each ``replan_every`` steps, the budget/calibration
+replan of every candidate tree every 8 to 24 tree steps, the budget/calibration
 device-tensor updates), :meth:`Auto.gate` after a planned tree's draft (its verdict on
 the step's path log-probabilities; a gated step is observed as a decode, counted apart
 from tree steps) and :meth:`Auto.observe` (stacking the recorded per-layer
 rankings, the estimates' update). The rankings themselves are made in the forward and
-are not timed. ``prepare`` runs once per generation, before the timed steps.
+are not timed; a step that rests (:attr:`Policy.resting`: every budget at least E, not a
+ranking step) records none, as in the engines, which then do not call the policy.
+``prepare`` runs once per generation, before the timed steps.
 
 ``--sglang`` times the SGLang plugin's path instead: :class:`AcceptanceFeed`'s
 ``after_verify`` on a synthetic verify result (one request), which copies the step's
@@ -108,9 +110,11 @@ def run(L: int, E: int, shape: str, args) -> dict:
         o, n = step["outcome"], plan.num_tokens  # a smaller tree: its first n nodes
         gated = plan.kind == "tree" and policy.gate(o.logprob_N[:n]) is not None
         t1 = time.perf_counter()
-        if plan.kind == "tree" and not gated:  # what keep() records inside the forward
-            policy.rank_LE = dict(enumerate(step["rank"]))
-            policy.ids_LNK = {layer: ids[:n] for layer, ids in enumerate(step["ids"])}
+        if plan.kind == "tree" and not gated:
+            if not policy.resting:  # what keep() records inside the forward (a resting
+                # step runs unbudgeted without calling the policy: nothing recorded)
+                policy.rank_LE = dict(enumerate(step["rank"]))
+                policy.ids_LNK = {layer: ids[:n] for layer, ids in enumerate(step["ids"])}
             path = o.path[: next((i for i, p in enumerate(o.path) if p >= n), len(o.path))]
             outcome = StepOutcome("tree", path, o.depth_N[:n], o.logprob_N[:n], plan.tree)
         else:
@@ -256,25 +260,30 @@ def split(row: dict) -> str:
 
 
 def compare(before: list[dict], after: list[dict]) -> None:
-    """Before/after table; the decisions (tree steps, replans, last budgets) must agree."""
+    """Before/after table of the same sizes, with what each run decided (tree steps,
+    replans, whether the last budgets agree) beside its times."""
     print(
-        "\n| L | E | priced as (H200 verify) | tree steps | before: mean (median / p90) ms "
+        "\n| L | E | priced as (H200 verify) | tree steps, before / after | replans, before / "
+        "after | same last budgets | before: mean (median / p90) ms "
         "| after: mean (median / p90) ms | before / after | after: share of the verify "
         "| setup per generation ms, before / after |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for b, a in zip(before, after, strict=True):
-        same = ("L", "E", "tree_share", "replans", "budgets")
-        if any(b[k] != a[k] for k in same):
-            raise SystemExit(f"before and after decided differently at L={a['L']}, E={a['E']}")
+        if (b["L"], b["E"]) != (a["L"], a["E"]):
+            raise SystemExit(
+                f"before has L={b['L']}, E={b['E']} where after has {a['L']}, {a['E']}"
+            )
         ms = [
             f"{r['mean_s'] * 1e3:.3f} ({r['median_s'] * 1e3:.3f} / {r['p90_s'] * 1e3:.3f})"
             for r in (b, a)
         ]
         verify_ms = H200_VERIFY_S[a["shape"]] * 1e3
         print(
-            f"| {a['L']} | {a['E']} | {a['shape']} ({verify_ms:.2f} ms) | {a['tree_share']:.0%} "
-            f"| {ms[0]} | {ms[1]} | {b['mean_s'] / a['mean_s']:.1f}x | {a['share']:.2%} "
+            f"| {a['L']} | {a['E']} | {a['shape']} ({verify_ms:.2f} ms) "
+            f"| {b['tree_share']:.0%} / {a['tree_share']:.0%} | {b['replans']} / {a['replans']} "
+            f"| {'yes' if b['budgets'] == a['budgets'] else 'no'} | {ms[0]} | {ms[1]} "
+            f"| {b['mean_s'] / a['mean_s']:.1f}x | {a['share']:.2%} "
             f"| {b['setup_s'] * 1e3:.2f} / {a['setup_s'] * 1e3:.2f} |"
         )
 
