@@ -117,7 +117,10 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
         f"token-priority:B={b}{r}" for b in args.budgets for r in ("", ",repair=true")
     ]
     per_shape = {
-        s.name: [f"auto:opt.shape={s.name},opt.gpu={args.gpu}{r}" for r in ("", ",repair=true")]
+        s.name: [
+            f"auto:opt.shape={s.name},opt.gpu={args.gpu},opt.cost_model={args.cost_model}{r}"
+            for r in ("", ",repair=true")
+        ]
         + ["depth-width"]
         for s in shapes
     }
@@ -147,7 +150,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
                 runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)
             ]
     # controller overhead: rerun the OLMoE auto arm with a live policy to read its timer
-    policy = get_policy("auto", shape=shapes[0].name, gpu=args.gpu)
+    policy = get_policy("auto", shape=shapes[0].name, gpu=args.gpu, cost_model=args.cost_model)
     spec = SpecConfig(policy="auto")
     verify_s = []
     for p in prompts:
