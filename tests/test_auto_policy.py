@@ -80,6 +80,8 @@ def test_records_each_layers_ranking_for_observe():
         ({"window": 0}, "window is 0"),
         ({"switch_prior": -1}, "switch_prior is -1; allowed: a number >= 0"),
         ({"rank_every": 0}, "rank_every is 0; allowed: an integer >= 1"),
+        ({"learn_every": 0}, "learn_every is 0; allowed: an integer >= 1"),
+        ({"max_replan": 4}, r"max_replan is 4; allowed: None \(the window\) or an integer >= 8"),
         ({"guard": "yes"}, "guard is 'yes'"),
         ({"shape": "GPT-5"}, "unknown model shape"),
         ({"cost_model": "magic"}, "unknown cost model"),
@@ -99,3 +101,27 @@ def test_without_draft_scores_a_token_weighs_its_depths_reach():
     assert reach_D[:4].tolist() == [1.0, 0.5, 0.25, 0.125]
     want_T = torch.tensor(reach_D, dtype=torch.float32)[r.depth_T]
     assert torch.equal(policy.accept_T(r), want_T)
+
+
+def test_once_the_window_is_full_one_budgeted_step_in_learn_every_enters_it():
+    from moe_spec.control import StepOutcome
+
+    policy = get_policy("auto", window=4, learn_every=2, rank_every=4)
+    policy.prepare(2, 8, 2, 8, torch.device("cpu"))
+    policy.plan_step((4, 2, 2), False)
+    est = policy.controller.est
+    rank_LE = torch.arange(8).repeat(2, 1)
+    ids_LNK = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]).repeat(2, 1, 1)
+    outcome = StepOutcome("tree", [0, 1], torch.tensor([0, 1, 1, 2]), None, (4, 2, 2))
+
+    def entered(steps: int, budget: int) -> int:
+        policy.controller.budget_L[:] = budget  # what the step just observed ran with
+        seen = est.steps_seen
+        for _ in range(steps):
+            policy.observe(outcome, rank_LE, ids_LNK)
+        return est.steps_seen - seen
+
+    assert entered(4, budget=4) == 4  # until the window is full: every step
+    assert entered(6, budget=4) == 3  # then one budgeted step in two
+    assert entered(4, budget=8) == 4  # an unbudgeted step that ranked ranked to be learned from
+    assert est.tried_D[1] == 14  # the acceptance per depth counts every step

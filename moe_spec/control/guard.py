@@ -11,7 +11,10 @@ whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``
 with ``measure``, corrected by the wall time measured for tree and autoregressive steps
 (an exponential average of measured over modeled seconds per kind). Hysteresis: the
 current choice is kept unless another is predicted faster by more than ``margin``; the
-prediction is redone every ``replan_every`` tree steps. A tree that is not the current
+prediction is redone every ``replan_every`` tree steps; after a replan that changed neither
+the choice nor its budgets the interval doubles, up to ``max_replan`` (the window's length:
+by then every step it predicts from is new), and any change resets it (a replan prices
+every candidate tree: most of the controller's time). A tree that is not the current
 choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token added to
 the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``,
 ``a`` its mean committed tokens. A tree predicted from two or three lucky steps does not
@@ -82,6 +85,7 @@ class Guard:
         margin: float = 0.05,
         levels: int = 8,
         replan_every: int = 8,
+        max_replan: int | None = None,
         warmup: int = 2,
         probe: int = 16,
         max_probe: int = 256,
@@ -115,6 +119,9 @@ class Guard:
         self.levels_V = budget_levels(top_k, cap, levels)
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
+        window = estimates.window.maxlen
+        self.max_replan = max(replan_every, window if max_replan is None else max_replan)
+        self.replan_interval = replan_every  # doubles while replans change nothing
         self.probe0, self.max_probe = probe, max_probe
         self.probe_every = probe
         self.trees = cost.trees
@@ -150,7 +157,7 @@ class Guard:
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
         if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
             return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
-        if self.since_replan >= self.replan_every or not self.predicted:
+        if self.since_replan >= self.replan_interval or not self.predicted:
             self.replan()
         if self.choice != 0 and self.since_full >= self.probe_every:
             self.budget_L[:] = self.budgets_C[0]
@@ -177,7 +184,13 @@ class Guard:
         """Predict every arm's tokens/s from the window; switch with hysteresis."""
         self.since_replan = 0
         self.replans += 1
+        before = (self.choice, self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
         self.switch(self.predict())
+        after = (self.choice, self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
+        steady = after == before and self.replans > 1  # a first prediction changes everything
+        self.replan_interval = (
+            min(2 * self.replan_interval, self.max_replan) if steady else self.replan_every
+        )
 
     def predict(self) -> dict[int, float]:
         """Predicted tokens/s per arm (tree index, -1 autoregressive); sets their budgets."""
@@ -369,7 +382,7 @@ class Guard:
             self.since_replan += 1
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
             if self.probing:  # decide again right after a probe
-                self.since_replan = self.replan_every
+                self.since_replan = self.replan_interval
             if self.measure and self.est.window and outcome.tree in self.trees:
                 self.note_time(TREE, seconds, self.modeled_step(outcome))
         self.overhead_s += time.perf_counter() - t0

@@ -25,8 +25,11 @@ modeled times by the measured wall time (for a run whose own speed is what count
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
 policy) except every ``rank_every``-th one, which ranks and is learned from: the ranking
-is the selection's cost, and a step that keeps every expert needs it only to learn. The
-state lives in the policy instance: the engines create one per generation.
+is the selection's cost, and a step that keeps every expert needs it only to learn. Once
+the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
+and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
+the two costliest parts of the controller's host time, halved or better where nothing
+moves. The state lives in the policy instance: the engines create one per generation.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class Auto(TokenPriority):
         probe: int = 16,
         switch_prior: float = 2.0,
         rank_every: int = 4,
+        learn_every: int = 2,
+        max_replan: int | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -121,9 +126,12 @@ class Auto(TokenPriority):
             ("warmup", warmup, 1),
             ("probe", probe, 1),
             ("rank_every", rank_every, 1),
+            ("learn_every", learn_every, 1),
             ("gate_every", gate_every, 0),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
+        ok = max_replan is None or (_is_int(max_replan) and max_replan >= replan_every)
+        _check("max_replan", max_replan, ok, f"None (the window) or an integer >= {replan_every}")
         self.options = dict(
             guard=guard,
             gate=gate,
@@ -133,12 +141,14 @@ class Auto(TokenPriority):
             measure=measure,
             levels=levels,
             replan_every=replan_every,
+            max_replan=max_replan,
             warmup=warmup,
             probe=probe,
             switch_prior=float(switch_prior),
         )
         self.window, self.prior = window, float(prior)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
+        self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
         self.controller: Guard | None = None
         self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
         self.device_state: dict[str, torch.Tensor] = {}
@@ -262,7 +272,7 @@ class Auto(TokenPriority):
             return StepPlan(TREE, *self.tree, "warm-up (no verify step seen yet)")
         plan = self.controller.plan()
         self.resting = self.rests(plan)
-        if plan.kind == TREE and not np.array_equal(self.controller.budget_L, self.budget_host_L):
+        if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
             self.budget_host_L = self.controller.budget_L.copy()
             upload(self.device_state["budget_L"], self.budget_host_L)
         if self.controller.replans != self.tables_at:  # new estimates: refresh the tables
@@ -297,11 +307,27 @@ class Auto(TokenPriority):
             self.controller = self.build_controller()
         if self.controller is None:
             return
-        if rank_LE is None and outcome.kind == TREE and len(self.rank_LE) == self.dims[0]:
+        if outcome.kind != TREE or not self.learns():
+            rank_LE = ids_LNK = None
+        elif rank_LE is None and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
+
+    def learns(self) -> bool:
+        """Whether the tree step just run enters the window (the calibration and the
+        acceptance per depth count every step): every step until the window is full,
+        then one budgeted step in ``learn_every`` (the window stays a sample of the recent
+        steps; its update is most of an observation's cost), and every unbudgeted step that
+        ranked (with ``rank_every`` > 1 it ranked only to be learned from)."""
+        c = self.controller
+        window = c.est.window
+        if len(window) < window.maxlen:
+            return True
+        if self.rank_every > 1 and not (c.budget_L < self.dims[1]).any():
+            return True
+        return c.tree_steps % self.learn_every == 0
 
 
 @hookimpl

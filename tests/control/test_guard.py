@@ -87,3 +87,20 @@ def test_without_a_switch_prior_predictions_are_taken_as_they_are():
     g.evidence = {0: (24, 2.5), 1: (1, 3.0)}
     g.switch({0: 100.0, 1: 106.0, -1: 50.0})
     assert g.choice == 1
+
+
+def test_replans_come_less_often_while_nothing_changes():
+    g = guard(gate=False, warmup=1, replan_every=2, max_replan=8)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 100.0, -1: 50.0}  # the full tree, the same budgets every time
+    at = []
+    for i in range(24):
+        before = g.replans
+        run_steps(g, 1)
+        at += [i] * (g.replans - before)
+    # the first prediction, then intervals of 2, 4 and 8 tree steps (the cap)
+    assert at == [0, 2, 6, 14, 22] and g.replan_interval == 8
+    g.predict = lambda: {0: 100.0, -1: 200.0}  # decoding wins now: a change
+    run_steps(g, 8)
+    assert g.choice == -1 and g.replan_interval == 2  # back to every 2 steps
+    assert guard().max_replan == 64  # by default: the window's length

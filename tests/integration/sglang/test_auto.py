@@ -27,7 +27,13 @@ def test_per_layer_budgets_change_in_place_between_passes():
 
 @pytest.fixture(scope="module")
 def fed():
-    return run_scenario("auto_feed", MOE_SPEC_POLICY="auto", MOE_SPEC_BUDGET="16")
+    # every step enters the window and the guard replans every 8 steps (the defaults thin
+    # both once the window is full: tests/test_auto_policy.py), so that 32 root-only steps
+    # are enough for the budgets to follow; the options also travel through the environment
+    options = '{"learn_every": 1, "max_replan": 8}'
+    return run_scenario(
+        "auto_feed", MOE_SPEC_POLICY="auto", MOE_SPEC_BUDGET="16", MOE_SPEC_POLICY_OPTIONS=options
+    )
 
 
 def paths(accept_index: list[list[int]]) -> list[list[int]]:
