@@ -187,7 +187,11 @@ class AcceptanceEstimates:
         # each (layer, expert)'s best place among the nodes that picked it (N: none); the
         # best n nodes of a candidate tree use the experts whose place is below n
         first_X = np.full(L * self.E, N, dtype=np.int64)
-        np.minimum.at(first_X, at_LNK.ravel(), np.broadcast_to(place_N[:, None], (L, N, K)).ravel())
+        if (self.n_C < N).any():
+            place_LNK = np.broadcast_to(place_N[:, None], (L, N, K))
+            np.minimum.at(first_X, at_LNK.ravel(), place_LNK.ravel())
+        else:  # no candidate smaller than this tree (a fixed tree): used or not is enough
+            first_X[at_LNK.ravel()] = 0
         n_C1 = np.where(known_C, self.n_C, 0)[:, None, None]
         used_CL = (first_X.reshape(L, self.E) < n_C1).sum(axis=-1)
         return WindowStep(need_LP, committed_C, used_CL)

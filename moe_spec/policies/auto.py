@@ -255,7 +255,8 @@ class Auto(TokenPriority):
 
     def build_controller(self) -> Guard:
         L, E, K, cap = self.dims
-        trees = candidate_trees(*self.tree)
+        # without the guard only the configured tree runs: no smaller candidate to predict
+        trees = candidate_trees(*self.tree) if self.options["guard"] else [tuple(self.tree)]
         cost = StepCost(self.cost, self.shape, K, E, trees, rank_every=self.rank_every)
         levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
         est = AcceptanceEstimates(

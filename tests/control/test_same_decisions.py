@@ -166,11 +166,15 @@ def test_window_steps_and_exact_tables_match_the_references():
         logprob_N[0] = 0.0
         inner = rng.choice(np.arange(1, N), min(N - 1, int(rng.integers(0, 6))), replace=False)
         path = [0] + sorted(inner.tolist())
-        est = AcceptanceEstimates(L, E, sorted(set(rng.integers(1, 50, 4).tolist()))[::-1])
-        got = est.window_step(logprob_N, path, rank_LE, ids_LNK)
-        want = reference_window_step(est, logprob_N, path, rank_LE, ids_LNK)
-        for name in ("need_LP", "committed_C", "used_CL"):
-            assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+        for candidates in (
+            sorted(set(rng.integers(1, 50, 4).tolist()))[::-1],
+            [N + 3, N],  # none smaller than the tree (a fixed tree: SGLang's)
+        ):
+            est = AcceptanceEstimates(L, E, candidates)
+            got = est.window_step(logprob_N, path, rank_LE, ids_LNK)
+            want = reference_window_step(est, logprob_N, path, rank_LE, ids_LNK)
+            for name in ("need_LP", "committed_C", "used_CL"):
+                assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
         levels_V = np.unique(rng.integers(0, E + 1, int(rng.integers(1, 9))))
         for budgets_V in (np.arange(E + 1), levels_V):
             np.testing.assert_array_equal(
