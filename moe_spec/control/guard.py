@@ -184,13 +184,16 @@ class Guard:
         """Predict every arm's tokens/s from the window; switch with hysteresis."""
         self.since_replan = 0
         self.replans += 1
-        before = (self.choice, self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
+        before = self.held()
         self.switch(self.predict())
-        after = (self.choice, self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
-        steady = after == before and self.replans > 1  # a first prediction changes everything
+        steady = self.held() == before and self.replans > 1  # a first one changes everything
         self.replan_interval = (
             min(2 * self.replan_interval, self.max_replan) if steady else self.replan_every
         )
+
+    def held(self) -> tuple[int, list[int] | None]:
+        """The current choice and its budgets: what a replan may change."""
+        return self.choice, (self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
 
     def predict(self) -> dict[int, float]:
         """Predicted tokens/s per arm (tree index, -1 autoregressive); sets their budgets."""
@@ -389,7 +392,7 @@ class Guard:
 
     def modeled_step(self, outcome: StepOutcome) -> float:
         c = self.trees.index(outcome.tree)
-        used_L = self.est.window[-1].used_CL[c]
+        used_L = self.est.window[-1].used_CL[c]  # the latest step the window took
         read = np.minimum(self.budget_L, used_L).mean()
         exact = outcome.committed if outcome.exact is None else outcome.exact
         tail = outcome.committed - exact if self.repair else 0
