@@ -77,9 +77,13 @@ class AcceptanceEstimates:
                 f"need window >= 1, bins >= 1, prior > 0; got {window}, {bins}, {prior}"
             )
         self.L, self.E = num_layers, num_experts
-        self.levels_V = np.arange(num_experts + 1) if levels is None else np.asarray(levels)
-        if self.levels_V.size == 0 or (np.diff(self.levels_V) <= 0).any():
-            raise ValueError(f"levels must be ascending budgets; got {self.levels_V.tolist()}")
+        if levels is None:
+            self.levels_V = np.arange(num_experts + 1)
+        else:  # checked on Python ints: no branch on array data (prepare() may be traced)
+            budgets = [int(b) for b in levels]
+            if not budgets or any(b <= a for a, b in zip(budgets, budgets[1:], strict=False)):
+                raise ValueError(f"levels must be ascending budgets; got {budgets}")
+            self.levels_V = np.array(budgets, dtype=np.int64)
         self.candidate_tokens = list(candidate_tokens)
         self.n_C = np.array(self.candidate_tokens, dtype=np.int64)
         self.prior = float(prior)

@@ -71,6 +71,20 @@ def test_a_smaller_tree_says_nothing_about_a_larger_candidate():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="window >= 1"):
         AcceptanceEstimates(2, 4, [4], window=0)
+    with pytest.raises(ValueError, match=r"levels must be ascending budgets; got \[4, 2\]"):
+        AcceptanceEstimates(2, 4, [4], levels=[4, 2])
+
+
+def test_tables_at_levels_are_the_full_tables_columns():
+    full = AcceptanceEstimates(2, 4, [4, 2], window=8)
+    at_levels = AcceptanceEstimates(2, 4, [4, 2], window=8, levels=[1, 3, 4])
+    for est in (full, at_levels):
+        est.observe(StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
+    levels_V = np.array([1, 3, 4])
+    np.testing.assert_array_equal(at_levels.arrays(1)[0], full.arrays(1)[0][:, :, levels_V])
+    np.testing.assert_array_equal(at_levels.arrays(1, levels_V)[0], full.arrays(1, levels_V)[0])
+    with pytest.raises(ValueError, match=r"levels \[2\] are not all among the window's"):
+        at_levels.arrays(1, np.array([2]))
 
 
 def test_candidate_trees_halve_down_to_four_tokens():
