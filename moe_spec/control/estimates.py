@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moe_spec.control.planner import level_index
 from moe_spec.control.steps import StepOutcome
 
 
@@ -214,12 +215,13 @@ class AcceptanceEstimates:
         rows = self.rows(c, min_ran)
         exact_SLV = self.exact_WLV[rows]
         if levels_V is not None and not np.array_equal(levels_V, self.levels_V):
-            v_V = np.searchsorted(self.levels_V, levels_V)
-            if (v_V >= self.levels_V.size).any() or (self.levels_V[v_V] != levels_V).any():
+            try:
+                v_V = level_index(self.levels_V, np.asarray(levels_V))
+            except ValueError:
                 raise ValueError(
                     f"levels {np.asarray(levels_V).tolist()} are not all among the window's "
                     f"{self.levels_V.tolist()}"
-                )
+                ) from None
             exact_SLV = exact_SLV[:, :, v_V]
         return exact_SLV, self.committed_WC[rows, c], self.used_WCL[rows, c]
 

@@ -291,9 +291,14 @@ class Auto(TokenPriority):
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
         budgets are all at least E, except every ``rank_every``-th tree step (learned from)."""
         c = self.controller
-        if plan.kind != TREE or self.rank_every == 1 or (c.budget_L < self.dims[1]).any():
+        if plan.kind != TREE or not self.ranks_only_to_learn():
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
+
+    def ranks_only_to_learn(self) -> bool:
+        """Whether the current budgets keep every expert while steps may rest
+        (``rank_every`` > 1): a step that ranks then does so only to be learned from."""
+        return self.rank_every > 1 and not (self.controller.budget_L < self.dims[1]).any()
 
     def observe(
         self,
@@ -326,9 +331,7 @@ class Auto(TokenPriority):
         window = c.est.window
         if len(window) < window.maxlen:
             return True
-        if self.rank_every > 1 and not (c.budget_L < self.dims[1]).any():
-            return True
-        return c.tree_steps % self.learn_every == 0
+        return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
 
 
 @hookimpl
