@@ -156,8 +156,8 @@ class Engine:
         while len(out) < max_new_tokens:
             token = sample(logits_V, temperature, g)
             out.append(token)
-            if self.is_end(token):
-                break
+            if len(out) == max_new_tokens or self.is_end(token):
+                break  # no forward for a token nothing will follow
             logits_V = next_logits(token)
         return GenerationResult(out, time.perf_counter() - start)
 

@@ -26,6 +26,21 @@ def test_greedy_speculative_equals_autoregressive(tiny_engine, shape):
         assert sum(s.committed for s in got.steps) >= len(got.tokens) - 1  # root comes from prefill
 
 
+def test_autoregressive_decoding_runs_one_forward_per_token_after_the_first(
+    tiny_engine, monkeypatch
+):
+    """The baseline does no work past its last token: its speed is not understated."""
+    forwards = []
+    decode = type(tiny_engine).decode_one_token
+    monkeypatch.setattr(
+        type(tiny_engine), "decode_one_token", lambda *a: forwards.append(1) or decode(*a)
+    )
+    for new in (0, 1, 9):
+        forwards.clear()
+        out = tiny_engine.generate_autoregressive(PROMPTS[0], new)
+        assert len(out.tokens) == new and len(forwards) == max(new - 1, 0)
+
+
 def test_budget_of_e_or_more_is_exactly_unbudgeted(tiny_engine):
     plain = tiny_engine.generate_speculative(PROMPTS[0], 30, SpecConfig(depth=4, num_tokens=12))
     for budget in (8, 12):
