@@ -103,13 +103,15 @@ def run(L: int, E: int, shape: str, args) -> dict:
     policy.prepare(L, E, K, E, torch.device("cpu"))
     steps = synthetic_steps(L, E, args.distinct, args.accept)
     plan_s, observe_s, kinds = [], [], []
-    for i in range(args.steps):
-        step = steps[i % len(steps)]
+    done = 0
+    while done < args.steps:
+        step = steps[done % len(steps)]
         t0 = time.perf_counter()
         plan = policy.plan_step(TREE, args.repair)
         o, n = step["outcome"], plan.num_tokens  # a smaller tree: its first n nodes
         gated = plan.kind == "tree" and policy.gate(o.logprob_N[:n]) is not None
         t1 = time.perf_counter()
+        run = 1  # a plan of decodes covers plan.steps steps (the engines' loops run them)
         if plan.kind == "tree" and not gated:
             if not policy.resting:  # what keep() records inside the forward (a resting
                 # step runs unbudgeted without calling the policy: nothing recorded)
@@ -118,13 +120,16 @@ def run(L: int, E: int, shape: str, args) -> dict:
             path = o.path[: next((i for i, p in enumerate(o.path) if p >= n), len(o.path))]
             outcome = StepOutcome("tree", path, o.depth_N[:n], o.logprob_N[:n], plan.tree)
         else:
-            outcome = StepOutcome("autoregressive", [0], tree=plan.tree if gated else (1, 0, 0))
+            run = 1 if gated else min(plan.steps, args.steps - done)
+            tree = plan.tree if gated else (1, 0, 0)
+            outcome = StepOutcome("autoregressive", [0], tree=tree, steps=run)
         t2 = time.perf_counter()
         policy.observe(outcome)
         t3 = time.perf_counter()
-        plan_s.append(t1 - t0)
-        observe_s.append(t3 - t2)
-        kinds.append("gated" if gated else plan.kind)
+        plan_s += [(t1 - t0) / run] * run  # each step of a run of decodes: its share
+        observe_s += [(t3 - t2) / run] * run
+        kinds += ["gated" if gated else plan.kind] * run
+        done += run
     per_step = np.array(plan_s) + np.array(observe_s)
     skip = min(16, args.steps // 4)  # first steps: warm-up, tables built
     tree_share = float(np.mean([k == "tree" for k in kinds[skip:]]))

@@ -24,7 +24,9 @@ tree the guard probes it every ``probe`` steps (doubling after each probe that d
 up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one;
 at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
 the current choice is predicted than the full tree: a probe costs more, and is less likely
-to win, the further behind the full tree is.
+to win, the further behind the full tree is; and at least as far apart as keeps the time a
+probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probes. While it
+decodes, one plan covers every decode up to its next look at a tree (``StepPlan.steps``).
 **The draft gate** (:meth:`Guard.gate`, with ``gate``): before the planned tree is grown,
 the draft's first level (the log-probabilities of the root's ``width`` most likely children,
 known once the draft has caught up) gives the step's own expected committed tokens, ``1 +
@@ -88,7 +90,8 @@ class Guard:
         max_replan: int | None = None,
         warmup: int = 2,
         probe: int = 16,
-        max_probe: int = 256,
+        max_probe: int = 1024,
+        probe_cost: float = 0.005,
         measure: bool = False,
         switch_prior: float = 2.0,
         gate: bool = True,
@@ -122,7 +125,7 @@ class Guard:
         window = estimates.window.maxlen
         self.max_replan = max(replan_every, window if max_replan is None else max_replan)
         self.replan_interval = replan_every  # doubles while replans change nothing
-        self.probe0, self.max_probe = probe, max_probe
+        self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = probe
         self.trees = cost.trees
         L = estimates.L
@@ -135,6 +138,7 @@ class Guard:
         self.measured = {TREE: 0, AUTOREGRESSIVE: 0}
         self.current: StepPlan | None = None
         self.probing = False
+        self.last_probe: tuple[float, int] | None = None  # measured: (seconds, committed)
         self.why = ""
         self.replans = 0
         self.started = 0.0
@@ -176,9 +180,17 @@ class Guard:
 
     def plan_of(self, choice: int, reason: str) -> StepPlan:
         if choice < 0:
-            return StepPlan(AUTOREGRESSIVE, reason=reason)
+            return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.decode_run())
         self.budget_L[:] = self.budgets_C[choice]
         return StepPlan(TREE, *self.trees[choice], reason)
+
+    def decode_run(self) -> int:
+        """Plain decodes until the guard next looks at a tree: its probe, or the gate's look
+        (nothing else changes while it decodes: replans count tree steps)."""
+        run = self.probe_every - self.since_full
+        if self.gating and self.gate_every:
+            run = min(run, self.look_every - self.since_gate)
+        return max(run, 1)
 
     def replan(self) -> None:
         """Predict every arm's tokens/s from the window; switch with hysteresis."""
@@ -283,9 +295,28 @@ class Guard:
             self.probe_every = min(self.probe_every * 2, self.max_probe)
         if self.choice != 0 and 0 in predicted:  # the further behind, the rarer the probe
             gap = predicted[self.choice] / max(predicted[0], 1e-30)
-            floor = int(self.probe0 * min(gap, 4.0) ** 2)
+            floor = max(int(self.probe0 * min(gap, 4.0) ** 2), self.probe_floor(predicted))
             self.probe_every = min(max(self.probe_every, floor), self.max_probe)
         self.probing = False
+
+    def probe_floor(self, predicted: dict[int, float]) -> int:
+        """Steps of the current choice between probes for the probes to cost at most
+        ``probe_cost`` of the time: a probe commits the full tree's mean ``a`` tokens in
+        ``a / tp_full`` seconds, which the current choice commits in ``a / tp_choice``
+        (with ``measure``, the last probe's measured seconds and tokens, if it lost more)."""
+        if self.choice not in predicted:
+            return 0
+        losses = [-1.0]
+        if 0 in self.evidence and 0 in predicted:
+            a = self.evidence[0][1]
+            losses.append(a / max(predicted[0], 1e-30) - a / predicted[self.choice])
+        if self.last_probe is not None:
+            seconds, committed = self.last_probe
+            losses.append(seconds - committed / predicted[self.choice])
+        loss_s = max(losses)
+        per_token = 1.0 if self.choice < 0 else self.evidence[self.choice][1]
+        step_s = per_token / predicted[self.choice]
+        return math.ceil(loss_s / (self.probe_cost * step_s)) if loss_s > 0 else 0
 
     def shrunk(self, c: int, tp: float) -> float:
         """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed
@@ -372,10 +403,10 @@ class Guard:
             self.since_replan += 1
             self.gated = None
             self.since_full += 1
-        elif outcome.kind == AUTOREGRESSIVE:
-            self.note_time(AUTOREGRESSIVE, seconds, self.cost.decode_s)
-            self.since_full += 1
-            self.since_gate += 1
+        elif outcome.kind == AUTOREGRESSIVE:  # a run of planned decodes
+            self.note_time(AUTOREGRESSIVE, seconds / outcome.steps, self.cost.decode_s)
+            self.since_full += outcome.steps
+            self.since_gate += outcome.steps
         else:
             if outcome.tree in self.trees:
                 self.gated_C[self.trees.index(outcome.tree)].append(0)
@@ -386,6 +417,8 @@ class Guard:
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
             if self.probing:  # decide again right after a probe
                 self.since_replan = self.replan_interval
+                if self.measure and seconds > 0:
+                    self.last_probe = (seconds, outcome.committed)
             if self.measure and self.est.window and outcome.tree in self.trees:
                 self.note_time(TREE, seconds, self.modeled_step(outcome))
         self.overhead_s += time.perf_counter() - t0

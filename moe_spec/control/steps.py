@@ -16,9 +16,12 @@ KINDS = (TREE, AUTOREGRESSIVE)
 
 @dataclass(frozen=True)
 class StepPlan:
-    """The guard's decision for the next step: a tree of this size, or one plain decode.
+    """The guard's decision for the next step: a tree of this size, or plain decodes.
 
     ``reason`` says why in words (it goes into the step statistics and the A/B report).
+    ``steps``: for an autoregressive plan, how many plain decodes to run before asking
+    again (fewer where the request ends); a guard that has settled on decoding plans the
+    whole run up to its next look at a tree, so the engine's loop costs what decoding's does.
     """
 
     kind: str
@@ -26,10 +29,15 @@ class StepPlan:
     width: int = 0
     depth: int = 0
     reason: str = ""
+    steps: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"step kind is {self.kind!r}; allowed: {', '.join(KINDS)}")
+        if type(self.steps) is not int or self.steps < 1 or (self.kind == TREE and self.steps > 1):
+            raise ValueError(
+                f"a plan's steps is {self.steps!r}; allowed: an integer >= 1 (1 for a tree)"
+            )
         if self.kind == TREE and not (self.num_tokens >= 2 and self.width >= 1 and self.depth >= 1):
             raise ValueError(
                 f"a tree step needs num_tokens >= 2, width >= 1, depth >= 1; got "
@@ -47,8 +55,9 @@ class StepOutcome:
 
     ``path`` holds the accepted path's tree node indices, root first (its length is the
     tokens committed: accepted drafts plus the bonus token); ``exact`` how many of them,
-    from the root, the budget left untouched (None: not tracked). An autoregressive step
-    has ``kind=AUTOREGRESSIVE``, ``path=[0]`` and no tree.
+    from the root, the budget left untouched (None: not tracked). Autoregressive steps
+    have ``kind=AUTOREGRESSIVE``, ``path=[0]``, no tree, and ``steps``: how many plain
+    decodes ran for the plan (one outcome reports them all).
     """
 
     kind: str
@@ -57,6 +66,7 @@ class StepOutcome:
     logprob_N: torch.Tensor | None = None
     tree: tuple[int, int, int] = (1, 0, 0)
     exact: int | None = None
+    steps: int = 1
 
     @property
     def committed(self) -> int:

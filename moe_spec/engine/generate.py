@@ -224,13 +224,18 @@ class Engine:
                 pending_QD, pending = [], []
                 root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
                 plan = gate_step(policy, plan, root_logprobs_V)
-            if plan.kind == AUTOREGRESSIVE:  # the guard's choice, or the gate's: a plain forward
-                root, feature_QD = self.decode_step(root, tcache, spec.temperature, g)
-                pending_QD.append(feature_QD)
-                pending.append(root)
-                steps.append(autoregressive_stats(plan, E, self.config.top_k, cfg.n_layers))
-                policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree))
-                out.append(root)
+            if plan.kind == AUTOREGRESSIVE:  # the guard's choice, or the gate's: plain forwards
+                ran = run_decodes(
+                    plan,
+                    lambda token: self.decode_step(token, tcache, spec.temperature, g),
+                    out,
+                    (pending, pending_QD),
+                    max_new_tokens,
+                    self.is_end,
+                )
+                root = out[-1]
+                steps += [autoregressive_stats(plan, E, self.config.top_k, cfg.n_layers)] * ran
+                policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree, steps=ran))
                 continue
             tree = expand_tree(
                 self.draft,
@@ -391,6 +396,28 @@ def gate_step(policy, plan: StepPlan, root_logprobs_V: torch.Tensor) -> StepPlan
     if reason is None:
         return plan
     return StepPlan(AUTOREGRESSIVE, 1, 1, 1, reason)
+
+
+def run_decodes(
+    plan: StepPlan,
+    decode: Callable[[int], tuple[int, torch.Tensor]],
+    out: list[int],
+    pending: tuple[list[int], list[torch.Tensor]],
+    max_new_tokens: int,
+    is_end: Callable[[int], bool],
+) -> int:
+    """Append the plan's plain decodes to ``out``, stopping early at ``max_new_tokens`` or
+    an end token; how many ran. ``decode(last token)`` gives the next token and the last
+    token's feature ``[1, D]``; both go to ``pending`` (tokens, features), the pairs the
+    draft catches up on before its next tree."""
+    ran = 0
+    while ran < plan.steps and len(out) < max_new_tokens and not is_end(out[-1]):
+        token, feature_1D = decode(out[-1])
+        out.append(token)
+        pending[0].append(token)
+        pending[1].append(feature_1D)
+        ran += 1
+    return ran
 
 
 def autoregressive_stats(plan: StepPlan, n_experts: int, top_k: int, n_layers: int) -> StepStats:

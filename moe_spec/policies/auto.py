@@ -99,6 +99,7 @@ class Auto(TokenPriority):
         replan_every: int = 8,
         warmup: int = 2,
         probe: int = 16,
+        probe_cost: float = 0.005,
         switch_prior: float = 2.0,
         rank_every: int = 4,
         learn_every: int = 2,
@@ -117,6 +118,8 @@ class Auto(TokenPriority):
         _check("prior", prior, isinstance(prior, num) and prior > 0, "a number > 0")
         ok = isinstance(gate_margin, num) and not isinstance(gate_margin, bool)
         _check("gate_margin", gate_margin, ok and gate_margin >= 0, "a number >= 0")
+        ok = isinstance(probe_cost, num) and not isinstance(probe_cost, bool)
+        _check("probe_cost", probe_cost, ok and 0 < probe_cost <= 1, "0 < probe_cost <= 1")
         ok = isinstance(switch_prior, num) and not isinstance(switch_prior, bool)
         _check("switch_prior", switch_prior, ok and switch_prior >= 0, "a number >= 0")
         for name, value, low in (
@@ -144,6 +147,7 @@ class Auto(TokenPriority):
             max_replan=max_replan,
             warmup=warmup,
             probe=probe,
+            probe_cost=float(probe_cost),
             switch_prior=float(switch_prior),
         )
         self.window, self.prior = window, float(prior)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import torch
 
-from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome
+from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
 from moe_spec.costmodel import get_cost_model, get_shape
 
 TREES = [(8, 4, 3), (4, 3, 3)]
@@ -50,6 +53,71 @@ def test_probes_the_full_tree_and_backs_off_when_it_does_not_win():
     # probes after 2, then 4, then 8 (the cap) decoding steps
     assert kinds == "aaTaaaaTaaaaaaaaTaaa"
     assert g.probe_every == 8
+
+
+def run_plans(g, n: int) -> str:
+    """As :func:`run_steps`, but a plan of ``steps`` decodes is run and observed as one."""
+    kinds = ""
+    while len(kinds) < n:
+        plan = g.plan()
+        if plan.kind == "tree":
+            kinds += "T"
+            lp = torch.tensor([0.0, -1.0])
+            g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, plan.tree))
+        else:
+            kinds += "a" * plan.steps
+            g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    return kinds[:n]
+
+
+def test_one_plan_covers_the_decodes_up_to_the_next_probe():
+    single, runs = (guard(probe=2, max_probe=8, warmup=1, gate=False) for _ in range(2))
+    for g in (single, runs):
+        g.tree_steps = 1
+        g.predict = lambda: {0: 100.0, -1: 110.0}
+    assert run_plans(runs, 20) == run_steps(single, 20) == "aaTaaaaTaaaaaaaaTaaa"
+    assert single.decisions == 20 and runs.decisions == 7  # 4 runs of decodes, 3 trees
+    looks = guard(probe=2, warmup=1, gate_every=3)  # the gate's look ends a run too
+    looks.tree_steps = 1
+    looks.predict = lambda: {0: 100.0, -1: 300.0}
+    assert looks.plan().steps == 3
+
+
+def test_probes_cost_at_most_probe_cost_of_the_time_between_them():
+    def decoding(**options) -> Guard:
+        options = {"probe_cost": 0.01, **options}
+        g = guard(probe=2, warmup=1, gate=False, switch_prior=0.0, **options)
+        g.tree_steps = 1
+        g.evidence = {0: (24, 3.0)}  # the full tree commits 3 tokens a step
+        g.predict = lambda: {0: 50.0, -1: 120.0}
+        g.plan()
+        assert g.choice == -1
+        return g
+
+    # a probe spends 3/50 s on what decoding commits in 3/120 s: 35 ms lost, which is 1%
+    # of 420 decodes of 1/120 s (the gap rule alone: 2 * 2.4**2 = 11 steps)
+    assert decoding().probe_every == 420
+    assert guard().probe_cost == 0.005  # the default: 840 here
+    assert decoding(probe_cost=0.04).probe_every == 105
+    assert decoding(max_probe=100).probe_every == 100
+    assert run_plans(decoding(probe_cost=0.04), 107) == "a" * 105 + "Ta"
+
+
+def test_a_measured_probe_that_lost_more_than_predicted_spaces_the_next_ones():
+    g = guard(probe=2, warmup=1, gate=False, measure=True, probe_cost=0.01)
+    g.tree_steps, g.measured["autoregressive"] = 1, 2  # past warm-up and measuring
+    g.predict = lambda: {0: 100.0, -1: 120.0}  # no window: the gap rule alone, 2 * 1.2**2
+    assert g.plan().kind == "autoregressive" and g.probe_every == 2
+    g.since_full = g.probe_every
+    plan = g.plan()
+    assert plan.reason.startswith("probe the full tree")
+    g.started = time.perf_counter() - 0.06  # the probe took 60 ms for 2 tokens
+    lp = torch.tensor([0.0, -1.0])
+    g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1]), lp, plan.tree))
+    assert g.last_probe[1] == 2 and 0.06 <= g.last_probe[0] < 0.07
+    assert g.plan().kind == "autoregressive"  # replanned right after the probe
+    # decoding commits those 2 tokens in 2/120 s: 43 ms lost = 1% of 520 decodes of 1/120 s
+    assert 520 <= g.probe_every <= 530
 
 
 def test_without_the_guard_only_the_full_tree_is_planned():
@@ -104,3 +172,15 @@ def test_replans_come_less_often_while_nothing_changes():
     run_steps(g, 8)
     assert g.choice == -1 and g.replan_interval == 2  # back to every 2 steps
     assert guard().max_replan == 64  # by default: the window's length
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.0, True])
+def test_a_plan_of_decodes_runs_at_least_one(steps):
+    with pytest.raises(ValueError, match="an integer >= 1"):
+        StepPlan("autoregressive", steps=steps)
+
+
+def test_a_tree_plan_is_one_step():
+    assert StepPlan("autoregressive", steps=5).steps == 5
+    with pytest.raises(ValueError, match=r"allowed: an integer >= 1 \(1 for a tree\)"):
+        StepPlan("tree", 4, 2, 2, steps=2)

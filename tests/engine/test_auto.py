@@ -81,6 +81,34 @@ def test_the_guard_falls_back_to_autoregressive_when_speculation_cannot_win(
             assert out.tokens == tiny_engine.generate_autoregressive(prompt, 80).tokens
 
 
+def counting_calls(policy):
+    """``policy`` counting its plans, and the decodes its outcomes report."""
+    seen = {"plans": 0, "decodes": 0}
+    plan_step, observe = policy.plan_step, policy.observe
+
+    def plan(*args):
+        seen["plans"] += 1
+        return plan_step(*args)
+
+    def outcome(o, *args):
+        seen["decodes"] += o.steps if o.kind == "autoregressive" else 0
+        return observe(o, *args)
+
+    policy.plan_step, policy.observe = plan, outcome
+    return policy, seen
+
+
+def test_a_decoding_guard_plans_runs_of_decodes(tiny_engine):
+    """Once it decodes, one plan covers every decode up to its next probe; each decoded
+    token still has its step statistics."""
+    policy, seen = counting_calls(get_policy("auto"))
+    out = tiny_engine.generate_speculative(PROMPTS[0], 80, auto_spec(repair=False), policy=policy)
+    decoded = [s for s in out.steps if s.guard == "autoregressive"]
+    assert seen["decodes"] == len(decoded) > len(out.steps) / 2
+    assert seen["plans"] < len(out.steps) - len(decoded) / 2  # far fewer than one per step
+    assert out.tokens == tiny_engine.generate_autoregressive(PROMPTS[0], 80).tokens
+
+
 def test_a_live_policy_must_be_the_spec_policy(tiny_engine):
     with pytest.raises(ValueError, match="spec.policy is 'auto'"):
         tiny_engine.generate_speculative(

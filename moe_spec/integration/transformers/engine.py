@@ -31,6 +31,7 @@ from moe_spec.engine.generate import (
     gate_step,
     live_policy,
     plan_step,
+    run_decodes,
     sample,
 )
 from moe_spec.engine.model import distinct_per_layer
@@ -187,14 +188,21 @@ class TransformersEngine:
                         pending_QD, pending = [], []
                     first_V = self.draft.first_level(root_state)
                     plan = gate_step(policy, plan, first_V)
-                if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: a plain forward
-                    logits_V = self.forward_last([root], tcache)
-                    pending_QD.append(features.last_BSD[0, -1:])
-                    root = sample(logits_V, spec.temperature, g)
-                    pending.append(root)
-                    steps.append(autoregressive_stats(plan, E, self.top_k, self.n_moe_layers))
-                    policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree))
-                    out.append(root)
+                if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: plain forwards
+                    ran = run_decodes(
+                        plan,
+                        lambda token: self.decode_step(
+                            token, tcache, spec.temperature, g, features
+                        ),
+                        out,
+                        (pending, pending_QD),
+                        max_new_tokens,
+                        self.is_end,
+                    )
+                    root = out[-1]
+                    stats = autoregressive_stats(plan, E, self.top_k, self.n_moe_layers)
+                    steps += [stats] * ran
+                    policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree, steps=ran))
                     continue
                 tree = self.draft.grow_tree(
                     dcache, root, root_state, width, depth, num_tokens, first_V
@@ -228,6 +236,11 @@ class TransformersEngine:
                 root = bonus
                 root_state = self.draft.extend(dcache, new_tokens, path_feature_QD)
         return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
+
+    def decode_step(self, root: int, cache, temperature: float, g: torch.Generator, features):
+        """One plain target forward of ``root``: the next token, ``root``'s feature ``[1, D]``."""
+        logits_V = self.forward_last([root], cache)
+        return sample(logits_V, temperature, g), features.last_BSD[0, -1:]
 
     @torch.no_grad()
     def score(self, prompt: list[int], tokens: list[int]) -> list[float]:

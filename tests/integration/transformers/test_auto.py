@@ -5,7 +5,7 @@ from __future__ import annotations
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
 from moe_spec.policies import get_policy
-from tests.engine.test_auto import gate_every_other_step
+from tests.engine.test_auto import counting_calls, gate_every_other_step
 
 from .test_engine import NEW, PROMPT, NoTokenizer, greedy_reference
 
@@ -23,9 +23,11 @@ def test_auto_with_repair_is_exact_and_budgets(moe_model):
 def test_the_guard_falls_back_to_autoregressive_with_a_poor_draft(moe_model, dense_draft):
     engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
     spec = SpecConfig(3, 3, 8, policy="auto")
-    result = engine.generate_speculative(PROMPT, 40, spec)
+    policy, seen = counting_calls(get_policy("auto"))
+    result = engine.generate_speculative(PROMPT, 40, spec, policy=policy)
     kinds = [s.guard for s in result.steps]
-    assert kinds.count("autoregressive") > len(kinds) / 2
+    assert seen["decodes"] == kinds.count("autoregressive") > len(kinds) / 2
+    assert seen["plans"] < len(kinds) / 2  # runs of decodes, one plan each
     assert result.tokens == engine.generate_autoregressive(PROMPT, 40).tokens
 
 
