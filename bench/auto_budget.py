@@ -7,7 +7,9 @@ checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model
 1. **Measured on this CPU** (tokens/s, wall clock): autoregressive, unbudgeted tree
    speculation, and ``auto`` with ``measure=true`` (its guard corrects the cost model by
    measured step times), fresh per prompt and warm (one policy instance across the set,
-   as a server keeps it). Arms alternate per prompt, ``--rounds`` times.
+   as a server keeps it). Arms alternate per prompt, ``--rounds`` times; each round's
+   auto/AR ratio is reported too (median and range: this CPU drifts between rounds).
+   ``--skip-modeled`` runs this part alone.
 2. **Modeled** on ``--gpu`` for each ``--shapes`` (calibrated cost model): the runs'
    steps priced as ``moe-spec ab`` prices them; fixed budgets of ``token-priority`` (the
    ranking ``auto`` refines) with and without repair, ``depth-width`` (Cascade-style),
@@ -18,6 +20,7 @@ checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
         [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
+        [--skip-measured | --skip-modeled]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 
 import torch
 
@@ -84,8 +87,10 @@ def measured(engine, prompts: list[str], args) -> dict:
     auto = SpecConfig(policy="auto", policy_options={"measure": True})
     arms = {"autoregressive": [0, 0.0], "none": [0, 0.0], "auto": [0, 0.0], "auto warm": [0, 0.0]}
     decisions = {"auto": [], "auto warm": []}
+    per_round = {"auto": [], "auto warm": []}  # auto / AR tokens/s within each round
     warm = get_policy("auto", measure=True)
     for r in range(args.rounds):
+        before = {k: list(v) for k, v in arms.items()}
         for p in ids:
             runs = {
                 "autoregressive": lambda p=p: engine.generate_autoregressive(p, args.max_new),
@@ -102,9 +107,17 @@ def measured(engine, prompts: list[str], args) -> dict:
                 arms[name][1] += out.seconds
                 if name in decisions:
                     decisions[name] += [s.guard for s in out.steps]
+        rate = {k: (n - before[k][0]) / (t - before[k][1]) for k, (n, t) in arms.items()}
+        for k, ratios in per_round.items():
+            ratios.append(rate[k] / rate["autoregressive"])
     tps = {k: n / s for k, (n, s) in arms.items()}
     share = {k: fmean(g == "autoregressive" for g in v) for k, v in decisions.items() if v}
-    return {"tokens_per_s": tps, "autoregressive_step_share": share}
+    return {"tokens_per_s": tps, "autoregressive_step_share": share, "per_round": per_round}
+
+
+def spread(ratios: list[float]) -> str:
+    """``median (min-max)`` of per-round ratios."""
+    return f"{median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
 
 
 def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
@@ -237,6 +250,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["OLMoE-1B-7B", "Qwen3-30B-A3B"])
     ap.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 20, 24])
     ap.add_argument("--skip-measured", action="store_true")
+    ap.add_argument("--skip-modeled", action="store_true", help="the CPU's tokens/s only")
     ap.add_argument("--out", default="out/auto-bench")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -247,25 +261,32 @@ def main() -> None:
     start = time.time()
     for name, prompts in prompt_sets(args.prompts).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
-        entry["modeled"], entry["overhead"] = modeled(engine, prompts, args)
+        if not args.skip_modeled:
+            entry["modeled"], entry["overhead"] = modeled(engine, prompts, args)
         results["sets"][name] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [f"CPU: {results['cpu']}; {time.time() - start:.0f} s", ""]
     if not args.skip_measured:
         lines += [
             "| prompt set | AR tok/s | none | auto (fresh) | auto (warm) | "
-            "auto/AR fresh, warm | AR-step share fresh, warm |",
-            "|" + " --- |" * 7,
+            "auto/AR fresh, warm | AR-step share fresh, warm | per round auto/AR fresh | "
+            "per round auto/AR warm |",
+            "|" + " --- |" * 9,
         ]
         for name, e in results["sets"].items():
             t, sh = e["measured"]["tokens_per_s"], e["measured"]["autoregressive_step_share"]
+            rounds = e["measured"]["per_round"]
             lines.append(
                 f"| {name} | {t['autoregressive']:.1f} | {t['none']:.1f} | {t['auto']:.1f} | "
                 f"{t['auto warm']:.1f} | {t['auto'] / t['autoregressive']:.3f}, "
                 f"{t['auto warm'] / t['autoregressive']:.3f} | "
-                f"{sh.get('auto', 0):.0%}, {sh.get('auto warm', 0):.0%} |"
+                f"{sh.get('auto', 0):.0%}, {sh.get('auto warm', 0):.0%} | "
+                f"{spread(rounds['auto'])} | {spread(rounds['auto warm'])} |"
             )
         lines.append("")
+    if args.skip_modeled:
+        print("\n".join(lines))
+        return
     lines += [
         "| prompt set | shape | AR | none | depth-width | best fixed B, repair | auto repair | "
         "x best fixed | x max(AR, none) | auto AR steps | best fixed B lossy (agree) | "
