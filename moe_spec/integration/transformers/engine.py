@@ -237,7 +237,14 @@ class TransformersEngine:
                 root_state = self.draft.extend(dcache, new_tokens, path_feature_QD)
         return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
 
-    def decode_step(self, root: int, cache, temperature: float, g: torch.Generator, features):
+    def decode_step(
+        self,
+        root: int,
+        cache: DynamicCache,
+        temperature: float,
+        g: torch.Generator,
+        features: FeatureRecorder,
+    ) -> tuple[int, torch.Tensor]:
         """One plain target forward of ``root``: the next token, ``root``'s feature ``[1, D]``."""
         logits_V = self.forward_last([root], cache)
         return sample(logits_V, temperature, g), features.last_BSD[0, -1:]
