@@ -306,14 +306,13 @@ class Guard:
         (with ``measure``, the last probe's measured seconds and tokens, if it lost more)."""
         if self.choice not in predicted:
             return 0
-        losses = [-1.0]
+        loss_s = 0.0  # the larger of the predicted and the last measured loss, if any
         if 0 in self.evidence and 0 in predicted:
             a = self.evidence[0][1]
-            losses.append(a / max(predicted[0], 1e-30) - a / predicted[self.choice])
+            loss_s = a / max(predicted[0], 1e-30) - a / predicted[self.choice]
         if self.last_probe is not None:
             seconds, committed = self.last_probe
-            losses.append(seconds - committed / predicted[self.choice])
-        loss_s = max(losses)
+            loss_s = max(loss_s, seconds - committed / predicted[self.choice])
         per_token = 1.0 if self.choice < 0 else self.evidence[self.choice][1]
         step_s = per_token / predicted[self.choice]
         return math.ceil(loss_s / (self.probe_cost * step_s)) if loss_s > 0 else 0
