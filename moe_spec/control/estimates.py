@@ -9,7 +9,9 @@ Three estimates, all updated after acceptance (outside the verify forward):
   probability that the node is on the accepted path: ``bins`` equal-width bins of q,
   each with counts of nodes seen and accepted and a prior of ``prior`` pseudo-nodes at
   the bin's centre (so an empty bin trusts the draft):
-  ``P(accept | bin b) = (accepted_b + prior * centre_b) / (seen_b + prior)``.
+  ``P(accept | bin b) = (accepted_b + prior * centre_b) / (seen_b + prior)``; the root's
+  children are also counted apart (:meth:`AcceptanceEstimates.accept_first_B`, what the
+  draft gate reads): a deep node of the same path probability is accepted less often.
 - **acceptance per depth**: ``P(the accepted path reaches depth d | the tree had depth d)``,
   unconditional on the shallower depths (a running product of these would count the
   shallower levels twice), with a prior of one pseudo-step reaching depth d with
@@ -91,6 +93,8 @@ class AcceptanceEstimates:
         self.centre_B = (np.arange(bins) + 0.5) / bins
         self.seen_B = np.zeros(bins)
         self.accepted_B = np.zeros(bins)
+        self.seen_first_B = np.zeros(bins)  # the same, depth-1 nodes alone
+        self.accepted_first_B = np.zeros(bins)
         self.tried_D = np.zeros(max_depth + 1)
         self.reached_D = np.zeros(max_depth + 1)
         self.reach_prior_D = 0.5 ** np.arange(max_depth + 1)  # one pseudo-step, 2**-d
@@ -115,6 +119,14 @@ class AcceptanceEstimates:
     def accept_B(self) -> np.ndarray:
         """float ``[bins]``: calibrated P(accepted) per bin of the draft's path probability."""
         return (self.accepted_B + self.prior * self.centre_B) / (self.seen_B + self.prior)
+
+    def accept_first_B(self) -> np.ndarray:
+        """float ``[bins]``: :meth:`accept_B` of the root's children alone (what the draft
+        gate reads: a first level is accepted more often than a deep node of the same path
+        probability, whose ancestors' errors it carries)."""
+        return (self.accepted_first_B + self.prior * self.centre_B) / (
+            self.seen_first_B + self.prior
+        )
 
     def bin_of(self, logprob_N: np.ndarray) -> np.ndarray:
         q_N = np.exp(np.minimum(logprob_N, 0.0))
@@ -150,6 +162,9 @@ class AcceptanceEstimates:
             self.seen_B += count_FAB.sum(axis=(0, 1))
             self.accepted_B += count_FAB[:, 1].sum(axis=0)
             first_B = count_FAB[1].sum(axis=0) if depth_N is not None else None
+            if first_B is not None:
+                self.seen_first_B += first_B
+                self.accepted_first_B += count_FAB[1, 1]
         elif depth_N is not None:  # no draft scores (SGLang): shallower nodes first
             logprob_N = -depth_N.astype(np.float32)
         else:
@@ -170,6 +185,21 @@ class AcceptanceEstimates:
         n = outcome.tree[0]
         self.ran_W[w] = self.candidate_tokens.index(n) if n in self.candidate_tokens else -1
         self.steps_seen += 1
+
+    def forget(self, keep: int) -> None:
+        """Keep only the window's latest ``keep`` steps (the text has changed: older steps
+        would predict for what is no longer read). The calibration and the acceptance per
+        depth, counts over every step, stay."""
+        W = self.exact_WLV.shape[0]
+        old = len(self.window) - keep
+        if old <= 0:
+            return
+        for i in range(old):  # ring rows of the oldest steps, marked as knowing nothing
+            w = (self.steps_seen - len(self.window) + i) % W
+            self.committed_WC[w] = -1
+            self.ran_W[w] = -1
+        for _ in range(old):
+            self.window.popleft()
 
     def window_step(
         self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray

@@ -14,7 +14,11 @@ current choice is kept unless another is predicted faster by more than ``margin`
 prediction is redone every ``replan_every`` tree steps; after a replan that changed neither
 the choice nor its budgets the interval doubles, up to ``max_replan`` (the window's length:
 by then every step it predicts from is new), and any change resets it (a replan prices
-every candidate tree: most of the controller's time). A tree that is not the current
+every candidate tree: most of the controller's time). Two surprises replan at once and
+reset the interval (:meth:`Guard.surprised`): the budget touched the accepted path
+``surprise`` steps more often than predicted, or the current tree's committed tokens drifted
+``drift`` standard errors from the window's mean (then the window keeps only the steps
+since: the text has changed). A tree that is not the current
 choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token added to
 the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``,
 ``a`` its mean committed tokens. A tree predicted from two or three lucky steps does not
@@ -30,8 +34,9 @@ decodes, one plan covers every decode up to its next look at a tree (``StepPlan.
 **The draft gate** (:meth:`Guard.gate`, with ``gate``): before the planned tree is grown,
 the draft's first level (the log-probabilities of the root's ``width`` most likely children,
 known once the draft has caught up) gives the step's own expected committed tokens, ``1 +
-min(1, sum_i a(q_i)) * (1 + m)``: ``a`` the calibrated acceptance of a node of path
-probability ``q_i`` (only one child of the root can be accepted), ``m`` the tokens expected
+min(1, sum_i a(q_i)) * (1 + m)``: ``a`` the calibrated acceptance of a child of the root of
+path probability ``q_i`` (the first level's own calibration; only one child of the root can
+be accepted), ``m`` the tokens expected
 past depth 1 from the acceptance per depth. With ``R`` the best predicted tokens/s the tree
 is drafted and verified when ``expected - R * rest_s >= 1 - R * decode_s`` (``rest_s``: the
 tree step less its first draft forward, already run), else the root is decoded alone. Draft
@@ -44,7 +49,9 @@ it turns down teaches nothing, so an early pessimistic estimate would stay (meas
 toy's warm-up decoded where its trees win); before the first prediction it trades at
 decoding's rate. Not in a probe, and not while the best
 tree is predicted more than ``gate_margin`` (25%) faster than decoding: there the tree
-clearly wins and the gate's per-step estimates are too noisy to beat it. With ``gate_every``
+clearly wins and the gate's per-step estimates are too noisy to beat it. On the full tree a
+run of ``probe_every`` gated steps ends in a probe (a gate that turns every tree down would
+learn nothing more). With ``gate_every``
 (0: off, the default), while the guard decodes, every ``gate_every``-th step is planned as
 the full tree for the gate to judge (the draft catches up on the decoded tokens in one
 forward): the tree runs where the draft is sure, the rest are decodes, and these looks are
@@ -67,7 +74,7 @@ import torch
 
 from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
-from moe_spec.control.planner import best_budgets, budget_levels, step_seconds
+from moe_spec.control.planner import best_budgets, budget_levels, exact_prefix_S, step_seconds
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.costmodel import independent_distinct
 
@@ -97,6 +104,8 @@ class Guard:
         gate: bool = True,
         gate_every: int = 0,
         gate_margin: float = 0.25,
+        surprise: float = 2.0,
+        drift: float = 2.5,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
@@ -125,6 +134,15 @@ class Guard:
         window = estimates.window.maxlen
         self.max_replan = max(replan_every, window if max_replan is None else max_replan)
         self.replan_interval = replan_every  # doubles while replans change nothing
+        # budgeted steps of the current choice since the replan, and how many of them had
+        # their path touched by the budget, against the share the replan predicted
+        self.touched_C = np.zeros(len(cost.trees))
+        self.touched_n = self.touched = 0
+        self.surprise = surprise
+        # tokens committed by the current tree's steps since the replan (sum, steps), against
+        # the window's mean and spread it predicted from; the window's steps at that replan
+        self.drift, self.recent, self.spread_C = drift, [0, 0], np.zeros(len(cost.trees))
+        self.seen_at_replan = 0
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = probe
         self.trees = cost.trees
@@ -163,7 +181,12 @@ class Guard:
             return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
         if self.since_replan >= self.replan_interval or not self.predicted:
             self.replan()
-        if self.choice != 0 and self.since_full >= self.probe_every:
+        elif surprise := self.surprised():
+            if surprise == "drift":  # predict from the steps since the change alone
+                self.est.forget(self.est.steps_seen - self.seen_at_replan)
+            self.replan_interval = self.replan_every
+            self.replan()
+        if self.since_full >= self.probe_every:  # on the full tree: a run of gated steps
             self.budget_L[:] = self.budgets_C[0]
             self.probing = True
             return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
@@ -192,9 +215,33 @@ class Guard:
             run = min(run, self.look_every - self.since_gate)
         return max(run, 1)
 
+    def surprised(self) -> str:
+        """Why to replan before the interval is up ("" if not): the budget touched the
+        accepted path ``surprise`` steps more often than the last replan predicted
+        ("touched"), or at least 4 of the current tree's steps since then committed a mean
+        that differs from that of the window's (at least 8) steps by more than ``drift``
+        standard errors ("drift": the text has changed, as at a new request, and the window
+        predicts for the old one)."""
+        if self.choice < 0:
+            return ""
+        expected = self.touched_n * self.touched_C[self.choice]
+        if self.surprise and self.touched - expected >= self.surprise:
+            return "touched"
+        total, n = self.recent
+        steps, mean = self.evidence.get(self.choice, (0, 0.0))
+        # a mean and spread from fewer than 8 steps (the first replans) are no reference
+        if self.drift and n >= 4 and steps >= 8 and self.est.steps_seen - self.seen_at_replan >= 2:
+            spread = max(self.spread_C[self.choice], 0.5)
+            if abs(total / n - mean) > self.drift * spread / math.sqrt(n):
+                return "drift"
+        return ""
+
     def replan(self) -> None:
         """Predict every arm's tokens/s from the window; switch with hysteresis."""
         self.since_replan = 0
+        self.touched_n = self.touched = 0
+        self.recent = [0, 0]
+        self.seen_at_replan = self.est.steps_seen
         self.replans += 1
         before = self.held()
         self.switch(self.predict())
@@ -220,6 +267,9 @@ class Guard:
             mean = float(window[1].mean())
             self.evidence[c] = (window[1].size, mean)
             self.step_s_C[c] = step_seconds(self.cost, c, window, self.levels_V, B_L, self.repair)
+            exact_S = exact_prefix_S(window[0], self.levels_V, B_L)
+            self.touched_C[c] = float((exact_S < window[1]).mean())
+            self.spread_C[c] = float(window[1].std())
             predicted[c] = self.with_gated(c, window[1], tp / self.ratio(TREE))
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
@@ -260,7 +310,7 @@ class Guard:
     def expected_S(self, c: int, first_SB: np.ndarray) -> np.ndarray:
         """float ``[S]``: committed tokens expected from tree ``c`` given the first level's
         nodes per calibration bin (``first_SB``): ``1 + min(1, sum a) * (1 + beyond)``."""
-        first_S = np.minimum(first_SB @ self.est.accept_B(), 1.0)
+        first_S = np.minimum(first_SB @ self.est.accept_first_B(), 1.0)
         return 1.0 + first_S * (1.0 + self.beyond_first(c))
 
     def pays(self, c: int, expected_S: np.ndarray, rate: float) -> np.ndarray:
@@ -411,6 +461,17 @@ class Guard:
                 self.gated_C[self.trees.index(outcome.tree)].append(0)
             self.look_every = self.gate_every  # the draft was sure: look as often again
             self.est.observe(outcome, rank_LE, ids_LNK)
+            if (
+                outcome.exact is not None
+                and self.choice >= 0
+                and outcome.tree == self.trees[self.choice]
+                and (self.budget_L < self.cost.E).any()
+            ):
+                self.touched_n += 1
+                self.touched += outcome.exact < outcome.committed
+            if self.choice >= 0 and outcome.tree == self.trees[self.choice]:
+                self.recent[0] += outcome.committed
+                self.recent[1] += 1
             self.tree_steps += 1
             self.since_replan += 1
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1

@@ -114,11 +114,17 @@ def step_seconds(
     prices them."""
     exact_SLV, committed_S, used_SL = window
     L = exact_SLV.shape[1]
-    exact_S = exact_SLV[:, np.arange(L), level_index(levels_V, B_L)].min(axis=-1)
+    exact_S = exact_prefix_S(exact_SLV, levels_V, B_L)
     read_S = np.minimum(B_L, used_SL).sum(axis=-1)
     budgeted = np.array(bool((B_L < cost.E).any()))
     _, seconds_S = tokens_and_seconds(cost, c, exact_S, committed_S, read_S, L, budgeted, repair)
     return float(seconds_S.mean())
+
+
+def exact_prefix_S(exact_SLV: np.ndarray, levels_V: np.ndarray, B_L: np.ndarray) -> np.ndarray:
+    """int ``[S]``: each window step's path prefix that budgets ``B_L`` leave untouched."""
+    L = exact_SLV.shape[1]
+    return exact_SLV[:, np.arange(L), level_index(levels_V, B_L)].min(axis=-1)
 
 
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:

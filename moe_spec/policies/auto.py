@@ -29,7 +29,10 @@ is the selection's cost, and a step that keeps every expert needs it only to lea
 the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
 and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
 the two costliest parts of the controller's host time, halved or better where nothing
-moves. The state lives in the policy instance: the engines create one per generation.
+moves. A replan comes at once when the budget touches the accepted path ``surprise``
+steps more often than predicted, or when the tree's committed tokens drift ``drift``
+standard errors from the window's mean (then from the steps since alone: new text).
+The state lives in the policy instance: the engines create one per generation.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class Auto(TokenPriority):
         rank_every: int = 4,
         learn_every: int = 2,
         max_replan: int | None = None,
+        surprise: float = 2.0,
+        drift: float = 2.5,
     ) -> None:
         super().__init__()
         try:
@@ -122,6 +127,9 @@ class Auto(TokenPriority):
         _check("probe_cost", probe_cost, ok and 0 < probe_cost <= 1, "0 < probe_cost <= 1")
         ok = isinstance(switch_prior, num) and not isinstance(switch_prior, bool)
         _check("switch_prior", switch_prior, ok and switch_prior >= 0, "a number >= 0")
+        for name, value in (("surprise", surprise), ("drift", drift)):
+            ok = isinstance(value, num) and not isinstance(value, bool)
+            _check(name, value, ok and value >= 0, "a number >= 0 (0: off)")
         for name, value, low in (
             ("window", window, 1),
             ("levels", levels, 2),
@@ -149,6 +157,8 @@ class Auto(TokenPriority):
             probe=probe,
             probe_cost=float(probe_cost),
             switch_prior=float(switch_prior),
+            surprise=float(surprise),
+            drift=float(drift),
         )
         self.window, self.prior = window, float(prior)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n

@@ -33,6 +33,13 @@ def test_calibration_is_counts_with_a_prior_at_the_bin_centre():
     np.testing.assert_allclose(observed().accept_B(), want)
 
 
+def test_the_first_level_has_a_calibration_of_its_own():
+    want = (np.arange(10) + 0.5) / 10
+    want[6] = (1 + 4 * 0.65) / 5  # node 1: depth 1, accepted
+    want[3] = (0 + 4 * 0.35) / 5  # node 2: depth 1, rejected (node 3, depth 2, not counted)
+    np.testing.assert_allclose(observed().accept_first_B(), want)
+
+
 def test_bins_and_log_edges_agree_with_bucketize():
     est = observed()
     lp = torch.log(torch.tensor([0.05, 0.15, 0.62, 0.99, 1.0]))
@@ -130,3 +137,17 @@ def test_reach_per_depth_is_unconditional():
         est.observe(StepOutcome("tree", path, depth_N, None, (4, 1, 3)), None, None)
     want = [1.0] + [(5 + 0.5**d) / 11 for d in (1, 2, 3)]
     np.testing.assert_allclose(est.reach_D()[:4], want)
+
+
+def test_forget_keeps_the_latest_window_steps_and_the_calibration():
+    est = observed()
+    for _ in range(3):
+        est.observe(StepOutcome("tree", [0, 2], DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
+    accept_B = est.accept_B().copy()
+    assert len(est.window) == 4 and est.arrays(1)[1].tolist() == [2, 1, 1, 1]
+    est.forget(2)
+    assert len(est.window) == 2 and est.arrays(1)[1].tolist() == [1, 1]
+    assert est.arrays(0)[1].tolist() == [2, 2]
+    np.testing.assert_array_equal(est.accept_B(), accept_B)
+    est.forget(5)  # keeping more than there is changes nothing
+    assert len(est.window) == 2

@@ -55,7 +55,8 @@ def test_calibrated_bins_and_depths_replace_the_drafts_own_numbers():
     tree = torch.cat((torch.zeros(1), q.log()))
     depth_N = torch.cat((torch.zeros(1, dtype=torch.long), torch.ones(40, dtype=torch.long)))
     g.est.observe(StepOutcome("tree", [0], depth_N, tree, (41, 40, 1)), None, None)
-    # bin 9: (0 + 4 * 0.95) / (40 + 4) = 0.086; depth 1 reached (0 + 0.5) / (1 + 1) = 0.25
+    # bin 9 of the first level: (0 + 4 * 0.95) / (40 + 4) = 0.086; depth 1 reached
+    # (0 + 0.5) / (1 + 1) = 0.25
     # of steps, depths 2 and 3 by their priors 0.25 and 0.125: past depth 1, 1 + 0.5 tokens
     a = 3.8 / 44
     assert g.expected_tokens(logprobs(0.95).numpy(), 0) == pytest.approx(1 + a * (1 + 1.5))
@@ -182,3 +183,34 @@ def test_the_gate_rests_in_warm_up():
     assert g.gate(logprobs(0.05)) is None
     g.tree_steps = 2
     assert g.gate(logprobs(0.05)) is not None
+
+
+def test_the_gate_reads_the_first_levels_calibration_not_the_deeper_nodes():
+    g = guard()
+    # a step whose first level (q = 0.35) was accepted, and 30 deep nodes of the same q not
+    n = 32
+    lp = torch.cat((torch.zeros(1), torch.full((n - 1,), math.log(0.35))))
+    depth_N = torch.cat((torch.zeros(1, dtype=torch.long), torch.full((n - 1,), 2)))
+    depth_N[1] = 1
+    g.est.observe(StepOutcome("tree", [0, 1], depth_N, lp, (n, 1, 2)), None, None)
+    assert g.est.accept_B()[3] == pytest.approx((1 + 4 * 0.35) / 35)  # all nodes: 0.07
+    assert g.est.accept_first_B()[3] == pytest.approx((1 + 4 * 0.35) / 5)  # depth 1: 0.48
+    beyond = g.beyond_first(0)
+    assert g.expected_tokens(logprobs(0.35).numpy(), 0) == pytest.approx(1 + 0.48 * (1 + beyond))
+
+
+def test_a_run_of_gated_steps_on_the_full_tree_ends_in_a_probe():
+    g = guard(probe=4)
+    g.predict = lambda: {0: 100.0, -1: 90.0}  # the full tree, decoding close behind
+    kinds = ""
+    for _ in range(10):
+        plan = g.plan()
+        if plan.kind == "tree" and g.gate(logprobs(0.05)) is not None:  # an unsure draft
+            kinds += "g"
+            g.observe(StepOutcome("autoregressive", [0]))
+        else:
+            kinds += "P" if g.probing else "T"
+            lp = torch.tensor([0.0, math.log(0.05)])
+            g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1]), lp, plan.tree))
+    # without the probes the gate would turn every tree down and learn nothing again
+    assert kinds == "ggggPggggP"

@@ -184,3 +184,82 @@ def test_a_tree_plan_is_one_step():
     assert StepPlan("autoregressive", steps=5).steps == 5
     with pytest.raises(ValueError, match=r"allowed: an integer >= 1 \(1 for a tree\)"):
         StepPlan("tree", 4, 2, 2, steps=2)
+
+
+def run_budgeted(g, n: int, touched: bool) -> None:
+    """Plan and observe ``n`` tree steps committing 2 tokens, the budget touching the
+    second (``exact`` 1) or not."""
+    for _ in range(n):
+        plan = g.plan()
+        assert plan.kind == "tree"
+        lp = torch.tensor([0.0, -1.0])
+        g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1]), lp, plan.tree, 2 - touched))
+
+
+def test_a_budget_that_touches_the_path_more_than_predicted_is_replanned_at_once():
+    g = guard(gate=False, warmup=1, replan_every=2, max_replan=16)
+    g.tree_steps = 1  # past warm-up
+
+    def predict():  # a budget below E that left every window step's path untouched
+        g.budgets_C[0][:] = 4
+        g.touched_C[0] = 0.0
+        return {0: 100.0, -1: 50.0}
+
+    g.predict = predict
+    run_budgeted(g, 7, touched=False)
+    assert g.replans == 3 and g.replan_interval == 8  # at steps 0, 2, 6
+    run_budgeted(g, 2, touched=True)  # two surprises: a replan at the next step
+    assert g.replans == 3
+    run_budgeted(g, 1, touched=False)
+    # the interval starts again from 2 (and doubles, as that replan changed nothing)
+    assert g.replans == 4 and g.replan_interval == 4
+    # as often as predicted is no surprise
+    g.predict = lambda: (predict(), g.touched_C.__setitem__(0, 1.0))[0]
+    g.since_replan = g.replan_interval
+    run_budgeted(g, 6, touched=True)
+    assert g.replans == 5
+
+
+def observe_window_step(g, committed: int, plan=None) -> None:
+    """A tree step of the full tree whose accepted path is ``committed`` nodes long, with
+    its routing (so it enters the window)."""
+    n = TREES[0][0]
+    depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
+    lp = -torch.arange(n, dtype=torch.float32)
+    rank_LE, ids_LNK = torch.arange(8).repeat(2, 1), torch.zeros(2, n, 2, dtype=torch.long)
+    outcome = StepOutcome("tree", list(range(committed)), depth_N, lp, TREES[0])
+    if plan is None:
+        g.est.observe(outcome, rank_LE, ids_LNK)
+    else:
+        g.observe(outcome, rank_LE, ids_LNK)
+
+
+@pytest.mark.parametrize("committed, replanned", [(2, True), (4, False)])
+def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, replanned):
+    g = guard(gate=False, warmup=1, replan_every=8, max_replan=8)
+    g.tree_steps = 1  # past warm-up
+    for _ in range(8):  # the window of the text before: 4 tokens a step
+        observe_window_step(g, 4)
+    windows = []
+
+    def predict():
+        windows.append(len(g.est.window))
+        g.evidence[0], g.spread_C[0] = (len(g.est.window), 4.0), 1.0
+        return {0: 100.0, -1: 50.0}
+
+    g.predict = predict
+    for _ in range(5):
+        observe_window_step(g, committed, g.plan())
+    # 4 steps of 2 tokens against a window mean of 4 (spread 1): 4 standard errors
+    assert windows == ([8, 4] if replanned else [8])
+    assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)  # the 5th step came after
+
+
+def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
+    from moe_spec.policies import PolicyError, get_policy
+
+    policy = get_policy("auto", surprise=0, drift=3)
+    assert policy.options["surprise"] == 0.0 and policy.options["drift"] == 3.0
+    for bad in ({"surprise": -1}, {"drift": True}, {"drift": "x"}):
+        with pytest.raises(PolicyError, match=f"{next(iter(bad))}.*a number >= 0"):
+            get_policy("auto", **bad)
