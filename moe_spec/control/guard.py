@@ -58,8 +58,8 @@ forward): the tree runs where the draft is sure, the rest are decodes, and these
 the gated share the full tree's prediction is made from. A look the gate turns down doubles
 the interval (up to ``16 * gate_every``); a tree step resets it.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
-searched layer by layer for the full tree and the current choice, one budget for all
-layers for the other trees. Every plan
+searched layer by layer for the full tree and the current choice once the window holds 8
+of its steps, one budget for all layers before that and for the other trees. Every plan
 carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
 """
 
@@ -219,9 +219,9 @@ class Guard:
         """Why to replan before the interval is up ("" if not): the budget touched the
         accepted path ``surprise`` steps more often than the last replan predicted
         ("touched"), or at least 4 of the current tree's steps since then committed a mean
-        that differs from that of the window's (at least 8) steps by more than ``drift``
-        standard errors ("drift": the text has changed, as at a new request, and the window
-        predicts for the old one)."""
+        that differs from that of the window's (at least 4) steps by more than ``drift``
+        standard errors, the spread taken as at least one token ("drift": the text has
+        changed, as at a new request, and the window predicts for the old one)."""
         if self.choice < 0:
             return ""
         expected = self.touched_n * self.touched_C[self.choice]
@@ -229,9 +229,9 @@ class Guard:
             return "touched"
         total, n = self.recent
         steps, mean = self.evidence.get(self.choice, (0, 0.0))
-        # a mean and spread from fewer than 8 steps (the first replans) are no reference
-        if self.drift and n >= 4 and steps >= 8 and self.est.steps_seen - self.seen_at_replan >= 2:
-            spread = max(self.spread_C[self.choice], 0.5)
+        # the spread of a few steps is no reference: at least one token
+        if self.drift and n >= 4 and steps >= 4 and self.est.steps_seen - self.seen_at_replan >= 2:
+            spread = max(self.spread_C[self.choice], 1.0)
             if abs(total / n - mean) > self.drift * spread / math.sqrt(n):
                 return "drift"
         return ""
@@ -261,7 +261,10 @@ class Guard:
             window = self.est.arrays(c, self.levels_V)
             if window[1].size == 0:
                 continue
-            passes = 2 if c in (0, self.choice) else 0  # others: one budget for all layers
+            # per layer for the full tree and the current choice, once 8 steps show it (L
+            # budgets fitted to two warm-up steps or a forgotten window are noise); for the
+            # others, and before that, one budget for all layers
+            passes = 2 if c in (0, self.choice) and window[1].size >= 8 else 0
             B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
             mean = float(window[1].mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -263,3 +264,23 @@ def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
     for bad in ({"surprise": -1}, {"drift": True}, {"drift": "x"}):
         with pytest.raises(PolicyError, match=f"{next(iter(bad))}.*a number >= 0"):
             get_policy("auto", **bad)
+
+
+def test_per_layer_budgets_wait_for_8_steps_of_the_tree(monkeypatch):
+    import moe_spec.control.guard as guard_module
+
+    passes = []
+
+    def spy(cost, c, window, levels_V, repair, passes_=2):
+        passes.append((c, window[1].size, passes_))
+        return np.full(window[0].shape[1], levels_V[-1]), 1.0
+
+    monkeypatch.setattr(guard_module, "best_budgets", spy)
+    g = guard(gate=False)
+    for n in (3, 8):
+        while len(g.est.window) < n:
+            observe_window_step(g, 2)
+        passes.clear()
+        g.predict()
+        # the full tree per layer once 8 steps show it; the smaller tree always uniform
+        assert passes == [(0, n, 2 if n >= 8 else 0), (1, n, 0)]
