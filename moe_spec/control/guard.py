@@ -11,7 +11,8 @@ whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``
 with ``measure``, corrected by the wall time measured for tree and autoregressive steps
 (an exponential average of measured over modeled seconds per kind). Hysteresis: the
 current choice is kept unless another is predicted faster by more than ``margin``; the
-prediction is redone every ``replan_every`` tree steps; after a replan that changed neither
+prediction is redone every ``replan_every`` tree steps, and when the window, not yet full,
+has doubled since the last replan (:meth:`Guard.grown`); after a replan that changed neither
 the choice nor its budgets the interval doubles, up to ``max_replan`` (the window's length:
 by then every step it predicts from is new), and any change resets it (a replan prices
 every candidate tree: most of the controller's time). Two surprises replan at once and
@@ -143,6 +144,7 @@ class Guard:
         # the window's mean and spread it predicted from; the window's steps at that replan
         self.drift, self.recent, self.spread_C = drift, [0, 0], np.zeros(len(cost.trees))
         self.seen_at_replan = 0
+        self.window_at_replan = 0  # a replan once the window has doubled since (below full)
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = probe
         self.trees = cost.trees
@@ -179,7 +181,7 @@ class Guard:
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
         if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
             return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
-        if self.since_replan >= self.replan_interval or not self.predicted:
+        if self.since_replan >= self.replan_interval or not self.predicted or self.grown():
             self.replan()
         elif surprise := self.surprised():
             if surprise == "drift":  # predict from the steps since the change alone
@@ -236,9 +238,17 @@ class Guard:
                 return "drift"
         return ""
 
+    def grown(self) -> bool:
+        """Whether the window, not yet full, has doubled since the last replan: a plan
+        made from 2 steps is made again at 4, 8 and 16 (the replan interval counts tree
+        steps, and a resting full tree enters only one ranked step in ``rank_every``)."""
+        n = len(self.est.window)
+        return n < self.est.window.maxlen and n >= 2 * max(self.window_at_replan, 1)
+
     def replan(self) -> None:
         """Predict every arm's tokens/s from the window; switch with hysteresis."""
         self.since_replan = 0
+        self.window_at_replan = len(self.est.window)
         self.touched_n = self.touched = 0
         self.recent = [0, 0]
         self.seen_at_replan = self.est.steps_seen

@@ -256,6 +256,22 @@ def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, rep
     assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)  # the 5th step came after
 
 
+def test_a_plan_from_a_short_window_is_made_again_when_the_window_doubles():
+    g = guard(gate=False, warmup=1, replan_every=100, max_replan=100, drift=0, surprise=0)
+    g.tree_steps = 1
+    windows = []
+
+    def predict():
+        windows.append(len(g.est.window))
+        return {0: 100.0, -1: 50.0}
+
+    g.predict = predict
+    observe_window_step(g, 2)
+    for _ in range(30):
+        observe_window_step(g, 2, g.plan())
+    assert windows == [1, 2, 4, 8, 16]  # then the window is full (24): the interval rules
+
+
 def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
     from moe_spec.policies import PolicyError, get_policy
 
