@@ -30,7 +30,9 @@ up to ``max_probe``), since a smaller tree or decoding teaches nothing about the
 at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
 the current choice is predicted than the full tree: a probe costs more, and is less likely
 to win, the further behind the full tree is; and at least as far apart as keeps the time a
-probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probes. While it
+probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probes. A
+choice made while the window holds no step of the full tree to predict it from (forgotten
+at new text) probes it every ``probe`` steps again. While it
 decodes, one plan covers every decode up to its next look at a tree (``StepPlan.steps``).
 **The draft gate** (:meth:`Guard.gate`, with ``gate``): before the planned tree is grown,
 the draft's first level (the log-probabilities of the root's ``width`` most likely children,
@@ -58,6 +60,8 @@ the full tree for the gate to judge (the draft catches up on the decoded tokens 
 forward): the tree runs where the draft is sure, the rest are decodes, and these looks are
 the gated share the full tree's prediction is made from. A look the gate turns down doubles
 the interval (up to ``16 * gate_every``); a tree step resets it.
+A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
+``carry`` steps and the plan is made again, as after a drift, and probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice once the window holds 8
 of its steps, one budget for all layers before that and for the other trees. Every plan
@@ -107,6 +111,7 @@ class Guard:
         gate_margin: float = 0.25,
         surprise: float = 2.0,
         drift: float = 2.5,
+        carry: int = 4,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         self.guard, self.margin, self.measure = guard, margin, measure
@@ -145,6 +150,7 @@ class Guard:
         self.drift, self.recent, self.spread_C = drift, [0, 0], np.zeros(len(cost.trees))
         self.seen_at_replan = 0
         self.window_at_replan = 0  # a replan once the window has doubled since (below full)
+        self.carry = carry  # window steps a new request starts from
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = probe
         self.trees = cost.trees
@@ -237,6 +243,23 @@ class Guard:
             if abs(total / n - mean) > self.drift * spread / math.sqrt(n):
                 return "drift"
         return ""
+
+    def new_request(self) -> None:
+        """A new request: its text is new. The window keeps its latest ``carry`` steps (the
+        end of the last text, not all of it: a long request of another kind would hold the
+        plan for many steps); every step of the new text then enters it until it is full, and
+        the plan is made again at once and each time the window doubles. Off the full tree,
+        probes start again ``probe`` steps apart (the floors of :meth:`switch` still hold): a
+        full tree that lost on the old text may win on the new one."""
+        if self.tree_steps < self.warmup:
+            return
+        self.est.forget(self.carry)
+        self.window_at_replan = len(self.est.window)  # with carry 0: a replan at 2 steps
+        self.replan_interval = self.replan_every
+        if self.est.window:  # replan at once, from the carried steps
+            self.since_replan = self.replan_interval
+        if self.choice != 0:
+            self.probe_every = self.probe0
 
     def grown(self) -> bool:
         """Whether the window, not yet full, has doubled since the last replan: a plan
@@ -360,6 +383,8 @@ class Guard:
             gap = predicted[self.choice] / max(predicted[0], 1e-30)
             floor = max(int(self.probe0 * min(gap, 4.0) ** 2), self.probe_floor(predicted))
             self.probe_every = min(max(self.probe_every, floor), self.max_probe)
+        elif self.choice != 0:  # chosen with no prediction of the full tree: look at it soon
+            self.probe_every = self.probe0
         self.probing = False
 
     def probe_floor(self, predicted: dict[int, float]) -> int:

@@ -207,6 +207,7 @@ class Engine:
         E = self.config.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.config.top_k, E)
         policy = live_policy(spec, policy)
+        policy.start_request()  # a live policy learns the new text from here
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         cfg, dcfg = self.config, self.draft.config

@@ -32,7 +32,10 @@ the two costliest parts of the controller's host time, halved or better where no
 moves. A replan comes at once when the budget touches the accepted path ``surprise``
 steps more often than predicted, or when the tree's committed tokens drift ``drift``
 standard errors from the window's mean (then from the steps since alone: new text).
-The state lives in the policy instance: the engines create one per generation.
+The state lives in the policy instance: the engines create one per generation unless
+given a live one; a server keeps one. At a new request (:meth:`Auto.start_request`) the
+window keeps only its latest ``carry`` steps: the plan starts from the end of the last
+text and learns the new one from its own steps.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class Auto(TokenPriority):
         max_replan: int | None = None,
         surprise: float = 2.0,
         drift: float = 2.5,
+        carry: int = 4,
     ) -> None:
         super().__init__()
         try:
@@ -139,6 +143,7 @@ class Auto(TokenPriority):
             ("rank_every", rank_every, 1),
             ("learn_every", learn_every, 1),
             ("gate_every", gate_every, 0),
+            ("carry", carry, 0),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         ok = max_replan is None or (_is_int(max_replan) and max_replan >= replan_every)
@@ -159,6 +164,7 @@ class Auto(TokenPriority):
             switch_prior=float(switch_prior),
             surprise=float(surprise),
             drift=float(drift),
+            carry=carry,
         )
         self.window, self.prior = window, float(prior)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
@@ -296,6 +302,11 @@ class Auto(TokenPriority):
             upload(self.device_state["accept_B"], est.accept_B())
             upload(self.device_state["reach_D"], est.reach_D())
         return plan
+
+    def start_request(self) -> None:
+        """A new request begins: its text is new (:meth:`moe_spec.control.Guard.new_request`)."""
+        if self.controller is not None:
+            self.controller.new_request()
 
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """The guard's draft gate (:meth:`moe_spec.control.Guard.gate`)."""

@@ -91,6 +91,10 @@ class Policy:
         """
         return None
 
+    def start_request(self) -> None:
+        """Before the first step of a new request (a new generation); outside the forward."""
+        return None
+
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """Before growing a planned tree: None to grow and verify it, or why to decode the
         root alone instead (default: always grow). ``logprob_W``: float ``[W]``, the

@@ -272,14 +272,82 @@ def test_a_plan_from_a_short_window_is_made_again_when_the_window_doubles():
     assert windows == [1, 2, 4, 8, 16]  # then the window is full (24): the interval rules
 
 
+def planned_on(committed: tuple[int, ...], carry: int) -> tuple[Guard, list[list[int]]]:
+    """A guard past warm-up, planned once on a window of steps that committed ``committed``,
+    then told of a new request; and the windows its predictions read (the full tree's)."""
+    g = guard(gate=False, warmup=1, replan_every=100, max_replan=100, drift=0, carry=carry)
+    g.tree_steps = 1
+    for n in committed:
+        observe_window_step(g, n)
+    windows = []
+
+    def predict():
+        windows.append(g.est.arrays(0)[1].tolist())
+        return {0: 100.0, -1: 50.0}
+
+    g.predict = predict
+    g.plan()
+    g.new_request()
+    return g, windows
+
+
+def test_a_new_request_keeps_the_latest_carry_steps_and_plans_again_at_once():
+    g, windows = planned_on((5, 5, 5, 5, 2, 3, 4), carry=3)  # the old text ends 2, 3, 4
+    assert windows == [[5, 5, 5, 5, 2, 3, 4]] and g.plan().kind == "tree"
+    assert windows[1] == [2, 3, 4]  # made again at once, from the carried steps alone
+    for _ in range(3):  # every step of the new text enters; a replan when the window doubles
+        observe_window_step(g, 1, g.plan())
+    g.plan()
+    assert len(windows) == 3 and windows[-1] == [2, 3, 4, 1, 1, 1]
+
+
+def test_a_new_request_that_carries_nothing_plans_again_from_its_first_two_steps():
+    g, windows = planned_on((5,) * 6, carry=0)
+    plan = g.plan()  # the old plan stands: nothing to replan from
+    assert plan.kind == "tree" and len(windows) == 1
+    observe_window_step(g, 1, plan)
+    observe_window_step(g, 2, g.plan())
+    g.plan()
+    assert windows == [[5] * 6, [1, 2]]
+
+
+def test_a_choice_made_without_a_prediction_of_the_full_tree_probes_it_soon():
+    g = guard(probe=2, max_probe=64, warmup=1, gate=False)
+    g.probe_every = 64  # backed off earlier
+    g.switch({0: 100.0, -1: 110.0})
+    assert g.choice == -1 and g.probe_every == 64
+    g.switch({1: 90.0, -1: 110.0})  # the window (forgotten: new text) knows no full tree
+    assert g.choice == -1 and g.probe_every == 2
+
+
+def test_a_new_request_starts_probes_of_the_full_tree_again():
+    g = guard(probe=2, max_probe=64, warmup=1, gate=False)
+    g.tree_steps = 1
+    g.predict = lambda: {0: 100.0, -1: 110.0}  # decoding predicted a little faster
+    assert run_plans(g, 23) == "aaTaaaaTaaaaaaaaTaaaaaa" and g.probe_every == 16
+    g.new_request()  # 6 decodes since the last probe: at 2 apart, as at first, it is due
+    assert run_plans(g, 4) == "Taaa" and g.probe_every == 4
+
+
+def test_a_new_request_changes_nothing_in_warm_up():
+    g = guard(gate=False, warmup=2, carry=0)
+    observe_window_step(g, 3)
+    g.new_request()
+    assert len(g.est.window) == 1 and g.plan().reason.startswith("warm-up")
+
+
 def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
     from moe_spec.policies import PolicyError, get_policy
 
-    policy = get_policy("auto", surprise=0, drift=3)
+    policy = get_policy("auto", surprise=0, drift=3, carry=0)
     assert policy.options["surprise"] == 0.0 and policy.options["drift"] == 3.0
+    assert policy.options["carry"] == 0
     for bad in ({"surprise": -1}, {"drift": True}, {"drift": "x"}):
         with pytest.raises(PolicyError, match=f"{next(iter(bad))}.*a number >= 0"):
             get_policy("auto", **bad)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(PolicyError, match=r"carry is .*; allowed: an integer >= 0"):
+            get_policy("auto", carry=bad)
 
 
 def test_per_layer_budgets_wait_for_8_steps_of_the_tree(monkeypatch):

@@ -109,6 +109,19 @@ def test_a_decoding_guard_plans_runs_of_decodes(tiny_engine):
     assert out.tokens == tiny_engine.generate_autoregressive(PROMPTS[0], 80).tokens
 
 
+def test_a_live_policy_carries_only_its_last_steps_into_the_next_generation(tiny_engine):
+    policy = get_policy("auto", guard=False, rank_every=1, carry=2)
+    spec = auto_spec(guard=False, rank_every=1, carry=2)
+    tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
+    window = policy.controller.est.window
+    carried = list(window)[-2:]
+    assert len(window) > 2
+    out = tiny_engine.generate_speculative(PROMPTS[1], 12, spec, policy=policy)
+    assert len(out.steps) + 2 < window.maxlen  # every step of the new text entered
+    assert list(window)[:2] == carried and len(window) == 2 + len(out.steps)
+    assert "predicted tok/s" in out.steps[0].reason  # planned again from the carried steps
+
+
 def test_a_live_policy_must_be_the_spec_policy(tiny_engine):
     with pytest.raises(ValueError, match="spec.policy is 'auto'"):
         tiny_engine.generate_speculative(

@@ -9,7 +9,9 @@ the first :data:`REQUESTS` request's rows: ``Auto.record_to_device``). The feed 
 them off the device (on CUDA without blocking: a step is folded in at the next verify
 step, a fixed lag, so that every tensor-parallel rank changes its budgets at the same
 step and all ranks keep the same experts), calls the policy's ``observe`` once per
-recorded request and ``plan_step`` once per verify step. ``plan_step`` rewrites the
+recorded request and ``plan_step`` once per verify step; when the observed request (the
+batch's first, by SGLang's ``rid``) is another than the last step's, ``start_request``
+before its first observation. ``plan_step`` rewrites the
 per-layer budget tensor in place between forwards, so captured CUDA graphs stay valid;
 nothing here runs inside a forward.
 
@@ -65,6 +67,7 @@ class Snapshot:
     lens_b: torch.Tensor
     index_bP: torch.Tensor
     recorded: dict[str, torch.Tensor]
+    new_request: bool = False  # the observed request is another than the last step's
 
     def wait(self) -> None:
         """Until the copies have landed (long done when the next step comes)."""
@@ -95,6 +98,8 @@ class AcceptanceFeed:
         self.stopped: str | None = None  # why the feed stopped, once it has
         self.interval_s, self.tp_rank = interval_s, tp_rank
         self.last_report = time.monotonic()
+        self.rid: Any = None  # the observed request (the batch's first), by SGLang's rid
+        self.started = 0  # observed requests that started new text (start_request calls)
 
     # -- after each verify -------------------------------------------------------------
     def after_verify(self, result: Any, batch: Any) -> None:
@@ -118,12 +123,24 @@ class AcceptanceFeed:
         t0 = time.perf_counter()
         if lens_b.numel():
             self.pending.append(self.snapshot(lens_b, index_bP))
+            self.pending[-1].new_request = self.next_request(batch)
         lag = int(lens_b.device.type == "cuda")
         while len(self.pending) > lag:
             snap = self.pending.popleft()
             snap.wait()
             self.fold(snap)
         self.host_s += time.perf_counter() - t0
+
+    def next_request(self, batch: Any) -> bool:
+        """Whether the batch's first request (the one observed) differs from the last
+        step's: new text for the policy (:meth:`Policy.start_request`). A batch without
+        request ids (``reqs[0].rid``) never starts one."""
+        reqs = getattr(batch, "reqs", None)
+        rid = getattr(reqs[0], "rid", None) if reqs else None
+        if rid is None or rid == self.rid:
+            return False
+        self.rid = rid
+        return True
 
     def snapshot(self, lens_b: torch.Tensor, index_bP: torch.Tensor) -> Snapshot:
         """Host copies of this step's tensors (non-blocking into pinned memory on CUDA)."""
@@ -155,6 +172,9 @@ class AcceptanceFeed:
                 )
             paths.append(path)
         rec = snap.recorded
+        if snap.new_request:
+            self.policy.start_request()
+            self.started += 1
         for i, path in enumerate(paths[: rec["ids_LRK"].shape[1] // N]):
             rows = slice(i * N, (i + 1) * N)
             outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, self.tree)
@@ -183,7 +203,8 @@ class AcceptanceFeed:
         reason = self.plan.reason if self.plan is not None else ""
         return (
             f"moe-spec: auto observed {self.steps} verify steps ({self.observed} requests "
-            f"folded in), mean accepted length {mean:.2f}; budgets per layer {budgets}; "
+            f"folded in, {self.started} new), mean accepted length {mean:.2f}; "
+            f"budgets per layer {budgets}; "
             f"P(reach depth 1..{self.tree[2]}) {reach}; host time per step "
             f"{1e3 * self.host_s / max(self.steps, 1):.2f} ms; plan: {reason}"
         )

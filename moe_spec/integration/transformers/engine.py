@@ -169,6 +169,7 @@ class TransformersEngine:
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
         policy = live_policy(spec, policy)
+        policy.start_request()  # a live policy learns the new text from here
         policy.validate = False  # the hot path reads nothing on the host per layer
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()

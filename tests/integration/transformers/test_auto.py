@@ -41,3 +41,12 @@ def test_a_gated_step_decodes_the_root(moe_model, dense_draft):
     assert len(gated) == len(calls) // 2 > 2
     assert all((s.committed, s.width, s.depth) == (1, 1, 1) for s in gated)
     assert all(lp.shape == (3,) for lp in calls)
+
+
+def test_each_generation_tells_a_live_policy_that_a_request_starts(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    policy, starts = get_policy("auto"), []
+    policy.start_request = lambda: starts.append(len(starts))
+    for _ in range(2):
+        engine.generate_speculative(PROMPT, 8, SpecConfig(3, 3, 8, policy="auto"), policy=policy)
+    assert starts == [0, 1]

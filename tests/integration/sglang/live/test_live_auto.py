@@ -15,8 +15,8 @@ from tests.integration.sglang.live.test_live_serving import PROMPTS
 pytestmark = pytest.mark.live
 
 AUTO_LINE = re.compile(
-    r"moe-spec: auto observed (\d+) verify steps \((\d+) requests folded in\), mean accepted "
-    r"length ([\d.]+); budgets per layer (\[[\d, ]+\]); P\(reach depth 1\.\.(\d+)\) "
+    r"moe-spec: auto observed (\d+) verify steps \((\d+) requests folded in, (\d+) new\), mean "
+    r"accepted length ([\d.]+); budgets per layer (\[[\d, ]+\]); P\(reach depth 1\.\.(\d+)\) "
     r"(\[[\d., e-]+\])"
 )
 
@@ -36,8 +36,9 @@ def test_auto_learns_acceptance_and_sets_each_layers_budget(fleet):
     log = server.log()
     lines = AUTO_LINE.findall(log)
     assert lines, server.log_tail()
-    steps, requests, mean, budgets, depth, reach = lines[-1]
+    steps, requests, new, mean, budgets, depth, reach = lines[-1]
     assert int(steps) == int(requests) == verify_ct  # every verify step reached observe
+    assert int(new) == len(PROMPTS)  # each request, by its rid, started new text
     assert 1.0 <= float(mean) <= 3.0  # accepted tokens per request and step (tree depth 2)
     budgets = ast.literal_eval(budgets)
     assert len(budgets) == 4 and all(2 <= b <= AUTO_CAP for b in budgets)  # top-k to cap
