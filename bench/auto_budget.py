@@ -20,7 +20,7 @@ checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
         [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
-        [--skip-measured | --skip-modeled]
+        [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from moe_spec.ab.configs import RunConfig, parse_config
 from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.prompts import held_out_benchmark_prompts
 from moe_spec.ab.stats import Modeled, modeled_pair
+from moe_spec.cli import parse_option
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
@@ -84,11 +85,12 @@ class LivePolicy:
 def measured(engine, prompts: list[str], args) -> dict:
     """Tokens and seconds per arm on this CPU, arms alternating per prompt."""
     ids = [engine.encode(p) for p in prompts]
-    auto = SpecConfig(policy="auto", policy_options={"measure": True})
+    options = {"measure": True, **dict(args.auto_option)}
+    auto = SpecConfig(policy="auto", policy_options=options)
     arms = {"autoregressive": [0, 0.0], "none": [0, 0.0], "auto": [0, 0.0], "auto warm": [0, 0.0]}
     decisions = {"auto": [], "auto warm": []}
     per_round = {"auto": [], "auto warm": []}  # auto / AR tokens/s within each round
-    warm = get_policy("auto", measure=True)
+    warm = get_policy("auto", **options)
     for r in range(args.rounds):
         before = {k: list(v) for k, v in arms.items()}
         for p in ids:
@@ -132,6 +134,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     per_shape = {
         s.name: [
             f"auto:opt.shape={s.name},opt.gpu={args.gpu},opt.cost_model={args.cost_model}{r}"
+            + "".join(f",opt.{k}={json.dumps(v)}" for k, v in args.auto_option)
             for r in ("", ",repair=true")
         ]
         + ["depth-width"]
@@ -163,7 +166,13 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
                 runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)
             ]
     # controller overhead: rerun the OLMoE auto arm with a live policy to read its timer
-    policy = get_policy("auto", shape=shapes[0].name, gpu=args.gpu, cost_model=args.cost_model)
+    policy = get_policy(
+        "auto",
+        shape=shapes[0].name,
+        gpu=args.gpu,
+        cost_model=args.cost_model,
+        **dict(args.auto_option),
+    )
     spec = SpecConfig(policy="auto")
     verify_s = []
     for p in prompts:
@@ -249,6 +258,14 @@ def main() -> None:
     ap.add_argument("--cost-model", default="calibrated")
     ap.add_argument("--shapes", nargs="+", default=["OLMoE-1B-7B", "Qwen3-30B-A3B"])
     ap.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 20, 24])
+    ap.add_argument(
+        "--auto-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of every auto arm (repeatable), e.g. carry=8",
+    )
     ap.add_argument("--skip-measured", action="store_true")
     ap.add_argument("--skip-modeled", action="store_true", help="the CPU's tokens/s only")
     ap.add_argument("--out", default="out/auto-bench")

@@ -17,7 +17,10 @@ ranking step) records none, as in the engines, which then do not call the policy
 ``after_verify`` on a synthetic verify result (one request), which copies the step's
 acceptance and the routing ``auto`` recorded off the device, folds it in with
 ``observe`` and plans the next step (per-layer budgets only: SGLang runs one tree, no
-guard). On a CPU the copies are plain copies, made at once.
+guard). On a CPU the copies are plain copies, made at once. With ``--request-steps N``
+the verify batch's request changes every N steps (a new SGLang ``rid``), so each new
+request's cost (the window cut to ``carry`` steps, the replan at once and as it doubles)
+is in the mean.
 
 Reports median / p90 / mean seconds per step and the mean's share of an H200 verify step
 measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbudgeted:
@@ -26,7 +29,7 @@ before its first step (creation, ``prepare``, the first plan, which builds the c
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_overhead.py [--steps 400] [--grid]
         [--repeat 1] [--cost-model measured] [--json out.json] [--compare before.json]
-        [--sglang]
+        [--sglang [--request-steps N]]
 """
 
 from __future__ import annotations
@@ -170,9 +173,10 @@ def run_feed(L: int, E: int, shape: str, args) -> dict:
     feed = AcceptanceFeed(policy, TREE, K, interval_s=0)
     buffers, depth = feed.buffers, TREE[2]
     steps = synthetic_steps(L, E, args.distinct, args.accept)
-    batch = SimpleNamespace(forward_mode=None)
     took = []
     for i in range(args.steps):
+        rid = i // args.request_steps if args.request_steps else 0
+        batch = SimpleNamespace(forward_mode=None, reqs=[SimpleNamespace(rid=f"r{rid}")])
         step = steps[i % len(steps)]
         buffers["rank_LE"].copy_(torch.stack(step["rank"]))
         buffers["ids_LRK"].copy_(torch.stack(step["ids"]))
@@ -185,7 +189,9 @@ def run_feed(L: int, E: int, shape: str, args) -> dict:
         feed.after_verify(result, batch)
         took.append(time.perf_counter() - t0)
     skip = min(16, args.steps // 4)
-    return summary(L, E, shape, np.array(took[skip:]), policy, 1.0, {})
+    return summary(L, E, shape, np.array(took[skip:]), policy, 1.0, {}) | {
+        "new_requests": feed.started
+    }
 
 
 def setup_seconds(L: int, E: int, shape: str, args, times: int = 12) -> float:
@@ -225,10 +231,15 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--compare", help="a JSON of an earlier run: print a before/after table")
     ap.add_argument("--sglang", action="store_true", help="time the SGLang feed's after_verify")
+    ap.add_argument(
+        "--request-steps", type=int, default=0, help="with --sglang: a new request every N steps"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     sizes = [(L, E) for L in (16, 30, 48) for E in (32, 64, 128)] if args.grid else SIZES
     path = "SGLang feed (after_verify)" if args.sglang else "auto (plan_step + observe)"
+    if args.sglang and args.request_steps:
+        path += f", a new request every {args.request_steps} steps"
     print(f"CPU: {cpu_name()}, 1 torch thread; cost model {args.cost_model}, tree {TREE}; {path}")
     print(
         "| L | E | priced as | tree steps | replans | median ms | p90 ms | mean ms "

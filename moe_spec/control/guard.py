@@ -61,7 +61,7 @@ forward): the tree runs where the draft is sure, the rest are decodes, and these
 the gated share the full tree's prediction is made from. A look the gate turns down doubles
 the interval (up to ``16 * gate_every``); a tree step resets it.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
-``carry`` steps and the plan is made again, as after a drift, and probes start again.
+``carry`` steps (then every step enters until it is full), and probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
 searched layer by layer for the full tree and the current choice once the window holds 8
 of its steps, one budget for all layers before that and for the other trees. Every plan
@@ -152,7 +152,7 @@ class Guard:
         self.window_at_replan = 0  # a replan once the window has doubled since (below full)
         self.carry = carry  # window steps a new request starts from
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
-        self.probe_every = probe
+        self.probe_every = self.floor = probe  # the floor: the interval before doublings
         self.trees = cost.trees
         L = estimates.L
         self.budget_L = np.full(L, cap, dtype=np.int64)
@@ -247,19 +247,18 @@ class Guard:
     def new_request(self) -> None:
         """A new request: its text is new. The window keeps its latest ``carry`` steps (the
         end of the last text, not all of it: a long request of another kind would hold the
-        plan for many steps); every step of the new text then enters it until it is full, and
-        the plan is made again at once and each time the window doubles. Off the full tree,
-        probes start again ``probe`` steps apart (the floors of :meth:`switch` still hold): a
-        full tree that lost on the old text may win on the new one."""
+        plan for many steps), and every step of the new text enters it until it is full. The
+        next replan comes as it would have (the interval, a drift, a surprise; not as the
+        window grows back: at every request that would add replans to the steps it already
+        adds to the window). Off the full tree, probes start again ``probe`` steps apart (the
+        floors of :meth:`switch` still hold): a full tree that lost on the old text may win
+        on the new one."""
         if self.tree_steps < self.warmup:
             return
         self.est.forget(self.carry)
-        self.window_at_replan = len(self.est.window)  # with carry 0: a replan at 2 steps
-        self.replan_interval = self.replan_every
-        if self.est.window:  # replan at once, from the carried steps
-            self.since_replan = self.replan_interval
-        if self.choice != 0:
-            self.probe_every = self.probe0
+        self.window_at_replan = self.est.window.maxlen
+        if self.choice != 0:  # the doublings go, the floors stay
+            self.probe_every = min(max(self.probe0, self.floor), self.max_probe)
 
     def grown(self) -> bool:
         """Whether the window, not yet full, has doubled since the last replan: a plan
@@ -383,8 +382,9 @@ class Guard:
             gap = predicted[self.choice] / max(predicted[0], 1e-30)
             floor = max(int(self.probe0 * min(gap, 4.0) ** 2), self.probe_floor(predicted))
             self.probe_every = min(max(self.probe_every, floor), self.max_probe)
+            self.floor = floor
         elif self.choice != 0:  # chosen with no prediction of the full tree: look at it soon
-            self.probe_every = self.probe0
+            self.probe_every = self.floor = self.probe0
         self.probing = False
 
     def probe_floor(self, predicted: dict[int, float]) -> int:

@@ -143,7 +143,7 @@ class Auto(TokenPriority):
             ("rank_every", rank_every, 1),
             ("learn_every", learn_every, 1),
             ("gate_every", gate_every, 0),
-            ("carry", carry, 0),
+            ("carry", carry, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         ok = max_replan is None or (_is_int(max_replan) and max_replan >= replan_every)

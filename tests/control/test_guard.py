@@ -102,6 +102,10 @@ def test_probes_cost_at_most_probe_cost_of_the_time_between_them():
     assert decoding(probe_cost=0.04).probe_every == 105
     assert decoding(max_probe=100).probe_every == 100
     assert run_plans(decoding(probe_cost=0.04), 107) == "a" * 105 + "Ta"
+    backed_off = decoding()
+    backed_off.probe_every = 840  # after a probe that did not win
+    backed_off.new_request()  # new text: the doubling goes, the floor stays
+    assert backed_off.probe_every == 420
 
 
 def test_a_measured_probe_that_lost_more_than_predicted_spaces_the_next_ones():
@@ -273,9 +277,10 @@ def test_a_plan_from_a_short_window_is_made_again_when_the_window_doubles():
 
 
 def planned_on(committed: tuple[int, ...], carry: int) -> tuple[Guard, list[list[int]]]:
-    """A guard past warm-up, planned once on a window of steps that committed ``committed``,
-    then told of a new request; and the windows its predictions read (the full tree's)."""
-    g = guard(gate=False, warmup=1, replan_every=100, max_replan=100, drift=0, carry=carry)
+    """A guard past warm-up, replanning every 4 tree steps, planned once on a window of
+    steps that committed ``committed``, then told of a new request; and the windows its
+    predictions read (the full tree's)."""
+    g = guard(gate=False, warmup=1, replan_every=4, max_replan=4, drift=0, carry=carry)
     g.tree_steps = 1
     for n in committed:
         observe_window_step(g, n)
@@ -286,29 +291,18 @@ def planned_on(committed: tuple[int, ...], carry: int) -> tuple[Guard, list[list
         return {0: 100.0, -1: 50.0}
 
     g.predict = predict
-    g.plan()
+    observe_window_step(g, committed[-1], g.plan())
     g.new_request()
     return g, windows
 
 
-def test_a_new_request_keeps_the_latest_carry_steps_and_plans_again_at_once():
-    g, windows = planned_on((5, 5, 5, 5, 2, 3, 4), carry=3)  # the old text ends 2, 3, 4
-    assert windows == [[5, 5, 5, 5, 2, 3, 4]] and g.plan().kind == "tree"
-    assert windows[1] == [2, 3, 4]  # made again at once, from the carried steps alone
-    for _ in range(3):  # every step of the new text enters; a replan when the window doubles
+def test_a_new_request_keeps_the_latest_carry_steps_and_replans_when_due():
+    g, windows = planned_on((5, 5, 5, 5, 2, 3, 4), carry=3)  # the old text ends 3, 4, 4
+    assert windows == [[5, 5, 5, 5, 2, 3, 4]] and len(g.est.window) == 3
+    for _ in range(3):  # every step of the new text enters; the window's growth replans not
         observe_window_step(g, 1, g.plan())
-    g.plan()
-    assert len(windows) == 3 and windows[-1] == [2, 3, 4, 1, 1, 1]
-
-
-def test_a_new_request_that_carries_nothing_plans_again_from_its_first_two_steps():
-    g, windows = planned_on((5,) * 6, carry=0)
-    plan = g.plan()  # the old plan stands: nothing to replan from
-    assert plan.kind == "tree" and len(windows) == 1
-    observe_window_step(g, 1, plan)
-    observe_window_step(g, 2, g.plan())
-    g.plan()
-    assert windows == [[5] * 6, [1, 2]]
+    g.plan()  # the 4th tree step since the last replan: due
+    assert windows == [[5, 5, 5, 5, 2, 3, 4], [3, 4, 4, 1, 1, 1]]
 
 
 def test_a_choice_made_without_a_prediction_of_the_full_tree_probes_it_soon():
@@ -330,23 +324,24 @@ def test_a_new_request_starts_probes_of_the_full_tree_again():
 
 
 def test_a_new_request_changes_nothing_in_warm_up():
-    g = guard(gate=False, warmup=2, carry=0)
-    observe_window_step(g, 3)
+    g = guard(gate=False, warmup=3, carry=1)
+    for _ in range(2):
+        observe_window_step(g, 3, g.plan())
     g.new_request()
-    assert len(g.est.window) == 1 and g.plan().reason.startswith("warm-up")
+    assert len(g.est.window) == 2 and g.plan().reason.startswith("warm-up")
 
 
 def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
     from moe_spec.policies import PolicyError, get_policy
 
-    policy = get_policy("auto", surprise=0, drift=3, carry=0)
+    policy = get_policy("auto", surprise=0, drift=3, carry=1)
     assert policy.options["surprise"] == 0.0 and policy.options["drift"] == 3.0
-    assert policy.options["carry"] == 0
+    assert policy.options["carry"] == 1
     for bad in ({"surprise": -1}, {"drift": True}, {"drift": "x"}):
         with pytest.raises(PolicyError, match=f"{next(iter(bad))}.*a number >= 0"):
             get_policy("auto", **bad)
-    for bad in (-1, 2.0, True):
-        with pytest.raises(PolicyError, match=r"carry is .*; allowed: an integer >= 0"):
+    for bad in (0, 2.0, True):
+        with pytest.raises(PolicyError, match=r"carry is .*; allowed: an integer >= 1"):
             get_policy("auto", carry=bad)
 
 

@@ -39,3 +39,17 @@ def test_the_sglang_feed_path_folds_every_step_and_plans_budgets(tmp_path):
         # 8 steps (less often while replans change nothing)
         assert r["tree_share"] == 1.0 and 1 <= r["replans"] <= 40 // 8
         assert len(r["budgets"]) == r["L"] and 0 < r["median_s"] <= r["p90_s"]
+
+
+def test_the_sglang_feed_path_starts_a_request_every_request_steps(tmp_path):
+    out = tmp_path / "feed.json"
+    cmd = [sys.executable, str(REPO / "bench" / "auto_overhead.py"), "--steps", "40", "--sglang"]
+    done = subprocess.run(
+        [*cmd, "--distinct", "4", "--request-steps", "10", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "a new request every 10 steps" in done.stdout
+    assert [r["new_requests"] for r in json.loads(out.read_text())["rows"]] == [4, 4, 4]
