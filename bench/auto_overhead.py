@@ -19,8 +19,8 @@ acceptance and the routing ``auto`` recorded off the device, folds it in with
 ``observe`` and plans the next step (per-layer budgets only: SGLang runs one tree, no
 guard). On a CPU the copies are plain copies, made at once. With ``--request-steps N``
 the verify batch's request changes every N steps (a new SGLang ``rid``), so each new
-request's cost (the window cut to ``carry`` steps, the replan at once and as it doubles)
-is in the mean.
+request's cost (the window cut to ``carry`` steps, then every step entering it until it
+is full again) is in the mean.
 
 Reports median / p90 / mean seconds per step and the mean's share of an H200 verify step
 measured in BENCHMARKS.md ("GPU check on an H200", CUDA graphs, T=32, unbudgeted:
