@@ -10,7 +10,8 @@ prices a window of steps for many budget vectors with array operations only:
   (d from 0 to E; fractional means interpolate);
 - ``repair_Q[q]``: an unbudgeted forward of q re-run path tokens (its distinct experts:
   the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
-- ``decode_s``: one autoregressive step;
+- ``decode_s``: one autoregressive step (and :meth:`StepCost.forward_seconds`, a
+  prompt's forward);
 - ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
   the cost model measured it), paid by every budgeted tree step; a step whose budgets are
   all at least E ranks only every ``rank_every``-th time (the ranking is what the
@@ -74,6 +75,14 @@ class StepCost:
         (any shape, fractional allowed) + a repair forward of ``repair_tokens`` (0: none)
         + the expert ranking (``budgeted``, broadcast against ``read``: every step ranks)."""
         return self.add_parts(c, self.verify_seconds(c, read), repair_tokens, budgeted)
+
+    def forward_seconds(self, tokens: int) -> float:
+        """An unbudgeted target forward of ``tokens`` tokens (a prompt's), independently
+        routed."""
+        g, o, shape = self.cost.gpu, self.cost.overheads, self.shape
+        d = independent_distinct(tokens, self.K, self.E)
+        mapped = map_distinct(d, self.K, self.E, shape.top_k, shape.n_experts)
+        return float(verify_seconds(g, shape, tokens, mapped, overheads=o))
 
     def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
         """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""

@@ -62,7 +62,11 @@ the gated share the full tree's prediction is made from. A look the gate turns d
 the interval (up to ``16 * gate_every``); a tree step resets it.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
 ``carry`` steps (then every step enters until it is full), and probes start again.
-The first ``warmup`` tree steps run the full tree unbudgeted. Per-layer budgets are
+The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure`` and the
+prompt's forward timed (:meth:`Guard.prefilled`), not before the full tree priced from it
+would clearly lose to decoding at the acceptance prior (:meth:`Guard.before_any_tree`: on
+a CPU, where a tree step costs 3-5 decodes, the warm-up trees were a fresh request's whole
+loss). Per-layer budgets are
 searched layer by layer for the full tree and the current choice once the window holds 8
 of its steps, one budget for all layers before that and for the other trees. Every plan
 carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
@@ -165,6 +169,7 @@ class Guard:
         self.current: StepPlan | None = None
         self.probing = False
         self.last_probe: tuple[float, int] | None = None  # measured: (seconds, committed)
+        self.prompt_ratio: tuple[int, float] | None = None  # last prompt: tokens, measured/modeled
         self.why = ""
         self.replans = 0
         self.started = 0.0
@@ -183,6 +188,8 @@ class Guard:
     def decide(self) -> StepPlan:
         full = self.trees[0]
         if self.tree_steps < self.warmup:
+            if before := self.before_any_tree():
+                return before
             self.budget_L[:] = self.cap
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
         if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
@@ -208,6 +215,55 @@ class Guard:
             self.budget_L[:] = self.budgets_C[0]
             return StepPlan(TREE, *full, f"the gate judges the full tree ({self.why})")
         return self.plan_of(self.choice, self.why)
+
+    def prefilled(self, tokens: int, seconds: float) -> None:
+        """The prompt's forward: ``tokens`` tokens in ``seconds`` (the engine's wall time).
+        With ``measure``, its measured over modeled seconds prices a tree step before any
+        has run (:meth:`before_any_tree`); the latest prompt's counts."""
+        modeled = self.cost.forward_seconds(tokens) if tokens > 0 else 0.0
+        if self.measure and seconds > 0 and modeled > 0:
+            self.prompt_ratio = (tokens, seconds / modeled)
+
+    def tree_ratio(self) -> float:
+        """Measured over modeled seconds for a forward of the full tree's N tokens, before
+        any tree ran: log-linear in log tokens between a decode's (1 token) and the prompt's
+        (P tokens), at P's where P <= N (the model and the device scale differently with
+        tokens: a CPU's prompt of 300 tokens costs far more, next to the model, than a tree
+        of 32)."""
+        tokens, prompt = self.prompt_ratio
+        n = self.trees[0][0]
+        if tokens <= n:
+            return prompt
+        x = math.log(n) / math.log(tokens)
+        return self.ratio(AUTOREGRESSIVE) ** (1 - x) * prompt**x
+
+    def before_any_tree(self) -> StepPlan | None:
+        """With ``measure``, before the first tree step of this guard: decodes, not the
+        warm-up, while the full tree is predicted to lose clearly (decoding more than
+        ``gate_margin`` faster) at the acceptance prior's tokens a step (``1 + sum 2**-d``,
+        about 2), its step priced as the modeled one times :meth:`tree_ratio` (from the
+        prompt's forward, :meth:`prefilled`: a forward of many tokens is what a verify is). The first two decodes measure a decode's time. The full tree is probed once
+        the prior's loss a probe is at most ``probe_cost`` of the decodes' time since
+        (``probe`` to ``max_probe`` steps), and that probe starts the warm-up (a new request
+        does not restart this count). None: run the warm-up now."""
+        if not (self.guard and self.measure) or self.tree_steps or self.prompt_ratio is None:
+            return None
+        if self.measured[AUTOREGRESSIVE] < 2:
+            return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
+        if self.since_full >= self.probe_every:
+            return None  # the probe: the warm-up
+        tree_s, decode_s = float(self.step_s_C[0]) * self.tree_ratio(), self.decode_seconds()
+        committed = 1.0 + float(self.est.reach_D()[1 : self.trees[0][2] + 1].sum())
+        if committed / tree_s * (1 + self.gate_margin) >= 1.0 / decode_s:
+            return None
+        loss = (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
+        self.probe_every = self.floor = min(max(self.probe0, math.ceil(loss)), self.max_probe)
+        reason = (
+            f"no tree yet: a full-tree step priced from the prompt's forward ({tree_s * 1e3:.3g}"
+            f" ms) at the prior's {committed:.2f} tokens loses to a decode of "
+            f"{decode_s * 1e3:.3g} ms; probe it in {self.probe_every - self.since_full} steps"
+        )
+        return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.decode_run())
 
     def plan_of(self, choice: int, reason: str) -> StepPlan:
         if choice < 0:

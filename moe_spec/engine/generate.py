@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -34,6 +35,8 @@ from moe_spec.engine.tokenizer import EOT
 from moe_spec.engine.tree import DraftTree, expand_tree, verify_mask
 from moe_spec.engine.verify import accept, accept_chain, exact_prefix, rerun_tail
 from moe_spec.policies import Policy, get_policy
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -206,14 +209,16 @@ class Engine:
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.width * spec.depth)
         E = self.config.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.config.top_k, E)
-        policy = live_policy(spec, policy)
-        policy.start_request()  # a live policy learns the new text from here
+        cfg, dcfg = self.config, self.draft.config
+        dims = (cfg.n_layers, E, cfg.top_k, budget)
+        policy = live_policy(spec, policy, dims, self.target.embed.weight.device)
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
-        cfg, dcfg = self.config, self.draft.config
         tcache = self.new_cache(cfg.n_layers, cfg.n_heads, cfg.head_dim)
         dcache = self.new_cache(1, dcfg.n_heads, dcfg.head_dim)
-        logits_V, feature_PD = self.prefill(prompt, tcache)
+        logits_V, feature_PD = timed_prefill(
+            policy, len(prompt), lambda: self.prefill(prompt, tcache)
+        )
         root = sample(logits_V, spec.temperature, g)
         out, steps = [root], []
         pending_QD, pending = [feature_PD], prompt[1:] + [root]  # pairs the draft has not seen
@@ -365,13 +370,29 @@ class Engine:
         return out_BQD[0, -1]
 
 
-def live_policy(spec: SpecConfig, policy: Policy | None) -> Policy:
-    """``policy`` if given (it must be ``spec.policy``), else a fresh ``spec.policy``."""
+def live_policy(
+    spec: SpecConfig, policy: Policy | None, dims: tuple[int, int, int, int], device
+) -> Policy:
+    """The policy of a new generation: ``policy`` if given (it must be ``spec.policy``),
+    else a fresh ``spec.policy``; told that a request starts (a live one learns the new text
+    from here) and prepared for ``dims`` (MoE layers, experts, top-k, budget) on ``device``
+    before the first plan, which may come before any verify."""
     if policy is None:
-        return get_policy(spec.policy, **spec.policy_options)
-    if policy.name != spec.policy:
+        policy = get_policy(spec.policy, **spec.policy_options)
+    elif policy.name != spec.policy:
         raise ValueError(f"the policy instance is {policy.name!r}; spec.policy is {spec.policy!r}")
+    policy.start_request()
+    policy.prepare(*dims, device)
     return policy
+
+
+def timed_prefill(policy: Policy, tokens: int, prefill: Callable[[], R]) -> R:
+    """``prefill()``, the forward of a prompt of ``tokens`` tokens (ending in a host read
+    where the device runs ahead), its wall time reported to ``policy.prefilled``."""
+    start = time.perf_counter()
+    out = prefill()
+    policy.prefilled(tokens, time.perf_counter() - start)
+    return out
 
 
 def plan_step(policy, spec: SpecConfig, steps: list[StepStats], tree_size) -> StepPlan:

@@ -179,6 +179,7 @@ class Auto(TokenPriority):
         self.tree: tuple[int, int, int] | None = None
         self.budget_host_L: np.ndarray | None = None  # what the device tensor holds
         self.tables_at = 0  # the controller's replan count the calibration tables are from
+        self.prompt: tuple[int, float] | None = None  # the last prompt's forward, not yet passed on
 
     # -- inside the forward (graph-safe) -----------------------------------------------
     def accept_T(self, record: RoutingRecord) -> torch.Tensor:
@@ -291,6 +292,9 @@ class Auto(TokenPriority):
             self.controller = self.build_controller()
         if self.controller is None:
             return StepPlan(TREE, *self.tree, "warm-up (no verify step seen yet)")
+        if self.prompt is not None:
+            self.controller.prefilled(*self.prompt)
+            self.prompt = None
         plan = self.controller.plan()
         self.resting = self.rests(plan)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
@@ -307,6 +311,11 @@ class Auto(TokenPriority):
         """A new request begins: its text is new (:meth:`moe_spec.control.Guard.new_request`)."""
         if self.controller is not None:
             self.controller.new_request()
+
+    def prefilled(self, tokens: int, seconds: float) -> None:
+        """Kept for the controller's next plan (:meth:`Guard.prefilled`; with ``measure``
+        it prices a tree step before the first has run)."""
+        self.prompt = (tokens, seconds)
 
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """The guard's draft gate (:meth:`moe_spec.control.Guard.gate`)."""

@@ -95,6 +95,11 @@ class Policy:
         """Before the first step of a new request (a new generation); outside the forward."""
         return None
 
+    def prefilled(self, tokens: int, seconds: float) -> None:
+        """After the prompt's forward: its ``tokens`` and wall ``seconds`` (engines whose own
+        speed is measured report it; a server does not); outside the forward."""
+        return None
+
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """Before growing a planned tree: None to grow and verify it, or why to decode the
         root alone instead (default: always grow). ``logprob_W``: float ``[W]``, the

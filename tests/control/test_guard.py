@@ -363,3 +363,58 @@ def test_per_layer_budgets_wait_for_8_steps_of_the_tree(monkeypatch):
         g.predict()
         # the full tree per layer once 8 steps show it; the smaller tree always uniform
         assert passes == [(0, n, 2 if n >= 8 else 0), (1, n, 0)]
+
+
+def measured_guard(prompt_tokens: int, prompt_ratio: float, **options) -> Guard:
+    """A ``measure`` guard whose decodes measured 1x the model and whose prompt's forward
+    (``prompt_tokens`` tokens) took ``prompt_ratio`` times its modeled seconds."""
+    g = guard(measure=True, gate=False, **options)
+    g.prefilled(prompt_tokens, prompt_ratio * g.cost.forward_seconds(prompt_tokens))
+    return g
+
+
+def decodes_measured(g: Guard) -> None:
+    for _ in range(2):  # the two decodes that measure a decode's time
+        plan = g.plan()
+        assert plan.kind == "autoregressive" and plan.reason.startswith("measuring")
+        g.observe(StepOutcome("autoregressive", [0]))
+    g.log_ratio["autoregressive"] = 0.0  # a decode took its modeled time
+
+
+def test_prices_a_tree_from_the_prompt_before_the_first_one():
+    """The prompt's measured over modeled seconds, carried to the full tree's 8 tokens
+    log-linearly in log tokens from a decode's (1 token)."""
+    assert measured_guard(8, 3.0).tree_ratio() == pytest.approx(3.0)
+    assert measured_guard(5, 3.0).tree_ratio() == pytest.approx(3.0)  # P <= N: the prompt's
+    g = measured_guard(64, 4.0)
+    decodes_measured(g)
+    assert g.tree_ratio() == pytest.approx(4.0 ** (np.log(8) / np.log(64)))  # 4**0.5 = 2
+    unmeasured = guard(gate=False)  # without measure the prompt is not read
+    unmeasured.prefilled(64, 1.0)
+    assert unmeasured.prompt_ratio is None and unmeasured.plan().reason.startswith("warm-up")
+
+
+def test_decodes_before_any_tree_where_the_prompt_prices_it_to_lose():
+    g = measured_guard(8, 20.0, probe=4)  # a verify 20x its modeled time: a CPU's
+    decodes_measured(g)
+    tree_s, decode_s = g.step_s_C[0] * 20.0, g.cost.decode_s
+    committed = 1 + 0.5 + 0.25 + 0.125  # the prior reaches depth d with 2**-d
+    assert committed / tree_s * 1.25 < 1 / decode_s  # decoding clearly faster
+    plan = g.plan()
+    assert plan.kind == "autoregressive" and plan.reason.startswith("no tree yet")
+    # the probe comes once it loses at most probe_cost of the decodes' time since
+    floor = int(np.ceil((tree_s - committed * decode_s) / (0.005 * decode_s)))
+    assert g.probe_every == min(floor, 1024) and plan.steps == g.probe_every - 2
+    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    assert g.plan().reason.startswith("warm-up (0/2")  # the probe starts the warm-up
+    lp = torch.tensor([0.0, -1.0])
+    g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, TREES[0]))
+    assert g.plan().reason.startswith("warm-up (1/2")  # no second look at the prior
+
+
+def test_runs_the_warm_up_where_the_prompt_prices_a_tree_to_pay():
+    g = measured_guard(8, 1.0)  # the device scales as the model: a tree step pays here
+    decodes_measured(g)
+    assert g.plan().reason.startswith("warm-up (0/2")
+    without_guard = measured_guard(8, 20.0, guard=False)
+    assert without_guard.plan().reason.startswith("warm-up (0/2")  # no decodes to choose

@@ -164,3 +164,40 @@ def test_a_gated_step_decodes_the_root_without_growing_the_tree(tiny_engine, mon
     assert not any(s.ranked for s in gated)
     # the gate reads the draft's first level: the root's `width` most likely children
     assert all(lp.shape == (TREE["width"],) and bool((lp <= 0).all()) for lp in calls)
+
+
+def reporting_prefills(policy, slowdown: float = 1.0):
+    """``policy`` recording each prompt's forward it is told of (its seconds times
+    ``slowdown``) and whether it was prepared by then."""
+    seen = []
+    prefilled = policy.prefilled
+
+    def report(tokens, seconds):
+        seen.append((tokens, seconds, policy.dims is not None))
+        prefilled(tokens, seconds * slowdown)
+
+    policy.prefilled = report
+    return policy, seen
+
+
+def test_each_generation_reports_its_prompt_forward_to_a_prepared_policy(tiny_engine):
+    policy, seen = reporting_prefills(get_policy("auto"))
+    for prompt in PROMPTS:
+        tiny_engine.generate_speculative(prompt, 8, auto_spec(), policy=policy)
+    assert [(n, ready) for n, _, ready in seen] == [(len(p), True) for p in PROMPTS]
+    assert all(seconds > 0 for _, seconds, _ in seen)
+
+
+def test_a_measuring_guard_decodes_from_the_start_where_the_prompt_prices_trees_to_lose(
+    tiny_engine,
+):
+    """The prompt's forward reported 10^4 times slower: no tree could pay, so no warm-up."""
+    policy, _ = reporting_prefills(get_policy("auto", measure=True), slowdown=1e4)
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, auto_spec(measure=True), policy=policy)
+    assert out.tokens == tiny_engine.generate_autoregressive(PROMPTS[0], NEW).tokens
+    assert {s.guard for s in out.steps} == {"autoregressive"}
+    assert [s.reason.split(":")[0] for s in out.steps[:3]] == [
+        "measuring an autoregressive step's time",
+        "measuring an autoregressive step's time",
+        "no tree yet",
+    ]

@@ -33,6 +33,7 @@ from moe_spec.engine.generate import (
     plan_step,
     run_decodes,
     sample,
+    timed_prefill,
 )
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
@@ -168,15 +169,19 @@ class TransformersEngine:
         self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
-        policy = live_policy(spec, policy)
-        policy.start_request()  # a live policy learns the new text from here
+        dims = (self.n_moe_layers, E, self.top_k, budget)
+        policy = live_policy(spec, policy, dims, self.target.device)
         policy.validate = False  # the hot path reads nothing on the host per layer
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         with capture_features(self.target) as features:
             draft_room = len(prompt) + max_new_tokens + spec.depth + 1 + spec.width * spec.depth
             tcache, dcache = new_cache(), self.draft.new_cache(draft_room)
-            root = sample(self.forward_last(prompt, tcache), spec.temperature, g)
+            root = timed_prefill(  # the host reads the token: the forward has run
+                policy,
+                len(prompt),
+                lambda: sample(self.forward_last(prompt, tcache), spec.temperature, g),
+            )
             out, steps = [root], []
             root_state = self.draft.start(dcache, prompt, root, features.last_BSD[0])
             pending_QD, pending = [], []  # the guard's decoded pairs the draft has not seen

@@ -50,3 +50,12 @@ def test_each_generation_tells_a_live_policy_that_a_request_starts(moe_model, de
     for _ in range(2):
         engine.generate_speculative(PROMPT, 8, SpecConfig(3, 3, 8, policy="auto"), policy=policy)
     assert starts == [0, 1]
+
+
+def test_each_generation_reports_its_prompt_forward_to_a_prepared_policy(moe_model, dense_draft):
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    policy, seen = get_policy("auto"), []
+    policy.prefilled = lambda n, s: seen.append((n, s > 0, policy.dims is not None))
+    for _ in range(2):
+        engine.generate_speculative(PROMPT, 8, SpecConfig(3, 3, 8, policy="auto"), policy=policy)
+    assert seen == [(len(PROMPT), True, True)] * 2
