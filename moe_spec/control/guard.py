@@ -242,7 +242,8 @@ class Guard:
         warm-up, while the full tree is predicted to lose clearly (decoding more than
         ``gate_margin`` faster) at the acceptance prior's tokens a step (``1 + sum 2**-d``,
         about 2), its step priced as the modeled one times :meth:`tree_ratio` (from the
-        prompt's forward, :meth:`prefilled`: a forward of many tokens is what a verify is). The first two decodes measure a decode's time. The full tree is probed once
+        prompt's forward, :meth:`prefilled`: a forward of many tokens is what a verify is).
+        The first two decodes measure a decode's time. The full tree is probed once
         the prior's loss a probe is at most ``probe_cost`` of the decodes' time since
         (``probe`` to ``max_probe`` steps), and that probe starts the warm-up (a new request
         does not restart this count). None: run the warm-up now."""
