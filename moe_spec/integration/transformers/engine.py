@@ -183,12 +183,15 @@ class TransformersEngine:
                 lambda: sample(self.forward_last(prompt, tcache), spec.temperature, g),
             )
             out, steps = [root], []
-            root_state = self.draft.start(dcache, prompt, root, features.last_BSD[0])
+            # the draft reads the prompt before the first tree (a guard may decode to the end)
+            draft_start, root_state = (prompt, root, features.last_BSD[0]), None
             pending_QD, pending = [], []  # the guard's decoded pairs the draft has not seen
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 plan = plan_step(policy, spec, steps, tree_size)
                 num_tokens, width, depth = plan.tree
                 if plan.kind == TREE:
+                    if draft_start is not None:
+                        root_state, draft_start = self.draft.start(dcache, *draft_start), None
                     if pending:
                         root_state = self.draft.extend(dcache, pending, torch.cat(pending_QD))
                         pending_QD, pending = [], []

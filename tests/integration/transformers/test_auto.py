@@ -5,7 +5,7 @@ from __future__ import annotations
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
 from moe_spec.policies import get_policy
-from tests.engine.test_auto import counting_calls, gate_every_other_step
+from tests.engine.test_auto import counting_calls, gate_every_other_step, reporting_prefills
 
 from .test_engine import NEW, PROMPT, NoTokenizer, greedy_reference
 
@@ -59,3 +59,18 @@ def test_each_generation_reports_its_prompt_forward_to_a_prepared_policy(moe_mod
     for _ in range(2):
         engine.generate_speculative(PROMPT, 8, SpecConfig(3, 3, 8, policy="auto"), policy=policy)
     assert seen == [(len(PROMPT), True, True)] * 2
+
+
+def test_the_draft_reads_the_prompt_only_when_a_tree_comes(moe_model, dense_draft, monkeypatch):
+    """A measuring guard told the prompt's forward was 10^4 times slower decodes to the end:
+    the draft never runs. With trees, it starts once, before the first."""
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    starts, start = [], engine.draft.start
+    monkeypatch.setattr(engine.draft, "start", lambda *a: starts.append(len(a[1])) or start(*a))
+    policy, _ = reporting_prefills(get_policy("auto", measure=True), slowdown=1e4)
+    spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"measure": True})
+    result = engine.generate_speculative(PROMPT, 16, spec, policy=policy)
+    assert {s.guard for s in result.steps} == {"autoregressive"} and starts == []
+    assert result.tokens == engine.generate_autoregressive(PROMPT, 16).tokens
+    result = engine.generate_speculative(PROMPT, 16, SpecConfig(3, 3, 8))
+    assert starts == [len(PROMPT)] and result.steps[0].guard == ""
