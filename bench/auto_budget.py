@@ -1,7 +1,7 @@
 """The ``auto`` policy against fixed budgets, the baselines and autoregressive decoding.
 
 Two held-out prompt sets (A: the start of each held-out file's code, B: the code that
-follows), greedy decoding, on the shipped model (or ``--checkpoint DIR``, an engine
+follows; ``--chars`` characters each, 1200 by default: about 300 tokens), greedy decoding, on the shipped model (or ``--checkpoint DIR``, an engine
 checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model).
 
 1. **Measured on this CPU** (tokens/s, wall clock): autoregressive, unbudgeted tree
@@ -19,7 +19,7 @@ checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model
    step, against a verify step measured here and modeled on the GPU.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
-        [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
+        [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
         [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...]
 """
 
@@ -64,8 +64,8 @@ def shipped():
     return load_checkpoint(Path(moe_spec.__file__).parent / "assets" / "stdlib-moe")
 
 
-def prompt_sets(n: int) -> dict[str, list[str]]:
-    prompts = held_out_benchmark_prompts(20)
+def prompt_sets(n: int, chars: int = 1200) -> dict[str, list[str]]:
+    prompts = held_out_benchmark_prompts(20, chars)
     return {"A (file starts)": prompts[:n], "B (code after them)": prompts[12 : 12 + n]}
 
 
@@ -252,6 +252,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a named model (transformers engine)")
     ap.add_argument("--prompts", type=int, default=6, help="prompts per set (at most 8)")
     ap.add_argument("--max-new", type=int, default=64)
+    ap.add_argument("--chars", type=int, default=1200, help="characters per prompt")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gpu", default="H200")
@@ -276,7 +277,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = {"cpu": f"{cpu_name()}, {args.threads} torch thread(s)", "sets": {}}
     start = time.time()
-    for name, prompts in prompt_sets(args.prompts).items():
+    for name, prompts in prompt_sets(args.prompts, args.chars).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
         if not args.skip_modeled:
             entry["modeled"], entry["overhead"] = modeled(engine, prompts, args)
