@@ -1,8 +1,9 @@
 """The ``auto`` policy against fixed budgets, the baselines and autoregressive decoding.
 
 Two held-out prompt sets (A: the start of each held-out file's code, B: the code that
-follows; ``--chars`` characters each, 1200 by default: about 300 tokens), greedy decoding, on the shipped model (or ``--checkpoint DIR``, an engine
-checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model).
+follows; ``--chars`` characters each, 1200 by default: about 300 tokens), greedy
+decoding, on the shipped model (or ``--checkpoint DIR``, an engine checkpoint; ``--model
+smollm2-moe`` for the transformers engine on a named model).
 
 1. **Measured on this CPU** (tokens/s, wall clock): autoregressive, unbudgeted tree
    speculation, and ``auto`` with ``measure=true`` (its guard corrects the cost model by
@@ -19,7 +20,8 @@ checkpoint; ``--model smollm2-moe`` for the transformers engine on a named model
    step, against a verify step measured here and modeled on the GPU.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
-        [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
+        [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe]
+        [--out out/auto]
         [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...]
 """
 

@@ -63,10 +63,11 @@ the interval (up to ``16 * gate_every``); a tree step resets it.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
 ``carry`` steps (then every step enters until it is full), and probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure`` and the
-prompt's forward timed (:meth:`Guard.prefilled`), not before the full tree priced from it
-would clearly lose to decoding at the acceptance prior (:meth:`Guard.before_any_tree`: on
-a CPU, where a tree step costs 3-5 decodes, the warm-up trees were a fresh request's whole
-loss). Per-layer budgets are
+prompt's forward timed (:meth:`Guard.prefilled`), unless the full tree, priced from it,
+would clearly lose to decoding at the acceptance prior: then it decodes until a probe
+(:meth:`Guard.before_any_tree`; on a CPU, where a tree step costs 3-5 decodes, the warm-up
+trees were a fresh request's whole loss). The first tree step after a prompt also catches
+the draft up on it: its time is not taken as a tree step's. Per-layer budgets are
 searched layer by layer for the full tree and the current choice once the window holds 8
 of its steps, one budget for all layers before that and for the other trees. Every plan
 carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
@@ -170,6 +171,7 @@ class Guard:
         self.probing = False
         self.last_probe: tuple[float, int] | None = None  # measured: (seconds, committed)
         self.prompt_ratio: tuple[int, float] | None = None  # last prompt: tokens, measured/modeled
+        self.catching_up = False  # whether the next tree step reads a prompt into the draft
         self.why = ""
         self.replans = 0
         self.started = 0.0
@@ -223,6 +225,7 @@ class Guard:
         modeled = self.cost.forward_seconds(tokens) if tokens > 0 else 0.0
         if self.measure and seconds > 0 and modeled > 0:
             self.prompt_ratio = (tokens, seconds / modeled)
+        self.catching_up = True  # the next tree step also reads the prompt into the draft
 
     def tree_ratio(self) -> float:
         """Measured over modeled seconds for a forward of the full tree's N tokens, before
@@ -243,28 +246,30 @@ class Guard:
         ``gate_margin`` faster) at the acceptance prior's tokens a step (``1 + sum 2**-d``,
         about 2), its step priced as the modeled one times :meth:`tree_ratio` (from the
         prompt's forward, :meth:`prefilled`: a forward of many tokens is what a verify is).
-        The first two decodes measure a decode's time. The full tree is probed once
-        the prior's loss a probe is at most ``probe_cost`` of the decodes' time since
-        (``probe`` to ``max_probe`` steps), and that probe starts the warm-up (a new request
-        does not restart this count). None: run the warm-up now."""
+        The first two decodes measure a decode's time. The full tree is probed once the
+        prior's loss over the ``warmup`` trees the probe starts is at most ``probe_cost`` of
+        the decodes' time since (``probe`` to ``max_probe`` steps; a new request does not
+        restart this count); after it, probes are spaced as before. None: run the warm-up
+        now."""
         if not (self.guard and self.measure) or self.tree_steps or self.prompt_ratio is None:
             return None
         if self.measured[AUTOREGRESSIVE] < 2:
             return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
-        if self.since_full >= self.probe_every:
-            return None  # the probe: the warm-up
+        if self.since_full >= self.probe_every:  # the probe: the warm-up, probes as before
+            self.probe_every = self.floor = self.probe0
+            return None
         tree_s, decode_s = float(self.step_s_C[0]) * self.tree_ratio(), self.decode_seconds()
         committed = 1.0 + float(self.est.reach_D()[1 : self.trees[0][2] + 1].sum())
         if committed / tree_s * (1 + self.gate_margin) >= 1.0 / decode_s:
             return None
-        loss = (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
+        loss = self.warmup * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
         self.probe_every = self.floor = min(max(self.probe0, math.ceil(loss)), self.max_probe)
         reason = (
             f"no tree yet: a full-tree step priced from the prompt's forward ({tree_s * 1e3:.3g}"
             f" ms) at the prior's {committed:.2f} tokens loses to a decode of "
             f"{decode_s * 1e3:.3g} ms; probe it in {self.probe_every - self.since_full} steps"
         )
-        return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.decode_run())
+        return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.probe_every - self.since_full)
 
     def plan_of(self, choice: int, reason: str) -> StepPlan:
         if choice < 0:
@@ -574,8 +579,11 @@ class Guard:
                 self.since_replan = self.replan_interval
                 if self.measure and seconds > 0:
                     self.last_probe = (seconds, outcome.committed)
-            if self.measure and self.est.window and outcome.tree in self.trees:
+            # a step that read a prompt into the draft is no measure of a tree step's time
+            timed = self.measure and not self.catching_up and outcome.tree in self.trees
+            if timed and self.est.window:
                 self.note_time(TREE, seconds, self.modeled_step(outcome))
+            self.catching_up = False
         self.overhead_s += time.perf_counter() - t0
 
     def modeled_step(self, outcome: StepOutcome) -> float:

@@ -105,6 +105,7 @@ class Auto(TokenPriority):
         replan_every: int = 8,
         warmup: int = 2,
         probe: int = 16,
+        max_probe: int = 1024,
         probe_cost: float = 0.005,
         switch_prior: float = 2.0,
         rank_every: int = 4,
@@ -146,6 +147,8 @@ class Auto(TokenPriority):
             ("carry", carry, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
+        ok = _is_int(max_probe) and max_probe >= probe
+        _check("max_probe", max_probe, ok, f"an integer >= probe ({probe})")
         ok = max_replan is None or (_is_int(max_replan) and max_replan >= replan_every)
         _check("max_replan", max_replan, ok, f"None (the window) or an integer >= {replan_every}")
         self.options = dict(
@@ -160,6 +163,7 @@ class Auto(TokenPriority):
             max_replan=max_replan,
             warmup=warmup,
             probe=probe,
+            max_probe=max_probe,
             probe_cost=float(probe_cost),
             switch_prior=float(switch_prior),
             surprise=float(surprise),

@@ -386,9 +386,11 @@ def test_prices_a_tree_from_the_prompt_before_the_first_one():
     log-linearly in log tokens from a decode's (1 token)."""
     assert measured_guard(8, 3.0).tree_ratio() == pytest.approx(3.0)
     assert measured_guard(5, 3.0).tree_ratio() == pytest.approx(3.0)  # P <= N: the prompt's
-    g = measured_guard(64, 4.0)
+    g = measured_guard(512, 4.0)
     decodes_measured(g)
-    assert g.tree_ratio() == pytest.approx(4.0 ** (np.log(8) / np.log(64)))  # 4**0.5 = 2
+    g.log_ratio["autoregressive"] = np.log(2.0)  # a decode took twice its modeled time
+    # log 8 / log 512 = 1/3 of the way from the decode's ratio to the prompt's
+    assert g.tree_ratio() == pytest.approx(2.0 ** (2 / 3) * 4.0 ** (1 / 3))
     unmeasured = guard(gate=False)  # without measure the prompt is not read
     unmeasured.prefilled(64, 1.0)
     assert unmeasured.prompt_ratio is None and unmeasured.plan().reason.startswith("warm-up")
@@ -402,11 +404,12 @@ def test_decodes_before_any_tree_where_the_prompt_prices_it_to_lose():
     assert committed / tree_s * 1.25 < 1 / decode_s  # decoding clearly faster
     plan = g.plan()
     assert plan.kind == "autoregressive" and plan.reason.startswith("no tree yet")
-    # the probe comes once it loses at most probe_cost of the decodes' time since
-    floor = int(np.ceil((tree_s - committed * decode_s) / (0.005 * decode_s)))
+    # the probe (the 2 warm-up trees) comes once it loses at most probe_cost of the time since
+    floor = int(np.ceil(2 * (tree_s - committed * decode_s) / (0.005 * decode_s)))
     assert g.probe_every == min(floor, 1024) and plan.steps == g.probe_every - 2
     g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
     assert g.plan().reason.startswith("warm-up (0/2")  # the probe starts the warm-up
+    assert g.probe_every == 4  # and later probes are spaced as before
     lp = torch.tensor([0.0, -1.0])
     g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), lp, TREES[0]))
     assert g.plan().reason.startswith("warm-up (1/2")  # no second look at the prior
@@ -418,3 +421,23 @@ def test_runs_the_warm_up_where_the_prompt_prices_a_tree_to_pay():
     assert g.plan().reason.startswith("warm-up (0/2")
     without_guard = measured_guard(8, 20.0, guard=False)
     assert without_guard.plan().reason.startswith("warm-up (0/2")  # no decodes to choose
+
+
+def test_one_plan_covers_the_decodes_before_the_first_probe_even_with_gate_looks():
+    g = measured_guard(8, 20.0, probe=4, gate_every=3)  # the gate's looks need a tree first
+    decodes_measured(g)
+    plan = g.plan()
+    assert plan.reason.startswith("no tree yet") and plan.steps == g.probe_every - 2 > 3
+
+
+def test_the_tree_step_that_reads_a_prompt_into_the_draft_is_not_timed():
+    g = measured_guard(8, 1.0)
+
+    def tree_step() -> int:
+        g.started = time.perf_counter() - 0.05
+        observe_window_step(g, 2, plan=TREES[0])
+        return g.measured["tree"]
+
+    assert [tree_step(), tree_step()] == [0, 1]  # the first caught the draft up on the prompt
+    g.prefilled(8, g.cost.forward_seconds(8))  # the next request's prompt
+    assert [tree_step(), tree_step()] == [1, 2]

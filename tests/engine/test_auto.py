@@ -185,7 +185,6 @@ def test_each_generation_reports_its_prompt_forward_to_a_prepared_policy(tiny_en
     for prompt in PROMPTS:
         tiny_engine.generate_speculative(prompt, 8, auto_spec(), policy=policy)
     assert [(n, ready) for n, _, ready in seen] == [(len(p), True) for p in PROMPTS]
-    assert all(seconds > 0 for _, seconds, _ in seen)
 
 
 def test_a_measuring_guard_decodes_from_the_start_where_the_prompt_prices_trees_to_lose(

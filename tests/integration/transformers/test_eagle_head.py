@@ -23,6 +23,8 @@ from moe_spec.integration.transformers import (
     save_eagle_head,
 )
 from moe_spec.integration.transformers.eagle import capture_features
+from moe_spec.policies import get_policy
+from tests.engine.test_auto import reporting_prefills
 
 from .conftest import build, tiny_config
 from .test_loading import word_tokenizer
@@ -237,3 +239,25 @@ def test_moe_spec_ab_takes_a_head_as_the_draft(checkpoints, tmp_path):
     rows = {c["label"]: c for c in json.loads((out / "results.json").read_text())["configs"]}
     assert rows["none tree=6/2/3"]["metrics"]["agreement"] == 1.0  # lossless
     assert rows["router-mass B=3 tree=6/2/3"]["distinct_after"]["p99"] <= 3
+
+
+def test_decodes_before_the_first_tree_reach_the_head_with_their_features(target):
+    """A measuring guard, told the prompt's forward was slow, decodes first and probes the
+    tree 4 steps in: the head then reads prompt and decodes (lazily) with the right features."""
+    draft = EagleHeadDraft(random_head(), target)
+    engine = TransformersEngine(target, draft, None)
+    calls, extend = [], draft.extend
+    draft.extend = lambda c, tokens, f: calls.append((tokens, f)) or extend(c, tokens, f)
+    options = {"measure": True, "probe": 4, "max_probe": 4}
+    policy, _ = reporting_prefills(get_policy("auto", **options), slowdown=1e4)
+    spec = SpecConfig(width=3, depth=3, num_tokens=8, policy="auto", policy_options=options)
+    result = engine.generate_speculative(PROMPT, NEW, spec, policy=policy)
+    kinds = [s.guard for s in result.steps]
+    assert kinds[:5] == ["autoregressive"] * 4 + ["tree"]  # 2 timing decodes, 2 more, the probe
+    assert result.tokens == greedy_reference(target)
+    first = calls[0][0]
+    assert first == PROMPT[1:] + result.tokens[:1]  # the start: the prompt, then its root...
+    assert calls[1][0] == result.tokens[1:5]  # ...the 4 decoded tokens, at the first tree
+    committed = PROMPT[:1] + [t for tokens, _ in calls for t in tokens]
+    paired_SD = torch.cat([f for _, f in calls])
+    torch.testing.assert_close(paired_SD, reference_features(target, committed)[:-1], **CLOSE)
