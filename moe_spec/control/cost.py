@@ -79,10 +79,7 @@ class StepCost:
     def forward_seconds(self, tokens: int) -> float:
         """An unbudgeted target forward of ``tokens`` tokens (a prompt's), independently
         routed."""
-        g, o, shape = self.cost.gpu, self.cost.overheads, self.shape
-        d = independent_distinct(tokens, self.K, self.E)
-        mapped = map_distinct(d, self.K, self.E, shape.top_k, shape.n_experts)
-        return float(verify_seconds(g, shape, tokens, mapped, overheads=o))
+        return unbudgeted_seconds(self.cost, self.shape, self.K, self.E, tokens)
 
     def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
         """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""
@@ -124,6 +121,16 @@ class StepCost:
         return seconds + np.where(budgeted, self.select_s, self.rest_select_s)
 
 
+def unbudgeted_seconds(
+    cost: CostModel, shape: ModelShape, top_k: int, n_experts: int, tokens: int
+) -> float:
+    """A target forward of ``tokens`` tokens, unbudgeted, their experts independently routed
+    (``E(1 - (1 - K/E)^q)`` of the running model's, carried to the priced shape)."""
+    d = independent_distinct(tokens, top_k, n_experts)
+    mapped = map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
+    return float(verify_seconds(cost.gpu, shape, tokens, mapped, overheads=cost.overheads))
+
+
 @functools.lru_cache(maxsize=64)
 def step_tables(
     cost: CostModel,
@@ -150,12 +157,7 @@ def step_tables(
     )
     repair_Q = np.array(
         [0.0]
-        + [
-            verify_seconds(
-                g, shape, q, mapped(independent_distinct(q, top_k, n_experts)), overheads=o
-            )
-            for q in range(1, max_repair + 1)
-        ]
+        + [unbudgeted_seconds(cost, shape, top_k, n_experts, q) for q in range(1, max_repair + 1)]
     )
     for table in (draft_C, verify_CD, repair_Q):
         table.setflags(write=False)

@@ -194,8 +194,8 @@ class Guard:
                 return before
             self.budget_L[:] = self.cap
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
-        if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
-            return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
+        if measuring := self.measuring():
+            return measuring
         if self.since_replan >= self.replan_interval or not self.predicted or self.grown():
             self.replan()
         elif surprise := self.surprised():
@@ -217,6 +217,12 @@ class Guard:
             self.budget_L[:] = self.budgets_C[0]
             return StepPlan(TREE, *full, f"the gate judges the full tree ({self.why})")
         return self.plan_of(self.choice, self.why)
+
+    def measuring(self) -> StepPlan | None:
+        """With ``measure`` (and the guard), a decode that times a decode, until two have."""
+        if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
+            return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
+        return None
 
     def prefilled(self, tokens: int, seconds: float) -> None:
         """The prompt's forward: ``tokens`` tokens in ``seconds`` (the engine's wall time).
@@ -253,8 +259,8 @@ class Guard:
         now."""
         if not (self.guard and self.measure) or self.tree_steps or self.prompt_ratio is None:
             return None
-        if self.measured[AUTOREGRESSIVE] < 2:
-            return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
+        if measuring := self.measuring():
+            return measuring
         if self.since_full >= self.probe_every:  # the probe: the warm-up, probes as before
             self.probe_every = self.floor = self.probe0
             return None
