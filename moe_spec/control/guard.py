@@ -63,11 +63,13 @@ the interval (up to ``16 * gate_every``); a tree step resets it.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
 ``carry`` steps (then every step enters until it is full), and probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure`` and the
-prompt's forward timed (:meth:`Guard.prefilled`), unless the full tree, priced from it,
-would clearly lose to decoding at the acceptance prior: then it decodes until a probe
-(:meth:`Guard.before_any_tree`; on a CPU, where a tree step costs 3-5 decodes, the warm-up
-trees were a fresh request's whole loss). The first tree step after a prompt also catches
-the draft up on it: its time is not taken as a tree step's. Per-layer budgets are
+prompt's forward timed (:meth:`Guard.prefilled`), unless the full tree, priced from it or
+from the warm-up trees timed so far, would clearly lose to decoding at the acceptance
+prior: then it decodes until a probe (:meth:`Guard.before_warmup_tree`; on a CPU, where a
+tree step costs 3-5 decodes, the warm-up trees were a fresh request's whole loss). A tree
+step after a prompt or decodes also catches the draft up on them: the engine's timing of
+that (:meth:`Guard.caught_up`) comes off the step's, and a prompt's catch-up not timed
+leaves the step untimed. Per-layer budgets are
 searched layer by layer for the full tree and the current choice once the window holds 8
 of its steps, one budget for all layers before that and for the other trees. Every plan
 carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
@@ -172,6 +174,9 @@ class Guard:
         self.last_probe: tuple[float, int] | None = None  # measured: (seconds, committed)
         self.prompt_ratio: tuple[int, float] | None = None  # last prompt: tokens, measured/modeled
         self.catching_up = False  # whether the next tree step reads a prompt into the draft
+        self.after_decodes = False  # whether it reads decoded tokens into the draft
+        self.caught_up_s: float | None = None  # the engine's timing of that catch-up
+        self.warm_committed = [0, 0]  # the warm-up trees' committed tokens: sum, steps
         self.why = ""
         self.replans = 0
         self.started = 0.0
@@ -190,7 +195,7 @@ class Guard:
     def decide(self) -> StepPlan:
         full = self.trees[0]
         if self.tree_steps < self.warmup:
-            if before := self.before_any_tree():
+            if before := self.before_warmup_tree():
                 return before
             self.budget_L[:] = self.cap
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
@@ -227,11 +232,17 @@ class Guard:
     def prefilled(self, tokens: int, seconds: float) -> None:
         """The prompt's forward: ``tokens`` tokens in ``seconds`` (the engine's wall time).
         With ``measure``, its measured over modeled seconds prices a tree step before any
-        has run (:meth:`before_any_tree`); the latest prompt's counts."""
+        has run (:meth:`before_warmup_tree`); the latest prompt's counts."""
         modeled = self.cost.forward_seconds(tokens) if tokens > 0 else 0.0
         if self.measure and seconds > 0 and modeled > 0:
             self.prompt_ratio = (tokens, seconds / modeled)
         self.catching_up = True  # the next tree step also reads the prompt into the draft
+
+    def caught_up(self, tokens: int, seconds: float) -> None:
+        """The draft read ``tokens`` tokens it had not seen before the planned tree, in
+        ``seconds`` (the engine's wall time). After a prompt or decodes (a catch-up a tree
+        step after a tree does not make) it comes off that step's measured time."""
+        self.caught_up_s = seconds
 
     def tree_ratio(self) -> float:
         """Measured over modeled seconds for a forward of the full tree's N tokens, before
@@ -246,33 +257,45 @@ class Guard:
         x = math.log(n) / math.log(tokens)
         return self.ratio(AUTOREGRESSIVE) ** (1 - x) * prompt**x
 
-    def before_any_tree(self) -> StepPlan | None:
-        """With ``measure``, before the first tree step of this guard: decodes, not the
-        warm-up, while the full tree is predicted to lose clearly (decoding more than
-        ``gate_margin`` faster) at the acceptance prior's tokens a step (``1 + sum 2**-d``,
-        about 2), its step priced as the modeled one times :meth:`tree_ratio` (from the
-        prompt's forward, :meth:`prefilled`: a forward of many tokens is what a verify is).
-        The first two decodes measure a decode's time. The full tree is probed once the
-        prior's loss over the ``warmup`` trees the probe starts is at most ``probe_cost`` of
-        the decodes' time since (``probe`` to ``max_probe`` steps; a new request does not
-        restart this count); after it, probes are spaced as before. None: run the warm-up
-        now."""
-        if not (self.guard and self.measure) or self.tree_steps or self.prompt_ratio is None:
-            return None
+    def before_warmup_tree(self) -> StepPlan | None:
+        """With ``measure``, before each warm-up tree step: decodes, not the tree, while the
+        full tree is predicted to lose clearly (decoding more than ``gate_margin`` faster) at
+        the acceptance prior's tokens a step (``1 + sum 2**-d``, about 2; the warm-up trees'
+        mean where higher: one or two steps may not lower it), its step priced as the
+        modeled one times the measured ratio of the tree steps timed so far, or before any
+        times :meth:`tree_ratio` (from the prompt's forward, :meth:`prefilled`: a forward of
+        many tokens is what a verify is). The first two decodes measure a decode's time.
+        The full tree is probed once the prior's loss over the warm-up trees still to run is
+        at most ``probe_cost`` of the decodes' time since (``probe`` to ``max_probe`` steps;
+        a new request does not restart this count); that probe is the next warm-up tree,
+        and after the warm-up probes are spaced as before. None: run a warm-up tree now."""
+        timed = self.measured[TREE] > 0
+        if (
+            not (self.guard and self.measure)
+            or not timed
+            and (self.tree_steps or self.prompt_ratio is None)
+        ):
+            return None  # nothing to price a tree from, or a warm-up tree ran untimed
         if measuring := self.measuring():
             return measuring
-        if self.since_full >= self.probe_every:  # the probe: the warm-up, probes as before
+        if self.since_full >= self.probe_every:  # the probe: a warm-up tree
             self.probe_every = self.floor = self.probe0
             return None
-        tree_s, decode_s = float(self.step_s_C[0]) * self.tree_ratio(), self.decode_seconds()
-        committed = 1.0 + float(self.est.reach_D()[1 : self.trees[0][2] + 1].sum())
+        ratio = self.ratio(TREE) if timed else self.tree_ratio()
+        tree_s, decode_s = float(self.step_s_C[0]) * ratio, self.decode_seconds()
+        committed = 1.0 + float(self.est.reach_prior_D[1 : self.trees[0][2] + 1].sum())
+        total, steps = self.warm_committed
+        committed = max(committed, total / steps) if steps else committed
         if committed / tree_s * (1 + self.gate_margin) >= 1.0 / decode_s:
             return None
-        loss = self.warmup * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
+        trees = self.warmup - self.tree_steps
+        loss = trees * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
         self.probe_every = self.floor = min(max(self.probe0, math.ceil(loss)), self.max_probe)
+        seen = f"warm-up paused ({self.tree_steps}/{self.warmup} steps seen)"
+        priced = "measured" if timed else "priced from the prompt's forward"
         reason = (
-            f"no tree yet: a full-tree step priced from the prompt's forward ({tree_s * 1e3:.3g}"
-            f" ms) at the prior's {committed:.2f} tokens loses to a decode of "
+            f"{seen if self.tree_steps else 'no tree yet'}: a full-tree step {priced} "
+            f"({tree_s * 1e3:.3g} ms) at {committed:.2f} tokens loses to a decode of "
             f"{decode_s * 1e3:.3g} ms; probe it in {self.probe_every - self.since_full} steps"
         )
         return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.probe_every - self.since_full)
@@ -551,6 +574,8 @@ class Guard:
         t0 = time.perf_counter()
         seconds = t0 - self.started if self.started else 0.0  # 0: a step this guard did not plan
         self.started = 0.0
+        if outcome.kind == AUTOREGRESSIVE:
+            self.after_decodes = True
         if outcome.kind == AUTOREGRESSIVE and self.gated is not None:  # the gate's decode
             self.gated_C[self.gated].append(1)
             if self.choice < 0:  # a look the gate turned down: look half as often
@@ -585,11 +610,20 @@ class Guard:
                 self.since_replan = self.replan_interval
                 if self.measure and seconds > 0:
                     self.last_probe = (seconds, outcome.committed)
-            # a step that read a prompt into the draft is no measure of a tree step's time
-            timed = self.measure and not self.catching_up and outcome.tree in self.trees
-            if timed and self.est.window:
-                self.note_time(TREE, seconds, self.modeled_step(outcome))
-            self.catching_up = False
+            if self.tree_steps <= self.warmup:
+                self.warm_committed[0] += outcome.committed
+                self.warm_committed[1] += 1
+            # a catch-up on a prompt or decodes comes off the step's time; a step that read
+            # a prompt into the draft in a time not reported is no measure of a tree step's
+            unseen = self.catching_up or self.after_decodes
+            catch_up = (self.caught_up_s or 0.0) if unseen else 0.0
+            timed = outcome.tree in self.trees and not (
+                self.catching_up and self.caught_up_s is None
+            )
+            if self.measure and timed and self.est.window:
+                self.note_time(TREE, seconds - catch_up, self.modeled_step(outcome))
+            self.catching_up = self.after_decodes = False
+        self.caught_up_s = None
         self.overhead_s += time.perf_counter() - t0
 
     def modeled_step(self, outcome: StepOutcome) -> float:

@@ -216,9 +216,7 @@ class Engine:
         start = time.perf_counter()
         tcache = self.new_cache(cfg.n_layers, cfg.n_heads, cfg.head_dim)
         dcache = self.new_cache(1, dcfg.n_heads, dcfg.head_dim)
-        logits_V, feature_PD = timed_prefill(
-            policy, len(prompt), lambda: self.prefill(prompt, tcache)
-        )
+        logits_V, feature_PD = timed(policy.prefilled, len(prompt), self.prefill, prompt, tcache)
         root = sample(logits_V, spec.temperature, g)
         out, steps = [root], []
         pending_QD, pending = [feature_PD], prompt[1:] + [root]  # pairs the draft has not seen
@@ -226,7 +224,14 @@ class Engine:
             plan = plan_step(policy, spec, steps, tree_size)
             num_tokens, width, depth = plan.tree
             if plan.kind == TREE:
-                root_feature_D = self.draft_catch_up(torch.cat(pending_QD), pending, dcache)
+                root_feature_D = timed(
+                    policy.draft_caught_up,
+                    len(pending),
+                    self.draft_catch_up,
+                    torch.cat(pending_QD),
+                    pending,
+                    dcache,
+                )
                 pending_QD, pending = [], []
                 root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
                 plan = gate_step(policy, plan, root_logprobs_V)
@@ -386,12 +391,13 @@ def live_policy(
     return policy
 
 
-def timed_prefill(policy: Policy, tokens: int, prefill: Callable[[], R]) -> R:
-    """``prefill()``, the forward of a prompt of ``tokens`` tokens (ending in a host read
-    where the device runs ahead), its wall time reported to ``policy.prefilled``."""
+def timed(report: Callable[[int, float], None], tokens: int, run: Callable[..., R], *args) -> R:
+    """``run(*args)``, a forward of ``tokens`` tokens (ending in a host read where the
+    device runs ahead), its wall time reported as ``report(tokens, seconds)``: the prompt's
+    to ``Policy.prefilled``, the draft's catch-up to ``Policy.draft_caught_up``."""
     start = time.perf_counter()
-    out = prefill()
-    policy.prefilled(tokens, time.perf_counter() - start)
+    out = run(*args)
+    report(tokens, time.perf_counter() - start)
     return out
 
 

@@ -321,6 +321,11 @@ class Auto(TokenPriority):
         it prices a tree step before the first has run)."""
         self.prompt = (tokens, seconds)
 
+    def draft_caught_up(self, tokens: int, seconds: float) -> None:
+        """Passed on (:meth:`Guard.caught_up`; with ``measure`` it comes off the step's time)."""
+        if self.controller is not None:
+            self.controller.caught_up(tokens, seconds)
+
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """The guard's draft gate (:meth:`moe_spec.control.Guard.gate`)."""
         return None if self.controller is None else self.controller.gate(logprob_W)

@@ -100,6 +100,11 @@ class Policy:
         speed is measured report it; a server does not); outside the forward."""
         return None
 
+    def draft_caught_up(self, tokens: int, seconds: float) -> None:
+        """After the draft read ``tokens`` tokens it had not seen (a prompt, decoded tokens,
+        an accepted path) before a planned tree, in wall ``seconds``; outside the forward."""
+        return None
+
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """Before growing a planned tree: None to grow and verify it, or why to decode the
         root alone instead (default: always grow). ``logprob_W``: float ``[W]``, the

@@ -441,3 +441,53 @@ def test_the_tree_step_that_reads_a_prompt_into_the_draft_is_not_timed():
     assert [tree_step(), tree_step()] == [0, 1]  # the first caught the draft up on the prompt
     g.prefilled(8, g.cost.forward_seconds(8))  # the next request's prompt
     assert [tree_step(), tree_step()] == [1, 2]
+
+
+def timed_tree_step(g: Guard, seconds: float, committed: int = 2) -> None:
+    """A full-tree step the guard's clock saw take ``seconds``."""
+    g.started = time.perf_counter() - seconds
+    observe_window_step(g, committed, plan=TREES[0])
+
+
+def test_a_reported_draft_catch_up_comes_off_the_time_of_the_tree_step_after_a_prompt_or_decodes():
+    g = measured_guard(8, 1.0)
+    times = []
+    g.note_time = lambda kind, seconds, modeled: times.append((kind, seconds))
+    g.caught_up(8, 0.03)  # the prompt's pairs, read before the first tree
+    timed_tree_step(g, 0.05)
+    g.caught_up(2, 0.01)  # after a tree: the last path's pairs, part of a tree step's cost
+    timed_tree_step(g, 0.05)
+    g.observe(StepOutcome("autoregressive", [0], steps=3))
+    g.caught_up(3, 0.01)  # the decoded tokens
+    timed_tree_step(g, 0.05)
+    g.prefilled(8, g.cost.forward_seconds(8))  # a prompt whose catch-up is not reported
+    timed_tree_step(g, 0.05)
+    timed_tree_step(g, 0.05)
+    trees = [seconds for kind, seconds in times if kind == "tree"]
+    assert trees == pytest.approx([0.02, 0.05, 0.04, 0.05], abs=2e-3)
+
+
+@pytest.mark.parametrize("committed, paused", [(2, True), (4, False)])
+def test_a_measured_warm_up_tree_that_clearly_loses_pauses_the_warm_up(committed, paused):
+    """Priced at its measured ratio, a tree step of 3 decodes loses at the prior's 1.875
+    tokens (and at a first step's 2), not at 4 tokens: one step may raise the estimate,
+    not lower it."""
+    g = measured_guard(8, 1.0, probe=4)  # the prompt prices a tree to pay: warm-up
+    decodes_measured(g)
+    assert g.plan().reason.startswith("warm-up (0/2")
+    g.caught_up(8, 0.0)
+    timed_tree_step(g, 0.01, committed)
+    assert g.measured["tree"] == 1
+    decode_s = g.cost.decode_s
+    g.log_ratio["tree"] = np.log(3 * decode_s / g.step_s_C[0])  # a tree step: 3 decodes
+    plan = g.plan()
+    if not paused:
+        assert plan.reason.startswith("warm-up (1/2")
+        return
+    assert plan.kind == "autoregressive" and plan.reason.startswith("warm-up paused (1/2")
+    # the probe is the one warm-up tree left; it loses 3 - 2 decodes (the first step's 2
+    # tokens, above the prior's) in the 0.5% of the decodes' time it may cost
+    assert g.probe_every == int(np.ceil((3 - 2) / 0.005)) and plan.steps == g.probe_every
+    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    assert g.plan().reason.startswith("warm-up (1/2")
+    assert g.probe_every == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from moe_spec.control.steps import StepPlan
 from moe_spec.costmodel import CostModel, Overheads
 from moe_spec.costmodel.gpus import GPU
 from moe_spec.engine.generate import SpecConfig
@@ -200,3 +201,43 @@ def test_a_measuring_guard_decodes_from_the_start_where_the_prompt_prices_trees_
         "measuring an autoregressive step's time",
         "no tree yet",
     ]
+
+
+def scripted(plans: list[StepPlan]):
+    """A ``none`` policy that plans ``plans`` then the configured tree, recording the draft
+    catch-ups it is told of (tokens, seconds)."""
+    policy, caught = get_policy("none"), []
+    script = iter(plans)
+    policy.plan_step = lambda tree, repair: next(script, None)
+    policy.draft_caught_up = lambda tokens, seconds: caught.append((tokens, seconds))
+    return policy, caught
+
+
+def test_each_tree_step_reports_the_draft_catch_up_before_it(tiny_engine):
+    """The prompt's pairs before the first tree; the last path's and the decoded tokens'
+    before a tree after decodes (this engine catches up lazily, before every tree)."""
+    tree = (TREE["num_tokens"], TREE["width"], TREE["depth"])
+    plans = [StepPlan("tree", *tree), StepPlan("autoregressive", steps=3), StepPlan("tree", *tree)]
+    policy, caught = scripted(plans)
+    spec = SpecConfig(**TREE)
+    out = tiny_engine.generate_speculative(PROMPTS[0], 12, spec, policy=policy)
+    assert out.tokens == tiny_engine.generate_autoregressive(PROMPTS[0], 12).tokens
+    assert [s.guard for s in out.steps[:5]] == [
+        "",
+        "autoregressive",
+        "autoregressive",
+        "autoregressive",
+        "",
+    ]
+    tokens = [n for n, _ in caught]
+    assert tokens[:2] == [len(PROMPTS[0]), out.steps[0].committed + 3]
+    assert len(caught) == len(out.steps) - 3 and all(s > 0 for _, s in caught)
+
+
+def test_auto_passes_the_draft_catch_up_to_its_guard(tiny_engine, monkeypatch):
+    from moe_spec.control import Guard
+
+    seen = []
+    monkeypatch.setattr(Guard, "caught_up", lambda self, tokens, seconds: seen.append(tokens))
+    tiny_engine.generate_speculative(PROMPTS[0], 8, auto_spec())
+    assert seen[0] == len(PROMPTS[0])  # the prompt's pairs, before the first warm-up tree

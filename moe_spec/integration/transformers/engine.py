@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from moe_spec.budget import check_budget
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome
+from moe_spec.engine.attention import KVCache
 from moe_spec.engine.generate import (
     Engine,
     GenerationResult,
@@ -33,7 +34,7 @@ from moe_spec.engine.generate import (
     plan_step,
     run_decodes,
     sample,
-    timed_prefill,
+    timed,
 )
 from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
@@ -177,8 +178,8 @@ class TransformersEngine:
         with capture_features(self.target) as features:
             draft_room = len(prompt) + max_new_tokens + spec.depth + 1 + spec.width * spec.depth
             tcache, dcache = new_cache(), self.draft.new_cache(draft_room)
-            root = timed_prefill(  # the host reads the token: the forward has run
-                policy,
+            root = timed(  # the host reads the token: the forward has run
+                policy.prefilled,
                 len(prompt),
                 lambda: sample(self.forward_last(prompt, tcache), spec.temperature, g),
             )
@@ -189,12 +190,20 @@ class TransformersEngine:
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 plan = plan_step(policy, spec, steps, tree_size)
                 num_tokens, width, depth = plan.tree
+                if plan.kind == TREE and (draft_start is not None or pending):
+                    unseen = len(pending) + (0 if draft_start is None else len(draft_start[0]))
+                    root_state = timed(
+                        policy.draft_caught_up,
+                        unseen,
+                        self.catch_up,
+                        dcache,
+                        draft_start,
+                        pending,
+                        pending_QD,
+                        root_state,
+                    )
+                    draft_start, pending_QD, pending = None, [], []
                 if plan.kind == TREE:
-                    if draft_start is not None:
-                        root_state, draft_start = self.draft.start(dcache, *draft_start), None
-                    if pending:
-                        root_state = self.draft.extend(dcache, pending, torch.cat(pending_QD))
-                        pending_QD, pending = [], []
                     first_V = self.draft.first_level(root_state)
                     plan = gate_step(policy, plan, first_V)
                 if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: plain forwards
@@ -245,6 +254,25 @@ class TransformersEngine:
                 root = bonus
                 root_state = self.draft.extend(dcache, new_tokens, path_feature_QD)
         return GenerationResult(self.trim(out, max_new_tokens), time.perf_counter() - start, steps)
+
+    def catch_up(
+        self,
+        cache: KVCache | DynamicCache,
+        start: tuple[list[int], int, torch.Tensor] | None,
+        tokens: list[int],
+        feature_QD: list[torch.Tensor],
+        root_state: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The draft reads what it has not seen: the prompt (``start``: prompt, root and
+        the prompt's features ``[P, D]``), then the decoded ``tokens`` with their features;
+        the root's predicted feature ``[D]``, on the host's clock (a device synchronised)."""
+        if start is not None:
+            root_state = self.draft.start(cache, *start)
+        if tokens:
+            root_state = self.draft.extend(cache, tokens, torch.cat(feature_QD))
+        if root_state.is_cuda:
+            torch.cuda.synchronize(root_state.device)
+        return root_state
 
     def decode_step(
         self,

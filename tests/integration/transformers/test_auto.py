@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from moe_spec.control.steps import StepPlan
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
 from moe_spec.policies import get_policy
@@ -74,3 +75,19 @@ def test_the_draft_reads_the_prompt_only_when_a_tree_comes(moe_model, dense_draf
     assert result.tokens == engine.generate_autoregressive(PROMPT, 16).tokens
     result = engine.generate_speculative(PROMPT, 16, SpecConfig(3, 3, 8))
     assert starts == [len(PROMPT)] and result.steps[0].guard == ""
+
+
+def test_the_draft_catch_up_on_the_prompt_and_on_decodes_is_reported(moe_model, dense_draft):
+    """Before the first tree the draft reads the prompt and the root; before a tree after
+    decodes, the decoded tokens; a tree after a tree reads nothing new here (the draft
+    caught up on its path at the end of that step)."""
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    tree = StepPlan("tree", 8, 3, 3)
+    script = iter([tree, StepPlan("autoregressive", steps=2), tree, tree])
+    policy, caught = get_policy("none"), []
+    policy.plan_step = lambda _tree, _repair: next(script, None)
+    policy.draft_caught_up = lambda tokens, seconds: caught.append((tokens, seconds > 0))
+    result = engine.generate_speculative(PROMPT, 12, SpecConfig(3, 3, 8), policy=policy)
+    assert result.tokens == engine.generate_autoregressive(PROMPT, 12).tokens
+    assert [s.guard for s in result.steps[:3]] == ["", "autoregressive", "autoregressive"]
+    assert caught == [(len(PROMPT), True), (2, True)]
