@@ -177,6 +177,7 @@ class Guard:
         self.after_decodes = False  # whether it reads decoded tokens into the draft
         self.caught_up_s: float | None = None  # the engine's timing of that catch-up
         self.warm_committed = [0, 0]  # the warm-up trees' committed tokens: sum, steps
+        self.pause: int | None = None  # paused warm-up: decodes since a full tree to its probe
         self.why = ""
         self.replans = 0
         self.started = 0.0
@@ -265,10 +266,12 @@ class Guard:
         modeled one times the measured ratio of the tree steps timed so far, or before any
         times :meth:`tree_ratio` (from the prompt's forward, :meth:`prefilled`: a forward of
         many tokens is what a verify is). The first two decodes measure a decode's time.
-        The full tree is probed once the prior's loss over the warm-up trees still to run is
-        at most ``probe_cost`` of the decodes' time since (``probe`` to ``max_probe`` steps;
-        a new request does not restart this count); that probe is the next warm-up tree,
-        and after the warm-up probes are spaced as before. None: run a warm-up tree now."""
+        A pause probes the full tree once the prior's loss over the warm-up trees still to run
+        (priced as the pause starts) is at most ``probe_cost`` of the decodes' time since the
+        last full tree (``probe`` to ``max_probe`` steps; a new request does not restart this
+        count); that probe is the next warm-up tree, and after the warm-up probes are spaced
+        as before. The test runs before every plan: a tree that no longer clearly loses ends
+        the pause. None: run a warm-up tree now."""
         timed = self.measured[TREE] > 0
         if (
             not (self.guard and self.measure)
@@ -278,27 +281,29 @@ class Guard:
             return None  # nothing to price a tree from, or a warm-up tree ran untimed
         if measuring := self.measuring():
             return measuring
-        if self.since_full >= self.probe_every:  # the probe: a warm-up tree
-            self.probe_every = self.floor = self.probe0
-            return None
         ratio = self.ratio(TREE) if timed else self.tree_ratio()
         tree_s, decode_s = float(self.step_s_C[0]) * ratio, self.decode_seconds()
         committed = 1.0 + float(self.est.reach_prior_D[1 : self.trees[0][2] + 1].sum())
         total, steps = self.warm_committed
         committed = max(committed, total / steps) if steps else committed
         if committed / tree_s * (1 + self.gate_margin) >= 1.0 / decode_s:
+            self.pause = None
             return None
-        trees = self.warmup - self.tree_steps
-        loss = trees * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
-        self.probe_every = self.floor = min(max(self.probe0, math.ceil(loss)), self.max_probe)
+        if self.pause is None:  # a pause starts: how long until its probe
+            trees = self.warmup - self.tree_steps
+            loss = trees * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
+            self.pause = min(max(self.probe0, math.ceil(loss)), self.max_probe)
+        if self.since_full >= self.pause:  # the probe: a warm-up tree
+            self.pause = None
+            return None
         seen = f"warm-up paused ({self.tree_steps}/{self.warmup} steps seen)"
         priced = "measured" if timed else "priced from the prompt's forward"
         reason = (
             f"{seen if self.tree_steps else 'no tree yet'}: a full-tree step {priced} "
             f"({tree_s * 1e3:.3g} ms) at {committed:.2f} tokens loses to a decode of "
-            f"{decode_s * 1e3:.3g} ms; probe it in {self.probe_every - self.since_full} steps"
+            f"{decode_s * 1e3:.3g} ms; probe it in {self.pause - self.since_full} steps"
         )
-        return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.probe_every - self.since_full)
+        return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.pause - self.since_full)
 
     def plan_of(self, choice: int, reason: str) -> StepPlan:
         if choice < 0:

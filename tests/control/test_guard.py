@@ -406,7 +406,7 @@ def test_decodes_before_any_tree_where_the_prompt_prices_it_to_lose():
     assert plan.kind == "autoregressive" and plan.reason.startswith("no tree yet")
     # the probe (the 2 warm-up trees) comes once it loses at most probe_cost of the time since
     floor = int(np.ceil(2 * (tree_s - committed * decode_s) / (0.005 * decode_s)))
-    assert g.probe_every == min(floor, 1024) and plan.steps == g.probe_every - 2
+    assert g.pause == min(floor, 1024) and plan.steps == g.pause - 2
     g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
     assert g.plan().reason.startswith("warm-up (0/2")  # the probe starts the warm-up
     assert g.probe_every == 4  # and later probes are spaced as before
@@ -427,7 +427,7 @@ def test_one_plan_covers_the_decodes_before_the_first_probe_even_with_gate_looks
     g = measured_guard(8, 20.0, probe=4, gate_every=3)  # the gate's looks need a tree first
     decodes_measured(g)
     plan = g.plan()
-    assert plan.reason.startswith("no tree yet") and plan.steps == g.probe_every - 2 > 3
+    assert plan.reason.startswith("no tree yet") and plan.steps == g.pause - 2 > 3
 
 
 def test_the_tree_step_that_reads_a_prompt_into_the_draft_is_not_timed():
@@ -487,7 +487,27 @@ def test_a_measured_warm_up_tree_that_clearly_loses_pauses_the_warm_up(committed
     assert plan.kind == "autoregressive" and plan.reason.startswith("warm-up paused (1/2")
     # the probe is the one warm-up tree left; it loses 3 - 2 decodes (the first step's 2
     # tokens, above the prior's) in the 0.5% of the decodes' time it may cost
-    assert g.probe_every == int(np.ceil((3 - 2) / 0.005)) and plan.steps == g.probe_every
+    assert g.pause == int(np.ceil((3 - 2) / 0.005)) and plan.steps == g.pause
     g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
     assert g.plan().reason.startswith("warm-up (1/2")
-    assert g.probe_every == 4
+    assert g.probe_every == 4 and g.pause is None
+
+
+def test_a_paused_warm_up_keeps_its_probe_while_new_prompts_price_the_tree():
+    """The probe's distance is set as the pause starts; a new prompt that still prices the
+    tree to lose leaves it, one that prices it to pay ends the pause."""
+    g = measured_guard(8, 20.0, probe=4)
+    decodes_measured(g)
+    first = g.plan()
+    half = first.steps // 2
+    g.observe(StepOutcome("autoregressive", [0], steps=half))
+    g.log_ratio["autoregressive"] = 0.0  # the decodes took their modeled time
+    g.new_request()
+    g.prefilled(8, 10.0 * g.cost.forward_seconds(8))  # still losing, by less
+    plan = g.plan()
+    assert plan.reason.startswith("no tree yet") and plan.steps == first.steps - half >= 1
+    g.observe(StepOutcome("autoregressive", [0], steps=3))
+    g.log_ratio["autoregressive"] = 0.0
+    g.new_request()
+    g.prefilled(8, g.cost.forward_seconds(8))  # a tree step that pays
+    assert g.plan().reason.startswith("warm-up (0/2") and g.pause is None
