@@ -177,6 +177,7 @@ class Guard:
         self.after_decodes = False  # whether it reads decoded tokens into the draft
         self.caught_up_s: float | None = None  # the engine's timing of that catch-up
         self.warm_committed = [0, 0]  # the warm-up trees' committed tokens: sum, steps
+        self.warm_seconds = [0.0, 0]  # the timed warm-up trees' seconds: sum, steps
         self.pause: int | None = None  # paused warm-up: decodes since a full tree to its probe
         self.why = ""
         self.replans = 0
@@ -242,7 +243,9 @@ class Guard:
     def caught_up(self, tokens: int, seconds: float) -> None:
         """The draft read ``tokens`` tokens it had not seen before the planned tree, in
         ``seconds`` (the engine's wall time). After a prompt or decodes (a catch-up a tree
-        step after a tree does not make) it comes off that step's measured time."""
+        step after a tree does not make) it comes off that step's measured time; the
+        reference engine's also holds the last tree's path, a few tokens. That catch-up is
+        then charged to neither kind of step, except in a probe's loss (``last_probe``)."""
         self.caught_up_s = seconds
 
     def tree_ratio(self) -> float:
@@ -262,17 +265,19 @@ class Guard:
         """With ``measure``, before each warm-up tree step: decodes, not the tree, while the
         full tree is predicted to lose clearly (decoding more than ``gate_margin`` faster) at
         the acceptance prior's tokens a step (``1 + sum 2**-d``, about 2; the warm-up trees'
-        mean where higher: one or two steps may not lower it), its step priced as the
-        modeled one times the measured ratio of the tree steps timed so far, or before any
-        times :meth:`tree_ratio` (from the prompt's forward, :meth:`prefilled`: a forward of
-        many tokens is what a verify is). The first two decodes measure a decode's time.
-        A pause probes the full tree once the prior's loss over the warm-up trees still to run
-        (priced as the pause starts) is at most ``probe_cost`` of the decodes' time since the
-        last full tree (``probe`` to ``max_probe`` steps; a new request does not restart this
-        count); that probe is the next warm-up tree, and after the warm-up probes are spaced
-        as before. The test runs before every plan: a tree that no longer clearly loses ends
-        the pause. None: run a warm-up tree now."""
-        timed = self.measured[TREE] > 0
+        mean where higher: one or two steps may not lower it), its step priced as the mean
+        measured seconds of the warm-up trees timed so far (less the draft's catch-up), or
+        before any as the modeled one times :meth:`tree_ratio` (from the prompt's forward,
+        :meth:`prefilled`: a forward of many tokens is what a verify is). The first two
+        decodes measure a decode's time. A pause probes the full tree once the prior's loss
+        over the warm-up trees still to run (priced as the pause starts) is at most
+        ``probe_cost`` of the decodes' time since the last full tree (``probe`` to
+        ``max_probe`` steps; at most ``4 * probe`` after a timed tree, which may have been a
+        cold first call; a new request does not restart this count); that probe is the next
+        warm-up tree, and after the warm-up probes are spaced as before. The test runs before
+        every plan: a tree that no longer clearly loses ends the pause. None: run a warm-up
+        tree now."""
+        total_s, timed = self.warm_seconds
         if (
             not (self.guard and self.measure)
             or not timed
@@ -281,8 +286,9 @@ class Guard:
             return None  # nothing to price a tree from, or a warm-up tree ran untimed
         if measuring := self.measuring():
             return measuring
-        ratio = self.ratio(TREE) if timed else self.tree_ratio()
-        tree_s, decode_s = float(self.step_s_C[0]) * ratio, self.decode_seconds()
+        # the warm-up trees' own seconds (the next one is the same full tree), or the prompt's
+        tree_s = total_s / timed if timed else float(self.step_s_C[0]) * self.tree_ratio()
+        decode_s = self.decode_seconds()
         committed = 1.0 + float(self.est.reach_prior_D[1 : self.trees[0][2] + 1].sum())
         total, steps = self.warm_committed
         committed = max(committed, total / steps) if steps else committed
@@ -292,7 +298,9 @@ class Guard:
         if self.pause is None:  # a pause starts: how long until its probe
             trees = self.warmup - self.tree_steps
             loss = trees * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
-            self.pause = min(max(self.probe0, math.ceil(loss)), self.max_probe)
+            # one or two timed trees may have been cold (a first call's allocations)
+            longest = min(4 * self.probe0, self.max_probe) if timed else self.max_probe
+            self.pause = min(max(self.probe0, math.ceil(loss)), longest)
         if self.since_full >= self.pause:  # the probe: a warm-up tree
             self.pause = None
             return None
@@ -627,6 +635,9 @@ class Guard:
             )
             if self.measure and timed and self.est.window:
                 self.note_time(TREE, seconds - catch_up, self.modeled_step(outcome))
+                if self.tree_steps <= self.warmup and seconds > catch_up:
+                    self.warm_seconds[0] += seconds - catch_up
+                    self.warm_seconds[1] += 1
             self.catching_up = self.after_decodes = False
         self.caught_up_s = None
         self.overhead_s += time.perf_counter() - t0

@@ -78,9 +78,10 @@ def test_the_draft_reads_the_prompt_only_when_a_tree_comes(moe_model, dense_draf
 
 
 def test_the_draft_catch_up_on_the_prompt_and_on_decodes_is_reported(moe_model, dense_draft):
-    """Before the first tree the draft reads the prompt and the root; before a tree after
-    decodes, the decoded tokens; a tree after a tree reads nothing new here (the draft
-    caught up on its path at the end of that step)."""
+    """Before the first tree the draft reads the prompt (reported as the prompt's length;
+    a causal-LM draft also reads the root then); before a tree after decodes, the decoded
+    tokens; a tree after a tree reads nothing new here (the draft caught up on its path at
+    the end of that step)."""
     engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
     tree = StepPlan("tree", 8, 3, 3)
     script = iter([tree, StepPlan("autoregressive", steps=2), tree, tree])
