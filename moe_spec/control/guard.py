@@ -131,9 +131,10 @@ class Guard:
         self.step_s_C = np.array(
             [cost.tree_seconds(c, read_C[c], np.array(0)) for c in range(len(cost.trees))]
         )
-        self.gated_C = [deque(maxlen=estimates.window.maxlen) for _ in cost.trees]
         self.best_rate = 0.0  # the best predicted tokens/s (the draft gate's exchange rate)
         self.gate_history = 8  # gated shares from fewer of a tree's steps are not trusted
+        # each tree's last gate_history steps: 1 the gate decoded it, 0 it was verified
+        self.gated_C = [deque(maxlen=self.gate_history) for _ in cost.trees]
         # the gate acts while the best tree is predicted less than this much faster than
         # decoding (and before any prediction): where trees clearly win, its per-step
         # estimates are too noisy to beat them

@@ -109,6 +109,9 @@ def test_a_trees_prediction_counts_its_gated_steps():
     g.gated_C[0].extend([1, 0, 0, 0] * 2)  # 8 decisions: a quarter gated
     want = (0.75 * 3.0 + 0.25) / (0.75 * 0.012 + 0.25 * gated_s)
     assert g.with_gated(0, committed_S, 250.0) == pytest.approx(want)
+    g.gated_C[0].extend([1] * 6)  # the last 8 decisions count: 0 0 1 1 1 1 1 1
+    want = (0.25 * 3.0 + 0.75) / (0.25 * 0.012 + 0.75 * gated_s)
+    assert g.with_gated(0, committed_S, 250.0) == pytest.approx(want)
 
 
 def test_with_few_decisions_behind_it_a_tree_is_judged_by_what_the_gate_would_do():
