@@ -190,20 +190,20 @@ class TransformersEngine:
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 plan = plan_step(policy, spec, steps, tree_size)
                 num_tokens, width, depth = plan.tree
-                if plan.kind == TREE and (draft_start is not None or pending):
-                    unseen = len(pending) + (0 if draft_start is None else len(draft_start[0]))
-                    root_state = timed(
-                        policy.draft_caught_up,
-                        unseen,
-                        self.catch_up,
-                        dcache,
-                        draft_start,
-                        pending,
-                        pending_QD,
-                        root_state,
-                    )
-                    draft_start, pending_QD, pending = None, [], []
                 if plan.kind == TREE:
+                    if draft_start is not None or pending:  # what the draft has not read
+                        unseen = len(pending) + (0 if draft_start is None else len(prompt))
+                        root_state = timed(
+                            policy.draft_caught_up,
+                            unseen,
+                            self.catch_up,
+                            dcache,
+                            draft_start,
+                            pending,
+                            pending_QD,
+                            root_state,
+                        )
+                        draft_start, pending_QD, pending = None, [], []
                     first_V = self.draft.first_level(root_state)
                     plan = gate_step(policy, plan, first_V)
                 if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: plain forwards
