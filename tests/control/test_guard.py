@@ -383,17 +383,34 @@ def decodes_measured(g: Guard) -> None:
 
 def test_prices_a_tree_from_the_prompt_before_the_first_one():
     """The prompt's measured over modeled seconds, carried to the full tree's 8 tokens
-    log-linearly in log tokens from a decode's (1 token)."""
-    assert measured_guard(8, 3.0).tree_ratio() == pytest.approx(3.0)
-    assert measured_guard(5, 3.0).tree_ratio() == pytest.approx(3.0)  # P <= N: the prompt's
+    linearly in tokens from a decode's (1 token)."""
     g = measured_guard(512, 4.0)
     decodes_measured(g)
     g.log_ratio["autoregressive"] = np.log(2.0)  # a decode took twice its modeled time
-    # log 8 / log 512 = 1/3 of the way from the decode's ratio to the prompt's
-    assert g.tree_ratio() == pytest.approx(2.0 ** (2 / 3) * 4.0 ** (1 / 3))
+    # 7 / 511 of the way from the decode's ratio to the prompt's
+    assert g.tree_ratio() == pytest.approx(2.0 + 2.0 * 7 / 511)
+    assert measured_guard(8, 3.0).tree_ratio() == pytest.approx(3.0)  # P = N: the prompt's
+    assert measured_guard(1, 3.0).tree_ratio() == pytest.approx(3.0)  # one token: its own
     unmeasured = guard(gate=False)  # without measure the prompt is not read
     unmeasured.prefilled(64, 1.0)
     assert unmeasured.prompt_ratio is None and unmeasured.plan().reason.startswith("warm-up")
+
+
+def test_extends_the_prompt_line_past_a_short_prompt_within_bounds():
+    """P < N: the line through the decode's and the prompt's ratios, extended to N, kept
+    between the lower of the two and the prompt's ratio times N / P times the modeled
+    forward of P over N's (a forward's time at most proportional to its tokens)."""
+    g = measured_guard(5, 2.0)
+    decodes_measured(g)  # a decode at its modeled time: ratio 1
+    assert g.tree_ratio() == pytest.approx(1.0 + 1.0 * 7 / 4)  # 2.75, under the cap
+    forward = g.cost.forward_seconds
+    assert g.tree_ratio() < 2.0 * 8 / 5 * forward(5) / forward(8)
+    steep = measured_guard(2, 3.0)  # two tokens at 3x a decode's ratio: the line, 15x at 8
+    decodes_measured(steep)
+    assert steep.tree_ratio() == pytest.approx(3.0 * 8 / 2 * forward(2) / forward(8))
+    falling = measured_guard(4, 0.5)  # the prompt's ratio below the decode's: not below it
+    decodes_measured(falling)
+    assert falling.tree_ratio() == pytest.approx(0.5)
 
 
 def test_decodes_before_any_tree_where_the_prompt_prices_it_to_lose():
