@@ -10,7 +10,9 @@
 - ``planner``: predicted committed tokens over predicted time for a tree and per-layer
   budgets; the search for the best per-layer budgets.
 - ``guard``: before each step, the budgeted tree, a smaller tree or autoregressive
-  decoding, whichever is predicted fastest, with hysteresis and probes.
+  decoding, whichever is predicted fastest, with hysteresis and probes; with its parts
+  ``gate`` (a tree only where this step's draft pays) and ``warmup`` (with measured
+  times, no warm-up tree that clearly loses).
 
 The ``auto`` policy (``moe_spec.policies.auto``) holds one controller per generation.
 """

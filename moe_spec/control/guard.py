@@ -34,42 +34,13 @@ probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probe
 choice made while the window holds no step of the full tree to predict it from (forgotten
 at new text) probes it every ``probe`` steps again. While it
 decodes, one plan covers every decode up to its next look at a tree (``StepPlan.steps``).
-**The draft gate** (:meth:`Guard.gate`, with ``gate``): before the planned tree is grown,
-the draft's first level (the log-probabilities of the root's ``width`` most likely children,
-known once the draft has caught up) gives the step's own expected committed tokens, ``1 +
-min(1, sum_i a(q_i)) * (1 + m)``: ``a`` the calibrated acceptance of a child of the root of
-path probability ``q_i`` (the first level's own calibration; only one child of the root can
-be accepted), ``m`` the tokens expected
-past depth 1 from the acceptance per depth. With ``R`` the best predicted tokens/s the tree
-is drafted and verified when ``expected - R * rest_s >= 1 - R * decode_s`` (``rest_s``: the
-tree step less its first draft forward, already run), else the root is decoded alone. Draft
-confidence varies from step to step far more than the window's mean does, so this aims the
-tree at the steps it pays on; a tree's prediction counts its gated steps (one token for a draft
-forward and a decode) at their share of its last ``gate_history`` (8) steps, or, before
-that, at the share the gate would gate of the window's steps (their first-level bins are
-kept there). The gate rests in warm-up: judged by the priors and one or two steps, a tree
-it turns down teaches nothing, so an early pessimistic estimate would stay (measured: the
-toy's warm-up decoded where its trees win); before the first prediction it trades at
-decoding's rate. Not in a probe, and not while the best
-tree is predicted more than ``gate_margin`` (25%) faster than decoding: there the tree
-clearly wins and the gate's per-step estimates are too noisy to beat it. On the full tree a
-run of ``probe_every`` gated steps ends in a probe (a gate that turns every tree down would
-learn nothing more). With ``gate_every``
-(0: off, the default), while the guard decodes, every ``gate_every``-th step is planned as
-the full tree for the gate to judge (the draft catches up on the decoded tokens in one
-forward): the tree runs where the draft is sure, the rest are decodes, and these looks are
-the gated share the full tree's prediction is made from. A look the gate turns down doubles
-the interval (up to ``16 * gate_every``); a tree step resets it.
+**The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
+grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
 ``carry`` steps (then every step enters until it is full), and probes start again.
-The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure`` and the
-prompt's forward timed (:meth:`Guard.prefilled`), unless the full tree, priced from it or
-from the warm-up trees timed so far, would clearly lose to decoding at the acceptance
-prior: then it decodes until a probe (:meth:`Guard.before_warmup_tree`; on a CPU, where a
-tree step costs 3-5 decodes, the warm-up trees were a fresh request's whole loss). A tree
-step after a prompt or decodes also catches the draft up on them: the engine's timing of
-that (:meth:`Guard.caught_up`) comes off the step's, and a prompt's catch-up not timed
-leaves the step untimed. Per-layer budgets are
+The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
+the prompt's or the first tree's timing shows the tree clearly losing
+(``moe_spec.control.warmup``). Per-layer budgets are
 searched layer by layer for the full tree and the current choice once the window holds 8
 of its steps, one budget for all layers before that and for the other trees. Every plan
 carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
@@ -86,12 +57,14 @@ import torch
 
 from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
+from moe_spec.control.gate import DraftGate
 from moe_spec.control.planner import best_budgets, budget_levels, exact_prefix_S, step_seconds
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
+from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
-class Guard:
+class Guard(DraftGate, MeasuredWarmup):
     """Plans each step of one generation from what the previous steps showed."""
 
     def __init__(
@@ -226,105 +199,6 @@ class Guard:
             return StepPlan(TREE, *full, f"the gate judges the full tree ({self.why})")
         return self.plan_of(self.choice, self.why)
 
-    def measuring(self) -> StepPlan | None:
-        """With ``measure`` (and the guard), a decode that times a decode, until two have."""
-        if self.guard and self.measure and self.measured[AUTOREGRESSIVE] < 2:
-            return StepPlan(AUTOREGRESSIVE, reason="measuring an autoregressive step's time")
-        return None
-
-    def prefilled(self, tokens: int, seconds: float) -> None:
-        """The prompt's forward: ``tokens`` tokens in ``seconds`` (the engine's wall time).
-        With ``measure``, its measured over modeled seconds prices a tree step before any
-        has run (:meth:`before_warmup_tree`); the latest prompt's counts."""
-        modeled = self.cost.forward_seconds(tokens) if tokens > 0 else 0.0
-        if self.measure and seconds > 0 and modeled > 0:
-            self.prompt_ratio = (tokens, seconds / modeled)
-        self.catching_up = True  # the next tree step also reads the prompt into the draft
-
-    def caught_up(self, tokens: int, seconds: float) -> None:
-        """The draft read ``tokens`` tokens it had not seen before the planned tree, in
-        ``seconds`` (the engine's wall time). After a prompt or decodes (a catch-up a tree
-        step after a tree does not make) it comes off that step's measured time; the
-        reference engine's also holds the last tree's path, a few tokens. That catch-up is
-        then charged to neither kind of step, except in a probe's loss (``last_probe``)."""
-        self.caught_up_s = seconds
-
-    def tree_ratio(self) -> float:
-        """Measured over modeled seconds for a forward of the full tree's N tokens, before
-        any tree ran: linear in tokens through a decode's (1 token) and the prompt's (P
-        tokens) ratios, at N. A device whose time grows with tokens where the modeled one's
-        does not (a CPU's compute against a weight-bound GPU) adds a per-token term to the
-        ratio: on an Intel Xeon, smollm2-moe's prompts (under the H200 model) went 14.0,
-        14.2, 15.4, 18.7, 39.6, 104 at 1, 9, 18, 32, 128 and 300 tokens, and its 32-token
-        tree step 24; a line from 1 to 300 gives 23.3 at 32, a line in log tokens 47.3.
-        Where P < N the line is extended past the prompt, kept between the lower of the two
-        ratios and the prompt's times ``N / P`` times the modeled forward of P over that of
-        N (a forward's time at most proportional to its tokens); a prompt of one token gives
-        its own."""
-        tokens, prompt = self.prompt_ratio
-        n = self.trees[0][0]
-        if tokens < 2:
-            return prompt
-        decode = self.ratio(AUTOREGRESSIVE)
-        ratio = decode + (prompt - decode) * (n - 1) / (tokens - 1)
-        if tokens >= n:
-            return ratio
-        forward = self.cost.forward_seconds
-        most = prompt * n / tokens * forward(tokens) / forward(n)
-        return min(max(ratio, min(decode, prompt)), most)
-
-    def before_warmup_tree(self) -> StepPlan | None:
-        """With ``measure``, before each warm-up tree step: decodes, not the tree, while the
-        full tree is predicted to lose clearly (decoding more than ``gate_margin`` faster) at
-        the acceptance prior's tokens a step (``1 + sum 2**-d``, about 2; the warm-up trees'
-        mean where higher: one or two steps may not lower it), its step priced as the mean
-        measured seconds of the warm-up trees timed so far (less the draft's catch-up), or
-        before any as the modeled one times :meth:`tree_ratio` (from the prompt's forward,
-        :meth:`prefilled`: a forward of many tokens is what a verify is). The first two
-        decodes measure a decode's time. A pause probes the full tree once the prior's loss
-        over the warm-up trees still to run (priced as the pause starts) is at most
-        ``probe_cost`` of the decodes' time since the last full tree (``probe`` to
-        ``max_probe`` steps; at most ``4 * probe`` after a timed tree, which may have been a
-        cold first call; a new request does not restart this count); that probe is the next
-        warm-up tree, and after the warm-up probes are spaced as before. The test runs before
-        every plan: a tree that no longer clearly loses ends the pause. None: run a warm-up
-        tree now."""
-        total_s, timed = self.warm_seconds
-        if (
-            not (self.guard and self.measure)
-            or not timed
-            and (self.tree_steps or self.prompt_ratio is None)
-        ):
-            return None  # nothing to price a tree from, or a warm-up tree ran untimed
-        if measuring := self.measuring():
-            return measuring
-        # the warm-up trees' own seconds (the next one is the same full tree), or the prompt's
-        tree_s = total_s / timed if timed else float(self.step_s_C[0]) * self.tree_ratio()
-        decode_s = self.decode_seconds()
-        committed = 1.0 + float(self.est.reach_prior_D[1 : self.trees[0][2] + 1].sum())
-        total, steps = self.warm_committed
-        committed = max(committed, total / steps) if steps else committed
-        if committed / tree_s * (1 + self.gate_margin) >= 1.0 / decode_s:
-            self.pause = None
-            return None
-        if self.pause is None:  # a pause starts: how long until its probe
-            trees = self.warmup - self.tree_steps
-            loss = trees * (tree_s - committed * decode_s) / (self.probe_cost * decode_s)
-            # one or two timed trees may have been cold (a first call's allocations)
-            longest = min(4 * self.probe0, self.max_probe) if timed else self.max_probe
-            self.pause = min(max(self.probe0, math.ceil(loss)), longest)
-        if self.since_full >= self.pause:  # the probe: a warm-up tree
-            self.pause = None
-            return None
-        seen = f"warm-up paused ({self.tree_steps}/{self.warmup} steps seen)"
-        priced = "measured" if timed else "priced from the prompt's forward"
-        reason = (
-            f"{seen if self.tree_steps else 'no tree yet'}: a full-tree step {priced} "
-            f"({tree_s * 1e3:.3g} ms) at {committed:.2f} tokens loses to a decode of "
-            f"{decode_s * 1e3:.3g} ms; probe it in {self.pause - self.since_full} steps"
-        )
-        return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.pause - self.since_full)
-
     def plan_of(self, choice: int, reason: str) -> StepPlan:
         if choice < 0:
             return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.decode_run())
@@ -430,48 +304,6 @@ class Guard:
     def decode_seconds(self) -> float:
         return self.cost.decode_s * self.ratio(AUTOREGRESSIVE)
 
-    def with_gated(self, c: int, committed_S: np.ndarray, rate: float) -> float:
-        """Tree ``c``'s tokens/s with the draft gate: its window steps (``committed_S``,
-        verified at ``rate`` tokens/s) mixed with gated steps (one token for a draft
-        forward and a decode) at the gated share of its last ``gate_history`` steps, or,
-        with fewer behind it, at the share the gate would gate of the window's steps now
-        (then the window's mean counts only the steps it would verify)."""
-        if not self.gating or rate <= 0.0 or committed_S.size == 0:
-            return rate
-        seconds = self.step_s_C[c] * self.ratio(TREE)  # per verified step
-        mean = rate * seconds  # tokens counted per verified step
-        if len(self.gated_C[c]) >= self.gate_history:
-            g = float(np.mean(self.gated_C[c]))
-        else:
-            first_SB = self.est.first_WB[self.est.rows(c)]
-            gated_S = self.would_gate(c, first_SB, self.best_rate or rate)
-            g = float(gated_S.mean()) if gated_S.size == committed_S.size else 0.0
-            if 0.0 < g < 1.0:  # the steps it would verify
-                mean *= float(committed_S[~gated_S].mean() / committed_S.mean())
-        if g == 0.0:
-            return rate
-        gated_s = self.first_draft_s(c) * self.ratio(TREE) + self.decode_seconds()
-        return ((1 - g) * mean + g) / ((1 - g) * seconds + g * gated_s)
-
-    def would_gate(self, c: int, first_SB: np.ndarray, rate: float) -> np.ndarray:
-        """bool ``[S]``: the steps whose first level (counts per calibration bin) the gate
-        would send to a decode at ``rate`` tokens/s."""
-        return ~self.pays(c, self.expected_S(c, first_SB), rate)
-
-    def expected_S(self, c: int, first_SB: np.ndarray) -> np.ndarray:
-        """float ``[S]``: committed tokens expected from tree ``c`` given the first level's
-        nodes per calibration bin (``first_SB``): ``1 + min(1, sum a) * (1 + beyond)``."""
-        first_S = np.minimum(first_SB @ self.est.accept_first_B(), 1.0)
-        return 1.0 + first_S * (1.0 + self.beyond_first(c))
-
-    def pays(self, c: int, expected_S: np.ndarray, rate: float) -> np.ndarray:
-        """bool ``[S]``: the rest of tree ``c``'s step beats a decode at ``rate`` tokens/s."""
-        return expected_S - rate * self.rest_seconds(c) >= 1.0 - rate * self.decode_seconds()
-
-    def rest_seconds(self, c: int) -> float:
-        """Tree ``c``'s step less its first draft forward (run before the gate decides)."""
-        return (self.step_s_C[c] - self.first_draft_s(c)) * self.ratio(TREE)
-
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``; trees
         other than the current one count with their :meth:`shrunk` prediction."""
@@ -542,52 +374,6 @@ class Guard:
             return 1.0
         kinds = [k for k in (kind, TREE, AUTOREGRESSIVE) if self.measured[k]]
         return math.exp(self.log_ratio[kinds[0]]) if kinds else 1.0
-
-    # -- between the draft and the verify ----------------------------------------------
-    def gate(self, logprob_W: torch.Tensor) -> str | None:
-        """Before the planned tree is grown: None to grow and verify it, else why to decode
-        the root alone instead. ``logprob_W``: the draft's log-probabilities of the root's
-        most likely children (its first level)."""
-        t0 = time.perf_counter()
-        try:
-            plan = self.current
-            if (
-                not self.gating
-                or self.tree_steps < self.warmup  # warm-up: the trees teach the gate
-                or not self.close_call
-                or plan is None
-                or plan.kind != TREE
-                or self.probing
-                or plan.tree not in self.trees
-            ):
-                return None
-            c = self.trees.index(plan.tree)
-            expected = self.expected_tokens(logprob_W.detach().float().cpu().numpy(), c)
-            rate = self.best_rate or 1.0 / self.decode_seconds()  # before a prediction
-            if self.pays(c, np.array([expected]), rate)[0]:
-                return None
-            self.gated = c
-            return (
-                f"draft gate: {expected:.2f} expected tokens do not pay a tree step of "
-                f"{self.rest_seconds(c) * 1e3:.3g} ms against a decode of "
-                f"{self.decode_seconds() * 1e3:.3g} ms at {rate:.4g} tok/s"
-            )
-        finally:
-            self.overhead_s += time.perf_counter() - t0
-
-    def expected_tokens(self, logprob_W: np.ndarray, c: int) -> float:
-        """:meth:`expected_S` of one first level given as log-probabilities ``[W]``."""
-        first_B = np.bincount(self.est.bin_of(logprob_W), minlength=self.est.bins)
-        return float(self.expected_S(c, first_B[None])[0])
-
-    def beyond_first(self, c: int) -> float:
-        """Tokens tree ``c`` is expected to accept past depth 1, given depth 1."""
-        reach_D = self.est.reach_D()  # P(the accepted path reaches depth d)
-        return float(np.minimum(reach_D[2 : self.trees[c][2] + 1] / reach_D[1], 1.0).sum())
-
-    def first_draft_s(self, c: int) -> float:
-        """Modeled seconds of one draft forward of tree ``c`` (the catch-up the gate reads)."""
-        return float(self.cost.draft_C[c]) / self.trees[c][2]
 
     # -- after a step ------------------------------------------------------------------
     def observe(
