@@ -150,7 +150,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = SpecConfig(
         width=args.width, depth=args.depth, num_tokens=args.num_tokens, mode=args.mode
     )
-    configs = demo_configs(args.budgets, args.policies, spec, args.repair_policies)
+    configs = demo_configs(
+        args.budgets, args.policies, spec, args.repair_policies, auto=not args.no_auto
+    )
     for _, config in configs[1:]:
         get_policy(config.policy)  # unknown policies fail before any work
     prompts = held_out_prompts()
@@ -389,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=comma_list,
         default=["draft-path"],
         help="policies also run with repair at every budget (default: draft-path; '' for none)",
+    )
+    p.add_argument(
+        "--no-auto",
+        action="store_true",
+        help="leave out the auto policy's run (repair, timing this machine: measure=true)",
     )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument(

@@ -7,7 +7,9 @@ per configuration, the measurements of one speculative run: acceptance length,
 tokens/s, verify steps, distinct experts per layer per verify step before and
 after the budget, the accepted path's own distinct experts (the floor a lossless
 verify cannot go below), modeled expert bytes read per generated token, and
-agreement with the unbudgeted greedy output.
+agreement with the unbudgeted greedy output. A planning policy (``auto``) may
+decode some steps instead of verifying a tree: those count as decodes (one token,
+top-k experts per layer), apart from the verify steps, with the guard's reason.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
+from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.engine.data import HELD_OUT, read_text, stdlib_root
 from moe_spec.engine.generate import Engine, GenerationResult, SpecConfig
 
@@ -50,6 +53,7 @@ class ConfigResult:
     acceptance_length: float
     tokens_per_s: float
     verify_steps: int
+    decoded_steps: int  # a planning policy's plain decodes (0 for the others)
     tokens: int
     distinct_before: float
     distinct_after: float
@@ -58,6 +62,7 @@ class ConfigResult:
     expert_mb_per_token: float
     agreement: float
     first_divergence: list[int | None]
+    decode_reason: str = ""  # why a planning policy decoded its last decoded step ("" if none)
 
 
 def summarize(
@@ -69,20 +74,24 @@ def summarize(
 ) -> ConfigResult:
     cfg = engine.config
     expert_bytes = 3 * cfg.dim * cfg.expert_dim * BYTES_PER_PARAM
-    steps = [s for r in runs for s in r.steps]
+    every = [s for r in runs for s in r.steps]
+    steps = [s for s in every if s.guard != AUTOREGRESSIVE]  # verify steps
+    decoded = [s for s in every if s.guard == AUTOREGRESSIVE]  # a planning policy's decodes
     tokens = sum(len(r.tokens) for r in runs)
+    # a decode reads its token's own K experts per layer; autoregressive decoding decodes
+    # every token but the first of each run (the prompt's forward gives it, as for the others)
+    decodes = len(decoded) if every else tokens - len(runs)
+    read = decodes * cfg.n_layers * cfg.top_k
+    read += sum(sum(s.distinct_after_L) + sum(s.distinct_repair_L) for s in steps)
     if steps:
         per_layer = [
             fmean(s.distinct_after_L[layer] for s in steps) for layer in range(cfg.n_layers)
         ]
         before = fmean(fmean(s.distinct_before_L) for s in steps)
         path = fmean(fmean(s.distinct_path_L) for s in steps)
-        read = sum(sum(s.distinct_after_L) + sum(s.distinct_repair_L) for s in steps)
-        read *= expert_bytes  # verify passes and any repair forwards
-    else:  # autoregressive: every token reads its own K experts per layer
+    else:  # every token decoded
         per_layer = [float(cfg.top_k)] * cfg.n_layers
         before = path = float(cfg.top_k)
-        read = tokens * cfg.n_layers * cfg.top_k * expert_bytes
     pairs = list(zip(runs, reference, strict=True))
     same = [sum(a == b for a, b in zip(r.tokens, ref, strict=False)) for r, ref in pairs]
     divergence = [first_divergence(r.tokens, ref) for r, ref in pairs]
@@ -93,14 +102,16 @@ def summarize(
         acceptance_length=fmean(s.committed for s in steps) if steps else 1.0,
         tokens_per_s=tokens / sum(r.seconds for r in runs),
         verify_steps=len(steps),
+        decoded_steps=len(decoded),
         tokens=tokens,
         distinct_before=before,
         distinct_after=fmean(per_layer),
         distinct_path=path,
         distinct_after_per_layer=per_layer,
-        expert_mb_per_token=read / tokens / 1e6,
+        expert_mb_per_token=read * expert_bytes / tokens / 1e6,
         agreement=sum(same) / sum(len(ref) for ref in reference),
         first_divergence=divergence,
+        decode_reason=decoded[-1].reason if decoded else "",
     )
 
 
@@ -116,15 +127,21 @@ def demo_configs(
     policies: Sequence[str],
     spec: SpecConfig,
     repair_policies: Sequence[str] = (),
+    auto: bool = False,
 ):
     """``(label, SpecConfig or None)``: autoregressive, unbudgeted, each policy x budget, then
-    each of ``repair_policies`` x budget with repair."""
+    each of ``repair_policies`` x budget with repair, then with ``auto`` the ``auto`` policy
+    with repair, timing this machine's steps (``measure``: its guard decodes where trees
+    lose here)."""
     configs: list[tuple[str, SpecConfig | None]] = [("autoregressive", None), ("none", spec)]
     arms = [(p, False) for p in policies] + [(p, True) for p in repair_policies]
     for policy, repair in arms:
         for budget in budgets:
             budgeted = replace(spec, policy=policy, budget=budget, repair=repair)
             configs.append((budgeted.label, budgeted))
+    if auto:
+        planned = replace(spec, policy="auto", repair=True, policy_options={"measure": True})
+        configs.append((f"{planned.label} (measured)", planned))
     return configs
 
 
@@ -168,6 +185,12 @@ def format_table(rows: Sequence[ConfigResult]) -> str:
             f"{experts:>15}{r.distinct_path:>11.1f}{r.expert_mb_per_token:>9.2f}"
             f"{r.agreement:>7.1%}  {divergence}"
         )
+    for r in rows:
+        if r.decoded_steps:
+            lines.append(
+                f"{r.label}: {r.decoded_steps} of {r.decoded_steps + r.verify_steps} steps "
+                f"decoded; the last because: {r.decode_reason}"
+            )
     return "\n".join(lines)
 
 

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from moe_spec.cli import main
+from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.engine.checkpoint import save_checkpoint
+from moe_spec.engine.demo import BYTES_PER_PARAM, summarize
+from moe_spec.engine.generate import GenerationResult, SpecConfig, StepStats
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +63,53 @@ def test_demo_prints_the_table_and_writes_json_and_png(tiny_dir, tmp_path, capsy
         "draft-path B=5 repair",
     ]
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == "moe-spec-demo/1" and len(results["results"]) == 8
+    assert results["schema"] == "moe-spec-demo/1" and len(results["results"]) == 9
     by_label = {r["label"]: r for r in results["results"]}
+    auto = results["results"][-1]  # the auto policy's run comes last, unless --no-auto
+    assert auto["label"] == "auto repair (measured)" and auto["policy"] == "auto"
+    assert auto["agreement"] == 1.0  # repair keeps the unbudgeted greedy output
+    assert auto["verify_steps"] + auto["decoded_steps"] > 0
+    if auto["decoded_steps"]:  # its guard decoded where trees were timed to lose
+        assert f"{auto['label']}: {auto['decoded_steps']} of" in text and auto["decode_reason"]
     assert by_label["none"]["agreement"] == 1.0
     assert by_label["draft-path B=3 repair"]["agreement"] == 1.0  # repair is lossless
     assert by_label["autoregressive"]["agreement"] == 1.0  # greedy speculation is exact
     assert max(by_label["router-mass B=3"]["distinct_after_per_layer"]) <= 3
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out / 'results.json'}" in text
+
+
+def test_demo_leaves_out_auto_on_request(tiny_dir, tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--checkpoint", str(tiny_dir), "--max-new-tokens", "4", "--out", str(out)]
+    args += ["--num-tokens", "8", "--depth", "3"]
+    assert main([*args, "--budgets", "3", "--repair-policies", "", "--no-auto"]) == 0
+    labels = [r["label"] for r in json.loads((out / "results.json").read_text())["results"]]
+    assert labels == ["autoregressive", "none", "router-mass B=3", "token-priority B=3"]
+
+
+def test_summary_counts_a_planning_policys_decodes_apart_from_its_verify_steps(tiny_engine):
+    """Two verify steps (3 and 2 tokens) and three decodes: acceptance and experts per layer
+    come from the verify steps, a decode reads its token's K experts per layer."""
+    cfg = tiny_engine.config
+    L, K = cfg.n_layers, cfg.top_k
+    tree = StepStats(3, [5] * L, [3] * L, [2] * L, guard="tree")
+    tree2 = StepStats(2, [4] * L, [3] * L, [2] * L, repair_tokens=1, distinct_repair_L=[1] * L)
+    decode = StepStats(1, [K] * L, [K] * L, [K] * L, guard=AUTOREGRESSIVE, reason="why")
+    run = GenerationResult(list(range(9)), 1.0, [tree, decode, decode, tree2, decode])
+    spec = SpecConfig(policy="auto", repair=True)
+    row = summarize("auto", spec, [run], [list(range(9))], tiny_engine)
+    assert (row.verify_steps, row.decoded_steps, row.decode_reason) == (2, 3, "why")
+    assert row.acceptance_length == 2.5 and row.distinct_after == 3.0
+    assert row.distinct_before == 4.5 and row.distinct_path == 2.0
+    expert_bytes = 3 * cfg.dim * cfg.expert_dim * BYTES_PER_PARAM
+    read = 3 * L * K + (3 * L) + (3 * L + 1 * L)  # decodes, then the two verify steps
+    assert row.expert_mb_per_token == pytest.approx(read * expert_bytes / 9 / 1e6)
+    runs = [GenerationResult(list(range(9)), 1.0)]
+    ar = summarize("autoregressive", None, runs, [list(range(9))], tiny_engine)
+    assert ar.decoded_steps == 0 and ar.verify_steps == 0
+    # every token but the first (the prompt's forward gives it) is a decode of K experts
+    assert ar.expert_mb_per_token == pytest.approx(8 * L * K * expert_bytes / 9 / 1e6)
 
 
 def test_demo_refuses_bad_input_before_running(tiny_dir, capsys):
