@@ -129,3 +129,28 @@ def test_once_the_window_is_full_one_budgeted_step_in_learn_every_enters_it():
     assert entered(6, budget=4) == 3  # then one budgeted step in two
     assert entered(4, budget=8) == 4  # an unbudgeted step that ranked ranked to be learned from
     assert est.tried_D[1] == 14  # the acceptance per depth counts every step
+
+
+def test_a_new_requests_first_tree_steps_rank_where_they_would_rest():
+    """Budgets all E rest but every ``rank_every``-th step; after a new request the first 4
+    steps rank (and enter the window) so that a new text is told apart from the carried one."""
+    from moe_spec.control import StepOutcome, StepPlan
+
+    policy = get_policy("auto", rank_every=4, carry=2)
+    policy.prepare(2, 8, 2, 8, torch.device("cpu"))
+    policy.plan_step((4, 2, 2), False)
+    c = policy.controller
+    rank_LE = torch.arange(8).repeat(2, 1)
+    ids_LNK = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]).repeat(2, 1, 1)
+    outcome = StepOutcome("tree", [0, 1], torch.tensor([0, 1, 1, 2]), None, (4, 2, 2))
+    for _ in range(5):  # past warm-up, budgets all E
+        policy.observe(outcome, rank_LE, ids_LNK)
+    c.tree_steps = 5  # not a rank_every-th step
+    plan = StepPlan("tree", 4, 2, 2)
+    assert policy.rests(plan)
+    policy.start_request()
+    for _ in range(4):
+        assert not policy.rests(plan)
+        policy.observe(outcome, rank_LE, ids_LNK)
+        c.tree_steps = 5
+    assert policy.rests(plan)

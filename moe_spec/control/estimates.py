@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -45,6 +46,11 @@ class WindowStep:
     need_LP: np.ndarray  # int [L, P]: budget each layer needed for path positions 0..p
     committed_C: np.ndarray  # int [C]: committed tokens per candidate tree (-1: unknown)
     used_CL: np.ndarray  # int [C, L]: distinct experts of the candidate's tokens
+
+    @cached_property
+    def path_need(self) -> float:
+        """The budget needed to keep the whole accepted path, mean over layers."""
+        return float(self.need_LP[:, -1].mean())
 
 
 def exact_table(need_LP: np.ndarray, levels_V: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ the choice nor its budgets the interval doubles, up to ``max_replan`` (the windo
 by then every step it predicts from is new), and any change resets it (a replan prices
 every candidate tree: most of the controller's time). Two surprises replan at once and
 reset the interval (:meth:`Guard.surprised`): the budget touched the accepted path
-``surprise`` steps more often than predicted, or the current tree's committed tokens drifted
-``drift`` standard errors from the window's mean (then the window keeps only the steps
-since: the text has changed). A tree that is not the current
+``surprise`` steps more often than predicted, or the current tree's committed tokens, or the
+budget its accepted paths needed, drifted ``drift`` standard errors from the window's mean
+(then the window keeps only the steps since: the text has changed). A tree that is not the current
 choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token added to
 the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``,
 ``a`` its mean committed tokens. A tree predicted from two or three lucky steps does not
@@ -37,7 +37,11 @@ decodes, one plan covers every decode up to its next look at a tree (``StepPlan.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
-``carry`` steps (then every step enters until it is full), and probes start again.
+``carry`` steps (then every step enters until it is full), its first ``learn_new`` (4) tree
+steps all rank and enter the window (:meth:`Guard.learning_new_text`: a step that keeps every
+expert otherwise ranks only to be learned from, one in ``rank_every``), so that a new text
+whose paths need other budgets than the carried steps' is told apart within 4 steps, and
+probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
 the prompt's or the first tree's timing shows the tree clearly losing
 (``moe_spec.control.warmup``). Per-layer budgets are
@@ -129,6 +133,10 @@ class Guard(DraftGate, MeasuredWarmup):
         # tokens committed by the current tree's steps since the replan (sum, steps), against
         # the window's mean and spread it predicted from; the window's steps at that replan
         self.drift, self.recent, self.spread_C = drift, [0, 0], np.zeros(len(cost.trees))
+        self.need_at_replan = (0.0, 0.0)  # the window's path need at the replan: mean, spread
+        # window steps when this request started; the first request learns in its warm-up
+        self.learn_new = 4
+        self.request_seen = -self.learn_new
         self.seen_at_replan = 0
         self.window_at_replan = 0  # a replan once the window has doubled since (below full)
         self.carry = carry  # window steps a new request starts from
@@ -218,7 +226,10 @@ class Guard(DraftGate, MeasuredWarmup):
         accepted path ``surprise`` steps more often than the last replan predicted
         ("touched"), or at least 4 of the current tree's steps since then committed a mean
         that differs from that of the window's (at least 4) steps by more than ``drift``
-        standard errors, the spread taken as at least one token ("drift": the text has
+        standard errors, the spread taken as at least one token, or at least 4 steps that
+        entered the window since then (and some before) needed a mean budget to keep their
+        accepted paths that differs from the window's at the replan by more than ``drift``
+        standard errors, the spread taken as at least one expert ("drift": the text has
         changed, as at a new request, and the window predicts for the old one)."""
         if self.choice < 0:
             return ""
@@ -232,7 +243,18 @@ class Guard(DraftGate, MeasuredWarmup):
             spread = max(self.spread_C[self.choice], 1.0)
             if abs(total / n - mean) > self.drift * spread / math.sqrt(n):
                 return "drift"
+        new = self.est.steps_seen - self.seen_at_replan
+        if self.drift and 4 <= new < len(self.est.window):
+            need = sum(step.path_need for step in list(self.est.window)[-new:]) / new
+            mean, spread = self.need_at_replan
+            if abs(need - mean) > self.drift * max(spread, 1.0) / math.sqrt(new):
+                return "drift"
         return ""
+
+    def learning_new_text(self) -> bool:
+        """Whether fewer than ``learn_new`` steps entered the window since this request
+        started (after the first: that one's warm-up ranks): its tree steps rank, none rests."""
+        return self.est.steps_seen - self.request_seen < self.learn_new
 
     def new_request(self) -> None:
         """A new request: its text is new. The window keeps its latest ``carry`` steps (the
@@ -245,6 +267,7 @@ class Guard(DraftGate, MeasuredWarmup):
         on the new one."""
         if self.tree_steps < self.warmup:
             return
+        self.request_seen = self.est.steps_seen
         self.est.forget(self.carry)
         self.window_at_replan = self.est.window.maxlen
         if self.choice != 0:  # the doublings go, the floors stay
@@ -264,6 +287,8 @@ class Guard(DraftGate, MeasuredWarmup):
         self.touched_n = self.touched = 0
         self.recent = [0, 0]
         self.seen_at_replan = self.est.steps_seen
+        need_S = np.array([step.path_need for step in self.est.window])
+        self.need_at_replan = (float(need_S.mean()), float(need_S.std())) if need_S.size else (0, 0)
         self.replans += 1
         before = self.held()
         self.switch(self.predict())

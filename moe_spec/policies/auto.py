@@ -332,9 +332,10 @@ class Auto(TokenPriority):
 
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
-        budgets are all at least E, except every ``rank_every``-th tree step (learned from)."""
+        budgets are all at least E, except every ``rank_every``-th tree step (learned from)
+        and a new request's first steps (:meth:`moe_spec.control.Guard.learning_new_text`)."""
         c = self.controller
-        if plan.kind != TREE or not self.ranks_only_to_learn():
+        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning_new_text():
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
 

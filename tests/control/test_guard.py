@@ -225,13 +225,14 @@ def test_a_budget_that_touches_the_path_more_than_predicted_is_replanned_at_once
     assert g.replans == 5
 
 
-def observe_window_step(g, committed: int, plan=None) -> None:
+def observe_window_step(g, committed: int, plan=None, expert: int = 0) -> None:
     """A tree step of the full tree whose accepted path is ``committed`` nodes long, with
-    its routing (so it enters the window)."""
+    its routing (so it enters the window): every token picks ``expert``, ranked ``expert``
+    (its path needs a budget of ``expert + 1``)."""
     n = TREES[0][0]
     depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
     lp = -torch.arange(n, dtype=torch.float32)
-    rank_LE, ids_LNK = torch.arange(8).repeat(2, 1), torch.zeros(2, n, 2, dtype=torch.long)
+    rank_LE, ids_LNK = torch.arange(8).repeat(2, 1), torch.full((2, n, 2), expert)
     outcome = StepOutcome("tree", list(range(committed)), depth_N, lp, TREES[0])
     if plan is None:
         g.est.observe(outcome, rank_LE, ids_LNK)
@@ -258,6 +259,44 @@ def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, rep
     # 4 steps of 2 tokens against a window mean of 4 (spread 1): 4 standard errors
     assert windows == ([8, 4] if replanned else [8])
     assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)  # the 5th step came after
+
+
+@pytest.mark.parametrize("expert, replanned", [(0, True), (6, False)])
+def test_a_drift_in_the_budget_the_paths_need_replans_from_the_steps_since(expert, replanned):
+    """The same tokens a step, but paths that need a budget of 1 where the window's needed 7."""
+    g = guard(gate=False, warmup=1, replan_every=8, max_replan=8)
+    g.tree_steps = 1  # past warm-up
+    for _ in range(8):  # the text before: 4 tokens a step, paths needing 7 experts
+        observe_window_step(g, 4, expert=6)
+    windows = []
+
+    def predict():
+        windows.append(len(g.est.window))
+        g.evidence[0], g.spread_C[0] = (len(g.est.window), 4.0), 1.0
+        return {0: 100.0, -1: 50.0}
+
+    g.predict = predict
+    for _ in range(5):
+        observe_window_step(g, 4, g.plan(), expert=expert)
+    assert g.est.window[-1].path_need == expert + 1
+    # 4 steps needing 1 against a window needing 7 (spread 0, taken as 1): 12 standard errors
+    assert windows == ([8, 4] if replanned else [8])
+    assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)
+
+
+def test_a_new_requests_first_steps_all_enter_the_window():
+    g = guard(gate=False, warmup=1, carry=2)
+    assert not g.learning_new_text()  # the first request learns in its warm-up
+    g.tree_steps = 1
+    for _ in range(4):
+        observe_window_step(g, 2)
+    assert not g.learning_new_text()
+    g.new_request()
+    assert g.learning_new_text() and len(g.est.window) == 2
+    for _ in range(4):
+        assert g.learning_new_text()
+        observe_window_step(g, 2)
+    assert not g.learning_new_text()
 
 
 def test_a_plan_from_a_short_window_is_made_again_when_the_window_doubles():
