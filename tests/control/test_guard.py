@@ -240,12 +240,14 @@ def observe_window_step(g, committed: int, plan=None, expert: int = 0) -> None:
         g.observe(outcome, rank_LE, ids_LNK)
 
 
-@pytest.mark.parametrize("committed, replanned", [(2, True), (4, False)])
-def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, replanned):
+def windows_after_a_change(before: dict, after: dict) -> tuple[Guard, list[int]]:
+    """A guard past warm-up planned on 8 window steps like ``before`` (committing 4 tokens
+    a step), then 5 planned steps like ``after`` (``observe_window_step``'s keywords); the
+    window lengths its predictions read (the evidence: mean 4 tokens, spread 1)."""
     g = guard(gate=False, warmup=1, replan_every=8, max_replan=8)
     g.tree_steps = 1  # past warm-up
-    for _ in range(8):  # the window of the text before: 4 tokens a step
-        observe_window_step(g, 4)
+    for _ in range(8):
+        observe_window_step(g, 4, **before)
     windows = []
 
     def predict():
@@ -255,7 +257,13 @@ def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, rep
 
     g.predict = predict
     for _ in range(5):
-        observe_window_step(g, committed, g.plan())
+        observe_window_step(g, plan=g.plan(), **{"committed": 4, **after})
+    return g, windows
+
+
+@pytest.mark.parametrize("committed, replanned", [(2, True), (4, False)])
+def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, replanned):
+    g, windows = windows_after_a_change({}, {"committed": committed})
     # 4 steps of 2 tokens against a window mean of 4 (spread 1): 4 standard errors
     assert windows == ([8, 4] if replanned else [8])
     assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)  # the 5th step came after
@@ -264,20 +272,7 @@ def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, rep
 @pytest.mark.parametrize("expert, replanned", [(0, True), (6, False)])
 def test_a_drift_in_the_budget_the_paths_need_replans_from_the_steps_since(expert, replanned):
     """The same tokens a step, but paths that need a budget of 1 where the window's needed 7."""
-    g = guard(gate=False, warmup=1, replan_every=8, max_replan=8)
-    g.tree_steps = 1  # past warm-up
-    for _ in range(8):  # the text before: 4 tokens a step, paths needing 7 experts
-        observe_window_step(g, 4, expert=6)
-    windows = []
-
-    def predict():
-        windows.append(len(g.est.window))
-        g.evidence[0], g.spread_C[0] = (len(g.est.window), 4.0), 1.0
-        return {0: 100.0, -1: 50.0}
-
-    g.predict = predict
-    for _ in range(5):
-        observe_window_step(g, 4, g.plan(), expert=expert)
+    g, windows = windows_after_a_change({"expert": 6}, {"expert": expert})
     assert g.est.window[-1].path_need == expert + 1
     # 4 steps needing 1 against a window needing 7 (spread 0, taken as 1): 12 standard errors
     assert windows == ([8, 4] if replanned else [8])
