@@ -236,20 +236,25 @@ class Guard(DraftGate, MeasuredWarmup):
         expected = self.touched_n * self.touched_C[self.choice]
         if self.surprise and self.touched - expected >= self.surprise:
             return "touched"
+        if not self.drift:
+            return ""
         total, n = self.recent
         steps, mean = self.evidence.get(self.choice, (0, 0.0))
-        # the spread of a few steps is no reference: at least one token
-        if self.drift and n >= 4 and steps >= 4 and self.est.steps_seen - self.seen_at_replan >= 2:
-            spread = max(self.spread_C[self.choice], 1.0)
-            if abs(total / n - mean) > self.drift * spread / math.sqrt(n):
-                return "drift"
         new = self.est.steps_seen - self.seen_at_replan
-        if self.drift and 4 <= new < len(self.est.window):
+        committed = n >= 4 and steps >= 4 and new >= 2
+        if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
+            return "drift"
+        if 4 <= new < len(self.est.window):
             need = sum(step.path_need for step in list(self.est.window)[-new:]) / new
-            mean, spread = self.need_at_replan
-            if abs(need - mean) > self.drift * max(spread, 1.0) / math.sqrt(new):
+            if self.drifted(need, new, *self.need_at_replan):
                 return "drift"
         return ""
+
+    def drifted(self, recent: float, n: int, mean: float, spread: float) -> bool:
+        """Whether the mean ``recent`` of ``n`` steps is more than ``drift`` standard errors
+        from the window's ``mean``, its ``spread`` taken as at least 1 (a token, an expert:
+        the spread of a few steps is no reference)."""
+        return abs(recent - mean) > self.drift * max(spread, 1.0) / math.sqrt(n)
 
     def learning_new_text(self) -> bool:
         """Whether fewer than ``learn_new`` steps entered the window since this request
@@ -288,7 +293,9 @@ class Guard(DraftGate, MeasuredWarmup):
         self.recent = [0, 0]
         self.seen_at_replan = self.est.steps_seen
         need_S = np.array([step.path_need for step in self.est.window])
-        self.need_at_replan = (float(need_S.mean()), float(need_S.std())) if need_S.size else (0, 0)
+        self.need_at_replan = (
+            (float(need_S.mean()), float(need_S.std())) if need_S.size else (0.0, 0.0)
+        )
         self.replans += 1
         before = self.held()
         self.switch(self.predict())
