@@ -24,7 +24,13 @@ choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token a
 the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``,
 ``a`` its mean committed tokens. A tree predicted from two or three lucky steps does not
 win a switch (a switch costs steps to undo), while over a full window the shrink is a few
-percent. Autoregressive decoding's time is known, and is not shrunk. While not on the full
+percent. Autoregressive decoding's time is known, and is not shrunk. A smaller tree is not
+switched to before the window holds 8 (``trusted``) steps of the full tree, unless decoding
+would be chosen instead: a smaller tree's committed tokens are predicted from the full
+tree's steps (the accepted path's prefix inside its nodes), its own steps cannot show what
+the full tree would commit (their paths end at its size), and its probes of the full tree
+are far apart while it is predicted ahead (measured: on the toy, a text that began with
+short paths held a 4-token tree for a whole request, switched to on 4 steps). While not on the full
 tree the guard probes it every ``probe`` steps (doubling after each probe that does not win back,
 up to ``max_probe``), since a smaller tree or decoding teaches nothing about the full one;
 at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many times faster
@@ -44,10 +50,10 @@ whose paths need other budgets than the carried steps' is told apart within 4 st
 probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
 the prompt's or the first tree's timing shows the tree clearly losing
-(``moe_spec.control.warmup``). Per-layer budgets are
-searched layer by layer for the full tree and the current choice once the window holds 8
-of its steps, one budget for all layers before that and for the other trees. Every plan
-carries its reason; :attr:`Guard.overhead_s` sums the controller's own time.
+(``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
+tree and the current choice once the window holds 8 of its steps, one budget
+for all layers before that and for the other trees. Every plan carries its reason;
+:attr:`Guard.overhead_s` sums the controller's own time.
 """
 
 from __future__ import annotations
@@ -120,6 +126,9 @@ class Guard(DraftGate, MeasuredWarmup):
         self.look_every, self.max_look = gate_every, 16 * gate_every
         self.gated: int | None = None  # the tree of a step the gate turned into a decode
         self.levels_V = budget_levels(top_k, cap, levels)
+        # a tree's window steps before its per-layer budgets are searched, and the full
+        # tree's before a smaller tree may be switched to
+        self.trusted = 8
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
         window = estimates.window.maxlen
@@ -318,7 +327,7 @@ class Guard(DraftGate, MeasuredWarmup):
             # per layer for the full tree and the current choice, once 8 steps show it (L
             # budgets fitted to two warm-up steps or a forgotten window are noise); for the
             # others, and before that, one budget for all layers
-            passes = 2 if c in (0, self.choice) and window[1].size >= 8 else 0
+            passes = 2 if c in (0, self.choice) and window[1].size >= self.trusted else 0
             B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
             mean = float(window[1].mean())
@@ -346,14 +355,28 @@ class Guard(DraftGate, MeasuredWarmup):
         predicted = {c: self.shrunk(c, tp) for c, tp in predicted.items()}
         names = {c: self.arm_name(c) for c in predicted}
         self.predicted = {names[c]: tp for c, tp in predicted.items()}
-        best = max(predicted, key=lambda c: (predicted[c], -abs(c)))  # ties: the full tree
+
+        def best_of(arms) -> int:
+            return max(arms, key=lambda c: (predicted[c], -abs(c)))  # ties: the full tree
+
+        best, waits = best_of(predicted), ""
+        full_steps = self.evidence.get(0, (0, 0.0))[0]
+        if best > 0 and best != self.choice and full_steps < self.trusted:
+            # a smaller tree waits for the full tree's steps to judge it, unless decoding
+            # would be chosen instead (that ends the full tree's steps alike)
+            held = best_of([c for c in predicted if c <= 0 or c == self.choice])
+            if held >= 0:
+                best = held
+                waits = (
+                    f" (a smaller tree waits for {self.trusted} full-tree steps, {full_steps} seen)"
+                )
         current = predicted.get(self.choice, 0.0)
         summary = ", ".join(f"{names[c]} {tp:.4g}" for c, tp in predicted.items())
         if best != self.choice and predicted[best] > current * (1 + self.margin):
             self.choice = best
-            self.why = f"switched to {names[best]}: predicted tok/s {summary}"
+            self.why = f"switched to {names[best]}: predicted tok/s {summary}{waits}"
         else:
-            self.why = f"keeps {self.arm_name(self.choice)}: predicted tok/s {summary}"
+            self.why = f"keeps {self.arm_name(self.choice)}: predicted tok/s {summary}{waits}"
         if self.choice == 0:
             self.probe_every = self.probe0
         elif self.probing:  # the probe did not win the full tree back: probe less often

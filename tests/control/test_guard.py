@@ -162,6 +162,27 @@ def test_without_a_switch_prior_predictions_are_taken_as_they_are():
     assert g.choice == 1
 
 
+def test_a_smaller_tree_waits_for_8_steps_of_the_full_tree():
+    g = guard(margin=0.05, switch_prior=0.0)
+    g.evidence = {0: (4, 2.0), 1: (4, 2.0)}  # tree 1 predicted from the full tree's 4 steps
+    g.switch({0: 100.0, 1: 130.0, -1: 50.0})
+    assert g.choice == 0 and g.why.endswith("(a smaller tree waits for 8 full-tree steps, 4 seen)")
+    g.switch({0: 100.0, 1: 100.0, -1: 110.0})  # decoding is still chosen at once
+    assert g.choice == -1
+    g.switch({0: 120.0, 1: 130.0, -1: 50.0})  # back to the full tree
+    assert g.choice == 0 and "waits" in g.why
+    # where decoding would be chosen instead, the smaller tree is (both end the full tree's steps)
+    g.switch({0: 100.0, 1: 130.0, -1: 110.0})
+    assert g.choice == 1 and "waits" not in g.why
+    g.choice = 0
+    g.evidence = {0: (8, 2.0), 1: (8, 2.0)}
+    g.switch({0: 100.0, 1: 130.0, -1: 50.0})
+    assert g.choice == 1 and "waits" not in g.why
+    g.evidence = {0: (4, 2.0), 1: (4, 2.0)}  # a new text: the current choice is kept
+    g.switch({0: 100.0, 1: 130.0, -1: 50.0})
+    assert g.choice == 1 and "waits" not in g.why
+
+
 def test_replans_come_less_often_while_nothing_changes():
     g = guard(gate=False, warmup=1, replan_every=2, max_replan=8)
     g.tree_steps = 1  # past warm-up
