@@ -206,3 +206,31 @@ def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
             f"supported: sglang{SUPPORTED_TEXT}, or pick a fixed policy such as token-priority"
         )
     return found
+
+
+def check_fixed_tree(server_args: Any, policy_name: str) -> Findings:
+    """Refuse SGLang's adaptive speculation (``--speculative-adaptive``, chains only) with a
+    policy that learns from each verify step: SGLang then changes the draft's depth between
+    steps, and the acceptance feed reads every step as the configured tree."""
+    found = Findings()
+    if getattr(server_args, "speculative_adaptive", False) and adaptive_runs(server_args):
+        found.errors.append(
+            f"--speculative-adaptive is on: SGLang changes the draft's depth between verify "
+            f"steps, and policy {policy_name!r} learns each step's acceptance as the configured "
+            "tree's; serve without --speculative-adaptive, or pick a fixed policy such as "
+            "token-priority"
+        )
+    return found
+
+
+def adaptive_runs(server_args: Any) -> bool:
+    """Whether SGLang keeps ``--speculative-adaptive`` on for these arguments (it turns it
+    off, with a warning, for a tree: its adaptive worker drafts chains only)."""
+    try:
+        from sglang.srt.speculative.adaptive_spec_params import adaptive_unsupported_reason
+    except ImportError:  # another SGLang: its adaptive mode is not known here
+        return True
+    try:
+        return adaptive_unsupported_reason(server_args) is None
+    except Exception:  # arguments SGLang's own check cannot read: assume it runs
+        return True

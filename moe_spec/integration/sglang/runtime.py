@@ -21,6 +21,7 @@ from moe_spec.integration.sglang.batch import (
 from moe_spec.integration.sglang.compat import (
     Findings,
     check_acceptance_hook,
+    check_fixed_tree,
     check_server_args,
     check_sglang_version,
     check_topk_layer,
@@ -83,6 +84,7 @@ class BudgetRuntime:
                 found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
         if self.learns:
             found.extend(check_acceptance_hook(server_args, self.settings.policy))
+            found.extend(check_fixed_tree(server_args, self.settings.policy))
         found.raise_errors()
         if tp_rank == 0:
             for warning in found.warnings:

@@ -22,6 +22,7 @@ from typing import NoReturn
 from moe_spec.budget import check_budget
 from moe_spec.integration.sglang.compat import (
     Findings,
+    check_fixed_tree,
     check_server_args,
     check_sglang_version,
     installed_sglang_version,
@@ -197,6 +198,8 @@ def plan_launch(
             "every rank checks its resolved settings again when the model loads"
         )
     found.extend(check_server_args(resolved))
+    if policy.adaptive:
+        found.extend(check_fixed_tree(resolved, settings.policy))
     shape = moe_shape(args.model_path)
     if shape is None:
         found.warnings.append(

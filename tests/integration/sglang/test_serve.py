@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from moe_spec.cli import main
 from moe_spec.integration.sglang.compat import (
+    check_fixed_tree,
     check_server_args,
     check_sglang_version,
     check_topk_layer,
@@ -260,6 +262,33 @@ def test_autos_guard_is_refused_before_sglang_starts(capsys, qwen3_dir):
     code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
                          "guard=true", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
     assert code == 2 and "guard=True (auto)" in err and "cannot switch to a smaller tree" in err
+
+
+def test_sglangs_adaptive_speculation_is_refused_for_auto_only(capsys, qwen3_dir):
+    chain = ["--speculative-eagle-topk", "1", "--speculative-num-steps", "3",
+             "--speculative-num-draft-tokens", "4", "--speculative-adaptive"]  # fmt: skip
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *chain)  # fmt: skip
+    assert code == 2 and "--speculative-adaptive is on" in err and "'auto'" in err
+    # a fixed policy budgets whatever each verify holds
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *chain)  # fmt: skip
+    assert code == 0 and "--speculative-adaptive" not in err
+    # without it auto serves the same chain; with a tree SGLang turns adaptive off itself
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *chain[:-1])  # fmt: skip
+    assert code == 0
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *TREE,
+                         "--speculative-adaptive")  # fmt: skip
+    assert code == 0 and "--speculative-adaptive" not in err
+
+
+def test_each_rank_checks_adaptive_speculation_too():
+    # the rank's resolved ServerArgs; arguments SGLang's own check cannot read count as on
+    assert check_fixed_tree(SimpleNamespace(speculative_adaptive=False), "auto").errors == []
+    (error,) = check_fixed_tree(SimpleNamespace(speculative_adaptive=True), "auto").errors
+    assert "--speculative-adaptive is on" in error and "token-priority" in error
 
 
 @pytest.mark.parametrize(
