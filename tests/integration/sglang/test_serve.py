@@ -264,24 +264,26 @@ def test_autos_guard_is_refused_before_sglang_starts(capsys, qwen3_dir):
     assert code == 2 and "guard=True (auto)" in err and "cannot switch to a smaller tree" in err
 
 
-def test_sglangs_adaptive_speculation_is_refused_for_auto_only(capsys, qwen3_dir):
-    chain = ["--speculative-eagle-topk", "1", "--speculative-num-steps", "3",
-             "--speculative-num-draft-tokens", "4", "--speculative-adaptive"]  # fmt: skip
-    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--dry-run", "--",
-                         "--model-path", qwen3_dir, *EAGLE3, *chain)  # fmt: skip
-    assert code == 2 and "--speculative-adaptive is on" in err and "'auto'" in err
-    # a fixed policy budgets whatever each verify holds
-    code, _, err = serve(capsys, "--policy", "router-mass", "--budget", "32", "--dry-run", "--",
-                         "--model-path", qwen3_dir, *EAGLE3, *chain)  # fmt: skip
-    assert code == 0 and "--speculative-adaptive" not in err
-    # without it auto serves the same chain; with a tree SGLang turns adaptive off itself
-    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--dry-run", "--",
-                         "--model-path", qwen3_dir, *EAGLE3, *chain[:-1])  # fmt: skip
-    assert code == 0
-    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--dry-run", "--",
-                         "--model-path", qwen3_dir, *EAGLE3, *TREE,
-                         "--speculative-adaptive")  # fmt: skip
-    assert code == 0 and "--speculative-adaptive" not in err
+CHAIN = ["--speculative-eagle-topk", "1", "--speculative-num-steps", "3",
+         "--speculative-num-draft-tokens", "4"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "policy, sglang_args, refused",
+    [
+        ("auto", [*CHAIN, "--speculative-adaptive"], True),
+        ("router-mass", [*CHAIN, "--speculative-adaptive"], False),  # budgets any verify
+        ("auto", CHAIN, False),
+        ("auto", [*TREE, "--speculative-adaptive"], False),  # SGLang turns it off for a tree
+    ],
+)
+def test_sglangs_adaptive_speculation_is_refused_for_auto_on_a_chain(
+    capsys, qwen3_dir, policy, sglang_args, refused
+):
+    code, _, err = serve(capsys, "--policy", policy, "--budget", "64", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *sglang_args)  # fmt: skip
+    assert code == (2 if refused else 0)
+    assert ("--speculative-adaptive is on" in err) == refused
 
 
 def test_each_rank_checks_adaptive_speculation_too():
