@@ -168,7 +168,7 @@ def run_feed(L: int, E: int, shape: str, args) -> dict:
     from moe_spec.integration.sglang.feed import AcceptanceFeed
 
     policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
-    policy.fixed_tree()
+    policy.for_server()
     policy.prepare(L, E, K, E, torch.device("cpu"))
     feed = AcceptanceFeed(policy, TREE, K, interval_s=0)
     buffers, depth = feed.buffers, TREE[2]

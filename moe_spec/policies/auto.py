@@ -245,13 +245,16 @@ class Auto(TokenPriority):
         )
         return {k: self.device_state[k] for k in ("rank_LE", "ids_LRK", "depth_R")}
 
-    def fixed_tree(self) -> None:
-        """For a server that runs the configured tree every step (SGLang): plan only its
-        per-layer budgets; no guard (it would ask for trees the server cannot run) and
-        no measured step times."""
+    def for_server(self, guard: bool = False) -> None:
+        """For a server (SGLang), before the first step: no measured step times (every
+        tensor-parallel rank must plan alike) and no draft gate (the draft runs on the
+        device). Without ``guard`` the server runs the configured tree every step: plan its
+        per-layer budgets only (a guard would ask for trees the server cannot run); with it
+        the server can also run the smaller candidates and plain decoding (SGLang's
+        adaptive chains, ``moe_spec.integration.sglang.depth``)."""
         if self.controller is not None:
-            raise PolicyError("auto: fixed_tree() must come before the first step")
-        self.options.update(guard=False, gate=False, measure=False)
+            raise PolicyError("auto: for_server() must come before the first step")
+        self.options.update(guard=guard, gate=False, measure=False)
         self.rank_every = 1  # the captured forward ranks every step anyway
 
     def prepare(

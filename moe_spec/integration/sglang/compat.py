@@ -29,6 +29,8 @@ VERIFY_TARGETS = {
     False: "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.verify",
     True: "sglang.srt.speculative.multi_layer_eagle_worker_v2.MultiLayerEagleWorkerV2.verify",
 }
+#: The worker whose adaptive controller (``--speculative-adaptive``) ``auto`` drives.
+ADAPTIVE_WORKER_INIT = "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.__init__"
 
 
 class UnsupportedSetupError(RuntimeError):
@@ -188,11 +190,13 @@ def check_topk_layer(topk: Any) -> Findings:
 
 
 def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
-    """Refuse an adaptive policy when the verify step of this setup could not be hooked.
+    """Refuse an adaptive policy when the verify step of this setup could not be hooked,
+    or, on a chain with SGLang's adaptive speculation, the worker that chooses the depth.
 
-    The hook is registered by name when the plugin loads; an SGLang whose speculative
-    worker moved or was renamed leaves it unapplied (SGLang only logs that), and the
-    policy would then never see what was accepted.
+    The hooks are registered by name when the plugin loads; an SGLang whose speculative
+    worker moved or was renamed leaves them unapplied (SGLang only logs that), and the
+    policy would then never see what was accepted, or SGLang's own adaptive policy would
+    choose the depths.
     """
     from sglang.srt.plugins.hook_registry import HookRegistry
 
@@ -205,27 +209,36 @@ def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
             f"{target}, which this SGLang does not have (or the hook could not be applied); "
             f"supported: sglang{SUPPORTED_TEXT}, or pick a fixed policy such as token-priority"
         )
-    return found
-
-
-def check_fixed_tree(server_args: Any, policy_name: str) -> Findings:
-    """Refuse SGLang's adaptive speculation (``--speculative-adaptive``, chains only) with a
-    policy that learns from each verify step: SGLang then changes the draft's depth between
-    steps, and the acceptance feed reads every step as the configured tree."""
-    found = Findings()
-    if getattr(server_args, "speculative_adaptive", False) and adaptive_runs(server_args):
+    if adaptive_chain(server_args) and ADAPTIVE_WORKER_INIT not in HookRegistry._patched:
         found.errors.append(
-            f"--speculative-adaptive is on: SGLang changes the draft's depth between verify "
-            f"steps, and policy {policy_name!r} learns each step's acceptance as the configured "
-            "tree's; serve without --speculative-adaptive, or pick a fixed policy such as "
-            "token-priority"
+            f"--speculative-adaptive is on: policy {policy_name!r} chooses the draft's depth "
+            f"through a hook on {ADAPTIVE_WORKER_INIT}, which this SGLang does not have (or the "
+            f"hook could not be applied); supported: sglang{SUPPORTED_TEXT}, or serve without "
+            "--speculative-adaptive"
         )
     return found
 
 
-def adaptive_runs(server_args: Any) -> bool:
-    """Whether SGLang keeps ``--speculative-adaptive`` on for these arguments (it turns it
-    off, with a warning, for a tree: its adaptive worker drafts chains only)."""
+def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> Findings:
+    """Refuse ``guard=false`` where SGLang runs its adaptive speculation on a chain: there
+    the policy's guard chooses each step's depth (``depth.py``), and without it SGLang's
+    own choice would run depths the policy does not plan for."""
+    found = Findings()
+    if options.get("guard") is False and adaptive_chain(server_args):
+        found.errors.append(
+            f"policy option guard=False ({policy_name}) with --speculative-adaptive: on a "
+            "chain the guard chooses each step's draft depth; leave guard unset, or serve "
+            "without --speculative-adaptive"
+        )
+    return found
+
+
+def adaptive_chain(server_args: Any) -> bool:
+    """Whether SGLang runs its adaptive speculation (``--speculative-adaptive``) for these
+    arguments: it can then run the chain at other depths (it turns the mode off, with a
+    warning, for a tree: its adaptive worker drafts chains only)."""
+    if not getattr(server_args, "speculative_adaptive", False):
+        return False
     try:
         from sglang.srt.speculative.adaptive_spec_params import adaptive_unsupported_reason
     except ImportError:  # another SGLang: its adaptive mode is not known here

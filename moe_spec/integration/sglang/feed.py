@@ -17,6 +17,13 @@ nothing here runs inside a forward.
 
 SGLang runs the configured tree every step: a plugin cannot switch to a smaller tree or
 to plain decoding, so the policy plans per-layer budgets for that tree only (no guard).
+The exception is a chain with SGLang's adaptive speculation (``--speculative-adaptive``,
+``chains``): SGLang can then run the chain at other depths, 0 included (the root verified
+alone: a plain decode), and the policy's guard chooses among the configured chain, its
+halvings and decoding (``moe_spec.integration.sglang.depth`` hands its choice to SGLang).
+Each step's chain is then read from the width of its ``accept_index`` (depth + 1), and
+the decodes of a planned run are reported as one outcome once the run is over (or its
+request), as the engines report them.
 
 Shape legend: b requests, P accepted-path slots, L MoE layers, E experts, K top-k,
 N tree tokens per request, R recorded rows.
@@ -26,13 +33,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from moe_spec.control.steps import TREE, StepOutcome, StepPlan, candidate_trees
+from moe_spec.control.steps import (
+    AUTOREGRESSIVE,
+    TREE,
+    StepOutcome,
+    StepPlan,
+    candidate_trees,
+)
 from moe_spec.integration.sglang.compat import UnsupportedSetupError
 
 logger = logging.getLogger("moe_spec.sglang")
@@ -86,11 +99,17 @@ class AcceptanceFeed:
         interval_s: float = 30.0,
         tp_rank: int = 0,
         requests: int = REQUESTS,
+        chains: bool = False,
     ) -> None:
         self.policy = policy
         self.tree = tree
         self.N = tree[0]
+        self.chains = chains  # SGLang may run each step at another depth (adaptive chains)
+        self.trees = candidate_trees(*tree) if chains else [tree]
+        self.decodes = 0  # plain decodes (depth-0 steps) not yet reported to the policy
+        self.by_depth: Counter[int] = Counter()  # verify steps per chain depth (chains)
         self.buffers = policy.record_to_device(requests * self.N, top_k)
+        self.per_step = requests  # requests observed per verify step (the batch's first)
         self.pending: deque[Snapshot] = deque()
         self.plan: StepPlan | None = policy.plan_step(tree, False)
         self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
@@ -160,7 +179,8 @@ class AcceptanceFeed:
 
     def fold(self, snap: Snapshot) -> None:
         """Observe the recorded requests of one step, then plan the next (host only)."""
-        N = self.N
+        tree = self.step_tree(snap.index_bP.shape[1])
+        N = tree[0]
         lens, index = snap.lens_b.tolist(), snap.index_bP.tolist()
         paths = []
         for i, (n, rows) in enumerate(zip(lens, index, strict=True)):
@@ -173,17 +193,64 @@ class AcceptanceFeed:
             paths.append(path)
         rec = snap.recorded
         if snap.new_request:
+            self.report_decodes()  # a run of decodes ends with its request, as in the engines
             self.policy.start_request()
             self.started += 1
-        for i, path in enumerate(paths[: rec["ids_LRK"].shape[1] // N]):
-            rows = slice(i * N, (i + 1) * N)
-            outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, self.tree)
-            self.policy.observe(outcome, rec["rank_LE"], rec["ids_LRK"][:, rows])
-            self.observed += 1
+            if self.plan is not None and self.plan.kind == AUTOREGRESSIVE:
+                self.plan = self.policy.plan_step(self.tree, False)  # the new text's run
+        if N == 1:
+            self.fold_decode()
+        else:
+            self.report_decodes()
+            for i, path in enumerate(paths[: min(self.per_step, rec["ids_LRK"].shape[1] // N)]):
+                rows = slice(i * N, (i + 1) * N)
+                outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, tree)
+                self.policy.observe(outcome, rec["rank_LE"], rec["ids_LRK"][:, rows])
+                self.observed += 1
+            self.plan = self.policy.plan_step(self.tree, False)
         self.steps += 1
         self.requests += len(paths)
         self.tokens += sum(lens)
-        self.plan = self.policy.plan_step(self.tree, False)
+        self.by_depth[tree[2]] += 1
+
+    def step_tree(self, width: int) -> tuple[int, int, int]:
+        """The step's ``(num_tokens, width, depth)``: the configured tree, or with ``chains``
+        the chain whose accepted paths are ``width`` (depth + 1) slots wide; a chain of
+        depth 0 is ``(1, 0, 0)``, the root alone."""
+        if not self.chains:
+            return self.tree
+        tree = (1, 0, 0) if width == 1 else (width, 1, width - 1)
+        if tree[0] > 1 and tree not in self.trees:
+            depths = [d for _, _, d in self.trees]
+            raise FeedError(
+                f"a verify step ran a chain of depth {width - 1}; auto chooses among depths "
+                f"{depths} and 0"
+            )
+        return tree
+
+    def fold_decode(self) -> None:
+        """A depth-0 step: SGLang verified the root alone, a plain decode. A run the guard
+        planned is reported once it is over, as one outcome; a decode it did not plan (the
+        plan changed a step late) at once."""
+        self.decodes += 1
+        plan = self.plan
+        if plan is None or plan.kind != AUTOREGRESSIVE or self.decodes >= plan.steps:
+            self.report_decodes()
+            self.plan = self.policy.plan_step(self.tree, False)
+
+    def report_decodes(self) -> None:
+        """The decodes not yet reported, as one autoregressive outcome."""
+        if self.decodes:
+            self.policy.observe(StepOutcome(AUTOREGRESSIVE, [0], steps=self.decodes))
+            self.decodes = 0
+
+    def depth(self) -> int:
+        """The chain depth the next step should run: the plan's (0: a plain decode), or the
+        configured chain's once the feed has stopped."""
+        plan = self.plan
+        if self.stopped or plan is None:
+            return self.tree[2]
+        return 0 if plan.kind == AUTOREGRESSIVE else plan.depth
 
     # -- reporting ---------------------------------------------------------------------
     def due(self, now: float | None = None) -> bool:
@@ -206,8 +273,15 @@ class AcceptanceFeed:
             f"folded in, {self.started} new), mean accepted length {mean:.2f}; "
             f"budgets per layer {budgets}; "
             f"P(reach depth 1..{self.tree[2]}) {reach}; host time per step "
-            f"{1e3 * self.host_s / max(self.steps, 1):.2f} ms; plan: {reason}"
+            f"{1e3 * self.host_s / max(self.steps, 1):.2f} ms; {self.depths()}plan: {reason}"
         )
+
+    def depths(self) -> str:
+        """With ``chains``: verify steps per chain depth so far (0: plain decodes)."""
+        if not self.chains:
+            return ""
+        counts = ", ".join(f"{d}: {n}" for d, n in sorted(self.by_depth.items()))
+        return f"steps per chain depth {{{counts}}}; "
 
     def report(self) -> None:
         self.last_report, self.reported_steps = time.monotonic(), self.steps

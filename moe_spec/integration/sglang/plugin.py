@@ -1,7 +1,7 @@
 """The SGLang plugin: entry point ``moe_spec`` in the group ``sglang.srt.plugins``.
 
 SGLang's ``load_plugins()`` calls :func:`register` in the launcher and in every
-scheduler (TP rank) process before the model is built. It registers five hooks
+scheduler (TP rank) process before the model is built. It registers these hooks
 with SGLang's ``HookRegistry``:
 
 - ``forward_context`` (AROUND): remember the running ForwardBatch (its mode, positions);
@@ -13,7 +13,9 @@ with SGLang's ``HookRegistry``:
 - ``ModelRunner.forward`` (AFTER): the periodic distinct-experts log line;
 - for a policy that learns from acceptance (``auto``), ``EAGLEWorkerV2.verify`` and
   ``MultiLayerEagleWorkerV2.verify`` (AFTER): each verify step's accepted paths to the
-  policy, which then rewrites its per-layer budgets in place (``feed.py``).
+  policy, which then rewrites its per-layer budgets in place (``feed.py``); and
+  ``EAGLEWorkerV2.__init__`` (AFTER): with ``--speculative-adaptive`` on a chain, the
+  policy's guard chooses each step's draft depth, 0 included (``depth.py``).
 
 Whatever the settings (switched off included), one more ``ModelRunner.load_model``
 (AFTER) hook gives a target that lacks it the ``get_embed_and_head()`` accessor EAGLE
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from moe_spec.integration.sglang.compat import VERIFY_TARGETS
+from moe_spec.integration.sglang.compat import ADAPTIVE_WORKER_INIT, VERIFY_TARGETS
 from moe_spec.integration.sglang.eagle_target import add_embed_and_head, notice
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import (
@@ -89,6 +91,7 @@ def register_hooks(runtime: BudgetRuntime) -> None:
     if runtime.learns:
         for target in VERIFY_TARGETS.values():
             HookRegistry.register(target, feed_after_verify(runtime), HookType.AFTER)
+        HookRegistry.register(ADAPTIVE_WORKER_INIT, depth_after_init(runtime), HookType.AFTER)
 
 
 def register_eagle_accessor() -> None:
@@ -194,6 +197,16 @@ def feed_after_verify(runtime: BudgetRuntime):
 
     def hook(result: Any, worker: Any, batch: Any = None, *args: Any, **kwargs: Any) -> None:
         runtime.after_verify(result, kwargs.get("batch", batch))
+        return None
+
+    return hook
+
+
+def depth_after_init(runtime: BudgetRuntime):
+    """AFTER hook of ``EAGLEWorkerV2.__init__``: the guard chooses an adaptive chain's depth."""
+
+    def hook(result: Any, worker: Any, *args: Any, **kwargs: Any) -> None:
+        runtime.drive_depth(worker)
         return None
 
     return hook

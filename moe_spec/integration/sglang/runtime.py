@@ -20,13 +20,15 @@ from moe_spec.integration.sglang.batch import (
 )
 from moe_spec.integration.sglang.compat import (
     Findings,
+    adaptive_chain,
     check_acceptance_hook,
-    check_fixed_tree,
+    check_adaptive_chain,
     check_server_args,
     check_sglang_version,
     check_topk_layer,
     installed_sglang_version,
 )
+from moe_spec.integration.sglang.depth import drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, tree_of
 from moe_spec.integration.sglang.metrics import (
     ExpertCounters,
@@ -48,12 +50,11 @@ class BudgetRuntime:
         self.policy = get_policy(settings.policy, **settings.options)
         self.policy.validate = False  # server hot path: no value checks that read the device
         self.feed: AcceptanceFeed | None = None  # adaptive policies: acceptance after verify
-        if hasattr(self.policy, "fixed_tree"):
-            self.policy.fixed_tree()
         self.layer_index: dict[int, int] = {}  # SGLang layer_id -> MoE layer index
         self.num_experts: dict[int, int] = {}  # SGLang layer_id -> E
         self.counters: ExpertCounters | None = None
         self.ready = False
+        self.tp_rank = 0
         self.skipped: set[str] = set()
 
     def prepare(
@@ -84,12 +85,20 @@ class BudgetRuntime:
                 found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
         if self.learns:
             found.extend(check_acceptance_hook(server_args, self.settings.policy))
-            found.extend(check_fixed_tree(server_args, self.settings.policy))
+            found.extend(
+                check_adaptive_chain(server_args, self.settings.policy, self.settings.options)
+            )
         found.raise_errors()
         if tp_rank == 0:
             for warning in found.warnings:
                 logger.warning("moe-spec: %s", warning)
         layer_ids = sorted(t.layer_id for t in topks)
+        # SGLang runs the configured tree every step, or with its adaptive speculation a
+        # chain at the depth the guard chooses (``depth.py``)
+        chains = self.learns and adaptive_chain(server_args)
+        if hasattr(self.policy, "for_server"):
+            self.policy.for_server(guard=chains)
+        self.tp_rank = tp_rank
         self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
         self.num_experts = experts
         # an adaptive policy's device state (auto: per-layer budgets, calibration tables)
@@ -101,7 +110,7 @@ class BudgetRuntime:
         if self.learns:
             tree = tree_of(server_args)
             interval = self.settings.log_interval_s
-            self.feed = AcceptanceFeed(self.policy, tree, top_k, interval, tp_rank)
+            self.feed = AcceptanceFeed(self.policy, tree, top_k, interval, tp_rank, chains=chains)
         self.ready = True
         if self.settings.counters:
             interval = self.settings.log_interval_s
@@ -123,6 +132,18 @@ class BudgetRuntime:
     def learns(self) -> bool:
         """Whether the policy learns from acceptance (it is fed after every verify step)."""
         return self.policy.adaptive and hasattr(self.policy, "record_to_device")
+
+    def drive_depth(self, worker: Any) -> None:
+        """After SGLang built its EAGLE worker: with ``--speculative-adaptive`` on a chain,
+        the policy's guard chooses each step's depth (:mod:`.depth`)."""
+        guarded = drive_depth(worker, self.feed)
+        if guarded is not None and self.tp_rank == 0:
+            logger.info(
+                "moe-spec: %s chooses the draft's depth among %s (0: plain decoding) in place "
+                "of SGLang's adaptive policy",
+                self.settings.policy,
+                guarded.candidate_steps,
+            )
 
     def budget(self, topk: Any, output: Any) -> Any:
         """``output`` with at most B distinct experts when this is a target verify pass."""

@@ -22,7 +22,7 @@ from typing import NoReturn
 from moe_spec.budget import check_budget
 from moe_spec.integration.sglang.compat import (
     Findings,
-    check_fixed_tree,
+    check_adaptive_chain,
     check_server_args,
     check_sglang_version,
     installed_sglang_version,
@@ -199,7 +199,7 @@ def plan_launch(
         )
     found.extend(check_server_args(resolved))
     if policy.adaptive:
-        found.extend(check_fixed_tree(resolved, settings.policy))
+        found.extend(check_adaptive_chain(resolved, settings.policy, settings.options))
     shape = moe_shape(args.model_path)
     if shape is None:
         found.warnings.append(

@@ -64,7 +64,8 @@ class ServeSettings:
             raise SettingsError(
                 f"policy option guard={self.options['guard']!r} ({self.policy}): SGLang runs the "
                 "configured tree every step and a plugin cannot switch to a smaller tree or to "
-                "plain decoding; leave guard unset (or false)"
+                "plain decoding (on a chain with --speculative-adaptive the guard is on by "
+                "itself); leave guard unset"
             )
         if self.log_interval_s < 0:
             raise SettingsError(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")

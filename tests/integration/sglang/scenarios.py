@@ -538,6 +538,58 @@ def scenario_auto_feed() -> dict:
     }
 
 
+#: A chain of 7 drafts under SGLang's adaptive speculation (``--speculative-adaptive``).
+ADAPTIVE_CHAIN = ("--speculative-eagle-topk", "1", "--speculative-num-steps", "7",
+                  "--speculative-num-draft-tokens", "8", "--speculative-adaptive")  # fmt: skip
+
+
+def scenario_auto_chain() -> dict:
+    """``auto`` on an adaptive chain: the plugin turns its guard on and hands it SGLang's
+    adaptive controller when the EAGLE worker is built; on a tree or a plain chain, not."""
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.plugins.hook_registry import HookRegistry
+    from sglang.srt.speculative.adaptive_runtime_state import AdaptiveController
+    from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams
+
+    from moe_spec.integration.sglang import plugin
+    from moe_spec.integration.sglang.compat import ADAPTIVE_WORKER_INIT, UnsupportedSetupError
+    from moe_spec.integration.sglang.runtime import BudgetRuntime
+
+    publish_runtime()
+    load_plugins()
+    (hook,) = [h for _, h, _ in HookRegistry._hooks[ADAPTIVE_WORKER_INIT]]
+    out = {"patched": ADAPTIVE_WORKER_INIT in HookRegistry._patched}
+    for name, args in (
+        ("chain", ADAPTIVE_CHAIN),
+        ("plain_chain", ADAPTIVE_CHAIN[:-1]),
+        ("tree", TREE_7),
+    ):
+        runtime = plugin.RUNTIME if name == "chain" else BudgetRuntime(plugin.RUNTIME.settings)
+        runtime.prepare(build_model(), sglang_args(*args), "cpu")
+        worker = SimpleNamespace(speculative_num_steps=7)
+        worker.adaptive_controller = AdaptiveController(worker, AdaptiveSpeculativeParams(7))
+        if name == "chain":
+            hook(None, worker, None, 0, 0, None)  # as after EAGLEWorkerV2(server_args, ...)
+        else:
+            runtime.drive_depth(worker)
+        params = worker.adaptive_controller.params
+        out[name] = {
+            "chains": runtime.feed.chains,
+            "guard": runtime.policy.options["guard"],
+            "params": type(params).__name__,
+            "candidates": params.candidate_steps,
+        }
+    HookRegistry._patched.discard(ADAPTIVE_WORKER_INIT)
+    try:
+        BudgetRuntime(plugin.RUNTIME.settings).prepare(
+            build_model(), sglang_args(*ADAPTIVE_CHAIN), "cpu"
+        )
+        out["refused"] = None
+    except UnsupportedSetupError as exc:
+        out["refused"] = str(exc)
+    return out
+
+
 def step_record(budgets, plain, verify, observed) -> dict:
     """One fed verify step: what observe got, checked against the unbudgeted routing."""
     outcomes = []
@@ -714,6 +766,7 @@ SCENARIOS = {
     "eagle_draft": scenario_eagle_draft,
     "auto": scenario_auto,
     "auto_feed": scenario_auto_feed,
+    "auto_chain": scenario_auto_chain,
     "load": scenario_load,
     "refusal": scenario_refusal,
     "verify": scenario_verify,

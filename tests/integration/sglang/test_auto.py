@@ -91,5 +91,19 @@ def test_guard_is_refused_because_sglang_runs_the_configured_tree():
         ServeSettings("auto", 16, options={"guard": True})
     runtime = BudgetRuntime(ServeSettings("auto", 16, options={"guard": False}))
     assert runtime.learns and runtime.policy.options["guard"] is False
-    assert BudgetRuntime(ServeSettings("auto", 16)).policy.options["guard"] is False
     assert not BudgetRuntime(ServeSettings("token-priority", 16)).learns
+
+
+def test_on_an_adaptive_chain_the_guard_chooses_sglangs_depth():
+    result = run_scenario("auto_chain", MOE_SPEC_POLICY="auto", MOE_SPEC_BUDGET="16")
+    assert result["patched"]  # the hook on EAGLEWorkerV2.__init__ was applied
+    assert result["chain"] == {
+        "chains": True,
+        "guard": True,
+        "params": "GuardedDepth",
+        "candidates": [0, 3, 7],  # the chain of 7, its halving, plain decoding
+    }
+    for setup in ("plain_chain", "tree"):  # the configured tree every step: budgets only
+        assert result[setup]["chains"] is False and result[setup]["guard"] is False
+        assert result[setup]["params"] == "AdaptiveSpeculativeParams"  # left as SGLang made it
+    assert "EAGLEWorkerV2.__init__, which this SGLang does not have" in result["refused"]

@@ -45,7 +45,7 @@ def no_host_sync(device: str):
 def test_budgets_learned_between_replays_of_a_captured_verify(device):
     policy = get_policy("auto")
     policy.validate, policy.record_routing = False, False
-    policy.fixed_tree()
+    policy.for_server()
     policy.prepare(L, E, K, E, torch.device(device))
     feed = AcceptanceFeed(policy, (N, 4, 3), K, requests=BS)  # both requests observed
     budget_L = policy.device_state["budget_L"]

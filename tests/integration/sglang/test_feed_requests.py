@@ -21,7 +21,7 @@ def batch(*rids: str) -> SimpleNamespace:
 def test_the_policy_hears_of_a_new_first_request_before_its_first_step():
     policy = get_policy("auto", warmup=1, carry=1)
     policy.validate, policy.record_routing = False, False
-    policy.fixed_tree()
+    policy.for_server()
     policy.prepare(L, E, K, E, torch.device("cpu"))
     feed = AcceptanceFeed(policy, (N, 2, 2), K)
     events, start, observe = [], policy.start_request, policy.observe

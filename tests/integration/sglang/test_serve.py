@@ -14,7 +14,7 @@ import pytest
 
 from moe_spec.cli import main
 from moe_spec.integration.sglang.compat import (
-    check_fixed_tree,
+    check_adaptive_chain,
     check_server_args,
     check_sglang_version,
     check_topk_layer,
@@ -269,28 +269,32 @@ CHAIN = ["--speculative-eagle-topk", "1", "--speculative-num-steps", "3",
 
 
 @pytest.mark.parametrize(
-    "policy, sglang_args, refused",
+    "policy, options, sglang_args, refused",
     [
-        ("auto", [*CHAIN, "--speculative-adaptive"], True),
-        ("router-mass", [*CHAIN, "--speculative-adaptive"], False),  # budgets any verify
-        ("auto", CHAIN, False),
-        ("auto", [*TREE, "--speculative-adaptive"], False),  # SGLang turns it off for a tree
+        ("auto", [], [*CHAIN, "--speculative-adaptive"], False),  # the guard picks the depth
+        ("auto", ["guard=false"], [*CHAIN, "--speculative-adaptive"], True),
+        ("auto", ["guard=false"], CHAIN, False),
+        ("router-mass", [], [*CHAIN, "--speculative-adaptive"], False),  # budgets any verify
+        ("auto", ["guard=false"], [*TREE, "--speculative-adaptive"], False),  # SGLang: no tree
     ],
 )
-def test_sglangs_adaptive_speculation_is_refused_for_auto_on_a_chain(
-    capsys, qwen3_dir, policy, sglang_args, refused
+def test_auto_without_its_guard_is_refused_on_an_adaptive_chain(
+    capsys, qwen3_dir, policy, options, sglang_args, refused
 ):
-    code, _, err = serve(capsys, "--policy", policy, "--budget", "64", "--dry-run", "--",
+    flags = [x for option in options for x in ("--policy-option", option)]
+    code, _, err = serve(capsys, "--policy", policy, "--budget", "64", *flags, "--dry-run", "--",
                          "--model-path", qwen3_dir, *EAGLE3, *sglang_args)  # fmt: skip
-    assert code == (2 if refused else 0)
-    assert ("--speculative-adaptive is on" in err) == refused
+    assert code == (2 if refused else 0), err
+    assert ("guard=False (auto) with --speculative-adaptive" in err) == refused
 
 
-def test_each_rank_checks_adaptive_speculation_too():
+def test_each_rank_checks_the_adaptive_chain_too():
     # the rank's resolved ServerArgs; arguments SGLang's own check cannot read count as on
-    assert check_fixed_tree(SimpleNamespace(speculative_adaptive=False), "auto").errors == []
-    (error,) = check_fixed_tree(SimpleNamespace(speculative_adaptive=True), "auto").errors
-    assert "--speculative-adaptive is on" in error and "token-priority" in error
+    off, on = (SimpleNamespace(speculative_adaptive=v) for v in (False, True))
+    assert check_adaptive_chain(off, "auto", {"guard": False}).errors == []
+    assert check_adaptive_chain(on, "auto", {}).errors == []
+    (error,) = check_adaptive_chain(on, "auto", {"guard": False}).errors
+    assert "leave guard unset, or serve without --speculative-adaptive" in error
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,66 @@
+"""``auto``'s guard as SGLang's adaptive-speculation policy, for chains.
+
+SGLang 0.5.23's ``--speculative-adaptive`` (EAGLE chains, ``--speculative-eagle-topk 1``)
+builds one runtime state per candidate draft depth, 0 included (the root verified alone: a
+plain decode), and asks a policy object which depth each step runs
+(``sglang.srt.speculative.adaptive_runtime_state.AdaptiveSpecPolicy``). Its own policy
+follows an average of accepted drafts. With ``auto``, :class:`GuardedDepth` takes its place
+(the plugin swaps ``worker.adaptive_controller.params`` right after ``EAGLEWorkerV2`` is
+built, before the states are): the candidates are the configured chain, its halvings and
+0, and each step runs the depth of the guard's latest plan (:meth:`AcceptanceFeed.depth`):
+the chain whose predicted committed tokens per second under the cost model are highest, or
+decoding where speculation is predicted to lose.
+
+The switch is taken when the worker asks, at the start of each decode forward
+(``get_steps_for_batch``), from a plan made in the verify hook of the worker's own thread:
+every tensor-parallel rank folds the same steps in the same order, so all ranks run the
+same depth at the same step. ``on_verify_complete`` (called later, from the scheduler's
+result processing) changes nothing. The guard prices batch-1 steps: at larger batches it
+still chooses from the batch's first request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moe_spec.integration.sglang.feed import AcceptanceFeed
+
+
+class GuardedDepth:
+    """SGLang's ``AdaptiveSpecPolicy``: each step's chain depth from ``auto``'s guard."""
+
+    def __init__(self, feed: AcceptanceFeed) -> None:
+        self.feed = feed
+        self.steps = sorted({0, *(depth for _, _, depth in feed.trees)})
+        self.cuda_graph_bs: list[int] | None = None
+
+    @property
+    def candidate_steps(self) -> list[int]:
+        """Depths SGLang builds a runtime state for: the guard's chains and 0 (decoding)."""
+        return self.steps
+
+    def set_cuda_graph_bs(self, cuda_graph_bs: list[int] | None) -> None:
+        self.cuda_graph_bs = sorted(cuda_graph_bs) if cuda_graph_bs else None
+
+    def cuda_graph_bs_for_step(self, step: int) -> list[int] | None:
+        """Every batch size can run every depth (the guard does not choose by batch)."""
+        return self.cuda_graph_bs
+
+    def get_steps_for_batch(self, batch_size: int) -> int:
+        """The depth of the guard's latest plan (0: a plain decode)."""
+        return self.feed.depth()
+
+    def on_verify_complete(self, num_correct_drafts_per_req: list[int], batch_size: int) -> None:
+        """Nothing: the feed learned this step in the verify hook (see the module's doc)."""
+        return None
+
+
+def drive_depth(worker: Any, feed: AcceptanceFeed | None) -> GuardedDepth | None:
+    """Put :class:`GuardedDepth` in place of the policy of ``worker``'s adaptive controller
+    (an ``EAGLEWorkerV2`` just built). Returns it, or None where there is no controller
+    (SGLang's adaptive speculation is off, or this rank hosts no draft) or no chain feed."""
+    controller = getattr(worker, "adaptive_controller", None)
+    if controller is None or feed is None or not feed.chains:
+        return None
+    controller.params = GuardedDepth(feed)
+    return controller.params

@@ -1,0 +1,171 @@
+"""``auto`` chooses the depth of an SGLang chain under ``--speculative-adaptive``: SGLang's
+own ``AdaptiveController`` runs a worker whose states are the guard's candidates, and
+switches them where the guard's plan says (a fake worker: its states are just depths)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from moe_spec.control import AUTOREGRESSIVE, TREE
+from moe_spec.integration.sglang.depth import GuardedDepth, drive_depth
+from moe_spec.integration.sglang.feed import AcceptanceFeed, FeedError
+from moe_spec.policies import get_policy
+from moe_spec.routing import RoutingRecord
+
+pytest.importorskip("sglang")
+from sglang.srt.speculative.adaptive_runtime_state import AdaptiveController  # noqa: E402
+from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams  # noqa: E402
+
+L, E, K = 2, 16, 2
+
+
+class FakeWorker:
+    """What ``AdaptiveController`` needs of ``EAGLEWorkerV2``: build and apply states."""
+
+    def __init__(self, steps: int) -> None:
+        self.speculative_num_steps = steps
+        self.built: list[int] = []
+        self.adaptive_controller = AdaptiveController(self, AdaptiveSpeculativeParams(steps))
+
+    def build_adaptive_runtime_state(self, speculative_num_steps, speculative_num_draft_tokens,
+                                     cuda_graph_bs=None):  # fmt: skip
+        assert speculative_num_draft_tokens == speculative_num_steps + 1
+        self.built.append(speculative_num_steps)
+        return SimpleNamespace(speculative_num_steps=speculative_num_steps)
+
+    def apply_runtime_state(self, state) -> None:
+        self.speculative_num_steps = state.speculative_num_steps
+
+
+def served(depth: int, **options):
+    """``auto`` as the plugin prepares it for an adaptive chain of ``depth``, its feed, and
+    a worker whose controller was built by SGLang and then handed to the guard."""
+    policy = get_policy("auto", **options)
+    policy.validate = False
+    policy.record_routing = False
+    policy.for_server(guard=True)
+    policy.prepare(L, E, K, E, torch.device("cpu"))
+    feed = AcceptanceFeed(policy, (depth + 1, 1, depth), K, chains=True)
+    worker = FakeWorker(depth)
+    guarded = drive_depth(worker, feed)
+    controller = worker.adaptive_controller
+    controller.register(SimpleNamespace(speculative_num_steps=depth))
+    controller.init_states(cuda_graph_bs=None)
+    return policy, feed, worker, guarded
+
+
+def verify(
+    policy, feed: AcceptanceFeed, worker: FakeWorker, accepted: int, seed: int, rid: str = "r"
+) -> None:
+    """One decode step as SGLang runs it: the depth the controller activates, the verify
+    forward's routing through the policy (every MoE layer), then the verify hook's feed."""
+    worker.adaptive_controller.activate_step_by_batch(1)
+    depth = worker.speculative_num_steps
+    T = depth + 1
+    gen = torch.Generator().manual_seed(seed)
+    for layer in range(L):
+        logits_TE = torch.randn(T, E, generator=gen)
+        weights_TK, ids_TK = logits_TE.softmax(-1).topk(K, dim=-1)
+        record = RoutingRecord(logits_TE, ids_TK, weights_TK, depth_T=torch.arange(T),
+                               layer_idx=layer, num_layers=L)  # fmt: skip
+        policy.apply(record, E)
+    n = 1 + min(accepted, depth)  # the root and the accepted drafts
+    index = [[*range(n), *[-1] * (T - n)]]
+    result = SimpleNamespace(accept_lens=torch.tensor([n]), accept_index=torch.tensor(index))
+    feed.after_verify(result, SimpleNamespace(reqs=[SimpleNamespace(rid=rid)]))
+
+
+def test_the_guard_hands_sglang_its_candidates():
+    _, feed, worker, guarded = served(7)
+    assert isinstance(guarded, GuardedDepth)
+    assert worker.adaptive_controller.params is guarded
+    assert guarded.candidate_steps == [0, 3, 7]  # the chain, its halving, decoding
+    assert sorted(worker.built) == [0, 3]  # 7 was registered as the running state
+    assert worker.speculative_num_steps == 7
+    guarded.set_cuda_graph_bs([4, 1, 2])
+    assert guarded.cuda_graph_bs_for_step(0) == [1, 2, 4]
+    assert guarded.on_verify_complete([0], 1) is None  # the verify hook already learned it
+
+
+def test_a_chain_that_commits_only_its_root_gives_way_to_decoding_and_is_probed():
+    policy, feed, worker, _ = served(3)
+    depths = []
+    for step in range(120):
+        verify(policy, feed, worker, accepted=0, seed=step)
+        depths.append(worker.speculative_num_steps)
+    assert depths[:3] == [3, 3, 0]  # the warm-up chains, then a decode: 1 token loses
+    # back to the chain for a probe once a run of decodes is over (runs lengthen while
+    # the chain does not win back: a probe costs more than its chance of winning)
+    probes = [i for i in range(3, 120) if depths[i] == 3]
+    assert 1 <= len(probes) <= 3 and depths.count(0) >= 110
+    assert feed.by_depth[0] + feed.by_depth[3] == feed.steps == 120
+    line = feed.line()
+    assert f"steps per chain depth {{0: {depths.count(0)}, 3: " in line
+    assert "plan: keeps autoregressive" in line  # the plan's reason
+    assert feed.decodes < feed.plan.steps  # the run in progress is not reported yet
+
+
+def test_decodes_are_reported_as_the_planned_run():
+    policy, feed, worker, _ = served(3)
+    seen = []
+    observe = policy.observe
+    policy.observe = lambda outcome, *a: (
+        seen.append((outcome.kind, outcome.steps)) or observe(outcome, *a)
+    )
+    for step in range(100):
+        verify(policy, feed, worker, accepted=0, seed=step)
+    runs = [steps for kind, steps in seen if kind == AUTOREGRESSIVE]
+    assert runs and all(r >= 1 for r in runs) and sum(runs) == feed.by_depth[0] - feed.decodes
+    assert any(r > 1 for r in runs)  # one outcome for a run of decodes, as the engines send
+    assert sum(kind == TREE for kind, _ in seen) == feed.by_depth[3]
+
+
+def test_a_run_of_decodes_ends_with_its_request():
+    policy, feed, worker, _ = served(3)
+    for step in range(10):
+        verify(policy, feed, worker, accepted=0, seed=step)
+    assert feed.plan.kind == AUTOREGRESSIVE and feed.decodes == 8  # a run of 40 planned
+    seen, observe = [], policy.observe
+    policy.observe = lambda outcome, *a: seen.append(outcome.steps) or observe(outcome, *a)
+    verify(policy, feed, worker, accepted=0, seed=10, rid="next")
+    assert seen == [8] and feed.decodes == 1  # reported at once; the new text's run begins
+    assert feed.started == 2
+
+
+def test_a_chain_that_is_accepted_stays():
+    policy, feed, worker, _ = served(3)
+    for step in range(24):
+        verify(policy, feed, worker, accepted=3, seed=step)
+        assert worker.speculative_num_steps == 3, (step, feed.plan)
+    assert feed.by_depth == {3: 24}
+
+
+def test_a_depth_the_guard_did_not_offer_is_a_feed_error():
+    policy, feed, worker, _ = served(7)
+    worker.speculative_num_steps = 5  # as if SGLang's own policy still chose
+    index = torch.tensor([[0] + [-1] * 5])
+    result = SimpleNamespace(accept_lens=torch.tensor([1]), accept_index=index)
+    with pytest.raises(FeedError, match=r"depth 5; auto chooses among depths \[7, 3\] and 0"):
+        feed.after_verify(result, None)
+
+
+def test_a_stopped_feed_runs_the_configured_chain():
+    policy, feed, worker, guarded = served(3)
+    for step in range(6):
+        verify(policy, feed, worker, accepted=0, seed=step)
+    assert guarded.get_steps_for_batch(1) == 0
+    feed.stopped = "FeedError(...)"
+    assert guarded.get_steps_for_batch(1) == 3
+
+
+def test_without_sglangs_controller_nothing_is_driven():
+    policy = get_policy("auto")
+    policy.for_server(guard=True)
+    policy.prepare(L, E, K, E, torch.device("cpu"))
+    chain = AcceptanceFeed(policy, (4, 1, 3), K, chains=True)
+    assert drive_depth(SimpleNamespace(adaptive_controller=None), chain) is None
+    fixed = AcceptanceFeed(policy, (4, 1, 3), K)
+    assert drive_depth(FakeWorker(3), fixed) is None
