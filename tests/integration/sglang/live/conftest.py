@@ -3,7 +3,7 @@
 Every configuration the live tests use is started at once, the first time any of
 them is asked for (imports dominate a start, so they overlap), and all of them
 are stopped by process group once the live tests are done (package scope: the rest of
-the suite does not run beside seven busy SGLang schedulers). A test waits only for
+the suite does not run beside ten busy SGLang schedulers). A test waits only for
 the server it needs.
 
 =============  ===================================================================
@@ -15,6 +15,8 @@ the server it needs.
 ``full``       Qwen3-MoE + EAGLE, ``router-mass`` B=16 (above E=8: nothing to cut)
 ``off``        Qwen3-MoE + EAGLE-3, the plugin's off switch: no hooks at all
 ``auto``       Qwen3-MoE + EAGLE-3, ``auto`` capped at B=8 (= E: it picks each layer's B)
+``auto-chain`` Qwen3-MoE + EAGLE, a chain of 3 drafts with ``--speculative-adaptive``:
+               ``auto``'s guard chooses each step's depth (3, or 0: a plain decode)
 ``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
 ``refused``    Qwen3-MoE + EAGLE-3 with an unknown policy in the environment
 ``real-full``  smollm2-moe (the real checkpoint, 30 layers, E=32, top-8, float32) + its
@@ -41,7 +43,7 @@ from moe_spec.models import model_path
 from tests.integration.sglang.live.harness import TREE_ARGS, LiveServer, ServerSpec, stop_all
 from tests.integration.sglang.live.models import build_all
 
-#: Seconds a server may take from launch to ``/health`` (two cores, seven servers at once).
+#: Seconds a server may take from launch to ``/health`` (two cores, ten servers at once).
 START_TIMEOUT_S = float(os.environ.get("MOE_SPEC_LIVE_START_TIMEOUT", "900"))
 BUDGET = 2
 OLMOE_BUDGET = 4
@@ -49,6 +51,9 @@ AUTO_CAP = 8
 REAL_BUDGET = 12  # smollm2-moe: top-8 of 32 experts
 REAL_LAYERS = 30
 LOG_INTERVAL = "0.2"
+#: A chain of 3 drafts whose depth SGLang may change between steps (``auto-chain``).
+ADAPTIVE_CHAIN = ["--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
+                  "--speculative-num-draft-tokens", "4", "--speculative-adaptive"]  # fmt: skip
 
 
 def eagle(draft: Path, algorithm: str = "EAGLE") -> list[str]:
@@ -107,6 +112,12 @@ def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
             env={"MOE_SPEC_SGLANG_DISABLE": "1"},
         ),
         ServerSpec("auto", qwen3, eagle3, serve("auto", AUTO_CAP)),
+        ServerSpec(
+            "auto-chain",
+            qwen3,
+            [*eagle(models["qwen3-moe-eagle"])[:4], *ADAPTIVE_CHAIN],
+            serve("auto", AUTO_CAP),
+        ),
         ServerSpec("plain", qwen3, []),
         ServerSpec(
             "refused",

@@ -46,3 +46,34 @@ def test_auto_learns_acceptance_and_sets_each_layers_budget(fleet):
     assert int(depth) == 2 and reach != [0.5, 0.25]  # moved off the prior
     assert "NOT budgeted" not in log and "gets no more acceptance" not in log
     assert "budgeting 4 MoE layers in verify passes: policy auto, B=8" in log
+
+
+DEPTHS_LINE = re.compile(
+    r"moe-spec: auto observed (\d+) verify steps .*steps per chain depth \{([^}]*)\}"
+)
+#: First a prompt whose first chains commit one token each (seen on this tiny model): the
+#: guard turns to decoding; then the other prompts, on which chains are accepted.
+CHAIN_PROMPTS = [("def main(", 48), *PROMPTS]
+
+
+def test_autos_guard_chooses_the_depth_of_an_adaptive_chain(fleet):
+    server = fleet.ready("auto-chain")
+    answers = [server.generate(text, n) for text, n in CHAIN_PROMPTS]
+    plain = fleet.ready("plain")
+    first_tokens = [plain.generate(text, 1)["output_ids"] for text, _ in CHAIN_PROMPTS]
+    assert [len(a["output_ids"]) for a in answers] == [n for _, n in CHAIN_PROMPTS]
+    assert all(0 <= t < VOCAB for a in answers for t in a["output_ids"])
+    assert [a["output_ids"][:1] for a in answers] == first_tokens
+    verify_ct = sum(a["meta_info"]["spec_verify_ct"] for a in answers)
+    time.sleep(float(LOG_INTERVAL) + 0.1)
+    server.generate("flush", 1)
+    log = server.log()
+    assert "auto chooses the draft's depth among [0, 3] (0: plain decoding)" in log
+    steps, depths = DEPTHS_LINE.findall(log)[-1]
+    depths = {int(d): int(n) for d, n in (pair.split(": ") for pair in depths.split(", "))}
+    assert int(steps) == sum(depths.values()) == verify_ct  # a decode is a verify of the root
+    # the first prompt's chains commit about one token: decoding wins, and SGLang switches
+    # its runtime state where the guard says (and back to the chain for the guard's probes)
+    assert set(depths) == {0, 3} and depths[0] > 0 and depths[3] >= 2
+    assert "Switch adaptive runtime state: steps 3 -> 0" in log
+    assert "NOT budgeted" not in log and "gets no more acceptance" not in log
