@@ -22,7 +22,7 @@ smollm2-moe`` for the transformers engine on a named model).
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
         [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe]
         [--out out/auto]
-        [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...]
+        [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...] [--tree N W D]
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.policies import get_policy
 
-TREE = SpecConfig()  # 32 tokens, width 8, depth 6
+
+def tree_of(args) -> dict:
+    """``--tree N W D`` as SpecConfig/RunConfig fields (default 32 tokens, width 8, depth 6)."""
+    return dict(zip(("num_tokens", "width", "depth"), args.tree, strict=True))
 
 
 def load(args):
@@ -88,7 +91,8 @@ def measured(engine, prompts: list[str], args) -> dict:
     """Tokens and seconds per arm on this CPU, arms alternating per prompt."""
     ids = [engine.encode(p) for p in prompts]
     options = {"measure": True, **dict(args.auto_option)}
-    auto = SpecConfig(policy="auto", policy_options=options)
+    tree = SpecConfig(**tree_of(args))
+    auto = SpecConfig(policy="auto", policy_options=options, **tree_of(args))
     arms = {"autoregressive": [0, 0.0], "none": [0, 0.0], "auto": [0, 0.0], "auto warm": [0, 0.0]}
     decisions = {"auto": [], "auto warm": []}
     per_round = {"auto": [], "auto warm": []}  # auto / AR tokens/s within each round
@@ -98,7 +102,7 @@ def measured(engine, prompts: list[str], args) -> dict:
         for p in ids:
             runs = {
                 "autoregressive": lambda p=p: engine.generate_autoregressive(p, args.max_new),
-                "none": lambda p=p: engine.generate_speculative(p, args.max_new, TREE),
+                "none": lambda p=p: engine.generate_speculative(p, args.max_new, tree),
                 "auto": lambda p=p: engine.generate_speculative(p, args.max_new, auto),
                 "auto warm": lambda p=p: engine.generate_speculative(
                     p, args.max_new, auto, policy=warm
@@ -147,7 +151,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     overhead = {"seconds": 0.0, "steps": 0}
 
     def run(text: str, shape=None):
-        (config,) = parse_config(text)
+        (config,) = parse_config(text, tree_of(args))
         key = text if shape is None else f"{text}@{shape.name}"
         configs[key] = config
         runner = backend if shape is None else EngineBackend(engine, cost, shape)
@@ -159,7 +163,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
         for text in per_shape[s.name]:
             run(text, s)
         for text in per_shape[s.name][:2]:  # auto again, one policy across the set (a server)
-            (config,) = parse_config(text)
+            (config,) = parse_config(text, tree_of(args))
             live = get_policy("auto", **config.options)
             runner = EngineBackend(LivePolicy(engine, live), cost, s)
             key = f"{text} warm@{s.name}"
@@ -175,7 +179,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
         cost_model=args.cost_model,
         **dict(args.auto_option),
     )
-    spec = SpecConfig(policy="auto")
+    spec = SpecConfig(policy="auto", **tree_of(args))
     verify_s = []
     for p in prompts:
         policy.controller = None
@@ -206,7 +210,9 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     from moe_spec.costmodel import verify_seconds
 
     overhead["gpu_verify_s"] = {
-        s.name: verify_seconds(cost.gpu, s, 32, s.n_experts * 0.7, overheads=cost.overheads)
+        s.name: verify_seconds(
+            cost.gpu, s, args.tree[0], s.n_experts * 0.7, overheads=cost.overheads
+        )
         for s in shapes
     }
     return table, overhead
@@ -262,6 +268,15 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["OLMoE-1B-7B", "Qwen3-30B-A3B"])
     ap.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 20, 24])
     ap.add_argument(
+        "--tree",
+        type=int,
+        nargs=3,
+        default=[32, 8, 6],
+        metavar=("N", "W", "D"),
+        help="every arm's tree: tokens, width, depth (4 1 3: a chain of 3 drafts, SGLang's "
+        "default for MoE targets)",
+    )
+    ap.add_argument(
         "--auto-option",
         type=parse_option,
         action="append",
@@ -277,7 +292,8 @@ def main() -> None:
     engine = load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"cpu": f"{cpu_name()}, {args.threads} torch thread(s)", "sets": {}}
+    cpu = f"{cpu_name()}, {args.threads} torch thread(s)"
+    results = {"cpu": cpu, "tree": args.tree, "sets": {}}
     start = time.time()
     for name, prompts in prompt_sets(args.prompts, args.chars).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
@@ -285,7 +301,8 @@ def main() -> None:
             entry["modeled"], entry["overhead"] = modeled(engine, prompts, args)
         results["sets"][name] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
-    lines = [f"CPU: {results['cpu']}; {time.time() - start:.0f} s", ""]
+    tree = "/".join(map(str, args.tree))
+    lines = [f"CPU: {results['cpu']}; tree {tree}; {time.time() - start:.0f} s", ""]
     if not args.skip_measured:
         lines += [
             "| prompt set | AR tok/s | none | auto (fresh) | auto (warm) | "
@@ -321,7 +338,7 @@ def main() -> None:
         o = e["overhead"]
         per_step = o["seconds"] / max(o["steps"], 1)
         gpu = ", ".join(
-            f"{k} {per_step / v:.1%} of a modeled 32-token verify"
+            f"{k} {per_step / v:.1%} of a modeled {args.tree[0]}-token verify"
             for k, v in o["gpu_verify_s"].items()
         )
         lines.append(
