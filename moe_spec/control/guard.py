@@ -51,8 +51,9 @@ probes start again.
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
 the prompt's or the first tree's timing shows the tree clearly losing
 (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
-tree and the current choice once the window holds 8 of its steps, one budget
-for all layers before that and for the other trees. Every plan carries its reason;
+tree and the current choice once the window holds 8 of its steps (4, while every window step
+is of the current text: none carried from the last request, whose per-layer needs may differ),
+one budget for all layers before that and for the other trees. Every plan carries its reason;
 :attr:`Guard.overhead_s` sums the controller's own time.
 """
 
@@ -129,6 +130,7 @@ class Guard(DraftGate, MeasuredWarmup):
         # a tree's window steps before its per-layer budgets are searched, and the full
         # tree's before a smaller tree may be switched to
         self.trusted = 8
+        self.own_text = 4  # per-layer budgets from 4 steps where all are of the current text
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
         window = estimates.window.maxlen
@@ -324,10 +326,11 @@ class Guard(DraftGate, MeasuredWarmup):
             window = self.est.arrays(c, self.levels_V)
             if window[1].size == 0:
                 continue
-            # per layer for the full tree and the current choice, once 8 steps show it (L
-            # budgets fitted to two warm-up steps or a forgotten window are noise); for the
-            # others, and before that, one budget for all layers
-            passes = 2 if c in (0, self.choice) and window[1].size >= self.trusted else 0
+            # per layer for the full tree and the current choice, once 8 steps show it, or 4
+            # of the current text alone (L budgets fitted to two warm-up steps are noise, and
+            # to carried steps of another text, wrong); for the others, and before that, one
+            # budget for all layers
+            passes = 2 if c in (0, self.choice) and window[1].size >= self.per_layer_from() else 0
             B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
             mean = float(window[1].mean())
@@ -341,6 +344,13 @@ class Guard(DraftGate, MeasuredWarmup):
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
         return predicted
+
+    def per_layer_from(self) -> int:
+        """Window steps of a tree before its per-layer budgets are searched: ``trusted`` (8),
+        or ``own_text`` (4) while every window step is of the current text (none carried
+        from the last request)."""
+        own = self.est.steps_seen - max(self.request_seen, 0)
+        return self.own_text if own >= len(self.est.window) else self.trusted
 
     def decode_seconds(self) -> float:
         return self.cost.decode_s * self.ratio(AUTOREGRESSIVE)

@@ -400,7 +400,7 @@ def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
             get_policy("auto", carry=bad)
 
 
-def test_per_layer_budgets_wait_for_8_steps_of_the_tree(monkeypatch):
+def test_per_layer_budgets_wait_for_4_steps_of_this_text_or_8_with_carried_ones(monkeypatch):
     import moe_spec.control.guard as guard_module
 
     passes = []
@@ -411,13 +411,20 @@ def test_per_layer_budgets_wait_for_8_steps_of_the_tree(monkeypatch):
 
     monkeypatch.setattr(guard_module, "best_budgets", spy)
     g = guard(gate=False)
-    for n in (3, 8):
+
+    def predict_at(n: int) -> list:
         while len(g.est.window) < n:
-            observe_window_step(g, 2)
+            observe_window_step(g, 2, plan=True)
         passes.clear()
         g.predict()
-        # the full tree per layer once 8 steps show it; the smaller tree always uniform
-        assert passes == [(0, n, 2 if n >= 8 else 0), (1, n, 0)]
+        return passes
+
+    for n in (3, 4, 8):  # the first text: every window step is its own
+        # the full tree per layer once 4 steps show it; the smaller tree always uniform
+        assert predict_at(n) == [(0, n, 2 if n >= 4 else 0), (1, n, 0)]
+    g.new_request()  # the window keeps the last text's latest 4 steps
+    for n in (4, 7, 8):  # carried steps in the window: per layer from 8 steps
+        assert predict_at(n) == [(0, n, 2 if n >= 8 else 0), (1, n, 0)]
 
 
 def measured_guard(prompt_tokens: int, prompt_ratio: float, **options) -> Guard:
