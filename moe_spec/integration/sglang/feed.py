@@ -196,10 +196,8 @@ class AcceptanceFeed:
             self.report_decodes()  # a run of decodes ends with its request, as in the engines
             self.policy.start_request()
             self.started += 1
-            if self.plan is not None and self.plan.kind == AUTOREGRESSIVE:
-                self.plan = self.policy.plan_step(self.tree, False)  # the new text's run
         if N == 1:
-            self.fold_decode()
+            self.fold_decode(snap.new_request)
         else:
             self.report_decodes()
             for i, path in enumerate(paths[: min(self.per_step, rec["ids_LRK"].shape[1] // N)]):
@@ -228,10 +226,13 @@ class AcceptanceFeed:
             )
         return tree
 
-    def fold_decode(self) -> None:
+    def fold_decode(self, new_text: bool = False) -> None:
         """A depth-0 step: SGLang verified the root alone, a plain decode. A run the guard
         planned is reported once it is over, as one outcome; a decode it did not plan (the
-        plan changed a step late) at once."""
+        plan changed a step late) at once. The first decode of new text starts a run planned
+        for it."""
+        if new_text and self.plan is not None and self.plan.kind == AUTOREGRESSIVE:
+            self.plan = self.policy.plan_step(self.tree, False)
         self.decodes += 1
         plan = self.plan
         if plan is None or plan.kind != AUTOREGRESSIVE or self.decodes >= plan.steps:
