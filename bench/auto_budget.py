@@ -15,7 +15,10 @@ smollm2-moe`` for the transformers engine on a named model).
    steps priced as ``moe-spec ab`` prices them; fixed budgets of ``token-priority`` (the
    ranking ``auto`` refines) with and without repair, ``depth-width`` (Cascade-style),
    and ``auto`` deciding with that shape's cost model, with and without repair. Best
-   fixed B is chosen in hindsight per prompt set and shape.
+   fixed B is chosen in hindsight per prompt set and shape. ``--sglang`` prices every
+   speculative step as SGLang runs it, with the draft extend after each verify (an
+   ``auto`` decode's included: SGLang's depth-0 step); with ``--tree 4 1 3`` and
+   ``--auto-option gate=false`` that is SGLang's adaptive chain.
 3. **Controller overhead**: the auto policy's own seconds (planning and observing) per
    step, against a verify step measured here and modeled on the GPU.
 
@@ -23,6 +26,7 @@ smollm2-moe`` for the transformers engine on a named model).
         [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe]
         [--out out/auto]
         [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...] [--tree N W D]
+        [--sglang]
 """
 
 from __future__ import annotations
@@ -192,7 +196,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     ref = records["none"]
     table: dict = {}
     for s in shapes:
-        m = Modeled(cost, s)
+        m = Modeled(cost, s, draft_extend=args.sglang)
         ar = autoregressive_tokens_per_s(cost.gpu, s, overheads=cost.overheads)
         row = {"autoregressive": ar}
         for key, recs in records.items():
@@ -277,6 +281,13 @@ def main() -> None:
         "default for MoE targets)",
     )
     ap.add_argument(
+        "--sglang",
+        action="store_true",
+        help="price every speculative step as SGLang runs it: a draft forward over the "
+        "verified tokens after each verify, a plain decode of auto's included (auto plans "
+        "with it: draft_extend=true); autoregressive decoding runs no draft",
+    )
+    ap.add_argument(
         "--auto-option",
         type=parse_option,
         action="append",
@@ -288,12 +299,16 @@ def main() -> None:
     ap.add_argument("--skip-modeled", action="store_true", help="the CPU's tokens/s only")
     ap.add_argument("--out", default="out/auto-bench")
     args = ap.parse_args()
+    if args.sglang and not args.skip_measured:
+        ap.error("--sglang prices steps as SGLang runs them: use it with --skip-measured")
+    if args.sglang:
+        args.auto_option.append(("draft_extend", True))
     torch.set_num_threads(args.threads)
     engine = load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cpu = f"{cpu_name()}, {args.threads} torch thread(s)"
-    results = {"cpu": cpu, "tree": args.tree, "sets": {}}
+    results = {"cpu": cpu, "tree": args.tree, "sglang": args.sglang, "sets": {}}
     start = time.time()
     for name, prompts in prompt_sets(args.prompts, args.chars).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
@@ -302,7 +317,8 @@ def main() -> None:
         results["sets"][name] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
     tree = "/".join(map(str, args.tree))
-    lines = [f"CPU: {results['cpu']}; tree {tree}; {time.time() - start:.0f} s", ""]
+    priced = "; priced as SGLang runs it (a draft extend after each step)" if args.sglang else ""
+    lines = [f"CPU: {results['cpu']}; tree {tree}{priced}; {time.time() - start:.0f} s", ""]
     if not args.skip_measured:
         lines += [
             "| prompt set | AR tok/s | none | auto (fresh) | auto (warm) | "

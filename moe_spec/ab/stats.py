@@ -75,6 +75,9 @@ def metric_names() -> dict[str, str]:
 class Modeled:
     cost: CostModel  # the device and its overhead terms (roofline or calibrated)
     shape: ModelShape
+    # every speculative step pays a draft forward over its verified tokens after the verify,
+    # a guard's plain decode included (SGLang's draft extend; the engines catch up lazily)
+    draft_extend: bool = False
 
     def describe(self) -> str:
         return f"{self.shape.name}, {self.cost.describe()}"
@@ -152,6 +155,7 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
             # the guard's autoregressive steps are plain forwards, and a policy that rested
             # (or B >= E) ran no selection: priced without it
             budgeted=config.policy not in BASELINES and s.guard != AUTOREGRESSIVE and s.ranked,
+            draft_extend=m.draft_extend,
         )
         for s in record.steps
     ]

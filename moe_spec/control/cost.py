@@ -5,12 +5,14 @@ distinct-expert counts are carried over with ``moe_spec.costmodel.map_distinct``
 the A/B harness prices them. Times are tabulated once per tree so that the planner
 prices a window of steps for many budget vectors with array operations only:
 
-- ``draft_C[c]``: the draft forwards of candidate tree c;
+- ``draft_C[c]``: the draft forwards of candidate tree c (with ``draft_extend``, also the
+  draft forward over its verified tokens that SGLang runs after every verify);
 - ``verify_CD[c, d]``: the verify forward of tree c reading d experts per layer
   (d from 0 to E; fractional means interpolate);
 - ``repair_Q[q]``: an unbudgeted forward of q re-run path tokens (its distinct experts:
   the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
-- ``decode_s``: one autoregressive step (and :meth:`StepCost.forward_seconds`, a
+- ``decode_s``: one autoregressive step (with ``draft_extend``, SGLang's depth-0 step: a
+  1-token verify and a 1-token draft extend; and :meth:`StepCost.forward_seconds`, a
   prompt's forward);
 - ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
   the cost model measured it), paid by every budgeted tree step; a step whose budgets are
@@ -48,14 +50,15 @@ class StepCost:
         trees: list[tuple[int, int, int]],
         max_repair: int = 64,
         rank_every: int = 1,
+        draft_extend: bool = False,
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
-        key = tuple(tuple(t) for t in trees)
+        args = (cost, shape, top_k, n_experts, tuple(tuple(t) for t in trees), max_repair)
         try:
-            tables = step_tables(cost, shape, top_k, n_experts, key, max_repair)
+            tables = step_tables(*args, draft_extend)
         except TypeError:  # a cost model that cannot be hashed: made here, not cached
-            tables = step_tables.__wrapped__(cost, shape, top_k, n_experts, key, max_repair)
+            tables = step_tables.__wrapped__(*args, draft_extend)
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
         self.decode_s, self.select_s = tables[3:]
         self.rest_select_s = self.select_s / rank_every  # an unbudgeted step, on average
@@ -139,6 +142,7 @@ def step_tables(
     n_experts: int,
     trees: tuple[tuple[int, int, int], ...],
     max_repair: int,
+    draft_extend: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
     """``(draft_C, verify_CD, repair_Q, decode_s, select_s)`` of :class:`StepCost`, made
     once per cost model, shape, routing and trees (a policy per generation reuses them);
@@ -148,7 +152,12 @@ def step_tables(
     def mapped(d: float) -> float:
         return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
 
-    draft_C = np.array([draft_seconds(g, shape, w, d, overheads=o) for _, w, d in trees])
+    def extend(tokens: int) -> float:  # SGLang's draft forward after each verify
+        return draft_seconds(g, shape, tokens, 1, overheads=o) if draft_extend else 0.0
+
+    draft_C = np.array(
+        [draft_seconds(g, shape, w, d, overheads=o) + extend(n) for n, w, d in trees]
+    )
     verify_CD = np.array(
         [
             [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
@@ -165,6 +174,6 @@ def step_tables(
         draft_C,
         verify_CD,
         repair_Q,
-        decode_seconds(g, shape, overheads=o),
+        decode_seconds(g, shape, overheads=o) + extend(1),
         (shape.n_moe_layers * o.select_s),
     )

@@ -174,6 +174,9 @@ class ModeledStep:
     repair_tokens: int = 0  # tokens of the unbudgeted repair forward (0: no repair)
     repair_distinct: float = 0.0  # experts per MoE layer that forward reads
     budgeted: bool = False  # the verify ran the budget selection in every MoE layer
+    # a draft forward over the verified tokens after the verify (SGLang's draft extend,
+    # run after every step, a depth-0 one included: it keeps the draft's cache current)
+    draft_extend: bool = False
 
 
 def speculative_tokens_per_s(
@@ -183,11 +186,14 @@ def speculative_tokens_per_s(
     context: int = DEFAULT_CONTEXT,
     overheads: Overheads = NO_OVERHEADS,
 ) -> float:
-    """Modeled throughput: committed tokens over the summed draft + verify (+ repair) time."""
+    """Modeled throughput: committed tokens over the summed draft (+ draft extend) + verify
+    (+ repair) time."""
     tokens = seconds = 0.0
     for s in steps:
         tokens += s.committed
         seconds += draft_seconds(gpu, shape, s.width, s.depth, context, overheads)
+        if s.draft_extend:
+            seconds += draft_seconds(gpu, shape, s.num_tokens, 1, context, overheads)
         seconds += verify_seconds(
             gpu, shape, s.num_tokens, s.distinct, context, overheads, s.budgeted
         )

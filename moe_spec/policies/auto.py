@@ -114,6 +114,7 @@ class Auto(TokenPriority):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
+        draft_extend: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -121,7 +122,8 @@ class Auto(TokenPriority):
             self.cost = get_cost_model(cost_model, gpu)
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
-        for name, value in (("guard", guard), ("gate", gate), ("measure", measure)):
+        flags = (("guard", guard), ("gate", gate), ("measure", measure))
+        for name, value in (*flags, ("draft_extend", draft_extend)):
             _check(name, value, isinstance(value, bool), "true or false")
         num = (int, float)
         _check("margin", margin, isinstance(margin, num) and 0 <= margin < 1, "0 <= margin < 1")
@@ -171,6 +173,7 @@ class Auto(TokenPriority):
             carry=carry,
         )
         self.window, self.prior = window, float(prior)
+        self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
         self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
         self.controller: Guard | None = None
@@ -251,10 +254,14 @@ class Auto(TokenPriority):
         device). Without ``guard`` the server runs the configured tree every step: plan its
         per-layer budgets only (a guard would ask for trees the server cannot run); with it
         the server can also run the smaller candidates and plain decoding (SGLang's
-        adaptive chains, ``moe_spec.integration.sglang.depth``)."""
+        adaptive chains, ``moe_spec.integration.sglang.depth``). Every step is priced with
+        the draft forward SGLang runs over its verified tokens after the verify
+        (``draft_extend``; a depth-0 step runs one too, so there a plain decode costs a
+        1-token draft forward more than without speculation)."""
         if self.controller is not None:
             raise PolicyError("auto: for_server() must come before the first step")
         self.options.update(guard=guard, gate=False, measure=False)
+        self.draft_extend = True
         self.rank_every = 1  # the captured forward ranks every step anyway
 
     def prepare(
@@ -285,7 +292,8 @@ class Auto(TokenPriority):
         L, E, K, cap = self.dims
         # without the guard only the configured tree runs: no smaller candidate to predict
         trees = candidate_trees(*self.tree) if self.options["guard"] else [tuple(self.tree)]
-        cost = StepCost(self.cost, self.shape, K, E, trees, rank_every=self.rank_every)
+        extend, rank = self.draft_extend, self.rank_every
+        cost = StepCost(self.cost, self.shape, K, E, trees, rank_every=rank, draft_extend=extend)
         levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
         est = AcceptanceEstimates(
             L, E, [n for n, _, _ in trees], self.window, prior=self.prior, levels=levels_V

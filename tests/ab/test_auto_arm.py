@@ -48,6 +48,25 @@ def test_a_step_the_draft_gate_decoded_is_priced_as_its_draft_and_a_decode():
     assert tokens == 1 and seconds == pytest.approx(want, rel=1e-12)
 
 
+def test_priced_as_sglang_runs_it_every_speculative_step_pays_a_draft_extend():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    cost, shape = get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B")
+    engine, sglang = Modeled(cost, shape), Modeled(cost, shape, draft_extend=True)
+    decoded = Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")
+    chain = Step(3, 4, 1, 3, [5, 5], [5, 5], [5, 5], guard="tree")
+    record = RunRecord("auto", 0, 0, [1] * 4, 1.0, [decoded, chain])
+    g, o = cost.gpu, cost.overheads
+    extend = draft_seconds(g, shape, 1, 1, overheads=o) + draft_seconds(g, shape, 4, 1, overheads=o)
+    for config in (RunConfig("auto"), RunConfig("none")):  # a depth-0 step of auto's too
+        (tokens, plain), (_, extended) = (
+            modeled_pair(record, config, info, m) for m in (engine, sglang)
+        )
+        assert tokens == 4 and extended - plain == pytest.approx(extend, rel=1e-9)
+    ar = RunRecord("autoregressive", 0, 0, [1] * 4, 1.0, [])  # no draft runs at all
+    config = RunConfig("autoregressive")
+    assert modeled_pair(ar, config, info, sglang) == modeled_pair(ar, config, info, engine)
+
+
 def test_a_tree_step_without_the_policy_is_priced_without_the_selection():
     info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
     m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from moe_spec.costmodel import (
@@ -98,6 +100,18 @@ def test_throughput_is_committed_tokens_over_modeled_time():
     assert speculative_tokens_per_s(gpu, shape, repaired) == pytest.approx(4 / seconds)
     with pytest.raises(ValueError, match="no speculative steps"):
         speculative_tokens_per_s(gpu, shape, [])
+
+
+def test_sglangs_draft_extend_is_one_draft_forward_over_the_verified_tokens():
+    gpu, shape = get_gpu("H200"), get_shape("OLMoE-1B-7B")
+    chain, decode = ModeledStep(3, 4, 1, 3, 20.0), ModeledStep(1, 1, 1, 0, 8.0)
+    plain = [verify_seconds(gpu, shape, 4, 20.0) + draft_seconds(gpu, shape, 1, 3),
+             verify_seconds(gpu, shape, 1, 8.0)]  # fmt: skip
+    assert speculative_tokens_per_s(gpu, shape, [chain, decode]) == pytest.approx(4 / sum(plain))
+    extended = [replace(step, draft_extend=True) for step in (chain, decode)]
+    # after each verify one draft forward over its tokens: 4 for the chain, 1 for a decode
+    seconds = sum(plain) + draft_seconds(gpu, shape, 4, 1) + draft_seconds(gpu, shape, 1, 1)
+    assert speculative_tokens_per_s(gpu, shape, extended) == pytest.approx(4 / seconds)
 
 
 def test_mapping_keeps_the_endpoints_and_the_budget_order():

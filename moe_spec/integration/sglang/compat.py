@@ -8,6 +8,7 @@ built ``TopK`` module (its routing convention and output format).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -224,13 +225,38 @@ def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> F
     the policy's guard chooses each step's depth (``depth.py``), and without it SGLang's
     own choice would run depths the policy does not plan for."""
     found = Findings()
-    if options.get("guard") is False and adaptive_chain(server_args):
+    if not adaptive_chain(server_args):
+        return found
+    if options.get("guard") is False:
         found.errors.append(
             f"policy option guard=False ({policy_name}) with --speculative-adaptive: on a "
             "chain the guard chooses each step's draft depth; leave guard unset, or serve "
             "without --speculative-adaptive"
         )
+    elif skips_depth0_extend():
+        found.errors.append(
+            f"SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND={os.environ[SKIP_EXTEND]} with "
+            f"{policy_name} on --speculative-adaptive: depth-0 steps would leave the draft's "
+            "cache stale, and the guard's probes of the chain would draft from it (the guard "
+            "prices SGLang's draft extend after every step); unset it, or set it to 0"
+        )
     return found
+
+
+SKIP_EXTEND = "SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND"
+
+
+def skips_depth0_extend() -> bool:
+    """Whether SGLang skips the draft extend after a depth-0 step (an experimental switch
+    of SGLang 0.5.23, read as SGLang reads it)."""
+    if SKIP_EXTEND not in os.environ:
+        return False
+    try:
+        from sglang.srt.environ import envs
+
+        return bool(getattr(envs, SKIP_EXTEND).get())
+    except (ImportError, AttributeError):  # another SGLang: read it as a flag
+        return os.environ[SKIP_EXTEND].strip().lower() in ("1", "true", "yes", "on")
 
 
 def adaptive_chain(server_args: Any) -> bool:

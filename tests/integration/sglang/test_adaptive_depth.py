@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from moe_spec.control import AUTOREGRESSIVE, TREE
+from moe_spec.costmodel import decode_seconds, draft_seconds
 from moe_spec.integration.sglang.depth import GuardedDepth, drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, FeedError
 from moe_spec.policies import get_policy
@@ -106,6 +107,25 @@ def test_a_chain_that_commits_only_its_root_gives_way_to_decoding_and_is_probed(
     assert f"steps per chain depth {{0: {depths.count(0)}, 3: " in line
     assert "plan: keeps autoregressive" in line  # the plan's reason
     assert feed.decodes < feed.plan.steps  # the run in progress is not reported yet
+
+
+def test_every_step_is_priced_with_sglangs_draft_extend():
+    # SGLang runs a draft forward over the verified tokens after every verify, a depth-0
+    # one's included: a plain decode there costs that much more than without speculation
+    policy, feed, worker, _ = served(3)
+    for step in range(3):
+        verify(policy, feed, worker, accepted=0, seed=step)
+    guard = policy.controller
+    cost, shape = policy.cost, policy.shape
+    extend_1 = draft_seconds(cost.gpu, shape, 1, 1, overheads=cost.overheads)
+    decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
+    assert guard.predicted[AUTOREGRESSIVE] == pytest.approx(1 / (decode_s + extend_1))
+    for c, (n, w, d) in enumerate(guard.trees):  # the chain's d drafts, then its extend
+        drafts = draft_seconds(cost.gpu, shape, w, d, overheads=cost.overheads)
+        extend = draft_seconds(cost.gpu, shape, n, 1, overheads=cost.overheads)
+        assert guard.cost.draft_C[c] == pytest.approx(drafts + extend)
+    engines = get_policy("auto")  # the engines catch the draft up lazily: no extend
+    assert not engines.draft_extend
 
 
 def test_decodes_are_reported_as_the_planned_run():
