@@ -42,6 +42,7 @@ import torch
 from moe_spec.ab.configs import RunConfig, parse_config
 from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.prompts import held_out_benchmark_prompts
+from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth
 from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.cli import parse_option
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
@@ -127,6 +128,16 @@ def measured(engine, prompts: list[str], args) -> dict:
     return {"tokens_per_s": tps, "autoregressive_step_share": share, "per_round": per_round}
 
 
+class TreeSized(LivePolicy):
+    """An engine whose speculative runs all pick their tree with one ``tree_size``."""
+
+    def generate_speculative(self, *args, **kwargs):
+        return self.engine.generate_speculative(*args, tree_size=self.policy, **kwargs)
+
+
+SGLANG_ADAPTIVE = "sglang-adaptive"
+
+
 def spread(ratios: list[float]) -> str:
     """``median (min-max)`` of per-round ratios."""
     return f"{median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
@@ -175,6 +186,15 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
             records[key] = [
                 runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)
             ]
+    if args.sglang and args.tree[1] == 1:  # SGLang's own adaptive chain, one server per set
+        depth = SGLangAdaptiveDepth(args.tree[2])
+        n, w, d = depth.largest
+        (config,) = parse_config("none", {"num_tokens": n, "width": w, "depth": d})
+        configs[SGLANG_ADAPTIVE] = config
+        runner = EngineBackend(TreeSized(engine, depth), cost, shapes[0])
+        records[SGLANG_ADAPTIVE] = [
+            runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)
+        ]
     # controller overhead: rerun the OLMoE auto arm with a live policy to read its timer
     policy = get_policy(
         "auto",
@@ -350,6 +370,23 @@ def main() -> None:
     for name, e in results["sets"].items():
         lines += summary(name, e["modeled"])
     lines.append("")
+    for name, e in results["sets"].items():
+        for shape, row in e["modeled"].items():
+            if SGLANG_ADAPTIVE not in row:
+                continue
+            floor = max(row["autoregressive"], row["none"]["tok_s"])
+            theirs = row[SGLANG_ADAPTIVE]["tok_s"]
+            warm = next(
+                v
+                for k, v in row.items()
+                if k.startswith("auto:") and "repair" in k and k.endswith(" warm")
+            )
+            lines.append(
+                f"- SGLang's own adaptive chain (its default depths 1, 3, 5, 7 from "
+                f"{args.tree[2]}, one policy across the set), set {name}, {shape}: "
+                f"{theirs:.0f} tok/s = {theirs / floor:.3f}x max(AR, chain); auto warm repair "
+                f"{warm['tok_s']:.0f} = {warm['tok_s'] / theirs:.3f}x it"
+            )
     for name, e in results["sets"].items():
         o = e["overhead"]
         per_step = o["seconds"] / max(o["steps"], 1)

@@ -1,0 +1,76 @@
+"""SGLang's own adaptive chain as a baseline: its policy's depths drive the engines' chains."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from moe_spec.engine.generate import SpecConfig
+
+pytest.importorskip("sglang")
+from sglang.srt.speculative.adaptive_spec_params import (  # noqa: E402
+    DEFAULT_ADAPTIVE_CONFIG,
+    AdaptiveStepSlot,
+)
+
+from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth  # noqa: E402
+
+
+def drive(depth: SGLangAdaptiveDepth, accepted, steps: list) -> list[int]:
+    """Each pick, then a step that accepted ``accepted(d)`` drafts of the chain picked."""
+    picked = []
+    for _ in range(40):
+        n, w, d = depth(steps)
+        assert (n, w) == (d + 1, 1)
+        picked.append(d)
+        steps.append(SimpleNamespace(committed=1 + accepted(d)))
+    return picked
+
+
+def test_its_depths_are_sglangs_own_policys_fed_each_steps_accepted_drafts():
+    depth = SGLangAdaptiveDepth(3)
+    assert depth.largest == (8, 1, 7)
+    accepted = [3] * 20 + [0] * 20  # up, then down
+    steps: list = []
+    got = drive(depth, lambda d: min(d, accepted[len(steps)]), steps)
+    # the same values fed by hand to SGLang's class
+    slot, want = AdaptiveStepSlot(3, DEFAULT_ADAPTIVE_CONFIG["1"]), []
+    for i in range(40):
+        want.append(slot.current_steps)
+        slot.update([min(slot.current_steps, accepted[i])])
+    assert got == want and len(set(got)) > 1  # it moved
+
+
+def test_a_draft_that_is_never_accepted_goes_down_to_one_not_to_decoding():
+    picked = drive(SGLangAdaptiveDepth(3), lambda d: 0, [])
+    assert picked[0] == 3 and picked[-1] == 1 and min(picked) == 1  # batch 1: no depth 0
+    picked = drive(SGLangAdaptiveDepth(3), lambda d: d, [])
+    assert picked[-1] == 7
+
+
+def test_one_instance_keeps_learning_across_generations_without_counting_twice():
+    depth = SGLangAdaptiveDepth(3)
+    drive(depth, lambda d: 0, first := [])
+    drive(depth, lambda d: 0, second := [])  # a new generation: its steps list restarts
+    # every step of the first generation, its last one too (seen at the second's first pick)
+    assert depth.slot._batch_count == len(first) + len(second) - 1 == 79
+
+
+def test_a_depth_0_candidate_is_refused():
+    config = {"1": {"candidate_steps": [0, 1, 3]}}
+    with pytest.raises(ValueError, match=r"candidate steps \[0, 1, 3\].*allowed: depths >= 1"):
+        SGLangAdaptiveDepth(3, config)
+
+
+def test_the_engine_runs_its_chains_and_commits_the_unbudgeted_tokens(tiny_engine):
+    prompt = tiny_engine.encode("def apply(budget):")
+    want = tiny_engine.generate_autoregressive(prompt, 24).tokens
+    depth = SGLangAdaptiveDepth(3)
+    n, w, d = depth.largest
+    spec = SpecConfig(width=w, depth=d, num_tokens=n)
+    out = tiny_engine.generate_speculative(prompt, 24, spec, tree_size=depth)
+    assert out.tokens == want  # greedy speculation is lossless at every depth
+    assert {(s.num_tokens, s.width, s.depth) for s in out.steps} <= {
+        (d + 1, 1, d) for d in (1, 3, 5, 7)
+    }
