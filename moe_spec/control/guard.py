@@ -38,12 +38,8 @@ the current choice is predicted than the full tree: a probe costs more, and is l
 to win, the further behind the full tree is; and at least as far apart as keeps the time a
 probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probes. A
 choice made while the window holds no step of the full tree to predict it from (forgotten
-at new text) probes it every ``probe`` steps again. A probe that commits more than ``drift``
-standard errors above the mean of the steps the full tree was last predicted from (the
-spread taken as at least one token) shows new text (a loop, another request): the window
-keeps that probe alone, and the replan right after it predicts from it
-(:meth:`Guard.probe_surprised`). While it decodes, one plan covers every decode up to its
-next look at a tree (``StepPlan.steps``).
+at new text) probes it every ``probe`` steps again. While it
+decodes, one plan covers every decode up to its next look at a tree (``StepPlan.steps``).
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
@@ -271,16 +267,6 @@ class Guard(DraftGate, MeasuredWarmup):
         the spread of a few steps is no reference)."""
         return abs(recent - mean) > self.drift * max(spread, 1.0) / math.sqrt(n)
 
-    def probe_surprised(self, committed: int) -> bool:
-        """Whether a probe of the full tree committed more than ``drift`` standard errors
-        above the mean of the (at least 2) window steps it was last predicted from, the
-        spread taken as at least one token: the text has changed (a loop, a new request),
-        and the older steps predict for what is no longer read."""
-        steps, mean = self.evidence.get(0, (0, 0.0))
-        if not self.drift or steps < 2 or committed <= mean:
-            return False
-        return self.drifted(committed, 1, mean, self.spread_C[0])
-
     def learning_new_text(self) -> bool:
         """Whether fewer than ``learn_new`` steps entered the window since this request
         started (after the first: that one's warm-up ranks): its tree steps rank, none rests."""
@@ -498,8 +484,6 @@ class Guard(DraftGate, MeasuredWarmup):
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
             if self.probing:  # decide again right after a probe
                 self.since_replan = self.replan_interval
-                if self.probe_surprised(outcome.committed):  # new text: predict from it
-                    self.est.forget(1)
                 if self.measure and seconds > 0:
                     self.last_probe = (seconds, outcome.committed)
             if self.tree_steps <= self.warmup:

@@ -300,32 +300,6 @@ def test_a_drift_in_the_budget_the_paths_need_replans_from_the_steps_since(exper
     assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)
 
 
-@pytest.mark.parametrize("committed, forgot", [(4, True), (3, False)])
-def test_a_probe_far_above_the_window_predicts_from_itself_alone(committed, forgot):
-    """Decoding on a window of 8 full-tree steps committing 1 token; a probe that commits
-    4 is 3 standard errors (the spread taken as 1) above their mean: the text changed."""
-    g = guard(gate=False, warmup=1, probe=2, probe_cost=0.5)
-    g.tree_steps = 1  # past warm-up
-    for _ in range(8):
-        observe_window_step(g, 1)
-    windows = []
-
-    def predict():
-        windows.append(len(g.est.window))
-        g.evidence[0], g.spread_C[0] = (len(g.est.window), 1.0), 0.0
-        return {0: 90.0, -1: 100.0}
-
-    g.predict = predict
-    plan = g.plan()
-    assert plan.kind == "autoregressive" and plan.steps == 2  # then a probe
-    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
-    plan = g.plan()
-    assert plan.reason.startswith("probe the full tree")
-    observe_window_step(g, committed, plan=plan)
-    g.plan()  # the replan right after a probe
-    assert windows == [8, 1 if forgot else 9]
-
-
 def test_a_new_requests_first_steps_all_enter_the_window():
     g = guard(gate=False, warmup=1, carry=2)
     assert not g.learning_new_text()  # the first request learns in its warm-up
