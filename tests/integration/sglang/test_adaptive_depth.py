@@ -83,8 +83,9 @@ def test_the_guard_hands_sglang_its_candidates():
     _, feed, worker, guarded = served(7)
     assert isinstance(guarded, GuardedDepth)
     assert worker.adaptive_controller.params is guarded
-    assert guarded.candidate_steps == [0, 3, 7]  # the chain, its halving, decoding
-    assert sorted(worker.built) == [0, 3]  # 7 was registered as the running state
+    # the chain, its halvings down to one draft, decoding
+    assert guarded.candidate_steps == [0, 1, 3, 7]
+    assert sorted(worker.built) == [0, 1, 3]  # 7 was registered as the running state
     assert worker.speculative_num_steps == 7
     guarded.set_cuda_graph_bs([4, 1, 2])
     assert guarded.cuda_graph_bs_for_step(0) == [1, 2, 4]
@@ -168,7 +169,7 @@ def test_a_depth_the_guard_did_not_offer_is_a_feed_error():
     worker.speculative_num_steps = 5  # as if SGLang's own policy still chose
     index = torch.tensor([[0] + [-1] * 5])
     result = SimpleNamespace(accept_lens=torch.tensor([1]), accept_index=index)
-    with pytest.raises(FeedError, match=r"depth 5; auto chooses among depths \[7, 3\] and 0"):
+    with pytest.raises(FeedError, match=r"depth 5; auto chooses among depths \[7, 3, 1\] and 0"):
         feed.after_verify(result, None)
 
 

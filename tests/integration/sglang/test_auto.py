@@ -101,7 +101,7 @@ def test_on_an_adaptive_chain_the_guard_chooses_sglangs_depth():
         "chains": True,
         "guard": True,
         "params": "GuardedDepth",
-        "candidates": [0, 3, 7],  # the chain of 7, its halving, plain decoding
+        "candidates": [0, 1, 3, 7],  # the chain of 7, its halvings down to 1, plain decoding
     }
     for setup in ("plain_chain", "tree"):  # the configured tree every step: budgets only
         assert result[setup]["chains"] is False and result[setup]["guard"] is False

@@ -68,12 +68,12 @@ def test_autos_guard_chooses_the_depth_of_an_adaptive_chain(fleet):
     time.sleep(float(LOG_INTERVAL) + 0.1)
     server.generate("flush", 1)
     log = server.log()
-    assert "auto chooses the draft's depth among [0, 3] (0: plain decoding)" in log
+    assert "auto chooses the draft's depth among [0, 1, 3] (0: plain decoding)" in log
     steps, depths = DEPTHS_LINE.findall(log)[-1]
     depths = {int(d): int(n) for d, n in (pair.split(": ") for pair in depths.split(", "))}
     assert int(steps) == sum(depths.values()) == verify_ct  # a decode is a verify of the root
     # the first prompt's chains commit about one token: decoding wins, and SGLang switches
     # its runtime state where the guard says (and back to the chain for the guard's probes)
-    assert set(depths) == {0, 3} and depths[0] > 0 and depths[3] >= 2
+    assert {0, 3} <= set(depths) <= {0, 1, 3} and depths[0] > 0 and depths[3] >= 2
     assert "Switch adaptive runtime state: steps 3 -> 0" in log
     assert "NOT budgeted" not in log and "gets no more acceptance" not in log
