@@ -4,7 +4,8 @@ Before each step (:meth:`Guard.plan`) it answers one of
 
 - the configured **tree** with the per-layer budgets predicted to give the most
   committed tokens per second (``moe_spec.control.planner``);
-- a **smaller tree** (the configured tree halved, down to 4 tokens; a chain to 2), with its own budgets;
+- a **smaller tree** (the configured tree halved, down to 4 tokens; a chain to 2), with its
+  own budgets;
 - **autoregressive**: one plain target forward,
 
 whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``) and,
