@@ -17,8 +17,8 @@ smollm2-moe`` for the transformers engine on a named model).
    and ``auto`` deciding with that shape's cost model, with and without repair. Best
    fixed B is chosen in hindsight per prompt set and shape. ``--sglang`` prices every
    speculative step as SGLang runs it, with the draft extend after each verify (an
-   ``auto`` decode's included: SGLang's depth-0 step); with ``--tree 4 1 3`` and
-   ``--auto-option gate=false`` that is SGLang's adaptive chain.
+   ``auto`` decode's included: SGLang's depth-0 step; no draft gate); with ``--tree 4 1 3``
+   that is SGLang's adaptive chain, and SGLang's own adaptive policy runs beside ``auto``.
 3. **Controller overhead**: the auto policy's own seconds (planning and observing) per
    step, against a verify step measured here and modeled on the GPU.
 
@@ -305,7 +305,8 @@ def main() -> None:
         action="store_true",
         help="price every speculative step as SGLang runs it: a draft forward over the "
         "verified tokens after each verify, a plain decode of auto's included (auto plans "
-        "with it: draft_extend=true); autoregressive decoding runs no draft",
+        "with it, without the draft gate: draft_extend=true, gate=false); autoregressive "
+        "decoding runs no draft. On a chain, SGLang's own adaptive policy runs as a baseline",
     )
     ap.add_argument(
         "--auto-option",
@@ -321,8 +322,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.sglang and not args.skip_measured:
         ap.error("--sglang prices steps as SGLang runs them: use it with --skip-measured")
-    if args.sglang:
-        args.auto_option.append(("draft_extend", True))
+    if args.sglang:  # SGLang runs no draft gate
+        args.auto_option += [("draft_extend", True), ("gate", False)]
+        if args.tree[1] == 1:  # its own adaptive chain is a baseline: fail now, not at the end
+            try:
+                SGLangAdaptiveDepth(args.tree[2])
+            except ValueError as exc:
+                ap.error(f"--sglang on a chain of {args.tree[2]}: {exc}")
     torch.set_num_threads(args.threads)
     engine = load(args)
     out = Path(args.out)

@@ -2,7 +2,7 @@
 
 Instead of capping experts, shrink speculation when verification is expensive.
 Before each step the controller scores candidate trees (the configured tree and
-its halvings: 32, 16, 8, 4 tokens) by modeled utility
+its halvings: 32, 16, 8, 4 tokens; a chain also one draft, 2 tokens) by modeled utility
 
     expected committed tokens / (modeled draft + verify seconds)
 

@@ -1,14 +1,13 @@
 """SGLang's own adaptive speculation as a baseline: the chain depth its policy picks per step.
 
 With ``--speculative-adaptive`` on a chain (``--speculative-eagle-topk 1``) and no ``auto``,
-SGLang 0.5.23 chooses each step's draft depth with ``AdaptiveStepSlot``
-(``sglang.srt.speculative.adaptive_spec_params``): an exponential average of the accepted
-drafts, checked every few steps after a warm-up, moves the depth up or down among the
-candidate steps of the batch size's slot (its default for batch 1: 1, 3, 5, 7; no 0, so it
+SGLang 0.5.23 chooses each step's draft depth with ``AdaptiveSpeculativeParams``
+(``sglang.srt.speculative.adaptive_spec_params``): per batch-size slot, an exponential
+average of the accepted drafts, checked every few steps after a warm-up, moves the depth up
+or down among the slot's candidate steps (the default for batch 1: 1, 3, 5, 7; no 0, so it
 never stops drafting). :class:`SGLangAdaptiveDepth` drives the engines' ``tree_size=`` with
-SGLang's own class, so its choices are SGLang's, fed the accepted drafts of each step.
-
-Kept across generations, as a server keeps it (``warm``): one instance is one server.
+SGLang's own class at batch size 1, fed each step's accepted drafts, so its choices are
+SGLang's. One instance is one server: keep it across generations.
 """
 
 from __future__ import annotations
@@ -16,36 +15,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-#: The default configuration's slot for batch size 1 (SGLang 0.5.23).
-BATCH_1 = "1"
-
 
 class SGLangAdaptiveDepth:
     """``tree_size`` for the engines: the chain ``(d + 1, 1, d)`` of SGLang's policy's depth d.
 
-    ``initial_steps``: ``--speculative-num-steps`` (the depth it starts from). Needs SGLang.
+    ``initial_steps``: ``--speculative-num-steps``, one of the batch-1 slot's candidate steps
+    (SGLang refuses other values); ``config``: ``--speculative-adaptive-config`` (a JSON file;
+    None: SGLang's default). Needs SGLang.
     """
 
-    def __init__(self, initial_steps: int, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, initial_steps: int, config: str | None = None) -> None:
         try:
-            from sglang.srt.speculative.adaptive_spec_params import (
-                DEFAULT_ADAPTIVE_CONFIG,
-                AdaptiveStepSlot,
-            )
+            from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams
         except ImportError as exc:
             raise ValueError(
                 f"SGLang's adaptive policy is SGLang's own code; it is not importable ({exc})"
             ) from None
-        config = DEFAULT_ADAPTIVE_CONFIG if config is None else config
-        self.slot = AdaptiveStepSlot(initial_steps, config[BATCH_1])
-        self.max_depth = max(self.slot.candidate_steps)
-        if min(self.slot.candidate_steps) < 1:
+        self.params = AdaptiveSpeculativeParams(initial_steps, config)
+        candidates = self.params._route(1).candidate_steps  # the slot batch size 1 runs
+        if initial_steps not in candidates or min(candidates) < 1:
             raise ValueError(
-                f"candidate steps {self.slot.candidate_steps}: the engines run depth 0 only "
-                "as auto's decodes; allowed: depths >= 1"
+                f"SGLang's adaptive policy at batch size 1 runs depths {candidates}, starting "
+                f"from {initial_steps}; allowed here: a start among them, and depths >= 1 (the "
+                "engines decode only as auto's guard)"
             )
+        self.max_depth = max(candidates)
         self.steps: Sequence[Any] = []  # the current generation's steps (the engine's list)
         self.fed = 0  # how many of them the policy has seen
+        self.verifies = 0  # steps fed in all
 
     @property
     def largest(self) -> tuple[int, int, int]:
@@ -60,10 +57,11 @@ class SGLangAdaptiveDepth:
             self.feed(self.steps)
             self.steps, self.fed = steps, 0
         self.feed(steps)
-        depth = self.slot.current_steps
+        depth = self.params.get_steps_for_batch(1)
         return (depth + 1, 1, depth)
 
     def feed(self, steps: Sequence[Any]) -> None:
         for step in steps[self.fed :]:
-            self.slot.update([step.committed - 1])
+            self.params.on_verify_complete([step.committed - 1], batch_size=1)
+            self.verifies += 1
         self.fed = len(steps)

@@ -75,10 +75,12 @@ class StepOutcome:
 
 def candidate_trees(num_tokens: int, width: int, depth: int) -> list[tuple[int, int, int]]:
     """``(num_tokens, width, depth)``: the tree and its halvings down to 4 tokens; a chain
-    (``width`` 1) down to 2 tokens (one draft: the cheapest speculation, SGLang's adaptive
+    (``width`` 1) also one draft, 2 tokens (the cheapest speculation, SGLang's adaptive
     chains' shallowest depth)."""
-    out, n, smallest = [], num_tokens, 2 if width == 1 else 4
-    while n >= smallest or not out:
+    out, n = [], num_tokens
+    while n >= 4 or not out:
         out.append((n, min(width, n - 1), min(depth, n - 1)))
         n //= 2
+    if width == 1 and out[-1][0] > 2:
+        out.append((2, 1, 1))
     return out

@@ -149,6 +149,12 @@ class Auto(TokenPriority):
             ("carry", carry, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
+        if draft_extend and (gate or measure):  # SGLang's steps: no gate, no host timing
+            raise PolicyError(
+                f"auto: draft_extend=True with gate={gate}, measure={measure}: the draft "
+                "extend prices SGLang's steps, where the draft gate and measured step times "
+                "do not run; allowed: draft_extend with gate=false and measure=false"
+            )
         ok = _is_int(max_probe) and max_probe >= probe
         _check("max_probe", max_probe, ok, f"an integer >= probe ({probe})")
         ok = max_replan is None or (_is_int(max_replan) and max_replan >= replan_every)

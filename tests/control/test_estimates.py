@@ -94,12 +94,14 @@ def test_tables_at_levels_are_the_full_tables_columns():
         at_levels.arrays(1, np.array([2]))
 
 
-def test_candidate_trees_halve_down_to_four_tokens():
+def test_candidate_trees_halve_down_to_four_tokens_and_a_chain_ends_at_one_draft():
     assert candidate_trees(32, 8, 6) == [(32, 8, 6), (16, 8, 6), (8, 7, 6), (4, 3, 3)]
     assert candidate_trees(3, 2, 2) == [(3, 2, 2)]
     # a chain down to one draft (2 tokens): the cheapest speculation
     assert candidate_trees(8, 1, 7) == [(8, 1, 7), (4, 1, 3), (2, 1, 1)]
     assert candidate_trees(4, 1, 3) == [(4, 1, 3), (2, 1, 1)]
+    assert candidate_trees(6, 1, 5) == [(6, 1, 5), (2, 1, 1)]  # no halving at 4 or more
+    assert candidate_trees(2, 1, 1) == [(2, 1, 1)]
 
 
 def test_a_candidate_that_ran_often_enough_is_judged_by_its_own_steps():

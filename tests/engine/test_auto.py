@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from moe_spec.control import Guard
 from moe_spec.control.steps import StepPlan
 from moe_spec.costmodel import CostModel, Overheads
 from moe_spec.costmodel.gpus import GPU
@@ -241,3 +242,21 @@ def test_auto_passes_the_draft_catch_up_to_its_guard(tiny_engine, monkeypatch):
     monkeypatch.setattr(Guard, "caught_up", lambda self, tokens, seconds: seen.append(tokens))
     tiny_engine.generate_speculative(PROMPTS[0], 8, auto_spec())
     assert seen[0] == len(PROMPTS[0])  # the prompt's pairs, before the first warm-up tree
+
+
+def test_on_a_chain_the_guard_may_run_one_draft_and_stays_lossless(tiny_engine, monkeypatch):
+    """A chain's candidates end at one draft; where it is predicted fastest the engine runs it."""
+
+    def predict(guard):  # the one-draft chain (index 1) predicted fastest, on 8 steps
+        guard.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
+        return {0: 100.0, 1: 200.0, -1: 50.0}
+
+    monkeypatch.setattr(Guard, "predict", predict)
+    chain = {"width": 1, "depth": 3, "num_tokens": 4}
+    for prompt in PROMPTS:
+        want = tiny_engine.generate_autoregressive(prompt, 32).tokens
+        spec = SpecConfig(**chain, policy="auto", repair=True, policy_options={"gate": False})
+        out = tiny_engine.generate_speculative(prompt, 32, spec)
+        assert out.tokens == want
+        trees = [(s.num_tokens, s.width, s.depth) for s in out.steps]
+        assert trees[:2] == [(4, 1, 3)] * 2 and set(trees[2:]) == {(2, 1, 1)}  # after warm-up
