@@ -88,6 +88,7 @@ def test_records_each_layers_ranking_for_observe():
         ({"probe_cost": 1.5}, r"probe_cost is 1.5; allowed: 0 < probe_cost <= 1"),
         ({"guard": "yes"}, "guard is 'yes'"),
         ({"draft_extend": 1}, "draft_extend is 1; allowed: true or false"),
+        ({"explore": 1}, r"explore is 1; allowed: 0 <= explore < 1 \(0: off\)"),
         ({"draft_extend": True}, "draft_extend=True with gate=True, measure=False"),
         ({"draft_extend": True, "gate": False, "measure": True}, "gate=False, measure=True"),
         ({"shape": "GPT-5"}, "unknown model shape"),

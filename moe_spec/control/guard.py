@@ -41,6 +41,9 @@ probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probe
 choice made while the window holds no step of the full tree to predict it from (forgotten
 at new text) probes it every ``probe`` steps again. While it
 decodes, one plan covers every decode up to its next look at a tree (``StepPlan.steps``).
+With ``explore`` (default 0: off), where decoding is predicted fastest a smaller tree
+predicted within that share of it runs instead (:meth:`Guard.exploring`: its steps show
+acceptance, decodes do not), and its step whose accepted path fills it probes the full tree.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
@@ -104,8 +107,10 @@ class Guard(DraftGate, MeasuredWarmup):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
+        explore: float = 0.0,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
+        self.explore = explore  # a smaller tree this close to decoding runs in its place
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
@@ -383,7 +388,11 @@ class Guard(DraftGate, MeasuredWarmup):
                 )
         current = predicted.get(self.choice, 0.0)
         summary = ", ".join(f"{names[c]} {tp:.4g}" for c, tp in predicted.items())
-        if best != self.choice and predicted[best] > current * (1 + self.margin):
+        if near := self.exploring(predicted, best):
+            self.choice = near
+            self.why = f"explores with {names[near]} (within {self.explore:.0%} of decoding, "
+            self.why += f"and its steps show acceptance): predicted tok/s {summary}"
+        elif best != self.choice and predicted[best] > current * (1 + self.margin):
             self.choice = best
             self.why = f"switched to {names[best]}: predicted tok/s {summary}{waits}"
         else:
@@ -400,6 +409,17 @@ class Guard(DraftGate, MeasuredWarmup):
         elif self.choice != 0:  # chosen with no prediction of the full tree: look at it soon
             self.probe_every = self.floor = self.probe0
         self.probing = False
+
+    def exploring(self, predicted: dict[int, float], best: int) -> int:
+        """Where decoding is ``best``: the fastest smaller tree predicted within ``explore``
+        of it (0: none). Its steps cost that little more than decodes and show whether its
+        drafts are accepted, which decodes cannot (a step whose accepted path fills it
+        probes the full tree next: :meth:`observe`)."""
+        if best >= 0 or not self.explore:
+            return 0
+        floor = predicted[-1] * (1 - self.explore)
+        near = [c for c in predicted if c > 0 and predicted[c] >= floor]
+        return max(near, key=predicted.get, default=0)
 
     def probe_floor(self, predicted: dict[int, float]) -> int:
         """Steps of the current choice between probes for the probes to cost at most
@@ -483,6 +503,12 @@ class Guard(DraftGate, MeasuredWarmup):
             self.tree_steps += 1
             self.since_replan += 1
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
+            if (
+                self.explore
+                and outcome.tree != self.trees[0]
+                and outcome.committed > max(outcome.tree[2], 1)
+            ):  # a smaller tree's path filled it: the full tree might commit more
+                self.since_full = self.probe_every
             if self.probing:  # decide again right after a probe
                 self.since_replan = self.replan_interval
                 if self.measure and seconds > 0:

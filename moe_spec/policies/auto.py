@@ -114,6 +114,7 @@ class Auto(TokenPriority):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
+        explore: float = 0.0,
         draft_extend: bool = False,
     ) -> None:
         super().__init__()
@@ -134,6 +135,8 @@ class Auto(TokenPriority):
         _check("probe_cost", probe_cost, ok and 0 < probe_cost <= 1, "0 < probe_cost <= 1")
         ok = isinstance(switch_prior, num) and not isinstance(switch_prior, bool)
         _check("switch_prior", switch_prior, ok and switch_prior >= 0, "a number >= 0")
+        ok = isinstance(explore, num) and not isinstance(explore, bool)
+        _check("explore", explore, ok and 0 <= explore < 1, "0 <= explore < 1 (0: off)")
         for name, value in (("surprise", surprise), ("drift", drift)):
             ok = isinstance(value, num) and not isinstance(value, bool)
             _check(name, value, ok and value >= 0, "a number >= 0 (0: off)")
@@ -177,6 +180,7 @@ class Auto(TokenPriority):
             surprise=float(surprise),
             drift=float(drift),
             carry=carry,
+            explore=float(explore),
         )
         self.window, self.prior = window, float(prior)
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)

@@ -32,6 +32,32 @@ def test_switches_only_when_another_arm_wins_by_more_than_the_margin():
     assert g.choice == 0 and "tree 8/4/3" in g.why
 
 
+@pytest.mark.parametrize("smaller, explored", [(95.0, True), (85.0, False)])
+def test_a_smaller_tree_close_to_decoding_runs_in_its_place(smaller, explored):
+    g = guard(explore=0.1)
+    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})  # the full tree trusted: smaller ones may run
+    g.switch({0: 50.0, 1: smaller, -1: 100.0})
+    assert g.choice == (1 if explored else -1)
+    assert g.why.startswith("explores with tree 4/3/3" if explored else "switched to autoregr")
+    g = guard()  # off by default: decoding
+    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
+    g.switch({0: 50.0, 1: 95.0, -1: 100.0})
+    assert g.choice == -1
+
+
+@pytest.mark.parametrize("committed, probes", [(4, True), (3, False)])
+def test_a_smaller_trees_step_whose_path_fills_it_probes_the_full_tree_next(committed, probes):
+    g = guard(explore=0.1, gate=False, warmup=1)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
+    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
+    plan = g.plan()
+    assert plan.tree == TREES[1]  # (4, 3, 3): exploring
+    path = list(range(committed))  # its accepted path: 4 nodes fill a tree of depth 3
+    g.observe(StepOutcome("tree", path, torch.tensor([0, 1, 2, 3]), None, plan.tree))
+    assert (g.plan().tree == TREES[0]) == probes
+
+
 def run_steps(g, n: int) -> str:
     """Plan and observe ``n`` steps (a tree step accepts only its root); "T" tree, "a" decode."""
     kinds = ""
@@ -142,7 +168,7 @@ def test_the_further_behind_the_full_tree_the_rarer_the_probe():
 
 
 def test_a_tree_seen_in_few_steps_needs_more_to_win_a_switch():
-    g = guard(margin=0.05)  # on the full tree (choice 0); tree 1 predicted 20% faster
+    g = guard(margin=0.05, explore=0.0)  # on the full tree; tree 1 predicted 20% faster
     g.evidence = {0: (24, 2.5), 1: (2, 2.5)}  # tree 1 from two steps of 2.5 tokens
     g.switch({0: 100.0, 1: 120.0, -1: 50.0})
     # 120 * (2 + 2 / 2.5) / (2 + 2) = 84: two pseudo-steps of one token outweigh two steps
@@ -163,7 +189,7 @@ def test_without_a_switch_prior_predictions_are_taken_as_they_are():
 
 
 def test_a_smaller_tree_waits_for_8_steps_of_the_full_tree():
-    g = guard(margin=0.05, switch_prior=0.0)
+    g = guard(margin=0.05, switch_prior=0.0, explore=0.0)
     g.evidence = {0: (4, 2.0), 1: (4, 2.0)}  # tree 1 predicted from the full tree's 4 steps
     g.switch({0: 100.0, 1: 130.0, -1: 50.0})
     assert g.choice == 0 and g.why.endswith("(a smaller tree waits for 8 full-tree steps, 4 seen)")
