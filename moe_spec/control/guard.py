@@ -41,9 +41,11 @@ probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probe
 choice made while the window holds no step of the full tree to predict it from (forgotten
 at new text) probes it every ``probe`` steps again. While it
 decodes, one plan covers every decode up to its next look at a tree (``StepPlan.steps``).
-With ``explore`` (default 0: off), where decoding is predicted fastest a smaller tree
-predicted within that share of it runs instead (:meth:`Guard.exploring`: its steps show
-acceptance, decodes do not), and its step whose accepted path fills it probes the full tree.
+With ``explore`` (default 0.005; 0: off), while it decodes the guard runs a step of a smaller tree
+(the one predicted fastest) every few decodes, as far apart as keeps the time such a step is
+predicted to lose under ``explore`` of the time between them (:meth:`explore_floor`): they
+show whether the draft is accepted, decodes do not; and a smaller tree's step whose accepted
+path fills it probes the full tree next (the text may have begun to repeat).
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
@@ -107,10 +109,12 @@ class Guard(DraftGate, MeasuredWarmup):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
-        explore: float = 0.0,
+        explore: float = 0.005,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
-        self.explore = explore  # a smaller tree this close to decoding runs in its place
+        # while decoding, a step of a smaller tree (index; 0: none) every explore_every decodes,
+        # spaced to lose at most ``explore`` of the time
+        self.explore, self.explored, self.explore_every, self.since_explore = explore, 0, 0, 0
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
@@ -213,6 +217,14 @@ class Guard(DraftGate, MeasuredWarmup):
             self.budget_L[:] = self.budgets_C[0]
             self.probing = True
             return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
+        if self.choice < 0 and self.explored and self.since_explore >= self.explore_every:
+            self.since_explore = 0
+            c, every = self.explored, self.explore_every
+            self.budget_L[:] = self.budgets_C[c]
+            reason = (
+                f"explores with {self.arm_name(c)} (every {every} decodes: it shows acceptance)"
+            )
+            return StepPlan(TREE, *self.trees[c], reason)
         if (
             self.choice < 0
             and self.gating
@@ -231,9 +243,12 @@ class Guard(DraftGate, MeasuredWarmup):
         return StepPlan(TREE, *self.trees[choice], reason)
 
     def decode_run(self) -> int:
-        """Plain decodes until the guard next looks at a tree: its probe, or the gate's look
-        (nothing else changes while it decodes: replans count tree steps)."""
+        """Plain decodes until the guard next looks at a tree: its probe, a step of a smaller
+        tree (``explore``), or the gate's look (nothing else changes while it decodes:
+        replans count tree steps)."""
         run = self.probe_every - self.since_full
+        if self.explored:
+            run = min(run, self.explore_every - self.since_explore)
         if self.gating and self.gate_every:
             run = min(run, self.look_every - self.since_gate)
         return max(run, 1)
@@ -368,7 +383,7 @@ class Guard(DraftGate, MeasuredWarmup):
         self.close_call = -1 not in predicted or max(trees, default=0.0) < predicted[-1] * (
             1 + self.gate_margin
         )  # the draft gate acts only then
-        predicted = {c: self.shrunk(c, tp) for c, tp in predicted.items()}
+        unshrunk, predicted = predicted, {c: self.shrunk(c, tp) for c, tp in predicted.items()}
         names = {c: self.arm_name(c) for c in predicted}
         self.predicted = {names[c]: tp for c, tp in predicted.items()}
 
@@ -388,11 +403,7 @@ class Guard(DraftGate, MeasuredWarmup):
                 )
         current = predicted.get(self.choice, 0.0)
         summary = ", ".join(f"{names[c]} {tp:.4g}" for c, tp in predicted.items())
-        if near := self.exploring(predicted, best):
-            self.choice = near
-            self.why = f"explores with {names[near]} (within {self.explore:.0%} of decoding, "
-            self.why += f"and its steps show acceptance): predicted tok/s {summary}"
-        elif best != self.choice and predicted[best] > current * (1 + self.margin):
+        if best != self.choice and predicted[best] > current * (1 + self.margin):
             self.choice = best
             self.why = f"switched to {names[best]}: predicted tok/s {summary}{waits}"
         else:
@@ -409,17 +420,23 @@ class Guard(DraftGate, MeasuredWarmup):
         elif self.choice != 0:  # chosen with no prediction of the full tree: look at it soon
             self.probe_every = self.floor = self.probe0
         self.probing = False
+        self.explored, self.explore_every = self.explore_floor(unshrunk)
+        if self.explored:
+            name = self.arm_name(self.explored)
+            self.why += f"; explores with {name} every {self.explore_every} decodes"
 
-    def exploring(self, predicted: dict[int, float], best: int) -> int:
-        """Where decoding is ``best``: the fastest smaller tree predicted within ``explore``
-        of it (0: none). Its steps cost that little more than decodes and show whether its
-        drafts are accepted, which decodes cannot (a step whose accepted path fills it
-        probes the full tree next: :meth:`observe`)."""
-        if best >= 0 or not self.explore:
-            return 0
-        floor = predicted[-1] * (1 - self.explore)
-        near = [c for c in predicted if c > 0 and predicted[c] >= floor]
-        return max(near, key=predicted.get, default=0)
+    def explore_floor(self, predicted: dict[int, float]) -> tuple[int, int]:
+        """While decoding with ``explore``: the smaller tree to explore with (the one predicted
+        fastest; 0: none) and the decodes between its steps, at least as many as keep the time
+        its step is predicted to lose, ``a`` committed tokens in ``a / tp`` seconds against
+        ``a / tp_decode``, under ``explore`` of the time between them (at least 1)."""
+        smaller = [c for c in predicted if c > 0]
+        if self.choice >= 0 or not self.explore or not smaller:
+            return 0, 0
+        c = max(smaller, key=predicted.get)
+        a = self.evidence.get(c, (0, 1.0))[1]  # its mean committed tokens
+        loss_s = a / max(predicted[c], 1e-30) - a / predicted[-1]
+        return c, max(math.ceil(loss_s * predicted[-1] / self.explore), 1)
 
     def probe_floor(self, predicted: dict[int, float]) -> int:
         """Steps of the current choice between probes for the probes to cost at most
@@ -484,6 +501,7 @@ class Guard(DraftGate, MeasuredWarmup):
             self.note_time(AUTOREGRESSIVE, seconds / outcome.steps, self.cost.decode_s)
             self.since_full += outcome.steps
             self.since_gate += outcome.steps
+            self.since_explore += outcome.steps
         else:
             if outcome.tree in self.trees:
                 self.gated_C[self.trees.index(outcome.tree)].append(0)

@@ -114,7 +114,7 @@ class Auto(TokenPriority):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
-        explore: float = 0.0,
+        explore: float = 0.005,
         draft_extend: bool = False,
     ) -> None:
         super().__init__()

@@ -32,30 +32,44 @@ def test_switches_only_when_another_arm_wins_by_more_than_the_margin():
     assert g.choice == 0 and "tree 8/4/3" in g.why
 
 
-@pytest.mark.parametrize("smaller, explored", [(95.0, True), (85.0, False)])
-def test_a_smaller_tree_close_to_decoding_runs_in_its_place(smaller, explored):
-    g = guard(explore=0.1)
-    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})  # the full tree trusted: smaller ones may run
+def time_lost(tp_small: float, tp_decode: float, committed: float, decodes: int) -> float:
+    """The share of the time between two steps of a smaller tree that running one instead of
+    decodes loses: its ``committed`` tokens cost ``committed / tp_small`` seconds where
+    decoding takes ``committed / tp_decode``, against ``decodes`` decodes between them."""
+    return (committed / tp_small - committed / tp_decode) / (decodes / tp_decode)
+
+
+@pytest.mark.parametrize("smaller", [95.0, 85.0, 40.0])
+def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(smaller):
+    g = guard(explore=0.02)
+    g.evidence.update({0: (8, 1.5), 1: (8, 1.5)})  # the full tree trusted; 1.5 tokens a step
     g.switch({0: 50.0, 1: smaller, -1: 100.0})
-    assert g.choice == (1 if explored else -1)
-    assert g.why.startswith("explores with tree 4/3/3" if explored else "switched to autoregr")
-    g = guard()  # off by default: decoding
-    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
+    assert g.choice == -1 and g.explored == 1
+    n = g.explore_every  # the fewest decodes between its steps that lose at most 2%
+    assert time_lost(smaller, 100.0, 1.5, n) <= 0.02 < time_lost(smaller, 100.0, 1.5, n - 1)
+    assert g.why.endswith(f"explores with tree 4/3/3 B=8,8 every {n} decodes")
+    g = guard(explore=0.0)  # off: decodes only
+    g.evidence.update({0: (8, 1.5), 1: (8, 1.5)})
     g.switch({0: 50.0, 1: 95.0, -1: 100.0})
-    assert g.choice == -1
+    assert g.choice == -1 and g.explored == 0
 
 
 @pytest.mark.parametrize("committed, probes", [(4, True), (3, False)])
 def test_a_smaller_trees_step_whose_path_fills_it_probes_the_full_tree_next(committed, probes):
-    g = guard(explore=0.1, gate=False, warmup=1)
+    g = guard(explore=0.02, gate=False, warmup=1)
     g.tree_steps = 1  # past warm-up
     g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
     g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
     plan = g.plan()
-    assert plan.tree == TREES[1]  # (4, 3, 3): exploring
+    assert plan.kind == "autoregressive" and plan.steps == g.explore_every == 3
+    g.observe(StepOutcome("autoregressive", [0], steps=3))
+    plan = g.plan()
+    assert plan.tree == TREES[1] and plan.reason.startswith("explores with tree 4/3/3")
     path = list(range(committed))  # its accepted path: 4 nodes fill a tree of depth 3
     g.observe(StepOutcome("tree", path, torch.tensor([0, 1, 2, 3]), None, plan.tree))
-    assert (g.plan().tree == TREES[0]) == probes
+    plan = g.plan()
+    assert (plan.tree == TREES[0]) == probes
+    assert probes or (plan.kind == "autoregressive" and plan.steps == 3)  # back to decoding
 
 
 def run_steps(g, n: int) -> str:
