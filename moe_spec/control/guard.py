@@ -81,6 +81,12 @@ from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
+def spacing(loss_s: float, step_s: float, share: float) -> int:
+    """Steps of ``step_s`` seconds between two looks that each lose ``loss_s`` seconds, for
+    the looks to lose at most ``share`` of the time (0 where a look loses nothing)."""
+    return math.ceil(loss_s / (share * step_s)) if loss_s > 0 else 0
+
+
 class Guard(DraftGate, MeasuredWarmup):
     """Plans each step of one generation from what the previous steps showed."""
 
@@ -436,7 +442,7 @@ class Guard(DraftGate, MeasuredWarmup):
         c = max(smaller, key=predicted.get)
         a = self.evidence.get(c, (0, 1.0))[1]  # its mean committed tokens
         loss_s = a / max(predicted[c], 1e-30) - a / predicted[-1]
-        return c, max(math.ceil(loss_s * predicted[-1] / self.explore), 1)
+        return c, max(spacing(loss_s, 1.0 / predicted[-1], self.explore), 1)
 
     def probe_floor(self, predicted: dict[int, float]) -> int:
         """Steps of the current choice between probes for the probes to cost at most
@@ -453,8 +459,7 @@ class Guard(DraftGate, MeasuredWarmup):
             seconds, committed = self.last_probe
             loss_s = max(loss_s, seconds - committed / predicted[self.choice])
         per_token = 1.0 if self.choice < 0 else self.evidence[self.choice][1]
-        step_s = per_token / predicted[self.choice]
-        return math.ceil(loss_s / (self.probe_cost * step_s)) if loss_s > 0 else 0
+        return spacing(loss_s, per_token / predicted[self.choice], self.probe_cost)
 
     def shrunk(self, c: int, tp: float) -> float:
         """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed
