@@ -45,7 +45,8 @@ With ``explore`` (default 0.005; 0: off), while it decodes the guard runs a step
 (the one predicted fastest) every few decodes, as far apart as keeps the time such a step is
 predicted to lose under ``explore`` of the time between them (:meth:`explore_floor`): they
 show whether the draft is accepted, decodes do not; and a smaller tree's step whose accepted
-path fills it probes the full tree next (the text may have begun to repeat).
+path fills it probes the full tree next (the text may have begun to repeat), so the loss of
+a step counts the probes its share of filled paths starts.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
@@ -124,6 +125,7 @@ class Guard(DraftGate, MeasuredWarmup):
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
+        self.filled: dict[int, float] = {}  # tree: share of window steps whose path fills it
         self.gating = gate and guard
         # modeled draft + verify of each tree at its budgets; before any prediction,
         # unbudgeted with independently routed tokens
@@ -362,6 +364,7 @@ class Guard(DraftGate, MeasuredWarmup):
             self.budgets_C[c] = B_L
             mean = float(window[1].mean())
             self.evidence[c] = (window[1].size, mean)
+            self.filled[c] = float((window[1] > max(self.trees[c][2], 1)).mean())
             self.step_s_C[c] = step_seconds(self.cost, c, window, self.levels_V, B_L, self.repair)
             exact_S = exact_prefix_S(window[0], self.levels_V, B_L)
             self.touched_C[c] = float((exact_S < window[1]).mean())
@@ -434,32 +437,46 @@ class Guard(DraftGate, MeasuredWarmup):
     def explore_floor(self, predicted: dict[int, float]) -> tuple[int, int]:
         """While decoding with ``explore``: the smaller tree to explore with (the one predicted
         fastest; 0: none) and the decodes between its steps, at least as many as keep the time
-        its step is predicted to lose, ``a`` committed tokens in ``a / tp`` seconds against
-        ``a / tp_decode``, under ``explore`` of the time between them (at least 1)."""
+        they are predicted to lose under ``explore`` of the time between them (at least 1).
+        A step commits ``a`` tokens in ``a / tp`` seconds against ``a / tp_decode``; a share
+        ``f`` of its paths (the window's) fill it and probe the full tree next: the step's
+        loss counts ``f`` of a probe's (:meth:`probe_loss`)."""
         smaller = [c for c in predicted if c > 0]
         if self.choice >= 0 or not self.explore or not smaller:
             return 0, 0
         c = max(smaller, key=predicted.get)
-        a = self.evidence.get(c, (0, 1.0))[1]  # its mean committed tokens
-        loss_s = a / max(predicted[c], 1e-30) - a / predicted[-1]
+        loss_s = self.time_lost(c, predicted) + self.filled.get(c, 0.0) * max(
+            self.probe_loss(predicted, -1), 0.0
+        )
         return c, max(spacing(loss_s, 1.0 / predicted[-1], self.explore), 1)
+
+    def time_lost(self, c: int, predicted: dict[int, float], against: int = -1) -> float:
+        """Seconds one step of tree ``c`` loses against arm ``against`` (decoding) committing
+        the step's mean committed tokens, at their ``predicted`` tokens/s."""
+        a = self.evidence.get(c, (0, 1.0))[1]
+        return a / max(predicted[c], 1e-30) - a / predicted[against]
 
     def probe_floor(self, predicted: dict[int, float]) -> int:
         """Steps of the current choice between probes for the probes to cost at most
-        ``probe_cost`` of the time: a probe commits the full tree's mean ``a`` tokens in
-        ``a / tp_full`` seconds, which the current choice commits in ``a / tp_choice``
-        (with ``measure``, the last probe's measured seconds and tokens, if it lost more)."""
+        ``probe_cost`` of the time (:meth:`probe_loss`)."""
         if self.choice not in predicted:
             return 0
-        loss_s = 0.0  # the larger of the predicted and the last measured loss, if any
+        per_token = 1.0 if self.choice < 0 else self.evidence[self.choice][1]
+        loss_s = self.probe_loss(predicted, self.choice)
+        return spacing(loss_s, per_token / predicted[self.choice], self.probe_cost)
+
+    def probe_loss(self, predicted: dict[int, float], against: int) -> float:
+        """Seconds a probe of the full tree loses against arm ``against``: it commits the full
+        tree's mean ``a`` tokens in ``a / tp_full`` seconds, which ``against`` commits in
+        ``a / tp_against`` (with ``measure``, the last probe's measured seconds and tokens, if
+        it lost more; 0 with neither)."""
+        loss_s = 0.0
         if 0 in self.evidence and 0 in predicted:
-            a = self.evidence[0][1]
-            loss_s = a / max(predicted[0], 1e-30) - a / predicted[self.choice]
+            loss_s = self.time_lost(0, predicted, against)
         if self.last_probe is not None:
             seconds, committed = self.last_probe
-            loss_s = max(loss_s, seconds - committed / predicted[self.choice])
-        per_token = 1.0 if self.choice < 0 else self.evidence[self.choice][1]
-        return spacing(loss_s, per_token / predicted[self.choice], self.probe_cost)
+            loss_s = max(loss_s, seconds - committed / predicted[against])
+        return loss_s
 
     def shrunk(self, c: int, tp: float) -> float:
         """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed

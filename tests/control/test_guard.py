@@ -32,21 +32,24 @@ def test_switches_only_when_another_arm_wins_by_more_than_the_margin():
     assert g.choice == 0 and "tree 8/4/3" in g.why
 
 
-def time_lost(tp_small: float, tp_decode: float, committed: float, decodes: int) -> float:
-    """The share of the time between two steps of a smaller tree that running one instead of
-    decodes loses: its ``committed`` tokens cost ``committed / tp_small`` seconds where
-    decoding takes ``committed / tp_decode``, against ``decodes`` decodes between them."""
-    return (committed / tp_small - committed / tp_decode) / (decodes / tp_decode)
+def time_lost(tp: float, tp_decode: float, committed: float) -> float:
+    """Seconds a step committing ``committed`` tokens at ``tp`` tokens/s loses against
+    decoding them at ``tp_decode``."""
+    return committed / tp - committed / tp_decode
 
 
+@pytest.mark.parametrize("filled", [0.0, 0.5])
 @pytest.mark.parametrize("smaller", [95.0, 85.0, 40.0])
-def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(smaller):
+def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(smaller, filled):
     g = guard(explore=0.02)
     g.evidence.update({0: (8, 1.5), 1: (8, 1.5)})  # the full tree trusted; 1.5 tokens a step
+    g.filled[1] = filled  # the share of its paths that fill it and probe the full tree next
     g.switch({0: 50.0, 1: smaller, -1: 100.0})
     assert g.choice == -1 and g.explored == 1
+    # one step of it, and ``filled`` of a probe of the full tree, per n decodes (1/100 s each)
+    lost = time_lost(smaller, 100.0, 1.5) + filled * time_lost(50.0, 100.0, 1.5)
     n = g.explore_every  # the fewest decodes between its steps that lose at most 2%
-    assert time_lost(smaller, 100.0, 1.5, n) <= 0.02 < time_lost(smaller, 100.0, 1.5, n - 1)
+    assert lost / (n / 100.0) <= 0.02 < lost / ((n - 1) / 100.0)
     assert g.why.endswith(f"explores with tree 4/3/3 B=8,8 every {n} decodes")
     g = guard(explore=0.0)  # off: decodes only
     g.evidence.update({0: (8, 1.5), 1: (8, 1.5)})
@@ -465,6 +468,15 @@ def test_per_layer_budgets_wait_for_4_steps_of_this_text_or_8_with_carried_ones(
     g.new_request()  # the window keeps the last text's latest 4 steps
     for n in (4, 7, 8):  # carried steps in the window: per layer from 8 steps
         assert predict_at(n) == [(0, n, 2 if n >= 8 else 0), (1, n, 0)]
+
+
+def test_the_share_of_paths_that_fill_a_smaller_tree_comes_from_the_window():
+    g = guard(gate=False)
+    paths = (5, 4, 3, 1, 6, 2)
+    for committed in paths:  # chains: tree 4/3/3's 4 nodes are their first 4
+        observe_window_step(g, committed, plan=True)
+    g.predict()
+    assert g.filled[1] == sum(n >= 4 for n in paths) / len(paths)  # 4 nodes fill depth 3
 
 
 def measured_guard(prompt_tokens: int, prompt_ratio: float, **options) -> Guard:
