@@ -9,7 +9,8 @@ smollm2-moe`` for the transformers engine on a named model).
    speculation, and ``auto`` with ``measure=true`` (its guard corrects the cost model by
    measured step times), fresh per prompt and warm (one policy instance across the set,
    as a server keeps it). Arms alternate per prompt, ``--rounds`` times; each round's
-   auto/AR ratio is reported too (median and range: this CPU drifts between rounds).
+   auto/AR ratio is reported too (median and range: this CPU drifts between rounds), and
+   why ``auto``'s tree steps ran (warm-up, probes, exploring, a kept tree).
    ``--skip-modeled`` runs this part alone.
 2. **Modeled** on ``--gpu`` for each ``--shapes`` (calibrated cost model): the runs'
    steps priced as ``moe-spec ab`` prices them; fixed budgets of ``token-priority`` (the
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
+from collections import Counter
 from pathlib import Path
 from statistics import fmean, median
 
@@ -100,6 +103,7 @@ def measured(engine, prompts: list[str], args) -> dict:
     auto = SpecConfig(policy="auto", policy_options=options, **tree_of(args))
     arms = {"autoregressive": [0, 0.0], "none": [0, 0.0], "auto": [0, 0.0], "auto warm": [0, 0.0]}
     decisions = {"auto": [], "auto warm": []}
+    tree_whys = {"auto": Counter(), "auto warm": Counter()}  # why its tree steps ran
     per_round = {"auto": [], "auto warm": []}  # auto / AR tokens/s within each round
     warm = get_policy("auto", **options)
     for r in range(args.rounds):
@@ -120,12 +124,23 @@ def measured(engine, prompts: list[str], args) -> dict:
                 arms[name][1] += out.seconds
                 if name in decisions:
                     decisions[name] += [s.guard for s in out.steps]
+                    tree_whys[name].update(why(s.reason) for s in out.steps if s.guard == "tree")
         rate = {k: (n - before[k][0]) / (t - before[k][1]) for k, (n, t) in arms.items()}
         for k, ratios in per_round.items():
             ratios.append(rate[k] / rate["autoregressive"])
     tps = {k: n / s for k, (n, s) in arms.items()}
     share = {k: fmean(g == "autoregressive" for g in v) for k, v in decisions.items() if v}
-    return {"tokens_per_s": tps, "autoregressive_step_share": share, "per_round": per_round}
+    return {
+        "tokens_per_s": tps,
+        "autoregressive_step_share": share,
+        "per_round": per_round,
+        "tree_steps_by_reason": {k: dict(v.most_common()) for k, v in tree_whys.items()},
+    }
+
+
+def why(reason: str) -> str:
+    """A step's reason without its budgets and details: "explores with tree 2/1/1"."""
+    return re.sub(r" B=[\d,]+", "", reason).split(" (")[0].split(":")[0]
 
 
 class TreeSized(LivePolicy):
@@ -362,6 +377,11 @@ def main() -> None:
                 f"{sh.get('auto', 0):.0%}, {sh.get('auto warm', 0):.0%} | "
                 f"{spread(rounds['auto'])} | {spread(rounds['auto warm'])} |"
             )
+        lines.append("")
+        for name, e in results["sets"].items():
+            for arm, whys in e["measured"]["tree_steps_by_reason"].items():
+                counts = ", ".join(f"{why} {n}" for why, n in whys.items()) or "none"
+                lines.append(f"- {arm}, set {name}: tree steps: {counts}")
         lines.append("")
     if args.skip_modeled:
         print("\n".join(lines))
