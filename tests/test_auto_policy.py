@@ -135,26 +135,43 @@ def test_once_the_window_is_full_one_budgeted_step_in_learn_every_enters_it():
     assert est.tried_D[1] == 14  # the acceptance per depth counts every step
 
 
-def test_a_new_requests_first_tree_steps_rank_where_they_would_rest():
-    """Budgets all E rest but every ``rank_every``-th step; after a new request the first 4
-    steps rank (and enter the window) so that a new text is told apart from the carried one."""
+def resting_policy(**options):
+    """An ``auto`` policy prepared for 2 layers of 8 experts, budgets all E; a function that
+    observes a 4/2/2 tree step with its ranking and top-k, and that step's plan."""
     from moe_spec.control import StepOutcome, StepPlan
 
-    policy = get_policy("auto", rank_every=4, carry=2)
+    policy = get_policy("auto", rank_every=4, **options)
     policy.prepare(2, 8, 2, 8, torch.device("cpu"))
     policy.plan_step((4, 2, 2), False)
-    c = policy.controller
     rank_LE = torch.arange(8).repeat(2, 1)
     ids_LNK = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]).repeat(2, 1, 1)
     outcome = StepOutcome("tree", [0, 1], torch.tensor([0, 1, 1, 2]), None, (4, 2, 2))
-    for _ in range(5):  # past warm-up, budgets all E
-        policy.observe(outcome, rank_LE, ids_LNK)
+    return policy, lambda: policy.observe(outcome, rank_LE, ids_LNK), StepPlan("tree", 4, 2, 2)
+
+
+def test_a_new_requests_first_tree_steps_rank_where_they_would_rest():
+    """Budgets all E rest but every ``rank_every``-th step; after a new request the first 4
+    steps rank (and enter the window) so that a new text is told apart from the carried one."""
+    policy, observe, plan = resting_policy(carry=8)
+    c = policy.controller
+    for _ in range(9):  # past warm-up, budgets all E, a window of 8 steps or more
+        observe()
     c.tree_steps = 5  # not a rank_every-th step
-    plan = StepPlan("tree", 4, 2, 2)
     assert policy.rests(plan)
-    policy.start_request()
+    policy.start_request()  # the window keeps 8
     for _ in range(4):
         assert not policy.rests(plan)
-        policy.observe(outcome, rank_LE, ids_LNK)
+        observe()
         c.tree_steps = 5
     assert policy.rests(plan)
+
+
+def test_every_tree_step_ranks_while_the_window_holds_fewer_than_8_steps():
+    """A plan made from the warm-up's 2 steps is remade from 4 two steps later: a resting
+    tree would enter the window one step in ``rank_every``."""
+    policy, observe, plan = resting_policy()
+    c = policy.controller
+    for n in range(1, 10):
+        observe()
+        c.tree_steps = 5  # past warm-up, not a rank_every-th step
+        assert len(c.est.window) == n and policy.rests(plan) == (n >= 8)

@@ -54,7 +54,8 @@ A new request (:meth:`Guard.new_request`) is new text: the window keeps only its
 steps all rank and enter the window (:meth:`Guard.learning_new_text`: a step that keeps every
 expert otherwise ranks only to be learned from, one in ``rank_every``), so that a new text
 whose paths need other budgets than the carried steps' is told apart within 4 steps, and
-probes start again.
+probes start again; so do all tree steps while the window holds fewer than ``trusted`` (8)
+(:meth:`Guard.learning`: a plan made from the warm-up's 2 steps is remade from 4).
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
 the prompt's or the first tree's timing shows the tree clearly losing
 (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
@@ -300,6 +301,15 @@ class Guard(DraftGate, MeasuredWarmup):
         """Whether fewer than ``learn_new`` steps entered the window since this request
         started (after the first: that one's warm-up ranks): its tree steps rank, none rests."""
         return self.est.steps_seen - self.request_seen < self.learn_new
+
+    def learning(self) -> bool:
+        """Whether every tree step ranks and enters the window (none rests): a new request's
+        first steps (:meth:`learning_new_text`), and while the window holds fewer than
+        ``trusted`` (8) steps, so that a plan made from the warm-up's 2 steps is made again
+        from 4 two steps later (:meth:`grown`). Measured on a CPU (smollm2-moe, fresh
+        requests): a full tree kept after two warm-up steps of 4 tokens, resting, ran 7 more
+        steps of 1-3 tokens before the window had grown enough to replan."""
+        return self.learning_new_text() or len(self.est.window) < self.trusted
 
     def new_request(self) -> None:
         """A new request: its text is new. The window keeps its latest ``carry`` steps (the

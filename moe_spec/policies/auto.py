@@ -354,9 +354,10 @@ class Auto(TokenPriority):
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
         budgets are all at least E, except every ``rank_every``-th tree step (learned from)
-        and a new request's first steps (:meth:`moe_spec.control.Guard.learning_new_text`)."""
+        and every step while the window is small or the request new
+        (:meth:`moe_spec.control.Guard.learning`)."""
         c = self.controller
-        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning_new_text():
+        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning():
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
 
