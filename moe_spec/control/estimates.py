@@ -95,8 +95,10 @@ class AcceptanceEstimates:
             self.levels_V = np.array(budgets, dtype=np.int64)
         self.candidate_tokens = list(candidate_tokens)
         self.n_C = np.array(self.candidate_tokens, dtype=np.int64)
+        self.smallest = min(self.candidate_tokens, default=0)
         self.prior = float(prior)
         self.centre_B = (np.arange(bins) + 0.5) / bins
+        self.edges_V = np.array(self.logprob_edges())  # float [bins - 1]
         self.seen_B = np.zeros(bins)
         self.accepted_B = np.zeros(bins)
         self.seen_first_B = np.zeros(bins)  # the same, depth-1 nodes alone
@@ -135,8 +137,8 @@ class AcceptanceEstimates:
         )
 
     def bin_of(self, logprob_N: np.ndarray) -> np.ndarray:
-        q_N = np.exp(np.minimum(logprob_N, 0.0))
-        return np.minimum((q_N * self.bins).astype(int), self.bins - 1)
+        """int ``[N]``: the bin of each node's path probability ``exp(logprob_N)``."""
+        return np.searchsorted(self.edges_V, logprob_N, side="right")
 
     def reach_D(self) -> np.ndarray:
         """float ``[depths]``: P(path reaches depth d | tree had depth d); prior ``2**-d``."""
@@ -163,14 +165,15 @@ class AcceptanceEstimates:
             code_N = self.bin_of(logprob_N)
             code_N[path] += self.bins
             if depth_N is not None:
-                code_N[depth_N == 1] += 2 * self.bins
+                code_N += (2 * self.bins) * (depth_N == 1)
             count_FAB = np.bincount(code_N[1:], minlength=4 * self.bins).reshape(2, 2, -1)
-            self.seen_B += count_FAB.sum(axis=(0, 1))
-            self.accepted_B += count_FAB[:, 1].sum(axis=0)
-            first_B = count_FAB[1].sum(axis=0) if depth_N is not None else None
-            if first_B is not None:
+            accepted_FB = count_FAB[:, 1]
+            self.seen_B += count_FAB[0, 0] + accepted_FB[0] + count_FAB[1, 0] + accepted_FB[1]
+            self.accepted_B += accepted_FB[0] + accepted_FB[1]
+            if depth_N is not None:
+                first_B = count_FAB[1, 0] + accepted_FB[1]
                 self.seen_first_B += first_B
-                self.accepted_first_B += count_FAB[1, 1]
+                self.accepted_first_B += accepted_FB[1]
         elif depth_N is not None:  # no draft scores (SGLang): shallower nodes first
             logprob_N = -depth_N.astype(np.float32)
         else:
@@ -207,6 +210,12 @@ class AcceptanceEstimates:
         for _ in range(old):
             self.window.popleft()
 
+    def layer_offsets(self, L: int) -> np.ndarray:
+        """int ``[L, 1, 1]``: layer l's first index ``l * E`` in a flat ``[L * E]`` table."""
+        if getattr(self, "_offsets_L11", np.empty(0)).shape[0] != L:
+            self._offsets_L11 = (np.arange(L) * self.E)[:, None, None]
+        return self._offsets_L11
+
     def window_step(
         self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
     ) -> WindowStep:
@@ -215,7 +224,7 @@ class AcceptanceEstimates:
         if rank_LE.shape != (L, self.E):
             raise ValueError(f"rank_LE has shape {rank_LE.shape}; expected ({L}, {self.E})")
         # (layer, expert) as one index into [L * E]
-        at_LNK = ids_LNK.astype(np.int64, copy=False) + (np.arange(L) * self.E)[:, None, None]
+        at_LNK = ids_LNK.astype(np.int64, copy=False) + self.layer_offsets(L)
         rank_X = np.ascontiguousarray(rank_LE).ravel()
         need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
@@ -228,11 +237,10 @@ class AcceptanceEstimates:
         # each (layer, expert)'s best place among the nodes that picked it (N: none); the
         # best n nodes of a candidate tree use the experts whose place is below n
         first_X = np.full(L * self.E, N, dtype=np.int64)
-        if (self.n_C < N).any():
-            place_LNK = np.broadcast_to(place_N[:, None], (L, N, K))
-            np.minimum.at(first_X, at_LNK.ravel(), place_LNK.ravel())
+        if self.smallest < N:
+            np.minimum.at(first_X, at_LNK, place_N[:, None])
         else:  # no candidate smaller than this tree (a fixed tree): used or not is enough
-            first_X[at_LNK.ravel()] = 0
+            first_X[at_LNK] = 0
         n_C1 = np.where(known_C, self.n_C, 0)[:, None, None]
         used_CL = (first_X.reshape(L, self.E) < n_C1).sum(axis=-1)
         return WindowStep(need_LP, committed_C, used_CL)
