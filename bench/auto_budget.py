@@ -20,8 +20,10 @@ smollm2-moe`` for the transformers engine on a named model).
    speculative step as SGLang runs it, with the draft extend after each verify (an
    ``auto`` decode's included: SGLang's depth-0 step; no draft gate); with ``--tree 4 1 3``
    that is SGLang's adaptive chain, and SGLang's own adaptive policy runs beside ``auto``.
-3. **Controller overhead**: the auto policy's own seconds (planning and observing) per
-   step, against a verify step measured here and modeled on the GPU.
+3. **Controller overhead**: the auto policy's controller's own seconds (planning and
+   observing), its calls from one live run per prompt replayed alone five times, fastest
+   each (``moe_spec.control.replay``), per tree step against a modeled verify and per
+   plain decode against a modeled decode; the live timer's figure per step beside it.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
         [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe]
@@ -48,6 +50,7 @@ from moe_spec.ab.prompts import held_out_benchmark_prompts
 from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth
 from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.cli import parse_option
+from moe_spec.control.replay import Recording, record, replay_seconds
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
@@ -158,6 +161,67 @@ def spread(ratios: list[float]) -> str:
     return f"{median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
 
 
+def overhead_line(name: str, o: dict, num_tokens: int) -> str:
+    """The controller's replayed time per tree step and per decode, fresh and warm, against
+    the modeled GPU verify and decode; the live timer's figure per step beside it."""
+    parts = []
+    for mode in ("fresh", "warm"):
+        t = o[mode]
+        tree, decode = t["tree_s"] / max(t["tree_steps"], 1), t["decode_s"] / max(t["decodes"], 1)
+        verify = ", ".join(f"{k} {tree / v:.1%}" for k, v in o["gpu_verify_s"].items())
+        decodes = ", ".join(f"{k} {decode / v:.1%}" for k, v in o["gpu_decode_s"].items())
+        parts.append(
+            f"{mode} {tree * 1e3:.3f} ms per tree step ({t['tree_steps']}) = {verify} of a "
+            f"modeled {num_tokens}-token verify, {decode * 1e3:.4f} ms per decode "
+            f"({t['decodes']}) = {decodes} of a modeled decode"
+        )
+    live = o["seconds"] / max(o["steps"], 1)
+    return (
+        f"- controller overhead, set {name} (replayed, fastest of 5): {'; '.join(parts)}; "
+        f"live timer beside the model (fresh) {live * 1e3:.3f} ms per step = "
+        f"{live / o['cpu_step_s']:.1%} of a measured step here"
+    )
+
+
+def controller_overhead(engine, prompts: list[str], args, shape) -> dict:
+    """The auto arm on ``shape`` again with a live policy whose controller's calls are
+    recorded, then replayed alone (``moe_spec.control.replay``): fresh (a controller per
+    prompt, as an engine makes one per generation) and warm (one across the set, as a
+    server keeps); beside it the live timer's seconds per step."""
+    policy = get_policy(
+        "auto", shape=shape.name, gpu=args.gpu, cost_model=args.cost_model, **dict(args.auto_option)
+    )
+    spec = SpecConfig(policy="auto", **tree_of(args))
+    build = type(policy).build_controller.__get__(policy)  # a guard as the live one is built
+    out = {"seconds": 0.0, "steps": 0}
+    verify_s = []
+    for mode in ("fresh", "warm"):
+        recording = Recording()
+        policy.controller = None
+        policy.build_controller = lambda r=recording: record(build(), r)
+        for p in prompts:
+            if mode == "fresh" and policy.controller is not None:
+                timed = replay_seconds(recording, build)
+                recording.calls.clear()
+                add_times(out, mode, timed)
+                policy.controller = None
+            run = engine.generate_speculative(engine.encode(p), args.max_new, spec, policy=policy)
+            if mode == "fresh":
+                out["seconds"] += policy.controller.overhead_s
+                out["steps"] += len(run.steps)
+                verify_s.append(run.seconds / max(len(run.steps), 1))
+        add_times(out, mode, replay_seconds(recording, build))
+    out["cpu_step_s"] = fmean(verify_s)
+    return out
+
+
+def add_times(out: dict, mode: str, timed) -> None:
+    """Add a replay's :class:`ControllerTime` to ``out[mode]``'s sums."""
+    sums = out.setdefault(mode, {})
+    for key in ("tree_s", "decode_s", "tree_steps", "decodes"):
+        sums[key] = sums.get(key, 0) + getattr(timed, key)
+
+
 def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     """Modeled tokens/s and greedy agreement per arm and shape; the controller's overhead."""
     cost = get_cost_model(args.cost_model, args.gpu)
@@ -178,7 +242,6 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     }
     records: dict[str, list] = {}
     configs: dict[str, RunConfig] = {}
-    overhead = {"seconds": 0.0, "steps": 0}
 
     def run(text: str, shape=None):
         (config,) = parse_config(text, tree_of(args))
@@ -210,23 +273,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
         records[SGLANG_ADAPTIVE] = [
             runner.run(config, i, p, 0, args.max_new) for i, p in enumerate(prompts)
         ]
-    # controller overhead: rerun the OLMoE auto arm with a live policy to read its timer
-    policy = get_policy(
-        "auto",
-        shape=shapes[0].name,
-        gpu=args.gpu,
-        cost_model=args.cost_model,
-        **dict(args.auto_option),
-    )
-    spec = SpecConfig(policy="auto", **tree_of(args))
-    verify_s = []
-    for p in prompts:
-        policy.controller = None
-        out = engine.generate_speculative(engine.encode(p), args.max_new, spec, policy=policy)
-        overhead["seconds"] += policy.controller.overhead_s
-        overhead["steps"] += len(out.steps)
-        verify_s.append(out.seconds / max(len(out.steps), 1))
-    overhead["cpu_step_s"] = fmean(verify_s)
+    overhead = controller_overhead(engine, prompts, args, shapes[0])
 
     ref = records["none"]
     table: dict = {}
@@ -246,13 +293,16 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
             ar_share = fmean(st.guard == "autoregressive" for r in recs for st in r.steps)
             row[key.split("@")[0]] = {"tok_s": tps, "agree": agree, "guard_ar": ar_share}
         table[s.name] = row
-    from moe_spec.costmodel import verify_seconds
+    from moe_spec.costmodel import decode_seconds, verify_seconds
 
     overhead["gpu_verify_s"] = {
         s.name: verify_seconds(
             cost.gpu, s, args.tree[0], s.n_experts * 0.7, overheads=cost.overheads
         )
         for s in shapes
+    }
+    overhead["gpu_decode_s"] = {
+        s.name: decode_seconds(cost.gpu, s, overheads=cost.overheads) for s in shapes
     }
     return table, overhead
 
@@ -414,16 +464,7 @@ def main() -> None:
                 f"{warm['tok_s']:.0f} = {warm['tok_s'] / theirs:.3f}x it"
             )
     for name, e in results["sets"].items():
-        o = e["overhead"]
-        per_step = o["seconds"] / max(o["steps"], 1)
-        gpu = ", ".join(
-            f"{k} {per_step / v:.1%} of a modeled {args.tree[0]}-token verify"
-            for k, v in o["gpu_verify_s"].items()
-        )
-        lines.append(
-            f"- controller overhead, set {name}: {per_step * 1e3:.3f} ms per step = "
-            f"{per_step / o['cpu_step_s']:.1%} of a measured step here; {gpu}"
-        )
+        lines.append(overhead_line(name, e["overhead"], args.tree[0]))
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     print(text)
