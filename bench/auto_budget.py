@@ -279,12 +279,15 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     table: dict = {}
     for s in shapes:
         m = Modeled(cost, s, draft_extend=args.sglang)
+        # auto's decodes under SGLang's skip switch (the plugin keeps a run's last extend)
+        auto_m = Modeled(cost, s, draft_extend=args.sglang, decode_extend=False)
         ar = autoregressive_tokens_per_s(cost.gpu, s, overheads=cost.overheads)
         row = {"autoregressive": ar}
         for key, recs in records.items():
             if "@" in key and not key.endswith(f"@{s.name}"):
                 continue
-            pairs = [modeled_pair(r, configs[key], info, m) for r in recs]
+            priced = auto_m if args.skip_decode_extend and key.startswith("auto:") else m
+            pairs = [modeled_pair(r, configs[key], info, priced) for r in recs]
             tps = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
             agree = fmean(
                 sum(x == y for x, y in zip(r.tokens, q.tokens, strict=False)) / len(q.tokens)
@@ -374,6 +377,13 @@ def main() -> None:
         "decoding runs no draft. On a chain, SGLang's own adaptive policy runs as a baseline",
     )
     ap.add_argument(
+        "--skip-decode-extend",
+        action="store_true",
+        help="with --sglang: as SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1 with the plugin, "
+        "auto's plain decodes skip the draft extend except the last of each run (auto "
+        "plans so: decode_extend=false); SGLang's own adaptive arm is priced as without it",
+    )
+    ap.add_argument(
         "--auto-option",
         type=parse_option,
         action="append",
@@ -387,8 +397,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.sglang and not args.skip_measured:
         ap.error("--sglang prices steps as SGLang runs them: use it with --skip-measured")
+    if args.skip_decode_extend and not args.sglang:
+        ap.error("--skip-decode-extend prices SGLang's switch: use it with --sglang")
     if args.sglang:  # SGLang runs no draft gate
         args.auto_option += [("draft_extend", True), ("gate", False)]
+    if args.skip_decode_extend:
+        args.auto_option += [("decode_extend", False)]
         if args.tree[1] == 1:  # its own adaptive chain is a baseline: fail now, not at the end
             try:
                 SGLangAdaptiveDepth(args.tree[2])
@@ -400,6 +414,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cpu = f"{cpu_name()}, {args.threads} torch thread(s)"
     results = {"cpu": cpu, "tree": args.tree, "sglang": args.sglang, "sets": {}}
+    results["skip_decode_extend"] = args.skip_decode_extend
     start = time.time()
     for name, prompts in prompt_sets(args.prompts, args.chars).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
@@ -409,6 +424,8 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=1))
     tree = "/".join(map(str, args.tree))
     priced = "; priced as SGLang runs it (a draft extend after each step)" if args.sglang else ""
+    if args.skip_decode_extend:
+        priced += ", auto's decodes skipping it but the last of each run"
     lines = [f"CPU: {results['cpu']}; tree {tree}{priced}; {time.time() - start:.0f} s", ""]
     if not args.skip_measured:
         lines += [

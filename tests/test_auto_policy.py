@@ -91,6 +91,8 @@ def test_records_each_layers_ranking_for_observe():
         ({"explore": 1}, r"explore is 1; allowed: 0 <= explore < 1 \(0: off\)"),
         ({"draft_extend": True}, "draft_extend=True with gate=True, measure=False"),
         ({"draft_extend": True, "gate": False, "measure": True}, "gate=False, measure=True"),
+        ({"decode_extend": 0}, "decode_extend is 0; allowed: true or false"),
+        ({"decode_extend": False}, "decode_extend=False without draft_extend"),
         ({"shape": "GPT-5"}, "unknown model shape"),
         ({"cost_model": "magic"}, "unknown cost model"),
     ],

@@ -78,6 +78,9 @@ class Modeled:
     # every speculative step pays a draft forward over its verified tokens after the verify,
     # a guard's plain decode included (SGLang's draft extend; the engines catch up lazily)
     draft_extend: bool = False
+    # with draft_extend: False where SGLang skips it on a guard's decode that another
+    # decode follows (its skip switch with the plugin: a run's last decode extends)
+    decode_extend: bool = True
 
     def describe(self) -> str:
         return f"{self.shape.name}, {self.cost.describe()}"
@@ -143,6 +146,14 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
             mean, info["top_k"], info["n_experts"], m.shape.top_k, m.shape.n_experts
         )
 
+    def extends(i: int) -> bool:  # SGLang's draft extend after step i
+        if not m.draft_extend:
+            return False
+        if m.decode_extend or record.steps[i].guard != AUTOREGRESSIVE:
+            return True
+        after = record.steps[i + 1] if i + 1 < len(record.steps) else None
+        return after is not None and after.guard != AUTOREGRESSIVE
+
     steps = [
         ModeledStep(
             s.committed,
@@ -155,9 +166,9 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
             # the guard's autoregressive steps are plain forwards, and a policy that rested
             # (or B >= E) ran no selection: priced without it
             budgeted=config.policy not in BASELINES and s.guard != AUTOREGRESSIVE and s.ranked,
-            draft_extend=m.draft_extend,
+            draft_extend=extends(i),
         )
-        for s in record.steps
+        for i, s in enumerate(record.steps)
     ]
     committed = sum(s.committed for s in steps)
     tokens_per_s = speculative_tokens_per_s(m.cost.gpu, m.shape, steps, overheads=m.cost.overheads)

@@ -12,8 +12,9 @@ prices a window of steps for many budget vectors with array operations only:
 - ``repair_Q[q]``: an unbudgeted forward of q re-run path tokens (its distinct experts:
   the independent-routing curve ``E(1 - (1 - K/E)^q)``, an upper estimate);
 - ``decode_s``: one autoregressive step (with ``draft_extend``, SGLang's depth-0 step: a
-  1-token verify and a 1-token draft extend; and :meth:`StepCost.forward_seconds`, a
-  prompt's forward);
+  1-token verify and a 1-token draft extend, unless ``decode_extend`` is off: SGLang then
+  skips the extend on every decode of a run but the last, whose extend, one per run,
+  goes unpriced; and :meth:`StepCost.forward_seconds`, a prompt's forward);
 - ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
   the cost model measured it), paid by every budgeted tree step; a step whose budgets are
   all at least E ranks only every ``rank_every``-th time (the ranking is what the
@@ -51,14 +52,15 @@ class StepCost:
         max_repair: int = 64,
         rank_every: int = 1,
         draft_extend: bool = False,
+        decode_extend: bool = True,
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
         args = (cost, shape, top_k, n_experts, tuple(tuple(t) for t in trees), max_repair)
         try:
-            tables = step_tables(*args, draft_extend)
+            tables = step_tables(*args, draft_extend, decode_extend)
         except TypeError:  # a cost model that cannot be hashed: made here, not cached
-            tables = step_tables.__wrapped__(*args, draft_extend)
+            tables = step_tables.__wrapped__(*args, draft_extend, decode_extend)
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
         self.decode_s, self.select_s = tables[3:]
         self.rest_select_s = self.select_s / rank_every  # an unbudgeted step, on average
@@ -143,6 +145,7 @@ def step_tables(
     trees: tuple[tuple[int, int, int], ...],
     max_repair: int,
     draft_extend: bool = False,
+    decode_extend: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
     """``(draft_C, verify_CD, repair_Q, decode_s, select_s)`` of :class:`StepCost`, made
     once per cost model, shape, routing and trees (a policy per generation reuses them);
@@ -174,6 +177,6 @@ def step_tables(
         draft_C,
         verify_CD,
         repair_Q,
-        decode_seconds(g, shape, overheads=o) + extend(1),
+        decode_seconds(g, shape, overheads=o) + (extend(1) if decode_extend else 0.0),
         (shape.n_moe_layers * o.select_s),
     )

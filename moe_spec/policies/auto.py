@@ -116,6 +116,7 @@ class Auto(TokenPriority):
         carry: int = 4,
         explore: float = 0.005,
         draft_extend: bool = False,
+        decode_extend: bool = True,
     ) -> None:
         super().__init__()
         try:
@@ -124,7 +125,8 @@ class Auto(TokenPriority):
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
         flags = (("guard", guard), ("gate", gate), ("measure", measure))
-        for name, value in (*flags, ("draft_extend", draft_extend)):
+        extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
+        for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
         num = (int, float)
         _check("margin", margin, isinstance(margin, num) and 0 <= margin < 1, "0 <= margin < 1")
@@ -158,6 +160,11 @@ class Auto(TokenPriority):
                 "extend prices SGLang's steps, where the draft gate and measured step times "
                 "do not run; allowed: draft_extend with gate=false and measure=false"
             )
+        if not decode_extend and not draft_extend:
+            raise PolicyError(
+                "auto: decode_extend=False without draft_extend: it says which plain decodes "
+                "skip SGLang's draft extend; allowed: decode_extend=false with draft_extend=true"
+            )
         ok = _is_int(max_probe) and max_probe >= probe
         _check("max_probe", max_probe, ok, f"an integer >= probe ({probe})")
         ok = max_replan is None or (_is_int(max_replan) and max_replan >= replan_every)
@@ -184,6 +191,7 @@ class Auto(TokenPriority):
         )
         self.window, self.prior = window, float(prior)
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
+        self.decode_extend = decode_extend  # and after every plain decode (off: a run's last)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
         self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
         self.controller: Guard | None = None
@@ -258,7 +266,7 @@ class Auto(TokenPriority):
         )
         return {k: self.device_state[k] for k in ("rank_LE", "ids_LRK", "depth_R")}
 
-    def for_server(self, guard: bool = False) -> None:
+    def for_server(self, guard: bool = False, decode_extend: bool = True) -> None:
         """For a server (SGLang), before the first step: no measured step times (every
         tensor-parallel rank must plan alike) and no draft gate (the draft runs on the
         device). Without ``guard`` the server runs the configured tree every step: plan its
@@ -267,11 +275,13 @@ class Auto(TokenPriority):
         adaptive chains, ``moe_spec.integration.sglang.depth``). Every step is priced with
         the draft forward SGLang runs over its verified tokens after the verify
         (``draft_extend``; a depth-0 step runs one too, so there a plain decode costs a
-        1-token draft forward more than without speculation)."""
+        1-token draft forward more than without speculation; without ``decode_extend``,
+        SGLang skips it on every decode of a run but the last, and a decode is priced as a
+        plain one)."""
         if self.controller is not None:
             raise PolicyError("auto: for_server() must come before the first step")
         self.options.update(guard=guard, gate=False, measure=False)
-        self.draft_extend = True
+        self.draft_extend, self.decode_extend = True, decode_extend
         self.rank_every = 1  # the captured forward ranks every step anyway
 
     def prepare(
@@ -303,7 +313,16 @@ class Auto(TokenPriority):
         # without the guard only the configured tree runs: no smaller candidate to predict
         trees = candidate_trees(*self.tree) if self.options["guard"] else [tuple(self.tree)]
         extend, rank = self.draft_extend, self.rank_every
-        cost = StepCost(self.cost, self.shape, K, E, trees, rank_every=rank, draft_extend=extend)
+        cost = StepCost(
+            self.cost,
+            self.shape,
+            K,
+            E,
+            trees,
+            rank_every=rank,
+            draft_extend=extend,
+            decode_extend=self.decode_extend,
+        )
         levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
         est = AcceptanceEstimates(
             L, E, [n for n, _, _ in trees], self.window, prior=self.prior, levels=levels_V

@@ -67,6 +67,23 @@ def test_priced_as_sglang_runs_it_every_speculative_step_pays_a_draft_extend():
     assert modeled_pair(ar, config, info, sglang) == modeled_pair(ar, config, info, engine)
 
 
+def test_under_sglangs_skip_switch_only_a_runs_last_decode_pays_the_extend():
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    cost, shape = get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B")
+    every = Modeled(cost, shape, draft_extend=True)
+    skips = Modeled(cost, shape, draft_extend=True, decode_extend=False)
+    decoded = Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")
+    chain = Step(3, 4, 1, 3, [5, 5], [5, 5], [5, 5], guard="tree")
+    # decodes 0-2 then a chain: only decode 2 extends; the decodes after it end the request
+    steps = [decoded] * 3 + [chain] + [decoded] * 2
+    record = RunRecord("auto", 0, 0, [1] * 8, 1.0, steps)
+    (tokens, extended), (_, skipped) = (
+        modeled_pair(record, RunConfig("auto"), info, m) for m in (every, skips)
+    )
+    extend_1 = draft_seconds(cost.gpu, shape, 1, 1, overheads=cost.overheads)
+    assert tokens == 8 and extended - skipped == pytest.approx(4 * extend_1, rel=1e-9)
+
+
 def test_a_tree_step_without_the_policy_is_priced_without_the_selection():
     info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
     m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))

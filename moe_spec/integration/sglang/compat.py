@@ -223,7 +223,8 @@ def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
 def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> Findings:
     """Refuse ``guard=false`` where SGLang runs its adaptive speculation on a chain: there
     the policy's guard chooses each step's depth (``depth.py``), and without it SGLang's
-    own choice would run depths the policy does not plan for."""
+    own choice would run depths the policy does not plan for. Say what
+    ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND`` does there (a warning)."""
     found = Findings()
     if not adaptive_chain(server_args):
         return found
@@ -234,11 +235,11 @@ def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> F
             "without --speculative-adaptive"
         )
     elif skips_depth0_extend():
-        found.errors.append(
-            f"SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND={os.environ[SKIP_EXTEND]} with "
-            f"{policy_name} on --speculative-adaptive: depth-0 steps would leave the draft's "
-            "cache stale, and the guard's probes of the chain would draft from it (the guard "
-            "prices SGLang's draft extend after every step); unset it, or set it to 0"
+        found.warnings.append(
+            f"{SKIP_EXTEND}={os.environ[SKIP_EXTEND]} with {policy_name} on "
+            "--speculative-adaptive: the guard's plain decodes skip SGLang's draft extend "
+            "except the last of each run (the chain after it drafts from a current state; "
+            "the decoded tokens stay out of the draft's cache), and are priced without it"
         )
     return found
 

@@ -11,6 +11,12 @@ built, before the states are): the candidates are the configured chain, its halv
 the chain whose predicted committed tokens per second under the cost model are highest, or
 decoding where speculation is predicted to lose.
 
+With ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1`` (SGLang's experimental switch: a depth-0
+step skips the draft forward over its token, and a chain after it drafts from a zeroed
+stand-in) the guard's decodes skip that forward except the last of each planned run, so
+the chain after a run drafts from a current state, and ``auto`` prices a decode as a plain
+one (``decode_extend=False``).
+
 The switch is taken when the worker asks, at the start of each decode forward
 (``get_steps_for_batch``), from a plan made in the verify hook of the worker's own thread:
 every tensor-parallel rank folds the same steps in the same order, so all ranks run the
@@ -21,8 +27,10 @@ still chooses from the batch's first request.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from moe_spec.integration.sglang.compat import SKIP_EXTEND
 from moe_spec.integration.sglang.feed import AcceptanceFeed
 
 
@@ -47,8 +55,15 @@ class GuardedDepth:
         return self.cuda_graph_bs
 
     def get_steps_for_batch(self, batch_size: int) -> int:
-        """The depth of the guard's latest plan (0: a plain decode)."""
-        return self.feed.depth()
+        """The depth of the guard's latest plan (0: a plain decode). Where SGLang's
+        ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND`` was set, it is rewritten for this step
+        (SGLang reads it after the verify, in this thread): on only for a decode that
+        another planned decode follows (:meth:`AcceptanceFeed.skips_extend`)."""
+        depth = self.feed.depth()
+        skip = self.feed.skips_extend(depth)
+        if self.feed.skip_extend:
+            os.environ[SKIP_EXTEND] = "1" if skip else "0"
+        return depth
 
     def on_verify_complete(self, num_correct_drafts_per_req: list[int], batch_size: int) -> None:
         """Nothing: the feed learned this step in the verify hook (see the module's doc)."""

@@ -100,6 +100,7 @@ class AcceptanceFeed:
         tp_rank: int = 0,
         requests: int = REQUESTS,
         chains: bool = False,
+        skip_extend: bool = False,
     ) -> None:
         self.policy = policy
         self.tree = tree
@@ -107,6 +108,11 @@ class AcceptanceFeed:
         self.chains = chains  # SGLang may run each step at another depth (adaptive chains)
         self.trees = candidate_trees(*tree) if chains else [tree]
         self.decodes = 0  # plain decodes (depth-0 steps) not yet reported to the policy
+        # with skip_extend (chains): a decode that another of its planned run follows skips
+        # SGLang's draft extend (:meth:`skips_extend`); the run's plan and decodes issued
+        self.skip_extend = skip_extend and chains
+        self.run: tuple[StepPlan | None, int] = (None, 0)
+        self.extends_skipped = self.decodes_run = 0
         self.by_depth: Counter[int] = Counter()  # verify steps per chain depth (chains)
         self.buffers = policy.record_to_device(requests * self.N, top_k)
         self.per_step = requests  # requests observed per verify step (the batch's first)
@@ -245,6 +251,29 @@ class AcceptanceFeed:
             self.policy.observe(StepOutcome(AUTOREGRESSIVE, [0], steps=self.decodes))
             self.decodes = 0
 
+    def skips_extend(self, depth: int) -> bool:
+        """With ``skip_extend``: whether the step about to run at ``depth`` skips SGLang's
+        draft extend (``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND``, read by SGLang after the
+        verify): a decode of a planned run that another decode of the run follows. The
+        run's last decode extends, so the chain after it drafts from a current state (not
+        SGLang's zeroed stand-in, whose first step commits the root alone); the decoded
+        tokens' entries in the draft's cache stay unwritten. Measured on smollm2-moe (CPU
+        server, a chain of 3 after runs of 8 or 24 decodes): accepted drafts per chain step
+        level within noise with SGLang's extend on every decode (``bench/sglang_skip_extend.py``).
+        Counted per run (a new plan starts a new one); a decode the plan did not foresee
+        extends. Where the plan changes before its run ends (the observed request ended and
+        others in the batch go on), their next chain drafts once from the stand-in."""
+        plan, issued = self.run
+        if depth != 0 or self.plan is None or self.plan.kind != AUTOREGRESSIVE:
+            self.run = (None, 0)
+            return False
+        issued = issued + 1 if plan is self.plan else 1
+        self.run = (self.plan, issued)
+        skip = self.skip_extend and issued < self.plan.steps
+        self.decodes_run += 1
+        self.extends_skipped += skip
+        return skip
+
     def depth(self) -> int:
         """The chain depth the next step should run: the plan's (0: a plain decode), or the
         configured chain's once the feed has stopped."""
@@ -282,7 +311,12 @@ class AcceptanceFeed:
         if not self.chains:
             return ""
         counts = ", ".join(f"{d}: {n}" for d, n in sorted(self.by_depth.items()))
-        return f"steps per chain depth {{{counts}}}; "
+        skipped = (
+            f"draft extends skipped on {self.extends_skipped} of {self.decodes_run} decodes; "
+            if self.skip_extend
+            else ""
+        )
+        return f"steps per chain depth {{{counts}}}; {skipped}"
 
     def report(self) -> None:
         self.last_report, self.reported_steps = time.monotonic(), self.steps

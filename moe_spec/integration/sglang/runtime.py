@@ -27,6 +27,7 @@ from moe_spec.integration.sglang.compat import (
     check_sglang_version,
     check_topk_layer,
     installed_sglang_version,
+    skips_depth0_extend,
 )
 from moe_spec.integration.sglang.depth import drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, tree_of
@@ -96,8 +97,10 @@ class BudgetRuntime:
         # SGLang runs the configured tree every step, or with its adaptive speculation a
         # chain at the depth the guard chooses (``depth.py``)
         chains = self.learns and adaptive_chain(server_args)
+        skip_extend = chains and skips_depth0_extend()  # the guard's decodes skip it (depth.py)
         if hasattr(self.policy, "for_server"):
-            self.policy.for_server(guard=chains)
+            extend = {"decode_extend": False} if skip_extend else {}  # auto's; others need not
+            self.policy.for_server(guard=chains, **extend)
         self.tp_rank = tp_rank
         self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
         self.num_experts = experts
@@ -110,7 +113,9 @@ class BudgetRuntime:
         if self.learns:
             tree = tree_of(server_args)
             interval = self.settings.log_interval_s
-            self.feed = AcceptanceFeed(self.policy, tree, top_k, interval, tp_rank, chains=chains)
+            self.feed = AcceptanceFeed(
+                self.policy, tree, top_k, interval, tp_rank, chains=chains, skip_extend=skip_extend
+            )
         self.ready = True
         if self.settings.counters:
             interval = self.settings.log_interval_s

@@ -4,6 +4,7 @@ switches them where the guard's plan says (a fake worker: its states are just de
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from moe_spec.control import AUTOREGRESSIVE, TREE
 from moe_spec.costmodel import decode_seconds, draft_seconds
+from moe_spec.integration.sglang.compat import SKIP_EXTEND
 from moe_spec.integration.sglang.depth import GuardedDepth, drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, FeedError
 from moe_spec.policies import get_policy
@@ -41,15 +43,16 @@ class FakeWorker:
         self.speculative_num_steps = state.speculative_num_steps
 
 
-def served(depth: int, **options):
+def served(depth: int, skip_extend: bool = False, **options):
     """``auto`` as the plugin prepares it for an adaptive chain of ``depth``, its feed, and
-    a worker whose controller was built by SGLang and then handed to the guard."""
+    a worker whose controller was built by SGLang and then handed to the guard (with
+    ``skip_extend``, as under ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1``)."""
     policy = get_policy("auto", **options)
     policy.validate = False
     policy.record_routing = False
-    policy.for_server(guard=True)
+    policy.for_server(guard=True, decode_extend=not skip_extend)
     policy.prepare(L, E, K, E, torch.device("cpu"))
-    feed = AcceptanceFeed(policy, (depth + 1, 1, depth), K, chains=True)
+    feed = AcceptanceFeed(policy, (depth + 1, 1, depth), K, chains=True, skip_extend=skip_extend)
     worker = FakeWorker(depth)
     guarded = drive_depth(worker, feed)
     controller = worker.adaptive_controller
@@ -152,6 +155,42 @@ def test_every_step_is_priced_with_sglangs_draft_extend():
         assert guard.cost.draft_C[c] == pytest.approx(drafts + extend)
     engines = get_policy("auto")  # the engines catch the draft up lazily: no extend
     assert not engines.draft_extend
+
+
+def test_with_sglangs_skip_switch_a_decode_skips_the_extend_unless_the_chain_comes_next(
+    monkeypatch,
+):
+    # SGLang reads its switch after each verify: on for a decode another decode follows, off
+    # for the last decode of a run (the chain after it drafts from a current state)
+    monkeypatch.setenv(SKIP_EXTEND, "1")
+    policy, feed, worker, _ = served(3, skip_extend=True)
+    steps = []  # (depth, the switch as SGLang reads it after that step's verify)
+    for step in range(120):
+        verify(policy, feed, worker, accepted=0, seed=step)
+        steps.append((worker.speculative_num_steps, os.environ[SKIP_EXTEND]))
+    depths = [d for d, _ in steps]
+    assert depths.count(0) >= 100 and {1, 3} <= set(depths)  # probes and one-draft steps
+    for (depth, switch), (after, _) in zip(steps, steps[1:], strict=False):
+        assert switch == ("1" if depth == 0 and after == 0 else "0"), (depth, after)
+    skipped = sum(switch == "1" for _, switch in steps)
+    assert skipped == feed.extends_skipped and feed.decodes_run == depths.count(0)
+    assert f"draft extends skipped on {skipped} of {depths.count(0)} decodes" in feed.line()
+    # its decodes are priced as plain ones, its chains with their extend
+    cost, shape = policy.cost, policy.shape
+    decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
+    assert policy.controller.decode_seconds() == pytest.approx(decode_s)
+    chain = draft_seconds(cost.gpu, shape, 1, 3, overheads=cost.overheads)
+    extend = draft_seconds(cost.gpu, shape, 4, 1, overheads=cost.overheads)
+    assert policy.controller.cost.draft_C[0] == pytest.approx(chain + extend)
+
+
+def test_without_the_switch_the_guard_leaves_it_alone(monkeypatch):
+    monkeypatch.delenv(SKIP_EXTEND, raising=False)
+    policy, feed, worker, _ = served(3)
+    for step in range(40):
+        verify(policy, feed, worker, accepted=0, seed=step)
+    assert SKIP_EXTEND not in os.environ and feed.extends_skipped == 0
+    assert "draft extends skipped" not in feed.line()
 
 
 def test_decodes_are_reported_as_the_planned_run():

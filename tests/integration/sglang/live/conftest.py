@@ -17,6 +17,8 @@ the server it needs.
 ``auto``       Qwen3-MoE + EAGLE-3, ``auto`` capped at B=8 (= E: it picks each layer's B)
 ``auto-chain`` Qwen3-MoE + EAGLE, a chain of 3 drafts with ``--speculative-adaptive``:
                ``auto``'s guard chooses each step's depth (3, or 0: a plain decode)
+``auto-chain-skip`` the same with ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1``: the guard's
+               decodes skip SGLang's draft extend but the last of each run
 ``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
 ``refused``    Qwen3-MoE + EAGLE-3 with an unknown policy in the environment
 ``real-full``  smollm2-moe (the real checkpoint, 30 layers, E=32, top-8, float32) + its
@@ -117,6 +119,13 @@ def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
             qwen3,
             [*eagle(models["qwen3-moe-eagle"])[:4], *ADAPTIVE_CHAIN],
             serve("auto", AUTO_CAP),
+        ),
+        ServerSpec(
+            "auto-chain-skip",
+            qwen3,
+            [*eagle(models["qwen3-moe-eagle"])[:4], *ADAPTIVE_CHAIN],
+            serve("auto", AUTO_CAP),
+            env={"SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND": "1"},
         ),
         ServerSpec("plain", qwen3, []),
         ServerSpec(

@@ -77,3 +77,26 @@ def test_autos_guard_chooses_the_depth_of_an_adaptive_chain(fleet):
     assert {0, 3} <= set(depths) <= {0, 1, 3} and depths[0] > 0 and depths[3] >= 2
     assert "Switch adaptive runtime state: steps 3 -> 0" in log
     assert "NOT budgeted" not in log and "gets no more acceptance" not in log
+
+
+SKIPPED_LINE = re.compile(r"draft extends skipped on (\d+) of (\d+) decodes")
+
+
+def test_with_sglangs_skip_switch_decodes_skip_the_extend_but_a_runs_last(fleet):
+    server = fleet.ready("auto-chain-skip")
+    answers = [server.generate(text, n) for text, n in CHAIN_PROMPTS]
+    first_tokens = [
+        fleet.ready("plain").generate(text, 1)["output_ids"] for text, _ in CHAIN_PROMPTS
+    ]
+    assert [len(a["output_ids"]) for a in answers] == [n for _, n in CHAIN_PROMPTS]
+    assert [a["output_ids"][:1] for a in answers] == first_tokens
+    time.sleep(float(LOG_INTERVAL) + 0.1)
+    server.generate("flush", 1)
+    log = server.log()
+    assert "SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1 with auto on --speculative-adaptive" in log
+    _, depths = DEPTHS_LINE.findall(log)[-1]
+    depths = {int(d): int(n) for d, n in (pair.split(": ") for pair in depths.split(", "))}
+    skipped, decodes = map(int, SKIPPED_LINE.findall(log)[-1])
+    # every decode but the last of each run skips it; the runs end in the guard's chains
+    assert decodes == depths[0] and 0 < skipped < decodes and depths[3] >= 2
+    assert "NOT budgeted" not in log and "gets no more acceptance" not in log
