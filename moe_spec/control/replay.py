@@ -33,10 +33,11 @@ class Recording:
     calls: list[tuple[str, tuple, dict, object]] = field(default_factory=list)
 
     def steps(self) -> tuple[int, int]:
-        """Tree steps and plain decodes the recorded plans asked for."""
-        plans = [result for name, _, _, result in self.calls if name == "plan"]
-        trees = sum(p.kind == TREE for p in plans)
-        return trees, sum(p.steps for p in plans if p.kind != TREE)
+        """Tree steps and plain decodes that ran (as observed: a run of decodes may end
+        with its request before the plan's count, and the draft gate turns a tree into one)."""
+        outcomes = [args[0] for name, args, _, _ in self.calls if name == "observe"]
+        trees = sum(o.kind == TREE for o in outcomes)
+        return trees, sum(o.steps for o in outcomes if o.kind != TREE)
 
 
 def record(guard: Guard, recording: Recording) -> Guard:
