@@ -161,7 +161,7 @@ def spread(ratios: list[float]) -> str:
     return f"{median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
 
 
-def overhead_line(name: str, o: dict, num_tokens: int) -> str:
+def overhead_line(name: str, o: dict, num_tokens: int, shape: str) -> str:
     """The controller's replayed time per tree step and per decode, fresh and warm, against
     the modeled GPU verify and decode; the live timer's figure per step beside it."""
     parts = []
@@ -170,10 +170,12 @@ def overhead_line(name: str, o: dict, num_tokens: int) -> str:
         tree, decode = t["tree_s"] / max(t["tree_steps"], 1), t["decode_s"] / max(t["decodes"], 1)
         verify = ", ".join(f"{k} {tree / v:.1%}" for k, v in o["gpu_verify_s"].items())
         decodes = ", ".join(f"{k} {decode / v:.1%}" for k, v in o["gpu_decode_s"].items())
+        run = (t["tree_s"] + t["decode_s"]) / t["gpu_run_s"]
         parts.append(
             f"{mode} {tree * 1e3:.3f} ms per tree step ({t['tree_steps']}) = {verify} of a "
             f"modeled {num_tokens}-token verify, {decode * 1e3:.4f} ms per decode "
-            f"({t['decodes']}) = {decodes} of a modeled decode"
+            f"({t['decodes']}) = {decodes} of a modeled decode, {run:.2%} of the run's modeled "
+            f"time on {shape}"
         )
     live = o["seconds"] / max(o["steps"], 1)
     return (
@@ -296,6 +298,13 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
             ar_share = fmean(st.guard == "autoregressive" for r in recs for st in r.steps)
             row[key.split("@")[0]] = {"tok_s": tps, "agree": agree, "guard_ar": ar_share}
         table[s.name] = row
+    # the run the overhead was timed on: the lossy auto arm of the first shape, its modeled
+    # GPU seconds (fresh: a policy per prompt; warm: one across the set)
+    s0, lossy = shapes[0], per_shape[shapes[0].name][0]
+    priced = Modeled(cost, s0, draft_extend=args.sglang, decode_extend=not args.skip_decode_extend)
+    for mode, key in (("fresh", f"{lossy}@{s0.name}"), ("warm", f"{lossy} warm@{s0.name}")):
+        pairs = [modeled_pair(r, configs[key], info, priced) for r in records[key]]
+        overhead[mode]["gpu_run_s"] = sum(b for _, b in pairs)
     from moe_spec.costmodel import decode_seconds, verify_seconds
 
     overhead["gpu_verify_s"] = {
@@ -481,7 +490,7 @@ def main() -> None:
                 f"{warm['tok_s']:.0f} = {warm['tok_s'] / theirs:.3f}x it"
             )
     for name, e in results["sets"].items():
-        lines.append(overhead_line(name, e["overhead"], args.tree[0]))
+        lines.append(overhead_line(name, e["overhead"], args.tree[0], args.shapes[0]))
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     print(text)
