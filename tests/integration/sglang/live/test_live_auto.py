@@ -56,47 +56,44 @@ DEPTHS_LINE = re.compile(
 CHAIN_PROMPTS = [("def main(", 48), *PROMPTS]
 
 
-def test_autos_guard_chooses_the_depth_of_an_adaptive_chain(fleet):
-    server = fleet.ready("auto-chain")
+def served_chain(fleet, name: str) -> tuple[list[dict], str, int, dict[int, int]]:
+    """``CHAIN_PROMPTS`` on the adaptive-chain server ``name``, checked against the plain
+    server's first tokens; its answers, its log after a report, and the report's verify
+    steps and steps per chain depth."""
+    server = fleet.ready(name)
     answers = [server.generate(text, n) for text, n in CHAIN_PROMPTS]
     plain = fleet.ready("plain")
     first_tokens = [plain.generate(text, 1)["output_ids"] for text, _ in CHAIN_PROMPTS]
     assert [len(a["output_ids"]) for a in answers] == [n for _, n in CHAIN_PROMPTS]
     assert all(0 <= t < VOCAB for a in answers for t in a["output_ids"])
     assert [a["output_ids"][:1] for a in answers] == first_tokens
-    verify_ct = sum(a["meta_info"]["spec_verify_ct"] for a in answers)
     time.sleep(float(LOG_INTERVAL) + 0.1)
     server.generate("flush", 1)
     log = server.log()
-    assert "auto chooses the draft's depth among [0, 1, 3] (0: plain decoding)" in log
     steps, depths = DEPTHS_LINE.findall(log)[-1]
     depths = {int(d): int(n) for d, n in (pair.split(": ") for pair in depths.split(", "))}
-    assert int(steps) == sum(depths.values()) == verify_ct  # a decode is a verify of the root
+    assert "NOT budgeted" not in log and "gets no more acceptance" not in log
+    return answers, log, int(steps), depths
+
+
+def test_autos_guard_chooses_the_depth_of_an_adaptive_chain(fleet):
+    answers, log, steps, depths = served_chain(fleet, "auto-chain")
+    verify_ct = sum(a["meta_info"]["spec_verify_ct"] for a in answers)
+    assert "auto chooses the draft's depth among [0, 1, 3] (0: plain decoding)" in log
+    assert steps == sum(depths.values()) == verify_ct  # a decode is a verify of the root
     # the first prompt's chains commit about one token: decoding wins, and SGLang switches
     # its runtime state where the guard says (and back to the chain for the guard's probes)
     assert {0, 3} <= set(depths) <= {0, 1, 3} and depths[0] > 0 and depths[3] >= 2
     assert "Switch adaptive runtime state: steps 3 -> 0" in log
-    assert "NOT budgeted" not in log and "gets no more acceptance" not in log
+    assert "draft extends skipped" not in log
 
 
 SKIPPED_LINE = re.compile(r"draft extends skipped on (\d+) of (\d+) decodes")
 
 
 def test_with_sglangs_skip_switch_decodes_skip_the_extend_but_a_runs_last(fleet):
-    server = fleet.ready("auto-chain-skip")
-    answers = [server.generate(text, n) for text, n in CHAIN_PROMPTS]
-    first_tokens = [
-        fleet.ready("plain").generate(text, 1)["output_ids"] for text, _ in CHAIN_PROMPTS
-    ]
-    assert [len(a["output_ids"]) for a in answers] == [n for _, n in CHAIN_PROMPTS]
-    assert [a["output_ids"][:1] for a in answers] == first_tokens
-    time.sleep(float(LOG_INTERVAL) + 0.1)
-    server.generate("flush", 1)
-    log = server.log()
+    _, log, _, depths = served_chain(fleet, "auto-chain-skip")
     assert "SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1 with auto on --speculative-adaptive" in log
-    _, depths = DEPTHS_LINE.findall(log)[-1]
-    depths = {int(d): int(n) for d, n in (pair.split(": ") for pair in depths.split(", "))}
     skipped, decodes = map(int, SKIPPED_LINE.findall(log)[-1])
     # every decode but the last of each run skips it; the runs end in the guard's chains
     assert decodes == depths[0] and 0 < skipped < decodes and depths[3] >= 2
-    assert "NOT budgeted" not in log and "gets no more acceptance" not in log
