@@ -96,6 +96,7 @@ class AcceptanceEstimates:
         self.candidate_tokens = list(candidate_tokens)
         self.n_C = np.array(self.candidate_tokens, dtype=np.int64)
         self.smallest = min(self.candidate_tokens, default=0)
+        self._offsets_L11 = (np.arange(num_layers) * num_experts)[:, None, None]
         self.prior = float(prior)
         self.centre_B = (np.arange(bins) + 0.5) / bins
         self.edges_V = np.array(self.logprob_edges())  # float [bins - 1]
@@ -212,7 +213,7 @@ class AcceptanceEstimates:
 
     def layer_offsets(self, L: int) -> np.ndarray:
         """int ``[L, 1, 1]``: layer l's first index ``l * E`` in a flat ``[L * E]`` table."""
-        if getattr(self, "_offsets_L11", np.empty(0)).shape[0] != L:
+        if self._offsets_L11.shape[0] != L:
             self._offsets_L11 = (np.arange(L) * self.E)[:, None, None]
         return self._offsets_L11
 
