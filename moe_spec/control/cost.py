@@ -88,11 +88,7 @@ class StepCost:
 
     def verify_seconds(self, c: int, read: np.ndarray) -> np.ndarray:
         """The verify of tree ``c`` reading ``read`` experts per layer (interpolated)."""
-        d = np.clip(read, 0, self.E)
-        low = np.floor(d).astype(int)
-        high = np.minimum(low + 1, self.E)
-        frac = d - low
-        return self.verify_CD[c, low] * (1 - frac) + self.verify_CD[c, high] * frac
+        return interpolate(self.verify_CD[c], read)
 
     def tree_seconds_total(
         self,
@@ -106,8 +102,8 @@ class StepCost:
         experts read over ``layers`` layers), the verify looked up in a table made once
         per tree and layer count with the same arithmetic, so the same numbers."""
         table = self.by_total.get((c, layers))
-        if table is None:
-            table = self.verify_seconds(c, np.arange(layers * self.E + 1) / layers)
+        if table is None:  # shared by the step costs of equal tables (a guard per request)
+            table = verify_by_total(self.verify_CD[c].tobytes(), layers)
             self.by_total[(c, layers)] = table
         return self.add_parts(c, table[total_read], repair_tokens, budgeted)
 
@@ -124,6 +120,27 @@ class StepCost:
         if repair_tokens is not None:
             seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
         return seconds + np.where(budgeted, self.select_s, self.rest_select_s)
+
+
+def interpolate(verify_D: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """``verify_D`` (seconds at 0..E experts read per layer) at ``read`` experts per layer
+    (any shape, fractional: linear between the neighbouring counts, clipped to 0..E)."""
+    E = verify_D.size - 1
+    d = np.clip(read, 0, E)
+    low = np.floor(d).astype(int)
+    high = np.minimum(low + 1, E)
+    frac = d - low
+    return verify_D[low] * (1 - frac) + verify_D[high] * frac
+
+
+@functools.lru_cache(maxsize=256)
+def verify_by_total(verify_D: bytes, layers: int) -> np.ndarray:
+    """float ``[layers * E + 1]``, read-only: :func:`interpolate` of the float64 table
+    ``verify_D`` (as bytes: hashable) at every total of experts read over ``layers`` layers."""
+    table_D = np.frombuffer(verify_D)
+    table = interpolate(table_D, np.arange(layers * (table_D.size - 1) + 1) / layers)
+    table.setflags(write=False)
+    return table
 
 
 def unbudgeted_seconds(

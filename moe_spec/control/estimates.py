@@ -50,7 +50,8 @@ class WindowStep:
     @cached_property
     def path_need(self) -> float:
         """The budget needed to keep the whole accepted path, mean over layers."""
-        return float(self.need_LP[:, -1].mean())
+        last_L = self.need_LP[:, -1]
+        return float(last_L.sum() / last_L.size)
 
 
 def exact_table(need_LP: np.ndarray, levels_V: np.ndarray) -> np.ndarray:
@@ -100,10 +101,8 @@ class AcceptanceEstimates:
         self.prior = float(prior)
         self.centre_B = (np.arange(bins) + 0.5) / bins
         self.edges_V = np.array(self.logprob_edges())  # float [bins - 1]
-        self.seen_B = np.zeros(bins)
-        self.accepted_B = np.zeros(bins)
-        self.seen_first_B = np.zeros(bins)  # the same, depth-1 nodes alone
-        self.accepted_first_B = np.zeros(bins)
+        # nodes seen per (depth 1?, accepted?, bin): one add per step, read by the properties
+        self.count_FAB = np.zeros((2, 2, bins))
         self.tried_D = np.zeros(max_depth + 1)
         self.reached_D = np.zeros(max_depth + 1)
         self.reach_prior_D = 0.5 ** np.arange(max_depth + 1)  # one pseudo-step, 2**-d
@@ -114,12 +113,33 @@ class AcceptanceEstimates:
         self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
         self.ran_W = np.full(window, -1, dtype=np.int64)  # the candidate each step ran (-1: other)
         self.first_WB = np.zeros((window, bins), dtype=np.int64)  # depth-1 nodes per bin
+        self.need_W = np.zeros(window)  # each step's path_need
         self.steps_seen = 0
 
     # -- calibration -------------------------------------------------------------------
     @property
     def bins(self) -> int:
         return self.centre_B.size
+
+    @property
+    def seen_B(self) -> np.ndarray:
+        """float ``[bins]``: non-root nodes seen per bin of path probability."""
+        return self.count_FAB.sum(axis=(0, 1))
+
+    @property
+    def accepted_B(self) -> np.ndarray:
+        """float ``[bins]``: those of them on the accepted path."""
+        return self.count_FAB[:, 1].sum(axis=0)
+
+    @property
+    def seen_first_B(self) -> np.ndarray:
+        """float ``[bins]``: :attr:`seen_B` of the root's children alone."""
+        return self.count_FAB[1].sum(axis=0)
+
+    @property
+    def accepted_first_B(self) -> np.ndarray:
+        """float ``[bins]``: :attr:`accepted_B` of the root's children alone."""
+        return self.count_FAB[1, 1]
 
     def logprob_edges(self) -> list[float]:
         """The bins' inner edges in log-probability (for ``torch.bucketize``), ascending."""
@@ -157,41 +177,40 @@ class AcceptanceEstimates:
         Without the draft's path log-probabilities (``logprob_N`` None, as in SGLang) the
         calibration is left as it is and the window orders nodes by depth instead.
         """
-        path = list(outcome.path)
-        depth_N = None if outcome.depth_N is None else outcome.depth_N.detach().cpu().numpy()
+        path_P = np.asarray(outcome.path, dtype=np.int64)
+        depth_N = None if outcome.depth_N is None else outcome.depth_N.numpy(force=True)
         first_B = None
         if outcome.logprob_N is not None:
-            logprob_N = outcome.logprob_N.detach().float().cpu().numpy()
+            logprob_N = outcome.logprob_N.float().numpy(force=True)
             # one count of the non-root nodes by (depth 1?, on the path?, bin)
             code_N = self.bin_of(logprob_N)
-            code_N[path] += self.bins
+            code_N[path_P] += self.bins
             if depth_N is not None:
                 code_N += (2 * self.bins) * (depth_N == 1)
             count_FAB = np.bincount(code_N[1:], minlength=4 * self.bins).reshape(2, 2, -1)
-            accepted_FB = count_FAB[:, 1]
-            self.seen_B += count_FAB[0, 0] + accepted_FB[0] + count_FAB[1, 0] + accepted_FB[1]
-            self.accepted_B += accepted_FB[0] + accepted_FB[1]
+            self.count_FAB += count_FAB
             if depth_N is not None:
-                first_B = count_FAB[1, 0] + accepted_FB[1]
-                self.seen_first_B += first_B
-                self.accepted_first_B += accepted_FB[1]
+                first_B = count_FAB[1, 0] + count_FAB[1, 1]
         elif depth_N is not None:  # no draft scores (SGLang): shallower nodes first
             logprob_N = -depth_N.astype(np.float32)
         else:
             raise ValueError("a tree step's outcome needs logprob_N or depth_N")
-        depth = int(depth_N.max()) if depth_N is not None else len(path) - 1
+        depth = int(depth_N.max()) if depth_N is not None else path_P.size - 1
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
-        self.reached_D[1 : min(len(path), depth + 1)] += 1
+        self.reached_D[1 : min(path_P.size, depth + 1)] += 1
         if rank_LE is None or ids_LNK is None:
             return
-        step = self.window_step(logprob_N, path, rank_LE.cpu().numpy(), ids_LNK.cpu().numpy())
+        step = self.window_step(
+            logprob_N, path_P, rank_LE.numpy(force=True), ids_LNK.numpy(force=True)
+        )
         self.window.append(step)
         w = self.steps_seen % self.exact_WLV.shape[0]
         self.first_WB[w] = 0 if first_B is None else first_B
         self.exact_WLV[w] = exact_table(step.need_LP, self.levels_V)
         self.committed_WC[w] = step.committed_C
         self.used_WCL[w] = step.used_CL
+        self.need_W[w] = step.path_need
         n = outcome.tree[0]
         self.ran_W[w] = self.candidate_tokens.index(n) if n in self.candidate_tokens else -1
         self.steps_seen += 1
@@ -211,6 +230,11 @@ class AcceptanceEstimates:
         for _ in range(old):
             self.window.popleft()
 
+    def recent_need(self, n: int) -> np.ndarray:
+        """float ``[n]``: :attr:`WindowStep.path_need` of the window's latest ``n`` steps."""
+        n = min(n, len(self.window))
+        return self.need_W[(self.steps_seen - n + np.arange(n)) % self.need_W.size]
+
     def layer_offsets(self, L: int) -> np.ndarray:
         """int ``[L, 1, 1]``: layer l's first index ``l * E`` in a flat ``[L * E]`` table."""
         if self._offsets_L11.shape[0] != L:
@@ -218,7 +242,11 @@ class AcceptanceEstimates:
         return self._offsets_L11
 
     def window_step(
-        self, logprob_N: np.ndarray, path: list[int], rank_LE: np.ndarray, ids_LNK: np.ndarray
+        self,
+        logprob_N: np.ndarray,
+        path: list[int] | np.ndarray,
+        rank_LE: np.ndarray,
+        ids_LNK: np.ndarray,
     ) -> WindowStep:
         """One step's :class:`WindowStep`; ``ids_LNK`` holds expert ids in ``[0, E)``."""
         L, N, K = ids_LNK.shape
@@ -230,8 +258,7 @@ class AcceptanceEstimates:
         need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
         order_N = np.argsort(-logprob_N, kind="stable")
-        place_N = np.empty(N, dtype=np.int64)
-        place_N[order_N] = np.arange(N)
+        place_N = order_N.argsort()
         path_place_P = np.maximum.accumulate(place_N[path])  # ascending
         known_C = self.n_C <= N
         committed_C = np.where(known_C, np.searchsorted(path_place_P, self.n_C), -1)
@@ -259,7 +286,11 @@ class AcceptanceEstimates:
         """
         rows = self.rows(c, min_ran)
         exact_SLV = self.exact_WLV[rows]
-        if levels_V is not None and not np.array_equal(levels_V, self.levels_V):
+        if (
+            levels_V is not None
+            and levels_V is not self.levels_V
+            and not np.array_equal(levels_V, self.levels_V)
+        ):
             try:
                 v_V = level_index(self.levels_V, np.asarray(levels_V))
             except ValueError:

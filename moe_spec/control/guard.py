@@ -83,6 +83,16 @@ from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation (over n) of ``values``; ``(0, 0)`` when empty (in Python:
+    the window's few dozen numbers take less time than numpy's calls)."""
+    if not values:
+        return 0.0, 0.0
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / n)
+
+
 def spacing(loss_s: float, step_s: float, share: float) -> int:
     """Steps of ``step_s`` seconds between two looks that each lose ``loss_s`` seconds, for
     the looks to lose at most ``share`` of the time (0 where a look loses nothing)."""
@@ -146,6 +156,8 @@ class Guard(DraftGate, MeasuredWarmup):
         self.look_every, self.max_look = gate_every, 16 * gate_every
         self.gated: int | None = None  # the tree of a step the gate turned into a decode
         self.levels_V = budget_levels(top_k, cap, levels)
+        if np.array_equal(self.levels_V, estimates.levels_V):  # one array: no compare per read
+            self.levels_V = estimates.levels_V
         # a tree's window steps before its per-layer budgets are searched, and the full
         # tree's before a smaller tree may be switched to
         self.trusted = 8
@@ -286,7 +298,7 @@ class Guard(DraftGate, MeasuredWarmup):
         if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
             return "drift"
         if 4 <= new < len(self.est.window):
-            need = sum(step.path_need for step in list(self.est.window)[-new:]) / new
+            need = float(self.est.recent_need(new).sum() / new)
             if self.drifted(need, new, *self.need_at_replan):
                 return "drift"
         return ""
@@ -342,10 +354,7 @@ class Guard(DraftGate, MeasuredWarmup):
         self.touched_n = self.touched = 0
         self.recent = [0, 0]
         self.seen_at_replan = self.est.steps_seen
-        need_S = np.array([step.path_need for step in self.est.window])
-        self.need_at_replan = (
-            (float(need_S.mean()), float(need_S.std())) if need_S.size else (0.0, 0.0)
-        )
+        self.need_at_replan = mean_and_spread(self.est.recent_need(len(self.est.window)).tolist())
         self.replans += 1
         before = self.held()
         self.switch(self.predict())
@@ -372,14 +381,15 @@ class Guard(DraftGate, MeasuredWarmup):
             passes = 2 if c in (0, self.choice) and window[1].size >= self.per_layer_from() else 0
             B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
             self.budgets_C[c] = B_L
-            mean = float(window[1].mean())
-            self.evidence[c] = (window[1].size, mean)
-            self.filled[c] = float((window[1] > max(self.trees[c][2], 1)).mean())
-            self.step_s_C[c] = step_seconds(self.cost, c, window, self.levels_V, B_L, self.repair)
             exact_S = exact_prefix_S(window[0], self.levels_V, B_L)
-            self.touched_C[c] = float((exact_S < window[1]).mean())
-            self.spread_C[c] = float(window[1].std())
-            predicted[c] = self.with_gated(c, window[1], tp / self.ratio(TREE))
+            self.step_s_C[c] = step_seconds(self.cost, c, window, B_L, exact_S, self.repair)
+            committed_S = window[1]
+            S, depth = committed_S.size, max(self.trees[c][2], 1)
+            mean, self.spread_C[c] = mean_and_spread(committed_S.tolist())
+            self.evidence[c] = (S, mean)
+            self.filled[c] = np.count_nonzero(committed_S > depth) / S
+            self.touched_C[c] = np.count_nonzero(exact_S < committed_S) / S
+            predicted[c] = self.with_gated(c, committed_S, tp / self.ratio(TREE))
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)

@@ -105,20 +105,19 @@ def step_seconds(
     cost: StepCost,
     c: int,
     window: tuple[np.ndarray, np.ndarray, np.ndarray],
-    levels_V: np.ndarray,
     B_L: np.ndarray,
+    exact_S: np.ndarray,
     repair: bool,
 ) -> float:
-    """Mean modeled seconds of the window's steps (tables at ``levels_V``) with tree ``c``
-    under budgets ``B_L``: draft, verify, repair and ranking, as :func:`throughput_X`
-    prices them."""
-    exact_SLV, committed_S, used_SL = window
-    L = exact_SLV.shape[1]
-    exact_S = exact_prefix_S(exact_SLV, levels_V, B_L)
+    """Mean modeled seconds of the window's steps with tree ``c`` under budgets ``B_L``,
+    whose untouched path prefixes are ``exact_S`` (:func:`exact_prefix_S`): draft, verify,
+    repair and ranking, as :func:`throughput_X` prices them."""
+    _, committed_S, used_SL = window
     read_S = np.minimum(B_L, used_SL).sum(axis=-1)
     budgeted = np.array(bool((B_L < cost.E).any()))
+    L = used_SL.shape[1]
     _, seconds_S = tokens_and_seconds(cost, c, exact_S, committed_S, read_S, L, budgeted, repair)
-    return float(seconds_S.mean())
+    return float(seconds_S.sum() / seconds_S.size)
 
 
 def exact_prefix_S(exact_SLV: np.ndarray, levels_V: np.ndarray, B_L: np.ndarray) -> np.ndarray:

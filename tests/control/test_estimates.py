@@ -156,3 +156,17 @@ def test_forget_keeps_the_latest_window_steps_and_the_calibration():
     np.testing.assert_array_equal(est.accept_B(), accept_B)
     est.forget(5)  # keeping more than there is changes nothing
     assert len(est.window) == 2
+
+
+def test_recent_need_reads_the_latest_window_steps_through_the_ring():
+    est = AcceptanceEstimates(2, 4, [4, 2], window=3)
+    rank_LE = torch.stack([RANK_LE[0]] * 2)
+    for step in range(7):  # the ring wraps twice; each step's path needs another budget
+        ids_LNK = torch.full((2, 4, 1), step % 4)
+        est.observe(StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2)), rank_LE, ids_LNK)
+        want = [s.path_need for s in est.window]
+        assert est.recent_need(len(est.window)).tolist() == want
+        assert est.recent_need(2).tolist() == want[-2:]
+    est.forget(1)
+    # the last step's nodes all picked expert 6 % 4 = 2, ranked 2nd in both layers: budget 3
+    assert est.recent_need(5).tolist() == [est.window[-1].path_need] == [3.0]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
+from moe_spec.control.guard import mean_and_spread
 from moe_spec.costmodel import get_cost_model, get_shape
 
 TREES = [(8, 4, 3), (4, 3, 3)]
@@ -644,3 +645,10 @@ def test_a_paused_warm_up_keeps_its_probe_while_new_prompts_price_the_tree():
     g.new_request()
     g.prefilled(8, g.cost.forward_seconds(8))  # a tree step that pays
     assert g.plan().reason.startswith("warm-up (0/2") and g.pause is None
+
+
+@pytest.mark.parametrize("values", [[], [3], [1, 2, 2, 7], list(range(40)), [0.5, 1e9, -2.0]])
+def test_mean_and_spread_are_numpys_mean_and_std(values):
+    mean, spread = mean_and_spread(values)
+    want = (np.mean(values), np.std(values)) if values else (0.0, 0.0)
+    np.testing.assert_allclose([mean, spread], want, rtol=1e-12)

@@ -265,3 +265,16 @@ def test_step_tables_are_made_once_and_each_step_cost_owns_its_copy():
     fresh = step_tables.__wrapped__(cost_model, shape, 4, 32, tuple(TREES), 64)
     np.testing.assert_array_equal(second.verify_CD, fresh[1])
     assert second.verify_CD[0, 1] > 0 and step_tables.cache_info().hits >= 1
+
+
+def test_totals_tables_are_shared_by_equal_tables_and_priced_as_the_interpolation():
+    cost_model, shape = get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B")
+    first, second = (StepCost(cost_model, shape, 4, 32, TREES) for _ in range(2))
+    edited = StepCost(cost_model, shape, 4, 32, TREES)
+    edited.verify_CD[1] *= 2.0  # its own numbers: its own table
+    total_T = np.arange(6 * 32 + 1)
+    got = [s.tree_seconds_total(1, total_T, 6, None) for s in (first, second, edited)]
+    assert first.by_total[(1, 6)] is second.by_total[(1, 6)]  # made once, shared
+    for cost, got_T in zip((first, edited), got[::2], strict=True):
+        np.testing.assert_array_equal(got_T, cost.tree_seconds(1, total_T / 6, np.array(0)))
+    assert (got[2] > got[0]).all()
