@@ -46,7 +46,10 @@ With ``explore`` (default 0.005; 0: off), while it decodes the guard runs a step
 predicted to lose under ``explore`` of the time between them (:meth:`explore_floor`): they
 show whether the draft is accepted, decodes do not; and a smaller tree's step whose accepted
 path fills it probes the full tree next (the text may have begun to repeat), so the loss of
-a step counts the probes its share of filled paths starts.
+a step counts the probes its share of filled paths starts; one that commits fewer tokens than
+its tree's predicted mean makes the guard decide again at once, as a probe does (measured: on
+smollm2-moe's set B a one-draft chain predicted level with decoding from a few filled paths ran
+every other step, committing 1 token, until the next replan).
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
@@ -195,6 +198,7 @@ class Guard(DraftGate, MeasuredWarmup):
         self.measured = {TREE: 0, AUTOREGRESSIVE: 0}
         self.current: StepPlan | None = None
         self.probing = False
+        self.exploring = False  # whether the step planned is an explore (``explore``)
         self.last_probe: tuple[float, int] | None = None  # measured: (seconds, committed)
         self.prompt_ratio: tuple[int, float] | None = None  # last prompt: tokens, measured/modeled
         self.catching_up = False  # whether the next tree step reads a prompt into the draft
@@ -239,7 +243,7 @@ class Guard(DraftGate, MeasuredWarmup):
             self.probing = True
             return StepPlan(TREE, *full, f"probe the full tree (every {self.probe_every} steps)")
         if self.choice < 0 and self.explored and self.since_explore >= self.explore_every:
-            self.since_explore = 0
+            self.since_explore, self.exploring = 0, True
             c, every = self.explored, self.explore_every
             self.budget_L[:] = self.budgets_C[c]
             reason = (
@@ -530,6 +534,7 @@ class Guard(DraftGate, MeasuredWarmup):
         t0 = time.perf_counter()
         seconds = t0 - self.started if self.started else 0.0  # 0: a step this guard did not plan
         self.started = 0.0
+        explored, self.exploring = self.exploring, False
         if outcome.kind == AUTOREGRESSIVE:
             self.after_decodes = True
         if outcome.kind == AUTOREGRESSIVE and self.gated is not None:  # the gate's decode
@@ -569,6 +574,10 @@ class Guard(DraftGate, MeasuredWarmup):
                 and outcome.committed > max(outcome.tree[2], 1)
             ):  # a smaller tree's path filled it: the full tree might commit more
                 self.since_full = self.probe_every
+            if explored and outcome.committed < self.evidence.get(self.explored, (0, 0.0))[1]:
+                # an explore that committed less than its tree's predicted mean: decide again
+                # now (a schedule made from a few lucky steps would explore on, unrevised)
+                self.since_replan = self.replan_interval
             if self.probing:  # decide again right after a probe
                 self.since_replan = self.replan_interval
                 if self.measure and seconds > 0:

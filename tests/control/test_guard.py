@@ -652,3 +652,18 @@ def test_mean_and_spread_are_numpys_mean_and_std(values):
     mean, spread = mean_and_spread(values)
     want = (np.mean(values), np.std(values)) if values else (0.0, 0.0)
     np.testing.assert_allclose([mean, spread], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("committed, replans", [(1, True), (2, False)])
+def test_an_explore_that_commits_less_than_predicted_decides_again_at_once(committed, replans):
+    g = guard(explore=0.02, gate=False, warmup=1)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 50.0, 1: 99.0, -1: 100.0}  # level with decoding: explore often
+    g.evidence.update({0: (8, 2.0), 1: (8, 2.0)})  # its steps commit 2 tokens on average
+    while (plan := g.plan()).kind == "autoregressive":
+        g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    assert plan.reason.startswith("explores with tree 4/3/3") and g.replans == 1
+    depth_N = torch.tensor([0, 1, 2, 3])
+    g.observe(StepOutcome("tree", list(range(committed)), depth_N, None, plan.tree))
+    g.plan()
+    assert g.replans == 1 + replans
