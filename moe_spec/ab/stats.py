@@ -139,6 +139,16 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
         return (n, n / tokens_per_s)
     if not record.steps:
         return (0.0, 0.0)
+    steps = modeled_steps(record, config, info, m)
+    committed = sum(s.committed for s in steps)
+    tokens_per_s = speculative_tokens_per_s(m.cost.gpu, m.shape, steps, overheads=m.cost.overheads)
+    return (committed, committed / tokens_per_s)
+
+
+def modeled_steps(
+    record: RunRecord, config: RunConfig, info: dict, m: Modeled
+) -> list[ModeledStep]:
+    """A speculative run's steps as the cost model prices them (``record.steps`` in order)."""
 
     def mapped(distinct_L: list[int]) -> float:
         mean = sum(distinct_L) / len(distinct_L) if distinct_L else 0.0
@@ -154,7 +164,7 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
         after = record.steps[i + 1] if i + 1 < len(record.steps) else None
         return after is not None and after.guard != AUTOREGRESSIVE
 
-    steps = [
+    return [
         ModeledStep(
             s.committed,
             s.num_tokens,
@@ -170,9 +180,6 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
         )
         for i, s in enumerate(record.steps)
     ]
-    committed = sum(s.committed for s in steps)
-    tokens_per_s = speculative_tokens_per_s(m.cost.gpu, m.shape, steps, overheads=m.cost.overheads)
-    return (committed, committed / tokens_per_s)
 
 
 def ratio(pairs: list[tuple[float, float]]) -> float | None:
