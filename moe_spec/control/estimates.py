@@ -96,7 +96,8 @@ class AcceptanceEstimates:
             self.levels_V = np.array(budgets, dtype=np.int64)
         self.candidate_tokens = list(candidate_tokens)
         self.n_C = np.array(self.candidate_tokens, dtype=np.int64)
-        self.smallest = min(self.candidate_tokens, default=0)
+        # (index, tokens) of the candidates by size, smallest first (``window_step``)
+        self.ascending_C = sorted(enumerate(self.candidate_tokens), key=lambda cn: cn[1])
         self._offsets_L11 = (np.arange(num_layers) * num_experts)[:, None, None]
         self.prior = float(prior)
         self.centre_B = (np.arange(bins) + 0.5) / bins
@@ -262,15 +263,18 @@ class AcceptanceEstimates:
         path_place_P = np.maximum.accumulate(place_N[path])  # ascending
         known_C = self.n_C <= N
         committed_C = np.where(known_C, np.searchsorted(path_place_P, self.n_C), -1)
-        # each (layer, expert)'s best place among the nodes that picked it (N: none); the
-        # best n nodes of a candidate tree use the experts whose place is below n
-        first_X = np.full(L * self.E, N, dtype=np.int64)
-        if self.smallest < N:
-            np.minimum.at(first_X, at_LNK, place_N[:, None])
-        else:  # no candidate smaller than this tree (a fixed tree): used or not is enough
-            first_X[at_LNK] = 0
-        n_C1 = np.where(known_C, self.n_C, 0)[:, None, None]
-        used_CL = (first_X.reshape(L, self.E) < n_C1).sum(axis=-1)
+        # the best n nodes of a candidate tree use the experts their top-k picked: mark the
+        # nodes' experts in place order, counting the marks at each candidate's n
+        marked_X = np.zeros(L * self.E, dtype=bool)
+        used_CL = np.zeros((self.n_C.size, L), dtype=np.int64)
+        done = 0
+        for c, n in self.ascending_C:
+            if n > N:  # a tree smaller than the candidate: unknown (0)
+                break
+            if n > done:
+                marked_X[at_LNK[:, order_N[done:n]]] = True
+                done = n
+            used_CL[c] = np.count_nonzero(marked_X.reshape(L, self.E), axis=1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(
