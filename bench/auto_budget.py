@@ -57,6 +57,23 @@ from moe_spec.engine.generate import SpecConfig
 from moe_spec.policies import get_policy
 
 
+def add_auto_option(ap: argparse.ArgumentParser, help: str) -> None:
+    """``--auto-option KEY=VALUE`` (repeatable): ``args.auto_option``, a list of pairs."""
+    ap.add_argument(
+        "--auto-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
+    )
+
+
+def option_text(pairs: list[tuple[str, object]]) -> str:
+    """``(key, value)`` pairs as a run config's ``,opt.key=value`` suffix."""
+    return "".join(f",opt.{k}={json.dumps(v)}" for k, v in pairs)
+
+
 def tree_of(args) -> dict:
     """``--tree N W D`` as SpecConfig/RunConfig fields (default 32 tokens, width 8, depth 6)."""
     return dict(zip(("num_tokens", "width", "depth"), args.tree, strict=True))
@@ -236,7 +253,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     per_shape = {
         s.name: [
             f"auto:opt.shape={s.name},opt.gpu={args.gpu},opt.cost_model={args.cost_model}{r}"
-            + "".join(f",opt.{k}={json.dumps(v)}" for k, v in args.auto_option)
+            + option_text(args.auto_option)
             for r in ("", ",repair=true")
         ]
         + ["depth-width"]
@@ -392,14 +409,7 @@ def main() -> None:
         "auto's plain decodes skip the draft extend except the last of each run (auto "
         "plans so: decode_extend=false); SGLang's own adaptive arm is priced as without it",
     )
-    ap.add_argument(
-        "--auto-option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of every auto arm (repeatable), e.g. carry=8",
-    )
+    add_auto_option(ap, "an option of every auto arm (repeatable), e.g. carry=8")
     ap.add_argument("--skip-measured", action="store_true")
     ap.add_argument("--skip-modeled", action="store_true", help="the CPU's tokens/s only")
     ap.add_argument("--out", default="out/auto-bench")

@@ -17,17 +17,15 @@ after each step), ``--skip-decode-extend`` with it under SGLang's skip switch.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 
 import torch
-from auto_budget import LivePolicy, load, prompt_sets, tree_of
+from auto_budget import LivePolicy, add_auto_option, load, option_text, prompt_sets, tree_of
 
 from moe_spec.ab.configs import parse_config
 from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.stats import Modeled, modeled_steps
-from moe_spec.cli import parse_option
 from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.costmodel import (
     autoregressive_tokens_per_s,
@@ -70,14 +68,7 @@ def main() -> None:
     ap.add_argument("--sglang", action="store_true")
     ap.add_argument("--skip-decode-extend", action="store_true")
     ap.add_argument("--steps", action="store_true", help="print every tree step and its reason")
-    ap.add_argument(
-        "--auto-option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of auto (repeatable), e.g. explore=0.002",
-    )
+    add_auto_option(ap, "an option of auto (repeatable), e.g. explore=0.002")
     args = ap.parse_args()
     if args.skip_decode_extend and not args.sglang:
         ap.error("--skip-decode-extend prices SGLang's switch: use it with --sglang")
@@ -90,7 +81,7 @@ def main() -> None:
         options += (
             f",opt.draft_extend=true,opt.decode_extend={str(not args.skip_decode_extend).lower()}"
         )
-    options += "".join(f",opt.{k}={json.dumps(v)}" for k, v in args.auto_option)
+    options += option_text(args.auto_option)
     text = f"auto:opt.shape={shape.name},opt.gpu=H200,opt.cost_model=measured{options}"
     (config,) = parse_config(text + ",repair=true", tree_of(args))
     m = Modeled(cost, shape, draft_extend=args.sglang, decode_extend=not args.skip_decode_extend)
