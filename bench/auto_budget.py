@@ -363,11 +363,11 @@ def summary(set_name: str, table: dict) -> list[str]:
             f"| {set_name} | {shape} | {ar:.0f} | {none:.0f} | {dw:.0f} | "
             f"{lossless[best_ll]['tok_s']:.0f} ({best_ll.split(':')[1]}) | "
             f"{auto_ll['tok_s']:.0f} | {auto_ll['tok_s'] / lossless[best_ll]['tok_s']:.3f} | "
-            f"{auto_ll['tok_s'] / floor:.2f} | {auto_ll['guard_ar']:.0%} | "
+            f"{auto_ll['tok_s'] / floor:.3f} | {auto_ll['guard_ar']:.0%} | "
             f"{lossy[best_ly]['tok_s']:.0f} ({best_ly.split(':')[1]}, "
             f"{lossy[best_ly]['agree']:.0%}) | {auto_ly['tok_s']:.0f} ({auto_ly['agree']:.0%}) | "
             f"{warm_ll['tok_s']:.0f} | {warm_ll['tok_s'] / lossless[best_ll]['tok_s']:.3f} | "
-            f"{warm_ll['tok_s'] / floor:.2f} | {warm_ly['tok_s']:.0f} ({warm_ly['agree']:.0%}) |"
+            f"{warm_ll['tok_s'] / floor:.3f} | {warm_ly['tok_s']:.0f} ({warm_ly['agree']:.0%}) |"
         )
     return lines
 
