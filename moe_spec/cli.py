@@ -165,20 +165,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}; mode: {spec.mode}\n"
     )
     shown: dict[str, list[int]] = {}
+    finished = [0] * len(prompts)
 
-    def show(label: str, runs) -> None:
-        """A configuration's first completion: a few lines, or that it equals one shown."""
-        tokens = runs[0].tokens
-        same = next((name for name, seen in shown.items() if seen == tokens), None)
+    def show(label: str, i: int, run) -> None:
+        """The first prompt's completion per configuration (a few lines, or that it equals
+        one shown); a line as each later prompt finishes every configuration."""
+        finished[i] += 1
+        if i > 0:
+            if finished[i] == len(configs):
+                print(f"  prompt {i + 1} of {len(prompts)}: every configuration ran", flush=True)
+            return
+        same = next((name for name, seen in shown.items() if seen == run.tokens), None)
         if same is not None:
             print(f"  {label}: the same text as {same}", flush=True)
             return
-        shown[label] = tokens
-        print(f"  {label} ({len(runs)} prompts, {sum(r.seconds for r in runs):.1f} s):")
-        for line in sample_lines(engine.decode(tokens), args.sample_lines):
+        shown[label] = run.tokens
+        print(f"  {label} ({run.seconds:.1f} s):")
+        for line in sample_lines(engine.decode(run.tokens), args.sample_lines):
             print(f"    | {line}", flush=True)
 
-    print(f"First prompt's completion per configuration (ends: {prompts[0].splitlines()[-1]!r}):")
+    print(
+        f"First prompt's completion per configuration (ends: {prompts[0].splitlines()[-1]!r}); "
+        "the configurations run prompt by prompt, interleaved:"
+    )
     rows = run_demo(engine, prompts, configs, args.max_new_tokens, progress=show)
     print()
     print(format_table(rows))

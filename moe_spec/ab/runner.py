@@ -8,16 +8,21 @@ and no configuration always runs first. Finished runs go to the store at once.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord, Store
+
+C = TypeVar("C")
 
 
 class RunInterruptedError(ValueError):
     """A run failed; the finished ones are kept in the output folder."""
 
 
-def schedule(configs: list[RunConfig], n_prompts: int) -> list[tuple[int, RunConfig]]:
-    """``(prompt index, config)`` in run order: prompt by prompt, rotating the configs."""
+def schedule(configs: list[C], n_prompts: int) -> list[tuple[int, C]]:
+    """``(prompt index, config)`` in run order: prompt by prompt, rotating the configs
+    (any items: ``moe-spec demo`` schedules its ``(label, spec)`` pairs the same way)."""
     order = []
     for i in range(n_prompts):
         shift = i % len(configs)

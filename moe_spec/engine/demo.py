@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
+from moe_spec.ab.runner import schedule
 from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.engine.data import HELD_OUT, read_text, stdlib_root
 from moe_spec.engine.generate import Engine, GenerationResult, SpecConfig
@@ -148,21 +149,24 @@ def demo_configs(
 def run_demo(engine: Engine, prompts: list[str], configs, max_new_tokens: int, progress=None):
     """Run every configuration on every prompt; the unbudgeted run is the agreement reference.
 
-    ``progress(label, runs)`` is called after each configuration with its results.
+    Runs are interleaved as ``moe-spec ab`` runs them (:func:`moe_spec.ab.runner.schedule`:
+    prompt by prompt, the configurations' order rotating), so the machine's drift falls on
+    every configuration alike and tokens/s compare across rows. ``progress(label, i, run)``
+    is called after each run, ``i`` the prompt's index.
     """
     ids = [engine.encode(p) for p in prompts]
-    results, reference = [], None
-    for label, spec in configs:
+    runs: dict[str, list[GenerationResult]] = {label: [] for label, _ in configs}
+    for i, (label, spec) in schedule(list(configs), len(ids)):
         if spec is None:
-            runs = [engine.generate_autoregressive(p, max_new_tokens) for p in ids]
+            run = engine.generate_autoregressive(ids[i], max_new_tokens)
         else:
-            runs = [engine.generate_speculative(p, max_new_tokens, spec) for p in ids]
-        if reference is None or (spec is not None and spec.policy == "none"):
-            reference = [r.tokens for r in runs]
-        results.append((label, spec, runs))
+            run = engine.generate_speculative(ids[i], max_new_tokens, spec)
+        runs[label].append(run)
         if progress:
-            progress(label, runs)
-    return [summarize(label, spec, runs, reference, engine) for label, spec, runs in results]
+            progress(label, i, run)
+    unbudgeted = [label for label, spec in configs if spec is not None and spec.policy == "none"]
+    reference = [r.tokens for r in runs[unbudgeted[-1] if unbudgeted else configs[0][0]]]
+    return [summarize(label, spec, runs[label], reference, engine) for label, spec in configs]
 
 
 def sample_lines(text: str, lines: int = 3, width: int = 96) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from moe_spec.cli import main
 from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.engine.checkpoint import save_checkpoint
-from moe_spec.engine.demo import BYTES_PER_PARAM, summarize
+from moe_spec.engine.demo import BYTES_PER_PARAM, demo_configs, run_demo, summarize
 from moe_spec.engine.generate import GenerationResult, SpecConfig, StepStats
 
 
@@ -86,6 +86,45 @@ def test_demo_leaves_out_auto_on_request(tiny_dir, tmp_path):
     assert main([*args, "--budgets", "3", "--repair-policies", "", "--no-auto"]) == 0
     labels = [r["label"] for r in json.loads((out / "results.json").read_text())["results"]]
     assert labels == ["autoregressive", "none", "router-mass B=3", "token-priority B=3"]
+
+
+class RecordingEngine:
+    """The tiny engine, recording which prompt and configuration each generation ran."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.calls = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate_autoregressive(self, prompt, max_new_tokens):
+        self.calls.append((prompt, "autoregressive"))
+        return self.engine.generate_autoregressive(prompt, max_new_tokens)
+
+    def generate_speculative(self, prompt, max_new_tokens, spec):
+        self.calls.append((prompt, spec.label))
+        return self.engine.generate_speculative(prompt, max_new_tokens, spec)
+
+
+def test_demo_interleaves_the_configurations_prompt_by_prompt(tiny_engine):
+    """Drift must fall on every row alike: prompt by prompt, the order rotating; the rows
+    come back in the configurations' order with the unbudgeted run as the reference."""
+    spec = SpecConfig(num_tokens=8, depth=3, width=2)
+    configs = demo_configs([3], ["router-mass"], spec, ["draft-path"])
+    engine = RecordingEngine(tiny_engine)
+    prompts = ["def f(x):", "class A:", "import os"]
+    seen = []
+    rows = run_demo(engine, prompts, configs, 4, progress=lambda *a: seen.append(a[:2]))
+    labels = [label for label, _ in configs]
+    n = len(labels)
+    expected = [(i, labels[(i + j) % n]) for i in range(3) for j in range(n)]
+    encoded = [tiny_engine.encode(p) for p in prompts]
+    assert [(encoded.index(p), label) for p, label in engine.calls] == expected
+    assert [(label, i) for i, label in expected] == seen
+    assert [r.label for r in rows] == labels
+    by_label = {r.label: r for r in rows}
+    assert by_label["none"].agreement == 1.0 and by_label["autoregressive"].agreement == 1.0
+    assert by_label["draft-path B=3 repair"].agreement == 1.0  # against the unbudgeted text
 
 
 def test_summary_counts_a_planning_policys_decodes_apart_from_its_verify_steps(tiny_engine):
