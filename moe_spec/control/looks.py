@@ -1,0 +1,109 @@
+"""The looks of :class:`moe_spec.control.Guard` at trees it does not run: probes and explores.
+
+While not on the full tree the guard probes it every ``probe`` steps (doubling after each probe
+that does not win back, up to ``max_probe``), since a smaller tree or decoding teaches nothing
+about the full one; at least every ``probe * gap**2`` steps, ``gap`` (at most 4) being how many
+times faster the current choice is predicted than the full tree: a probe costs more, and is
+less likely to win, the further behind the full tree is; and at least as far apart as keeps the
+time a probe is predicted to lose under ``probe_cost`` (0.5%) of the time between probes. A
+choice made while the window holds no step of the full tree to predict it from (forgotten at
+new text) probes it every ``probe`` steps again. While it decodes, one plan covers every decode
+up to its next look at a tree (``StepPlan.steps``). With ``explore`` (default 0.005; 0: off),
+while it decodes the guard runs a step of a smaller tree (the one predicted fastest) every few
+decodes, as far apart as keeps the time such a step is predicted to lose under ``explore`` of
+the time between them (:meth:`explore_floor`): they show whether the draft is accepted, decodes
+do not; and a smaller tree's step whose accepted path fills it probes the full tree next (the
+text may have begun to repeat), so the loss of a step counts the probes its share of filled
+paths starts; one that commits fewer tokens than its tree's predicted mean makes the guard
+decide again at once, as a probe does (measured: on smollm2-moe's set B a one-draft chain
+predicted level with decoding from a few filled paths ran every other step, committing 1 token,
+until the next replan).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def spacing(loss_s: float, step_s: float, share: float) -> int:
+    """Steps of ``step_s`` seconds between two looks that each lose ``loss_s`` seconds, for
+    the looks to lose at most ``share`` of the time (0 where a look loses nothing)."""
+    return math.ceil(loss_s / (share * step_s)) if loss_s > 0 else 0
+
+
+class Looks:
+    """The looks' part of :class:`moe_spec.control.Guard` (a mixin: it reads the guard's
+    choice, predictions, evidence and counters)."""
+
+    def space_looks(self, predicted: dict[int, float], unshrunk: dict[int, float]) -> None:
+        """After a replan's switch: how far apart the probes of the full tree and the
+        explores with a smaller tree come, from the arms' tokens/s (``predicted``, with
+        challengers shrunk; ``unshrunk``, as predicted)."""
+        if self.choice == 0:
+            self.probe_every = self.probe0
+        elif self.probing:  # the probe did not win the full tree back: probe less often
+            self.probe_every = min(self.probe_every * 2, self.max_probe)
+        if self.choice != 0 and 0 in predicted:  # the further behind, the rarer the probe
+            gap = predicted[self.choice] / max(predicted[0], 1e-30)
+            floor = max(int(self.probe0 * min(gap, 4.0) ** 2), self.probe_floor(predicted))
+            self.probe_every = min(max(self.probe_every, floor), self.max_probe)
+            self.floor = floor
+        elif self.choice != 0:  # chosen with no prediction of the full tree: look at it soon
+            self.probe_every = self.floor = self.probe0
+        self.probing = False
+        self.explored, self.explore_every = self.explore_floor(unshrunk)
+
+    def decode_run(self) -> int:
+        """Plain decodes until the guard next looks at a tree: its probe, a step of a smaller
+        tree (``explore``), or the gate's look (nothing else changes while it decodes:
+        replans count tree steps)."""
+        run = self.probe_every - self.since_full
+        if self.explored:
+            run = min(run, self.explore_every - self.since_explore)
+        if self.gating and self.gate_every:
+            run = min(run, self.look_every - self.since_gate)
+        return max(run, 1)
+
+    def explore_floor(self, predicted: dict[int, float]) -> tuple[int, int]:
+        """While decoding with ``explore``: the smaller tree to explore with (the one predicted
+        fastest; 0: none) and the decodes between its steps, at least as many as keep the time
+        they are predicted to lose under ``explore`` of the time between them (at least 1).
+        A step commits ``a`` tokens in ``a / tp`` seconds against ``a / tp_decode``; a share
+        ``f`` of its paths (the window's) fill it and probe the full tree next: the step's
+        loss counts ``f`` of a probe's (:meth:`probe_loss`)."""
+        smaller = [c for c in predicted if c > 0]
+        if self.choice >= 0 or not self.explore or not smaller:
+            return 0, 0
+        c = max(smaller, key=predicted.get)
+        loss_s = self.time_lost(c, predicted) + self.filled.get(c, 0.0) * max(
+            self.probe_loss(predicted, -1), 0.0
+        )
+        return c, max(spacing(loss_s, 1.0 / predicted[-1], self.explore), 1)
+
+    def time_lost(self, c: int, predicted: dict[int, float], against: int = -1) -> float:
+        """Seconds one step of tree ``c`` loses against arm ``against`` (decoding) committing
+        the step's mean committed tokens, at their ``predicted`` tokens/s."""
+        a = self.evidence.get(c, (0, 1.0))[1]
+        return a / max(predicted[c], 1e-30) - a / predicted[against]
+
+    def probe_floor(self, predicted: dict[int, float]) -> int:
+        """Steps of the current choice between probes for the probes to cost at most
+        ``probe_cost`` of the time (:meth:`probe_loss`)."""
+        if self.choice not in predicted:
+            return 0
+        per_token = 1.0 if self.choice < 0 else self.evidence[self.choice][1]
+        loss_s = self.probe_loss(predicted, self.choice)
+        return spacing(loss_s, per_token / predicted[self.choice], self.probe_cost)
+
+    def probe_loss(self, predicted: dict[int, float], against: int) -> float:
+        """Seconds a probe of the full tree loses against arm ``against``: it commits the full
+        tree's mean ``a`` tokens in ``a / tp_full`` seconds, which ``against`` commits in
+        ``a / tp_against`` (with ``measure``, the last probe's measured seconds and tokens, if
+        it lost more; 0 with neither)."""
+        loss_s = 0.0
+        if 0 in self.evidence and 0 in predicted:
+            loss_s = self.time_lost(0, predicted, against)
+        if self.last_probe is not None:
+            seconds, committed = self.last_probe
+            loss_s = max(loss_s, seconds - committed / predicted[against])
+        return loss_s
