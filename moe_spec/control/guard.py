@@ -8,42 +8,27 @@ Before each step (:meth:`Guard.plan`) it answers one of
   own budgets;
 - **autoregressive**: one plain target forward,
 
-whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``) and,
-with ``measure``, corrected by the wall time measured for tree and autoregressive steps
-(an exponential average of measured over modeled seconds per kind). Hysteresis: the
-current choice is kept unless another is predicted faster by more than ``margin``; the
-prediction is redone every ``replan_every`` tree steps, and when the window, not yet full,
-has doubled since the last replan (:meth:`Guard.grown`); after a replan that changed neither
-the choice nor its budgets the interval doubles, up to ``max_replan`` (the window's length:
-by then every step it predicts from is new), and any change resets it (a replan prices
-every candidate tree: most of the controller's time). Two surprises replan at once and
-reset the interval (:meth:`Guard.surprised`): the budget touched the accepted path
-``surprise`` steps more often than predicted, or the current tree's committed tokens, or the
-budget its accepted paths needed, drifted ``drift`` standard errors from the window's mean
-(then the window keeps only the steps since: the text has changed). A tree that is not the current
-choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token added to
-the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``,
-``a`` its mean committed tokens. A tree predicted from two or three lucky steps does not
-win a switch (a switch costs steps to undo), while over a full window the shrink is a few
-percent. Autoregressive decoding's time is known, and is not shrunk. A smaller tree is not
-switched to before the window holds 8 (``trusted``) steps of the full tree, unless decoding
-would be chosen instead: a smaller tree's committed tokens are predicted from the full
-tree's steps (the accepted path's prefix inside its nodes), its own steps cannot show what
-the full tree would commit (their paths end at its size), and its probes of the full tree
-are far apart while it is predicted ahead (measured: on the toy, a text that began with
-short paths held a 4-token tree for a whole request, switched to on 4 steps).
+whichever is predicted fastest, under the cost tables (``moe_spec.control.cost``) and, with
+``measure``, corrected by the wall time measured for tree and autoregressive steps (an
+exponential average of measured over modeled seconds per kind). Hysteresis: the current choice
+is kept unless another is predicted faster by more than ``margin`` (when the prediction is
+redone, and what a new request resets: ``moe_spec.control.replans``). A tree that is not the
+current choice is judged with ``switch_prior`` (p) pseudo-steps of one committed token added to
+the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``, ``a``
+its mean committed tokens. A tree predicted from two or three lucky steps does not win a switch
+(a switch costs steps to undo), while over a full window the shrink is a few percent.
+Autoregressive decoding's time is known, and is not shrunk. A smaller tree is not switched to
+before the window holds 8 (``trusted``) steps of the full tree, unless decoding would be chosen
+instead: a smaller tree's committed tokens are predicted from the full tree's steps (the
+accepted path's prefix inside its nodes), its own steps cannot show what the full tree would
+commit (their paths end at its size), and its probes of the full tree are far apart while it is
+predicted ahead (measured: on the toy, a text that began with short paths held a 4-token tree
+for a whole request, switched to on 4 steps).
 **Looks** (``moe_spec.control.looks``): while not on the full tree the guard probes it, and
 while it decodes it explores with a smaller tree, each as far apart as keeps its predicted
 loss under ``probe_cost`` and ``explore`` of the time.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
-A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
-``carry`` steps (then every step enters until it is full), its first ``learn_new`` (4) tree
-steps all rank and enter the window (:meth:`Guard.learning_new_text`: a step that keeps every
-expert otherwise ranks only to be learned from, one in ``rank_every``), so that a new text
-whose paths need other budgets than the carried steps' is told apart within 4 steps, and
-probes start again; so do all tree steps while the window holds fewer than ``trusted`` (8)
-(:meth:`Guard.learning`: a plan made from the warm-up's 2 steps is remade from 4).
 The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
 the prompt's or the first tree's timing shows the tree clearly losing
 (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
@@ -67,22 +52,13 @@ from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.gate import DraftGate
 from moe_spec.control.looks import Looks
 from moe_spec.control.planner import best_budgets, budget_levels, exact_prefix_S, step_seconds
+from moe_spec.control.replans import Replans, mean_and_spread
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
-def mean_and_spread(values: list[float]) -> tuple[float, float]:
-    """Mean and standard deviation (over n) of ``values``; ``(0, 0)`` when empty (in Python:
-    the window's few dozen numbers take less time than numpy's calls)."""
-    if not values:
-        return 0.0, 0.0
-    n = len(values)
-    mean = sum(values) / n
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / n)
-
-
-class Guard(DraftGate, MeasuredWarmup, Looks):
+class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
     """Plans each step of one generation from what the previous steps showed."""
 
     def __init__(
@@ -246,99 +222,6 @@ class Guard(DraftGate, MeasuredWarmup, Looks):
             return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.decode_run())
         self.budget_L[:] = self.budgets_C[choice]
         return StepPlan(TREE, *self.trees[choice], reason)
-
-    def surprised(self) -> str:
-        """Why to replan before the interval is up ("" if not): the budget touched the
-        accepted path ``surprise`` steps more often than the last replan predicted
-        ("touched"), or at least 4 of the current tree's steps since then committed a mean
-        that differs from that of the window's (at least 4) steps by more than ``drift``
-        standard errors, the spread taken as at least one token, or at least 4 steps that
-        entered the window since then (and some before) needed a mean budget to keep their
-        accepted paths that differs from the window's at the replan by more than ``drift``
-        standard errors, the spread taken as at least one expert ("drift": the text has
-        changed, as at a new request, and the window predicts for the old one)."""
-        if self.choice < 0:
-            return ""
-        expected = self.touched_n * self.touched_C[self.choice]
-        if self.surprise and self.touched - expected >= self.surprise:
-            return "touched"
-        if not self.drift:
-            return ""
-        total, n = self.recent
-        steps, mean = self.evidence.get(self.choice, (0, 0.0))
-        new = self.est.steps_seen - self.seen_at_replan
-        committed = n >= 4 and steps >= 4 and new >= 2
-        if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
-            return "drift"
-        if 4 <= new < len(self.est.window):
-            need = float(self.est.recent_need(new).sum() / new)
-            if self.drifted(need, new, *self.need_at_replan):
-                return "drift"
-        return ""
-
-    def drifted(self, recent: float, n: int, mean: float, spread: float) -> bool:
-        """Whether the mean ``recent`` of ``n`` steps is more than ``drift`` standard errors
-        from the window's ``mean``, its ``spread`` taken as at least 1 (a token, an expert:
-        the spread of a few steps is no reference)."""
-        return abs(recent - mean) > self.drift * max(spread, 1.0) / math.sqrt(n)
-
-    def learning_new_text(self) -> bool:
-        """Whether fewer than ``learn_new`` steps entered the window since this request
-        started (after the first: that one's warm-up ranks): its tree steps rank, none rests."""
-        return self.est.steps_seen - self.request_seen < self.learn_new
-
-    def learning(self) -> bool:
-        """Whether every tree step ranks and enters the window (none rests): a new request's
-        first steps (:meth:`learning_new_text`), and while the window holds fewer than
-        ``trusted`` (8) steps, so that a plan made from the warm-up's 2 steps is made again
-        from 4 two steps later (:meth:`grown`). Measured on a CPU (smollm2-moe, fresh
-        requests): a full tree kept after two warm-up steps of 4 tokens, resting, ran 7 more
-        steps of 1-3 tokens before the window had grown enough to replan."""
-        return self.learning_new_text() or len(self.est.window) < self.trusted
-
-    def new_request(self) -> None:
-        """A new request: its text is new. The window keeps its latest ``carry`` steps (the
-        end of the last text, not all of it: a long request of another kind would hold the
-        plan for many steps), and every step of the new text enters it until it is full. The
-        next replan comes as it would have (the interval, a drift, a surprise; not as the
-        window grows back: at every request that would add replans to the steps it already
-        adds to the window). Off the full tree, probes start again ``probe`` steps apart (the
-        floors of :meth:`switch` still hold): a full tree that lost on the old text may win
-        on the new one."""
-        if self.tree_steps < self.warmup:
-            return
-        self.request_seen = self.est.steps_seen
-        self.est.forget(self.carry)
-        self.window_at_replan = self.est.window.maxlen
-        if self.choice != 0:  # the doublings go, the floors stay
-            self.probe_every = min(max(self.probe0, self.floor), self.max_probe)
-
-    def grown(self) -> bool:
-        """Whether the window, not yet full, has doubled since the last replan: a plan
-        made from 2 steps is made again at 4, 8 and 16 (the replan interval counts tree
-        steps, and a resting full tree enters only one ranked step in ``rank_every``)."""
-        n = len(self.est.window)
-        return n < self.est.window.maxlen and n >= 2 * max(self.window_at_replan, 1)
-
-    def replan(self) -> None:
-        """Predict every arm's tokens/s from the window; switch with hysteresis."""
-        self.since_replan = 0
-        self.window_at_replan = len(self.est.window)
-        self.touched_n = self.touched = 0
-        self.recent = [0, 0]
-        self.seen_at_replan = self.est.steps_seen
-        self.need_at_replan = mean_and_spread(self.est.recent_need(len(self.est.window)).tolist())
-        self.replans += 1
-        before = self.held()
-        self.switch(self.predict())
-        steady = self.held() == before and self.replans > 1  # a first one changes everything
-        self.replan_interval = (
-            min(2 * self.replan_interval, self.max_replan) if steady else self.replan_every
-        )
-
-    def held(self) -> tuple[int, list[int] | None]:
-        """The current choice and its budgets: what a replan may change."""
-        return self.choice, (self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
 
     def predict(self) -> dict[int, float]:
         """Predicted tokens/s per arm (tree index, -1 autoregressive); sets their budgets."""

@@ -10,7 +10,7 @@ import torch
 
 import moe_spec.control.guard as guard_module
 from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
-from moe_spec.control.guard import mean_and_spread
+from moe_spec.control.replans import mean_and_spread
 from moe_spec.costmodel import get_cost_model, get_shape
 
 TREES = [(8, 4, 3), (4, 3, 3)]

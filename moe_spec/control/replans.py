@@ -1,0 +1,132 @@
+"""When :class:`moe_spec.control.Guard` predicts again, and what a new request resets.
+
+The guard's prediction is redone every ``replan_every`` tree steps, and when the window, not
+yet full, has doubled since the last replan (:meth:`Guard.grown`); after a replan that changed
+neither the choice nor its budgets the interval doubles, up to ``max_replan`` (the window's
+length: by then every step it predicts from is new), and any change resets it (a replan prices
+every candidate tree: most of the controller's time). Two surprises replan at once and reset
+the interval (:meth:`Guard.surprised`): the budget touched the accepted path ``surprise`` steps
+more often than predicted, or the current tree's committed tokens, or the budget its accepted
+paths needed, drifted ``drift`` standard errors from the window's mean (then the window keeps
+only the steps since: the text has changed).
+
+A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
+``carry`` steps (then every step enters until it is full), its first ``learn_new`` (4) tree
+steps all rank and enter the window (:meth:`Guard.learning_new_text`: a step that keeps every
+expert otherwise ranks only to be learned from, one in ``rank_every``), so that a new text
+whose paths need other budgets than the carried steps' is told apart within 4 steps, and probes
+start again; so do all tree steps while the window holds fewer than ``trusted`` (8)
+(:meth:`Guard.learning`: a plan made from the warm-up's 2 steps is remade from 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation (over n) of ``values``; ``(0, 0)`` when empty (in Python:
+    the window's few dozen numbers take less time than numpy's calls)."""
+    if not values:
+        return 0.0, 0.0
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / n)
+
+
+class Replans:
+    """The replans' part of :class:`moe_spec.control.Guard` (a mixin: it reads the guard's
+    estimates, choice and counters; :meth:`replan` calls its ``predict`` and ``switch``)."""
+
+    def surprised(self) -> str:
+        """Why to replan before the interval is up ("" if not): the budget touched the
+        accepted path ``surprise`` steps more often than the last replan predicted
+        ("touched"), or at least 4 of the current tree's steps since then committed a mean
+        that differs from that of the window's (at least 4) steps by more than ``drift``
+        standard errors, the spread taken as at least one token, or at least 4 steps that
+        entered the window since then (and some before) needed a mean budget to keep their
+        accepted paths that differs from the window's at the replan by more than ``drift``
+        standard errors, the spread taken as at least one expert ("drift": the text has
+        changed, as at a new request, and the window predicts for the old one)."""
+        if self.choice < 0:
+            return ""
+        expected = self.touched_n * self.touched_C[self.choice]
+        if self.surprise and self.touched - expected >= self.surprise:
+            return "touched"
+        if not self.drift:
+            return ""
+        total, n = self.recent
+        steps, mean = self.evidence.get(self.choice, (0, 0.0))
+        new = self.est.steps_seen - self.seen_at_replan
+        committed = n >= 4 and steps >= 4 and new >= 2
+        if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
+            return "drift"
+        if 4 <= new < len(self.est.window):
+            need = float(self.est.recent_need(new).sum() / new)
+            if self.drifted(need, new, *self.need_at_replan):
+                return "drift"
+        return ""
+
+    def drifted(self, recent: float, n: int, mean: float, spread: float) -> bool:
+        """Whether the mean ``recent`` of ``n`` steps is more than ``drift`` standard errors
+        from the window's ``mean``, its ``spread`` taken as at least 1 (a token, an expert:
+        the spread of a few steps is no reference)."""
+        return abs(recent - mean) > self.drift * max(spread, 1.0) / math.sqrt(n)
+
+    def learning_new_text(self) -> bool:
+        """Whether fewer than ``learn_new`` steps entered the window since this request
+        started (after the first: that one's warm-up ranks): its tree steps rank, none rests."""
+        return self.est.steps_seen - self.request_seen < self.learn_new
+
+    def learning(self) -> bool:
+        """Whether every tree step ranks and enters the window (none rests): a new request's
+        first steps (:meth:`learning_new_text`), and while the window holds fewer than
+        ``trusted`` (8) steps, so that a plan made from the warm-up's 2 steps is made again
+        from 4 two steps later (:meth:`grown`). Measured on a CPU (smollm2-moe, fresh
+        requests): a full tree kept after two warm-up steps of 4 tokens, resting, ran 7 more
+        steps of 1-3 tokens before the window had grown enough to replan."""
+        return self.learning_new_text() or len(self.est.window) < self.trusted
+
+    def new_request(self) -> None:
+        """A new request: its text is new. The window keeps its latest ``carry`` steps (the
+        end of the last text, not all of it: a long request of another kind would hold the
+        plan for many steps), and every step of the new text enters it until it is full. The
+        next replan comes as it would have (the interval, a drift, a surprise; not as the
+        window grows back: at every request that would add replans to the steps it already
+        adds to the window). Off the full tree, probes start again ``probe`` steps apart (the
+        floors of :meth:`switch` still hold): a full tree that lost on the old text may win
+        on the new one."""
+        if self.tree_steps < self.warmup:
+            return
+        self.request_seen = self.est.steps_seen
+        self.est.forget(self.carry)
+        self.window_at_replan = self.est.window.maxlen
+        if self.choice != 0:  # the doublings go, the floors stay
+            self.probe_every = min(max(self.probe0, self.floor), self.max_probe)
+
+    def grown(self) -> bool:
+        """Whether the window, not yet full, has doubled since the last replan: a plan
+        made from 2 steps is made again at 4, 8 and 16 (the replan interval counts tree
+        steps, and a resting full tree enters only one ranked step in ``rank_every``)."""
+        n = len(self.est.window)
+        return n < self.est.window.maxlen and n >= 2 * max(self.window_at_replan, 1)
+
+    def replan(self) -> None:
+        """Predict every arm's tokens/s from the window; switch with hysteresis."""
+        self.since_replan = 0
+        self.window_at_replan = len(self.est.window)
+        self.touched_n = self.touched = 0
+        self.recent = [0, 0]
+        self.seen_at_replan = self.est.steps_seen
+        self.need_at_replan = mean_and_spread(self.est.recent_need(len(self.est.window)).tolist())
+        self.replans += 1
+        before = self.held()
+        self.switch(self.predict())
+        steady = self.held() == before and self.replans > 1  # a first one changes everything
+        self.replan_interval = (
+            min(2 * self.replan_interval, self.max_replan) if steady else self.replan_every
+        )
+
+    def held(self) -> tuple[int, list[int] | None]:
+        """The current choice and its budgets: what a replan may change."""
+        return self.choice, (self.budgets_C[self.choice].tolist() if self.choice >= 0 else None)
