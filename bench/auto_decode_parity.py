@@ -16,8 +16,8 @@ Where its guard decodes every step the two loops run the same decode forwards; t
 is what ``auto`` adds.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_decode_parity.py [--model NAME |
-        --checkpoint DIR] [--prompts 3] [--max-new 32] [--rounds 10] [--threads 2]
-        [--json FILE]
+        --checkpoint DIR] [--set A|B] [--prompts 3] [--max-new 32] [--rounds 10]
+        [--threads 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="an engine checkpoint folder")
     ap.add_argument("--model", default="smollm2-moe", help="a named model (transformers engine)")
-    ap.add_argument("--prompts", type=int, default=3, help="prompts of set A")
+    ap.add_argument("--prompts", type=int, default=3, help="prompts of the set")
+    ap.add_argument("--set", choices=("A", "B"), default="A", help="auto_budget.py's sets")
     ap.add_argument("--max-new", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -85,7 +86,9 @@ def main() -> None:
         args.model = None
     torch.set_num_threads(args.threads)
     engine = load(args)
-    ids = [engine.encode(p) for p in next(iter(prompt_sets(args.prompts).values()))]
+    sets = prompt_sets(args.prompts)  # A: file starts, B: the code after them
+    name = next(k for k in sets if k.startswith(args.set))
+    ids = [engine.encode(p) for p in sets[name]]
     spec = SpecConfig(policy="auto", repair=True, policy_options={"measure": True})
     timer = ForwardTimer(engine.target)
     total = {arm: [0.0, 0, 0, 0] for arm in ARMS}  # seconds, tokens, decoded, tree steps
@@ -109,6 +112,7 @@ def main() -> None:
         "cpu": cpu_name(),
         "threads": args.threads,
         "model": args.model or args.checkpoint,
+        "set": name,
         "prompts": len(ids),
         "max_new": args.max_new,
         "rounds": args.rounds,
@@ -131,8 +135,8 @@ def main() -> None:
             "decoded_steps": decoded,
             "tree_steps": trees,
         }
-    print(f"{report['cpu']}, {args.threads} threads; {report['model']}; {len(ids)} prompts x")
-    print(f"{args.max_new} new tokens, {args.rounds} rounds, arms alternating per prompt")
+    print(f"{report['cpu']}, {args.threads} threads; {report['model']}; set {name}")
+    print(f"{len(ids)} prompts x {args.max_new} new tokens, {args.rounds} rounds, arms alternating")
     print(
         f"auto / autoregressive tokens/s per round: median {report['ratio_median']:.3f} "
         f"(range {min(ratios):.3f}-{max(ratios):.3f})"
