@@ -41,7 +41,6 @@ PROBE = '''"""Forces an adaptive chain's depths (PROBE_PATTERN) and logs each st
 import json, os
 
 def install():
-    import numpy as np
     import moe_spec.control.guard as guard
     from moe_spec.integration.sglang.depth import GuardedDepth
 
@@ -64,8 +63,8 @@ def install():
     plan = guard.best_budgets
 
     def every_expert(cost, c, window, levels_V, repair, passes=2, min_gain=0.01):
-        B_L, tp = plan(cost, c, window, levels_V, repair, 0)
-        return np.full_like(B_L, levels_V[-1]), tp
+        # the largest level alone (every expert kept), priced as the guard prices it
+        return plan(cost, c, (window[0][:, :, -1:], *window[1:]), levels_V[-1:], repair, 0)
 
     GuardedDepth.get_steps_for_batch = get_steps_for_batch
     GuardedDepth.on_verify_complete = on_verify_complete

@@ -29,6 +29,7 @@ Three estimates, all updated after acceptance (outside the verify forward):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -39,6 +40,29 @@ import torch
 
 from moe_spec.control.planner import level_index
 from moe_spec.control.steps import StepOutcome
+
+
+def until_changed(read):
+    """Keep what the :class:`AcceptanceEstimates` read ``read`` returns, per positional
+    arguments, until the next ``observe`` or ``forget`` (arrays come back read-only: every
+    caller shares them)."""
+
+    defaults = read.__defaults__ or ()
+    params = read.__code__.co_argcount - 1  # after self
+
+    @functools.wraps(read)
+    def kept(self, *args):
+        if len(args) < params:  # rows(c) and rows(c, 4): one key
+            args += defaults[len(defaults) - (params - len(args)) :]
+        key = (read.__name__, *args)
+        got = self.kept.get(key)
+        if got is None:
+            got = self.kept[key] = read(self, *args)
+            if isinstance(got, np.ndarray):
+                got.setflags(write=False)
+        return got
+
+    return kept
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,9 @@ class AcceptanceEstimates:
         self.first_WB = np.zeros((window, bins), dtype=np.int64)  # depth-1 nodes per bin
         self.need_W = np.zeros(window)  # each step's path_need
         self.steps_seen = 0
+        # what the reads below computed since the last observe or forget (a replan reads
+        # each several times: once per candidate tree, and again for the draft gate)
+        self.kept: dict[tuple, object] = {}
 
     # -- calibration -------------------------------------------------------------------
     @property
@@ -146,10 +173,12 @@ class AcceptanceEstimates:
         """The bins' inner edges in log-probability (for ``torch.bucketize``), ascending."""
         return [math.log(i / self.bins) for i in range(1, self.bins)]
 
+    @until_changed
     def accept_B(self) -> np.ndarray:
         """float ``[bins]``: calibrated P(accepted) per bin of the draft's path probability."""
         return (self.accepted_B + self.prior * self.centre_B) / (self.seen_B + self.prior)
 
+    @until_changed
     def accept_first_B(self) -> np.ndarray:
         """float ``[bins]``: :meth:`accept_B` of the root's children alone (what the draft
         gate reads: a first level is accepted more often than a deep node of the same path
@@ -162,6 +191,7 @@ class AcceptanceEstimates:
         """int ``[N]``: the bin of each node's path probability ``exp(logprob_N)``."""
         return np.searchsorted(self.edges_V, logprob_N, side="right")
 
+    @until_changed
     def reach_D(self) -> np.ndarray:
         """float ``[depths]``: P(path reaches depth d | tree had depth d); prior ``2**-d``."""
         out = (self.reached_D + self.reach_prior_D) / (self.tried_D + 1.0)
@@ -178,6 +208,7 @@ class AcceptanceEstimates:
         Without the draft's path log-probabilities (``logprob_N`` None, as in SGLang) the
         calibration is left as it is and the window orders nodes by depth instead.
         """
+        self.kept.clear()
         path_P = np.asarray(outcome.path, dtype=np.int64)
         depth_N = None if outcome.depth_N is None else outcome.depth_N.numpy(force=True)
         first_B = None
@@ -220,6 +251,7 @@ class AcceptanceEstimates:
         """Keep only the window's latest ``keep`` steps (the text has changed: older steps
         would predict for what is no longer read). The calibration and the acceptance per
         depth, counts over every step, stay."""
+        self.kept.clear()
         W = self.exact_WLV.shape[0]
         old = len(self.window) - keep
         if old <= 0:
@@ -264,17 +296,21 @@ class AcceptanceEstimates:
         known_C = self.n_C <= N
         committed_C = np.where(known_C, np.searchsorted(path_place_P, self.n_C), -1)
         # the best n nodes of a candidate tree use the experts their top-k picked: mark the
-        # nodes' experts in place order, counting the marks at each candidate's n
-        marked_X = np.zeros(L * self.E, dtype=bool)
+        # nodes' experts in place order, counting the marks at each candidate's n (nodes
+        # first: each candidate's new nodes are one slice; a bool sum, not count_nonzero's
+        # Python path)
+        at_NLK = at_LNK.transpose(1, 0, 2)[order_N]
+        marked_LE = np.zeros((L, self.E), dtype=bool)
+        marked_X = marked_LE.reshape(-1)
         used_CL = np.zeros((self.n_C.size, L), dtype=np.int64)
         done = 0
         for c, n in self.ascending_C:
             if n > N:  # a tree smaller than the candidate: unknown (0)
                 break
             if n > done:
-                marked_X[at_LNK[:, order_N[done:n]]] = True
+                marked_X[at_NLK[done:n]] = True
                 done = n
-            used_CL[c] = np.count_nonzero(marked_X.reshape(L, self.E), axis=1)
+            used_CL[c] = marked_LE.sum(axis=1)
         return WindowStep(need_LP, committed_C, used_CL)
 
     def arrays(
@@ -305,6 +341,7 @@ class AcceptanceEstimates:
             exact_SLV = exact_SLV[:, :, v_V]
         return exact_SLV, self.committed_WC[rows, c], self.used_WCL[rows, c]
 
+    @until_changed
     def rows(self, c: int, min_ran: int = 4) -> np.ndarray | slice:
         """The window rows :meth:`arrays` reads for candidate ``c``."""
         filled = min(self.steps_seen, self.exact_WLV.shape[0])

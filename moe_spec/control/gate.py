@@ -55,13 +55,15 @@ class DraftGate:
         seconds = self.step_s_C[c] * self.ratio(TREE)  # per verified step
         mean = rate * seconds  # tokens counted per verified step
         if len(self.gated_C[c]) >= self.gate_history:
-            g = float(np.mean(self.gated_C[c]))
+            g = sum(self.gated_C[c]) / len(self.gated_C[c])
         else:
             first_SB = self.est.first_WB[self.est.rows(c)]
             gated_S = self.would_gate(c, first_SB, self.best_rate or rate)
-            g = float(gated_S.mean()) if gated_S.size == committed_S.size else 0.0
+            S = committed_S.size  # the means as ratios of integer sums: a few numpy calls less
+            g = int(gated_S.sum()) / S if gated_S.size == S else 0.0
             if 0.0 < g < 1.0:  # the steps it would verify
-                mean *= float(committed_S[~gated_S].mean() / committed_S.mean())
+                kept = committed_S[~gated_S]
+                mean *= (int(kept.sum()) / kept.size) / (int(committed_S.sum()) / S)
         if g == 0.0:
             return rate
         gated_s = self.first_draft_s(c) * self.ratio(TREE) + self.decode_seconds()

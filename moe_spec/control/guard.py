@@ -51,7 +51,7 @@ from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.gate import DraftGate
 from moe_spec.control.looks import Looks
-from moe_spec.control.planner import best_budgets, budget_levels, exact_prefix_S, step_seconds
+from moe_spec.control.planner import best_budgets, budget_levels
 from moe_spec.control.replans import Replans, mean_and_spread
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.control.warmup import MeasuredWarmup
@@ -235,10 +235,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             # to carried steps of another text, wrong); for the others, and before that, one
             # budget for all layers
             passes = 2 if c in (0, self.choice) and window[1].size >= self.per_layer_from() else 0
-            B_L, tp = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
-            self.budgets_C[c] = B_L
-            exact_S = exact_prefix_S(window[0], self.levels_V, B_L)
-            self.step_s_C[c] = step_seconds(self.cost, c, window, B_L, exact_S, self.repair)
+            budgets = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
+            self.budgets_C[c], tp, exact_S = budgets.B_L, budgets.tokens_per_s, budgets.exact_S
+            self.step_s_C[c] = budgets.step_s
             committed_S = window[1]
             S, depth = committed_S.size, max(self.trees[c][2], 1)
             mean, self.spread_C[c] = mean_and_spread(committed_S.tolist())

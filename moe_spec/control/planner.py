@@ -1,7 +1,7 @@
 """Predicted throughput of a tree and per-layer budgets over the window; the best budgets.
 
 Shape legend: V budget levels, X budget vectors, S steps in the window, L MoE layers,
-P path positions.
+P path positions, J layers tried (from one layer on).
 
 For a step s of the window and per-layer budgets ``B_l``:
 
@@ -25,6 +25,8 @@ budget changes less.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,7 +58,7 @@ def throughput_X(
     exact_XS = exact_SLV[:, np.arange(L)[None, :], level_index(levels_V, B_XL)].min(axis=-1).T
     read_XS = np.minimum(B_XL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
     budgeted_X1 = (B_XL < cost.E).any(axis=-1)[:, None]
-    return price(cost, c, exact_XS, committed_S, read_XS, L, budgeted_X1, repair)
+    return price(cost, c, exact_XS, committed_S, read_XS, L, budgeted_X1, repair)[0]
 
 
 def price(
@@ -68,16 +70,18 @@ def price(
     layers: int,
     budgeted_X1: np.ndarray,
     repair: bool,
-) -> np.ndarray:
-    """float ``[...]``: tokens/s of tree ``c`` over the window for each leading index X of
+) -> tuple[np.ndarray, np.ndarray]:
+    """float ``[...]`` tokens/s of tree ``c`` over the window for each leading index X of
     ``exact_XS`` (untouched path prefix per step, before the cap at ``committed_S``) and
-    ``read_XS`` (experts read per step, summed over ``layers`` layers)."""
+    ``read_XS`` (experts read per step, summed over ``layers`` layers), and float
+    ``[..., S]`` each step's modeled seconds (contiguous)."""
     tokens_X, seconds_XS = tokens_and_seconds(
         cost, c, exact_XS, committed_S, read_XS, layers, budgeted_X1, repair
     )
     # contiguous: numpy sums a contiguous last axis pairwise, a strided one in order, and
     # the same numbers must come out whatever layout the trials were gathered in
-    return tokens_X / np.ascontiguousarray(seconds_XS).sum(axis=-1)
+    seconds_XS = np.ascontiguousarray(seconds_XS)
+    return tokens_X / seconds_XS.sum(axis=-1), seconds_XS
 
 
 def tokens_and_seconds(
@@ -101,34 +105,18 @@ def tokens_and_seconds(
     return tokens_X, cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
 
 
-def step_seconds(
-    cost: StepCost,
-    c: int,
-    window: tuple[np.ndarray, np.ndarray, np.ndarray],
-    B_L: np.ndarray,
-    exact_S: np.ndarray,
-    repair: bool,
-) -> float:
-    """Mean modeled seconds of the window's steps with tree ``c`` under budgets ``B_L``,
-    whose untouched path prefixes are ``exact_S`` (:func:`exact_prefix_S`): draft, verify,
-    repair and ranking, as :func:`throughput_X` prices them."""
-    _, committed_S, used_SL = window
-    read_S = np.minimum(B_L, used_SL).sum(axis=-1)
-    budgeted = np.array(bool((B_L < cost.E).any()))
-    L = used_SL.shape[1]
-    _, seconds_S = tokens_and_seconds(cost, c, exact_S, committed_S, read_S, L, budgeted, repair)
-    return float(seconds_S.sum() / seconds_S.size)
-
-
-def exact_prefix_S(exact_SLV: np.ndarray, levels_V: np.ndarray, B_L: np.ndarray) -> np.ndarray:
-    """int ``[S]``: each window step's path prefix that budgets ``B_L`` leave untouched."""
-    L = exact_SLV.shape[1]
-    return exact_SLV[:, np.arange(L), level_index(levels_V, B_L)].min(axis=-1)
-
-
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:
     """Up to ``levels`` budgets from top-k to ``cap`` inclusive, evenly spaced, ascending."""
     return np.unique(np.linspace(top_k, cap, max(levels, 2)).round().astype(np.int64))
+
+
+class Budgets(NamedTuple):
+    """:func:`best_budgets`' answer for one tree, with what its pricing of them gave."""
+
+    B_L: np.ndarray  # int [L]: the budget of each layer
+    tokens_per_s: float  # predicted over the window
+    exact_S: np.ndarray  # int [S]: each step's path prefix B_L leaves untouched (uncapped)
+    step_s: float  # mean modeled seconds of a window step under B_L
 
 
 def best_budgets(
@@ -139,14 +127,14 @@ def best_budgets(
     repair: bool,
     passes: int = 2,
     min_gain: float = 0.01,
-) -> tuple[np.ndarray, float]:
-    """``(B_L, predicted tokens/s)``: the best per-layer budgets for tree ``c`` among the
-    ascending ``levels_V``, the budgets of the window's tables (``exact_SLV``).
+) -> Budgets:
+    """The best per-layer budgets for tree ``c`` among the ascending ``levels_V``, the
+    budgets of the window's tables (``exact_SLV``), as :class:`Budgets`.
 
     Each pass visits the layers in order and moves layer l to its best level given the
     others (the first level within ``min_gain`` of that layer's best, if it beats the
     current throughput). The trials of all layers not yet visited are priced at once
-    against the current budgets (:func:`layer_trials_JV`); after a move only the layers
+    against the current budgets (:func:`layer_trials`); after a move only the layers
     behind it are priced again, so a pass that moves nothing costs one call.
     """
     exact_SLV, committed_S, used_SL = window
@@ -154,17 +142,17 @@ def best_budgets(
     levels_desc = levels_V[::-1]
     exact_SLV = exact_SLV[:, :, ::-1]  # largest budget first, as levels_desc
     # one budget for all layers (throughput_X of the uniform rows)
+    exact_VS = exact_SLV.min(axis=1).T
     read_VS = np.minimum(levels_desc[:, None, None], used_SL).sum(axis=-1)
     budgeted_V1 = (levels_desc < cost.E)[:, None]
-    tp_V = price(cost, c, exact_SLV.min(axis=1).T, committed_S, read_VS, L, budgeted_V1, repair)
+    tp_V, seconds_VS = price(cost, c, exact_VS, committed_S, read_VS, L, budgeted_V1, repair)
     best = first_clear_best(tp_V, min_gain)
     B_L, tp = np.full(L, levels_desc[best]), float(tp_V[best])
-    if passes < 1:
-        return B_L, tp
+    exact_S, seconds_S = exact_VS[best], seconds_VS[best]
     for _ in range(passes):
         changed, start = False, 0
         while start < L:
-            tp_JV = layer_trials_JV(
+            tp_JV, exact_JVS, seconds_JVS = layer_trials(
                 cost, c, exact_SLV, committed_S, used_SL, levels_desc, B_L, start, repair
             )
             tp_J = tp_JV.max(axis=1)
@@ -174,14 +162,16 @@ def best_budgets(
             if not move_J.any():
                 break
             j = int(np.argmax(move_J))
-            B_L[start + j], tp, changed = levels_desc[v_J[j]], float(got_J[j]), True
+            v = v_J[j]
+            B_L[start + j], tp, changed = levels_desc[v], float(got_J[j]), True
+            exact_S, seconds_S = exact_JVS[j, v], seconds_JVS[j, v]
             start += j + 1
         if not changed:
             break
-    return B_L, tp
+    return Budgets(B_L, tp, exact_S, float(seconds_S.sum() / seconds_S.size))
 
 
-def layer_trials_JV(
+def layer_trials(
     cost: StepCost,
     c: int,
     exact_SLV: np.ndarray,
@@ -191,10 +181,11 @@ def layer_trials_JV(
     B_L: np.ndarray,
     start: int,
     repair: bool,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """float ``[J, V]``: :func:`throughput_X` of ``B_L`` with layer ``start + j`` set to
     ``levels_V[v]`` (J = L - start), from per-layer partial results (the same numbers:
-    integer minima and sums, and the same float operations per step)."""
+    integer minima and sums, and the same float operations per step); with each trial's
+    untouched path prefixes int ``[J, V, S]`` and step seconds float ``[J, V, S]``."""
     S, L, V = exact_SLV.shape
     l_L = np.arange(L)
     cur_SL = exact_SLV[:, l_L, np.searchsorted(-levels_V, -B_L)]  # levels_V descends
@@ -213,7 +204,8 @@ def layer_trials_JV(
     below_L = B_L < cost.E
     others_J = (below_L.sum() - below_L[start:]) > 0
     budgeted_JV1 = (others_J[:, None] | (levels_V < cost.E)[None, :])[:, :, None]
-    return price(cost, c, exact_JVS, committed_S, read_JVS, L, budgeted_JV1, repair)
+    tp_JV, seconds_JVS = price(cost, c, exact_JVS, committed_S, read_JVS, L, budgeted_JV1, repair)
+    return tp_JV, exact_JVS, seconds_JVS
 
 
 def first_clear_best(tp_V: np.ndarray, min_gain: float) -> int:

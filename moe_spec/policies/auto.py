@@ -65,7 +65,8 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
     """``dst.copy_(src)`` without blocking the host on CUDA: through pinned memory, whose
     caching allocator keeps the buffer until the copy ran (a pageable copy would
     synchronise the stream, stalling a server that overlaps host and device work)."""
-    host = torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype)
+    # writable for torch (the estimates' reads are read-only, shared): copied only then
+    host = torch.from_numpy(np.require(src, requirements=("C", "W"))).to(dst.dtype)
     if dst.is_cuda:
         dst.copy_(host.pin_memory(), non_blocking=True)
     else:

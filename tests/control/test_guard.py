@@ -10,6 +10,7 @@ import torch
 
 import moe_spec.control.guard as guard_module
 from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
+from moe_spec.control.planner import Budgets
 from moe_spec.control.replans import mean_and_spread
 from moe_spec.costmodel import get_cost_model, get_shape
 
@@ -452,7 +453,7 @@ def test_per_layer_budgets_wait_for_4_steps_of_this_text_or_8_with_carried_ones(
 
     def spy(cost, c, window, levels_V, repair, passes_=2):
         passes.append((c, window[1].size, passes_))
-        return np.full(window[0].shape[1], levels_V[-1]), 1.0
+        return Budgets(np.full(window[0].shape[1], levels_V[-1]), 1.0, window[1], 1.0)
 
     monkeypatch.setattr(guard_module, "best_budgets", spy)
     g = guard(gate=False)

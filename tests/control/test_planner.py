@@ -69,15 +69,18 @@ def window(levels_V: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_budgeting_that_does_not_pay_keeps_every_expert(repair):
     flat = hand_cost(np.ones(9), repair_per_token=1.0)  # reading fewer experts saves nothing
     levels_V = budget_levels(2, 8, 8)
-    B_L, tp = best_budgets(flat, 0, window(levels_V), levels_V, repair)
+    B_L, tp, exact_S, step_s = best_budgets(flat, 0, window(levels_V), levels_V, repair)
     assert B_L.tolist() == [8, 8] and tp == pytest.approx(3.0)
+    assert exact_S.tolist() == [3] and step_s == pytest.approx(1.0)  # the path untouched
 
 
 def test_budgeting_that_pays_keeps_what_the_path_needs_per_layer():
     linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)  # time = experts read
-    B_L, tp = best_budgets(linear, 0, window(np.arange(1, 9)), np.arange(1, 9), repair=True)
+    B_L, tp, exact_S, step_s = best_budgets(
+        linear, 0, window(np.arange(1, 9)), np.arange(1, 9), repair=True
+    )
     assert B_L.tolist() == [3, 5]  # the least that keeps the path whole in each layer
-    assert tp == pytest.approx(3 / 4)
+    assert tp == pytest.approx(3 / 4) and exact_S.tolist() == [3] and step_s == pytest.approx(4)
 
 
 def test_budget_levels_span_top_k_to_the_cap():
@@ -102,7 +105,7 @@ def test_a_budget_that_is_not_a_level_is_refused():
 def test_a_smaller_budget_only_a_hair_faster_is_not_taken():
     nearly_flat = hand_cost(1.0 + 0.001 * np.arange(9), repair_per_token=10.0)
     levels_V = np.arange(1, 9)
-    B_L, _ = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True)
+    B_L = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True).B_L
     assert B_L.tolist() == [8, 8]  # (3, 5) would be 0.3% faster: within the 1% margin
-    B_L, _ = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True, min_gain=0.0)
+    B_L = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True, min_gain=0.0).B_L
     assert B_L.tolist() == [3, 5]

@@ -19,10 +19,11 @@ from moe_spec.control import AcceptanceEstimates, StepCost, StepOutcome
 from moe_spec.control.cost import step_tables
 from moe_spec.control.estimates import WindowStep, exact_table
 from moe_spec.control.planner import (
+    Budgets,
     best_budgets,
     budget_levels,
     first_clear_best,
-    layer_trials_JV,
+    layer_trials,
 )
 from moe_spec.costmodel import get_cost_model, get_shape
 from moe_spec.policies import get_policy
@@ -52,6 +53,16 @@ def reference_throughput_V(cost, c, exact_SLB, committed_S, used_SL, B_VL, repai
     return tokens_V / cost.tree_seconds(c, read_VS, repair_VS, budgeted_V1).sum(axis=-1)
 
 
+def reference_exact_and_seconds(cost, c, exact_SLB, committed_S, used_SL, B_L, repair):
+    """Budgets ``B_L``'s untouched path prefix per step (uncapped) and mean step seconds."""
+    L = exact_SLB.shape[1]
+    exact_S = exact_SLB[:, np.arange(L), B_L].min(axis=-1)
+    repair_S = committed_S - np.minimum(exact_S, committed_S) if repair else 0
+    read_S = np.minimum(B_L, used_SL).mean(axis=-1)
+    seconds_S = cost.tree_seconds(c, read_S, np.asarray(repair_S), bool((B_L < cost.E).any()))
+    return exact_S, float(seconds_S.sum() / seconds_S.size)
+
+
 def reference_best_budgets(cost, c, window, levels_V, repair, passes=2, min_gain=0.01):
     exact_SLB, committed_S, used_SL = window
     L = exact_SLB.shape[1]
@@ -73,7 +84,10 @@ def reference_best_budgets(cost, c, window, levels_V, repair, passes=2, min_gain
                 B_L, tp, changed = trial_VL[v].copy(), float(tp_V[v]), True
         if not changed:
             break
-    return B_L, tp
+    exact_S, step_s = reference_exact_and_seconds(
+        cost, c, exact_SLB, committed_S, used_SL, B_L, repair
+    )
+    return Budgets(B_L, tp, exact_S, step_s)
 
 
 def reference_window_step(est, logprob_N, path, rank_LE, ids_LNK) -> WindowStep:
@@ -126,7 +140,10 @@ def test_budget_search_matches_the_layer_by_layer_reference(seed):
                 want = reference_best_budgets(cost, 1, window, levels_V, repair, passes)
                 at_levels = (window[0][:, :, levels_V], *window[1:])
                 got = best_budgets(cost, 1, at_levels, levels_V, repair, passes)
-                assert got[0].tolist() == want[0].tolist() and got[1] == want[1]
+                assert got.B_L.tolist() == want.B_L.tolist()
+                assert got.tokens_per_s == want.tokens_per_s
+                assert got.exact_S.tolist() == want.exact_S.tolist()
+                assert got.step_s == want.step_s
                 moved += len(set(want[0].tolist())) > 1  # layers that differ
     assert moved > 0, "the search never set per-layer budgets: nothing was compared"
 
@@ -143,7 +160,7 @@ def test_each_layers_trials_are_priced_as_the_reference_prices_them(repair):
         levels_V = budget_levels(K, E, 6)[::-1]
         B_L = rng.choice(levels_V, L, p=[0.7] + [0.3 / (levels_V.size - 1)] * (levels_V.size - 1))
         start = int(rng.integers(0, L))
-        got_JV = layer_trials_JV(
+        got_JV, exact_JVS, seconds_JVS = layer_trials(
             cost, 0, exact_SLB[:, :, levels_V], committed_S, used_SL, levels_V, B_L, start, repair
         )
         for j in range(start, L):
@@ -153,6 +170,13 @@ def test_each_layers_trials_are_priced_as_the_reference_prices_them(repair):
                 cost, 0, exact_SLB, committed_S, used_SL, trial_VL, repair
             )
             assert got_JV[j - start].tolist() == want_V.tolist()
+            for v, trial_L in enumerate(trial_VL):
+                want_S, want_s = reference_exact_and_seconds(
+                    cost, 0, exact_SLB, committed_S, used_SL, trial_L, repair
+                )
+                assert exact_JVS[j - start, v].tolist() == want_S.tolist()
+                got_s = seconds_JVS[j - start, v]
+                assert float(got_s.sum() / got_s.size) == want_s
 
 
 def test_window_steps_and_exact_tables_match_the_references():
