@@ -170,3 +170,14 @@ def test_recent_need_reads_the_latest_window_steps_through_the_ring():
     est.forget(1)
     # the last step's nodes all picked expert 6 % 4 = 2, ranked 2nd in both layers: budget 3
     assert est.recent_need(5).tolist() == [est.window[-1].path_need] == [3.0]
+
+
+def test_reads_are_kept_until_the_next_step_and_shared_read_only():
+    est = observed()
+    accept_B, reach_D, rows = est.accept_B(), est.reach_D(), est.rows(1)
+    assert est.accept_B() is accept_B and est.rows(1, 4) is rows  # defaults: the same read
+    with pytest.raises(ValueError, match="read-only"):
+        accept_B[0] = 1.0
+    est.observe(StepOutcome("tree", [0], DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
+    assert est.accept_B() is not accept_B and not np.array_equal(est.accept_B(), accept_B)
+    assert est.reach_D()[1] < reach_D[1]  # a path that stopped at the root
