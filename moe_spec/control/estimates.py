@@ -45,13 +45,16 @@ from moe_spec.control.steps import StepOutcome
 def until_changed(read):
     """Keep what the :class:`AcceptanceEstimates` read ``read`` returns, per positional
     arguments, until the next ``observe`` or ``forget`` (arrays come back read-only: every
-    caller shares them)."""
+    caller shares them). Under ``torch.compile`` the read runs afresh: the traced graph
+    holds no cache and numpy's ``setflags`` has no traced counterpart."""
 
     defaults = read.__defaults__ or ()
     params = read.__code__.co_argcount - 1  # after self
 
     @functools.wraps(read)
     def kept(self, *args):
+        if torch.compiler.is_compiling():
+            return read(self, *args)
         if len(args) < params:  # rows(c) and rows(c, 4): one key
             args += defaults[len(defaults) - (params - len(args)) :]
         key = (read.__name__, *args)
