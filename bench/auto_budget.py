@@ -16,7 +16,8 @@ smollm2-moe`` for the transformers engine on a named model).
    steps priced as ``moe-spec ab`` prices them; fixed budgets of ``token-priority`` (the
    ranking ``auto`` refines) with and without repair, ``depth-width`` (Cascade-style),
    and ``auto`` deciding with that shape's cost model, with and without repair. Best
-   fixed B is chosen in hindsight per prompt set and shape. ``--sglang`` prices every
+   fixed B is chosen in hindsight per prompt set and shape; a line per cell gives ``auto``
+   repair against ``depth-width`` (both lossless). ``--sglang`` prices every
    speculative step as SGLang runs it, with the draft extend after each verify (an
    ``auto`` decode's included: SGLang's depth-0 step; no draft gate); with ``--tree 4 1 3``
    that is SGLang's adaptive chain, and SGLang's own adaptive policy runs beside ``auto``.
@@ -336,6 +337,27 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     return table, overhead
 
 
+def auto_arm(row: dict, repair: bool, warm: bool) -> dict:
+    """``auto``'s arm of one modeled row: with or without repair, fresh or warm."""
+    return next(
+        v
+        for k, v in row.items()
+        if k.startswith("auto:") and ("repair" in k) == repair and k.endswith(" warm") == warm
+    )
+
+
+def against_depth_width(set_name: str, shape: str, row: dict) -> str:
+    """``auto`` repair against the Cascade-style depth-width baseline (both lossless)."""
+    dw = row["depth-width"]
+    fresh, warm = auto_arm(row, True, False), auto_arm(row, True, True)
+    return (
+        f"- depth-width (Cascade-style, {dw['agree']:.0%} agreement), set {set_name}, {shape}: "
+        f"{dw['tok_s']:.0f} tok/s; auto repair {fresh['tok_s'] / dw['tok_s']:.3f}x it fresh, "
+        f"{warm['tok_s'] / dw['tok_s']:.3f}x warm (agreement {fresh['agree']:.0%}, "
+        f"{warm['agree']:.0%})"
+    )
+
+
 def summary(set_name: str, table: dict) -> list[str]:
     lines = []
     for shape, row in table.items():
@@ -344,18 +366,8 @@ def summary(set_name: str, table: dict) -> list[str]:
         lossless = {k: v for k, v in fixed.items() if "repair" in k}
         lossy = {k: v for k, v in fixed.items() if "repair" not in k}
         best_ll = max(lossless, key=lambda k: lossless[k]["tok_s"])
-
-        def auto(repair: bool, warm: bool, row=row):
-            return next(
-                v
-                for k, v in row.items()
-                if k.startswith("auto:")
-                and ("repair" in k) == repair
-                and k.endswith(" warm") == warm
-            )
-
-        auto_ll, auto_ly, warm_ll = auto(True, False), auto(False, False), auto(True, True)
-        warm_ly = auto(False, True)
+        auto_ll, auto_ly = auto_arm(row, True, False), auto_arm(row, False, False)
+        warm_ll, warm_ly = auto_arm(row, True, True), auto_arm(row, False, True)
         best_ly = max(lossy, key=lambda k: lossy[k]["tok_s"])
         dw = row["depth-width"]["tok_s"]
         floor = max(ar, none)
@@ -483,16 +495,14 @@ def main() -> None:
         lines += summary(name, e["modeled"])
     lines.append("")
     for name, e in results["sets"].items():
+        lines += [against_depth_width(name, shape, row) for shape, row in e["modeled"].items()]
+    for name, e in results["sets"].items():
         for shape, row in e["modeled"].items():
             if SGLANG_ADAPTIVE not in row:
                 continue
             floor = max(row["autoregressive"], row["none"]["tok_s"])
             theirs = row[SGLANG_ADAPTIVE]["tok_s"]
-            warm = next(
-                v
-                for k, v in row.items()
-                if k.startswith("auto:") and "repair" in k and k.endswith(" warm")
-            )
+            warm = auto_arm(row, True, True)
             lines.append(
                 f"- SGLang's own adaptive chain (its default depths 1, 3, 5, 7 from "
                 f"{args.tree[2]}, one policy across the set), set {name}, {shape}: "
