@@ -15,6 +15,8 @@ prices a window of steps for many budget vectors with array operations only:
   1-token verify and a 1-token draft extend, unless ``decode_extend`` is off: SGLang then
   skips the extend on every decode of a run but the last, whose extend, one per run,
   goes unpriced; and :meth:`StepCost.forward_seconds`, a prompt's forward);
+- ``plain_decode_s``: one step of decoding without speculation (no draft at all): what a
+  tree that cannot be switched off is compared with (:meth:`Guard.against_decoding`);
 - ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
   the cost model measured it), paid by every budgeted tree step; a step whose budgets are
   all at least E ranks only every ``rank_every``-th time (the ranking is what the
@@ -63,6 +65,7 @@ class StepCost:
             tables = step_tables.__wrapped__(*args, draft_extend, decode_extend)
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
         self.decode_s, self.select_s = tables[3:]
+        self.plain_decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
         self.rest_select_s = self.select_s / rank_every  # an unbudgeted step, on average
         self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 

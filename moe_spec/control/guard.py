@@ -35,7 +35,9 @@ the prompt's or the first tree's timing shows the tree clearly losing
 tree and the current choice once the window holds 8 of its steps (4, while every window step
 is of the current text: none carried from the last request, whose per-layer needs may differ),
 one budget for all layers before that and for the other trees. Every plan carries its reason;
-:attr:`Guard.overhead_s` sums the controller's own time.
+:attr:`Guard.overhead_s` sums the controller's own time. Without the guard (``guard=false``; a
+server that runs its configured tree every step) the reason also gives decoding without
+speculation, and :attr:`Guard.slower` says when the tree is predicted slower than that.
 """
 
 from __future__ import annotations
@@ -164,6 +166,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         self.warm_seconds = [0.0, 0]  # the timed warm-up trees' seconds: sum, steps
         self.pause: int | None = None  # paused warm-up: decodes since a full tree to its probe
         self.why = ""
+        # without the guard: (tree, plain decoding) tokens/s once the tree is predicted slower
+        # than decoding without speculation (:meth:`against_decoding`), else None
+        self.slower: tuple[float, float] | None = None
         self.replans = 0
         self.started = 0.0
         self.overhead_s = 0.0
@@ -293,9 +298,28 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         else:
             self.why = f"keeps {self.arm_name(self.choice)}: predicted tok/s {summary}{waits}"
         self.space_looks(predicted, unshrunk)
+        if not self.guard and self.choice in predicted:
+            self.why += self.against_decoding(predicted[self.choice])
         if self.explored:
             name = self.arm_name(self.explored)
             self.why += f"; explores with {name} every {self.explore_every} decodes"
+
+    def against_decoding(self, tree_rate: float) -> str:
+        """Without the guard (a server that runs its configured tree every step, or
+        ``guard=false``): the reason's note of decoding without speculation (no draft
+        forward at all). :attr:`slower` is judged on predictions from ``trusted`` (8) window
+        steps or more, and kept through fewer (after a drift or a new request): the tree's
+        ``tree_rate`` tokens/s and decoding's while the tree is more than ``margin`` below
+        it, else None."""
+        plain = 1.0 / (self.cost.plain_decode_s * self.ratio(AUTOREGRESSIVE))
+        if self.evidence.get(self.choice, (0, 0.0))[0] >= self.trusted:
+            lost = tree_rate * (1 + self.margin) < plain
+            self.slower = (tree_rate, plain) if lost else None
+        note = f"; decoding without speculation {plain:.4g}"
+        if self.slower is not None:
+            rate = self.slower[0]
+            note += f", {plain / rate - 1:.0%} faster (no guard here to switch to it)"
+        return note
 
     def shrunk(self, c: int, tp: float) -> float:
         """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed

@@ -12,7 +12,7 @@ import moe_spec.control.guard as guard_module
 from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
 from moe_spec.control.planner import Budgets
 from moe_spec.control.replans import mean_and_spread
-from moe_spec.costmodel import get_cost_model, get_shape
+from moe_spec.costmodel import decode_seconds, get_cost_model, get_shape
 
 TREES = [(8, 4, 3), (4, 3, 3)]
 
@@ -176,6 +176,35 @@ def test_without_the_guard_only_the_full_tree_is_planned():
     g.tree_steps = 1
     g.predict = lambda: {0: 100.0}
     assert {g.plan().kind for _ in range(5)} == {"tree"}
+
+
+def test_without_the_guard_the_reason_weighs_the_tree_against_decoding_without_a_draft():
+    g = guard(guard=False, margin=0.05)
+    plain = 1.0 / g.cost.plain_decode_s
+    # no draft forward at all, where SGLang's depth-0 step runs a draft extend
+    cost_model, shape = get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B")
+    sglang = StepCost(cost_model, shape, 2, 8, TREES, draft_extend=True)
+    assert sglang.plain_decode_s == g.cost.plain_decode_s < sglang.decode_s
+    assert g.cost.plain_decode_s == decode_seconds(
+        cost_model.gpu, shape, overheads=cost_model.overheads
+    )
+    g.evidence[0] = (7, 1.0)  # fewer than trusted (8) steps: no verdict
+    g.switch({0: plain / 2})
+    assert g.slower is None and g.why.endswith(f"; decoding without speculation {plain:.4g}")
+    g.evidence[0] = (8, 1.0)
+    g.switch({0: plain / 1.06})  # more than the margin below
+    assert g.slower == (plain / 1.06, plain)
+    assert g.why.endswith(", 6% faster (no guard here to switch to it)")
+    g.evidence[0] = (3, 1.0)  # after a drift: a few steps keep the verdict
+    g.switch({0: plain * 2})
+    assert g.slower == (plain / 1.06, plain) and g.why.endswith("(no guard here to switch to it)")
+    g.evidence[0] = (8, 2.0)
+    g.switch({0: plain / 1.04})  # within the margin
+    assert g.slower is None and g.why.endswith(f"without speculation {plain:.4g}")
+    g = guard()  # with the guard, decoding is an arm of its own: no note
+    g.evidence[0] = (8, 1.0)
+    g.switch({0: plain / 2, -1: plain})
+    assert g.slower is None and "without speculation" not in g.why
 
 
 def test_the_further_behind_the_full_tree_the_rarer_the_probe():

@@ -17,6 +17,9 @@ nothing here runs inside a forward.
 
 SGLang runs the configured tree every step: a plugin cannot switch to a smaller tree or
 to plain decoding, so the policy plans per-layer budgets for that tree only (no guard).
+When the policy predicts that tree slower than decoding without speculation, the feed logs
+a warning once (and a line when that ends) naming both rates and what to serve instead
+(:meth:`AcceptanceFeed.note_speed`).
 The exception is a chain with SGLang's adaptive speculation (``--speculative-adaptive``,
 ``chains``): SGLang can then run the chain at other depths, 0 included (the root verified
 alone: a plain decode), and the policy's guard chooses among the configured chain, its
@@ -125,6 +128,7 @@ class AcceptanceFeed:
         self.last_report = time.monotonic()
         self.rid: Any = None  # the observed request (the batch's first), by SGLang's rid
         self.started = 0  # observed requests that started new text (start_request calls)
+        self.slower = False  # whether the tree was last predicted slower than plain decoding
 
     # -- after each verify -------------------------------------------------------------
     def after_verify(self, result: Any, batch: Any) -> None:
@@ -212,6 +216,7 @@ class AcceptanceFeed:
                 self.policy.observe(outcome, rec["rank_LE"], rec["ids_LRK"][:, rows])
                 self.observed += 1
             self.plan = self.policy.plan_step(self.tree, False)
+            self.note_speed()
         self.steps += 1
         self.requests += len(paths)
         self.tokens += sum(lens)
@@ -283,6 +288,37 @@ class AcceptanceFeed:
         return 0 if plan.kind == AUTOREGRESSIVE else plan.depth
 
     # -- reporting ---------------------------------------------------------------------
+    def note_speed(self) -> None:
+        """Without the guard: a warning (rank 0) when the policy first predicts the tree
+        slower than decoding without speculation (:attr:`moe_spec.control.Guard.slower`),
+        and a line when it no longer does. SGLang cannot turn a tree off per step."""
+        slower = getattr(getattr(self.policy, "controller", None), "slower", None)
+        if (slower is not None) == self.slower:
+            return
+        self.slower = slower is not None
+        if self.tp_rank != 0:
+            return
+        n, w, d = self.tree
+        if slower is None:
+            logger.info(
+                f"moe-spec: auto no longer predicts the {n}/{w}/{d} tree slower than decoding "
+                "without speculation"
+            )
+            return
+        tree_rate, plain = slower
+        cost = self.policy.controller.cost
+        logger.warning(
+            f"moe-spec: auto predicts this server's {n}/{w}/{d} tree at {tree_rate:.4g} tok/s "
+            f"per request, {plain / tree_rate - 1:.0%} below decoding without speculation "
+            f"({plain:.4g} tok/s; {cost.shape.name} on {cost.cost.gpu.name}, "
+            f"{cost.cost.name} cost model, one request at a time), from the acceptance of "
+            "its last verify steps. SGLang runs the configured tree on every step (its "
+            "adaptive speculation takes --speculative-eagle-topk 1 only), so auto cannot "
+            "fall back to decoding here: serve a chain (--speculative-eagle-topk 1 "
+            "--speculative-adaptive) for auto's guard to choose each step's depth, 0 "
+            "included, or serve without speculation"
+        )
+
     def due(self, now: float | None = None) -> bool:
         """Whether ``interval_s`` has passed since the last report and steps came in since."""
         now = time.monotonic() if now is None else now

@@ -1,0 +1,65 @@
+"""Where SGLang runs its tree every step (no guard), the feed warns once the policy predicts
+that tree slower than decoding without speculation, and says when that ends."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+
+from moe_spec.integration.sglang.feed import AcceptanceFeed
+from moe_spec.policies import get_policy
+
+L, E, K, N = 2, 8, 2, 4
+ROOT_ONLY = SimpleNamespace(accept_lens=torch.tensor([1]), accept_index=torch.tensor([[0, -1, -1]]))
+DEEP = SimpleNamespace(accept_lens=torch.tensor([3]), accept_index=torch.tensor([[0, 1, 3]]))
+BATCH = SimpleNamespace(reqs=[SimpleNamespace(rid="a")])
+
+
+def feed_of(tp_rank: int = 0) -> AcceptanceFeed:
+    policy = get_policy("auto")
+    policy.validate, policy.record_routing = False, False
+    policy.for_server()
+    policy.prepare(L, E, K, E, torch.device("cpu"))
+    feed = AcceptanceFeed(policy, (N, 2, 2), K, tp_rank=tp_rank)
+    # what a verify forward records: each layer's experts ranked 0..E-1, every token's top-k
+    # the first two (no forward runs here)
+    policy.device_state["rank_LE"][:] = torch.arange(E)
+    policy.device_state["ids_LRK"][:] = torch.arange(K)
+    return feed
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_tree_that_loses_to_decoding_is_warned_of_once_and_its_end_said(caplog):
+    caplog.set_level(logging.INFO, logger="moe_spec.sglang")
+    feed = feed_of()
+    for _ in range(40):  # nothing past the root accepted: the tree cannot pay
+        feed.after_verify(ROOT_ONLY, BATCH)
+    (warning,) = warnings_of(caplog)
+    tree_rate, plain = feed.policy.controller.slower
+    assert tree_rate < plain
+    assert f"4/2/2 tree at {tree_rate:.4g} tok/s" in warning
+    assert f"below decoding without speculation ({plain:.4g} tok/s; OLMoE-1B-7B on H200" in warning
+    assert "--speculative-eagle-topk 1 --speculative-adaptive" in warning
+    assert "no guard here to switch to it" in feed.line()
+    caplog.clear()
+    for _ in range(60):  # every draft accepted: the tree wins
+        feed.after_verify(DEEP, BATCH)
+    assert feed.policy.controller.slower is None
+    assert not warnings_of(caplog)
+    ended = [r.getMessage() for r in caplog.records if "no longer predicts" in r.getMessage()]
+    assert len(ended) == 1 and "4/2/2 tree" in ended[0]
+    assert "no guard here" not in feed.line() and "decoding without speculation" in feed.line()
+
+
+def test_only_rank_0_logs_it(caplog):
+    caplog.set_level(logging.INFO, logger="moe_spec.sglang")
+    feed = feed_of(tp_rank=1)
+    for _ in range(40):
+        feed.after_verify(ROOT_ONLY, BATCH)
+    assert feed.slower and feed.policy.controller.slower is not None
+    assert not caplog.records
