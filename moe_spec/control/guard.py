@@ -307,14 +307,17 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
     def against_decoding(self, tree_rate: float) -> str:
         """Without the guard (a server that runs its configured tree every step, or
         ``guard=false``): the reason's note of decoding without speculation (no draft
-        forward at all). :attr:`slower` is judged on predictions from ``trusted`` (8) window
-        steps or more, and kept through fewer (after a drift or a new request): the tree's
-        ``tree_rate`` tokens/s and decoding's while the tree is more than ``margin`` below
-        it, else None."""
+        forward at all). :attr:`slower` (the tree's ``tree_rate`` tokens/s and decoding's,
+        or None) is set when the tree is predicted more than ``margin`` below decoding and
+        cleared once it is predicted at or above it, so a tree near the line does not flap;
+        judged on predictions from ``trusted`` (8) window steps or more, and kept through
+        fewer (after a drift or a new request)."""
         plain = 1.0 / (self.cost.plain_decode_s * self.ratio(AUTOREGRESSIVE))
         if self.evidence.get(self.choice, (0, 0.0))[0] >= self.trusted:
-            lost = tree_rate * (1 + self.margin) < plain
-            self.slower = (tree_rate, plain) if lost else None
+            if tree_rate >= plain:
+                self.slower = None
+            elif self.slower is not None or tree_rate * (1 + self.margin) < plain:
+                self.slower = (tree_rate, plain)
         note = f"; decoding without speculation {plain:.4g}"
         if self.slower is not None:
             rate = self.slower[0]

@@ -199,8 +199,14 @@ def test_without_the_guard_the_reason_weighs_the_tree_against_decoding_without_a
     g.switch({0: plain * 2})
     assert g.slower == (plain / 1.06, plain) and g.why.endswith("(no guard here to switch to it)")
     g.evidence[0] = (8, 2.0)
-    g.switch({0: plain / 1.04})  # within the margin
+    g.switch({0: plain / 1.04})  # within the margin: still slower, at the new rate
+    assert g.slower == (plain / 1.04, plain) and g.why.endswith(
+        ", 4% faster (no guard here to switch to it)"
+    )
+    g.switch({0: plain})  # level: cleared
     assert g.slower is None and g.why.endswith(f"without speculation {plain:.4g}")
+    g.switch({0: plain / 1.04})  # within the margin, from level: not slower
+    assert g.slower is None
     g = guard()  # with the guard, decoding is an arm of its own: no note
     g.evidence[0] = (8, 1.0)
     g.switch({0: plain / 2, -1: plain})

@@ -46,12 +46,11 @@ def test_auto_learns_acceptance_and_sets_each_layers_budget(fleet):
     assert int(depth) == 2 and reach != [0.5, 0.25]  # moved off the prior
     assert "NOT budgeted" not in log and "gets no more acceptance" not in log
     assert "budgeting 4 MoE layers in verify passes: policy auto, B=8" in log
-    # its tree runs every step: the reason weighs it against decoding without a draft, and
-    # the warning comes where a report found the tree slower (this model accepts little)
+    # its tree runs every step: the reason weighs it against decoding without a draft; this
+    # model's draft is never right, so the tree loses, the reports say so and one warning did
     assert "; decoding without speculation " in log
-    slower = "faster (no guard here to switch to it)" in log
-    warned = "predicts this server's 4/2/2 tree at" in log
-    assert warned == (slower or "no longer predicts the 4/2/2 tree" in log), server.log_tail()
+    assert "faster (no guard here to switch to it)" in log, server.log_tail()
+    assert log.count("predicts this server's 4/2/2 tree at") == 1, server.log_tail()
 
 
 DEPTHS_LINE = re.compile(
