@@ -308,21 +308,24 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         """Without the guard (a server that runs its configured tree every step, or
         ``guard=false``): the reason's note of decoding without speculation (no draft
         forward at all). :attr:`slower` (the tree's ``tree_rate`` tokens/s and decoding's,
-        or None) is set when the tree is predicted more than ``margin`` below decoding and
-        cleared once it is predicted at or above it, so a tree near the line does not flap;
-        judged on predictions from ``trusted`` (8) window steps or more, and kept through
-        fewer (after a drift or a new request)."""
+        or None) is set when decoding is predicted more than ``margin`` faster than the tree
+        and cleared once the tree is predicted at least as fast, so a tree near the line
+        does not flap; judged on predictions from ``trusted`` (8) window steps or more, and
+        held through fewer (after a drift or a new request: the note then says so)."""
         plain = 1.0 / (self.cost.plain_decode_s * self.ratio(AUTOREGRESSIVE))
-        if self.evidence.get(self.choice, (0, 0.0))[0] >= self.trusted:
+        judged = self.evidence.get(self.choice, (0, 0.0))[0] >= self.trusted
+        if judged:
             if tree_rate >= plain:
                 self.slower = None
             elif self.slower is not None or tree_rate * (1 + self.margin) < plain:
                 self.slower = (tree_rate, plain)
         note = f"; decoding without speculation {plain:.4g}"
-        if self.slower is not None:
-            rate = self.slower[0]
-            note += f", {plain / rate - 1:.0%} faster (no guard here to switch to it)"
-        return note
+        if self.slower is None:
+            return note
+        faster = f"{self.slower[1] / self.slower[0] - 1:.0%} faster"
+        if judged:
+            return f"{note}, {faster} (the tree runs every step here)"
+        return f"{note}, {faster} at the last verdict (fewer than {self.trusted} steps since)"
 
     def shrunk(self, c: int, tp: float) -> float:
         """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed

@@ -303,17 +303,22 @@ class AcceptanceFeed:
         n, w, d = self.tree
         tree_rate, plain = slower
         cost = self.policy.controller.cost
+        flags = (
+            f"--speculative-num-draft-tokens {n} --speculative-eagle-topk {w} "
+            f"--speculative-num-steps {d}"
+        )
         logger.warning(
-            f"moe-spec: auto predicts this server's {n}/{w}/{d} tree at {tree_rate:.4g} tok/s "
-            f"per request, {plain / tree_rate - 1:.0%} below decoding without speculation "
-            f"({plain:.4g} tok/s; {cost.shape.name} on {cost.cost.gpu.name}, "
-            f"{cost.cost.name} cost model, one request at a time), from the acceptance of "
-            "its last verify steps. SGLang runs the configured tree on every step (its "
-            "adaptive speculation takes --speculative-eagle-topk 1 only), so auto cannot "
-            "fall back to decoding here: serve a chain (--speculative-eagle-topk 1 "
-            "--speculative-adaptive) for auto's guard to choose each step's depth, 0 "
-            "included, or serve without speculation (the periodic 'auto observed' line says "
-            "whether this still holds)"
+            f"moe-spec: auto models this server's tree ({flags}) at {tree_rate:.4g} tok/s per "
+            f"request and decoding without speculation at {plain:.4g} "
+            f"({plain / tree_rate - 1:.0%} faster), from the acceptance of its last verify "
+            f"steps, priced on {cost.shape.name} on {cost.cost.gpu.name} ({cost.cost.name} "
+            "cost model, one request at a time; --policy-option shape=... and gpu=... set "
+            "what is priced). SGLang runs the configured tree on every step (its adaptive "
+            "speculation takes --speculative-eagle-topk 1 only), so auto cannot fall back "
+            "to plain decoding here: serve a chain (--speculative-eagle-topk 1 "
+            "--speculative-adaptive), where auto chooses each step's draft depth, 0 "
+            "included, or serve without speculation. The periodic 'auto observed' line "
+            "says whether this still holds."
         )
 
     def due(self, now: float | None = None) -> bool:
@@ -341,8 +346,8 @@ class AcceptanceFeed:
 
     def host_time(self) -> str:
         """The feed's own host time per verify step since the last report, and since start
-        (the first steps build the controller's tables: 0.5-0.7 ms each on a CPU, against
-        0.03-0.08 ms once running, so the mean since start overstates the running cost)."""
+        (the first steps also build the controller's tables, so the mean since start
+        overstates the running cost for a while)."""
         total = 1e3 * self.host_s / max(self.steps, 1)
         steps = self.steps - self.reported_steps
         if self.reported_steps == 0 or steps <= 0:
