@@ -1,0 +1,56 @@
+"""bench/auto_budget.py's summary of modeled cells: the table row and the line against the
+Cascade-style depth-width baseline, on a cell given by hand."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import auto_budget  # noqa: E402
+
+AUTO = "auto:opt.shape=OLMoE-1B-7B,opt.gpu=H200,opt.cost_model=measured"
+
+
+def arm(tok_s: float, agree: float = 1.0, guard_ar: float = 0.0) -> dict:
+    return {"tok_s": tok_s, "agree": agree, "guard_ar": guard_ar}
+
+
+ROW = {
+    "autoregressive": 230.0,
+    "none": arm(200.0),
+    "token-priority:B=8": arm(380.0, 0.5),
+    "token-priority:B=8,repair=true": arm(180.0),
+    "token-priority:B=16": arm(270.0, 0.75),
+    "token-priority:B=16,repair=true": arm(190.0),
+    AUTO: arm(240.0, 0.8, 0.5),
+    f"{AUTO},repair=true": arm(220.0, 1.0, 0.25),
+    "depth-width": arm(200.0),
+    f"{AUTO} warm": arm(260.0, 0.9),
+    f"{AUTO},repair=true warm": arm(250.0),
+}
+
+
+def test_auto_arm_finds_each_variant():
+    assert auto_budget.auto_arm(ROW, True, False)["tok_s"] == 220.0
+    assert auto_budget.auto_arm(ROW, False, False)["tok_s"] == 240.0
+    assert auto_budget.auto_arm(ROW, True, True)["tok_s"] == 250.0
+    assert auto_budget.auto_arm(ROW, False, True)["tok_s"] == 260.0
+
+
+def test_the_line_against_depth_width_gives_both_ratios_and_agreement():
+    line = auto_budget.against_depth_width("B (code)", "OLMoE-1B-7B", ROW)
+    assert line == (
+        "- depth-width (Cascade-style, 100% agreement), set B (code), OLMoE-1B-7B: 200 tok/s; "
+        "auto repair 1.100x it fresh, 1.250x warm (agreement 100%, 100%)"
+    )
+
+
+def test_the_table_row_takes_the_best_fixed_budgets_and_the_floor():
+    (row,) = auto_budget.summary("A", {"OLMoE-1B-7B": ROW})
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:6] == ["A", "OLMoE-1B-7B", "230", "200", "200", "190 (B=16,repair=true)"]
+    # auto repair 220: x best fixed 220/190, x max(AR, none) 220/230, 25% decoded steps
+    assert cells[6:10] == ["220", "1.158", "0.957", "25%"]
+    assert cells[10] == "380 (B=8, 50%)"  # the best lossy budget, with its agreement
+    assert cells[12:15] == ["250", "1.316", "1.087"]  # warm repair
