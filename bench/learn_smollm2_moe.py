@@ -6,6 +6,9 @@
     python bench/learn_smollm2_moe.py draft --files 600 --extra-files 600 566 \
         --extra-cache B.pt C.pt --init-head moe_spec/assets/smollm2-moe/eagle --steps 700
     python bench/learn_smollm2_moe.py hot --files 1200 --size 8192
+    python bench/learn_smollm2_moe.py tokens --files 1766 --chunks 8 --out ids.safetensors
+    python bench/learn_smollm2_moe.py draft --token-ids ids.safetensors --device cuda \
+        --gguf SmolLM2-135M-Instruct.Q4_1.gguf --head-out head/ --seconds 240
     python bench/learn_smollm2_moe.py hash      # build from the wheel, record the hash
 
 ``split``: calibration text from stdlib training files (held-out files excluded), the
@@ -16,6 +19,11 @@ of the draft's seeded shuffle, stored for ``draft --extra-files/--extra-cache``.
 then each ``--extra-files`` count in turn (consecutive files of the shuffle, each with its
 ``--extra-cache``); ``--init-head DIR`` warm-starts from a head saved before (lr 3e-4 unless
 ``--lr``). It writes the head over ``eagle/`` and its record into moe.json's ``draft``.
+``tokens``: the draft's training text (``--chunks`` pieces of ``--seq-len`` tokens per file)
+and the held-out text as token ids in one safetensors file, for ``draft --token-ids`` on a
+machine whose standard library is another (a GPU machine: ``--device cuda``, the GGUF
+named by ``--gguf``, checked by its SHA-256, the head written to ``--head-out`` with its
+record; ``--seconds`` fits the step count into that time).
 ``hot``: the draft vocabulary, the ``--size`` most frequent token ids of the draft's training
 text (its first ``--files`` files), into ``eagle/hot_tokens.safetensors`` and moe.json's
 ``hot_tokens`` (``moe_spec.integration.transformers.hot_tokens``).
@@ -31,7 +39,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.numpy import load_file, save_file
 
 from moe_spec.engine.config import DRAFT_LAYOUTS, DraftConfig
 from moe_spec.integration.transformers import save_eagle_head
@@ -52,7 +62,7 @@ from moe_spec.models.draft_head import (
 from moe_spec.models.gguf_weights import dense_llama, gguf_tokenizer, read_llama
 from moe_spec.models.learn import SplitConfig, learn_split, save_split
 from moe_spec.models.simulate import LayerSplit, as_moe
-from moe_spec.models.wheel import find_gguf
+from moe_spec.models.wheel import check_gguf, find_gguf
 
 
 def log(entry) -> None:
@@ -81,33 +91,91 @@ def cmd_split(args) -> None:
     log(record)
 
 
-def moe_target(spec: dict):
-    """The dense model computing as the MoE (simulate.as_moe), its tokenizer and the splits."""
-    gguf = find_gguf()
-    shape, state = read_llama(gguf)
+def moe_target(spec: dict, gguf: Path | None = None, device: str = "cpu"):
+    """The dense model computing as the MoE (simulate.as_moe) on ``device``, its tokenizer
+    (None with ``gguf``: that machine's text comes as token ids) and the splits."""
+    path = check_gguf(gguf) if gguf else find_gguf()
+    shape, state = read_llama(path)
     state = {k: v.to(torch.bfloat16).float() for k, v in state.items()}  # as the checkpoint
     perms, routers = load_split(ASSETS, spec)
     splits = [
-        LayerSplit(perms[i], spec["shared"], (spec["router_scale"] * routers[i]).bfloat16().float())
+        LayerSplit(
+            perms[i],
+            spec["shared"],
+            (spec["router_scale"] * routers[i]).bfloat16().float().to(device),
+        )
         for i in range(len(perms))
     ]
-    return dense_llama(shape, state), gguf_tokenizer(gguf), splits, shape
+    tok = None if gguf else gguf_tokenizer(path)
+    return dense_llama(shape, state).to(device), tok, splits, shape
 
 
-def features(model, spec, splits, seqs, cache: Path | None, bf16: bool):
+def features(model, spec, splits, seqs, cache: Path | None, bf16: bool, batch: int = 1):
     """The MoE target's features on ``seqs``, read from / stored to ``cache`` when given."""
     if cache and cache.is_file():
         return torch.load(cache, weights_only=True)  # tensors only: never unpickles objects
     with as_moe(model, splits, spec["n_experts"], spec["top_k"]):
-        data = target_features(model, seqs, bf16=bf16)
+        data = target_features(model, seqs, bf16=bf16, batch=batch)
     if cache:
         torch.save(data, cache)
     return data
 
 
-def draft_sequences(tok, files: int, seq_len: int, seed: int, skip: int = 0):
+def draft_sequences(tok, files: int, seq_len: int, seed: int, skip: int = 0, chunks: int = 1):
     """The draft's training text: one seeded shuffle of training files (seed + 1000)."""
-    return calibration_sequences(tok, files, seq_len, seed=seed + 1000, skip=skip)
+    return calibration_sequences(tok, files, seq_len, seed=seed + 1000, skip=skip, chunks=chunks)
+
+
+def ids_and_lengths(seqs: list[list[int]]) -> dict[str, np.ndarray]:
+    return {
+        "ids": np.array([t for s in seqs for t in s], dtype=np.uint16),  # vocabulary < 65536
+        "lengths": np.array([len(s) for s in seqs], dtype=np.int64),
+    }
+
+
+def split_ids(ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    ends = np.cumsum(lengths)
+    return [ids[e - n : e].astype(np.int64).tolist() for e, n in zip(ends, lengths, strict=True)]
+
+
+def cmd_tokens(args) -> None:
+    if args.out.exists():
+        raise SystemExit(f"{args.out} exists; remove it or name another --out")
+    tok = gguf_tokenizer(find_gguf())
+    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed, args.skip_files, args.chunks)
+    held = held_out_sequences(tok, args.eval_tokens, args.seq_len)
+    if max(max(s) for s in seqs + held) >= 1 << 16:
+        raise SystemExit("token ids >= 65536 do not fit the file's uint16")
+    record = {
+        "files": args.files,
+        "skip_files": args.skip_files,
+        "seq_len": args.seq_len,
+        "chunks": args.chunks,
+        "seed": args.seed,
+        "sequences": len(seqs),
+        "tokens": sum(map(len, seqs)),
+        "eval_tokens": sum(map(len, held)),
+    }
+    tensors = {f"train_{k}": v for k, v in ids_and_lengths(seqs).items()}
+    tensors |= {f"eval_{k}": v for k, v in ids_and_lengths(held).items()}
+    save_file(tensors, str(args.out), metadata={"record": json.dumps(record)})
+    log(record)
+
+
+def read_token_ids(path: Path) -> tuple[list[list[int]], list[list[int]], dict]:
+    """``(training sequences, held-out sequences, their record)`` of a ``tokens`` file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        record = json.loads((f.metadata() or {}).get("record", "null") or "null")
+    tensors = load_file(str(path))
+    if record is None or any(
+        f"{part}_{k}" not in tensors for part in ("train", "eval") for k in ("ids", "lengths")
+    ):
+        raise SystemExit(f"{path} is not a file of `learn_smollm2_moe.py tokens`")
+    train = split_ids(tensors["train_ids"], tensors["train_lengths"])
+    held = split_ids(tensors["eval_ids"], tensors["eval_lengths"])
+    return train, held, record
 
 
 def cmd_features(args) -> None:
@@ -164,11 +232,34 @@ def init_record(path: Path, spec: dict) -> dict:
     return record
 
 
+def training_text(args, model, spec, splits, tok):
+    """``(sequences, features, held-out sequences, what they are)``: from ``--token-ids``, or
+    tokenized here from ``--files`` and each ``--extra-files`` part (features cached)."""
+    batch = args.feature_batch
+    if args.token_ids:
+        if args.extra_files or args.features_cache:
+            raise SystemExit("--token-ids brings its own text: drop --extra-files/--features-cache")
+        seqs, eval_seqs, record = read_token_ids(args.token_ids)
+        data = features(model, spec, splits, seqs, None, args.bf16_features, batch)
+        return seqs, data, eval_seqs, {"token_ids": record}
+    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed)
+    data = features(model, spec, splits, seqs, args.features_cache, args.bf16_features, batch)
+    check_cache(seqs, data, str(args.features_cache))
+    for skip, files, cache in extra_parts(args):
+        extra = draft_sequences(tok, files, args.seq_len, args.seed, skip)
+        extra_data = features(model, spec, splits, extra, cache, args.extra_bf16_features, batch)
+        check_cache(extra, extra_data, f"{cache} (files {skip}..{skip + files})")
+        seqs, data = seqs + extra, data + extra_data
+    eval_seqs = held_out_sequences(tok, args.eval_tokens, args.seq_len)
+    text = {"files": args.files, "extra_files": args.extra_files, "seq_len": args.seq_len}
+    return seqs, data, eval_seqs, text
+
+
 def cmd_draft(args) -> None:
     torch.manual_seed(args.seed)
     spec = read_spec(ASSETS)
-    parts = extra_parts(args)
-    model, tok, splits, shape = moe_target(spec)
+    extra_parts(args)  # refused now, before the long part, when the counts are wrong
+    model, tok, splits, shape = moe_target(spec, args.gguf, args.device)
     head_config = DraftConfig(
         dim=shape.hidden_size,
         n_heads=shape.num_attention_heads,
@@ -181,17 +272,9 @@ def cmd_draft(args) -> None:
         init = warm_start_head(args.init_head, head_config, shape.rope_theta)
         init_from = init_record(args.init_head, spec)
     lr = args.lr if args.lr is not None else (3e-4 if init is not None else 1e-3)
-    seqs = draft_sequences(tok, args.files, args.seq_len, args.seed)
     start = time.perf_counter()
-    data = features(model, spec, splits, seqs, args.features_cache, args.bf16_features)
-    check_cache(seqs, data, str(args.features_cache))
-    for skip, files, cache in parts:
-        extra = draft_sequences(tok, files, args.seq_len, args.seed, skip)
-        extra_data = features(model, spec, splits, extra, cache, args.extra_bf16_features)
-        check_cache(extra, extra_data, f"{cache} (files {skip}..{skip + files})")
-        seqs, data = seqs + extra, data + extra_data
+    seqs, data, eval_seqs, text = training_text(args, model, spec, splits, tok)
     log({"features": sum(map(len, seqs)), "s": round(time.perf_counter() - start, 1)})
-    eval_seqs = held_out_sequences(tok, args.eval_tokens, args.seq_len)
     eval_data = features(model, spec, splits, eval_seqs, None, args.bf16_features)
     evaluate = lambda driver: head_agreement(driver, eval_seqs, eval_data)  # noqa: E731
     cfg = HeadTrainConfig(
@@ -202,13 +285,17 @@ def cmd_draft(args) -> None:
         seed=args.seed,
         window=args.window,
         unroll=args.unroll,
+        seconds=args.seconds,
     )
     evals: list[dict] = []
+    steps = [args.steps]
 
     def log_and_keep(entry: dict) -> None:
         log(entry)
         if "eval" in entry:
             evals.append(entry)
+        if set(entry) == {"steps", "s"}:
+            steps[0] = entry["steps"]
 
     head = train_head(
         model,
@@ -222,16 +309,15 @@ def cmd_draft(args) -> None:
         args.eval_every,
         init,
     )
-    save_eagle_head(ASSETS / "eagle", head, rope_theta=shape.rope_theta)
+    out = args.head_out or ASSETS / "eagle"
+    save_eagle_head(out, head.cpu(), rope_theta=shape.rope_theta)
     spec["draft"] = {
         "command": "python bench/learn_smollm2_moe.py " + " ".join(sys.argv[1:]),
         "layout": args.layout,
-        "files": args.files,
-        "extra_files": args.extra_files,
+        **text,
         "init_head": init_from,
         "extra_bf16_features": args.extra_bf16_features,
-        "seq_len": args.seq_len,
-        "steps": args.steps,
+        "steps": steps[0],
         "batch": args.batch,
         "lr": lr,
         "warmup": cfg.warmup,
@@ -243,9 +329,11 @@ def cmd_draft(args) -> None:
         "held_out_agreement": evals[-1]["eval"],
         "held_out_tokens": sum(map(len, eval_seqs)),
         "seed": args.seed,
+        "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (ASSETS / "moe.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
+    (out / "moe.json" if args.head_out else ASSETS / "moe.json").write_text(text)
 
 
 def cmd_hot(args) -> None:
@@ -323,8 +411,23 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens to score")
     q.add_argument("--eval-every", type=int, default=200)
     q.add_argument("--init-head", type=Path, help="warm-start from this head directory")
+    q.add_argument("--token-ids", type=Path, help="the text of `tokens` instead of this stdlib's")
+    q.add_argument("--device", default="cpu", help="where the target and the head run")
+    q.add_argument("--gguf", type=Path, help="the base GGUF file (else the installed wheel's)")
+    q.add_argument("--head-out", type=Path, help="write the head and moe.json here, not assets")
+    q.add_argument("--seconds", type=float, help="fit the step count (<= --steps) in this time")
+    q.add_argument("--feature-batch", type=int, default=1, help="sequences per target forward")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_draft)
+    q = sub.add_parser("tokens")
+    q.add_argument("--files", type=int, default=1766, help="of the draft's seeded shuffle")
+    q.add_argument("--skip-files", type=int, default=0)
+    q.add_argument("--seq-len", type=int, default=512)
+    q.add_argument("--chunks", type=int, default=8, help="pieces of --seq-len tokens per file")
+    q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, required=True)
+    q.set_defaults(func=cmd_tokens)
     q = sub.add_parser("hot")
     q.add_argument("--files", type=int, default=1200, help="the draft's training files")
     q.add_argument("--seq-len", type=int, default=512)
@@ -339,7 +442,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     args = parser().parse_args()
     if getattr(args, "out", 0) is None:
         from moe_spec.models.build import cache_root

@@ -30,16 +30,18 @@ def calibration_files(n_files: int, seed: int = 0, skip: int = 0) -> list:
 
 
 def calibration_sequences(
-    tokenizer, n_files: int, tokens_per_file: int, seed: int = 0, skip: int = 0
+    tokenizer, n_files: int, tokens_per_file: int, seed: int = 0, skip: int = 0, chunks: int = 1
 ) -> list[list[int]]:
-    """Token sequences of :func:`calibration_files` ``(n_files, seed, skip)`` (files
-    under 16 tokens dropped), the first ``tokens_per_file`` tokens of each."""
-    files = calibration_files(n_files, seed, skip)
+    """Token sequences of :func:`calibration_files` ``(n_files, seed, skip)``: each file's
+    first ``chunks`` pieces of ``tokens_per_file`` tokens (pieces under 16 tokens dropped;
+    ``chunks=1``: the file's first ``tokens_per_file`` tokens)."""
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
+        raise ValueError(f"chunks must be a positive integer, got {chunks!r}")
     out = []
-    for path in files:
-        ids = tokenizer.encode(read_text(path))[:tokens_per_file]
-        if len(ids) >= 16:
-            out.append(ids)
+    for path in calibration_files(n_files, seed, skip):
+        ids = tokenizer.encode(read_text(path))[: chunks * tokens_per_file]
+        pieces = (ids[i : i + tokens_per_file] for i in range(0, len(ids), tokens_per_file))
+        out += [piece for piece in pieces if len(piece) >= 16]
     return out
 
 

@@ -54,12 +54,15 @@ class HeadTrainConfig:
     window: int = 256  # tokens per sequence in a batch (a random window of each)
     unroll: int = 1  # passes over the head's own predicted features (training-time test)
     unroll_decay: float = 0.7  # weight of pass u is unroll_decay**u
+    seconds: float | None = None  # fit the step count (at most ``steps``) into this time
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "warmup", "window", "unroll"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be positive (or None), got {self.seconds!r}")
 
 
 def check_same_head(got: DraftConfig, want: DraftConfig, what: str) -> None:
@@ -85,17 +88,25 @@ def warm_start_head(path: str | Path, head_config: DraftConfig, rope_theta: floa
 
 @torch.no_grad()
 def target_features(
-    model, sequences: list[list[int]], bf16: bool = False
+    model, sequences: list[list[int]], bf16: bool = False, batch: int = 1
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per sequence: ``(features [S, D] fp32, the target's greedy next tokens [S])``;
-    ``bf16``: matmuls under bf16 autocast (AMX on CPUs that have it; features a little noisier)."""
+    """Per sequence: ``(features [S, D] fp32, the target's greedy next tokens [S])``, on the
+    model's device; ``bf16``: matmuls under bf16 autocast (AMX on CPUs that have it; features
+    a little noisier); ``batch``: up to that many consecutive sequences of one length per
+    forward (causal, unpadded: the same features; a GPU wants many)."""
     out = []
-    head = model.get_output_embeddings()
-    for ids in sequences:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            hidden_SD = model.get_decoder()(input_ids=torch.tensor([ids])).last_hidden_state[0]
-            greedy_S = head(hidden_SD).argmax(-1)
-        out.append((hidden_SD.float(), greedy_S))
+    head, device = model.get_output_embeddings(), model.device
+    i = 0
+    while i < len(sequences):
+        n = 1
+        while n < batch and i + n < len(sequences) and len(sequences[i + n]) == len(sequences[i]):
+            n += 1
+        ids_BS = torch.tensor(sequences[i : i + n], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            hidden_BSD = model.get_decoder()(input_ids=ids_BS).last_hidden_state
+            greedy_BS = head(hidden_BSD).argmax(-1)
+        out += [(h_SD.float(), g_S) for h_SD, g_S in zip(hidden_BSD, greedy_BS, strict=True)]
+        i += n
     return out
 
 
@@ -111,15 +122,18 @@ def train_head(
     eval_every: int = 0,
     init: EagleDraft | None = None,
 ) -> EagleDraft:
-    """A head trained on ``data`` (from :func:`target_features` over ``sequences``);
-    ``evaluate(driver)`` is logged every ``eval_every`` steps and after the last.
-    ``init``: start from a copy of its weights (its config must be ``head_config``)."""
+    """A head trained on ``data`` (from :func:`target_features` over ``sequences``) on the
+    model's device; ``evaluate(driver)`` is logged every ``eval_every`` steps and after the
+    last. ``init``: start from a copy of its weights (its config must be ``head_config``).
+    With ``cfg.seconds``, the step count is fixed once the warm-up steps are timed (logged
+    as ``{"steps": N}``; ``--steps N`` repeats it) so that training fits that time."""
     torch.manual_seed(cfg.seed)
     head = EagleDraft(head_config)
     if init is not None:
         check_same_head(init.config, head_config, "init")
         head.load_state_dict(init.state_dict())  # a copy: ``init`` is left as it is
     driver = EagleHeadDraft(head, model, rope_theta)
+    device = driver.device
     driver.new_cache(max(len(s) for s in sequences))
     head.float().train().requires_grad_(True)
     lm_weight_VD = model.get_output_embeddings().weight.detach()
@@ -130,10 +144,13 @@ def train_head(
         lm_weight_UD = lm_weight_VD
     opt = optimizer_for(head, cfg.lr, cfg.weight_decay)
     rng = random.Random(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    start = time.perf_counter()
-    for step in range(cfg.steps):
-        set_lr(opt, lr_at(step, cfg.lr, cfg.warmup, cfg.steps))
+    g = torch.Generator(device).manual_seed(cfg.seed)
+    start, steps, step = time.perf_counter(), cfg.steps, 0
+    while step < steps:
+        if cfg.seconds is not None and step == cfg.warmup:
+            steps = fitted_steps(step, start, cfg, device)
+            log({"steps": steps, "s": round(time.perf_counter() - start, 1)})
+        set_lr(opt, lr_at(step, cfg.lr, cfg.warmup, steps))
         picks = [rng.randrange(len(sequences)) for _ in range(cfg.batch)]
         S = min(cfg.window, *(len(sequences[i]) for i in picks))
         starts = [rng.randrange(len(sequences[i]) - S + 1) for i in picks]
@@ -144,16 +161,16 @@ def train_head(
         if cfg.vocab_subset:
             greedy_BS = torch.searchsorted(vocab_U, greedy_BS)
         tokens_BS = torch.tensor(
-            [sequences[i][a : a + S] for i, a in zip(picks, starts, strict=True)]
+            [sequences[i][a : a + S] for i, a in zip(picks, starts, strict=True)], device=device
         )
         input_BSD = feature_BSD[:, :-1] + cfg.feature_noise * torch.randn(
-            feature_BSD[:, :-1].shape, generator=g
+            feature_BSD[:, :-1].shape, generator=g, device=device
         )
         loss, passes = 0.0, []
         for u in range(min(cfg.unroll, S - 2)):
             # pass u: pred[:, j] is the head's guess of f_{j+1+u}, labelled greedy[j+1+u]
             pred_BSD = head(driver, input_BSD, tokens_BS[:, 1 + u :])
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 logits_BSV = F.linear(pred_BSD, lm_weight_UD)
             labels_BS = greedy_BS[:, 1 + u :]
             cls = F.cross_entropy(logits_BSV.float().flatten(0, 1), labels_BS.flatten())
@@ -163,7 +180,7 @@ def train_head(
             input_BSD = pred_BSD[:, :-1]
         step_optimizer(opt, head, loss)
         cls, reg, logits_BSV, labels_BS = passes[0]
-        if step % 20 == 0 or step == cfg.steps - 1:
+        if step % 20 == 0 or step == steps - 1:
             with torch.no_grad():
                 top1 = (logits_BSV.argmax(-1) == labels_BS).float().mean().item()
             log(
@@ -176,12 +193,23 @@ def train_head(
                     "s": round(time.perf_counter() - start, 1),
                 }
             )
-        last = step == cfg.steps - 1
+        last = step == steps - 1
         if evaluate is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
             head.eval()
             log({"step": step, "eval": evaluate(driver)})
             head.train()
+        step += 1
     return head.eval().requires_grad_(False)
+
+
+def fitted_steps(done: int, start: float, cfg: HeadTrainConfig, device: torch.device) -> int:
+    """How many steps (at most ``cfg.steps``, at least ``done``) fit ``cfg.seconds`` at the
+    rate of the ``done`` steps run since ``start`` (``time.perf_counter()``)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    per_step = elapsed / max(done, 1)
+    return max(done, min(cfg.steps, done + int((cfg.seconds - elapsed) / per_step)))
 
 
 @torch.no_grad()
@@ -208,7 +236,7 @@ def head_agreement(
         for u in range(min(unroll, len(ids) - 2)):
             pred_BSD = driver(driver, input_BSD, tokens_S[None, 1 + u :])
             best_SK = driver.lm_head(pred_BSD[0]).topk(k, dim=-1).indices
-            labels_S = greedy_S[1 + u :]
+            labels_S = greedy_S[1 + u :].cpu()  # lm_head's logits are on the CPU
             hits[0, u] += (best_SK[:, 0] == labels_S).sum()
             hits[1, u] += (best_SK == labels_S[:, None]).any(-1).sum()
             counts[u] += len(labels_S)

@@ -50,11 +50,11 @@ class MaskedMoE(nn.Module):
         self.size = (F - split.shared) // n_experts
         group_F = torch.full((F,), -1, dtype=torch.long)
         group_F[split.perm_F[split.shared :]] = torch.arange(F - split.shared) // self.size
-        self.group_F = group_F  # -1: shared
+        self.group_F = group_F.to(mlp.down_proj.weight.device)  # -1: shared
 
     def logits(self, x_TD: torch.Tensor, act_TF: torch.Tensor) -> torch.Tensor:
         if self.split.router_ED is not None:
-            return x_TD.float() @ self.split.router_ED.T
+            return x_TD.float() @ self.split.router_ED.T.to(x_TD.device)
         w_down = self.mlp.down_proj.weight
         norms = []
         for e in range(self.n_experts):
@@ -69,7 +69,8 @@ class MaskedMoE(nn.Module):
         ids_TK, w_TK = routed_weights(self.logits(x_TD, act_TF), self.k)
         if self.split.router_ED is None:
             w_TK = torch.ones_like(w_TK)  # the oracle keeps its experts whole
-        gate_TE = torch.zeros(x_TD.shape[0], self.n_experts + 1).scatter_(1, ids_TK, w_TK)
+        gate_TE = torch.zeros(x_TD.shape[0], self.n_experts + 1, device=x_TD.device)
+        gate_TE.scatter_(1, ids_TK, w_TK)
         gate_TE[:, -1] = 1.0  # index -1 -> the shared expert
         act_TF = act_TF * gate_TE[:, self.group_F].to(act_TF.dtype)
         return self.mlp.down_proj(act_TF).reshape(shape)
