@@ -286,6 +286,7 @@ def cmd_draft(args) -> None:
         window=args.window,
         unroll=args.unroll,
         seconds=args.seconds,
+        pad=args.pad,
     )
     evals: list[dict] = []
     steps = [args.steps]
@@ -325,6 +326,7 @@ def cmd_draft(args) -> None:
         "vocab_subset": cfg.vocab_subset,
         "unroll": cfg.unroll,
         "window": cfg.window,
+        "pad": cfg.pad,
         "tokens": sum(map(len, seqs)),
         "held_out_agreement": evals[-1]["eval"],
         "held_out_tokens": sum(map(len, eval_seqs)),
@@ -417,6 +419,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--head-out", type=Path, help="write the head and moe.json here, not assets")
     q.add_argument("--seconds", type=float, help="fit the step count (<= --steps) in this time")
     q.add_argument("--feature-batch", type=int, default=1, help="sequences per target forward")
+    q.add_argument("--pad", action="store_true", help="pad short windows (HeadTrainConfig.pad)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_draft)
     q = sub.add_parser("tokens")

@@ -39,6 +39,8 @@ from moe_spec.engine.train import lr_at, optimizer_for, set_lr, step_optimizer
 from moe_spec.integration.transformers.eagle import EagleHeadDraft
 from moe_spec.integration.transformers.loading import read_eagle_head
 
+PAD_LABEL = -100  # cross_entropy's ignore_index: padding positions
+
 
 @dataclass(frozen=True)
 class HeadTrainConfig:
@@ -55,12 +57,15 @@ class HeadTrainConfig:
     unroll: int = 1  # passes over the head's own predicted features (training-time test)
     unroll_decay: float = 0.7  # weight of pass u is unroll_decay**u
     seconds: float | None = None  # fit the step count (at most ``steps``) into this time
+    pad: bool = False  # windows as long as the longest pick, shorter ones padded (else cut)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "warmup", "window", "unroll"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.pad and self.vocab_subset:
+            raise ValueError("pad and vocab_subset do not combine (padding labels are not ids)")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be positive (or None), got {self.seconds!r}")
 
@@ -145,24 +150,19 @@ def train_head(
     opt = optimizer_for(head, cfg.lr, cfg.weight_decay)
     rng = random.Random(cfg.seed)
     g = torch.Generator(device).manual_seed(cfg.seed)
-    start, steps, step = time.perf_counter(), cfg.steps, 0
+    start, steps, step, evaluated = time.perf_counter(), cfg.steps, 0, -1
     while step < steps:
         if cfg.seconds is not None and step == cfg.warmup:
             steps = fitted_steps(step, start, cfg, device)
             log({"steps": steps, "s": round(time.perf_counter() - start, 1)})
         set_lr(opt, lr_at(step, cfg.lr, cfg.warmup, steps))
         picks = [rng.randrange(len(sequences)) for _ in range(cfg.batch)]
-        S = min(cfg.window, *(len(sequences[i]) for i in picks))
-        starts = [rng.randrange(len(sequences[i]) - S + 1) for i in picks]
-        feature_BSD = torch.stack(
-            [data[i][0][a : a + S] for i, a in zip(picks, starts, strict=True)]
+        feature_BSD, greedy_BS, tokens_BS, valid_BS = training_batch(
+            sequences, data, picks, rng, cfg, device
         )
-        greedy_BS = torch.stack([data[i][1][a : a + S] for i, a in zip(picks, starts, strict=True)])
+        S = feature_BSD.shape[1]
         if cfg.vocab_subset:
             greedy_BS = torch.searchsorted(vocab_U, greedy_BS)
-        tokens_BS = torch.tensor(
-            [sequences[i][a : a + S] for i, a in zip(picks, starts, strict=True)], device=device
-        )
         input_BSD = feature_BSD[:, :-1] + cfg.feature_noise * torch.randn(
             feature_BSD[:, :-1].shape, generator=g, device=device
         )
@@ -173,8 +173,15 @@ def train_head(
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 logits_BSV = F.linear(pred_BSD, lm_weight_UD)
             labels_BS = greedy_BS[:, 1 + u :]
-            cls = F.cross_entropy(logits_BSV.float().flatten(0, 1), labels_BS.flatten())
-            reg = F.smooth_l1_loss(pred_BSD, feature_BSD[:, 1 + u :])
+            cls = F.cross_entropy(
+                logits_BSV.float().flatten(0, 1), labels_BS.flatten(), ignore_index=PAD_LABEL
+            )
+            if valid_BS is None:
+                reg = F.smooth_l1_loss(pred_BSD, feature_BSD[:, 1 + u :])
+            else:  # the mean over real positions only
+                reg_BS = F.smooth_l1_loss(pred_BSD, feature_BSD[:, 1 + u :], reduction="none")
+                mask_BS = valid_BS[:, 1 + u :]
+                reg = (reg_BS.mean(-1) * mask_BS).sum() / mask_BS.sum().clamp(min=1)
             loss = loss + cfg.unroll_decay**u * (cls + cfg.feature_loss * reg)
             passes.append((cls, reg, logits_BSV, labels_BS))
             input_BSD = pred_BSD[:, :-1]
@@ -182,7 +189,9 @@ def train_head(
         cls, reg, logits_BSV, labels_BS = passes[0]
         if step % 20 == 0 or step == steps - 1:
             with torch.no_grad():
-                top1 = (logits_BSV.argmax(-1) == labels_BS).float().mean().item()
+                real_BS = labels_BS != PAD_LABEL
+                top1 = ((logits_BSV.argmax(-1) == labels_BS) & real_BS).sum() / real_BS.sum()
+                top1 = top1.item()
             log(
                 {
                     "step": step,
@@ -193,13 +202,47 @@ def train_head(
                     "s": round(time.perf_counter() - start, 1),
                 }
             )
-        last = step == steps - 1
-        if evaluate is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
+        if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
             head.eval()
             log({"step": step, "eval": evaluate(driver)})
             head.train()
+            evaluated = step
         step += 1
-    return head.eval().requires_grad_(False)
+    head.eval().requires_grad_(False)
+    if evaluate is not None and evaluated != steps - 1:  # the last step's, once
+        log({"step": steps - 1, "eval": evaluate(driver)})
+    return head
+
+
+def training_batch(
+    sequences: list[list[int]],
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    picks: list[int],
+    rng: random.Random,
+    cfg: HeadTrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A random window of each picked sequence: ``(features [B, S, D], greedy [B, S], tokens
+    [B, S], valid [B, S] or None)``. Windows are ``S = min(window, shortest pick)`` long, or
+    with ``cfg.pad`` ``min(window, longest pick)``, shorter ones padded at the end (greedy
+    ``PAD_LABEL``, ``valid`` False there; causal, so the padding changes no real position)."""
+    lengths = [len(sequences[i]) for i in picks]
+    S = min(cfg.window, max(lengths) if cfg.pad else min(lengths))
+    sizes = [min(S, n) for n in lengths]
+    starts = [rng.randrange(n - m + 1) for n, m in zip(lengths, sizes, strict=True)]
+    windows = list(zip(picks, starts, sizes, strict=True))
+    pad = lambda x, value: F.pad(x, (0, 0) * (x.dim() - 1) + (0, S - len(x)), value=value)  # noqa: E731
+    feature_BSD = torch.stack([pad(data[i][0][a : a + m], 0.0) for i, a, m in windows])
+    greedy_BS = torch.stack([pad(data[i][1][a : a + m], PAD_LABEL) for i, a, m in windows])
+    tokens_BS = torch.tensor(
+        [sequences[i][a : a + m] + [0] * (S - m) for i, a, m in windows], device=device
+    )
+    valid_BS = None
+    if cfg.pad:
+        valid_BS = (
+            torch.arange(S, device=device)[None] < torch.tensor(sizes, device=device)[:, None]
+        )
+    return feature_BSD, greedy_BS, tokens_BS, valid_BS
 
 
 def fitted_steps(done: int, start: float, cfg: HeadTrainConfig, device: torch.device) -> int:
