@@ -1,7 +1,7 @@
 """SmolLM2-MoE quality and speculation figures for BENCHMARKS.md (CPU; seeded; greedy).
 
     python bench/real_model_quality.py quality [--prompts 20] [--chars 2000]
-    python bench/real_model_quality.py spec [--prompts 10]
+    python bench/real_model_quality.py spec [--prompts 10] [--draft HEAD_DIR]
     python bench/real_model_quality.py speed [--prompts 3] [--checkpoint stdlib-toy]
     python bench/real_model_quality.py trees [--prompts 3] [--checkpoint stdlib-toy]
     python bench/real_model_quality.py forward [--experts dense]
@@ -142,21 +142,24 @@ def cmd_spec(args) -> dict:
     from moe_spec.integration.transformers import load_engine
 
     path = model_path("smollm2-moe")
-    engine = load_engine(str(path), str(path / "eagle"), device="cpu", dtype=torch.float32)
+    draft = args.draft or path / "eagle"
+    engine = load_engine(str(path), str(draft), device="cpu", dtype=torch.float32)
     spec = SpecConfig(width=args.width, depth=args.depth, num_tokens=args.tree_tokens)
     out = {
         "cpu": cpu_name(),
+        "draft": str(draft),
         "tree": f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}",
         "top_k": engine.top_k,
         "n_experts": engine.n_experts,
         "sets": {},
     }
     for name, prompts in prompt_sets(args.prompts).items():
-        acc, before, path_floor, tps = [], [], [], []
+        acc, before, path_floor, tps, rep5 = [], [], [], [], []
         for i, prompt in enumerate(prompts):
             ids = engine.encode(prompt)
             res = engine.generate_speculative(ids, args.max_new_tokens, spec)
             acc.append(res.acceptance_length)
+            rep5.append(repeated_ngram_share(res.tokens, 5))
             before += [fmean(s.distinct_before_L) for s in res.steps]
             path_floor += [fmean(s.distinct_path_L) for s in res.steps]
             tps.append(res.tokens_per_second)
@@ -165,6 +168,14 @@ def cmd_spec(args) -> dict:
         row = {
             "prompts": len(prompts),
             "acceptance_length": fmean(acc),
+            # a head predicts loops easily: acceptance where the completion does not loop
+            "acceptance_length_rep5_at_most_0.25": fmean(
+                [a for a, r in zip(acc, rep5, strict=True) if r <= 0.25] or [float("nan")]
+            ),
+            "per_prompt": [
+                {"acceptance_length": round(a, 3), "rep5": round(r, 3)}
+                for a, r in zip(acc, rep5, strict=True)
+            ],
             "distinct_experts_per_layer": fmean(before),
             "distinct_over_top_k": fmean(before) / engine.top_k,
             "accepted_path_distinct_per_layer": fmean(path_floor),
@@ -330,6 +341,7 @@ def main() -> None:
     p.add_argument(
         "--full-vocab", action="store_true", help="speed: draft from every token, not hot ones"
     )
+    p.add_argument("--draft", help="spec: an EAGLE head folder (default: the checkpoint's eagle/)")
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--tree-tokens", type=int, default=32, help="spec: tree size (root included)")
     p.add_argument("--width", type=int, default=8, help="spec: children per expanded node")
