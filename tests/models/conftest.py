@@ -6,7 +6,9 @@ tests fail (they do not skip): the model is part of the package.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,16 @@ from moe_spec.models.gguf_weights import dense_llama, read_llama  # noqa: F401 (
 from moe_spec.models.wheel import find_gguf
 
 SLICE_LAYERS = 2
+LEARN_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "learn_smollm2_moe.py"
+
+
+@pytest.fixture(scope="session")
+def learn():
+    """``bench/learn_smollm2_moe.py`` as a module (its functions and its parser)."""
+    spec = importlib.util.spec_from_file_location("learn_smollm2_moe", LEARN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

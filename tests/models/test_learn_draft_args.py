@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "learn_smollm2_moe.py"
-
-
-@pytest.fixture(scope="module")
-def learn():
-    spec = importlib.util.spec_from_file_location("learn_smollm2_moe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parts(learn, *argv: str):

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +15,6 @@ from moe_spec.models.calibration import (
     held_out_sequences,
 )
 from moe_spec.models.gguf_weights import gguf_tokenizer
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "learn_smollm2_moe.py"
-
-
-@pytest.fixture(scope="module")
-def learn():
-    spec = importlib.util.spec_from_file_location("learn_smollm2_moe_tokens", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class CharTokens:
