@@ -12,6 +12,7 @@ after each step), ``--skip-decode-extend`` with it under SGLang's skip switch.
     PYTHONPATH=$PWD .venv/bin/python bench/auto_loss_trace.py [--model smollm2-moe]
         [--prompts 8] [--max-new 32] [--sets A B] [--shape OLMoE-1B-7B] [--tree 4 1 3]
         [--sglang [--skip-decode-extend]] [--auto-option KEY=VALUE ...] [--steps]
+        [--reference]
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--sglang", action="store_true")
     ap.add_argument("--skip-decode-extend", action="store_true")
     ap.add_argument("--steps", action="store_true", help="print every tree step and its reason")
+    ap.add_argument("--reference", action="store_true", help="also the unbudgeted tree, every step")
     add_auto_option(ap, "an option of auto (repeatable), e.g. explore=0.002")
     args = ap.parse_args()
     if args.skip_decode_extend and not args.sglang:
@@ -87,36 +89,50 @@ def main() -> None:
     m = Modeled(cost, shape, draft_extend=args.sglang, decode_extend=not args.skip_decode_extend)
     decode_s = 1.0 / autoregressive_tokens_per_s(cost.gpu, shape, overheads=cost.overheads)
     print(f"CPU: {cpu_name()}; {config.label}; tree {args.tree}; priced on {m.describe()}")
+    reference = parse_config("none", tree_of(args))[0] if args.reference else None
     for name, prompts in prompt_sets(args.prompts, args.chars).items():
         if name[0] not in args.sets:
             continue
+        if reference is not None:
+            runner = EngineBackend(engine, cost, shape)
+            ratio, _ = priced_run(runner, reference, prompts, args, m, decode_s)
+            print(f"set {name}: unbudgeted tree {ratio:.4f}x decoding on {shape.name}")
         for mode in ("fresh", "warm"):
             if mode == "warm":  # one policy across the set, as a server keeps it
                 engine_of = LivePolicy(engine, get_policy("auto", **config.options))
             else:
                 engine_of = engine
             runner = EngineBackend(engine_of, cost, shape)
-            info = runner.model_info()
-            sums: dict = defaultdict(lambda: [0, 0, 0.0])
-            tokens = 0
-            for i, prompt in enumerate(prompts):
-                record = runner.run(config, i, prompt, 0, args.max_new)
-                for (kind, why, committed, lost), s in zip(
-                    step_losses(record, config, info, m), record.steps, strict=True
-                ):
-                    row = sums[(kind, why)]
-                    row[0], row[1], row[2] = row[0] + 1, row[1] + committed, row[2] + lost
-                    tokens += committed
-                    if args.steps and kind != "decode":
-                        print(f"  prompt {i} {kind} committed {committed}: {s.reason[:160]}")
-            base = tokens * decode_s
-            lost = sum(row[2] for row in sums.values())
-            print(f"set {name}, {mode}: auto {base / (base + lost):.4f}x decoding on {shape.name}")
-            for (kind, why), (n, committed, s) in sorted(sums.items(), key=lambda kv: -kv[1][2]):
+            ratio, sums = priced_run(runner, config, prompts, args, m, decode_s)
+            print(f"set {name}, {mode}: auto {ratio:.4f}x decoding on {shape.name}")
+            for (kind, why), (n, committed, lost) in sorted(sums.items(), key=lambda kv: -kv[1][2]):
                 print(
                     f"  {kind:7} {why[:48]:48} {n:4} steps, {committed / n:.2f} tokens each, "
-                    f"loss {s / base:+.2%}"
+                    f"loss {lost:+.2%}"
                 )
+
+
+def priced_run(runner, config, prompts, args, m: Modeled, decode_s: float):
+    """Run ``config`` on ``prompts``: (x decoding, {(kind, reason): [steps, committed,
+    share of decoding's time lost]})."""
+    info = runner.model_info()
+    sums: dict = defaultdict(lambda: [0, 0, 0.0])
+    tokens = 0
+    for i, prompt in enumerate(prompts):
+        record = runner.run(config, i, prompt, 0, args.max_new)
+        for (kind, why, committed, lost), s in zip(
+            step_losses(record, config, info, m), record.steps, strict=True
+        ):
+            row = sums[(kind, why)]
+            row[0], row[1], row[2] = row[0] + 1, row[1] + committed, row[2] + lost
+            tokens += committed
+            if args.steps and kind != "decode":
+                print(f"  prompt {i} {kind} committed {committed}: {s.reason[:160]}")
+    base = tokens * decode_s
+    lost = sum(row[2] for row in sums.values())
+    for row in sums.values():
+        row[2] /= base
+    return base / (base + lost), sums
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ def test_records_each_layers_ranking_for_observe():
         ({"switch_prior": -1}, "switch_prior is -1; allowed: a number >= 0"),
         ({"rank_every": 0}, "rank_every is 0; allowed: an integer >= 1"),
         ({"learn_every": 0}, "learn_every is 0; allowed: an integer >= 1"),
+        ({"max_warmup": 0}, "max_warmup is 0; allowed: an integer >= 1"),
+        ({"max_warmup": 2.5}, "max_warmup is 2.5; allowed: an integer >= 1"),
         ({"max_replan": 4}, r"max_replan is 4; allowed: None \(the window\) or an integer >= 8"),
         ({"max_probe": 8}, r"max_probe is 8; allowed: an integer >= probe \(16\)"),
         ({"probe": 4, "max_probe": 2.5}, r"max_probe is 2.5; allowed: an integer >= probe \(4\)"),

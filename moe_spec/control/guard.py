@@ -29,9 +29,10 @@ while it decodes it explores with a smaller tree, each as far apart as keeps its
 loss under ``probe_cost`` and ``explore`` of the time.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
-The first ``warmup`` tree steps run the full tree unbudgeted; with ``measure``, not where
-the prompt's or the first tree's timing shows the tree clearly losing
-(``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
+The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` while
+their mean committed tokens lose to decoding but that mean plus one standard error would pay;
+with ``measure``, not where the prompt's or the first tree's timing shows the tree clearly
+losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
 tree and the current choice once the window holds 8 of its steps (4, while every window step
 is of the current text: none carried from the last request, whose per-layer needs may differ),
 one budget for all layers before that and for the other trees. Every plan carries its reason;
@@ -77,6 +78,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         replan_every: int = 8,
         max_replan: int | None = None,
         warmup: int = 2,
+        max_warmup: int = 6,
         probe: int = 16,
         max_probe: int = 1024,
         probe_cost: float = 0.005,
@@ -94,6 +96,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         # while decoding, a step of a smaller tree (index; 0: none) every explore_every decodes,
         # spaced to lose at most ``explore`` of the time
         self.explore, self.explored, self.explore_every, self.since_explore = explore, 0, 0, 0
+        self.explores_gated = 0  # explores in a row the draft gate turned into decodes
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
@@ -125,6 +128,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         self.own_text = 4  # per-layer budgets from 4 steps where all are of the current text
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
+        # the warm-up runs on past ``warmup`` steps, up to this many, while it is unclear
+        self.max_warmup = max(max_warmup, warmup)
         window = estimates.window.maxlen
         self.max_replan = max(replan_every, window if max_replan is None else max_replan)
         self.replan_interval = replan_every  # doubles while replans change nothing
@@ -163,6 +168,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         self.after_decodes = False  # whether it reads decoded tokens into the draft
         self.caught_up_s: float | None = None  # the engine's timing of that catch-up
         self.warm_committed = [0, 0]  # the warm-up trees' committed tokens: sum, steps
+        self.warm_squares = 0  # and the sum of their squares
         self.warm_seconds = [0.0, 0]  # the timed warm-up trees' seconds: sum, steps
         self.pause: int | None = None  # paused warm-up: decodes since a full tree to its probe
         self.why = ""
@@ -366,6 +372,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             self.gated_C[self.gated].append(1)
             if self.choice < 0:  # a look the gate turned down: look half as often
                 self.look_every = min(2 * self.look_every, self.max_look)
+            if explored:  # an explore the gate turned down: explore half as often
+                self.explores_gated = min(self.explores_gated + 1, 10)
+                self.explore_every *= 2
             self.since_replan += 1
             self.gated = None
             self.since_full += 1
@@ -379,6 +388,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
                 self.gated_C[self.trees.index(outcome.tree)].append(0)
             self.look_every = self.gate_every  # the draft was sure: look as often again
             self.est.observe(outcome, rank_LE, ids_LNK)
+            if explored:
+                self.explores_gated = 0
             if (
                 outcome.exact is not None
                 and self.choice >= 0
@@ -410,6 +421,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             if self.tree_steps <= self.warmup:
                 self.warm_committed[0] += outcome.committed
                 self.warm_committed[1] += 1
+                self.warm_squares += outcome.committed**2
+                if self.tree_steps == self.warmup and self.unclear():
+                    self.warmup += 1
             # a catch-up on a prompt or decodes comes off the step's time; a step that read
             # a prompt into the draft in a time not reported is no measure of a tree step's
             unseen = self.catching_up or self.after_decodes

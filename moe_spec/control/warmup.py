@@ -1,6 +1,12 @@
 """The measured warm-up of :class:`moe_spec.control.Guard`: no warm-up tree that clearly loses.
 
-The first ``warmup`` tree steps run the full tree unbudgeted. With ``measure`` and the
+The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to
+``max_warmup``, while the warm-up is unclear (:meth:`MeasuredWarmup.unclear`): its trees'
+mean committed tokens lose to decoding, but one standard error more would pay. The first
+steps after a prompt often commit less than the text's later ones (smollm2-moe's H200 head:
+1-2 tokens where the same prompts' trees average 3.6-4.1), so two of them sent a strong
+draft to decoding for a whole request; two steps of one token each, on a weak draft, still
+end it. With ``measure`` and the
 prompt's forward timed (:meth:`MeasuredWarmup.prefilled`), unless the full tree, priced from
 it (:meth:`MeasuredWarmup.tree_ratio`) or from the warm-up trees timed so far, would clearly
 lose to decoding at the acceptance prior: then it decodes until a probe
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from moe_spec.control.steps import AUTOREGRESSIVE, StepPlan
+from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepPlan
 
 
 class MeasuredWarmup:
@@ -120,3 +126,25 @@ class MeasuredWarmup:
             f"{decode_s * 1e3:.3g} ms; probe it in {self.pause - self.since_full} steps"
         )
         return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.pause - self.since_full)
+
+    def unclear(self) -> bool:
+        """Whether the warm-up runs one more full tree (up to ``max_warmup`` steps): its
+        trees' mean committed tokens ``m`` lose to decoding, but ``m`` plus one standard
+        error (the spread taken as at least one token) would pay for the full tree's step,
+        priced as :meth:`before_warmup_tree` prices it (unbudgeted)."""
+        total, n = self.warm_committed
+        if not self.guard or n == 0 or self.warmup >= self.max_warmup:
+            return False
+        mean = total / n
+        spread = math.sqrt(max(self.warm_squares / n - mean * mean, 1.0))
+        break_even = self.warm_tree_seconds() / self.decode_seconds()
+        return mean < break_even <= mean + spread / math.sqrt(n)
+
+    def warm_tree_seconds(self) -> float:
+        """A full unbudgeted tree's step: the timed warm-up trees' mean seconds, or the
+        modeled one (times :meth:`tree_ratio` with ``measure`` and a timed prompt)."""
+        total_s, timed = self.warm_seconds
+        if timed:
+            return total_s / timed
+        ratio = self.tree_ratio() if self.measure and self.prompt_ratio else self.ratio(TREE)
+        return float(self.step_s_C[0]) * ratio

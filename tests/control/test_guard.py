@@ -41,18 +41,27 @@ def time_lost(tp: float, tp_decode: float, committed: float) -> float:
     return committed / tp - committed / tp_decode
 
 
+@pytest.mark.parametrize("steps, spread", [(8, 0.0), (4, 2.0), (16, 0.5)])
 @pytest.mark.parametrize("filled", [0.0, 0.5])
 @pytest.mark.parametrize("smaller", [95.0, 85.0, 40.0])
-def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(smaller, filled):
+def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
+    smaller, filled, steps, spread
+):
     g = guard(explore=0.02)
-    g.evidence.update({0: (8, 1.5), 1: (8, 1.5)})  # the full tree trusted; 1.5 tokens a step
+    g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})  # 1.5 tokens a step
+    g.spread_C[1] = spread  # the standard deviation of its steps' committed tokens
     g.filled[1] = filled  # the share of its paths that fill it and probe the full tree next
     g.switch({0: 50.0, 1: smaller, -1: 100.0})
     assert g.choice == -1 and g.explored == 1
-    # one step of it, and ``filled`` of a probe of the full tree, per n decodes (1/100 s each)
-    lost = time_lost(smaller, 100.0, 1.5) + filled * time_lost(50.0, 100.0, 1.5)
+    # one step of it, committing its mean plus one standard error (the spread at least one
+    # token), and ``filled`` of a probe of the full tree, per n decodes (1/100 s each)
+    hope = max(spread, 1.0) / steps**0.5
+    lost = time_lost(smaller, 100.0, 1.5) - hope / 100.0 + filled * time_lost(50.0, 100.0, 1.5)
     n = g.explore_every  # the fewest decodes between its steps that lose at most 2%
-    assert lost / (n / 100.0) <= 0.02 < lost / ((n - 1) / 100.0)
+    if lost <= 0:  # it might pay: after every decode
+        assert n == 1
+    else:
+        assert lost / (n / 100.0) <= 0.02 and (n == 1 or lost / ((n - 1) / 100.0) > 0.02)
     assert g.why.endswith(f"explores with tree 4/3/3 B=8,8 every {n} decodes")
     g = guard(explore=0.0)  # off: decodes only
     g.evidence.update({0: (8, 1.5), 1: (8, 1.5)})
@@ -60,22 +69,86 @@ def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(smaller, 
     assert g.choice == -1 and g.explored == 0
 
 
+def test_explores_come_further_apart_as_their_steps_add_up():
+    """The same predicted loss per step, but the more steps show the smaller tree, the
+    smaller its hope of committing more: explores spread out."""
+    apart = []
+    for steps in (2, 8, 24):
+        g = guard(explore=0.02)
+        g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})
+        g.switch({0: 50.0, 1: 60.0, -1: 100.0})
+        apart.append(g.explore_every)
+    assert apart[0] < apart[1] < apart[2]
+
+
 @pytest.mark.parametrize("committed, probes", [(4, True), (3, False)])
 def test_a_smaller_trees_step_whose_path_fills_it_probes_the_full_tree_next(committed, probes):
     g = guard(explore=0.02, gate=False, warmup=1)
     g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
+    g.predict = lambda: {0: 50.0, 1: 70.0, -1: 100.0}
     g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
     plan = g.plan()
-    assert plan.kind == "autoregressive" and plan.steps == g.explore_every == 3
-    g.observe(StepOutcome("autoregressive", [0], steps=3))
+    assert plan.kind == "autoregressive" and plan.steps == g.explore_every == 4
+    g.observe(StepOutcome("autoregressive", [0], steps=4))
     plan = g.plan()
     assert plan.tree == TREES[1] and plan.reason.startswith("explores with tree 4/3/3")
     path = list(range(committed))  # its accepted path: 4 nodes fill a tree of depth 3
     g.observe(StepOutcome("tree", path, torch.tensor([0, 1, 2, 3]), None, plan.tree))
     plan = g.plan()
     assert (plan.tree == TREES[0]) == probes
-    assert probes or (plan.kind == "autoregressive" and plan.steps == 3)  # back to decoding
+    assert probes or (plan.kind == "autoregressive" and plan.steps == 4)  # back to decoding
+
+
+def test_an_explore_the_draft_gate_turns_down_doubles_the_decodes_before_the_next():
+    """Turned into a decode, an explore showed nothing and cost a draft forward: the next
+    comes twice as far apart, through replans, until an explore is verified."""
+    g = guard(explore=0.02, gate=True, warmup=1)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 50.0, 1: 70.0, -1: 100.0}
+    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
+    assert g.plan().steps == g.explore_every == 4
+    g.observe(StepOutcome("autoregressive", [0], steps=4))
+    for turned_down in (1, 2):
+        assert g.plan().reason.startswith("explores with tree 4/3/3")
+        g.gated = 1  # what DraftGate.gate sets when it sends the step to a decode
+        g.observe(StepOutcome("autoregressive", [0]))
+        assert g.plan().steps == 4 * 2**turned_down  # decodes up to the next explore
+        g.switch(g.predict())  # a replan keeps the doubling
+        assert g.explore_every == 4 * 2**turned_down
+        g.observe(StepOutcome("autoregressive", [0], steps=g.explore_every))
+    plan = g.plan()
+    g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1, 2, 3]), None, plan.tree))
+    g.switch(g.predict())  # a verified explore: as far apart as before
+    assert g.explore_every == 4
+
+
+@pytest.mark.parametrize(
+    ("committed", "max_warmup", "warm"),
+    [
+        ([1, 2, 1, 1], 4, 4),  # 1.5 then 1.33 tokens, break-even 1.82: one SE could pay
+        ([1, 2, 1, 1], 6, 4),  # the third step's mean + SE 1.91, the fourth's 1.75: clear
+        ([1, 2, 1, 1], 2, 2),  # max_warmup = warmup: no extension
+        ([1, 1, 1, 1], 6, 2),  # 1 + 1/sqrt(2) = 1.71 < 1.82: clearly loses
+        ([3, 3, 1, 1], 6, 2),  # it pays: the guard judges it as it runs
+    ],
+)
+def test_the_warm_up_runs_on_while_its_trees_might_pay(committed, max_warmup, warm):
+    """Past ``warmup`` steps, a warm-up whose trees' mean committed tokens lose to decoding
+    but whose mean plus one standard error (spread at least one token) would pay runs one
+    more full tree, up to ``max_warmup``."""
+    g = guard(gate=False, warmup=2, max_warmup=max_warmup)
+    break_even = g.warm_tree_seconds() / g.decode_seconds()
+    assert 1.75 < break_even < 1.9  # the full tree 8/4/3 on OLMoE-1B-7B (H200, calibrated)
+    reasons = []
+    for c in committed:
+        plan = g.plan()
+        reasons.append(plan.reason)
+        if plan.kind == "tree":
+            observe_window_step(g, c, plan)
+        else:
+            g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    assert [r.startswith("warm-up") for r in reasons] == [i < warm for i in range(4)]
+    assert g.warmup == warm
 
 
 def run_steps(g, n: int) -> str:
