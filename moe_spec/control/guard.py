@@ -97,6 +97,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         # spaced to lose at most ``explore`` of the time
         self.explore, self.explored, self.explore_every, self.since_explore = explore, 0, 0, 0
         self.explores_gated = 0  # explores in a row the draft gate turned into decodes
+        self.hope = 0.0  # the tokens over its mean the explored tree's spacing hoped for
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
@@ -410,9 +411,11 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
                 and outcome.committed > max(outcome.tree[2], 1)
             ):  # a smaller tree's path filled it: the full tree might commit more
                 self.since_full = self.probe_every
-            if explored and outcome.committed < self.evidence.get(self.explored, (0, 0.0))[1]:
-                # an explore that committed less than its tree's predicted mean: decide again
-                # now (a schedule made from a few lucky steps would explore on, unrevised)
+            hoped = self.evidence.get(self.explored, (0, 0.0))[1] + self.hope
+            if explored and outcome.committed < hoped:
+                # an explore that committed less than its tree's predicted mean, plus the hope
+                # its spacing was made with: decide again now (a schedule made from a few
+                # lucky steps, or from a hope, would explore on, unrevised)
                 self.since_replan = self.replan_interval
             if self.probing:  # decide again right after a probe
                 self.since_replan = self.replan_interval

@@ -12,16 +12,19 @@ next look at a tree (``StepPlan.steps``). With ``explore`` (default 0.005; 0: of
 decodes the guard runs a step of a smaller tree (the one predicted fastest) every few decodes,
 as far apart as keeps the time such a step is predicted to lose under ``explore`` of the time
 between them (:meth:`explore_floor`), each step's loss counted at its tree's mean committed
-tokens plus one standard error (the spread at least one token), so a tree seen on few steps is
-explored soon and one seen on many, as its mean says: they show whether the draft is accepted,
-decodes do not (measured, ``bench/auto_loss_trace.py``, 8 prompts a set: every cell of four runs
-but one at least as fast, smollm2-moe's tree +0.07 to +0.11x decoding); an explore the draft
-gate turns into a decode doubles the spacing until one is verified; and a smaller tree's step
-whose accepted path fills it probes the full tree next (the text may have begun to repeat), so
-the loss of a step counts the probes its share of filled paths starts; one that commits fewer
-tokens than its tree's predicted mean makes the guard decide again at once, as a probe does
-(measured: on smollm2-moe's set B a one-draft chain predicted level with decoding from a few
-filled paths ran every other step, committing 1 token, until the next replan).
+tokens plus, while the window holds fewer than ``trusted`` (8) of its steps, one standard error
+(the spread at least one token), so a tree seen on few steps is explored soon and one seen on
+many as its mean says (a window of 24 steps never shrinks the hope to nothing: a one-draft step
+that costs little more than a decode was explored after every decode for good): they show
+whether the draft is accepted, decodes do not (measured, ``bench/auto_loss_trace.py``, 8 prompts
+a set: every cell of four runs but one at least as fast, smollm2-moe's tree +0.07 to +0.11x
+decoding); an explore the draft gate turns into a decode doubles the spacing until one is
+verified; and a smaller tree's step whose accepted path fills it probes the full tree next (the
+text may have begun to repeat), so the loss of a step counts the probes its share of filled
+paths starts; one that commits fewer tokens than its tree's predicted mean, plus that hope,
+makes the guard decide again at once, as a probe does (measured: on smollm2-moe's set B a one-
+draft chain predicted level with decoding from a few filled paths ran every other step,
+committing 1 token, until the next replan).
 """
 
 from __future__ import annotations
@@ -75,16 +78,18 @@ class Looks:
         A step commits ``a`` tokens in ``a / tp`` seconds against ``a / tp_decode``; a share
         ``f`` of its paths (the window's) fill it and probe the full tree next: the step's
         loss counts ``f`` of a probe's (:meth:`probe_loss`). ``a`` in the decodes' seconds is
-        the mean plus one standard error of the tree's window steps (the hope a tree seen on
-        few steps commits more); the spacing doubles for each explore in a row the draft gate
-        turned into a decode."""
+        the mean plus, below ``trusted`` window steps of the tree, one standard error (the
+        hope a tree seen on few steps commits more: :attr:`hope`); the spacing doubles for
+        each explore in a row the draft gate turned into a decode."""
         smaller = [c for c in predicted if c > 0]
+        self.hope = 0.0
         if self.choice >= 0 or not self.explore or not smaller:
             return 0, 0
         c = max(smaller, key=predicted.get)
         steps, mean = self.evidence.get(c, (0, 1.0))
-        hope = max(self.spread_C[c], 1.0) / math.sqrt(steps) if steps else 0.0
-        loss_s = self.time_lost(c, predicted) - hope / predicted[-1]
+        if 0 < steps < self.trusted:  # seen on fewer than ``trusted`` steps: mean + 1 SE
+            self.hope = max(self.spread_C[c], 1.0) / math.sqrt(steps)
+        loss_s = self.time_lost(c, predicted) - self.hope / predicted[-1]
         loss_s += self.filled.get(c, 0.0) * max(self.probe_loss(predicted, -1), 0.0)
         every = max(spacing(loss_s, 1.0 / predicted[-1], self.explore), 1)
         return c, every * 2**self.explores_gated

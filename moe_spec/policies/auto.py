@@ -376,11 +376,15 @@ class Auto(TokenPriority):
 
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
-        budgets are all at least E, except every ``rank_every``-th tree step (learned from)
-        and every step while the window is small or the request new
-        (:meth:`moe_spec.control.Guard.learning`)."""
+        budgets are all at least E, except every ``rank_every``-th tree step (learned from),
+        every step while the window is small or the request new
+        (:meth:`moe_spec.control.Guard.learning`), and the guard's looks at a tree it does
+        not run (a probe or an explore: run to be learned from; measured: probes alternating
+        with explores fell on resting counts every time, and the full tree was never
+        predicted again)."""
         c = self.controller
-        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning():
+        looks = c.probing or c.exploring
+        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning() or looks:
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
 
@@ -414,11 +418,13 @@ class Auto(TokenPriority):
         """Whether the tree step just run enters the window (the calibration and the
         acceptance per depth count every step): every step until the window is full,
         then one budgeted step in ``learn_every`` (the window stays a sample of the recent
-        steps; its update is most of an observation's cost), and every unbudgeted step that
-        ranked (with ``rank_every`` > 1 it ranked only to be learned from)."""
+        steps; its update is most of an observation's cost), every unbudgeted step that
+        ranked (with ``rank_every`` > 1 it ranked only to be learned from), and every look
+        at a tree the guard does not run (a probe or an explore: by a step count, probes
+        that alternate with explores fell on the same parity every time)."""
         c = self.controller
         window = c.est.window
-        if len(window) < window.maxlen:
+        if len(window) < window.maxlen or c.probing or c.exploring:
             return True
         return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
 

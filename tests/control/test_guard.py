@@ -41,7 +41,7 @@ def time_lost(tp: float, tp_decode: float, committed: float) -> float:
     return committed / tp - committed / tp_decode
 
 
-@pytest.mark.parametrize("steps, spread", [(8, 0.0), (4, 2.0), (16, 0.5)])
+@pytest.mark.parametrize("steps, spread", [(8, 0.0), (4, 2.0), (2, 0.5), (16, 3.0)])
 @pytest.mark.parametrize("filled", [0.0, 0.5])
 @pytest.mark.parametrize("smaller", [95.0, 85.0, 40.0])
 def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
@@ -53,9 +53,10 @@ def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
     g.filled[1] = filled  # the share of its paths that fill it and probe the full tree next
     g.switch({0: 50.0, 1: smaller, -1: 100.0})
     assert g.choice == -1 and g.explored == 1
-    # one step of it, committing its mean plus one standard error (the spread at least one
-    # token), and ``filled`` of a probe of the full tree, per n decodes (1/100 s each)
-    hope = max(spread, 1.0) / steps**0.5
+    # one step of it, committing its mean plus, while it is seen on fewer than 8 steps, one
+    # standard error (the spread at least one token, at depth 3), and ``filled`` of a probe of
+    # the full tree, per n decodes (1/100 s each)
+    hope = max(spread, 1.0) / steps**0.5 if steps < 8 else 0.0
     lost = time_lost(smaller, 100.0, 1.5) - hope / 100.0 + filled * time_lost(50.0, 100.0, 1.5)
     n = g.explore_every  # the fewest decodes between its steps that lose at most 2%
     if lost <= 0:  # it might pay: after every decode
@@ -71,9 +72,9 @@ def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
 
 def test_explores_come_further_apart_as_their_steps_add_up():
     """The same predicted loss per step, but the more steps show the smaller tree, the
-    smaller its hope of committing more: explores spread out."""
+    smaller its hope of committing more, none from 8 steps on: explores spread out."""
     apart = []
-    for steps in (2, 8, 24):
+    for steps in (2, 4, 8):
         g = guard(explore=0.02)
         g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})
         g.switch({0: 50.0, 1: 60.0, -1: 100.0})
@@ -85,18 +86,18 @@ def test_explores_come_further_apart_as_their_steps_add_up():
 def test_a_smaller_trees_step_whose_path_fills_it_probes_the_full_tree_next(committed, probes):
     g = guard(explore=0.02, gate=False, warmup=1)
     g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 50.0, 1: 70.0, -1: 100.0}
+    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
     g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
     plan = g.plan()
-    assert plan.kind == "autoregressive" and plan.steps == g.explore_every == 4
-    g.observe(StepOutcome("autoregressive", [0], steps=4))
+    assert plan.kind == "autoregressive" and plan.steps == g.explore_every == 3
+    g.observe(StepOutcome("autoregressive", [0], steps=3))
     plan = g.plan()
     assert plan.tree == TREES[1] and plan.reason.startswith("explores with tree 4/3/3")
     path = list(range(committed))  # its accepted path: 4 nodes fill a tree of depth 3
     g.observe(StepOutcome("tree", path, torch.tensor([0, 1, 2, 3]), None, plan.tree))
     plan = g.plan()
     assert (plan.tree == TREES[0]) == probes
-    assert probes or (plan.kind == "autoregressive" and plan.steps == 4)  # back to decoding
+    assert probes or (plan.kind == "autoregressive" and plan.steps == 3)  # back to decoding
 
 
 def test_an_explore_the_draft_gate_turns_down_doubles_the_decodes_before_the_next():
@@ -104,22 +105,22 @@ def test_an_explore_the_draft_gate_turns_down_doubles_the_decodes_before_the_nex
     comes twice as far apart, through replans, until an explore is verified."""
     g = guard(explore=0.02, gate=True, warmup=1)
     g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 50.0, 1: 70.0, -1: 100.0}
+    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
     g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
-    assert g.plan().steps == g.explore_every == 4
-    g.observe(StepOutcome("autoregressive", [0], steps=4))
+    assert g.plan().steps == g.explore_every == 3
+    g.observe(StepOutcome("autoregressive", [0], steps=3))
     for turned_down in (1, 2):
         assert g.plan().reason.startswith("explores with tree 4/3/3")
         g.gated = 1  # what DraftGate.gate sets when it sends the step to a decode
         g.observe(StepOutcome("autoregressive", [0]))
-        assert g.plan().steps == 4 * 2**turned_down  # decodes up to the next explore
+        assert g.plan().steps == 3 * 2**turned_down  # decodes up to the next explore
         g.switch(g.predict())  # a replan keeps the doubling
-        assert g.explore_every == 4 * 2**turned_down
+        assert g.explore_every == 3 * 2**turned_down
         g.observe(StepOutcome("autoregressive", [0], steps=g.explore_every))
     plan = g.plan()
     g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1, 2, 3]), None, plan.tree))
     g.switch(g.predict())  # a verified explore: as far apart as before
-    assert g.explore_every == 4
+    assert g.explore_every == 3
 
 
 @pytest.mark.parametrize(
