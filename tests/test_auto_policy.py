@@ -179,3 +179,22 @@ def test_every_tree_step_ranks_while_the_window_holds_fewer_than_8_steps():
         observe()
         c.tree_steps = 5  # past warm-up, not a rank_every-th step
         assert len(c.est.window) == n and policy.rests(plan) == (n >= 8)
+
+
+@pytest.mark.parametrize("look", ["probing", "exploring"])
+def test_the_guards_looks_rank_and_enter_a_full_window_whatever_the_step_count(look):
+    """A probe of the full tree or an explore with a smaller one is run to be learned from:
+    it ranks where a step would rest, and enters a full window where a budgeted step would
+    wait for its turn (probes alternating with explores fell on the same parity each time)."""
+    policy, observe, plan = resting_policy(window=8, learn_every=2)
+    c = policy.controller
+    for _ in range(9):  # a full window, budgets all E, past warm-up
+        observe()
+    c.tree_steps = 5  # neither a rank_every-th nor a learn_every-th step
+    assert policy.rests(plan)
+    c.budget_L[:] = 4  # budgeted: a step enters one time in learn_every
+    assert not policy.learns()
+    setattr(c, look, True)
+    assert policy.learns()
+    c.budget_L[:] = 8
+    assert not policy.rests(plan)

@@ -100,6 +100,25 @@ def test_a_smaller_trees_step_whose_path_fills_it_probes_the_full_tree_next(comm
     assert probes or (plan.kind == "autoregressive" and plan.steps == 3)  # back to decoding
 
 
+@pytest.mark.parametrize("steps, replans", [(4, True), (8, False)])
+def test_an_explore_below_the_hope_it_was_spaced_by_decides_again(steps, replans):
+    """Two tokens from a tree of mean 1.5: short of the mean plus one standard error (2.5,
+    the spread 2 over 4 steps) it was spaced by, it replans now; seen on 8 steps (no hope)
+    it is above the mean, and the schedule stands."""
+    g = guard(explore=0.02, gate=False, warmup=1)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
+    g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})
+    g.spread_C[1] = 2.0
+    plan = g.plan()
+    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    plan = g.plan()
+    assert plan.reason.startswith("explores with tree 4/3/3")
+    assert g.hope == pytest.approx(1.0 if steps < 8 else 0.0)
+    g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1, 2, 3]), None, plan.tree))
+    assert (g.since_replan >= g.replan_interval) == replans
+
+
 def test_an_explore_the_draft_gate_turns_down_doubles_the_decodes_before_the_next():
     """Turned into a decode, an explore showed nothing and cost a draft forward: the next
     comes twice as far apart, through replans, until an explore is verified."""
