@@ -16,9 +16,10 @@ tokens plus, while the window holds fewer than ``trusted`` (8) of its steps, one
 (the spread at least one token), so a tree seen on few steps is explored soon and one seen on
 many as its mean says (a window of 24 steps never shrinks the hope to nothing: a one-draft step
 that costs little more than a decode was explored after every decode for good): they show
-whether the draft is accepted, decodes do not (measured, ``bench/auto_loss_trace.py``, 8 prompts
-a set: every cell of four runs but one at least as fast, smollm2-moe's tree +0.07 to +0.11x
-decoding); an explore the draft gate turns into a decode doubles the spacing until one is
+whether the draft is accepted, decodes do not (measured with the warm-up that runs on,
+``bench/auto_loss_trace.py``, 8 prompts a set, four runs: 10 cells of 16 faster, 3 level, 3
+slower, smollm2-moe's tree set B +0.19 and +0.35x decoding; BENCHMARKS.md, thirty-second
+session); an explore the draft gate turns into a decode doubles the spacing until one is
 verified; and a smaller tree's step whose accepted path fills it probes the full tree next (the
 text may have begun to repeat), so the loss of a step counts the probes its share of filled
 paths starts; one that commits fewer tokens than its tree's predicted mean, plus that hope,
