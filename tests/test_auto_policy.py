@@ -82,6 +82,7 @@ def test_records_each_layers_ranking_for_observe():
         ({"rank_every": 0}, "rank_every is 0; allowed: an integer >= 1"),
         ({"learn_every": 0}, "learn_every is 0; allowed: an integer >= 1"),
         ({"max_warmup": 0}, "max_warmup is 0; allowed: an integer >= 1"),
+        ({"hope": "yes"}, "hope is 'yes'; allowed: true or false"),
         ({"max_warmup": 2.5}, "max_warmup is 2.5; allowed: an integer >= 1"),
         ({"max_replan": 4}, r"max_replan is 4; allowed: None \(the window\) or an integer >= 8"),
         ({"max_probe": 8}, r"max_probe is 8; allowed: an integer >= probe \(16\)"),
@@ -183,10 +184,11 @@ def test_every_tree_step_ranks_while_the_window_holds_fewer_than_8_steps():
 
 @pytest.mark.parametrize("look", ["probing", "exploring"])
 def test_the_guards_looks_rank_and_enter_a_full_window_whatever_the_step_count(look):
-    """A probe of the full tree or an explore with a smaller one is run to be learned from:
-    it ranks where a step would rest, and enters a full window where a budgeted step would
-    wait for its turn (probes alternating with explores fell on the same parity each time)."""
-    policy, observe, plan = resting_policy(window=8, learn_every=2)
+    """With ``hope``, a probe of the full tree or an explore with a smaller one is run to be
+    learned from: it ranks where a step would rest, and enters a full window where a budgeted
+    step would wait for its turn (probes alternating with explores fell on the same parity
+    each time)."""
+    policy, observe, plan = resting_policy(window=8, learn_every=2, hope=True)
     c = policy.controller
     for _ in range(9):  # a full window, budgets all E, past warm-up
         observe()

@@ -78,7 +78,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         replan_every: int = 8,
         max_replan: int | None = None,
         warmup: int = 2,
-        max_warmup: int = 6,
+        max_warmup: int = 2,
+        hope: bool = False,
         probe: int = 16,
         max_probe: int = 1024,
         probe_cost: float = 0.005,
@@ -98,6 +99,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         self.explore, self.explored, self.explore_every, self.since_explore = explore, 0, 0, 0
         self.explores_gated = 0  # explores in a row the draft gate turned into decodes
         self.hope = 0.0  # the tokens over its mean the explored tree's spacing hoped for
+        self.hoping = hope  # explores spaced by a tree's mean + 1 SE below ``trusted`` steps
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)

@@ -88,7 +88,7 @@ class Looks:
             return 0, 0
         c = max(smaller, key=predicted.get)
         steps, mean = self.evidence.get(c, (0, 1.0))
-        if 0 < steps < self.trusted:  # seen on fewer than ``trusted`` steps: mean + 1 SE
+        if self.hoping and 0 < steps < self.trusted:  # below ``trusted`` steps: mean + 1 SE
             self.hope = max(self.spread_C[c], 1.0) / math.sqrt(steps)
         loss_s = self.time_lost(c, predicted) - self.hope / predicted[-1]
         loss_s += self.filled.get(c, 0.0) * max(self.probe_loss(predicted, -1), 0.0)

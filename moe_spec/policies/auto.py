@@ -105,7 +105,8 @@ class Auto(TokenPriority):
         prior: float = 4.0,
         replan_every: int = 8,
         warmup: int = 2,
-        max_warmup: int = 6,
+        max_warmup: int = 2,
+        hope: bool = False,
         probe: int = 16,
         max_probe: int = 1024,
         probe_cost: float = 0.005,
@@ -126,7 +127,7 @@ class Auto(TokenPriority):
             self.cost = get_cost_model(cost_model, gpu)
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
-        flags = (("guard", guard), ("gate", gate), ("measure", measure))
+        flags = (("guard", guard), ("gate", gate), ("measure", measure), ("hope", hope))
         extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
         for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
@@ -184,6 +185,7 @@ class Auto(TokenPriority):
             max_replan=max_replan,
             warmup=warmup,
             max_warmup=max_warmup,
+            hope=hope,
             probe=probe,
             max_probe=max_probe,
             probe_cost=float(probe_cost),
@@ -378,12 +380,13 @@ class Auto(TokenPriority):
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
         budgets are all at least E, except every ``rank_every``-th tree step (learned from),
         every step while the window is small or the request new
-        (:meth:`moe_spec.control.Guard.learning`), and the guard's looks at a tree it does
-        not run (a probe or an explore: run to be learned from; measured: probes alternating
-        with explores fell on resting counts every time, and the full tree was never
-        predicted again)."""
+        (:meth:`moe_spec.control.Guard.learning`), and, with ``hope``, the guard's looks at a
+        tree it does not run (a probe or an explore: run to be learned from; measured: probes
+        alternating with hope's frequent explores fell on resting counts every time, and the
+        full tree was never predicted again; without ``hope`` explores are rare, and learning
+        every look cost smollm2-moe's SGLang-priced chain 15% on warm set B)."""
         c = self.controller
-        looks = c.probing or c.exploring
+        looks = c.hoping and (c.probing or c.exploring)
         if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning() or looks:
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
@@ -419,12 +422,13 @@ class Auto(TokenPriority):
         acceptance per depth count every step): every step until the window is full,
         then one budgeted step in ``learn_every`` (the window stays a sample of the recent
         steps; its update is most of an observation's cost), every unbudgeted step that
-        ranked (with ``rank_every`` > 1 it ranked only to be learned from), and every look
-        at a tree the guard does not run (a probe or an explore: by a step count, probes
-        that alternate with explores fell on the same parity every time)."""
+        ranked (with ``rank_every`` > 1 it ranked only to be learned from), and, with
+        ``hope``, every look at a tree the guard does not run (a probe or an explore: by a
+        step count, probes that alternate with explores fell on the same parity every
+        time)."""
         c = self.controller
         window = c.est.window
-        if len(window) < window.maxlen or c.probing or c.exploring:
+        if len(window) < window.maxlen or c.hoping and (c.probing or c.exploring):
             return True
         return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -47,7 +48,7 @@ def time_lost(tp: float, tp_decode: float, committed: float) -> float:
 def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
     smaller, filled, steps, spread
 ):
-    g = guard(explore=0.02)
+    g = guard(explore=0.02, hope=True)
     g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})  # 1.5 tokens a step
     g.spread_C[1] = spread  # the standard deviation of its steps' committed tokens
     g.filled[1] = filled  # the share of its paths that fill it and probe the full tree next
@@ -75,7 +76,7 @@ def test_explores_come_further_apart_as_their_steps_add_up():
     smaller its hope of committing more, none from 8 steps on: explores spread out."""
     apart = []
     for steps in (2, 4, 8):
-        g = guard(explore=0.02)
+        g = guard(explore=0.02, hope=True)
         g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})
         g.switch({0: 50.0, 1: 60.0, -1: 100.0})
         apart.append(g.explore_every)
@@ -105,7 +106,7 @@ def test_an_explore_below_the_hope_it_was_spaced_by_decides_again(steps, replans
     """Two tokens from a tree of mean 1.5: short of the mean plus one standard error (2.5,
     the spread 2 over 4 steps) it was spaced by, it replans now; seen on 8 steps (no hope)
     it is above the mean, and the schedule stands."""
-    g = guard(explore=0.02, gate=False, warmup=1)
+    g = guard(explore=0.02, gate=False, warmup=1, hope=True)
     g.tree_steps = 1  # past warm-up
     g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
     g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})
@@ -810,3 +811,15 @@ def test_an_explore_that_commits_less_than_predicted_decides_again_at_once(commi
     g.observe(StepOutcome("tree", list(range(committed)), depth_N, None, plan.tree))
     g.plan()
     assert g.replans == 1 + replans
+
+
+def test_without_hope_explores_are_spaced_by_the_mean_alone():
+    """``hope`` is off by default: a tree seen on 2 steps is explored as its mean says."""
+    spaced = []
+    for hope in (False, True):
+        g = guard(explore=0.02, hope=hope)
+        g.evidence.update({0: (2, 1.5), 1: (2, 1.5)})
+        g.switch({0: 50.0, 1: 60.0, -1: 100.0})
+        spaced.append(g.explore_every)
+    assert spaced[0] == math.ceil(time_lost(60.0, 100.0, 1.5) / (0.02 / 100.0))
+    assert spaced[1] < spaced[0]
