@@ -29,8 +29,9 @@ while it decodes it explores with a smaller tree, each as far apart as keeps its
 loss under ``probe_cost`` and ``explore`` of the time.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
-The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` while
-their mean committed tokens lose to decoding but that mean plus one standard error would pay;
+The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (off by
+default) while their mean committed tokens lose to decoding but that mean plus one standard
+error would pay;
 with ``measure``, not where the prompt's or the first tree's timing shows the tree clearly
 losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
 tree and the current choice once the window holds 8 of its steps (4, while every window step

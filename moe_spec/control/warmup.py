@@ -1,20 +1,19 @@
 """The measured warm-up of :class:`moe_spec.control.Guard`: no warm-up tree that clearly loses.
 
-The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to
-``max_warmup``, while the warm-up is unclear (:meth:`MeasuredWarmup.unclear`): its trees'
-mean committed tokens lose to decoding, but one standard error more would pay. The first
-steps after a prompt often commit less than the text's later ones (smollm2-moe's H200 head:
-1-2 tokens where the same prompts' trees average 3.6-4.1), so two of them sent a strong
-draft to decoding for a whole request; two steps of one token each, on a weak draft, still
-end it. With ``measure`` and the
-prompt's forward timed (:meth:`MeasuredWarmup.prefilled`), unless the full tree, priced from
-it (:meth:`MeasuredWarmup.tree_ratio`) or from the warm-up trees timed so far, would clearly
-lose to decoding at the acceptance prior: then it decodes until a probe
-(:meth:`MeasuredWarmup.before_warmup_tree`; on a CPU, where a tree step costs 3-5 decodes,
-the warm-up trees were a fresh request's whole loss). A tree step after a prompt or decodes
-also catches the draft up on them: the engine's timing of that
-(:meth:`MeasuredWarmup.caught_up`) comes off the step's, and a prompt's catch-up not timed
-leaves the step untimed.
+The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to ``max_warmup``
+(default 2, off; 6 for a strong draft), while the warm-up is unclear
+(:meth:`MeasuredWarmup.unclear`): its trees' mean committed tokens lose to decoding, but one
+standard error more would pay. The first steps after a prompt often commit less than the text's
+later ones (smollm2-moe's H200 head: 1-2 tokens where the same prompts' trees average 3.6-4.1),
+so two of them sent a strong draft to decoding for a whole request; two steps of one token each,
+on a weak draft, still end it. With ``measure`` and the prompt's forward timed
+(:meth:`MeasuredWarmup.prefilled`), unless the full tree, priced from it
+(:meth:`MeasuredWarmup.tree_ratio`) or from the warm-up trees timed so far, would clearly lose
+to decoding at the acceptance prior: then it decodes until a probe
+(:meth:`MeasuredWarmup.before_warmup_tree`; on a CPU, where a tree step costs 3-5 decodes, the
+warm-up trees were a fresh request's whole loss). A tree step after a prompt or decodes also
+catches the draft up on them: the engine's timing of that (:meth:`MeasuredWarmup.caught_up`)
+comes off the step's, and a prompt's catch-up not timed leaves the step untimed.
 """
 
 from __future__ import annotations
