@@ -31,10 +31,9 @@ loss under ``probe_cost`` and ``explore`` of the time.
 grown, the draft's first level may send the step to a decode of the root alone.
 The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (off by
 default) while their mean committed tokens lose to decoding but that mean plus one standard
-error would pay;
-with ``measure``, not where the prompt's or the first tree's timing shows the tree clearly
-losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
-tree and the current choice once the window holds 8 of its steps (4, while every window step
+error would pay; with ``measure``, not where the prompt's or the first tree's timing shows the
+tree clearly losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by
+layer for the full tree and the current choice once the window holds 8 of its steps (4, while every window step
 is of the current text: none carried from the last request, whose per-layer needs may differ),
 one budget for all layers before that and for the other trees. Every plan carries its reason;
 :attr:`Guard.overhead_s` sums the controller's own time. Without the guard (``guard=false``; a
@@ -376,8 +375,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             self.gated_C[self.gated].append(1)
             if self.choice < 0:  # a look the gate turned down: look half as often
                 self.look_every = min(2 * self.look_every, self.max_look)
-            if explored:  # an explore the gate turned down: explore half as often
-                self.explores_gated = min(self.explores_gated + 1, 10)
+            if explored and self.explores_gated < 10:  # turned down: explore half as often
+                self.explores_gated += 1
                 self.explore_every *= 2
             self.since_replan += 1
             self.gated = None

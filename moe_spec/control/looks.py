@@ -24,7 +24,7 @@ one is verified; and a smaller tree's step whose accepted path fills it probes t
 next (the text may have begun to repeat), so the loss of a step counts the probes its share of
 filled paths starts; one that commits fewer tokens than its tree's predicted mean, plus that
 hope, makes the guard decide again at once, as a probe does (measured: on smollm2-moe's set B a
-one- draft chain predicted level with decoding from a few filled paths ran every other step,
+one-draft chain predicted level with decoding from a few filled paths ran every other step,
 committing 1 token, until the next replan).
 """
 

@@ -99,8 +99,7 @@ class MeasuredWarmup:
             return None  # nothing to price a tree from, or a warm-up tree ran untimed
         if measuring := self.measuring():
             return measuring
-        # the warm-up trees' own seconds (the next one is the same full tree), or the prompt's
-        tree_s = total_s / timed if timed else float(self.step_s_C[0]) * self.tree_ratio()
+        tree_s = self.warm_tree_seconds()  # the warm-up trees' own, or from the prompt's
         decode_s = self.decode_seconds()
         committed = 1.0 + float(self.est.reach_prior_D[1 : self.trees[0][2] + 1].sum())
         total, steps = self.warm_committed
@@ -140,8 +139,9 @@ class MeasuredWarmup:
         return mean < break_even <= mean + spread / math.sqrt(n)
 
     def warm_tree_seconds(self) -> float:
-        """A full unbudgeted tree's step: the timed warm-up trees' mean seconds, or the
-        modeled one (times :meth:`tree_ratio` with ``measure`` and a timed prompt)."""
+        """A full unbudgeted tree's step: the timed warm-up trees' mean seconds (the next
+        one is the same full tree), or the modeled one (times :meth:`tree_ratio` with
+        ``measure`` and a timed prompt)."""
         total_s, timed = self.warm_seconds
         if timed:
             return total_s / timed

@@ -386,10 +386,15 @@ class Auto(TokenPriority):
         full tree was never predicted again; without ``hope`` explores are rare, and learning
         every look cost smollm2-moe's SGLang-priced chain 15% on warm set B)."""
         c = self.controller
-        looks = c.hoping and (c.probing or c.exploring)
-        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning() or looks:
+        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning() or self.looks():
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
+
+    def looks(self) -> bool:
+        """With ``hope``: whether the step is the guard's probe or explore (run to be
+        learned from, so it neither rests nor waits its turn for the window)."""
+        c = self.controller
+        return c.hoping and (c.probing or c.exploring)
 
     def ranks_only_to_learn(self) -> bool:
         """Whether the current budgets keep every expert while steps may rest
@@ -428,7 +433,7 @@ class Auto(TokenPriority):
         time)."""
         c = self.controller
         window = c.est.window
-        if len(window) < window.maxlen or c.hoping and (c.probing or c.exploring):
+        if len(window) < window.maxlen or self.looks():
             return True
         return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
 
