@@ -154,32 +154,53 @@ def resting_policy(**options):
     return policy, lambda: policy.observe(outcome, rank_LE, ids_LNK), StepPlan("tree", 4, 2, 2)
 
 
-def test_a_new_requests_first_tree_steps_rank_where_they_would_rest():
+def test_a_new_requests_first_tree_steps_enter_the_window_where_they_would_rest():
     """Budgets all E rest but every ``rank_every``-th step; after a new request the first 4
-    steps rank (and enter the window) so that a new text is told apart from the carried one."""
+    steps enter the window (resting: with their tokens and experts, unranked) so that a new
+    text is told apart from the carried one; then a resting step stays out."""
     policy, observe, plan = resting_policy(carry=8)
     c = policy.controller
     for _ in range(9):  # past warm-up, budgets all E, a window of 8 steps or more
         observe()
     c.tree_steps = 5  # not a rank_every-th step
     assert policy.rests(plan)
+    policy.resting = True
+    assert not policy.learns()
     policy.start_request()  # the window keeps 8
     for _ in range(4):
-        assert not policy.rests(plan)
-        observe()
+        assert policy.rests(plan) and policy.learns()
+        observe_rested(policy)
         c.tree_steps = 5
-    assert policy.rests(plan)
+    assert policy.rests(plan) and not policy.learns()
+    assert [s.need_LP is None for s in c.est.window] == [False] * 8 + [True] * 4
 
 
-def test_every_tree_step_ranks_while_the_window_holds_fewer_than_8_steps():
+def observe_rested(policy) -> None:
+    """A resting step of a 4/2/2 tree: no ranking, its top-k passed with the outcome."""
+    from moe_spec.control import StepOutcome
+
+    ids_LNK = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]).repeat(2, 1, 1)
+    depth_N = torch.tensor([0, 1, 1, 2])
+    policy.observe(StepOutcome("tree", [0, 1], depth_N, None, (4, 2, 2), ids_LNK=ids_LNK))
+
+
+def test_every_tree_step_enters_while_the_window_holds_fewer_than_8_steps():
     """A plan made from the warm-up's 2 steps is remade from 4 two steps later: a resting
-    tree would enter the window one step in ``rank_every``."""
+    tree step enters the window unranked (ranking it only to learn was the selection's cost
+    on nearly every step of a short request)."""
     policy, observe, plan = resting_policy()
     c = policy.controller
-    for n in range(1, 10):
+    for _ in range(2):  # the warm-up ranks
         observe()
-        c.tree_steps = 5  # past warm-up, not a rank_every-th step
-        assert len(c.est.window) == n and policy.rests(plan) == (n >= 8)
+    c.tree_steps = 5  # past warm-up, not a rank_every-th step
+    policy.resting = policy.rests(plan)
+    assert policy.resting
+    for n in range(3, 11):
+        assert policy.learns() == (n <= 8)
+        observe_rested(policy)
+        c.tree_steps = 5
+        assert len(c.est.window) == min(n, 8)
+    assert c.est.ranked_S(0).tolist() == [True] * 2 + [False] * 6
 
 
 @pytest.mark.parametrize("look", ["probing", "exploring"])

@@ -19,7 +19,9 @@ Three estimates, all updated after acceptance (outside the verify forward):
 - a **window** of the last ``window`` tree steps, each kept as
   ``need_LP`` (the smallest budget layer l needed, under the policy's ranking of that
   step, to keep every expert of path positions 0..p: a path position's routing depends
-  on its ancestors, so the need is a running maximum along the path),
+  on its ancestors, so the need is a running maximum along the path; None for a step the
+  policy did not rank, a resting one: its tokens and experts still count, and budgets
+  are searched over the ranked steps, :meth:`AcceptanceEstimates.ranked_S`),
   ``committed_C`` (tokens the step would have committed with each smaller candidate
   tree: the accepted path's prefix inside the candidate's best nodes by path
   log-probability, -1 when the step's tree was smaller than the candidate) and
@@ -70,13 +72,16 @@ def until_changed(read):
 
 @dataclass(frozen=True)
 class WindowStep:
-    need_LP: np.ndarray  # int [L, P]: budget each layer needed for path positions 0..p
+    need_LP: np.ndarray | None  # int [L, P]: budget each layer needed for positions 0..p
     committed_C: np.ndarray  # int [C]: committed tokens per candidate tree (-1: unknown)
     used_CL: np.ndarray  # int [C, L]: distinct experts of the candidate's tokens
 
     @cached_property
     def path_need(self) -> float:
-        """The budget needed to keep the whole accepted path, mean over layers."""
+        """The budget needed to keep the whole accepted path, mean over layers (NaN for a
+        step that was not ranked)."""
+        if self.need_LP is None:
+            return math.nan
         last_L = self.need_LP[:, -1]
         return float(last_L.sum() / last_L.size)
 
@@ -140,6 +145,7 @@ class AcceptanceEstimates:
         self.committed_WC = np.full((window, C), -1, dtype=np.int64)
         self.used_WCL = np.zeros((window, C, num_layers), dtype=np.int64)
         self.ran_W = np.full(window, -1, dtype=np.int64)  # the candidate each step ran (-1: other)
+        self.ranked_W = np.zeros(window, dtype=bool)  # whether the step was ranked (need known)
         self.first_WB = np.zeros((window, bins), dtype=np.int64)  # depth-1 nodes per bin
         self.need_W = np.zeros(window)  # each step's path_need
         self.steps_seen = 0
@@ -206,7 +212,8 @@ class AcceptanceEstimates:
         self, outcome: StepOutcome, rank_LE: torch.Tensor | None, ids_LNK: torch.Tensor | None
     ) -> None:
         """Fold in one finished tree step; ``rank_LE``/``ids_LNK`` are the policy's ranking
-        and the unbudgeted top-k of the verify forward (None: the window is not updated).
+        and the unbudgeted top-k of the verify forward (``ids_LNK`` None: the window is not
+        updated; ``rank_LE`` None: the step enters without its need, as a step that rested).
 
         Without the draft's path log-probabilities (``logprob_N`` None, as in SGLang) the
         calibration is left as it is and the window orders nodes by depth instead.
@@ -234,15 +241,18 @@ class AcceptanceEstimates:
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
         self.reached_D[1 : min(path_P.size, depth + 1)] += 1
-        if rank_LE is None or ids_LNK is None:
+        if ids_LNK is None:
             return
-        step = self.window_step(
-            logprob_N, path_P, rank_LE.numpy(force=True), ids_LNK.numpy(force=True)
-        )
+        rank = None if rank_LE is None else rank_LE.numpy(force=True)
+        step = self.window_step(logprob_N, path_P, rank, ids_LNK.numpy(force=True))
         self.window.append(step)
         w = self.steps_seen % self.exact_WLV.shape[0]
         self.first_WB[w] = 0 if first_B is None else first_B
-        self.exact_WLV[w] = exact_table(step.need_LP, self.levels_V)
+        self.ranked_W[w] = step.need_LP is not None
+        # a step not ranked: every budget counted as keeping its path (read at the cap only)
+        self.exact_WLV[w] = (
+            path_P.size if rank is None else exact_table(step.need_LP, self.levels_V)
+        )
         self.committed_WC[w] = step.committed_C
         self.used_WCL[w] = step.used_CL
         self.need_W[w] = step.path_need
@@ -267,9 +277,11 @@ class AcceptanceEstimates:
             self.window.popleft()
 
     def recent_need(self, n: int) -> np.ndarray:
-        """float ``[n]``: :attr:`WindowStep.path_need` of the window's latest ``n`` steps."""
+        """float ``[<= n]``: :attr:`WindowStep.path_need` of the ranked steps among the
+        window's latest ``n``."""
         n = min(n, len(self.window))
-        return self.need_W[(self.steps_seen - n + np.arange(n)) % self.need_W.size]
+        w = (self.steps_seen - n + np.arange(n)) % self.need_W.size
+        return self.need_W[w[self.ranked_W[w]]]
 
     def layer_offsets(self, L: int) -> np.ndarray:
         """int ``[L, 1, 1]``: layer l's first index ``l * E`` in a flat ``[L * E]`` table."""
@@ -281,17 +293,20 @@ class AcceptanceEstimates:
         self,
         logprob_N: np.ndarray,
         path: list[int] | np.ndarray,
-        rank_LE: np.ndarray,
+        rank_LE: np.ndarray | None,
         ids_LNK: np.ndarray,
     ) -> WindowStep:
-        """One step's :class:`WindowStep`; ``ids_LNK`` holds expert ids in ``[0, E)``."""
+        """One step's :class:`WindowStep`; ``ids_LNK`` holds expert ids in ``[0, E)``
+        (``rank_LE`` None: a step not ranked, its need unknown)."""
         L, N, K = ids_LNK.shape
-        if rank_LE.shape != (L, self.E):
+        if rank_LE is not None and rank_LE.shape != (L, self.E):
             raise ValueError(f"rank_LE has shape {rank_LE.shape}; expected ({L}, {self.E})")
         # (layer, expert) as one index into [L * E]
         at_LNK = ids_LNK.astype(np.int64, copy=False) + self.layer_offsets(L)
-        rank_X = np.ascontiguousarray(rank_LE).ravel()
-        need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
+        need_LP = None
+        if rank_LE is not None:
+            rank_X = np.ascontiguousarray(rank_LE).ravel()
+            need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
         order_N = np.argsort(-logprob_N, kind="stable")
         place_N = order_N.argsort()
@@ -343,6 +358,12 @@ class AcceptanceEstimates:
                 ) from None
             exact_SLV = exact_SLV[:, :, v_V]
         return exact_SLV, self.committed_WC[rows, c], self.used_WCL[rows, c]
+
+    @until_changed
+    def ranked_S(self, c: int, min_ran: int = 4) -> np.ndarray:
+        """bool ``[S]``: which of the rows :meth:`arrays` reads for ``c`` were ranked (their
+        exact-prefix tables hold; a row not ranked counts every budget as keeping its path)."""
+        return self.ranked_W[self.rows(c, min_ran)]
 
     @until_changed
     def rows(self, c: int, min_ran: int = 4) -> np.ndarray | slice:

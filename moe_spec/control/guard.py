@@ -55,7 +55,7 @@ from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.gate import DraftGate
 from moe_spec.control.looks import Looks
-from moe_spec.control.planner import best_budgets, budget_levels
+from moe_spec.control.planner import budget_levels, window_budgets
 from moe_spec.control.replans import Replans, mean_and_spread
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.control.warmup import MeasuredWarmup
@@ -249,8 +249,13 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             # of the current text alone (L budgets fitted to two warm-up steps are noise, and
             # to carried steps of another text, wrong); for the others, and before that, one
             # budget for all layers
-            passes = 2 if c in (0, self.choice) and window[1].size >= self.per_layer_from() else 0
-            budgets = best_budgets(self.cost, c, window, self.levels_V, self.repair, passes)
+            # (ranked steps alone tell what a budget would keep: steps that rested did not)
+            ranked_S = self.est.ranked_S(c)
+            ranked = int(np.count_nonzero(ranked_S))
+            passes = 2 if c in (0, self.choice) and ranked >= self.per_layer_from() else 0
+            budgets = window_budgets(
+                self.cost, c, window, ranked_S, self.levels_V, self.repair, passes
+            )
             self.budgets_C[c], tp, exact_S = budgets.B_L, budgets.tokens_per_s, budgets.exact_S
             self.step_s_C[c] = budgets.step_s
             committed_S = window[1]
@@ -258,7 +263,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             mean, self.spread_C[c] = mean_and_spread(committed_S.tolist())
             self.evidence[c] = (S, mean)
             self.filled[c] = np.count_nonzero(committed_S > depth) / S
-            self.touched_C[c] = np.count_nonzero(exact_S < committed_S) / S
+            touched = np.count_nonzero(exact_S < committed_S[ranked_S]) if ranked else 0
+            self.touched_C[c] = touched / max(ranked, 1)
             predicted[c] = self.with_gated(c, committed_S, tp / self.ratio(TREE))
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()

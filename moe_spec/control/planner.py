@@ -16,7 +16,10 @@ For a step s of the window and per-layer budgets ``B_l``:
   changed logits (a lower bound: a changed token may still be accepted);
 - the verify reads ``mean_l min(B_l, used[s, l])`` experts per layer.
 
-Predicted throughput = sum of committed tokens / sum of modeled step seconds. The search
+Predicted throughput = sum of committed tokens / sum of modeled step seconds. A window
+whose steps were not all ranked (steps that rested unbudgeted: their need is unknown) is
+searched over its ranked steps, and the throughput they predict is scaled by the whole
+window's at the cap (:func:`window_budgets`). The search
 starts from one budget for all layers (every level tried at once), then improves one
 layer at a time (``passes`` rounds). A smaller budget must be predicted faster by more
 than ``min_gain`` (default 1%) than the largest one within that margin: the window holds
@@ -54,11 +57,24 @@ def throughput_X(
 ) -> np.ndarray:
     """float ``[X]``: predicted tokens/s of tree ``c`` under each row of budgets ``B_XL``
     (each a level of ``levels_V``, the budgets of the tables ``exact_SLV``)."""
+    return priced_X(cost, c, (exact_SLV, committed_S, used_SL), levels_V, B_XL, repair)[0]
+
+
+def priced_X(
+    cost: StepCost,
+    c: int,
+    window: tuple[np.ndarray, np.ndarray, np.ndarray],
+    levels_V: np.ndarray,
+    B_XL: np.ndarray,
+    repair: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`throughput_X` and each step's modeled seconds, float ``[X, S]``."""
+    exact_SLV, committed_S, used_SL = window
     L = exact_SLV.shape[1]
     exact_XS = exact_SLV[:, np.arange(L)[None, :], level_index(levels_V, B_XL)].min(axis=-1).T
     read_XS = np.minimum(B_XL[:, None, :], used_SL[None]).sum(axis=-1)  # over all layers
     budgeted_X1 = (B_XL < cost.E).any(axis=-1)[:, None]
-    return price(cost, c, exact_XS, committed_S, read_XS, L, budgeted_X1, repair)[0]
+    return price(cost, c, exact_XS, committed_S, read_XS, L, budgeted_X1, repair)
 
 
 def price(
@@ -211,3 +227,42 @@ def layer_trials(
 def first_clear_best(tp_V: np.ndarray, min_gain: float) -> int:
     """Index of the first (largest-budget) value within ``min_gain`` of the maximum."""
     return int(np.argmax(tp_V >= tp_V.max() / (1 + min_gain)))
+
+
+def window_budgets(
+    cost: StepCost,
+    c: int,
+    window: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ranked_S: np.ndarray,
+    levels_V: np.ndarray,
+    repair: bool,
+    passes: int = 2,
+) -> Budgets:
+    """:func:`best_budgets` over a window some of whose steps were not ranked
+    (``ranked_S`` False: they rested at the cap, ``levels_V[-1]``, their need unknown).
+
+    The budgets are searched over the ranked steps; the tokens/s and step seconds are the
+    whole window's at the cap times the ranked steps' ratio of the budgets' to the cap's
+    (the budgets' gain or loss, measured where it can be, carried to steps whose tokens
+    and experts are known). ``exact_S`` covers the ranked steps only. No ranked step: the
+    cap."""
+    if ranked_S.all():
+        return best_budgets(cost, c, window, levels_V, repair, passes)
+    L = window[0].shape[1]
+    cap_1L = np.full((1, L), levels_V[-1])
+    tp_1, seconds_1S = priced_X(cost, c, window, levels_V, cap_1L, repair)
+    tp, seconds_S = float(tp_1[0]), seconds_1S[0]
+    ranked = tuple(a[ranked_S] for a in window)
+    budgets = best_budgets(cost, c, ranked, levels_V, repair, passes) if ranked_S.any() else None
+    if budgets is None or (levels_V[-1] == budgets.B_L).all():
+        exact_S = ranked[0][:, :, -1].min(axis=1)
+        return Budgets(cap_1L[0], tp, exact_S, float(seconds_S.sum() / seconds_S.size))
+    tp_cap_1, seconds_cap_1S = priced_X(cost, c, ranked, levels_V, cap_1L, repair)
+    step_s = seconds_S.sum() / seconds_S.size
+    step_cap_s = seconds_cap_1S.sum() / seconds_cap_1S.size
+    return Budgets(
+        budgets.B_L,
+        tp * budgets.tokens_per_s / float(tp_cap_1[0]),
+        budgets.exact_S,
+        float(step_s * budgets.step_s / step_cap_s),
+    )

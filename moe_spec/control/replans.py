@@ -12,11 +12,12 @@ only the steps since: the text has changed).
 
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
 ``carry`` steps (then every step enters until it is full), its first ``learn_new`` (4) tree
-steps all rank and enter the window (:meth:`Guard.learning_new_text`: a step that keeps every
-expert otherwise ranks only to be learned from, one in ``rank_every``), so that a new text
-whose paths need other budgets than the carried steps' is told apart within 4 steps, and probes
-start again; so do all tree steps while the window holds fewer than ``trusted`` (8)
-(:meth:`Guard.learning`: a plan made from the warm-up's 2 steps is remade from 4).
+steps all enter the window (:meth:`Guard.learning_new_text`: a step that keeps every expert
+otherwise enters only when it ranks, one in ``rank_every``; a resting one enters unranked,
+with its tokens and experts), so that a new text that commits other tokens than the carried
+steps is told apart within 4 steps, and probes start again; so do all tree steps while the
+window holds fewer than ``trusted`` (8) (:meth:`Guard.learning`: a plan made from the
+warm-up's 2 steps is remade from 4).
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ class Replans:
         committed = n >= 4 and steps >= 4 and new >= 2
         if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
             return "drift"
-        if 4 <= new < len(self.est.window):
-            need = float(self.est.recent_need(new).sum() / new)
-            if self.drifted(need, new, *self.need_at_replan):
+        need_N = self.est.recent_need(new) if new < len(self.est.window) else ()
+        if len(need_N) >= 4:  # ranked steps alone know their need
+            need = float(need_N.sum() / need_N.size)
+            if self.drifted(need, need_N.size, *self.need_at_replan):
                 return "drift"
         return ""
 
@@ -79,12 +81,15 @@ class Replans:
         return self.est.steps_seen - self.request_seen < self.learn_new
 
     def learning(self) -> bool:
-        """Whether every tree step ranks and enters the window (none rests): a new request's
-        first steps (:meth:`learning_new_text`), and while the window holds fewer than
-        ``trusted`` (8) steps, so that a plan made from the warm-up's 2 steps is made again
-        from 4 two steps later (:meth:`grown`). Measured on a CPU (smollm2-moe, fresh
-        requests): a full tree kept after two warm-up steps of 4 tokens, resting, ran 7 more
-        steps of 1-3 tokens before the window had grown enough to replan."""
+        """Whether every tree step enters the window (a resting one with its tokens and
+        experts, unranked: ``moe_spec.policies.auto.Auto.learns``): a new request's first
+        steps (:meth:`learning_new_text`), and while the window holds fewer than ``trusted``
+        (8) steps, so that a plan made from the warm-up's 2 steps is made again from 4 two
+        steps later (:meth:`grown`). Measured on a CPU (smollm2-moe, fresh requests): a full
+        tree kept after two warm-up steps of 4 tokens, resting, ran 7 more steps of 1-3
+        tokens before the window had grown enough to replan. Until the thirty-third session
+        these steps also ranked: on a short request nearly every step paid the selection
+        (smollm2-moe's tree, 8 prompts a set: up to +0.02x decoding without it)."""
         return self.learning_new_text() or len(self.est.window) < self.trusted
 
     def new_request(self) -> None:

@@ -285,3 +285,12 @@ def distinct_per_layer(ids_LTK: list[torch.Tensor], n_experts: int, rows_T=None)
         ids = ids_TK if rows_T is None else ids_TK[rows_T]
         out.append(int(used_experts_E(ids, n_experts).sum()))
     return out
+
+
+def resting_ids_LNK(policy, ids_LTK: list[torch.Tensor], ranked: bool) -> torch.Tensor | None:
+    """long ``[L, N, K]``: a verify's unbudgeted top-k, for a step the adaptive ``policy``
+    rested on (it learns the step's tokens and experts without having ranked; None for
+    any other step, whose policy recorded what it ranked)."""
+    if ranked or not policy.resting or not ids_LTK:
+        return None
+    return torch.stack([ids_TK.to(ids_LTK[0].device) for ids_TK in ids_LTK])

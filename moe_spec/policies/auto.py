@@ -378,15 +378,17 @@ class Auto(TokenPriority):
 
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
-        budgets are all at least E, except every ``rank_every``-th tree step (learned from),
-        every step while the window is small or the request new
-        (:meth:`moe_spec.control.Guard.learning`), and, with ``hope``, the guard's looks at a
-        tree it does not run (a probe or an explore: run to be learned from; measured: probes
-        alternating with hope's frequent explores fell on resting counts every time, and the
-        full tree was never predicted again; without ``hope`` explores are rare, and learning
-        every look cost smollm2-moe's SGLang-priced chain 15% on warm set B)."""
+        budgets are all at least E, except the warm-up's, every ``rank_every``-th tree step
+        (learned from) and, with ``hope``, the guard's looks at a tree it does not run (a
+        probe or an explore: run to be learned from; measured: probes alternating with
+        hope's frequent explores fell on resting counts every time, and the full tree was
+        never predicted again; without ``hope`` explores are rare, and learning every look
+        cost smollm2-moe's SGLang-priced chain 15% on warm set B). While the guard learns
+        (:meth:`moe_spec.control.Guard.learning`) a resting step still enters the window,
+        with its tokens and experts (:meth:`learns`): ranking it only for that was the
+        selection's cost on nearly every step of a short request."""
         c = self.controller
-        if plan.kind != TREE or not self.ranks_only_to_learn() or c.learning() or self.looks():
+        if plan.kind != TREE or not self.ranks_only_to_learn() or self.looks():
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_every != 0
 
@@ -419,19 +421,29 @@ class Auto(TokenPriority):
         elif rank_LE is None and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
+        elif rank_LE is None and ids_LNK is None:  # a resting step: its experts, no ranking
+            ids_LNK = outcome.ids_LNK
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
 
     def learns(self) -> bool:
         """Whether the tree step just run enters the window (the calibration and the
-        acceptance per depth count every step): every step until the window is full,
-        then one budgeted step in ``learn_every`` (the window stays a sample of the recent
-        steps; its update is most of an observation's cost), every unbudgeted step that
-        ranked (with ``rank_every`` > 1 it ranked only to be learned from), and, with
-        ``hope``, every look at a tree the guard does not run (a probe or an explore: by a
-        step count, probes that alternate with explores fell on the same parity every
+        acceptance per depth count every step). A step that rested (not ranked): with its
+        tokens and experts, without its need, while the guard learns
+        (:meth:`moe_spec.control.Guard.learning`: the window's first 8 steps, a new
+        request's first 4), and not after: the window then holds ranked steps, one in
+        ``rank_every`` at the cap, four times the history (measured with every resting step
+        entering: smollm2-moe's tree on warm set B fell from 1.32 to 1.09x decoding, a
+        switch to decoding on a few poor steps). Of the others: every step until the window
+        is full, then one budgeted step in ``learn_every`` (the window stays a sample of
+        the recent steps; its update is most of an observation's cost), every unbudgeted
+        step that ranked (with ``rank_every`` > 1 it ranked only to be learned from), and,
+        with ``hope``, every look at a tree the guard does not run (a probe or an explore:
+        by a step count, probes that alternate with explores fell on the same parity every
         time)."""
         c = self.controller
+        if self.resting:  # not ranked: its tokens and experts, while the guard learns
+            return c.learning()
         window = c.est.window
         if len(window) < window.maxlen or self.looks():
             return True

@@ -181,3 +181,20 @@ def test_reads_are_kept_until_the_next_step_and_shared_read_only():
     est.observe(StepOutcome("tree", [0], DEPTH_N, LOGPROB_N, (4, 2, 2)), RANK_LE, IDS_LNK)
     assert est.accept_B() is not accept_B and not np.array_equal(est.accept_B(), accept_B)
     assert est.reach_D()[1] < reach_D[1]  # a path that stopped at the root
+
+
+def test_a_step_that_was_not_ranked_enters_with_its_tokens_and_experts():
+    est = observed()  # one ranked step
+    rested = StepOutcome("tree", PATH, DEPTH_N, LOGPROB_N, (4, 2, 2))
+    est.observe(rested, None, IDS_LNK)  # a resting step: its top-k, no ranking
+    ranked_step, rested_step = est.window
+    assert rested_step.need_LP is None and math.isnan(rested_step.path_need)
+    assert rested_step.committed_C.tolist() == ranked_step.committed_C.tolist() == [3, 2]
+    assert rested_step.used_CL.tolist() == ranked_step.used_CL.tolist()
+    assert est.ranked_S(0).tolist() == [True, False]
+    exact_SLB, committed_S, used_SL = est.arrays(0)
+    assert committed_S.tolist() == [3, 3] and used_SL.tolist() == [[4, 4], [4, 4]]
+    assert exact_SLB[1].tolist() == [[3] * 5] * 2  # counted as kept at every budget
+    assert est.recent_need(2).tolist() == [ranked_step.path_need]  # the ranked step's alone
+    est.observe(rested, None, None)  # neither: calibration and depths only
+    assert len(est.window) == 2 and est.tried_D[1] == 3

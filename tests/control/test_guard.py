@@ -581,11 +581,11 @@ def test_per_layer_budgets_wait_for_4_steps_of_this_text_or_8_with_carried_ones(
 
     passes = []
 
-    def spy(cost, c, window, levels_V, repair, passes_=2):
+    def spy(cost, c, window, ranked_S, levels_V, repair, passes_=2):
         passes.append((c, window[1].size, passes_))
         return Budgets(np.full(window[0].shape[1], levels_V[-1]), 1.0, window[1], 1.0)
 
-    monkeypatch.setattr(guard_module, "best_budgets", spy)
+    monkeypatch.setattr(guard_module, "window_budgets", spy)
     g = guard(gate=False)
 
     def predict_at(n: int) -> list:

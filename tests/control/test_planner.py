@@ -7,7 +7,13 @@ import pytest
 
 from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import exact_table
-from moe_spec.control.planner import best_budgets, budget_levels, level_index, throughput_X
+from moe_spec.control.planner import (
+    best_budgets,
+    budget_levels,
+    level_index,
+    throughput_X,
+    window_budgets,
+)
 from moe_spec.costmodel import get_cost_model, get_shape
 
 
@@ -109,3 +115,51 @@ def test_a_smaller_budget_only_a_hair_faster_is_not_taken():
     assert B_L.tolist() == [8, 8]  # (3, 5) would be 0.3% faster: within the 1% margin
     B_L = best_budgets(nearly_flat, 0, window(levels_V), levels_V, repair=True, min_gain=0.0).B_L
     assert B_L.tolist() == [3, 5]
+
+
+def test_a_window_all_ranked_is_searched_as_before():
+    linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)
+    levels_V = np.arange(1, 9)
+    want = best_budgets(linear, 0, window(levels_V), levels_V, repair=True)
+    got = window_budgets(linear, 0, window(levels_V), np.array([True]), levels_V, repair=True)
+    assert got.B_L.tolist() == want.B_L.tolist() and got.tokens_per_s == want.tokens_per_s
+
+
+def unranked_window(levels_V):
+    """The ranked step of :func:`window` and a step that rested (its need unknown: the
+    estimates count every budget as keeping its path) committing 1 token, 6 experts read."""
+    exact_SLV, committed_S, used_SL = window(levels_V)
+    rested_LV = np.full((2, levels_V.size), 1)
+    return (
+        np.concatenate((exact_SLV, rested_LV[None])),
+        np.append(committed_S, 1),
+        np.concatenate((used_SL, [[6, 6]])),
+    )
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_budgets_come_from_ranked_steps_and_their_gain_scales_the_whole_window(pays):
+    verify_D = np.arange(9, dtype=float) if pays else np.ones(9)
+    cost = hand_cost(verify_D, repair_per_token=10.0)
+    levels_V = np.arange(1, 9)
+    whole = unranked_window(levels_V)
+    got = window_budgets(cost, 0, whole, np.array([True, False]), levels_V, repair=True)
+    ranked = best_budgets(cost, 0, window(levels_V), levels_V, repair=True)
+    assert got.B_L.tolist() == ranked.B_L.tolist() == ([3, 5] if pays else [8, 8])
+    cap = np.array([[8, 8]])
+    # the whole window at the cap (4 tokens; the steps read 8 and 6 experts), times the
+    # ranked step's gain from the cap to its budgets
+    at_cap = throughput_X(cost, 0, *whole, levels_V, cap, repair=True)[0]
+    gain = ranked.tokens_per_s / throughput_X(cost, 0, *window(levels_V), levels_V, cap, True)[0]
+    assert at_cap == pytest.approx(4 / (verify_D[8] + verify_D[6]))
+    assert got.tokens_per_s == pytest.approx(at_cap * gain)
+    assert got.exact_S.tolist() == [3]  # the ranked step's alone
+
+
+def test_no_ranked_step_keeps_the_cap():
+    linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)
+    levels_V = np.arange(1, 9)
+    whole = tuple(a[1:] for a in unranked_window(levels_V))  # the rested step alone
+    got = window_budgets(linear, 0, whole, np.array([False]), levels_V, repair=True)
+    assert got.B_L.tolist() == [8, 8] and got.exact_S.size == 0
+    assert got.tokens_per_s == pytest.approx(1 / 6) and got.step_s == pytest.approx(6)

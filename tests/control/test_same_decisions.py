@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import moe_spec.control.estimates as estimates_module
-import moe_spec.control.guard as guard_module
+import moe_spec.control.planner as planner_module
 from moe_spec.control import AcceptanceEstimates, StepCost, StepOutcome
 from moe_spec.control.cost import step_tables
 from moe_spec.control.estimates import WindowStep, exact_table
@@ -257,7 +257,7 @@ def test_a_seeded_run_decides_as_with_the_reference_paths(seed, monkeypatch):
         exact_SLB[:, :, levels_V] = window[0]  # the reference reads only these budgets
         return reference_best_budgets(cost, c, (exact_SLB, *window[1:]), levels_V, repair, passes)
 
-    monkeypatch.setattr(guard_module, "best_budgets", reference_on_level_tables)
+    monkeypatch.setattr(planner_module, "best_budgets", reference_on_level_tables)
     monkeypatch.setattr(estimates_module, "exact_table", reference_exact_table)
     monkeypatch.setattr(
         AcceptanceEstimates,
