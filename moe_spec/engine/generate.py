@@ -30,7 +30,7 @@ from moe_spec.checks import check_temperature
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.engine.attention import KVCache
 from moe_spec.engine.checkpoint import Checkpoint
-from moe_spec.engine.model import VerifyBudget, distinct_per_layer, resting_ids_LNK
+from moe_spec.engine.model import VerifyBudget, distinct_per_layer
 from moe_spec.engine.tokenizer import EOT
 from moe_spec.engine.tree import DraftTree, expand_tree, verify_mask
 from moe_spec.engine.verify import accept, accept_chain, exact_prefix, rerun_tail
@@ -281,18 +281,7 @@ class Engine:
                     verify.ranked,
                 )
             )
-            rested_LNK = resting_ids_LNK(policy, verify.ids_before_LTK, verify.ranked)
-            policy.observe(
-                StepOutcome(
-                    TREE,
-                    path,
-                    tree.depth_N,
-                    tree.logprob_N,
-                    plan.tree,
-                    verify.exact_path,
-                    ids_LNK=rested_LNK,
-                )
-            )
+            policy.observe(verify.outcome(path, tree.depth_N, tree.logprob_N, plan.tree))
             out.extend(new_tokens)
             root = bonus
             pending_QD, pending = [path_feature_QD], new_tokens

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_spec.budget import Mode
+from moe_spec.control.steps import TREE, StepOutcome
 from moe_spec.engine.attention import KVCache, attend
 from moe_spec.engine.config import ModelConfig
 from moe_spec.kernels import fused_moe
@@ -124,6 +125,23 @@ class VerifyBudget:
             self.exact_LT.append(
                 torch.ones(ids_TK.shape[0], dtype=torch.bool, device=ids_TK.device)
             )
+
+    def outcome(
+        self,
+        path: list[int],
+        depth_N: torch.Tensor,
+        logprob_N: torch.Tensor,
+        tree: tuple[int, int, int],
+    ) -> StepOutcome:
+        """The finished tree step, for the policy's ``observe``. A step the adaptive policy
+        rested on carries the forward's unbudgeted top-k (``ids_LNK``: the policy learns its
+        tokens and experts without having ranked; any other step's policy recorded what it
+        ranked)."""
+        ids_LNK = None
+        if not self.ranked and self.policy.resting and self.ids_before_LTK:
+            device = self.ids_before_LTK[0].device
+            ids_LNK = torch.stack([ids_TK.to(device) for ids_TK in self.ids_before_LTK])
+        return StepOutcome(TREE, path, depth_N, logprob_N, tree, self.exact_path, ids_LNK=ids_LNK)
 
     def exact_T(self) -> torch.Tensor:
         """bool ``[T]``: tokens whose routing no layer's budget changed (on layer 0's device)."""
@@ -285,12 +303,3 @@ def distinct_per_layer(ids_LTK: list[torch.Tensor], n_experts: int, rows_T=None)
         ids = ids_TK if rows_T is None else ids_TK[rows_T]
         out.append(int(used_experts_E(ids, n_experts).sum()))
     return out
-
-
-def resting_ids_LNK(policy, ids_LTK: list[torch.Tensor], ranked: bool) -> torch.Tensor | None:
-    """long ``[L, N, K]``: a verify's unbudgeted top-k, for a step the adaptive ``policy``
-    rested on (it learns the step's tokens and experts without having ranked; None for
-    any other step, whose policy recorded what it ranked)."""
-    if ranked or not policy.resting or not ids_LTK:
-        return None
-    return torch.stack([ids_TK.to(ids_LTK[0].device) for ids_TK in ids_LTK])

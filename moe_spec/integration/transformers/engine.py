@@ -36,7 +36,7 @@ from moe_spec.engine.generate import (
     sample,
     timed,
 )
-from moe_spec.engine.model import distinct_per_layer, resting_ids_LNK
+from moe_spec.engine.model import distinct_per_layer
 from moe_spec.engine.tree import DraftTree
 from moe_spec.engine.verify import accept, accept_chain, exact_prefix, rerun_tail
 from moe_spec.integration.transformers.adapter import (
@@ -245,18 +245,7 @@ class TransformersEngine:
                         routing.ranked,
                     )
                 )
-                rested_LNK = resting_ids_LNK(policy, routing.ids_before_LTK, routing.ranked)
-                policy.observe(
-                    StepOutcome(
-                        TREE,
-                        path,
-                        tree.depth_N,
-                        tree.logprob_N,
-                        plan.tree,
-                        routing.exact_path,
-                        ids_LNK=rested_LNK,
-                    )
-                )
+                policy.observe(routing.outcome(path, tree.depth_N, tree.logprob_N, plan.tree))
                 out.extend(new_tokens)
                 root = bonus
                 root_state = self.draft.extend(dcache, new_tokens, path_feature_QD)
