@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from moe_spec.control.steps import StepPlan
+from moe_spec.costmodel import CostModel, Overheads
+from moe_spec.costmodel.gpus import GPU
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
 from moe_spec.policies import get_policy
@@ -92,3 +94,19 @@ def test_the_draft_catch_up_on_the_prompt_and_on_decodes_is_reported(moe_model, 
     assert result.tokens == engine.generate_autoregressive(PROMPT, 12).tokens
     assert [s.guard for s in result.steps[:3]] == ["", "autoregressive", "autoregressive"]
     assert caught == [(len(PROMPT), True), (2, True)]
+
+
+def test_steps_that_rest_enter_the_window_unranked_while_the_guard_learns(moe_model):
+    """Budgets that do not pay: after the warm-up a step ranks one time in ``rank_every``;
+    the others run without calling the policy and, while the window holds fewer than 8
+    steps, enter it with their tokens and experts (no need: budgets come from ranked steps)."""
+    engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
+    policy = get_policy("auto", guard=False)
+    free = GPU("free-experts", 1e30, 1e30, "test: bytes and FLOPs cost nothing")
+    policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3))
+    spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"guard": False})
+    result = engine.generate_speculative(PROMPT, 40, spec, policy=policy)
+    ranked = [s.ranked for s in result.steps]
+    assert len(ranked) > 8 and ranked == [i < 2 or i % 4 == 0 for i in range(len(ranked))]
+    entered = [r for i, r in enumerate(ranked) if i < 8 or r]
+    assert [step.need_LP is not None for step in policy.controller.est.window] == entered
