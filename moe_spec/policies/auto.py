@@ -25,7 +25,10 @@ modeled times by the measured wall time (for a run whose own speed is what count
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
 policy) except every ``rank_every``-th one, which ranks and is learned from: the ranking
-is the selection's cost, and a step that keeps every expert needs it only to learn. Once
+is the selection's cost, and a step that keeps every expert needs it only to learn; while
+the guard learns (the window's first 8 steps, a new request's first 4) a resting step enters
+the window unranked, with its committed tokens and experts (the engines pass its top-k in
+``StepOutcome.ids_LNK``), and budgets are searched over the ranked steps. Once
 the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
 and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
 the two costliest parts of the controller's host time, halved or better where nothing
