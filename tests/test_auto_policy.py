@@ -221,3 +221,40 @@ def test_the_guards_looks_rank_and_enter_a_full_window_whatever_the_step_count(l
     assert policy.learns()
     c.budget_L[:] = 8
     assert not policy.rests(plan)
+
+
+def test_ranks_grow_rarer_while_budgets_are_far_from_paying():
+    policy, observe, plan = resting_policy(max_rank_every=16)
+    c = policy.controller
+    for _ in range(9):  # past warm-up, budgets all E, the full tree chosen
+        observe()
+    c.below_cap_C[0] = 0.5  # the best budget below the cap: half the cap's tokens/s
+    for interval in (8, 16, 16):  # replans that keep the cap
+        policy.space_ranks()
+        assert policy.rank_interval == interval
+        assert c.cost.rest_select_s == c.cost.select_s / interval  # how the guard prices it
+    c.tree_steps = 8
+    assert policy.rests(plan)  # a rank_every-th step, not a rank_interval-th one
+    c.tree_steps = 16
+    assert not policy.rests(plan)
+    c.below_cap_C[0] = 0.9  # budgeting comes close to paying: rank often again
+    policy.space_ranks()
+    assert policy.rank_interval == 4 and c.cost.rest_select_s == c.cost.select_s / 4
+    c.below_cap_C[0] = 0.5
+    c.budget_L[:] = 4  # a budgeted plan ranks every step anyway: the interval starts again
+    policy.space_ranks()
+    assert policy.rank_interval == 4
+
+
+def test_rank_spacing_is_off_by_default_and_bad_values_are_refused():
+    policy, observe, plan = resting_policy()
+    for _ in range(9):
+        observe()
+    policy.controller.below_cap_C[0] = 0.1
+    policy.space_ranks()
+    assert policy.rank_interval == policy.max_rank_every == 4
+    with pytest.raises(PolicyError, match=r"max_rank_every is 2; allowed: an integer >= rank"):
+        get_policy("auto", rank_every=4, max_rank_every=2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(PolicyError, match=r"rank_near is .*; allowed: 0 < rank_near <= 1"):
+            get_policy("auto", rank_near=bad)

@@ -145,6 +145,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         # tokens committed by the current tree's steps since the replan (sum, steps), against
         # the window's mean and spread it predicted from; the window's steps at that replan
         self.drift, self.recent, self.spread_C = drift, [0, 0], np.zeros(len(cost.trees))
+        self.below_cap_C = np.zeros(len(cost.trees))  # best budget below the cap / the cap
         self.need_at_replan = (0.0, 0.0)  # the window's path need at the replan: mean, spread
         # window steps when this request started; the first request learns in its warm-up
         self.learn_new = 4
@@ -258,6 +259,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
             )
             self.budgets_C[c], tp, exact_S = budgets.B_L, budgets.tokens_per_s, budgets.exact_S
             self.step_s_C[c] = budgets.step_s
+            self.below_cap_C[c] = budgets.below_cap
             committed_S = window[1]
             S, depth = committed_S.size, max(self.trees[c][2], 1)
             mean, self.spread_C[c] = mean_and_spread(committed_S.tolist())

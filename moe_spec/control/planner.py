@@ -133,6 +133,9 @@ class Budgets(NamedTuple):
     tokens_per_s: float  # predicted over the window
     exact_S: np.ndarray  # int [S]: each step's path prefix B_L leaves untouched (uncapped)
     step_s: float  # mean modeled seconds of a window step under B_L
+    # the best one budget for all layers below the cap, its tokens/s over the cap's (how
+    # close budgeting comes to paying; 0: no level below the cap, or no ranked step)
+    below_cap: float = 0.0
 
 
 def best_budgets(
@@ -184,7 +187,8 @@ def best_budgets(
             start += j + 1
         if not changed:
             break
-    return Budgets(B_L, tp, exact_S, float(seconds_S.sum() / seconds_S.size))
+    below = float(tp_V[1:].max() / tp_V[0]) if tp_V.size > 1 else 0.0
+    return Budgets(B_L, tp, exact_S, float(seconds_S.sum() / seconds_S.size), below)
 
 
 def layer_trials(
@@ -256,7 +260,8 @@ def window_budgets(
     budgets = best_budgets(cost, c, ranked, levels_V, repair, passes) if ranked_S.any() else None
     if budgets is None or (levels_V[-1] == budgets.B_L).all():
         exact_S = ranked[0][:, :, -1].min(axis=1)
-        return Budgets(cap_1L[0], tp, exact_S, float(seconds_S.sum() / seconds_S.size))
+        below = 0.0 if budgets is None else budgets.below_cap
+        return Budgets(cap_1L[0], tp, exact_S, float(seconds_S.sum() / seconds_S.size), below)
     tp_cap_1, seconds_cap_1S = priced_X(cost, c, ranked, levels_V, cap_1L, repair)
     step_s = seconds_S.sum() / seconds_S.size
     step_cap_s = seconds_cap_1S.sum() / seconds_cap_1S.size
@@ -265,4 +270,5 @@ def window_budgets(
         tp * budgets.tokens_per_s / float(tp_cap_1[0]),
         budgets.exact_S,
         float(step_s * budgets.step_s / step_cap_s),
+        budgets.below_cap,
     )

@@ -75,14 +75,14 @@ def window(levels_V: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_budgeting_that_does_not_pay_keeps_every_expert(repair):
     flat = hand_cost(np.ones(9), repair_per_token=1.0)  # reading fewer experts saves nothing
     levels_V = budget_levels(2, 8, 8)
-    B_L, tp, exact_S, step_s = best_budgets(flat, 0, window(levels_V), levels_V, repair)
+    B_L, tp, exact_S, step_s, _ = best_budgets(flat, 0, window(levels_V), levels_V, repair)
     assert B_L.tolist() == [8, 8] and tp == pytest.approx(3.0)
     assert exact_S.tolist() == [3] and step_s == pytest.approx(1.0)  # the path untouched
 
 
 def test_budgeting_that_pays_keeps_what_the_path_needs_per_layer():
     linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)  # time = experts read
-    B_L, tp, exact_S, step_s = best_budgets(
+    B_L, tp, exact_S, step_s, _ = best_budgets(
         linear, 0, window(np.arange(1, 9)), np.arange(1, 9), repair=True
     )
     assert B_L.tolist() == [3, 5]  # the least that keeps the path whole in each layer
@@ -163,3 +163,19 @@ def test_no_ranked_step_keeps_the_cap():
     got = window_budgets(linear, 0, whole, np.array([False]), levels_V, repair=True)
     assert got.B_L.tolist() == [8, 8] and got.exact_S.size == 0
     assert got.tokens_per_s == pytest.approx(1 / 6) and got.step_s == pytest.approx(6)
+
+
+@pytest.mark.parametrize("verify", ["linear", "flat"])
+def test_below_cap_is_the_best_uniform_budget_below_the_cap_over_the_caps(verify):
+    verify_D = np.arange(9, dtype=float) if verify == "linear" else np.ones(9)
+    cost = hand_cost(verify_D, repair_per_token=10.0)
+    levels_V = np.arange(1, 9)
+    got = best_budgets(cost, 0, window(levels_V), levels_V, repair=True).below_cap
+    uniform_VL = np.repeat(levels_V[:, None], 2, axis=1)
+    tp_V = throughput_X(cost, 0, *window(levels_V), levels_V, uniform_VL, repair=True)
+    assert got == pytest.approx(tp_V[:-1].max() / tp_V[-1])
+    assert (got > 1) == (verify == "linear")  # reading fewer experts pays only there
+    whole = unranked_window(levels_V)
+    assert window_budgets(cost, 0, whole, np.array([True, False]), levels_V, True).below_cap == (
+        pytest.approx(got)  # the ranked steps'
+    )
