@@ -258,3 +258,23 @@ def test_rank_spacing_is_off_by_default_and_bad_values_are_refused():
     for bad in (0, 1.5, True):
         with pytest.raises(PolicyError, match=r"rank_near is .*; allowed: 0 < rank_near <= 1"):
             get_policy("auto", rank_near=bad)
+
+
+def test_learning_steps_rank_where_a_budget_comes_close_to_paying():
+    """While the guard learns, a step at the cap rests (entering the window unranked) only
+    where the best budget below the cap is far from paying: the ranking could not change
+    the plan; near it, the step ranks, as the budgets are what it would learn."""
+    policy, observe, plan = resting_policy()
+    c = policy.controller
+    for _ in range(2):  # the warm-up
+        observe()
+    c.tree_steps = 5  # past warm-up, not a rank_every-th step
+    assert c.learning()
+    c.below_cap_C[0] = 0.9  # within rank_near (0.8) of the cap's tokens/s
+    assert not policy.far_from_paying() and not policy.rests(plan)
+    c.below_cap_C[0] = 0.5
+    assert policy.far_from_paying() and policy.rests(plan)
+    for _ in range(6):  # the window holds 8: learning is over
+        observe()
+    c.below_cap_C[0] = 0.9
+    assert not c.learning() and policy.rests(plan)

@@ -88,8 +88,9 @@ class Replans:
         steps later (:meth:`grown`). Measured on a CPU (smollm2-moe, fresh requests): a full
         tree kept after two warm-up steps of 4 tokens, resting, ran 7 more steps of 1-3
         tokens before the window had grown enough to replan. Until the thirty-third session
-        these steps also ranked: on a short request nearly every step paid the selection
-        (smollm2-moe's tree, 8 prompts a set: up to +0.02x decoding without it)."""
+        these steps all ranked, and on a short request nearly every step paid the selection;
+        now one at the cap ranks only where a budget comes close to paying
+        (``moe_spec.policies.auto.Auto.rests``)."""
         return self.learning_new_text() or len(self.est.window) < self.trusted
 
     def new_request(self) -> None:

@@ -26,9 +26,10 @@ such as the reference engine on a CPU). A tree step whose budgets are all at lea
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
 policy) except every ``rank_every``-th one, which ranks and is learned from: the ranking
 is the selection's cost, and a step that keeps every expert needs it only to learn; while
-the guard learns (the window's first 8 steps, a new request's first 4) a resting step enters
-the window unranked, with its committed tokens and experts (the engines pass its top-k in
-``StepOutcome.ids_LNK``), and budgets are searched over the ranked steps. Once
+the guard learns (the window's first 8 steps, a new request's first 4) a step at the cap
+ranks where a budget comes within ``rank_near`` of paying and otherwise rests and enters the
+window unranked, with its committed tokens and experts (the engines pass its top-k in
+``StepOutcome.ids_LNK``); budgets are searched over the ranked steps. Once
 the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
 and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
 the two costliest parts of the controller's host time, halved or better where nothing
@@ -397,14 +398,29 @@ class Auto(TokenPriority):
         probe or an explore: run to be learned from; measured: probes alternating with
         hope's frequent explores fell on resting counts every time, and the full tree was
         never predicted again; without ``hope`` explores are rare, and learning every look
-        cost smollm2-moe's SGLang-priced chain 15% on warm set B). While the guard learns
-        (:meth:`moe_spec.control.Guard.learning`) a resting step still enters the window,
-        with its tokens and experts (:meth:`learns`): ranking it only for that was the
-        selection's cost on nearly every step of a short request."""
+        cost smollm2-moe's SGLang-priced chain 15% on warm set B), and, while the guard
+        learns (:meth:`moe_spec.control.Guard.learning`), a step whose best budget below the
+        cap comes within ``rank_near`` of paying (:meth:`far_from_paying`: the ranking could
+        change the plan). A learning step far from paying rests and still enters the
+        window, with its tokens and experts (:meth:`learns`): ranking it only for that was
+        the selection's cost on nearly every step of a short request (measured, 8 prompts a
+        set: resting every learning step took smollm2-moe's tree up to +0.02x decoding but
+        cost the toy's tree, whose budgets come close to paying, 0.05 of max(AR,
+        unbudgeted) on warm set B/OLMoE, 1.034 -> 0.982; with ``rank_near`` the toy and
+        both chains decide as before)."""
         c = self.controller
         if plan.kind != TREE or not self.ranks_only_to_learn() or self.looks():
             return False
+        if c.learning() and not self.far_from_paying():
+            return False
         return c.tree_steps >= c.warmup and c.tree_steps % self.rank_interval != 0
+
+    def far_from_paying(self) -> bool:
+        """Whether the chosen tree's best budget for all layers below the cap is predicted
+        under ``rank_near`` (0.8) of the cap's tokens/s at the last replan (before the
+        first: yes; decoding chosen: no)."""
+        c = self.controller
+        return c.choice >= 0 and c.below_cap_C[c.choice] < self.rank_near
 
     def space_ranks(self) -> None:
         """After a replan that keeps the chosen tree's budgets at the cap: while the best
@@ -420,7 +436,7 @@ class Auto(TokenPriority):
         c = self.controller
         if c.choice < 0:  # decoding: no tree step to rank
             return
-        far = c.below_cap_C[c.choice] < self.rank_near and self.ranks_only_to_learn()
+        far = self.far_from_paying() and self.ranks_only_to_learn()
         interval = min(2 * self.rank_interval, self.max_rank_every) if far else self.rank_every
         if interval != self.rank_interval:
             self.rank_interval = interval

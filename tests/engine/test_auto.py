@@ -37,10 +37,17 @@ def test_auto_with_repair_gives_the_unbudgeted_output_while_budgeting(tiny_engin
     assert budgeted, "under the H200 cost model auto must read fewer experts somewhere"
 
 
-def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay(tiny_engine):
-    policy = get_policy("auto", guard=False)
+def free_experts_policy(select_s: float = 0.0, **options):
+    """``auto`` under a cost model where reading experts costs nothing (budgets save no
+    time) and each MoE layer's budget selection ``select_s`` seconds."""
+    policy = get_policy("auto", guard=False, **options)
     free = GPU("free-experts", 1e30, 1e30, "test: bytes and FLOPs cost nothing")
-    policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3))
+    policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3, select_s=select_s))
+    return policy
+
+
+def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay(tiny_engine):
+    policy = free_experts_policy()
     spec = auto_spec(repair=False, guard=False)
     plain = tiny_engine.generate_speculative(PROMPTS[0], NEW, SpecConfig(**TREE))
     out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
@@ -48,14 +55,26 @@ def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay
     assert len(out.steps) > policy.controller.warmup  # it did plan, with budgets E
     assert all(s.distinct_after_L == s.distinct_before_L for s in out.steps)
     assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}
-    # unbudgeted, it ranks (and learns) on its 2 warm-up steps, then on every 4th tree
-    # step; the other steps never call it, and the A/B harness prices them without the
-    # selection. Until the window holds 8 every step enters it, those that rested with their
-    # tokens and experts (no need: budgets are searched over the ranked steps); then the
-    # ranked steps alone
+    # unbudgeted, it ranks (and learns) on every step until the window holds 8 (the 2
+    # warm-up steps among them: a budget below the cap comes close to paying here, within
+    # rank_near, so learning steps rank), then on every 4th tree step; the other steps never
+    # call it, and the A/B harness prices them without the selection
     ranked = [s.ranked for s in out.steps]
     assert len(out.steps) > 12
-    assert ranked == [i < 2 or i % 4 == 0 for i in range(len(out.steps))]
+    assert ranked == [i < 8 or i % 4 == 0 for i in range(len(out.steps))]
+    assert policy.controller.est.steps_seen == sum(ranked)  # the window: ranked steps only
+
+
+def test_far_from_paying_learning_steps_rest_and_enter_the_window_unranked(tiny_engine):
+    """A costly selection: budgets below the cap are far from paying, so a step the guard
+    learns from rests (no ranking) and enters the window with its tokens and experts."""
+    policy = free_experts_policy(select_s=1e-3)
+    spec = auto_spec(repair=False, guard=False)
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
+    assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}
+    assert policy.far_from_paying()
+    ranked = [s.ranked for s in out.steps]
+    assert len(ranked) > 12 and ranked == [i < 2 or i % 4 == 0 for i in range(len(ranked))]
     entered = [r for i, r in enumerate(ranked) if i < 8 or r]
     window = policy.controller.est.window
     assert [step.need_LP is not None for step in window] == entered

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from moe_spec.control.steps import StepPlan
-from moe_spec.costmodel import CostModel, Overheads
-from moe_spec.costmodel.gpus import GPU
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
 from moe_spec.policies import get_policy
-from tests.engine.test_auto import counting_calls, gate_every_other_step, reporting_prefills
+from tests.engine.test_auto import (
+    counting_calls,
+    free_experts_policy,
+    gate_every_other_step,
+    reporting_prefills,
+)
 
 from .test_engine import NEW, PROMPT, NoTokenizer, greedy_reference
 
@@ -97,13 +100,12 @@ def test_the_draft_catch_up_on_the_prompt_and_on_decodes_is_reported(moe_model, 
 
 
 def test_steps_that_rest_enter_the_window_unranked_while_the_guard_learns(moe_model):
-    """Budgets that do not pay: after the warm-up a step ranks one time in ``rank_every``;
-    the others run without calling the policy and, while the window holds fewer than 8
-    steps, enter it with their tokens and experts (no need: budgets come from ranked steps)."""
+    """Budgets far from paying (a costly selection): after the warm-up a step ranks one
+    time in ``rank_every``; the others run without calling the policy and, while the window
+    holds fewer than 8 steps, enter it with their tokens and experts (no need: budgets come
+    from ranked steps)."""
     engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
-    policy = get_policy("auto", guard=False)
-    free = GPU("free-experts", 1e30, 1e30, "test: bytes and FLOPs cost nothing")
-    policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3))
+    policy = free_experts_policy(select_s=1e-3)
     spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"guard": False})
     result = engine.generate_speculative(PROMPT, 40, spec, policy=policy)
     ranked = [s.ranked for s in result.steps]
