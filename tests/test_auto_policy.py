@@ -230,20 +230,24 @@ def test_ranks_grow_rarer_while_budgets_are_far_from_paying():
         observe()
     c.below_cap_C[0] = 0.5  # the best budget below the cap: half the cap's tokens/s
     for interval in (8, 16, 16):  # replans that keep the cap
-        policy.space_ranks()
-        assert policy.rank_interval == interval
+        c.space_ranks()
+        assert c.rank_interval == interval
         assert c.cost.rest_select_s == c.cost.select_s / interval  # how the guard prices it
     c.tree_steps = 8
     assert policy.rests(plan)  # a rank_every-th step, not a rank_interval-th one
     c.tree_steps = 16
     assert not policy.rests(plan)
     c.below_cap_C[0] = 0.9  # budgeting comes close to paying: rank often again
-    policy.space_ranks()
-    assert policy.rank_interval == 4 and c.cost.rest_select_s == c.cost.select_s / 4
+    c.space_ranks()
+    assert c.rank_interval == 4 and c.cost.rest_select_s == c.cost.select_s / 4
     c.below_cap_C[0] = 0.5
-    c.budget_L[:] = 4  # a budgeted plan ranks every step anyway: the interval starts again
-    policy.space_ranks()
-    assert policy.rank_interval == 4
+    c.budgets_C[0][:] = 4  # a budgeted plan ranks every step anyway: the interval starts again
+    c.space_ranks()
+    assert c.rank_interval == 4
+    spaced = []
+    c.space_ranks = lambda: spaced.append(c.replans)
+    c.replan()  # every replan spaces the ranks, after its prediction
+    assert spaced == [c.replans]
 
 
 def test_rank_spacing_is_off_by_default_and_bad_values_are_refused():
@@ -251,10 +255,12 @@ def test_rank_spacing_is_off_by_default_and_bad_values_are_refused():
     for _ in range(9):
         observe()
     policy.controller.below_cap_C[0] = 0.1
-    policy.space_ranks()
-    assert policy.rank_interval == policy.max_rank_every == 4
-    with pytest.raises(PolicyError, match=r"max_rank_every is 2; allowed: an integer >= rank"):
-        get_policy("auto", rank_every=4, max_rank_every=2)
+    policy.controller.space_ranks()
+    assert policy.controller.rank_interval == policy.controller.max_rank_every == 4
+    for bad in (2, 4.0):
+        with pytest.raises(PolicyError, match=r"max_rank_every is .*; allowed: None \(rank_"):
+            get_policy("auto", rank_every=4, max_rank_every=bad)
+    assert get_policy("auto", rank_every=8).options["max_rank_every"] == 8
     for bad in (0, 1.5, True):
         with pytest.raises(PolicyError, match=r"rank_near is .*; allowed: 0 < rank_near <= 1"):
             get_policy("auto", rank_near=bad)
@@ -271,9 +277,9 @@ def test_learning_steps_rank_where_a_budget_comes_close_to_paying():
     c.tree_steps = 5  # past warm-up, not a rank_every-th step
     assert c.learning()
     c.below_cap_C[0] = 0.9  # within rank_near (0.8) of the cap's tokens/s
-    assert not policy.far_from_paying() and not policy.rests(plan)
+    assert not c.far_from_paying() and not policy.rests(plan)
     c.below_cap_C[0] = 0.5
-    assert policy.far_from_paying() and policy.rests(plan)
+    assert c.far_from_paying() and policy.rests(plan)
     for _ in range(6):  # the window holds 8: learning is over
         observe()
     c.below_cap_C[0] = 0.9

@@ -56,13 +56,14 @@ from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.gate import DraftGate
 from moe_spec.control.looks import Looks
 from moe_spec.control.planner import budget_levels, window_budgets
+from moe_spec.control.ranks import Ranks
 from moe_spec.control.replans import Replans, mean_and_spread
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
-class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
+class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
     """Plans each step of one generation from what the previous steps showed."""
 
     def __init__(
@@ -93,6 +94,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         drift: float = 2.5,
         carry: int = 4,
         explore: float = 0.005,
+        rank_every: int = 1,
+        max_rank_every: int | None = None,
+        rank_near: float = 0.8,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         # while decoding, a step of a smaller tree (index; 0: none) every explore_every decodes,
@@ -146,6 +150,11 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans):
         # the window's mean and spread it predicted from; the window's steps at that replan
         self.drift, self.recent, self.spread_C = drift, [0, 0], np.zeros(len(cost.trees))
         self.below_cap_C = np.zeros(len(cost.trees))  # best budget below the cap / the cap
+        # a resting tree step ranks one in rank_interval: rank_every, up to max_rank_every
+        # while budgets are far from paying (``moe_spec.control.ranks``)
+        self.rank_every = self.rank_interval = rank_every
+        self.max_rank_every = rank_every if max_rank_every is None else max_rank_every
+        self.rank_near = rank_near
         self.need_at_replan = (0.0, 0.0)  # the window's path need at the replan: mean, spread
         # window steps when this request started; the first request learns in its warm-up
         self.learn_new = 4

@@ -128,6 +128,7 @@ class Replans:
         self.replans += 1
         before = self.held()
         self.switch(self.predict())
+        self.space_ranks()
         steady = self.held() == before and self.replans > 1  # a first one changes everything
         self.replan_interval = (
             min(2 * self.replan_interval, self.max_replan) if steady else self.replan_every

@@ -116,7 +116,7 @@ class Auto(TokenPriority):
         probe_cost: float = 0.005,
         switch_prior: float = 2.0,
         rank_every: int = 4,
-        max_rank_every: int = 4,
+        max_rank_every: int | None = None,
         rank_near: float = 0.8,
         learn_every: int = 2,
         max_replan: int | None = None,
@@ -175,8 +175,9 @@ class Auto(TokenPriority):
                 "auto: decode_extend=False without draft_extend: it says which plain decodes "
                 "skip SGLang's draft extend; allowed: decode_extend=false with draft_extend=true"
             )
-        ok = _is_int(max_rank_every) and max_rank_every >= rank_every
-        _check("max_rank_every", max_rank_every, ok, f"an integer >= rank_every ({rank_every})")
+        ok = max_rank_every is None or (_is_int(max_rank_every) and max_rank_every >= rank_every)
+        allowed = f"None (rank_every: off) or an integer >= rank_every ({rank_every})"
+        _check("max_rank_every", max_rank_every, ok, allowed)
         ok = isinstance(rank_near, num) and not isinstance(rank_near, bool)
         _check("rank_near", rank_near, ok and 0 < rank_near <= 1, "0 < rank_near <= 1")
         ok = _is_int(max_probe) and max_probe >= probe
@@ -204,14 +205,13 @@ class Auto(TokenPriority):
             drift=float(drift),
             carry=carry,
             explore=float(explore),
+            max_rank_every=rank_every if max_rank_every is None else max_rank_every,
+            rank_near=float(rank_near),
         )
         self.window, self.prior = window, float(prior)
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
         self.decode_extend = decode_extend  # and after every plain decode (off: a run's last)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
-        # the interval doubles while the budgets stay far from paying (:meth:`space_ranks`)
-        self.max_rank_every, self.rank_near = max_rank_every, float(rank_near)
-        self.rank_interval = rank_every
         self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
         self.controller: Guard | None = None
         self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
@@ -301,7 +301,7 @@ class Auto(TokenPriority):
             raise PolicyError("auto: for_server() must come before the first step")
         self.options.update(guard=guard, gate=False, measure=False)
         self.draft_extend, self.decode_extend = True, decode_extend
-        self.rank_every = self.max_rank_every = self.rank_interval = 1  # ranks every step anyway
+        self.rank_every = self.options["max_rank_every"] = 1  # ranks every step anyway
 
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
@@ -346,7 +346,7 @@ class Auto(TokenPriority):
         est = AcceptanceEstimates(
             L, E, [n for n, _, _ in trees], self.window, prior=self.prior, levels=levels_V
         )
-        return Guard(est, cost, K, cap, repair=self.repair, **self.options)
+        return Guard(est, cost, K, cap, repair=self.repair, rank_every=rank, **self.options)
 
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:
         if self.tree is None:
@@ -365,7 +365,6 @@ class Auto(TokenPriority):
             upload(self.device_state["budget_L"], self.budget_host_L)
         if self.controller.replans != self.tables_at:  # new estimates: refresh the tables
             self.tables_at = self.controller.replans
-            self.space_ranks()
             est = self.controller.est
             upload(self.device_state["accept_B"], est.accept_B())
             upload(self.device_state["reach_D"], est.reach_D())
@@ -393,14 +392,15 @@ class Auto(TokenPriority):
     def rests(self, plan: StepPlan) -> bool:
         """Whether the planned step runs unbudgeted without ranking: a tree step whose
         budgets are all at least E, except the warm-up's, every ``rank_every``-th tree step
-        (learned from; farther apart while budgets are far from paying, :meth:`space_ranks`)
+        (learned from; farther apart while budgets are far from paying:
+        ``moe_spec.control.ranks``)
         and, with ``hope``, the guard's looks at a tree it does not run (a
         probe or an explore: run to be learned from; measured: probes alternating with
         hope's frequent explores fell on resting counts every time, and the full tree was
         never predicted again; without ``hope`` explores are rare, and learning every look
         cost smollm2-moe's SGLang-priced chain 15% on warm set B), and, while the guard
         learns (:meth:`moe_spec.control.Guard.learning`), a step whose best budget below the
-        cap comes within ``rank_near`` of paying (:meth:`far_from_paying`: the ranking could
+        cap comes within ``rank_near`` of paying (``Guard.far_from_paying``: the ranking could
         change the plan). A learning step far from paying rests and still enters the
         window, with its tokens and experts (:meth:`learns`): ranking it only for that was
         the selection's cost on nearly every step of a short request (measured, 8 prompts a
@@ -411,36 +411,9 @@ class Auto(TokenPriority):
         c = self.controller
         if plan.kind != TREE or not self.ranks_only_to_learn() or self.looks():
             return False
-        if c.learning() and not self.far_from_paying():
+        if c.learning() and not c.far_from_paying():
             return False
-        return c.tree_steps >= c.warmup and c.tree_steps % self.rank_interval != 0
-
-    def far_from_paying(self) -> bool:
-        """Whether the chosen tree's best budget for all layers below the cap is predicted
-        under ``rank_near`` (0.8) of the cap's tokens/s at the last replan (before the
-        first: yes; decoding chosen: no)."""
-        c = self.controller
-        return c.choice >= 0 and c.below_cap_C[c.choice] < self.rank_near
-
-    def space_ranks(self) -> None:
-        """After a replan that keeps the chosen tree's budgets at the cap: while the best
-        one budget for all layers below it is predicted under ``rank_near`` (0.8) of the
-        cap's tokens/s (far from paying), a resting step ranks half as often as before, down
-        to one tree step in ``max_rank_every`` (default ``rank_every``: off); otherwise one
-        in ``rank_every`` again. The guard prices resting steps at that share of the
-        selection. Measured (8 prompts a set, with ``max_warmup=6, hope=true``):
-        ``max_rank_every=32`` took smollm2-moe's tree on warm set A from 1.633 to 1.667x
-        decoding (unbudgeted 1.669), every other cell level or up; the toy's tree, whose
-        budgets come close to paying, lost 0.012 on warm set B with ``rank_near=0.9`` and
-        0.08-0.10 with a doubling at every replan at the cap."""
-        c = self.controller
-        if c.choice < 0:  # decoding: no tree step to rank
-            return
-        far = self.far_from_paying() and self.ranks_only_to_learn()
-        interval = min(2 * self.rank_interval, self.max_rank_every) if far else self.rank_every
-        if interval != self.rank_interval:
-            self.rank_interval = interval
-            c.cost.rest_select_s = c.cost.select_s / interval
+        return c.tree_steps >= c.warmup and c.tree_steps % c.rank_interval != 0
 
     def looks(self) -> bool:
         """With ``hope``: whether the step is the guard's probe or explore (run to be

@@ -72,7 +72,7 @@ def test_far_from_paying_learning_steps_rest_and_enter_the_window_unranked(tiny_
     spec = auto_spec(repair=False, guard=False)
     out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
     assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}
-    assert policy.far_from_paying()
+    assert policy.controller.far_from_paying()
     ranked = [s.ranked for s in out.steps]
     assert len(ranked) > 12 and ranked == [i < 2 or i % 4 == 0 for i in range(len(ranked))]
     entered = [r for i, r in enumerate(ranked) if i < 8 or r]
