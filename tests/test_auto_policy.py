@@ -181,7 +181,8 @@ def observe_rested(policy) -> None:
 
     ids_LNK = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]).repeat(2, 1, 1)
     depth_N = torch.tensor([0, 1, 1, 2])
-    policy.observe(StepOutcome("tree", [0, 1], depth_N, None, (4, 2, 2), ids_LNK=ids_LNK))
+    outcome = StepOutcome("tree", [0, 1], depth_N, None, (4, 2, 2), ids_LTK=list(ids_LNK))
+    policy.observe(outcome)
 
 
 def test_every_tree_step_enters_while_the_window_holds_fewer_than_8_steps():

@@ -57,9 +57,10 @@ class StepOutcome:
     tokens committed: accepted drafts plus the bonus token); ``exact`` how many of them,
     from the root, the budget left untouched (None: not tracked). Autoregressive steps
     have ``kind=AUTOREGRESSIVE``, ``path=[0]``, no tree, and ``steps``: how many plain
-    decodes ran for the plan (one outcome reports them all). ``ids_LNK``: long
-    ``[L, N, K]``, the verify's unbudgeted top-k per MoE layer, for a tree step the policy
-    did not rank (a resting one, :attr:`moe_spec.policies.Policy.resting`; None otherwise).
+    decodes ran for the plan (one outcome reports them all). ``ids_LTK``: for a tree step the
+    policy did not rank (a resting one, :attr:`moe_spec.policies.Policy.resting`), the
+    verify's unbudgeted top-k of each MoE layer, long ``[N, K]`` each, as the forward left
+    them (a policy that learns from them stacks them; None otherwise).
     """
 
     kind: str
@@ -69,7 +70,7 @@ class StepOutcome:
     tree: tuple[int, int, int] = (1, 0, 0)
     exact: int | None = None
     steps: int = 1
-    ids_LNK: torch.Tensor | None = None
+    ids_LTK: list[torch.Tensor] | None = None
 
     @property
     def committed(self) -> int:

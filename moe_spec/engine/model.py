@@ -133,15 +133,12 @@ class VerifyBudget:
         logprob_N: torch.Tensor,
         tree: tuple[int, int, int],
     ) -> StepOutcome:
-        """The finished tree step, for the policy's ``observe``. A step the adaptive policy
-        rested on carries the forward's unbudgeted top-k (``ids_LNK``: the policy learns its
-        tokens and experts without having ranked; any other step's policy recorded what it
-        ranked)."""
-        ids_LNK = None
-        if not self.ranked and self.policy.resting and self.ids_before_LTK:
-            device = self.ids_before_LTK[0].device
-            ids_LNK = torch.stack([ids_TK.to(device) for ids_TK in self.ids_before_LTK])
-        return StepOutcome(TREE, path, depth_N, logprob_N, tree, self.exact_path, ids_LNK=ids_LNK)
+        """The finished tree step, for the policy's ``observe``. A step the policy did not
+        rank carries the forward's unbudgeted top-k per layer (``ids_LTK``, the list itself:
+        no work here; an adaptive policy that rested learns its tokens and experts from it;
+        any other step's policy recorded what it ranked)."""
+        ids_LTK = None if self.ranked else self.ids_before_LTK
+        return StepOutcome(TREE, path, depth_N, logprob_N, tree, self.exact_path, ids_LTK=ids_LTK)
 
     def exact_T(self) -> torch.Tensor:
         """bool ``[T]``: tokens whose routing no layer's budget changed (on layer 0's device)."""

@@ -29,7 +29,7 @@ is the selection's cost, and a step that keeps every expert needs it only to lea
 the guard learns (the window's first 8 steps, a new request's first 4) a step at the cap
 ranks where a budget comes within ``rank_near`` of paying and otherwise rests and enters the
 window unranked, with its committed tokens and experts (the engines pass its top-k in
-``StepOutcome.ids_LNK``); budgets are searched over the ranked steps. Once
+``StepOutcome.ids_LTK``); budgets are searched over the ranked steps. Once
 the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
 and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
 the two costliest parts of the controller's host time, halved or better where nothing
@@ -444,8 +444,9 @@ class Auto(TokenPriority):
         elif rank_LE is None and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
-        elif rank_LE is None and ids_LNK is None:  # a resting step: its experts, no ranking
-            ids_LNK = outcome.ids_LNK
+        elif rank_LE is None and ids_LNK is None and outcome.ids_LTK:  # rested: no ranking
+            device = outcome.ids_LTK[0].device  # stacked only for a step that enters
+            ids_LNK = torch.stack([ids_TK.to(device) for ids_TK in outcome.ids_LTK])
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
 
