@@ -118,6 +118,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.monotonic()
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.spec.argv(self.port),
@@ -130,12 +131,16 @@ class LiveServer:
             )
 
     def lost_its_port(self) -> bool:
-        """Whether the server exited because another process bound its port meanwhile.
+        """Whether this launch exited because another process bound one of its ports meanwhile.
 
         ``free_port`` can only pick a port that is free when asked; under load a server
         takes minutes to bind it, and the other servers' internal sockets may take it first.
+        The same holds for the rendezvous port SGLang picks itself (``nccl_port``, bound by
+        the scheduler's TCPStore later). Only this launch's part of the log is read.
         """
-        return f"('127.0.0.1', {self.port}): address already in use" in self.log()
+        since_launch = self.log_path.read_bytes()[self.log_offset :].decode(errors="replace")
+        http_port_taken = f"('127.0.0.1', {self.port}): address already in use" in since_launch
+        return http_port_taken or "EADDRINUSE" in since_launch
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
