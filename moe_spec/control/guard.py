@@ -29,14 +29,14 @@ while it decodes it explores with a smaller tree, each as far apart as keeps its
 loss under ``probe_cost`` and ``explore`` of the time.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
-The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (off by
-default) while their mean committed tokens lose to decoding but that mean plus one standard
-error would pay; with ``measure``, not where the prompt's or the first tree's timing shows the
-tree clearly losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by
-layer for the full tree and the current choice once the window holds 8 of its steps (4, while
-every window step is of the current text: none carried from the last request, whose per-layer
-needs may differ),
-one budget for all layers before that and for the other trees. Every plan carries its reason;
+The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (here off
+by default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.by_width`) while
+their mean committed tokens lose to decoding but that mean plus one standard error would pay;
+with ``measure``, not where the prompt's or the first tree's timing shows the tree clearly
+losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
+tree and the current choice once the window holds 8 of its steps (4, while every window step is
+of the current text: none carried from the last request, whose per-layer needs may differ), one
+budget for all layers before that and for the other trees. Every plan carries its reason;
 :attr:`Guard.overhead_s` sums the controller's own time. Without the guard (``guard=false``; a
 server that runs its configured tree every step) the reason also gives decoding without
 speculation, and :attr:`Guard.slower` says when the tree is predicted slower than that.

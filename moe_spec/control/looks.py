@@ -12,20 +12,20 @@ next look at a tree (``StepPlan.steps``). With ``explore`` (default 0.005; 0: of
 decodes the guard runs a step of a smaller tree (the one predicted fastest) every few decodes,
 as far apart as keeps the time such a step is predicted to lose under ``explore`` of the time
 between them (:meth:`explore_floor`), each step's loss counted at its tree's mean committed
-tokens plus, with ``hope`` (default off) and while the window holds fewer than ``trusted`` (8)
-of its steps, one standard error (the spread at least one token), so a tree seen on few steps is
-explored soon and one seen on many as its mean says (a window of 24 steps never shrinks the hope
-to nothing: a one-draft step that costs little more than a decode was explored after every
-decode for good): they show whether the draft is accepted, decodes do not (measured with the
-warm-up that runs on, ``bench/auto_loss_trace.py``, 8 prompts a set, four runs: 10 cells of 16
-faster, 3 level, 3 slower, smollm2-moe's tree set B +0.19 and +0.35x decoding; BENCHMARKS.md,
-thirty-second session); an explore the draft gate turns into a decode doubles the spacing until
-one is verified; and a smaller tree's step whose accepted path fills it probes the full tree
-next (the text may have begun to repeat), so the loss of a step counts the probes its share of
-filled paths starts; one that commits fewer tokens than its tree's predicted mean, plus that
-hope, makes the guard decide again at once, as a probe does (measured: on smollm2-moe's set B a
-one-draft chain predicted level with decoding from a few filled paths ran every other step,
-committing 1 token, until the next replan).
+tokens plus, with ``hope`` (here off by default; ``auto`` turns it on for a tree) and while the
+window holds fewer than ``trusted`` (8) of its steps, one standard error (the spread at least
+one token), so a tree seen on few steps is explored soon and one seen on many as its mean says
+(a window of 24 steps never shrinks the hope to nothing: a one-draft step that costs little more
+than a decode was explored after every decode for good): they show whether the draft is
+accepted, decodes do not (measured with the warm-up that runs on, ``bench/auto_loss_trace.py``,
+8 prompts a set, four runs: 10 cells of 16 faster, 3 level, 3 slower, smollm2-moe's tree set B
++0.19 and +0.35x decoding; BENCHMARKS.md, thirty-second session); an explore the draft gate
+turns into a decode doubles the spacing until one is verified; and a smaller tree's step whose
+accepted path fills it probes the full tree next (the text may have begun to repeat), so the
+loss of a step counts the probes its share of filled paths starts; one that commits fewer tokens
+than its tree's predicted mean, plus that hope, makes the guard decide again at once, as a probe
+does (measured: on smollm2-moe's set B a one-draft chain predicted level with decoding from a
+few filled paths ran every other step, committing 1 token, until the next replan).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The measured warm-up of :class:`moe_spec.control.Guard`: no warm-up tree that clearly loses.
 
 The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to ``max_warmup``
-(default 2, off; 6 for a strong draft), while the warm-up is unclear
+(here 2 by default, off; ``auto`` sets 6 for a tree), while the warm-up is unclear
 (:meth:`MeasuredWarmup.unclear`): its trees' mean committed tokens lose to decoding, but one
 standard error more would pay. The first steps after a prompt often commit less than the text's
 later ones (smollm2-moe's H200 head: 1-2 tokens where the same prompts' trees average 3.6-4.1),
