@@ -82,7 +82,7 @@ def test_records_each_layers_ranking_for_observe():
         ({"rank_every": 0}, "rank_every is 0; allowed: an integer >= 1"),
         ({"learn_every": 0}, "learn_every is 0; allowed: an integer >= 1"),
         ({"max_warmup": 0}, "max_warmup is 0; allowed: an integer >= 1"),
-        ({"hope": "yes"}, "hope is 'yes'; allowed: true, false or None"),
+        ({"hope": "yes"}, "hope is 'yes'; allowed: true or false"),
         ({"max_warmup": 2.5}, "max_warmup is 2.5; allowed: an integer >= 1"),
         ({"max_replan": 4}, r"max_replan is 4; allowed: None \(the window\) or an integer >= 8"),
         ({"max_probe": 8}, r"max_probe is 8; allowed: an integer >= probe \(16\)"),
@@ -290,16 +290,14 @@ def test_learning_steps_rank_where_a_budget_comes_close_to_paying():
 @pytest.mark.parametrize(
     "tree, options, max_warmup, hoping",
     [
-        ((32, 8, 6), {}, 6, True),  # a tree: the warm-up runs on while unclear, explores hope
-        ((4, 1, 3), {}, 2, False),  # a chain: neither (warmup's 2 steps)
-        ((4, 1, 3), {"warmup": 3}, 3, False),
+        ((32, 8, 6), {}, 6, True),  # a tree: the warm-up runs on while unclear
+        ((4, 1, 3), {}, 2, True),  # a chain: it does not (warmup's 2 steps)
+        ((4, 1, 3), {"warmup": 3}, 3, True),
         ((32, 8, 6), {"max_warmup": 2, "hope": False}, 2, False),  # set: as given
-        ((4, 1, 3), {"max_warmup": 6, "hope": True}, 6, True),
+        ((4, 1, 3), {"max_warmup": 6}, 6, True),
     ],
 )
-def test_the_warm_up_and_the_hope_default_to_on_for_a_tree_and_off_for_a_chain(
-    tree, options, max_warmup, hoping
-):
+def test_the_warm_up_runs_on_by_default_on_a_tree_not_on_a_chain(tree, options, max_warmup, hoping):
     policy = get_policy("auto", **options)
     policy.prepare(2, 8, 2, 8, torch.device("cpu"))
     policy.plan_step(tree, False)

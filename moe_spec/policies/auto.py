@@ -110,7 +110,7 @@ class Auto(TokenPriority):
         replan_every: int = 8,
         warmup: int = 2,
         max_warmup: int | None = None,
-        hope: bool | None = None,
+        hope: bool = True,
         probe: int = 16,
         max_probe: int = 1024,
         probe_cost: float = 0.005,
@@ -133,12 +133,10 @@ class Auto(TokenPriority):
             self.cost = get_cost_model(cost_model, gpu)
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
-        flags = (("guard", guard), ("gate", gate), ("measure", measure))
+        flags = (("guard", guard), ("gate", gate), ("measure", measure), ("hope", hope))
         extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
         for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
-        ok = hope is None or isinstance(hope, bool)
-        _check("hope", hope, ok, "true, false or None (true on a tree, false on a chain)")
         ok = max_warmup is None or (_is_int(max_warmup) and max_warmup >= 1)
         allowed = "an integer >= 1 or None (6 on a tree, warmup on a chain)"
         _check("max_warmup", max_warmup, ok, allowed)
@@ -354,23 +352,19 @@ class Auto(TokenPriority):
         return Guard(est, cost, K, cap, repair=self.repair, rank_every=rank, **options)
 
     def by_width(self, width: int) -> dict:
-        """``max_warmup`` and ``hope`` left to their default (None) for a tree of this many
-        drafts per level: on (6 steps, true) for a tree, off (``warmup``, false) for a chain.
+        """``max_warmup`` left to its default (None) for a tree of this many drafts per
+        level: 6 steps for a tree, ``warmup`` (off) for a chain.
 
         A strong draft's trees commit 1-2 tokens on some of a request's first steps; judged
-        on two warm-up steps and explored rarely, such a tree was decoded for whole requests
-        (smollm2-moe's tree, set B: 0.64-0.78x the unbudgeted tree). On chains the same rules
-        cost smollm2-moe's SGLang-priced chain 0.09 on warm set B, and the cheaper one-draft
-        chain is explored anyway (BENCHMARKS.md, thirty-second and thirty-fourth sessions).
+        on two warm-up steps, such a tree was decoded for whole requests (smollm2-moe's
+        tree, set B: 0.64-0.78x the unbudgeted tree). On chains the longer warm-up cost
+        smollm2-moe's SGLang-priced chain 0.09 on warm set B (BENCHMARKS.md, thirty-second
+        and thirty-fourth sessions).
         """
-        tree = width > 1
-        max_warmup, hope = self.options["max_warmup"], self.options["hope"]
-        return {
-            "max_warmup": (6 if tree else self.options["warmup"])
-            if max_warmup is None
-            else max_warmup,
-            "hope": tree if hope is None else hope,
-        }
+        max_warmup = self.options["max_warmup"]
+        if max_warmup is None:
+            max_warmup = 6 if width > 1 else self.options["warmup"]
+        return {"max_warmup": max_warmup}
 
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:
         if self.tree is None:
