@@ -11,8 +11,11 @@ after each step), ``--skip-decode-extend`` with it under SGLang's skip switch.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_loss_trace.py [--model smollm2-moe]
         [--prompts 8] [--max-new 32] [--sets A B] [--shape OLMoE-1B-7B] [--tree 4 1 3]
-        [--sglang [--skip-decode-extend]] [--auto-option KEY=VALUE ...] [--steps]
-        [--reference]
+        [--sglang [--skip-decode-extend]] [--auto-option KEY=VALUE ...]
+        [--steps [--decodes]] [--reference]
+
+``--steps`` prints each tree step's reason whole, its per-layer budgets run-length coded
+(``B=32x30``: 30 layers at 32); ``--decodes`` the decodes' too.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"tree \d+/\d+/\d+ B=[\d,]+", "tree", head).strip()
 
 
+def short_reason(reason: str) -> str:
+    """``reason`` with each per-layer budget list run-length coded: "B=8x2,32x28"."""
+
+    def coded(match: re.Match) -> str:
+        runs: list[list] = []
+        for b in match.group(1).split(","):
+            if runs and runs[-1][0] == b:
+                runs[-1][1] += 1
+            else:
+                runs.append([b, 1])
+        return "B=" + ",".join(b if n == 1 else f"{b}x{n}" for b, n in runs)
+
+    return re.sub(r"B=(\d+(?:,\d+)+)", coded, reason)
+
+
 def step_losses(record, config, info, m: Modeled) -> list[tuple[str, str, int, float]]:
     """``(kind, reason, committed, seconds lost against decoding)`` per step of a run."""
     g, o = m.cost.gpu, m.cost.overheads
@@ -69,6 +87,7 @@ def main() -> None:
     ap.add_argument("--sglang", action="store_true")
     ap.add_argument("--skip-decode-extend", action="store_true")
     ap.add_argument("--steps", action="store_true", help="print every tree step and its reason")
+    ap.add_argument("--decodes", action="store_true", help="with --steps: the decodes too")
     ap.add_argument("--reference", action="store_true", help="also the unbudgeted tree, every step")
     add_auto_option(ap, "an option of auto (repeatable), e.g. explore=0.002")
     args = ap.parse_args()
@@ -126,8 +145,8 @@ def priced_run(runner, config, prompts, args, m: Modeled, decode_s: float):
             row = sums[(kind, why)]
             row[0], row[1], row[2] = row[0] + 1, row[1] + committed, row[2] + lost
             tokens += committed
-            if args.steps and kind != "decode":
-                print(f"  prompt {i} {kind} committed {committed}: {s.reason[:160]}")
+            if args.steps and (kind != "decode" or args.decodes):
+                print(f"  prompt {i} {kind} committed {committed}: {short_reason(s.reason)}")
     base = tokens * decode_s
     lost = sum(row[2] for row in sums.values())
     for row in sums.values():

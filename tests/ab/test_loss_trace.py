@@ -14,7 +14,7 @@ from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from auto_loss_trace import priced_run, reason_kind, step_losses  # noqa: E402
+from auto_loss_trace import priced_run, reason_kind, short_reason, step_losses  # noqa: E402
 
 
 def test_step_losses_sum_to_the_runs_time_beyond_decoding():
@@ -43,6 +43,14 @@ def test_reasons_lose_their_numbers():
     assert reason_kind("probe the full tree (every 16 steps)") == "probe the full tree"
     explores = "explores with tree 2/1/1 B=4,4 (every 9 decodes: x)"
     assert reason_kind(explores) == "explores with tree"
+
+
+def test_budget_lists_are_run_length_coded():
+    why = "keeps tree 32/8/6 B=32,32,32: predicted tok/s tree 16/8/6 B=8,8,32 300, tree 4/3/3 B=4"
+    assert short_reason(why) == (
+        "keeps tree 32/8/6 B=32x3: predicted tok/s tree 16/8/6 B=8x2,32 300, tree 4/3/3 B=4"
+    )
+    assert short_reason("warm-up (0/2 steps seen)") == "warm-up (0/2 steps seen)"
 
 
 def test_a_priced_run_is_decodings_time_over_its_own_for_any_config():
