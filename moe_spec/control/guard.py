@@ -30,7 +30,7 @@ loss under ``probe_cost`` and ``explore`` of the time.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
 The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (here off
-by default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.by_width`) while
+by default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.max_warmup_for`) while
 their mean committed tokens lose to decoding but that mean plus one standard error would pay;
 with ``measure``, not where the prompt's or the first tree's timing shows the tree clearly
 losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full

@@ -12,7 +12,7 @@ next look at a tree (``StepPlan.steps``). With ``explore`` (default 0.005; 0: of
 decodes the guard runs a step of a smaller tree (the one predicted fastest) every few decodes,
 as far apart as keeps the time such a step is predicted to lose under ``explore`` of the time
 between them (:meth:`explore_floor`), each step's loss counted at its tree's mean committed
-tokens plus, with ``hope`` (here off by default; ``auto`` turns it on for a tree) and while the
+tokens plus, with ``hope`` (here off by default; on by default in ``auto``) and while the
 window holds fewer than ``trusted`` (8) of its steps, one standard error (the spread at least
 one token), so a tree seen on few steps is explored soon and one seen on many as its mean says
 (a window of 24 steps never shrinks the hope to nothing: a one-draft step that costs little more

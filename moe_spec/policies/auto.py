@@ -348,12 +348,12 @@ class Auto(TokenPriority):
         est = AcceptanceEstimates(
             L, E, [n for n, _, _ in trees], self.window, prior=self.prior, levels=levels_V
         )
-        options = {**self.options, **self.by_width(self.tree[1])}
+        options = {**self.options, "max_warmup": self.max_warmup_for(self.tree[1])}
         return Guard(est, cost, K, cap, repair=self.repair, rank_every=rank, **options)
 
-    def by_width(self, width: int) -> dict:
-        """``max_warmup`` left to its default (None) for a tree of this many drafts per
-        level: 6 steps for a tree, ``warmup`` (off) for a chain.
+    def max_warmup_for(self, width: int) -> int:
+        """``max_warmup``, or where left to its default (None), for a tree of ``width``
+        drafts per level: 6 steps for a tree, ``warmup`` (off) for a chain.
 
         A strong draft's trees commit 1-2 tokens on some of a request's first steps; judged
         on two warm-up steps, such a tree was decoded for whole requests (smollm2-moe's
@@ -362,9 +362,9 @@ class Auto(TokenPriority):
         and thirty-fourth sessions).
         """
         max_warmup = self.options["max_warmup"]
-        if max_warmup is None:
-            max_warmup = 6 if width > 1 else self.options["warmup"]
-        return {"max_warmup": max_warmup}
+        if max_warmup is not None:
+            return max_warmup
+        return 6 if width > 1 else self.options["warmup"]
 
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:
         if self.tree is None:
