@@ -17,13 +17,19 @@ current choice is judged with ``switch_prior`` (p) pseudo-steps of one committed
 the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S + p)``, ``a``
 its mean committed tokens. A tree predicted from two or three lucky steps does not win a switch
 (a switch costs steps to undo), while over a full window the shrink is a few percent.
-Autoregressive decoding's time is known, and is not shrunk. A smaller tree is not switched to
-before the window holds 8 (``trusted``) steps of the full tree, unless decoding would be chosen
-instead: a smaller tree's committed tokens are predicted from the full tree's steps (the
-accepted path's prefix inside its nodes), its own steps cannot show what the full tree would
-commit (their paths end at its size), and its probes of the full tree are far apart while it is
-predicted ahead (measured: on the toy, a text that began with short paths held a 4-token tree
-for a whole request, switched to on 4 steps).
+Autoregressive decoding's time is known, and is not shrunk. With ``hope`` (here off by default;
+on in ``auto``) the full tree, while it is the current choice predicted from fewer than
+``trusted`` (8) window steps, is judged at its mean committed tokens plus one standard error
+(the spread at least one token; at most its depth + 1): it is left on what its steps clearly
+show, not on a few short paths (a request's first steps commit less than its later ones, and a
+chain left after its warm-up was seldom run again in the request: measured,
+``bench/auto_loss_trace.py``, BENCHMARKS.md, thirty-fifth session). A smaller tree is not
+switched to before the window holds 8 (``trusted``) steps of the full tree, unless decoding
+would be chosen instead: a smaller tree's committed tokens are predicted from the full tree's
+steps (the accepted path's prefix inside its nodes), its own steps cannot show what the full
+tree would commit (their paths end at its size), and its probes of the full tree are far apart
+while it is predicted ahead (measured: on the toy, a text that began with short paths held a
+4-token tree for a whole request, switched to on 4 steps).
 **Looks** (``moe_spec.control.looks``): while not on the full tree the guard probes it, and
 while it decodes it explores with a smaller tree, each as far apart as keeps its predicted
 loss under ``probe_cost`` and ``explore`` of the time.
@@ -104,7 +110,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         self.explore, self.explored, self.explore_every, self.since_explore = explore, 0, 0, 0
         self.explores_gated = 0  # explores in a row the draft gate turned into decodes
         self.hope = 0.0  # the tokens over its mean the explored tree's spacing hoped for
-        self.hoping = hope  # explores spaced by a tree's mean + 1 SE below ``trusted`` steps
+        # below ``trusted`` steps, a tree at its mean + 1 SE: explores spaced by it, and the
+        # full tree as the current choice judged by it (:meth:`judged`)
+        self.hoping = hope
         self.guard, self.margin, self.measure = guard, margin, measure
         self.switch_prior = switch_prior  # pseudo-steps of one token for a challenger tree
         self.evidence: dict[int, tuple[int, float]] = {}  # tree: (window steps, mean committed)
@@ -294,12 +302,12 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
 
     def switch(self, predicted: dict[int, float]) -> None:
         """Move to the best arm if it beats the current one by more than ``margin``; trees
-        other than the current one count with their :meth:`shrunk` prediction."""
+        count with their :meth:`judged` prediction."""
         trees = [tp for c, tp in predicted.items() if c >= 0]
         self.close_call = -1 not in predicted or max(trees, default=0.0) < predicted[-1] * (
             1 + self.gate_margin
         )  # the draft gate acts only then
-        unshrunk, predicted = predicted, {c: self.shrunk(c, tp) for c, tp in predicted.items()}
+        unshrunk, predicted = predicted, {c: self.judged(c, tp) for c, tp in predicted.items()}
         names = {c: self.arm_name(c) for c in predicted}
         self.predicted = {names[c]: tp for c, tp in predicted.items()}
 
@@ -319,6 +327,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
                 )
         current = predicted.get(self.choice, 0.0)
         summary = ", ".join(f"{names[c]} {tp:.4g}" for c, tp in predicted.items())
+        hoped = self.hoped_steps()
+        if hoped:
+            waits += f" ({names[self.choice]} at its mean + 1 SE: {hoped} steps)"
         if best != self.choice and predicted[best] > current * (1 + self.margin):
             self.choice = best
             self.why = f"switched to {names[best]}: predicted tok/s {summary}{waits}"
@@ -354,14 +365,38 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
             return f"{note}, {faster} (the tree runs every step here)"
         return f"{note}, {faster} at the last verdict (fewer than {self.trusted} steps since)"
 
-    def shrunk(self, c: int, tp: float) -> float:
-        """Tree ``c``'s predicted tokens/s with ``switch_prior`` pseudo-steps of one committed
-        token (unchanged for the current choice and for autoregressive decoding)."""
-        if c < 0 or c == self.choice or c not in self.evidence:
+    def judged(self, c: int, tp: float) -> float:
+        """Tree ``c``'s predicted tokens/s as :meth:`switch` weighs it: a tree other than the
+        current choice with ``switch_prior`` pseudo-steps of one committed token; the current
+        choice, if the full tree, with ``hope`` and below ``trusted`` window steps, at its mean
+        committed tokens plus one standard error, at most its depth + 1 (:meth:`hoped_steps`);
+        autoregressive decoding as predicted."""
+        if c < 0 or c not in self.evidence:
             return tp
         steps, mean = self.evidence[c]
+        if c == self.choice:
+            if not self.hoped_steps():
+                return tp
+            hoped = mean + max(self.spread_C[c], 1.0) / math.sqrt(steps)
+            return tp * min(hoped, self.trees[c][2] + 1) / mean  # at most its depth + 1
         prior = self.switch_prior
         return tp * (steps + prior / max(mean, 1.0)) / (steps + prior)
+
+    def hoped_steps(self) -> int:
+        """The window steps the full tree, the current choice, is predicted from where
+        :meth:`judged` hopes it commits one standard error more (the spread at least one
+        token): with ``hope`` and the guard, fewer than ``trusted`` (8), none of its last steps
+        turned into a decode by the draft gate (those show the draft unsure, and enter no
+        window: the hope would hold a tree the gate decodes); else 0. The configured tree is
+        left for decoding or a smaller tree on what a few steps clearly show, not on two or
+        three short paths: measured (``bench/auto_loss_trace.py``), a request's first steps
+        commit less than its later ones, and a chain left after its warm-up came back a few
+        looks later, if at all. A smaller tree chosen is judged as predicted: its paths fill
+        it often, and a hope above its mean would hold it against the full tree."""
+        if not (self.hoping and self.guard) or self.choice != 0 or any(self.gated_C[0]):
+            return 0
+        steps, mean = self.evidence.get(0, (0, 0.0))
+        return steps if 0 < steps < self.trusted and mean > 0 else 0
 
     def arm_name(self, c: int) -> str:
         if c < 0:

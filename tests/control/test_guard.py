@@ -331,6 +331,55 @@ def test_a_tree_seen_in_few_steps_needs_more_to_win_a_switch():
     assert g.choice == -1 and "tree 4/3/3 B=8,8 120," in g.why
 
 
+@pytest.mark.parametrize(
+    ("hope", "steps", "kept"),
+    [(True, 2, True), (True, 7, True), (False, 2, False), (True, 8, False)],
+)
+def test_with_hope_the_current_tree_seen_on_few_steps_counts_one_se_more(hope, steps, kept):
+    """With ``hope``, the current tree predicted from fewer than 8 window steps is judged at
+    its mean plus one standard error (the spread at least one token); from 8 steps, or
+    without hope, as predicted: decoding 20% faster then wins."""
+    g = guard(margin=0.05, hope=hope, explore=0.0)
+    g.evidence = {0: (steps, 1.5)}
+    g.spread_C[0] = 0.5  # taken as 1
+    g.switch({0: 100.0, -1: 120.0})
+    judged = 100.0 * (1.5 + 1.0 / math.sqrt(steps)) / 1.5  # 147.1 at 2 steps, 125.2 at 7
+    assert (g.choice == 0) == kept
+    if kept:
+        assert f"tree 8/4/3 B=8,8 {judged:.4g}," in g.why
+        assert f"(tree 8/4/3 B=8,8 at its mean + 1 SE: {steps} steps)" in g.why
+    else:
+        assert g.why.startswith("switched to autoregressive") and "1 SE" not in g.why
+
+
+def test_hope_lifts_only_the_full_tree_as_the_current_choice_with_the_guard():
+    g = guard(margin=0.05, hope=True, explore=0.0, switch_prior=0.0)
+    g.choice = -1  # decoding: tree 0 is a challenger, taken as predicted
+    g.evidence = {0: (2, 1.5)}
+    g.switch({0: 100.0, -1: 120.0})
+    assert g.choice == -1 and "tree 8/4/3 B=8,8 100," in g.why
+    g.choice = 1  # a smaller tree chosen (its paths fill it often): as predicted
+    g.evidence = {0: (8, 1.5), 1: (2, 1.5)}
+    assert g.judged(1, 100.0) == 100.0 and g.hoped_steps() == 0
+    g = guard(hope=True, guard=False)  # a server's tree every step: no switch to weigh
+    g.evidence = {0: (2, 1.5)}
+    assert g.judged(0, 100.0) == 100.0
+
+
+def test_hope_never_lifts_the_full_tree_past_its_depth_plus_one():
+    g = guard(hope=True)  # tree 8/4/3: at most 4 tokens a step
+    g.evidence = {0: (2, 3.8)}
+    assert g.judged(0, 100.0) == pytest.approx(100.0 * 4 / 3.8)
+
+
+def test_hope_holds_no_tree_the_draft_gate_decodes():
+    g = guard(hope=True)
+    g.evidence = {0: (2, 1.5)}
+    assert g.hoped_steps() == 2
+    g.gated_C[0].append(1)  # the gate turned one of its steps into a decode
+    assert g.hoped_steps() == 0 and g.judged(0, 100.0) == 100.0
+
+
 def test_without_a_switch_prior_predictions_are_taken_as_they_are():
     g = guard(margin=0.05, switch_prior=0.0)
     g.evidence = {0: (24, 2.5), 1: (1, 3.0)}

@@ -16,7 +16,7 @@ the server it needs.
 ``off``        Qwen3-MoE + EAGLE-3, the plugin's off switch: no hooks at all
 ``auto``       Qwen3-MoE + EAGLE-3, ``auto`` capped at B=8 (= E: it picks each layer's B)
 ``auto-chain`` Qwen3-MoE + EAGLE, a chain of 3 drafts with ``--speculative-adaptive``:
-               ``auto``'s guard chooses each step's depth (3, or 0: a plain decode)
+               ``auto``'s guard (``hope=false``) chooses each step's depth (3, or 0: a decode)
 ``auto-chain-skip`` the same with ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1``: the guard's
                decodes skip SGLang's draft extend but the last of each run
 ``plain``      Qwen3-MoE without speculation (``sglang.launch_server``: serve refuses it)
@@ -56,6 +56,11 @@ LOG_INTERVAL = "0.2"
 #: A chain of 3 drafts whose depth SGLang may change between steps (``auto-chain``).
 ADAPTIVE_CHAIN = ["--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
                   "--speculative-num-draft-tokens", "4", "--speculative-adaptive"]  # fmt: skip
+#: The adaptive-chain servers' guard judges the chain on its two warm-up steps (no ``hope``),
+#: whose one token each on this tiny model sends it to decoding: SGLang's switch to depth 0 is
+#: what they test. With ``hope`` it runs 8 chains, then the one-draft chain, predicted faster
+#: than decoding here (``tests/integration/sglang/test_adaptive_depth.py`` tests that guard).
+CHAIN_JUDGED_ON_WARM_UP = ["--policy-option", "hope=false"]
 
 
 def eagle(draft: Path, algorithm: str = "EAGLE") -> list[str]:
@@ -118,13 +123,13 @@ def server_specs(models: dict[str, Path], trip: Path) -> list[ServerSpec]:
             "auto-chain",
             qwen3,
             [*eagle(models["qwen3-moe-eagle"])[:4], *ADAPTIVE_CHAIN],
-            serve("auto", AUTO_CAP),
+            serve("auto", AUTO_CAP, *CHAIN_JUDGED_ON_WARM_UP),
         ),
         ServerSpec(
             "auto-chain-skip",
             qwen3,
             [*eagle(models["qwen3-moe-eagle"])[:4], *ADAPTIVE_CHAIN],
-            serve("auto", AUTO_CAP),
+            serve("auto", AUTO_CAP, *CHAIN_JUDGED_ON_WARM_UP),
             env={"SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND": "1"},
         ),
         ServerSpec("plain", qwen3, []),
