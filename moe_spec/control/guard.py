@@ -25,11 +25,12 @@ show, not on a few short paths (a request's first steps commit less than its lat
 chain left after its warm-up was seldom run again in the request: measured,
 ``bench/auto_loss_trace.py``, BENCHMARKS.md, thirty-fifth session). A smaller tree is not
 switched to before the window holds 8 (``trusted``) steps of the full tree, unless decoding
-would be chosen instead: a smaller tree's committed tokens are predicted from the full tree's
-steps (the accepted path's prefix inside its nodes), its own steps cannot show what the full
-tree would commit (their paths end at its size), and its probes of the full tree are far apart
-while it is predicted ahead (measured: on the toy, a text that began with short paths held a
-4-token tree for a whole request, switched to on 4 steps).
+would be chosen instead (judged on the full tree as predicted: its hope holds it against
+decoding, not against a smaller tree): a smaller tree's committed tokens are predicted from the
+full tree's steps (the accepted path's prefix inside its nodes), its own steps cannot show what
+the full tree would commit (their paths end at its size), and its probes of the full tree are
+far apart while it is predicted ahead (measured: on the toy, a text that began with short paths
+held a 4-token tree for a whole request, switched to on 4 steps).
 **Looks** (``moe_spec.control.looks``): while not on the full tree the guard probes it, and
 while it decodes it explores with a smaller tree, each as far apart as keeps its predicted
 loss under ``probe_cost`` and ``explore`` of the time.
@@ -318,8 +319,11 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         full_steps = self.evidence.get(0, (0, 0.0))[0]
         if best > 0 and best != self.choice and full_steps < self.trusted:
             # a smaller tree waits for the full tree's steps to judge it, unless decoding
-            # would be chosen instead (that ends the full tree's steps alike)
-            held = best_of([c for c in predicted if c <= 0 or c == self.choice])
+            # would be chosen instead (that ends the full tree's steps alike), the full tree
+            # judged as predicted: its hope holds it against decoding, not a smaller tree
+            as_predicted = {**predicted, 0: unshrunk[0]} if self.hoped_steps() else predicted
+            arms = [c for c in predicted if c <= 0 or c == self.choice]
+            held = max(arms, key=lambda c: (as_predicted[c], -abs(c)))
             if held >= 0:
                 best = held
                 waits = (

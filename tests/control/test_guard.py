@@ -366,6 +366,21 @@ def test_hope_lifts_only_the_full_tree_as_the_current_choice_with_the_guard():
     assert g.judged(0, 100.0) == 100.0
 
 
+def test_hope_holds_the_full_tree_against_decoding_not_against_a_smaller_tree():
+    """Before 8 full-tree steps a smaller tree waits unless decoding would be chosen: that is
+    judged on the full tree as predicted, not at the mean + 1 SE its hope lifts it to."""
+    g = guard(margin=0.05, hope=True, explore=0.0, switch_prior=0.0)
+    g.evidence = {0: (4, 1.5), 1: (4, 1.5)}
+    g.spread_C[0] = 1.0  # lifted: 100 * (1.5 + 1 / 2) / 1.5 = 133.3
+    g.switch({0: 100.0, 1: 150.0, -1: 110.0})  # as predicted the full tree loses to decoding
+    assert g.choice == 1 and "waits" not in g.why
+    g.choice = 0
+    g.switch({0: 100.0, 1: 150.0, -1: 90.0})  # it does not: the smaller tree waits
+    assert g.choice == 0 and "(a smaller tree waits for 8 full-tree steps, 4 seen)" in g.why
+    g.switch({0: 100.0, 1: 105.0, -1: 110.0})  # against decoding alone the hope holds it
+    assert g.choice == 0 and "tree 8/4/3 B=8,8 133.3," in g.why
+
+
 def test_hope_never_lifts_the_full_tree_past_its_depth_plus_one():
     g = guard(hope=True)  # tree 8/4/3: at most 4 tokens a step
     g.evidence = {0: (2, 3.8)}
