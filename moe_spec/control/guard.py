@@ -312,18 +312,18 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         names = {c: self.arm_name(c) for c in predicted}
         self.predicted = {names[c]: tp for c, tp in predicted.items()}
 
-        def best_of(arms) -> int:
-            return max(arms, key=lambda c: (predicted[c], -abs(c)))  # ties: the full tree
+        def best_of(arms, by: dict[int, float]) -> int:
+            return max(arms, key=lambda c: (by[c], -abs(c)))  # ties: the full tree
 
-        best, waits = best_of(predicted), ""
+        best, waits = best_of(predicted, predicted), ""
+        hoped = self.hoped_steps()
         full_steps = self.evidence.get(0, (0, 0.0))[0]
         if best > 0 and best != self.choice and full_steps < self.trusted:
             # a smaller tree waits for the full tree's steps to judge it, unless decoding
             # would be chosen instead (that ends the full tree's steps alike), the full tree
             # judged as predicted: its hope holds it against decoding, not a smaller tree
-            as_predicted = {**predicted, 0: unshrunk[0]} if self.hoped_steps() else predicted
-            arms = [c for c in predicted if c <= 0 or c == self.choice]
-            held = max(arms, key=lambda c: (as_predicted[c], -abs(c)))
+            as_predicted = {**predicted, 0: unshrunk[0]} if hoped else predicted
+            held = best_of([c for c in predicted if c <= 0 or c == self.choice], as_predicted)
             if held >= 0:
                 best = held
                 waits = (
@@ -331,7 +331,6 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
                 )
         current = predicted.get(self.choice, 0.0)
         summary = ", ".join(f"{names[c]} {tp:.4g}" for c, tp in predicted.items())
-        hoped = self.hoped_steps()
         if hoped:
             waits += f" ({names[self.choice]} at its mean + 1 SE: {hoped} steps)"
         if best != self.choice and predicted[best] > current * (1 + self.margin):
@@ -381,7 +380,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         if c == self.choice:
             if not self.hoped_steps():
                 return tp
-            hoped = mean + max(self.spread_C[c], 1.0) / math.sqrt(steps)
+            hoped = mean + self.standard_error(c)
             return tp * min(hoped, self.trees[c][2] + 1) / mean  # at most its depth + 1
         prior = self.switch_prior
         return tp * (steps + prior / max(mean, 1.0)) / (steps + prior)

@@ -89,11 +89,17 @@ class Looks:
         c = max(smaller, key=predicted.get)
         steps, mean = self.evidence.get(c, (0, 1.0))
         if self.hoping and 0 < steps < self.trusted:  # below ``trusted`` steps: mean + 1 SE
-            self.hope = max(self.spread_C[c], 1.0) / math.sqrt(steps)
+            self.hope = self.standard_error(c)
         loss_s = self.time_lost(c, predicted) - self.hope / predicted[-1]
         loss_s += self.filled.get(c, 0.0) * max(self.probe_loss(predicted, -1), 0.0)
         every = max(spacing(loss_s, 1.0 / predicted[-1], self.explore), 1)
         return c, every * 2**self.explores_gated
+
+    def standard_error(self, c: int) -> float:
+        """One standard error of tree ``c``'s mean committed tokens over its window steps,
+        the spread taken as at least one token (a few steps' spread is no reference): what
+        ``hope`` adds for a tree seen on few steps."""
+        return max(self.spread_C[c], 1.0) / math.sqrt(self.evidence[c][0])
 
     def time_lost(self, c: int, predicted: dict[int, float], against: int = -1) -> float:
         """Seconds one step of tree ``c`` loses against arm ``against`` (decoding) committing
