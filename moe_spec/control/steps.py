@@ -22,6 +22,8 @@ class StepPlan:
     ``steps``: for an autoregressive plan, how many plain decodes to run before asking
     again (fewer where the request ends); a guard that has settled on decoding plans the
     whole run up to its next look at a tree, so the engine's loop costs what decoding's does.
+    ``read``: for an autoregressive plan, the draft reads the decoded tokens after them (one
+    draft forward; its guesses at them go to ``Policy.draft_matched``).
     """
 
     kind: str
@@ -30,10 +32,13 @@ class StepPlan:
     depth: int = 0
     reason: str = ""
     steps: int = 1
+    read: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"step kind is {self.kind!r}; allowed: {', '.join(KINDS)}")
+        if self.read and self.kind != AUTOREGRESSIVE:
+            raise ValueError(f"a {self.kind} plan reads nothing; allowed: read with plain decodes")
         if type(self.steps) is not int or self.steps < 1 or (self.kind == TREE and self.steps > 1):
             raise ValueError(
                 f"a plan's steps is {self.steps!r}; allowed: an integer >= 1 (1 for a tree)"

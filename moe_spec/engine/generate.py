@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import torch
@@ -220,19 +220,22 @@ class Engine:
         root = sample(logits_V, spec.temperature, g)
         out, steps = [root], []
         pending_QD, pending = [feature_PD], prompt[1:] + [root]  # pairs the draft has not seen
+        decoded, root_feature_D = 0, None  # of them, the last plain decodes; the draft's state
         while len(out) < max_new_tokens and not self.is_end(out[-1]):
             plan = plan_step(policy, spec, steps, tree_size)
             num_tokens, width, depth = plan.tree
             if plan.kind == TREE:
-                root_feature_D = timed(
-                    policy.draft_caught_up,
-                    len(pending),
-                    self.draft_catch_up,
-                    torch.cat(pending_QD),
-                    pending,
-                    dcache,
-                )
-                pending_QD, pending = [], []
+                if pending:  # not read since
+                    root_feature_D = timed(
+                        policy.draft_caught_up,
+                        len(pending),
+                        self.draft_catch_up_on,
+                        (pending, pending_QD, decoded),
+                        dcache,
+                        policy,
+                        root_feature_D,
+                    )
+                    pending_QD, pending, decoded = [], [], 0
                 root_logprobs_V = torch.log_softmax(self.target.lm_head(root_feature_D), dim=-1)
                 plan = gate_step(policy, plan, root_logprobs_V)
             if plan.kind == AUTOREGRESSIVE:  # the guard's choice, or the gate's: plain forwards
@@ -244,8 +247,13 @@ class Engine:
                     max_new_tokens,
                     self.is_end,
                 )
-                root = out[-1]
-                steps += [autoregressive_stats(plan, E, self.config.top_k, cfg.n_layers)] * ran
+                root, decoded = out[-1], decoded + ran
+                steps += decode_stats(plan, ran, E, self.config.top_k, cfg.n_layers)
+                if plan.read and ran:  # in the decodes' time
+                    root_feature_D = self.draft_catch_up_on(
+                        (pending, pending_QD, decoded), dcache, policy, root_feature_D
+                    )
+                    pending_QD, pending, decoded = [], [], 0
                 policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree, steps=ran))
                 continue
             tree = expand_tree(
@@ -364,13 +372,43 @@ class Engine:
         cache.advance(kept)
         return kept, bonus, result.feature_BQD[0, :kept], routing
 
+    def draft_catch_up_on(
+        self,
+        unseen: tuple[list[int], list[torch.Tensor], int],
+        cache: KVCache,
+        policy: Policy,
+        before_D: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The draft reads the pairs it has not seen (tokens, their features ``[Q_i, D]``,
+        and how many of the last tokens are plain decodes; ``before_D``: its feature before
+        them, None before any); its guesses at the decoded tokens (the rest: a tree's path
+        or a prompt) go to ``policy.draft_matched``. Returns its last feature ``[D]``."""
+        tokens, feature_QD, decoded = unseen
+        guesses = min(decoded, len(tokens) - 1)  # the first token's guess came before them
+        root_feature_D, next_Q = self.draft_read(torch.cat(feature_QD), tokens, cache, guesses)
+        guessed = next_Q[:-1]
+        if guesses < decoded and before_D is not None:
+            guessed.insert(0, int(self.target.lm_head(before_D).argmax()))
+        if guessed:
+            policy.draft_matched(draft_matches(guessed, tokens[len(tokens) - len(guessed) :]))
+        return root_feature_D
+
     def draft_catch_up(self, feature_QD: torch.Tensor, next_tokens: list[int], cache: KVCache):
         """Feed (target feature, next token) pairs to the draft; return its last feature ``[D]``."""
+        return self.draft_read(feature_QD, next_tokens, cache)[0]
+
+    def draft_read(
+        self, feature_QD: torch.Tensor, next_tokens: list[int], cache: KVCache, guesses: int = 0
+    ) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`draft_catch_up`, and the draft's most likely next token after each of the
+        last ``guesses`` + 1 pairs (none for 0)."""
         out_BQD = self.draft(
             self.target, feature_QD[None], torch.tensor([next_tokens]), cache=cache
         )
         cache.advance(len(next_tokens))
-        return out_BQD[0, -1]
+        if not guesses:
+            return out_BQD[0, -1], []
+        return out_BQD[0, -1], self.target.lm_head(out_BQD[0, -guesses - 1 :]).argmax(-1).tolist()
 
 
 def live_policy(
@@ -387,6 +425,12 @@ def live_policy(
     policy.start_request()
     policy.prepare(*dims, device)
     return policy
+
+
+def draft_matches(predicted: list[int], tokens: list[int]) -> list[bool]:
+    """Per token, whether the draft's most likely next token before it (``predicted``, as
+    long as ``tokens``) was it: the teacher-forced first draft of a chain rooted there."""
+    return [p == t for p, t in zip(predicted, tokens, strict=True)]
 
 
 def timed(report: Callable[[int, float], None], tokens: int, run: Callable[..., R], *args) -> R:
@@ -462,6 +506,17 @@ def autoregressive_stats(plan: StepPlan, n_experts: int, top_k: int, n_layers: i
         reason=plan.reason,
         ranked=False,
     )
+
+
+def decode_stats(
+    plan: StepPlan, ran: int, n_experts: int, top_k: int, n_layers: int
+) -> list[StepStats]:
+    """The ``ran`` decodes of an autoregressive ``plan``; with ``plan.read`` the last also
+    ran the draft forward that read them (priced as one draft forward: width and depth 1)."""
+    stats = [autoregressive_stats(plan, n_experts, top_k, n_layers)] * ran
+    if plan.read and ran:
+        stats[-1] = replace(stats[-1], width=1, depth=1)
+    return stats
 
 
 def sample(logits_V: torch.Tensor, temperature: float, g: torch.Generator) -> int:

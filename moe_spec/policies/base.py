@@ -105,6 +105,12 @@ class Policy:
         an accepted path) before a planned tree, in wall ``seconds``; outside the forward."""
         return None
 
+    def draft_matched(self, matched: list[bool]) -> None:
+        """After the draft read decoded tokens (plain decodes a planning policy chose) before
+        a planned tree: ``matched[i]``, whether its most likely next token before the i-th
+        was that token (the teacher-forced first draft); outside the forward."""
+        return None
+
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """Before growing a planned tree: None to grow and verify it, or why to decode the
         root alone instead (default: always grow). ``logprob_W``: float ``[W]``, the

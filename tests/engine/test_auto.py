@@ -239,6 +239,21 @@ def scripted(plans: list[StepPlan]):
     return policy, caught
 
 
+def draft_reads(engine, prompt: list[int]) -> tuple[list[int], list[list[bool]], list]:
+    """A chain step, 5 decodes the draft reads after, 4 decodes, a chain step (then chains):
+    the output, what ``Policy.draft_matched`` was told, and the steps."""
+    chain, read = StepPlan("tree", 4, 1, 3), StepPlan("autoregressive", steps=5, read=True)
+    plans = iter([chain, read, StepPlan("autoregressive", steps=4), chain])
+    policy, reports = get_policy("none"), []
+    policy.plan_step = lambda _tree, _repair: next(plans, None)
+    policy.draft_matched = reports.append
+    spec = SpecConfig(num_tokens=4, width=1, depth=3)
+    result = engine.generate_speculative(prompt, 24, spec, policy=policy)
+    assert result.tokens == engine.generate_autoregressive(prompt, 24).tokens
+    assert [s.depth for s in result.steps[1:10]] == [0, 0, 0, 0, 1, 0, 0, 0, 0]  # the read
+    return result.tokens, reports, result.steps
+
+
 def test_each_tree_step_reports_the_draft_catch_up_before_it(tiny_engine):
     """The prompt's pairs before the first tree; the last path's and the decoded tokens'
     before a tree after decodes (this engine catches up lazily, before every tree)."""

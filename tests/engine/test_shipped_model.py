@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
 from moe_spec.engine.data import HELD_OUT, split_files
@@ -51,3 +52,30 @@ def test_greedy_speculative_equals_autoregressive(engine):
         # experts per layer, and fewer than independent routing would (31.7 of 32).
         distinct = [d for step in got.steps for d in step.distinct_before_L]
         assert 2.5 * engine.config.top_k <= sum(distinct) / len(distinct) < 28
+
+
+def test_the_draft_reads_decoded_tokens_and_reports_its_guesses_at_them(engine):
+    """After a run of decodes planned with ``read`` (and before a tree after decodes) the
+    draft's guesses at the decoded tokens go to ``Policy.draft_matched``: the same as its
+    teacher-forced guesses in one forward over the whole text (the target's features of
+    every token before); the read is priced as one draft forward on the run's last decode."""
+    from tests.engine.test_auto import draft_reads
+
+    ids = engine.encode(held_out_prompts(chars=600)[0])
+    out, reports, steps = draft_reads(engine, ids)
+    seq = ids + out
+    draft_cfg = engine.draft.config
+    with torch.no_grad():
+        feature_SD = engine.target(torch.tensor([seq])).feature_BQD[0]
+        cache = engine.new_cache(1, draft_cfg.n_heads, draft_cfg.head_dim)
+        guess_S = engine.draft(
+            engine.target, feature_SD[None, :-1], torch.tensor([seq[1:]]), cache=cache
+        )
+        guess_S = engine.target.lm_head(guess_S[0]).argmax(-1).tolist()  # guess_S[i]: at i + 2
+    first = len(ids) + 1 + steps[0].committed  # the first decoded token's position
+    want = [
+        [guess_S[p - 2] == seq[p] for p in range(start, start + n)]
+        for start, n in ((first, 5), (first + 5, 4))
+    ]
+    assert reports == want
+    assert any(map(any, want)) and not all(map(all, want))  # the draft right and wrong

@@ -101,9 +101,20 @@ class CausalLMDraft:
 
         The target's features are not used: the LM reads its own.
         """
+        return torch.log_softmax(self.lm_head(self.hidden(cache, tokens)[-1]), dim=-1)
+
+    def read(
+        self, cache: DynamicCache, tokens: list[int], _feature_QD=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`extend`, and the LM's most likely next token after each of ``tokens``
+        (long ``[Q]``, on the CPU)."""
+        logits_QV = self.lm_head(self.hidden(cache, tokens))
+        return torch.log_softmax(logits_QV[-1], dim=-1), logits_QV.argmax(-1)
+
+    def hidden(self, cache: DynamicCache, tokens: list[int]) -> torch.Tensor:
         ids = torch.tensor([tokens], device=self.model.device)
         out = self.body(input_ids=ids, past_key_values=cache, use_cache=True)
-        return torch.log_softmax(self.lm_head(out.last_hidden_state[0, -1]), dim=-1)
+        return out.last_hidden_state[0]
 
     def start(self, cache: DynamicCache, prompt: list[int], root: int, _feature_PD=None):
         """After the target's prefill: the prompt and the root; log-probs ``[V]`` after the root."""

@@ -158,9 +158,22 @@ class EagleHeadDraft:
 
     def extend(self, cache: KVCache, tokens: list[int], feature_QD: torch.Tensor) -> torch.Tensor:
         """Catch up on pairs ``(feature_QD[i], tokens[i])``; the last predicted feature ``[D]``."""
+        return self.predicted_features(cache, tokens, feature_QD)[-1]
+
+    def read(
+        self, cache: KVCache, tokens: list[int], feature_QD: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`extend`, and the head's most likely next token after each of ``tokens``
+        (long ``[Q]``, on the CPU)."""
+        out_QD = self.predicted_features(cache, tokens, feature_QD)
+        return out_QD[-1], self.lm_head(out_QD).argmax(-1)
+
+    def predicted_features(
+        self, cache: KVCache, tokens: list[int], feature_QD: torch.Tensor
+    ) -> torch.Tensor:
         out_BQD = self(self, feature_QD[None], torch.tensor([tokens]), cache=cache)
         cache.advance(len(tokens))
-        return out_BQD[0, -1]
+        return out_BQD[0]
 
     def start(self, cache: KVCache, prompt: list[int], root: int, feature_PD: torch.Tensor):
         """After the prefill: the prompt's features paired with the tokens that follow them."""

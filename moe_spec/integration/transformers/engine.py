@@ -28,7 +28,8 @@ from moe_spec.engine.generate import (
     GenerationResult,
     SpecConfig,
     StepStats,
-    autoregressive_stats,
+    decode_stats,
+    draft_matches,
     gate_step,
     live_policy,
     plan_step,
@@ -193,7 +194,7 @@ class TransformersEngine:
                 if plan.kind == TREE:
                     if draft_start is not None or pending:  # what the draft has not read
                         unseen = len(pending) + (0 if draft_start is None else len(prompt))
-                        root_state = timed(
+                        root_state, matched = timed(
                             policy.draft_caught_up,
                             unseen,
                             self.catch_up,
@@ -204,6 +205,8 @@ class TransformersEngine:
                             root_state,
                         )
                         draft_start, pending_QD, pending = None, [], []
+                        if matched:
+                            policy.draft_matched(matched)
                     first_V = self.draft.first_level(root_state)
                     plan = gate_step(policy, plan, first_V)
                 if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: plain forwards
@@ -218,8 +221,13 @@ class TransformersEngine:
                         self.is_end,
                     )
                     root = out[-1]
-                    stats = autoregressive_stats(plan, E, self.top_k, self.n_moe_layers)
-                    steps += [stats] * ran
+                    steps += decode_stats(plan, ran, E, self.top_k, self.n_moe_layers)
+                    if plan.read and ran:  # in the decodes' time
+                        root_state, matched = self.catch_up(
+                            dcache, draft_start, pending, pending_QD, root_state
+                        )
+                        draft_start, pending_QD, pending = None, [], []
+                        policy.draft_matched(matched)
                     policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree, steps=ran))
                     continue
                 tree = self.draft.grow_tree(
@@ -258,17 +266,21 @@ class TransformersEngine:
         tokens: list[int],
         feature_QD: list[torch.Tensor],
         root_state: torch.Tensor | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[bool]]:
         """The draft reads what it has not seen: the prompt (``start``: prompt, root and
-        the prompt's features ``[P, D]``), then the decoded ``tokens`` with their features;
-        the root's predicted feature ``[D]``, on the host's clock (a device synchronised)."""
+        the prompt's features ``[P, D]``), then the decoded ``tokens`` with their features.
+        Returns the root's state and, per decoded token, whether the draft's most likely
+        next token before it was it (``Policy.draft_matched``); on the host's clock."""
         if start is not None:
             root_state = self.draft.start(cache, *start)
+        matched = []
         if tokens:
-            root_state = self.draft.extend(cache, tokens, torch.cat(feature_QD))
-        if root_state.is_cuda:
+            first = int(self.draft.first_level(root_state).argmax())  # before tokens[0]
+            root_state, next_Q = self.draft.read(cache, tokens, torch.cat(feature_QD))
+            matched = draft_matches([first, *next_Q[:-1].tolist()], tokens)
+        elif root_state.is_cuda:
             torch.cuda.synchronize(root_state.device)
-        return root_state
+        return root_state, matched
 
     def decode_step(
         self,

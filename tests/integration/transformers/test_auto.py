@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from moe_spec.control.steps import StepPlan
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine
 from moe_spec.policies import get_policy
 from tests.engine.test_auto import (
     counting_calls,
+    draft_reads,
     free_experts_policy,
     gate_every_other_step,
     reporting_prefills,
@@ -114,3 +117,18 @@ def test_steps_that_rest_enter_the_window_unranked_while_the_guard_learns(moe_mo
     assert len(ranked) > 8 and ranked == [i < 2 or i % 4 == 0 for i in range(len(ranked))]
     entered = [r for i, r in enumerate(ranked) if i < 8 or r]
     assert [step.need_LP is not None for step in policy.controller.est.window] == entered
+
+
+def test_the_draft_reads_decoded_tokens_and_reports_its_guesses(moe_model, dense_draft):
+    """A causal-LM draft's guesses at the decoded tokens are its greedy next tokens over the
+    whole text; the target drafting for itself guesses every one."""
+    out, reports, steps = draft_reads(
+        TransformersEngine(moe_model, dense_draft, NoTokenizer()), PROMPT
+    )
+    seq = PROMPT + out
+    guess_S = dense_draft(input_ids=torch.tensor([seq])).logits[0].argmax(-1).tolist()
+    first = len(PROMPT) + 1 + steps[0].committed  # the first decoded token's position
+    spans = ((first, 5), (first + 5, 4))
+    assert reports == [[guess_S[p - 1] == seq[p] for p in range(a, a + n)] for a, n in spans]
+    _, reports, _ = draft_reads(TransformersEngine(moe_model, moe_model, NoTokenizer()), PROMPT)
+    assert reports == [[True] * 5, [True] * 4]

@@ -246,8 +246,8 @@ def test_decodes_before_the_first_tree_reach_the_head_with_their_features(target
     tree 4 steps in: the head then reads prompt and decodes (lazily) with the right features."""
     draft = EagleHeadDraft(random_head(), target)
     engine = TransformersEngine(target, draft, None)
-    calls, extend = [], draft.extend
-    draft.extend = lambda c, tokens, f: calls.append((tokens, f)) or extend(c, tokens, f)
+    calls, read = [], draft.predicted_features  # what extend and read (decodes) go through
+    draft.predicted_features = lambda c, tokens, f: calls.append((tokens, f)) or read(c, tokens, f)
     options = {"measure": True, "probe": 4, "max_probe": 4}
     policy, _ = reporting_prefills(get_policy("auto", **options), slowdown=1e4)
     spec = SpecConfig(width=3, depth=3, num_tokens=8, policy="auto", policy_options=options)
