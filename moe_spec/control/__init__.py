@@ -11,8 +11,9 @@
   budgets; the search for the best per-layer budgets.
 - ``guard``: before each step, the budgeted tree, a smaller tree or autoregressive
   decoding, whichever is predicted fastest, with hysteresis and probes; with its parts
-  ``gate`` (a tree only where this step's draft pays) and ``warmup`` (with measured
-  times, no warm-up tree that clearly loses).
+  ``gate`` (a tree only where this step's draft pays), ``warmup`` (with measured
+  times, no warm-up tree that clearly loses) and ``shadows`` (on a chain, what it would
+  have committed on decoded text, from the draft's guesses at it).
 
 The ``auto`` policy (``moe_spec.policies.auto``) holds one controller per generation.
 """

@@ -36,6 +36,9 @@ while it decodes it explores with a smaller tree, each as far apart as keeps its
 loss under ``probe_cost`` and ``explore`` of the time.
 **The draft gate** (``moe_spec.control.gate``, with ``gate``): before a planned tree is
 grown, the draft's first level may send the step to a decode of the root alone.
+**Shadows** (``moe_spec.control.shadows``, with ``shadow`` on a chain): off the full chain,
+what it would have committed on the decoded text, from the draft's guesses at it (read every
+few decodes), stands for the chains' committed tokens in the prediction.
 The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (here off
 by default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.max_warmup_for`) while
 their mean committed tokens lose to decoding but that mean plus one standard error would pay;
@@ -65,12 +68,13 @@ from moe_spec.control.looks import Looks
 from moe_spec.control.planner import budget_levels, window_budgets
 from moe_spec.control.ranks import Ranks
 from moe_spec.control.replans import Replans, mean_and_spread
+from moe_spec.control.shadows import Shadows
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepOutcome, StepPlan
 from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
-class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
+class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
     """Plans each step of one generation from what the previous steps showed."""
 
     def __init__(
@@ -104,6 +108,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         rank_every: int = 1,
         max_rank_every: int | None = None,
         rank_near: float = 0.8,
+        shadow: bool = False,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         # while decoding, a step of a smaller tree (index; 0: none) every explore_every decodes,
@@ -174,6 +179,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = self.floor = probe  # the floor: the interval before doublings
         self.trees = cost.trees
+        self.new_shadows(shadow)
         L = estimates.L
         self.budget_L = np.full(L, cap, dtype=np.int64)
         self.choice = 0  # index into trees, or -1 for autoregressive
@@ -253,7 +259,10 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
 
     def plan_of(self, choice: int, reason: str) -> StepPlan:
         if choice < 0:
-            return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.decode_run())
+            run, read = self.decode_run(), self.read_every()
+            if read and run > read:  # the draft reads them: what a chain would commit here
+                return StepPlan(AUTOREGRESSIVE, reason=reason, steps=read, read=True)
+            return StepPlan(AUTOREGRESSIVE, reason=reason, steps=run)
         self.budget_L[:] = self.budgets_C[choice]
         return StepPlan(TREE, *self.trees[choice], reason)
 
@@ -286,6 +295,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
             touched = np.count_nonzero(exact_S < committed_S[ranked_S]) if ranked else 0
             self.touched_C[c] = touched / max(ranked, 1)
             predicted[c] = self.with_gated(c, committed_S, tp / self.ratio(TREE))
+            if (shadowed := self.shadowed(c)) is not None:  # the decoded text's chains
+                predicted[c] *= shadowed / mean
+                self.evidence[c] = (S, shadowed)
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
@@ -334,6 +346,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
         if hoped:
             waits += f" ({names[self.choice]} at its mean + 1 SE: {hoped} steps)"
         if best != self.choice and predicted[best] > current * (1 + self.margin):
+            if best == 0:  # back on the full tree: its own steps show it from here
+                self.clear_shadows()
             self.choice = best
             self.why = f"switched to {names[best]}: predicted tok/s {summary}{waits}"
         else:
@@ -463,6 +477,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks):
             self.tree_steps += 1
             self.since_replan += 1
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
+            self.shadow_step(outcome)
             if (
                 self.explore
                 and outcome.tree != self.trees[0]

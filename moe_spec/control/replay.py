@@ -23,7 +23,7 @@ from moe_spec.control.guard import Guard
 from moe_spec.control.steps import TREE
 
 # the guard's methods an engine or a policy calls, in the order they come
-CALLS = ("plan", "observe", "gate", "new_request", "prefilled", "caught_up")
+CALLS = ("plan", "observe", "gate", "new_request", "prefilled", "caught_up", "draft_matched")
 
 
 @dataclass
@@ -96,11 +96,14 @@ def replay_seconds(
                     "a guard that reads wall times (measure) cannot be replayed"
                 )
     tree_s = decode_s = 0.0
+    planned_tree = True
     for (name, args, _, result), seconds in zip(recording.calls, best, strict=True):
         if name == "plan":
-            serves_tree = result.kind == TREE
+            serves_tree = planned_tree = result.kind == TREE
         elif name == "observe":
             serves_tree = args[0].kind == TREE
+        elif name == "draft_matched":  # a tree's catch-up, or a read after decodes
+            serves_tree = planned_tree
         else:  # the gate and the request and timing notes: counted with tree steps
             serves_tree = True
         if serves_tree:

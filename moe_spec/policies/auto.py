@@ -20,7 +20,10 @@ that maximise predicted committed tokens per second under the cost model
 autoregressive decoding when those are predicted faster; with ``gate`` (and ``guard``),
 before each planned tree, a decode of the root alone when the draft's first level is too
 unsure to pay for the tree (:meth:`Auto.gate`; engines that draft on the host: the
-reference and transformers engines). ``measure`` corrects the
+reference and transformers engines); with ``shadow`` (and ``guard``, on a chain), while it
+decodes the draft reads the decoded tokens every few decodes and its guesses at them say what
+the chain would have committed there (:meth:`Auto.draft_matched`; the same engines; not in
+SGLang). ``measure`` corrects the
 modeled times by the measured wall time (for a run whose own speed is what counts,
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
@@ -111,6 +114,7 @@ class Auto(TokenPriority):
         warmup: int = 2,
         max_warmup: int | None = None,
         hope: bool = True,
+        shadow: bool = True,
         probe: int = 16,
         max_probe: int = 1024,
         probe_cost: float = 0.005,
@@ -134,6 +138,7 @@ class Auto(TokenPriority):
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
         flags = (("guard", guard), ("gate", gate), ("measure", measure), ("hope", hope))
+        flags += (("shadow", shadow),)
         extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
         for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
@@ -199,6 +204,7 @@ class Auto(TokenPriority):
             warmup=warmup,
             max_warmup=max_warmup,
             hope=hope,
+            shadow=shadow,
             probe=probe,
             max_probe=max_probe,
             probe_cost=float(probe_cost),
@@ -298,10 +304,12 @@ class Auto(TokenPriority):
         (``draft_extend``; a depth-0 step runs one too, so there a plain decode costs a
         1-token draft forward more than without speculation; without ``decode_extend``,
         SGLang skips it on every decode of a run but the last, and a decode is priced as a
-        plain one)."""
+        plain one). No ``shadow``: the plugin does not read the draft's guesses at decoded
+        tokens (under SGLang's skip switch its draft does not read them at all), and reads
+        planned for nothing would only cost draft forwards."""
         if self.controller is not None:
             raise PolicyError("auto: for_server() must come before the first step")
-        self.options.update(guard=guard, gate=False, measure=False)
+        self.options.update(guard=guard, gate=False, measure=False, shadow=False)
         self.draft_extend, self.decode_extend = True, decode_extend
         self.rank_every = self.options["max_rank_every"] = 1  # ranks every step anyway
 
@@ -402,6 +410,12 @@ class Auto(TokenPriority):
         """Passed on (:meth:`Guard.caught_up`; with ``measure`` it comes off the step's time)."""
         if self.controller is not None:
             self.controller.caught_up(tokens, seconds)
+
+    def draft_matched(self, matched: list[bool]) -> None:
+        """Passed on (:meth:`Guard.draft_matched`: with ``shadow``, what a chain would have
+        committed on the decoded text)."""
+        if self.controller is not None:
+            self.controller.draft_matched(matched)
 
     def gate(self, logprob_W: torch.Tensor) -> str | None:
         """The guard's draft gate (:meth:`moe_spec.control.Guard.gate`)."""

@@ -66,3 +66,44 @@ def test_a_replay_that_decides_otherwise_is_refused():
         replay_seconds(recording, lambda: guard(guard=False))  # never leaves the full tree
     with pytest.raises(ValueError, match="repeats is 0; allowed: an integer >= 1"):
         replay_seconds(recording, guard, repeats=0)
+
+
+def test_a_replay_feeds_the_draft_guesses_a_shadowing_guard_was_told():
+    """A chain guard with ``shadow``: the draft's guesses at the decoded tokens (at a read
+    after them, or at the catch-up before a tree) show the chain committing all it drafts,
+    so the guard goes back to the chain, whose steps commit only the root. Without those
+    calls the replay would decide otherwise."""
+    chains = [(4, 1, 3), (2, 1, 1)]
+
+    def chain_guard() -> Guard:
+        est = AcceptanceEstimates(L, E, [n for n, _, _ in chains])
+        cost = StepCost(
+            get_cost_model("calibrated", "H200"), get_shape("OLMoE-1B-7B"), K, E, chains
+        )
+        return Guard(est, cost, K, E, gate=False, warmup=1, shadow=True, explore=0.005)
+
+    recording, rank_LE = Recording(), torch.arange(E).repeat(L, 1)
+    g = record(chain_guard(), recording)
+    unread = reads = 0
+    for _ in range(40):
+        plan = g.plan()
+        if plan.kind == "autoregressive":
+            unread += plan.steps
+            if plan.read:
+                g.draft_matched([True] * unread)
+                unread, reads = 0, reads + 1
+            g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+            continue
+        if unread:  # the draft catches up before the tree
+            g.draft_matched([True] * unread)
+            unread, reads = 0, reads + 1
+        n = plan.num_tokens
+        ids_LNK = (torch.arange(L * n * K).reshape(L, n, K) % E).long()
+        depth = torch.arange(n)
+        g.observe(StepOutcome("tree", [0], depth, -depth.float(), plan.tree), rank_LE, ids_LNK)
+    reasons = [result.reason for name, _, _, result in recording.calls if name == "plan"]
+    assert reads >= 2 and any(r.startswith("switched to tree 4/1/3") for r in reasons)
+    replay_seconds(recording, chain_guard, repeats=1)
+    recording.calls = [c for c in recording.calls if c[0] != "draft_matched"]
+    with pytest.raises(ValueError, match="the replay's plan call"):
+        replay_seconds(recording, chain_guard, repeats=1)
