@@ -411,6 +411,11 @@ class Auto(TokenPriority):
         if self.controller is not None:
             self.controller.caught_up(tokens, seconds)
 
+    @property
+    def wants_guesses(self) -> bool:
+        """With ``shadow`` on a chain (:attr:`moe_spec.control.Guard.shadowing`)."""
+        return self.controller is not None and self.controller.shadowing
+
     def draft_matched(self, matched: list[bool]) -> None:
         """Passed on (:meth:`Guard.draft_matched`: with ``shadow``, what a chain would have
         committed on the decoded text)."""

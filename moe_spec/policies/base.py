@@ -61,6 +61,10 @@ class Policy:
     #: are at least E): the verify then runs as if unbudgeted, without calling it.
     resting: bool = False
 
+    #: Whether :meth:`draft_matched` is to be told the draft's guesses at decoded tokens
+    #: (the engines then run the draft's LM head over them).
+    wants_guesses: bool = False
+
     def __init__(self, **options: object) -> None:
         if options:
             raise PolicyError(
@@ -106,8 +110,9 @@ class Policy:
         return None
 
     def draft_matched(self, matched: list[bool]) -> None:
-        """After the draft read decoded tokens (plain decodes a planning policy chose) before
-        a planned tree: ``matched[i]``, whether its most likely next token before the i-th
+        """With :attr:`wants_guesses`, after the draft read decoded tokens (plain decodes a
+        planning policy chose; before a planned tree, or after decodes planned with
+        ``StepPlan.read``): ``matched[i]``, whether its most likely next token before the i-th
         was that token (the teacher-forced first draft); outside the forward."""
         return None
 

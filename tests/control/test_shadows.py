@@ -172,14 +172,16 @@ def test_auto_passes_shadow_on_and_refuses_a_non_bool():
         get_policy("auto", shadow="yes")
 
 
-def test_a_server_runs_auto_without_shadows():
+def test_auto_wants_the_drafts_guesses_on_a_chain_and_not_in_a_server():
     """SGLang's plugin reads no draft guesses: a server's guard plans no reads."""
     policy = get_policy("auto")
     policy.for_server(guard=True)
     policy.prepare(2, 8, 2, 8, torch.device("cpu"))
     policy.plan_step((4, 1, 3), False)
-    assert policy.options["shadow"] is False and not policy.controller.shadowing
-    local = get_policy("auto")
-    local.prepare(2, 8, 2, 8, torch.device("cpu"))
-    local.plan_step((4, 1, 3), False)
-    assert local.controller.shadowing
+    assert policy.options["shadow"] is False and not policy.wants_guesses
+    for tree, wants in (((4, 1, 3), True), ((8, 4, 3), False)):  # chains only
+        local = get_policy("auto")
+        assert not local.wants_guesses  # before its first plan
+        local.prepare(2, 8, 2, 8, torch.device("cpu"))
+        local.plan_step(tree, False)
+        assert local.wants_guesses is wants

@@ -239,19 +239,27 @@ def scripted(plans: list[StepPlan]):
     return policy, caught
 
 
-def draft_reads(engine, prompt: list[int]) -> tuple[list[int], list[list[bool]], list]:
-    """A chain step, 5 decodes the draft reads after, 4 decodes, a chain step (then chains):
-    the output, what ``Policy.draft_matched`` was told, and the steps."""
+def draft_reads(
+    engine, prompt: list[int], wants: bool = True
+) -> tuple[list[int], list[list[bool]], list]:
+    """A chain step, 5 decodes the draft reads after, 4 decodes, a chain step (then chains),
+    for a policy that ``wants`` the draft's guesses: the output, what
+    ``Policy.draft_matched`` was told, and the steps."""
     chain, read = StepPlan("tree", 4, 1, 3), StepPlan("autoregressive", steps=5, read=True)
     plans = iter([chain, read, StepPlan("autoregressive", steps=4), chain])
     policy, reports = get_policy("none"), []
     policy.plan_step = lambda _tree, _repair: next(plans, None)
-    policy.draft_matched = reports.append
+    policy.draft_matched, policy.wants_guesses = reports.append, wants
     spec = SpecConfig(num_tokens=4, width=1, depth=3)
     result = engine.generate_speculative(prompt, 24, spec, policy=policy)
     assert result.tokens == engine.generate_autoregressive(prompt, 24).tokens
     assert [s.depth for s in result.steps[1:10]] == [0, 0, 0, 0, 1, 0, 0, 0, 0]  # the read
     return result.tokens, reports, result.steps
+
+
+def test_a_policy_that_wants_no_guesses_is_told_none(tiny_engine):
+    _, reports, _ = draft_reads(tiny_engine, PROMPTS[0], wants=False)
+    assert reports == []
 
 
 def test_each_tree_step_reports_the_draft_catch_up_before_it(tiny_engine):

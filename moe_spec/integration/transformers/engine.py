@@ -203,6 +203,7 @@ class TransformersEngine:
                             pending,
                             pending_QD,
                             root_state,
+                            policy.wants_guesses,
                         )
                         draft_start, pending_QD, pending = None, [], []
                         if matched:
@@ -224,10 +225,16 @@ class TransformersEngine:
                     steps += decode_stats(plan, ran, E, self.top_k, self.n_moe_layers)
                     if plan.read and ran:  # in the decodes' time
                         root_state, matched = self.catch_up(
-                            dcache, draft_start, pending, pending_QD, root_state
+                            dcache,
+                            draft_start,
+                            pending,
+                            pending_QD,
+                            root_state,
+                            policy.wants_guesses,
                         )
                         draft_start, pending_QD, pending = None, [], []
-                        policy.draft_matched(matched)
+                        if matched:
+                            policy.draft_matched(matched)
                     policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree, steps=ran))
                     continue
                 tree = self.draft.grow_tree(
@@ -266,19 +273,23 @@ class TransformersEngine:
         tokens: list[int],
         feature_QD: list[torch.Tensor],
         root_state: torch.Tensor | None,
+        guesses: bool = False,
     ) -> tuple[torch.Tensor, list[bool]]:
         """The draft reads what it has not seen: the prompt (``start``: prompt, root and
         the prompt's features ``[P, D]``), then the decoded ``tokens`` with their features.
-        Returns the root's state and, per decoded token, whether the draft's most likely
-        next token before it was it (``Policy.draft_matched``); on the host's clock."""
+        Returns the root's state and, with ``guesses``, per decoded token whether the
+        draft's most likely next token before it was it (``Policy.draft_matched``; else
+        none); on the host's clock."""
         if start is not None:
             root_state = self.draft.start(cache, *start)
         matched = []
-        if tokens:
+        if tokens and not guesses:
+            root_state = self.draft.extend(cache, tokens, torch.cat(feature_QD))
+        elif tokens:
             first = int(self.draft.first_level(root_state).argmax())  # before tokens[0]
             root_state, next_Q = self.draft.read(cache, tokens, torch.cat(feature_QD))
             matched = draft_matches([first, *next_Q[:-1].tolist()], tokens)
-        elif root_state.is_cuda:
+        if root_state.is_cuda:
             torch.cuda.synchronize(root_state.device)
         return root_state, matched
 

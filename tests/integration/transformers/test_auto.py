@@ -132,3 +132,6 @@ def test_the_draft_reads_decoded_tokens_and_reports_its_guesses(moe_model, dense
     assert reports == [[guess_S[p - 1] == seq[p] for p in range(a, a + n)] for a, n in spans]
     _, reports, _ = draft_reads(TransformersEngine(moe_model, moe_model, NoTokenizer()), PROMPT)
     assert reports == [[True] * 5, [True] * 4]
+    engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
+    engine.draft.read = None  # a policy that wants no guesses: no LM head over the decodes
+    assert draft_reads(engine, PROMPT, wants=False)[1] == []
