@@ -188,26 +188,33 @@ class TransformersEngine:
             # the draft reads the prompt before the first tree (a guard may decode to the end)
             draft_start, root_state = (prompt, root, features.last_BSD[0]), None
             pending_QD, pending = [], []  # the guard's decoded pairs the draft has not seen
+
+            def read_unseen(report: Callable[[int, float], None]) -> None:
+                """The draft reads the prompt and decodes it has not seen (``report``: the
+                tokens and the seconds); its guesses at the decodes go to the policy."""
+                nonlocal draft_start, pending_QD, pending, root_state
+                unseen = len(pending) + (0 if draft_start is None else len(prompt))
+                root_state, matched = timed(
+                    report,
+                    unseen,
+                    self.catch_up,
+                    dcache,
+                    draft_start,
+                    pending,
+                    pending_QD,
+                    root_state,
+                    policy.wants_guesses,
+                )
+                draft_start, pending_QD, pending = None, [], []
+                if matched:
+                    policy.draft_matched(matched)
+
             while len(out) < max_new_tokens and not self.is_end(out[-1]):
                 plan = plan_step(policy, spec, steps, tree_size)
                 num_tokens, width, depth = plan.tree
                 if plan.kind == TREE:
                     if draft_start is not None or pending:  # what the draft has not read
-                        unseen = len(pending) + (0 if draft_start is None else len(prompt))
-                        root_state, matched = timed(
-                            policy.draft_caught_up,
-                            unseen,
-                            self.catch_up,
-                            dcache,
-                            draft_start,
-                            pending,
-                            pending_QD,
-                            root_state,
-                            policy.wants_guesses,
-                        )
-                        draft_start, pending_QD, pending = None, [], []
-                        if matched:
-                            policy.draft_matched(matched)
+                        read_unseen(policy.draft_caught_up)
                     first_V = self.draft.first_level(root_state)
                     plan = gate_step(policy, plan, first_V)
                 if plan.kind == AUTOREGRESSIVE:  # the guard's or the gate's: plain forwards
@@ -223,18 +230,8 @@ class TransformersEngine:
                     )
                     root = out[-1]
                     steps += decode_stats(plan, ran, E, self.top_k, self.n_moe_layers)
-                    if plan.read and ran:  # in the decodes' time
-                        root_state, matched = self.catch_up(
-                            dcache,
-                            draft_start,
-                            pending,
-                            pending_QD,
-                            root_state,
-                            policy.wants_guesses,
-                        )
-                        draft_start, pending_QD, pending = None, [], []
-                        if matched:
-                            policy.draft_matched(matched)
+                    if plan.read and ran:  # timed as the decodes' (their outcome's)
+                        read_unseen(lambda _tokens, _seconds: None)
                     policy.observe(StepOutcome(AUTOREGRESSIVE, [0], tree=plan.tree, steps=ran))
                     continue
                 tree = self.draft.grow_tree(
