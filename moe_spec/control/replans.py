@@ -102,7 +102,7 @@ class Replans:
         adds to the window). Off the full tree, probes start again ``probe`` steps apart (the
         floors of :meth:`switch` still hold): a full tree that lost on the old text may win
         on the new one."""
-        self.clear_shadows()  # of the last text
+        self.clear_shadows(new_request=True)  # of the last text
         if self.tree_steps < self.warmup:
             return
         self.request_seen = self.est.steps_seen

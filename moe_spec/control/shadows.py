@@ -24,9 +24,11 @@ the prediction: each chain's tokens/s (budgets, cost and window as predicted) is
 shadows' mean over the window's mean. A probe's accepted drafts join them, and so do a smaller
 chain's that ended before filling it. Shadows arriving make the guard decide again at its
 next plan; a switch back to the full chain (its steps then show it) and a new request clear
-them. Measured on ``bench/auto_loss_trace.py``'s SGLang-priced chain screen (BENCHMARKS.md,
-thirty-sixth session): 12 cells' geometric mean 0.974 -> 0.989 of max(autoregressive,
-unbudgeted), the worst 0.830 -> 0.900.
+them; a new request's first read comes after at most 6 decodes (measured: smollm2-moe's
+chain at 600 characters, warm set B +0.076x decoding, the toy's warm set B -0.007, the other
+10 screened cells level). Measured on ``bench/auto_loss_trace.py``'s SGLang-priced chain
+screen (BENCHMARKS.md, thirty-sixth session): 12 cells' geometric mean 0.974 -> 0.994 of
+max(autoregressive, unbudgeted), the worst 0.830 -> 0.900.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Shadows:
         is left out where the engine's draft state before it is not at hand)."""
         if not self.shadowing or not matched:
             return
+        self.unread_request = False
         runs = shadow_runs(matched, max(d for _, _, d in self.trees))
         self.shadow.extend(runs)
         if runs:
@@ -69,10 +72,12 @@ class Shadows:
 
     def read_every(self) -> int:
         """With ``shadow``, the decodes after which the draft reads them (0: none): as
-        far apart as keeps a draft forward's time under ``explore`` of theirs."""
+        far apart as keeps a draft forward's time under ``explore`` of theirs; a new
+        request's first read after at most ``first_read`` (6) decodes (its text is new)."""
         if not self.shadowing or not self.explore:
             return 0
-        return max(spacing(self.first_draft_s(0), self.decode_seconds(), self.explore), 1)
+        every = max(spacing(self.first_draft_s(0), self.decode_seconds(), self.explore), 1)
+        return min(every, self.first_read) if self.unread_request else every
 
     def shadow_step(self, outcome) -> None:
         """A chain step off the full chain (a probe, an explore): its accepted drafts join
@@ -84,8 +89,11 @@ class Shadows:
         if outcome.tree == self.trees[0] or run < outcome.tree[2]:
             self.shadow.append(run)
 
-    def clear_shadows(self) -> None:
+    def clear_shadows(self, new_request: bool = False) -> None:
+        """Forget the shadows (of the text before a switch back to the full chain, or of
+        the last request: ``new_request``, whose first read then comes sooner)."""
         self.shadow.clear()
+        self.unread_request |= new_request
 
     def shadowed(self, c: int) -> float | None:
         """Chain ``c``'s mean committed tokens over the shadows, or None without enough
@@ -100,3 +108,5 @@ class Shadows:
         self.shadowing = shadow and self.trees[0][1] == 1
         self.shadow: deque[int] = deque(maxlen=window)
         self.shadow_min = least
+        self.first_read = 6  # a new request's first read: after at most this many decodes
+        self.unread_request = False  # no guesses at this request's decodes yet

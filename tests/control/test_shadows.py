@@ -185,3 +185,17 @@ def test_auto_wants_the_drafts_guesses_on_a_chain_and_not_in_a_server():
         local.prepare(2, 8, 2, 8, torch.device("cpu"))
         local.plan_step(tree, False)
         assert local.wants_guesses is wants
+
+
+def test_a_new_requests_first_read_comes_after_at_most_6_decodes():
+    options = dict(explore=0.005, probe=1000, max_probe=1000)
+    g = guard_on_window(1, CHAINS[:1], shadow=True, **options)
+    g.replan()
+    every = g.read_every()
+    assert every > 6 and g.plan().steps == every
+    g.new_request()
+    plan = g.plan()
+    assert plan.read and plan.steps == 6  # the new text's first look
+    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    g.draft_matched([F] * 6)  # the chain would commit its root alone: decoding stays
+    assert g.plan() == StepPlan("autoregressive", reason=g.why, steps=every, read=True)
