@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections import deque
 
 from moe_spec.control.looks import spacing
+from moe_spec.control.steps import StepOutcome
 
 
 def shadow_runs(matched: list[bool], depth: int) -> list[int]:
@@ -79,7 +80,7 @@ class Shadows:
         every = max(spacing(self.first_draft_s(0), self.decode_seconds(), self.explore), 1)
         return min(every, self.first_read) if self.unread_request else every
 
-    def shadow_step(self, outcome) -> None:
+    def shadow_step(self, outcome: StepOutcome) -> None:
         """A chain step off the full chain (a probe, an explore): its accepted drafts join
         the shadows where they show the full chain's run (a probe's; a smaller chain's
         that ended before filling it)."""
@@ -98,7 +99,7 @@ class Shadows:
     def shadowed(self, c: int) -> float | None:
         """Chain ``c``'s mean committed tokens over the shadows, or None without enough
         of them (``shadow_min``) or for a tree that is not a chain."""
-        n, width, depth = self.trees[c]
+        _, width, depth = self.trees[c]
         if self.choice == 0 or len(self.shadow) < self.shadow_min or width != 1:
             return None
         return 1.0 + sum(min(run, depth) for run in self.shadow) / len(self.shadow)
