@@ -22,7 +22,7 @@ from statistics import fmean
 import torch
 from auto_budget import prompt_sets
 
-from moe_spec.control.shadows import shadow_runs
+from moe_spec.control.shadows import shadow_run, shadow_runs
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers.eagle import capture_features
@@ -40,15 +40,6 @@ def guesses(engine, seq: list[int]) -> list[bool]:
         out_QD = draft.predicted_features(cache, seq[1:], feature_SD[:-1])
         guess_Q = draft.lm_head(out_QD).argmax(-1).tolist()  # guess_Q[i]: token i + 2
     return [False, False] + [g == t for g, t in zip(guess_Q[:-1], seq[2:], strict=True)]
-
-
-def shadow_at(hit: list[bool], t: int, depth: int) -> int | None:
-    """What a chain of ``depth`` rooted at token ``t`` would commit by the guesses: ``1 +``
-    the run of right ones after it; None where the text ends first."""
-    run = 0
-    while run < depth and t + 1 + run < len(hit) and hit[t + 1 + run]:
-        run += 1
-    return 1 + run if run == depth or t + 1 + run < len(hit) else None
 
 
 def main() -> None:
@@ -84,7 +75,7 @@ def main() -> None:
             prompt_hits = hit[max(len(ids) - 200, 2) : len(ids)]
             row = (
                 fmean(s.committed for s in result.steps),
-                fmean(s for r in roots if (s := shadow_at(hit, r, depth)) is not None),
+                1 + fmean(s for r in roots if (s := shadow_run(hit, r + 1, depth)) is not None),
                 1 + fmean(shadow_runs(decoded, depth)),
                 fmean(decoded),
                 1 + fmean(shadow_runs(prompt_hits, depth)),

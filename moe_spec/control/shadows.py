@@ -39,20 +39,22 @@ from moe_spec.control.looks import spacing
 from moe_spec.control.steps import StepOutcome
 
 
+def shadow_run(matched: list[bool], j: int, depth: int) -> int | None:
+    """Drafts a greedy chain of ``depth`` would have committed rooted before decoded token
+    ``j``: the run of ``True`` in ``matched`` from ``j``, at most ``depth``; None where the
+    run reaches the end of ``matched`` first (cut short by what is not decoded yet).
+    ``matched[i]``: whether the draft's most likely token after the decoded text before
+    token ``i`` was token ``i``."""
+    run = 0
+    while run < depth and j + run < len(matched) and matched[j + run]:
+        run += 1
+    return run if run == depth or j + run < len(matched) else None
+
+
 def shadow_runs(matched: list[bool], depth: int) -> list[int]:
-    """Drafts a greedy chain of ``depth`` would have committed rooted before each decoded
-    token: the run of ``True`` in ``matched`` starting there, at most ``depth``. A run that
-    reaches the end of ``matched`` before ``depth`` is cut short by what has not been
-    decoded yet, and is left out. ``matched[i]``: whether the draft's most likely token
-    after the decoded text before token ``i`` was token ``i``."""
-    runs = []
-    for j in range(len(matched)):
-        run = 0
-        while run < depth and j + run < len(matched) and matched[j + run]:
-            run += 1
-        if run == depth or j + run < len(matched):
-            runs.append(run)
-    return runs
+    """:func:`shadow_run` before each decoded token, those cut short left out."""
+    runs = (shadow_run(matched, j, depth) for j in range(len(matched)))
+    return [run for run in runs if run is not None]
 
 
 class Shadows:

@@ -384,7 +384,8 @@ class Engine:
         them, None before any); its guesses at the decoded tokens (the rest: a tree's path
         or a prompt) go to ``policy.draft_matched``. Returns its last feature ``[D]``."""
         tokens, feature_QD, decoded = unseen
-        decoded *= policy.wants_guesses  # else no LM head over them
+        if not policy.wants_guesses:  # no LM head over them
+            decoded = 0
         guesses = min(decoded, len(tokens) - 1)  # the first token's guess came before them
         root_feature_D, next_Q = self.draft_read(torch.cat(feature_QD), tokens, cache, guesses)
         guessed = next_Q[:-1]
