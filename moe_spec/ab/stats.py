@@ -164,12 +164,19 @@ def modeled_steps(
         after = record.steps[i + 1] if i + 1 < len(record.steps) else None
         return after is not None and after.guard != AUTOREGRESSIVE
 
+    def drafted(s) -> tuple[int, int]:  # the step's draft forward: width, depth
+        # a decode that read the decoded tokens (``StepPlan.read``, priced as a draft forward)
+        # reads nothing more where SGLang's extend after every decode already ran the draft
+        # over each of them (its guesses: the SGLang plugin reads them there)
+        if m.draft_extend and m.decode_extend and s.guard == AUTOREGRESSIVE:
+            return 0, 0
+        return s.width, s.depth
+
     return [
         ModeledStep(
             s.committed,
             s.num_tokens,
-            s.width,
-            s.depth,
+            *drafted(s),
             mapped(s.after_L),
             s.repair_tokens,
             mapped(s.repair_L) if s.repair_tokens else 0.0,

@@ -17,18 +17,19 @@ averaged 2.47 and at every generated token 2.44, per prompt within 0.48 of the c
 (1.68 to 3.30); at 600 characters a prompt 2.36, 2.36 and 2.35 (within 0.37). The prompt's
 own text (human-written) gives 1.72-1.81 whatever the chain does: it tells nothing.
 
-With ``shadow`` (on in ``auto``; not in SGLang) and a chain configured (width 1: the draft's
-top guess does not show a tree's other drafts), while the guard is off the full chain the
-latest ``window`` (16) shadows, once there are 4, stand for the chains' committed tokens in
-the prediction: each chain's tokens/s (budgets, cost and window as predicted) is scaled by its
-shadows' mean over the window's mean. A probe's accepted drafts join them, and so do a smaller
-chain's that ended before filling it. Shadows arriving make the guard decide again at its
-next plan; a switch back to the full chain (its steps then show it) and a new request clear
-them; a new request's first read comes after at most 6 decodes (measured: smollm2-moe's
-chain at 600 characters, warm set B +0.076x decoding, the toy's warm set B -0.007, the other
-10 screened cells level). Measured on ``bench/auto_loss_trace.py``'s SGLang-priced chain
-screen (BENCHMARKS.md, thirty-sixth session): 12 cells' geometric mean 0.974 -> 0.994 of
-max(autoregressive, unbudgeted), the worst 0.830 -> 0.900.
+With ``shadow`` (on in ``auto``; in SGLang only where every decode runs the draft extend,
+whose output holds the guess: ``moe_spec.integration.sglang.feed``) and a chain configured
+(width 1: the draft's top guess does not show a tree's other drafts), while the guard is off
+the full chain the latest ``window`` (16) shadows, once there are 4, stand for the chains'
+committed tokens in the prediction: each chain's tokens/s (budgets, cost and window as
+predicted) is scaled by its shadows' mean over the window's mean. A probe's accepted drafts
+join them, and so do a smaller chain's that ended before filling it. Shadows arriving make the
+guard decide again at its next plan; a switch back to the full chain (its steps then show it)
+and a new request clear them; a new request's first read comes after at most 6 decodes
+(measured: smollm2-moe's chain at 600 characters, warm set B +0.076x decoding, the toy's warm
+set B -0.007, the other 10 screened cells level). Measured on ``bench/auto_loss_trace.py``'s
+SGLang-priced chain screen (BENCHMARKS.md, thirty-sixth session): 12 cells' geometric mean
+0.974 -> 0.994 of max(autoregressive, unbudgeted), the worst 0.830 -> 0.900.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ before each planned tree, a decode of the root alone when the draft's first leve
 unsure to pay for the tree (:meth:`Auto.gate`; engines that draft on the host: the
 reference and transformers engines); with ``shadow`` (and ``guard``, on a chain), while it
 decodes the draft reads the decoded tokens every few decodes and its guesses at them say what
-the chain would have committed there (:meth:`Auto.draft_matched`; the same engines; not in
-SGLang). ``measure`` corrects the
+the chain would have committed there (:meth:`Auto.draft_matched`; the same engines, and
+SGLang's plugin on an adaptive chain whose decodes run the draft extend). ``measure`` corrects the
 modeled times by the measured wall time (for a run whose own speed is what counts,
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
@@ -293,7 +293,9 @@ class Auto(TokenPriority):
         )
         return {k: self.device_state[k] for k in ("rank_LE", "ids_LRK", "depth_R")}
 
-    def for_server(self, guard: bool = False, decode_extend: bool = True) -> None:
+    def for_server(
+        self, guard: bool = False, decode_extend: bool = True, guesses: bool = False
+    ) -> None:
         """For a server (SGLang), before the first step: no measured step times (every
         tensor-parallel rank must plan alike) and no draft gate (the draft runs on the
         device). Without ``guard`` the server runs the configured tree every step: plan its
@@ -304,12 +306,14 @@ class Auto(TokenPriority):
         (``draft_extend``; a depth-0 step runs one too, so there a plain decode costs a
         1-token draft forward more than without speculation; without ``decode_extend``,
         SGLang skips it on every decode of a run but the last, and a decode is priced as a
-        plain one). No ``shadow``: the plugin does not read the draft's guesses at decoded
-        tokens (under SGLang's skip switch its draft does not read them at all), and reads
-        planned for nothing would only cost draft forwards."""
+        plain one). ``shadow`` (as set) only with the guard and ``guesses``: the server hands
+        the draft's guesses at decoded tokens to :meth:`draft_matched` (SGLang's plugin
+        reads them before each decode, where every decode extends; under SGLang's skip
+        switch the draft does not read the decoded tokens at all)."""
         if self.controller is not None:
             raise PolicyError("auto: for_server() must come before the first step")
-        self.options.update(guard=guard, gate=False, measure=False, shadow=False)
+        shadow = self.options["shadow"] and guard and decode_extend and guesses
+        self.options.update(guard=guard, gate=False, measure=False, shadow=shadow)
         self.draft_extend, self.decode_extend = True, decode_extend
         self.rank_every = self.options["max_rank_every"] = 1  # ranks every step anyway
 

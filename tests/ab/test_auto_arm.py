@@ -84,6 +84,31 @@ def test_under_sglangs_skip_switch_only_a_runs_last_decode_pays_the_extend():
     assert tokens == 8 and extended - skipped == pytest.approx(4 * extend_1, rel=1e-9)
 
 
+def test_a_decode_that_read_the_text_pays_its_draft_forward_unless_every_decode_extends():
+    # a read (StepPlan.read): the run's last decode also ran the draft over the decoded
+    # tokens; where SGLang extends after every decode that forward already ran, one a decode
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    cost, shape = get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B")
+    decoded = Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")
+    read = Step(1, 1, 1, 1, [2, 2], [2, 2], [2, 2], guard="autoregressive")
+    draft_1 = draft_seconds(cost.gpu, shape, 1, 1, overheads=cost.overheads)
+    for m, extra in (
+        (Modeled(cost, shape), draft_1),  # the engines: the read's forward
+        (Modeled(cost, shape, draft_extend=True, decode_extend=False), draft_1),  # skip switch
+        (Modeled(cost, shape, draft_extend=True), 0.0),  # every decode extends: nothing more
+    ):
+        plain, reading = (
+            modeled_pair(
+                RunRecord("auto", 0, 0, [1] * 3, 1.0, [decoded, decoded, last]),
+                RunConfig("auto"),
+                info,
+                m,
+            )[1]  # fmt: skip
+            for last in (decoded, read)
+        )
+        assert reading - plain == pytest.approx(extra, rel=1e-9, abs=1e-15)
+
+
 def test_a_tree_step_without_the_policy_is_priced_without_the_selection():
     info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
     m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))

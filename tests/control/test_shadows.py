@@ -172,13 +172,25 @@ def test_auto_passes_shadow_on_and_refuses_a_non_bool():
         get_policy("auto", shadow="yes")
 
 
-def test_auto_wants_the_drafts_guesses_on_a_chain_and_not_in_a_server():
-    """SGLang's plugin reads no draft guesses: a server's guard plans no reads."""
-    policy = get_policy("auto")
-    policy.for_server(guard=True)
+@pytest.mark.parametrize(
+    "options, server, wants",
+    [
+        ({}, dict(guard=True, guesses=True), True),  # SGLang's plugin reads each decode's
+        ({"shadow": False}, dict(guard=True, guesses=True), False),  # as the user set it
+        ({}, dict(guard=True), False),  # a server that reads no guesses
+        ({}, dict(guard=True, decode_extend=False, guesses=True), False),  # SGLang's skip
+        ({}, dict(guard=False, guesses=True), False),  # the configured tree every step
+    ],
+)
+def test_a_server_wants_the_drafts_guesses_only_where_it_hands_them_over(options, server, wants):
+    policy = get_policy("auto", **options)
+    policy.for_server(**server)
     policy.prepare(2, 8, 2, 8, torch.device("cpu"))
     policy.plan_step((4, 1, 3), False)
-    assert policy.options["shadow"] is False and not policy.wants_guesses
+    assert policy.options["shadow"] is wants and policy.wants_guesses is wants
+
+
+def test_auto_wants_the_drafts_guesses_on_a_chain_only():
     for tree, wants in (((4, 1, 3), True), ((8, 4, 3), False)):  # chains only
         local = get_policy("auto")
         assert not local.wants_guesses  # before its first plan

@@ -32,6 +32,9 @@ VERIFY_TARGETS = {
 }
 #: The worker whose adaptive controller (``--speculative-adaptive``) ``auto`` drives.
 ADAPTIVE_WORKER_INIT = "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.__init__"
+#: Where a plain decode of an adaptive chain builds its 1-token verify input, while
+#: ``batch.spec_info`` still holds the draft's guess at the token it decodes (``auto``'s shadows).
+DECODE_INPUT = "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2._build_trivial_verify_input"
 
 
 class UnsupportedSetupError(RuntimeError):
@@ -192,7 +195,8 @@ def check_topk_layer(topk: Any) -> Findings:
 
 def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
     """Refuse an adaptive policy when the verify step of this setup could not be hooked,
-    or, on a chain with SGLang's adaptive speculation, the worker that chooses the depth.
+    or, on a chain with SGLang's adaptive speculation, the worker that chooses the depth;
+    warn where the draft's guesses before plain decodes cannot be read there.
 
     The hooks are registered by name when the plugin loads; an SGLang whose speculative
     worker moved or was renamed leaves them unapplied (SGLang only logs that), and the
@@ -217,7 +221,20 @@ def check_acceptance_hook(server_args: Any, policy_name: str) -> Findings:
             f"hook could not be applied); supported: sglang{SUPPORTED_TEXT}, or serve without "
             "--speculative-adaptive"
         )
+    elif adaptive_chain(server_args) and not skips_depth0_extend() and not reads_guesses():
+        found.warnings.append(
+            f"{policy_name} on --speculative-adaptive: the draft's guesses at decoded tokens "
+            f"are read in a hook on {DECODE_INPUT}, which this SGLang does not have (or the "
+            "hook could not be applied); the guard decodes without them (shadow is off)"
+        )
     return found
+
+
+def reads_guesses() -> bool:
+    """Whether the hook that reads the draft's guess before each plain decode is applied."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    return DECODE_INPUT in HookRegistry._patched
 
 
 def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> Findings:
@@ -239,7 +256,9 @@ def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> F
             f"{SKIP_EXTEND}={os.environ[SKIP_EXTEND]} with {policy_name} on "
             "--speculative-adaptive: the guard's plain decodes skip SGLang's draft extend "
             "except the last of each run (the chain after it drafts from a current state; "
-            "the decoded tokens stay out of the draft's cache), and are priced without it"
+            "the decoded tokens stay out of the draft's cache), and are priced without it; "
+            "the draft then makes no guesses at the decoded tokens, so the guard does not "
+            "see what the chain would commit while it decodes (shadow is off)"
         )
     return found
 

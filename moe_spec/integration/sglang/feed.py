@@ -26,7 +26,13 @@ alone: a plain decode), and the policy's guard chooses among the configured chai
 halvings and decoding (``moe_spec.integration.sglang.depth`` hands its choice to SGLang).
 Each step's chain is then read from the width of its ``accept_index`` (depth + 1), and
 the decodes of a planned run are reported as one outcome once the run is over (or its
-request), as the engines report them.
+request), as the engines report them. Where every decode runs SGLang's draft extend (no
+skip switch), the draft's most likely next token is at hand before each decode
+(``spec_info.topk_index[:, 0]``, through the draft's ``hot_token_id``): the plugin reads it
+as SGLang builds the decode's input (:meth:`AcceptanceFeed.note_guess`), and whether the
+verified token matched goes with the step's copies; a run's matches reach
+``policy.draft_matched`` before its outcome (``auto``'s shadows: what the chain would have
+committed on the decoded text, ``moe_spec.control.shadows``).
 
 Shape legend: b requests, P accepted-path slots, L MoE layers, E experts, K top-k,
 N tree tokens per request, R recorded rows.
@@ -84,6 +90,7 @@ class Snapshot:
     index_bP: torch.Tensor
     recorded: dict[str, torch.Tensor]
     new_request: bool = False  # the observed request is another than the last step's
+    hit_1: torch.Tensor | None = None  # a decode: whether the draft guessed its token
 
     def wait(self) -> None:
         """Until the copies have landed (long done when the next step comes)."""
@@ -130,6 +137,11 @@ class AcceptanceFeed:
         self.rid: Any = None  # the observed request (the batch's first), by SGLang's rid
         self.started = 0  # observed requests that started new text (start_request calls)
         self.warned = False  # whether the tree was predicted slower than plain decoding yet
+        # the draft's guesses at decoded tokens, for a policy that wants them (auto's shadows)
+        self.guesses = bool(getattr(policy, "wants_guesses", False))
+        self.guess_1: torch.Tensor | None = None  # before this step's decode, on the device
+        self.matched: list[bool] = []  # the run's decodes so far: whether each was guessed
+        self.guessed = self.right = 0
 
     # -- after each verify -------------------------------------------------------------
     def after_verify(self, result: Any, batch: Any) -> None:
@@ -151,8 +163,10 @@ class AcceptanceFeed:
                 f"{tuple(index_bP.shape)}; expected [bs] and [bs, depth + 1]"
             )
         t0 = time.perf_counter()
+        guess_1, self.guess_1 = self.guess_1, None
         if lens_b.numel():
-            self.pending.append(self.snapshot(lens_b, index_bP))
+            hit_1 = self.hit(guess_1, result) if index_bP.shape[1] == 1 else None
+            self.pending.append(self.snapshot(lens_b, index_bP, hit_1))
             self.pending[-1].new_request = self.next_request(batch)
         lag = int(lens_b.device.type == "cuda")
         while len(self.pending) > lag:
@@ -172,9 +186,37 @@ class AcceptanceFeed:
         self.rid = rid
         return True
 
-    def snapshot(self, lens_b: torch.Tensor, index_bP: torch.Tensor) -> Snapshot:
+    def note_guess(self, worker: Any, batch: Any) -> None:
+        """As SGLang builds a plain decode's verify input (``batch.spec_info`` is still the
+        draft extend's output): the draft's most likely token after the text so far, for
+        the batch's first request, mapped from the draft's hot vocabulary (``hot_token_id``
+        of ``worker.draft_worker``) where it has one. Device ops only."""
+        self.guess_1 = None
+        if not self.guesses:
+            return
+        index_bW = getattr(getattr(batch, "spec_info", None), "topk_index", None)
+        if index_bW is None or index_bW.dim() != 2 or 0 in index_bW.shape:
+            return
+        guess_1 = index_bW[:1, 0]
+        hot_V = getattr(getattr(worker, "draft_worker", None), "hot_token_id", None)
+        self.guess_1 = hot_V[guess_1] if hot_V is not None else guess_1.clone()
+
+    @staticmethod
+    def hit(guess_1: torch.Tensor | None, result: Any) -> torch.Tensor | None:
+        """bool ``[1]``: whether a plain decode's token (the bonus token SGLang verified for
+        the batch's first request) is the draft's guess; None without a guess."""
+        token_b = getattr(getattr(result, "next_draft_input", None), "bonus_tokens", None)
+        if guess_1 is None or token_b is None or token_b.dim() != 1 or not token_b.numel():
+            return None
+        return guess_1.to(token_b.dtype) == token_b[:1]
+
+    def snapshot(
+        self, lens_b: torch.Tensor, index_bP: torch.Tensor, hit_1: torch.Tensor | None = None
+    ) -> Snapshot:
         """Host copies of this step's tensors (non-blocking into pinned memory on CUDA)."""
         tensors = {"lens_b": lens_b, "index_bP": index_bP, **self.buffers}
+        if hit_1 is not None:
+            tensors["hit_1"] = hit_1
         if lens_b.device.type != "cuda":
             host = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
             event = None
@@ -185,8 +227,8 @@ class AcceptanceFeed:
             }
             event = torch.cuda.Event()
             event.record()
-        lens, index = host.pop("lens_b"), host.pop("index_bP")
-        return Snapshot(event, lens, index, host)
+        lens, index, hit_1 = host.pop("lens_b"), host.pop("index_bP"), host.pop("hit_1", None)
+        return Snapshot(event, lens, index, host, hit_1=hit_1)
 
     def fold(self, snap: Snapshot) -> None:
         """Observe the recorded requests of one step, then plan the next (host only)."""
@@ -208,7 +250,7 @@ class AcceptanceFeed:
             self.policy.start_request()
             self.started += 1
         if N == 1:
-            self.fold_decode(snap.new_request)
+            self.fold_decode(snap.new_request, None if snap.hit_1 is None else bool(snap.hit_1))
         else:
             self.report_decodes()
             for i, path in enumerate(paths[: min(self.per_step, rec["ids_LRK"].shape[1] // N)]):
@@ -238,21 +280,34 @@ class AcceptanceFeed:
             )
         return tree
 
-    def fold_decode(self, new_text: bool = False) -> None:
+    def fold_decode(self, new_text: bool = False, hit: bool | None = None) -> None:
         """A depth-0 step: SGLang verified the root alone, a plain decode. A run the guard
         planned is reported once it is over, as one outcome; a decode it did not plan (the
         plan changed a step late) at once. The first decode of new text starts a run planned
-        for it."""
+        for it. ``hit``: whether the draft guessed the decoded token (None: no guess)."""
         if new_text and self.plan is not None and self.plan.kind == AUTOREGRESSIVE:
             self.plan = self.policy.plan_step(self.tree, False)
         self.decodes += 1
+        if hit is None:  # a decode without a guess ends the text the matches cover
+            self.give_matches()
+        else:
+            self.matched.append(hit)
+            self.guessed, self.right = self.guessed + 1, self.right + hit
         plan = self.plan
         if plan is None or plan.kind != AUTOREGRESSIVE or self.decodes >= plan.steps:
             self.report_decodes()
             self.plan = self.policy.plan_step(self.tree, False)
 
+    def give_matches(self) -> None:
+        """The run's matches so far to ``policy.draft_matched`` (contiguous decoded text)."""
+        if self.matched:
+            self.policy.draft_matched(self.matched)
+            self.matched = []
+
     def report_decodes(self) -> None:
-        """The decodes not yet reported, as one autoregressive outcome."""
+        """The decodes not yet reported, as one autoregressive outcome (after the draft's
+        matches at them, as the engines give them)."""
+        self.give_matches()
         if self.decodes:
             self.policy.observe(StepOutcome(AUTOREGRESSIVE, [0], steps=self.decodes))
             self.decodes = 0
@@ -365,7 +420,12 @@ class AcceptanceFeed:
             if self.skip_extend
             else ""
         )
-        return f"steps per chain depth {{{counts}}}; {skipped}"
+        guessed = (
+            f"the draft guessed {self.right} of {self.guessed} decoded tokens; "
+            if self.guesses
+            else ""
+        )
+        return f"steps per chain depth {{{counts}}}; {skipped}{guessed}"
 
     def report(self) -> None:
         line = self.line()

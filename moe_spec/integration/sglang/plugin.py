@@ -15,7 +15,9 @@ with SGLang's ``HookRegistry``:
   ``MultiLayerEagleWorkerV2.verify`` (AFTER): each verify step's accepted paths to the
   policy, which then rewrites its per-layer budgets in place (``feed.py``); and
   ``EAGLEWorkerV2.__init__`` (AFTER): with ``--speculative-adaptive`` on a chain, the
-  policy's guard chooses each step's draft depth, 0 included (``depth.py``).
+  policy's guard chooses each step's draft depth, 0 included (``depth.py``); and
+  ``EAGLEWorkerV2._build_trivial_verify_input`` (AFTER): before such a plain decode, the
+  draft's guess at the token it decodes (``feed.py``: what the chain would commit).
 
 Whatever the settings (switched off included), one more ``ModelRunner.load_model``
 (AFTER) hook gives a target that lacks it the ``get_embed_and_head()`` accessor EAGLE
@@ -28,7 +30,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from moe_spec.integration.sglang.compat import ADAPTIVE_WORKER_INIT, VERIFY_TARGETS
+from moe_spec.integration.sglang.compat import (
+    ADAPTIVE_WORKER_INIT,
+    DECODE_INPUT,
+    VERIFY_TARGETS,
+)
 from moe_spec.integration.sglang.eagle_target import add_embed_and_head, notice
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import (
@@ -92,6 +98,7 @@ def register_hooks(runtime: BudgetRuntime) -> None:
         for target in VERIFY_TARGETS.values():
             HookRegistry.register(target, feed_after_verify(runtime), HookType.AFTER)
         HookRegistry.register(ADAPTIVE_WORKER_INIT, depth_after_init(runtime), HookType.AFTER)
+        HookRegistry.register(DECODE_INPUT, guess_before_decode(runtime), HookType.AFTER)
 
 
 def register_eagle_accessor() -> None:
@@ -197,6 +204,17 @@ def feed_after_verify(runtime: BudgetRuntime):
 
     def hook(result: Any, worker: Any, batch: Any = None, *args: Any, **kwargs: Any) -> None:
         runtime.after_verify(result, kwargs.get("batch", batch))
+        return None
+
+    return hook
+
+
+def guess_before_decode(runtime: BudgetRuntime):
+    """AFTER hook of ``EAGLEWorkerV2._build_trivial_verify_input`` (a plain decode's input,
+    built before its verify): the draft's guess at the token it decodes."""
+
+    def hook(result: Any, worker: Any, batch: Any = None, *args: Any, **kwargs: Any) -> None:
+        runtime.before_decode(worker, kwargs.get("batch", batch))
         return None
 
     return hook

@@ -27,6 +27,7 @@ from moe_spec.integration.sglang.compat import (
     check_sglang_version,
     check_topk_layer,
     installed_sglang_version,
+    reads_guesses,
     skips_depth0_extend,
 )
 from moe_spec.integration.sglang.depth import drive_depth
@@ -98,8 +99,10 @@ class BudgetRuntime:
         # chain at the depth the guard chooses (``depth.py``)
         chains = self.learns and adaptive_chain(server_args)
         skip_extend = chains and skips_depth0_extend()  # the guard's decodes skip it (depth.py)
-        if hasattr(self.policy, "for_server"):
-            extend = {"decode_extend": False} if skip_extend else {}  # auto's; others need not
+        if hasattr(self.policy, "for_server"):  # auto's options; others need not take them
+            extend = {"decode_extend": False} if skip_extend else {}
+            if chains and not skip_extend and reads_guesses():  # each decode's extend guesses
+                extend["guesses"] = True
             self.policy.for_server(guard=chains, **extend)
         self.tp_rank = tp_rank
         self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
@@ -229,6 +232,23 @@ class BudgetRuntime:
             self.counters.report()
         if self.feed is not None and self.feed.due():
             self.feed.report()
+
+    def before_decode(self, worker: Any, batch: Any) -> None:
+        """Host side, as SGLang builds a plain decode's verify input: the draft's guess at
+        the token it decodes, for the feed (never raises: a layout it cannot read stops the
+        guesses only)."""
+        feed = self.feed
+        if feed is None or capturing():
+            return
+        try:
+            feed.note_guess(worker, batch)
+        except Exception as exc:
+            feed.guesses = False
+            logger.error(
+                "moe-spec: policy %r gets no more of the draft's guesses at decoded tokens: %r",
+                self.settings.policy,
+                exc,
+            )
 
     def after_verify(self, result: Any, batch: Any) -> None:
         """Host side, after a verify step: its acceptance to the policy (never raises).

@@ -552,13 +552,17 @@ def scenario_auto_chain() -> dict:
     from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams
 
     from moe_spec.integration.sglang import plugin
-    from moe_spec.integration.sglang.compat import ADAPTIVE_WORKER_INIT, UnsupportedSetupError
+    from moe_spec.integration.sglang.compat import (
+        ADAPTIVE_WORKER_INIT,
+        DECODE_INPUT,
+        UnsupportedSetupError,
+    )
     from moe_spec.integration.sglang.runtime import BudgetRuntime
 
     publish_runtime()
     load_plugins()
     (hook,) = [h for _, h, _ in HookRegistry._hooks[ADAPTIVE_WORKER_INIT]]
-    out = {"patched": ADAPTIVE_WORKER_INIT in HookRegistry._patched}
+    out = {"patched": [t in HookRegistry._patched for t in (ADAPTIVE_WORKER_INIT, DECODE_INPUT)]}
     for name, args in (
         ("chain", ADAPTIVE_CHAIN),
         ("plain_chain", ADAPTIVE_CHAIN[:-1]),
@@ -578,7 +582,12 @@ def scenario_auto_chain() -> dict:
             "guard": runtime.policy.options["guard"],
             "params": type(params).__name__,
             "candidates": params.candidate_steps,
+            "guesses": runtime.feed.guesses,  # auto's shadows, from each decode's guess
         }
+    HookRegistry._patched.discard(DECODE_INPUT)  # an SGLang without the decode-input hook
+    runtime = BudgetRuntime(plugin.RUNTIME.settings)
+    found = runtime.prepare(build_model(), sglang_args(*ADAPTIVE_CHAIN), "cpu")
+    out["unguessed"] = {"guesses": runtime.feed.guesses, "warnings": found.warnings}
     HookRegistry._patched.discard(ADAPTIVE_WORKER_INIT)
     try:
         BudgetRuntime(plugin.RUNTIME.settings).prepare(

@@ -23,6 +23,9 @@ from sglang.srt.speculative.adaptive_runtime_state import AdaptiveController  # 
 from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams  # noqa: E402
 
 L, E, K = 2, 16, 2
+#: The draft's hot vocabulary (``--speculative-token-map``): its token i is the target's
+#: HOT_V[i], never i itself, so a guess compared unmapped is never right.
+HOT_V = torch.arange(8) * 7 + 100
 
 
 class FakeWorker:
@@ -31,6 +34,7 @@ class FakeWorker:
     def __init__(self, steps: int) -> None:
         self.speculative_num_steps = steps
         self.built: list[int] = []
+        self.draft_worker = SimpleNamespace(hot_token_id=HOT_V)  # the draft's vocabulary
         self.adaptive_controller = AdaptiveController(self, AdaptiveSpeculativeParams(steps))
 
     def build_adaptive_runtime_state(self, speculative_num_steps, speculative_num_draft_tokens,
@@ -43,14 +47,15 @@ class FakeWorker:
         self.speculative_num_steps = state.speculative_num_steps
 
 
-def served(depth: int, skip_extend: bool = False, **options):
+def served(depth: int, skip_extend: bool = False, guesses: bool = False, **options):
     """``auto`` as the plugin prepares it for an adaptive chain of ``depth``, its feed, and
     a worker whose controller was built by SGLang and then handed to the guard (with
-    ``skip_extend``, as under ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1``)."""
+    ``skip_extend``, as under ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND=1``; with
+    ``guesses``, the draft's guesses before decodes are read)."""
     policy = get_policy("auto", **options)
     policy.validate = False
     policy.record_routing = False
-    policy.for_server(guard=True, decode_extend=not skip_extend)
+    policy.for_server(guard=True, decode_extend=not skip_extend, guesses=guesses)
     policy.prepare(L, E, K, E, torch.device("cpu"))
     feed = AcceptanceFeed(policy, (depth + 1, 1, depth), K, chains=True, skip_extend=skip_extend)
     worker = FakeWorker(depth)
@@ -62,13 +67,29 @@ def served(depth: int, skip_extend: bool = False, **options):
 
 
 def verify(
-    policy, feed: AcceptanceFeed, worker: FakeWorker, accepted: int, seed: int, rid: str = "r"
+    policy,
+    feed: AcceptanceFeed,
+    worker: FakeWorker,
+    accepted: int,
+    seed: int,
+    rid: str = "r",
+    guessed: bool | None = None,
 ) -> None:
     """One decode step as SGLang runs it: the depth the controller activates, the verify
-    forward's routing through the policy (every MoE layer), then the verify hook's feed."""
+    forward's routing through the policy (every MoE layer), then the verify hook's feed.
+    At depth 0 with ``guessed`` (True or False), the draft's guess is read first, as the
+    plugin reads it while SGLang builds the decode's input, and the decoded token is that
+    guess or another."""
     worker.adaptive_controller.activate_step_by_batch(1)
     depth = worker.speculative_num_steps
     T = depth + 1
+    batch = SimpleNamespace(reqs=[SimpleNamespace(rid=rid)])
+    bonus_b = torch.tensor([1])  # the target's token (never a guess here: HOT_V's are > 99)
+    if depth == 0 and guessed is not None:
+        hot = seed % len(HOT_V)  # the draft's top token, in its hot vocabulary
+        batch.spec_info = SimpleNamespace(topk_index=torch.tensor([[hot]]))
+        feed.note_guess(worker, batch)
+        bonus_b = HOT_V[hot : hot + 1] + (0 if guessed else 1)
     gen = torch.Generator().manual_seed(seed)
     for layer in range(L):
         logits_TE = torch.randn(T, E, generator=gen)
@@ -78,8 +99,12 @@ def verify(
         policy.apply(record, E)
     n = 1 + min(accepted, depth)  # the root and the accepted drafts
     index = [[*range(n), *[-1] * (T - n)]]
-    result = SimpleNamespace(accept_lens=torch.tensor([n]), accept_index=torch.tensor(index))
-    feed.after_verify(result, SimpleNamespace(reqs=[SimpleNamespace(rid=rid)]))
+    result = SimpleNamespace(
+        accept_lens=torch.tensor([n]),
+        accept_index=torch.tensor(index),
+        next_draft_input=SimpleNamespace(bonus_tokens=bonus_b),
+    )
+    feed.after_verify(result, batch)
 
 
 def test_the_guard_hands_sglang_its_candidates():

@@ -96,14 +96,20 @@ def test_guard_is_refused_because_sglang_runs_the_configured_tree():
 
 def test_on_an_adaptive_chain_the_guard_chooses_sglangs_depth():
     result = run_scenario("auto_chain", MOE_SPEC_POLICY="auto", MOE_SPEC_BUDGET="16")
-    assert result["patched"]  # the hook on EAGLEWorkerV2.__init__ was applied
+    # the hooks on EAGLEWorkerV2.__init__ and _build_trivial_verify_input were applied
+    assert result["patched"] == [True, True]
     assert result["chain"] == {
         "chains": True,
         "guard": True,
         "params": "GuardedDepth",
         "candidates": [0, 1, 3, 7],  # the chain of 7, its halvings down to 1, plain decoding
+        "guesses": True,  # every decode extends: the draft's guess before it is read
     }
     for setup in ("plain_chain", "tree"):  # the configured tree every step: budgets only
         assert result[setup]["chains"] is False and result[setup]["guard"] is False
+        assert result[setup]["guesses"] is False
         assert result[setup]["params"] == "AdaptiveSpeculativeParams"  # left as SGLang made it
+    unguessed = result["unguessed"]  # without the decode-input hook: no guesses, said so
+    assert unguessed["guesses"] is False
+    assert any("the guard decodes without them (shadow is off)" in w for w in unguessed["warnings"])
     assert "EAGLEWorkerV2.__init__, which this SGLang does not have" in result["refused"]

@@ -91,8 +91,12 @@ def test_autos_guard_chooses_the_depth_of_an_adaptive_chain(fleet):
     assert {0, 3} <= set(depths) <= {0, 1, 3} and depths[0] > 0 and depths[3] >= 2
     assert "Switch adaptive runtime state: steps 3 -> 0" in log
     assert "draft extends skipped" not in log
+    # every decode extends, so the draft's guess at each decoded token was read before it
+    right, guessed = map(int, GUESSED_LINE.findall(log)[-1])
+    assert guessed == depths[0] and 0 <= right <= guessed
 
 
+GUESSED_LINE = re.compile(r"the draft guessed (\d+) of (\d+) decoded tokens")
 SKIPPED_LINE = re.compile(r"draft extends skipped on (\d+) of (\d+) decodes")
 
 
@@ -102,3 +106,4 @@ def test_with_sglangs_skip_switch_decodes_skip_the_extend_but_a_runs_last(fleet)
     skipped, decodes = map(int, SKIPPED_LINE.findall(log)[-1])
     # every decode but the last of each run skips it; the runs end in the guard's chains
     assert decodes == depths[0] and 0 < skipped < decodes and depths[3] >= 2
+    assert "the draft guessed" not in log  # its decodes make no guesses to read
