@@ -56,6 +56,7 @@ from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.policies import get_policy
+from moe_spec.policies.auto import server_options
 
 
 def add_auto_option(ap: argparse.ArgumentParser, help: str) -> None:
@@ -430,15 +431,14 @@ def main() -> None:
         ap.error("--sglang prices steps as SGLang runs them: use it with --skip-measured")
     if args.skip_decode_extend and not args.sglang:
         ap.error("--skip-decode-extend prices SGLang's switch: use it with --sglang")
-    if args.sglang:  # SGLang runs no draft gate
-        args.auto_option += [("draft_extend", True), ("gate", False)]
-    if args.skip_decode_extend:
-        args.auto_option += [("decode_extend", False)]
-        if args.tree[1] == 1:  # its own adaptive chain is a baseline: fail now, not at the end
-            try:
-                SGLangAdaptiveDepth(args.tree[2])
-            except ValueError as exc:
-                ap.error(f"--sglang on a chain of {args.tree[2]}: {exc}")
+    if args.sglang:  # as SGLang's plugin runs auto: no draft gate, every verify ranks
+        served = server_options(not args.skip_decode_extend).items()
+        args.auto_option = [*served, *args.auto_option]
+    if args.skip_decode_extend and args.tree[1] == 1:  # its own adaptive chain is a baseline:
+        try:  # fail now, not at the end
+            SGLangAdaptiveDepth(args.tree[2])
+        except ValueError as exc:
+            ap.error(f"--sglang on a chain of {args.tree[2]}: {exc}")
     torch.set_num_threads(args.threads)
     engine = load(args)
     out = Path(args.out)

@@ -39,6 +39,7 @@ from moe_spec.costmodel import (
 )
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.policies import get_policy
+from moe_spec.policies.auto import server_options
 
 
 def reason_kind(reason: str) -> str:
@@ -97,12 +98,8 @@ def main() -> None:
     args.threads = 1
     engine = load(args)
     cost, shape = get_cost_model("measured", "H200"), get_shape(args.shape)
-    options = ",opt.gate=false"
-    if args.sglang:
-        options += (
-            f",opt.draft_extend=true,opt.decode_extend={str(not args.skip_decode_extend).lower()}"
-        )
-    options += option_text(args.auto_option)
+    served = server_options(not args.skip_decode_extend) if args.sglang else {"gate": False}
+    options = option_text([*served.items(), *args.auto_option])
     text = f"auto:opt.shape={shape.name},opt.gpu=H200,opt.cost_model=measured{options}"
     (config,) = parse_config(text + ",repair=true", tree_of(args))
     m = Modeled(cost, shape, draft_extend=args.sglang, decode_extend=not args.skip_decode_extend)

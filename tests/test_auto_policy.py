@@ -10,6 +10,7 @@ import torch
 
 from moe_spec import get_policy
 from moe_spec.policies import PolicyError
+from moe_spec.policies.auto import server_options
 from moe_spec.policies.builtin import TokenPriority
 from tests.conftest import make_record
 from tests.host_sync import HostSyncRecorder
@@ -303,3 +304,27 @@ def test_the_warm_up_runs_on_by_default_on_a_tree_not_on_a_chain(tree, options, 
     policy.plan_step(tree, False)
     assert (policy.controller.max_warmup, policy.controller.hoping) == (max_warmup, hoping)
     assert policy.options["max_warmup"] == options.get("max_warmup")  # resolved per tree only
+
+
+@pytest.mark.parametrize("decode_extend", [True, False])
+def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
+    """``server_options`` (what the SGLang-priced benches pass) is what ``for_server`` sets:
+    the same plans follow, every verify pass ranks (none rests) and, under SGLang's skip
+    switch, no shadows."""
+    served = get_policy("auto")
+    served.for_server(guard=True, decode_extend=decode_extend, guesses=True)
+    benched = get_policy("auto", **server_options(decode_extend))
+    for policy in (served, benched):
+        policy.prepare(2, 8, 2, 8, torch.device("cpu"))
+        policy.plan_step((4, 1, 3), False)
+    assert benched.options == served.options
+    assert (
+        (benched.rank_every, benched.draft_extend, benched.decode_extend)
+        == (
+            served.rank_every,
+            served.draft_extend,
+            served.decode_extend,
+        )
+        == (1, True, decode_extend)
+    )
+    assert benched.wants_guesses is served.wants_guesses is decode_extend

@@ -80,6 +80,21 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
         dst.copy_(host)
 
 
+def server_options(decode_extend: bool = True) -> dict[str, object]:
+    """``auto``'s options as SGLang's plugin runs it (:meth:`Auto.for_server`), for benches
+    that price the engines' steps as SGLang runs them: no draft gate; SGLang's draft extend
+    after every step, a decode's too unless ``decode_extend`` is off (its skip switch, where
+    the draft then makes no guesses at decoded tokens: no ``shadow``); and a ranking in every
+    verify pass (SGLang's forwards, CUDA graphs included, run the selection every step, so no
+    step rests)."""
+    options: dict[str, object] = dict(
+        gate=False, draft_extend=True, decode_extend=decode_extend, rank_every=1
+    )
+    if not decode_extend:
+        options["shadow"] = False
+    return options
+
+
 def _check(name: str, value, ok: bool, allowed: str) -> None:
     if not ok:
         raise PolicyError(f"auto: {name} is {value!r}; allowed: {allowed}")
@@ -312,10 +327,11 @@ class Auto(TokenPriority):
         switch the draft does not read the decoded tokens at all)."""
         if self.controller is not None:
             raise PolicyError("auto: for_server() must come before the first step")
-        shadow = self.options["shadow"] and guard and decode_extend and guesses
-        self.options.update(guard=guard, gate=False, measure=False, shadow=shadow)
-        self.draft_extend, self.decode_extend = True, decode_extend
-        self.rank_every = self.options["max_rank_every"] = 1  # ranks every step anyway
+        served = server_options(decode_extend)
+        shadow = served.get("shadow", self.options["shadow"]) and guard and guesses
+        self.options.update(guard=guard, gate=served["gate"], measure=False, shadow=shadow)
+        self.draft_extend, self.decode_extend = served["draft_extend"], decode_extend
+        self.rank_every = self.options["max_rank_every"] = served["rank_every"]
 
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
