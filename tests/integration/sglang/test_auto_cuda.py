@@ -98,3 +98,36 @@ def test_budgets_learned_between_replays_of_a_captured_verify(device):
     assert feed.steps == 40 - lag and feed.observed == 2 * feed.steps
     assert all(d <= b for budgets, distinct in seen for d, b in zip(distinct, budgets, strict=True))
     assert seen[0][0] == [E] * L and seen[-1][1] == [K] * L
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_the_drafts_guesses_before_decodes_reach_the_policy_without_a_host_wait(device):
+    """An adaptive chain's plain decodes: each guess read from the draft extend's output (in
+    the draft's hot vocabulary), matched with the verified token on the device and handed to
+    ``draft_matched`` once the step is folded in (a step late on CUDA)."""
+    policy = get_policy("auto")
+    policy.validate, policy.record_routing = False, False
+    policy.for_server(guard=True, guesses=True)
+    policy.prepare(L, E, K, E, torch.device(device))
+    feed = AcceptanceFeed(policy, (4, 1, 3), K, chains=True)
+    given: list[bool] = []
+    policy.draft_matched = given.extend
+    hot_V = torch.arange(8, device=device) * 5 + 50
+    worker = SimpleNamespace(draft_worker=SimpleNamespace(hot_token_id=hot_V))
+    right = [i % 3 != 1 for i in range(12)]
+    for i, hit in enumerate(right):
+        guess = i % 8
+        batch = SimpleNamespace(spec_info=SimpleNamespace(
+            topk_index=torch.tensor([[guess]], device=device)))  # fmt: skip
+        token = hot_V[guess : guess + 1] + (0 if hit else 1)
+        result = SimpleNamespace(
+            accept_lens=torch.ones(1, dtype=torch.long, device=device),
+            accept_index=torch.zeros((1, 1), dtype=torch.long, device=device),
+            next_draft_input=SimpleNamespace(bonus_tokens=token.int()),
+        )
+        with no_host_sync(device):
+            feed.note_guess(worker, batch)
+            feed.after_verify(result, batch)
+    lag = int(device == "cuda")
+    assert given + feed.matched == right[: len(right) - lag]
+    assert feed.guessed == len(right) - lag and feed.right == sum(right[: len(right) - lag])
