@@ -99,11 +99,9 @@ class BudgetRuntime:
         # chain at the depth the guard chooses (``depth.py``)
         chains = self.learns and adaptive_chain(server_args)
         skip_extend = chains and skips_depth0_extend()  # the guard's decodes skip it (depth.py)
-        if hasattr(self.policy, "for_server"):  # auto's options; others need not take them
-            extend = {"decode_extend": False} if skip_extend else {}
-            if chains and not skip_extend and reads_guesses():  # each decode's extend guesses
-                extend["guesses"] = True
-            self.policy.for_server(guard=chains, **extend)
+        if hasattr(self.policy, "for_server"):  # auto's (it takes guesses where decodes extend)
+            guesses = chains and reads_guesses()
+            self.policy.for_server(guard=chains, decode_extend=not skip_extend, guesses=guesses)
         self.tp_rank = tp_rank
         self.layer_index = {layer_id: i for i, layer_id in enumerate(layer_ids)}
         self.num_experts = experts
