@@ -18,7 +18,10 @@ from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
    replayed from CUDA graphs (each replay checked against eager); these are the
    points ``moe_spec.costmodel.measured`` fits (``--json`` writes them);
 3. splits the budget selection's cost out of a captured verify: the selections
-   alone, the routed experts alone, as shares of the MoE and of the verify;
+   alone, the routed experts alone, as shares of the MoE and of the verify; and
+   ``auto``'s work inside a verify as SGLang's plugin runs it (every layer ranks, keeps
+   its budget read from the device and records what ``observe`` reads), on the Triton
+   kernel and on its torch path (the ops before the thirty-eighth session);
 4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
    check's machine) and the fused MoE kernel against U, budgeted and not, each
    call replayed from a CUDA graph;
@@ -33,6 +36,7 @@ eager re-runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -41,7 +45,7 @@ import statistics
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 if "--interpret" in sys.argv:  # before anything imports Triton
@@ -397,8 +401,9 @@ def time_model(
             f"\n{dims.name}: budget selection inside a captured verify (router-mass, "
             f"B={dims.budgets[0]}), per forward\n",
             "| T | selection ms (L calls) | routed-expert MoE ms (L layers) | selection / MoE | "
-            "verify ms | selection / verify |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "verify ms | selection / verify | `auto` ms (L calls, as SGLang's plugin) | "
+            "`auto` / verify | `auto` on its torch path ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *splits,
         ]
     return table, points
@@ -418,21 +423,50 @@ def selection_split(
     for (logits_TE, _, _), budgeted_TK in zip(routing, ids, strict=True):
         gathered = torch.gather(logits_TE.softmax(-1), 1, budgeted_TK)
         fixed.append((budgeted_TK.clone(), gathered / gathered.sum(-1, keepdim=True)))
-    times = {}
-    for name, fn in {
+    fns = {
         "select": lambda: gpu_model.selections(routing, B),
         "fixed": lambda: gpu_model.forward(model, inputs, fixed_ids=fixed),
         "no_moe": lambda: gpu_model.forward(model, inputs, moe=False),
         "verify": lambda: gpu_model.forward(model, inputs, B),
-    }.items():
-        replay, _ = capture(fn, interpret)
-        times[name] = bench_fn(replay, interpret)
+    }
+    try:  # the policy registry needs pluggy, which a bare GPU machine may lack
+        auto = gpu_model.served_auto(model.dims, T, B, inputs.tokens_T.device.type)
+        fns["auto"] = fns["auto_torch"] = lambda: gpu_model.auto_selections(auto, routing)
+    except ImportError as exc:
+        print(f"`auto` not timed: {exc}", flush=True)
+    # on CUDA auto picks the kernel itself; the interpreter's smoke run must ask for it
+    backends = {"auto": "triton" if interpret else None, "auto_torch": "torch"}
+    times = {}
+    for name, fn in fns.items():
+        with kernels_forced(backends.get(name)):  # the interpreter's "replay" is eager
+            replay, _ = capture(fn, interpret)
+            times[name] = bench_fn(replay, interpret)
         del replay
     moe_ms = times["fixed"] - times["no_moe"]
+    verify_ms = times["verify"]
+    auto = "| n/a | n/a | n/a |"
+    if "auto" in times:
+        auto_ms, torch_ms = times["auto"], times["auto_torch"]
+        auto = f"| {auto_ms:.3f} | {auto_ms / verify_ms:.1%} | {torch_ms:.3f} |"
     return (
         f"| {T} | {times['select']:.3f} | {moe_ms:.3f} | {times['select'] / moe_ms:.1%} | "
-        f"{times['verify']:.3f} | {times['select'] / times['verify']:.1%} |"
+        f"{verify_ms:.3f} | {times['select'] / verify_ms:.1%} {auto}"
     )
+
+
+@contextlib.contextmanager
+def kernels_forced(backend: str | None) -> Iterator[None]:
+    """``MOE_SPEC_KERNELS=backend`` while a graph is captured (None: unchanged)."""
+    before = os.environ.get("MOE_SPEC_KERNELS")
+    if backend is not None:
+        os.environ["MOE_SPEC_KERNELS"] = backend
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MOE_SPEC_KERNELS", None)
+        else:
+            os.environ["MOE_SPEC_KERNELS"] = before
 
 
 def time_sdpa(device: str, interpret: bool) -> list[str]:

@@ -233,3 +233,31 @@ def selections(routing: list[tuple[torch.Tensor, ...]], budget: int) -> None:
     """Only the budget selections of one forward (the check's overhead timing)."""
     for logits_TE, ids_TK, weights_TK in routing:
         select_mass(logits_TE, ids_TK, weights_TK, budget)
+
+
+def served_auto(dims: ModelDims, T: int, budget: int, device: str):
+    """An ``auto`` policy as SGLang's plugin holds it (no value checks, the routing copied
+    into device buffers for ``observe``), every layer's budget ``budget`` on the device."""
+    from moe_spec.policies import get_policy
+
+    policy = get_policy("auto")
+    policy.validate, policy.record_routing = False, False
+    policy.prepare(dims.L, dims.E, dims.K, dims.E, torch.device(device))
+    policy.record_to_device(T, dims.K)
+    policy.device_state["budget_L"].fill_(budget)
+    return policy
+
+
+def auto_selections(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
+    """``auto``'s work inside one verify forward (every layer ranks, keeps its device budget
+    and records what ``observe`` reads), as the SGLang plugin calls it; rows at depth
+    ``t`` (a chain's)."""
+    from moe_spec.routing import RoutingRecord
+
+    L = len(routing)
+    for layer, (logits_TE, ids_TK, weights_TK) in enumerate(routing):
+        depth_T = torch.arange(logits_TE.shape[0], device=logits_TE.device)
+        record = RoutingRecord(
+            logits_TE, ids_TK, weights_TK, depth_T=depth_T, layer_idx=layer, num_layers=L
+        )
+        policy.apply(record, logits_TE.shape[1])

@@ -5,7 +5,9 @@ Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
 1. ``score_keep_kernel`` (one program): per-expert scores of a
    :class:`~moe_spec.kernels.budget_select_torch.ScoreRule` over valid rows,
    the used-expert mask, then each expert's rank (used experts first, higher
-   score first, lower id on ties) and the kept mask ``rank < B``.
+   score first, lower id on ties) and the kept mask ``rank < B``. B may be
+   read from the device (an adaptive policy's per-layer budget, rewritten
+   between steps), and the ranks written out (what such a policy learns from).
 2. ``rewrite_topk_kernel`` (one program per block of rows): every row that
    lost an expert is re-routed inside the kept set (substitution or
    truncation, as :func:`moe_spec.budget.apply_budget`); other rows are copied
@@ -62,6 +64,8 @@ def score_keep_kernel(
     scores_ptr,
     used_ptr,
     keep_ptr,
+    limit_ptr,
+    rank_ptr,
     T,
     E,
     budget,
@@ -75,8 +79,12 @@ def score_keep_kernel(
     SIGMOID: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_ROOT: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    HAS_RANK: tl.constexpr,
 ):
-    """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer."""
+    """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer;
+    with ``HAS_LIMIT`` keep at most ``min(budget, limit[0])``, with ``HAS_RANK`` also write
+    each expert's rank (int64)."""
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
     score_E = tl.zeros((BLOCK_E,), dtype=tl.float32)
@@ -110,6 +118,8 @@ def score_keep_kernel(
         score_E = tl.where(root_E != 0, score_E + bonus, score_E)
     tl.store(scores_ptr + offs_e, score_E, mask=e_ok)
     tl.store(used_ptr + offs_e, used_E, mask=e_ok)
+    if HAS_LIMIT:
+        budget = tl.minimum(tl.load(limit_ptr).to(tl.int32), budget)
     tl.debug_barrier()
     for c0 in tl.static_range(0, BLOCK_E, RANK_CHUNK):
         i = c0 + tl.arange(0, RANK_CHUNK)
@@ -123,6 +133,8 @@ def score_keep_kernel(
         ahead = ahead & e_ok[None, :]
         rank = tl.sum(ahead.to(tl.int32), axis=1)
         tl.store(keep_ptr + i, (rank < budget).to(tl.int8), mask=i_ok)
+        if HAS_RANK:
+            tl.store(rank_ptr + i, rank.to(tl.int64), mask=i_ok)
 
 
 @triton.jit
@@ -230,12 +242,19 @@ def select_budget_triton(
     rule: ScoreRule,
     mode: Mode = "substitution",
     launch: SelectLaunch = SelectLaunch(),  # noqa: B008  (frozen, never mutated)
+    *,
+    limit_1: torch.Tensor | None = None,
+    rank_E: torch.Tensor | None = None,
 ) -> tuple[BudgetedTopK, torch.Tensor]:
     """The Triton twin of :func:`~moe_spec.kernels.budget_select_torch.select_budget_torch`.
 
-    ``budget`` must satisfy ``top-k <= budget < E`` (callers return the input for
-    ``budget >= E``). Returns ``(BudgetedTopK, scores_E)``; output ids and
-    weights keep the input dtypes and are contiguous ``[T, K]``.
+    ``budget`` must satisfy ``top-k <= budget`` (callers return the input for
+    ``budget >= E`` unless a ``limit_1`` may lower it). ``limit_1``: optional integer
+    ``[1]`` on the device, read in the kernel: at most ``min(budget, limit_1[0])``
+    experts are kept (an adaptive policy's budget, no host read). ``rank_E``: optional
+    contiguous long ``[E]`` the kernel fills with each expert's rank (as
+    :func:`moe_spec.budget.expert_rank_E`). Returns ``(BudgetedTopK, scores_E)``;
+    output ids and weights keep the input dtypes and are contiguous ``[T, K]``.
     """
     if record.scoring == "sparsemixer":
         raise ValueError("the Triton budget kernel has no sparsemixer rule; use the torch path")
@@ -261,12 +280,16 @@ def select_budget_triton(
     rewrite_warps = 2 if block_e <= 64 else 4 if block_e <= 128 else 8
     rewrite_t = block_t if interpreter_enabled() else min(block_t, 4)
     sigmoid = record.scoring == "sigmoid"
+    if rank_E is not None and (rank_E.dtype != torch.long or not rank_E.is_contiguous()):
+        raise ValueError(f"rank_E must be a contiguous long tensor, got {rank_E.dtype}")
     score_keep_kernel[(1,)](
         logits_TE, ids_TK, valid_T, weight_T, root_T, scores_E, used_E, keep_E,
-        T, E, budget, logits_TE.stride(0), ids_TK.stride(0),
+        limit_1 if limit_1 is not None else used_E, rank_E if rank_E is not None else used_E,
+        T, E, min(budget, E), logits_TE.stride(0), ids_TK.stride(0),
         K=K, BLOCK_T=block_t, BLOCK_E=block_e, RANK_CHUNK=RANK_CHUNK,
         MASS=rule.kind == "mass", SIGMOID=sigmoid,
         HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
+        HAS_LIMIT=limit_1 is not None, HAS_RANK=rank_E is not None,
         num_warps=launch.score_warps or score_warps,
     )  # fmt: skip
     out_ids_TK = torch.empty_like(ids_TK)

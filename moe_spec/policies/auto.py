@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moe_spec.budget import expert_rank_E
+from moe_spec.budget import BudgetedTopK, expert_rank_E
 from moe_spec.control import (
     TREE,
     AcceptanceEstimates,
@@ -62,6 +62,7 @@ from moe_spec.control import (
 )
 from moe_spec.control.planner import budget_levels
 from moe_spec.costmodel import get_cost_model, get_shape
+from moe_spec.kernels.budget_select_torch import ScoreRule
 from moe_spec.policies.base import PolicyError
 from moe_spec.policies.builtin import TokenPriority
 from moe_spec.policies.hookspecs import hookimpl
@@ -262,28 +263,63 @@ class Auto(TokenPriority):
         return super().accept_T(record)
 
     def keep(self, record: RoutingRecord, budget: int) -> torch.Tensor:
-        device = record.router_logits_TE.device
-        self.prepare(record.num_layers, record.num_experts, record.top_k, budget, device)
+        self.prepare_for(record, budget)
         scores_E = self.checked_scores(record)
         rank_E = expert_rank_E(scores_E, record.used_E())
+        self.remember(record, rank_E)
+        return rank_E < self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
+
+    def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
+        """The rule (:meth:`keep` is the torch path of the same selection) once the device
+        state exists: where the kernels run on Triton (CUDA), one layer's scores, ranks,
+        kept set and re-routing are then two kernel launches (:meth:`apply_fused`) instead
+        of some sixty small ops. Before it (the first layer a policy sees, unless a server
+        prepared it) the torch path, which creates the state the rule's weights read."""
+        return self.rule(record) if self.device_state else None
+
+    def apply_fused(self, record: RoutingRecord, budget: int, *args, **_) -> BudgetedTopK:
+        """:meth:`keep`'s selection in the Triton kernel: the layer's budget is read from
+        the device tensor the controller rewrites, and the kernel writes the ranking that
+        :meth:`observe` learns from (a server's straight into its buffer)."""
+        self.prepare_for(record, budget)
+        state, layer, E = self.device_state, record.layer_idx, record.num_experts
+        limit_1 = state["budget_L"][layer : layer + 1]
+        if "rank_LE" in state and not self.record_routing:
+            rank_E = state["rank_LE"][layer, :E]
+        else:
+            rank_E = torch.empty(E, dtype=torch.long, device=limit_1.device)
+        budgeted = super().apply_fused(record, budget, *args, limit_1=limit_1, rank_E=rank_E)
+        self.remember(record, rank_E)
+        return budgeted
+
+    def prepare_for(self, record: RoutingRecord, budget: int) -> None:
+        """:meth:`prepare` from a layer's routing (the first verify pass creates the state)."""
+        E, K = record.num_experts, record.top_k
+        self.prepare(record.num_layers, E, K, budget, record.router_logits_TE.device)
+
+    def remember(self, record: RoutingRecord, rank_E: torch.Tensor) -> None:
+        """Keep the layer's ranking and top-k for :meth:`observe` (eager engines) and copy
+        them into a server's device buffers (:meth:`record_to_device`)."""
         if self.record_routing:
             self.rank_LE[record.layer_idx] = rank_E
             self.ids_LNK[record.layer_idx] = record.topk_ids_TK
         if "ids_LRK" in self.device_state:
             self.record_rows(record, rank_E)
-        return rank_E < self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
 
     def record_rows(self, record: RoutingRecord, rank_E: torch.Tensor) -> None:
         """Copy this layer's ranking and its first rows' top-k (and depths) into the
         buffers of :meth:`record_to_device`: in-place copies, static shapes, no host read."""
         state, layer = self.device_state, record.layer_idx
-        state["rank_LE"][layer, : rank_E.numel()].copy_(rank_E)
+        rank_row_E = state["rank_LE"][layer, : rank_E.numel()]
+        if rank_E.data_ptr() != rank_row_E.data_ptr():  # the kernel may have written it there
+            rank_row_E.copy_(rank_E)
         ids_LRK = state["ids_LRK"]
         R, K = min(record.num_tokens, ids_LRK.shape[1]), record.top_k
         ids_RK = record.topk_ids_TK[:R]
         ids_LRK[layer, :R, :K].copy_(ids_RK)
-        # narrower layers repeat their first id: neither a rank maximum nor a count changes
-        ids_LRK[layer, :R, K:].copy_(ids_RK[:, :1].expand(R, ids_LRK.shape[2] - K))
+        if ids_LRK.shape[2] > K:  # narrower layers repeat their first id: neither a rank
+            # maximum nor a count changes
+            ids_LRK[layer, :R, K:].copy_(ids_RK[:, :1].expand(R, ids_LRK.shape[2] - K))
         if record.depth_T is not None and layer == 0:
             state["depth_R"][:R].copy_(record.depth_T[:R])
 

@@ -180,12 +180,20 @@ class Policy:
             raise self.error(f"{what} raised {exc!r}") from exc
 
     def apply_fused(
-        self, record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode, validating: bool
+        self,
+        record: RoutingRecord,
+        budget: int,
+        rule: ScoreRule,
+        mode: Mode,
+        validating: bool,
+        **device_args: torch.Tensor,
     ) -> BudgetedTopK:
-        """Score, keep and re-route with the Triton budget-selection kernel (two launches)."""
+        """Score, keep and re-route with the Triton budget-selection kernel (two launches);
+        ``device_args``: :func:`~moe_spec.kernels.budget_select_triton.select_budget_triton`'s
+        ``limit_1`` and ``rank_E``."""
         from moe_spec.kernels.budget_select_triton import select_budget_triton
 
-        budgeted, scores_E = select_budget_triton(record, budget, rule, mode)
+        budgeted, scores_E = select_budget_triton(record, budget, rule, mode, **device_args)
         if validating and not bool(torch.isfinite(scores_E).all()):
             raise self.error(f"score() returned NaN or inf: {scores_E.tolist()[:8]}...")
         return budgeted

@@ -48,6 +48,8 @@ def test_interpreter_smoke_run_passes_its_checks_and_prints_tables(tmp_path):
     assert "tiny T=8 B=4 graph replay: logits equal eager" in done.stdout
     assert "| step | T | B | experts read / layer | eager ms | CUDA graph ms |" in done.stdout
     assert "budget selection inside a captured verify" in done.stdout
+    assert "`auto` ms (L calls, as SGLang's plugin)" in done.stdout
+    assert "`auto` not timed" not in done.stdout and "| n/a |" not in done.stdout
     assert "| U | Triton ms | GB/s of weights |" in done.stdout
     assert "checks failed: 0 (none)" in done.stdout
     report = json.loads(out.read_text())

@@ -4,8 +4,9 @@ The plugin's forward-side work (record the routing, keep ``rank < B_l``) is capt
 the feed copies each step's acceptance and recording off the device without blocking,
 folds each step in at the next one and rewrites the budgets in place; replays must then
 keep at most the new ``B_l`` experts.
-The same loop runs eagerly on the CPU; the CUDA case (graph capture, non-blocking copies)
-is skipped without a GPU (``make test`` on a CPU): a device check runs it.
+The same loop runs eagerly on the CPU (on the torch path, and on the Triton kernel that CUDA
+runs, interpreted); the CUDA case (graph capture, non-blocking copies) is skipped without a
+GPU (``make test`` on a CPU): a device check runs it.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def no_host_sync(device: str):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_budgets_learned_between_replays_of_a_captured_verify(device):
+@pytest.mark.parametrize("device", ["cpu", "cpu-triton", CUDA])
+def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatch):
+    """``cpu-triton``: the CPU loop on the fused Triton path (interpreted), which CUDA runs."""
+    if device == "cpu-triton":
+        monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
+        device = "cpu"
     policy = get_policy("auto")
     policy.validate, policy.record_routing = False, False
     policy.for_server()
