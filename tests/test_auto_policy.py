@@ -328,3 +328,28 @@ def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
         == (1, True, decode_extend)
     )
     assert benched.wants_guesses is served.wants_guesses is decode_extend
+
+
+def test_token_weights_are_made_once_per_forward_and_again_after_a_plan():
+    """Every MoE layer of a forward shares the tree's depths: the calibrated weights are
+    made at the first layer and reused; a plan (which may rewrite the tables) or another
+    forward's depths make them again."""
+    policy = get_policy("auto")
+    policy.prepare(2, 16, 2, 16, torch.device("cpu"))
+    depth_T = torch.tensor([0, 1, 1, 2, 3, 3])
+    layers = [
+        make_record(torch.randn(6, 16, generator=torch.Generator().manual_seed(i)), 2,
+                    depth_T=depth_T, layer_idx=i, num_layers=2)
+        for i in (0, 1)
+    ]  # fmt: skip
+    first, second = (policy.rule(r) for r in layers)
+    assert second.weight_T is first.weight_T  # made once for the forward
+    reach_D = policy.device_state["reach_D"]
+    torch.testing.assert_close(first.weight_T, reach_D[depth_T])
+    reach_D.copy_(torch.linspace(1.0, 0.1, reach_D.numel()))  # as a plan's upload does
+    policy.plan_step((4, 1, 3), repair=False)
+    again = policy.rule(layers[0])
+    torch.testing.assert_close(again.weight_T, reach_D[depth_T])  # not the stale weights
+    other = make_record(torch.randn(6, 16), 2, depth_T=depth_T.clone(), layer_idx=0, num_layers=2)
+    assert policy.rule(other).weight_T is not again.weight_T  # another forward's depths
+    assert torch.equal(again.root_T, (depth_T == 0) & layers[0].valid_mask_T())

@@ -248,8 +248,22 @@ class Auto(TokenPriority):
         self.budget_host_L: np.ndarray | None = None  # what the device tensor holds
         self.tables_at = 0  # the controller's replan count the calibration tables are from
         self.prompt: tuple[int, float] | None = None  # the last prompt's forward, not yet passed on
+        self.forward_rows: tuple | None = None  # this forward's token weights and roots (rule)
 
     # -- inside the forward (graph-safe) -----------------------------------------------
+    def rule(self, record: RoutingRecord) -> ScoreRule:
+        """``token-priority``'s rule with the calibrated weights (:meth:`accept_T`). The
+        token weights and root rows are the same in every MoE layer of a forward (one tree,
+        one table): made at its first layer, reused by the others (a forward hands every
+        layer the same depth and path tensors; forgotten at each plan, when the tables may
+        change), so later layers add only their own valid rows."""
+        rows = self.forward_rows
+        if rows is None or rows[0] is not record.path_logprob_T or rows[1] is not record.depth_T:
+            made = (self.accept_T(record), self.root_rows_T(record))
+            rows = (record.path_logprob_T, record.depth_T, *made)
+            self.forward_rows = rows if self.device_state else None
+        return ScoreRule("mass", rows[2], rows[3] & record.valid_mask_T())
+
     def accept_T(self, record: RoutingRecord) -> torch.Tensor:
         state = self.device_state
         if not state:
@@ -375,6 +389,7 @@ class Auto(TokenPriority):
         """Create the device state (a server calls this before capturing graphs)."""
         if self.device_state:
             return
+        self.forward_rows = None
         cap = min(cap, num_experts)
         self.dims = (num_layers, num_experts, top_k, cap)
         est = self.estimates()
@@ -431,6 +446,7 @@ class Auto(TokenPriority):
         return 6 if width > 1 else self.options["warmup"]
 
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:
+        self.forward_rows = None  # the tables may change below
         if self.tree is None:
             self.tree, self.repair = tuple(tree), repair
         if self.controller is None and self.dims is not None:

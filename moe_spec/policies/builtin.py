@@ -161,11 +161,13 @@ class TokenPriority(RuleScored):
 
     def root_T(self, record: RoutingRecord) -> torch.Tensor:
         """bool ``[T]``: the valid root rows (depth 0; row 0 when no depth is given)."""
+        return self.root_rows_T(record) & record.valid_mask_T()
+
+    def root_rows_T(self, record: RoutingRecord) -> torch.Tensor:
+        """bool ``[T]``: the root rows, valid or not (depth 0; row 0 when no depth is given)."""
         if record.depth_T is not None:
-            root_T = record.depth_T == 0
-        else:
-            root_T = torch.arange(record.num_tokens, device=record.router_logits_TE.device) == 0
-        return root_T & record.valid_mask_T()
+            return record.depth_T == 0
+        return torch.arange(record.num_tokens, device=record.router_logits_TE.device) == 0
 
 
 class DraftPath(TokenPriority):
