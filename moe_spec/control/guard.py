@@ -46,10 +46,12 @@ with ``measure``, not where the prompt's or the first tree's timing shows the tr
 losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
 tree and the current choice once the window holds 8 of its steps (4, while every window step is
 of the current text: none carried from the last request, whose per-layer needs may differ), one
-budget for all layers before that and for the other trees. Every plan carries its reason;
-:attr:`Guard.overhead_s` sums the controller's own time. Without the guard (``guard=false``; a
-server that runs its configured tree every step) the reason also gives decoding without
-speculation, and :attr:`Guard.slower` says when the tree is predicted slower than that.
+budget for all layers before that and for the other trees, and the cap until ``budget_from`` (4)
+of a tree's window steps were ranked (a few short paths do not show what longer ones need).
+Every plan carries its reason; :attr:`Guard.overhead_s` sums the controller's own time. Without
+the guard (``guard=false``; a server that runs its configured tree every step) the reason also
+gives decoding without speculation, and :attr:`Guard.slower` says when the tree is predicted
+slower than that.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         max_rank_every: int | None = None,
         rank_near: float = 0.8,
         shadow: bool = False,
+        budget_from: int = 4,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         # while decoding, a step of a smaller tree (index; 0: none) every explore_every decodes,
@@ -148,6 +151,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         # tree's before a smaller tree may be switched to
         self.trusted = 8
         self.own_text = 4  # per-layer budgets from 4 steps where all are of the current text
+        self.budget_from = budget_from  # ranked steps of a tree before a budget below the cap
         self.cap = cap
         self.replan_every, self.warmup = replan_every, warmup
         # the warm-up runs on past ``warmup`` steps, up to this many, while it is unclear
@@ -282,8 +286,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             ranked = int(np.count_nonzero(ranked_S))
             passes = 2 if c in (0, self.choice) and ranked >= self.per_layer_from() else 0
             budgets = window_budgets(
-                self.cost, c, window, ranked_S, self.levels_V, self.repair, passes
-            )
+                self.cost, c, window, ranked_S, self.levels_V, self.repair, passes,
+                self.budget_from,
+            )  # fmt: skip
             self.budgets_C[c], tp, exact_S = budgets.B_L, budgets.tokens_per_s, budgets.exact_S
             self.step_s_C[c] = budgets.step_s
             self.below_cap_C[c] = budgets.below_cap

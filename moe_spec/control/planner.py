@@ -241,6 +241,7 @@ def window_budgets(
     levels_V: np.ndarray,
     repair: bool,
     passes: int = 2,
+    min_ranked: int = 1,
 ) -> Budgets:
     """:func:`best_budgets` over a window some of whose steps were not ranked
     (``ranked_S`` False: they rested at the cap, ``levels_V[-1]``, their need unknown).
@@ -248,17 +249,20 @@ def window_budgets(
     The budgets are searched over the ranked steps; the tokens/s and step seconds are the
     whole window's at the cap times the ranked steps' ratio of the budgets' to the cap's
     (the budgets' gain or loss, measured where it can be, carried to steps whose tokens
-    and experts are known). ``exact_S`` covers the ranked steps only. No ranked step: the
-    cap."""
-    if ranked_S.all():
+    and experts are known). ``exact_S`` covers the ranked steps only. Fewer than
+    ``min_ranked`` ranked steps (none at least): the cap, with the search's ``below_cap``
+    (a few short paths show what a small budget keeps of them, not of the longer paths
+    to come)."""
+    ranked_n = int(np.count_nonzero(ranked_S))
+    if ranked_n == ranked_S.size and ranked_n >= min_ranked:
         return best_budgets(cost, c, window, levels_V, repair, passes)
     L = window[0].shape[1]
     cap_1L = np.full((1, L), levels_V[-1])
     tp_1, seconds_1S = priced_X(cost, c, window, levels_V, cap_1L, repair)
     tp, seconds_S = float(tp_1[0]), seconds_1S[0]
     ranked = tuple(a[ranked_S] for a in window)
-    budgets = best_budgets(cost, c, ranked, levels_V, repair, passes) if ranked_S.any() else None
-    if budgets is None or (levels_V[-1] == budgets.B_L).all():
+    budgets = best_budgets(cost, c, ranked, levels_V, repair, passes) if ranked_n else None
+    if budgets is None or ranked_n < min_ranked or (levels_V[-1] == budgets.B_L).all():
         exact_S = ranked[0][:, :, -1].min(axis=1)
         below = 0.0 if budgets is None else budgets.below_cap
         return Budgets(cap_1L[0], tp, exact_S, float(seconds_S.sum() / seconds_S.size), below)

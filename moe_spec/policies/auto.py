@@ -146,6 +146,7 @@ class Auto(TokenPriority):
         explore: float = 0.005,
         draft_extend: bool = False,
         decode_extend: bool = True,
+        budget_from: int = 4,
     ) -> None:
         super().__init__()
         try:
@@ -185,6 +186,7 @@ class Auto(TokenPriority):
             ("learn_every", learn_every, 1),
             ("gate_every", gate_every, 0),
             ("carry", carry, 1),
+            ("budget_from", budget_from, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         if draft_extend and (gate or measure):  # SGLang's steps: no gate, no host timing
@@ -231,6 +233,7 @@ class Auto(TokenPriority):
             explore=float(explore),
             max_rank_every=rank_every if max_rank_every is None else max_rank_every,
             rank_near=float(rank_near),
+            budget_from=budget_from,
         )
         self.window, self.prior = window, float(prior)
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)

@@ -638,6 +638,8 @@ def test_auto_passes_the_replan_triggers_and_refuses_bad_ones():
     for bad in (0, 2.0, True):
         with pytest.raises(PolicyError, match=r"carry is .*; allowed: an integer >= 1"):
             get_policy("auto", carry=bad)
+        with pytest.raises(PolicyError, match=r"budget_from is .*; allowed: an integer >= 1"):
+            get_policy("auto", budget_from=bad)
 
 
 def test_per_layer_budgets_wait_for_4_steps_of_this_text_or_8_with_carried_ones(monkeypatch):
@@ -645,7 +647,7 @@ def test_per_layer_budgets_wait_for_4_steps_of_this_text_or_8_with_carried_ones(
 
     passes = []
 
-    def spy(cost, c, window, ranked_S, levels_V, repair, passes_=2):
+    def spy(cost, c, window, ranked_S, levels_V, repair, passes_=2, min_ranked=1):
         passes.append((c, window[1].size, passes_))
         return Budgets(np.full(window[0].shape[1], levels_V[-1]), 1.0, window[1], 1.0)
 
@@ -887,3 +889,25 @@ def test_without_hope_explores_are_spaced_by_the_mean_alone():
         spaced.append(g.explore_every)
     assert spaced[0] == math.ceil(time_lost(60.0, 100.0, 1.5) / (0.02 / 100.0))
     assert spaced[1] < spaced[0]
+
+
+def test_budgets_below_the_cap_wait_for_budget_from_ranked_steps():
+    """Two warm-up steps that committed the root alone show what a small budget keeps of
+    them, not of the longer paths to come: the cap stays until ``budget_from`` ranked steps."""
+    planned = {}
+    for budget_from in (1, 4):
+        g = guard(gate=False, budget_from=budget_from)
+        seen = []
+        n = TREES[0][0]
+        ids_LNK = torch.stack([torch.arange(n) % 8, (torch.arange(n) + 1) % 8], -1).repeat(2, 1, 1)
+        outcome = StepOutcome(
+            "tree", [0], torch.tensor([0] + list(range(1, n))), -torch.arange(n * 1.0), TREES[0]
+        )  # the root alone, whose experts (0 and 1) rank first; the tree reads all 8
+        for _ in range(4):
+            g.est.observe(outcome, torch.arange(8).repeat(2, 1), ids_LNK)
+            g.predict()
+            seen.append(g.budgets_C[0].tolist())
+        planned[budget_from] = seen
+        assert g.below_cap_C[0] > 1  # budgets pay on these steps, whatever was planned
+    assert planned[1] == [[2, 2]] * 4  # top-k from the first step on
+    assert planned[4] == [[8, 8]] * 3 + [[2, 2]]

@@ -179,3 +179,25 @@ def test_below_cap_is_the_best_uniform_budget_below_the_cap_over_the_caps(verify
     assert window_budgets(cost, 0, whole, np.array([True, False]), levels_V, True).below_cap == (
         pytest.approx(got)  # the ranked steps'
     )
+
+
+@pytest.mark.parametrize("whole_ranked", [True, False])
+def test_fewer_ranked_steps_than_min_ranked_keep_the_cap_and_say_what_budgets_would_gain(
+    whole_ranked,
+):
+    """A budget below the cap from ``min_ranked`` ranked steps: a few short paths show what
+    a small budget keeps of them, not of the longer paths to come."""
+    linear = hand_cost(np.arange(9, dtype=float), repair_per_token=10.0)
+    levels_V = np.arange(1, 9)
+    whole, ranked_S = window(levels_V), np.array([True])
+    if not whole_ranked:
+        whole, ranked_S = unranked_window(levels_V), np.array([True, False])
+    searched = window_budgets(linear, 0, whole, ranked_S, levels_V, repair=True)
+    assert searched.B_L.tolist() == [3, 5]  # what one ranked step asks for
+    held = window_budgets(linear, 0, whole, ranked_S, levels_V, repair=True, min_ranked=2)
+    cap = throughput_X(linear, 0, *whole, levels_V, np.array([[8, 8]]), repair=True)[0]
+    assert held.B_L.tolist() == [8, 8] and held.tokens_per_s == pytest.approx(cap)
+    assert held.below_cap == searched.below_cap > 1  # how close budgets come: still known
+    assert held.exact_S.tolist() == [3]  # the ranked step at the cap: its whole path (3)
+    enough = window_budgets(linear, 0, whole, ranked_S, levels_V, repair=True, min_ranked=1)
+    assert enough.B_L.tolist() == searched.B_L.tolist()
