@@ -290,6 +290,9 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
                 self.budget_from,
             )  # fmt: skip
             self.budgets_C[c], tp, exact_S = budgets.B_L, budgets.tokens_per_s, budgets.exact_S
+            if 0 < ranked < self.budget_from:  # budgets held at the cap: the tree is judged at
+                tp *= max(1.0, budgets.below_cap)  # what they would give (nor do a few short
+                # paths disprove them: judged at the cap, a chain was decoded after 2 such steps)
             self.step_s_C[c] = budgets.step_s
             self.below_cap_C[c] = budgets.below_cap
             committed_S = window[1]

@@ -894,10 +894,10 @@ def test_without_hope_explores_are_spaced_by_the_mean_alone():
 def test_budgets_below_the_cap_wait_for_budget_from_ranked_steps():
     """Two warm-up steps that committed the root alone show what a small budget keeps of
     them, not of the longer paths to come: the cap stays until ``budget_from`` ranked steps."""
-    planned = {}
+    planned, rates = {}, {}
     for budget_from in (1, 4):
         g = guard(gate=False, budget_from=budget_from)
-        seen = []
+        seen, rates[budget_from] = [], []
         n = TREES[0][0]
         ids_LNK = torch.stack([torch.arange(n) % 8, (torch.arange(n) + 1) % 8], -1).repeat(2, 1, 1)
         outcome = StepOutcome(
@@ -905,9 +905,11 @@ def test_budgets_below_the_cap_wait_for_budget_from_ranked_steps():
         )  # the root alone, whose experts (0 and 1) rank first; the tree reads all 8
         for _ in range(4):
             g.est.observe(outcome, torch.arange(8).repeat(2, 1), ids_LNK)
-            g.predict()
+            rates[budget_from].append(g.predict()[0])
             seen.append(g.budgets_C[0].tolist())
         planned[budget_from] = seen
         assert g.below_cap_C[0] > 1  # budgets pay on these steps, whatever was planned
     assert planned[1] == [[2, 2]] * 4  # top-k from the first step on
     assert planned[4] == [[8, 8]] * 3 + [[2, 2]]
+    # while held at the cap the tree is judged at what the budgets would give, as before
+    assert rates[4] == pytest.approx(rates[1], rel=1e-9)
