@@ -71,6 +71,7 @@ def reference_best_budgets(cost, c, window, levels_V, repair, passes=2, min_gain
     tp_V = reference_throughput_V(cost, c, exact_SLB, committed_S, used_SL, uniform_VL, repair)
     best = first_clear_best(tp_V, min_gain)
     B_L, tp = uniform_VL[best].copy(), float(tp_V[best])
+    below = float(tp_V[1:].max() / tp_V[0]) if tp_V.size > 1 else 0.0  # the best uniform / cap
     for _ in range(passes):
         changed = False
         for layer in range(L):
@@ -87,7 +88,7 @@ def reference_best_budgets(cost, c, window, levels_V, repair, passes=2, min_gain
     exact_S, step_s = reference_exact_and_seconds(
         cost, c, exact_SLB, committed_S, used_SL, B_L, repair
     )
-    return Budgets(B_L, tp, exact_S, step_s)
+    return Budgets(B_L, tp, exact_S, step_s, below)
 
 
 def reference_window_step(est, logprob_N, path, rank_LE, ids_LNK) -> WindowStep:
