@@ -8,7 +8,9 @@ The environment (MOE_SPEC_*, SGLANG_PLUGINS) comes from the calling test.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -28,7 +30,8 @@ def publish_runtime() -> None:
     from sglang.srt.runtime_context import SpawnRanks, publish
     from sglang.srt.server_args import ServerArgs
 
-    model_dir = tempfile.mkdtemp()
+    model_dir = tempfile.mkdtemp(prefix="moe-spec-scenario-")
+    atexit.register(shutil.rmtree, model_dir, ignore_errors=True)  # /tmp is shared (CI)
     qwen3_config().save_pretrained(model_dir)
     publish(
         ServerArgs(model_path=model_dir, device="cpu"),
