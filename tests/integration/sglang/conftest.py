@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from moe_spec.integration.sglang.compat import SKIP_EXTEND
+
 ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_skip_switch(monkeypatch):
+    """Each test starts without SGLang's skip switch for the draft extend and leaves none
+    behind: the plugin's depth driver writes it into this process's environment, which
+    every scenario inherits (a test driven with the switch left it on, and a later scenario
+    then read no guesses: a failure that depended on the tests' order)."""
+    monkeypatch.delenv(SKIP_EXTEND, raising=False)
 
 
 def run_scenario(name: str, **env: str) -> dict:
