@@ -152,6 +152,7 @@ class AcceptanceEstimates:
         # what the reads below computed since the last observe or forget (a replan reads
         # each several times: once per candidate tree, and again for the draft gate)
         self.kept: dict[tuple, object] = {}
+        self.orders: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # depth_order's
 
     # -- calibration -------------------------------------------------------------------
     @property
@@ -221,7 +222,7 @@ class AcceptanceEstimates:
         self.kept.clear()
         path_P = np.asarray(outcome.path, dtype=np.int64)
         depth_N = None if outcome.depth_N is None else outcome.depth_N.numpy(force=True)
-        first_B = None
+        first_B = order = None
         if outcome.logprob_N is not None:
             logprob_N = outcome.logprob_N.float().numpy(force=True)
             # one count of the non-root nodes by (depth 1?, on the path?, bin)
@@ -233,18 +234,19 @@ class AcceptanceEstimates:
             self.count_FAB += count_FAB
             if depth_N is not None:
                 first_B = count_FAB[1, 0] + count_FAB[1, 1]
+            depth = int(depth_N.max()) if depth_N is not None else path_P.size - 1
         elif depth_N is not None:  # no draft scores (SGLang): shallower nodes first
-            logprob_N = -depth_N.astype(np.float32)
+            logprob_N, order = None, self.depth_order(depth_N)
+            depth = int(depth_N[order[0][-1]])  # the deepest node comes last
         else:
             raise ValueError("a tree step's outcome needs logprob_N or depth_N")
-        depth = int(depth_N.max()) if depth_N is not None else path_P.size - 1
         depth = min(depth, self.tried_D.size - 1)
         self.tried_D[1 : depth + 1] += 1
         self.reached_D[1 : min(path_P.size, depth + 1)] += 1
         if ids_LNK is None:
             return
         rank = None if rank_LE is None else rank_LE.numpy(force=True)
-        step = self.window_step(logprob_N, path_P, rank, ids_LNK.numpy(force=True))
+        step = self.window_step(logprob_N, path_P, rank, ids_LNK.numpy(force=True), order)
         self.window.append(step)
         w = self.steps_seen % self.exact_WLV.shape[0]
         self.first_WB[w] = 0 if first_B is None else first_B
@@ -280,7 +282,12 @@ class AcceptanceEstimates:
         """float ``[<= n]``: :attr:`WindowStep.path_need` of the ranked steps among the
         window's latest ``n``."""
         n = min(n, len(self.window))
-        w = (self.steps_seen - n + np.arange(n)) % self.need_W.size
+        W = self.need_W.size
+        start = (self.steps_seen - n) % W
+        if start + n <= W:  # one slice of the ring
+            rows = slice(start, start + n)
+            return self.need_W[rows][self.ranked_W[rows]]
+        w = (start + np.arange(n)) % W
         return self.need_W[w[self.ranked_W[w]]]
 
     def layer_offsets(self, L: int) -> np.ndarray:
@@ -289,15 +296,32 @@ class AcceptanceEstimates:
             self._offsets_L11 = (np.arange(L) * self.E)[:, None, None]
         return self._offsets_L11
 
+    def depth_order(self, depth_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """int ``[N]`` twice: the nodes by depth (shallower first, lower index on ties) and
+        each node's place in that order; kept per tree shape (a server's trees repeat)."""
+        key = depth_N.tobytes()
+        got = self.orders.get(key)
+        if got is None:
+            if len(self.orders) >= 64:  # trees of many shapes: start again
+                self.orders.clear()
+            order_N = np.argsort(depth_N, kind="stable")
+            got = self.orders[key] = (order_N, order_N.argsort())
+            for a in got:
+                a.setflags(write=False)
+        return got
+
     def window_step(
         self,
-        logprob_N: np.ndarray,
+        logprob_N: np.ndarray | None,
         path: list[int] | np.ndarray,
         rank_LE: np.ndarray | None,
         ids_LNK: np.ndarray,
+        order: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> WindowStep:
         """One step's :class:`WindowStep`; ``ids_LNK`` holds expert ids in ``[0, E)``
-        (``rank_LE`` None: a step not ranked, its need unknown)."""
+        (``rank_LE`` None: a step not ranked, its need unknown). Nodes are ordered by
+        ``logprob_N`` (higher first, lower index on ties), or given in that ``order``
+        (:meth:`depth_order`)."""
         L, N, K = ids_LNK.shape
         if rank_LE is not None and rank_LE.shape != (L, self.E):
             raise ValueError(f"rank_LE has shape {rank_LE.shape}; expected ({L}, {self.E})")
@@ -308,24 +332,31 @@ class AcceptanceEstimates:
             rank_X = np.ascontiguousarray(rank_LE).ravel()
             need_LP = np.maximum.accumulate(rank_X[at_LNK[:, path]].max(axis=-1) + 1, axis=1)
         # node order by path log-probability (higher first, lower index on ties)
-        order_N = np.argsort(-logprob_N, kind="stable")
-        place_N = order_N.argsort()
+        if order is None:
+            order_N = np.argsort(-logprob_N, kind="stable")
+            order = order_N, order_N.argsort()
+        order_N, place_N = order
         path_place_P = np.maximum.accumulate(place_N[path])  # ascending
         known_C = self.n_C <= N
         committed_C = np.where(known_C, np.searchsorted(path_place_P, self.n_C), -1)
         # the best n nodes of a candidate tree use the experts their top-k picked: mark the
         # nodes' experts in place order, counting the marks at each candidate's n (nodes
         # first: each candidate's new nodes are one slice; a bool sum, not count_nonzero's
-        # Python path)
-        at_NLK = at_LNK.transpose(1, 0, 2)[order_N]
+        # Python path); a candidate of all N nodes marks them in any order (a server's one
+        # tree: no reordering)
         marked_LE = np.zeros((L, self.E), dtype=bool)
         marked_X = marked_LE.reshape(-1)
         used_CL = np.zeros((self.n_C.size, L), dtype=np.int64)
-        done = 0
+        done, at_NLK = 0, None
         for c, n in self.ascending_C:
             if n > N:  # a tree smaller than the candidate: unknown (0)
                 break
-            if n > done:
+            if n == N and done == 0:
+                marked_X[at_LNK] = True
+                done = n
+            elif n > done:
+                if at_NLK is None:
+                    at_NLK = at_LNK.transpose(1, 0, 2)[order_N]
                 marked_X[at_NLK[done:n]] = True
                 done = n
             used_CL[c] = marked_LE.sum(axis=1)

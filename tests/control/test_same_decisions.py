@@ -200,6 +200,16 @@ def test_window_steps_and_exact_tables_match_the_references():
             want = reference_window_step(est, logprob_N, path, rank_LE, ids_LNK)
             for name in ("need_LP", "committed_C", "used_CL"):
                 assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+        # without draft scores (SGLang) the nodes go by depth, through the kept order
+        depth_N = np.sort(rng.integers(1, 7, N))
+        depth_N[0] = 0
+        rng.shuffle(depth_N[1:])
+        for _ in range(2):  # made, then read back
+            order = est.depth_order(depth_N)
+            got = est.window_step(None, path, rank_LE, ids_LNK, order)
+            want = reference_window_step(est, -depth_N.astype(np.float32), path, rank_LE, ids_LNK)
+            for name in ("need_LP", "committed_C", "used_CL"):
+                assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
         levels_V = np.unique(rng.integers(0, E + 1, int(rng.integers(1, 9))))
         for budgets_V in (np.arange(E + 1), levels_V):
             np.testing.assert_array_equal(
@@ -263,7 +273,9 @@ def test_a_seeded_run_decides_as_with_the_reference_paths(seed, monkeypatch):
     monkeypatch.setattr(
         AcceptanceEstimates,
         "window_step",
-        lambda est, lp, path, rank, ids: reference_window_step(est, lp, path, rank, ids),
+        lambda est, lp, path, rank, ids, order=None: reference_window_step(
+            est, lp, path, rank, ids
+        ),
     )
     want = synthetic_run(get_policy("auto", **options), steps, L, E, K, seed)
     assert got == want

@@ -127,6 +127,8 @@ class AcceptanceFeed:
         self.buffers = policy.record_to_device(requests * self.N, top_k)
         self.per_step = requests  # requests observed per verify step (the batch's first)
         self.pending: deque[Snapshot] = deque()
+        self.host: dict[tuple, torch.Tensor] = {}  # the snapshots' host buffers (host_buffer)
+        self.copies = 0  # snapshots taken: which of the two sets of host buffers is next
         self.plan: StepPlan | None = policy.plan_step(tree, False)
         self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
         self.host_s = 0.0  # the feed's own host time (copies, observe, plan_step)
@@ -213,22 +215,33 @@ class AcceptanceFeed:
     def snapshot(
         self, lens_b: torch.Tensor, index_bP: torch.Tensor, hit_1: torch.Tensor | None = None
     ) -> Snapshot:
-        """Host copies of this step's tensors (non-blocking into pinned memory on CUDA)."""
+        """Host copies of this step's tensors (non-blocking into pinned memory on CUDA),
+        into buffers the feed keeps (:meth:`host_buffer`): two sets, used in turn (a step
+        is folded in before the step after the next is copied), so a step allocates no host
+        memory once a batch of its size was seen."""
         tensors = {"lens_b": lens_b, "index_bP": index_bP, **self.buffers}
         if hit_1 is not None:
             tensors["hit_1"] = hit_1
-        if lens_b.device.type != "cuda":
-            host = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
-            event = None
-        else:
-            host = {
-                k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-                for k, t in tensors.items()
-            }
+        cuda = lens_b.device.type == "cuda"
+        self.copies += 1
+        host = {
+            k: self.host_buffer(k, t, cuda).copy_(t, non_blocking=cuda) for k, t in tensors.items()
+        }
+        event = None
+        if cuda:
             event = torch.cuda.Event()
             event.record()
         lens, index, hit_1 = host.pop("lens_b"), host.pop("index_bP"), host.pop("hit_1", None)
         return Snapshot(event, lens, index, host, hit_1=hit_1)
+
+    def host_buffer(self, name: str, t: torch.Tensor, pinned: bool) -> torch.Tensor:
+        """This copy's host buffer for tensor ``name``, made again when its shape or dtype
+        changes (a batch of another size): pinned for a copy off a CUDA device."""
+        key = (name, self.copies % 2)
+        buf = self.host.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = self.host[key] = torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
+        return buf
 
     def fold(self, snap: Snapshot) -> None:
         """Observe the recorded requests of one step, then plan the next (host only)."""
