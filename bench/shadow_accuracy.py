@@ -5,10 +5,11 @@ engine with its EAGLE head): the unbudgeted greedy chain (``--tree N 1 D``) runs
 a mean number of tokens a step; then, over the prompt and the text it wrote, one target
 forward gives every token's feature and one draft forward over them every teacher-forced
 guess (the draft reading the target's features of every token before, as it does when it
-catches up on decoded tokens). A shadow at a token is ``1 +`` the run of right guesses after
-it, at most D. Printed: the chain's mean, the shadows' mean at the chain's own roots and at
-every generated token (what a guard that decoded the text would have seen), and the
-first guesses' hit rate; the same over the prompt's last 200 tokens (human-written text).
+catches up on decoded tokens). A shadow at a token is the run of right guesses after it, at
+most D; their mean committed tokens is ``chain_mean``'s (runs cut by the text's end count
+for the levels they show). Printed: the chain's mean, the shadows' mean at the chain's own
+roots and at every generated token (what a guard that decoded the text would have seen), and
+the first guesses' hit rate; the same over the prompt's last 200 tokens (human-written text).
 
     PYTHONPATH=$PWD .venv/bin/python bench/shadow_accuracy.py [--prompts 8] [--max-new 32]
         [--chars 1200] [--tree 4 1 3]
@@ -22,7 +23,7 @@ from statistics import fmean
 import torch
 from auto_budget import prompt_sets
 
-from moe_spec.control.shadows import shadow_run, shadow_runs
+from moe_spec.control.shadows import chain_mean, shadow_run, shadow_runs
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers.eagle import capture_features
@@ -75,10 +76,10 @@ def main() -> None:
             prompt_hits = hit[max(len(ids) - 200, 2) : len(ids)]
             row = (
                 fmean(s.committed for s in result.steps),
-                1 + fmean(s for r in roots if (s := shadow_run(hit, r + 1, depth)) is not None),
-                1 + fmean(shadow_runs(decoded, depth)),
+                chain_mean([shadow_run(hit, r + 1, depth) for r in roots], depth),
+                chain_mean(shadow_runs(decoded, depth), depth),
                 fmean(decoded),
-                1 + fmean(shadow_runs(prompt_hits, depth)),
+                chain_mean(shadow_runs(prompt_hits, depth), depth),
             )
             rows.append(row)
             print(

@@ -22,8 +22,10 @@ whose output holds the guess: ``moe_spec.integration.sglang.feed``) and a chain 
 (width 1: the draft's top guess does not show a tree's other drafts), while the guard is off
 the full chain the latest ``window`` (16) shadows, once there are 4, stand for the chains'
 committed tokens in the prediction: each chain's tokens/s (budgets, cost and window as
-predicted) is scaled by its shadows' mean over the window's mean. A probe's accepted drafts
-join them, and so do a smaller chain's that ended before filling it. Shadows arriving make the
+predicted) is scaled by its shadows' mean (:func:`chain_mean`) over the window's mean. A
+probe's accepted drafts join them, and so do a smaller chain's (a run cut at its depth where
+it filled: a shadow, like one that reaches the end of the decoded text, may show fewer
+levels than the chain drafts, and counts for the levels it shows). Shadows arriving make the
 guard decide again at its next plan; a switch back to the full chain (its steps then show it)
 and a new request clear them; a new request's first read comes after at most 6 decodes
 (measured: smollm2-moe's chain at 600 characters, warm set B +0.076x decoding, the toy's warm
@@ -40,22 +42,47 @@ from moe_spec.control.looks import spacing
 from moe_spec.control.steps import StepOutcome
 
 
-def shadow_run(matched: list[bool], j: int, depth: int) -> int | None:
-    """Drafts a greedy chain of ``depth`` would have committed rooted before decoded token
-    ``j``: the run of ``True`` in ``matched`` from ``j``, at most ``depth``; None where the
-    run reaches the end of ``matched`` first (cut short by what is not decoded yet).
-    ``matched[i]``: whether the draft's most likely token after the decoded text before
-    token ``i`` was token ``i``."""
+def shadow_run(matched: list[bool], j: int, depth: int) -> tuple[int, int]:
+    """A greedy chain of ``depth`` rooted before decoded token ``j``: ``(run, seen)``, the
+    drafts it would have committed (the run of ``True`` in ``matched`` from ``j``, at most
+    ``depth``) and the levels of it ``matched`` shows (``min(depth, len(matched) - j)``). A
+    run that reaches ``seen`` below ``depth`` is cut short by what is not decoded yet: it
+    passed every level shown. ``matched[i]``: whether the draft's most likely token after
+    the decoded text before token ``i`` was token ``i``."""
+    seen = min(depth, len(matched) - j)
     run = 0
-    while run < depth and j + run < len(matched) and matched[j + run]:
+    while run < seen and matched[j + run]:
         run += 1
-    return run if run == depth or j + run < len(matched) else None
+    return run, seen
 
 
-def shadow_runs(matched: list[bool], depth: int) -> list[int]:
-    """:func:`shadow_run` before each decoded token, those cut short left out."""
-    runs = (shadow_run(matched, j, depth) for j in range(len(matched)))
-    return [run for run in runs if run is not None]
+def shadow_runs(matched: list[bool], depth: int) -> list[tuple[int, int]]:
+    """:func:`shadow_run` before each decoded token."""
+    return [shadow_run(matched, j, depth) for j in range(len(matched))]
+
+
+def chain_mean(shadows, depth: int) -> float:
+    """Tokens a greedy chain of ``depth`` commits a step (the bonus token included), from
+    ``(run, seen)`` shadows (:func:`shadow_run`), some cut short: ``1 + sum_d S(d)``, ``S``
+    the product-limit (Kaplan-Meier) estimate of P(run >= d). Level d's hazard is read off
+    the shadows that reached level d - 1 and show level d: those that passed it over them.
+    Leaving the cut runs out (as before the thirty-ninth session) kept every miss and
+    dropped runs that had passed every level shown: the mean came out low wherever runs are
+    cut often (a decode between two one-draft explores is a run of one guess). Uncut shadows
+    give the plain mean of ``min(run, depth)``. A level no shadow shows takes the hazard
+    of the level above."""
+    survive, total, hazard = 1.0, 1.0, 1.0
+    for d in range(1, depth + 1):
+        at_risk = passed = 0
+        for run, seen in shadows:
+            if run >= d - 1 and seen >= d:
+                at_risk += 1
+                passed += run >= d
+        if at_risk:
+            hazard = passed / at_risk
+        survive *= hazard
+        total += survive
+    return total
 
 
 class Shadows:
@@ -69,10 +96,8 @@ class Shadows:
         if not self.shadowing or not matched:
             return
         self.unread_request = False
-        runs = shadow_runs(matched, max(d for _, _, d in self.trees))
-        self.shadow.extend(runs)
-        if runs:
-            self.since_replan = self.replan_interval  # decide again with them
+        self.shadow.extend(shadow_runs(matched, max(d for _, _, d in self.trees)))
+        self.since_replan = self.replan_interval  # decide again with them
 
     def read_every(self) -> int:
         """With ``shadow``, the decodes after which the draft reads them (0: none): as
@@ -85,13 +110,11 @@ class Shadows:
 
     def shadow_step(self, outcome: StepOutcome) -> None:
         """A chain step off the full chain (a probe, an explore): its accepted drafts join
-        the shadows where they show the full chain's run (a probe's; a smaller chain's
-        that ended before filling it)."""
+        the shadows, with the levels it shows (its depth: a smaller chain that filled
+        passed every level it drafted)."""
         if not self.shadowing or self.choice == 0 or outcome.tree not in self.trees:
             return
-        run = outcome.committed - 1
-        if outcome.tree == self.trees[0] or run < outcome.tree[2]:
-            self.shadow.append(run)
+        self.shadow.append((outcome.committed - 1, outcome.tree[2]))
 
     def clear_shadows(self, new_request: bool = False) -> None:
         """Forget the shadows (of the text before a switch back to the full chain, or of
@@ -105,12 +128,12 @@ class Shadows:
         _, width, depth = self.trees[c]
         if self.choice == 0 or len(self.shadow) < self.shadow_min or width != 1:
             return None
-        return 1.0 + sum(min(run, depth) for run in self.shadow) / len(self.shadow)
+        return chain_mean(self.shadow, depth)
 
     def new_shadows(self, shadow: bool, window: int = 16, least: int = 4) -> None:
         """Set up: ``shadow`` on only where the configured tree is a chain."""
         self.shadowing = shadow and self.trees[0][1] == 1
-        self.shadow: deque[int] = deque(maxlen=window)
+        self.shadow: deque[tuple[int, int]] = deque(maxlen=window)  # (run, seen)
         self.shadow_min = least
         self.first_read = 6  # a new request's first read: after at most this many decodes
         self.unread_request = False  # no guesses at this request's decodes yet

@@ -7,7 +7,7 @@ import torch
 
 from moe_spec.control import AcceptanceEstimates, Guard, StepCost, StepOutcome, StepPlan
 from moe_spec.control.looks import spacing
-from moe_spec.control.shadows import shadow_runs
+from moe_spec.control.shadows import chain_mean, shadow_runs
 from moe_spec.costmodel import get_cost_model, get_shape
 from moe_spec.policies import PolicyError, get_policy
 
@@ -34,10 +34,11 @@ def chain_step(g: Guard, committed: int, tree=CHAINS[0]) -> None:
 @pytest.mark.parametrize(
     "matched, depth, runs",
     [
-        ([T, T, F, T, T, T, T], 3, [2, 1, 0, 3, 3]),  # the last two runs reach the end: cut
-        ([T, T, F, T, T, T, T], 1, [1, 1, 0, 1, 1, 1, 1]),
-        ([F, F, F], 3, [0, 0, 0]),
-        ([T, T], 3, []),
+        # the last two runs reach the end of the text: cut at the levels it shows
+        ([T, T, F, T, T, T, T], 3, [(2, 3), (1, 3), (0, 3), (3, 3), (3, 3), (2, 2), (1, 1)]),
+        ([T, T, F, T, T, T, T], 1, [(1, 1), (1, 1), (0, 1), (1, 1), (1, 1), (1, 1), (1, 1)]),
+        ([F, F, F], 3, [(0, 3), (0, 2), (0, 1)]),
+        ([T, T], 3, [(2, 2), (1, 1)]),
         ([], 3, []),
     ],
 )
@@ -47,7 +48,7 @@ def test_shadow_runs_count_the_drafts_a_greedy_chain_would_commit(matched, depth
 
 def test_shadow_runs_match_a_chain_run_over_the_same_guesses():
     """Against a direct simulation: a chain rooted before token j drafts tokens j.. one at a
-    time and stops at the first the target did not decode."""
+    time and stops at the first the target did not decode, or where the text ends."""
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
         matched = (torch.rand(12, generator=g) < 0.7).tolist()
@@ -56,9 +57,41 @@ def test_shadow_runs_match_a_chain_run_over_the_same_guesses():
             committed, k = 0, j
             while committed < 3 and k < 12 and matched[k]:
                 committed, k = committed + 1, k + 1
-            if committed == 3 or k < 12:  # ended by a miss or the depth, not by the text
-                want.append(committed)
+            want.append((committed, min(3, 12 - j)))
         assert shadow_runs(matched, 3) == want
+
+
+def test_uncut_shadows_give_the_mean_of_the_runs():
+    runs = [3, 2, 1, 0, 0, 2]
+    for depth in (1, 2, 3):
+        got = chain_mean([(r, 3) for r in runs], depth)
+        assert got == pytest.approx(1 + sum(min(r, depth) for r in runs) / len(runs))
+
+
+def test_cut_shadows_count_for_the_levels_they_show():
+    """Against the product-limit estimate worked by hand, and against a simulation: runs
+    of a chain whose drafts are each accepted with p, cut at random, estimate its mean
+    where leaving the cut ones out underestimates it."""
+    # level 1: all 6 show it, 4 passed; level 2: 3 of those show it (the cut (1, 1) shows
+    # level 1 alone), 2 passed; level 3: those 2 show it, 1 passed
+    shadows = [(0, 3), (0, 3), (1, 3), (2, 3), (3, 3), (1, 1)]
+    s1 = 4 / 6
+    s2 = s1 * 2 / 3
+    s3 = s2 * 1 / 2
+    assert chain_mean(shadows, 3) == pytest.approx(1 + s1 + s2 + s3)
+    assert chain_mean([(1, 1)] * 4, 3) == 4.0  # a level no shadow shows: the hazard above
+    g = torch.Generator().manual_seed(1)
+    p, depth, shadows = 0.6, 3, []
+    for _ in range(20000):
+        seen = int(torch.randint(1, depth + 1, (1,), generator=g))
+        run = 0
+        while run < seen and float(torch.rand(1, generator=g)) < p:
+            run += 1
+        shadows.append((run, seen))
+    truth = 1 + p + p**2 + p**3
+    assert chain_mean(shadows, depth) == pytest.approx(truth, abs=0.03)
+    uncut = [(run, seen) for run, seen in shadows if run < seen or seen == depth]
+    assert 1 + sum(run for run, _ in uncut) / len(uncut) < truth - 0.3  # the old estimate
 
 
 def guard_on_window(committed: int, trees=CHAINS, **options) -> Guard:
@@ -77,7 +110,7 @@ def test_off_the_full_chain_shadows_stand_for_the_chains_committed_tokens(choice
     plain = guard_on_window(1, shadow=True).predict()
     g = guard_on_window(1, shadow=True)
     g.choice = choice
-    g.draft_matched([T, T, T, F] * 4)  # runs 3, 2, 1, 0, four times
+    g.draft_matched([T, T, T, F] * 4)  # runs 3, 2, 1, 0, four times (each ends in a miss)
     runs = [3, 2, 1, 0] * 4
     predicted = g.predict()
     for c, (_, _, depth) in enumerate(CHAINS):
@@ -116,18 +149,18 @@ def test_shadows_decide_again_and_win_the_chain_back_from_decoding():
     assert plan.kind == "tree" and plan.tree == CHAINS[0], g.why
 
 
-def test_steps_off_the_full_chain_join_the_shadows_where_they_show_its_run():
-    """A probe's accepted drafts; a smaller chain's that ended before filling it (filled,
-    it does not show how far the full chain would have gone)."""
+def test_steps_off_the_full_chain_join_the_shadows_with_the_levels_they_show():
+    """A probe's accepted drafts, over the full chain's levels; a smaller chain's, over its
+    own (filled, it passed every level it drafted)."""
     g = guard_on_window(2, shadow=True)
     g.choice = -1
     chain_step(g, 3)  # a probe: 2 drafts accepted
     chain_step(g, 1, CHAINS[1])  # an explore: none
-    chain_step(g, 2, CHAINS[1])  # filled: left out
-    assert list(g.shadow) == [2, 0]
+    chain_step(g, 2, CHAINS[1])  # filled: its one level passed
+    assert list(g.shadow) == [(2, 3), (0, 1), (1, 1)]
     g.choice = 0
     chain_step(g, 4)
-    assert list(g.shadow) == [2, 0]  # on the full chain its steps are the window's
+    assert list(g.shadow) == [(2, 3), (0, 1), (1, 1)]  # on the full chain: the window's
 
 
 def test_a_switch_to_the_full_chain_and_a_new_request_clear_the_shadows():
