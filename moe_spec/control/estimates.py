@@ -152,7 +152,7 @@ class AcceptanceEstimates:
         # what the reads below computed since the last observe or forget (a replan reads
         # each several times: once per candidate tree, and again for the draft gate)
         self.kept: dict[tuple, object] = {}
-        self.orders: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # depth_order's
+        self.orders: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # depth_order's
 
     # -- calibration -------------------------------------------------------------------
     @property
@@ -299,7 +299,7 @@ class AcceptanceEstimates:
     def depth_order(self, depth_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """int ``[N]`` twice: the nodes by depth (shallower first, lower index on ties) and
         each node's place in that order; kept per tree shape (a server's trees repeat)."""
-        key = depth_N.tobytes()
+        key = (depth_N.dtype.str, depth_N.tobytes())
         got = self.orders.get(key)
         if got is None:
             if len(self.orders) >= 64:  # trees of many shapes: start again
