@@ -109,6 +109,10 @@ class LiveServer:
     def __init__(self, spec: ServerSpec, log_dir: Path) -> None:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}.log"
+        # SGLang names its IPC sockets with tempfile and leaves them when it is killed: they
+        # go beside the logs, not into a /tmp that other jobs share
+        self.tmp_dir = log_dir.parent / "tmp"
+        self.tmp_dir.mkdir(exist_ok=True)
         self.ready_after_s: float | None = None
         self.port_clashes = 0
         self.launch()
@@ -123,7 +127,7 @@ class LiveServer:
             self.proc = subprocess.Popen(
                 self.spec.argv(self.port),
                 cwd=ROOT,
-                env=server_environ(self.spec.env),
+                env={**server_environ(self.spec.env), "TMPDIR": str(self.tmp_dir)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
