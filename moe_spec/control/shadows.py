@@ -37,6 +37,7 @@ SGLang-priced chain screen (BENCHMARKS.md, thirty-sixth session): 12 cells' geom
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 
 from moe_spec.control.looks import spacing
 from moe_spec.control.steps import StepOutcome
@@ -61,7 +62,7 @@ def shadow_runs(matched: list[bool], depth: int) -> list[tuple[int, int]]:
     return [shadow_run(matched, j, depth) for j in range(len(matched))]
 
 
-def chain_mean(shadows, depth: int) -> float:
+def chain_mean(shadows: Collection[tuple[int, int]], depth: int) -> float:
     """Tokens a greedy chain of ``depth`` commits a step (the bonus token included), from
     ``(run, seen)`` shadows (:func:`shadow_run`), some cut short: ``1 + sum_d S(d)``, ``S``
     the product-limit (Kaplan-Meier) estimate of P(run >= d). Level d's hazard is read off
