@@ -342,8 +342,8 @@ class AcceptanceEstimates:
         # the best n nodes of a candidate tree use the experts their top-k picked: mark the
         # nodes' experts in place order, counting the marks at each candidate's n (nodes
         # first: each candidate's new nodes are one slice; a bool sum, not count_nonzero's
-        # Python path); a candidate of all N nodes marks them in any order (a server's one
-        # tree: no reordering)
+        # Python path); a candidate of all N nodes marks them all, in any order (a server's
+        # one tree: no reordering)
         marked_LE = np.zeros((L, self.E), dtype=bool)
         marked_X = marked_LE.reshape(-1)
         used_CL = np.zeros((self.n_C.size, L), dtype=np.int64)
@@ -351,14 +351,13 @@ class AcceptanceEstimates:
         for c, n in self.ascending_C:
             if n > N:  # a tree smaller than the candidate: unknown (0)
                 break
-            if n == N and done == 0:
+            if n == N:
                 marked_X[at_LNK] = True
-                done = n
             elif n > done:
                 if at_NLK is None:
                     at_NLK = at_LNK.transpose(1, 0, 2)[order_N]
                 marked_X[at_NLK[done:n]] = True
-                done = n
+            done = max(done, n)
             used_CL[c] = marked_LE.sum(axis=1)
         return WindowStep(need_LP, committed_C, used_CL)
 
