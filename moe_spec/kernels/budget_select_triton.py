@@ -66,6 +66,7 @@ def score_keep_kernel(
     keep_ptr,
     limit_ptr,
     rank_ptr,
+    rest_ptr,
     T,
     E,
     budget,
@@ -81,12 +82,39 @@ def score_keep_kernel(
     HAS_ROOT: tl.constexpr,
     HAS_LIMIT: tl.constexpr,
     HAS_RANK: tl.constexpr,
+    HAS_REST: tl.constexpr,
 ):
     """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer;
     with ``HAS_LIMIT`` keep at most ``min(budget, limit[0])``, with ``HAS_RANK`` also write
-    each expert's rank (int64)."""
+    each expert's rank (int64). With ``HAS_REST``, where ``rest[0]`` is nonzero: keep every
+    expert, scores and used 0, ranks not written, and no row read."""
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
+    ranks = True
+    if HAS_REST:
+        ranks = tl.load(rest_ptr) == 0
+    if ranks:
+        score_used_rank(
+            logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr,
+            keep_ptr, limit_ptr, rank_ptr, T, E, budget, stride_lt, stride_it, offs_e, e_ok,
+            K, BLOCK_T, BLOCK_E, RANK_CHUNK, MASS, SIGMOID, HAS_WEIGHT, HAS_ROOT, HAS_LIMIT,
+            HAS_RANK,
+        )  # fmt: skip
+    else:
+        tl.store(scores_ptr + offs_e, tl.zeros((BLOCK_E,), dtype=tl.float32), mask=e_ok)
+        tl.store(used_ptr + offs_e, tl.zeros((BLOCK_E,), dtype=tl.int32), mask=e_ok)
+        tl.store(keep_ptr + offs_e, tl.full((BLOCK_E,), 1, dtype=tl.int8), mask=e_ok)
+
+
+@triton.jit
+def score_used_rank(
+    logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr, keep_ptr,
+    limit_ptr, rank_ptr, T, E, budget, stride_lt, stride_it, offs_e, e_ok,
+    K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr,
+    MASS: tl.constexpr, SIGMOID: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_ROOT: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_RANK: tl.constexpr,
+):  # fmt: skip
+    """:func:`score_keep_kernel`'s work where it ranks."""
     score_E = tl.zeros((BLOCK_E,), dtype=tl.float32)
     used_E = tl.zeros((BLOCK_E,), dtype=tl.int32)
     root_E = tl.zeros((BLOCK_E,), dtype=tl.int32)
@@ -146,6 +174,7 @@ def rewrite_topk_kernel(
     keep_ptr,
     out_ids_ptr,
     out_weights_ptr,
+    rest_ptr,
     T,
     E,
     stride_lt,
@@ -159,16 +188,14 @@ def rewrite_topk_kernel(
     HAS_BIAS: tl.constexpr,
     RENORMALIZE: tl.constexpr,
     TRUNCATE: tl.constexpr,
+    HAS_REST: tl.constexpr,
 ):
-    """Re-route the rows of one block that lost an expert; copy the others unchanged."""
+    """Re-route the rows of one block that lost an expert; copy the others unchanged
+    (every row where ``HAS_REST`` and ``rest[0]`` is nonzero)."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < T
-    offs_e = tl.arange(0, BLOCK_E)
-    e_ok = offs_e < E
     offs_k = tl.arange(0, BLOCK_K)
     k_ok = offs_k < K
-    keep_E = (tl.load(keep_ptr + offs_e, mask=e_ok, other=0) != 0) & e_ok
-    n_kept = tl.sum(keep_E.to(tl.int32), axis=0)
     tk_ok = t_ok[:, None] & k_ok[None, :]
     ids = tl.load(
         ids_ptr + t.to(tl.int64)[:, None] * stride_it + offs_k[None, :], mask=tk_ok, other=0
@@ -176,6 +203,33 @@ def rewrite_topk_kernel(
     weights = tl.load(
         weights_ptr + t.to(tl.int64)[:, None] * stride_wt + offs_k[None, :], mask=tk_ok, other=0.0
     )
+    out_offs = t.to(tl.int64)[:, None] * K + offs_k[None, :]
+    reroutes = True
+    if HAS_REST:
+        reroutes = tl.load(rest_ptr) == 0
+    if reroutes:
+        reroute_rows(
+            logits_ptr, bias_ptr, keep_ptr, out_ids_ptr, out_weights_ptr, ids, weights, t,
+            t_ok, offs_k, k_ok, tk_ok, out_offs, E, stride_lt, BLOCK_T, BLOCK_E, BLOCK_K, K,
+            SIGMOID, HAS_BIAS, RENORMALIZE, TRUNCATE,
+        )  # fmt: skip
+    else:
+        tl.store(out_ids_ptr + out_offs, ids, mask=tk_ok)
+        tl.store(out_weights_ptr + out_offs, weights, mask=tk_ok)
+
+
+@triton.jit
+def reroute_rows(
+    logits_ptr, bias_ptr, keep_ptr, out_ids_ptr, out_weights_ptr, ids, weights, t, t_ok,
+    offs_k, k_ok, tk_ok, out_offs, E, stride_lt, BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, K: tl.constexpr, SIGMOID: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RENORMALIZE: tl.constexpr, TRUNCATE: tl.constexpr,
+):  # fmt: skip
+    """:func:`rewrite_topk_kernel`'s work where the budget applies."""
+    offs_e = tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    keep_E = (tl.load(keep_ptr + offs_e, mask=e_ok, other=0) != 0) & e_ok
+    n_kept = tl.sum(keep_E.to(tl.int32), axis=0)
     id_ok = tk_ok & (ids >= 0) & (ids < E)
     kept_TK = (tl.load(keep_ptr + ids, mask=id_ok, other=0) != 0) | ~k_ok[None, :]
     affected_T = tl.min(kept_TK.to(tl.int32), axis=1) == 0
@@ -214,7 +268,6 @@ def rewrite_topk_kernel(
     new_w = tl.where(new_w == new_w, new_w, 0.0)  # rows of NaN logits get weight 0
     out_ids = tl.where(affected_T[:, None], new_ids.to(ids.dtype), ids)
     out_w = tl.where(affected_T[:, None], new_w.to(weights.dtype), weights)
-    out_offs = t.to(tl.int64)[:, None] * K + offs_k[None, :]
     tl.store(out_ids_ptr + out_offs, out_ids, mask=tk_ok)
     tl.store(out_weights_ptr + out_offs, out_w, mask=tk_ok)
 
@@ -245,6 +298,7 @@ def select_budget_triton(
     *,
     limit_1: torch.Tensor | None = None,
     rank_E: torch.Tensor | None = None,
+    rest_1: torch.Tensor | None = None,
 ) -> tuple[BudgetedTopK, torch.Tensor]:
     """The Triton twin of :func:`~moe_spec.kernels.budget_select_torch.select_budget_torch`.
 
@@ -253,7 +307,11 @@ def select_budget_triton(
     ``[1]`` on the device, read in the kernel: at most ``min(budget, limit_1[0])``
     experts are kept (an adaptive policy's budget, no host read). ``rank_E``: optional
     contiguous long ``[E]`` the kernel fills with each expert's rank (as
-    :func:`moe_spec.budget.expert_rank_E`). Returns ``(BudgetedTopK, scores_E)``;
+    :func:`moe_spec.budget.expert_rank_E`). ``rest_1``: optional int32 ``[1]`` on the device;
+    where nonzero the layer *rests*: every expert is kept and every row copied, scores are
+    0 and ``rank_E`` is left as it was (an adaptive policy's step that needs no ranking,
+    decided between steps; both launches then read no routing but the copied rows).
+    Returns ``(BudgetedTopK, scores_E)``;
     output ids and weights keep the input dtypes and are contiguous ``[T, K]``.
     """
     if record.scoring == "sparsemixer":
@@ -282,14 +340,17 @@ def select_budget_triton(
     sigmoid = record.scoring == "sigmoid"
     if rank_E is not None and (rank_E.dtype != torch.long or not rank_E.is_contiguous()):
         raise ValueError(f"rank_E must be a contiguous long tensor, got {rank_E.dtype}")
+    if rest_1 is not None and (rest_1.dtype != torch.int32 or rest_1.numel() != 1):
+        raise ValueError(f"rest_1 must be an int32 tensor of one element, got {rest_1.dtype}")
+    # pointers a launch does not read (its HAS_ flag off) are filled with a tensor at hand
+    limit_p, rank_p, rest_p = (t if t is not None else used_E for t in (limit_1, rank_E, rest_1))
     score_keep_kernel[(1,)](
         logits_TE, ids_TK, valid_T, weight_T, root_T, scores_E, used_E, keep_E,
-        limit_1 if limit_1 is not None else used_E, rank_E if rank_E is not None else used_E,
-        T, E, min(budget, E), logits_TE.stride(0), ids_TK.stride(0),
+        limit_p, rank_p, rest_p, T, E, min(budget, E), logits_TE.stride(0), ids_TK.stride(0),
         K=K, BLOCK_T=block_t, BLOCK_E=block_e, RANK_CHUNK=RANK_CHUNK,
         MASS=rule.kind == "mass", SIGMOID=sigmoid,
         HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
-        HAS_LIMIT=limit_1 is not None, HAS_RANK=rank_E is not None,
+        HAS_LIMIT=limit_1 is not None, HAS_RANK=rank_E is not None, HAS_REST=rest_1 is not None,
         num_warps=launch.score_warps or score_warps,
     )  # fmt: skip
     out_ids_TK = torch.empty_like(ids_TK)
@@ -297,10 +358,10 @@ def select_budget_triton(
     rewrite_t = launch.rewrite_block_t or rewrite_t
     rewrite_topk_kernel[(triton.cdiv(T, rewrite_t),)](
         logits_TE, ids_TK, weights_TK, bias_E, keep_E, out_ids_TK, out_weights_TK,
-        T, E, logits_TE.stride(0), ids_TK.stride(0), weights_TK.stride(0),
+        rest_p, T, E, logits_TE.stride(0), ids_TK.stride(0), weights_TK.stride(0),
         K=K, BLOCK_T=rewrite_t, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(K),
         SIGMOID=sigmoid, HAS_BIAS=record.correction_bias_E is not None,
         RENORMALIZE=record.renormalize, TRUNCATE=mode == "truncation",
-        num_warps=launch.rewrite_warps or rewrite_warps,
+        HAS_REST=rest_1 is not None, num_warps=launch.rewrite_warps or rewrite_warps,
     )  # fmt: skip
     return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.bool()), scores_E

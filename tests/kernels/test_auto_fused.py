@@ -159,6 +159,33 @@ def test_budget_rewritten_between_steps_takes_effect_in_the_kernel(monkeypatch):
     assert sizes == [32, 5, 11]
 
 
+def test_a_resting_step_keeps_every_expert_and_records_its_top_k_not_a_ranking(monkeypatch):
+    """With the policy's rest flag set (a step at the cap that needs no ranking), each
+    layer's kernel keeps every expert and copies the rows; the recorded top-k (what a
+    resting step is learned from) is written, the ranking buffer is not. Cleared: ranks."""
+    monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
+    records = layer_records(2, 7, 16, 3, seed=8)
+    policy = served_auto(2, 16, 3, 16, [16, 16], rows=7)
+    policy.validate, policy.record_routing = False, False
+    rank_LE = policy.device_state["rank_LE"]
+    rank_LE.fill_(-3)
+    policy.flag_rest(True)
+    out = [policy.apply(r, 16) for r in records]
+    for r, budgeted in zip(records, out, strict=True):
+        assert bool(budgeted.keep_E.all())
+        assert torch.equal(budgeted.topk_ids_TK, r.topk_ids_TK)
+        assert torch.equal(budgeted.topk_weights_TK, r.topk_weights_TK)
+    assert torch.equal(rank_LE, torch.full_like(rank_LE, -3))
+    ids_LRK = policy.device_state["ids_LRK"]
+    assert all(torch.equal(ids_LRK[i], r.topk_ids_TK) for i, r in enumerate(records))
+    policy.flag_rest(False)
+    for r in records:
+        policy.apply(r, 16)
+    for layer, r in enumerate(records):
+        want = expert_rank_E(select_budget_torch(r, 16, policy.rule(r))[1], r.used_E())
+        assert torch.equal(rank_LE[layer], want)
+
+
 @pytest.mark.parametrize("limit", [2, 5, 40])
 def test_kernel_limit_and_ranks(limit):
     """``limit_1`` caps the budget on the device; ``rank_E`` is :func:`expert_rank_E`."""
@@ -177,6 +204,38 @@ def test_kernel_limit_and_ranks(limit):
     assert torch.equal(rank_E, expert_rank_E(scores_E, record.used_E()))
     with pytest.raises(ValueError, match="rank_E must be a contiguous long tensor"):
         select_budget_triton(record, 9, rule, rank_E=torch.zeros(40, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("mode", ["substitution", "truncation"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_rest_flag_keeps_every_expert_and_copies_rows(mode, dtype):
+    """``rest_1`` nonzero: every expert kept, every row copied bit for bit, scores 0 and the
+    ranking left as it was; zero: the same selection as without the flag."""
+    g = torch.Generator().manual_seed(4)
+    T, E, K = 13, 24, 3  # several rewrite programs, a ragged last one
+    base = make_record(torch.randn(T, E, generator=g) * 2, K)
+    record = RoutingRecord(
+        base.router_logits_TE.to(dtype), base.topk_ids_TK, base.topk_weights_TK.to(dtype)
+    )
+    rule = ScoreRule("mass", torch.rand(T, generator=g), torch.arange(T) == 0)
+    rank_E = torch.full((E,), -7, dtype=torch.long)
+    rest = torch.ones(1, dtype=torch.int32)
+    got, scores_E = select_budget_triton(record, 5, rule, mode, rest_1=rest, rank_E=rank_E)
+    assert bool(got.keep_E.all()) and got.keep_E.shape == (E,)
+    assert torch.equal(got.topk_ids_TK, record.topk_ids_TK)
+    assert torch.equal(got.topk_weights_TK, record.topk_weights_TK)  # bits, dtype kept
+    assert torch.equal(scores_E, torch.zeros(E))
+    assert torch.equal(rank_E, torch.full((E,), -7, dtype=torch.long))
+    rest.zero_()  # the same launch with the flag cleared: the budgeted selection
+    got, scores_E = select_budget_triton(record, 5, rule, mode, rest_1=rest, rank_E=rank_E)
+    want, _ = select_budget_torch(record, 5, rule, mode)
+    assert int(got.keep_E.sum()) == 5 and torch.equal(got.keep_E, want.keep_E)
+    assert torch.equal(got.topk_ids_TK, want.topk_ids_TK)
+    tol = WEIGHT_TOL[dtype]
+    torch.testing.assert_close(got.topk_weights_TK, want.topk_weights_TK, atol=tol, rtol=tol)
+    assert torch.equal(rank_E, expert_rank_E(scores_E, record.used_E()))
+    with pytest.raises(ValueError, match="rest_1 must be an int32 tensor of one element"):
+        select_budget_triton(record, 5, rule, rest_1=torch.zeros(1, dtype=torch.long))
 
 
 def test_a_fresh_policy_prepares_on_the_torch_path_then_runs_the_kernel(monkeypatch):
