@@ -71,6 +71,15 @@ def add_auto_option(ap: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def auto_priced(cost, shape, args) -> Modeled:
+    """How the ``auto`` arms' steps are priced: with ``--sglang``, a draft extend after each
+    step (a decode's too, but under ``--skip-decode-extend`` a run's last only) and a resting
+    verify paying ``rest_share`` of a selection (the option as the arms run it)."""
+    rest_share = float(dict(args.auto_option).get("rest_share") or 0.0)
+    decode_extend = not args.skip_decode_extend
+    return Modeled(cost, shape, args.sglang, decode_extend=decode_extend, rest_share=rest_share)
+
+
 def option_text(pairs: list[tuple[str, object]]) -> str:
     """``(key, value)`` pairs as a run config's ``,opt.key=value`` suffix."""
     return "".join(f",opt.{k}={json.dumps(v)}" for k, v in pairs)
@@ -300,14 +309,13 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     table: dict = {}
     for s in shapes:
         m = Modeled(cost, s, draft_extend=args.sglang)
-        # auto's decodes under SGLang's skip switch (the plugin keeps a run's last extend)
-        auto_m = Modeled(cost, s, draft_extend=args.sglang, decode_extend=False)
+        auto_m = auto_priced(cost, s, args)
         ar = autoregressive_tokens_per_s(cost.gpu, s, overheads=cost.overheads)
         row = {"autoregressive": ar}
         for key, recs in records.items():
             if "@" in key and not key.endswith(f"@{s.name}"):
                 continue
-            priced = auto_m if args.skip_decode_extend and key.startswith("auto:") else m
+            priced = auto_m if key.startswith("auto:") else m
             pairs = [modeled_pair(r, configs[key], info, priced) for r in recs]
             tps = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
             agree = fmean(
@@ -320,7 +328,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     # the run the overhead was timed on: the lossy auto arm of the first shape, its modeled
     # GPU seconds (fresh: a policy per prompt; warm: one across the set)
     s0, lossy = shapes[0], per_shape[shapes[0].name][0]
-    priced = Modeled(cost, s0, draft_extend=args.sglang, decode_extend=not args.skip_decode_extend)
+    priced = auto_priced(cost, s0, args)
     for mode, key in (("fresh", f"{lossy}@{s0.name}"), ("warm", f"{lossy} warm@{s0.name}")):
         pairs = [modeled_pair(r, configs[key], info, priced) for r in records[key]]
         overhead[mode]["gpu_run_s"] = sum(b for _, b in pairs)

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+import moe_spec.policies.auto as auto_module
 from moe_spec import get_policy
 from moe_spec.policies import PolicyError
-from moe_spec.policies.auto import server_options
+from moe_spec.policies.auto import SERVER_REST_SHARE, server_options
 from moe_spec.policies.builtin import TokenPriority
 from tests.conftest import make_record
 from tests.host_sync import HostSyncRecorder
@@ -205,6 +206,41 @@ def test_every_tree_step_enters_while_the_window_holds_fewer_than_8_steps():
     assert c.est.ranked_S(0).tolist() == [True] * 2 + [False] * 6
 
 
+def test_the_device_rest_flag_follows_the_plan_and_a_late_fold_says_whether_it_rested():
+    """A server's forwards call the policy every step: the flag its selection kernel reads
+    is set exactly for the planned steps that rest (uploaded only when it changes), and
+    ``observe(rested=...)`` judges the folded step, not the one just planned."""
+    policy, observe, plan = resting_policy()
+    c = policy.controller
+    flag = policy.device_state["rest_1"]
+    assert flag.dtype == torch.int32 and flag.tolist() == [0]
+    uploads = []
+    real = auto_module.upload
+
+    def counted(dst, src):
+        uploads.append(dst is flag)
+        real(dst, src)
+
+    auto_module.upload = counted
+    script = [False, True, True, True, False, True, False, False]  # what rests() answers
+    answers = iter(script)
+    policy.rests = lambda planned: next(answers)
+    try:
+        for want in script:
+            policy.plan_step((4, 2, 2), False)
+            assert policy.resting is want and flag.tolist() == [int(want)]
+            observe()
+    finally:
+        auto_module.upload = real
+        del policy.rests
+    assert sum(uploads) == 4  # written when it changes, not every step
+    for _ in range(8):  # fill the window: past learning, a resting step stays out of it
+        observe()
+    c.tree_steps = 5
+    policy.resting = False  # the step just planned ranks ...
+    assert policy.learns() and not policy.learns(rested=True)  # ... the folded one rested
+
+
 @pytest.mark.parametrize("look", ["probing", "exploring"])
 def test_the_guards_looks_rank_and_enter_a_full_window_whatever_the_step_count(look):
     """With ``hope``, a probe of the full tree or an explore with a smaller one is run to be
@@ -309,25 +345,34 @@ def test_the_warm_up_runs_on_by_default_on_a_tree_not_on_a_chain(tree, options, 
 @pytest.mark.parametrize("decode_extend", [True, False])
 def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
     """``server_options`` (what the SGLang-priced benches pass) is what ``for_server`` sets:
-    the same plans follow, every verify pass ranks (none rests) and, under SGLang's skip
-    switch, no shadows."""
-    served = get_policy("auto")
+    the same plans follow, a step at the cap rests as in the engines but pays
+    ``SERVER_REST_SHARE`` of a selection (the kernels still launch) and, under SGLang's
+    skip switch, no shadows."""
+    served = get_policy("auto", cost_model="measured")  # prices the selection
     served.for_server(guard=True, decode_extend=decode_extend, guesses=True)
-    benched = get_policy("auto", **server_options(decode_extend))
+    benched = get_policy("auto", cost_model="measured", **server_options(decode_extend))
     for policy in (served, benched):
         policy.prepare(2, 8, 2, 8, torch.device("cpu"))
         policy.plan_step((4, 1, 3), False)
     assert benched.options == served.options
     assert (
-        (benched.rank_every, benched.draft_extend, benched.decode_extend)
-        == (
-            served.rank_every,
-            served.draft_extend,
-            served.decode_extend,
-        )
-        == (1, True, decode_extend)
+        (benched.rank_every, benched.draft_extend, benched.decode_extend, benched.rest_share)
+        == (served.rank_every, served.draft_extend, served.decode_extend, served.rest_share)
+        == (4, True, decode_extend, SERVER_REST_SHARE)
     )
+    cost = served.controller.cost
+    assert cost.rest_share == SERVER_REST_SHARE
+    # one step in 4 ranks (a whole selection), three rest (SERVER_REST_SHARE of one each)
+    want = cost.select_s * (1 + 3 * SERVER_REST_SHARE) / 4
+    assert cost.rest_select_s == pytest.approx(want) and 0 < want < cost.select_s
+    assert benched.controller.cost.rest_select_s == cost.rest_select_s
     assert benched.wants_guesses is served.wants_guesses is decode_extend
+    kept = get_policy("auto", rest_share=0.25)  # set by hand (measured): a server keeps it
+    kept.for_server(guard=True)
+    assert kept.rest_share == 0.25
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(PolicyError, match=r"rest_share is .*; allowed: None \(0; on a"):
+            get_policy("auto", rest_share=bad)
 
 
 def test_token_weights_are_made_once_per_forward_and_again_after_a_plan():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moe_spec.ab.configs import BASELINES, RunConfig
-from moe_spec.ab.records import RunRecord
+from moe_spec.ab.records import RunRecord, Step
 from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.costmodel import (
     CostModel,
@@ -81,6 +81,10 @@ class Modeled:
     # with draft_extend: False where SGLang skips it on a guard's decode that another
     # decode follows (its skip switch with the plugin: a run's last decode extends)
     decode_extend: bool = True
+    # the share of a budget selection that a verify pays where the policy rested (did not
+    # rank): 0 in the engines, which skip it; on a server auto's rest flag leaves the
+    # selection's launches (moe_spec.policies.auto.SERVER_REST_SHARE)
+    rest_share: float = 0.0
 
     def describe(self) -> str:
         return f"{self.shape.name}, {self.cost.describe()}"
@@ -181,12 +185,19 @@ def modeled_steps(
             s.repair_tokens,
             mapped(s.repair_L) if s.repair_tokens else 0.0,
             # the guard's autoregressive steps are plain forwards, and a policy that rested
-            # (or B >= E) ran no selection: priced without it
-            budgeted=config.policy not in BASELINES and s.guard != AUTOREGRESSIVE and s.ranked,
+            # (or B >= E) ran no selection: priced without it (but ``rest_share`` of it)
+            budgeted=selection_share(config, s, m),
             draft_extend=extends(i),
         )
         for i, s in enumerate(record.steps)
     ]
+
+
+def selection_share(config: RunConfig, s: Step, m: Modeled) -> float:
+    """The share of a budget selection step ``s``'s verify pays (:class:`Modeled`)."""
+    if config.policy in BASELINES or s.guard == AUTOREGRESSIVE:
+        return 0.0
+    return 1.0 if s.ranked else m.rest_share
 
 
 def ratio(pairs: list[tuple[float, float]]) -> float | None:

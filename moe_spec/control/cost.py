@@ -20,7 +20,9 @@ prices a window of steps for many budget vectors with array operations only:
 - ``select_s``: the expert ranking in every MoE layer (``Overheads.select_s``; 0 unless
   the cost model measured it), paid by every budgeted tree step; a step whose budgets are
   all at least E ranks only every ``rank_every``-th time (the ranking is what the
-  controller learns from), so it pays ``select_s / rank_every`` on average (an
+  controller learns from) and otherwise *rests*, paying ``rest_share`` of a selection (0
+  in the engines, which then skip the policy; on a server the selection's kernels still
+  launch, read the rest flag and copy the rows): ``rest_select_s`` on average (an
   autoregressive step pays none).
 """
 
@@ -55,6 +57,7 @@ class StepCost:
         rank_every: int = 1,
         draft_extend: bool = False,
         decode_extend: bool = True,
+        rest_share: float = 0.0,
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
@@ -66,11 +69,18 @@ class StepCost:
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
         self.decode_s, self.select_s = tables[3:]
         self.plain_decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
-        self.rest_select_s = self.select_s / rank_every  # an unbudgeted step, on average
+        self.rest_share = rest_share
+        self.rest_every(rank_every)
         self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 
     def describe(self) -> str:
         return f"{self.shape.name} on {self.cost.describe()}"
+
+    def rest_every(self, interval: int) -> None:
+        """Price a tree step at the cap (budgets all at least E) as one that ranks one time
+        in ``interval`` and rests the others: ``rest_select_s``, a selection on average."""
+        share = (1 + (interval - 1) * self.rest_share) / interval
+        self.rest_select_s = self.select_s * share
 
     def tree_seconds(
         self,

@@ -8,7 +8,8 @@ chosen tree's best budget for all layers below the cap is predicted under ``rank
 halves how often a resting step ranks, down to one in ``max_rank_every`` (default
 ``rank_every``: off), and the steps the guard learns from rest too
 (``moe_spec.policies.auto.Auto.rests``); near paying, one in ``rank_every`` again. The
-guard prices a resting step at that share of the selection.
+guard prices a step at the cap at that share of the selection (plus the resting steps'
+``rest_share`` of it: :class:`moe_spec.control.StepCost`).
 """
 
 from __future__ import annotations
@@ -39,4 +40,4 @@ class Ranks:
         interval = min(2 * self.rank_interval, self.max_rank_every) if far else self.rank_every
         if interval != self.rank_interval:
             self.rank_interval = interval
-            self.cost.rest_select_s = self.cost.select_s / interval
+            self.cost.rest_every(interval)

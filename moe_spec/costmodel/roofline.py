@@ -122,15 +122,16 @@ def verify_seconds(
     distinct: float,
     context: int = DEFAULT_CONTEXT,
     overheads: Overheads = NO_OVERHEADS,
-    budgeted: bool = False,
+    budgeted: bool | float = False,
 ) -> float:
     """One target forward over a ``num_tokens`` tree reading ``distinct`` experts per layer.
 
-    ``budgeted``: every MoE layer runs the budget selection (``Overheads.select_s``).
+    ``budgeted``: every MoE layer runs the budget selection (``Overheads.select_s``); a
+    number: that share of it (a selection that rests on the device: its launches only).
     """
     parts = verify_parts(shape, num_tokens, distinct, context)
     reads = shape.n_moe_layers * distinct
-    selections = shape.n_moe_layers if budgeted else 0
+    selections = shape.n_moe_layers * float(budgeted)
     return forward_seconds(gpu, parts, shape.n_layers, reads, overheads, selections, num_tokens)
 
 
@@ -173,7 +174,8 @@ class ModeledStep:
     distinct: float  # experts per MoE layer the verify reads (after any budget)
     repair_tokens: int = 0  # tokens of the unbudgeted repair forward (0: no repair)
     repair_distinct: float = 0.0  # experts per MoE layer that forward reads
-    budgeted: bool = False  # the verify ran the budget selection in every MoE layer
+    budgeted: bool | float = False  # the verify ran the budget selection in every MoE layer
+    # (a number: that share of it, as ``verify_seconds``)
     # a draft forward over the verified tokens after the verify (SGLang's draft extend,
     # run after every step, a depth-0 one included: it keeps the draft's cache current)
     draft_extend: bool = False

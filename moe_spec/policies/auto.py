@@ -27,9 +27,11 @@ SGLang's plugin on an adaptive chain whose decodes run the draft extend). ``meas
 modeled times by the measured wall time (for a run whose own speed is what counts,
 such as the reference engine on a CPU). A tree step whose budgets are all at least E
 *rests* (:attr:`Policy.resting`: the engines then run it unbudgeted without calling the
-policy) except every ``rank_every``-th one, which ranks and is learned from: the ranking
-is the selection's cost, and a step that keeps every expert needs it only to learn; while
-the guard learns (the window's first 8 steps, a new request's first 4) a step at the cap
+policy; a server's forwards call it every step, and its selection kernel reads a device
+rest flag, :meth:`Auto.flag_rest`, and then keeps every expert without ranking) except
+every ``rank_every``-th one, which ranks and is learned from: the ranking is the
+selection's cost, and a step that keeps every expert needs it only to learn; while the guard
+learns (the window's first 8 steps, a new request's first 4) a step at the cap
 ranks where a budget comes within ``rank_near`` of paying and otherwise rests and enters the
 window unranked, with its committed tokens and experts (the engines pass its top-k in
 ``StepOutcome.ids_LTK``); budgets are searched over the ranked steps. Once
@@ -81,15 +83,25 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
         dst.copy_(host)
 
 
+# The share of a budget selection a resting verify still pays on a server: its forwards
+# (CUDA graphs included) run the selection's two kernels every step, and where the rest flag
+# is set they read it, keep every expert and copy the rows (no scores, no ranking, no
+# re-routing). An estimate, not a measurement: the H200's selection in a captured graph took
+# 14.0 us at 32 tokens and 18.3 us at 64 (OLMoE's shape), so launches plus the work that does
+# not grow with tokens are at most 9.7 us, 0.69 of it, and the ranking over E is part of
+# that; bench/gpu_check.py times the resting selection ("auto at rest").
+SERVER_REST_SHARE = 0.5
+
+
 def server_options(decode_extend: bool = True) -> dict[str, object]:
     """``auto``'s options as SGLang's plugin runs it (:meth:`Auto.for_server`), for benches
     that price the engines' steps as SGLang runs them: no draft gate; SGLang's draft extend
     after every step, a decode's too unless ``decode_extend`` is off (its skip switch, where
-    the draft then makes no guesses at decoded tokens: no ``shadow``); and a ranking in every
-    verify pass (SGLang's forwards, CUDA graphs included, run the selection every step, so no
-    step rests)."""
+    the draft then makes no guesses at decoded tokens: no ``shadow``); and a resting step
+    paying ``SERVER_REST_SHARE`` of a selection (SGLang's forwards, CUDA graphs included, run
+    the selection's kernels every step; at rest they only keep every expert)."""
     options: dict[str, object] = dict(
-        gate=False, draft_extend=True, decode_extend=decode_extend, rank_every=1
+        gate=False, draft_extend=True, decode_extend=decode_extend, rest_share=SERVER_REST_SHARE
     )
     if not decode_extend:
         options["shadow"] = False
@@ -137,6 +149,7 @@ class Auto(TokenPriority):
         switch_prior: float = 2.0,
         rank_every: int = 4,
         max_rank_every: int | None = None,
+        rest_share: float | None = None,
         rank_near: float = 0.8,
         learn_every: int = 2,
         max_replan: int | None = None,
@@ -203,6 +216,10 @@ class Auto(TokenPriority):
         ok = max_rank_every is None or (_is_int(max_rank_every) and max_rank_every >= rank_every)
         allowed = f"None (rank_every: off) or an integer >= rank_every ({rank_every})"
         _check("max_rank_every", max_rank_every, ok, allowed)
+        ok = isinstance(rest_share, num) and not isinstance(rest_share, bool)
+        ok = rest_share is None or (ok and 0 <= rest_share <= 1)
+        allowed = f"None (0; on a server {SERVER_REST_SHARE}) or a number from 0 to 1"
+        _check("rest_share", rest_share, ok, allowed)
         ok = isinstance(rank_near, num) and not isinstance(rank_near, bool)
         _check("rank_near", rank_near, ok and 0 < rank_near <= 1, "0 < rank_near <= 1")
         ok = _is_int(max_probe) and max_probe >= probe
@@ -239,6 +256,9 @@ class Auto(TokenPriority):
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
         self.decode_extend = decode_extend  # and after every plain decode (off: a run's last)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
+        # the share of a selection a resting step pays (None: 0, SERVER_REST_SHARE on a server)
+        self.rest_share = None if rest_share is None else float(rest_share)
+        self.rest_host = 0  # what the device rest flag holds
         self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
         self.controller: Guard | None = None
         self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
@@ -305,7 +325,10 @@ class Auto(TokenPriority):
             rank_E = state["rank_LE"][layer, :E]
         else:
             rank_E = torch.empty(E, dtype=torch.long, device=limit_1.device)
-        budgeted = super().apply_fused(record, budget, *args, limit_1=limit_1, rank_E=rank_E)
+        rest_1 = state["rest_1"]  # set: every expert kept, rank_E not written
+        budgeted = super().apply_fused(
+            record, budget, *args, limit_1=limit_1, rank_E=rank_E, rest_1=rest_1
+        )
         self.remember(record, rank_E)
         return budgeted
 
@@ -384,7 +407,8 @@ class Auto(TokenPriority):
         shadow = served.get("shadow", self.options["shadow"]) and guard and guesses
         self.options.update(guard=guard, gate=served["gate"], measure=False, shadow=shadow)
         self.draft_extend, self.decode_extend = served["draft_extend"], decode_extend
-        self.rank_every = self.options["max_rank_every"] = served["rank_every"]
+        if self.rest_share is None:
+            self.rest_share = served["rest_share"]
 
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
@@ -402,6 +426,7 @@ class Auto(TokenPriority):
             "edges": torch.tensor(est.logprob_edges(), dtype=torch.float32, device=device),
             "accept_B": torch.tensor(est.accept_B(), dtype=torch.float32, device=device),
             "reach_D": torch.tensor(est.reach_D(), dtype=torch.float32, device=device),
+            "rest_1": torch.zeros(1, dtype=torch.int32, device=device),  # flag_rest
         }
 
     def estimates(self) -> AcceptanceEstimates:
@@ -425,6 +450,7 @@ class Auto(TokenPriority):
             rank_every=rank,
             draft_extend=extend,
             decode_extend=self.decode_extend,
+            rest_share=self.rest_share or 0.0,
         )
         levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
         est = AcceptanceEstimates(
@@ -461,6 +487,7 @@ class Auto(TokenPriority):
             self.prompt = None
         plan = self.controller.plan()
         self.resting = self.rests(plan)
+        self.flag_rest(self.resting)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
             self.budget_host_L = self.controller.budget_L.copy()
             upload(self.device_state["budget_L"], self.budget_host_L)
@@ -470,6 +497,14 @@ class Auto(TokenPriority):
             upload(self.device_state["accept_B"], est.accept_B())
             upload(self.device_state["reach_D"], est.reach_D())
         return plan
+
+    def flag_rest(self, resting: bool) -> None:
+        """Set the device rest flag the selection kernel reads (:meth:`apply_fused`): a
+        server's forwards call the policy every step, and a resting step's kernels then keep
+        every expert without ranking (the engines skip the policy instead)."""
+        if int(resting) != self.rest_host and "rest_1" in self.device_state:
+            self.rest_host = int(resting)
+            upload(self.device_state["rest_1"], np.array([self.rest_host], dtype=np.int32))
 
     def start_request(self) -> None:
         """A new request begins: its text is new (:meth:`moe_spec.control.Guard.new_request`)."""
@@ -543,15 +578,18 @@ class Auto(TokenPriority):
         outcome: StepOutcome,
         rank_LE: torch.Tensor | None = None,
         ids_LNK: torch.Tensor | None = None,
+        rested: bool | None = None,
     ) -> None:
         """Fold in a finished step. A server passes the ranking and the tree's unbudgeted
-        top-k it recorded (:meth:`record_to_device`); eager engines leave them to
+        top-k it recorded (:meth:`record_to_device`; no ranking for a step that rested) and
+        whether the step rested (None: :attr:`resting`, the step just planned; a server
+        that folds a step in late knows better); eager engines leave them to
         ``record_routing``."""
         if self.controller is None and self.dims is not None:
             self.controller = self.build_controller()
         if self.controller is None:
             return
-        if outcome.kind != TREE or not self.learns():
+        if outcome.kind != TREE or not self.learns(rested):
             rank_LE = ids_LNK = None
         elif rank_LE is None and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
@@ -562,11 +600,11 @@ class Auto(TokenPriority):
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
 
-    def learns(self) -> bool:
-        """Whether the tree step just run enters the window (the calibration and the
-        acceptance per depth count every step). A step that rested (not ranked): with its
-        tokens and experts, without its need, while the guard learns
-        (:meth:`moe_spec.control.Guard.learning`: the window's first 8 steps, a new
+    def learns(self, rested: bool | None = None) -> bool:
+        """Whether the tree step just run (``rested``, None: :attr:`resting`) enters the
+        window (the calibration and the acceptance per depth count every step). A step that
+        rested (not ranked): with its tokens and experts, without its need, while the guard
+        learns (:meth:`moe_spec.control.Guard.learning`: the window's first 8 steps, a new
         request's first 4), and not after: the window then holds ranked steps, one in
         ``rank_every`` at the cap, four times the history (measured with every resting step
         entering: smollm2-moe's tree on warm set B fell from 1.32 to 1.09x decoding, a
@@ -578,7 +616,7 @@ class Auto(TokenPriority):
         by a step count, probes that alternate with explores fell on the same parity every
         time)."""
         c = self.controller
-        if self.resting:  # not ranked: its tokens and experts, while the guard learns
+        if self.resting if rested is None else rested:  # unranked, while the guard learns
             return c.learning()
         window = c.est.window
         if len(window) < window.maxlen or self.looks():

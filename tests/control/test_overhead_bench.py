@@ -35,9 +35,10 @@ def test_the_sglang_feed_path_folds_every_step_and_plans_budgets(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SGLang feed (after_verify)" in done.stdout
     rows = json.loads(out.read_text())["rows"]
-    for r in rows:  # SGLang runs its one tree every step; the feed replans at most every
-        # 8 steps (less often while replans change nothing)
-        assert r["tree_share"] == 1.0 and 1 <= r["replans"] <= 40 // 8
+    for r in rows:  # SGLang runs its one tree every step; the feed replans after the
+        # warm-up and while the window is short (steps 2, 4, 8), then at most every 8 steps
+        # but for a surprise (less often while replans change nothing)
+        assert r["tree_share"] == 1.0 and 1 <= r["replans"] <= 3 + (40 - 8) // 8
         assert len(r["budgets"]) == r["L"] and 0 < r["median_s"] <= r["p90_s"]
 
 

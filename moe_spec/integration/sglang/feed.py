@@ -91,6 +91,7 @@ class Snapshot:
     recorded: dict[str, torch.Tensor]
     new_request: bool = False  # the observed request is another than the last step's
     hit_1: torch.Tensor | None = None  # a decode: whether the draft guessed its token
+    rested: bool = False  # the step's selection rested (the policy's device flag): no ranking
 
     def wait(self) -> None:
         """Until the copies have landed (long done when the next step comes)."""
@@ -232,7 +233,8 @@ class AcceptanceFeed:
             event = torch.cuda.Event()
             event.record()
         lens, index, hit_1 = host.pop("lens_b"), host.pop("index_bP"), host.pop("hit_1", None)
-        return Snapshot(event, lens, index, host, hit_1=hit_1)
+        rested = bool(getattr(self.policy, "rest_host", 0))  # the flag this forward read
+        return Snapshot(event, lens, index, host, hit_1=hit_1, rested=rested)
 
     def host_buffer(self, name: str, t: torch.Tensor, pinned: bool) -> torch.Tensor:
         """This copy's host buffer for tensor ``name``, made again when its shape or dtype
@@ -269,7 +271,9 @@ class AcceptanceFeed:
             for i, path in enumerate(paths[: min(self.per_step, rec["ids_LRK"].shape[1] // N)]):
                 rows = slice(i * N, (i + 1) * N)
                 outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, tree)
-                self.policy.observe(outcome, rec["rank_LE"], rec["ids_LRK"][:, rows])
+                rank_LE = None if snap.rested else rec["rank_LE"]  # not written at rest
+                ids_LNK = rec["ids_LRK"][:, rows]
+                self.policy.observe(outcome, rank_LE, ids_LNK, snap.rested)
                 self.observed += 1
             self.plan = self.policy.plan_step(self.tree, False)
             self.note_speed()

@@ -478,9 +478,10 @@ def scenario_auto_feed() -> dict:
     observed = []
     observe = policy.observe
 
-    def spy(outcome, rank_LE=None, ids_LNK=None):
-        observed.append((outcome, rank_LE.clone(), ids_LNK.clone()))
-        observe(outcome, rank_LE, ids_LNK)
+    def spy(outcome, rank_LE=None, ids_LNK=None, rested=None):
+        ranking = None if rank_LE is None else rank_LE.clone()  # a step that rested: none
+        observed.append((outcome, ranking, ids_LNK.clone()))
+        observe(outcome, rank_LE, ids_LNK, rested)
 
     policy.observe = spy
     recorder = HostSyncRecorder()
@@ -624,13 +625,17 @@ def step_record(budgets, plain, verify, observed) -> dict:
                 "ids_match_unbudgeted": ids_match,
             }
         )
-    # the recorded ranking is the one the pass budgeted with: kept = rank < budget
+    # the recorded ranking is the one the pass budgeted with: kept = rank < budget; a step
+    # that rested (observed without a ranking) ran at the cap, every expert allowed
     rank_LE = observed[0][1] if observed else None
     kept_match = []
     for layer, v in enumerate(verify):
         E = 8 if layer == 0 else 16
         kept = set(v["ids"].unique().tolist())
-        ranked = {e for e in range(E) if int(rank_LE[layer, e]) < min(budgets[layer], E)}
+        if rank_LE is None:
+            ranked = set(range(E)) if budgets[layer] >= E else set()
+        else:
+            ranked = {e for e in range(E) if int(rank_LE[layer, e]) < min(budgets[layer], E)}
         kept_match.append(kept <= ranked)
     return {
         "budgets": budgets,

@@ -1,0 +1,46 @@
+"""A verify step whose selection rested (the policy's device rest flag set as its forward
+ran: every expert kept, no ranking written) is observed without a ranking, as rested; the
+flag is read when the step is copied, so a step folded in late (on CUDA, at the next one)
+is judged by its own flag, not by the plan made since."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from moe_spec.integration.sglang.feed import AcceptanceFeed
+from moe_spec.policies import get_policy
+
+L, E, K, N = 2, 8, 2, 4
+
+
+def test_a_rested_step_is_observed_without_its_ranking():
+    policy = get_policy("auto")
+    policy.validate, policy.record_routing = False, False
+    policy.for_server()
+    policy.prepare(L, E, K, E, torch.device("cpu"))
+    feed = AcceptanceFeed(policy, (N, 2, 2), K)
+    seen = []
+    observe = policy.observe
+
+    def spy(outcome, rank_LE=None, ids_LNK=None, rested=None):
+        seen.append((rank_LE is None, ids_LNK is not None, rested))
+        observe(outcome, rank_LE, ids_LNK, rested=rested)
+
+    policy.observe = spy
+    result = SimpleNamespace(accept_lens=torch.tensor([2]), accept_index=torch.tensor([[0, 1, -1]]))
+    batch = SimpleNamespace(forward_mode=None, reqs=[SimpleNamespace(rid="r0")])
+    snaps = []
+    for rest in (False, True, True, False):
+        policy.flag_rest(rest)  # as plan_step sets it before the forward
+        snaps.append(feed.snapshot(result.accept_lens, result.accept_index))
+    assert [s.rested for s in snaps] == [False, True, True, False]
+    policy.flag_rest(False)  # the plan made since: the late fold must not read it
+    for snap in snaps:
+        feed.fold(snap)
+    ranked, rested = (False, True, False), (True, True, True)  # (no ranking, top-k, rested)
+    assert seen == [ranked, rested, rested, ranked]
+    policy.flag_rest(True)
+    feed.after_verify(result, batch)  # on a CPU: copied and folded at once
+    assert seen[-1] == (True, True, True)
