@@ -21,7 +21,10 @@ from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
    alone, the routed experts alone, as shares of the MoE and of the verify; and
    ``auto``'s work inside a verify as SGLang's plugin runs it (every layer ranks, keeps
    its budget read from the device and records what ``observe`` reads), on the Triton
-   kernel and on its torch path (the ops before the thirty-eighth session);
+   kernel and on its torch path (the ops before the thirty-eighth session), and a step
+   that rests (budgets at E, the rest flag set: the kernels keep every expert without
+   ranking; what ``moe_spec.policies.auto.SERVER_REST_SHARE`` estimates as a share of
+   the selection);
 4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
    check's machine) and the fused MoE kernel against U, budgeted and not, each
    call replayed from a CUDA graph;
@@ -402,8 +405,9 @@ def time_model(
             f"B={dims.budgets[0]}), per forward\n",
             "| T | selection ms (L calls) | routed-expert MoE ms (L layers) | selection / MoE | "
             "verify ms | selection / verify | `auto` ms (L calls, as SGLang's plugin) | "
-            "`auto` / verify | `auto` on its torch path ms |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "`auto` / verify | `auto` on its torch path ms | `auto` at rest ms | "
+            "at rest / `auto` |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *splits,
         ]
     return table, points
@@ -432,10 +436,14 @@ def selection_split(
     try:  # the policy registry needs pluggy, which a bare GPU machine may lack
         auto = gpu_model.served_auto(model.dims, T, B, inputs.tokens_T.device.type)
         fns["auto"] = fns["auto_torch"] = lambda: gpu_model.auto_selections(auto, routing)
+        resting = gpu_model.served_auto(model.dims, T, model.dims.E, inputs.tokens_T.device.type)
+        resting.flag_rest(True)  # a step at the cap that rests: launches, no ranking
+        fns["auto_rest"] = lambda: gpu_model.auto_selections(resting, routing)
     except ImportError as exc:
         print(f"`auto` not timed: {exc}", flush=True)
     # on CUDA auto picks the kernel itself; the interpreter's smoke run must ask for it
-    backends = {"auto": "triton" if interpret else None, "auto_torch": "torch"}
+    on_kernel = "triton" if interpret else None
+    backends = {"auto": on_kernel, "auto_torch": "torch", "auto_rest": on_kernel}
     times = {}
     for name, fn in fns.items():
         try:
@@ -454,7 +462,9 @@ def selection_split(
         return f"{times[name]:.3f}" if name in times else "n/a"
 
     share = f"{times['auto'] / verify_ms:.1%}" if "auto" in times else "n/a"
-    auto = f"| {col('auto')} | {share} | {col('auto_torch')} |"
+    both = "auto_rest" in times and "auto" in times
+    rest = f"{times['auto_rest'] / times['auto']:.2f}" if both else "n/a"
+    auto = f"| {col('auto')} | {share} | {col('auto_torch')} | {col('auto_rest')} | {rest} |"
     return (
         f"| {T} | {times['select']:.3f} | {moe_ms:.3f} | {times['select'] / moe_ms:.1%} | "
         f"{verify_ms:.3f} | {times['select'] / verify_ms:.1%} {auto}"
