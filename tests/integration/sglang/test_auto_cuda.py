@@ -136,3 +136,58 @@ def test_the_drafts_guesses_before_decodes_reach_the_policy_without_a_host_wait(
     lag = int(device == "cuda")
     assert given + feed.matched == right[: len(right) - lag]
     assert feed.guessed == len(right) - lag and feed.right == sum(right[: len(right) - lag])
+
+
+@pytest.mark.parametrize("device", ["cpu-triton", CUDA])
+def test_the_rest_flag_flips_a_captured_verify_between_ranking_and_resting(device, monkeypatch):
+    """One captured verify on the fused kernel: replayed with the rest flag set (budgets at
+    E) it keeps the routing as it was and writes no ranking; with the flag cleared and
+    budgets lowered (both rewritten in place between replays) it ranks and budgets."""
+    if device == "cpu-triton":
+        monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
+        device = "cpu"
+    policy = get_policy("auto")
+    policy.validate, policy.record_routing = False, False
+    policy.for_server()
+    policy.prepare(L, E, K, E, torch.device(device))
+    rank_LE = policy.record_to_device(N, K)["rank_LE"]
+    g = torch.Generator(device=device).manual_seed(2)
+    logits_LTE = torch.randn(L, N, E, device=device, generator=g) * 3
+    depth_T = torch.tensor(DEPTH_N, device=device)
+    plain = [torch.topk(torch.softmax(logits_LTE[layer], -1), K) for layer in range(L)]
+
+    def verify() -> list[torch.Tensor]:
+        out = []
+        for layer, (weights_TK, ids_TK) in enumerate(plain):
+            record = RoutingRecord(
+                logits_LTE[layer], ids_TK, weights_TK, depth_T=depth_T, layer_idx=layer,
+                num_layers=L,
+            )  # fmt: skip
+            out.append(policy.apply(record, E).topk_ids_TK)
+        return out
+
+    run = verify
+    if device == "cuda":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            verify()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            ids_LTK = verify()
+
+        def run() -> list[torch.Tensor]:
+            graph.replay()
+            return ids_LTK
+
+    policy.flag_rest(True)
+    rank_LE.fill_(-1)
+    rested = [ids.clone() for ids in run()]
+    assert all(torch.equal(ids, p[1]) for ids, p in zip(rested, plain, strict=True))
+    assert bool((rank_LE == -1).all())  # no ranking written
+    policy.flag_rest(False)
+    policy.device_state["budget_L"].fill_(K + 1)
+    ranked = run()
+    assert all(int(ids.unique().numel()) <= K + 1 for ids in ranked)
+    assert bool((rank_LE >= 0).all()) and bool((rank_LE < E).all())
