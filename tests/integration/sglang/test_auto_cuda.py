@@ -42,9 +42,9 @@ def no_host_sync(device: str):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("device", ["cpu", "cpu-triton", CUDA])
-def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatch):
-    """``cpu-triton``: the CPU loop on the fused Triton path (interpreted), which CUDA runs."""
+def served(device: str, monkeypatch) -> tuple[object, str]:
+    """An ``auto`` as SGLang's plugin holds it on ``device`` (``cpu-triton``: the CPU on the
+    fused Triton path, interpreted, which CUDA runs)."""
     if device == "cpu-triton":
         monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
         device = "cpu"
@@ -52,11 +52,12 @@ def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatc
     policy.validate, policy.record_routing = False, False
     policy.for_server()
     policy.prepare(L, E, K, E, torch.device(device))
-    feed = AcceptanceFeed(policy, (N, 4, 3), K, requests=BS)  # both requests observed
-    budget_L = policy.device_state["budget_L"]
-    address = budget_L.data_ptr()
-    logits_LTE = torch.zeros(L, BS * N, E, device=device)
-    depth_T = torch.tensor(DEPTH_N * BS, device=device)
+    return policy, device
+
+
+def verify_of(policy, logits_LTE: torch.Tensor, depth_T: torch.Tensor):
+    """The plugin's work in one verify forward: each layer's top-k of ``logits_LTE`` (read
+    at run time: rewrite it between replays), then the policy's budget."""
 
     def verify() -> list[torch.Tensor]:
         out = []
@@ -69,15 +70,41 @@ def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatc
             out.append(policy.apply(record, E).topk_ids_TK)
         return out
 
-    if device == "cuda":
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            verify()  # warm-up outside the graph
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            ids_LTK = verify()
+    return verify
+
+
+def captured(verify, device: str):
+    """A function that runs ``verify``: on CUDA replays of one captured graph (warmed up on a
+    side stream), elsewhere eagerly."""
+    if device != "cuda":
+        return verify
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        verify()  # warm-up outside the graph
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = verify()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu-triton", CUDA])
+def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatch):
+    """``cpu-triton``: the CPU loop on the fused Triton path (interpreted), which CUDA runs."""
+    policy, device = served(device, monkeypatch)
+    feed = AcceptanceFeed(policy, (N, 4, 3), K, requests=BS)  # both requests observed
+    budget_L = policy.device_state["budget_L"]
+    address = budget_L.data_ptr()
+    logits_LTE = torch.zeros(L, BS * N, E, device=device)
+    depth_T = torch.tensor(DEPTH_N * BS, device=device)
+
+    run = captured(verify_of(policy, logits_LTE, depth_T), device)
     result = SimpleNamespace(
         accept_lens=torch.tensor([1, 1], device=device),  # only the roots: B falls to top-k
         accept_index=torch.tensor([[0, -1, -1, -1], [N, -1, -1, -1]], device=device),
@@ -86,10 +113,7 @@ def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatc
     seen = []
     for _ in range(40):
         logits_LTE.copy_(torch.randn(L, BS * N, E, device=device, generator=g) * 3)
-        if device == "cuda":
-            graph.replay()
-        else:
-            ids_LTK = verify()
+        ids_LTK = run()
         budgets = policy.budget_host_L.tolist()  # what the device tensor held for this replay
         distinct = [int(ids.unique().numel()) for ids in ids_LTK]
         seen.append((budgets, distinct))
@@ -143,44 +167,13 @@ def test_the_rest_flag_flips_a_captured_verify_between_ranking_and_resting(devic
     """One captured verify on the fused kernel: replayed with the rest flag set (budgets at
     E) it keeps the routing as it was and writes no ranking; with the flag cleared and
     budgets lowered (both rewritten in place between replays) it ranks and budgets."""
-    if device == "cpu-triton":
-        monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
-        device = "cpu"
-    policy = get_policy("auto")
-    policy.validate, policy.record_routing = False, False
-    policy.for_server()
-    policy.prepare(L, E, K, E, torch.device(device))
+    policy, device = served(device, monkeypatch)
     rank_LE = policy.record_to_device(N, K)["rank_LE"]
     g = torch.Generator(device=device).manual_seed(2)
     logits_LTE = torch.randn(L, N, E, device=device, generator=g) * 3
     depth_T = torch.tensor(DEPTH_N, device=device)
     plain = [torch.topk(torch.softmax(logits_LTE[layer], -1), K) for layer in range(L)]
-
-    def verify() -> list[torch.Tensor]:
-        out = []
-        for layer, (weights_TK, ids_TK) in enumerate(plain):
-            record = RoutingRecord(
-                logits_LTE[layer], ids_TK, weights_TK, depth_T=depth_T, layer_idx=layer,
-                num_layers=L,
-            )  # fmt: skip
-            out.append(policy.apply(record, E).topk_ids_TK)
-        return out
-
-    run = verify
-    if device == "cuda":
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            verify()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            ids_LTK = verify()
-
-        def run() -> list[torch.Tensor]:
-            graph.replay()
-            return ids_LTK
-
+    run = captured(verify_of(policy, logits_LTE, depth_T), device)
     policy.flag_rest(True)
     rank_LE.fill_(-1)
     rested = [ids.clone() for ids in run()]
