@@ -125,6 +125,7 @@ class AcceptanceFeed:
         self.run: tuple[StepPlan | None, int] = (None, 0)
         self.extends_skipped = self.decodes_run = 0
         self.by_depth: Counter[int] = Counter()  # verify steps per chain depth (chains)
+        self.tree_steps = self.rested = 0  # folded tree steps; those that rested (no ranking)
         self.buffers = policy.record_to_device(requests * self.N, top_k)
         self.per_step = requests  # requests observed per verify step (the batch's first)
         self.pending: deque[Snapshot] = deque()
@@ -268,6 +269,8 @@ class AcceptanceFeed:
             self.fold_decode(snap.new_request, None if snap.hit_1 is None else bool(snap.hit_1))
         else:
             self.report_decodes()
+            self.tree_steps += 1
+            self.rested += snap.rested
             for i, path in enumerate(paths[: min(self.per_step, rec["ids_LRK"].shape[1] // N)]):
                 rows = slice(i * N, (i + 1) * N)
                 outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, tree)
@@ -412,7 +415,9 @@ class AcceptanceFeed:
             f"moe-spec: auto observed {self.steps} verify steps ({self.observed} requests "
             f"folded in, {self.started} new), mean accepted length {mean:.2f}; "
             f"budgets per layer {budgets}; "
-            f"P(reach depth 1..{self.tree[2]}) {reach}; {self.host_time()}; "
+            f"P(reach depth 1..{self.tree[2]}) {reach}; "
+            f"{self.rested} of {self.tree_steps} tree steps rested (budgets at E, no ranking); "
+            f"{self.host_time()}; "
             f"{self.depths()}plan: {reason}"
         )
 

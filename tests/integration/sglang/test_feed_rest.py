@@ -44,3 +44,4 @@ def test_a_rested_step_is_observed_without_its_ranking():
     policy.flag_rest(True)
     feed.after_verify(result, batch)  # on a CPU: copied and folded at once
     assert seen[-1] == (True, True, True)
+    assert "3 of 5 tree steps rested (budgets at E, no ranking)" in feed.line()
