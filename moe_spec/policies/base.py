@@ -13,6 +13,7 @@ and no branches on tensor values, so they stay CUDA-graph and
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -60,6 +61,9 @@ class Policy:
     #: An adaptive policy that neither ranks nor budgets the current step (all its budgets
     #: are at least E): the verify then runs as if unbudgeted, without calling it.
     resting: bool = False
+    #: Why the fused selection kernel could not run here (its first error), after which
+    #: :meth:`apply` takes the torch path; None while it runs.
+    fused_error: str | None = None
 
     #: Whether :meth:`draft_matched` is to be told the draft's guesses at decoded tokens
     #: (the engines then run the draft's LM head over them).
@@ -153,10 +157,12 @@ class Policy:
             check_values(record)
         budgeting = budget < record.num_experts or self.adaptive
         fusable = record.scoring != "sparsemixer"  # the kernel has no sparsemixer rule
-        if budgeting and fusable and choose_backend(record.router_logits_TE.device) == "triton":
+        fused = self.fused_error is None and budgeting and fusable
+        if fused and choose_backend(record.router_logits_TE.device) == "triton":
             rule = self.guarded("fused_rule()", self.fused_rule, record)
-            if rule is not None:
-                return self.apply_fused(record, budget, rule, mode, validating)
+            out = None if rule is None else self.try_fused(record, budget, rule, mode, validating)
+            if out is not None:
+                return out
         keep = self.guarded("keep()", self.keep, record, budget) if budgeting else None
         if keep is None:
             return apply_budget(record, record.num_experts, mode=mode, validate=False)
@@ -164,6 +170,29 @@ class Policy:
         if budget >= record.num_experts:  # an adaptive policy's own budgets, up to E
             return reroute(record, keep_E, mode)
         return apply_budget(record, budget, keep_E, mode=mode, validate=False)
+
+    def try_fused(
+        self, record: RoutingRecord, budget: int, rule: ScoreRule, mode: Mode, validating: bool
+    ) -> BudgetedTopK | None:
+        """:meth:`apply_fused`, or None where the kernel cannot run here (Triton cannot build
+        or launch it on this device): then :attr:`fused_error` is set, one warning says so
+        and :meth:`apply` takes the torch path from then on, so a server keeps serving. The
+        policy's own errors (:class:`PolicyError`) are raised."""
+        if torch.compiler.is_compiling():
+            return self.apply_fused(record, budget, rule, mode, validating)
+        try:
+            return self.apply_fused(record, budget, rule, mode, validating)
+        except PolicyError:
+            raise
+        except Exception as exc:
+            self.fused_error = repr(exc)
+            warnings.warn(
+                f"policy {self.name!r}: the fused budget-selection kernel failed ({exc!r}); "
+                "this policy uses its torch path from now on (same selection, more device ops)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
 
     def guarded(self, what: str, method, *args):
         """``method(*args)``; an exception it raises becomes a PolicyError naming the plugin.

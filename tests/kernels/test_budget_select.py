@@ -223,3 +223,31 @@ def test_nan_scores_on_the_kernel_path_name_the_policy(monkeypatch):
     )
     with pytest.raises(ValueError, match="policy 'token-priority'.*NaN or inf"):
         policy.apply(bad, 6)
+
+
+@pytest.mark.parametrize("name", ["router-mass", "auto"])
+def test_a_kernel_that_cannot_run_here_falls_back_to_the_torch_path_once(name, monkeypatch):
+    """Triton failing to build or launch the kernel (a device it does not support) must not
+    stop a server: one warning, then the same selection on the torch path from then on."""
+    import moe_spec.kernels.budget_select_triton as module
+
+    calls: list[int] = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("triton: no kernel image for this device")
+
+    record = tree_record(16)
+    monkeypatch.setenv("MOE_SPEC_KERNELS", "torch")
+    want = get_policy(name).apply(record, 6)
+    monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
+    monkeypatch.setattr(module, "select_budget_triton", broken)
+    policy = get_policy(name)
+    with pytest.warns(RuntimeWarning, match=f"policy '{name}': the fused budget-selection kernel"):
+        policy.apply(record, 6)  # auto: its first layer prepares on the torch path
+        got = policy.apply(record, 6)
+    assert calls == [1] and "no kernel image for this device" in policy.fused_error
+    assert torch.equal(got.keep_E, want.keep_E)
+    assert torch.equal(got.topk_ids_TK, want.topk_ids_TK)
+    policy.apply(record, 6)
+    assert calls == [1]  # not tried again
