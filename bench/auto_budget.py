@@ -71,11 +71,11 @@ def add_auto_option(ap: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def auto_priced(cost, shape, args) -> Modeled:
-    """How the ``auto`` arms' steps are priced: with ``--sglang``, a draft extend after each
-    step (a decode's too, but under ``--skip-decode-extend`` a run's last only) and a resting
-    verify paying ``rest_share`` of a selection (the option as the arms run it)."""
-    rest_share = float(dict(args.auto_option).get("rest_share") or 0.0)
+def auto_priced(cost, shape, args, options: dict) -> Modeled:
+    """How ``auto``'s steps are priced: with ``--sglang``, a draft extend after each step (a
+    decode's too, but under ``--skip-decode-extend`` a run's last only) and a resting verify
+    paying ``rest_share`` of a selection (``options``: auto's, as it runs)."""
+    rest_share = float(options.get("rest_share") or 0.0)
     decode_extend = not args.skip_decode_extend
     return Modeled(cost, shape, args.sglang, decode_extend=decode_extend, rest_share=rest_share)
 
@@ -309,7 +309,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     table: dict = {}
     for s in shapes:
         m = Modeled(cost, s, draft_extend=args.sglang)
-        auto_m = auto_priced(cost, s, args)
+        auto_m = auto_priced(cost, s, args, dict(args.auto_option))
         ar = autoregressive_tokens_per_s(cost.gpu, s, overheads=cost.overheads)
         row = {"autoregressive": ar}
         for key, recs in records.items():
@@ -328,7 +328,7 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     # the run the overhead was timed on: the lossy auto arm of the first shape, its modeled
     # GPU seconds (fresh: a policy per prompt; warm: one across the set)
     s0, lossy = shapes[0], per_shape[shapes[0].name][0]
-    priced = auto_priced(cost, s0, args)
+    priced = auto_priced(cost, s0, args, dict(args.auto_option))
     for mode, key in (("fresh", f"{lossy}@{s0.name}"), ("warm", f"{lossy} warm@{s0.name}")):
         pairs = [modeled_pair(r, configs[key], info, priced) for r in records[key]]
         overhead[mode]["gpu_run_s"] = sum(b for _, b in pairs)

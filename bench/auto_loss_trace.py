@@ -25,7 +25,15 @@ import re
 from collections import defaultdict
 
 import torch
-from auto_budget import LivePolicy, add_auto_option, load, option_text, prompt_sets, tree_of
+from auto_budget import (
+    LivePolicy,
+    add_auto_option,
+    auto_priced,
+    load,
+    option_text,
+    prompt_sets,
+    tree_of,
+)
 
 from moe_spec.ab.configs import parse_config
 from moe_spec.ab.engine_backend import EngineBackend
@@ -102,9 +110,7 @@ def main() -> None:
     options = option_text([*served.items(), *args.auto_option])
     text = f"auto:opt.shape={shape.name},opt.gpu=H200,opt.cost_model=measured{options}"
     (config,) = parse_config(text + ",repair=true", tree_of(args))
-    rest_share = float(config.options.get("rest_share") or 0.0)  # a resting verify's price
-    decode_extend = not args.skip_decode_extend
-    m = Modeled(cost, shape, args.sglang, decode_extend=decode_extend, rest_share=rest_share)
+    m = auto_priced(cost, shape, args, config.options)
     decode_s = 1.0 / autoregressive_tokens_per_s(cost.gpu, shape, overheads=cost.overheads)
     print(f"CPU: {cpu_name()}; {config.label}; tree {args.tree}; priced on {m.describe()}")
     reference = parse_config("none", tree_of(args))[0] if args.reference else None
