@@ -101,14 +101,29 @@ def synthetic_steps(L: int, E: int, n: int, accept: float = 0.85, seed: int = 0)
     return steps
 
 
+def step_order(n_steps: int, distinct: int, cycled: bool = False, seed: int = 1) -> list[int]:
+    """Which of the ``distinct`` synthetic steps each of ``n_steps`` steps replays: every
+    pass over them in a seeded shuffled order, or, ``cycled``, in the same order each pass.
+    A fixed order repeats with period ``distinct``, and a controller that ranks one resting
+    step in ``rank_every`` (4) samples the same ``distinct / 4`` of them every pass (48 cycled
+    steps: measured 53 replans against 20, BENCHMARKS.md, fortieth section); text has no
+    such period."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while len(order) < n_steps:
+        order += list(range(distinct)) if cycled else rng.permutation(distinct).tolist()
+    return order[:n_steps]
+
+
 def run(L: int, E: int, shape: str, args) -> dict:
     policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
     policy.prepare(L, E, K, E, torch.device("cpu"))
     steps = synthetic_steps(L, E, args.distinct, args.accept)
+    order = step_order(args.steps, args.distinct, args.cycled)
     plan_s, observe_s, kinds = [], [], []
     done = 0
     while done < args.steps:
-        step = steps[done % len(steps)]
+        step = steps[order[done]]
         t0 = time.perf_counter()
         plan = policy.plan_step(TREE, args.repair)
         o, n = step["outcome"], plan.num_tokens  # a smaller tree: its first n nodes
@@ -173,11 +188,12 @@ def run_feed(L: int, E: int, shape: str, args) -> dict:
     feed = AcceptanceFeed(policy, TREE, K, interval_s=0)
     buffers, depth = feed.buffers, TREE[2]
     steps = synthetic_steps(L, E, args.distinct, args.accept)
+    order = step_order(args.steps, args.distinct, args.cycled)
     took = []
     for i in range(args.steps):
         rid = i // args.request_steps if args.request_steps else 0
         batch = SimpleNamespace(forward_mode=None, reqs=[SimpleNamespace(rid=f"r{rid}")])
-        step = steps[i % len(steps)]
+        step = steps[order[i]]
         buffers["rank_LE"].copy_(torch.stack(step["rank"]))
         buffers["ids_LRK"].copy_(torch.stack(step["ids"]))
         buffers["depth_R"].copy_(step["outcome"].depth_N)
@@ -222,7 +238,10 @@ def repeated(L: int, E: int, shape: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--distinct", type=int, default=48, help="distinct synthetic steps, cycled")
+    ap.add_argument(
+        "--distinct", type=int, default=48, help="distinct synthetic steps, replayed shuffled"
+    )
+    ap.add_argument("--cycled", action="store_true", help="replay them in one fixed order")
     ap.add_argument("--accept", type=float, default=0.85, help="P(path goes one deeper)")
     ap.add_argument("--grid", action="store_true", help="every L in 16/30/48 x E in 32/64/128")
     ap.add_argument("--cost-model", default="measured")

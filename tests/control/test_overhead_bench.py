@@ -8,6 +8,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+from auto_overhead import step_order  # noqa: E402
+
+
+def test_steps_replay_every_distinct_step_each_pass_shuffled_unless_cycled():
+    order = step_order(100, 8)
+    passes = [order[i : i + 8] for i in range(0, 96, 8)]
+    assert all(sorted(p) == list(range(8)) for p in passes) and len(order) == 100
+    assert len({tuple(p) for p in passes}) > 1  # no fixed period a ranking stride can alias
+    assert step_order(100, 8) == order  # seeded
+    assert step_order(20, 8, cycled=True) == [*range(8), *range(8), *range(4)]
 
 
 def test_short_run_reports_every_size_with_tree_steps(tmp_path):
