@@ -18,19 +18,23 @@ the S window steps it is predicted from: its tokens/s times ``(S + p / a) / (S +
 its mean committed tokens. A tree predicted from two or three lucky steps does not win a switch
 (a switch costs steps to undo), while over a full window the shrink is a few percent.
 Autoregressive decoding's time is known, and is not shrunk. With ``hope`` (here off by default;
-on in ``auto``) the full tree, while it is the current choice predicted from fewer than
-``trusted`` (8) window steps, is judged at its mean committed tokens plus one standard error
-(the spread at least one token; at most its depth + 1): it is left on what its steps clearly
-show, not on a few short paths (a request's first steps commit less than its later ones, and a
-chain left after its warm-up was seldom run again in the request: measured,
-``bench/auto_loss_trace.py``, BENCHMARKS.md, thirty-fifth session). A smaller tree is not
-switched to before the window holds 8 (``trusted``) steps of the full tree, unless decoding
-would be chosen instead (judged on the full tree as predicted: its hope holds it against
-decoding, not against a smaller tree): a smaller tree's committed tokens are predicted from the
-full tree's steps (the accepted path's prefix inside its nodes), its own steps cannot show what
-the full tree would commit (their paths end at its size), and its probes of the full tree are
-far apart while it is predicted ahead (measured: on the toy, a text that began with short paths
-held a 4-token tree for a whole request, switched to on 4 steps).
+on in ``auto``) the full tree, while it is the current choice predicted from fewer steps than
+fill the window, is judged at its mean committed tokens plus one standard error (the spread
+at least one token, but for 8 or more steps none of which accepted a draft; at most its depth
++ 1): it is left on what its steps clearly show, not on a few short paths (a request's first
+steps commit less than its later ones, and a chain left after its warm-up was seldom run again
+in the request: measured, ``bench/auto_loss_trace.py``, BENCHMARKS.md, thirty-fifth session;
+until the forty-first, only below 8 steps). From 8 steps the hope holds it against decoding
+alone: a smaller tree that beats it as predicted, and beats decoding, is weighed against it as
+predicted. Resting steps (3 in 4 at the cap) enter no window once it holds 8
+(``moe_spec.policies.auto``), so on a fresh policy the hope can last a short request. A
+smaller tree is not switched to before the window holds 8 (``trusted``) steps of the full
+tree, unless decoding would be chosen instead (judged on the full tree as predicted: its hope
+holds it against decoding, not against a smaller tree): a smaller tree's committed tokens are
+predicted from the full tree's steps (the accepted path's prefix inside its nodes), its own
+steps cannot show what the full tree would commit (their paths end at its size), and its probes
+of the full tree are far apart while it is predicted ahead (measured: on the toy, a text that
+began with short paths held a 4-token tree for a whole request, switched to on 4 steps).
 **Looks** (``moe_spec.control.looks``): while not on the full tree the guard probes it, and
 while it decodes it explores with a smaller tree, each as far apart as keeps its predicted
 loss under ``probe_cost`` and ``explore`` of the time.
@@ -338,6 +342,14 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         best, waits = best_of(predicted, predicted), ""
         hoped = self.hoped_steps()
         full_steps = self.evidence.get(0, (0, 0.0))[0]
+        if hoped and full_steps >= self.trusted:
+            # from ``trusted`` full-tree steps its hope holds it against decoding alone: a
+            # smaller tree that beats it as predicted, and beats decoding, is judged against
+            # it as predicted (its steps still show its levels' acceptance; decodes show none)
+            as_predicted = {**predicted, 0: unshrunk[0]}
+            tree = best_of([c for c in predicted if c >= 0], as_predicted)
+            if tree > 0 and as_predicted[tree] >= predicted.get(-1, 0.0):
+                predicted, best, hoped = as_predicted, tree, 0
         if best > 0 and best != self.choice and full_steps < self.trusted:
             # a smaller tree waits for the full tree's steps to judge it, unless decoding
             # would be chosen instead (that ends the full tree's steps alike), the full tree
@@ -393,7 +405,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
     def judged(self, c: int, tp: float) -> float:
         """Tree ``c``'s predicted tokens/s as :meth:`switch` weighs it: a tree other than the
         current choice with ``switch_prior`` pseudo-steps of one committed token; the current
-        choice, if the full tree, with ``hope`` and below ``trusted`` window steps, at its mean
+        choice, if the full tree, with ``hope`` and below a full window of steps, at its mean
         committed tokens plus one standard error, at most its depth + 1 (:meth:`hoped_steps`);
         autoregressive decoding as predicted."""
         if c < 0 or c not in self.evidence:
@@ -410,18 +422,22 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
     def hoped_steps(self) -> int:
         """The window steps the full tree, the current choice, is predicted from where
         :meth:`judged` hopes it commits one standard error more (the spread at least one
-        token): with ``hope`` and the guard, fewer than ``trusted`` (8), none of its last steps
-        turned into a decode by the draft gate (those show the draft unsure, and enter no
-        window: the hope would hold a tree the gate decodes); else 0. The configured tree is
-        left for decoding or a smaller tree on what a few steps clearly show, not on two or
-        three short paths: measured (``bench/auto_loss_trace.py``), a request's first steps
-        commit less than its later ones, and a chain left after its warm-up came back a few
-        looks later, if at all. A smaller tree chosen is judged as predicted: its paths fill
-        it often, and a hope above its mean would hold it against the full tree."""
+        token): with ``hope`` and the guard, fewer than fill the window (24 by default),
+        none of its last steps turned into a decode by the draft gate (those show the draft
+        unsure, and enter no window: the hope would hold a tree the gate decodes); else 0.
+        The configured tree is left for decoding or a smaller tree on what its steps clearly
+        show, not on a few short paths: measured (``bench/auto_loss_trace.py``), a request's
+        first steps commit less than its later ones, a chain left after its warm-up came back
+        a few looks later, if at all, and one left on the mean of 8 steps (a standard error of
+        about 0.4 tokens, where a chain pays from 1.74) was decoded for the rest of a request
+        whose next 8 steps committed 2.5 a step (BENCHMARKS.md, forty-first session). A full
+        window is judged as predicted, so a tree that loses on 24 steps is still left. A
+        smaller tree chosen is judged as predicted: its paths fill it often, and a hope above
+        its mean would hold it against the full tree."""
         if not (self.hoping and self.guard) or self.choice != 0 or any(self.gated_C[0]):
             return 0
         steps, mean = self.evidence.get(0, (0, 0.0))
-        return steps if 0 < steps < self.trusted and mean > 0 else 0
+        return steps if 0 < steps < self.est.window.maxlen and mean > 0 else 0
 
     def arm_name(self, c: int) -> str:
         if c < 0:

@@ -332,24 +332,44 @@ def test_a_tree_seen_in_few_steps_needs_more_to_win_a_switch():
 
 
 @pytest.mark.parametrize(
-    ("hope", "steps", "kept"),
-    [(True, 2, True), (True, 7, True), (False, 2, False), (True, 8, False)],
+    ("hope", "steps", "spread", "kept"),
+    [
+        (True, 2, 0.5, True),  # the spread taken as 1: 147.1
+        (True, 8, 0.5, True),  # 123.6
+        (True, 16, 1.2, True),  # 120
+        (True, 32, 0.5, False),  # 111.8, and 120 > 1.05 * 111.8
+        (False, 2, 0.5, False),
+        (True, 64, 1.2, False),  # a full window: as predicted
+    ],
 )
-def test_with_hope_the_current_tree_seen_on_few_steps_counts_one_se_more(hope, steps, kept):
-    """With ``hope``, the current tree predicted from fewer than 8 window steps is judged at
-    its mean plus one standard error (the spread at least one token); from 8 steps, or
-    without hope, as predicted: decoding 20% faster then wins."""
+def test_with_hope_the_current_tree_seen_on_few_steps_counts_one_se_more(hope, steps, spread, kept):
+    """With ``hope``, the current tree predicted from fewer steps than fill its window (64
+    here; ``auto``'s 24) is judged at its mean plus one standard error (the spread at least
+    one token); on a full window, or without hope, as predicted: decoding 20% faster then
+    wins."""
     g = guard(margin=0.05, hope=hope, explore=0.0)
+    assert g.est.window.maxlen == 64
     g.evidence = {0: (steps, 1.5)}
-    g.spread_C[0] = 0.5  # taken as 1
+    g.spread_C[0] = spread
     g.switch({0: 100.0, -1: 120.0})
-    judged = 100.0 * (1.5 + 1.0 / math.sqrt(steps)) / 1.5  # 147.1 at 2 steps, 125.2 at 7
+    se = max(spread, 1.0) / math.sqrt(steps)
+    judged = 100.0 * (1.5 + se) / 1.5
     assert (g.choice == 0) == kept
     if kept:
         assert f"tree 8/4/3 B=8,8 {judged:.4g}," in g.why
         assert f"(tree 8/4/3 B=8,8 at its mean + 1 SE: {steps} steps)" in g.why
     else:
-        assert g.why.startswith("switched to autoregressive") and "1 SE" not in g.why
+        assert g.why.startswith("switched to autoregressive")
+
+
+@pytest.mark.parametrize(("steps", "kept"), [(7, True), (8, False)])
+def test_hope_ends_at_8_steps_none_of_which_accepted_a_draft(steps, kept):
+    """Steps that all committed the root alone (mean 1, spread 0) keep the one-token floor
+    below 8 steps; from 8 their own spread, 0: the tree is judged as predicted."""
+    g = guard(margin=0.05, hope=True, explore=0.0)
+    g.evidence = {0: (steps, 1.0)}
+    g.switch({0: 100.0, -1: 120.0})  # kept at 7: 100 * (1 + 1 / sqrt(7)) = 137.8
+    assert (g.choice == 0) == kept
 
 
 def test_hope_lifts_only_the_full_tree_as_the_current_choice_with_the_guard():
@@ -379,6 +399,23 @@ def test_hope_holds_the_full_tree_against_decoding_not_against_a_smaller_tree():
     assert g.choice == 0 and "(a smaller tree waits for 8 full-tree steps, 4 seen)" in g.why
     g.switch({0: 100.0, 1: 105.0, -1: 110.0})  # against decoding alone the hope holds it
     assert g.choice == 0 and "tree 8/4/3 B=8,8 133.3," in g.why
+
+
+def test_from_8_steps_the_hope_holds_the_full_tree_against_decoding_alone():
+    """From 8 full-tree steps, a smaller tree that beats the full tree as predicted and beats
+    decoding is switched to on the margin, against the full tree as predicted; where decoding
+    beats the smaller tree the hope still holds the full tree against decoding."""
+    g = guard(margin=0.05, hope=True, explore=0.0, switch_prior=0.0)
+    g.evidence = {0: (8, 1.5), 1: (8, 1.5)}
+    g.spread_C[0] = 1.0  # lifted: 100 * (1.5 + 1 / sqrt(8)) / 1.5 = 123.6
+    g.switch({0: 100.0, 1: 105.0, -1: 110.0})  # decoding beats the smaller tree
+    assert g.choice == 0 and "tree 8/4/3 B=8,8 123.6," in g.why and "1 SE: 8 steps" in g.why
+    g.switch({0: 100.0, 1: 115.0, -1: 110.0})  # the smaller tree beats both as predicted
+    assert g.choice == 1 and g.why.startswith("switched to tree 4/3/3")
+    assert "tree 8/4/3 B=8,8 100," in g.why and "1 SE" not in g.why
+    g.choice = 0
+    g.switch({0: 100.0, 1: 104.0, -1: 103.0})  # within the margin of the full tree
+    assert g.choice == 0
 
 
 def test_hope_never_lifts_the_full_tree_past_its_depth_plus_one():
