@@ -342,11 +342,12 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         best, waits = best_of(predicted, predicted), ""
         hoped = self.hoped_steps()
         full_steps = self.evidence.get(0, (0, 0.0))[0]
+        # the full tree without its hope: what a smaller tree is weighed against
+        as_predicted = {**predicted, 0: unshrunk[0]} if hoped else predicted
         if hoped and full_steps >= self.trusted:
             # from ``trusted`` full-tree steps its hope holds it against decoding alone: a
             # smaller tree that beats it as predicted, and beats decoding, is judged against
             # it as predicted (its steps still show its levels' acceptance; decodes show none)
-            as_predicted = {**predicted, 0: unshrunk[0]}
             tree = best_of([c for c in predicted if c >= 0], as_predicted)
             if tree > 0 and as_predicted[tree] >= predicted.get(-1, 0.0):
                 predicted, best, hoped = as_predicted, tree, 0
@@ -354,7 +355,6 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             # a smaller tree waits for the full tree's steps to judge it, unless decoding
             # would be chosen instead (that ends the full tree's steps alike), the full tree
             # judged as predicted: its hope holds it against decoding, not a smaller tree
-            as_predicted = {**predicted, 0: unshrunk[0]} if hoped else predicted
             held = best_of([c for c in predicted if c <= 0 or c == self.choice], as_predicted)
             if held >= 0:
                 best = held
