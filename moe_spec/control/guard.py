@@ -177,7 +177,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         self.rank_every = self.rank_interval = rank_every
         self.max_rank_every = rank_every if max_rank_every is None else max_rank_every
         self.rank_near = rank_near
-        self.need_at_replan = (0.0, 0.0)  # the window's path need at the replan: mean, spread
+        # the window's path need at the replan: mean, spread, ranked steps
+        self.need_at_replan: tuple[float, float, int] = (0.0, 0.0, 0)
         # window steps when this request started; the first request learns in its warm-up
         self.learn_new = 4
         self.request_seen = -self.learn_new

@@ -45,10 +45,10 @@ class Replans:
         ("touched"), or at least 4 of the current tree's steps since then committed a mean
         that differs from that of the window's (at least 4) steps by more than ``drift``
         standard errors, the spread taken as at least one token, or at least 4 steps that
-        entered the window since then (and some before) needed a mean budget to keep their
-        accepted paths that differs from the window's at the replan by more than ``drift``
-        standard errors, the spread taken as at least one expert ("drift": the text has
-        changed, as at a new request, and the window predicts for the old one)."""
+        entered the window since then (and some ranked before) needed a mean budget to keep
+        their accepted paths that differs from the window's at the replan by more than
+        ``drift`` standard errors, the spread taken as at least one expert ("drift": the text
+        has changed, as at a new request, and the window predicts for the old one)."""
         if self.choice < 0:
             return ""
         expected = self.touched_n * self.touched_C[self.choice]
@@ -63,9 +63,10 @@ class Replans:
         if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
             return "drift"
         need_N = self.est.recent_need(new) if new < len(self.est.window) else ()
-        if len(need_N) >= 4:  # ranked steps alone know their need
+        # ranked steps alone know their need: judged against a window that had some
+        if len(need_N) >= 4 and self.need_at_replan[2]:
             need = float(need_N.sum() / need_N.size)
-            if self.drifted(need, need_N.size, *self.need_at_replan):
+            if self.drifted(need, need_N.size, *self.need_at_replan[:2]):  # mean, spread
                 return "drift"
         return ""
 
@@ -125,7 +126,8 @@ class Replans:
         self.touched_n = self.touched = 0
         self.recent = [0, 0]
         self.seen_at_replan = self.est.steps_seen
-        self.need_at_replan = mean_and_spread(self.est.recent_need(len(self.est.window)).tolist())
+        need_S = self.est.recent_need(len(self.est.window)).tolist()
+        self.need_at_replan = (*mean_and_spread(need_S), len(need_S))
         self.replans += 1
         before = self.held()
         self.switch(self.predict())

@@ -523,14 +523,16 @@ def test_a_budget_that_touches_the_path_more_than_predicted_is_replanned_at_once
     assert g.replans == 5
 
 
-def observe_window_step(g, committed: int, plan=None, expert: int = 0) -> None:
+def observe_window_step(g, committed: int, plan=None, expert: int = 0, ranked: bool = True) -> None:
     """A tree step of the full tree whose accepted path is ``committed`` nodes long, with
     its routing (so it enters the window): every token picks ``expert``, ranked ``expert``
-    (its path needs a budget of ``expert + 1``)."""
+    (its path needs a budget of ``expert + 1``; not ``ranked``: a step that rested, its
+    need unknown)."""
     n = TREES[0][0]
     depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
     lp = -torch.arange(n, dtype=torch.float32)
-    rank_LE, ids_LNK = torch.arange(8).repeat(2, 1), torch.full((2, n, 2), expert)
+    rank_LE = torch.arange(8).repeat(2, 1) if ranked else None
+    ids_LNK = torch.full((2, n, 2), expert)
     outcome = StepOutcome("tree", list(range(committed)), depth_N, lp, TREES[0])
     if plan is None:
         g.est.observe(outcome, rank_LE, ids_LNK)
@@ -575,6 +577,14 @@ def test_a_drift_in_the_budget_the_paths_need_replans_from_the_steps_since(exper
     # 4 steps needing 1 against a window needing 7 (spread 0, taken as 1): 12 standard errors
     assert windows == ([8, 4] if replanned else [8])
     assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)
+
+
+def test_no_drift_in_the_budget_needed_is_judged_against_a_window_without_ranked_steps():
+    """A window whose steps all rested knows no need: the ranked steps after the replan are
+    no change from it (judged against a need of 0 they drifted, and cut the window)."""
+    g, windows = windows_after_a_change({"expert": 6, "ranked": False}, {"expert": 6})
+    assert g.need_at_replan == (0.0, 0.0, 0)
+    assert windows == [8] and len(g.est.window) == 8 + 5
 
 
 def test_a_new_requests_first_steps_all_enter_the_window():
