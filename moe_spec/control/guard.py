@@ -43,15 +43,16 @@ grown, the draft's first level may send the step to a decode of the root alone.
 **Shadows** (``moe_spec.control.shadows``, with ``shadow`` on a chain): off the full chain,
 what it would have committed on the decoded text, from the draft's guesses at it (read every
 few decodes), stands for the chains' committed tokens in the prediction.
-The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (here off
-by default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.max_warmup_for`) while
-their mean committed tokens lose to decoding but that mean plus one standard error would pay;
-with ``measure``, not where the prompt's or the first tree's timing shows the tree clearly
-losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full
-tree and the current choice once the window holds 8 of its steps (4, while every window step is
-of the current text: none carried from the last request, whose per-layer needs may differ), one
-budget for all layers before that and for the other trees, and the cap until ``budget_from`` (4)
-of a tree's window steps were ranked (a few short paths do not show what longer ones need).
+The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (here off by
+default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.max_warmup_for`) while their
+mean committed tokens lose to decoding but that mean plus one standard error would pay (the tree
+priced, from ``budget_from`` ranked steps, at the budgets they give, and run at them); with
+``measure``, not where the prompt's or the first tree's timing shows the tree clearly losing
+(``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full tree and
+the current choice once the window holds 8 of its steps (4, while every window step is of the
+current text: none carried from the last request, whose per-layer needs may differ), one budget for
+all layers before that and for the other trees, and the cap until ``budget_from`` (4) of a tree's
+window steps were ranked (a few short paths do not show what longer ones need).
 Every plan carries its reason; :attr:`Guard.overhead_s` sums the controller's own time. Without
 the guard (``guard=false``; a server that runs its configured tree every step) the reason also
 gives decoding without speculation, and :attr:`Guard.slower` says when the tree is predicted
@@ -71,7 +72,7 @@ from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.gate import DraftGate
 from moe_spec.control.looks import Looks
-from moe_spec.control.planner import budget_levels, window_budgets
+from moe_spec.control.planner import Budgets, budget_levels, window_budgets
 from moe_spec.control.ranks import Ranks
 from moe_spec.control.replans import Replans, mean_and_spread
 from moe_spec.control.shadows import Shadows
@@ -207,6 +208,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         self.caught_up_s: float | None = None  # the engine's timing of that catch-up
         self.warm_committed = [0, 0]  # the warm-up trees' committed tokens: sum, steps
         self.warm_squares = 0  # and the sum of their squares
+        # the full tree's tokens/s at the budgets its ranked warm-up steps give (warm_budgets)
+        self.warm_rate: float | None = None
         self.warm_seconds = [0.0, 0]  # the timed warm-up trees' seconds: sum, steps
         self.pause: int | None = None  # paused warm-up: decodes since a full tree to its probe
         self.why = ""
@@ -232,7 +235,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         if self.tree_steps < self.warmup:
             if before := self.before_warmup_tree():
                 return before
-            self.budget_L[:] = self.cap
+            self.budget_L[:] = self.budgets_C[0]  # the cap, or the extension's (warm_budgets)
             return StepPlan(TREE, *full, f"warm-up ({self.tree_steps}/{self.warmup} steps seen)")
         if measuring := self.measuring():
             return measuring
@@ -282,24 +285,12 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             window = self.est.arrays(c, self.levels_V)
             if window[1].size == 0:
                 continue
-            # per layer for the full tree and the current choice, once 8 steps show it, or 4
-            # of the current text alone (L budgets fitted to two warm-up steps are noise, and
-            # to carried steps of another text, wrong); for the others, and before that, one
-            # budget for all layers
-            # (ranked steps alone tell what a budget would keep: steps that rested did not)
-            ranked_S = self.est.ranked_S(c)
+            budgets, ranked_S = self.tree_budgets(c, window)
             ranked = int(np.count_nonzero(ranked_S))
-            passes = 2 if c in (0, self.choice) and ranked >= self.per_layer_from() else 0
-            budgets = window_budgets(
-                self.cost, c, window, ranked_S, self.levels_V, self.repair, passes,
-                self.budget_from,
-            )  # fmt: skip
-            self.budgets_C[c], tp, exact_S = budgets.B_L, budgets.tokens_per_s, budgets.exact_S
+            tp, exact_S = budgets.tokens_per_s, budgets.exact_S
             if 0 < ranked < self.budget_from:  # budgets held at the cap: the tree is judged at
                 tp *= max(1.0, budgets.below_cap)  # what they would give (nor do a few short
                 # paths disprove them: judged at the cap, a chain was decoded after 2 such steps)
-            self.step_s_C[c] = budgets.step_s
-            self.below_cap_C[c] = budgets.below_cap
             committed_S = window[1]
             S, depth = committed_S.size, max(self.trees[c][2], 1)
             mean, self.spread_C[c] = mean_and_spread(committed_S.tolist())
@@ -315,6 +306,26 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
         return predicted
+
+    def tree_budgets(
+        self, c: int, window: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> tuple[Budgets, np.ndarray]:
+        """Tree ``c``'s best budgets over its ``window`` (:meth:`AcceptanceEstimates.arrays`),
+        kept with its modeled step at them (``budgets_C``, ``step_s_C``, ``below_cap_C``); with
+        which window steps were ranked (they alone tell what a budget would keep: steps that
+        rested did not). Per layer for the full tree and the current choice, once 8 steps
+        show it, or 4 of the current text alone (L budgets fitted to two warm-up steps are
+        noise, and to carried steps of another text, wrong); for the others, and before
+        that, one budget for all layers; the cap below ``budget_from`` ranked steps."""
+        ranked_S = self.est.ranked_S(c)
+        ranked = int(np.count_nonzero(ranked_S))
+        passes = 2 if c in (0, self.choice) and ranked >= self.per_layer_from() else 0
+        budgets = window_budgets(
+            self.cost, c, window, ranked_S, self.levels_V, self.repair, passes, self.budget_from
+        )
+        self.budgets_C[c], self.step_s_C[c] = budgets.B_L, budgets.step_s
+        self.below_cap_C[c] = budgets.below_cap
+        return budgets, ranked_S
 
     def per_layer_from(self) -> int:
         """Window steps of a tree before its per-layer budgets are searched: ``trusted`` (8),
@@ -523,8 +534,10 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
                 self.warm_committed[0] += outcome.committed
                 self.warm_committed[1] += 1
                 self.warm_squares += outcome.committed**2
-                if self.tree_steps == self.warmup and self.unclear():
-                    self.warmup += 1
+                if self.tree_steps == self.warmup < self.max_warmup:
+                    self.warm_budgets()
+                    if self.unclear():
+                        self.warmup += 1
             # a catch-up on a prompt or decodes comes off the step's time; a step that read
             # a prompt into the draft in a time not reported is no measure of a tree step's
             unseen = self.catching_up or self.after_decodes

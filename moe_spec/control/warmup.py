@@ -1,24 +1,28 @@
 """The measured warm-up of :class:`moe_spec.control.Guard`: no warm-up tree that clearly loses.
 
-The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to ``max_warmup``
-(here 2 by default, off; ``auto`` sets 6 for a tree), while the warm-up is unclear
+The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to ``max_warmup`` (here 2
+by default, off; ``auto`` sets 6 for a tree), while the warm-up is unclear
 (:meth:`MeasuredWarmup.unclear`): its trees' mean committed tokens lose to decoding, but one
-standard error more would pay. The first steps after a prompt often commit less than the text's
-later ones (smollm2-moe's H200 head: 1-2 tokens where the same prompts' trees average 3.6-4.1),
-so two of them sent a strong draft to decoding for a whole request; two steps of one token each,
-on a weak draft, still end it. With ``measure`` and the prompt's forward timed
+standard error more would pay; once ``budget_from`` (4) of its steps were ranked, the tree is
+priced, and its further warm-up steps run, at the budgets they give
+(:meth:`MeasuredWarmup.warm_budgets`). The first steps after a prompt often commit less than the
+text's later ones (smollm2-moe's H200 head: 1-2 tokens where the same prompts' trees average
+3.6-4.1), so two of them sent a strong draft to decoding for a whole request; two steps of one token
+each, on a weak draft, still end it. With ``measure`` and the prompt's forward timed
 (:meth:`MeasuredWarmup.prefilled`), unless the full tree, priced from it
-(:meth:`MeasuredWarmup.tree_ratio`) or from the warm-up trees timed so far, would clearly lose
-to decoding at the acceptance prior: then it decodes until a probe
+(:meth:`MeasuredWarmup.tree_ratio`) or from the warm-up trees timed so far, would clearly lose to
+decoding at the acceptance prior: then it decodes until a probe
 (:meth:`MeasuredWarmup.before_warmup_tree`; on a CPU, where a tree step costs 3-5 decodes, the
-warm-up trees were a fresh request's whole loss). A tree step after a prompt or decodes also
-catches the draft up on them: the engine's timing of that (:meth:`MeasuredWarmup.caught_up`)
-comes off the step's, and a prompt's catch-up not timed leaves the step untimed.
+warm-up trees were a fresh request's whole loss). A tree step after a prompt or decodes also catches
+the draft up on them: the engine's timing of that (:meth:`MeasuredWarmup.caught_up`) comes off the
+step's, and a prompt's catch-up not timed leaves the step untimed.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepPlan
 
@@ -125,17 +129,35 @@ class MeasuredWarmup:
         )
         return StepPlan(AUTOREGRESSIVE, reason=reason, steps=self.pause - self.since_full)
 
+    def warm_budgets(self) -> None:
+        """At the end of the warm-up (and of each step it runs on), once ``budget_from`` (4)
+        of the window's steps were ranked: the full tree's budgets from them, and its
+        modeled step at them (:meth:`moe_spec.control.Guard.tree_budgets`). The warm-up's
+        further trees run at those budgets, and :meth:`unclear` prices the tree at them:
+        judged unbudgeted, a tree that its budgets make pay ran its warm-up on at the cap
+        (measured: the toy's 32-token tree on Qwen3-30B-A3B, set A, low-acceptance prompts
+        warmed up for 6 steps at 2 tokens each, 0.973x the best fixed budget; BENCHMARKS.md,
+        forty-second session)."""
+        window = self.est.arrays(0, self.levels_V)
+        if np.count_nonzero(self.est.ranked_S(0)) >= self.budget_from:
+            self.warm_rate = self.tree_budgets(0, window)[0].tokens_per_s
+
     def unclear(self) -> bool:
         """Whether the warm-up runs one more full tree (up to ``max_warmup`` steps): its
         trees' mean committed tokens ``m`` lose to decoding, but ``m`` plus one standard
         error (the spread taken as at least one token) would pay for the full tree's step,
-        priced as :meth:`before_warmup_tree` prices it (unbudgeted)."""
+        priced as :meth:`before_warmup_tree` prices it (unbudgeted), or, once
+        :meth:`warm_budgets` planned them, at its budgets' predicted tokens/s (without
+        repair, the tokens they would lose counted)."""
         total, n = self.warm_committed
         if not self.guard or n == 0 or self.warmup >= self.max_warmup:
             return False
         mean = total / n
         spread = math.sqrt(max(self.warm_squares / n - mean * mean, 1.0))
-        break_even = self.warm_tree_seconds() / self.decode_seconds()
+        if self.warm_rate:  # mean tokens a step at the budgets' rate: the step's price
+            break_even = mean / (self.warm_rate * self.decode_seconds())
+        else:
+            break_even = self.warm_tree_seconds() / self.decode_seconds()
         return mean < break_even <= mean + spread / math.sqrt(n)
 
     def warm_tree_seconds(self) -> float:

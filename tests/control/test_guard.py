@@ -172,6 +172,45 @@ def test_the_warm_up_runs_on_while_its_trees_might_pay(committed, max_warmup, wa
     assert g.warmup == warm
 
 
+CAP = [[8, 8]] * 4
+
+
+@pytest.mark.parametrize(
+    "path_experts, repair, budgets_run",
+    [
+        ((0, 1), True, CAP),
+        ((6, 7), True, CAP + [[8, 8]] * 2),
+        ((6, 7), False, CAP + [[2, 2], [8, 8]]),
+    ],
+)
+def test_the_warm_up_is_judged_at_the_budgets_its_ranked_steps_give(
+    path_experts, repair, budgets_run
+):
+    """From ``budget_from`` (4) ranked warm-up steps the full tree is priced at the budgets
+    they give: paths that need 2 of 8 experts make a tree of 1.5 tokens a step pay at 2 (the
+    warm-up ends at 4 steps, its budgets planned). Paths that need all 8 leave it, with
+    repair, at the cap, where it is unclear (the mean + one standard error, 2.0, would pay)
+    and the warm-up runs on to ``max_warmup``; without repair, at 2 with the tokens 2 would
+    lose counted (one a step): unclear too, and its next step runs at them."""
+    g = guard(gate=False, warmup=2, max_warmup=6, repair=repair)
+    n = TREES[0][0]
+    depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
+    rank_LE = torch.arange(8).repeat(2, 1)  # expert e ranked e: a path of it needs e + 1
+    ids_NK = torch.tensor([[(2 * i) % 8, (2 * i + 1) % 8] for i in range(n)])  # all 8 used
+    ids_NK[:4] = torch.tensor(path_experts)  # the path's nodes (at most 4)
+    budgets = []
+    for committed in [2, 1, 2, 1, 2, 1]:
+        plan = g.plan()
+        if not plan.reason.startswith("warm-up"):
+            break
+        budgets.append(g.budget_L.tolist())
+        outcome = StepOutcome("tree", list(range(committed)), depth_N, None, plan.tree)
+        g.observe(outcome, rank_LE, ids_NK.expand(2, n, 2))
+    assert g.tree_steps == g.warmup == len(budgets_run)
+    assert budgets == budgets_run
+    assert (g.budgets_C[0] < 8).all() == (path_experts == (0, 1))
+
+
 def run_steps(g, n: int) -> str:
     """Plan and observe ``n`` steps (a tree step accepts only its root); "T" tree, "a" decode."""
     kinds = ""
