@@ -46,13 +46,13 @@ few decodes), stands for the chains' committed tokens in the prediction.
 The first ``warmup`` tree steps run the full tree unbudgeted, and up to ``max_warmup`` (here off by
 default; ``auto`` sets 6 for a tree, :meth:`moe_spec.policies.auto.Auto.max_warmup_for`) while their
 mean committed tokens lose to decoding but that mean plus one standard error would pay (the tree
-priced, from ``budget_from`` ranked steps, at the budgets they give, and run at them); with
-``measure``, not where the prompt's or the first tree's timing shows the tree clearly losing
-(``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the full tree and
-the current choice once the window holds 8 of its steps (4, while every window step is of the
-current text: none carried from the last request, whose per-layer needs may differ), one budget for
-all layers before that and for the other trees, and the cap until ``budget_from`` (4) of a tree's
-window steps were ranked (a few short paths do not show what longer ones need).
+priced, from ``budget_from`` ranked steps, at the budgets they give, and run at them; not with
+``measure``); with ``measure``, not where the prompt's or the first tree's timing shows the tree
+clearly losing (``moe_spec.control.warmup``). Per-layer budgets are searched layer by layer for the
+full tree and the current choice once the window holds 8 of its steps (4, while every window step is
+of the current text: none carried from the last request, whose per-layer needs may differ), one
+budget for all layers before that and for the other trees, and the cap until ``budget_from`` (4) of
+a tree's window steps were ranked (a few short paths do not show what longer ones need).
 Every plan carries its reason; :attr:`Guard.overhead_s` sums the controller's own time. Without
 the guard (``guard=false``; a server that runs its configured tree every step) the reason also
 gives decoding without speculation, and :attr:`Guard.slower` says when the tree is predicted

@@ -4,8 +4,8 @@ The first ``warmup`` tree steps run the full tree unbudgeted, and more, up to ``
 by default, off; ``auto`` sets 6 for a tree), while the warm-up is unclear
 (:meth:`MeasuredWarmup.unclear`): its trees' mean committed tokens lose to decoding, but one
 standard error more would pay; once ``budget_from`` (4) of its steps were ranked, the tree is
-priced, and its further warm-up steps run, at the budgets they give
-(:meth:`MeasuredWarmup.warm_budgets`). The first steps after a prompt often commit less than the
+priced, and its further warm-up steps run, at the budgets they give (without ``measure``:
+:meth:`MeasuredWarmup.warm_budgets`). The first steps after a prompt often commit less than the
 text's later ones (smollm2-moe's H200 head: 1-2 tokens where the same prompts' trees average
 3.6-4.1), so two of them sent a strong draft to decoding for a whole request; two steps of one token
 each, on a weak draft, still end it. With ``measure`` and the prompt's forward timed
@@ -137,7 +137,10 @@ class MeasuredWarmup:
         judged unbudgeted, a tree that its budgets make pay ran its warm-up on at the cap
         (measured: the toy's 32-token tree on Qwen3-30B-A3B, set A, low-acceptance prompts
         warmed up for 6 steps at 2 tokens each, 0.973x the best fixed budget; BENCHMARKS.md,
-        forty-second session)."""
+        forty-second session). Not with ``measure``: there the warm-up's timed trees, at the
+        cap, price the tree."""
+        if self.measure:
+            return
         window = self.est.arrays(0, self.levels_V)
         if np.count_nonzero(self.est.ranked_S(0)) >= self.budget_from:
             self.warm_rate = self.tree_budgets(0, window)[0].tokens_per_s

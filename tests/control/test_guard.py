@@ -175,6 +175,19 @@ def test_the_warm_up_runs_on_while_its_trees_might_pay(committed, max_warmup, wa
 CAP = [[8, 8]] * 4
 
 
+def warm_up_tree_step(g, committed: int, path_experts: tuple[int, int], plan=None) -> None:
+    """A full-tree step whose tokens pick all 8 experts but whose path (at most 4 nodes of a
+    chain) picks ``path_experts``, expert e ranked e (a path of it needs e + 1); through
+    ``g.observe`` when ``plan``-ned, else straight into the window."""
+    n = TREES[0][0]
+    depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
+    ids_NK = torch.tensor([[(2 * i) % 8, (2 * i + 1) % 8] for i in range(n)])
+    ids_NK[:4] = torch.tensor(path_experts)
+    outcome = StepOutcome("tree", list(range(committed)), depth_N, None, TREES[0])
+    observe = g.est.observe if plan is None else g.observe
+    observe(outcome, torch.arange(8).repeat(2, 1), ids_NK.expand(2, n, 2))
+
+
 @pytest.mark.parametrize(
     "path_experts, repair, budgets_run",
     [
@@ -193,22 +206,28 @@ def test_the_warm_up_is_judged_at_the_budgets_its_ranked_steps_give(
     and the warm-up runs on to ``max_warmup``; without repair, at 2 with the tokens 2 would
     lose counted (one a step): unclear too, and its next step runs at them."""
     g = guard(gate=False, warmup=2, max_warmup=6, repair=repair)
-    n = TREES[0][0]
-    depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
-    rank_LE = torch.arange(8).repeat(2, 1)  # expert e ranked e: a path of it needs e + 1
-    ids_NK = torch.tensor([[(2 * i) % 8, (2 * i + 1) % 8] for i in range(n)])  # all 8 used
-    ids_NK[:4] = torch.tensor(path_experts)  # the path's nodes (at most 4)
     budgets = []
     for committed in [2, 1, 2, 1, 2, 1]:
         plan = g.plan()
         if not plan.reason.startswith("warm-up"):
             break
         budgets.append(g.budget_L.tolist())
-        outcome = StepOutcome("tree", list(range(committed)), depth_N, None, plan.tree)
-        g.observe(outcome, rank_LE, ids_NK.expand(2, n, 2))
+        warm_up_tree_step(g, committed, path_experts, plan)
     assert g.tree_steps == g.warmup == len(budgets_run)
     assert budgets == budgets_run
     assert (g.budgets_C[0] < 8).all() == (path_experts == (0, 1))
+
+
+@pytest.mark.parametrize("measure", [False, True])
+def test_a_measured_warm_up_is_priced_by_its_timed_trees_not_by_budgets(measure):
+    """With ``measure`` the warm-up's timed trees (at the cap) price the tree: no budgets
+    are planned for it from its ranked steps."""
+    g = guard(gate=False, warmup=2, max_warmup=6, repair=True, measure=measure)
+    for _ in range(4):
+        warm_up_tree_step(g, 2, (0, 1))  # paths that need 2 of 8 experts
+    g.warm_budgets()
+    assert (g.warm_rate is None) == measure
+    assert (g.budgets_C[0] < 8).all() != measure
 
 
 def run_steps(g, n: int) -> str:
