@@ -285,8 +285,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             window = self.est.arrays(c, self.levels_V)
             if window[1].size == 0:
                 continue
-            budgets, ranked_S = self.tree_budgets(c, window)
-            ranked = int(np.count_nonzero(ranked_S))
+            budgets, ranked_S, ranked = self.tree_budgets(c, window)
             tp, exact_S = budgets.tokens_per_s, budgets.exact_S
             if 0 < ranked < self.budget_from:  # budgets held at the cap: the tree is judged at
                 tp *= max(1.0, budgets.below_cap)  # what they would give (nor do a few short
@@ -309,14 +308,15 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
 
     def tree_budgets(
         self, c: int, window: tuple[np.ndarray, np.ndarray, np.ndarray]
-    ) -> tuple[Budgets, np.ndarray]:
+    ) -> tuple[Budgets, np.ndarray, int]:
         """Tree ``c``'s best budgets over its ``window`` (:meth:`AcceptanceEstimates.arrays`),
         kept with its modeled step at them (``budgets_C``, ``step_s_C``, ``below_cap_C``); with
-        which window steps were ranked (they alone tell what a budget would keep: steps that
-        rested did not). Per layer for the full tree and the current choice, once 8 steps
-        show it, or 4 of the current text alone (L budgets fitted to two warm-up steps are
-        noise, and to carried steps of another text, wrong); for the others, and before
-        that, one budget for all layers; the cap below ``budget_from`` ranked steps."""
+        which window steps were ranked, and how many (they alone tell what a budget would
+        keep: steps that rested did not). Per layer for the full tree and the current
+        choice, once 8 steps show it, or 4 of the current text alone (L budgets fitted to two
+        warm-up steps are noise, and to carried steps of another text, wrong); for the
+        others, and before that, one budget for all layers; the cap below ``budget_from``
+        ranked steps."""
         ranked_S = self.est.ranked_S(c)
         ranked = int(np.count_nonzero(ranked_S))
         passes = 2 if c in (0, self.choice) and ranked >= self.per_layer_from() else 0
@@ -325,7 +325,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         )
         self.budgets_C[c], self.step_s_C[c] = budgets.B_L, budgets.step_s
         self.below_cap_C[c] = budgets.below_cap
-        return budgets, ranked_S
+        return budgets, ranked_S, ranked
 
     def per_layer_from(self) -> int:
         """Window steps of a tree before its per-layer budgets are searched: ``trusted`` (8),

@@ -141,9 +141,8 @@ class MeasuredWarmup:
         cap, price the tree."""
         if self.measure:
             return
-        window = self.est.arrays(0, self.levels_V)
-        if np.count_nonzero(self.est.ranked_S(0)) >= self.budget_from:
-            self.warm_rate = self.tree_budgets(0, window)[0].tokens_per_s
+        if np.count_nonzero(self.est.ranked_S(0)) >= self.budget_from:  # else: the cap
+            self.warm_rate = self.tree_budgets(0, self.est.arrays(0, self.levels_V))[0].tokens_per_s
 
     def unclear(self) -> bool:
         """Whether the warm-up runs one more full tree (up to ``max_warmup`` steps): its
