@@ -176,16 +176,11 @@ CAP = [[8, 8]] * 4
 
 
 def warm_up_tree_step(g, committed: int, path_experts: tuple[int, int], plan=None) -> None:
-    """A full-tree step whose tokens pick all 8 experts but whose path (at most 4 nodes of a
-    chain) picks ``path_experts``, expert e ranked e (a path of it needs e + 1); through
-    ``g.observe`` when ``plan``-ned, else straight into the window."""
-    n = TREES[0][0]
-    depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
-    ids_NK = torch.tensor([[(2 * i) % 8, (2 * i + 1) % 8] for i in range(n)])
+    """:func:`observe_window_step` of a full-tree step whose tokens pick all 8 experts but
+    whose path (at most 4 nodes of a chain) picks ``path_experts`` (a path of e needs e + 1)."""
+    ids_NK = torch.tensor([[(2 * i) % 8, (2 * i + 1) % 8] for i in range(TREES[0][0])])
     ids_NK[:4] = torch.tensor(path_experts)
-    outcome = StepOutcome("tree", list(range(committed)), depth_N, None, TREES[0])
-    observe = g.est.observe if plan is None else g.observe
-    observe(outcome, torch.arange(8).repeat(2, 1), ids_NK.expand(2, n, 2))
+    observe_window_step(g, committed, plan, ids_LNK=ids_NK.expand(2, -1, 2))
 
 
 @pytest.mark.parametrize(
@@ -581,16 +576,20 @@ def test_a_budget_that_touches_the_path_more_than_predicted_is_replanned_at_once
     assert g.replans == 5
 
 
-def observe_window_step(g, committed: int, plan=None, expert: int = 0, ranked: bool = True) -> None:
+def observe_window_step(
+    g, committed: int, plan=None, expert: int = 0, ranked: bool = True, ids_LNK=None
+) -> None:
     """A tree step of the full tree whose accepted path is ``committed`` nodes long, with
-    its routing (so it enters the window): every token picks ``expert``, ranked ``expert``
-    (its path needs a budget of ``expert + 1``; not ``ranked``: a step that rested, its
-    need unknown)."""
+    its routing (so it enters the window): every token picks ``expert`` (or ``ids_LNK``),
+    expert e ranked e (a path of ``expert`` needs a budget of ``expert + 1``; not
+    ``ranked``: a step that rested, its need unknown); through ``g.observe`` when
+    ``plan``-ned, else straight into the window."""
     n = TREES[0][0]
     depth_N = torch.tensor([0] + list(range(1, n)))  # a chain: node i at depth i
     lp = -torch.arange(n, dtype=torch.float32)
     rank_LE = torch.arange(8).repeat(2, 1) if ranked else None
-    ids_LNK = torch.full((2, n, 2), expert)
+    if ids_LNK is None:
+        ids_LNK = torch.full((2, n, 2), expert)
     outcome = StepOutcome("tree", list(range(committed)), depth_N, lp, TREES[0])
     if plan is None:
         g.est.observe(outcome, rank_LE, ids_LNK)
