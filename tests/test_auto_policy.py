@@ -94,7 +94,8 @@ def test_records_each_layers_ranking_for_observe():
         ({"guard": "yes"}, "guard is 'yes'"),
         ({"draft_extend": 1}, "draft_extend is 1; allowed: true or false"),
         ({"explore": 1}, r"explore is 1; allowed: 0 <= explore < 1 \(0: off\)"),
-        ({"draft_extend": True}, "draft_extend=True with gate=True, measure=False"),
+        ({"draft_extend": True, "gate": True}, "draft_extend=True with gate=True, measure=False"),
+        ({"gate": 1}, r"gate is 1; allowed: true, false or None \(on a chain, off on a tree\)"),
         ({"draft_extend": True, "gate": False, "measure": True}, "gate=False, measure=True"),
         ({"decode_extend": 0}, "decode_extend is 0; allowed: true or false"),
         ({"decode_extend": False}, "decode_extend=False without draft_extend"),
@@ -340,6 +341,24 @@ def test_the_warm_up_runs_on_by_default_on_a_tree_not_on_a_chain(tree, options, 
     policy.plan_step(tree, False)
     assert (policy.controller.max_warmup, policy.controller.hoping) == (max_warmup, hoping)
     assert policy.options["max_warmup"] == options.get("max_warmup")  # resolved per tree only
+
+
+@pytest.mark.parametrize(
+    "tree, options, gating",
+    [
+        ((32, 8, 6), {}, False),  # a tree: the gate's first level undersold it
+        ((4, 1, 3), {}, True),  # a chain: on
+        ((4, 1, 3), {"draft_extend": True}, False),  # SGLang's steps: the gate sees none
+        ((32, 8, 6), {"gate": True}, True),  # set: as given
+        ((4, 1, 3), {"gate": False}, False),
+    ],
+)
+def test_the_draft_gate_is_on_by_default_on_a_chain_not_on_a_tree(tree, options, gating):
+    policy = get_policy("auto", **options)
+    policy.prepare(2, 8, 2, 8, torch.device("cpu"))
+    policy.plan_step(tree, False)
+    assert policy.controller.gating == gating
+    assert policy.options["gate"] == options.get("gate")  # resolved per tree only
 
 
 @pytest.mark.parametrize("decode_extend", [True, False])

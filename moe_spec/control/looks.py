@@ -100,12 +100,13 @@ class Looks:
         the spread taken as at least one token (a few steps' spread is no reference, and a
         text's later steps may commit more than its first: a prompt whose 8 chains
         committed 1-2 tokens, a spread of 0.48, committed 2.33 a step over the next 9),
-        except from ``trusted`` (8) steps none of which accepted a draft: such a tree
-        (spread 0) is left as before the hope outlasted 8 steps. What ``hope`` adds for a
-        tree seen on fewer steps than fill its window."""
+        except from ``trusted`` (8) steps that accepted at most one draft in 8 (mean at most
+        1 + 1/8): such a draft is of little use, and one step that accepted a draft held a
+        useless draft's 8-token tree for 37 steps at 1.06 tokens a step. What ``hope`` adds
+        for a tree seen on fewer steps than fill its window."""
         steps, mean = self.evidence[c]
         spread = self.spread_C[c]
-        if steps < self.trusted or mean > 1.0:
+        if steps < self.trusted or mean > 1.0 + 1.0 / self.trusted:
             spread = max(spread, 1.0)
         return spread / math.sqrt(steps)
 

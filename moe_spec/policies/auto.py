@@ -17,10 +17,11 @@ the budgets when the plan changes them, the calibration tables after each replan
 :class:`moe_spec.control.Guard` picks the per-layer budgets
 that maximise predicted committed tokens per second under the cost model
 (``shape`` on ``gpu``, ``cost_model``) and, with ``guard``, a smaller tree or plain
-autoregressive decoding when those are predicted faster; with ``gate`` (and ``guard``),
-before each planned tree, a decode of the root alone when the draft's first level is too
-unsure to pay for the tree (:meth:`Auto.gate`; engines that draft on the host: the
-reference and transformers engines); with ``shadow`` (and ``guard``, on a chain), while it
+autoregressive decoding when those are predicted faster; with ``gate`` (and ``guard``;
+by default on a chain, not on a tree: :meth:`Auto.gate_for`), before each planned tree, a
+decode of the root alone when the draft's first level is too unsure to pay for the tree
+(:meth:`Auto.gate`; engines that draft on the host: the reference and transformers
+engines); with ``shadow`` (and ``guard``, on a chain), while it
 decodes the draft reads the decoded tokens every few decodes and its guesses at them say what
 the chain would have committed there (:meth:`Auto.draft_matched`; the same engines, and
 SGLang's plugin on an adaptive chain whose decodes run the draft extend). ``measure`` corrects the
@@ -130,7 +131,7 @@ class Auto(TokenPriority):
         gpu: str = "H200",
         cost_model: str = "calibrated",
         guard: bool = True,
-        gate: bool = True,
+        gate: bool | None = None,
         gate_every: int = 0,
         gate_margin: float = 0.25,
         margin: float = 0.05,
@@ -167,11 +168,13 @@ class Auto(TokenPriority):
             self.cost = get_cost_model(cost_model, gpu)
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
-        flags = (("guard", guard), ("gate", gate), ("measure", measure), ("hope", hope))
+        flags = (("guard", guard), ("measure", measure), ("hope", hope))
         flags += (("shadow", shadow),)
         extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
         for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
+        ok = gate is None or isinstance(gate, bool)
+        _check("gate", gate, ok, "true, false or None (on a chain, off on a tree)")
         ok = max_warmup is None or (_is_int(max_warmup) and max_warmup >= 1)
         allowed = "an integer >= 1 or None (6 on a tree, warmup on a chain)"
         _check("max_warmup", max_warmup, ok, allowed)
@@ -456,7 +459,9 @@ class Auto(TokenPriority):
         est = AcceptanceEstimates(
             L, E, [n for n, _, _ in trees], self.window, prior=self.prior, levels=levels_V
         )
-        options = {**self.options, "max_warmup": self.max_warmup_for(self.tree[1])}
+        width = self.tree[1]
+        options = {**self.options, "max_warmup": self.max_warmup_for(width)}
+        options["gate"] = self.gate_for(width)
         return Guard(est, cost, K, cap, repair=self.repair, rank_every=rank, **options)
 
     def max_warmup_for(self, width: int) -> int:
@@ -473,6 +478,24 @@ class Auto(TokenPriority):
         if max_warmup is not None:
             return max_warmup
         return 6 if width > 1 else self.options["warmup"]
+
+    def gate_for(self, width: int) -> bool:
+        """``gate``, or where left to its default (None), for a tree of ``width`` drafts
+        per level: on for a chain, off for a tree (and off where the draft extend prices
+        SGLang's steps, which the gate does not see).
+
+        The gate judges a step by its first level's calibrated acceptance and the
+        acceptance per depth; on a tree that fell short of what the tree committed: on
+        smollm2-moe's 32-token tree with its H200 head, fresh requests decoded 8 steps in a
+        row expecting 2.7 tokens where the tree's steps had committed 4.2, and with it off
+        6 of 8 cells (8 prompts a set) rose 1.2-6.7%, one fell 0.4%, the toy's tree within
+        0.7%. On chains, where it was built, the same comparison was mixed (-2.3% to +4.1%,
+        BENCHMARKS.md, forty-third session), so it stays on there.
+        """
+        gate = self.options["gate"]
+        if gate is not None:
+            return gate
+        return width == 1 and not self.draft_extend
 
     def plan_step(self, tree: tuple[int, int, int], repair: bool) -> StepPlan:
         self.forward_rows = None  # the tables may change below

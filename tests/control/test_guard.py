@@ -415,13 +415,25 @@ def test_with_hope_the_current_tree_seen_on_few_steps_counts_one_se_more(hope, s
         assert g.why.startswith("switched to autoregressive")
 
 
-@pytest.mark.parametrize(("steps", "kept"), [(7, True), (8, False)])
-def test_hope_ends_at_8_steps_none_of_which_accepted_a_draft(steps, kept):
-    """Steps that all committed the root alone (mean 1, spread 0) keep the one-token floor
-    below 8 steps; from 8 their own spread, 0: the tree is judged as predicted."""
+@pytest.mark.parametrize(
+    ("steps", "mean", "kept"),
+    [
+        (7, 1.0, True),  # below 8 steps: the one-token floor, 100 * (1 + 1 / sqrt(7)) = 137.8
+        (8, 1.0, False),  # 8 steps of the root alone: their own spread, 0
+        (16, 17 / 16, False),  # one draft in 16 steps: 100 * (1.0625 + 0.242 / 4) / 1.0625
+        (8, 10 / 8, True),  # two in 8: above 1 + 1/8, the floor: 100 * (1.25 + 0.354) / 1.25
+    ],
+)
+def test_hope_ends_from_8_steps_that_accepted_under_one_draft_in_8(steps, mean, kept):
+    """From ``trusted`` (8) steps whose mean is at most 1 + 1/8 (fewer than one accepted draft
+    in 8 steps, a draft of little use) the tree is judged at its own spread, not the one-token
+    floor: one step that accepted a draft does not hold a useless draft's tree (the
+    transformers engine's guard test held an 8-token tree for 37 steps at 1.06 tokens a step
+    so); above it, or on fewer steps, the floor stays."""
     g = guard(margin=0.05, hope=True, explore=0.0)
-    g.evidence = {0: (steps, 1.0)}
-    g.switch({0: 100.0, -1: 120.0})  # kept at 7: 100 * (1 + 1 / sqrt(7)) = 137.8
+    g.evidence = {0: (steps, mean)}
+    g.spread_C[0] = math.sqrt((mean - 1) * (2 - mean))  # steps of 1 or 2 tokens
+    g.switch({0: 100.0, -1: 120.0})
     assert (g.choice == 0) == kept
 
 

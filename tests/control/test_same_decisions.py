@@ -260,7 +260,7 @@ def synthetic_run(policy, steps: int, L: int, E: int, K: int, seed: int) -> list
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_seeded_run_decides_as_with_the_reference_paths(seed, monkeypatch):
     L, E, K, steps = 6, 32, 4, 140
-    options = {"cost_model": ("calibrated", "measured")[seed % 2]}
+    options = {"cost_model": ("calibrated", "measured")[seed % 2], "gate": True}
     got = synthetic_run(get_policy("auto", **options), steps, L, E, K, seed)
 
     def reference_on_level_tables(cost, c, window, levels_V, repair, passes):
