@@ -289,17 +289,44 @@ def test_ranks_grow_rarer_while_budgets_are_far_from_paying():
     assert spaced == [c.replans]
 
 
-def test_rank_spacing_is_off_by_default_and_bad_values_are_refused():
+def test_a_new_request_ranks_rank_every_apart_again():
+    """Ranks spaced on the last text start again at ``rank_every`` on a new request, priced
+    so: spaced, they kept a warm policy at the cap through a text whose budgets paid."""
+    policy, observe, plan = resting_policy()
+    c = policy.controller
+    for _ in range(9):  # past warm-up, budgets all E, the full tree chosen
+        observe()
+    c.below_cap_C[0] = 0.5  # far from paying: each replan at the cap halves the ranks
+    for _ in range(3):
+        c.space_ranks()
+    assert c.rank_interval == 32 and c.cost.rest_select_s == c.cost.select_s / 32
+    c.tree_steps = 16
+    assert policy.rests(plan)  # a rank_every-th step, not a 32nd
+    policy.start_request()
+    assert c.rank_interval == 4 and c.cost.rest_select_s == c.cost.select_s / 4
+    c.tree_steps = 16
+    assert not policy.rests(plan)
+
+
+def test_rank_spacing_goes_to_32_by_default_and_bad_values_are_refused():
     policy, observe, plan = resting_policy()
     for _ in range(9):
         observe()
     policy.controller.below_cap_C[0] = 0.1
+    for _ in range(5):
+        policy.controller.space_ranks()
+    assert policy.controller.rank_interval == policy.controller.max_rank_every == 32
+    policy, observe, plan = resting_policy(max_rank_every=4)  # equal to rank_every: off
+    for _ in range(9):
+        observe()
+    policy.controller.below_cap_C[0] = 0.1
     policy.controller.space_ranks()
-    assert policy.controller.rank_interval == policy.controller.max_rank_every == 4
+    assert policy.controller.rank_interval == 4
     for bad in (2, 4.0):
-        with pytest.raises(PolicyError, match=r"max_rank_every is .*; allowed: None \(rank_"):
+        with pytest.raises(PolicyError, match=r"max_rank_every is .*; allowed: None \(32, or"):
             get_policy("auto", rank_every=4, max_rank_every=bad)
-    assert get_policy("auto", rank_every=8).options["max_rank_every"] == 8
+    assert get_policy("auto", rank_every=8).options["max_rank_every"] == 32
+    assert get_policy("auto", rank_every=64).options["max_rank_every"] == 64
     for bad in (0, 1.5, True):
         with pytest.raises(PolicyError, match=r"rank_near is .*; allowed: 0 < rank_near <= 1"):
             get_policy("auto", rank_near=bad)

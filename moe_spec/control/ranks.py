@@ -5,9 +5,10 @@ ranking) except every ``rank_every``-th one, which ranks and is learned from. Th
 worth its cost (the budget selection's) only where it could change the plan: while the
 chosen tree's best budget for all layers below the cap is predicted under ``rank_near``
 (0.8) of the cap's tokens/s (:meth:`Ranks.far_from_paying`), each replan that keeps the cap
-halves how often a resting step ranks, down to one in ``max_rank_every`` (default
-``rank_every``: off), and the steps the guard learns from rest too
-(``moe_spec.policies.auto.Auto.rests``); near paying, one in ``rank_every`` again. The
+halves how often a resting step ranks, down to one in ``max_rank_every`` (``auto``'s
+default 32; the guard's own, ``rank_every``: off), and the steps the guard learns from rest
+too (``moe_spec.policies.auto.Auto.rests``); near paying, or on a new request's text
+(:meth:`moe_spec.control.replans.Replans.new_request`), one in ``rank_every`` again. The
 guard prices a step at the cap at that share of the selection (plus the resting steps'
 ``rest_share`` of it: :class:`moe_spec.control.StepCost`).
 """
@@ -32,7 +33,10 @@ class Ranks:
         ``max_rank_every=32`` took smollm2-moe's tree on warm set A from 1.633 to 1.667x
         decoding (unbudgeted 1.669), every other cell level or up; the toy's tree, whose
         budgets come close to paying, lost 0.012 on warm set B with ``rank_near=0.9`` and
-        0.08-0.10 with a doubling at every replan at the cap."""
+        0.08-0.10 with a doubling at every replan at the cap. Left off then (a fresh cell fell
+        with the draft gate on); with the gate off on trees, and a new request ranking at
+        ``rank_every`` again, every ``bench/auto_budget.py`` tree cell read level or up
+        (forty-fourth session), and it became the default."""
         if self.choice < 0 or self.rank_every <= 1:  # decoding: no tree step to rank
             return
         at_cap = not (self.budgets_C[self.choice] < self.cost.E).any()

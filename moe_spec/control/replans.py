@@ -100,15 +100,20 @@ class Replans:
         plan for many steps), and every step of the new text enters it until it is full. The
         next replan comes as it would have (the interval, a drift, a surprise; not as the
         window grows back: at every request that would add replans to the steps it already
-        adds to the window). Off the full tree, probes start again ``probe`` steps apart (the
-        floors of :meth:`switch` still hold): a full tree that lost on the old text may win
-        on the new one."""
+        adds to the window). Resting steps rank ``rank_every`` apart again
+        (``moe_spec.control.ranks``): spaced on the last text, they kept a warm policy at the
+        cap through a text whose budgets paid. Off the full tree, probes start again
+        ``probe`` steps apart (the floors of :meth:`switch` still hold): a full tree that
+        lost on the old text may win on the new one."""
         self.clear_shadows(new_request=True)  # of the last text
         if self.tree_steps < self.warmup:
             return
         self.request_seen = self.est.steps_seen
         self.est.forget(self.carry)
         self.window_at_replan = self.est.window.maxlen
+        if self.rank_interval != self.rank_every:  # budgets may pay on the new text
+            self.rank_interval = self.rank_every
+            self.cost.rest_every(self.rank_every)
         if self.choice != 0:  # the doublings go, the floors stay
             self.probe_every = min(max(self.probe0, self.floor), self.max_probe)
 

@@ -93,6 +93,12 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
 # that; bench/gpu_check.py times the resting selection ("auto at rest").
 SERVER_REST_SHARE = 0.5
 
+# The fewest of a resting tree's steps that rank while budgets are far from paying, one in
+# this many (``max_rank_every``'s default; raised to ``rank_every`` where that is larger):
+# measured since the forty-fourth session, with each new request ranking at ``rank_every``
+# again (BENCHMARKS.md).
+MAX_RANK_EVERY = 32
+
 
 def server_options(decode_extend: bool = True) -> dict[str, object]:
     """``auto``'s options as SGLang's plugin runs it (:meth:`Auto.for_server`), for benches
@@ -217,7 +223,8 @@ class Auto(TokenPriority):
                 "skip SGLang's draft extend; allowed: decode_extend=false with draft_extend=true"
             )
         ok = max_rank_every is None or (_is_int(max_rank_every) and max_rank_every >= rank_every)
-        allowed = f"None (rank_every: off) or an integer >= rank_every ({rank_every})"
+        allowed = f"None ({MAX_RANK_EVERY}, or rank_every where larger) or an integer >= "
+        allowed += f"rank_every ({rank_every}; equal: off)"
         _check("max_rank_every", max_rank_every, ok, allowed)
         ok = isinstance(rest_share, num) and not isinstance(rest_share, bool)
         ok = rest_share is None or (ok and 0 <= rest_share <= 1)
@@ -251,7 +258,7 @@ class Auto(TokenPriority):
             drift=float(drift),
             carry=carry,
             explore=float(explore),
-            max_rank_every=rank_every if max_rank_every is None else max_rank_every,
+            max_rank_every=max_rank_every or max(MAX_RANK_EVERY, rank_every),
             rank_near=float(rank_near),
             budget_from=budget_from,
         )
