@@ -65,10 +65,28 @@ def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay
     assert policy.controller.est.steps_seen == sum(ranked)  # the window: ranked steps only
 
 
+def test_far_from_paying_ranks_grow_rarer_by_default_and_a_new_request_resets_them(tiny_engine):
+    """By default (``max_rank_every`` 32), each replan at the cap far from paying halves how
+    often a resting step ranks; a new request on the same policy ranks ``rank_every`` apart
+    again."""
+    policy = free_experts_policy(select_s=1e-3)
+    spec = auto_spec(repair=False, guard=False)
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
+    c = policy.controller
+    ranked = [i for i, s in enumerate(out.steps) if s.ranked]
+    assert c.far_from_paying() and c.rank_interval > c.rank_every
+    assert ranked[:2] == [0, 1] and len(out.steps) > 24  # the warm-up ranks
+    assert len(ranked) - 2 < (len(out.steps) - 2) // c.rank_every  # then rarer than 1 in 4
+    again = tiny_engine.generate_speculative(PROMPTS[1], NEW, spec, policy=policy)
+    ranked = [i for i, s in enumerate(again.steps) if s.ranked]
+    assert ranked[0] < c.rank_every and ranked[1] - ranked[0] == c.rank_every  # reset
+
+
 def test_far_from_paying_learning_steps_rest_and_enter_the_window_unranked(tiny_engine):
     """A costly selection: budgets below the cap are far from paying, so a step the guard
-    learns from rests (no ranking) and enters the window with its tokens and experts."""
-    policy = free_experts_policy(select_s=1e-3)
+    learns from rests (no ranking) and enters the window with its tokens and experts. Ranks
+    one in ``rank_every`` with their spacing off (``max_rank_every=4``; spaced below)."""
+    policy = free_experts_policy(select_s=1e-3, max_rank_every=4)
     spec = auto_spec(repair=False, guard=False)
     out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
     assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}

@@ -108,9 +108,9 @@ def test_steps_that_rest_enter_the_window_unranked_while_the_guard_learns(moe_mo
     """Budgets far from paying (a costly selection): after the warm-up a step ranks one
     time in ``rank_every``; the others run without calling the policy and, while the window
     holds fewer than 8 steps, enter it with their tokens and experts (no need: budgets come
-    from ranked steps)."""
+    from ranked steps). Ranks' spacing off (``max_rank_every=4``)."""
     engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
-    policy = free_experts_policy(select_s=1e-3)
+    policy = free_experts_policy(select_s=1e-3, max_rank_every=4)
     spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"guard": False})
     result = engine.generate_speculative(PROMPT, 40, spec, policy=policy)
     ranked = [s.ranked for s in result.steps]
