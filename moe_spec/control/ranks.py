@@ -42,6 +42,10 @@ class Ranks:
         at_cap = not (self.budgets_C[self.choice] < self.cost.E).any()
         far = at_cap and self.far_from_paying()
         interval = min(2 * self.rank_interval, self.max_rank_every) if far else self.rank_every
+        self.rank_one_in(interval)
+
+    def rank_one_in(self, interval: int) -> None:
+        """A resting step ranks one time in ``interval``, and steps at the cap are priced so."""
         if interval != self.rank_interval:
             self.rank_interval = interval
             self.cost.rest_every(interval)

@@ -111,9 +111,7 @@ class Replans:
         self.request_seen = self.est.steps_seen
         self.est.forget(self.carry)
         self.window_at_replan = self.est.window.maxlen
-        if self.rank_interval != self.rank_every:  # budgets may pay on the new text
-            self.rank_interval = self.rank_every
-            self.cost.rest_every(self.rank_every)
+        self.rank_one_in(self.rank_every)  # budgets may pay on the new text
         if self.choice != 0:  # the doublings go, the floors stay
             self.probe_every = min(max(self.probe0, self.floor), self.max_probe)
 

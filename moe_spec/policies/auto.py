@@ -258,7 +258,9 @@ class Auto(TokenPriority):
             drift=float(drift),
             carry=carry,
             explore=float(explore),
-            max_rank_every=max_rank_every or max(MAX_RANK_EVERY, rank_every),
+            max_rank_every=max(MAX_RANK_EVERY, rank_every)
+            if max_rank_every is None
+            else max_rank_every,
             rank_near=float(rank_near),
             budget_from=budget_from,
         )
