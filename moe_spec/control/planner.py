@@ -121,6 +121,25 @@ def tokens_and_seconds(
     return tokens_X, cost.tree_seconds_total(c, read_XS, layers, repair_XS, budgeted_X1)
 
 
+def priced_cap(
+    cost: StepCost,
+    c: int,
+    window: tuple[np.ndarray, np.ndarray, np.ndarray],
+    levels_V: np.ndarray,
+    repair: bool,
+) -> tuple[float, np.ndarray]:
+    """:func:`priced_X` of one row, every layer at the cap ``levels_V[-1]`` (the last
+    column of the tables): tokens/s and float ``[S]`` step seconds, the same numbers."""
+    exact_SLV, committed_S, used_SL = window
+    cap = levels_V[-1]
+    exact_1S = exact_SLV[:, :, -1].min(axis=1)[None]
+    read_1S = np.minimum(cap, used_SL).sum(axis=-1)[None]
+    tp_1, seconds_1S = price(
+        cost, c, exact_1S, committed_S, read_1S, used_SL.shape[1], cap < cost.E, repair
+    )
+    return float(tp_1[0]), seconds_1S[0]
+
+
 def budget_levels(top_k: int, cap: int, levels: int) -> np.ndarray:
     """Up to ``levels`` budgets from top-k to ``cap`` inclusive, evenly spaced, ascending."""
     return np.unique(np.linspace(top_k, cap, max(levels, 2)).round().astype(np.int64))
@@ -257,21 +276,20 @@ def window_budgets(
     if ranked_n == ranked_S.size and ranked_n >= min_ranked:
         return best_budgets(cost, c, window, levels_V, repair, passes)
     L = window[0].shape[1]
-    cap_1L = np.full((1, L), levels_V[-1])
-    tp_1, seconds_1S = priced_X(cost, c, window, levels_V, cap_1L, repair)
-    tp, seconds_S = float(tp_1[0]), seconds_1S[0]
+    tp, seconds_S = priced_cap(cost, c, window, levels_V, repair)
     ranked = tuple(a[ranked_S] for a in window)
     budgets = best_budgets(cost, c, ranked, levels_V, repair, passes) if ranked_n else None
     if budgets is None or ranked_n < min_ranked or (levels_V[-1] == budgets.B_L).all():
         exact_S = ranked[0][:, :, -1].min(axis=1)
         below = 0.0 if budgets is None else budgets.below_cap
-        return Budgets(cap_1L[0], tp, exact_S, float(seconds_S.sum() / seconds_S.size), below)
-    tp_cap_1, seconds_cap_1S = priced_X(cost, c, ranked, levels_V, cap_1L, repair)
+        cap_L = np.full(L, levels_V[-1])
+        return Budgets(cap_L, tp, exact_S, float(seconds_S.sum() / seconds_S.size), below)
+    tp_cap, seconds_cap_S = priced_cap(cost, c, ranked, levels_V, repair)
     step_s = seconds_S.sum() / seconds_S.size
-    step_cap_s = seconds_cap_1S.sum() / seconds_cap_1S.size
+    step_cap_s = seconds_cap_S.sum() / seconds_cap_S.size
     return Budgets(
         budgets.B_L,
-        tp * budgets.tokens_per_s / float(tp_cap_1[0]),
+        tp * budgets.tokens_per_s / tp_cap,
         budgets.exact_S,
         float(step_s * budgets.step_s / step_cap_s),
         budgets.below_cap,
