@@ -85,14 +85,19 @@ def expert_rank_E(scores_E: torch.Tensor, used_E: torch.Tensor | None = None) ->
     ``rank < B`` is :func:`select_kept`'s kept set; the smallest budget that keeps a set
     of experts is their largest rank plus one.
     """
-    E = scores_E.shape[0]
-    ids_E = torch.arange(E, device=scores_E.device)
-    s_i, s_j = scores_E[:, None], scores_E[None, :]
-    ahead_EE = (s_j > s_i) | ((s_j == s_i) & (ids_E[None, :] < ids_E[:, None]))
-    if used_E is not None:
-        u_i, u_j = used_E[:, None], used_E[None, :]
-        ahead_EE = (u_j & ~u_i) | ((u_j == u_i) & ahead_EE)
-    return ahead_EE.sum(dim=1)
+    return expert_rank_LE(scores_E, used_E)
+
+
+def expert_rank_LE(scores_LE: torch.Tensor, used_LE: torch.Tensor | None = None) -> torch.Tensor:
+    """long ``[..., E]``: :func:`expert_rank_E` of each row (any leading dims, as L layers)."""
+    E = scores_LE.shape[-1]
+    ids_E = torch.arange(E, device=scores_LE.device)
+    s_i, s_j = scores_LE[..., :, None], scores_LE[..., None, :]
+    ahead_LEE = (s_j > s_i) | ((s_j == s_i) & (ids_E[None, :] < ids_E[:, None]))
+    if used_LE is not None:
+        u_i, u_j = used_LE[..., :, None], used_LE[..., None, :]
+        ahead_LEE = (u_j & ~u_i) | ((u_j == u_i) & ahead_LEE)
+    return ahead_LEE.sum(dim=-1)
 
 
 def apply_budget(

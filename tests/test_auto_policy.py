@@ -98,6 +98,8 @@ def test_records_each_layers_ranking_for_observe():
         ({"gate": 1}, r"gate is 1; allowed: true, false or None \(on a chain, off on a tree\)"),
         ({"draft_extend": True, "gate": False, "measure": True}, "gate=False, measure=True"),
         ({"decode_extend": 0}, "decode_extend is 0; allowed: true or false"),
+        ({"rank_after": "yes"}, "rank_after is 'yes'; allowed: true or false"),
+        ({"after_share": 2}, r"after_share is 2; allowed: None \(2 / L: the cost"),
         ({"decode_extend": False}, "decode_extend=False without draft_extend"),
         ({"shape": "GPT-5"}, "unknown model shape"),
         ({"cost_model": "magic"}, "unknown cost model"),
@@ -122,7 +124,7 @@ def test_without_draft_scores_a_token_weighs_its_depths_reach():
 def test_once_the_window_is_full_one_budgeted_step_in_learn_every_enters_it():
     from moe_spec.control import StepOutcome
 
-    policy = get_policy("auto", window=4, learn_every=2, rank_every=4)
+    policy = get_policy("auto", window=4, learn_every=2, rank_every=4, rank_after=False)
     policy.prepare(2, 8, 2, 8, torch.device("cpu"))
     policy.plan_step((4, 2, 2), False)
     est = policy.controller.est
@@ -148,6 +150,7 @@ def resting_policy(**options):
     observes a 4/2/2 tree step with its ranking and top-k, and that step's plan."""
     from moe_spec.control import StepOutcome, StepPlan
 
+    options.setdefault("rank_after", False)  # its ranking comes from the forward, as passed
     policy = get_policy("auto", rank_every=4, **options)
     policy.prepare(2, 8, 2, 8, torch.device("cpu"))
     policy.plan_step((4, 2, 2), False)
@@ -412,6 +415,7 @@ def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
     want = cost.select_s * (1 + 3 * SERVER_REST_SHARE) / 4
     assert cost.rest_select_s == pytest.approx(want) and 0 < want < cost.select_s
     assert benched.controller.cost.rest_select_s == cost.rest_select_s
+    assert benched.rank_after is served.rank_after is False  # the server ranks inside
     assert benched.wants_guesses is served.wants_guesses is decode_extend
     kept = get_policy("auto", rest_share=0.25)  # set by hand (measured): a server keeps it
     kept.for_server(guard=True)
@@ -419,6 +423,24 @@ def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
     for bad in (-0.1, 1.5, True, "half"):
         with pytest.raises(PolicyError, match=r"rest_share is .*; allowed: None \(0; on a"):
             get_policy("auto", rest_share=bad)
+
+
+def test_an_engine_policy_prices_a_ranking_after_the_forward_at_two_layers_selection():
+    """With ``rank_after`` (the engines' default) the step at the cap that ranks pays
+    ``2 / n_moe_layers`` of a selection (all layers at once, after the forward), the resting
+    ones none; ranking inside the forward pays a whole one."""
+    for rank_after, share in ((True, 2 / 16), (False, 1.0)):  # OLMoE-1B-7B: 16 MoE layers
+        policy = get_policy("auto", cost_model="measured", rank_after=rank_after)
+        policy.prepare(2, 8, 2, 8, torch.device("cpu"))
+        policy.plan_step((4, 2, 2), False)
+        cost = policy.controller.cost
+        assert cost.rank_share == pytest.approx(share)
+        assert cost.select_s > 0
+        assert cost.rest_select_s == pytest.approx(cost.select_s * share / 4)
+    set_by_hand = get_policy("auto", cost_model="measured", after_share=0.5)  # measured
+    set_by_hand.prepare(2, 8, 2, 8, torch.device("cpu"))
+    set_by_hand.plan_step((4, 2, 2), False)
+    assert set_by_hand.controller.cost.rank_share == 0.5
 
 
 def test_token_weights_are_made_once_per_forward_and_again_after_a_plan():

@@ -86,6 +86,7 @@ class EngineBackend:
                 s.guard,
                 s.reason,
                 s.ranked,
+                s.ranked_after,
             )
             for s in result.steps
         ]

@@ -34,6 +34,7 @@ class Step:
     guard: str = ""  # a planning policy's step kind (auto: "tree" / "autoregressive")
     reason: str = ""  # why it planned this step
     ranked: bool = True  # the policy ran in the verify (False: priced without the selection)
+    ranked_after: bool = False  # it ranked the verify's routing after the forward instead
 
 
 @dataclass

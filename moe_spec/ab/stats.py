@@ -15,6 +15,7 @@ import numpy as np
 
 from moe_spec.ab.configs import BASELINES, RunConfig
 from moe_spec.ab.records import RunRecord, Step
+from moe_spec.control.cost import after_share
 from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.costmodel import (
     CostModel,
@@ -85,6 +86,9 @@ class Modeled:
     # rank): 0 in the engines, which skip it; on a server auto's rest flag leaves the
     # selection's launches (moe_spec.policies.auto.SERVER_REST_SHARE)
     rest_share: float = 0.0
+    # the share of a selection a verify pays where the policy ranked its routing after the
+    # forward (None: moe_spec.control.cost.after_share's estimate, 2 / n_moe_layers)
+    after_share: float | None = None
 
     def describe(self) -> str:
         return f"{self.shape.name}, {self.cost.describe()}"
@@ -197,6 +201,8 @@ def selection_share(config: RunConfig, s: Step, m: Modeled) -> float:
     """The share of a budget selection step ``s``'s verify pays (:class:`Modeled`)."""
     if config.policy in BASELINES or s.guard == AUTOREGRESSIVE:
         return 0.0
+    if s.ranked_after:
+        return m.rest_share + after_share(m.shape, m.after_share)
     return 1.0 if s.ranked else m.rest_share
 
 

@@ -23,7 +23,9 @@ prices a window of steps for many budget vectors with array operations only:
   controller learns from) and otherwise *rests*, paying ``rest_share`` of a selection (0
   in the engines, which then skip the policy; on a server the selection's kernels still
   launch, read the rest flag and copy the rows): ``rest_select_s`` on average (an
-  autoregressive step pays none).
+  autoregressive step pays none). The step that ranks pays ``rank_share`` of a selection:
+  1 where it ranks inside the forward; :func:`after_share` where the policy ranks its
+  routing after the forward, every layer at once (``moe_spec.policies.auto``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class StepCost:
         draft_extend: bool = False,
         decode_extend: bool = True,
         rest_share: float = 0.0,
+        rank_share: float = 1.0,
     ) -> None:
         self.cost, self.shape, self.trees = cost, shape, list(trees)
         self.K, self.E = top_k, n_experts
@@ -69,7 +72,7 @@ class StepCost:
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
         self.decode_s, self.select_s = tables[3:]
         self.plain_decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
-        self.rest_share = rest_share
+        self.rest_share, self.rank_share = rest_share, rank_share
         self.rest_every(rank_every)
         self.by_total: dict[tuple[int, int], np.ndarray] = {}  # (tree, layers): verify_T
 
@@ -79,7 +82,7 @@ class StepCost:
     def rest_every(self, interval: int) -> None:
         """Price a tree step at the cap (budgets all at least E) as one that ranks one time
         in ``interval`` and rests the others: ``rest_select_s``, a selection on average."""
-        share = (1 + (interval - 1) * self.rest_share) / interval
+        share = (self.rank_share + (interval - 1) * self.rest_share) / interval
         self.rest_select_s = self.select_s * share
 
     def tree_seconds(
@@ -210,3 +213,12 @@ def step_tables(
         decode_seconds(g, shape, overheads=o) + (extend(1) if decode_extend else 0.0),
         (shape.n_moe_layers * o.select_s),
     )
+
+
+def after_share(shape: ModelShape, share: float | None = None) -> float:
+    """The share of a step's selection (two launches in each of L MoE layers) that ranking
+    its routing after the forward costs, every layer at once (``share``; None:
+    ``2 / n_moe_layers``: one launch of a program per layer, as long as one layer's score
+    kernel, and as much again for stacking the layers' routing; an estimate until
+    ``bench/gpu_check.sh`` times it, its "ranked after the forward" column)."""
+    return 2.0 / shape.n_moe_layers if share is None else share

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_spec.routing import RoutingRecord
+
 TREE = "tree"
 AUTOREGRESSIVE = "autoregressive"
 KINDS = (TREE, AUTOREGRESSIVE)
@@ -65,7 +67,9 @@ class StepOutcome:
     decodes ran for the plan (one outcome reports them all). ``ids_LTK``: for a tree step the
     policy did not rank (a resting one, :attr:`moe_spec.policies.Policy.resting`), the
     verify's unbudgeted top-k of each MoE layer, long ``[N, K]`` each, as the forward left
-    them (a policy that learns from them stacks them; None otherwise).
+    them (a policy that learns from them stacks them; None otherwise). ``routing_L``: for such
+    a step that the policy ranks after the forward
+    (:attr:`moe_spec.policies.Policy.ranking_after`), each MoE layer's routing record.
     """
 
     kind: str
@@ -76,6 +80,7 @@ class StepOutcome:
     exact: int | None = None
     steps: int = 1
     ids_LTK: list[torch.Tensor] | None = None
+    routing_L: list[RoutingRecord] | None = None
 
     @property
     def committed(self) -> int:

@@ -95,6 +95,7 @@ class StepStats:
     guard: str = ""  # a planning policy's step kind ("tree", "autoregressive"); "" if none
     reason: str = ""  # why the policy planned this step
     ranked: bool = True  # the policy ran in the verify (ranked experts: the selection's cost)
+    ranked_after: bool = False  # it ranked the verify's routing after the forward instead
 
 
 @dataclass
@@ -287,6 +288,7 @@ class Engine:
                     plan.kind if plan.reason else "",
                     plan.reason,
                     verify.ranked,
+                    verify.ranked_after,
                 )
             )
             policy.observe(verify.outcome(path, tree.depth_N, tree.logprob_N, plan.tree))

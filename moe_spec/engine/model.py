@@ -104,6 +104,12 @@ class VerifyBudget:
     exact_LT: list[torch.Tensor] = field(default_factory=list)
     exact_path: int | None = None  # with track_exact: the accepted path's exact prefix length
     policy_layers: int = 0  # MoE layers of this forward that called the policy
+    routing_L: list[RoutingRecord] = field(default_factory=list)  # kept to rank after it
+
+    @property
+    def ranked_after(self) -> bool:
+        """Whether the policy ranks this forward's layers after it (they skipped it)."""
+        return bool(self.routing_L) and not self.ranked
 
     @property
     def ranked(self) -> bool:
@@ -117,8 +123,13 @@ class VerifyBudget:
         self.policy_layers += not rest
         return rest
 
-    def note_unbudgeted(self, ids_TK: torch.Tensor) -> None:
-        """A layer the budget cannot touch (B >= E): its routing, unchanged and exact."""
+    def note_unbudgeted(
+        self, ids_TK: torch.Tensor, record: Callable[[], RoutingRecord] | None = None
+    ) -> None:
+        """A layer the budget cannot touch (B >= E): its routing, unchanged and exact; and
+        its ``record()`` where the policy ranks the step after the forward."""
+        if record is not None and self.policy.ranking_after:
+            self.routing_L.append(record())
         self.ids_before_LTK.append(ids_TK)
         self.ids_after_LTK.append(ids_TK)
         if self.track_exact:
@@ -136,9 +147,20 @@ class VerifyBudget:
         """The finished tree step, for the policy's ``observe``. A step the policy did not
         rank carries the forward's unbudgeted top-k per layer (``ids_LTK``, the list itself:
         no work here; an adaptive policy that rested learns its tokens and experts from it;
-        any other step's policy recorded what it ranked)."""
+        any other step's policy recorded what it ranked), and the layers' routing records
+        where the policy ranks the step after the forward (``routing_L``)."""
         ids_LTK = None if self.ranked else self.ids_before_LTK
-        return StepOutcome(TREE, path, depth_N, logprob_N, tree, self.exact_path, ids_LTK=ids_LTK)
+        routing_L = self.routing_L if self.ranked_after else None
+        return StepOutcome(
+            TREE,
+            path,
+            depth_N,
+            logprob_N,
+            tree,
+            self.exact_path,
+            ids_LTK=ids_LTK,
+            routing_L=routing_L,
+        )
 
     def exact_T(self) -> torch.Tensor:
         """bool ``[T]``: tokens whose routing no layer's budget changed (on layer 0's device)."""
@@ -166,10 +188,9 @@ class MoE(nn.Module):
     def forward(self, x_TD: torch.Tensor, verify: VerifyBudget | None = None):
         """``out_TD`` and the Switch-style load-balancing loss ``E * sum_e f_e * P_e``."""
         logits_TE, ids_TK, weights_TK = self.route(x_TD)
-        if verify is not None and verify.skips(self.config.n_experts):  # nothing to budget
-            verify.note_unbudgeted(ids_TK)
-        elif verify is not None:
-            record = RoutingRecord(
+
+        def make_record() -> RoutingRecord:
+            return RoutingRecord(
                 logits_TE,
                 ids_TK,
                 weights_TK,
@@ -179,6 +200,11 @@ class MoE(nn.Module):
                 num_layers=self.config.n_layers,
                 renormalize=self.config.renormalize,
             )
+
+        if verify is not None and verify.skips(self.config.n_experts):  # nothing to budget
+            verify.note_unbudgeted(ids_TK, make_record)
+        elif verify is not None:
+            record = make_record()
             verify.ids_before_LTK.append(ids_TK)
             new_ids_TK, new_weights_TK, _ = verify.policy.apply(
                 record, verify.budget, mode=verify.mode

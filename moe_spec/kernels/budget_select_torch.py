@@ -13,12 +13,13 @@ exactly what the policies do on CPU: the record's own score helpers, then
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from moe_spec.budget import BudgetedTopK, Mode, apply_budget, select_kept
+from moe_spec.budget import BudgetedTopK, Mode, apply_budget, expert_rank_LE, select_kept
 from moe_spec.routing import RoutingRecord
 
 ScoreKind = Literal["frequency", "mass"]
@@ -59,6 +60,41 @@ def score_experts_torch(record: RoutingRecord, rule: ScoreRule) -> torch.Tensor:
         root_E = (record.topk_hits_TE() & rule.root_T[:, None]).any(dim=0)
         score_E = score_E + root_E * (score_E.sum() + 1.0)
     return score_E
+
+
+def score_layers_torch(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:
+    """fp32 ``[L, E]``: :func:`score_experts_torch` of each of one forward's layers (the
+    same tokens, so one rule) in batched ops where the layers route alike (a ``"mass"``
+    rule over softmax routers of one shape; otherwise layer by layer): the ranking of a
+    step that ran without it, made after the forward (``moe_spec.policies.auto``)."""
+    first = records[0]
+    shape = first.router_logits_TE.shape
+    alike = all(r.scoring != "sigmoid" and r.router_logits_TE.shape == shape for r in records)
+    if rule.kind != "mass" or not alike:
+        return torch.stack([score_experts_torch(r, rule) for r in records])
+    mass_LTE = torch.softmax(torch.stack([r.router_logits_TE for r in records]).float(), dim=-1)
+    if rule.weight_T is not None:
+        mass_LTE = mass_LTE * rule.weight_T.float()[:, None]
+    score_LE = torch.where(first.valid_mask_T()[:, None], mass_LTE, 0.0).sum(dim=1)
+    if rule.root_T is not None:
+        root_LE = (topk_hits_LTE(records) & rule.root_T[:, None]).any(dim=1)
+        score_LE = score_LE + root_LE * (score_LE.sum(dim=-1, keepdim=True) + 1.0)
+    return score_LE
+
+
+def topk_hits_LTE(records: Sequence[RoutingRecord]) -> torch.Tensor:
+    """bool ``[L, T, E]``: :meth:`RoutingRecord.topk_hits_TE` of each layer."""
+    ids_LTK = torch.stack([r.topk_ids_TK.long() for r in records])
+    L, T, _ = ids_LTK.shape
+    hits_LTE = torch.zeros(L, T, records[0].num_experts, dtype=torch.bool, device=ids_LTK.device)
+    return hits_LTE.scatter(2, ids_LTK, True)
+
+
+def rank_layers_LE(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:
+    """long ``[L, E]``: :func:`moe_spec.budget.expert_rank_E` of each layer's scores
+    (:func:`score_layers_torch`), used experts first, as each layer would have ranked."""
+    used_LE = (topk_hits_LTE(records) & records[0].valid_mask_T()[:, None]).any(dim=1)
+    return expert_rank_LE(score_layers_torch(records, rule), used_LE)
 
 
 def select_budget_torch(

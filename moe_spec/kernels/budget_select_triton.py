@@ -21,6 +21,7 @@ logits, equal counts) resolve the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -163,6 +164,26 @@ def score_used_rank(
         tl.store(keep_ptr + i, (rank < budget).to(tl.int8), mask=i_ok)
         if HAS_RANK:
             tl.store(rank_ptr + i, rank.to(tl.int64), mask=i_ok)
+
+
+@triton.jit
+def rank_layers_kernel(
+    logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr, keep_ptr,
+    rank_ptr, T, E, stride_ll, stride_lt, stride_il, stride_it,
+    K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr,
+    MASS: tl.constexpr, SIGMOID: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROOT: tl.constexpr,
+):  # fmt: skip
+    """One program per layer of ``[L, T, E]`` logits and ``[L, T, K]`` ids (the same rows,
+    weights and roots): :func:`score_used_rank` of each, its ranks written to ``[L, E]``."""
+    layer = tl.program_id(0).to(tl.int64)
+    offs_e = tl.arange(0, BLOCK_E)
+    out = layer * E
+    score_used_rank(
+        logits_ptr + layer * stride_ll, ids_ptr + layer * stride_il, valid_ptr, weight_ptr,
+        root_ptr, scores_ptr + out, used_ptr + out, keep_ptr + out, used_ptr, rank_ptr + out,
+        T, E, E, stride_lt, stride_it, offs_e, offs_e < E, K, BLOCK_T, BLOCK_E, RANK_CHUNK,
+        MASS, SIGMOID, HAS_WEIGHT, HAS_ROOT, False, True,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -365,3 +386,33 @@ def select_budget_triton(
         HAS_REST=rest_1 is not None, num_warps=launch.rewrite_warps or rewrite_warps,
     )  # fmt: skip
     return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.bool()), scores_E
+
+
+def rank_layers_triton(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:
+    """long ``[L, E]``: each layer's ranking under ``rule`` (as
+    :func:`~moe_spec.kernels.budget_select_torch.rank_layers_LE`) in one launch, a program
+    per layer: the ranking of a step that ran without it, after the forward. The layers
+    share tokens (rows, weights, roots), experts, top-k and router scoring."""
+    first = records[0]
+    T, E, K = first.num_tokens, first.num_experts, first.top_k
+    device = first.router_logits_TE.device
+    logits_LTE = torch.stack([r.router_logits_TE for r in records])
+    ids_LTK = torch.stack([r.topk_ids_TK for r in records])
+    valid_T = first.valid_mask_T().contiguous().view(torch.int8)
+    weight_T = rule.weight_T.contiguous() if rule.weight_T is not None else logits_LTE
+    root_T = rule.root_T.contiguous().view(torch.int8) if rule.root_T is not None else valid_T
+    L = len(records)
+    scores_LE = torch.empty(L, E, dtype=torch.float32, device=device)
+    used_LE = torch.empty(L, E, dtype=torch.int32, device=device)
+    keep_LE = torch.empty(L, E, dtype=torch.int8, device=device)
+    rank_LE = torch.empty(L, E, dtype=torch.long, device=device)
+    block_e = max(triton.next_power_of_2(E), RANK_CHUNK)
+    rank_layers_kernel[(L,)](
+        logits_LTE, ids_LTK, valid_T, weight_T, root_T, scores_LE, used_LE, keep_LE, rank_LE,
+        T, E, logits_LTE.stride(0), logits_LTE.stride(1), ids_LTK.stride(0), ids_LTK.stride(1),
+        K=K, BLOCK_T=max(min(triton.next_power_of_2(T), 16), 2), BLOCK_E=block_e,
+        RANK_CHUNK=RANK_CHUNK, MASS=rule.kind == "mass", SIGMOID=first.scoring == "sigmoid",
+        HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
+        num_warps=4 if block_e <= 64 else 8,
+    )  # fmt: skip
+    return rank_LE

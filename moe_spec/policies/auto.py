@@ -35,7 +35,11 @@ selection's cost, and a step that keeps every expert needs it only to learn; whi
 learns (the window's first 8 steps, a new request's first 4) a step at the cap
 ranks where a budget comes within ``rank_near`` of paying and otherwise rests and enters the
 window unranked, with its committed tokens and experts (the engines pass its top-k in
-``StepOutcome.ids_LTK``); budgets are searched over the ranked steps. Once
+``StepOutcome.ids_LTK``); budgets are searched over the ranked steps. With ``rank_after``
+(the engines' default; not SGLang's plugin, whose forwards rank) a step at the cap that
+ranks only to be learned from rests too, and :meth:`Auto.observe` ranks the routing records
+the engine kept (``StepOutcome.routing_L``) after the forward, every layer at once
+(:meth:`Auto.rank_routing`: the same ranks; priced at ``2 / L`` of a selection). Once
 the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
 and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
 the two costliest parts of the controller's host time, halved or better where nothing
@@ -63,9 +67,11 @@ from moe_spec.control import (
     StepPlan,
     candidate_trees,
 )
+from moe_spec.control.cost import after_share
 from moe_spec.control.planner import budget_levels
 from moe_spec.costmodel import get_cost_model, get_shape
-from moe_spec.kernels.budget_select_torch import ScoreRule
+from moe_spec.kernels.budget_select_torch import ScoreRule, rank_layers_LE
+from moe_spec.kernels.dispatch import choose_backend
 from moe_spec.policies.base import PolicyError
 from moe_spec.policies.builtin import TokenPriority
 from moe_spec.policies.hookspecs import hookimpl
@@ -106,9 +112,14 @@ def server_options(decode_extend: bool = True) -> dict[str, object]:
     after every step, a decode's too unless ``decode_extend`` is off (its skip switch, where
     the draft then makes no guesses at decoded tokens: no ``shadow``); and a resting step
     paying ``SERVER_REST_SHARE`` of a selection (SGLang's forwards, CUDA graphs included, run
-    the selection's kernels every step; at rest they only keep every expert)."""
+    the selection's kernels every step; at rest they only keep every expert); no ranking
+    after the forward (the plugin's buffers hold the top-k, not the router's logits)."""
     options: dict[str, object] = dict(
-        gate=False, draft_extend=True, decode_extend=decode_extend, rest_share=SERVER_REST_SHARE
+        gate=False,
+        draft_extend=True,
+        decode_extend=decode_extend,
+        rest_share=SERVER_REST_SHARE,
+        rank_after=False,
     )
     if not decode_extend:
         options["shadow"] = False
@@ -167,6 +178,8 @@ class Auto(TokenPriority):
         draft_extend: bool = False,
         decode_extend: bool = True,
         budget_from: int = 4,
+        rank_after: bool = True,
+        after_share: float | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -175,7 +188,7 @@ class Auto(TokenPriority):
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
         flags = (("guard", guard), ("measure", measure), ("hope", hope))
-        flags += (("shadow", shadow),)
+        flags += (("shadow", shadow), ("rank_after", rank_after))
         extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
         for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
@@ -230,6 +243,10 @@ class Auto(TokenPriority):
         ok = rest_share is None or (ok and 0 <= rest_share <= 1)
         allowed = f"None (0; on a server {SERVER_REST_SHARE}) or a number from 0 to 1"
         _check("rest_share", rest_share, ok, allowed)
+        ok = isinstance(after_share, num) and not isinstance(after_share, bool)
+        ok = after_share is None or (ok and 0 <= after_share <= 1)
+        allowed = "None (2 / L: the cost model's estimate) or a number from 0 to 1"
+        _check("after_share", after_share, ok, allowed)
         ok = isinstance(rank_near, num) and not isinstance(rank_near, bool)
         _check("rank_near", rank_near, ok and 0 < rank_near <= 1, "0 < rank_near <= 1")
         ok = _is_int(max_probe) and max_probe >= probe
@@ -268,6 +285,10 @@ class Auto(TokenPriority):
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
         self.decode_extend = decode_extend  # and after every plain decode (off: a run's last)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
+        self.rank_after = rank_after  # and does so after its forward (engines; not a server)
+        # the share of a selection that ranking after the forward costs (None: 2 / L)
+        self.after_share = None if after_share is None else float(after_share)
+        self.ranking_after = False  # whether the step planned does
         # the share of a selection a resting step pays (None: 0, SERVER_REST_SHARE on a server)
         self.rest_share = None if rest_share is None else float(rest_share)
         self.rest_host = 0  # what the device rest flag holds
@@ -421,6 +442,7 @@ class Auto(TokenPriority):
         self.draft_extend, self.decode_extend = served["draft_extend"], decode_extend
         if self.rest_share is None:
             self.rest_share = served["rest_share"]
+        self.rank_after = served["rank_after"]
 
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
@@ -463,6 +485,7 @@ class Auto(TokenPriority):
             draft_extend=extend,
             decode_extend=self.decode_extend,
             rest_share=self.rest_share or 0.0,
+            rank_share=after_share(self.shape, self.after_share) if self.rank_after else 1.0,
         )
         levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
         est = AcceptanceEstimates(
@@ -519,6 +542,8 @@ class Auto(TokenPriority):
             self.prompt = None
         plan = self.controller.plan()
         self.resting = self.rests(plan)
+        self.ranking_after = self.ranks_after(plan)
+        self.resting |= self.ranking_after
         self.flag_rest(self.resting)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
             self.budget_host_L = self.controller.budget_L.copy()
@@ -594,6 +619,17 @@ class Auto(TokenPriority):
             return False
         return c.tree_steps >= c.warmup and c.tree_steps % c.rank_interval != 0
 
+    def ranks_after(self, plan: StepPlan) -> bool:
+        """With ``rank_after``: whether a tree step that ranks only to be learned from (its
+        budgets all at least E) rests instead, and :meth:`observe` ranks the routing the
+        engines kept, every layer at once (``score_layers_torch``: the same ranks). Inside
+        the forward the ranking is a selection in every layer; after it, on CUDA, one launch
+        of a program per layer (:meth:`rank_routing`; priced at the cost model's
+        ``after_share``, 2 / L of a selection, an estimate)."""
+        if not self.rank_after or self.resting or plan.kind != TREE:
+            return False
+        return not (self.controller.budget_L < self.dims[1]).any()
+
     def looks(self) -> bool:
         """With ``hope``: whether the step is the guard's probe or explore (run to be
         learned from, so it neither rests nor waits its turn for the window)."""
@@ -621,8 +657,13 @@ class Auto(TokenPriority):
             self.controller = self.build_controller()
         if self.controller is None:
             return
+        if rested is None and self.ranking_after:  # rested, to be ranked here (or it ran)
+            rested = not outcome.routing_L and len(self.rank_LE) < self.dims[0]
         if outcome.kind != TREE or not self.learns(rested):
             rank_LE = ids_LNK = None
+        elif rank_LE is None and outcome.routing_L:  # ranked after the forward
+            rank_LE = self.rank_routing(outcome.routing_L)
+            ids_LNK = torch.stack([r.topk_ids_TK.to(rank_LE.device) for r in outcome.routing_L])
         elif rank_LE is None and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
@@ -631,6 +672,33 @@ class Auto(TokenPriority):
             ids_LNK = torch.stack([ids_TK.to(device) for ids_TK in outcome.ids_LTK])
         self.rank_LE, self.ids_LNK = {}, {}
         self.controller.observe(outcome, rank_LE, ids_LNK)
+
+    def rank_routing(self, routing_L: list[RoutingRecord]) -> torch.Tensor:
+        """long ``[L, E]``: the ranking each layer's selection would have made of a forward's
+        ``routing_L`` (records of one device, tokens and router), after it: on CUDA one
+        Triton launch, a program per layer (:func:`rank_layers_triton`; where it cannot run,
+        :meth:`try_kernel` warns once and the torch path takes over), else batched torch
+        ops (:func:`rank_layers_LE`)."""
+        first = routing_L[0]
+        device = first.router_logits_TE.device
+        if any(r.router_logits_TE.device != device for r in routing_L):  # a split model
+            return torch.stack(
+                [expert_rank_E(self.checked_scores(r), r.used_E()).to(device) for r in routing_L]
+            )
+        rule = self.rule(first)
+        kernel = self.fused_error is None and all(
+            r.scoring == first.scoring
+            and r.router_logits_TE.shape == first.router_logits_TE.shape
+            and r.topk_ids_TK.dtype == first.topk_ids_TK.dtype
+            for r in routing_L
+        )
+        if kernel and choose_backend(device) == "triton":
+            from moe_spec.kernels.budget_select_triton import rank_layers_triton
+
+            rank_LE = self.try_kernel(rank_layers_triton, routing_L, rule)
+            if rank_LE is not None:
+                return rank_LE
+        return rank_layers_LE(routing_L, rule)
 
     def learns(self, rested: bool | None = None) -> bool:
         """Whether the tree step just run (``rested``, None: :attr:`resting`) enters the

@@ -61,6 +61,9 @@ class Policy:
     #: An adaptive policy that neither ranks nor budgets the current step (all its budgets
     #: are at least E): the verify then runs as if unbudgeted, without calling it.
     resting: bool = False
+    #: A resting step the policy still learns from: the engines keep each MoE layer's
+    #: :class:`RoutingRecord` (``StepOutcome.routing_L``) and it ranks them after the forward.
+    ranking_after: bool = False
     #: Why the fused selection kernel could not run here (its first error), after which
     #: :meth:`apply` takes the torch path; None while it runs.
     fused_error: str | None = None
@@ -178,10 +181,15 @@ class Policy:
         or launch it on this device): then :attr:`fused_error` is set, one warning says so
         and :meth:`apply` takes the torch path from then on, so a server keeps serving. The
         policy's own errors (:class:`PolicyError`) are raised."""
+        return self.try_kernel(self.apply_fused, record, budget, rule, mode, validating)
+
+    def try_kernel(self, kernel, *args):
+        """``kernel(*args)`` (a Triton path), or None where it cannot run here: then
+        :attr:`fused_error` is set and one warning says so (:meth:`try_fused`)."""
         if torch.compiler.is_compiling():
-            return self.apply_fused(record, budget, rule, mode, validating)
+            return kernel(*args)
         try:
-            return self.apply_fused(record, budget, rule, mode, validating)
+            return kernel(*args)
         except PolicyError:
             raise
         except Exception as exc:
@@ -190,7 +198,7 @@ class Policy:
                 f"policy {self.name!r}: the fused budget-selection kernel failed ({exc!r}); "
                 "this policy uses its torch path from now on (same selection, more device ops)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
 

@@ -141,3 +141,27 @@ def test_the_report_shows_the_guards_decisions(tiny_dir, tmp_path, capsys):
     assert all("autoregressive" in why or why.startswith("draft gate: ") for why in reasons)
     report = (out / "report.md").read_text()
     assert "The guard's last decision per prompt" in report
+
+
+def test_a_step_ranked_after_its_forward_pays_two_layers_selection():
+    """A tree step the policy ranked after the forward pays ``2 / n_moe_layers`` of the
+    selection a step that ranked inside it pays (or ``after_share`` as set); a step that
+    rested without ranking pays none."""
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    cost, shape = get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B")
+    select_s = cost.overheads.select_s * shape.n_moe_layers
+    assert select_s > 0
+
+    def seconds(m: Modeled, **flags) -> float:
+        step = Step(3, 8, 2, 3, [6, 6], [6, 6], [6, 6], guard="tree", **flags)
+        return modeled_pair(
+            RunRecord("auto", 0, 0, [1] * 3, 1.0, [step]), RunConfig("auto"), info, m
+        )[1]
+
+    m = Modeled(cost, shape)
+    rested = seconds(m, ranked=False)
+    assert seconds(m) - rested == pytest.approx(select_s, rel=1e-9)
+    after = seconds(m, ranked=False, ranked_after=True) - rested
+    assert after == pytest.approx(2 * select_s / shape.n_moe_layers, rel=1e-9)
+    quarter = seconds(Modeled(cost, shape, after_share=0.25), ranked=False, ranked_after=True)
+    assert quarter - rested == pytest.approx(select_s / 4, rel=1e-9)

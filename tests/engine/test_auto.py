@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from moe_spec.control import Guard
@@ -46,8 +47,11 @@ def free_experts_policy(select_s: float = 0.0, **options):
     return policy
 
 
-def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay(tiny_engine):
-    policy = free_experts_policy()
+@pytest.mark.parametrize("rank_after", [True, False])
+def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay(
+    tiny_engine, rank_after
+):
+    policy = free_experts_policy(rank_after=rank_after)
     spec = auto_spec(repair=False, guard=False)
     plain = tiny_engine.generate_speculative(PROMPTS[0], NEW, SpecConfig(**TREE))
     out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
@@ -58,18 +62,41 @@ def test_auto_keeps_every_expert_when_the_cost_model_says_budgeting_does_not_pay
     # unbudgeted, it ranks (and learns) on every step until the window holds 8 (the 2
     # warm-up steps among them: a budget below the cap comes close to paying here, within
     # rank_near, so learning steps rank), then on every 4th tree step; the other steps never
-    # call it, and the A/B harness prices them without the selection
-    ranked = [s.ranked for s in out.steps]
+    # call it, and the A/B harness prices them without the selection; with rank_after
+    # (the default) those steps rest too and the policy ranks their routing after the forward
+    ranked = [s.ranked or s.ranked_after for s in out.steps]
     assert len(out.steps) > 12
     assert ranked == [i < 8 or i % 4 == 0 for i in range(len(out.steps))]
+    assert [s.ranked_after for s in out.steps] == (ranked if rank_after else [False] * len(ranked))
     assert policy.controller.est.steps_seen == sum(ranked)  # the window: ranked steps only
+    assert policy.controller.est.ranked_W[: sum(ranked)].all()
+
+
+def test_a_step_ranked_after_its_forward_is_learned_as_one_ranked_inside_it(tiny_engine):
+    """Where ranking costs nothing (so both plan alike), ranking the kept routing after the
+    forward fills the window with the same tables as ranking inside it: every step, every
+    layer, every budget level."""
+    runs = {}
+    for rank_after in (True, False):
+        policy = free_experts_policy(rank_after=rank_after)
+        spec = auto_spec(repair=False, guard=False)
+        out = tiny_engine.generate_speculative(PROMPTS[1], NEW, spec, policy=policy)
+        runs[rank_after] = (out, policy.controller.est)
+    (after, est_after), (inside, est_inside) = runs[True], runs[False]
+    assert after.tokens == inside.tokens
+    assert sum(s.ranked_after for s in after.steps) >= 10
+    assert not any(s.ranked_after for s in inside.steps)
+    assert est_after.steps_seen == est_inside.steps_seen
+    assert np.array_equal(est_after.exact_WLV, est_inside.exact_WLV)
+    assert np.array_equal(est_after.need_W, est_inside.need_W)
+    assert np.array_equal(est_after.used_WCL, est_inside.used_WCL)
 
 
 def test_far_from_paying_ranks_grow_rarer_by_default_and_a_new_request_resets_them(tiny_engine):
     """By default (``max_rank_every`` 32), each replan at the cap far from paying halves how
     often a resting step ranks; a new request on the same policy ranks ``rank_every`` apart
     again."""
-    policy = free_experts_policy(select_s=1e-3)
+    policy = free_experts_policy(select_s=1e-3, rank_after=False)  # ranks show as `ranked`
     spec = auto_spec(repair=False, guard=False)
     out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
     c = policy.controller
@@ -86,7 +113,7 @@ def test_far_from_paying_learning_steps_rest_and_enter_the_window_unranked(tiny_
     """A costly selection: budgets below the cap are far from paying, so a step the guard
     learns from rests (no ranking) and enters the window with its tokens and experts. Ranks
     one in ``rank_every`` with their spacing off (``max_rank_every=4``; spaced below)."""
-    policy = free_experts_policy(select_s=1e-3, max_rank_every=4)
+    policy = free_experts_policy(select_s=1e-3, max_rank_every=4, rank_after=False)
     spec = auto_spec(repair=False, guard=False)
     out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
     assert set(policy.controller.budget_L.tolist()) == {tiny_engine.config.n_experts}
@@ -99,7 +126,7 @@ def test_far_from_paying_learning_steps_rest_and_enter_the_window_unranked(tiny_
 
 
 def test_every_tree_step_ranks_when_rank_every_is_one(tiny_engine):
-    policy = get_policy("auto", guard=False, rank_every=1)
+    policy = get_policy("auto", guard=False, rank_every=1, rank_after=False)
     free = GPU("free-experts", 1e30, 1e30, "test: bytes and FLOPs cost nothing")
     policy.cost = CostModel("flat", free, Overheads(forward_s=1e-3))
     spec = auto_spec(repair=False, guard=False, rank_every=1)

@@ -144,23 +144,26 @@ def budget_routing(
 ) -> tuple[torch.Tensor, ...]:
     """The router's output with ids and weights budgeted by the policy (same order)."""
     logits, weights_TK, ids_TK = convention.split(output)
+
+    def make_record() -> RoutingRecord:
+        return RoutingRecord(
+            logits.reshape(-1, block.num_experts),
+            ids_TK,
+            weights_TK / convention.scale if convention.scale != 1.0 else weights_TK,
+            depth_T=on_device(state.depth_T, logits.device),
+            path_logprob_T=on_device(state.path_logprob_T, logits.device),
+            layer_idx=block.layer_idx,
+            num_layers=num_layers,
+            scoring=convention.scoring,
+            renormalize=convention.renormalize,
+            correction_bias_E=block.correction_bias_E,
+            sparsemixer_eps=convention.sparsemixer_eps,
+        )
+
     if state.skips(block.num_experts):  # no budget: note it
-        state.note_unbudgeted(ids_TK)
+        state.note_unbudgeted(ids_TK, make_record)
         return output
-    logits_TE = logits.reshape(-1, block.num_experts)
-    record = RoutingRecord(
-        logits_TE,
-        ids_TK,
-        weights_TK / convention.scale if convention.scale != 1.0 else weights_TK,
-        depth_T=on_device(state.depth_T, logits.device),
-        path_logprob_T=on_device(state.path_logprob_T, logits.device),
-        layer_idx=block.layer_idx,
-        num_layers=num_layers,
-        scoring=convention.scoring,
-        renormalize=convention.renormalize,
-        correction_bias_E=block.correction_bias_E,
-        sparsemixer_eps=convention.sparsemixer_eps,
-    )
+    record = make_record()
     new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)
     if convention.scale != 1.0 or state.track_exact:

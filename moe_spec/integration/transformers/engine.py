@@ -255,6 +255,7 @@ class TransformersEngine:
                         plan.kind if plan.reason else "",
                         plan.reason,
                         routing.ranked,
+                        routing.ranked_after,
                     )
                 )
                 policy.observe(routing.outcome(path, tree.depth_N, tree.logprob_N, plan.tree))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from moe_spec.control.steps import StepPlan
@@ -108,15 +109,40 @@ def test_steps_that_rest_enter_the_window_unranked_while_the_guard_learns(moe_mo
     """Budgets far from paying (a costly selection): after the warm-up a step ranks one
     time in ``rank_every``; the others run without calling the policy and, while the window
     holds fewer than 8 steps, enter it with their tokens and experts (no need: budgets come
-    from ranked steps). Ranks' spacing off (``max_rank_every=4``)."""
-    engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
-    policy = free_experts_policy(select_s=1e-3, max_rank_every=4)
-    spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"guard": False})
-    result = engine.generate_speculative(PROMPT, 40, spec, policy=policy)
-    ranked = [s.ranked for s in result.steps]
-    assert len(ranked) > 8 and ranked == [i < 2 or i % 4 == 0 for i in range(len(ranked))]
-    entered = [r for i, r in enumerate(ranked) if i < 8 or r]
-    assert [step.need_LP is not None for step in policy.controller.est.window] == entered
+    from ranked steps). Ranks' spacing off (``max_rank_every=4``). By default (``rank_after``)
+    the steps that rank rest too, and the policy ranks the routing the engine kept after
+    the forward; with ``rank_after=False`` they call it inside."""
+    for rank_after in (True, False):
+        engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
+        policy = free_experts_policy(select_s=1e-3, max_rank_every=4, rank_after=rank_after)
+        spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"guard": False})
+        result = engine.generate_speculative(PROMPT, 40, spec, policy=policy)
+        ranked = [s.ranked or s.ranked_after for s in result.steps]
+        assert len(ranked) > 8 and ranked == [i < 2 or i % 4 == 0 for i in range(len(ranked))]
+        after = [s.ranked_after for s in result.steps]
+        assert after == (ranked if rank_after else [False] * len(ranked))
+        entered = [r for i, r in enumerate(ranked) if i < 8 or r]
+        assert [step.need_LP is not None for step in policy.controller.est.window] == entered
+
+
+def test_a_step_ranked_after_its_forward_is_learned_as_one_ranked_inside_it(moe_model):
+    """Where ranking costs nothing (so both plan alike), the routing records the adapter
+    keeps for a step that rests, ranked after the forward, fill the window with the tables
+    that ranking inside it gives (every router convention: softmax, sigmoid with its bias,
+    sparsemixer)."""
+    runs = {}
+    for rank_after in (True, False):
+        engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
+        policy = free_experts_policy(rank_after=rank_after)
+        spec = SpecConfig(3, 3, 8, policy="auto", policy_options={"guard": False})
+        result = engine.generate_speculative(PROMPT, 30, spec, policy=policy)
+        runs[rank_after] = (result, policy.controller.est)
+    (after, est_after), (inside, est_inside) = runs[True], runs[False]
+    assert after.tokens == inside.tokens
+    assert sum(s.ranked_after for s in after.steps) >= 4
+    assert est_after.steps_seen == est_inside.steps_seen
+    assert np.array_equal(est_after.exact_WLV, est_inside.exact_WLV)
+    assert np.array_equal(est_after.need_W, est_inside.need_W)
 
 
 def test_the_draft_reads_decoded_tokens_and_reports_its_guesses(moe_model, dense_draft):
