@@ -74,10 +74,19 @@ def add_auto_option(ap: argparse.ArgumentParser, help: str) -> None:
 def auto_priced(cost, shape, args, options: dict) -> Modeled:
     """How ``auto``'s steps are priced: with ``--sglang``, a draft extend after each step (a
     decode's too, but under ``--skip-decode-extend`` a run's last only) and a resting verify
-    paying ``rest_share`` of a selection (``options``: auto's, as it runs)."""
+    paying ``rest_share`` of a selection, one ranked after the forward ``after_share``
+    (``options``: auto's, as it runs)."""
     rest_share = float(options.get("rest_share") or 0.0)
     decode_extend = not args.skip_decode_extend
-    return Modeled(cost, shape, args.sglang, decode_extend=decode_extend, rest_share=rest_share)
+    after = options.get("after_share")  # a step ranked after the forward (None: 2 / L)
+    return Modeled(
+        cost,
+        shape,
+        args.sglang,
+        decode_extend=decode_extend,
+        rest_share=rest_share,
+        after_share=None if after is None else float(after),
+    )
 
 
 def option_text(pairs: list[tuple[str, object]]) -> str:

@@ -116,7 +116,9 @@ def step_order(n_steps: int, distinct: int, cycled: bool = False, seed: int = 1)
 
 
 def run(L: int, E: int, shape: str, args) -> dict:
-    policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
+    policy = get_policy(
+        "auto", shape=shape, gpu="H200", cost_model=args.cost_model, rank_after=False
+    )
     policy.prepare(L, E, K, E, torch.device("cpu"))
     steps = synthetic_steps(L, E, args.distinct, args.accept)
     order = step_order(args.steps, args.distinct, args.cycled)

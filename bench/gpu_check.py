@@ -24,7 +24,9 @@ from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
    kernel and on its torch path (the ops before the thirty-eighth session), and a step
    that rests (budgets at E, the rest flag set: the kernels keep every expert without
    ranking; what ``moe_spec.policies.auto.SERVER_REST_SHARE`` estimates as a share of
-   the selection);
+   the selection), and the engines' ranking of such a step after the forward, every layer
+   at once (``rank_after``; what ``moe_spec.control.cost.after_share`` estimates at
+   ``2 / L`` of the selection);
 4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
    check's machine) and the fused MoE kernel against U, budgeted and not, each
    call replayed from a CUDA graph;
@@ -406,8 +408,8 @@ def time_model(
             "| T | selection ms (L calls) | routed-expert MoE ms (L layers) | selection / MoE | "
             "verify ms | selection / verify | `auto` ms (L calls, as SGLang's plugin) | "
             "`auto` / verify | `auto` on its torch path ms | `auto` at rest ms | "
-            "at rest / `auto` |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "at rest / `auto` | ranked after the forward ms (all layers) | after / `auto` |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *splits,
         ]
     return table, points
@@ -439,11 +441,13 @@ def selection_split(
         resting = gpu_model.served_auto(model.dims, T, model.dims.E, inputs.tokens_T.device.type)
         resting.flag_rest(True)  # a step at the cap that rests: launches, no ranking
         fns["auto_rest"] = lambda: gpu_model.auto_selections(resting, routing)
+        fns["auto_after"] = lambda: gpu_model.auto_ranked_after(resting, routing)
     except ImportError as exc:
         print(f"`auto` not timed: {exc}", flush=True)
     # on CUDA auto picks the kernel itself; the interpreter's smoke run must ask for it
     on_kernel = "triton" if interpret else None
     backends = {"auto": on_kernel, "auto_torch": "torch", "auto_rest": on_kernel}
+    backends["auto_after"] = None  # torch ops after the forward (engines' rank_after)
     times = {}
     for name, fn in fns.items():
         try:
@@ -464,7 +468,10 @@ def selection_split(
     share = f"{times['auto'] / verify_ms:.1%}" if "auto" in times else "n/a"
     both = "auto_rest" in times and "auto" in times
     rest = f"{times['auto_rest'] / times['auto']:.2f}" if both else "n/a"
+    after = "auto_after" in times and "auto" in times
+    after_share = f"{times['auto_after'] / times['auto']:.2f}" if after else "n/a"
     auto = f"| {col('auto')} | {share} | {col('auto_torch')} | {col('auto_rest')} | {rest} |"
+    auto += f" {col('auto_after')} | {after_share} |"
     return (
         f"| {T} | {times['select']:.3f} | {moe_ms:.3f} | {times['select'] / moe_ms:.1%} | "
         f"{verify_ms:.3f} | {times['select'] / verify_ms:.1%} {auto}"

@@ -261,3 +261,19 @@ def auto_selections(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
             logits_TE, ids_TK, weights_TK, depth_T=depth_T, layer_idx=layer, num_layers=L
         )
         policy.apply(record, logits_TE.shape[1])
+
+
+def auto_ranked_after(policy, routing: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """What ``auto`` does for a step at the cap that rested in the engines (``rank_after``):
+    every layer's ranking at once from the routing kept, after the forward; rows at depth
+    ``t`` (a chain's)."""
+    from moe_spec.kernels.budget_select_torch import rank_layers_LE
+    from moe_spec.routing import RoutingRecord
+
+    L = len(routing)
+    depth_T = torch.arange(routing[0][0].shape[0], device=routing[0][0].device)
+    records = [
+        RoutingRecord(logits_TE, ids_TK, weights_TK, depth_T=depth_T, layer_idx=i, num_layers=L)
+        for i, (logits_TE, ids_TK, weights_TK) in enumerate(routing)
+    ]
+    return rank_layers_LE(records, policy.rule(records[0]))
