@@ -169,6 +169,32 @@ def check_budget_select(device: str) -> None:
             if not mismatches
             else f"differs for {', '.join(mismatches)}",
         )
+        check_rank_after(record, rules)
+
+
+def check_rank_after(record, rules: dict) -> None:
+    """The one-launch ranking of a forward's layers after it (``rank_after``) against the
+    torch ranks: three layers, the record's tokens with each layer's own logits."""
+    from moe_spec.kernels.budget_select_torch import rank_layers_LE
+    from moe_spec.kernels.budget_select_triton import rank_layers_triton
+    from moe_spec.routing import RoutingRecord
+
+    T, E, K = record.num_tokens, record.num_experts, record.top_k
+    records = []
+    for layer in range(3):
+        logits_TE = skewed_logits(T, E, seed=T + E + layer + 1).to(record.router_logits_TE.device)
+        ids_TK, weights_TK = model_topk(logits_TE, K)
+        records.append(RoutingRecord(logits_TE, ids_TK, weights_TK, valid_T=record.valid_T))
+    differ = [
+        name
+        for name, rule in rules.items()
+        if not torch.equal(rank_layers_triton(records, rule), rank_layers_LE(records, rule))
+    ]
+    check(
+        f"ranking after the forward T={T} E={E} K={K}",
+        not differ,
+        "3 layers in one launch rank as the torch path" if not differ else f"differs: {differ}",
+    )
 
 
 def check_cuda_graph(device: str) -> None:
@@ -447,7 +473,7 @@ def selection_split(
     # on CUDA auto picks the kernel itself; the interpreter's smoke run must ask for it
     on_kernel = "triton" if interpret else None
     backends = {"auto": on_kernel, "auto_torch": "torch", "auto_rest": on_kernel}
-    backends["auto_after"] = None  # torch ops after the forward (engines' rank_after)
+    backends["auto_after"] = on_kernel  # one launch after the forward (engines' rank_after)
     times = {}
     for name, fn in fns.items():
         try:

@@ -265,9 +265,8 @@ def auto_selections(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
 
 def auto_ranked_after(policy, routing: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
     """What ``auto`` does for a step at the cap that rested in the engines (``rank_after``):
-    every layer's ranking at once from the routing kept, after the forward; rows at depth
-    ``t`` (a chain's)."""
-    from moe_spec.kernels.budget_select_torch import rank_layers_LE
+    every layer's ranking at once from the routing kept, after the forward
+    (``Auto.rank_routing``: on CUDA one Triton launch); rows at depth ``t`` (a chain's)."""
     from moe_spec.routing import RoutingRecord
 
     L = len(routing)
@@ -276,4 +275,4 @@ def auto_ranked_after(policy, routing: list[tuple[torch.Tensor, ...]]) -> torch.
         RoutingRecord(logits_TE, ids_TK, weights_TK, depth_T=depth_T, layer_idx=i, num_layers=L)
         for i, (logits_TE, ids_TK, weights_TK) in enumerate(routing)
     ]
-    return rank_layers_LE(records, policy.rule(records[0]))
+    return policy.rank_routing(records)
