@@ -198,11 +198,14 @@ def modeled_steps(
 
 
 def selection_share(config: RunConfig, s: Step, m: Modeled) -> float:
-    """The share of a budget selection step ``s``'s verify pays (:class:`Modeled`)."""
+    """The share of a budget selection step ``s``'s verify pays (:class:`Modeled`; a step
+    ranked after the forward at the arm's own ``after_share`` option where it sets one, as
+    its policy planned with)."""
     if config.policy in BASELINES or s.guard == AUTOREGRESSIVE:
         return 0.0
     if s.ranked_after:
-        return m.rest_share + after_share(m.shape, m.after_share)
+        share = config.options.get("after_share", m.after_share)
+        return m.rest_share + after_share(m.shape, None if share is None else float(share))
     return 1.0 if s.ranked else m.rest_share
 
 

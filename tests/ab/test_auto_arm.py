@@ -165,3 +165,9 @@ def test_a_step_ranked_after_its_forward_pays_two_layers_selection():
     assert after == pytest.approx(2 * select_s / shape.n_moe_layers, rel=1e-9)
     quarter = seconds(Modeled(cost, shape, after_share=0.25), ranked=False, ranked_after=True)
     assert quarter - rested == pytest.approx(select_s / 4, rel=1e-9)
+    # an arm that sets the option is priced as its policy planned
+    (config,) = parse_config("auto:opt.after_share=0.5")
+    step = Step(3, 8, 2, 3, [6, 6], [6, 6], [6, 6], guard="tree", ranked=False, ranked_after=True)
+    record = RunRecord("auto", 0, 0, [1] * 3, 1.0, [step])
+    half = modeled_pair(record, config, info, m)[1]
+    assert half - rested == pytest.approx(select_s / 2, rel=1e-9)
