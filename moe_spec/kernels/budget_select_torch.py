@@ -62,11 +62,14 @@ def score_experts_torch(record: RoutingRecord, rule: ScoreRule) -> torch.Tensor:
     return score_E
 
 
-def score_layers_torch(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:
+def score_layers_torch(
+    records: Sequence[RoutingRecord], rule: ScoreRule, hits_LTE: torch.Tensor | None = None
+) -> torch.Tensor:
     """fp32 ``[L, E]``: :func:`score_experts_torch` of each of one forward's layers (the
     same tokens, so one rule) in batched ops where the layers route alike (a ``"mass"``
     rule over softmax routers of one shape; otherwise layer by layer): the ranking of a
-    step that ran without it, made after the forward (``moe_spec.policies.auto``)."""
+    step that ran without it, made after the forward (``moe_spec.policies.auto``).
+    ``hits_LTE``: :func:`topk_hits_LTE` of the records, where the caller has it."""
     first = records[0]
     shape = first.router_logits_TE.shape
     alike = all(r.scoring != "sigmoid" and r.router_logits_TE.shape == shape for r in records)
@@ -77,7 +80,8 @@ def score_layers_torch(records: Sequence[RoutingRecord], rule: ScoreRule) -> tor
         mass_LTE = mass_LTE * rule.weight_T.float()[:, None]
     score_LE = torch.where(first.valid_mask_T()[:, None], mass_LTE, 0.0).sum(dim=1)
     if rule.root_T is not None:
-        root_LE = (topk_hits_LTE(records) & rule.root_T[:, None]).any(dim=1)
+        hits_LTE = topk_hits_LTE(records) if hits_LTE is None else hits_LTE
+        root_LE = (hits_LTE & rule.root_T[:, None]).any(dim=1)
         score_LE = score_LE + root_LE * (score_LE.sum(dim=-1, keepdim=True) + 1.0)
     return score_LE
 
@@ -93,8 +97,9 @@ def topk_hits_LTE(records: Sequence[RoutingRecord]) -> torch.Tensor:
 def rank_layers_LE(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:
     """long ``[L, E]``: :func:`moe_spec.budget.expert_rank_E` of each layer's scores
     (:func:`score_layers_torch`), used experts first, as each layer would have ranked."""
-    used_LE = (topk_hits_LTE(records) & records[0].valid_mask_T()[:, None]).any(dim=1)
-    return expert_rank_LE(score_layers_torch(records, rule), used_LE)
+    hits_LTE = topk_hits_LTE(records)
+    used_LE = (hits_LTE & records[0].valid_mask_T()[:, None]).any(dim=1)
+    return expert_rank_LE(score_layers_torch(records, rule, hits_LTE), used_LE)
 
 
 def select_budget_torch(
