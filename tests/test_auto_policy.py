@@ -10,6 +10,10 @@ import torch
 
 import moe_spec.policies.auto as auto_module
 from moe_spec import get_policy
+from moe_spec.ab.configs import RunConfig
+from moe_spec.ab.records import Step
+from moe_spec.ab.stats import Modeled, selection_share
+from moe_spec.control.steps import TREE
 from moe_spec.policies import PolicyError
 from moe_spec.policies.auto import SERVER_REST_SHARE, server_options
 from moe_spec.policies.builtin import TokenPriority
@@ -441,6 +445,16 @@ def test_an_engine_policy_prices_a_ranking_after_the_forward_at_two_layers_selec
     set_by_hand.prepare(2, 8, 2, 8, torch.device("cpu"))
     set_by_hand.plan_step((4, 2, 2), False)
     assert set_by_hand.controller.cost.rank_share == 0.5
+    # a resting forward that pays rest_share, ranked after it: both, as the A/B harness
+    # charges it (moe_spec.ab.stats.selection_share)
+    resting = get_policy("auto", cost_model="measured", rest_share=0.25, after_share=0.5)
+    resting.prepare(2, 8, 2, 8, torch.device("cpu"))
+    resting.plan_step((4, 2, 2), False)
+    assert resting.controller.cost.rank_share == 0.75
+    step = Step(3, 4, 2, 2, [8, 8], [8, 8], [4, 4], guard=TREE, ranked_after=True)
+    modeled = Modeled(resting.controller.cost.cost, resting.controller.cost.shape, rest_share=0.25)
+    config = RunConfig("auto", options={"after_share": 0.5})
+    assert selection_share(config, step, modeled) == resting.controller.cost.rank_share
 
 
 def test_token_weights_are_made_once_per_forward_and_again_after_a_plan():

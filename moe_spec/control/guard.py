@@ -554,6 +554,12 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         self.caught_up_s = None
         self.overhead_s += time.perf_counter() - t0
 
+    def exclude_time(self, seconds: float) -> None:
+        """Host ``seconds`` spent on the step being observed that are not its own (a first
+        call that compiles a kernel): with ``measure``, they come off its measured time."""
+        if self.started:
+            self.started += seconds
+
     def modeled_step(self, outcome: StepOutcome) -> float:
         c = self.trees.index(outcome.tree)
         used_L = self.est.window[-1].used_CL[c]  # the latest step the window took

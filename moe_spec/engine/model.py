@@ -151,6 +151,7 @@ class VerifyBudget:
         where the policy ranks the step after the forward (``routing_L``)."""
         ids_LTK = None if self.ranked else self.ids_before_LTK
         routing_L = self.routing_L if self.ranked_after else None
+        self.routing_L = []  # handed over: the records go once the policy has ranked them
         return StepOutcome(
             TREE,
             path,

@@ -54,6 +54,9 @@ text and learns the new one from its own steps.
 
 from __future__ import annotations
 
+import time
+import warnings
+
 import numpy as np
 import torch
 
@@ -289,6 +292,7 @@ class Auto(TokenPriority):
         # the share of a selection that ranking after the forward costs (None: 2 / L)
         self.after_share = None if after_share is None else float(after_share)
         self.ranking_after = False  # whether the step planned does
+        self.ranked_after_once = False  # a first ranking after a forward has run
         # the share of a selection a resting step pays (None: 0, SERVER_REST_SHARE on a server)
         self.rest_share = None if rest_share is None else float(rest_share)
         self.rest_host = 0  # what the device rest flag holds
@@ -485,7 +489,7 @@ class Auto(TokenPriority):
             draft_extend=extend,
             decode_extend=self.decode_extend,
             rest_share=self.rest_share or 0.0,
-            rank_share=after_share(self.shape, self.after_share) if self.rank_after else 1.0,
+            rank_share=self.rank_share(),
         )
         levels_V = budget_levels(K, cap, self.options["levels"])  # the tables the guard reads
         est = AcceptanceEstimates(
@@ -495,6 +499,13 @@ class Auto(TokenPriority):
         options = {**self.options, "max_warmup": self.max_warmup_for(width)}
         options["gate"] = self.gate_for(width)
         return Guard(est, cost, K, cap, repair=self.repair, rank_every=rank, **options)
+
+    def rank_share(self) -> float:
+        """The share of a selection a step at the cap that ranks pays: a whole one inside the
+        forward; with ``rank_after`` the rest's (its forward rests) plus ``after_share``."""
+        if not self.rank_after:
+            return 1.0
+        return (self.rest_share or 0.0) + after_share(self.shape, self.after_share)
 
     def max_warmup_for(self, width: int) -> int:
         """``max_warmup``, or where left to its default (None), for a tree of ``width``
@@ -628,7 +639,8 @@ class Auto(TokenPriority):
         ``after_share``, 2 / L of a selection, an estimate)."""
         if not self.rank_after or self.resting or plan.kind != TREE:
             return False
-        return not (self.controller.budget_L < self.dims[1]).any()
+        # at the cap, and entering the window (with ``rank_every`` 1, not every step does)
+        return not (self.controller.budget_L < self.dims[1]).any() and self.learns(rested=False)
 
     def looks(self) -> bool:
         """With ``hope``: whether the step is the guard's probe or explore (run to be
@@ -659,11 +671,17 @@ class Auto(TokenPriority):
             return
         if rested is None and self.ranking_after:  # rested, to be ranked here (or it ran)
             rested = not outcome.routing_L and len(self.rank_LE) < self.dims[0]
+            if rested and outcome.kind == TREE:
+                self.no_routing_kept()
         if outcome.kind != TREE or not self.learns(rested):
             rank_LE = ids_LNK = None
         elif rank_LE is None and outcome.routing_L:  # ranked after the forward
+            started = time.perf_counter()
             rank_LE = self.rank_routing(outcome.routing_L)
             ids_LNK = torch.stack([r.topk_ids_TK.to(rank_LE.device) for r in outcome.routing_L])
+            if not self.ranked_after_once:  # a first call compiles the kernel: not a step's time
+                self.ranked_after_once = True
+                self.controller.exclude_time(time.perf_counter() - started)
         elif rank_LE is None and len(self.rank_LE) == self.dims[0]:
             rank_LE = torch.stack([self.rank_LE[layer] for layer in sorted(self.rank_LE)])
             ids_LNK = torch.stack([self.ids_LNK[layer] for layer in sorted(self.ids_LNK)])
@@ -675,30 +693,44 @@ class Auto(TokenPriority):
 
     def rank_routing(self, routing_L: list[RoutingRecord]) -> torch.Tensor:
         """long ``[L, E]``: the ranking each layer's selection would have made of a forward's
-        ``routing_L`` (records of one device, tokens and router), after it: on CUDA one
-        Triton launch, a program per layer (:func:`rank_layers_triton`; where it cannot run,
-        :meth:`try_kernel` warns once and the torch path takes over), else batched torch
-        ops (:func:`rank_layers_LE`)."""
+        ``routing_L`` (tokens and router shared), after it, on the path that layer's
+        selection takes (:meth:`Policy.apply`): on CUDA one Triton launch, a program per
+        layer (:func:`rank_layers_triton`; where it cannot run, :meth:`try_kernel` warns
+        once and the torch path takes over), else, and for sparsemixer routers, batched
+        torch ops (:func:`rank_layers_LE`). Layers unlike the first (another device in a
+        split model, another shape, top-k or router) are ranked one by one, each on its
+        own path, and moved to the first layer's device."""
         first = routing_L[0]
         device = first.router_logits_TE.device
-        if any(r.router_logits_TE.device != device for r in routing_L):  # a split model
-            return torch.stack(
-                [expert_rank_E(self.checked_scores(r), r.used_E()).to(device) for r in routing_L]
-            )
+        if not all(batched_alike(first, r) for r in routing_L[1:]):
+            return torch.stack([self.rank_routing([r])[0].to(device) for r in routing_L])
         rule = self.rule(first)
-        kernel = self.fused_error is None and all(
-            r.scoring == first.scoring
-            and r.router_logits_TE.shape == first.router_logits_TE.shape
-            and r.topk_ids_TK.dtype == first.topk_ids_TK.dtype
-            for r in routing_L
-        )
+        kernel = self.fused_error is None and first.scoring != "sparsemixer"
         if kernel and choose_backend(device) == "triton":
             from moe_spec.kernels.budget_select_triton import rank_layers_triton
 
-            rank_LE = self.try_kernel(rank_layers_triton, routing_L, rule)
+            rank_LE = self.try_kernel(rank_layers_triton, routing_L, rule, what="ranking")
             if rank_LE is not None:
                 return rank_LE
         return rank_layers_LE(routing_L, rule)
+
+    def no_routing_kept(self) -> None:
+        """A tree step planned to be ranked after its forward came back with neither the
+        layers' routing (``StepOutcome.routing_L``) nor their ranks: the engine keeps no
+        records (:meth:`VerifyBudget.note_unbudgeted` without ``record``). Rank inside
+        the forward from now on (else no step at the cap would be learned from), and say
+        so once."""
+        self.rank_after = self.ranking_after = False
+        cost = self.controller.cost
+        cost.rank_share = self.rank_share()  # priced as it now runs
+        cost.rest_every(self.controller.rank_interval)
+        warnings.warn(
+            f"policy {self.name!r}: a tree step to be ranked after its forward came back "
+            "without the layers' routing (StepOutcome.routing_L); the engine keeps none, so "
+            "this policy ranks inside the forward from now on (rank_after=false)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def learns(self, rested: bool | None = None) -> bool:
         """Whether the tree step just run (``rested``, None: :attr:`resting`) enters the
@@ -722,6 +754,17 @@ class Auto(TokenPriority):
         if len(window) < window.maxlen or self.looks():
             return True
         return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
+
+
+def batched_alike(a: RoutingRecord, b: RoutingRecord) -> bool:
+    """Whether two layers' records rank in one batch: one device, shape, top-k and router."""
+    return (
+        a.router_logits_TE.device == b.router_logits_TE.device
+        and a.router_logits_TE.shape == b.router_logits_TE.shape
+        and a.topk_ids_TK.shape == b.topk_ids_TK.shape
+        and a.topk_ids_TK.dtype == b.topk_ids_TK.dtype
+        and a.scoring == b.scoring
+    )
 
 
 @hookimpl

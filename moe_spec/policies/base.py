@@ -183,9 +183,11 @@ class Policy:
         policy's own errors (:class:`PolicyError`) are raised."""
         return self.try_kernel(self.apply_fused, record, budget, rule, mode, validating)
 
-    def try_kernel(self, kernel, *args):
+    def try_kernel(self, kernel, *args, what: str = "budget-selection"):
         """``kernel(*args)`` (a Triton path), or None where it cannot run here: then
-        :attr:`fused_error` is set and one warning says so (:meth:`try_fused`)."""
+        :attr:`fused_error` is set (every Triton path of this policy then leaves the work
+        to torch, so its selections and rankings stay alike) and one warning names
+        ``what`` failed (:meth:`try_fused`)."""
         if torch.compiler.is_compiling():
             return kernel(*args)
         try:
@@ -195,7 +197,7 @@ class Policy:
         except Exception as exc:
             self.fused_error = repr(exc)
             warnings.warn(
-                f"policy {self.name!r}: the fused budget-selection kernel failed ({exc!r}); "
+                f"policy {self.name!r}: the fused {what} kernel failed ({exc!r}); "
                 "this policy uses its torch path from now on (same selection, more device ops)",
                 RuntimeWarning,
                 stacklevel=4,

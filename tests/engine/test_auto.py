@@ -92,6 +92,99 @@ def test_a_step_ranked_after_its_forward_is_learned_as_one_ranked_inside_it(tiny
     assert np.array_equal(est_after.used_WCL, est_inside.used_WCL)
 
 
+def test_an_engine_that_keeps_no_routing_makes_auto_rank_inside_and_say_so(
+    tiny_engine, monkeypatch
+):
+    """An engine written before ``rank_after`` (its resting layers pass no ``record``): the
+    first step to be ranked after its forward comes back without routing; one warning, and
+    the policy ranks inside the forward from then on, learning as it did before."""
+    from moe_spec.engine.model import VerifyBudget
+
+    keeps = VerifyBudget.note_unbudgeted
+    spec = auto_spec(repair=False, guard=False)
+    inside = free_experts_policy(rank_after=False)
+    want = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=inside)
+    monkeypatch.setattr(
+        VerifyBudget, "note_unbudgeted", lambda self, ids_TK, record=None: keeps(self, ids_TK)
+    )
+    policy = free_experts_policy()
+    with pytest.warns(RuntimeWarning, match="ranks inside the forward from now on") as caught:
+        out = tiny_engine.generate_speculative(PROMPTS[0], NEW, spec, policy=policy)
+    assert len([w for w in caught if "without the layers' routing" in str(w.message)]) == 1
+    assert out.tokens == want.tokens and not policy.rank_after
+    assert not any(s.ranked_after for s in out.steps)
+    # the first step, planned to be ranked after, rested unranked; every later one as before
+    ranked, ranked_inside = [s.ranked for s in out.steps], [s.ranked for s in want.steps]
+    assert not ranked[0] and ranked_inside[0] and ranked[1:] == ranked_inside[1:]
+    est = policy.controller.est
+    assert est.steps_seen == inside.controller.est.steps_seen
+    assert est.ranked_W[: est.steps_seen].sum() == sum(ranked) == sum(ranked_inside) - 1
+    assert policy.controller.cost.rank_share == 1.0  # priced as a ranking inside
+
+
+def test_the_routing_kept_to_rank_after_a_forward_is_gone_by_the_next_plan(
+    tiny_engine, monkeypatch
+):
+    """The layers' records (logits, top-k) live from the forward to the policy's ranking:
+    none survives into the next step's plan, its draft or a run of decodes."""
+    import gc
+    import weakref
+
+    from moe_spec.engine.model import VerifyBudget
+
+    keeps, made = VerifyBudget.note_unbudgeted, []
+
+    def note(self, ids_TK, record=None):
+        def kept():
+            made.append(weakref.ref(out := record()))
+            return out
+
+        keeps(self, ids_TK, None if record is None else kept)
+
+    monkeypatch.setattr(VerifyBudget, "note_unbudgeted", note)
+    policy = free_experts_policy()
+    alive, plan = [], policy.plan_step
+
+    def plan_step(*args):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in made))
+        return plan(*args)
+
+    policy.plan_step = plan_step
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, auto_spec(repair=False), policy=policy)
+    assert sum(s.ranked_after for s in out.steps) >= 5 and len(made) >= 5 * 2  # 2 MoE layers
+    assert alive == [0] * len(alive)
+
+
+def test_the_first_ranking_after_a_forward_is_kept_off_the_measured_step(tiny_engine, monkeypatch):
+    """A step's host time is its measured time (``measure``); the first ranking after a
+    forward (on CUDA it compiles the kernel) is taken off it, the later ones are not."""
+    excluded = []
+    monkeypatch.setattr(Guard, "exclude_time", lambda self, seconds: excluded.append(seconds))
+    policy = free_experts_policy()
+    out = tiny_engine.generate_speculative(PROMPTS[0], NEW, auto_spec(repair=False), policy=policy)
+    assert sum(s.ranked_after for s in out.steps) >= 2
+    assert len(excluded) == 1 and excluded[0] > 0
+
+
+def test_with_rank_every_1_only_steps_the_window_takes_are_ranked_after(tiny_engine):
+    """With ``rank_every=1`` (no step rests) a step at the cap enters the window once it is
+    full only one time in ``learn_every``: only those are ranked after the forward (and
+    priced so); the others rank inside, as before ``rank_after``."""
+    policy = free_experts_policy(rank_every=1)
+    calls = []
+    rank = policy.rank_routing
+    policy.rank_routing = lambda routing_L: calls.append(1) or rank(routing_L)
+    spec = auto_spec(repair=False, guard=False, rank_every=1)
+    out = tiny_engine.generate_speculative(PROMPTS[0], 80, spec, policy=policy)
+    after = [s.ranked_after for s in out.steps]
+    assert sum(after) == len(calls) == policy.controller.est.steps_seen
+    window = policy.controller.est.window.maxlen
+    assert len(out.steps) > window + 2 * policy.learn_every  # the window filled, then more
+    assert all(after[:window]) and not all(after[window:])
+    assert all(s.ranked or s.ranked_after for s in out.steps)
+
+
 def test_far_from_paying_ranks_grow_rarer_by_default_and_a_new_request_resets_them(tiny_engine):
     """By default (``max_rank_every`` 32), each replan at the cap far from paying halves how
     often a resting step ranks; a new request on the same policy ranks ``rank_every`` apart

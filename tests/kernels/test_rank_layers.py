@@ -138,3 +138,38 @@ def test_auto_ranks_on_the_kernel_where_triton_runs_and_warns_once_where_it_cann
     assert torch.equal(policy.rank_routing(records), want)  # no second try, no warning
     monkeypatch.setenv("MOE_SPEC_KERNELS", "torch")
     assert torch.equal(policy.rank_routing(records), want)
+
+
+def test_auto_ranks_each_layer_on_the_path_its_selection_takes(monkeypatch):
+    """``Auto.rank_routing`` batches only layers alike (device, shape, top-k, router); a
+    layer with another top-k is ranked on its own instead of failing the batch; sparsemixer
+    routers, which the in-forward selection ranks with torch, are never sent to the kernel."""
+    from moe_spec import get_policy
+    from moe_spec.kernels import budget_select_triton
+
+    records, _, _ = forward_records(3, 9, 12, 2, 1)
+    first = records[0]
+    shared = {"valid_T": first.valid_T, "depth_T": first.depth_T, "num_layers": 3}
+    records[1] = make_record(torch.randn(9, 12) * 3, 3, layer_idx=1, **shared)  # top-3
+    policy = get_policy("auto")
+    policy.prepare(3, 12, 2, 12, torch.device("cpu"))
+    want = per_layer_ranks(records, policy.rule(first))
+    launched = []
+    kernel = budget_select_triton.rank_layers_triton
+
+    def counted(records, rule):
+        launched.append(len(records))
+        return kernel(records, rule)
+
+    monkeypatch.setattr(budget_select_triton, "rank_layers_triton", counted)
+    monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
+    assert torch.equal(policy.rank_routing(records), want)
+    assert launched == [1, 1, 1]  # one by one, each on the kernel
+    sparse = [
+        make_record(torch.randn(9, 12) * 3, 2, layer_idx=i, scoring="sparsemixer", **shared)
+        for i in range(3)
+    ]
+    launched.clear()
+    got = policy.rank_routing(sparse)
+    assert launched == [] and policy.fused_error is None
+    assert torch.equal(got, per_layer_ranks(sparse, policy.rule(sparse[0])))
