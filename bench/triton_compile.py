@@ -2,17 +2,17 @@
 
 Shape legend: T tokens, E experts, K top-k, B budget, D model dim, F expert dim.
 
-The tests run the kernels under Triton's interpreter, which accepts code a GPU compile
-refuses (a ``tl.dot`` of fewer than 16 rows, a type a GPU op does not take) and tells
-nothing of registers, spills or shared memory. This script makes each launch the package
-makes, at real shapes (budget selection and the one-launch ranking for softmax and sigmoid
-routers of 32 to 256 experts, with and without the device-side budget, ranks and rest
-flag; the fused MoE at every block configuration of ``moe_spec.kernels.configs``' tables,
-in bf16, fp16 and fp32), with CPU tensors and a driver that reports the target GPU: Triton
-compiles each to a cubin (ptxas ships with Triton) and nothing is launched. A kernel that
-would not compile, that needs more shared memory than the GPU has, or that needs a global
-scratch allocator fails here, before a device session is spent on it; spills are listed.
-Registers, spills and shared memory come from ``cuobjdump --dump-resource-usage``.
+The tests run the kernels under Triton's interpreter, which runs code a GPU compile refuses
+(a helper without ``@triton.jit``) and tells nothing of registers, spills or shared memory.
+This script makes each launch the package makes, at real shapes: budget selection and the
+one-launch ranking for softmax and sigmoid routers of 32 to 256 experts, with each caller's
+logits and ids dtypes, and as SGLang's plugin launches it, with the device-side budget, ranks
+and rest flag; the fused MoE at every block configuration of ``moe_spec.kernels.configs``'
+tables, in bf16, fp16 and fp32. It passes CPU tensors under a driver that reports the target
+GPU: Triton compiles each launch to a cubin (ptxas ships with Triton) and nothing runs. A
+launch that would not compile, that needs more shared memory than the GPU has, or that needs
+a global scratch allocator fails here, before a device session is spent on it; spills are
+listed. Registers, spills and shared memory come from ``cuobjdump --dump-resource-usage``.
 
 The compile is the installed Triton's (the device machines may run another release), and
 arguments are specialised as on a GPU (alignment read from CPU pointers).
@@ -183,17 +183,28 @@ def launches() -> dict[str, Callable[[], None]]:
     from moe_spec.kernels.fused_moe_triton import fused_moe_triton
     from moe_spec.routing import RoutingRecord
 
-    def record(T: int, E: int, K: int, scoring: str) -> RoutingRecord:
-        logits_TE = torch.randn(T, E)
-        ids_TK = logits_TE.topk(K).indices
+    def record(
+        T: int, E: int, K: int, scoring: str, logits: torch.dtype, ids: torch.dtype
+    ) -> RoutingRecord:
+        logits_TE = torch.randn(T, E).to(logits)
+        ids_TK = logits_TE.float().topk(K).indices.to(ids)
         weights_TK = torch.rand(T, K)
         bias_E = torch.randn(E) if scoring == "sigmoid" else None
         return RoutingRecord(
             logits_TE, ids_TK, weights_TK, scoring=scoring, correction_bias_E=bias_E
         )
 
+    # the routing each caller hands over: the reference engine fp32 logits and int64 ids,
+    # the transformers engine its bf16 model's logits and int64 ids, SGLang bf16 and int32
+    engine, transformers, sglang = (
+        (torch.float32, torch.int64),
+        (torch.bfloat16, torch.int64),
+        (torch.bfloat16, torch.int32),
+    )
+
     def selection(T: int, E: int, K: int, scoring: str, served: bool, mode: str) -> None:
-        r = record(T, E, K, scoring)
+        dtypes = sglang if served else engine if mode == "substitution" else transformers
+        r = record(T, E, K, scoring, *dtypes)
         rule = ScoreRule("mass", torch.rand(T), torch.arange(T) < 2)
         device_state = {}
         if served:  # SGLang's plugin: the budget, ranks and rest flag on the device
@@ -205,7 +216,7 @@ def launches() -> dict[str, Callable[[], None]]:
         select_budget_triton(r, max(K, E // 2), rule, mode, **device_state)
 
     def ranking(T: int, E: int, K: int, scoring: str, weighted: bool) -> None:
-        records = [record(T, E, K, scoring) for _ in range(3)]
+        records = [record(T, E, K, scoring, *transformers) for _ in range(3)]
         weight_T = torch.rand(T) if weighted else None
         rank_layers_triton(records, ScoreRule("mass", weight_T, torch.arange(T) < 2))
 
@@ -222,13 +233,15 @@ def launches() -> dict[str, Callable[[], None]]:
     for E, scoring in routers:
         for T in (1, 32):
             for served in (False, True):
-                name = f"selection T={T} E={E} K=8 {scoring}{' served' if served else ''}"
+                caller = "SGLang" if served else "reference engine"
+                name = f"selection T={T} E={E} K=8 {scoring} ({caller})"
                 out[name] = lambda a=(T, E, 8, scoring, served, "substitution"): selection(*a)
-        out[f"selection T=32 E={E} K=8 {scoring} truncation"] = (
+        out[f"selection T=32 E={E} K=8 {scoring} truncation (transformers)"] = (
             lambda a=(32, E, 8, scoring, False, "truncation"): selection(*a)
         )
         for weighted in (False, True):
-            name = f"ranking after L=3 T=32 E={E} K=8 {scoring}{' weighted' if weighted else ''}"
+            rule = " weighted" if weighted else ""
+            name = f"ranking after L=3 T=32 E={E} K=8 {scoring}{rule} (transformers)"
             out[name] = lambda a=(32, E, 8, scoring, weighted): ranking(*a)
     tables = {"default": DEFAULT_TABLE, **DEVICE_TABLES}
     configs: dict[MoeBlockConfig, list[str]] = {}
