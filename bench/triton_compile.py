@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from moe_spec.kernels.dispatch import interpreter_enabled  # noqa: E402 (imports no Triton)
+
 #: The most shared memory one block may use, in bytes, per compute capability.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
@@ -49,8 +50,11 @@ INTERPRETING = (
 )
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")
+def nvidia_tool(name: str) -> Path:
+    """One of the CUDA tools Triton's wheel ships (``ptxas``, ``cuobjdump``)."""
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
 
 
 @dataclass
@@ -83,9 +87,7 @@ class Compiled:
 def resource_usage(cubin: bytes, name: str) -> tuple[int | None, int | None]:
     """``(registers, local bytes)`` of function ``name`` in ``cubin`` (None, None without
     Triton's ``cuobjdump``)."""
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tool = nvidia_tool("cuobjdump")
     if not tool.exists():
         return None, None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -118,7 +120,7 @@ def compile_only(arch: int) -> Iterator[Session]:
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    if interpreting():
+    if interpreter_enabled():
         raise RuntimeError(INTERPRETING)
 
     class CompileOnlyDriver(CudaDriver):
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, default=None, help="write every compile here")
     args = ap.parse_args(argv)
-    if interpreting():
+    if interpreter_enabled():
         print(INTERPRETING, file=sys.stderr)
         return 2
     import triton

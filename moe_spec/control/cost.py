@@ -79,6 +79,12 @@ class StepCost:
     def describe(self) -> str:
         return f"{self.shape.name} on {self.cost.describe()}"
 
+    def rank_at(self, rank_share: float, interval: int) -> None:
+        """A step at the cap that ranks pays ``rank_share`` of a selection from now on (it
+        ranks inside the forward, 1, or after it); priced at the current ``interval``."""
+        self.rank_share = rank_share
+        self.rest_every(interval)
+
     def rest_every(self, interval: int) -> None:
         """Price a tree step at the cap (budgets all at least E) as one that ranks one time
         in ``interval`` and rests the others: ``rest_select_s``, a selection on average."""

@@ -721,9 +721,7 @@ class Auto(TokenPriority):
         the forward from now on (else no step at the cap would be learned from), and say
         so once."""
         self.rank_after = self.ranking_after = False
-        cost = self.controller.cost
-        cost.rank_share = self.rank_share()  # priced as it now runs
-        cost.rest_every(self.controller.rank_interval)
+        self.controller.cost.rank_at(self.rank_share(), self.controller.rank_interval)
         warnings.warn(
             f"policy {self.name!r}: a tree step to be ranked after its forward came back "
             "without the layers' routing (StepOutcome.routing_L); the engine keeps none, so "

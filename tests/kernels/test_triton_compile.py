@@ -29,11 +29,12 @@ pytest.importorskip("triton.backends.nvidia.driver", reason="Triton without its 
 
 def ptxas_runs() -> bool:
     """Whether Triton's bundled ptxas (what turns a kernel into a cubin) runs here."""
-    import triton
+    sys.path.insert(0, str(REPO / "bench"))
+    from triton_compile import nvidia_tool
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     try:
-        return subprocess.run([str(ptxas), "--version"], capture_output=True).returncode == 0
+        ptxas = str(nvidia_tool("ptxas"))
+        return subprocess.run([ptxas, "--version"], capture_output=True).returncode == 0
     except OSError:
         return False
 
