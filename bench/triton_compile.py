@@ -180,7 +180,11 @@ def launches() -> dict[str, Callable[[], None]]:
     import torch
 
     from moe_spec.kernels.budget_select_torch import ScoreRule
-    from moe_spec.kernels.budget_select_triton import rank_layers_triton, select_budget_triton
+    from moe_spec.kernels.budget_select_triton import (
+        rank_layers_triton,
+        rank_scored_triton,
+        select_budget_triton,
+    )
     from moe_spec.kernels.configs import DEFAULT_TABLE, DEVICE_TABLES, MoeBlockConfig
     from moe_spec.kernels.fused_moe_triton import fused_moe_triton
     from moe_spec.routing import RoutingRecord
@@ -209,11 +213,13 @@ def launches() -> dict[str, Callable[[], None]]:
         r = record(T, E, K, scoring, *dtypes)
         rule = ScoreRule("mass", torch.rand(T), torch.arange(T) < 2)
         device_state = {}
-        if served:  # SGLang's plugin: the budget, ranks and rest flag on the device
+        if served:  # SGLang's plugin: the budget, ranks, rest flag and score rows on the device
             device_state = {
                 "limit_1": torch.tensor([E // 2], dtype=torch.int32),
                 "rank_E": torch.empty(E, dtype=torch.long),
                 "rest_1": torch.zeros(1, dtype=torch.int32),
+                "scores_E": torch.empty(3, E)[1],
+                "used_E": torch.empty(3, E, dtype=torch.int32)[1],
             }
         select_budget_triton(r, max(K, E // 2), rule, mode, **device_state)
 
@@ -221,6 +227,11 @@ def launches() -> dict[str, Callable[[], None]]:
         records = [record(T, E, K, scoring, *transformers) for _ in range(3)]
         weight_T = torch.rand(T) if weighted else None
         rank_layers_triton(records, ScoreRule("mass", weight_T, torch.arange(T) < 2))
+
+    def ranking_scored(E: int) -> None:  # a server's ranking of the scores its rests kept
+        L = 3
+        used_LE = torch.randint(0, 2, (L, E), dtype=torch.int32)
+        rank_scored_triton(torch.randn(L, E), used_LE, torch.empty(L, E, dtype=torch.long))
 
     def fused(config: MoeBlockConfig, dtype: torch.dtype, T: int = 8) -> None:
         E, D, F, K = 8, 256, 128, 2
@@ -245,6 +256,7 @@ def launches() -> dict[str, Callable[[], None]]:
             rule = " weighted" if weighted else ""
             name = f"ranking after L=3 T=32 E={E} K=8 {scoring}{rule} (transformers)"
             out[name] = lambda a=(32, E, 8, scoring, weighted): ranking(*a)
+        out[f"ranking scored L=3 E={E} (SGLang)"] = lambda E=E: ranking_scored(E)
     tables = {"default": DEFAULT_TABLE, **DEVICE_TABLES}
     configs: dict[MoeBlockConfig, list[str]] = {}
     for table_name, rows in tables.items():

@@ -22,6 +22,11 @@ import torch
 from moe_spec.budget import BudgetedTopK, Mode, apply_budget, expert_rank_LE, select_kept
 from moe_spec.routing import RoutingRecord
 
+#: Values of a selection's device rest flag (``rest_1``): rank and budget; keep every
+#: expert and read no row; keep every expert but write the scores and used mask, to be
+#: ranked after the forward (:func:`~moe_spec.kernels.budget_select_triton.rank_scored_triton`).
+RANK, REST, REST_SCORED = 0, 1, 2
+
 ScoreKind = Literal["frequency", "mass"]
 SCORE_KINDS: tuple[str, ...] = ("frequency", "mass")
 

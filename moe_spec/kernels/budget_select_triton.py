@@ -8,6 +8,9 @@ Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
    score first, lower id on ties) and the kept mask ``rank < B``. B may be
    read from the device (an adaptive policy's per-layer budget, rewritten
    between steps), and the ranks written out (what such a policy learns from).
+   A device rest flag may tell it to keep every expert without ranking, with or
+   without the scores (:data:`REST`, :data:`REST_SCORED`); ``rank_scored_kernel``
+   then ranks a forward's scored layers after it, one program per layer.
 2. ``rewrite_topk_kernel`` (one program per block of rows): every row that
    lost an expert is re-routed inside the kept set (substitution or
    truncation, as :func:`moe_spec.budget.apply_budget`); other rows are copied
@@ -29,7 +32,7 @@ import triton
 import triton.language as tl
 
 from moe_spec.budget import BudgetedTopK, Mode
-from moe_spec.kernels.budget_select_torch import ScoreRule
+from moe_spec.kernels.budget_select_torch import REST_SCORED, ScoreRule  # noqa: F401
 from moe_spec.kernels.dispatch import interpreter_enabled
 from moe_spec.routing import RoutingRecord
 
@@ -87,35 +90,45 @@ def score_keep_kernel(
 ):
     """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer;
     with ``HAS_LIMIT`` keep at most ``min(budget, limit[0])``, with ``HAS_RANK`` also write
-    each expert's rank (int64). With ``HAS_REST``, where ``rest[0]`` is nonzero: keep every
-    expert, scores and used 0, ranks not written, and no row read."""
+    each expert's rank (int64). With ``HAS_REST``, where ``rest[0]`` is :data:`REST`: keep
+    every expert, scores and used 0, ranks not written, and no row read; where it is
+    :data:`REST_SCORED`: keep every expert, scores and used written, ranks not (they are
+    made after the forward from the scores: :func:`rank_scored_triton`)."""
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
-    ranks = True
+    rest = 0
     if HAS_REST:
-        ranks = tl.load(rest_ptr) == 0
-    if ranks:
-        score_used_rank(
-            logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr,
-            keep_ptr, limit_ptr, rank_ptr, T, E, budget, stride_lt, stride_it, offs_e, e_ok,
-            K, BLOCK_T, BLOCK_E, RANK_CHUNK, MASS, SIGMOID, HAS_WEIGHT, HAS_ROOT, HAS_LIMIT,
-            HAS_RANK,
-        )  # fmt: skip
-    else:
+        rest = tl.load(rest_ptr)
+    if rest == 1:
         tl.store(scores_ptr + offs_e, tl.zeros((BLOCK_E,), dtype=tl.float32), mask=e_ok)
         tl.store(used_ptr + offs_e, tl.zeros((BLOCK_E,), dtype=tl.int32), mask=e_ok)
         tl.store(keep_ptr + offs_e, tl.full((BLOCK_E,), 1, dtype=tl.int8), mask=e_ok)
+    else:
+        score_used(
+            logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr, T, E,
+            stride_lt, stride_it, offs_e, e_ok, K, BLOCK_T, BLOCK_E, MASS, SIGMOID, HAS_WEIGHT,
+            HAS_ROOT,
+        )  # fmt: skip
+        if rest == 0:
+            if HAS_LIMIT:
+                budget = tl.minimum(tl.load(limit_ptr).to(tl.int32), budget)
+            tl.debug_barrier()
+            rank_experts(
+                scores_ptr, used_ptr, keep_ptr, rank_ptr, E, budget, offs_e, e_ok, BLOCK_E,
+                RANK_CHUNK, HAS_RANK,
+            )  # fmt: skip
+        else:
+            tl.store(keep_ptr + offs_e, tl.full((BLOCK_E,), 1, dtype=tl.int8), mask=e_ok)
 
 
 @triton.jit
-def score_used_rank(
-    logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr, keep_ptr,
-    limit_ptr, rank_ptr, T, E, budget, stride_lt, stride_it, offs_e, e_ok,
-    K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr,
-    MASS: tl.constexpr, SIGMOID: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    HAS_ROOT: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_RANK: tl.constexpr,
+def score_used(
+    logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr, T, E,
+    stride_lt, stride_it, offs_e, e_ok, K: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr, MASS: tl.constexpr, SIGMOID: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_ROOT: tl.constexpr,
 ):  # fmt: skip
-    """:func:`score_keep_kernel`'s work where it ranks."""
+    """Store one layer's expert scores (fp32, the root bonus added) and used mask (int32)."""
     score_E = tl.zeros((BLOCK_E,), dtype=tl.float32)
     used_E = tl.zeros((BLOCK_E,), dtype=tl.int32)
     root_E = tl.zeros((BLOCK_E,), dtype=tl.int32)
@@ -147,9 +160,17 @@ def score_used_rank(
         score_E = tl.where(root_E != 0, score_E + bonus, score_E)
     tl.store(scores_ptr + offs_e, score_E, mask=e_ok)
     tl.store(used_ptr + offs_e, used_E, mask=e_ok)
-    if HAS_LIMIT:
-        budget = tl.minimum(tl.load(limit_ptr).to(tl.int32), budget)
-    tl.debug_barrier()
+
+
+@triton.jit
+def rank_experts(
+    scores_ptr, used_ptr, keep_ptr, rank_ptr, E, budget, offs_e, e_ok,
+    BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr, HAS_RANK: tl.constexpr,
+):  # fmt: skip
+    """From one layer's stored scores and used mask: each expert's rank (used experts
+    first, higher score first, lower id on ties) and the kept mask ``rank < budget``."""
+    score_E = tl.load(scores_ptr + offs_e, mask=e_ok, other=0.0)
+    used_E = tl.load(used_ptr + offs_e, mask=e_ok, other=0)
     for c0 in tl.static_range(0, BLOCK_E, RANK_CHUNK):
         i = c0 + tl.arange(0, RANK_CHUNK)
         i_ok = i < E
@@ -174,15 +195,36 @@ def rank_layers_kernel(
     MASS: tl.constexpr, SIGMOID: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROOT: tl.constexpr,
 ):  # fmt: skip
     """One program per layer of ``[L, T, E]`` logits and ``[L, T, K]`` ids (the same rows,
-    weights and roots): :func:`score_used_rank` of each, its ranks written to ``[L, E]``."""
+    weights and roots): :func:`score_used` then :func:`rank_experts` of each, its ranks
+    written to ``[L, E]``."""
     layer = tl.program_id(0).to(tl.int64)
     offs_e = tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
     out = layer * E
-    score_used_rank(
+    score_used(
         logits_ptr + layer * stride_ll, ids_ptr + layer * stride_il, valid_ptr, weight_ptr,
-        root_ptr, scores_ptr + out, used_ptr + out, keep_ptr + out, used_ptr, rank_ptr + out,
-        T, E, E, stride_lt, stride_it, offs_e, offs_e < E, K, BLOCK_T, BLOCK_E, RANK_CHUNK,
-        MASS, SIGMOID, HAS_WEIGHT, HAS_ROOT, False, True,
+        root_ptr, scores_ptr + out, used_ptr + out, T, E, stride_lt, stride_it, offs_e, e_ok,
+        K, BLOCK_T, BLOCK_E, MASS, SIGMOID, HAS_WEIGHT, HAS_ROOT,
+    )  # fmt: skip
+    tl.debug_barrier()
+    rank_experts(
+        scores_ptr + out, used_ptr + out, keep_ptr + out, rank_ptr + out, E, E, offs_e, e_ok,
+        BLOCK_E, RANK_CHUNK, True,
+    )  # fmt: skip
+
+
+@triton.jit
+def rank_scored_kernel(
+    scores_ptr, used_ptr, keep_ptr, rank_ptr, E, stride_sl, stride_ul, stride_rl,
+    BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """One program per layer of ``[L, E]`` scores and used masks (written by a forward's
+    selections at :data:`REST_SCORED`): :func:`rank_experts` of each into ``[L, E]`` ranks."""
+    layer = tl.program_id(0).to(tl.int64)
+    offs_e = tl.arange(0, BLOCK_E)
+    rank_experts(
+        scores_ptr + layer * stride_sl, used_ptr + layer * stride_ul, keep_ptr + layer * E,
+        rank_ptr + layer * stride_rl, E, E, offs_e, offs_e < E, BLOCK_E, RANK_CHUNK, True,
     )  # fmt: skip
 
 
@@ -320,6 +362,8 @@ def select_budget_triton(
     limit_1: torch.Tensor | None = None,
     rank_E: torch.Tensor | None = None,
     rest_1: torch.Tensor | None = None,
+    scores_E: torch.Tensor | None = None,
+    used_E: torch.Tensor | None = None,
 ) -> tuple[BudgetedTopK, torch.Tensor]:
     """The Triton twin of :func:`~moe_spec.kernels.budget_select_torch.select_budget_torch`.
 
@@ -329,9 +373,12 @@ def select_budget_triton(
     experts are kept (an adaptive policy's budget, no host read). ``rank_E``: optional
     contiguous long ``[E]`` the kernel fills with each expert's rank (as
     :func:`moe_spec.budget.expert_rank_E`). ``rest_1``: optional int32 ``[1]`` on the device;
-    where nonzero the layer *rests*: every expert is kept and every row copied, scores are
-    0 and ``rank_E`` is left as it was (an adaptive policy's step that needs no ranking,
-    decided between steps; both launches then read no routing but the copied rows).
+    where nonzero the layer *rests*: every expert is kept, every row copied and ``rank_E``
+    left as it was (an adaptive policy's step that needs no ranking, decided between
+    steps). At :data:`REST` the scores are 0 and no routing is read but the copied rows;
+    at :data:`REST_SCORED` the scores and used mask are written (to be ranked after the
+    forward). ``scores_E`` (contiguous fp32 ``[E]``) and ``used_E`` (int32 ``[E]``):
+    optional buffers the scores and used mask are written to (else new ones).
     Returns ``(BudgetedTopK, scores_E)``;
     output ids and weights keep the input dtypes and are contiguous ``[T, K]``.
     """
@@ -347,8 +394,8 @@ def select_budget_triton(
     root_T = rule.root_T.contiguous().view(torch.int8) if rule.root_T is not None else valid_T
     bias_E = record.correction_bias_E
     bias_E = bias_E.contiguous() if bias_E is not None else logits_TE
-    scores_E = torch.empty(E, dtype=torch.float32, device=device)
-    used_E = torch.empty(E, dtype=torch.int32, device=device)
+    scores_E = out_buffer(scores_E, "scores_E", E, torch.float32, device)
+    used_E = out_buffer(used_E, "used_E", E, torch.int32, device)
     keep_E = torch.empty(E, dtype=torch.int8, device=device)
     block_e = max(triton.next_power_of_2(E), RANK_CHUNK)
     block_t = max(min(triton.next_power_of_2(T), 16), 2)
@@ -388,6 +435,20 @@ def select_budget_triton(
     return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.bool()), scores_E
 
 
+def out_buffer(
+    buf: torch.Tensor | None, name: str, n: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``buf`` checked to be a contiguous ``[n]`` tensor of ``dtype``, or a new one."""
+    if buf is None:
+        return torch.empty(n, dtype=dtype, device=device)
+    if buf.dtype != dtype or buf.shape != (n,) or not buf.is_contiguous():
+        raise ValueError(
+            f"{name} must be a contiguous {dtype} tensor of shape ({n},), got {buf.dtype} "
+            f"{tuple(buf.shape)}"
+        )
+    return buf
+
+
 def rank_layers_triton(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:
     """long ``[L, E]``: each layer's ranking under ``rule`` (as
     :func:`~moe_spec.kernels.budget_select_torch.rank_layers_LE`) in one launch, a program
@@ -413,6 +474,33 @@ def rank_layers_triton(records: Sequence[RoutingRecord], rule: ScoreRule) -> tor
         K=K, BLOCK_T=max(min(triton.next_power_of_2(T), 16), 2), BLOCK_E=block_e,
         RANK_CHUNK=RANK_CHUNK, MASS=rule.kind == "mass", SIGMOID=first.scoring == "sigmoid",
         HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
+        num_warps=4 if block_e <= 64 else 8,
+    )  # fmt: skip
+    return rank_LE
+
+
+def rank_scored_triton(
+    scores_LE: torch.Tensor, used_LE: torch.Tensor, rank_LE: torch.Tensor
+) -> torch.Tensor:
+    """Write into long ``rank_LE`` each layer's ranking (as :func:`moe_spec.budget.expert_rank_LE`)
+    of fp32 ``scores_LE`` and int32 ``used_LE`` ``[L, E]``, the buffers a forward's selections
+    wrote at :data:`REST_SCORED`: one launch, a program per layer. Rows contiguous."""
+    L, E = scores_LE.shape
+    for name, t, dtype in (
+        ("scores_LE", scores_LE, torch.float32),
+        ("used_LE", used_LE, torch.int32),
+        ("rank_LE", rank_LE, torch.long),
+    ):
+        if t.dtype != dtype or t.shape != (L, E) or t.stride(1) != 1:
+            raise ValueError(
+                f"{name} must be {dtype} [{L}, {E}] with contiguous rows, got {t.dtype} "
+                f"{tuple(t.shape)}"
+            )
+    keep_LE = torch.empty(L, E, dtype=torch.int8, device=scores_LE.device)
+    block_e = max(triton.next_power_of_2(E), RANK_CHUNK)
+    rank_scored_kernel[(L,)](
+        scores_LE, used_LE, keep_LE, rank_LE, E, scores_LE.stride(0), used_LE.stride(0),
+        rank_LE.stride(0), BLOCK_E=block_e, RANK_CHUNK=RANK_CHUNK,
         num_warps=4 if block_e <= 64 else 8,
     )  # fmt: skip
     return rank_LE

@@ -238,6 +238,44 @@ def test_kernel_rest_flag_keeps_every_expert_and_copies_rows(mode, dtype):
         select_budget_triton(record, 5, rule, rest_1=torch.zeros(1, dtype=torch.long))
 
 
+@pytest.mark.parametrize("mode", ["substitution", "truncation"])
+@pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
+def test_kernel_rest_scored_keeps_every_expert_and_writes_the_scores_it_ranks_from(mode, scoring):
+    """``rest_1`` at REST_SCORED: every expert kept, every row copied, the ranking left as it
+    was, and the scores and used mask written into the caller's buffers exactly as a
+    ranking launch writes them (what :func:`rank_scored_triton` ranks after the forward)."""
+    from moe_spec.kernels.budget_select_triton import REST_SCORED
+
+    g = torch.Generator().manual_seed(11)
+    T, E, K = 13, 24, 3
+    valid_T = torch.rand(T, generator=g) < 0.8
+    valid_T[0] = True
+    record = make_record(torch.randn(T, E, generator=g) * 2, K, valid_T=valid_T, scoring=scoring)
+    rule = ScoreRule("mass", torch.rand(T, generator=g), (torch.arange(T) < 2) & valid_T)
+    rank_E = torch.full((E,), -7, dtype=torch.long)
+    scores_E = torch.full((E,), -1.0)
+    used_E = torch.full((E,), -1, dtype=torch.int32)
+    rest = torch.tensor([REST_SCORED], dtype=torch.int32)
+    args = dict(rest_1=rest, rank_E=rank_E, scores_E=scores_E, used_E=used_E)
+    got, returned_E = select_budget_triton(record, 5, rule, mode, **args)
+    assert returned_E is scores_E
+    assert bool(got.keep_E.all())
+    assert torch.equal(got.topk_ids_TK, record.topk_ids_TK)
+    assert torch.equal(got.topk_weights_TK, record.topk_weights_TK)
+    assert torch.equal(rank_E, torch.full((E,), -7, dtype=torch.long))
+    torch.testing.assert_close(scores_E, select_budget_torch(record, 5, rule, mode)[1])
+    assert torch.equal(used_E.bool(), record.used_E())
+    scored = scores_E.clone()
+    rest.zero_()  # ranked in the forward: the same scores, and ranks made from them
+    select_budget_triton(record, 5, rule, mode, **args)
+    assert torch.equal(scores_E, scored)
+    assert torch.equal(rank_E, expert_rank_E(scores_E, record.used_E()))
+    with pytest.raises(ValueError, match=r"scores_E must be a contiguous torch.float32 tensor"):
+        select_budget_triton(record, 5, rule, scores_E=torch.zeros(E, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"used_E must be .* of shape \(24,\)"):
+        select_budget_triton(record, 5, rule, used_E=torch.zeros(E + 1, dtype=torch.int32))
+
+
 def test_a_fresh_policy_prepares_on_the_torch_path_then_runs_the_kernel(monkeypatch):
     """The first layer an unprepared ``auto`` sees creates its state on the torch path (the
     rule's calibrated weights read that state); later layers run the kernel."""

@@ -106,6 +106,23 @@ def test_one_launch_for_all_layers_ranks_as_the_torch_path(L, T, E, K, scoring):
         assert torch.equal(got, rank_layers_LE(records, rule)), rule.kind
 
 
+@pytest.mark.parametrize("L,E", [(1, 4), (3, 5), (7, 60), (2, 130)])
+def test_ranking_scored_layers_after_the_forward_equals_the_torch_ranks(L, E):
+    """``rank_scored_triton`` (one launch, a program per layer) against ``expert_rank_LE``:
+    used experts first, ties in score broken by id, rows of a wider buffer (strided)."""
+    from moe_spec.kernels.budget_select_triton import rank_scored_triton
+
+    g = torch.Generator().manual_seed(E)
+    scores_LE = torch.randint(0, 5, (L, E), generator=g).float() / 4  # many ties
+    used_LE = (torch.rand(L, E, generator=g) < 0.6).to(torch.int32)
+    rank_LE = torch.full((L, E + 3), -1, dtype=torch.long)[:, :E]
+    got = rank_scored_triton(scores_LE, used_LE, rank_LE)
+    assert got is rank_LE
+    assert torch.equal(got, expert_rank_LE(scores_LE, used_LE.bool()))
+    with pytest.raises(ValueError, match=r"used_LE must be torch.int32"):
+        rank_scored_triton(scores_LE, used_LE.bool(), rank_LE)
+
+
 def test_auto_ranks_on_the_kernel_where_triton_runs_and_warns_once_where_it_cannot(monkeypatch):
     """``Auto.rank_routing``: the one-launch kernel where Triton runs (forced here, on the
     interpreter), the same ranks as torch; a kernel that fails warns, sets ``fused_error``

@@ -20,6 +20,7 @@ KERNELS = (
     "score_keep_kernel",
     "rewrite_topk_kernel",
     "rank_layers_kernel",
+    "rank_scored_kernel",
     "gate_up_silu_kernel",
     "down_weighted_kernel",
 )
