@@ -26,7 +26,9 @@ from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
    ranking; what ``moe_spec.policies.auto.SERVER_REST_SHARE`` estimates as a share of
    the selection), and the engines' ranking of such a step after the forward, every layer
    at once (``rank_after``; what ``moe_spec.control.cost.after_share`` estimates at
-   ``2 / L`` of the selection);
+   ``2 / L`` of the selection), and a server's: the resting selections keep their scores
+   and one launch ranks them after the forward (``REST_SCORED``; what
+   ``SERVER_REST_SHARE + SERVER_AFTER_SHARE`` estimate);
 4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
    check's machine) and the fused MoE kernel against U, budgeted and not, each
    call replayed from a CUDA graph;
@@ -195,6 +197,36 @@ def check_rank_after(record, rules: dict) -> None:
         not differ,
         "3 layers in one launch rank as the torch path" if not differ else f"differs: {differ}",
     )
+    differ = [name for name, rule in rules.items() if not scored_ranks_agree(records, rule)]
+    check(
+        f"resting with scores, ranked after T={T} E={E} K={K}",
+        not differ,
+        "rows copied, scores ranked in one launch as the torch path"
+        if not differ
+        else f"differs: {differ}",
+    )
+
+
+def scored_ranks_agree(records, rule) -> bool:
+    """A server's step ranked after its forward: each layer's selection at ``REST_SCORED``
+    (every row copied, scores kept), then one launch ranking them, against the torch ranks."""
+    from moe_spec.kernels.budget_select_torch import REST_SCORED, rank_layers_LE
+    from moe_spec.kernels.budget_select_triton import rank_scored_triton, select_budget_triton
+
+    first = records[0]
+    L, E, device = len(records), first.num_experts, first.router_logits_TE.device
+    scores_LE = torch.zeros(L, E, device=device)
+    used_LE = torch.zeros(L, E, dtype=torch.int32, device=device)
+    rest_1 = torch.tensor([REST_SCORED], dtype=torch.int32, device=device)
+    copied = True
+    for layer, record in enumerate(records):
+        out, _ = select_budget_triton(
+            record, E, rule, rest_1=rest_1, scores_E=scores_LE[layer], used_E=used_LE[layer]
+        )
+        copied &= torch.equal(out.topk_ids_TK, record.topk_ids_TK)
+    rank_LE = torch.empty(L, E, dtype=torch.long, device=device)
+    rank_scored_triton(scores_LE, used_LE, rank_LE)
+    return copied and torch.equal(rank_LE, rank_layers_LE(records, rule))
 
 
 def check_cuda_graph(device: str) -> None:
@@ -434,8 +466,10 @@ def time_model(
             "| T | selection ms (L calls) | routed-expert MoE ms (L layers) | selection / MoE | "
             "verify ms | selection / verify | `auto` ms (L calls, as SGLang's plugin) | "
             "`auto` / verify | `auto` on its torch path ms | `auto` at rest ms | "
-            "at rest / `auto` | ranked after the forward ms (all layers) | after / `auto` |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "at rest / `auto` | ranked after the forward ms (all layers) | after / `auto` | "
+            "`auto` at rest, scored, ranked after ms | scored / `auto` |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+            "| --- |",
             *splits,
         ]
     return table, points
@@ -468,12 +502,18 @@ def selection_split(
         resting.flag_rest(True)  # a step at the cap that rests: launches, no ranking
         fns["auto_rest"] = lambda: gpu_model.auto_selections(resting, routing)
         fns["auto_after"] = lambda: gpu_model.auto_ranked_after(resting, routing)
+        from moe_spec.kernels.budget_select_torch import REST_SCORED
+
+        scored = gpu_model.served_auto(model.dims, T, model.dims.E, inputs.tokens_T.device.type)
+        scored.flag_rest(REST_SCORED)  # a server's step at the cap ranked after its forward
+        fns["auto_scored"] = lambda: gpu_model.auto_scored(scored, routing)
     except ImportError as exc:
         print(f"`auto` not timed: {exc}", flush=True)
     # on CUDA auto picks the kernel itself; the interpreter's smoke run must ask for it
     on_kernel = "triton" if interpret else None
     backends = {"auto": on_kernel, "auto_torch": "torch", "auto_rest": on_kernel}
     backends["auto_after"] = on_kernel  # one launch after the forward (engines' rank_after)
+    backends["auto_scored"] = on_kernel  # scores kept at rest, one launch after (servers')
     times = {}
     for name, fn in fns.items():
         try:
@@ -496,8 +536,10 @@ def selection_split(
     rest = f"{times['auto_rest'] / times['auto']:.2f}" if both else "n/a"
     after = "auto_after" in times and "auto" in times
     after_share = f"{times['auto_after'] / times['auto']:.2f}" if after else "n/a"
+    scored = "auto_scored" in times and "auto" in times
+    scored_share = f"{times['auto_scored'] / times['auto']:.2f}" if scored else "n/a"
     auto = f"| {col('auto')} | {share} | {col('auto_torch')} | {col('auto_rest')} | {rest} |"
-    auto += f" {col('auto_after')} | {after_share} |"
+    auto += f" {col('auto_after')} | {after_share} | {col('auto_scored')} | {scored_share} |"
     return (
         f"| {T} | {times['select']:.3f} | {moe_ms:.3f} | {times['select'] / moe_ms:.1%} | "
         f"{verify_ms:.3f} | {times['select'] / verify_ms:.1%} {auto}"

@@ -276,3 +276,11 @@ def auto_ranked_after(policy, routing: list[tuple[torch.Tensor, ...]]) -> torch.
         for i, (logits_TE, ids_TK, weights_TK) in enumerate(routing)
     ]
     return policy.rank_routing(records)
+
+
+def auto_scored(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
+    """A server's step at the cap ranked after its forward: every layer's selection at
+    ``REST_SCORED`` (rows copied, scores kept) inside the forward, then
+    ``Auto.rank_scored`` (on CUDA one Triton launch), as SGLang's plugin runs them."""
+    auto_selections(policy, routing)
+    policy.rank_scored()

@@ -15,7 +15,7 @@ from moe_spec.ab.records import Step
 from moe_spec.ab.stats import Modeled, selection_share
 from moe_spec.control.steps import TREE
 from moe_spec.policies import PolicyError
-from moe_spec.policies.auto import SERVER_REST_SHARE, server_options
+from moe_spec.policies.auto import SERVER_AFTER_SHARE, SERVER_REST_SHARE, server_options
 from moe_spec.policies.builtin import TokenPriority
 from tests.conftest import make_record
 from tests.host_sync import HostSyncRecorder
@@ -399,8 +399,9 @@ def test_the_draft_gate_is_on_by_default_on_a_chain_not_on_a_tree(tree, options,
 def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
     """``server_options`` (what the SGLang-priced benches pass) is what ``for_server`` sets:
     the same plans follow, a step at the cap rests as in the engines but pays
-    ``SERVER_REST_SHARE`` of a selection (the kernels still launch) and, under SGLang's
-    skip switch, no shadows."""
+    ``SERVER_REST_SHARE`` of a selection (the kernels still launch), one that is ranked after
+    the forward that and ``SERVER_AFTER_SHARE`` more (its resting selections score), and,
+    under SGLang's skip switch, no shadows."""
     served = get_policy("auto", cost_model="measured")  # prices the selection
     served.for_server(guard=True, decode_extend=decode_extend, guesses=True)
     benched = get_policy("auto", cost_model="measured", **server_options(decode_extend))
@@ -415,11 +416,17 @@ def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
     )
     cost = served.controller.cost
     assert cost.rest_share == SERVER_REST_SHARE
-    # one step in 4 ranks (a whole selection), three rest (SERVER_REST_SHARE of one each)
-    want = cost.select_s * (1 + 3 * SERVER_REST_SHARE) / 4
+    assert cost.rank_share == pytest.approx(SERVER_REST_SHARE + SERVER_AFTER_SHARE)
+    # one step in 4 ranks (after the forward), three rest (SERVER_REST_SHARE of one each)
+    want = cost.select_s * (4 * SERVER_REST_SHARE + SERVER_AFTER_SHARE) / 4
     assert cost.rest_select_s == pytest.approx(want) and 0 < want < cost.select_s
     assert benched.controller.cost.rest_select_s == cost.rest_select_s
-    assert benched.rank_after is served.rank_after is False  # the server ranks inside
+    assert benched.rank_after is served.rank_after is True
+    inside = get_policy("auto", cost_model="measured", rank_after=False)  # as the user asks
+    inside.for_server(guard=True)
+    inside.prepare(2, 8, 2, 8, torch.device("cpu"))
+    inside.plan_step((4, 1, 3), False)
+    assert not inside.rank_after and inside.controller.cost.rank_share == 1.0
     assert benched.wants_guesses is served.wants_guesses is decode_extend
     kept = get_policy("auto", rest_share=0.25)  # set by hand (measured): a server keeps it
     kept.for_server(guard=True)

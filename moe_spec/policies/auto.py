@@ -36,10 +36,13 @@ learns (the window's first 8 steps, a new request's first 4) a step at the cap
 ranks where a budget comes within ``rank_near`` of paying and otherwise rests and enters the
 window unranked, with its committed tokens and experts (the engines pass its top-k in
 ``StepOutcome.ids_LTK``); budgets are searched over the ranked steps. With ``rank_after``
-(the engines' default; not SGLang's plugin, whose forwards rank) a step at the cap that
-ranks only to be learned from rests too, and :meth:`Auto.observe` ranks the routing records
-the engine kept (``StepOutcome.routing_L``) after the forward, every layer at once
-(:meth:`Auto.rank_routing`: the same ranks; priced at ``2 / L`` of a selection). Once
+(on by default) a step at the cap that ranks only to be learned from rests too and is
+ranked after the forward, every layer at once, with the same ranks: in the engines
+:meth:`Auto.observe` ranks the routing records the engine kept (``StepOutcome.routing_L``,
+:meth:`Auto.rank_routing`; priced at ``2 / L`` of a selection); on a server the resting
+selections still write each layer's expert scores (the rest flag's :data:`REST_SCORED`)
+and :meth:`Auto.rank_scored` ranks them after the forward (priced at
+:data:`SERVER_AFTER_SHARE`). Once
 the window is full, one budgeted tree step in ``learn_every`` enters it (:meth:`Auto.learns`)
 and replans that change nothing come less often (up to ``max_replan`` tree steps apart):
 the two costliest parts of the controller's host time, halved or better where nothing
@@ -60,7 +63,7 @@ import warnings
 import numpy as np
 import torch
 
-from moe_spec.budget import BudgetedTopK, expert_rank_E
+from moe_spec.budget import BudgetedTopK, expert_rank_E, expert_rank_LE
 from moe_spec.control import (
     TREE,
     AcceptanceEstimates,
@@ -73,7 +76,13 @@ from moe_spec.control import (
 from moe_spec.control.cost import after_share
 from moe_spec.control.planner import budget_levels
 from moe_spec.costmodel import get_cost_model, get_shape
-from moe_spec.kernels.budget_select_torch import ScoreRule, rank_layers_LE
+from moe_spec.kernels.budget_select_torch import (
+    RANK,
+    REST,
+    REST_SCORED,
+    ScoreRule,
+    rank_layers_LE,
+)
 from moe_spec.kernels.dispatch import choose_backend
 from moe_spec.policies.base import PolicyError
 from moe_spec.policies.builtin import TokenPriority
@@ -102,6 +111,14 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
 # that; bench/gpu_check.py times the resting selection ("auto at rest").
 SERVER_REST_SHARE = 0.5
 
+# The share of a selection a server's step at the cap pays beyond the rest's to be ranked
+# after its forward (:meth:`Auto.rank_scored`): each layer's resting selection scores its
+# rows (the token-dependent part of a selection, with the re-routing: 4.3 us of 14.0 at 32
+# tokens on the H200, so scoring alone about 0.1), then one launch ranks every layer's
+# scores (about one layer's ranking, 1 / L: 0.06 on OLMoE's 16 layers). An estimate, not a
+# measurement, like SERVER_REST_SHARE; bench/gpu_check.py times both.
+SERVER_AFTER_SHARE = 0.15
+
 # The fewest of a resting tree's steps that rank while budgets are far from paying, one in
 # this many (``max_rank_every``'s default; raised to ``rank_every`` where that is larger):
 # measured since the forty-fourth session, with each new request ranking at ``rank_every``
@@ -115,14 +132,17 @@ def server_options(decode_extend: bool = True) -> dict[str, object]:
     after every step, a decode's too unless ``decode_extend`` is off (its skip switch, where
     the draft then makes no guesses at decoded tokens: no ``shadow``); and a resting step
     paying ``SERVER_REST_SHARE`` of a selection (SGLang's forwards, CUDA graphs included, run
-    the selection's kernels every step; at rest they only keep every expert); no ranking
-    after the forward (the plugin's buffers hold the top-k, not the router's logits)."""
+    the selection's kernels every step; at rest they only keep every expert); and a step at
+    the cap that ranks only to be learned from ranked after the forward, from the scores its
+    resting selections wrote, at ``SERVER_AFTER_SHARE`` of a selection more
+    (:meth:`Auto.rank_scored`)."""
     options: dict[str, object] = dict(
         gate=False,
         draft_extend=True,
         decode_extend=decode_extend,
         rest_share=SERVER_REST_SHARE,
-        rank_after=False,
+        rank_after=True,
+        after_share=SERVER_AFTER_SHARE,
     )
     if not decode_extend:
         options["shadow"] = False
@@ -337,11 +357,30 @@ class Auto(TokenPriority):
         return super().accept_T(record)
 
     def keep(self, record: RoutingRecord, budget: int) -> torch.Tensor:
+        """The torch path of :meth:`apply_fused`'s selection. On a server it reads the rest
+        flag on the host where no CUDA graph is being captured (a captured graph ranks on
+        every replay, its scores written too, so a ranking after the forward agrees)."""
         self.prepare_for(record, budget)
-        scores_E = self.checked_scores(record)
-        rank_E = expert_rank_E(scores_E, record.used_E())
+        served, graph = "score_LE" in self.device_state, capturing()
+        rest = self.rest_host if served and not graph else RANK
+        scores_E = None if rest == REST else self.checked_scores(record)
+        used_E = record.used_E()
+        if served and (rest == REST_SCORED or graph):  # a graph replays at every flag
+            self.keep_scores(record, scores_E, used_E)
+        if rest != RANK:  # every expert kept, no ranking made
+            self.remember(record, None)
+            return torch.ones_like(used_E)
+        rank_E = expert_rank_E(scores_E, used_E)
         self.remember(record, rank_E)
         return rank_E < self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
+
+    def keep_scores(
+        self, record: RoutingRecord, scores_E: torch.Tensor, used_E: torch.Tensor
+    ) -> None:
+        """Copy a layer's scores and used mask into a server's buffers (:meth:`rank_scored`)."""
+        state, layer, E = self.device_state, record.layer_idx, record.num_experts
+        state["score_LE"][layer, :E].copy_(scores_E)
+        state["used_LE"][layer, :E].copy_(used_E)
 
     def fused_rule(self, record: RoutingRecord) -> ScoreRule | None:
         """The rule (:meth:`keep` is the torch path of the same selection) once the device
@@ -363,8 +402,11 @@ class Auto(TokenPriority):
         else:
             rank_E = torch.empty(E, dtype=torch.long, device=limit_1.device)
         rest_1 = state["rest_1"]  # set: every expert kept, rank_E not written
+        out = {}
+        if "score_LE" in state:  # a server's: scores kept for a ranking after the forward
+            out = dict(scores_E=state["score_LE"][layer, :E], used_E=state["used_LE"][layer, :E])
         budgeted = super().apply_fused(
-            record, budget, *args, limit_1=limit_1, rank_E=rank_E, rest_1=rest_1
+            record, budget, *args, limit_1=limit_1, rank_E=rank_E, rest_1=rest_1, **out
         )
         self.remember(record, rank_E)
         return budgeted
@@ -374,22 +416,24 @@ class Auto(TokenPriority):
         E, K = record.num_experts, record.top_k
         self.prepare(record.num_layers, E, K, budget, record.router_logits_TE.device)
 
-    def remember(self, record: RoutingRecord, rank_E: torch.Tensor) -> None:
+    def remember(self, record: RoutingRecord, rank_E: torch.Tensor | None) -> None:
         """Keep the layer's ranking and top-k for :meth:`observe` (eager engines) and copy
-        them into a server's device buffers (:meth:`record_to_device`)."""
-        if self.record_routing:
+        them into a server's device buffers (:meth:`record_to_device`; None: the ranking
+        is not made in this forward)."""
+        if self.record_routing and rank_E is not None:
             self.rank_LE[record.layer_idx] = rank_E
             self.ids_LNK[record.layer_idx] = record.topk_ids_TK
         if "ids_LRK" in self.device_state:
             self.record_rows(record, rank_E)
 
-    def record_rows(self, record: RoutingRecord, rank_E: torch.Tensor) -> None:
-        """Copy this layer's ranking and its first rows' top-k (and depths) into the
-        buffers of :meth:`record_to_device`: in-place copies, static shapes, no host read."""
+    def record_rows(self, record: RoutingRecord, rank_E: torch.Tensor | None) -> None:
+        """Copy this layer's ranking (if made) and its first rows' top-k (and depths) into
+        the buffers of :meth:`record_to_device`: in-place copies, static shapes, no host read."""
         state, layer = self.device_state, record.layer_idx
-        rank_row_E = state["rank_LE"][layer, : rank_E.numel()]
-        if rank_E.data_ptr() != rank_row_E.data_ptr():  # the kernel may have written it there
-            rank_row_E.copy_(rank_E)
+        if rank_E is not None:
+            rank_row_E = state["rank_LE"][layer, : rank_E.numel()]
+            if rank_E.data_ptr() != rank_row_E.data_ptr():  # the kernel may have written it
+                rank_row_E.copy_(rank_E)
         ids_LRK = state["ids_LRK"]
         R, K = min(record.num_tokens, ids_LRK.shape[1]), record.top_k
         ids_RK = record.topk_ids_TK[:R]
@@ -408,7 +452,11 @@ class Auto(TokenPriority):
         fewer experts leave the rest), ``ids_LRK`` (long ``[L, rows, top_k]``, the
         unbudgeted top-k of the first ``rows`` verify rows) and ``depth_R`` (long
         ``[rows]``). Call after :meth:`prepare` and before any graph is captured; read
-        the buffers after the forward (:meth:`observe` takes them as arguments).
+        the buffers after the forward (:meth:`observe` takes them as arguments), after
+        :meth:`rank_scored` where the forward's rest flag was :data:`REST_SCORED`. The
+        device state also gets the scores and used masks those forwards write
+        (``score_LE`` fp32 and ``used_LE`` int32 ``[L, E]``; unwritten columns score -inf,
+        unused, so they rank last).
         """
         if self.dims is None:
             raise PolicyError("auto: record_to_device() needs prepare() first")
@@ -418,8 +466,26 @@ class Auto(TokenPriority):
             rank_LE=torch.full((L, E), E, dtype=torch.long, device=device),
             ids_LRK=torch.zeros((L, rows, top_k), dtype=torch.long, device=device),
             depth_R=torch.zeros(rows, dtype=torch.long, device=device),
+            score_LE=torch.full((L, E), float("-inf"), device=device),
+            used_LE=torch.zeros((L, E), dtype=torch.int32, device=device),
         )
         return {k: self.device_state[k] for k in ("rank_LE", "ids_LRK", "depth_R")}
+
+    def rank_scored(self) -> None:
+        """After a server's forward at :data:`REST_SCORED` (host side, before its buffers
+        are copied): each layer's ranking of the scores its resting selection wrote, into
+        ``rank_LE``, as the selection would have ranked them. On CUDA one Triton launch, a
+        program per layer (:func:`rank_scored_triton`; where it cannot run, the torch path
+        after one warning: :meth:`try_kernel`), else torch ops. No host read."""
+        state = self.device_state
+        score_LE, used_LE, rank_LE = state["score_LE"], state["used_LE"], state["rank_LE"]
+        if self.fused_error is None and choose_backend(score_LE.device) == "triton":
+            from moe_spec.kernels.budget_select_triton import rank_scored_triton
+
+            args = (score_LE, used_LE, rank_LE)
+            if self.try_kernel(rank_scored_triton, *args, what="ranking") is not None:
+                return
+        rank_LE.copy_(expert_rank_LE(score_LE, used_LE.bool()))
 
     def for_server(
         self, guard: bool = False, decode_extend: bool = True, guesses: bool = False
@@ -446,7 +512,8 @@ class Auto(TokenPriority):
         self.draft_extend, self.decode_extend = served["draft_extend"], decode_extend
         if self.rest_share is None:
             self.rest_share = served["rest_share"]
-        self.rank_after = served["rank_after"]
+        if self.after_share is None:
+            self.after_share = served["after_share"]
 
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
@@ -555,7 +622,8 @@ class Auto(TokenPriority):
         self.resting = self.rests(plan)
         self.ranking_after = self.ranks_after(plan)
         self.resting |= self.ranking_after
-        self.flag_rest(self.resting)
+        scored = self.ranking_after and "score_LE" in self.device_state  # a server's
+        self.flag_rest(REST_SCORED if scored else REST if self.resting else RANK)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
             self.budget_host_L = self.controller.budget_L.copy()
             upload(self.device_state["budget_L"], self.budget_host_L)
@@ -566,12 +634,14 @@ class Auto(TokenPriority):
             upload(self.device_state["reach_D"], est.reach_D())
         return plan
 
-    def flag_rest(self, resting: bool) -> None:
-        """Set the device rest flag the selection kernel reads (:meth:`apply_fused`): a
-        server's forwards call the policy every step, and a resting step's kernels then keep
-        every expert without ranking (the engines skip the policy instead)."""
-        if int(resting) != self.rest_host and "rest_1" in self.device_state:
-            self.rest_host = int(resting)
+    def flag_rest(self, rest: int) -> None:
+        """Set the device rest flag the selection reads (:meth:`apply_fused`, :meth:`keep`):
+        a server's forwards call the policy every step, and a resting step's selections then
+        keep every expert without ranking (the engines skip the policy instead), at
+        :data:`REST_SCORED` writing the scores that :meth:`rank_scored` ranks after the
+        forward. ``rest``: :data:`RANK`, :data:`REST` or :data:`REST_SCORED` (True: REST)."""
+        if int(rest) != self.rest_host and "rest_1" in self.device_state:
+            self.rest_host = int(rest)
             upload(self.device_state["rest_1"], np.array([self.rest_host], dtype=np.int32))
 
     def start_request(self) -> None:
@@ -752,6 +822,11 @@ class Auto(TokenPriority):
         if len(window) < window.maxlen or self.looks():
             return True
         return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
+
+
+def capturing() -> bool:
+    """True while a CUDA graph is being captured (no host value may steer the forward)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def batched_alike(a: RoutingRecord, b: RoutingRecord) -> bool:

@@ -13,7 +13,10 @@ recorded request and ``plan_step`` once per verify step; when the observed reque
 batch's first, by SGLang's ``rid``) is another than the last step's, ``start_request``
 before its first observation. ``plan_step`` rewrites the
 per-layer budget tensor in place between forwards, so captured CUDA graphs stay valid;
-nothing here runs inside a forward.
+nothing here runs inside a forward. A step at the cap that the policy ranks only to learn
+from rests with its scores kept (the rest flag's ``REST_SCORED``): before the copies, the
+feed has the policy rank them (``Auto.rank_scored``, one launch on CUDA), so the step is
+folded in as ranked.
 
 SGLang runs the configured tree every step: a plugin cannot switch to a smaller tree or
 to plain decoding, so the policy plans per-layer budgets for that tree only (no guard).
@@ -56,6 +59,7 @@ from moe_spec.control.steps import (
     candidate_trees,
 )
 from moe_spec.integration.sglang.compat import UnsupportedSetupError
+from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
 
 logger = logging.getLogger("moe_spec.sglang")
 
@@ -92,6 +96,7 @@ class Snapshot:
     new_request: bool = False  # the observed request is another than the last step's
     hit_1: torch.Tensor | None = None  # a decode: whether the draft guessed its token
     rested: bool = False  # the step's selection rested (the policy's device flag): no ranking
+    ranked_after: bool = False  # it rested, its scores ranked after the forward
 
     def wait(self) -> None:
         """Until the copies have landed (long done when the next step comes)."""
@@ -125,7 +130,8 @@ class AcceptanceFeed:
         self.run: tuple[StepPlan | None, int] = (None, 0)
         self.extends_skipped = self.decodes_run = 0
         self.by_depth: Counter[int] = Counter()  # verify steps per chain depth (chains)
-        self.tree_steps = self.rested = 0  # folded tree steps; those that rested (no ranking)
+        # folded tree steps; those that rested (no ranking); those ranked after the forward
+        self.tree_steps = self.rested = self.ranked_after = 0
         self.buffers = policy.record_to_device(requests * self.N, top_k)
         self.per_step = requests  # requests observed per verify step (the batch's first)
         self.pending: deque[Snapshot] = deque()
@@ -225,6 +231,9 @@ class AcceptanceFeed:
         if hit_1 is not None:
             tensors["hit_1"] = hit_1
         cuda = lens_b.device.type == "cuda"
+        rest = getattr(self.policy, "rest_host", RANK)  # the flag this forward read
+        if rest == REST_SCORED:  # ranked after the forward, from the scores it wrote
+            self.policy.rank_scored()
         self.copies += 1
         host = {
             k: self.host_buffer(k, t, cuda).copy_(t, non_blocking=cuda) for k, t in tensors.items()
@@ -234,8 +243,8 @@ class AcceptanceFeed:
             event = torch.cuda.Event()
             event.record()
         lens, index, hit_1 = host.pop("lens_b"), host.pop("index_bP"), host.pop("hit_1", None)
-        rested = bool(getattr(self.policy, "rest_host", 0))  # the flag this forward read
-        return Snapshot(event, lens, index, host, hit_1=hit_1, rested=rested)
+        rested, after = rest == REST, rest == REST_SCORED
+        return Snapshot(event, lens, index, host, hit_1=hit_1, rested=rested, ranked_after=after)
 
     def host_buffer(self, name: str, t: torch.Tensor, pinned: bool) -> torch.Tensor:
         """This copy's host buffer for tensor ``name``, made again when its shape or dtype
@@ -271,6 +280,7 @@ class AcceptanceFeed:
             self.report_decodes()
             self.tree_steps += 1
             self.rested += snap.rested
+            self.ranked_after += snap.ranked_after
             for i, path in enumerate(paths[: min(self.per_step, rec["ids_LRK"].shape[1] // N)]):
                 rows = slice(i * N, (i + 1) * N)
                 outcome = StepOutcome(TREE, path, rec["depth_R"][rows], None, tree)
@@ -416,7 +426,8 @@ class AcceptanceFeed:
             f"folded in, {self.started} new), mean accepted length {mean:.2f}; "
             f"budgets per layer {budgets}; "
             f"P(reach depth 1..{self.tree[2]}) {reach}; "
-            f"{self.rested} of {self.tree_steps} tree steps rested (budgets at E, no ranking); "
+            f"{self.rested} of {self.tree_steps} tree steps rested (budgets at E, no ranking), "
+            f"{self.ranked_after} ranked after the forward; "
             f"{self.host_time()}; "
             f"{self.depths()}plan: {reason}"
         )

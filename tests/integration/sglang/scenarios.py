@@ -18,6 +18,8 @@ from types import SimpleNamespace
 
 import torch
 
+from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
+
 BUDGET_LAYERS = {0: "qwen3_moe", 1: "olmoe"}
 
 
@@ -413,6 +415,8 @@ def scenario_auto() -> dict:
     runtime = plugin.RUNTIME
     model = build_model()
     runtime.prepare(model, sglang_args(*TREE_7), "cpu")
+    # the first plan ranks after the forward (budgets at the cap): set budgets and rank
+    runtime.policy.flag_rest(RANK)
     budget_L = runtime.policy.device_state["budget_L"]
     address = budget_L.data_ptr()
     depths = [[0, 1, 1, 1, 2, 2, 3], [0, 1, 2, 2, 3, 3, 3]]
@@ -431,12 +435,34 @@ def scenario_auto() -> dict:
         verify = run_blocks(model, x_TD, tree_batch("TARGET_VERIFY", depths))
         distinct[str(budgets)] = [int(v["ids"].unique().numel()) for v in verify]
     plain = run_blocks(model, x_TD, None)
+    # at the cap: ranked in the forward, then rested with the scores kept and ranked after
+    policy, batch = runtime.policy, tree_batch("TARGET_VERIFY", depths)
+    budget_L.copy_(torch.tensor([8, 16]))
+    rank_LE = policy.device_state["rank_LE"]
+    ranked = run_blocks(model, x_TD, batch)
+    inside = rank_LE.clone()
+    rested = {}
+    for flag in (REST, REST_SCORED):
+        policy.flag_rest(flag)
+        rank_LE.fill_(-1)
+        verify = run_blocks(model, x_TD, batch)
+        if flag == REST_SCORED:
+            policy.rank_scored()
+        rested[flag] = {
+            "rows_unchanged": all(
+                torch.equal(v["ids"], r["ids"]) for v, r in zip(verify, ranked, strict=True)
+            ),
+            "ranks": rank_LE.tolist(),
+        }
     return {
         "before": [int(p["ids"].unique().numel()) for p in plain],
         "distinct": distinct,
         "host_syncs": recorder.syncs,
         "same_tensor": budget_L.data_ptr() == address,
         "record_routing": runtime.policy.record_routing,
+        "ranked_inside": inside.tolist(),
+        "rested": rested[REST],
+        "rested_scored": rested[REST_SCORED],
     }
 
 

@@ -23,6 +23,15 @@ def test_per_layer_budgets_change_in_place_between_passes():
     for budgets in ([3, 6], [2, 4]):
         got = result["distinct"][str(budgets)]
         assert got == budgets, (budgets, got)
+    # at the cap the policy may rest: every row as SGLang routed it, and no ranking made;
+    # rested with its scores kept (REST_SCORED), ranked after the forward as inside it
+    # (layer 0 has 8 experts of the buffer's 16: the columns past its experts do not count)
+    inside = [row[:E] for row, E in zip(result["ranked_inside"], EXPERTS, strict=True)]
+    assert [sorted(row) for row in inside] == [list(range(E)) for E in EXPERTS]
+    assert result["rested"] == {"rows_unchanged": True, "ranks": [[-1] * 16] * 2}
+    scored = result["rested_scored"]
+    assert scored["rows_unchanged"]
+    assert [row[:E] for row, E in zip(scored["ranks"], EXPERTS, strict=True)] == inside
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,17 @@ import pytest
 import torch
 
 from moe_spec.integration.sglang.feed import AcceptanceFeed
+from moe_spec.kernels.budget_select_torch import RANK, REST_SCORED
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
 
 CUDA = pytest.param(
     "cuda",
+    marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+)
+#: CUDA on the policy's torch path: a captured graph cannot read the host's rest flag
+CUDA_TORCH = pytest.param(
+    "cuda-torch",
     marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 )
 L, E, K, N, BS = 3, 16, 2, 7, 2
@@ -44,10 +50,14 @@ def no_host_sync(device: str):
 
 def served(device: str, monkeypatch) -> tuple[object, str]:
     """An ``auto`` as SGLang's plugin holds it on ``device`` (``cpu-triton``: the CPU on the
-    fused Triton path, interpreted, which CUDA runs)."""
+    fused Triton path, interpreted, which CUDA runs; ``cuda-torch``: CUDA on the torch path,
+    as after the kernel failed there)."""
     if device == "cpu-triton":
         monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")
         device = "cpu"
+    elif device == "cuda-torch":
+        monkeypatch.setenv("MOE_SPEC_KERNELS", "torch")
+        device = "cuda"
     policy = get_policy("auto")
     policy.validate, policy.record_routing = False, False
     policy.for_server()
@@ -184,3 +194,32 @@ def test_the_rest_flag_flips_a_captured_verify_between_ranking_and_resting(devic
     ranked = run()
     assert all(int(ids.unique().numel()) <= K + 1 for ids in ranked)
     assert bool((rank_LE >= 0).all()) and bool((rank_LE < E).all())
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu-triton", CUDA, CUDA_TORCH])
+def test_a_verify_rested_with_its_scores_is_ranked_after_it_as_inside_it(device, monkeypatch):
+    """At REST_SCORED a (captured) verify keeps the routing as it was and leaves the scores
+    its selections made; ranked after it (``Auto.rank_scored``) they give the ranking the same
+    verify makes inside at RANK. Eagerly and on the kernel no ranking is made inside; a graph
+    captured on the torch path, which cannot read the host's flag, ranks on every replay and
+    keeps the scores too."""
+    policy, cuda_or_cpu = served(device, monkeypatch)
+    rank_LE = policy.record_to_device(N, K)["rank_LE"]
+    g = torch.Generator(device=cuda_or_cpu).manual_seed(5)
+    logits_LTE = torch.randn(L, N, E, device=cuda_or_cpu, generator=g) * 3
+    depth_T = torch.tensor(DEPTH_N, device=cuda_or_cpu)
+    plain = [torch.topk(torch.softmax(logits_LTE[layer], -1), K) for layer in range(L)]
+    run = captured(verify_of(policy, logits_LTE, depth_T), cuda_or_cpu)
+    policy.flag_rest(RANK)
+    run()
+    inside = rank_LE.clone()
+    assert all(sorted(row) == list(range(E)) for row in inside.tolist())
+    policy.flag_rest(REST_SCORED)
+    rank_LE.fill_(-1)
+    rows = [ids.clone() for ids in run()]
+    assert all(torch.equal(ids, p[1]) for ids, p in zip(rows, plain, strict=True))
+    if device != "cuda-torch":
+        assert bool((rank_LE == -1).all())  # no ranking inside
+    with no_host_sync(cuda_or_cpu):
+        policy.rank_scored()
+    assert torch.equal(rank_LE, inside)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from moe_spec.integration.sglang.feed import AcceptanceFeed
+from moe_spec.kernels.budget_select_torch import RANK
 from moe_spec.policies import get_policy
 
 L, E, K, N = 2, 8, 2, 4
@@ -17,7 +18,9 @@ def feed_of() -> AcceptanceFeed:
     policy.validate, policy.record_routing = False, False
     policy.for_server()
     policy.prepare(L, E, K, E, torch.device("cpu"))
-    return AcceptanceFeed(policy, (N, 2, 2), K)
+    feed = AcceptanceFeed(policy, (N, 2, 2), K)
+    policy.flag_rest(RANK)  # the forwards here rank: record() writes what they would
+    return feed
 
 
 def record(feed: AcceptanceFeed, value: int) -> None:
