@@ -181,12 +181,15 @@ def summary(
 def run_feed(L: int, E: int, shape: str, args) -> dict:
     """The SGLang path: ``AcceptanceFeed.after_verify`` per synthetic verify step, timed
     whole; the recorded routing is written into the policy's buffers first (what its
-    ``keep`` does inside the forward, not timed)."""
+    ``keep`` does inside the forward, or ``rank_scored`` after it, not timed)."""
     from moe_spec.integration.sglang.feed import AcceptanceFeed
 
     policy = get_policy("auto", shape=shape, gpu="H200", cost_model=args.cost_model)
     policy.for_server()
     policy.prepare(L, E, K, E, torch.device("cpu"))
+    # a step ranked after its forward: on a GPU one launch (device work, queued), whose
+    # ranks the synthetic step's stand for; here no forward wrote the scores it would rank
+    policy.rank_scored = lambda: None
     feed = AcceptanceFeed(policy, TREE, K, interval_s=0)
     buffers, depth = feed.buffers, TREE[2]
     steps = synthetic_steps(L, E, args.distinct, args.accept)

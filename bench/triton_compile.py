@@ -221,7 +221,8 @@ def launches() -> dict[str, Callable[[], None]]:
                 "scores_E": torch.empty(3, E)[1],
                 "used_E": torch.empty(3, E, dtype=torch.int32)[1],
             }
-        select_budget_triton(r, max(K, E // 2), rule, mode, **device_state)
+        budget = 1 if K == 1 else max(K, E // 2)  # a budget of 1: a constant to Triton
+        select_budget_triton(r, budget, rule, mode, **device_state)
 
     def ranking(T: int, E: int, K: int, scoring: str, weighted: bool) -> None:
         records = [record(T, E, K, scoring, *transformers) for _ in range(3)]
@@ -249,6 +250,8 @@ def launches() -> dict[str, Callable[[], None]]:
                 caller = "SGLang" if served else "reference engine"
                 name = f"selection T={T} E={E} K=8 {scoring} ({caller})"
                 out[name] = lambda a=(T, E, 8, scoring, served, "substitution"): selection(*a)
+        name = f"selection T=32 E={E} K=1 B=1 {scoring} (SGLang)"  # top-1 routers
+        out[name] = lambda a=(32, E, 1, scoring, True, "substitution"): selection(*a)
         out[f"selection T=32 E={E} K=8 {scoring} truncation (transformers)"] = (
             lambda a=(32, E, 8, scoring, False, "truncation"): selection(*a)
         )

@@ -110,12 +110,10 @@ def score_keep_kernel(
             HAS_ROOT,
         )  # fmt: skip
         if rest == 0:
-            if HAS_LIMIT:
-                budget = tl.minimum(tl.load(limit_ptr).to(tl.int32), budget)
             tl.debug_barrier()
             rank_experts(
-                scores_ptr, used_ptr, keep_ptr, rank_ptr, E, budget, offs_e, e_ok, BLOCK_E,
-                RANK_CHUNK, HAS_RANK,
+                scores_ptr, used_ptr, keep_ptr, rank_ptr, limit_ptr, E, budget, offs_e, e_ok,
+                BLOCK_E, RANK_CHUNK, HAS_LIMIT, HAS_RANK,
             )  # fmt: skip
         else:
             tl.store(keep_ptr + offs_e, tl.full((BLOCK_E,), 1, dtype=tl.int8), mask=e_ok)
@@ -164,11 +162,17 @@ def score_used(
 
 @triton.jit
 def rank_experts(
-    scores_ptr, used_ptr, keep_ptr, rank_ptr, E, budget, offs_e, e_ok,
-    BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr, HAS_RANK: tl.constexpr,
+    scores_ptr, used_ptr, keep_ptr, rank_ptr, limit_ptr, E, budget, offs_e, e_ok,
+    BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr, HAS_LIMIT: tl.constexpr,
+    HAS_RANK: tl.constexpr,
 ):  # fmt: skip
     """From one layer's stored scores and used mask: each expert's rank (used experts
-    first, higher score first, lower id on ties) and the kept mask ``rank < budget``."""
+    first, higher score first, lower id on ties) and the kept mask ``rank < budget``
+    (with ``HAS_LIMIT``, ``min(budget, limit[0])``). The budget is lowered here, outside
+    the caller's run-time branches: Triton makes an argument of 1 a constant, which a
+    run-time branch may not reassign."""
+    if HAS_LIMIT:
+        budget = tl.minimum(tl.load(limit_ptr).to(tl.int32), budget)
     score_E = tl.load(scores_ptr + offs_e, mask=e_ok, other=0.0)
     used_E = tl.load(used_ptr + offs_e, mask=e_ok, other=0)
     for c0 in tl.static_range(0, BLOCK_E, RANK_CHUNK):
@@ -208,8 +212,8 @@ def rank_layers_kernel(
     )  # fmt: skip
     tl.debug_barrier()
     rank_experts(
-        scores_ptr + out, used_ptr + out, keep_ptr + out, rank_ptr + out, E, E, offs_e, e_ok,
-        BLOCK_E, RANK_CHUNK, True,
+        scores_ptr + out, used_ptr + out, keep_ptr + out, rank_ptr + out, used_ptr, E, E,
+        offs_e, e_ok, BLOCK_E, RANK_CHUNK, False, True,
     )  # fmt: skip
 
 
@@ -224,7 +228,8 @@ def rank_scored_kernel(
     offs_e = tl.arange(0, BLOCK_E)
     rank_experts(
         scores_ptr + layer * stride_sl, used_ptr + layer * stride_ul, keep_ptr + layer * E,
-        rank_ptr + layer * stride_rl, E, E, offs_e, offs_e < E, BLOCK_E, RANK_CHUNK, True,
+        rank_ptr + layer * stride_rl, used_ptr, E, E, offs_e, offs_e < E, BLOCK_E, RANK_CHUNK,
+        False, True,
     )  # fmt: skip
 
 

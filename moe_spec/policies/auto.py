@@ -308,7 +308,7 @@ class Auto(TokenPriority):
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
         self.decode_extend = decode_extend  # and after every plain decode (off: a run's last)
         self.rank_every = rank_every  # an unbudgeted step ranks (and is learned from) 1 in n
-        self.rank_after = rank_after  # and does so after its forward (engines; not a server)
+        self.rank_after = rank_after  # and does so after its forward
         # the share of a selection that ranking after the forward costs (None: 2 / L)
         self.after_share = None if after_share is None else float(after_share)
         self.ranking_after = False  # whether the step planned does
@@ -456,7 +456,8 @@ class Auto(TokenPriority):
         :meth:`rank_scored` where the forward's rest flag was :data:`REST_SCORED`. The
         device state also gets the scores and used masks those forwards write
         (``score_LE`` fp32 and ``used_LE`` int32 ``[L, E]``; unwritten columns score -inf,
-        unused, so they rank last).
+        unused, so they rank last); with ``rank_after`` their ranking runs once here, so that
+        on CUDA its kernel is compiled before graphs are captured, not at a first request.
         """
         if self.dims is None:
             raise PolicyError("auto: record_to_device() needs prepare() first")
@@ -469,6 +470,9 @@ class Auto(TokenPriority):
             score_LE=torch.full((L, E), float("-inf"), device=device),
             used_LE=torch.zeros((L, E), dtype=torch.int32, device=device),
         )
+        if self.rank_after:  # compiled now, before graphs are captured, not at a first request
+            self.rank_scored()
+            self.device_state["rank_LE"].fill_(E)
         return {k: self.device_state[k] for k in ("rank_LE", "ids_LRK", "depth_R")}
 
     def rank_scored(self) -> None:
@@ -702,11 +706,13 @@ class Auto(TokenPriority):
 
     def ranks_after(self, plan: StepPlan) -> bool:
         """With ``rank_after``: whether a tree step that ranks only to be learned from (its
-        budgets all at least E) rests instead, and :meth:`observe` ranks the routing the
-        engines kept, every layer at once (``score_layers_torch``: the same ranks). Inside
-        the forward the ranking is a selection in every layer; after it, on CUDA, one launch
-        of a program per layer (:meth:`rank_routing`; priced at the cost model's
-        ``after_share``, 2 / L of a selection, an estimate)."""
+        budgets all at least E) rests instead and is ranked after the forward, every layer
+        at once, with the same ranks: in the engines :meth:`observe` ranks the routing they
+        kept (:meth:`rank_routing`; priced at the cost model's ``after_share``, 2 / L of a
+        selection, an estimate); on a server the resting selections keep their scores
+        (:data:`REST_SCORED`) and :meth:`rank_scored` ranks them (priced at
+        ``SERVER_AFTER_SHARE`` more than a rest). Inside the forward the ranking is a
+        selection in every layer; after it, on CUDA, one launch of a program per layer."""
         if not self.rank_after or self.resting or plan.kind != TREE:
             return False
         # at the cap, and entering the window (with ``rank_every`` 1, not every step does)
