@@ -38,6 +38,7 @@ from moe_spec.integration.sglang.metrics import (
     prometheus_gauges,
 )
 from moe_spec.integration.sglang.settings import ServeSettings
+from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
 
@@ -261,6 +262,8 @@ class BudgetRuntime:
             feed.after_verify(result, batch)
         except Exception as exc:  # an unexpected layout or a policy bug: stop learning only
             feed.stopped = f"{exc!r}"
+            if getattr(self.policy, "rest_host", RANK) == REST_SCORED:  # nothing ranks them now
+                self.policy.flag_rest(REST)
             logger.error(
                 "moe-spec: policy %r gets no more acceptance (its budgets stay as they are): %r",
                 self.settings.policy,

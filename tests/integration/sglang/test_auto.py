@@ -7,6 +7,7 @@ import pytest
 
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import ServeSettings, SettingsError
+from moe_spec.kernels.budget_select_torch import REST
 from tests.integration.sglang.conftest import run_scenario
 from tests.integration.sglang.scenarios import ACCEPT_INDEX, DEPTHS, ROOT_ONLY
 
@@ -87,6 +88,10 @@ def test_a_verify_result_laid_out_otherwise_stops_learning_only(fed):
     stopped = fed["stopped"]
     assert "has no accept_index" in stopped["no_accept_index"]
     assert "rows of its own 7, root first" in stopped["rows_of_another_request"]
+    # a step that was to be ranked after its forward: with no feed to rank them, the
+    # selections stop writing scores (they rest, keeping every expert, as the budgets say)
+    names = ("no_accept_index", "rows_of_another_request")
+    assert {stopped[f"{name} rest flag"] for name in names} == {REST}
 
 
 def test_a_missing_verify_hook_refuses_the_start(fed):
