@@ -104,6 +104,18 @@ def captured(verify, device: str):
     return replay
 
 
+def served_verify(device: str, monkeypatch, seed: int):
+    """A served ``auto`` with its device buffers, one request's verify of random routing
+    (``DEPTH_N``) captured: ``(policy, rank_LE, plain top-k per layer, run)``."""
+    policy, device = served(device, monkeypatch)
+    rank_LE = policy.record_to_device(N, K)["rank_LE"]
+    g = torch.Generator(device=device).manual_seed(seed)
+    logits_LTE = torch.randn(L, N, E, device=device, generator=g) * 3
+    depth_T = torch.tensor(DEPTH_N, device=device)
+    plain = [torch.topk(torch.softmax(logits_LTE[layer], -1), K) for layer in range(L)]
+    return policy, rank_LE, plain, captured(verify_of(policy, logits_LTE, depth_T), device)
+
+
 @pytest.mark.parametrize("device", ["cpu", "cpu-triton", CUDA])
 def test_budgets_learned_between_replays_of_a_captured_verify(device, monkeypatch):
     """``cpu-triton``: the CPU loop on the fused Triton path (interpreted), which CUDA runs."""
@@ -177,13 +189,7 @@ def test_the_rest_flag_flips_a_captured_verify_between_ranking_and_resting(devic
     """One captured verify on the fused kernel: replayed with the rest flag set (budgets at
     E) it keeps the routing as it was and writes no ranking; with the flag cleared and
     budgets lowered (both rewritten in place between replays) it ranks and budgets."""
-    policy, device = served(device, monkeypatch)
-    rank_LE = policy.record_to_device(N, K)["rank_LE"]
-    g = torch.Generator(device=device).manual_seed(2)
-    logits_LTE = torch.randn(L, N, E, device=device, generator=g) * 3
-    depth_T = torch.tensor(DEPTH_N, device=device)
-    plain = [torch.topk(torch.softmax(logits_LTE[layer], -1), K) for layer in range(L)]
-    run = captured(verify_of(policy, logits_LTE, depth_T), device)
+    policy, rank_LE, plain, run = served_verify(device, monkeypatch, seed=2)
     policy.flag_rest(True)
     rank_LE.fill_(-1)
     rested = [ids.clone() for ids in run()]
@@ -203,13 +209,7 @@ def test_a_verify_rested_with_its_scores_is_ranked_after_it_as_inside_it(device,
     verify makes inside at RANK. Eagerly and on the kernel no ranking is made inside; a graph
     captured on the torch path, which cannot read the host's flag, ranks on every replay and
     keeps the scores too."""
-    policy, cuda_or_cpu = served(device, monkeypatch)
-    rank_LE = policy.record_to_device(N, K)["rank_LE"]
-    g = torch.Generator(device=cuda_or_cpu).manual_seed(5)
-    logits_LTE = torch.randn(L, N, E, device=cuda_or_cpu, generator=g) * 3
-    depth_T = torch.tensor(DEPTH_N, device=cuda_or_cpu)
-    plain = [torch.topk(torch.softmax(logits_LTE[layer], -1), K) for layer in range(L)]
-    run = captured(verify_of(policy, logits_LTE, depth_T), cuda_or_cpu)
+    policy, rank_LE, plain, run = served_verify(device, monkeypatch, seed=5)
     policy.flag_rest(RANK)
     run()
     inside = rank_LE.clone()
@@ -220,6 +220,6 @@ def test_a_verify_rested_with_its_scores_is_ranked_after_it_as_inside_it(device,
     assert all(torch.equal(ids, p[1]) for ids, p in zip(rows, plain, strict=True))
     if device != "cuda-torch":
         assert bool((rank_LE == -1).all())  # no ranking inside
-    with no_host_sync(cuda_or_cpu):
+    with no_host_sync(rank_LE.device.type):
         policy.rank_scored()
     assert torch.equal(rank_LE, inside)

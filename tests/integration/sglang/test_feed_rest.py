@@ -18,20 +18,27 @@ from moe_spec.policies import get_policy
 L, E, K, N = 2, 8, 2, 4
 
 
-def test_a_rested_step_is_observed_without_its_ranking():
+def served_feed(seen: list) -> tuple:
+    """A served ``auto`` and its feed; each ``observe`` call's ``(rank_LE, ids_LNK,
+    rested)`` appended to ``seen`` (the ranking cloned)."""
     policy = get_policy("auto")
     policy.validate, policy.record_routing = False, False
     policy.for_server()
     policy.prepare(L, E, K, E, torch.device("cpu"))
     feed = AcceptanceFeed(policy, (N, 2, 2), K)
-    seen = []
     observe = policy.observe
 
     def spy(outcome, rank_LE=None, ids_LNK=None, rested=None):
-        seen.append((rank_LE is None, ids_LNK is not None, rested))
+        seen.append((None if rank_LE is None else rank_LE.clone(), ids_LNK, rested))
         observe(outcome, rank_LE, ids_LNK, rested=rested)
 
     policy.observe = spy
+    return policy, feed
+
+
+def test_a_rested_step_is_observed_without_its_ranking():
+    calls = []
+    policy, feed = served_feed(calls)
     result = SimpleNamespace(accept_lens=torch.tensor([2]), accept_index=torch.tensor([[0, 1, -1]]))
     batch = SimpleNamespace(forward_mode=None, reqs=[SimpleNamespace(rid="r0")])
     snaps = []
@@ -42,30 +49,21 @@ def test_a_rested_step_is_observed_without_its_ranking():
     policy.flag_rest(False)  # the plan made since: the late fold must not read it
     for snap in snaps:
         feed.fold(snap)
+    seen = [(rank is None, ids is not None, rested) for rank, ids, rested in calls]
     ranked, rested = (False, True, False), (True, True, True)  # (no ranking, top-k, rested)
     assert seen == [ranked, rested, rested, ranked]
     policy.flag_rest(True)
     feed.after_verify(result, batch)  # on a CPU: copied and folded at once
-    assert seen[-1] == (True, True, True)
+    rank, ids, rested = calls[-1]
+    assert (rank is None, ids is not None, rested) == (True, True, True)
     assert "3 of 5 tree steps rested (budgets at E, no ranking)" in feed.line()
 
 
 def test_a_step_ranked_after_its_forward_is_observed_with_the_ranks_of_its_scores():
     """At REST_SCORED the forward's resting selections leave scores, not ranks: the feed
     has the policy rank them before the copies, and the step is observed as ranked."""
-    policy = get_policy("auto")
-    policy.validate, policy.record_routing = False, False
-    policy.for_server()
-    policy.prepare(L, E, K, E, torch.device("cpu"))
-    feed = AcceptanceFeed(policy, (N, 2, 2), K)
     seen = []
-    observe = policy.observe
-
-    def spy(outcome, rank_LE=None, ids_LNK=None, rested=None):
-        seen.append((None if rank_LE is None else rank_LE.clone(), rested))
-        observe(outcome, rank_LE, ids_LNK, rested=rested)
-
-    policy.observe = spy
+    policy, feed = served_feed(seen)
     g = torch.Generator().manual_seed(3)
     state = policy.device_state
     scores_LE = torch.randint(0, 3, (L, E), generator=g).float()  # ties broken by id
@@ -80,5 +78,5 @@ def test_a_step_ranked_after_its_forward_is_observed_with_the_ranks_of_its_score
     want = expert_rank_LE(scores_LE, used_LE.bool())
     assert torch.equal(snap.recorded["rank_LE"], want)
     feed.fold(snap)
-    assert len(seen) == 1 and torch.equal(seen[0][0], want) and seen[0][1] is False
+    assert len(seen) == 1 and torch.equal(seen[0][0], want) and seen[0][2] is False
     assert "0 of 1 tree steps rested (budgets at E, no ranking), 1 ranked after" in feed.line()
