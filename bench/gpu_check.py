@@ -28,7 +28,9 @@ from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
    at once (``rank_after``; what ``moe_spec.control.cost.after_share`` estimates at
    ``2 / L`` of the selection), and a server's: the resting selections keep their scores
    and one launch ranks them after the forward (``REST_SCORED``; what
-   ``SERVER_REST_SHARE + SERVER_AFTER_SHARE`` estimate);
+   ``SERVER_REST_SHARE + SERVER_AFTER_SHARE`` estimate), and a rest as the plugin runs it,
+   its own handling of SGLang's masked rows included, against the selection the cost
+   model's ``select_s`` was fitted on (what ``SERVER_REST_SHARE`` estimates);
 4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
    check's machine) and the fused MoE kernel against U, budgeted and not, each
    call replayed from a CUDA graph;
@@ -467,9 +469,11 @@ def time_model(
             "verify ms | selection / verify | `auto` ms (L calls, as SGLang's plugin) | "
             "`auto` / verify | `auto` on its torch path ms | `auto` at rest ms | "
             "at rest / `auto` | ranked after the forward ms (all layers) | after / `auto` | "
-            "`auto` at rest, scored, ranked after ms | scored / `auto` |",
+            "`auto` at rest, scored, ranked after ms | scored / `auto` | "
+            "`auto` at rest as the plugin runs it ms (SGLang's masked rows too) | "
+            "plugin at rest / selection |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-            "| --- |",
+            "| --- | --- | --- |",
             *splits,
         ]
     return table, points
@@ -507,6 +511,7 @@ def selection_split(
         scored = gpu_model.served_auto(model.dims, T, model.dims.E, inputs.tokens_T.device.type)
         scored.flag_rest(REST_SCORED)  # a server's step at the cap ranked after its forward
         fns["auto_scored"] = lambda: gpu_model.auto_scored(scored, routing)
+        fns["plugin_rest"] = lambda: gpu_model.plugin_budgets(resting, routing)
     except ImportError as exc:
         print(f"`auto` not timed: {exc}", flush=True)
     # on CUDA auto picks the kernel itself; the interpreter's smoke run must ask for it
@@ -514,6 +519,7 @@ def selection_split(
     backends = {"auto": on_kernel, "auto_torch": "torch", "auto_rest": on_kernel}
     backends["auto_after"] = on_kernel  # one launch after the forward (engines' rank_after)
     backends["auto_scored"] = on_kernel  # scores kept at rest, one launch after (servers')
+    backends["plugin_rest"] = on_kernel  # the rest with the runtime's own ops: the server's
     times = {}
     for name, fn in fns.items():
         try:
@@ -540,6 +546,8 @@ def selection_split(
     scored_share = f"{times['auto_scored'] / times['auto']:.2f}" if scored else "n/a"
     auto = f"| {col('auto')} | {share} | {col('auto_torch')} | {col('auto_rest')} | {rest} |"
     auto += f" {col('auto_after')} | {after_share} | {col('auto_scored')} | {scored_share} |"
+    plugin = f"{times['plugin_rest'] / times['select']:.2f}" if "plugin_rest" in times else "n/a"
+    auto += f" {col('plugin_rest')} | {plugin} |"
     return (
         f"| {T} | {times['select']:.3f} | {moe_ms:.3f} | {times['select'] / moe_ms:.1%} | "
         f"{verify_ms:.3f} | {times['select'] / verify_ms:.1%} {auto}"

@@ -284,3 +284,22 @@ def auto_scored(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
     ``Auto.rank_scored`` (on CUDA one Triton launch), as SGLang's plugin runs them."""
     auto_selections(policy, routing)
     policy.rank_scored()
+
+
+def plugin_budgets(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
+    """``auto``'s work in one verify forward as SGLang's plugin does it, its handling of the
+    rows SGLang masks included (``BudgetRuntime``'s ``budget_rows``, every row real, no
+    SGLang needed): what a server pays a forward at the policy's rest flag."""
+    from moe_spec.integration.sglang.runtime import budget_rows
+    from moe_spec.routing import RoutingRecord
+
+    L, (logits_TE, _, _) = len(routing), routing[0]
+    T, E = logits_TE.shape
+    real_T = torch.ones(T, dtype=torch.bool, device=logits_TE.device)
+    depth_T = torch.arange(T, device=logits_TE.device)
+    for layer, (logits_TE, ids_TK, weights_TK) in enumerate(routing):
+        served = RoutingRecord(
+            logits_TE, ids_TK, weights_TK, valid_T=real_T, depth_T=depth_T, layer_idx=layer,
+            num_layers=L,
+        )  # fmt: skip
+        budget_rows(policy, served, E, "substitution")

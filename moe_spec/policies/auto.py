@@ -108,7 +108,8 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
 # re-routing). An estimate, not a measurement: the H200's selection in a captured graph took
 # 14.0 us at 32 tokens and 18.3 us at 64 (OLMoE's shape), so launches plus the work that does
 # not grow with tokens are at most 9.7 us, 0.69 of it, and the ranking over E is part of
-# that; bench/gpu_check.py times the resting selection ("auto at rest").
+# that; bench/gpu_check.py times the resting selection ("auto at rest") and the rest as the
+# plugin runs it, SGLang's masked rows included ("plugin at rest / selection": the measure).
 SERVER_REST_SHARE = 0.5
 
 # The share of a selection a server's step at the cap pays beyond the rest's to be ranked

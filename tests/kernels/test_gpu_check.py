@@ -52,6 +52,7 @@ def test_interpreter_smoke_run_passes_its_checks_and_prints_tables(tmp_path):
     assert "| `auto` at rest ms | at rest / `auto` |" in done.stdout
     assert "resting with scores, ranked after T=64 E=128 K=8: rows copied" in done.stdout
     assert "| `auto` at rest, scored, ranked after ms | scored / `auto` |" in done.stdout
+    assert "(SGLang's masked rows too) | plugin at rest / selection |" in done.stdout
     assert "`auto` not timed" not in done.stdout and "| n/a |" not in done.stdout
     assert "| U | Triton ms | GB/s of weights |" in done.stdout
     assert "checks failed: 0 (none)" in done.stdout

@@ -6,6 +6,7 @@ Shape legend: T tokens (verify rows), K top-k, E experts, L MoE layers.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -185,27 +186,24 @@ class BudgetRuntime:
         real_T = once_per_forward(
             ("rows", T), lambda: real_rows_T(current_batch(), T, ids_TK.device)
         )
-        routed_T = (ids_TK >= 0).all(dim=1)
+        depth_T = once_per_forward(("depth", T), lambda: tree_depth_T(current_batch(), T))
         cfg = topk.topk_config
-        record = RoutingRecord(
-            logits_TE,
-            ids_TK.clamp(min=0),
-            weights_TK,
-            valid_T=routed_T & real_T,
-            depth_T=once_per_forward(("depth", T), lambda: tree_depth_T(current_batch(), T)),
-            layer_idx=layer,
-            num_layers=len(self.layer_index),
-            scoring=cfg.scoring_func,
-            renormalize=cfg.renormalize,
-            correction_bias_E=cfg.correction_bias,
-        )
-        budgeted = self.policy.apply(record, self.settings.budget, mode=self.settings.mode)
-        if self.settings.mode == "truncation":
-            budgeted = distinct_slots(record, budgeted, self.settings.budget)
-        # Rows SGLang masked (-1) keep what SGLang wrote; its kernels skip them.
-        new_ids_TK = torch.where(routed_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
-        new_weights_TK = torch.where(
-            routed_T[:, None], budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK
+        new_ids_TK, new_weights_TK = budget_rows(
+            self.policy,
+            RoutingRecord(
+                logits_TE,
+                ids_TK,
+                weights_TK,
+                valid_T=real_T,
+                depth_T=depth_T,
+                layer_idx=layer,
+                num_layers=len(self.layer_index),
+                scoring=cfg.scoring_func,
+                renormalize=cfg.renormalize,
+                correction_bias_E=cfg.correction_bias,
+            ),
+            self.settings.budget,
+            self.settings.mode,
         )
         if self.counters is not None:
             self.counters.add(layer, ids_TK, new_ids_TK, E)
@@ -269,6 +267,28 @@ class BudgetRuntime:
                 self.settings.policy,
                 exc,
             )
+
+
+def budget_rows(
+    policy: Any, served: RoutingRecord, budget: int, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MoE layer's top-k as SGLang hands it over (``served``: ids ``[T, K]`` with -1 in
+    rows SGLang masked, ``valid_T`` the batch's real rows) through ``policy``: the budgeted
+    ``(ids_TK, weights_TK)`` in SGLang's dtypes. Masked rows never count towards the scores
+    and keep what SGLang wrote (its kernels skip them); every other row, padded ones too, is
+    re-routed into the kept set, because the MoE kernel reads experts for them. Device ops
+    only (``bench/gpu_check.py`` times it as the plugin runs it)."""
+    ids_TK, weights_TK = served.topk_ids_TK, served.topk_weights_TK
+    routed_T = (ids_TK >= 0).all(dim=1)
+    record = replace(served, topk_ids_TK=ids_TK.clamp(min=0), valid_T=routed_T & served.valid_T)
+    budgeted = policy.apply(record, budget, mode=mode)
+    if mode == "truncation":
+        budgeted = distinct_slots(record, budgeted, budget)
+    new_ids_TK = torch.where(routed_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
+    new_weights_TK = torch.where(
+        routed_T[:, None], budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK
+    )
+    return new_ids_TK, new_weights_TK
 
 
 def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) -> BudgetedTopK:
