@@ -9,7 +9,8 @@ Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
    read from the device (an adaptive policy's per-layer budget, rewritten
    between steps), and the ranks written out (what such a policy learns from).
    A device rest flag may tell it to keep every expert without ranking, with or
-   without the scores (:data:`REST`, :data:`REST_SCORED`); ``rank_scored_kernel``
+   without the scores (``REST``, ``REST_SCORED`` of :mod:`.budget_select_torch`, the flag's
+   values 1 and 2); ``rank_scored_kernel``
    then ranks a forward's scored layers after it, one program per layer.
 2. ``rewrite_topk_kernel`` (one program per block of rows): every row that
    lost an expert is re-routed inside the kept set (substitution or
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 
 from moe_spec.budget import BudgetedTopK, Mode
-from moe_spec.kernels.budget_select_torch import REST_SCORED, ScoreRule  # noqa: F401
+from moe_spec.kernels.budget_select_torch import ScoreRule
 from moe_spec.kernels.dispatch import interpreter_enabled
 from moe_spec.routing import RoutingRecord
 
@@ -90,16 +91,16 @@ def score_keep_kernel(
 ):
     """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer;
     with ``HAS_LIMIT`` keep at most ``min(budget, limit[0])``, with ``HAS_RANK`` also write
-    each expert's rank (int64). With ``HAS_REST``, where ``rest[0]`` is :data:`REST`: keep
+    each expert's rank (int64). With ``HAS_REST``, where ``rest[0]`` is ``REST``: keep
     every expert, scores and used 0, ranks not written, and no row read; where it is
-    :data:`REST_SCORED`: keep every expert, scores and used written, ranks not (they are
+    ``REST_SCORED``: keep every expert, scores and used written, ranks not (they are
     made after the forward from the scores: :func:`rank_scored_triton`)."""
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
     rest = 0
     if HAS_REST:
         rest = tl.load(rest_ptr)
-    if rest == 1:
+    if rest == 1:  # REST
         tl.store(scores_ptr + offs_e, tl.zeros((BLOCK_E,), dtype=tl.float32), mask=e_ok)
         tl.store(used_ptr + offs_e, tl.zeros((BLOCK_E,), dtype=tl.int32), mask=e_ok)
         tl.store(keep_ptr + offs_e, tl.full((BLOCK_E,), 1, dtype=tl.int8), mask=e_ok)
@@ -109,7 +110,7 @@ def score_keep_kernel(
             stride_lt, stride_it, offs_e, e_ok, K, BLOCK_T, BLOCK_E, MASS, SIGMOID, HAS_WEIGHT,
             HAS_ROOT,
         )  # fmt: skip
-        if rest == 0:
+        if rest == 0:  # RANK; else REST_SCORED
             tl.debug_barrier()
             rank_experts(
                 scores_ptr, used_ptr, keep_ptr, rank_ptr, limit_ptr, E, budget, offs_e, e_ok,
@@ -223,7 +224,7 @@ def rank_scored_kernel(
     BLOCK_E: tl.constexpr, RANK_CHUNK: tl.constexpr,
 ):  # fmt: skip
     """One program per layer of ``[L, E]`` scores and used masks (written by a forward's
-    selections at :data:`REST_SCORED`): :func:`rank_experts` of each into ``[L, E]`` ranks."""
+    selections at ``REST_SCORED``): :func:`rank_experts` of each into ``[L, E]`` ranks."""
     layer = tl.program_id(0).to(tl.int64)
     offs_e = tl.arange(0, BLOCK_E)
     rank_experts(
@@ -380,8 +381,8 @@ def select_budget_triton(
     :func:`moe_spec.budget.expert_rank_E`). ``rest_1``: optional int32 ``[1]`` on the device;
     where nonzero the layer *rests*: every expert is kept, every row copied and ``rank_E``
     left as it was (an adaptive policy's step that needs no ranking, decided between
-    steps). At :data:`REST` the scores are 0 and no routing is read but the copied rows;
-    at :data:`REST_SCORED` the scores and used mask are written (to be ranked after the
+    steps). At ``REST`` the scores are 0 and no routing is read but the copied rows;
+    at ``REST_SCORED`` the scores and used mask are written (to be ranked after the
     forward). ``scores_E`` (contiguous fp32 ``[E]``) and ``used_E`` (int32 ``[E]``):
     optional buffers the scores and used mask are written to (else new ones).
     Returns ``(BudgetedTopK, scores_E)``;
@@ -489,7 +490,7 @@ def rank_scored_triton(
 ) -> torch.Tensor:
     """Write into long ``rank_LE`` each layer's ranking (as :func:`moe_spec.budget.expert_rank_LE`)
     of fp32 ``scores_LE`` and int32 ``used_LE`` ``[L, E]``, the buffers a forward's selections
-    wrote at :data:`REST_SCORED`: one launch, a program per layer. Rows contiguous."""
+    wrote at ``REST_SCORED``: one launch, a program per layer. Rows contiguous."""
     L, E = scores_LE.shape
     for name, t, dtype in (
         ("scores_LE", scores_LE, torch.float32),

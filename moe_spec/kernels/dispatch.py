@@ -25,6 +25,12 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+def capturing() -> bool:
+    """True while a CUDA graph is being captured: no host value may steer the forward then,
+    and nothing may read the device."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -83,7 +83,7 @@ from moe_spec.kernels.budget_select_torch import (
     ScoreRule,
     rank_layers_LE,
 )
-from moe_spec.kernels.dispatch import choose_backend
+from moe_spec.kernels.dispatch import capturing, choose_backend
 from moe_spec.policies.base import PolicyError
 from moe_spec.policies.builtin import TokenPriority
 from moe_spec.policies.hookspecs import hookimpl
@@ -364,11 +364,13 @@ class Auto(TokenPriority):
         self.prepare_for(record, budget)
         served, graph = "score_LE" in self.device_state, capturing()
         rest = self.rest_host if served and not graph else RANK
-        scores_E = None if rest == REST else self.checked_scores(record)
-        used_E = record.used_E()
+        if rest == REST:  # every expert kept: no scores, no ranking
+            self.remember(record, None)
+            return torch.ones_like(record.router_logits_TE[0], dtype=torch.bool)
+        scores_E, used_E = self.checked_scores(record), record.used_E()
         if served and (rest == REST_SCORED or graph):  # a graph replays at every flag
             self.keep_scores(record, scores_E, used_E)
-        if rest != RANK:  # every expert kept, no ranking made
+        if rest == REST_SCORED:  # every expert kept, ranked after the forward
             self.remember(record, None)
             return torch.ones_like(used_E)
         rank_E = expert_rank_E(scores_E, used_E)
@@ -829,11 +831,6 @@ class Auto(TokenPriority):
         if len(window) < window.maxlen or self.looks():
             return True
         return self.ranks_only_to_learn() or c.tree_steps % self.learn_every == 0
-
-
-def capturing() -> bool:
-    """True while a CUDA graph is being captured (no host value may steer the forward)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def batched_alike(a: RoutingRecord, b: RoutingRecord) -> bool:

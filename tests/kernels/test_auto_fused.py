@@ -244,7 +244,7 @@ def test_kernel_rest_scored_keeps_every_expert_and_writes_the_scores_it_ranks_fr
     """``rest_1`` at REST_SCORED: every expert kept, every row copied, the ranking left as it
     was, and the scores and used mask written into the caller's buffers exactly as a
     ranking launch writes them (what :func:`rank_scored_triton` ranks after the forward)."""
-    from moe_spec.kernels.budget_select_triton import REST_SCORED
+    from moe_spec.kernels.budget_select_torch import REST_SCORED
 
     g = torch.Generator().manual_seed(11)
     T, E, K = 13, 24, 3

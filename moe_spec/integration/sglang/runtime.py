@@ -40,6 +40,7 @@ from moe_spec.integration.sglang.metrics import (
 )
 from moe_spec.integration.sglang.settings import ServeSettings
 from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
+from moe_spec.kernels.dispatch import capturing
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
 
@@ -326,11 +327,6 @@ def moe_modules(model: Any) -> tuple[list[Any], dict[int, int]]:
         elif isinstance(module, FusedMoE):
             experts[int(module.layer_id)] = int(module.num_experts)
     return topks, experts
-
-
-def capturing() -> bool:
-    """True while a CUDA graph is being captured (never read counters then)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def optional_gauges() -> PrometheusGauges | None:
