@@ -213,13 +213,14 @@ def launches() -> dict[str, Callable[[], None]]:
         r = record(T, E, K, scoring, *dtypes)
         rule = ScoreRule("mass", torch.rand(T), torch.arange(T) < 2)
         device_state = {}
-        if served:  # SGLang's plugin: the budget, ranks, rest flag and score rows on the device
+        if served:  # SGLang's plugin: budget, ranks, rest flag, score rows, top-k copy
             device_state = {
                 "limit_1": torch.tensor([E // 2], dtype=torch.int32),
                 "rank_E": torch.empty(E, dtype=torch.long),
                 "rest_1": torch.zeros(1, dtype=torch.int32),
                 "scores_E": torch.empty(3, E)[1],
                 "used_E": torch.empty(3, E, dtype=torch.int32)[1],
+                "ids_out": torch.empty(3, min(T, 6), K + 1, dtype=torch.long)[1],  # observe's
             }
         budget = 1 if K == 1 else max(K, E // 2)  # a budget of 1: a constant to Triton
         select_budget_triton(r, budget, rule, mode, **device_state)

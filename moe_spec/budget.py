@@ -14,6 +14,7 @@ that sees the same routing keeps the same experts.
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from typing import Literal, NamedTuple
 
 import torch
@@ -128,11 +129,17 @@ def apply_budget(
     Returns:
         :class:`BudgetedTopK`; rows whose experts all survive are bit-identical
         to the input, and padded rows are re-routed too (so the MoE kernel reads
-        only kept experts) though they never count towards the scores.
+        only kept experts) though they never count towards the scores; a record's
+        masked rows (:attr:`~moe_spec.routing.RoutingRecord.masked_rows`) come back as
+        they came.
     """
     check_mode(mode)
     E, K = record.num_experts, record.top_k
     budget = check_budget(budget, K, E)
+    if record.masked_rows:
+        unmasked, routed_T = without_masked_rows(record)
+        budgeted = apply_budget(unmasked, budget, keep_E, mode=mode, validate=validate)
+        return with_masked_rows(budgeted, record, routed_T)
     ids_TK, weights_TK = record.topk_ids_TK, record.topk_weights_TK
     if budget >= E:
         keep_all_E = torch.ones(E, dtype=torch.bool, device=ids_TK.device)
@@ -146,6 +153,34 @@ def apply_budget(
     if validating:
         check_keep_size(keep_E, budget)
     return reroute(record, keep_E, mode)
+
+
+def without_masked_rows(record: RoutingRecord) -> tuple[RoutingRecord, torch.Tensor | None]:
+    """``(record, routed_T)``: a record with :attr:`~moe_spec.routing.RoutingRecord.masked_rows`
+    as every policy may read it (its masked rows invalid, their ids clamped to 0), and the
+    bool ``[T]`` rows not masked (:func:`with_masked_rows` hands the others back); an
+    unmasked record as it is, and None."""
+    if not record.masked_rows:
+        return record, None
+    ids_TK = record.topk_ids_TK
+    routed_T = (ids_TK >= 0).all(dim=1)
+    valid_T = routed_T if record.valid_T is None else routed_T & record.valid_T
+    unmasked = replace(record, topk_ids_TK=ids_TK.clamp(min=0), valid_T=valid_T, masked_rows=False)
+    return unmasked, routed_T
+
+
+def with_masked_rows(
+    budgeted: BudgetedTopK, record: RoutingRecord, routed_T: torch.Tensor
+) -> BudgetedTopK:
+    """``budgeted`` (of :func:`without_masked_rows`' record) with ``record``'s masked rows
+    (``routed_T`` False) as they came, in its dtypes."""
+    ids_TK, weights_TK = record.topk_ids_TK, record.topk_weights_TK
+    routed_T1 = routed_T[:, None]
+    return BudgetedTopK(
+        torch.where(routed_T1, budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK),
+        torch.where(routed_T1, budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK),
+        budgeted.keep_E,
+    )
 
 
 def reroute(record: RoutingRecord, keep_E: torch.Tensor, mode: Mode) -> BudgetedTopK:

@@ -46,6 +46,11 @@ class RoutingRecord:
         renormalize: whether the model rescales its top-k weights to sum to 1.
         correction_bias_E: sigmoid routers' selection bias (chooses experts,
             does not weight them).
+        masked_rows: whether a row with a negative id is *masked* (SGLang marks the
+            rows it does not route with -1): such a row never counts and is handed
+            back as it came. :meth:`~moe_spec.policies.base.Policy.apply` takes such a
+            record (the fused kernel skips those rows itself; policies' own methods see
+            :func:`~moe_spec.budget.without_masked_rows`' record).
     """
 
     router_logits_TE: torch.Tensor
@@ -60,6 +65,7 @@ class RoutingRecord:
     renormalize: bool = True
     correction_bias_E: torch.Tensor | None = None
     sparsemixer_eps: float = 0.01
+    masked_rows: bool = False
 
     def __post_init__(self) -> None:
         check_shapes(self)

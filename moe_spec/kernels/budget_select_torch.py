@@ -19,7 +19,14 @@ from typing import Literal
 
 import torch
 
-from moe_spec.budget import BudgetedTopK, Mode, apply_budget, expert_rank_LE, select_kept
+from moe_spec.budget import (
+    BudgetedTopK,
+    Mode,
+    apply_budget,
+    expert_rank_LE,
+    select_kept,
+    without_masked_rows,
+)
 from moe_spec.routing import RoutingRecord
 
 #: Values of a selection's device rest flag (``rest_1``): rank and budget; keep every
@@ -38,8 +45,8 @@ class ScoreRule:
     Attributes:
         kind: ``"frequency"`` (x = 1 if e in topk(t)) or ``"mass"`` (x = p[t, e]).
         weight_T: optional per-token weight ``a[t]`` (float ``[T]``).
-        root_T: optional bool ``[T]``: experts in these rows' top-k rank above all
-            others (already restricted to valid rows by the caller).
+        root_T: optional bool ``[T]``: experts in the top-k of these rows, the valid
+            ones, rank above all others.
     """
 
     kind: ScoreKind
@@ -62,7 +69,8 @@ def score_experts_torch(record: RoutingRecord, rule: ScoreRule) -> torch.Tensor:
         else:
             score_E = torch.where(hits_TE, rule.weight_T.float()[:, None], 0.0).sum(dim=0)
     if rule.root_T is not None:
-        root_E = (record.topk_hits_TE() & rule.root_T[:, None]).any(dim=0)
+        root_T = rule.root_T & record.valid_mask_T()
+        root_E = (record.topk_hits_TE() & root_T[:, None]).any(dim=0)
         score_E = score_E + root_E * (score_E.sum() + 1.0)
     return score_E
 
@@ -86,7 +94,8 @@ def score_layers_torch(
     score_LE = torch.where(first.valid_mask_T()[:, None], mass_LTE, 0.0).sum(dim=1)
     if rule.root_T is not None:
         hits_LTE = topk_hits_LTE(records) if hits_LTE is None else hits_LTE
-        root_LE = (hits_LTE & rule.root_T[:, None]).any(dim=1)
+        root_T = rule.root_T & first.valid_mask_T()
+        root_LE = (hits_LTE & root_T[:, None]).any(dim=1)
         score_LE = score_LE + root_LE * (score_LE.sum(dim=-1, keepdim=True) + 1.0)
     return score_LE
 
@@ -112,8 +121,10 @@ def select_budget_torch(
 ) -> tuple[BudgetedTopK, torch.Tensor]:
     """Score, keep the best ``budget`` (used experts first, lower id on ties), rewrite top-k.
 
-    Returns ``(BudgetedTopK, scores_E)``. No value checks (the caller's policy does them).
+    Returns ``(BudgetedTopK, scores_E)``; a record's masked rows never count and come back
+    as they came. No value checks (the caller's policy does them).
     """
-    scores_E = score_experts_torch(record, rule)
-    keep_E = select_kept(scores_E, budget, record.used_E())
+    unmasked, _ = without_masked_rows(record)
+    scores_E = score_experts_torch(unmasked, rule)
+    keep_E = select_kept(scores_E, budget, unmasked.used_E())
     return apply_budget(record, budget, keep_E, mode=mode, validate=False), scores_E

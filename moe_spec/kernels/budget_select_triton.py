@@ -3,7 +3,9 @@
 Shape legend: T tokens, E experts, K top-k, B budget (see ``moe_spec.routing``).
 
 1. ``score_keep_kernel`` (one program): per-expert scores of a
-   :class:`~moe_spec.kernels.budget_select_torch.ScoreRule` over valid rows,
+   :class:`~moe_spec.kernels.budget_select_torch.ScoreRule` over valid rows
+   (a row with a negative id is masked, as SGLang marks rows it does not route:
+   it never counts, and the rewrite copies it),
    the used-expert mask, then each expert's rank (used experts first, higher
    score first, lower id on ties) and the kept mask ``rank < B``. B may be
    read from the device (an adaptive policy's per-layer budget, rewritten
@@ -72,14 +74,18 @@ def score_keep_kernel(
     limit_ptr,
     rank_ptr,
     rest_ptr,
+    ids_out_ptr,
     T,
     E,
     budget,
     stride_lt,
     stride_it,
+    R,
+    W,
     K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     RANK_CHUNK: tl.constexpr,
     MASS: tl.constexpr,
     SIGMOID: tl.constexpr,
@@ -88,13 +94,17 @@ def score_keep_kernel(
     HAS_LIMIT: tl.constexpr,
     HAS_RANK: tl.constexpr,
     HAS_REST: tl.constexpr,
+    HAS_IDS_OUT: tl.constexpr,
 ):
     """Write ``scores_E`` (fp32), ``used_E`` and ``keep_E`` (int8) for the whole layer;
     with ``HAS_LIMIT`` keep at most ``min(budget, limit[0])``, with ``HAS_RANK`` also write
     each expert's rank (int64). With ``HAS_REST``, where ``rest[0]`` is ``REST``: keep
-    every expert, scores and used 0, ranks not written, and no row read; where it is
-    ``REST_SCORED``: keep every expert, scores and used written, ranks not (they are
-    made after the forward from the scores: :func:`rank_scored_triton`)."""
+    every expert, scores and used 0, ranks not written, and no row read but the copied
+    ones; where it is ``REST_SCORED``: keep every expert, scores and used written, ranks
+    not (they are made after the forward from the scores: :func:`rank_scored_triton`).
+    With ``HAS_IDS_OUT``, whatever the flag: :func:`copy_ids` of the first ``R`` rows."""
+    if HAS_IDS_OUT:
+        copy_ids(ids_ptr, ids_out_ptr, R, W, stride_it, K, BLOCK_T, BLOCK_W)
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < E
     rest = 0
@@ -121,6 +131,21 @@ def score_keep_kernel(
 
 
 @triton.jit
+def copy_ids(ids_ptr, out_ptr, R, W, stride_it, K: tl.constexpr, BLOCK_T: tl.constexpr,
+             BLOCK_W: tl.constexpr):  # fmt: skip
+    """Store the first ``R`` rows' ids as int64 ``[R, W]`` rows, ``W >= K``: the columns past
+    ``K`` repeat the row's first id (what an adaptive policy learns from after the forward)."""
+    offs_w = tl.arange(0, BLOCK_W)
+    w_ok = offs_w < W
+    src_w = tl.where(offs_w < K, offs_w, 0)
+    for t0 in range(0, R, BLOCK_T):
+        t = (t0 + tl.arange(0, BLOCK_T)).to(tl.int64)
+        ok = (t < R)[:, None] & w_ok[None, :]
+        ids = tl.load(ids_ptr + t[:, None] * stride_it + src_w[None, :], mask=ok, other=0)
+        tl.store(out_ptr + t[:, None] * W + offs_w[None, :], ids.to(tl.int64), mask=ok)
+
+
+@triton.jit
 def score_used(
     logits_ptr, ids_ptr, valid_ptr, weight_ptr, root_ptr, scores_ptr, used_ptr, T, E,
     stride_lt, stride_it, offs_e, e_ok, K: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -138,6 +163,7 @@ def score_used(
         hits = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.int32)
         for k in tl.static_range(K):
             ids_k = tl.load(ids_ptr + t.to(tl.int64) * stride_it + k, mask=t_ok, other=-1)
+            valid_T = valid_T & (ids_k >= 0)  # a masked row (a negative id) never counts
             hits = tl.where(ids_k[:, None] == offs_e[None, :], 1, hits)
         valid_hits = tl.where(valid_T[:, None], hits, 0)
         used_E = tl.maximum(used_E, tl.max(valid_hits, axis=0))
@@ -152,7 +178,7 @@ def score_used(
             x = x * tl.load(weight_ptr + t, mask=t_ok, other=0.0).to(tl.float32)[:, None]
         score_E += tl.sum(tl.where(valid_T[:, None], x, 0.0), axis=0)
         if HAS_ROOT:
-            root_T = (tl.load(root_ptr + t, mask=t_ok, other=0) != 0) & t_ok
+            root_T = (tl.load(root_ptr + t, mask=t_ok, other=0) != 0) & valid_T
             root_E = tl.maximum(root_E, tl.max(tl.where(root_T[:, None], hits, 0), axis=0))
     if HAS_ROOT:
         bonus = tl.sum(tl.where(e_ok, score_E, 0.0), axis=0) + 1.0
@@ -301,7 +327,8 @@ def reroute_rows(
     n_kept = tl.sum(keep_E.to(tl.int32), axis=0)
     id_ok = tk_ok & (ids >= 0) & (ids < E)
     kept_TK = (tl.load(keep_ptr + ids, mask=id_ok, other=0) != 0) | ~k_ok[None, :]
-    affected_T = tl.min(kept_TK.to(tl.int32), axis=1) == 0
+    masked_T = tl.min(tl.where(tk_ok, ids, 0), axis=1) < 0  # copied as they came
+    affected_T = (tl.min(kept_TK.to(tl.int32), axis=1) == 0) & ~masked_T
     gates = routing_gates(load_logits(logits_ptr, t, t_ok, offs_e, e_ok, stride_lt), e_ok, SIGMOID)
     choice = gates
     if HAS_BIAS:
@@ -370,6 +397,7 @@ def select_budget_triton(
     rest_1: torch.Tensor | None = None,
     scores_E: torch.Tensor | None = None,
     used_E: torch.Tensor | None = None,
+    ids_out: torch.Tensor | None = None,
 ) -> tuple[BudgetedTopK, torch.Tensor]:
     """The Triton twin of :func:`~moe_spec.kernels.budget_select_torch.select_budget_torch`.
 
@@ -384,7 +412,9 @@ def select_budget_triton(
     steps). At ``REST`` the scores are 0 and no routing is read but the copied rows;
     at ``REST_SCORED`` the scores and used mask are written (to be ranked after the
     forward). ``scores_E`` (contiguous fp32 ``[E]``) and ``used_E`` (int32 ``[E]``):
-    optional buffers the scores and used mask are written to (else new ones).
+    optional buffers the scores and used mask are written to (else new ones). ``ids_out``:
+    optional contiguous long ``[R, W]``, ``R <= T``, ``W >= K``, written at every flag with
+    the first ``R`` rows' top-k ids (columns past ``K`` repeat a row's first id).
     Returns ``(BudgetedTopK, scores_E)``;
     output ids and weights keep the input dtypes and are contiguous ``[T, K]``.
     """
@@ -416,16 +446,20 @@ def select_budget_triton(
         raise ValueError(f"rank_E must be a contiguous long tensor, got {rank_E.dtype}")
     if rest_1 is not None and (rest_1.dtype != torch.int32 or rest_1.numel() != 1):
         raise ValueError(f"rest_1 must be an int32 tensor of one element, got {rest_1.dtype}")
+    R, W = check_ids_out(ids_out, T, K)
     # pointers a launch does not read (its HAS_ flag off) are filled with a tensor at hand
-    limit_p, rank_p, rest_p = (t if t is not None else used_E for t in (limit_1, rank_E, rest_1))
+    limit_p, rank_p, rest_p, ids_out_p = (
+        t if t is not None else used_E for t in (limit_1, rank_E, rest_1, ids_out)
+    )
     score_keep_kernel[(1,)](
         logits_TE, ids_TK, valid_T, weight_T, root_T, scores_E, used_E, keep_E,
-        limit_p, rank_p, rest_p, T, E, min(budget, E), logits_TE.stride(0), ids_TK.stride(0),
-        K=K, BLOCK_T=block_t, BLOCK_E=block_e, RANK_CHUNK=RANK_CHUNK,
+        limit_p, rank_p, rest_p, ids_out_p, T, E, min(budget, E), logits_TE.stride(0),
+        ids_TK.stride(0), R, W, K=K, BLOCK_T=block_t, BLOCK_E=block_e,
+        BLOCK_W=triton.next_power_of_2(W), RANK_CHUNK=RANK_CHUNK,
         MASS=rule.kind == "mass", SIGMOID=sigmoid,
         HAS_WEIGHT=rule.weight_T is not None, HAS_ROOT=rule.root_T is not None,
         HAS_LIMIT=limit_1 is not None, HAS_RANK=rank_E is not None, HAS_REST=rest_1 is not None,
-        num_warps=launch.score_warps or score_warps,
+        HAS_IDS_OUT=ids_out is not None, num_warps=launch.score_warps or score_warps,
     )  # fmt: skip
     out_ids_TK = torch.empty_like(ids_TK)
     out_weights_TK = torch.empty_like(weights_TK)
@@ -438,7 +472,7 @@ def select_budget_triton(
         RENORMALIZE=record.renormalize, TRUNCATE=mode == "truncation",
         HAS_REST=rest_1 is not None, num_warps=launch.rewrite_warps or rewrite_warps,
     )  # fmt: skip
-    return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.bool()), scores_E
+    return BudgetedTopK(out_ids_TK, out_weights_TK, keep_E.view(torch.bool)), scores_E
 
 
 def out_buffer(
@@ -453,6 +487,19 @@ def out_buffer(
             f"{tuple(buf.shape)}"
         )
     return buf
+
+
+def check_ids_out(ids_out: torch.Tensor | None, T: int, K: int) -> tuple[int, int]:
+    """``(R, W)`` of a checked ``ids_out`` buffer (contiguous long ``[R <= T, W >= K]``);
+    ``(0, K)`` without one."""
+    if ids_out is None:
+        return 0, K
+    if ids_out.dtype != torch.long or ids_out.dim() != 2 or not ids_out.is_contiguous():
+        raise ValueError(f"ids_out must be a contiguous long [R, W] tensor, got {ids_out.dtype}")
+    R, W = ids_out.shape
+    if R > T or W < K:
+        raise ValueError(f"ids_out is [{R}, {W}]; allowed: R <= T={T} rows, W >= K={K} columns")
+    return R, W
 
 
 def rank_layers_triton(records: Sequence[RoutingRecord], rule: ScoreRule) -> torch.Tensor:

@@ -337,13 +337,13 @@ class Auto(TokenPriority):
         token weights and root rows are the same in every MoE layer of a forward (one tree,
         one table): made at its first layer, reused by the others (a forward hands every
         layer the same depth and path tensors; forgotten at each plan, when the tables may
-        change), so later layers add only their own valid rows."""
+        change), so later layers add no op (the scorer keeps the valid roots)."""
         rows = self.forward_rows
         if rows is None or rows[0] is not record.path_logprob_T or rows[1] is not record.depth_T:
             made = (self.accept_T(record), self.root_rows_T(record))
             rows = (record.path_logprob_T, record.depth_T, *made)
             self.forward_rows = rows if self.device_state else None
-        return ScoreRule("mass", rows[2], rows[3] & record.valid_mask_T())
+        return ScoreRule("mass", rows[2], rows[3])  # the kernel keeps the valid roots
 
     def accept_T(self, record: RoutingRecord) -> torch.Tensor:
         state = self.device_state
@@ -408,10 +408,13 @@ class Auto(TokenPriority):
         out = {}
         if "score_LE" in state:  # a server's: scores kept for a ranking after the forward
             out = dict(scores_E=state["score_LE"][layer, :E], used_E=state["used_LE"][layer, :E])
+        if "ids_LRK" in state:  # the kernel copies the top-k observe reads (no op of its own)
+            ids_LRK = state["ids_LRK"]
+            out["ids_out"] = ids_LRK[layer, : min(record.num_tokens, ids_LRK.shape[1])]
         budgeted = super().apply_fused(
             record, budget, *args, limit_1=limit_1, rank_E=rank_E, rest_1=rest_1, **out
         )
-        self.remember(record, rank_E)
+        self.remember(record, rank_E, ids_copied="ids_out" in out)
         return budgeted
 
     def prepare_for(self, record: RoutingRecord, budget: int) -> None:
@@ -419,19 +422,24 @@ class Auto(TokenPriority):
         E, K = record.num_experts, record.top_k
         self.prepare(record.num_layers, E, K, budget, record.router_logits_TE.device)
 
-    def remember(self, record: RoutingRecord, rank_E: torch.Tensor | None) -> None:
+    def remember(
+        self, record: RoutingRecord, rank_E: torch.Tensor | None, ids_copied: bool = False
+    ) -> None:
         """Keep the layer's ranking and top-k for :meth:`observe` (eager engines) and copy
         them into a server's device buffers (:meth:`record_to_device`; None: the ranking
-        is not made in this forward)."""
+        is not made in this forward; ``ids_copied``: the kernel wrote the top-k there)."""
         if self.record_routing and rank_E is not None:
             self.rank_LE[record.layer_idx] = rank_E
             self.ids_LNK[record.layer_idx] = record.topk_ids_TK
         if "ids_LRK" in self.device_state:
-            self.record_rows(record, rank_E)
+            self.record_rows(record, rank_E, ids_copied)
 
-    def record_rows(self, record: RoutingRecord, rank_E: torch.Tensor | None) -> None:
+    def record_rows(
+        self, record: RoutingRecord, rank_E: torch.Tensor | None, ids_copied: bool = False
+    ) -> None:
         """Copy this layer's ranking (if made) and its first rows' top-k (and depths) into
-        the buffers of :meth:`record_to_device`: in-place copies, static shapes, no host read."""
+        the buffers of :meth:`record_to_device`: in-place copies, static shapes, no host read.
+        What the kernel wrote there already is not copied."""
         state, layer = self.device_state, record.layer_idx
         if rank_E is not None:
             rank_row_E = state["rank_LE"][layer, : rank_E.numel()]
@@ -439,11 +447,12 @@ class Auto(TokenPriority):
                 rank_row_E.copy_(rank_E)
         ids_LRK = state["ids_LRK"]
         R, K = min(record.num_tokens, ids_LRK.shape[1]), record.top_k
-        ids_RK = record.topk_ids_TK[:R]
-        ids_LRK[layer, :R, :K].copy_(ids_RK)
-        if ids_LRK.shape[2] > K:  # narrower layers repeat their first id: neither a rank
-            # maximum nor a count changes
-            ids_LRK[layer, :R, K:].copy_(ids_RK[:, :1].expand(R, ids_LRK.shape[2] - K))
+        if not ids_copied:
+            ids_RK = record.topk_ids_TK[:R]
+            ids_LRK[layer, :R, :K].copy_(ids_RK)
+            if ids_LRK.shape[2] > K:  # narrower layers repeat their first id: neither a
+                # rank maximum nor a count changes (as the kernel's copy)
+                ids_LRK[layer, :R, K:].copy_(ids_RK[:, :1].expand(R, ids_LRK.shape[2] - K))
         if record.depth_T is not None and layer == 0:
             state["depth_R"][:R].copy_(record.depth_T[:R])
 

@@ -27,6 +27,8 @@ from moe_spec.budget import (
     reroute,
     select_kept,
     validation_enabled,
+    with_masked_rows,
+    without_masked_rows,
 )
 from moe_spec.kernels.budget_select_torch import ScoreRule
 from moe_spec.kernels.dispatch import choose_backend
@@ -138,7 +140,8 @@ class Policy:
 
         When not None and the kernels run on Triton (CUDA, or forced with
         ``MOE_SPEC_KERNELS=triton``), :meth:`apply` scores, keeps and re-routes in
-        two kernel launches instead of :meth:`keep` + :func:`apply_budget`.
+        two kernel launches instead of :meth:`keep` + :func:`apply_budget`. ``record``
+        is :meth:`apply`'s, masked rows included (the kernel skips them).
         """
         return None
 
@@ -151,21 +154,33 @@ class Policy:
     ) -> BudgetedTopK:
         """Budget one layer's routing: :meth:`keep`, checked, then :func:`apply_budget`.
 
-        Value checks follow :attr:`validate` (default: eager mode only).
+        A record with :attr:`~RoutingRecord.masked_rows` hands its masked rows back as they
+        came; :meth:`keep` and :meth:`score` never see them (the fused kernel skips them
+        itself). Value checks follow :attr:`validate` (default: eager mode only).
         """
         check_mode(mode)
         budget = check_budget(budget, record.top_k, record.num_experts)
         validating = validation_enabled(record.topk_ids_TK, self.validate)
         if validating:
-            check_values(record)
+            check_values(without_masked_rows(record)[0])
         budgeting = budget < record.num_experts or self.adaptive
         fusable = record.scoring != "sparsemixer"  # the kernel has no sparsemixer rule
         fused = self.fused_error is None and budgeting and fusable
         if fused and choose_backend(record.router_logits_TE.device) == "triton":
+            # the kernel skips masked rows itself: no ops around it
             rule = self.guarded("fused_rule()", self.fused_rule, record)
             out = None if rule is None else self.try_fused(record, budget, rule, mode, validating)
             if out is not None:
                 return out
+        unmasked, routed_T = without_masked_rows(record)
+        budgeted = self.apply_torch(unmasked, budget, mode, budgeting, validating)
+        return budgeted if routed_T is None else with_masked_rows(budgeted, record, routed_T)
+
+    def apply_torch(
+        self, record: RoutingRecord, budget: int, mode: Mode, budgeting: bool, validating: bool
+    ) -> BudgetedTopK:
+        """:meth:`apply`'s torch path (a record without masked rows): :meth:`keep`, checked,
+        then the rewrite."""
         keep = self.guarded("keep()", self.keep, record, budget) if budgeting else None
         if keep is None:
             return apply_budget(record, record.num_experts, mode=mode, validate=False)

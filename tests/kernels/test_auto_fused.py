@@ -276,6 +276,31 @@ def test_kernel_rest_scored_keeps_every_expert_and_writes_the_scores_it_ranks_fr
         select_budget_triton(record, 5, rule, used_E=torch.zeros(E + 1, dtype=torch.int32))
 
 
+@pytest.mark.parametrize("flag", ["RANK", "REST", "REST_SCORED"])
+def test_kernel_copies_the_first_rows_top_k_at_every_flag(flag):
+    """``ids_out``: the first R rows' ids as long, a row's first id repeated past K (a layer
+    narrower than the widest), whatever the rest flag (a resting step is learned from too)."""
+    import moe_spec.kernels.budget_select_torch as flags
+
+    g = torch.Generator().manual_seed(12)
+    record = make_record(torch.randn(19, 24, generator=g), 3)
+    record = RoutingRecord(
+        record.router_logits_TE, record.topk_ids_TK.to(torch.int32), record.topk_weights_TK
+    )
+    ids_out = torch.full((18, 5), -7, dtype=torch.long)
+    rest = torch.tensor([getattr(flags, flag)], dtype=torch.int32)
+    select_budget_triton(record, 5, ScoreRule("mass"), rest_1=rest, ids_out=ids_out)
+    ids_RK = record.topk_ids_TK[:18].long()
+    assert torch.equal(ids_out, torch.cat([ids_RK, ids_RK[:, :1].expand(18, 2)], dim=1))
+    for bad, allowed in (
+        (ids_out.int(), "contiguous long"),
+        (torch.empty(20, 5, dtype=torch.long), "R <= T=19"),
+        (torch.empty(4, 2, dtype=torch.long), "W >= K=3"),
+    ):
+        with pytest.raises(ValueError, match=allowed):
+            select_budget_triton(record, 5, ScoreRule("mass"), ids_out=bad)
+
+
 def test_a_fresh_policy_prepares_on_the_torch_path_then_runs_the_kernel(monkeypatch):
     """The first layer an unprepared ``auto`` sees creates its state on the torch path (the
     rule's calibrated weights read that state); later layers run the kernel."""

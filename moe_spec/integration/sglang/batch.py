@@ -95,7 +95,7 @@ def real_rows_T(forward_batch: Any, num_rows: int, device: torch.device) -> torc
     ``seq_lens`` = the backend's fill value and positions 0, while a real request's
     root sits at ``positions == seq_lens`` (> 0). SGLang's ``num_token_non_padded``
     (set under expert parallelism / DP-attention only) is applied on top when known.
-    Static shapes, no host sync.
+    Contiguous; static shapes, no host sync.
     """
     rows_T = non_padded_T(num_rows, device)
     positions = getattr(forward_batch, "positions", None)
@@ -113,7 +113,8 @@ def real_rows_T(forward_batch: Any, num_rows: int, device: torch.device) -> torc
         root_b = positions.view(bs, num_rows // bs)[:, 0]
         real_b = (root_b == seq_lens) & (seq_lens > 0)
         real_T = real_b[:, None].expand(bs, num_rows // bs).reshape(num_rows)
-    return real_T if rows_T is None else real_T & rows_T
+    real_T = real_T if rows_T is None else real_T & rows_T
+    return real_T.contiguous()  # once per forward, for every layer's kernel (one request: a view)
 
 
 def non_padded_T(num_rows: int, device: torch.device) -> torch.Tensor | None:

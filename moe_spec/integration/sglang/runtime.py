@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
-from moe_spec.budget import BudgetedTopK, apply_budget, check_budget
+from moe_spec.budget import (
+    BudgetedTopK,
+    apply_budget,
+    check_budget,
+    with_masked_rows,
+    without_masked_rows,
+)
 from moe_spec.integration.sglang.batch import (
     current_batch,
     is_target_verify,
@@ -276,20 +282,20 @@ def budget_rows(
     """One MoE layer's top-k as SGLang hands it over (``served``: ids ``[T, K]`` with -1 in
     rows SGLang masked, ``valid_T`` the batch's real rows) through ``policy``: the budgeted
     ``(ids_TK, weights_TK)`` in SGLang's dtypes. Masked rows never count towards the scores
-    and keep what SGLang wrote (its kernels skip them); every other row, padded ones too, is
-    re-routed into the kept set, because the MoE kernel reads experts for them. Device ops
-    only (``bench/gpu_check.py`` times it as the plugin runs it)."""
+    and keep what SGLang wrote (its kernels skip them): the policy's fused kernel skips them
+    itself, its torch path works on the record without them
+    (:attr:`~moe_spec.routing.RoutingRecord.masked_rows`). Every other row, padded ones too,
+    is re-routed into the kept set, because the MoE kernel reads experts for them. Device
+    ops only (``bench/gpu_check.py`` times it as the plugin runs it)."""
+    record = replace(served, masked_rows=True)
+    if mode == "truncation":  # distinct ids in every row: torch ops after the policy
+        unmasked, routed_T = without_masked_rows(record)
+        truncated = policy.apply(unmasked, budget, mode=mode)
+        budgeted = with_masked_rows(distinct_slots(unmasked, truncated, budget), record, routed_T)
+    else:
+        budgeted = policy.apply(record, budget, mode=mode)
     ids_TK, weights_TK = served.topk_ids_TK, served.topk_weights_TK
-    routed_T = (ids_TK >= 0).all(dim=1)
-    record = replace(served, topk_ids_TK=ids_TK.clamp(min=0), valid_T=routed_T & served.valid_T)
-    budgeted = policy.apply(record, budget, mode=mode)
-    if mode == "truncation":
-        budgeted = distinct_slots(record, budgeted, budget)
-    new_ids_TK = torch.where(routed_T[:, None], budgeted.topk_ids_TK.to(ids_TK.dtype), ids_TK)
-    new_weights_TK = torch.where(
-        routed_T[:, None], budgeted.topk_weights_TK.to(weights_TK.dtype), weights_TK
-    )
-    return new_ids_TK, new_weights_TK
+    return budgeted.topk_ids_TK.to(ids_TK.dtype), budgeted.topk_weights_TK.to(weights_TK.dtype)
 
 
 def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) -> BudgetedTopK:

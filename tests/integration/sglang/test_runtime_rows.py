@@ -7,8 +7,10 @@ policy, the budget and the counters are the real ones.
 from __future__ import annotations
 
 from collections import namedtuple
+from dataclasses import replace
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -77,16 +79,29 @@ def test_padded_rows_neither_score_nor_escape_the_budget():
     assert len(kept) <= B and not kept & {12, 13, 14, 15}
 
 
-def test_rows_sglang_masked_keep_minus_one():
+@pytest.mark.parametrize("mode", ["substitution", "truncation"])
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_rows_sglang_masked_keep_minus_one(kernels, mode, monkeypatch):
+    """SGLang's masked rows (-1) come back as they came and never count, on the policy's
+    kernel (which skips them itself) as on its torch path."""
     g = torch.Generator().manual_seed(1)
-    out = routing(torch.randn(2 * N, E, generator=g))
+    logits_TE = torch.randn(2 * N, E, generator=g)
+    out = routing(logits_TE)
+    logits_TE[-1, 12:] += 20.0  # a masked row that counted would pull in experts 12-15
     out.topk_ids[-1] = -1
     rt = runtime()
+    rt.settings = replace(rt.settings, mode=mode)
+    monkeypatch.setenv("MOE_SPEC_KERNELS", kernels)
     with running_batch(verify_batch([7, 12])):
         got = rt.budget_standard(topk_module(), out, 0)
+        alone = runtime().budget_standard(topk_module(), routing(logits_TE[:-1]), 0)
     assert got.topk_ids[-1].tolist() == [-1] * K
+    assert torch.equal(got.topk_weights[-1], out.topk_weights[-1])
     assert len(set(got.topk_ids[:-1].flatten().tolist())) <= B
     assert rt.counters.snapshot().max_after_L == [len(set(got.topk_ids[:-1].flatten().tolist()))]
+    if mode == "substitution":  # the others route as without the masked row
+        assert torch.equal(got.topk_ids[:-1], alone.topk_ids)
+    assert got.topk_ids.dtype == out.topk_ids.dtype
 
 
 class AtenOps(TorchDispatchMode):
