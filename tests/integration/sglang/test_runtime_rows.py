@@ -104,6 +104,43 @@ def test_rows_sglang_masked_keep_minus_one(kernels, mode, monkeypatch):
     assert got.topk_ids.dtype == out.topk_ids.dtype
 
 
+def auto_runtime() -> BudgetRuntime:
+    """``auto`` as a server prepares it (its device buffers; each layer's budget B)."""
+    rt = BudgetRuntime(ServeSettings("auto", budget=E, counters=False))
+    rt.layer_index, rt.ready = {0: 0}, True
+    rt.policy.validate, rt.policy.record_routing = False, False
+    rt.policy.prepare(1, E, K, E, torch.device("cpu"))
+    rt.policy.record_to_device(2 * N, K)
+    rt.policy.device_state["budget_L"].fill_(B)
+    return rt
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_auto_ranks_and_records_as_without_sglang_masked_rows(kernels, monkeypatch):
+    """A padded request SGLang masked (-1 ids, logits that shout for experts 12-15): ``auto``
+    keeps, re-routes, ranks and records the real requests' rows as if it were not there,
+    and hands the masked rows back as they came."""
+    monkeypatch.setenv("MOE_SPEC_KERNELS", kernels)
+    g = torch.Generator().manual_seed(3)
+    real_TE = torch.randn(2 * N, E, generator=g)
+    pad_TE = torch.randn(N, E, generator=g)
+    pad_TE[:, 12:] += 20.0
+    out = routing(torch.cat([real_TE, pad_TE]))
+    out.topk_ids[2 * N :] = -1
+    rt, alone = auto_runtime(), auto_runtime()
+    with running_batch(verify_batch([7, 12], padded=1)):
+        got = rt.budget_standard(topk_module(), out, 0)
+    with running_batch(verify_batch([7, 12])):
+        want = alone.budget_standard(topk_module(), routing(real_TE), 0)
+    assert torch.equal(got.topk_ids[: 2 * N], want.topk_ids)
+    torch.testing.assert_close(got.topk_weights[: 2 * N], want.topk_weights)
+    assert torch.equal(got.topk_ids[2 * N :], out.topk_ids[2 * N :])
+    assert torch.equal(got.topk_weights[2 * N :], out.topk_weights[2 * N :])
+    assert len(set(want.topk_ids.flatten().tolist())) <= B
+    for name in ("rank_LE", "ids_LRK", "depth_R"):  # what the feed copies for observe
+        assert torch.equal(rt.policy.device_state[name], alone.policy.device_state[name]), name
+
+
 class AtenOps(TorchDispatchMode):
     """Counts the aten ops that run (what a CUDA graph would capture as kernels or views)."""
 
