@@ -13,7 +13,8 @@ from moe_spec import get_policy
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import Step
 from moe_spec.ab.stats import Modeled, selection_share
-from moe_spec.control.steps import TREE
+from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepPlan
+from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
 from moe_spec.policies import PolicyError
 from moe_spec.policies.auto import SERVER_AFTER_SHARE, SERVER_REST_SHARE, server_options
 from moe_spec.policies.builtin import TokenPriority
@@ -434,6 +435,38 @@ def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
     for bad in (-0.1, 1.5, True, "half"):
         with pytest.raises(PolicyError, match=r"rest_share is .*; allowed: None \(0; on a"):
             get_policy("auto", rest_share=bad)
+
+
+def test_a_servers_decodes_rest_and_are_priced_so():
+    """On a server the guard's plain decode is a 1-token verify through the plugin: its
+    selections rest (the flag is set: nothing reads a decode's ranking), and the step costs
+    and the A/B harness both price it at ``rest_share`` of a selection more than the
+    engines' decode, which skip the policy."""
+    served = get_policy("auto", cost_model="measured")
+    served.for_server(guard=True)
+    served.prepare(2, 8, 2, 8, torch.device("cpu"))
+    served.record_to_device(4, 2)
+    served.plan_step((4, 1, 3), False)
+    assert served.rest_host in (RANK, REST_SCORED)  # the warm-up ranks its tree steps
+    plans = iter([StepPlan(AUTOREGRESSIVE, reason="decoding wins", steps=3)])
+    real_plan = served.controller.plan
+    served.controller.plan = lambda: next(plans, None) or real_plan()
+    served.plan_step((4, 1, 3), False)
+    assert served.rest_host == REST
+    assert int(served.device_state["rest_1"][0]) == REST
+    assert served.plan_step((4, 1, 3), False).kind == TREE
+    assert served.rest_host in (RANK, REST_SCORED)
+    engine = get_policy("auto", cost_model="measured")
+    engine.prepare(2, 8, 2, 8, torch.device("cpu"))
+    engine.plan_step((4, 1, 3), False)
+    cost, plain = served.controller.cost, engine.controller.cost
+    assert cost.select_s > 0
+    extend = cost.decode_s - SERVER_REST_SHARE * cost.select_s - plain.decode_s  # SGLang's
+    assert extend > 0 and cost.plain_decode_s == plain.plain_decode_s == plain.decode_s
+    step = Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard=AUTOREGRESSIVE)
+    modeled = Modeled(cost.cost, cost.shape, rest_share=SERVER_REST_SHARE)
+    assert selection_share(RunConfig("auto"), step, modeled) == SERVER_REST_SHARE
+    assert selection_share(RunConfig("auto"), step, dataclasses.replace(modeled, rest_share=0)) == 0
 
 
 def test_an_engine_policy_prices_a_ranking_after_the_forward_at_two_layers_selection():

@@ -22,8 +22,10 @@ prices a window of steps for many budget vectors with array operations only:
   all at least E ranks only every ``rank_every``-th time (the ranking is what the
   controller learns from) and otherwise *rests*, paying ``rest_share`` of a selection (0
   in the engines, which then skip the policy; on a server the selection's kernels still
-  launch, read the rest flag and copy the rows): ``rest_select_s`` on average (an
-  autoregressive step pays none). The step that ranks pays ``rank_share`` of a selection:
+  launch, read the rest flag and copy the rows): ``rest_select_s`` on average. A plain
+  decode pays ``rest_share`` of a selection too (in ``decode_s``: on a server it is a
+  1-token verify, its selections at rest; 0 in the engines, which skip the policy there).
+  The step that ranks pays ``rank_share`` of a selection:
   1 where it ranks inside the forward; :func:`after_share` where the policy ranks its
   routing after the forward, every layer at once (``moe_spec.policies.auto``).
 """
@@ -70,7 +72,9 @@ class StepCost:
         except TypeError:  # a cost model that cannot be hashed: made here, not cached
             tables = step_tables.__wrapped__(*args, draft_extend, decode_extend)
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
-        self.decode_s, self.select_s = tables[3:]
+        decode_s, self.select_s = tables[3:]
+        # a server's decode is a 1-token verify whose selections rest: they launch anyway
+        self.decode_s = decode_s + rest_share * self.select_s
         self.plain_decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
         self.rest_share, self.rank_share = rest_share, rank_share
         self.rest_every(rank_every)

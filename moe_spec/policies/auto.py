@@ -102,14 +102,15 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
         dst.copy_(host)
 
 
-# The share of a budget selection a resting verify still pays on a server: its forwards
-# (CUDA graphs included) run the selection's two kernels every step, and where the rest flag
-# is set they read it, keep every expert and copy the rows (no scores, no ranking, no
-# re-routing). An estimate, not a measurement: the H200's selection in a captured graph took
-# 14.0 us at 32 tokens and 18.3 us at 64 (OLMoE's shape), so launches plus the work that does
-# not grow with tokens are at most 9.7 us, 0.69 of it, and the ranking over E is part of
-# that; bench/gpu_check.py times the resting selection ("auto at rest") and the rest as the
-# plugin runs it, SGLang's masked rows included ("plugin at rest / selection": the measure).
+# The share of a budget selection a resting verify still pays on a server, a plain decode's
+# (a 1-token verify) included: its forwards (CUDA graphs included) run the selection's two
+# kernels every step, and where the rest flag is set they read it, keep every expert and
+# copy the rows (no scores, no ranking, no re-routing). An estimate, not a measurement: the
+# H200's selection in a captured graph took 14.0 us at 32 tokens and 18.3 us at 64 (OLMoE's
+# shape), so launches plus the work that does not grow with tokens are at most 9.7 us, 0.69
+# of it, and the ranking over E is part of that; bench/gpu_check.py times the resting
+# selection ("auto at rest") and the rest as the plugin runs it ("plugin at rest /
+# selection": the measure).
 SERVER_REST_SHARE = 0.5
 
 # The share of a selection a server's step at the cap pays beyond the rest's to be ranked
@@ -639,7 +640,10 @@ class Auto(TokenPriority):
         self.ranking_after = self.ranks_after(plan)
         self.resting |= self.ranking_after
         scored = self.ranking_after and "score_LE" in self.device_state  # a server's
-        self.flag_rest(REST_SCORED if scored else REST if self.resting else RANK)
+        # a server's plain decode is a 1-token verify through the plugin: nothing reads its
+        # ranking (the engines skip the policy there)
+        decodes = plan.kind != TREE
+        self.flag_rest(REST_SCORED if scored else REST if self.resting or decodes else RANK)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
             self.budget_host_L = self.controller.budget_L.copy()
             upload(self.device_state["budget_L"], self.budget_host_L)
