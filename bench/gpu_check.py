@@ -28,9 +28,10 @@ from a checkout; ``bench/gpu_check.sh`` wraps it with an 8-minute limit; about
    at once (``rank_after``; what ``moe_spec.control.cost.after_share`` estimates at
    ``2 / L`` of the selection), and a server's: the resting selections keep their scores
    and one launch ranks them after the forward (``REST_SCORED``; what
-   ``SERVER_REST_SHARE + SERVER_AFTER_SHARE`` estimate), and a rest as the plugin runs it,
-   its own handling of SGLang's masked rows included, against the selection the cost
-   model's ``select_s`` was fitted on (what ``SERVER_REST_SHARE`` estimates);
+   ``SERVER_REST_SHARE + SERVER_AFTER_SHARE`` estimate), and a rest as the plugin runs it
+   (SGLang's masked rows included, which the kernels skip themselves since the
+   forty-eighth session) against the selection the cost model's ``select_s`` was fitted on
+   (what ``SERVER_REST_SHARE`` estimates, a server's plain decodes included);
 4. times SDPA tree attention (FlashInfer's wheel is too large to travel to the
    check's machine) and the fused MoE kernel against U, budgeted and not, each
    call replayed from a CUDA graph;
