@@ -14,10 +14,12 @@ layer after the first (per-forward values already made), as a server runs ``auto
   device); the kernels are replaced by stand-ins that count their launches, so the
   interpreter's own ops are not counted.
 
-Reported per layer: the aten ops that launch work (views and bare allocations left out),
-the Triton launches, their sum, and the views. Shapes: a chain of 4 and a 32-token tree at
-OLMoE-1B-7B's width (E=64, K=8) and Qwen3-30B-A3B's (E=128, K=8), one request; beside
-``router-mass`` at a fixed B on the kernel (the selection ``select_s`` was fitted to).
+Reported per layer: the aten ops that launch work (views, bare allocations and host queries
+left out), the Triton launches, their sum, and the views; and the ops a forward's first MoE
+layer adds once (the batch's real rows and depths, a policy's per-forward values).
+Shapes: a chain of 4 and a 32-token tree at OLMoE-1B-7B's width (E=64, K=8) and
+Qwen3-30B-A3B's (E=128, K=8), one request; beside ``router-mass`` at a fixed B on the kernel
+(the selection ``select_s`` was fitted to).
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_forward_ops.py
 """
@@ -40,6 +42,7 @@ from moe_spec.integration.sglang.runtime import BudgetRuntime  # noqa: E402
 from moe_spec.integration.sglang.settings import ServeSettings  # noqa: E402
 
 ALLOCATIONS = {"empty", "empty_like", "new_empty", "empty_strided", "set_", "detach"}
+QUERIES = {"_cuda_version"}  # answered on the host, no device work
 SHAPES = [  # (what, T, E, K, depths of one request's rows)
     ("chain of 4, E=64", 4, 64, 8, [0, 1, 2, 3]),
     ("tree of 32, E=64", 32, 64, 8, [0] + [1] * 8 + [2] * 8 + [3] * 8 + [4] * 4 + [5] * 3),
@@ -63,7 +66,7 @@ class DeviceOps(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if func.is_view:
             self.views += 1
-        elif name not in ALLOCATIONS:
+        elif name not in ALLOCATIONS and name not in QUERIES:
             self.work[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -108,8 +111,9 @@ def served_runtime(policy: str, E: int, K: int, rows: int) -> BudgetRuntime:
 
 def layer_ops(
     policy: str, backend: str, T: int, E: int, K: int, depths: list[int]
-) -> tuple[Counter, int, int]:
-    """``(work ops, views, Triton launches)`` of the second MoE layer's rewrite."""
+) -> tuple[Counter, int, int, int]:
+    """``(work ops, views, Triton launches)`` of the second MoE layer's rewrite, and the
+    first layer's device ops (work ops and launches: the forward's own values made too)."""
     os.environ["MOE_SPEC_KERNELS"] = backend
     g = torch.Generator().manual_seed(T + E)
     logits_TE = torch.randn(T, E, generator=g)
@@ -121,15 +125,17 @@ def layer_ops(
     rt = served_runtime(policy, E, K, T)
     config = SimpleNamespace(scoring_func="softmax", renormalize=True, correction_bias=None)
     with running_batch(batch), counted_launches() as launches:
-        rt.budget_standard(
-            SimpleNamespace(is_draft=False, layer_id=0, topk_config=config), output, 0
-        )
+        with DeviceOps() as first:
+            rt.budget_standard(
+                SimpleNamespace(is_draft=False, layer_id=0, topk_config=config), output, 0
+            )
+        first_ops = sum(first.work.values()) + len(launches)
         launches.clear()
         with DeviceOps() as ops:
             rt.budget_standard(
                 SimpleNamespace(is_draft=False, layer_id=1, topk_config=config), output, 1
             )
-    return ops.work, ops.views, len(launches)
+    return ops.work, ops.views, len(launches), first_ops
 
 
 class StandardTopKOutput(tuple):
@@ -146,17 +152,17 @@ class StandardTopKOutput(tuple):
 def main() -> None:
     print(
         "| rows | policy | path | ops launching work | Triton launches | device ops per layer "
-        "| views | the most frequent ops |"
+        "| more once a forward | views | the most frequent ops |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for what, T, E, K, depths in SHAPES:
         for policy, backend in RUNS:
-            work, views, launches = layer_ops(policy, backend, T, E, K, depths)
+            work, views, launches, first = layer_ops(policy, backend, T, E, K, depths)
             n = sum(work.values())
             top = ", ".join(f"{name} {c}" for name, c in work.most_common(6))
             print(
-                f"| {what} | {policy} | {backend} | {n} | {launches} | {n + launches} | {views} "
-                f"| {top} |"
+                f"| {what} | {policy} | {backend} | {n} | {launches} | {n + launches} "
+                f"| {first - n - launches} | {views} | {top} |"
             )
 
 
