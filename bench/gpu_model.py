@@ -300,6 +300,6 @@ def plugin_budgets(policy, routing: list[tuple[torch.Tensor, ...]]) -> None:
     for layer, (logits_TE, ids_TK, weights_TK) in enumerate(routing):
         served = RoutingRecord(
             logits_TE, ids_TK, weights_TK, valid_T=real_T, depth_T=depth_T, layer_idx=layer,
-            num_layers=L,
+            num_layers=L, masked_rows=True,
         )  # fmt: skip
         budget_rows(policy, served, E, "substitution")

@@ -25,6 +25,7 @@ from moe_spec.budget import (
     apply_budget,
     expert_rank_LE,
     select_kept,
+    with_masked_rows,
     without_masked_rows,
 )
 from moe_spec.routing import RoutingRecord
@@ -124,7 +125,8 @@ def select_budget_torch(
     Returns ``(BudgetedTopK, scores_E)``; a record's masked rows never count and come back
     as they came. No value checks (the caller's policy does them).
     """
-    unmasked, _ = without_masked_rows(record)
+    unmasked, routed_T = without_masked_rows(record)
     scores_E = score_experts_torch(unmasked, rule)
     keep_E = select_kept(scores_E, budget, unmasked.used_E())
-    return apply_budget(record, budget, keep_E, mode=mode, validate=False), scores_E
+    budgeted = apply_budget(unmasked, budget, keep_E, mode=mode, validate=False)
+    return budgeted if routed_T is None else with_masked_rows(budgeted, record, routed_T), scores_E

@@ -6,7 +6,6 @@ Shape legend: T tokens (verify rows), K top-k, E experts, L MoE layers.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -208,6 +207,7 @@ class BudgetRuntime:
                 scoring=cfg.scoring_func,
                 renormalize=cfg.renormalize,
                 correction_bias_E=cfg.correction_bias,
+                masked_rows=True,
             ),
             self.settings.budget,
             self.settings.mode,
@@ -280,20 +280,20 @@ def budget_rows(
     policy: Any, served: RoutingRecord, budget: int, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One MoE layer's top-k as SGLang hands it over (``served``: ids ``[T, K]`` with -1 in
-    rows SGLang masked, ``valid_T`` the batch's real rows) through ``policy``: the budgeted
+    rows SGLang masked, so ``masked_rows`` set, and ``valid_T`` the batch's real rows)
+    through ``policy``: the budgeted
     ``(ids_TK, weights_TK)`` in SGLang's dtypes. Masked rows never count towards the scores
     and keep what SGLang wrote (its kernels skip them): the policy's fused kernel skips them
     itself, its torch path works on the record without them
     (:attr:`~moe_spec.routing.RoutingRecord.masked_rows`). Every other row, padded ones too,
     is re-routed into the kept set, because the MoE kernel reads experts for them. Device
     ops only (``bench/gpu_check.py`` times it as the plugin runs it)."""
-    record = replace(served, masked_rows=True)
     if mode == "truncation":  # distinct ids in every row: torch ops after the policy
-        unmasked, routed_T = without_masked_rows(record)
-        truncated = policy.apply(unmasked, budget, mode=mode)
-        budgeted = with_masked_rows(distinct_slots(unmasked, truncated, budget), record, routed_T)
+        unmasked, routed_T = without_masked_rows(served)
+        truncated = distinct_slots(unmasked, policy.apply(unmasked, budget, mode=mode), budget)
+        budgeted = truncated if routed_T is None else with_masked_rows(truncated, served, routed_T)
     else:
-        budgeted = policy.apply(record, budget, mode=mode)
+        budgeted = policy.apply(served, budget, mode=mode)
     ids_TK, weights_TK = served.topk_ids_TK, served.topk_weights_TK
     return budgeted.topk_ids_TK.to(ids_TK.dtype), budgeted.topk_weights_TK.to(weights_TK.dtype)
 
