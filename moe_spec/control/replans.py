@@ -11,7 +11,8 @@ paths needed, drifted ``drift`` standard errors from the window's mean (then the
 only the steps since: the text has changed).
 
 A new request (:meth:`Guard.new_request`) is new text: the window keeps only its latest
-``carry`` steps (then every step enters until it is full), its first ``learn_new`` (4) tree
+``carry`` steps (then every step enters until it is full), the drift check counts from its
+start (a drift keeps only the new text's steps), its first ``learn_new`` (4) tree
 steps all enter the window (:meth:`Guard.learning_new_text`: a step that keeps every expert
 otherwise enters only when it ranks, one in ``rank_every``; a resting one enters unranked,
 with its tokens and experts), so that a new text that commits other tokens than the carried
@@ -42,7 +43,8 @@ class Replans:
     def surprised(self) -> str:
         """Why to replan before the interval is up ("" if not): the budget touched the
         accepted path ``surprise`` steps more often than the last replan predicted
-        ("touched"), or at least 4 of the current tree's steps since then committed a mean
+        ("touched"), or at least 4 of the current tree's steps since then (since the request
+        started, if later: :meth:`new_request`) committed a mean
         that differs from that of the window's (at least 4) steps by more than ``drift``
         standard errors, the spread taken as at least one token, or at least 4 steps that
         entered the window since then (and some ranked before) needed a mean budget to keep
@@ -104,13 +106,21 @@ class Replans:
         (``moe_spec.control.ranks``): spaced on the last text, they kept a warm policy at the
         cap through a text whose budgets paid. Off the full tree, probes start again
         ``probe`` steps apart (the floors of :meth:`switch` still hold): a full tree that
-        lost on the old text may win on the new one."""
+        lost on the old text may win on the new one. The drift check (:meth:`surprised`)
+        counts the new text's steps alone, and a drift keeps only them in the window: the
+        steps since the last replan were the old text's, as the carried ones are. Measured
+        (the toy's chain priced as SGLang runs it, warm, 8 prompts of set A): counted from the
+        last replan, a text whose chain committed 1 token a step was judged against 2 steps
+        of the old text that stayed in the window, and the chain ran 47 steps where a fresh
+        guard decodes after 8 (BENCHMARKS.md, forty-ninth session)."""
         self.clear_shadows(new_request=True)  # of the last text
         if self.tree_steps < self.warmup:
             return
         self.request_seen = self.est.steps_seen
         self.est.forget(self.carry)
         self.window_at_replan = self.est.window.maxlen
+        # the drift check counts the new text's steps alone, and a drift keeps only them
+        self.seen_at_replan, self.recent = self.request_seen, [0, 0]
         self.rank_one_in(self.rank_every)  # budgets may pay on the new text
         if self.choice != 0:  # the doublings go, the floors stay
             self.probe_every = min(max(self.probe0, self.floor), self.max_probe)

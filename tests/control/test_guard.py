@@ -656,6 +656,34 @@ def test_no_drift_in_the_budget_needed_is_judged_against_a_window_without_ranked
     assert windows == [8] and len(g.est.window) == 8 + 5
 
 
+def test_a_drift_on_a_new_request_is_judged_and_replanned_on_its_text_alone():
+    """Steps of the old text after the last replan neither dilute the new text's drift nor
+    stay in the window it is replanned from (counted from the replan, the drift came a
+    step later than 4 and its window kept [4, 4, 4, 1, 1])."""
+    g = guard(gate=False, warmup=1, replan_every=8, max_replan=8, carry=4)
+    g.tree_steps = 1  # past warm-up
+    for _ in range(8):
+        observe_window_step(g, 4)
+    windows = []
+
+    def predict():
+        windows.append(g.est.arrays(0)[1].tolist())
+        g.evidence[0], g.spread_C[0] = (len(g.est.window), 4.0), 1.0
+        return {0: 100.0, -1: 50.0}
+
+    g.predict = predict
+    for _ in range(3):  # a replan, then more steps of the old text
+        observe_window_step(g, 4, g.plan())
+    g.new_request()
+    assert g.est.arrays(0)[1].tolist() == [4, 4, 4, 4]  # carried
+    for _ in range(3):
+        observe_window_step(g, 1, g.plan())
+    assert windows == [[4] * 8]  # 3 steps of 1 token: no drift yet
+    observe_window_step(g, 1, g.plan())
+    g.plan()  # 4 steps of 1 token against a mean of 4 (spread 1): 6 standard errors
+    assert windows == [[4] * 8, [1, 1, 1, 1]]
+
+
 def test_a_new_requests_first_steps_all_enter_the_window():
     g = guard(gate=False, warmup=1, carry=2)
     assert not g.learning_new_text()  # the first request learns in its warm-up
