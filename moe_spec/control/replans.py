@@ -2,7 +2,8 @@
 
 The guard's prediction is redone every ``replan_every`` tree steps, and when the window, not
 yet full, has doubled since the last replan (:meth:`Guard.grown`); after a replan that changed
-neither the choice nor its budgets the interval doubles, up to ``max_replan`` (the window's
+neither the choice nor its budgets, made while the guard no longer learns
+(:meth:`Guard.learning`), the interval doubles, up to ``max_replan`` (the window's
 length: by then every step it predicts from is new), and any change resets it (a replan prices
 every candidate tree: most of the controller's time). Two surprises replan at once and reset
 the interval (:meth:`Guard.surprised`): the budget touched the accepted path ``surprise`` steps
@@ -145,7 +146,9 @@ class Replans:
         before = self.held()
         self.switch(self.predict())
         self.space_ranks()
-        steady = self.held() == before and self.replans > 1  # a first one changes everything
+        # a first one changes everything; one made while the guard learns (a new text's first
+        # steps, a window under ``trusted``) is provisional: the next comes at the interval
+        steady = self.held() == before and self.replans > 1 and not self.learning()
         self.replan_interval = (
             min(2 * self.replan_interval, self.max_replan) if steady else self.replan_every
         )

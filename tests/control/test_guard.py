@@ -528,6 +528,8 @@ def test_a_smaller_tree_waits_for_8_steps_of_the_full_tree():
 def test_replans_come_less_often_while_nothing_changes():
     g = guard(gate=False, warmup=1, replan_every=2, max_replan=8)
     g.tree_steps = 1  # past warm-up
+    for _ in range(8):  # a window that no longer learns: its replans may be steady
+        observe_window_step(g, 2)
     g.predict = lambda: {0: 100.0, -1: 50.0}  # the full tree, the same budgets every time
     at = []
     for i in range(24):
@@ -567,6 +569,8 @@ def run_budgeted(g, n: int, touched: bool) -> None:
 def test_a_budget_that_touches_the_path_more_than_predicted_is_replanned_at_once():
     g = guard(gate=False, warmup=1, replan_every=2, max_replan=16)
     g.tree_steps = 1  # past warm-up
+    for _ in range(8):  # a window that no longer learns: its replans may be steady
+        observe_window_step(g, 2)
 
     def predict():  # a budget below E that left every window step's path untouched
         g.budgets_C[0][:] = 4
@@ -682,6 +686,32 @@ def test_a_drift_on_a_new_request_is_judged_and_replanned_on_its_text_alone():
     observe_window_step(g, 1, g.plan())
     g.plan()  # 4 steps of 1 token against a mean of 4 (spread 1): 6 standard errors
     assert windows == [[4] * 8, [1, 1, 1, 1]]
+
+
+def test_a_replan_made_while_the_guard_learns_does_not_double_the_interval():
+    """A plan from a window under ``trusted`` (8) steps, or from a new text's first steps,
+    is provisional: replans that change nothing double the interval only after that."""
+    g = guard(gate=False, warmup=1, replan_every=2, max_replan=16, carry=2)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 100.0, -1: 50.0}
+    intervals = []
+    for steps in (2, 2, 8, 8, 8):  # window steps at each replan
+        while len(g.est.window) < steps:
+            observe_window_step(g, 2)
+        assert g.learning() == (steps < 8)
+        g.replan()
+        intervals.append(g.replan_interval)
+    assert intervals == [2, 2, 4, 8, 16]
+    g.new_request()  # the new text's first 4 steps: learning again
+    for _ in range(6):
+        observe_window_step(g, 2)
+    g.replan()  # window: 2 carried + 6 new steps, no longer learning
+    assert not g.learning() and g.replan_interval == 16
+    g.new_request()
+    observe_window_step(g, 2)
+    assert g.learning()
+    g.replan()
+    assert g.replan_interval == 2
 
 
 def test_a_new_requests_first_steps_all_enter_the_window():
