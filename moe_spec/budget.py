@@ -170,10 +170,13 @@ def without_masked_rows(record: RoutingRecord) -> tuple[RoutingRecord, torch.Ten
 
 
 def with_masked_rows(
-    budgeted: BudgetedTopK, record: RoutingRecord, routed_T: torch.Tensor
+    budgeted: BudgetedTopK, record: RoutingRecord, routed_T: torch.Tensor | None
 ) -> BudgetedTopK:
     """``budgeted`` (of :func:`without_masked_rows`' record) with ``record``'s masked rows
-    (``routed_T`` False) as they came, in its dtypes."""
+    (``routed_T`` False) as they came, in its dtypes; ``routed_T`` None (a record without
+    masked rows): ``budgeted`` as it is."""
+    if routed_T is None:
+        return budgeted
     ids_TK, weights_TK = record.topk_ids_TK, record.topk_weights_TK
     routed_T1 = routed_T[:, None]
     return BudgetedTopK(

@@ -129,4 +129,4 @@ def select_budget_torch(
     scores_E = score_experts_torch(unmasked, rule)
     keep_E = select_kept(scores_E, budget, unmasked.used_E())
     budgeted = apply_budget(unmasked, budget, keep_E, mode=mode, validate=False)
-    return budgeted if routed_T is None else with_masked_rows(budgeted, record, routed_T), scores_E
+    return with_masked_rows(budgeted, record, routed_T), scores_E

@@ -174,7 +174,7 @@ class Policy:
                 return out
         unmasked, routed_T = without_masked_rows(record)
         budgeted = self.apply_torch(unmasked, budget, mode, budgeting, validating)
-        return budgeted if routed_T is None else with_masked_rows(budgeted, record, routed_T)
+        return with_masked_rows(budgeted, record, routed_T)
 
     def apply_torch(
         self, record: RoutingRecord, budget: int, mode: Mode, budgeting: bool, validating: bool

@@ -291,7 +291,7 @@ def budget_rows(
     if mode == "truncation":  # distinct ids in every row: torch ops after the policy
         unmasked, routed_T = without_masked_rows(served)
         truncated = distinct_slots(unmasked, policy.apply(unmasked, budget, mode=mode), budget)
-        budgeted = truncated if routed_T is None else with_masked_rows(truncated, served, routed_T)
+        budgeted = with_masked_rows(truncated, served, routed_T)
     else:
         budgeted = policy.apply(served, budget, mode=mode)
     ids_TK, weights_TK = served.topk_ids_TK, served.topk_weights_TK
