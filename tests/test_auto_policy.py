@@ -14,6 +14,7 @@ from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import Step
 from moe_spec.ab.stats import Modeled, selection_share
 from moe_spec.control.steps import AUTOREGRESSIVE, TREE, StepPlan
+from moe_spec.costmodel import draft_seconds
 from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
 from moe_spec.policies import PolicyError
 from moe_spec.policies.auto import SERVER_AFTER_SHARE, SERVER_REST_SHARE, server_options
@@ -437,11 +438,12 @@ def test_benches_price_auto_with_the_options_a_server_gives_it(decode_extend):
             get_policy("auto", rest_share=bad)
 
 
-def test_a_servers_decodes_rest_and_are_priced_so():
-    """On a server the guard's plain decode is a 1-token verify through the plugin: its
-    selections rest (the flag is set: nothing reads a decode's ranking), and the step costs
-    and the A/B harness both price it at ``rest_share`` of a selection more than the
-    engines' decode, which skip the policy."""
+def test_a_servers_decodes_run_no_selection_and_are_priced_so():
+    """On a server the guard's plain decode is a 1-token verify, which the plugin leaves
+    without a selection (``budgets_plain_decodes``; the flag rests anyway, should one come
+    that the plan did not foresee), and the step costs and the A/B harness both price it
+    without one, as the engines' decode, which skip the policy: SGLang's draft extend is
+    all it pays more."""
     served = get_policy("auto", cost_model="measured")
     served.for_server(guard=True)
     served.prepare(2, 8, 2, 8, torch.device("cpu"))
@@ -461,12 +463,14 @@ def test_a_servers_decodes_rest_and_are_priced_so():
     engine.plan_step((4, 1, 3), False)
     cost, plain = served.controller.cost, engine.controller.cost
     assert cost.select_s > 0
-    extend = cost.decode_s - SERVER_REST_SHARE * cost.select_s - plain.decode_s  # SGLang's
-    assert extend > 0 and cost.plain_decode_s == plain.plain_decode_s == plain.decode_s
+    assert not served.budgets_plain_decodes and cost.rest_share == SERVER_REST_SHARE
+    extend = cost.decode_s - plain.decode_s  # SGLang's draft extend after the decode
+    extend_s = draft_seconds(cost.cost.gpu, cost.shape, 1, 1, overheads=cost.cost.overheads)
+    assert extend == pytest.approx(extend_s)
+    assert cost.plain_decode_s == plain.plain_decode_s == plain.decode_s
     step = Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard=AUTOREGRESSIVE)
     modeled = Modeled(cost.cost, cost.shape, rest_share=SERVER_REST_SHARE)
-    assert selection_share(RunConfig("auto"), step, modeled) == SERVER_REST_SHARE
-    assert selection_share(RunConfig("auto"), step, dataclasses.replace(modeled, rest_share=0)) == 0
+    assert selection_share(RunConfig("auto"), step, modeled) == 0
 
 
 def test_an_engine_policy_prices_a_ranking_after_the_forward_at_two_layers_selection():

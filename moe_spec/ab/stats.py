@@ -83,8 +83,9 @@ class Modeled:
     # decode follows (its skip switch with the plugin: a run's last decode extends)
     decode_extend: bool = True
     # the share of a budget selection that a verify pays where the policy rested (did not
-    # rank), a guard's plain decode included: 0 in the engines, which skip it; on a server
-    # auto's rest flag leaves the selection's launches (moe_spec.policies.auto.SERVER_REST_SHARE)
+    # rank): 0 in the engines, which skip it; on a server auto's rest flag leaves the
+    # selection's launches (moe_spec.policies.auto.SERVER_REST_SHARE). A guard's plain
+    # decode pays none (SGLang's plugin runs no selection there: budgets_plain_decodes)
     rest_share: float = 0.0
     # the share of a selection a verify pays where the policy ranked its routing after the
     # forward (None: moe_spec.control.cost.after_share's estimate, 2 / n_moe_layers)
@@ -188,8 +189,8 @@ def modeled_steps(
             mapped(s.after_L),
             s.repair_tokens,
             mapped(s.repair_L) if s.repair_tokens else 0.0,
-            # a policy that rested (or B >= E) ran no selection, nor did the guard's plain
-            # decodes: priced without it (but ``rest_share`` of it: a server's launch anyway)
+            # a policy that rested (or B >= E) ran no selection: priced without it (but
+            # ``rest_share`` of it, a server's launch anyway); nor did the guard's decodes
             budgeted=selection_share(config, s, m),
             draft_extend=extends(i),
         )
@@ -203,8 +204,8 @@ def selection_share(config: RunConfig, s: Step, m: Modeled) -> float:
     its policy planned with)."""
     if config.policy in BASELINES:
         return 0.0
-    if s.guard == AUTOREGRESSIVE:  # a server's decode: a 1-token verify, its selections at rest
-        return m.rest_share
+    if s.guard == AUTOREGRESSIVE:  # a server's decode: a 1-token verify, no selection run
+        return 0.0
     if s.ranked_after:
         share = config.options.get("after_share", m.after_share)
         return m.rest_share + after_share(m.shape, None if share is None else float(share))

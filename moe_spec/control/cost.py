@@ -23,8 +23,8 @@ prices a window of steps for many budget vectors with array operations only:
   controller learns from) and otherwise *rests*, paying ``rest_share`` of a selection (0
   in the engines, which then skip the policy; on a server the selection's kernels still
   launch, read the rest flag and copy the rows): ``rest_select_s`` on average. A plain
-  decode pays ``rest_share`` of a selection too (in ``decode_s``: on a server it is a
-  1-token verify, its selections at rest; 0 in the engines, which skip the policy there).
+  decode pays none: the engines skip the policy there, and SGLang's plugin runs no
+  selection in a verify of one token per request (``Policy.budgets_plain_decodes``).
   The step that ranks pays ``rank_share`` of a selection:
   1 where it ranks inside the forward; :func:`after_share` where the policy ranks its
   routing after the forward, every layer at once (``moe_spec.policies.auto``).
@@ -72,9 +72,7 @@ class StepCost:
         except TypeError:  # a cost model that cannot be hashed: made here, not cached
             tables = step_tables.__wrapped__(*args, draft_extend, decode_extend)
         self.draft_C, self.verify_CD, self.repair_Q = (t.copy() for t in tables[:3])
-        decode_s, self.select_s = tables[3:]
-        # a server's decode is a 1-token verify whose selections rest: they launch anyway
-        self.decode_s = decode_s + rest_share * self.select_s
+        self.decode_s, self.select_s = tables[3:]
         self.plain_decode_s = decode_seconds(cost.gpu, shape, overheads=cost.overheads)
         self.rest_share, self.rank_share = rest_share, rank_share
         self.rest_every(rank_every)

@@ -102,8 +102,9 @@ def upload(dst: torch.Tensor, src: np.ndarray) -> None:
         dst.copy_(host)
 
 
-# The share of a budget selection a resting verify still pays on a server, a plain decode's
-# (a 1-token verify) included: its forwards (CUDA graphs included) run the selection's two
+# The share of a budget selection a resting tree verify still pays on a server (not a plain
+# decode's, one row per request: the plugin runs no selection there, budgets_plain_decodes):
+# its forwards (CUDA graphs included) run the selection's two
 # kernels every step, and where the rest flag is set they read it, keep every expert and
 # copy the rows (no scores, no ranking, no re-routing). An estimate, not a measurement: the
 # H200's selection in a captured graph took 14.0 us at 32 tokens and 18.3 us at 64 (OLMoE's
@@ -166,6 +167,7 @@ class Auto(TokenPriority):
     name = "auto"
     description = "per-layer budget per step from acceptance and cost model; guard vs AR"
     adaptive = True
+    budgets_plain_decodes = False  # its guard's decodes rest (flag_rest): nothing to rank
 
     def __init__(
         self,
@@ -640,8 +642,8 @@ class Auto(TokenPriority):
         self.ranking_after = self.ranks_after(plan)
         self.resting |= self.ranking_after
         scored = self.ranking_after and "score_LE" in self.device_state  # a server's
-        # a server's plain decode is a 1-token verify through the plugin: nothing reads its
-        # ranking (the engines skip the policy there)
+        # a server's plain decode (a 1-token verify) does not reach the policy
+        # (budgets_plain_decodes); rest where one comes that the plan did not foresee
         decodes = plan.kind != TREE
         self.flag_rest(REST_SCORED if scored else REST if self.resting or decodes else RANK)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():

@@ -73,6 +73,11 @@ class Policy:
     #: Whether :meth:`draft_matched` is to be told the draft's guesses at decoded tokens
     #: (the engines then run the draft's LM head over them).
     wants_guesses: bool = False
+    #: Whether a server's plain decode (a verify of one token per request: SGLang's
+    #: depth-0 step on an adaptive chain) goes through the policy. False where the policy
+    #: rests there anyway: SGLang's plugin then leaves those forwards, captured graphs
+    #: included, without a selection (the engines never call a policy on a decode).
+    budgets_plain_decodes: ClassVar[bool] = True
 
     def __init__(self, **options: object) -> None:
         if options:

@@ -69,6 +69,14 @@ def is_target_verify(forward_batch: Any | None) -> bool:
     return mode is not None and bool(mode.is_target_verify())
 
 
+def one_row_per_request(forward_batch: Any, num_rows: int) -> bool:
+    """Whether a verify batch holds one row per request (``num_rows`` = its batch size): a
+    plain decode, the root verified alone. From shapes only (the same in a captured graph
+    and its replays: SGLang captures each draft depth's verify apart)."""
+    seq_lens = getattr(forward_batch, "seq_lens", None)
+    return seq_lens is not None and seq_lens.dim() == 1 and num_rows == seq_lens.shape[0] > 0
+
+
 def tree_depth_T(forward_batch: Any, num_rows: int) -> torch.Tensor | None:
     """int64 ``[T]``: each verify token's depth below its request's root, or None.
 

@@ -21,6 +21,7 @@ from moe_spec.integration.sglang.batch import (
     current_batch,
     is_target_verify,
     once_per_forward,
+    one_row_per_request,
     real_rows_T,
     tree_depth_T,
 )
@@ -160,12 +161,18 @@ class BudgetRuntime:
             )
 
     def budget(self, topk: Any, output: Any) -> Any:
-        """``output`` with at most B distinct experts when this is a target verify pass."""
-        if topk.is_draft or not self.ready or not is_target_verify(current_batch()):
+        """``output`` with at most B distinct experts when this is a target verify pass
+        (a plain decode's, one row per request, only where the policy budgets those:
+        :attr:`~moe_spec.policies.Policy.budgets_plain_decodes`)."""
+        batch = current_batch()
+        if topk.is_draft or not self.ready or not is_target_verify(batch):
             return output
         layer = self.layer_index.get(topk.layer_id)
         if layer is None:
             return output
+        rows = getattr(getattr(output, "topk_ids", None), "shape", (0,))[0]
+        if not self.policy.budgets_plain_decodes and one_row_per_request(batch, rows):
+            return output  # auto's decodes rest: no selection launched, none captured
         if type(output).__name__ != "StandardTopKOutput":
             self.skip(f"TopK output {type(output).__name__} cannot be rewritten")
             return output

@@ -454,9 +454,39 @@ def scenario_auto() -> dict:
             ),
             "ranks": rank_LE.tolist(),
         }
+    # a plain decode (one row per request: SGLang's depth-0 verify) at budgets that would
+    # cut its rows: auto's rests, so the plugin leaves it without a selection; a policy
+    # that budgets decodes is called
+    policy.flag_rest(RANK)
+    budget_L.copy_(torch.tensor([2, 4]))
+    decode_batch = tree_batch("TARGET_VERIFY", [[0]] * 6)
+    x6_TD = torch.randn(6, 32, generator=torch.Generator().manual_seed(2))
+    plain6 = run_blocks(model, x6_TD, None)
+    decodes, calls = {}, []
+
+    def counted(*args):
+        calls.append(1)
+        return recorded(*args)
+
+    runtime.budget_standard = counted
+    for budgets_decodes in (False, True):
+        policy.budgets_plain_decodes = budgets_decodes
+        calls.clear()
+        verify = run_blocks(model, x6_TD, decode_batch)
+        decodes[str(budgets_decodes)] = {
+            "calls": len(calls),
+            "rows_unchanged": all(
+                torch.equal(v["ids"], p["ids"]) for v, p in zip(verify, plain6, strict=True)
+            ),
+            "distinct": [int(v["ids"].unique().numel()) for v in verify],
+        }
+    del policy.budgets_plain_decodes  # the class's again
+    runtime.budget_standard = budget_standard
     return {
         "before": [int(p["ids"].unique().numel()) for p in plain],
         "distinct": distinct,
+        "decodes": decodes,
+        "decode_distinct": [int(p["ids"].unique().numel()) for p in plain6],
         "host_syncs": recorder.syncs,
         "same_tensor": budget_L.data_ptr() == address,
         "record_routing": runtime.policy.record_routing,

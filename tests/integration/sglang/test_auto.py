@@ -33,6 +33,17 @@ def test_per_layer_budgets_change_in_place_between_passes():
     scored = result["rested_scored"]
     assert scored["rows_unchanged"]
     assert [row[:E] for row, E in zip(scored["ranks"], EXPERTS, strict=True)] == inside
+    # a plain decode (one row per request) that budgets [2, 4] would cut: auto's decodes
+    # rest, so the plugin runs no selection there; a policy that budgets decodes cuts it
+    assert all(d > b for d, b in zip(result["decode_distinct"], [2, 4], strict=True))
+    assert result["decodes"]["False"] == {
+        "calls": 0,
+        "rows_unchanged": True,
+        "distinct": result["decode_distinct"],
+    }
+    budgeted = result["decodes"]["True"]
+    assert budgeted["calls"] == 2 and not budgeted["rows_unchanged"]
+    assert budgeted["distinct"] == [2, 4]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 from moe_spec.integration.sglang.batch import (
     current_batch,
     once_per_forward,
+    one_row_per_request,
     running_batch,
     tree_depth_T,
 )
@@ -20,6 +21,14 @@ def test_depth_is_position_minus_the_requests_root():
     )
     assert tree_depth_T(batch, 8).tolist() == [0, 1, 1, 2, 0, 1, 2, 2]
     assert tree_depth_T(batch, 6) is None  # MoE rows that do not line up: no depth
+
+
+def test_a_plain_decode_is_a_verify_of_one_row_per_request():
+    batch = SimpleNamespace(seq_lens=torch.tensor([7, 20, 9]))
+    assert one_row_per_request(batch, 3)
+    assert not one_row_per_request(batch, 12)  # 4-token chains
+    assert not one_row_per_request(SimpleNamespace(seq_lens=torch.tensor([], dtype=torch.long)), 0)
+    assert not one_row_per_request(SimpleNamespace(), 3)  # nothing to tell it from
 
 
 def test_values_are_computed_once_per_forward_and_fresh_for_the_next():
