@@ -170,12 +170,12 @@ class BudgetRuntime:
         layer = self.layer_index.get(topk.layer_id)
         if layer is None:
             return output
-        rows = getattr(getattr(output, "topk_ids", None), "shape", (0,))[0]
-        if not self.policy.budgets_plain_decodes and one_row_per_request(batch, rows):
-            return output  # auto's decodes rest: no selection launched, none captured
         if type(output).__name__ != "StandardTopKOutput":
             self.skip(f"TopK output {type(output).__name__} cannot be rewritten")
             return output
+        rows = output.topk_ids.shape[0]
+        if not self.policy.budgets_plain_decodes and one_row_per_request(batch, rows):
+            return output  # auto's decodes rest: no selection launched, none captured
         try:
             return self.budget_standard(topk, output, layer)
         except Exception as exc:  # a policy bug must not take the server down
