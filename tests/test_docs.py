@@ -36,3 +36,30 @@ def test_readme_plugin_example_registers_and_runs():
     policy = registry.get("deep-first")
     record = make_record(torch.randn(9, 16), 2, depth_T=torch.arange(9))
     assert policy.apply(record, 4).topk_ids_TK.unique().numel() <= 4
+
+
+def test_auto_options_table_lists_every_option_with_its_default():
+    """docs/auto.md's options table is the reference users read: it must name every keyword
+    ``Auto`` takes, once, with the default the code has."""
+    import inspect
+
+    from moe_spec.policies.auto import Auto
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "auto.md").read_text()
+    table = text.split("## Options", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|", table, flags=re.M)
+    documented = [name for name, _ in rows]
+    params = inspect.signature(Auto.__init__).parameters
+    expected = [name for name in params if name != "self"]
+    assert sorted(documented) == sorted(expected)
+    assert len(documented) == len(set(documented))
+
+    def shown(value) -> str:  # how the table writes a default
+        if value is None:
+            return "None"
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        return f"`{value}`"
+
+    for name, default in rows:
+        assert default == shown(params[name].default), name
