@@ -99,7 +99,7 @@ def test_layer_adaptive_refuses_a_table_of_the_wrong_length():
         ({"budgets": [4, 0]}, r"budgets must be a non-empty list of positive ints"),
         ({"budgets": "4,4"}, r"budgets must be a non-empty list"),
         ({"budgets": []}, r"budgets must be a non-empty list"),
-        ({"cover": 0.5}, r"bad options \{'cover': 0.5\}"),
+        ({"cover": 0.5}, r"bad options \{'cover': 0.5\}: .*; allowed: coverage, budgets$"),
     ],
 )
 def test_layer_adaptive_bad_options(options, message):
@@ -170,3 +170,24 @@ def test_every_policy_respects_the_budget_on_random_routing(name, mode):
         out = get_policy(name).apply(record, budget, mode=mode)
         assert out.topk_ids_TK.unique().numel() <= budget
         assert bool(out.keep_E[out.topk_ids_TK].all())
+
+
+def test_bad_options_name_what_a_policy_takes():
+    from moe_spec.policies.base import Policy
+    from moe_spec.policies.registry import allowed_options
+
+    class Fixed(Policy):
+        def __init__(self, depth_bias: float = 1.0, *, floor: int = 2) -> None:
+            super().__init__()
+
+    class Open(Policy):
+        def __init__(self, **options) -> None:
+            super().__init__()
+
+    class Bare(Policy):
+        def __init__(self) -> None:
+            super().__init__()
+
+    assert allowed_options(Fixed) == "; allowed: depth_bias, floor"
+    assert allowed_options(Open) == ""  # takes anything: nothing to list
+    assert allowed_options(Bare) == "; it takes no options"

@@ -19,6 +19,7 @@ the plugins that failed.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import warnings
@@ -163,9 +164,24 @@ class PolicyRegistry:
         except TypeError as exc:
             raise PolicyError(
                 f"policy {name!r} (from {info.origin}): bad options {options}: {exc}"
+                f"{allowed_options(info.policy_class)}"
             ) from exc
         policy.origin = info.origin
         return policy
+
+
+def allowed_options(policy_class: type[Policy]) -> str:
+    """``"; allowed: a, b"``: the keyword options ``policy_class`` takes (``""`` where it takes
+    any, or none, or its signature cannot be read)."""
+    try:
+        params = inspect.signature(policy_class.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return ""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in params if p.kind in kinds and p.name != "self"]
+    return f"; allowed: {', '.join(names)}" if names else "; it takes no options"
 
 
 def collect_plugin(impl, origin: str, taken: dict[str, PolicyInfo]) -> dict[str, PolicyInfo]:
