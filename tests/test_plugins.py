@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ import torch
 
 from moe_spec import PluginError, Policy, PolicyError, get_policy, hookimpl, list_policies
 from moe_spec.policies import PluginWarning, plugin_failures, reset_registry
-from moe_spec.policies.registry import default_registry
+from moe_spec.policies.registry import default_registry, registry
 from tests.conftest import BUILTIN_NAMES, make_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,6 +199,46 @@ def test_two_plugins_claiming_one_name_are_both_named(site):
     install(site, "moe-spec-a", "router-mass")
     left_out(r"'router-mass' is registered twice: by built-in and by moe-spec-a 1.2.3")
     assert get_policy("router-mass").origin == "built-in"
+
+
+@pytest.mark.parametrize(
+    "hook, message",
+    [
+        (
+            "register_policies(reg)",  # an argument the hook does not pass
+            r"plugin moe-spec-odd 1.2.3 .*register_policies.*\{'reg'\}.*the hooks are "
+            r"register_policies\(register\) and register_architectures\(register\).*left out",
+        ),
+        (
+            "register_policy(register)",  # a misspelt hook: it would register nothing
+            r"plugin moe-spec-odd-2 1.2.3 .* implements no such hook register_policy; the hooks "
+            r"are register_policies\(register\).*left out",
+        ),
+    ],
+)
+def test_a_plugin_whose_hook_does_not_match_a_spec_is_left_out_whole(site, hook, message):
+    source = PLUGIN_SOURCE.format(name="odd-one").replace("register_policies(register)", hook)
+    source += "\n    @hookimpl\n    def register_architectures(register):\n        pass\n"
+    install(site, "moe-spec-even", "even-first")
+    dist = "moe-spec-odd" if "(reg)" in hook else "moe-spec-odd-2"  # a module per source
+    install(site, dist, "odd", source)
+    left_out(message)
+    assert "even-first" in names() and "odd-one" not in names()
+    assert [key.split()[0] for key in plugin_failures()] == [dist]
+    # left out whole: none of its hooks, its register_architectures included, stays
+    assert not any(dist in name for name, _ in registry().manager.list_name_plugin())
+
+
+def test_entry_points_to_one_module_register_it_once(site):
+    install(site, "moe-spec-even", "even-first")
+    info = next(site.glob("moe_spec_even-*.dist-info"))
+    entry_points = "[moe_spec.policies]\none = moe_spec_even\ntwo = moe_spec_even\n"
+    (info / "entry_points.txt").write_text(entry_points + "three = moe_spec.policies.builtin\n")
+    reset_registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out, so nothing to warn about
+        assert names() == BUILTINS | {"even-first"}
+    assert plugin_failures() == {}
 
 
 @pytest.mark.parametrize("value", ["1", "true", "YES", "on"])

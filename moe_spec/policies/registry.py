@@ -88,8 +88,15 @@ class PolicyRegistry:
         self._policies: dict[str, PolicyInfo] | None = None
 
     def add_plugin(self, plugin: object, name: str, origin: str) -> None:
-        """Register a plugin object (usually a module) under ``name``."""
-        self.manager.register(plugin, name=name)
+        """Register a plugin object (usually a module) under ``name``; a hook function whose
+        arguments the hook does not pass is a :class:`PluginError` naming it."""
+        try:
+            self.manager.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            why = str(exc).replace("\n", "; ")  # pluggy says it on three lines
+            raise PluginError(f"plugin {origin}: {why}; {HOOKS_TAKE}") from exc
+        except ValueError as exc:  # its name, or the object, registered already
+            raise PluginError(f"plugin {origin}: {exc}") from exc
         self.origins[name] = origin
         self._policies = None
 
@@ -117,12 +124,17 @@ class PolicyRegistry:
                     f"installed entry points: {installed or 'none'}"
                 )
         for ep in found:
+            plugin = None
             try:
                 plugin = import_entry_point(ep)
+                if self.manager.is_registered(plugin):  # a second entry point to one module
+                    continue  # (or to a built-in): its hooks are in already, once
+                self.add_plugin(plugin, f"{dist_name(ep)}:{ep.name}", describe(ep))
+                check_hook_names(self.manager, plugin, describe(ep))
             except PluginError as exc:
+                if plugin is not None and self.manager.is_registered(plugin):
+                    self.manager.unregister(plugin)  # left out whole
                 self.fail(describe(ep), str(exc))
-                continue
-            self.add_plugin(plugin, f"{dist_name(ep)}:{ep.name}", describe(ep))
 
     def fail(self, origin: str, message: str) -> None:
         """Leave a plugin out: remember why and warn, naming it."""
@@ -221,6 +233,19 @@ def check_policy_class(policy_class: object, origin: str) -> PolicyInfo:
             f"name is lower-case letters, digits and single dashes (e.g. 'shallow-first')"
         )
     return PolicyInfo(name, policy_class, origin)
+
+
+HOOKS_TAKE = "the hooks are register_policies(register) and register_architectures(register)"
+
+
+def check_hook_names(manager: pluggy.PluginManager, plugin: object, origin: str) -> None:
+    """A :class:`PluginError` where ``plugin`` marks a function ``@hookimpl`` that no hook
+    has (a misspelt name would otherwise register nothing, without a word)."""
+    unknown = sorted(c.name for c in manager.get_hookcallers(plugin) or () if not c.has_spec())
+    if unknown:
+        raise PluginError(
+            f"plugin {origin} implements no such hook {', '.join(unknown)}; {HOOKS_TAKE}"
+        )
 
 
 def import_entry_point(ep: EntryPoint) -> ModuleType | object:

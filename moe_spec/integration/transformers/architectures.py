@@ -183,7 +183,7 @@ def architectures() -> dict[str, ArchitectureInfo]:
     plugins = registry()
     plugins.policies()  # loads the entry points (and reports their failures) once
     manager = plugins.manager
-    if manager.get_plugin(BUILTIN_PLUGIN) is None:  # built-ins: the same path as plugins
+    if not manager.is_registered(sys.modules[__name__]):  # built-ins: as plugins are
         plugins.add_plugin(sys.modules[__name__], BUILTIN_PLUGIN, "built-in")
     found: dict[str, ArchitectureInfo] = {}
     impls = manager.hook.register_architectures.get_hookimpls()
