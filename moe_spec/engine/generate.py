@@ -426,6 +426,12 @@ def live_policy(
         policy = get_policy(spec.policy, **spec.policy_options)
     elif policy.name != spec.policy:
         raise ValueError(f"the policy instance is {policy.name!r}; spec.policy is {spec.policy!r}")
+    if spec.budget is None and policy.name != "none" and not policy.adaptive:
+        raise ValueError(  # it would keep every expert, under a budgeting policy's name
+            f"policy {spec.policy!r} needs a budget: SpecConfig(budget=B), B distinct experts "
+            "per MoE layer, at least the model's top-k; without one use policy='none' (or "
+            "'auto', which picks its own)"
+        )
     policy.start_request()
     policy.prepare(*dims, device)
     return policy

@@ -126,6 +126,11 @@ def test_bad_budget_and_policy_are_refused(tiny_engine):
         tiny_engine.generate_speculative([1, 2], 5, SpecConfig(policy="nope", budget=4))
     with pytest.raises(ValueError, match=r"must be non-empty and fit max_len=1024"):
         tiny_engine.generate_autoregressive([1] * 1020, 10)
+    # a budgeting policy with no budget would keep every expert under its own name
+    with pytest.raises(ValueError, match=r"policy 'router-mass' needs a budget: SpecConfig"):
+        tiny_engine.generate_speculative([1, 2], 5, SpecConfig(policy="router-mass"))
+    for unbudgeted in ("none", "auto"):  # keeps every expert, picks its own: no budget needed
+        tiny_engine.generate_speculative([1, 2], 3, SpecConfig(policy=unbudgeted))
 
 
 def test_sampling_is_reproducible_per_seed(tiny_engine):
