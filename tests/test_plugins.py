@@ -378,6 +378,8 @@ def test_example_plugin_package_installs_and_is_discovered(tmp_path, monkeypatch
     record = make_record(probs_TE.log(), 1, depth_T=torch.tensor([0, 2, 2, 3, 3]))
     assert get_policy("router-mass").apply(record, 1).keep_E.nonzero().flatten().tolist() == [0]
     assert get_policy("shallow-first").apply(record, 1).keep_E.nonzero().flatten().tolist() == [7]
+    with pytest.raises(PolicyError, match=r"shallow-first: max_depth is 'abc'; allowed: an integ"):
+        get_policy("shallow-first", max_depth="abc")
     monkeypatch.setenv("MOE_SPEC_PLUGINS", "")
     reset_registry()
     assert "shallow-first" not in names()
@@ -393,3 +395,22 @@ def test_policies_command_lists_a_broken_plugin_and_every_other_policy(site, cap
     assert "even-first" in out and "router-mass" in out
     assert "left out: moe-spec-broken 1.2.3 (entry point 'broken'" in err
     assert "not_a_module_anywhere" in err
+
+
+def test_a_plugins_own_option_error_names_the_policy_and_plugin():
+    class Alpha(Policy):
+        name = "alpha-mass"
+
+        def __init__(self, alpha: float = 1.0) -> None:
+            self.alpha = float(alpha)  # a plain ValueError on "abc", not a PolicyError
+
+    plugin = SimpleNamespace(register_policies=hookimpl(lambda register: register(Alpha)))
+    registry = default_registry({})
+    registry.add_plugin(plugin, "alpha", "moe-spec-alpha 0.3")
+    with pytest.raises(
+        PolicyError,
+        match=r"policy 'alpha-mass' \(from moe-spec-alpha 0.3\): bad options \{'alpha': 'abc'\}: "
+        r"could not convert string to float: 'abc'$",
+    ):
+        registry.get("alpha-mass", alpha="abc")
+    assert registry.get("alpha-mass", alpha="0.5").alpha == 0.5

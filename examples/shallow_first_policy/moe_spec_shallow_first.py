@@ -4,7 +4,7 @@ Router mass, except that the experts picked by tokens at depth <= max_depth
 (the root and its children: the tokens most likely to be accepted) are never dropped.
 """
 
-from moe_spec import Policy, hookimpl
+from moe_spec import Policy, PolicyError, hookimpl
 
 
 class ShallowFirst(Policy):
@@ -12,6 +12,10 @@ class ShallowFirst(Policy):
     description = "router mass; experts of tokens at depth <= max_depth are never dropped"
 
     def __init__(self, max_depth: int = 1):
+        if type(max_depth) is not int or max_depth < 0:
+            raise PolicyError(
+                f"shallow-first: max_depth is {max_depth!r}; allowed: an integer >= 0"
+            )
         self.max_depth = max_depth
 
     def score(self, record):

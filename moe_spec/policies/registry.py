@@ -173,10 +173,10 @@ class PolicyRegistry:
             policy = info.policy_class(**options)
         except PolicyError:
             raise
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
+            allowed = allowed_options(info.policy_class) if isinstance(exc, TypeError) else ""
             raise PolicyError(
-                f"policy {name!r} (from {info.origin}): bad options {options}: {exc}"
-                f"{allowed_options(info.policy_class)}"
+                f"policy {name!r} (from {info.origin}): bad options {options}: {exc}{allowed}"
             ) from exc
         policy.origin = info.origin
         return policy
