@@ -66,10 +66,10 @@ def register() -> None:
     """
     global RUNTIME
     register_eagle_accessor()
-    if plugin_disabled():
-        register_notice(f"moe-spec: plugin loaded but switched off ({ENV_DISABLE})")
-        return
     try:
+        if plugin_disabled():
+            register_notice(f"moe-spec: plugin loaded but switched off ({ENV_DISABLE})")
+            return
         settings = settings_from_environ()
         if settings is None:
             register_notice("moe-spec: plugin loaded; no MOE_SPEC_POLICY set, nothing to budget")

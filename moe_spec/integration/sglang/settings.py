@@ -82,10 +82,21 @@ class ServeSettings:
         }
 
 
+def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off variable: a true or false word (any case), ``default`` where unset or empty;
+    anything else a :class:`SettingsError` (a typo must not leave a switch as it was)."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in TRUE_WORDS + FALSE_WORDS:
+        allowed = f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)} (or unset)"
+        raise SettingsError(f"{name}={environ[name]!r}; allowed: {allowed}")
+    return raw in TRUE_WORDS
+
+
 def plugin_disabled(environ: Mapping[str, str] | None = None) -> bool:
     """True when the off switch ``MOE_SPEC_SGLANG_DISABLE`` is set to a true word."""
-    environ = os.environ if environ is None else environ
-    return environ.get(ENV_DISABLE, "").strip().lower() in TRUE_WORDS
+    return env_flag(os.environ if environ is None else environ, ENV_DISABLE, False)
 
 
 def settings_from_environ(environ: Mapping[str, str] | None = None) -> ServeSettings | None:
@@ -110,16 +121,11 @@ def settings_from_environ(environ: Mapping[str, str] | None = None) -> ServeSett
         interval = float(raw_interval)
     except ValueError:
         raise SettingsError(f"{ENV_LOG_INTERVAL}={raw_interval!r}; allowed: seconds") from None
-    raw_counters = environ.get(ENV_COUNTERS, "").strip().lower() or "1"
-    if raw_counters not in TRUE_WORDS + FALSE_WORDS:
-        raise SettingsError(
-            f"{ENV_COUNTERS}={raw_counters!r}; allowed: {', '.join(TRUE_WORDS + FALSE_WORDS)}"
-        )
     return ServeSettings(
         policy=environ[ENV_POLICY].strip(),
         budget=budget,
         mode=environ.get(ENV_MODE, "").strip() or "substitution",
         options=options,
         log_interval_s=interval,
-        counters=raw_counters in TRUE_WORDS,
+        counters=env_flag(environ, ENV_COUNTERS, True),
     )

@@ -57,6 +57,17 @@ def test_off_switch_changes_nothing_but_says_so_at_model_load():
     assert state["accessor_added"]
 
 
+def test_a_mistyped_off_switch_refuses_the_start():
+    """``MOE_SPEC_SGLANG_DISABLE=ture`` is neither on nor off: an operator who meant to switch
+    budgeting off must not get a server that budgets."""
+    state = run_scenario("refusal", **ON, MOE_SPEC_SGLANG_DISABLE="ture")
+    assert state["targets"] == [LOAD_MODEL] and not state["topk_wrapped"]
+    assert (
+        "invalid configuration: MOE_SPEC_SGLANG_DISABLE='ture'; allowed: 1, true"
+        in (state["refused"][0])
+    )
+
+
 def test_no_policy_changes_nothing():
     state = run_scenario("load")
     assert state["targets"] == [LOAD_MODEL] and not state["topk_wrapped"]

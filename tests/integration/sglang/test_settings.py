@@ -25,7 +25,10 @@ def test_defaults_and_off():
     for word in ("1", "true", "YES", "on"):
         assert plugin_disabled({"MOE_SPEC_SGLANG_DISABLE": word})
         assert settings_from_environ({**on, "MOE_SPEC_SGLANG_DISABLE": word}) is None
-    assert not plugin_disabled({"MOE_SPEC_SGLANG_DISABLE": "0"})
+    for word in ("0", "off", "", " "):
+        assert not plugin_disabled({"MOE_SPEC_SGLANG_DISABLE": word})
+    with pytest.raises(SettingsError, match=r"MOE_SPEC_SGLANG_DISABLE='Ture'; allowed: 1, true"):
+        plugin_disabled({"MOE_SPEC_SGLANG_DISABLE": "Ture"})  # a typo leaves nothing as it was
 
 
 @pytest.mark.parametrize(
