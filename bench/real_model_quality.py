@@ -58,7 +58,9 @@ def cpu_name() -> str:
 def load_moe(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, use_safetensors=True, dtype=torch.float32
+    )
     return model.eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
