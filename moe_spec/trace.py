@@ -52,6 +52,11 @@ class RoutingTrace:
                 f"router_logits_LTE must be [L, T, E], got {tuple(self.router_logits_LTE.shape)}"
             )
         L, T, E = self.router_logits_LTE.shape
+        if min(L, T, E) < 1:
+            raise ValueError(
+                f"router_logits_LTE has shape [L={L}, T={T}, E={E}]; a trace needs at least one "
+                "layer, token and expert"
+            )
         for name in ("parent_T", "depth_T", "path_logprob_T"):
             if tuple(getattr(self, name).shape) != (T,):
                 raise ValueError(
@@ -121,6 +126,15 @@ def synthetic_trace(
     tokens route alike). Seeds make it reproducible. It is a stand-in, not a
     recording: results on it say how policies behave, not how a model scores.
     """
+    for name, value, low in (
+        ("num_layers", num_layers, 1),
+        ("num_experts", num_experts, max(1, top_k)),
+        ("top_k", top_k, 1),
+        ("tree_size", tree_size, 1),
+    ):
+        if value < low:
+            least = " (at least 1 and top_k)" if name == "num_experts" else ""
+            raise ValueError(f"{name} is {value}; allowed: an integer >= {low}{least}")
     g = torch.Generator().manual_seed(seed)
     parent_T, depth_T, logprob_T = synthetic_tree(tree_size, g)
     L, T, E = num_layers, tree_size, num_experts
@@ -142,7 +156,8 @@ def synthetic_trace(
 
 
 def save_trace(trace: RoutingTrace, path: str | Path) -> None:
-    """Write ``trace`` as a safetensors file (tensors plus JSON metadata)."""
+    """Write ``trace`` as a safetensors file (tensors plus JSON metadata); a path that
+    cannot be written raises ``ValueError``."""
     tensors = {
         "router_logits_LTE": trace.router_logits_LTE.contiguous(),
         "parent_T": trace.parent_T.contiguous(),
@@ -150,7 +165,10 @@ def save_trace(trace: RoutingTrace, path: str | Path) -> None:
         "path_logprob_T": trace.path_logprob_T.contiguous(),
     }
     meta = {"top_k": trace.top_k, "renormalize": trace.renormalize, "source": trace.source}
-    save_file(tensors, str(path), metadata={"format": TRACE_FORMAT, "meta": json.dumps(meta)})
+    try:
+        save_file(tensors, str(path), metadata={"format": TRACE_FORMAT, "meta": json.dumps(meta)})
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"cannot write trace file {path}: {exc}") from None
 
 
 def load_trace(path: str | Path) -> RoutingTrace:
@@ -181,3 +199,5 @@ def load_trace(path: str | Path) -> RoutingTrace:
         )
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"trace file {path} is missing {exc} in its tensors or metadata") from exc
+    except ValueError as exc:
+        raise ValueError(f"trace file {path}: {exc}") from None

@@ -120,3 +120,46 @@ def test_mass_kept_is_the_share_of_probability_on_kept_experts():
         range(8), key=lambda e: (not bool(trace.record(0).used_E()[e]), -float(mass_E[e]), e)
     )[:3]
     assert row.mass_kept == pytest.approx(float(mass_E[kept].sum() / mass_E.sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tree_size": 0}, r"tree_size is 0; allowed: an integer >= 1"),
+        ({"num_layers": 0}, r"num_layers is 0; allowed: an integer >= 1"),
+        (
+            {"num_experts": 0},
+            r"num_experts is 0; allowed: an integer >= 8 \(at least 1 and top_k\)",
+        ),
+        ({"top_k": 0}, r"top_k is 0; allowed: an integer >= 1"),
+    ],
+)
+def test_synthetic_trace_refuses_an_empty_or_impossible_shape(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic_trace(**kwargs)
+
+
+def test_an_empty_trace_and_an_unwritable_path_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"shape \[L=0, T=3, E=8\]; a trace needs at least one"):
+        load_trace_of_shape(tmp_path / "empty.safetensors", (0, 3, 8))
+    with pytest.raises(ValueError, match=r"cannot write trace file .*missing"):
+        save_trace(synthetic_trace(num_layers=1, tree_size=2), tmp_path / "missing" / "t.st")
+
+
+def load_trace_of_shape(path, shape_LTE: tuple[int, int, int]):
+    """``load_trace`` of a file holding zero router logits of ``shape_LTE``."""
+    T = shape_LTE[1]
+    save_file(
+        {
+            "router_logits_LTE": torch.zeros(shape_LTE),
+            "parent_T": torch.full((T,), -1),
+            "depth_T": torch.zeros(T, dtype=torch.long),
+            "path_logprob_T": torch.zeros(T),
+        },
+        str(path),
+        metadata={
+            "format": "moe-spec-trace/1",
+            "meta": '{"top_k": 2, "renormalize": false, "source": "x"}',
+        },
+    )
+    return load_trace(path)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from moe_spec.ab.pricing import COST_MODEL_CHOICES
+from moe_spec.budget import MODES
 
 DEFAULT_BASELINES = ("autoregressive", "none", "depth-width")
 DEFAULT_POLICY = "token-priority"
@@ -45,7 +46,12 @@ def add_parser(subparsers) -> None:
         + f", {DEFAULT_POLICY} at B=E/4 and E/2 of the model)",
     )
     p.add_argument("--reference", help="label differences are measured against (default: none)")
-    p.add_argument("--backend", choices=("engine", "sglang"), default="engine")
+    p.add_argument(
+        "--backend",
+        choices=("engine", "sglang"),
+        default="engine",
+        help="engine: this process's engine; sglang: running SGLang servers (--server)",
+    )
     p.add_argument(
         "--server",
         action="append",
@@ -67,9 +73,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-tokens", type=int, default=32, help="default tree tokens per step")
     p.add_argument("--width", type=int, default=8, help="default tree width")
     p.add_argument("--depth", type=int, default=6, help="default tree depth")
-    p.add_argument("--mode", default="substitution", help="default budget mode")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="substitution",
+        help="budget mode of each --config that names none (mode=...)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="default temperature")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt")
     p.add_argument("--seed", type=int, default=0, help="prompt i runs with seed + i")
     p.add_argument(
         "--seeds",

@@ -147,6 +147,11 @@ class Engine:
                 f"must be non-empty and fit max_len={self.max_len}"
             )
 
+    @staticmethod
+    def tree_scratch(spec: SpecConfig) -> int:
+        """Positions a speculative step needs past the prompt and the new tokens."""
+        return spec.num_tokens + spec.width * spec.depth
+
     @torch.no_grad()
     def generate_autoregressive(
         self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0
@@ -207,7 +212,7 @@ class Engine:
         ``policy``: a live instance of ``spec.policy`` to use instead of a fresh one (a
         planning policy such as ``auto`` then keeps its statistics across generations).
         """
-        self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.width * spec.depth)
+        self.check_room(prompt, max_new_tokens, extra=self.tree_scratch(spec))
         E = self.config.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.config.top_k, E)
         cfg, dcfg = self.config, self.draft.config

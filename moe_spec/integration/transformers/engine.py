@@ -133,6 +133,11 @@ class TransformersEngine:
 
     check_room = Engine.check_room  # prompt + new tokens (+ tree scratch) must fit max_len
 
+    @staticmethod
+    def tree_scratch(spec: SpecConfig) -> int:
+        """Positions a speculative step needs past the prompt and the new tokens."""
+        return spec.num_tokens + spec.depth + 1
+
     def forward_last(self, tokens: list[int], cache: DynamicCache) -> torch.Tensor:
         """Plain causal forward of ``tokens`` after the cache: fp32 logits ``[V]`` of the last."""
         ids = torch.tensor([tokens], device=self.target.device)
@@ -168,7 +173,7 @@ class TransformersEngine:
         from the steps so far (each at most ``spec``'s); otherwise ``spec``'s tree is used.
         ``policy``: a live instance of ``spec.policy`` (see ``Engine.generate_speculative``).
         """
-        self.check_room(prompt, max_new_tokens, extra=spec.num_tokens + spec.depth + 1)
+        self.check_room(prompt, max_new_tokens, extra=self.tree_scratch(spec))
         E = self.n_experts
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
         dims = (self.n_moe_layers, E, self.top_k, budget)
