@@ -421,7 +421,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sglang_args = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
     if args.budget < 1:
         raise ValueError(f"--budget is {args.budget}; allowed: an integer >= 1")
-    if args.log_interval < 0:
+    if not args.log_interval >= 0:  # NaN too
         raise ValueError(f"--log-interval is {args.log_interval:g}; allowed: seconds >= 0")
     if not sglang_args:
         raise ValueError(

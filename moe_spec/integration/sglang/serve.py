@@ -89,7 +89,8 @@ def resolve_sglang_args(args) -> tuple[object, str | None]:
     except BaseException as exc:  # noqa: BLE001 (SGLang may sys.exit on what it refuses)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return args, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        first = (str(exc).strip().splitlines() or ["(no message)"])[0]  # a bare assert: none
+        return args, f"{type(exc).__name__}: {first[:200]}"
     return resolved, None
 
 

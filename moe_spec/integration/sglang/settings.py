@@ -30,6 +30,15 @@ ENV_OPTIONS = "MOE_SPEC_POLICY_OPTIONS"
 ENV_DISABLE = "MOE_SPEC_SGLANG_DISABLE"
 ENV_LOG_INTERVAL = "MOE_SPEC_LOG_INTERVAL"
 ENV_COUNTERS = "MOE_SPEC_COUNTERS"
+# options a server cannot honour (``auto``'s, which ``Auto.for_server`` would override)
+SERVER_REFUSED_OPTIONS = {
+    "guard": "SGLang runs the configured tree every step and a plugin cannot switch to a smaller "
+    "tree or to plain decoding (on a chain with --speculative-adaptive the guard is on by itself)",
+    "measure": "every tensor-parallel rank must plan alike, so a server prices its steps with "
+    "the cost model, not with the wall times each rank would measure",
+    "gate": "the draft gate reads the draft's first level on the host before the tree, and "
+    "SGLang drafts on the device",
+}
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -60,14 +69,13 @@ class ServeSettings:
             raise SettingsError(f"{ENV_MODE}={self.mode!r}; allowed: {', '.join(MODES)}") from None
         if not isinstance(self.options, dict):
             raise SettingsError(f"{ENV_OPTIONS} must be a JSON object, got {self.options!r}")
-        if self.options.get("guard"):
-            raise SettingsError(
-                f"policy option guard={self.options['guard']!r} ({self.policy}): SGLang runs the "
-                "configured tree every step and a plugin cannot switch to a smaller tree or to "
-                "plain decoding (on a chain with --speculative-adaptive the guard is on by "
-                "itself); leave guard unset"
-            )
-        if self.log_interval_s < 0:
+        for name, why in SERVER_REFUSED_OPTIONS.items():
+            if self.options.get(name):
+                raise SettingsError(
+                    f"policy option {name}={self.options[name]!r} ({self.policy}): {why}; "
+                    f"leave {name} unset"
+                )
+        if not self.log_interval_s >= 0:  # NaN too
             raise SettingsError(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")
 
     def to_environ(self) -> dict[str, str]:

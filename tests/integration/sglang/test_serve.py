@@ -258,6 +258,29 @@ def test_a_budget_at_or_above_e_warns_that_budgeting_is_off(capsys, qwen3_dir):
     assert code == 0 and "budgeting is off" not in err
 
 
+@pytest.mark.parametrize("option", ["measure", "gate"])
+def test_autos_host_side_options_are_refused_not_dropped(capsys, qwen3_dir, option):
+    """``Auto.for_server`` turns them off on every rank: asked for, they are refused."""
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
+                         f"{option}=true", "--dry-run", "--", "--model-path", qwen3_dir, *EAGLE3,
+                         *TREE)  # fmt: skip
+    assert code == 2 and f"{option}=True (auto)" in err and f"leave {option} unset" in err
+
+
+def test_sglang_refusing_without_a_message_is_reported(monkeypatch):
+    """A bare ``assert`` in SGLang's own checks has no message: the check says so, no crash."""
+    from sglang.srt import server_args
+
+    from moe_spec.integration.sglang.serve import resolve_sglang_args
+
+    def refuse(_args):
+        raise AssertionError
+
+    monkeypatch.setattr(server_args.ServerArgs, "from_cli_args", staticmethod(refuse))
+    args = SimpleNamespace()
+    assert resolve_sglang_args(args) == (args, "AssertionError: (no message)")
+
+
 def test_autos_guard_is_refused_before_sglang_starts(capsys, qwen3_dir):
     code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
                          "guard=true", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
@@ -313,7 +336,8 @@ def test_a_depth_0_step_that_skips_the_draft_extend_is_said_to(monkeypatch, valu
 @pytest.mark.parametrize(
     "argv, words",
     [(["--budget", "0"], "--budget is 0; allowed"), (["--budget", "8", "--log-interval", "-1"],
-                                                     "--log-interval is -1; allowed")],
+                                                     "--log-interval is -1; allowed"),
+     (["--budget", "8", "--log-interval", "nan"], "--log-interval is nan; allowed")],
 )  # fmt: skip
 def test_flags_are_named_in_their_errors(capsys, qwen3_dir, argv, words):
     code, _, err = serve(capsys, "--policy", "router-mass", *argv, "--",
