@@ -77,6 +77,14 @@ def select_kept(
     go to the lower expert id. ``budget`` may be a 0-d tensor (a per-layer
     budget computed on device); the mask's size then varies, its shape never.
     """
+    if not isinstance(budget, torch.Tensor):
+        try:
+            value = -1 if isinstance(budget, bool) else operator.index(budget)
+        except TypeError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"budget is {budget!r}; allowed: an integer >= 0 or a 0-d tensor")
+        budget = value
     return expert_rank_E(scores_E, used_E) < budget
 
 
@@ -90,9 +98,18 @@ def expert_rank_E(scores_E: torch.Tensor, used_E: torch.Tensor | None = None) ->
 
 
 def expert_rank_LE(scores_LE: torch.Tensor, used_LE: torch.Tensor | None = None) -> torch.Tensor:
-    """long ``[..., E]``: :func:`expert_rank_E` of each row (any leading dims, as L layers)."""
+    """long ``[..., E]``: :func:`expert_rank_E` of each row (any leading dims, as L layers).
+    A NaN score ranks as ``-inf`` (last, by id): NaN compares false, and would otherwise rank
+    ahead of every expert and be kept beyond the budget."""
+    if used_LE is not None and used_LE.shape != scores_LE.shape:
+        raise ValueError(
+            f"used experts have shape {tuple(used_LE.shape)}; expected the scores' "
+            f"{tuple(scores_LE.shape)}"
+        )
     E = scores_LE.shape[-1]
     ids_E = torch.arange(E, device=scores_LE.device)
+    if scores_LE.is_floating_point():  # graph-safe: no host read
+        scores_LE = torch.where(scores_LE.isnan(), float("-inf"), scores_LE)
     s_i, s_j = scores_LE[..., :, None], scores_LE[..., None, :]
     ahead_LEE = (s_j > s_i) | ((s_j == s_i) & (ids_E[None, :] < ids_E[:, None]))
     if used_LE is not None:

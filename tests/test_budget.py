@@ -82,6 +82,26 @@ def test_select_kept_prefers_used_experts_and_takes_a_tensor_budget():
     assert select_kept(scores_E, torch.tensor(1)).tolist() == [True, False, False, False]
 
 
+def test_a_nan_score_ranks_last_so_the_budget_holds():
+    """NaN compares false: unhandled it would rank ahead of all and be kept beyond B (on a
+    server, where policies' values go unchecked, a plugin's 0/0 would widen the budget)."""
+    nan = math.nan
+    scores_E = torch.tensor([0.1, 0.5, nan, 0.3, 0.2, 0.9])
+    assert select_kept(scores_E, 2).nonzero().flatten().tolist() == [1, 5]
+    assert select_kept(scores_E, 6).all()  # still kept once the budget reaches it
+    assert select_kept(torch.full((6,), nan), 2).nonzero().flatten().tolist() == [0, 1]
+    used_E = torch.tensor([False, False, True, False, False, False])
+    assert select_kept(scores_E, 2, used_E).nonzero().flatten().tolist() == [2, 5]  # used first
+
+
+@pytest.mark.parametrize("budget", [2.5, -1, True, "3"])
+def test_select_kept_refuses_a_budget_that_is_not_a_count(budget):
+    with pytest.raises(ValueError, match=rf"budget is {budget!r}; allowed: an integer >= 0"):
+        select_kept(torch.rand(6), budget)
+    with pytest.raises(ValueError, match=r"used experts have shape \(5,\); expected .*\(6,\)"):
+        select_kept(torch.rand(6), 2, torch.ones(5, dtype=torch.bool))
+
+
 def test_kept_set_smaller_than_top_k_repeats_an_expert_with_zero_weight():
     record = make_record(LOGITS_TE, 2)
     out = apply_budget(record, 2, mask(2), mode="substitution")
