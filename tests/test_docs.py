@@ -34,8 +34,9 @@ def test_readme_plugin_example_registers_and_runs():
     plugin = SimpleNamespace(register_policies=namespace["register_policies"])
     registry.add_plugin(plugin, "readme", "README example")
     policy = registry.get("deep-first")
-    record = make_record(torch.randn(9, 16), 2, depth_T=torch.arange(9))
-    assert policy.apply(record, 4).topk_ids_TK.unique().numel() <= 4
+    for depth_T in (torch.arange(9), None):  # depth_T may be None (SGLang rows, no tree)
+        record = make_record(torch.randn(9, 16), 2, depth_T=depth_T)
+        assert policy.apply(record, 4).topk_ids_TK.unique().numel() <= 4
 
 
 def test_auto_options_table_lists_every_option_with_its_default():

@@ -169,6 +169,7 @@ def test_a_plugin_that_raises_while_registering_is_named(site):
     "registered, message",
     [
         ("int", r"registered <class 'int'>, which is not a subclass of moe_spec.Policy"),
+        ("instance", r"registered an instance of Good; pass the class \(register\(Good\)\)"),
         ("Policy", r"registered Policy with name ''; a policy name is lower-case"),
         ("BadName", r"registered BadName with name 'Bad Name'"),
     ],
@@ -180,7 +181,7 @@ def test_registering_something_invalid_is_named(registered, message):
     class Good(Policy):
         name = "good-one"
 
-    things = {"int": int, "Policy": Policy, "BadName": BadName}
+    things = {"int": int, "Policy": Policy, "BadName": BadName, "instance": Good()}
 
     def register_policies(register):
         register(Good)  # all or nothing: a plugin with one bad class is left out whole
@@ -378,7 +379,13 @@ def test_example_plugin_package_installs_and_is_discovered(tmp_path, monkeypatch
     record = make_record(probs_TE.log(), 1, depth_T=torch.tensor([0, 2, 2, 3, 3]))
     assert get_policy("router-mass").apply(record, 1).keep_E.nonzero().flatten().tolist() == [0]
     assert get_policy("shallow-first").apply(record, 1).keep_E.nonzero().flatten().tolist() == [7]
-    with pytest.raises(PolicyError, match=r"shallow-first: max_depth is 'abc'; allowed: an integ"):
+    no_depth = make_record(probs_TE.log(), 1)  # SGLang rows it cannot map to the tree
+    assert get_policy("shallow-first").apply(no_depth, 1).keep_E.nonzero().flatten().tolist() == [0]
+    with pytest.raises(
+        PolicyError,
+        match=r"policy 'shallow-first' \(from moe-spec-shallow-first 0.1.0 .*\): shallow-first: "
+        r"max_depth is 'abc'; allowed: an integ",
+    ):
         get_policy("shallow-first", max_depth="abc")
     monkeypatch.setenv("MOE_SPEC_PLUGINS", "")
     reset_registry()
@@ -414,3 +421,16 @@ def test_a_plugins_own_option_error_names_the_policy_and_plugin():
     ):
         registry.get("alpha-mass", alpha="abc")
     assert registry.get("alpha-mass", alpha="0.5").alpha == 0.5
+
+
+def test_a_policy_made_from_its_class_says_it_is_unregistered():
+    """A plugin author's own unit test of ``MyPolicy().apply(...)``: not "from built-in"."""
+
+    class Wrong(Policy):
+        name = "wrong-shape"
+
+        def score(self, record):
+            return torch.zeros(3)
+
+    with pytest.raises(PolicyError, match=r"policy 'wrong-shape' \(from unregistered\): score"):
+        Wrong().apply(make_record(torch.randn(4, 8), 2), 4)

@@ -20,6 +20,8 @@ class ShallowFirst(Policy):
 
     def score(self, record):
         mass_E = record.router_mass_E()
+        if record.depth_T is None:  # no tree depths for these rows: plain router mass
+            return mass_E
         shallow_T = (record.depth_T <= self.max_depth) & record.valid_mask_T()
         shallow_E = (record.topk_hits_TE() & shallow_T[:, None]).any(dim=0)
         return mass_E + shallow_E * (mass_E.sum() + 1.0)

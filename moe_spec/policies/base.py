@@ -51,8 +51,9 @@ class Policy:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    #: Where the policy came from; set by the registry ("built-in" or a package).
-    origin: str = "built-in"
+    #: Where the policy came from; set by the registry ("built-in" or a package), and
+    #: "unregistered" on an instance made from its class directly (a plugin's own tests).
+    origin: str = "unregistered"
     #: Value checks (NaN scores, kept-set size; they read tensors on the host):
     #: None runs them outside torch.compile and CUDA-graph capture; a server's
     #: eager hot path sets False.

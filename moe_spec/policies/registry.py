@@ -171,8 +171,10 @@ class PolicyRegistry:
         info = available[name]
         try:
             policy = info.policy_class(**options)
-        except PolicyError:
-            raise
+        except PolicyError as exc:  # the policy's own words; a plugin's, with where from
+            if info.origin == BUILTIN_ORIGIN or info.origin in str(exc):
+                raise
+            raise PolicyError(f"policy {name!r} (from {info.origin}): {exc}") from exc
         except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
             allowed = allowed_options(info.policy_class) if isinstance(exc, TypeError) else ""
             raise PolicyError(
@@ -221,6 +223,11 @@ def collect_plugin(impl, origin: str, taken: dict[str, PolicyInfo]) -> dict[str,
 
 def check_policy_class(policy_class: object, origin: str) -> PolicyInfo:
     """Validate what a plugin passed to ``register``; errors name the plugin."""
+    if isinstance(policy_class, Policy):
+        raise PluginError(
+            f"plugin {origin} registered an instance of {type(policy_class).__name__}; pass "
+            f"the class (register({type(policy_class).__name__})): the registry makes instances"
+        )
     if not (isinstance(policy_class, type) and issubclass(policy_class, Policy)):
         raise PluginError(
             f"plugin {origin} registered {policy_class!r}, which is not a subclass of "
