@@ -57,3 +57,13 @@ def check_expert_counts(
         raise ValueError(
             f"topk_ids_TK contains expert id {bad}; ids must be in [0, E={num_experts})"
         )
+
+
+def check_ids_in_range(topk_ids_TK: torch.Tensor, num_experts: int) -> None:
+    """Raise ``ValueError`` for an expert id outside ``[0, E)`` (reads the ids on the host)."""
+    bad_TK = (topk_ids_TK < 0) | (topk_ids_TK >= num_experts)
+    if bool(bad_TK.any()):
+        bad = int(topk_ids_TK[bad_TK][0])
+        raise ValueError(
+            f"topk_ids_TK contains expert id {bad}; ids must be in [0, E={num_experts})"
+        )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_spec.kernels.checks import check_expert_counts, check_moe_shapes
+from moe_spec.kernels.checks import check_expert_counts, check_ids_in_range, check_moe_shapes
 
 
 def fused_moe_torch(
@@ -42,7 +42,11 @@ def fused_moe_torch(
     ids_N = topk_ids_TK.reshape(-1).long()
     order_N = torch.argsort(ids_N, stable=True)
     rows_N = order_N // K
-    counts_E = torch.bincount(ids_N, minlength=E)
+    try:
+        counts_E = torch.bincount(ids_N, minlength=E)
+    except RuntimeError:  # a negative id (SGLang marks masked rows -1): say which
+        check_ids_in_range(topk_ids_TK, E)
+        raise
     check_expert_counts(counts_E, E, topk_ids_TK)
     groups = expert_groups(counts_E.tolist())
     x_ND = x_TD[rows_N]

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moe_spec.kernels.checks import check_moe_shapes
+from moe_spec.kernels.checks import check_ids_in_range, check_moe_shapes
 from moe_spec.kernels.configs import MoeBlockConfig, moe_block_config
 from moe_spec.kernels.dispatch import interpreter_enabled
 from moe_spec.kernels.moe_align import align_block_size
@@ -182,13 +182,3 @@ def fused_moe_triton(
         UPCAST=upcast, PRECISION=precision, **launch,
     )  # fmt: skip
     return y_ND.view(T, K, D).sum(dim=1).to(x_TD.dtype)
-
-
-def check_ids_in_range(topk_ids_TK: torch.Tensor, num_experts: int) -> None:
-    """Raise ``ValueError`` for an expert id outside ``[0, E)`` (reads the ids on the host)."""
-    bad_TK = (topk_ids_TK < 0) | (topk_ids_TK >= num_experts)
-    if bool(bad_TK.any()):
-        bad = int(topk_ids_TK[bad_TK][0])
-        raise ValueError(
-            f"topk_ids_TK contains expert id {bad}; ids must be in [0, E={num_experts})"
-        )

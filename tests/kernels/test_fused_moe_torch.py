@@ -94,6 +94,7 @@ def test_reads_only_experts_that_have_tokens():
         ({"topk_ids_TK": torch.zeros(3, 2)}, "must be an integer tensor"),
         ({"topk_weights_TK": torch.zeros(3, 1)}, "topk_weights_TK must have"),
         ({"topk_ids_TK": torch.full((3, 2), 8)}, r"expert id 8; ids must be in \[0, E=8\)"),
+        ({"topk_ids_TK": torch.tensor([[0, -1], [1, 2], [3, 0]])}, r"expert id -1; ids must be in"),
     ],
 )
 def test_bad_inputs_name_the_value(change, message):
