@@ -322,7 +322,12 @@ def misbehaving(**outputs) -> Policy:
         ({"keep": torch.tensor([5])}, r"keep\(\) kept 1 experts; allowed: top-k=2 to budget"),
         (
             {"keep": torch.tensor([4, 4, 4])},
-            r"keep\(\) returned expert ids \[4, 4, 4\] with repeats",
+            r"keep\(\) returned expert ids \[4, 4, 4\] with repeats; each id once$",
+        ),
+        (
+            {"keep": torch.tensor([1, 1, 0, 0, 0, 0, 0, 0])},
+            r"keep\(\) returned expert ids \[1, 1, 0, 0, 0, 0, 0, 0\] with repeats; each id once "
+            r"\(a 0/1 mask\? return it as bool: keep_E.bool\(\)\)",
         ),
         ({"scores": "raise"}, r"score\(\) raised RuntimeError\('plugin bug'\)"),
         ({"keep": "raise"}, r"keep\(\) raised RuntimeError\('plugin bug'\)"),

@@ -286,8 +286,10 @@ class Policy:
         if check_values:
             K = record.top_k
             if keep.dtype != torch.bool and keep.numel() != keep.unique().numel():
+                mask = keep.numel() == E and bool(((keep == 0) | (keep == 1)).all())
+                hint = " (a 0/1 mask? return it as bool: keep_E.bool())" if mask else ""
                 raise self.error(
-                    f"keep() returned expert ids {keep.tolist()} with repeats; each id once"
+                    f"keep() returned expert ids {keep.tolist()} with repeats; each id once{hint}"
                 )
             kept = int(keep_E.sum())
             if not min(K, E) <= kept <= budget:
