@@ -87,7 +87,8 @@ def add_parser(subparsers) -> None:
         type=int,
         default=1,
         help="run each prompt this many times (seeds seed + i): at temperature > 0 the "
-        "report tests each arm's per-position token distribution against unbudgeted",
+        "report tests each arm's per-position token distribution against unbudgeted (at 0 "
+        "the runs repeat the same tokens, only timing); the CIs resample whole prompts",
     )
     p.add_argument("--out", default="out/ab", help="output folder (results, report, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -122,6 +123,11 @@ def load_prompt_list(args) -> list[str]:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.prompts:
         prompts = load_prompts(args.prompts)
+        if args.num_prompts and args.num_prompts > len(prompts):
+            raise ValueError(
+                f"--num-prompts {args.num_prompts}, but {args.prompts} holds only "
+                f"{len(prompts)} prompt{'s' * (len(prompts) != 1)}"
+            )
     else:
         prompts = held_out_benchmark_prompts(args.num_prompts or 20)
     prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
@@ -150,6 +156,40 @@ def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
             for c, url in zip(configs, args.server or [None] * len(configs), strict=False)
         ]
     return finalize(configs, args.reference, add_unbudgeted=args.backend == "engine")
+
+
+def run_size(n_runs: int, seeds: int) -> str:
+    """``3 prompts`` or ``3 prompts x 4 seeds`` (``n_runs``: prompts times seeds)."""
+    text = f"{n_runs // seeds} prompt{'s' * (n_runs // seeds != 1)}"
+    return text + (f" x {seeds} seeds" if seeds > 1 else "")
+
+
+def warnings_for(args, configs, n_experts: int | None) -> list[str]:
+    """What runs other than a user would read from the command: repeated greedy seeds, and
+    fixed budgets that cut nothing (``B >= E``)."""
+    from moe_spec.ab.configs import unbudgeted_arms
+
+    out = [
+        f"{c.label}: B={c.budget} is not below the model's {n_experts} experts: nothing to "
+        "cut, every verify pass runs unbudgeted (budgeting is off)"
+        for c in unbudgeted_arms(configs, n_experts)
+    ]
+    if args.seeds > 1 and all(c.temperature == 0 for c in configs):
+        out.append(
+            f"--seeds {args.seeds} at temperature 0: greedy decoding gives the same tokens on "
+            "every seed, so the extra runs repeat only the timing (the CIs still count each "
+            "prompt once)"
+        )
+    return out
+
+
+def check_resume(args) -> None:
+    """``--resume`` needs a folder that holds a run (a typo in --out would start afresh)."""
+    if args.resume and not (Path(args.out) / "run.json").is_file():
+        raise ValueError(
+            f"--resume: nothing to resume in {args.out} (no run.json there); "
+            "check --out, or leave out --resume to start a new run"
+        )
 
 
 def _with_server(config, url):
@@ -229,6 +269,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     check_positive("--max-new-tokens", args.max_new_tokens)
+    check_resume(args)
     out = prepare_output_dir(args.out, "--out")
     prompts = load_prompt_list(args)
     check_seed(args.seed + len(prompts) - 1, f"--seed {args.seed} + prompt index")
@@ -237,6 +278,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     configs, reference = load_configs(
         args, getattr(cfg, "n_experts", None), getattr(cfg, "top_k", None)
     )
+    for warning in warnings_for(args, configs, getattr(cfg, "n_experts", None)):
+        print(f"moe-spec ab: warning: {warning}", file=sys.stderr)
     modeled = pricing(args.model_shape, args.gpu, args.cost_model, args.overhead_us)
     stored = stored_controller(args)
     pick = controller(modeled, stored, args.cost_model, args.overhead_us)
@@ -261,8 +304,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     for notice in store.notices():
         print(f"moe-spec ab: {notice}", file=sys.stderr)
     print(
-        f"{len(configs)} configurations x {len(prompts)} prompts, backend {backend.name}; "
-        f"results in {out}",
+        f"{len(configs)} configurations x {run_size(len(prompts), args.seeds)}, "
+        f"backend {backend.name}; results in {out}",
         file=sys.stderr,
     )
     try:
@@ -281,10 +324,10 @@ def cmd_ab(args: argparse.Namespace) -> int:
         configs, records, len(prompts), reference, backend.model_info(), modeled, args.seeds
     )
     meta = {
-        "title": f"{len(configs)} configurations on {len(prompts)} prompts",
+        "title": f"{len(configs)} configurations on {run_size(len(prompts), args.seeds)}",
         "backend": backend.name,
         "model": args.target or getattr(args, "model_description", None) or args.checkpoint,
-        "prompts": len(prompts),
+        "prompts": len(prompts) // args.seeds,
         "prompts_sha": header["prompts_sha"],
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,

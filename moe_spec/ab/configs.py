@@ -129,27 +129,28 @@ def default_label(c: RunConfig) -> str:
     return label
 
 
+INTEGER_KEYS = ("budget", "num_tokens", "width", "depth", "repair_min_tokens")
+
+
 def coerce(key: str, value):
-    """A field's value from text or JSON, or ``ValueError`` naming the key."""
+    """A field's value from text, JSON or TOML, or ``ValueError`` naming the key and value."""
     if key == "repair" and isinstance(value, str):
         flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         if value.lower() not in flags:
             raise ValueError(f"repair={value!r} is not a flag; allowed: true, false (or 1, 0)")
         return flags[value.lower()]
-    types = {
-        "budget": int,
-        "num_tokens": int,
-        "width": int,
-        "depth": int,
-        "temperature": float,
-        "repair_min_tokens": int,
-    }
-    if key not in types or not isinstance(value, str):
+    if key == "label" and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"label={value!r}: a label must be a non-empty string")
+    if key not in (*INTEGER_KEYS, "temperature"):
         return value
+    kind = int if key in INTEGER_KEYS else float
     try:
-        return types[key](value)
+        number = kind(value) if isinstance(value, str) else value
     except ValueError:
-        raise ValueError(f"{key}={value!r} is not a {types[key].__name__}") from None
+        number = None
+    if isinstance(number, bool) or not isinstance(number, int if kind is int else int | float):
+        raise ValueError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+    return number
 
 
 def option_value(text: str):
@@ -160,16 +161,37 @@ def option_value(text: str):
         return text
 
 
+def unique_keys(pairs, source: str) -> dict:
+    """``(key, value)`` pairs as a dict keyed by long names; a key given twice, or with its
+    alias, is a ``ValueError`` naming it (the last would silently win)."""
+    out: dict = {}
+    given: dict[str, str] = {}
+    for key, value in pairs:
+        name = ALIASES.get(key, key)
+        if name in given:
+            what = "is given twice" if given[name] == key else f"and {given[name]} both set {name}"
+            raise ValueError(f"{source}: {key} {what}; give it once")
+        given[name], out[name] = key, value
+    return out
+
+
 def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
     allowed = {f.name for f in fields(RunConfig)}
-    options = dict(data.get("options", {}))
-    for key in [k for k in data if k.startswith("opt.")]:
-        value = data[key]
+    items = unique_keys(data.items(), source)
+    options = items.pop("options", {})
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"{source}: options={options!r} is not an object; allowed: the policy's option "
+            'names and values, e.g. {"order": "logprob"}'
+        )
+    options = dict(options)
+    for key in [k for k in items if k.startswith("opt.")]:
+        value = items.pop(key)
+        if key[4:] in options:
+            raise ValueError(f"{source}: option {key[4:]} is given twice (options and {key})")
         options[key[4:]] = option_value(value) if isinstance(value, str) else value
-    data = {k: v for k, v in data.items() if not k.startswith("opt.")}
     if options:
-        data["options"] = options
-    items = {ALIASES.get(k, k): v for k, v in data.items()}
+        items["options"] = options
     unknown = sorted(set(items) - allowed)
     if unknown:
         keys = ", ".join(sorted(allowed | set(ALIASES) | {"opt.NAME"}))
@@ -187,13 +209,14 @@ def parse_config(text: str, defaults: dict | None = None) -> list[RunConfig]:
     if text.endswith((".json", ".toml")):
         return load_config_file(Path(text), defaults)
     name, _, rest = text.partition(":")
-    data: dict = {"policy": name.strip()}
+    pairs = [("policy", name.strip())]
     for item in filter(None, (s.strip() for s in split_items(rest, text))):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"config {text!r}: expected key=value, got {item!r}")
-        data[key.strip()] = value.strip()
-    return [from_mapping(data, defaults, f"config {text!r}")]
+        pairs.append((key.strip(), value.strip()))
+    source = f"config {text!r}"
+    return [from_mapping(unique_keys(pairs, source), defaults, source)]
 
 
 def split_items(text: str, config: str) -> list[str]:
@@ -217,14 +240,23 @@ def split_items(text: str, config: str) -> list[str]:
 
 
 def load_config_file(path: Path, defaults: dict) -> list[RunConfig]:
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+    from moe_spec.ab.prompts import check_file  # not at the top: prompts -> demo -> configs
+
+    check_file(path, "config file")
+
+    def no_repeats(pairs: list[tuple]) -> dict:  # json.loads would keep the last silently
+        keys = [k for k, _ in pairs]
+        repeated = next((k for k in keys if keys.count(k) > 1), None)
+        if repeated is not None:
+            raise ValueError(f"{path}: key {repeated!r} is given twice in one object; give it once")
+        return dict(pairs)
+
     try:
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_repeats)
         else:
-            data = tomllib.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot parse ({exc})") from None
     items = data.get("configs", data.get("config")) if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
@@ -242,7 +274,10 @@ def finalize(
     temps = {c.temperature for c in configs if c.kind != "autoregressive"} or {0.0}
     for t in sorted(temps) if add_unbudgeted else ():
         if not any(c.policy == "none" and c.temperature == t for c in configs):
-            base = next((c for c in configs if c.temperature == t), None)
+            # its tree is the first tree arm's (an autoregressive arm's tree keys mean nothing)
+            base = next(
+                (c for c in configs if c.temperature == t and c.kind != "autoregressive"), None
+            )
             tree = (
                 {}
                 if base is None
@@ -261,3 +296,14 @@ def finalize(
     if reference not in [c.label for c in configs]:
         raise ValueError(f"reference {reference!r} is not a configuration; have {labels}")
     return configs, reference
+
+
+def unbudgeted_arms(configs: list[RunConfig], n_experts: int | None) -> list[RunConfig]:
+    """The arms whose fixed budget ``B >= E`` cuts nothing (an adaptive policy's B is a cap)."""
+    if n_experts is None:
+        return []
+    return [
+        c
+        for c in configs
+        if c.budget is not None and c.budget >= n_experts and not is_adaptive(c.policy)
+    ]

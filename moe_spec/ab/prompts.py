@@ -17,11 +17,23 @@ class PromptsError(ValueError):
     """The prompts file is missing, empty or malformed."""
 
 
+def check_file(path: Path, what: str) -> None:
+    """``PromptsError`` (a ``ValueError``) unless ``path`` is a regular file, saying what it is."""
+    if path.is_file():
+        return
+    if not path.exists():
+        problem = "does not exist"
+    elif path.is_dir():
+        problem = "is a directory; name a file"
+    else:
+        problem = "is not a regular file (a device, pipe or socket); name a file"
+    raise PromptsError(f"{what} {str(path)!r} {problem}")
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """The prompts in ``path``, in file order."""
     path = Path(path)
-    if not path.is_file():
-        raise PromptsError(f"prompts file {str(path)!r} does not exist")
+    check_file(path, "prompts file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

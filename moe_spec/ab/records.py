@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 RUN_SCHEMA = "moe-spec-ab-run/1"
@@ -52,8 +52,33 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord:
-        steps = [Step(**s) for s in data.pop("steps", [])]
-        return cls(**data, steps=steps)
+        """A record from its JSON; ``TypeError`` naming a field of the wrong type."""
+        steps = data.pop("steps", [])
+        if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+            raise TypeError(f"steps is {steps!r}; allowed: a list of objects")
+        return checked(cls(**data, steps=[checked(Step(**s)) for s in steps]))
+
+
+def _is(value, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotation (``int``, ``list[int]``, ``str | None``...)."""
+    if annotation.endswith(" | None"):
+        return value is None or _is(value, annotation[: -len(" | None")])
+    if annotation.startswith("list["):
+        inner = annotation[5:-1]
+        return isinstance(value, list) and (inner == "Step" or all(_is(v, inner) for v in value))
+    if annotation == "bool":
+        return isinstance(value, bool)
+    kinds = {"int": int, "float": int | float, "str": str}
+    return isinstance(value, kinds.get(annotation, object)) and not isinstance(value, bool)
+
+
+def checked(obj):
+    """``obj`` (a :class:`Step` or :class:`RunRecord` read back) if each field has its type."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if not _is(value, str(f.type)):
+            raise TypeError(f"{f.name} is {value!r}; allowed: {f.type}")
+    return obj
 
 
 def fingerprint(prompts: list[str]) -> str:
@@ -147,15 +172,15 @@ class Store:
         self.cut_line = True
 
     def load(self) -> None:
-        for n, line in enumerate(self.runs_path.read_text().splitlines(), 1):
-            if not line.strip():
+        for n, raw in enumerate(self.runs_path.read_bytes().splitlines(), 1):
+            if not raw.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = json.loads(raw.decode("utf-8"))
                 if not isinstance(data, dict):
                     raise TypeError(f"a {type(data).__name__}, not an object")
                 record = RunRecord.from_dict(data)
-            except (json.JSONDecodeError, TypeError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
                 raise ResumeError(
                     f"{self.runs_path}:{n} is not a run record ({exc}); fix or delete that "
                     "line to resume"

@@ -41,9 +41,10 @@ def analyze(
 ) -> list[ConfigStats]:
     """Statistics per configuration, with paired differences against ``reference``.
 
-    With ``seeds > 1`` (run ``i`` is prompt ``i // seeds``), every arm sampled at
-    temperature > 0 also gets ``distribution_check`` against the unbudgeted arm at the same
-    temperature (``moe_spec.ab.sampled``).
+    With ``seeds > 1`` (run ``i`` is prompt ``i // seeds``) the bootstrap resamples whole
+    prompts (their ``seeds`` runs together), and every arm sampled at temperature > 0 also
+    gets ``distribution_check`` against the unbudgeted arm at the same temperature
+    (``moe_spec.ab.sampled``).
     """
     rows, pairs = [], {}
     for c in configs:
@@ -51,6 +52,7 @@ def analyze(
         base = unbudgeted_for(c, configs)
         refs = [None if base is None else records[(base.label, i)] for i in range(n_prompts)]
         row, pairs[c.label] = summarize(c, runs, refs, info, modeled)
+        row.prompts = n_prompts // seeds  # distinct prompts, not runs
         sampled_ref = next(
             (x for x in configs if x.policy == "none" and x.temperature == c.temperature), None
         )
@@ -61,7 +63,7 @@ def analyze(
     for row in rows:
         if row.label != reference:
             row.vs_reference = {
-                m: paired_bootstrap(pairs[row.label], pairs[reference], m)
+                m: paired_bootstrap(pairs[row.label], pairs[reference], m, block=seeds)
                 for m in BOOTSTRAP_METRICS
             }
     return rows
@@ -175,6 +177,7 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
             "backend",
             "model",
             "prompts",
+            "seeds",
             "max_new_tokens",
             "seed",
             "modeled_on",

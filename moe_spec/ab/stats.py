@@ -279,15 +279,21 @@ def summarize(
 
 
 def paired_bootstrap(
-    a: list[dict], b: list[dict], metric: str, n_boot: int = 2000, seed: int = 0
+    a: list[dict], b: list[dict], metric: str, n_boot: int = 2000, seed: int = 0, block: int = 1
 ) -> dict | None:
-    """Difference ``a - b`` of a ratio metric and its 95% CI, resampling prompts jointly."""
-    if not all(metric in p for p in a + b) or len(a) != len(b) or not a:
+    """Difference ``a - b`` of a ratio metric and its 95% CI, resampling prompts jointly.
+
+    ``block``: runs per prompt (``--seeds``; run ``i`` is prompt ``i // block``). A prompt's
+    runs are resampled as one unit, so S copies of each run give the CI of one run.
+    """
+    if not all(metric in p for p in a + b) or len(a) != len(b) or not a or len(a) % block:
         return None
-    arr = np.array(
-        [[*x[metric], *y[metric]] for x, y in zip(a, b, strict=False)], dtype=float
-    )  # [P, 4]
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    arr = (
+        np.array([[*x[metric], *y[metric]] for x, y in zip(a, b, strict=False)], dtype=float)
+        .reshape(len(a) // block, block, 4)
+        .sum(axis=1)
+    )  # [P, 4]: each prompt's sums over its runs
+    idx = np.random.default_rng(seed).integers(0, len(arr), size=(n_boot, len(arr)))
     sums = arr[idx].sum(axis=1)  # [n_boot, 4]
     with np.errstate(divide="ignore", invalid="ignore"):
         diffs = sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]

@@ -74,7 +74,7 @@ def test_config_syntax_and_aliases():
     [
         ("token-priority", "a budget is required"),
         ("none:B=8", "takes no budget"),
-        ("token-priority:B=eight", "budget='eight' is not a int"),
+        ("token-priority:B=eight", "budget='eight' is not an integer"),
         ("token-priority:B=8,colour=red", "unknown keys"),
         ("token-priority:B=8,mode=drop", "allowed: substitution, truncation"),
         ("token-priority:B=8,depth=0", "depth must be an integer >= 1"),

@@ -79,13 +79,34 @@ def test_a_cut_last_line_is_dropped_and_the_store_reloads_cleanly(tmp_path):
     assert len(reloaded.done) == 9 and not reloaded.cut_line
 
 
-@pytest.mark.parametrize("bad", ['{"label": "none", "prom', "[1, 2]", '{"label": "x"}'])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"label": "none", "prom',
+        "[1, 2]",
+        '{"label": "x"}',
+        '{"label": "none", "prompt": 0, "seed": 7, "tokens": null, "seconds": 0.5}',
+        '{"label": "none", "prompt": 0, "seed": 7, "tokens": [1, "2"], "seconds": 0.5}',
+        '{"label": "none", "prompt": 0, "seed": 7, "tokens": [1], "seconds": 0.5, "steps": '
+        '[{"committed": 1, "num_tokens": 8, "width": 4, "depth": 3, "before_L": null, '
+        '"after_L": [1], "path_L": [1]}]}',
+    ],
+)
 def test_a_broken_line_before_the_last_names_the_file_and_line(tmp_path, bad):
     finished(tmp_path)
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     lines.insert(2, bad)
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ResumeError, match=r"runs.jsonl:3 is not a run record"):
+        Store(tmp_path, FULL, resume=True)
+
+
+def test_a_non_utf8_byte_in_runs_jsonl_names_the_file_and_line(tmp_path):
+    finished(tmp_path)
+    lines = (tmp_path / "runs.jsonl").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"label"', b'"lab\xffel"')
+    (tmp_path / "runs.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(ResumeError, match=r"runs.jsonl:2 is not a run record \('utf-8' codec"):
         Store(tmp_path, FULL, resume=True)
 
 
@@ -133,7 +154,9 @@ def test_list_valued_policy_options_can_be_written_on_the_command_line():
 
 
 def test_a_bad_value_names_its_config():
-    with pytest.raises(ValueError, match=r"config 'router-mass:B=8.5': budget='8.5' is not a int"):
+    with pytest.raises(
+        ValueError, match=r"config 'router-mass:B=8.5': budget='8.5' is not an integer"
+    ):
         parse_config("router-mass:B=8.5")
 
 

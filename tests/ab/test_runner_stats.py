@@ -133,6 +133,35 @@ def test_paired_bootstrap_of_a_ratio_metric():
     assert paired_bootstrap(a, [{}] * 30, "m") is None
 
 
+def seeded_records(labels: list[str], seeds: int) -> dict[tuple[str, int], RunRecord]:
+    """5 prompts with varied speeds, each run repeated ``seeds`` times (run i: prompt i // S)."""
+    rng = np.random.default_rng(3)
+    records = {}
+    for label in labels:
+        for p in range(5):
+            tokens, seconds = [1] * int(rng.integers(4, 12)), float(rng.uniform(0.2, 2.0))
+            for s in range(seeds):
+                i = p * seeds + s
+                records[(label, i)] = RunRecord(label, i, i, tokens, seconds)
+    return records
+
+
+def test_the_bootstrap_resamples_prompts_not_seeds():
+    """S identical runs per prompt (greedy seeds) give the CI of one run, not a narrower one."""
+    from moe_spec.ab.report import analyze
+
+    configs = [RunConfig("none"), RunConfig("token-priority", 8)]
+    labels = [c.label for c in configs]
+    one = analyze(configs, seeded_records(labels, 1), 5, "none", {}, None, seeds=1)
+    four = analyze(configs, seeded_records(labels, 4), 20, "none", {}, None, seeds=4)
+    ci_one = one[1].vs_reference["tokens_per_s"]
+    ci_four = four[1].vs_reference["tokens_per_s"]
+    assert ci_one["ci95"][1] - ci_one["ci95"][0] > 1  # the test needs a spread to shrink
+    assert ci_four["diff"] == pytest.approx(ci_one["diff"])
+    assert ci_four["ci95"] == pytest.approx(ci_one["ci95"])
+    assert four[1].prompts == one[1].prompts == 5
+
+
 def test_pareto_front():
     pts = [(1, 5), (2, 4), (3, 1), (1.5, 3), (2, 4.5)]
     assert pareto(pts) == [(1, 5), (2, 4.5), (3, 1)]

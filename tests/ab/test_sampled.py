@@ -54,7 +54,10 @@ def test_ab_sampled_mode_end_to_end(tiny_dir, tmp_path):
     ]  # fmt: skip
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["seeds"] == 3 and results["prompts"] == 6
+    assert results["seeds"] == 3 and results["prompts"] == 2  # prompts, not runs
+    assert all(row["prompts"] == 2 for row in results["configs"])
+    report = (out / "report.md").read_text()
+    assert report.startswith("# moe-spec ab: 3 configurations on 2 prompts x 3 seeds\n")
     rows = {c["label"]: c for c in results["configs"]}
     ar = rows["autoregressive T=1"]["distribution_check"]
     assert ar["seeds"] == 3 and ar["positions"] == 4

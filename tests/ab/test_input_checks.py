@@ -1,0 +1,136 @@
+"""`moe-spec ab` input mistakes: clear errors (or warnings) naming the value and its source."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from moe_spec.ab.configs import RunConfig, finalize, parse_config, unbudgeted_arms
+from moe_spec.ab.prompts import PromptsError, load_prompts
+from moe_spec.cli import main
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"policy": "none", "label": 5}, "c.json entry 1: label=5: a label must be a non-empty"),
+        ({"policy": "none", "label": " "}, "c.json entry 1: label=' ': a label must be"),
+        ({"policy": "token-priority", "B": 8, "options": [1]}, "entry 1: options=[1] is not an"),
+        ({"policy": "token-priority", "B": 8, "options": 5}, "entry 1: options=5 is not an object"),
+        ({"policy": "router-mass", "B": 8, "budget": 12}, "entry 1: budget and B both set budget"),
+        ({"policy": "router-mass", "B": 8.7}, "c.json entry 1: budget=8.7 is not an integer"),
+        ({"policy": "none", "T": "hot"}, "entry 1: temperature='hot' is not a number"),
+        ({"policy": "none", "width": True}, "entry 1: width=True is not an integer"),
+        (
+            {"policy": "token-priority", "B": 8, "options": {"decay": 0.5}, "opt.decay": 0.7},
+            "entry 1: option decay is given twice (options and opt.decay)",
+        ),
+    ],
+)
+def test_bad_json_config_entries_name_the_file_and_entry(tmp_path, entry, message):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_config(str(path))
+
+
+def test_a_toml_entry_with_a_fractional_budget_names_file_and_entry(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[config]]\npolicy = "none"\n\n[[config]]\npolicy = "router-mass"\nB = 8.7\n')
+    with pytest.raises(ValueError, match=r"c.toml entry 2: budget=8.7 is not an integer"):
+        parse_config(str(path))
+
+
+def test_a_json_key_repeated_in_one_object_is_refused(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('[{"policy": "router-mass", "budget": 8, "budget": 12}]')
+    with pytest.raises(ValueError, match="c.json: key 'budget' is given twice"):
+        parse_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("router-mass:B=8,B=12", "config 'router-mass:B=8,B=12': B is given twice; give it once"),
+        ("router-mass:B=8,budget=12", "budget and B both set budget; give it once"),
+        ("router-mass:T=0,temperature=1,B=8", "temperature and T both set temperature"),
+        ("draft-path:B=8,opt.order=path,opt.order=logprob", "opt.order is given twice"),
+        ("none:label=", "label='': a label must be a non-empty string"),
+    ],
+)
+def test_a_repeated_or_empty_key_on_the_command_line_is_refused(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_config(text)
+
+
+def test_fixed_budgets_at_or_above_e_are_flagged_but_an_adaptive_cap_is_not():
+    arms = [RunConfig("router-mass", 32), RunConfig("router-mass", 8), RunConfig("auto", 32)]
+    assert unbudgeted_arms(arms, 32) == [arms[0]]
+    assert unbudgeted_arms(arms, None) == []  # the model's E is unknown (sglang)
+
+
+def test_the_reference_arm_takes_its_tree_from_a_tree_arm_not_autoregressive():
+    (ar,) = parse_config("autoregressive:width=4")
+    (tp,) = parse_config("token-priority:B=8,tokens=16")
+    configs, reference = finalize([ar, tp], None)
+    assert reference == "none tree=16/8/6"
+    assert (configs[-1].num_tokens, configs[-1].width, configs[-1].depth) == (16, 8, 6)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp, "is a directory; name a file"),
+        (lambda tmp: "/dev/null", "is not a regular file"),
+    ],
+)
+def test_a_prompts_or_config_path_that_is_not_a_file_says_what_it_is(tmp_path, make, message):
+    with pytest.raises(PromptsError, match=f"prompts file .* {message}"):
+        load_prompts(make(tmp_path))
+    config = tmp_path / "c.json"
+    config.mkdir()
+    with pytest.raises(ValueError, match="config file .*c.json' is a directory"):
+        parse_config(str(config))
+
+
+@pytest.fixture
+def cli_args(tiny_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("def f(x):\n")
+    return [
+        "ab", "--checkpoint", str(tiny_dir), "--prompts", str(prompts),
+        "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--no-progress",
+        "--num-tokens", "8", "--width", "4", "--depth", "3",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--resume", "--config", "none"], "--resume: nothing to resume in {out}"),
+        (["--num-prompts", "5", "--config", "none"], "--num-prompts 5, but {prompts} holds only 1"),
+    ],
+)
+def test_cli_refuses_what_would_silently_run_something_else(cli_args, capsys, extra, message):
+    out, prompts = cli_args[cli_args.index("--out") + 1], cli_args[cli_args.index("--prompts") + 1]
+    assert main([*cli_args, *extra]) == 2
+    assert message.format(out=out, prompts=prompts) in capsys.readouterr().err
+
+
+def test_cli_warns_about_greedy_seeds_and_a_budget_that_cuts_nothing(cli_args, capsys):
+    out = Path(cli_args[cli_args.index("--out") + 1])
+    assert main([*cli_args, "--seeds", "2", "--config", "router-mass:B=8"]) == 0
+    err = capsys.readouterr().err
+    assert "router-mass B=8 tree=8/4/3: B=8 is not below the model's 8 experts" in err
+    assert "budgeting is off" in err
+    assert "--seeds 2 at temperature 0: greedy decoding gives the same tokens" in err
+    assert "2 configurations x 1 prompt x 2 seeds, backend engine" in err
+    report = (out / "report.md").read_text()
+    assert report.startswith("# moe-spec ab: 2 configurations on 1 prompt x 2 seeds\n")
+    assert json.loads((out / "results.json").read_text())["prompts"] == 1
+    resumed = [*cli_args, "--seeds", "2", "--config", "router-mass:B=4", "--resume"]
+    assert main(resumed) == 0  # the folder holds a run: --resume goes on
+    assert "is not below" not in capsys.readouterr().err
