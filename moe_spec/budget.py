@@ -108,8 +108,9 @@ def expert_rank_LE(scores_LE: torch.Tensor, used_LE: torch.Tensor | None = None)
         )
     E = scores_LE.shape[-1]
     ids_E = torch.arange(E, device=scores_LE.device)
-    if scores_LE.is_floating_point():  # graph-safe: no host read
-        scores_LE = torch.where(scores_LE.isnan(), float("-inf"), scores_LE)
+    if scores_LE.is_floating_point():  # one op, graph-safe: no host read
+        inf = float("inf")
+        scores_LE = torch.nan_to_num(scores_LE, nan=-inf, posinf=inf, neginf=-inf)
     s_i, s_j = scores_LE[..., :, None], scores_LE[..., None, :]
     ahead_LEE = (s_j > s_i) | ((s_j == s_i) & (ids_E[None, :] < ids_E[:, None]))
     if used_LE is not None:
