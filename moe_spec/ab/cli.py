@@ -270,9 +270,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_positive("--max-new-tokens", args.max_new_tokens)
     check_resume(args)
-    out = prepare_output_dir(args.out, "--out")
     prompts = load_prompt_list(args)
     check_seed(args.seed + len(prompts) - 1, f"--seed {args.seed} + prompt index")
+    out = prepare_output_dir(args.out, "--out")  # after the prompts: a refusal leaves no folder
     engine = load_engine(args) if args.backend == "engine" else None
     cfg = getattr(engine, "config", None)
     configs, reference = load_configs(

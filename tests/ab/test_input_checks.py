@@ -118,6 +118,7 @@ def test_cli_refuses_what_would_silently_run_something_else(cli_args, capsys, ex
     out, prompts = cli_args[cli_args.index("--out") + 1], cli_args[cli_args.index("--prompts") + 1]
     assert main([*cli_args, *extra]) == 2
     assert message.format(out=out, prompts=prompts) in capsys.readouterr().err
+    assert not Path(out).exists()  # refused before its folder is made
 
 
 def test_cli_warns_about_greedy_seeds_and_a_budget_that_cuts_nothing(cli_args, capsys):
