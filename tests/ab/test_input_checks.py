@@ -96,42 +96,34 @@ def test_a_prompts_or_config_path_that_is_not_a_file_says_what_it_is(tmp_path, m
         parse_config(str(config))
 
 
-@pytest.fixture
-def cli_args(tiny_dir, tmp_path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("def f(x):\n")
-    return [
-        "ab", "--checkpoint", str(tiny_dir), "--prompts", str(prompts),
-        "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--no-progress",
-        "--num-tokens", "8", "--width", "4", "--depth", "3",
-    ]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--resume", "--config", "none"], "--resume: nothing to resume in {out}"),
-        (["--num-prompts", "5", "--config", "none"], "--num-prompts 5, but {prompts} holds only 1"),
+        (
+            ["--num-prompts", "5", "--config", "none"],
+            "--num-prompts 5, but {prompts} holds only 2 prompts",
+        ),
     ],
 )
-def test_cli_refuses_what_would_silently_run_something_else(cli_args, capsys, extra, message):
-    out, prompts = cli_args[cli_args.index("--out") + 1], cli_args[cli_args.index("--prompts") + 1]
-    assert main([*cli_args, *extra]) == 2
+def test_cli_refuses_what_would_silently_run_something_else(ab_args, capsys, extra, message):
+    out, prompts = ab_args[ab_args.index("--out") + 1], ab_args[ab_args.index("--prompts") + 1]
+    assert main([*ab_args, *extra]) == 2
     assert message.format(out=out, prompts=prompts) in capsys.readouterr().err
     assert not Path(out).exists()  # refused before its folder is made
 
 
-def test_cli_warns_about_greedy_seeds_and_a_budget_that_cuts_nothing(cli_args, capsys):
-    out = Path(cli_args[cli_args.index("--out") + 1])
-    assert main([*cli_args, "--seeds", "2", "--config", "router-mass:B=8"]) == 0
+def test_cli_warns_about_greedy_seeds_and_a_budget_that_cuts_nothing(ab_args, capsys):
+    out = Path(ab_args[ab_args.index("--out") + 1])
+    assert main([*ab_args, "--seeds", "2", "--config", "router-mass:B=8"]) == 0
     err = capsys.readouterr().err
     assert "router-mass B=8 tree=8/4/3: B=8 is not below the model's 8 experts" in err
     assert "budgeting is off" in err
     assert "--seeds 2 at temperature 0: greedy decoding gives the same tokens" in err
-    assert "2 configurations x 1 prompt x 2 seeds, backend engine" in err
+    assert "2 configurations x 2 prompts x 2 seeds, backend engine" in err
     report = (out / "report.md").read_text()
-    assert report.startswith("# moe-spec ab: 2 configurations on 1 prompt x 2 seeds\n")
-    assert json.loads((out / "results.json").read_text())["prompts"] == 1
-    resumed = [*cli_args, "--seeds", "2", "--config", "router-mass:B=4", "--resume"]
+    assert report.startswith("# moe-spec ab: 2 configurations on 2 prompts x 2 seeds\n")
+    assert json.loads((out / "results.json").read_text())["prompts"] == 2
+    resumed = [*ab_args, "--seeds", "2", "--config", "router-mass:B=4", "--resume"]
     assert main(resumed) == 0  # the folder holds a run: --resume goes on
     assert "is not below" not in capsys.readouterr().err

@@ -168,17 +168,6 @@ def perturbed_copy(src, dst):
     save_file(weights, dst / "target.safetensors")
 
 
-@pytest.fixture
-def ab_args(tiny_dir, tmp_path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("def f(x):\nreturn x\n")
-    return [
-        "ab", "--checkpoint", str(tiny_dir), "--prompts", str(prompts),
-        "--out", str(tmp_path / "out"), "--max-new-tokens", "6", "--no-progress",
-        "--num-tokens", "8", "--width", "4", "--depth", "3",
-    ]  # fmt: skip
-
-
 def test_cli_resume_refuses_another_checkpoint(ab_args, tiny_dir, tmp_path, capsys):
     args = [*ab_args, "--config", "none"]
     assert main(args) == 0
