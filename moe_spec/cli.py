@@ -616,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, PolicyError, PluginError, RuntimeError) as exc:
         print(f"moe-spec: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder not writable, a file gone: what and where, no traceback
+        print(f"moe-spec: error: {exc}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:
         name = (exc.name or "").partition(".")[0]
         if name not in MODELS_EXTRA:

@@ -240,3 +240,10 @@ def test_help_shows_each_options_default(capsys, command, shown):
     for part in shown:
         assert part in text, part
     assert "(default: False)" not in text and "(default: None)" not in text
+
+
+def test_a_cache_that_cannot_be_a_folder_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("MOE_SPEC_CACHE", str(cache))
+    assert str(cache) in refused(["models", "build"], capsys)

@@ -172,6 +172,8 @@ def build_checkpoint(out: Path, assets: Path = ASSETS, check: bool = True) -> st
                 "bytes; refusing to use it"
             )
         (tmp / DONE).write_text(digest + "\n")
+        for f in tmp.rglob("*"):  # readable by all, as the folder is (safetensors writes 600)
+            f.chmod(0o755 if f.is_dir() else 0o644)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -189,8 +191,24 @@ def checkpoint_dir(assets: Path = ASSETS) -> Path:
 
 
 def is_built(path: Path, expected: str | None) -> bool:
+    """Whether ``path`` holds a finished build of ``expected`` whose weight files are whole
+    (their headers' sizes; the content hash is checked when it is built, not at every load)."""
     marker = path / DONE
-    return marker.is_file() and (expected is None or marker.read_text().strip() == expected)
+    if not (marker.is_file() and (expected is None or marker.read_text().strip() == expected)):
+        return False
+    return all(safetensors_whole(f) for f in path.rglob("*.safetensors"))
+
+
+def safetensors_whole(path: Path) -> bool:
+    """Whether ``path`` is as long as its safetensors header says (a cut file is not)."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        return path.stat().st_size == 8 + n + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError):
+        return False  # no header that reads
 
 
 def ensure_checkpoint(assets: Path = ASSETS, rebuild: bool = False) -> Path:

@@ -68,3 +68,26 @@ def test_models_list_names_both_models(capsys, tmp_path, monkeypatch):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-moe" in out and "stdlib-toy" in out and "not built" in out
+
+
+def test_a_cut_weight_file_makes_a_cached_build_unbuilt(tmp_path):
+    """``models list`` and the loaders trust ``is_built``: a truncated file (a full disk, a
+    copy cut short) must send them to rebuild, not to a raw safetensors error at load."""
+    import torch
+    from safetensors.torch import save_file
+
+    from moe_spec.models.build import DONE, is_built
+
+    (tmp_path / "eagle").mkdir()
+    weights = tmp_path / "eagle" / "model.safetensors"
+    save_file({"a": torch.ones(64), "b": torch.zeros(3, 5)}, str(weights))
+    (tmp_path / DONE).write_text("abc\n")
+    assert is_built(tmp_path, "abc") and is_built(tmp_path, None)
+    assert not is_built(tmp_path, "another hash")
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-1])
+    assert not is_built(tmp_path, "abc")
+    weights.write_bytes(whole + b"\0")  # longer than its header says: not whole either
+    assert not is_built(tmp_path, "abc")
+    weights.write_bytes(b"\xff" * 16)  # no header at all
+    assert not is_built(tmp_path, "abc")

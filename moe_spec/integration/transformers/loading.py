@@ -63,6 +63,33 @@ def check_model_dir(path: str | Path, role: str) -> Path:
     return p
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and this machine has it, checked before any weight is
+    read (a wrong one would fail only after a whole target had loaded)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device is {device!r}; allowed: 'cpu', 'cuda' or 'cuda:N'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {device!r}, but torch sees no CUDA GPU here; use 'cpu'")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device is {device!r}; allowed: 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def check_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    """``dtype`` as transformers takes it: ``"auto"``, a torch dtype, or its name
+    (``"bfloat16"``)."""
+    if dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(
+        f"dtype is {dtype!r}; allowed: 'auto', a torch.dtype, or a name such as 'bfloat16', "
+        "'float16', 'float32'"
+    )
+
+
 def load_config(path: Path):
     from transformers import AutoConfig
 
@@ -111,17 +138,21 @@ def experts_implementation(
 
 
 def load_causal_lm(path: Path, device: str, dtype: torch.dtype | str, experts: str | None = None):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     experts = experts_implementation(load_config(path), device, dtype, experts)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        local_files_only=True,
-        use_safetensors=True,
-        trust_remote_code=False,
-        dtype=dtype,
-        **({"experts_implementation": experts} if experts else {}),
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=dtype,
+            **({"experts_implementation": experts} if experts else {}),
+        )
+    except SafetensorError as exc:  # cut short or not safetensors at all
+        raise ModelPathError(f"{path}: a weight file is damaged ({exc})") from exc
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -208,6 +239,10 @@ def load_engine(
     """
     from transformers import AutoTokenizer
 
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = check_dtype(dtype)
+    if max_len is not None and (type(max_len) is not int or max_len < 2):
+        raise ValueError(f"max_len is {max_len!r}; allowed: None (the model's) or an int >= 2")
     target_dir = check_model_dir(target_path, "target")
     draft_dir = check_model_dir(draft_path, "draft")
     target_config = load_config(target_dir)
@@ -220,8 +255,12 @@ def load_engine(
         head, rope_theta = read_eagle_head(draft_dir, target_config)
     else:
         load_config(draft_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
+    if not tokenizer("a b", add_special_tokens=False)["input_ids"]:  # none found: an empty one
+        raise ModelPathError(
+            f"target directory {target_dir} has no usable tokenizer (tokenizer.json, or "
+            "vocab.json with merges.txt, or tokenizer.model): text would encode to nothing"
+        )
     target = load_causal_lm(target_dir, device, dtype, experts)
     if head is not None:
         hot_file = draft_dir / HOT_TOKENS_FILE

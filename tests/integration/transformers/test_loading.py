@@ -104,6 +104,55 @@ def test_paths_that_are_not_model_directories(checkpoints, tmp_path):
         load_engine(str(tmp_path), draft)
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"device": "mps"}, r"device is 'mps'; allowed: 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "gpu"}, r"device is 'gpu'; allowed"),
+        ({"dtype": "bf16"}, r"dtype is 'bf16'; allowed: 'auto', a torch.dtype, or a name"),
+        ({"max_len": 0}, r"max_len is 0; allowed: None \(the model's\) or an int >= 2"),
+    ],
+)
+def test_bad_device_dtype_and_length_are_refused_before_any_weight(
+    checkpoints, monkeypatch, option, message
+):
+    from moe_spec.integration.transformers import loading
+
+    def no_weights(*_args, **_kwargs):
+        raise AssertionError("weights were read before the options were checked")
+
+    monkeypatch.setattr(loading, "load_causal_lm", no_weights)
+    with pytest.raises(ValueError, match=message):
+        load_engine(str(checkpoints / "target"), str(checkpoints / "draft"), **option)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device is 'cuda', but torch sees no CUDA GPU"):
+            load_engine(str(checkpoints / "target"), str(checkpoints / "draft"), device="cuda")
+
+
+def test_a_target_without_a_tokenizer_is_refused(checkpoints, tmp_path):
+    """transformers builds an empty tokenizer when none is there: every prompt encodes to
+    nothing, and the first generate fails far from the cause."""
+    import shutil
+
+    target = tmp_path / "target"
+    shutil.copytree(checkpoints / "target", target)
+    for path in target.glob("tokenizer*"):
+        path.unlink()
+    with pytest.raises(ModelPathError, match=r"target directory .* has no usable tokenizer"):
+        load_engine(str(target), str(checkpoints / "draft"), device="cpu")
+
+
+def test_a_damaged_weight_file_names_its_directory(checkpoints, tmp_path):
+    import shutil
+
+    target = tmp_path / "target"
+    shutil.copytree(checkpoints / "target", target)
+    weights = next(target.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a full disk
+    with pytest.raises(ModelPathError, match=rf"{target}: a weight file is damaged"):
+        load_engine(str(target), str(checkpoints / "draft"), device="cpu")
+
+
 def test_unsupported_target_lists_supported_types(checkpoints):
     draft = str(checkpoints / "draft")
     with pytest.raises(UnsupportedModelError, match="qwen3_moe") as err:
