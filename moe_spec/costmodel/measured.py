@@ -48,8 +48,8 @@ def load_measured(path: Path | str, stack: str = "graph") -> list[PublishedPoint
         get_shape(raw["shape"]), get_gpu(raw["gpu"])  # unknown names: ValueError with the list
         budget = raw["budget"]
         step = "decode" if raw["num_tokens"] == 1 else f"verify T={raw['num_tokens']}"
-        points.append(
-            PublishedPoint(
+        try:
+            point = PublishedPoint(
                 f"{raw['shape']} {step} B={budget or 'none'}",
                 raw["kind"],
                 raw["shape"],
@@ -60,7 +60,9 @@ def load_measured(path: Path | str, stack: str = "graph") -> list[PublishedPoint
                 budget=None if budget is None else int(budget),
                 source=source,
             )
-        )
+        except (TypeError, ValueError) as exc:  # a value that is not a number
+            raise ValueError(f"{path}: point {i}: {exc}") from None
+        points.append(point)
     if not points:
         raise ValueError(f"{path}: no {stack!r} points")
     return points

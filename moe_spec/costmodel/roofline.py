@@ -180,6 +180,15 @@ class ModeledStep:
     # run after every step, a depth-0 one included: it keeps the draft's cache current)
     draft_extend: bool = False
 
+    def __post_init__(self) -> None:
+        counts = ("committed", "num_tokens", "width", "depth", "distinct", "repair_tokens")
+        negative = [f"{n}={getattr(self, n)}" for n in counts if getattr(self, n) < 0]
+        if negative or self.repair_distinct < 0 or not 0 <= float(self.budgeted) <= 1:
+            raise ValueError(
+                f"ModeledStep {', '.join(negative) or self}: counts are >= 0 and budgeted a "
+                "bool or a share from 0 to 1"
+            )
+
 
 def speculative_tokens_per_s(
     gpu: GPU,

@@ -100,6 +100,10 @@ def test_throughput_is_committed_tokens_over_modeled_time():
     assert speculative_tokens_per_s(gpu, shape, repaired) == pytest.approx(4 / seconds)
     with pytest.raises(ValueError, match="no speculative steps"):
         speculative_tokens_per_s(gpu, shape, [])
+    with pytest.raises(ValueError, match=r"ModeledStep committed=-3: counts are >= 0"):
+        ModeledStep(-3, 32, 8, 6, 40.0)  # it would price -3 tokens a step as tokens/s < 0
+    with pytest.raises(ValueError, match=r"budgeted a bool or a share from 0 to 1"):
+        ModeledStep(3, 32, 8, 6, 40.0, budgeted=-5)  # a selection that saves time
 
 
 def test_sglangs_draft_extend_is_one_draft_forward_over_the_verified_tokens():

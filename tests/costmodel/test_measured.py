@@ -55,6 +55,8 @@ def test_bad_files_get_errors_that_name_the_problem(tmp_path):
     del lacking["distinct"]
     with pytest.raises(ValueError, match="point 0 lacks distinct"):
         load_measured(write(tmp_path, {"points": [lacking]}))
+    with pytest.raises(ValueError, match=r"check.json: point 0: could not convert .*'fast'"):
+        load_measured(write(tmp_path, {"points": [point(value="fast")]}))
     with pytest.raises(ValueError, match="unknown model shape 'tiny'"):
         load_measured(write(tmp_path, {"points": [point(shape="tiny")]}))
     with pytest.raises(ValueError, match="no 'eager' points"):
