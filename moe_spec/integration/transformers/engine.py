@@ -121,7 +121,12 @@ class TransformersEngine:
         self.config = moe_shape(target, blocks)
         self.n_experts, self.top_k = self.config.n_experts, self.config.top_k
         self.n_moe_layers = self.config.n_layers
-        self.max_len = max_len or min(context_limit(target.config), self.draft.context_limit)
+        limit = min(context_limit(target.config), self.draft.context_limit)
+        if max_len is not None and not 2 <= max_len <= limit:
+            raise ValueError(
+                f"max_len is {max_len}; allowed: 2 to {limit}, the positions both models take"
+            )
+        self.max_len = max_len or limit
         self.eos = eos_ids(target)
         self.eot = min(self.eos) if self.eos else -1
 

@@ -125,6 +125,10 @@ def test_room_and_vocab_are_checked(moe_model, dense_draft):
     engine = TransformersEngine(moe_model, dense_draft, NoTokenizer())
     with pytest.raises(ValueError, match="max_len"):
         engine.generate_speculative(PROMPT, engine.max_len, SPEC)
+    limit = engine.max_len  # both models' positions: a longer one would run past them
+    with pytest.raises(ValueError, match=rf"max_len is {limit + 1}; allowed: 2 to {limit}, the"):
+        TransformersEngine(moe_model, dense_draft, NoTokenizer(), max_len=limit + 1)
+    assert TransformersEngine(moe_model, dense_draft, NoTokenizer(), max_len=limit).max_len == limit
     with pytest.raises(ValueError, match="budget"):
         engine.generate_speculative(PROMPT, 4, SpecConfig(policy="router-mass", budget=1))
     assert find_moe_blocks(moe_model)
