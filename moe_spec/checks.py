@@ -11,6 +11,17 @@ import os
 from pathlib import Path
 
 MIN_TEMPERATURE = 1e-6  # below it logits / T overflows float32 for ordinary logits
+TRUE_WORDS = ("1", "true", "yes", "on")  # an on/off environment variable's spellings
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def flag_value(raw: str | None, default: bool) -> bool | None:
+    """An on/off word (any case, spaces ignored) as a bool, ``default`` where unset or empty,
+    None where it is no such word (the caller names the variable in its error)."""
+    word = (raw or "").strip().lower()
+    if not word:
+        return default
+    return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
 
 
 def prepare_output_dir(path: str | Path, flag: str = "--out") -> Path:

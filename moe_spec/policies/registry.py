@@ -29,6 +29,7 @@ from types import ModuleType
 
 import pluggy
 
+from moe_spec.checks import flag_value
 from moe_spec.policies import auto, builtin, hookspecs
 from moe_spec.policies.base import Policy, PolicyError
 
@@ -47,21 +48,15 @@ class PluginWarning(UserWarning):
     """A plugin was left out because it failed to import or to register."""
 
 
-FLAG_VALUES = {
-    "": False, "0": False, "false": False, "no": False, "off": False,
-    "1": True, "true": True, "yes": True, "on": True,
-}  # fmt: skip
-
-
 def env_flag(environ: os._Environ | dict, name: str) -> bool:
     """An on/off environment variable; anything but the usual spellings is an error."""
-    value = environ.get(name, "").strip().lower()
-    if value not in FLAG_VALUES:
+    value = flag_value(environ.get(name), False)
+    if value is None:
         raise PluginError(
             f"{name}={environ.get(name)!r} is not a flag; allowed: 1/true/yes/on or "
             "0/false/no/off (or unset)"
         )
-    return FLAG_VALUES[value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ class PolicyRegistry:
             self.manager.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             why = str(exc).replace("\n", "; ")  # pluggy says it on three lines
-            raise PluginError(f"plugin {origin}: {why}; {HOOKS_TAKE}") from exc
+            raise PluginError(f"plugin {origin}: {why}; {hooks_take(self.manager)}") from exc
         except ValueError as exc:  # its name, or the object, registered already
             raise PluginError(f"plugin {origin}: {exc}") from exc
         self.origins[name] = origin
@@ -242,7 +237,13 @@ def check_policy_class(policy_class: object, origin: str) -> PolicyInfo:
     return PolicyInfo(name, policy_class, origin)
 
 
-HOOKS_TAKE = "the hooks are register_policies(register) and register_architectures(register)"
+def hooks_take(manager: pluggy.PluginManager) -> str:
+    """``"the hooks are a(x) and b(y)"``: the hook specifications, in hookspecs.py's order."""
+    specs = sorted(
+        (c.spec for c in vars(manager.hook).values() if c.has_spec()),
+        key=lambda spec: spec.function.__code__.co_firstlineno,
+    )
+    return "the hooks are " + " and ".join(f"{s.name}({', '.join(s.argnames)})" for s in specs)
 
 
 def check_hook_names(manager: pluggy.PluginManager, plugin: object, origin: str) -> None:
@@ -251,7 +252,7 @@ def check_hook_names(manager: pluggy.PluginManager, plugin: object, origin: str)
     unknown = sorted(c.name for c in manager.get_hookcallers(plugin) or () if not c.has_spec())
     if unknown:
         raise PluginError(
-            f"plugin {origin} implements no such hook {', '.join(unknown)}; {HOOKS_TAKE}"
+            f"plugin {origin} implements no such hook {', '.join(unknown)}; {hooks_take(manager)}"
         )
 
 

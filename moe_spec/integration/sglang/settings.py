@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from moe_spec.budget import MODES, check_mode
+from moe_spec.checks import FALSE_WORDS, TRUE_WORDS, flag_value
 
 ENV_POLICY = "MOE_SPEC_POLICY"
 ENV_BUDGET = "MOE_SPEC_BUDGET"
@@ -39,8 +40,6 @@ SERVER_REFUSED_OPTIONS = {
     "gate": "the draft gate reads the draft's first level on the host before the tree, and "
     "SGLang drafts on the device",
 }
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
 
 
 class SettingsError(ValueError):
@@ -93,13 +92,11 @@ class ServeSettings:
 def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     """An on/off variable: a true or false word (any case), ``default`` where unset or empty;
     anything else a :class:`SettingsError` (a typo must not leave a switch as it was)."""
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in TRUE_WORDS + FALSE_WORDS:
+    value = flag_value(environ.get(name), default)
+    if value is None:
         allowed = f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)} (or unset)"
         raise SettingsError(f"{name}={environ[name]!r}; allowed: {allowed}")
-    return raw in TRUE_WORDS
+    return value
 
 
 def plugin_disabled(environ: Mapping[str, str] | None = None) -> bool:
