@@ -428,6 +428,20 @@ def test_a_plugins_own_option_error_names_the_policy_and_plugin():
     assert registry.get("alpha-mass", alpha="0.5").alpha == 0.5
 
 
+def test_a_plugin_policy_without_options_names_itself_once():
+    class Plain(Policy):
+        name = "plain-one"
+
+    plugin = SimpleNamespace(register_policies=hookimpl(lambda register: register(Plain)))
+    registry = default_registry({})
+    registry.add_plugin(plugin, "plain", "moe-spec-plain 0.1")
+    with pytest.raises(PolicyError) as caught:
+        registry.get("plain-one", budget=3)
+    assert str(caught.value) == (
+        "policy 'plain-one' (from moe-spec-plain 0.1) takes no options; got budget"
+    )
+
+
 def test_a_policy_made_from_its_class_says_it_is_unregistered():
     """A plugin author's own unit test of ``MyPolicy().apply(...)``: not "from built-in"."""
 
@@ -439,3 +453,40 @@ def test_a_policy_made_from_its_class_says_it_is_unregistered():
 
     with pytest.raises(PolicyError, match=r"policy 'wrong-shape' \(from unregistered\): score"):
         Wrong().apply(make_record(torch.randn(4, 8), 2), 4)
+
+
+BROKEN_PLUGINS = {  # source, the line a left-out warning should point at
+    "fails-to-import": ("x = 1\nimport not_a_module_anywhere\n", "import not_a_module_anywhere"),
+    "raises": (
+        "from moe_spec import hookimpl\n\n@hookimpl\ndef register_policies(register):\n"
+        "    raise RuntimeError('boom')\n",
+        "    raise RuntimeError('boom')",
+    ),
+    "registers-int": (
+        "from moe_spec import hookimpl\n\n@hookimpl\ndef register_policies(register):\n"
+        "    register(int)\n",
+        "    register(int)",
+    ),
+    # a function's code starts at its decorator
+    "wrong-args": (
+        "from moe_spec import hookimpl\n\n@hookimpl\ndef register_policies(reg):\n    pass\n",
+        "@hookimpl",
+    ),
+    "misspelt": (
+        "from moe_spec import hookimpl\n\n@hookimpl\ndef register_policy(register):\n    pass\n",
+        "@hookimpl",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_PLUGINS)
+def test_a_left_out_plugins_warning_points_at_its_own_code(site, case):
+    """A warnings filter, an IDE or ``-W error`` lands on the plugin's line, not moe_spec's."""
+    source, line = BROKEN_PLUGINS[case]
+    dist = f"moe-spec-left-out-{case}"  # a module name no other test imported
+    install(site, dist, case, source)
+    with pytest.warns(PluginWarning) as caught:
+        names()
+    (warning,) = [w for w in caught if issubclass(w.category, PluginWarning)]
+    assert Path(warning.filename) == site / f"{dist.replace('-', '_')}.py"
+    assert warning.lineno == source.splitlines().index(line) + 1

@@ -22,6 +22,7 @@ import importlib
 import inspect
 import os
 import re
+import traceback
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -38,14 +39,57 @@ ALLOW_ENV = "MOE_SPEC_PLUGINS"
 DISABLE_ENV = "MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_ORIGIN = "built-in"
 POLICY_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+# where a failing plugin's traceback is this package's registries or importlib, not the plugin
+OWN_FILES = (
+    os.path.dirname(__file__),
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "transformers"),
+    os.path.dirname(importlib.__file__),
+    "<frozen importlib",
+    os.path.dirname(pluggy.__file__),
+)
 
 
 class PluginError(RuntimeError):
-    """A plugin failed to import or registered something invalid."""
+    """A plugin failed to import or registered something invalid (``where``: the plugin's
+    function at fault, where known)."""
+
+    def __init__(self, message: str, where: object = None) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class PluginWarning(UserWarning):
     """A plugin was left out because it failed to import or to register."""
+
+
+def plugin_line(exc: BaseException, where: object = None) -> tuple[str, int] | None:
+    """``(file, line)`` in a plugin's own code that ``exc`` (a failure to import or register
+    it) comes from: a syntax error's line; else the innermost frame of its traceback, or of
+    its cause's, outside this package's registries and importlib; else ``where``'s (a
+    function, or a module: its first line). None where nothing points into the plugin."""
+    for err in (exc, exc.__cause__):
+        if isinstance(err, SyntaxError) and err.filename and err.lineno:
+            return err.filename, err.lineno
+        frames = [] if err is None else traceback.extract_tb(err.__traceback__)
+        ours = [f for f in frames if not f.filename.startswith(OWN_FILES) and f.lineno]
+        if ours:
+            return ours[-1].filename, ours[-1].lineno
+    code = getattr(where, "__code__", None)
+    if code is not None:
+        return code.co_filename, code.co_firstlineno
+    if isinstance(where, ModuleType) and getattr(where, "__file__", None):
+        return where.__file__, 1
+    return None
+
+
+def warn_left_out(message: str, exc: BaseException, where: object = None) -> None:
+    """A :class:`PluginWarning` that a plugin is left out, pointed at the plugin's own line
+    (:func:`plugin_line`) so that a warnings filter or IDE lands there, not in moe_spec."""
+    line = plugin_line(exc, getattr(exc, "where", None) or where)
+    if line is None:
+        warnings.warn(message, PluginWarning, stacklevel=3)
+    else:
+        warnings.warn_explicit(message, PluginWarning, *line)
 
 
 def env_flag(environ: os._Environ | dict, name: str) -> bool:
@@ -89,7 +133,11 @@ class PolicyRegistry:
             self.manager.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             why = str(exc).replace("\n", "; ")  # pluggy says it on three lines
-            raise PluginError(f"plugin {origin}: {why}; {hooks_take(self.manager)}") from exc
+            hook = re.search(r"for hook '(\w+)'", why)
+            raise PluginError(
+                f"plugin {origin}: {why}; {hooks_take(self.manager)}",
+                getattr(plugin, hook[1], None) if hook else None,
+            ) from exc
         except ValueError as exc:  # its name, or the object, registered already
             raise PluginError(f"plugin {origin}: {exc}") from exc
         self.origins[name] = origin
@@ -129,12 +177,12 @@ class PolicyRegistry:
             except PluginError as exc:
                 if plugin is not None and self.manager.is_registered(plugin):
                     self.manager.unregister(plugin)  # left out whole
-                self.fail(describe(ep), str(exc))
+                self.fail(describe(ep), exc, plugin)
 
-    def fail(self, origin: str, message: str) -> None:
-        """Leave a plugin out: remember why and warn, naming it."""
-        self.failures[origin] = message
-        warnings.warn(f"{message}; its policies are left out", PluginWarning, stacklevel=3)
+    def fail(self, origin: str, exc: PluginError, where: object = None) -> None:
+        """Leave a plugin out: remember why and warn, naming it (at its own code's line)."""
+        self.failures[origin] = str(exc)
+        warn_left_out(f"{exc}; its policies are left out", exc, where)
 
     def policies(self) -> dict[str, PolicyInfo]:
         """All registered policies by name (runs the ``register_policies`` hook once)."""
@@ -151,7 +199,7 @@ class PolicyRegistry:
             try:
                 found.update(collect_plugin(impl, origin, found))
             except PluginError as exc:
-                self.fail(origin, str(exc))
+                self.fail(origin, exc, impl.function)
         return dict(sorted(found.items()))
 
     def get(self, name: str, **options: object) -> Policy:
@@ -169,7 +217,10 @@ class PolicyRegistry:
         except PolicyError as exc:  # the policy's own words; a plugin's, with where from
             if info.origin == BUILTIN_ORIGIN or info.origin in str(exc):
                 raise
-            raise PolicyError(f"policy {name!r} (from {info.origin}): {exc}") from exc
+            said, named = str(exc), f"policy {name!r} "
+            where = f"{named}(from {info.origin})"
+            said = f"{where} {said[len(named) :]}" if said.startswith(named) else f"{where}: {said}"
+            raise PolicyError(said) from exc
         except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
             allowed = allowed_options(info.policy_class) if isinstance(exc, TypeError) else ""
             raise PolicyError(
@@ -252,7 +303,8 @@ def check_hook_names(manager: pluggy.PluginManager, plugin: object, origin: str)
     unknown = sorted(c.name for c in manager.get_hookcallers(plugin) or () if not c.has_spec())
     if unknown:
         raise PluginError(
-            f"plugin {origin} implements no such hook {', '.join(unknown)}; {hooks_take(manager)}"
+            f"plugin {origin} implements no such hook {', '.join(unknown)}; {hooks_take(manager)}",
+            getattr(plugin, unknown[0], None),
         )
 
 

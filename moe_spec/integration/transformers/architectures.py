@@ -26,12 +26,11 @@ forward needs every layer to attend over the tree with a mask.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from moe_spec.policies import hookimpl
-from moe_spec.policies.registry import PluginError, PluginWarning, registry
+from moe_spec.policies.registry import PluginError, registry, warn_left_out
 from moe_spec.routing import SCORINGS, Scoring
 
 BUILTIN_PLUGIN = "moe_spec.builtin_architectures"
@@ -208,12 +207,13 @@ def architectures() -> dict[str, ArchitectureInfo]:
 
         try:
             impl.function(register)
-        except PluginError as exc:
-            warnings.warn(f"{exc}; its architectures are left out", PluginWarning, stacklevel=2)
-            continue
         except Exception as exc:
-            message = f"plugin {origin} failed in register_architectures: {exc!r}"
-            warnings.warn(f"{message}; its architectures are left out", PluginWarning, stacklevel=2)
+            message = (
+                str(exc)
+                if isinstance(exc, PluginError)
+                else (f"plugin {origin} failed in register_architectures: {exc!r}")
+            )
+            warn_left_out(f"{message}; its architectures are left out", exc, impl.function)
             continue
         found.update(mine)
     return dict(sorted(found.items()))
