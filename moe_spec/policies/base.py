@@ -95,6 +95,11 @@ class Policy:
         scores_E = self.checked_scores(record)
         return select_kept(scores_E, budget, record.used_E())
 
+    def check_model(self, num_layers: int, num_experts: int, top_k: int) -> None:
+        """Refuse (``PolicyError``) options that do not fit the model: called before any
+        verify, by the engines and by a server as it loads (default: every model fits)."""
+        return None
+
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
     ) -> None:

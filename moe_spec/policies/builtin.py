@@ -109,6 +109,13 @@ class LayerAdaptive(Policy):
         self.coverage = float(coverage)
         self.budgets = budgets
 
+    def check_model(self, num_layers: int, num_experts: int, top_k: int) -> None:
+        if self.budgets is not None and len(self.budgets) != num_layers:
+            raise self.error(
+                f"budgets has {len(self.budgets)} entries; the model has {num_layers} MoE "
+                "layers: give one budget per MoE layer"
+            )
+
     def score(self, record: RoutingRecord) -> torch.Tensor:
         return record.router_mass_E()
 
@@ -116,11 +123,7 @@ class LayerAdaptive(Policy):
         mass_E = self.checked_scores(record)
         K = record.top_k
         if self.budgets is not None:
-            if len(self.budgets) != record.num_layers:
-                raise self.error(
-                    f"budgets has {len(self.budgets)} entries; the model has "
-                    f"{record.num_layers} MoE layers"
-                )
+            self.check_model(record.num_layers, record.num_experts, K)
             layer_budget = min(max(self.budgets[record.layer_idx], K), budget)
             return select_kept(mass_E, layer_budget, record.used_E())
         sorted_E = torch.sort(mass_E, descending=True, stable=True).values

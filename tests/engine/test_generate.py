@@ -10,7 +10,7 @@ import torch
 import moe_spec.policies.registry as registry_module
 from moe_spec import Policy, hookimpl
 from moe_spec.engine.generate import SpecConfig
-from moe_spec.policies import reset_registry
+from moe_spec.policies import PolicyError, get_policy, reset_registry
 
 PROMPTS = [[5, 17, 42, 8, 99, 3], [1, 2, 3], [250, 12, 12, 12, 40, 41, 42, 43, 44]]
 
@@ -131,6 +131,37 @@ def test_bad_budget_and_policy_are_refused(tiny_engine):
         tiny_engine.generate_speculative([1, 2], 5, SpecConfig(policy="router-mass"))
     for unbudgeted in ("none", "auto"):  # keeps every expert, picks its own: no budget needed
         tiny_engine.generate_speculative([1, 2], 3, SpecConfig(policy=unbudgeted))
+
+
+def test_a_policy_checks_the_model_before_any_forward(tiny_engine, monkeypatch):
+    """``Policy.check_model`` gets the target's (MoE layers, experts, top-k) first: a
+    per-layer budget table for another model is refused before the prompt is read."""
+    cfg = tiny_engine.config
+    prefills = []
+
+    class PrefillReachedError(Exception):
+        """The stand-in prefill's: the generation got as far as reading the prompt."""
+
+    def prefill(*args):
+        prefills.append(args)
+        raise PrefillReachedError
+
+    monkeypatch.setattr(tiny_engine, "prefill", prefill)
+    table = get_policy("layer-adaptive", budgets=[4] * (cfg.n_layers + 1))
+    with pytest.raises(PolicyError, match=rf"has {cfg.n_layers + 1} entries; the model has "
+                       rf"{cfg.n_layers} MoE layers: give one budget per MoE layer"):  # fmt: skip
+        tiny_engine.generate_speculative(
+            [1, 2], 3, SpecConfig(policy="layer-adaptive", budget=4), policy=table
+        )
+    assert prefills == []
+    seen = []
+    mass = get_policy("router-mass")
+    monkeypatch.setattr(mass, "check_model", lambda *dims: seen.append(dims))
+    with pytest.raises(PrefillReachedError):  # the check came first, once
+        tiny_engine.generate_speculative(
+            [1, 2], 3, SpecConfig(policy="router-mass", budget=4), policy=mass
+        )
+    assert seen == [(cfg.n_layers, cfg.n_experts, cfg.top_k)] and len(prefills) == 1
 
 
 def test_sampling_is_reproducible_per_seed(tiny_engine):

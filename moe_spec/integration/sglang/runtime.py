@@ -47,7 +47,7 @@ from moe_spec.integration.sglang.metrics import (
 from moe_spec.integration.sglang.settings import ServeSettings
 from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
 from moe_spec.kernels.dispatch import capturing
-from moe_spec.policies import get_policy
+from moe_spec.policies import PolicyError, get_policy
 from moe_spec.routing import RoutingRecord
 
 logger = logging.getLogger("moe_spec.sglang")
@@ -94,6 +94,15 @@ class BudgetRuntime:
                 check_budget(self.settings.budget, topk.topk_config.top_k, E)
             except ValueError as exc:
                 found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
+        if topks and experts:
+            try:
+                self.policy.check_model(
+                    len(topks),
+                    max(experts.values()),
+                    max(t.topk_config.top_k for t in topks),
+                )
+            except PolicyError as exc:
+                found.errors.append(str(exc))
         if self.learns:
             found.extend(check_acceptance_hook(server_args, self.settings.policy))
             found.extend(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -94,8 +95,10 @@ def resolve_sglang_args(args) -> tuple[object, str | None]:
     return resolved, None
 
 
-def moe_shape(model_path: str) -> tuple[int, int] | None:
-    """``(num_experts, top_k)`` from a local model directory's config.json, else None.
+def moe_shape(model_path: str) -> tuple[int, int, int | None] | None:
+    """``(num_experts, top_k, MoE layers)`` from a local model directory's config.json, else
+    None; the layer count is None where the config lays out its MoE layers in a way
+    :func:`moe_layer_count` does not know.
 
     Raises :class:`ServeError` for a config that is not a JSON object, names no
     experts, or routes in a way SGLang would fold into the top-k where the plugin
@@ -127,7 +130,33 @@ def moe_shape(model_path: str) -> tuple[int, int] | None:
     refusals = routing_refusals(config)
     if refusals:
         raise ServeError(f"{config_path}: " + "; ".join(refusals))
-    return experts, top_k
+    return experts, top_k, moe_layer_count(config)
+
+
+# config.json keys of which layers are MoE that :func:`moe_layer_count` reads
+DENSE_LAYER_KEYS = ("mlp_only_layers", "decoder_sparse_step", "first_k_dense_replace",
+                    "moe_layer_freq")  # fmt: skip
+LAYOUT_WORDS = re.compile(r"moe_layer|interleave|dense|sparse_step|mlp_only")
+
+
+def moe_layer_count(config: dict) -> int | None:
+    """How many of ``num_hidden_layers`` SGLang builds as MoE layers: those from
+    ``first_k_dense_replace`` on and on ``moe_layer_freq`` (DeepSeek, GLM-MoE), else all.
+    None where that is not sure: another layout key (Llama 4's ``interleave_moe_layer_step``,
+    ERNIE's ``moe_layer_start_index``), or Qwen-MoE's ``mlp_only_layers`` or
+    ``decoder_sparse_step`` set (SGLang 0.5's Qwen3-MoE builds every layer sparse anyway)."""
+    n = config.get("num_hidden_layers")
+    if type(n) is not int or n < 1:
+        return None
+    if any(LAYOUT_WORDS.search(k) and k not in DENSE_LAYER_KEYS for k in config):
+        return None
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) not in (1, None):
+        return None
+    first = config.get("first_k_dense_replace") or 0
+    freq = config.get("moe_layer_freq") or 1
+    if type(first) is not int or type(freq) is not int or first < 0 or freq < 1:
+        return None
+    return sum(i >= first and i % freq == 0 for i in range(n))
 
 
 def routing_refusals(config: dict) -> list[str]:
@@ -183,7 +212,8 @@ def plan_launch(
     if version.errors:  # nothing else can be checked without the right SGLang
         raise ServeError(version.errors[0])
     found = Findings()
-    found.errors += policy_errors(settings.policy, settings.options)
+    bad_options = policy_errors(settings.policy, settings.options)
+    found.errors += bad_options
     if not plugin_installed():
         found.errors.append(
             "the moe_spec entry point (group sglang.srt.plugins) is not installed in this "
@@ -213,6 +243,13 @@ def plan_launch(
             check_budget(settings.budget, shape[1], shape[0])
         except ValueError as exc:
             found.errors.append(f"{args.model_path}: {exc}")
+        if shape[2] is not None and not bad_options:
+            try:
+                get_policy(settings.policy, **settings.options).check_model(
+                    shape[2], shape[0], shape[1]
+                )
+            except PolicyError as exc:
+                found.errors.append(f"{args.model_path} (config.json): {exc}")
         if settings.budget >= shape[0] and not policy.adaptive:  # auto picks each layer's B
             found.warnings.append(
                 f"--budget {settings.budget} is not below the model's {shape[0]} experts: "

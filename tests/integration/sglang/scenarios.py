@@ -399,6 +399,16 @@ def scenario_draft_and_formats() -> dict:
             refusals[name] = None
         except UnsupportedSetupError as exc:
             refusals[name] = str(exc)
+    # a per-layer budget table for another model: refused at load, not per verify pass
+    from moe_spec.policies import get_policy
+
+    runtime.settings = type(runtime.settings)(policy="layer-adaptive", budget=4)
+    runtime.policy = get_policy("layer-adaptive", budgets=[4, 4, 4])
+    try:
+        runtime.prepare(build_model(), sglang_args(), "cpu")
+        refusals["layer_budgets"] = None
+    except UnsupportedSetupError as exc:
+        refusals["layer_budgets"] = str(exc)
     result["refusals"] = refusals
     return result
 

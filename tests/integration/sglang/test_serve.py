@@ -375,3 +375,39 @@ def test_no_counters_reaches_the_ranks(capsys, qwen3_dir):
     code, out, _ = serve(capsys, "--policy", "router-mass", "--budget", "32", "--no-counters",
                          "--dry-run", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
     assert code == 0 and "MOE_SPEC_COUNTERS=0" in out.splitlines()
+
+
+def test_a_layer_budget_table_is_checked_against_config_json(capsys, tmp_path):
+    """One budget per MoE layer, counted as SGLang builds them (DeepSeek-style: the first
+    ``first_k_dense_replace`` layers dense); refused before SGLang starts, not per pass."""
+    config = {"model_type": "deepseek_v2", "n_routed_experts": 64, "num_experts_per_tok": 6,
+              "num_hidden_layers": 4, "first_k_dense_replace": 1}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    argv = ["--policy", "layer-adaptive", "--budget", "16", "--dry-run"]
+    code, _, err = serve(capsys, *argv, "--policy-option", "budgets=[8,8]", "--",
+                         "--model-path", str(tmp_path), *EAGLE3, *TREE)  # fmt: skip
+    assert code == 2
+    assert "budgets has 2 entries; the model has 3 MoE layers: give one budget per" in err
+    code, _, err = serve(capsys, *argv, "--policy-option", "budgets=[8,8,12]", "--",
+                         "--model-path", str(tmp_path), *EAGLE3, *TREE)  # fmt: skip
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "config, layers",
+    [
+        ({"num_hidden_layers": 48}, 48),  # Qwen3-MoE, OLMoE, Mixtral: every layer
+        ({"num_hidden_layers": 48, "mlp_only_layers": [], "decoder_sparse_step": 1}, 48),
+        ({"num_hidden_layers": 27, "first_k_dense_replace": 1, "moe_layer_freq": 1}, 26),
+        ({"num_hidden_layers": 8, "first_k_dense_replace": 2, "moe_layer_freq": 2}, 3),
+        ({"num_hidden_layers": 48, "interleave_moe_layer_step": 2}, None),  # Llama 4
+        ({"num_hidden_layers": 28, "moe_layer_start_index": 1}, None),  # ERNIE 4.5
+        ({"num_hidden_layers": 48, "mlp_only_layers": [0]}, None),  # SGLang builds all sparse
+        ({"num_hidden_layers": 48, "decoder_sparse_step": 2}, None),
+        ({}, None),
+    ],
+)
+def test_moe_layer_count_reads_sglangs_layouts_or_says_it_cannot(config, layers):
+    from moe_spec.integration.sglang.serve import moe_layer_count
+
+    assert moe_layer_count(config) == layers
