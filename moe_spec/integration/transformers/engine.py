@@ -90,12 +90,17 @@ def eos_ids(model) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
 
 
-def causal_lm_draft(target, draft) -> CausalLMDraft:
-    if draft.config.vocab_size > target.config.vocab_size:
+def check_draft_vocab(draft_config, target_config) -> None:
+    """A draft LM's vocabulary must not be larger than the target's (a shared tokenizer)."""
+    if draft_config.vocab_size > target_config.vocab_size:
         raise ValueError(
-            f"draft vocab_size={draft.config.vocab_size} exceeds the target's "
-            f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+            f"draft vocab_size={draft_config.vocab_size} exceeds the target's "
+            f"{target_config.vocab_size}: the draft must share the target's tokenizer"
         )
+
+
+def causal_lm_draft(target, draft) -> CausalLMDraft:
+    check_draft_vocab(draft.config, target.config)
     return CausalLMDraft(draft.eval())
 
 

@@ -25,7 +25,11 @@ import torch
 from moe_spec.engine.checkpoint import CHECKPOINT_FORMAT, load_weights, save_weights
 from moe_spec.engine.config import DraftConfig, ModelConfig, config_from_dict
 from moe_spec.engine.draft import EagleDraft
-from moe_spec.integration.sglang.eagle_draft import is_sglang_draft, load_sglang_draft
+from moe_spec.integration.sglang.eagle_draft import (
+    is_sglang_draft,
+    load_sglang_draft,
+    read_sglang_config,
+)
 from moe_spec.integration.transformers.adapter import router_convention
 from moe_spec.integration.transformers.dense_experts import NAME as DENSE
 from moe_spec.integration.transformers.dense_experts import register as register_dense
@@ -35,7 +39,7 @@ from moe_spec.integration.transformers.eagle import (
     EagleHeadError,
     check_head_fits,
 )
-from moe_spec.integration.transformers.engine import TransformersEngine
+from moe_spec.integration.transformers.engine import TransformersEngine, check_draft_vocab
 from moe_spec.integration.transformers.hot_tokens import HOT_TOKENS_FILE, read_hot_tokens
 
 HEAD_KEYS = ("format", "draft", "rope_theta", "model")
@@ -249,12 +253,12 @@ def load_engine(
     router_convention(target_config)
     head = None
     if is_sglang_draft(read_json(draft_dir / "config.json")):
+        check_head_fits(read_sglang_config(draft_dir)[0], target_config)  # before its weights
         head, rope_theta = load_sglang_draft(draft_dir)
-        check_head_fits(head.config, target_config)
     elif is_eagle_head(draft_dir):
         head, rope_theta = read_eagle_head(draft_dir, target_config)
     else:
-        load_config(draft_dir)
+        check_draft_vocab(load_config(draft_dir), target_config)
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     if not tokenizer("a b", add_special_tokens=False)["input_ids"]:  # none found: an empty one
         raise ModelPathError(

@@ -184,6 +184,28 @@ def test_a_head_of_another_dim_is_refused(checkpoints, tmp_path):
         TransformersEngine(target, EagleHeadDraft(random_head(), other), None)
 
 
+def test_an_sglang_format_head_of_another_dim_is_refused_before_its_weights(
+    checkpoints, tmp_path, monkeypatch
+):
+    from moe_spec.integration.sglang import eagle_draft
+    from moe_spec.integration.transformers import loading
+
+    out = eagle_draft.export_sglang_draft(
+        random_head(layout="sglang"), tmp_path / "sg", checkpoints / "target", THETA
+    )
+    config = json.loads((out / "config.json").read_text())
+    config.update(hidden_size=48, head_dim=12)  # a head for a wider target
+    (out / "config.json").write_text(json.dumps(config))
+
+    def no_weights(*_args, **_kwargs):
+        raise AssertionError("the head's weights were read before its size was checked")
+
+    monkeypatch.setattr(eagle_draft, "load_file", no_weights)
+    monkeypatch.setattr(loading, "load_causal_lm", no_weights)
+    with pytest.raises(EagleHeadError, match="dim 48 != the target's hidden_size 32"):
+        load_engine(str(checkpoints / "target"), str(out), device="cpu")
+
+
 def test_malformed_heads_are_refused(checkpoints, tmp_path):
     target = str(checkpoints / "target")
     head = tmp_path / "head"

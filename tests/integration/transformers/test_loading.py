@@ -129,6 +129,27 @@ def test_bad_device_dtype_and_length_are_refused_before_any_weight(
             load_engine(str(checkpoints / "target"), str(checkpoints / "draft"), device="cuda")
 
 
+def test_a_draft_of_a_larger_vocabulary_is_refused_before_any_weight(
+    checkpoints, tmp_path, monkeypatch
+):
+    import shutil
+
+    from moe_spec.integration.transformers import loading
+
+    draft = tmp_path / "draft"
+    shutil.copytree(checkpoints / "draft", draft)
+    config = json.loads((draft / "config.json").read_text())
+    config["vocab_size"] += 1
+    (draft / "config.json").write_text(json.dumps(config))
+
+    def no_weights(*_args, **_kwargs):
+        raise AssertionError("weights were read before the draft's vocabulary was checked")
+
+    monkeypatch.setattr(loading, "load_causal_lm", no_weights)
+    with pytest.raises(ValueError, match=r"draft vocab_size=\d+ exceeds the target's \d+: the"):
+        load_engine(str(checkpoints / "target"), str(draft), device="cpu")
+
+
 def test_a_target_without_a_tokenizer_is_refused(checkpoints, tmp_path):
     """transformers builds an empty tokenizer when none is there: every prompt encodes to
     nothing, and the first generate fails far from the cause."""
