@@ -24,19 +24,34 @@ def flag_value(raw: str | None, default: bool) -> bool | None:
     return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
 
 
-def prepare_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create the output folder ``path`` (parents too) and check it is writable."""
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Check, without creating anything, that ``path`` is or can be made a writable folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a file; name a folder (it is created if new)")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {str(path)!r}: the folder is not writable")
+        return path
+    parent = next(p for p in path.absolute().parents if p.exists())  # the root exists
+    if not parent.is_dir():
+        problem = f"{parent} is a file, not a folder"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problem = f"{parent} is not writable"
+    else:
+        return path
+    raise ValueError(f"{flag} {str(path)!r}: cannot create the folder ({problem})")
+
+
+def prepare_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create the output folder ``path`` (parents too) once :func:`check_output_dir` passes."""
+    path = check_output_dir(path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(
             f"{flag} {str(path)!r}: cannot create the folder ({exc.strerror or exc})"
         ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {str(path)!r}: the folder is not writable")
     return path
 
 

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
-from moe_spec.checks import check_positive, check_seed, check_temperature, prepare_output_dir
+from moe_spec.checks import (
+    check_output_dir,
+    check_positive,
+    check_seed,
+    check_temperature,
+    prepare_output_dir,
+)
 from moe_spec.engine.train import TrainConfig
 from moe_spec.models.cli import add_parser as add_models_parser
 from moe_spec.policies import (
@@ -181,10 +187,12 @@ def largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
     return low
 
 
-def check_tree_room(engine, prompt: list[int], max_new_tokens: int, spec) -> None:
+def check_tree_room(
+    engine, prompt: list[int], max_new_tokens: int, spec, flags: dict[str, str] = SPEC_FLAGS
+) -> None:
     """Refuse a tree or --max-new-tokens that cannot fit the engine's context, naming the
     flag to lower (those set away from their defaults first) and its largest value that fits
-    with the others as given."""
+    with the others as given; ``flags`` names the tree's fields (``ab``: its config keys)."""
     left = engine.max_len - len(prompt) - max_new_tokens  # positions left for the tree
     if not prompt or engine.tree_scratch(spec) <= left:
         return  # an empty prompt: the engine's own error
@@ -200,18 +208,22 @@ def check_tree_room(engine, prompt: list[int], max_new_tokens: int, spec) -> Non
             lambda v, f=field: engine.tree_scratch(replace(spec, **{f: v})) <= left, low, value
         )
         if top is not None:
-            fixes.append((SPEC_FLAGS[field], value, top, value != getattr(defaults, field)))
+            fixes.append((flags[field], value, top, value != getattr(defaults, field)))
     if not fixes and (top := engine.max_len - len(prompt) - engine.tree_scratch(spec)) >= 1:
         fixes.append(("--max-new-tokens", max_new_tokens, top, True))
     fixes = [fix for fix in fixes if fix[3]] or fixes
     if len(fixes) == 1:
         flag, value, top, _ = fixes[0]
         raise ValueError(f"{flag} is {value}; allowed here: at most {top} ({where})")
-    given = ", ".join(f"{SPEC_FLAGS[f]} {getattr(spec, f)}" for f in TREE_LOWS)
+    given = ", ".join(f"{flags[f]} {getattr(spec, f)}" for f in TREE_LOWS)
     allowed = " or ".join(f"{flag} <= {top}" for flag, _, top, _ in fixes)
     raise ValueError(
         f"{given} and --max-new-tokens {max_new_tokens} do not fit: {where}; "
-        + (f"allowed here, each with the others as given: {allowed}" if fixes else "lower them")
+        + (
+            f"allowed here, each with the others as given: {allowed}"
+            if fixes
+            else "lower them or shorten the prompt"
+        )
     )
 
 
@@ -250,12 +262,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     for _, config in configs[1:]:
         get_policy(config.policy)  # unknown policies fail before any work
+    check_output_dir(args.out, "--out")  # created last, once everything else is checked
     engine = load_engine(args)
     cfg = engine.config
     for budget in args.budgets:
         check_budget(budget, cfg.top_k, cfg.n_experts)
-    out = prepare_output_dir(args.out, "--out")  # only once everything else is checked
     prompts = held_out_prompts()
+    n, longest = max(enumerate(map(engine.encode, prompts), 1), key=lambda p: len(p[1]))
+    try:  # every arm's tree is spec's; if the longest prompt fits, all do
+        check_tree_room(engine, longest, args.max_new_tokens, spec)
+    except ValueError as exc:
+        raise ValueError(f"held-out prompt {n}: {exc}") from None
+    out = prepare_output_dir(args.out, "--out")
     print(
         f"Model: {args.model_description}\n{cfg.n_layers} MoE layers x {cfg.n_experts} routed "
         f"experts (top-{cfg.top_k})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -194,6 +195,47 @@ def test_models_without_a_subcommand_names_the_subcommands(capsys):
 def test_demo_refuses_before_it_creates_its_out_folder(tmp_path, capsys, argv, message):
     out = tmp_path / "demo"
     assert message in refused(["demo", *TOY, "--out", str(out), *argv], capsys)
+    assert not out.exists()
+
+
+def test_check_output_dir_checks_without_creating(tmp_path, monkeypatch):
+    from moe_spec.checks import check_output_dir, prepare_output_dir
+
+    new = tmp_path / "a" / "b"
+    assert check_output_dir(new, "--out") == new and not (tmp_path / "a").exists()
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    with pytest.raises(ValueError, match=re.escape(f"--out {str(a_file)!r} is a file; name a")):
+        check_output_dir(a_file, "--out")
+    under = a_file / "x" / "y"
+    message = f"--out {str(under)!r}: cannot create the folder ({a_file} is a file, not a folder)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_output_dir(under, "--out")
+    monkeypatch.setattr(os, "access", lambda *_: False)  # as for a user without write access
+    with pytest.raises(ValueError, match=re.escape(f"{str(tmp_path)!r}: the folder is not writ")):
+        check_output_dir(tmp_path, "--out")
+    message = f"--out {str(new)!r}: cannot create the folder ({tmp_path} is not writable)"
+    for check in (check_output_dir, prepare_output_dir):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check(new, "--out")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_demo_checks_its_out_folder_before_loading_the_model(tmp_path, capsys, monkeypatch, where):
+    monkeypatch.setattr("moe_spec.cli.load_engine", lambda _: pytest.fail("loaded the model"))
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    out = a_file if where == "file" else a_file / "demo"
+    assert f"--out {str(out)!r}" in refused(["demo", *TOY, "--out", str(out)], capsys)
+
+
+def test_demo_refuses_a_tree_that_does_not_fit_a_held_out_prompt(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("moe_spec.engine.demo.run_demo", lambda *_, **__: pytest.fail("ran"))
+    out = tmp_path / "demo"
+    err = refused(["demo", *TOY, "--out", str(out), "--num-tokens", "1000"], capsys)
+    assert re.search(r"held-out prompt \d+: --num-tokens is 1000; allowed here: at most \d+ ", err)
+    assert "-token prompt, the new tokens and the tree's scratch must fit the model's 1024" in err
     assert not out.exists()
 
 

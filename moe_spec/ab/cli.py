@@ -32,8 +32,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--prompts",
-        help="JSONL with a 'prompt' field, or text one prompt per line "
-        "(default: 20 held-out stdlib prompts)",
+        help="JSONL with a 'prompt' field, a JSON array of strings or such objects, or text "
+        "one prompt per line (default: 20 held-out stdlib prompts)",
     )
     p.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
     p.add_argument(
@@ -146,8 +146,19 @@ def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
     }
     if args.backend == "sglang" and not args.config:
         raise ValueError("--backend sglang needs a --config (and a --server) for every server")
+    if args.backend == "engine" and args.server:
+        raise ValueError(
+            f"--server {args.server[0]} applies to --backend sglang, not engine; add "
+            "--backend sglang or leave out --server"
+        )
     texts = args.config or default_configs(n_experts, top_k)
     configs = [c for text in texts for c in parse_config(text, defaults)]
+    served = next((c for c in configs if c.server and args.backend == "engine"), None)
+    if served is not None:
+        raise ValueError(
+            f"{served.label}: server={served.server!r} applies to --backend sglang, not engine; "
+            "add --backend sglang or leave out server="
+        )
     if args.backend == "sglang":
         if args.server and len(args.server) != len(configs):
             raise ValueError(f"{len(args.server)} --server URLs for {len(configs)} configurations")
@@ -265,14 +276,14 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
     from moe_spec.ab.runner import run_all
-    from moe_spec.checks import check_positive, check_seed, prepare_output_dir
+    from moe_spec.checks import check_output_dir, check_positive, check_seed, prepare_output_dir
 
     started = time.perf_counter()
     check_positive("--max-new-tokens", args.max_new_tokens)
     check_resume(args)
     prompts = load_prompt_list(args)
     check_seed(args.seed + len(prompts) - 1, f"--seed {args.seed} + prompt index")
-    out = prepare_output_dir(args.out, "--out")  # after the prompts: a refusal leaves no folder
+    check_output_dir(args.out, "--out")  # created once the configurations pass their checks
     engine = load_engine(args) if args.backend == "engine" else None
     cfg = getattr(engine, "config", None)
     configs, reference = load_configs(
@@ -285,6 +296,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     pick = controller(modeled, stored, args.cost_model, args.overhead_us)
     backend = make_backend(args, configs, engine, pick)
     backend.check(configs)
+    if hasattr(backend, "check_room"):  # each prompt's run fits the model's context
+        backend.check_room(configs, prompts[:: args.seeds], args.max_new_tokens)
+    out = prepare_output_dir(args.out, "--out")  # after every check: a refusal leaves no folder
     model, code = provenance(args, backend)
     header = {
         "prompts_sha": fingerprint(prompts),

@@ -64,6 +64,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or not self.policy:
             raise ValueError(f"policy must be a non-empty name, got {self.policy!r}")
+        check_label(self.label, default_ok=True)
         budgeted = self.policy not in BASELINES
         if budgeted and self.budget is None and not is_adaptive(self.policy):
             raise ValueError(f"{self.policy}: a budget is required, e.g. {self.policy}:B=16")
@@ -108,6 +109,13 @@ class RunConfig:
         )
 
 
+def check_label(value: object, default_ok: bool = False) -> None:
+    """Refuse a label that is not a string or is blank (``default_ok``: ``""`` asks for the
+    default label, as ``RunConfig`` allows)."""
+    if not isinstance(value, str) or not (value.strip() or (default_ok and not value)):
+        raise ValueError(f"label={value!r}: a label must be a non-empty string")
+
+
 def is_adaptive(name: str) -> bool:
     """Whether ``name`` is an installed policy that picks its own budget (``auto``)."""
     try:
@@ -139,8 +147,8 @@ def coerce(key: str, value):
         if value.lower() not in flags:
             raise ValueError(f"repair={value!r} is not a flag; allowed: true, false (or 1, 0)")
         return flags[value.lower()]
-    if key == "label" and (not isinstance(value, str) or not value.strip()):
-        raise ValueError(f"label={value!r}: a label must be a non-empty string")
+    if key == "label":
+        check_label(value)
     if key not in (*INTEGER_KEYS, "temperature"):
         return value
     kind = int if key in INTEGER_KEYS else float

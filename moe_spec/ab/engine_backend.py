@@ -20,6 +20,7 @@ from moe_spec.costmodel import CostModel, ModelShape
 from moe_spec.policies import get_policy
 
 BYTES_PER_PARAM = 2
+TREE_KEYS = {"num_tokens": "tokens", "width": "width", "depth": "depth"}  # a config's keys
 
 
 class EngineBackend:
@@ -59,8 +60,44 @@ class EngineBackend:
                         "takes tree_size= (choose the tree per step); this engine does not"
                     )
 
+    def encoded(self, prompt: str) -> list[int]:
+        """``prompt``'s token ids, encoded once."""
+        if prompt not in self.ids:
+            self.ids[prompt] = self.engine.encode(prompt)
+        return self.ids[prompt]
+
+    def check_room(self, configs: list[RunConfig], prompts: list[str], max_new: int) -> None:
+        """Refuse, before any run, an arm that does not fit the model's context beside the
+        longest prompt, naming the arm and the prompt (from 1). Engines without
+        ``tree_scratch`` and ``max_len`` are not checked."""
+        if not prompts or not all(hasattr(self.engine, a) for a in ("tree_scratch", "max_len")):
+            return
+        n, ids = max(enumerate(map(self.encoded, prompts), 1), key=lambda p: len(p[1]))
+        for c in configs:
+            try:
+                self.check_arm_room(c, ids, max_new)
+            except ValueError as exc:
+                raise ValueError(f"{c.label}: prompt {n}: {exc}") from None
+
+    def check_arm_room(self, config: RunConfig, ids: list[int], max_new: int) -> None:
+        """Whether the prompt ``ids``, ``max_new`` tokens and ``config``'s tree (none for an
+        autoregressive arm) fit; the refusal names what to lower and its largest value."""
+        from moe_spec.cli import check_tree_room  # not at the top: the CLI imports moe_spec.ab
+
+        if config.kind != "autoregressive":
+            return check_tree_room(self.engine, ids, max_new, config.spec(), TREE_KEYS)
+        max_len = self.engine.max_len
+        where = f"the {len(ids)}-token prompt and the new tokens must fit the model's {max_len}"
+        if len(ids) >= max_len:
+            raise ValueError(f"{where} positions; allowed: prompts of at most {max_len - 1} tokens")
+        if max_new > max_len - len(ids):
+            raise ValueError(
+                f"--max-new-tokens is {max_new}; allowed here: at most {max_len - len(ids)} "
+                f"({where} positions)"
+            )
+
     def run(self, config: RunConfig, index: int, prompt: str, seed: int, max_new: int):
-        ids = self.ids.setdefault(prompt, self.engine.encode(prompt))
+        ids = self.encoded(prompt)
         if config.kind == "autoregressive":
             result = self.engine.generate_autoregressive(ids, max_new, config.temperature, seed)
         elif config.kind == "depth-width":

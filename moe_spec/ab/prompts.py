@@ -1,16 +1,22 @@
-"""Prompts for an A/B run: a JSONL file with a ``prompt`` field, or plain text one per line.
+"""Prompts for an A/B run: JSONL, a JSON array, or plain text one prompt per line.
 
-A file whose first non-blank line starts with ``{`` is read as JSONL; anything
-else is plain text (blank lines skipped, ``\\n`` escapes kept literally).
+A file whose first non-blank line starts with ``{`` is read as JSONL (an object with a
+string ``prompt`` field per line). A file that parses whole as a JSON array is read as one:
+its items are strings or such objects. A first line starting with ``[`` then ``"``, ``{`` or
+nothing (spaces aside) must be a valid JSON array. Anything else is plain text (blank lines
+skipped, ``\\n`` escapes kept literally), ``[INST] ...`` included. Prompts may not be empty.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from moe_spec.engine.data import HELD_OUT
 from moe_spec.engine.demo import held_out_prompts
+
+ARRAY_START = re.compile(r'\[\s*(["{]|$)')  # a first line that starts a JSON array
 
 
 class PromptsError(ValueError):
@@ -41,9 +47,30 @@ def load_prompts(path: str | Path) -> list[str]:
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise PromptsError(f"{path}: no prompts (the file is empty)")
-    if lines[0][1].lstrip().startswith("{"):
+    first = lines[0][1].lstrip()
+    items = json_array(path, text, first) if first.startswith("[") else None
+    if items is not None:
+        if not items:
+            raise PromptsError(f"{path}: no prompts (the JSON array is empty)")
+        return [prompt_of(item, f"{path}: item {n}", True) for n, item in enumerate(items, 1)]
+    if first.startswith("{"):
         return [parse_jsonl_line(path, n, line) for n, line in lines]
     return [line for _, line in lines]
+
+
+def json_array(path: Path, text: str, first: str) -> list | None:
+    """The file's items if it parses as a JSON array, None if it is plain text that starts
+    with ``[``; ``PromptsError`` if its ``first`` line starts like an array but it is not."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not ARRAY_START.match(first):
+            return None  # "[INST] ..."
+        raise PromptsError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); a file "
+            'whose first line starts with [ then ", { or nothing must be a JSON array'
+        ) from None
+    return data if isinstance(data, list) else None
 
 
 def parse_jsonl_line(path: Path, n: int, line: str) -> str:
@@ -51,10 +78,19 @@ def parse_jsonl_line(path: Path, n: int, line: str) -> str:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise PromptsError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return prompt_of(obj, f"{path}:{n}")
+
+
+def prompt_of(obj, where: str, bare: bool = False) -> str:
+    """The non-empty prompt of a JSONL line's or a JSON array item's value (``bare``: a
+    string is the prompt itself); ``where`` names the line or item in errors."""
+    if bare and isinstance(obj, str):
+        obj = {"prompt": obj}
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-        raise PromptsError(f'{path}:{n}: expected an object with a string "prompt" field')
+        what = "a string or an object" if bare else "an object"
+        raise PromptsError(f'{where}: expected {what} with a string "prompt" field')
     if not obj["prompt"]:
-        raise PromptsError(f"{path}:{n}: the prompt is empty")
+        raise PromptsError(f"{where}: the prompt is empty")
     return obj["prompt"]
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from moe_spec.ab.configs import RunConfig, finalize, parse_config, unbudgeted_arms
+from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.prompts import PromptsError, load_prompts
 from moe_spec.cli import main
+from moe_spec.costmodel import get_cost_model, get_shape
 
 
 @pytest.mark.parametrize(
@@ -127,3 +130,109 @@ def test_cli_warns_about_greedy_seeds_and_a_budget_that_cuts_nothing(ab_args, ca
     resumed = [*ab_args, "--seeds", "2", "--config", "router-mass:B=4", "--resume"]
     assert main(resumed) == 0  # the folder holds a run: --resume goes on
     assert "is not below" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--server", "http://gpu1:30000", "--config", "none"],
+            "--server http://gpu1:30000 applies to --backend sglang, not engine; add --backend",
+        ),
+        (
+            ["--config", "none:server=http://gpu1:30000"],
+            "none tree=8/4/3: server='http://gpu1:30000' applies to --backend sglang, not engine",
+        ),
+    ],
+)
+def test_the_engine_backend_refuses_a_server(ab_args, capsys, extra, message):
+    out = Path(ab_args[ab_args.index("--out") + 1])
+    assert main([*ab_args, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("label", [5, None, " ", "\t"])
+def test_a_run_config_built_in_python_refuses_a_bad_label_as_the_parser_does(label):
+    message = f"label={label!r}: a label must be a non-empty string"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RunConfig("none", label=label)
+    assert RunConfig("none", label="").label == "none"  # empty: the default label
+
+
+@pytest.mark.parametrize(
+    "config", ["no-such-policy:B=4", "router-mass:B=1", "none:label=", "router-mass:B=4,repair=x"]
+)
+def test_a_refused_config_leaves_no_out_folder(ab_args, capsys, config):
+    out = Path(ab_args[ab_args.index("--out") + 1])
+    assert main([*ab_args, "--config", config]) == 2
+    assert "moe-spec: error: " in capsys.readouterr().err
+    assert not out.exists()
+
+
+def long_prompts(tmp_path: Path, tiny_engine) -> tuple[Path, int]:
+    """A prompts file whose second prompt is the longer; that prompt's token count."""
+    path = tmp_path / "long.jsonl"
+    long = "def apply(budget, ids):\n    return [i for i in ids if i < budget]\n" * 4
+    path.write_text(json.dumps({"prompt": "x = 1"}) + "\n" + json.dumps({"prompt": long}) + "\n")
+    return path, len(tiny_engine.encode(long))
+
+
+def test_ab_refuses_a_tree_that_does_not_fit_a_prompt_before_any_run(
+    ab_args, tmp_path, tiny_engine, capsys
+):
+    path, tokens = long_prompts(tmp_path, tiny_engine)
+    assert tokens > 15  # width and depth cannot fit at tokens=1000: only tokens is named
+    args = [*ab_args, "--prompts", str(path), "--config", "none:tokens=1000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    top = 1024 - tokens - 6 - 4 * 3  # positions, prompt, new tokens, the draft's width x depth
+    assert (
+        f"none tree=1000/4/3: prompt 2: tokens is 1000; allowed here: at most {top} "
+        f"(the {tokens}-token prompt, the new tokens and the tree's scratch must fit the "
+        "model's 1024 positions)"
+    ) in err
+    assert not Path(ab_args[ab_args.index("--out") + 1]).exists()  # nothing ran
+
+
+def test_ab_refuses_new_tokens_that_do_not_fit_beside_a_prompt(
+    ab_args, tmp_path, tiny_engine, capsys
+):
+    path, tokens = long_prompts(tmp_path, tiny_engine)
+    args = [*ab_args, "--prompts", str(path), "--max-new-tokens", "2000"]
+    assert main([*args, "--config", "autoregressive", "--config", "none"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"autoregressive: prompt 2: --max-new-tokens is 2000; allowed here: at most "
+        f"{1024 - tokens} (the {tokens}-token prompt and the new tokens must fit the model's "
+        "1024 positions)"
+    ) in err
+    assert not Path(ab_args[ab_args.index("--out") + 1]).exists()
+
+
+def test_the_engine_backend_checks_the_longest_prompt_encoding_each_once():
+    encoded = []
+
+    def encode(text: str) -> list[int]:
+        encoded.append(text)
+        return list(range(len(text)))  # a token per character
+
+    engine = SimpleNamespace(
+        encode=encode, max_len=20, tree_scratch=lambda s: s.num_tokens + s.width * s.depth
+    )
+    backend = EngineBackend(engine, get_cost_model("roofline", "H200"), get_shape("OLMoE-1B-7B"))
+    tree = RunConfig("none", num_tokens=4, width=2, depth=2)  # 8 positions of scratch
+    backend.check_room([RunConfig("autoregressive"), tree], ["ab", "abcdefgh", "abc"], 4)
+    assert encoded == ["ab", "abcdefgh", "abc"] and backend.encoded("ab") == [0, 1]
+    assert encoded == ["ab", "abcdefgh", "abc"]  # cached, not encoded again
+    with pytest.raises(ValueError, match=re.escape("none tree=4/2/2: prompt 2: tokens 4, ")):
+        backend.check_room([tree], ["ab", "abcdefgh", "abc"], 5)
+    with pytest.raises(ValueError, match=re.escape("or width <= 1 or depth <= 1")):
+        backend.check_room([tree], ["ab", "abcdefgh"], 5)
+    with pytest.raises(ValueError, match="autoregressive: prompt 1: --max-new-tokens is 13; allo"):
+        backend.check_room([RunConfig("autoregressive")], ["abcdefgh"], 13)
+    message = "ar: prompt 1: the 20-token prompt and the new tokens must fit the model's 20 "
+    with pytest.raises(ValueError, match=re.escape(message + "positions; allowed: prompts of at")):
+        backend.check_room([RunConfig("autoregressive", label="ar")], ["x" * 20], 1)
+    bare = EngineBackend(SimpleNamespace(encode=encode), backend.cost, backend.shape)
+    bare.check_room([tree], ["x" * 100], 100)  # no max_len or tree_scratch: not checked

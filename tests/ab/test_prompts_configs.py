@@ -36,6 +36,45 @@ def test_malformed_prompts_files_name_the_line(tmp_path, content, message):
         load_prompts(path)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        '["def f(x):\\n", {"prompt": "b", "id": 1}]',
+        '[\n  "def f(x):\\n",\n\n  {"prompt": "b"}\n]\n',
+        '\n  [{"prompt": "def f(x):\\n"}, "b"]',
+    ],
+)
+def test_a_json_array_of_strings_or_prompt_objects_is_read_whole(tmp_path, content):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    assert load_prompts(path) == ["def f(x):\n", "b"]
+
+
+def test_text_that_merely_starts_with_a_bracket_is_plain_text(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("[INST] hello [/INST]\n[1, 2\n")
+    assert load_prompts(path) == ["[INST] hello [/INST]", "[1, 2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('["a",\n "b"\n', "p.json:3: not valid JSON (Expecting ',' delimiter"),
+        ('[\n  {"prompt": "a"},\n', "p.json:3: not valid JSON (Expecting value"),
+        ('[ "a" "b"]', "p.json:1: not valid JSON (Expecting ',' delimiter, column 7)"),
+        ("[]", "p.json: no prompts (the JSON array is empty)"),
+        ('["a", ""]', "p.json: item 2: the prompt is empty"),
+        ('[{"prompt": "a"}, {"text": "b"}]', "item 2: expected a string or an object with a"),
+        ("[1, 2]", 'p.json: item 1: expected a string or an object with a string "prompt"'),
+    ],
+)
+def test_a_malformed_json_array_names_the_file_and_the_line_or_item(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(PromptsError, match=re.escape(message)):
+        load_prompts(path)
+
+
 def test_missing_prompts_file(tmp_path):
     with pytest.raises(PromptsError, match="does not exist"):
         load_prompts(tmp_path / "nope.jsonl")
