@@ -21,22 +21,6 @@ def test_jsonl_and_plain_text_prompts(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("", "empty"),
-        ('{"prompt": "a"}\n{"prompt": \n', r"p.jsonl:2: not valid JSON"),
-        ('{"text": "a"}\n', 'string "prompt" field'),
-        ('{"prompt": ""}\n', "the prompt is empty"),
-    ],
-)
-def test_malformed_prompts_files_name_the_line(tmp_path, content, message):
-    path = tmp_path / "p.jsonl"
-    path.write_text(content)
-    with pytest.raises(PromptsError, match=message):
-        load_prompts(path)
-
-
-@pytest.mark.parametrize(
     "content",
     [
         '["def f(x):\\n", {"prompt": "b", "id": 1}]',
@@ -59,7 +43,11 @@ def test_text_that_merely_starts_with_a_bracket_is_plain_text(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('["a",\n "b"\n', "p.json:3: not valid JSON (Expecting ',' delimiter"),
+        ("", "p.json: no prompts (the file is empty)"),
+        ('{"prompt": "a"}\n{"prompt": \n', "p.json:2: not valid JSON"),  # JSONL
+        ('{"text": "a"}\n', 'p.json:1: expected an object with a string "prompt" field'),
+        ('{"prompt": ""}\n', "p.json:1: the prompt is empty"),
+        ('["a",\n "b"\n', "p.json:3: not valid JSON (Expecting ',' delimiter"),  # an array
         ('[\n  {"prompt": "a"},\n', "p.json:3: not valid JSON (Expecting value"),
         ('[ "a" "b"]', "p.json:1: not valid JSON (Expecting ',' delimiter, column 7)"),
         ("[]", "p.json: no prompts (the JSON array is empty)"),
@@ -68,7 +56,7 @@ def test_text_that_merely_starts_with_a_bracket_is_plain_text(tmp_path):
         ("[1, 2]", 'p.json: item 1: expected a string or an object with a string "prompt"'),
     ],
 )
-def test_a_malformed_json_array_names_the_file_and_the_line_or_item(tmp_path, content, message):
+def test_a_malformed_prompts_file_names_the_file_and_the_line_or_item(tmp_path, content, message):
     path = tmp_path / "p.json"
     path.write_text(content)
     with pytest.raises(PromptsError, match=re.escape(message)):
