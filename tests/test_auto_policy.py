@@ -30,7 +30,9 @@ def record(layer: int, T: int = 12, E: int = 16, K: int = 2):
     return make_record(
         torch.randn(T, E, generator=g) * 2,
         K,
-        depth_T=torch.cat((torch.zeros(1, dtype=torch.long), torch.randint(1, 4, (T - 1,)))),
+        depth_T=torch.cat(
+            (torch.zeros(1, dtype=torch.long), torch.randint(1, 4, (T - 1,), generator=g))
+        ),
         path_logprob_T=logprob_T,
         layer_idx=layer,
         num_layers=2,
@@ -521,6 +523,7 @@ def test_token_weights_are_made_once_per_forward_and_again_after_a_plan():
     policy.plan_step((4, 1, 3), repair=False)
     again = policy.rule(layers[0])
     torch.testing.assert_close(again.weight_T, reach_D[depth_T])  # not the stale weights
-    other = make_record(torch.randn(6, 16), 2, depth_T=depth_T.clone(), layer_idx=0, num_layers=2)
+    logits_TE = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    other = make_record(logits_TE, 2, depth_T=depth_T.clone(), layer_idx=0, num_layers=2)
     assert policy.rule(other).weight_T is not again.weight_T  # another forward's depths
     assert torch.equal(again.root_T, (depth_T == 0) & layers[0].valid_mask_T())

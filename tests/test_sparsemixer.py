@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -82,7 +84,11 @@ def test_policies_budget_sparsemixer_records_on_the_torch_path(name, monkeypatch
     monkeypatch.setenv("MOE_SPEC_KERNELS", "triton")  # the kernel has no sparsemixer rule
     record = phimoe_record(12, 16, 0, valid_T=torch.arange(12) < 10)
     record = RoutingRecord(**{**record.__dict__, "depth_T": torch.arange(12) // 4})
-    out = get_policy(name).apply(record, 4)
+    policy = get_policy(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kernel that failed and fell back warns
+        out = policy.apply(record, 4)
+    assert policy.fused_error is None  # the kernel was not tried (it would have failed)
     assert int(used_experts_E(out.topk_ids_TK, 16).sum()) <= 4
     assert torch.equal(out.topk_ids_TK, apply_budget(record, 4, out.keep_E).topk_ids_TK)
 

@@ -6,13 +6,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams
 
+from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth
 from moe_spec.engine.generate import SpecConfig
-
-pytest.importorskip("sglang")
-from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams  # noqa: E402
-
-from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth  # noqa: E402
 
 
 def drive(depth: SGLangAdaptiveDepth, accepted, steps: list) -> list[int]:

@@ -99,7 +99,9 @@ def test_expanded_tree_scores_equal_sequential_drafting(tiny_engine):
 def test_tree_keeps_the_best_candidates_and_their_ancestors(tiny_engine):
     target, draft = tiny_engine.target, tiny_engine.draft
     dcache = tiny_engine.new_cache(1, draft.config.n_heads, draft.config.head_dim)
-    feature = torch.randn(len(PROMPT), target.config.dim)
+    feature = torch.randn(
+        len(PROMPT), target.config.dim, generator=torch.Generator().manual_seed(0)
+    )
     root_feature = tiny_engine.draft_catch_up(feature, PROMPT[1:] + [7], dcache)
     root_logprobs = torch.log_softmax(target.lm_head(root_feature), -1)
     tree = expand_tree(draft, target, dcache, 7, root_feature, root_logprobs, 2, 3, 6)

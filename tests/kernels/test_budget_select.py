@@ -107,7 +107,7 @@ def test_padded_rows_are_rerouted_but_never_score():
         record.router_logits_TE, record.topk_ids_TK, record.topk_weights_TK, valid_T
     )
     scrambled_TE = record.router_logits_TE.clone()
-    scrambled_TE[4:] = torch.randn(T - 4, E) * 10
+    scrambled_TE[4:] = torch.randn(T - 4, E, generator=torch.Generator().manual_seed(1)) * 10
     scrambled_ids_TK = record.topk_ids_TK.clone()
     scrambled_ids_TK[4:] = torch.arange(K) + 40
     scrambled = RoutingRecord(scrambled_TE, scrambled_ids_TK, record.topk_weights_TK, valid_T)

@@ -167,7 +167,8 @@ def test_auto_ranks_each_layer_on_the_path_its_selection_takes(monkeypatch):
     records, _, _ = forward_records(3, 9, 12, 2, 1)
     first = records[0]
     shared = {"valid_T": first.valid_T, "depth_T": first.depth_T, "num_layers": 3}
-    records[1] = make_record(torch.randn(9, 12) * 3, 3, layer_idx=1, **shared)  # top-3
+    g = torch.Generator().manual_seed(1)
+    records[1] = make_record(torch.randn(9, 12, generator=g) * 3, 3, layer_idx=1, **shared)  # top-3
     policy = get_policy("auto")
     policy.prepare(3, 12, 2, 12, torch.device("cpu"))
     want = per_layer_ranks(records, policy.rule(first))
@@ -183,7 +184,13 @@ def test_auto_ranks_each_layer_on_the_path_its_selection_takes(monkeypatch):
     assert torch.equal(policy.rank_routing(records), want)
     assert launched == [1, 1, 1]  # one by one, each on the kernel
     sparse = [
-        make_record(torch.randn(9, 12) * 3, 2, layer_idx=i, scoring="sparsemixer", **shared)
+        make_record(
+            torch.randn(9, 12, generator=torch.Generator().manual_seed(i)) * 3,
+            2,
+            layer_idx=i,
+            scoring="sparsemixer",
+            **shared,
+        )
         for i in range(3)
     ]
     launched.clear()

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from sglang.srt.speculative.adaptive_runtime_state import AdaptiveController
+from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams
 
 from moe_spec.control import AUTOREGRESSIVE, TREE
 from moe_spec.costmodel import decode_seconds, draft_seconds
@@ -17,10 +19,6 @@ from moe_spec.integration.sglang.depth import GuardedDepth, drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, FeedError
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
-
-pytest.importorskip("sglang")
-from sglang.srt.speculative.adaptive_runtime_state import AdaptiveController  # noqa: E402
-from sglang.srt.speculative.adaptive_spec_params import AdaptiveSpeculativeParams  # noqa: E402
 
 L, E, K = 2, 16, 2
 #: The draft's hot vocabulary (``--speculative-token-map``): its token i is the target's

@@ -121,7 +121,10 @@ def test_the_export_round_trips_and_drives_a_transformers_target(target_dir, tmp
     assert got.tokens == want[0, len(prompt) :].tolist()
     # Same logits as the head it came from (bf16-rounded weights) through the same driver.
     other = EagleHeadDraft(rounded_head(head), engine.target, THETA)
-    tokens, feature = torch.tensor([prompt[1:]]), torch.randn(1, len(prompt) - 1, D)
+    tokens, feature = (
+        torch.tensor([prompt[1:]]),
+        torch.randn(1, len(prompt) - 1, D, generator=torch.Generator().manual_seed(0)),
+    )
     for driver in (engine.draft, other):
         driver.new_cache(16)
     logits = [d.lm_head(d(None, feature, tokens)[0]) for d in (engine.draft, other)]

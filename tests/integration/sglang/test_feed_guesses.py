@@ -7,15 +7,12 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from moe_spec.control import AUTOREGRESSIVE
 from moe_spec.integration.sglang.runtime import BudgetRuntime
 from moe_spec.integration.sglang.settings import ServeSettings
 from tests.integration.sglang.test_adaptive_depth import served, verify
-
-pytest.importorskip("sglang")
 
 
 def spied(policy) -> list[tuple[str, object]]:

@@ -157,7 +157,8 @@ def test_the_budget_hook_reads_nothing_on_the_host(model_type):
     model = build(tiny_config(model_type))
     convention = router_convention(model.config)
     block = find_moe_blocks(model)[0]
-    x_TD = torch.randn(12, model.config.hidden_size, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x_TD = torch.randn(12, model.config.hidden_size, dtype=torch.float64, generator=g)
     output = block.router(x_TD)
     from moe_spec.integration.transformers.adapter import VerifyRouting
 
@@ -176,7 +177,10 @@ def test_no_budget_leaves_the_router_output_untouched():
     model = build(tiny_config("olmoe"))
     convention = router_convention(model.config)
     block = find_moe_blocks(model)[0]
-    output = block.router(torch.randn(6, model.config.hidden_size, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    output = block.router(
+        torch.randn(6, model.config.hidden_size, dtype=torch.float64, generator=g)
+    )
     state = __import__(
         "moe_spec.integration.transformers.adapter", fromlist=["VerifyRouting"]
     ).VerifyRouting(get_policy("router-mass"), block.num_experts)
