@@ -71,13 +71,34 @@ def describe(record: RoutingRecord, budget: int, mode: str) -> None:
     event("exact ties" if ties else "no ties")
 
 
-def as_lists(record: RoutingRecord):
-    return (
-        record.topk_ids_TK.tolist(),
-        record.topk_weights_TK.tolist(),
-        record.choice_scores_TE().tolist(),
-        record.gate_weights_TE().tolist(),
-    )
+def reference_inputs(record: RoutingRecord):
+    """The loop reference's inputs from the record's raw fields, not its score methods:
+    ``(mass, used, ids, weights, choice, gates)``, the scores in float32 as the model's are
+    (so exact ties fall the same way). :func:`routings` draws softmax and sigmoid routers
+    only; a sparsemixer has no reference here."""
+    logits_TE = record.router_logits_TE.float()
+    if record.scoring == "softmax":
+        gates_TE = torch.softmax(logits_TE, dim=-1)
+        probs_TE = gates_TE
+    elif record.scoring == "sigmoid":  # each token's mass is 1: sigmoids over their row sum
+        gates_TE = torch.sigmoid(logits_TE)
+        probs_TE = gates_TE / gates_TE.sum(dim=-1, keepdim=True)
+    else:
+        raise AssertionError(f"no reference for scoring={record.scoring!r}")
+    choice_TE = gates_TE  # the bias chooses experts, it does not weight them
+    if record.correction_bias_E is not None:
+        choice_TE = gates_TE + record.correction_bias_E.float()
+    ids = record.topk_ids_TK.tolist()
+    T, E = logits_TE.shape
+    valid = [True] * T if record.valid_T is None else record.valid_T.tolist()
+    mass = (probs_TE * torch.tensor(valid)[:, None]).sum(0).tolist()  # valid rows only
+    used = [False] * E
+    for row, is_valid in zip(ids, valid, strict=True):
+        if is_valid:
+            for e in row:
+                used[e] = True
+    weights = record.topk_weights_TK.tolist()
+    return mass, used, ids, weights, choice_TE.tolist(), gates_TE.tolist()
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,10 +109,9 @@ def test_matches_the_per_token_loop_reference(case):
     if budget >= record.num_experts:
         assert out.topk_ids_TK is record.topk_ids_TK
         return
-    mass = (record.routing_probs_TE() * record.valid_mask_T()[:, None]).sum(0).tolist()
-    keep = reference_keep(mass, record.used_E().tolist(), budget)
+    mass, used, ids, weights, choice, gates = reference_inputs(record)
+    keep = reference_keep(mass, used, budget)
     assert out.keep_E.tolist() == keep
-    ids, weights, choice, gates = as_lists(record)
     want_ids, want_weights = reference_apply_budget(
         ids, weights, choice, gates, keep, mode, record.renormalize
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from moe_spec.costmodel import NO_OVERHEADS, Overheads, get_cost_model
-from moe_spec.costmodel.fit import fit_overheads, leave_one_out, log_errors, predict
+from moe_spec.costmodel.fit import FREE, fit_overheads, leave_one_out, log_errors, predict
 from moe_spec.costmodel.model import calibrated_overheads
 from moe_spec.costmodel.paper import PAPER_CASES, check_case
 from moe_spec.costmodel.published import PUBLISHED, PublishedPoint
@@ -42,9 +42,10 @@ def test_the_fit_recovers_overheads_that_generated_the_points():
     truth = Overheads(forward_s=40e-6, layer_s=80e-6, expert_s=0.5e-6)
     synthetic = [replace(p, value=predict(p, truth)) for p in PUBLISHED]
     fitted = fit_overheads(synthetic)
-    assert max(abs(e) for e in log_errors(synthetic, fitted)) < 1e-3
-    assert fitted.layer_s == pytest.approx(truth.layer_s, rel=0.05)
-    assert fitted.expert_s == pytest.approx(truth.expert_s, rel=0.05)
+    # exact points: the fit lands within 1e-14 of every term (1e-4 leaves room for its stop)
+    assert max(abs(e) for e in log_errors(synthetic, fitted)) < 1e-6
+    for name in FREE:
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-4), name
 
 
 def test_the_roofline_prediction_of_a_budget_gain_is_the_paper_checks():

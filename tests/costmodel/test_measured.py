@@ -82,11 +82,10 @@ def test_the_measured_fit_recovers_terms_that_generated_the_points():
     truth = Overheads(forward_s=30e-6, layer_s=200e-6, select_s=15e-6, tree_s=90e-6, token_s=1e-6)
     synthetic = [replace(p, value=predict(p, truth)) for p in shipped_points("H200")]
     fitted = fit_overheads(synthetic, FREE_MEASURED)
-    assert max(abs(e) for e in log_errors(synthetic, fitted)) < 1e-3
-    assert fitted.layer_s == pytest.approx(truth.layer_s, rel=0.05)
-    assert fitted.select_s == pytest.approx(truth.select_s, rel=0.1)
-    assert fitted.tree_s == pytest.approx(truth.tree_s, rel=0.05)
-    assert fitted.token_s == pytest.approx(truth.token_s, rel=0.05)
+    # exact points: the fit lands within 1e-13 of every term (1e-4 leaves room for its stop)
+    assert max(abs(e) for e in log_errors(synthetic, fitted)) < 1e-6
+    for name in FREE_MEASURED:
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-4), name
 
 
 def test_the_measured_model_fits_the_h200_within_10_percent_and_exists_only_there():

@@ -4,13 +4,13 @@ windows padded to the longest pick (``HeadTrainConfig.pad``), a step count fitte
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 import torch
 import transformers
 
 from moe_spec.engine.config import DraftConfig
+from moe_spec.models import draft_head
 from moe_spec.models.draft_head import (
     PAD_LABEL,
     HeadTrainConfig,
@@ -88,12 +88,29 @@ def test_with_pad_short_picks_are_padded_and_masked(corpus):
         assert not valid_BS[b, n:].any()
 
 
-def test_fitted_steps_fill_the_time_at_the_measured_rate():
+class StoppedClock:
+    """``time`` for the trainer, standing still: the time since ``start`` is what the test
+    says, not what a loaded machine adds before :func:`fitted_steps` reads the clock."""
+
+    @staticmethod
+    def perf_counter() -> float:
+        return 1000.0
+
+
+@pytest.fixture
+def clock(monkeypatch) -> StoppedClock:
+    """The trainer's clock (``draft_head.time``), stopped."""
+    stopped = StoppedClock()
+    monkeypatch.setattr(draft_head, "time", stopped)
+    return stopped
+
+
+def test_fitted_steps_fill_the_time_at_the_measured_rate(clock):
     cfg = HeadTrainConfig(steps=1000, warmup=10, seconds=5.0)
-    start = time.perf_counter() - 1.0  # 10 steps took 1 s: 0.1 s each, 4 s left
-    assert 49 <= fitted_steps(10, start, cfg, CPU) <= 50
+    start = clock.perf_counter() - 1.0  # 10 steps took 1 s: 0.1 s each, 4 s left
+    assert fitted_steps(10, start, cfg, CPU) == 50  # the 10 and 40 more
     assert fitted_steps(10, start, HeadTrainConfig(steps=30, warmup=10, seconds=5.0), CPU) == 30
-    late = time.perf_counter() - 9.0  # over the time already: stop after the warm-up
+    late = clock.perf_counter() - 9.0  # over the time already: stop after the warm-up
     assert fitted_steps(10, late, cfg, CPU) == 10
 
 
