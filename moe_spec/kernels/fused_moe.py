@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from moe_spec.kernels.dispatch import choose_backend
-from moe_spec.kernels.fused_moe_torch import fused_moe_torch
+from moe_spec.kernels.fused_moe_torch import fused_moe_torch, needs_grad
 
 
 def fused_moe(
@@ -33,8 +33,11 @@ def fused_moe(
     Returns:
         ``out_TD`` ``[T, D]`` in ``x_TD``'s dtype. Triton on CUDA (fp32 accumulation,
         CUDA-graph safe), torch elsewhere; ``MOE_SPEC_KERNELS=triton|torch`` forces one.
+        Where autograd differentiates through it (training), torch: the kernel has no
+        backward.
     """
-    if choose_backend(x_TD.device) == "triton":
+    grad = needs_grad(x_TD, w13_EFD, w2_EDF, topk_weights_TK)
+    if not grad and choose_backend(x_TD.device) == "triton":
         from moe_spec.kernels.fused_moe_triton import fused_moe_triton
 
         return fused_moe_triton(x_TD, w13_EFD, w2_EDF, topk_ids_TK, topk_weights_TK)

@@ -49,18 +49,36 @@ def fused_moe_torch(
         raise
     check_expert_counts(counts_E, E, topk_ids_TK)
     groups = expert_groups(counts_E.tolist())
+    # training (moe-spec train): autograd takes no out= matmuls nor in-place ops on what it saves
+    grad = needs_grad(x_TD, w13_EFD, w2_EDF, topk_weights_TK)
     x_ND = x_TD[rows_N]
-    h_NF2 = x_ND.new_empty(x_ND.shape[0], 2 * F)
-    for e, start, stop in groups:
-        torch.matmul(x_ND[start:stop], w13_EFD[e].T, out=h_NF2[start:stop])
+    h_NF2 = grouped_matmul(x_ND, w13_EFD, groups, grad)
     weight_N = topk_weights_TK.reshape(-1)[order_N].float()
-    act_NF = silu_and_mul(h_NF2, F).mul_(weight_N[:, None]).to(x_TD.dtype)
-    y_ND = torch.empty_like(x_ND)
-    for e, start, stop in groups:
-        torch.matmul(act_NF[start:stop], w2_EDF[e].T, out=y_ND[start:stop])
+    act_NF = silu_and_mul(h_NF2, F, grad)
+    act_NF = (act_NF * weight_N[:, None] if grad else act_NF.mul_(weight_N[:, None])).to(x_TD.dtype)
+    y_ND = grouped_matmul(act_NF, w2_EDF, groups, grad)
     out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    out_TD.index_add_(0, rows_N, y_ND.float())
+    out_TD.index_add_(0, rows_N, y_ND.float())  # autograd allows it: out_TD saves nothing
     return out_TD.to(x_TD.dtype)
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will differentiate through an op on ``tensors`` (training)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def grouped_matmul(
+    a_NX: torch.Tensor, w_EYX: torch.Tensor, groups: list[tuple[int, int, int]], grad: bool
+) -> torch.Tensor:
+    """``[N, Y]``: each expert's rows of ``a_NX`` times its ``w_EYX[e].T``, written in place
+    (``grad``: concatenated, as autograd needs)."""
+    if grad:
+        parts = [a_NX[start:stop] @ w_EYX[e].T for e, start, stop in groups]
+        return torch.cat(parts) if parts else a_NX.new_empty(0, w_EYX.shape[1])
+    out_NY = a_NX.new_empty(a_NX.shape[0], w_EYX.shape[1])
+    for e, start, stop in groups:
+        torch.matmul(a_NX[start:stop], w_EYX[e].T, out=out_NY[start:stop])
+    return out_NY
 
 
 def expert_groups(counts: list[int]) -> list[tuple[int, int, int]]:
@@ -73,8 +91,11 @@ def expert_groups(counts: list[int]) -> list[tuple[int, int, int]]:
     return groups
 
 
-def silu_and_mul(h_NF2: torch.Tensor, F: int) -> torch.Tensor:
-    """fp32 ``silu(gate) * up`` of ``[N, 2F]`` gate-then-up projections: ``[N, F]`` (new tensor)."""
+def silu_and_mul(h_NF2: torch.Tensor, F: int, grad: bool = False) -> torch.Tensor:
+    """fp32 ``silu(gate) * up`` of ``[N, 2F]`` gate-then-up projections: ``[N, F]`` (new tensor;
+    ``grad``: without in-place ops, for autograd)."""
+    if grad:
+        return torch.nn.functional.silu(h_NF2[:, :F].float()) * h_NF2[:, F:]
     act_NF = h_NF2[:, :F].float()
     torch.nn.functional.silu(act_NF, inplace=True)
     return act_NF.mul_(h_NF2[:, F:])
