@@ -320,6 +320,7 @@ class Auto(TokenPriority):
         # the share of a selection a resting step pays (None: 0, SERVER_REST_SHARE on a server)
         self.rest_share = None if rest_share is None else float(rest_share)
         self.rest_host = 0  # what the device rest flag holds
+        self.rest_tree = 0  # what the last tree step's plan set it to (decodes rest anyway)
         self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
         self.controller: Guard | None = None
         self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
@@ -645,7 +646,10 @@ class Auto(TokenPriority):
         # a server's plain decode (a 1-token verify) does not reach the policy
         # (budgets_plain_decodes); rest where one comes that the plan did not foresee
         decodes = plan.kind != TREE
-        self.flag_rest(REST_SCORED if scored else REST if self.resting or decodes else RANK)
+        rest = REST_SCORED if scored else REST if self.resting else RANK
+        if not decodes:
+            self.rest_tree = rest
+        self.flag_rest(REST if decodes and rest == RANK else rest)
         if plan.kind == TREE and (self.controller.budget_L != self.budget_host_L).any():
             self.budget_host_L = self.controller.budget_L.copy()
             upload(self.device_state["budget_L"], self.budget_host_L)
@@ -665,6 +669,12 @@ class Auto(TokenPriority):
         if int(rest) != self.rest_host and "rest_1" in self.device_state:
             self.rest_host = int(rest)
             upload(self.device_state["rest_1"], np.array([self.rest_host], dtype=np.int32))
+
+    def stop_learning(self) -> None:
+        """A server's feed stopped (no more acceptance, so no more plans): every later step
+        runs at the budgets of the last tree step's plan, which keep every expert where it
+        rested; none writes scores that nothing would rank."""
+        self.flag_rest(RANK if self.rest_tree == RANK else REST)
 
     def start_request(self) -> None:
         """A new request begins: its text is new (:meth:`moe_spec.control.Guard.new_request`)."""

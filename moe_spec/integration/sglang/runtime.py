@@ -12,8 +12,8 @@ import torch
 
 from moe_spec.budget import (
     BudgetedTopK,
-    apply_budget,
     check_budget,
+    reroute,
     with_masked_rows,
     without_masked_rows,
 )
@@ -45,7 +45,6 @@ from moe_spec.integration.sglang.metrics import (
     prometheus_gauges,
 )
 from moe_spec.integration.sglang.settings import ServeSettings
-from moe_spec.kernels.budget_select_torch import RANK, REST, REST_SCORED
 from moe_spec.kernels.dispatch import capturing
 from moe_spec.policies import PolicyError, get_policy
 from moe_spec.routing import RoutingRecord
@@ -283,8 +282,8 @@ class BudgetRuntime:
             feed.after_verify(result, batch)
         except Exception as exc:  # an unexpected layout or a policy bug: stop learning only
             feed.stopped = f"{exc!r}"
-            if getattr(self.policy, "rest_host", RANK) == REST_SCORED:  # nothing ranks them now
-                self.policy.flag_rest(REST)
+            if hasattr(self.policy, "stop_learning"):  # the budgets of its last tree step
+                self.policy.stop_learning()
             logger.error(
                 "moe-spec: policy %r gets no more acceptance (its budgets stay as they are): %r",
                 self.settings.policy,
@@ -306,7 +305,7 @@ def budget_rows(
     ops only (``bench/gpu_check.py`` times it as the plugin runs it)."""
     if mode == "truncation":  # distinct ids in every row: torch ops after the policy
         unmasked, routed_T = without_masked_rows(served)
-        truncated = distinct_slots(unmasked, policy.apply(unmasked, budget, mode=mode), budget)
+        truncated = distinct_slots(unmasked, policy.apply(unmasked, budget, mode=mode))
         budgeted = with_masked_rows(truncated, served, routed_T)
     else:
         budgeted = policy.apply(served, budget, mode=mode)
@@ -314,18 +313,17 @@ def budget_rows(
     return budgeted.topk_ids_TK.to(ids_TK.dtype), budgeted.topk_weights_TK.to(weights_TK.dtype)
 
 
-def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK, budget: int) -> BudgetedTopK:
+def distinct_slots(record: RoutingRecord, truncated: BudgetedTopK) -> BudgetedTopK:
     """Truncation's routing with distinct ids in every row, as SGLang's kernels expect.
 
     Truncation fills a token's empty slots with a repeated kept expert of weight 0;
     SGLang's native MoE path counts ids per row and breaks on repeats. Here the
     slots take the token's substitution choice inside the same kept set (its best
     kept experts, surviving ones included), each weighted by what truncation gave
-    that expert: 0 for the newcomers. Same combine, distinct ids, static shapes.
+    that expert: 0 for the newcomers. Same combine, distinct ids, static shapes. At any
+    kept-set size: ``auto`` keeps fewer than the server's cap B, which may be E.
     """
-    substituted = apply_budget(
-        record, budget, truncated.keep_E, mode="substitution", validate=False
-    )
+    substituted = reroute(record, truncated.keep_E, "substitution")
     weights_TE = torch.zeros_like(record.router_logits_TE, dtype=truncated.topk_weights_TK.dtype)
     weights_TE.scatter_add_(1, truncated.topk_ids_TK.long(), truncated.topk_weights_TK)
     ids_TK = substituted.topk_ids_TK

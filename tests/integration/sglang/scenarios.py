@@ -579,7 +579,8 @@ def scenario_auto_feed() -> dict:
         "rows_of_another_request": verify_result([[0, 8, -1, -1]] * 2),
     }.items():
         runtime.feed.stopped = None
-        policy.flag_rest(REST_SCORED)  # a step to be ranked after its forward
+        policy.rest_tree = REST_SCORED  # a tree step to be ranked after its forward,
+        policy.flag_rest(REST_SCORED)  # as plan_step sets it
         hooks[VERIFY_TARGETS[False]][0](broken, SimpleNamespace(), schedule_batch)
         stopped[name] = runtime.feed.stopped
         stopped[f"{name} rest flag"] = policy.rest_host

@@ -17,6 +17,7 @@ from moe_spec.costmodel import decode_seconds, draft_seconds
 from moe_spec.integration.sglang.compat import SKIP_EXTEND
 from moe_spec.integration.sglang.depth import GuardedDepth, drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, FeedError
+from moe_spec.kernels.budget_select_torch import RANK, REST
 from moe_spec.policies import get_policy
 from moe_spec.routing import RoutingRecord
 
@@ -276,6 +277,25 @@ def test_a_stopped_feed_runs_the_configured_chain():
     assert guarded.get_steps_for_batch(1) == 0
     feed.stopped = "FeedError(...)"
     assert guarded.get_steps_for_batch(1) == 3
+
+
+def test_a_feed_stopped_during_decodes_keeps_the_last_tree_steps_budgets(caplog):
+    """A layout the feed cannot read arrives while the guard decodes (its flag at REST):
+    the configured chain then runs at the budgets the last tree step ranked with, not with
+    every expert, as the log line says."""
+    from moe_spec.integration.sglang.runtime import BudgetRuntime
+    from moe_spec.integration.sglang.settings import ServeSettings
+
+    runtime = BudgetRuntime(ServeSettings("auto", E))
+    runtime.policy, runtime.feed, worker, guarded = served(3)
+    policy = runtime.policy
+    for step in range(10):  # chains ranked at B=2, then decodes
+        verify(policy, runtime.feed, worker, accepted=0, seed=step)
+    assert guarded.get_steps_for_batch(1) == 0 and policy.rest_host == REST
+    assert policy.budget_host_L.tolist() == [2] * L
+    runtime.after_verify(SimpleNamespace(), SimpleNamespace())  # not a verify result
+    assert runtime.feed.stopped and "budgets stay as they are" in caplog.text
+    assert guarded.get_steps_for_batch(1) == 3 and policy.rest_host == RANK
 
 
 def test_without_sglangs_controller_nothing_is_driven():

@@ -104,9 +104,10 @@ def test_rows_sglang_masked_keep_minus_one(kernels, mode, monkeypatch):
     assert got.topk_ids.dtype == out.topk_ids.dtype
 
 
-def auto_runtime() -> BudgetRuntime:
-    """``auto`` as a server prepares it (its device buffers; each layer's budget B)."""
-    rt = BudgetRuntime(ServeSettings("auto", budget=E, counters=False))
+def auto_runtime(mode: str = "substitution") -> BudgetRuntime:
+    """``auto`` as a server prepares it (its device buffers; each layer's budget B; the
+    server's cap E)."""
+    rt = BudgetRuntime(ServeSettings("auto", budget=E, mode=mode, counters=False))
     rt.layer_index, rt.ready = {0: 0}, True
     rt.policy.validate, rt.policy.record_routing = False, False
     rt.policy.prepare(1, E, K, E, torch.device("cpu"))
@@ -139,6 +140,28 @@ def test_auto_ranks_and_records_as_without_sglang_masked_rows(kernels, monkeypat
     assert len(set(want.topk_ids.flatten().tolist())) <= B
     for name in ("rank_LE", "ids_LRK", "depth_R"):  # what the feed copies for observe
         assert torch.equal(rt.policy.device_state[name], alone.policy.device_state[name]), name
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_autos_truncation_under_a_cap_of_e_reads_only_its_kept_experts(kernels, monkeypatch):
+    """Truncation gives each row distinct ids from the kept set (SGLang's kernels break on
+    repeats) at auto's per-layer budget B, though the server's cap is E."""
+    monkeypatch.setenv("MOE_SPEC_KERNELS", kernels)
+    out = routing(torch.randn(2 * N, E, generator=torch.Generator().manual_seed(4)))
+    assert len(set(out.topk_ids.flatten().tolist())) > B  # the budget binds
+    with running_batch(verify_batch([7, 12])):
+        got = auto_runtime("truncation").budget_standard(topk_module(), out, 0)
+    assert len(set(got.topk_ids.flatten().tolist())) <= B
+    assert all(len(set(row)) == K for row in got.topk_ids.tolist())
+    for t in range(2 * N):  # survivors share the weight (renormalised), newcomers get 0
+        before = dict(zip(out.topk_ids[t].tolist(), out.topk_weights[t].tolist(), strict=True))
+        after = dict(zip(got.topk_ids[t].tolist(), got.topk_weights[t].tolist(), strict=True))
+        kept = {e: w for e, w in before.items() if e in after}
+        if not kept:  # a token that lost every expert: its best kept one, alone
+            assert sorted(after.values()) == [0.0, pytest.approx(1.0)], (t, after)
+            continue
+        want = {e: kept.get(e, 0.0) / sum(kept.values()) for e in after}
+        assert after == pytest.approx(want, abs=1e-6), (t, after, want)
 
 
 class AtenOps(TorchDispatchMode):
