@@ -51,11 +51,17 @@ class Snapshot:
         passes = max(self.passes_L, default=0)
         if not passes:
             return "moe-spec: no verify passes since the last report"
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        counted = [i for i, n in enumerate(self.passes_L) if n]  # a layer left out counts none
+        mean = lambda xs: sum(xs[i] for i in counted) / len(counted)  # noqa: E731
+        of = (
+            f"{len(counted)} of {len(self.passes_L)}"
+            if len(counted) < len(self.passes_L)
+            else (f"{len(counted)}")
+        )
         return (
             f"moe-spec: {passes} verify passes; distinct experts per layer "
             f"{mean(self.before_L):.1f} -> {mean(self.after_L):.1f} (mean over "
-            f"{len(self.before_L)} layers; most in one pass of one layer since start "
+            f"{of} layers; most in one pass of one layer since start "
             f"{max(self.max_before_L)} -> {max(self.max_after_L)})"
         )
 

@@ -83,6 +83,12 @@ class BudgetRuntime:
             found.errors.append(
                 f"the target model ({type(model).__name__}) has no SGLang TopK MoE layers"
             )
+        ids = [t.layer_id for t in topks]
+        for twice in sorted({i for i in ids if ids.count(i) > 1}):
+            found.errors.append(
+                f"MoE layer {twice}: {ids.count(twice)} target TopK modules share this layer_id "
+                "(one per layer is allowed: the budget and the counters are per layer)"
+            )
         for topk in topks:
             found.extend(check_topk_layer(topk))
             E = experts.get(topk.layer_id)

@@ -399,6 +399,17 @@ def scenario_draft_and_formats() -> dict:
             refusals[name] = None
         except UnsupportedSetupError as exc:
             refusals[name] = str(exc)
+    # two target TopKs with one layer_id (ERNIE-4.5-VL's text and vision routers): refused
+    from sglang.srt.layers.moe.topk import TopK as SGLangTopK
+
+    runtime.settings = type(runtime.settings)(policy="router-mass", budget=4)  # else fine
+    twice = build_model()
+    twice[0].vision_topk = SGLangTopK(top_k=2, layer_id=0, renormalize=True)
+    try:
+        runtime.prepare(twice, sglang_args(), "cpu")
+        refusals["shared_layer_id"] = None
+    except UnsupportedSetupError as exc:
+        refusals["shared_layer_id"] = str(exc)
     # a per-layer budget table for another model: refused at load, not per verify pass
     from moe_spec.policies import get_policy
 

@@ -53,6 +53,15 @@ def test_counters_add_without_host_syncs_and_report_means_and_maxima(caplog):
     assert ExpertCounters(1, "cpu", 0.0).due() is False  # interval 0: never
 
 
+def test_a_layer_never_counted_is_left_out_of_the_mean_and_said_to_be():
+    """A layer whose passes all ran unbudgeted by the plugin's refusal counts none: it is
+    not a layer of 0 experts in the mean."""
+    counters = ExpertCounters(num_layers=2, device="cpu", interval_s=30.0)
+    counters.add(0, torch.tensor([[0, 1], [2, 3], [4, 5]]), torch.tensor([[0, 1]] * 3), 8)
+    line = counters.snapshot().line()
+    assert "distinct experts per layer 6.0 -> 2.0 (mean over 1 of 2 layers;" in line
+
+
 def test_only_tp_rank_0_logs(caplog):
     counters = ExpertCounters(num_layers=1, device="cpu", interval_s=1.0, tp_rank=3)
     counters.add(0, torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), 4)

@@ -95,6 +95,7 @@ def test_draft_layers_and_unsupported_formats():
     assert "DP-attention" in refusals["dp_attention"]
     assert "--moe-a2a-backend deepep" in refusals["deepep"]
     assert "MoE layer 1: budget B=3 is below top-k=4" in refusals["budget_below_topk"]
+    assert "MoE layer 0: 2 target TopK modules share this layer_id" in refusals["shared_layer_id"]
     assert (
         "'layer-adaptive' (from built-in): budgets has 3 entries; the model has 2 MoE layers"
         in refusals["layer_budgets"]
