@@ -86,6 +86,20 @@ def check_sglang_version(version: str | None) -> Findings:
     return found
 
 
+def resolved(server_args: Any) -> Any:
+    """What SGLang runs: its resolved view of ``server_args`` (SGLang 0.5 records the sizes
+    it derives or adjusts, e.g. EAGLE's draft tokens, beside the fields as given, which it
+    leaves unchanged); the arguments as they are where this SGLang has no such view."""
+    try:
+        from sglang.srt.arg_groups.model_override_base import resolved_view
+    except ImportError:
+        return server_args
+    try:
+        return resolved_view(server_args)
+    except Exception:  # noqa: BLE001 (not a ServerArgs: a test's stand-in, checked as given)
+        return server_args
+
+
 def check_server_args(args: Any) -> Findings:
     """Refusals and warnings for SGLang server arguments (a namespace or ServerArgs)."""
     found = Findings()

@@ -35,6 +35,7 @@ from moe_spec.integration.sglang.compat import (
     check_topk_layer,
     installed_sglang_version,
     reads_guesses,
+    resolved,
     skips_depth0_extend,
 )
 from moe_spec.integration.sglang.depth import drive_depth
@@ -72,10 +73,12 @@ class BudgetRuntime:
     ) -> Findings:
         """Find the target's MoE layers, check them and the server arguments; set up counters.
 
-        ``server_args`` are SGLang's resolved arguments (the rank's ``ServerArgs``).
-        Raises :class:`~moe_spec.integration.sglang.compat.UnsupportedSetupError` (so the
-        server refuses to start) when the setup cannot be budgeted correctly.
+        ``server_args``: the rank's ``ServerArgs``, read through SGLang's resolved view
+        (:func:`~moe_spec.integration.sglang.compat.resolved`: the tree it runs, not the
+        sizes as given). Raises :class:`~moe_spec.integration.sglang.compat.UnsupportedSetupError`
+        (so the server refuses to start) when the setup cannot be budgeted correctly.
         """
+        server_args = resolved(server_args)
         found = check_sglang_version(installed_sglang_version())
         found.extend(check_server_args(server_args))
         topks, experts = moe_modules(model)

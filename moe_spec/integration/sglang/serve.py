@@ -27,6 +27,7 @@ from moe_spec.integration.sglang.compat import (
     check_server_args,
     check_sglang_version,
     installed_sglang_version,
+    resolved,
 )
 from moe_spec.integration.sglang.settings import ServeSettings
 from moe_spec.policies import PolicyError, get_policy
@@ -77,7 +78,9 @@ def parse_sglang_args(sglang_args: Sequence[str]):
 def resolve_sglang_args(args) -> tuple[object, str | None]:
     """A resolved copy of SGLang's settings (aliases, ``auto`` backends, derived sizes).
 
-    Returns ``(ServerArgs, None)``, or ``(args, why)`` when SGLang cannot resolve them on
+    Returns ``(view, None)`` (SGLang's resolved view of its ``ServerArgs``:
+    :func:`~moe_spec.integration.sglang.compat.resolved`), or ``(args, why)`` when SGLang
+    cannot resolve them on
     this machine (e.g. a GPU setup checked from a CPU host, a model not on disk): the
     checks then read the arguments as given, and every rank checks its resolved
     settings again when the model loads.
@@ -85,14 +88,14 @@ def resolve_sglang_args(args) -> tuple[object, str | None]:
     from sglang.srt.server_args import ServerArgs
 
     try:
-        resolved = ServerArgs.from_cli_args(args)
-        resolved.resolve_once()
+        server_args = ServerArgs.from_cli_args(args)
+        server_args.resolve_once()
     except BaseException as exc:  # noqa: BLE001 (SGLang may sys.exit on what it refuses)
         if isinstance(exc, KeyboardInterrupt):
             raise
         first = (str(exc).strip().splitlines() or ["(no message)"])[0]  # a bare assert: none
         return args, f"{type(exc).__name__}: {first[:200]}"
-    return resolved, None
+    return resolved(server_args), None
 
 
 def moe_shape(model_path: str) -> tuple[int, int, int | None] | None:
@@ -220,17 +223,17 @@ def plan_launch(
             "environment; reinstall moe-spec (pip install -e .)"
         )
     args = parse_sglang_args(sglang_args)
-    resolved, why = args, None  # a remote model: resolving would download its config
+    runs, why = args, None  # a remote model: resolving would download its config
     if Path(args.model_path).is_dir():
-        resolved, why = resolve_sglang_args(args)
+        runs, why = resolve_sglang_args(args)
     if why is not None:
         found.warnings.append(
             f"SGLang could not resolve its settings here ({why}); checked them as given, and "
             "every rank checks its resolved settings again when the model loads"
         )
-    found.extend(check_server_args(resolved))
+    found.extend(check_server_args(runs))
     if policy.adaptive:
-        found.extend(check_adaptive_chain(resolved, settings.policy, settings.options))
+        found.extend(check_adaptive_chain(runs, settings.policy, settings.options))
     shape = moe_shape(args.model_path)
     if shape is None:
         found.warnings.append(

@@ -858,7 +858,38 @@ def scenario_qwen2_moe_greedy() -> dict:
     }
 
 
+def scenario_resolved_tree() -> dict:
+    """A rank's ``ServerArgs`` as SGLang resolves them, with EAGLE sizes it adjusts: the
+    tree ``auto``'s feed expects, from the fields as given and from what SGLang runs."""
+    import tempfile
+
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import ServerArgs
+
+    from moe_spec.integration.sglang import plugin
+    from moe_spec.integration.sglang.feed import tree_of
+
+    publish_runtime()
+    load_plugins()
+    folder = tempfile.mkdtemp()
+    qwen3_config().save_pretrained(folder)
+    sizes = {"speculative_num_steps": 3, "speculative_eagle_topk": 1}
+    server_args = ServerArgs(
+        model_path=folder,
+        device="cpu",
+        speculative_algorithm="EAGLE",
+        speculative_draft_model_path=folder,
+        speculative_num_draft_tokens=8,  # a chain of 3 steps verifies 4: SGLang adjusts it
+        **sizes,
+    )
+    server_args.resolve_once()
+    runtime = plugin.RUNTIME
+    runtime.prepare(build_model(), server_args, "cpu")
+    return {"as_given": list(tree_of(server_args)), "feed": list(runtime.feed.tree)}
+
+
 SCENARIOS = {
+    "resolved_tree": scenario_resolved_tree,
     "qwen2_moe_greedy": scenario_qwen2_moe_greedy,
     "eagle_draft": scenario_eagle_draft,
     "auto": scenario_auto,

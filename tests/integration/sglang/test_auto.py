@@ -105,6 +105,14 @@ def test_a_verify_result_laid_out_otherwise_stops_learning_only(fed):
     assert {stopped[f"{name} rest flag"] for name in names} == {REST}
 
 
+def test_the_feed_expects_the_tree_sglang_runs_not_the_sizes_given():
+    """SGLang 0.5 resolves EAGLE's sizes into a view beside the fields as given (which it
+    leaves as they were): 8 draft tokens on a chain of 3 steps run as 4. Read as given, the
+    feed expected 8 rows a request and stopped at the first step of 2 requests."""
+    result = run_scenario("resolved_tree", MOE_SPEC_POLICY="auto", MOE_SPEC_BUDGET="16")
+    assert result == {"as_given": [8, 1, 3], "feed": [4, 1, 3]}
+
+
 def test_a_missing_verify_hook_refuses_the_start(fed):
     for multi_layer, worker in (("False", "EAGLEWorkerV2"), ("True", "MultiLayerEagleWorkerV2")):
         refusal = fed["refused"][multi_layer]
