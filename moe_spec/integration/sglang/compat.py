@@ -168,6 +168,16 @@ def check_server_args(args: Any) -> Findings:
     return found
 
 
+def topk_scoring(cfg: Any) -> tuple[str, Any]:
+    """``(scoring, bias_E)`` a ``TopKConfig`` routes with: a biased grouped top-k scores by
+    sigmoid whatever ``scoring_func`` says (SGLang's ``biased_grouped_topk``, GLM-4.5's
+    default ``"softmax"`` included); the selection bias flattened (``[1, E]`` on CUDA)."""
+    bias = cfg.correction_bias
+    if bias is None:
+        return cfg.scoring_func, None
+    return ("sigmoid" if cfg.use_grouped_topk else cfg.scoring_func), bias.reshape(-1)
+
+
 def check_topk_layer(topk: Any) -> Findings:
     """Refusals for one built SGLang ``TopK`` module whose routing cannot be rewritten."""
     found = Findings()
@@ -193,9 +203,13 @@ def check_topk_layer(topk: Any) -> Findings:
             f"{where}: group-limited routing (topk_group={cfg.topk_group} of "
             f"num_expert_group={cfg.num_expert_group}) is not supported"
         )
-    if cfg.scoring_func not in ("softmax", "sigmoid"):
+    scoring, bias = topk_scoring(cfg)
+    if scoring not in ("softmax", "sigmoid"):
+        found.errors.append(f"{where}: scoring function {scoring!r}; supported: softmax, sigmoid")
+    elif bias is not None and scoring != "sigmoid":
         found.errors.append(
-            f"{where}: scoring function {cfg.scoring_func!r}; supported: softmax, sigmoid"
+            f"{where}: a selection bias (correction_bias) on a {scoring} router (ERNIE-4.5 "
+            "style) is not supported; supported: a bias on sigmoid routers (DeepSeek-V3 style)"
         )
     if cfg.apply_routed_scaling_factor_on_output and cfg.routed_scaling_factor not in (None, 1.0):
         found.errors.append(

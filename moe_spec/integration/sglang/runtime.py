@@ -37,6 +37,7 @@ from moe_spec.integration.sglang.compat import (
     reads_guesses,
     resolved,
     skips_depth0_extend,
+    topk_scoring,
 )
 from moe_spec.integration.sglang.depth import drive_depth
 from moe_spec.integration.sglang.feed import AcceptanceFeed, tree_of
@@ -217,7 +218,7 @@ class BudgetRuntime:
             ("rows", T), lambda: real_rows_T(current_batch(), T, ids_TK.device)
         )
         depth_T = once_per_forward(("depth", T), lambda: tree_depth_T(current_batch(), T))
-        cfg = topk.topk_config
+        scoring, bias_E = topk_scoring(topk.topk_config)
         new_ids_TK, new_weights_TK = budget_rows(
             self.policy,
             RoutingRecord(
@@ -228,9 +229,9 @@ class BudgetRuntime:
                 depth_T=depth_T,
                 layer_idx=layer,
                 num_layers=len(self.layer_index),
-                scoring=cfg.scoring_func,
-                renormalize=cfg.renormalize,
-                correction_bias_E=cfg.correction_bias,
+                scoring=scoring,
+                renormalize=topk.topk_config.renormalize,
+                correction_bias_E=bias_E,
                 masked_rows=True,
             ),
             self.settings.budget,

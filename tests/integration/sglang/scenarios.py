@@ -340,6 +340,7 @@ def scenario_draft_and_formats() -> dict:
     """A draft TopK in a verify pass is untouched; unsupported setups are refused at load."""
     from sglang.srt.layers.moe.topk import (
         BypassedTopKOutput,
+        StandardTopKOutput,
         TopK,
         TopKOutputFormat,
     )
@@ -376,6 +377,8 @@ def scenario_draft_and_formats() -> dict:
             "shared_experts",
             type(t.topk_config.shared_experts)(num_fused_shared_experts=1),
         ),
+        # ERNIE-4.5's routing: a softmax router with a selection bias
+        "softmax_bias": lambda t: setattr(t.topk_config, "correction_bias", torch.zeros(8)),
     }
     for name, spoil in cases.items():
         spoiled = build_model()
@@ -410,6 +413,29 @@ def scenario_draft_and_formats() -> dict:
         refusals["shared_layer_id"] = None
     except UnsupportedSetupError as exc:
         refusals["shared_layer_id"] = str(exc)
+    # GLM-4.5's routing: a biased grouped top-k (one group) left at scoring_func "softmax",
+    # its bias [1, E] as on CUDA; SGLang scores it by sigmoid, and so does the plugin
+    runtime.settings = type(runtime.settings)(policy="router-mass", budget=4)
+    grouped = build_model()
+    cfg = grouped[0].topk.topk_config
+    cfg.use_grouped_topk, cfg.num_expert_group, cfg.topk_group = True, 1, 1
+    cfg.correction_bias = torch.linspace(-0.1, 0.1, 8)[None]
+    runtime.prepare(grouped, sglang_args(), "cpu")
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(14, 8, generator=g)
+    gates = logits.sigmoid()
+    ids = (gates + cfg.correction_bias).topk(2, dim=-1).indices
+    weights = gates.gather(1, ids)
+    weights = weights / weights.sum(-1, keepdim=True)
+    with forward_context(ForwardContext(attn_backend=None), forward_batch=batch):
+        out = StandardTopKOutput(weights, ids.to(torch.int32), logits)
+        got = runtime.budget(grouped[0].topk, out)
+    result["grouped_bias"] = {
+        "budgeted": got is not out,
+        "distinct": int(got.topk_ids.unique().numel()),
+        "before": int(ids.unique().numel()),
+        "skipped": sorted(runtime.skipped),
+    }
     # a per-layer budget table for another model: refused at load, not per verify pass
     from moe_spec.policies import get_policy
 

@@ -97,6 +97,13 @@ def test_draft_layers_and_unsupported_formats():
     assert "MoE layer 1: budget B=3 is below top-k=4" in refusals["budget_below_topk"]
     assert "MoE layer 0: 2 target TopK modules share this layer_id" in refusals["shared_layer_id"]
     assert (
+        "a selection bias (correction_bias) on a softmax router (ERNIE-4.5"
+        in (refusals["softmax_bias"])
+    )
+    grouped = result["grouped_bias"]  # GLM-4.5's: scored by sigmoid, as SGLang does
+    assert grouped["budgeted"] and grouped["before"] > B >= grouped["distinct"]
+    assert grouped["skipped"] == result["skipped_logged"]  # nothing new skipped
+    assert (
         "'layer-adaptive' (from built-in): budgets has 3 entries; the model has 2 MoE layers"
         in refusals["layer_budgets"]
     )
