@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from moe_spec.cli import main
 from moe_spec.integration.sglang.compat import (
@@ -157,9 +158,16 @@ def test_topk_layer_checks():
         output_format=None, fused_gate_packed_ids=False, num_shared_topk_slots=0,
         custom_routing_function=None, use_grouped_topk=True, topk_group=1, num_expert_group=1,
         scoring_func="sigmoid", apply_routed_scaling_factor_on_output=False,
-        routed_scaling_factor=2.5,
+        routed_scaling_factor=2.5, correction_bias=None,
     )  # fmt: skip
     assert check_topk_layer(SimpleNamespace(topk_config=cfg, layer_id=3)).errors == []
+    # a selection bias: SGLang scores a grouped top-k by sigmoid whatever scoring_func says
+    cfg.correction_bias, cfg.scoring_func = torch.zeros(1, 8), "softmax"
+    assert check_topk_layer(SimpleNamespace(topk_config=cfg, layer_id=3)).errors == []
+    cfg.use_grouped_topk = False  # a plain softmax router with a bias: refused
+    (error,) = check_topk_layer(SimpleNamespace(topk_config=cfg, layer_id=3)).errors
+    assert "MoE layer 3: a selection bias (correction_bias) on a softmax router" in error
+    cfg.use_grouped_topk, cfg.correction_bias, cfg.scoring_func = True, None, "sigmoid"
     cfg.topk_group, cfg.num_expert_group, cfg.scoring_func = 4, 8, "sqrtsoftplus"
     cfg.apply_routed_scaling_factor_on_output = True
     errors = check_topk_layer(SimpleNamespace(topk_config=cfg, layer_id=3)).errors
