@@ -31,6 +31,12 @@ VERIFY_TARGETS = {
     True: "sglang.srt.speculative.multi_layer_eagle_worker_v2.MultiLayerEagleWorkerV2.verify",
 }
 #: The worker whose adaptive controller (``--speculative-adaptive``) ``auto`` drives.
+# the methods the plugin hooks (SGLang applies them by name, and only logs one it cannot)
+FORWARD_CONTEXT = "sglang.srt.model_executor.forward_context.forward_context"
+TOPK_FORWARD = "sglang.srt.layers.moe.topk.TopK.forward"
+LOAD_MODEL = "sglang.srt.model_executor.model_runner.ModelRunner.load_model"
+INIT_GRAPHS = "sglang.srt.model_executor.model_runner.ModelRunner.init_cuda_graphs"
+RUNNER_FORWARD = "sglang.srt.model_executor.model_runner.ModelRunner.forward"
 ADAPTIVE_WORKER_INIT = "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.__init__"
 #: Where a plain decode of an adaptive chain builds its 1-token verify input, while
 #: ``batch.spec_info`` still holds the draft's guess at the token it decodes (``auto``'s shadows).
@@ -218,6 +224,27 @@ def check_topk_layer(topk: Any) -> Findings:
         )
     if getattr(topk, "enable_waterfill", False):
         found.errors.append(f"{where}: Waterfill shared-expert balancing is not supported")
+    return found
+
+
+def check_core_hooks() -> Findings:
+    """Refuse a start where SGLang could not apply the hooks the budget runs in (the TopK's
+    forward, the forward context that says which batch it serves): nothing would be
+    budgeted while the plugin says it budgets. Warn where the counters' hooks are missing
+    (capture passes would count; no periodic line)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    found = Findings()
+    for target in (TOPK_FORWARD, FORWARD_CONTEXT):
+        if target not in HookRegistry._patched:
+            found.errors.append(
+                f"the budget runs in a hook on {target}, which this SGLang does not have (or "
+                f"the hook could not be applied); supported: sglang{SUPPORTED_TEXT}"
+            )
+    for target, lost in ((INIT_GRAPHS, "CUDA-graph capture passes count as served ones"),
+                         (RUNNER_FORWARD, "no periodic counters line")):  # fmt: skip
+        if target not in HookRegistry._patched:
+            found.warnings.append(f"no hook on {target} (this SGLang lacks it): {lost}")
     return found
 
 

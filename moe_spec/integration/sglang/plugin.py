@@ -33,6 +33,11 @@ from typing import Any
 from moe_spec.integration.sglang.compat import (
     ADAPTIVE_WORKER_INIT,
     DECODE_INPUT,
+    FORWARD_CONTEXT,
+    INIT_GRAPHS,
+    LOAD_MODEL,
+    RUNNER_FORWARD,
+    TOPK_FORWARD,
     VERIFY_TARGETS,
 )
 from moe_spec.integration.sglang.eagle_target import add_embed_and_head, notice
@@ -46,11 +51,6 @@ from moe_spec.policies import plugin_failures
 
 logger = logging.getLogger("moe_spec.sglang")
 
-FORWARD_CONTEXT = "sglang.srt.model_executor.forward_context.forward_context"
-TOPK_FORWARD = "sglang.srt.layers.moe.topk.TopK.forward"
-LOAD_MODEL = "sglang.srt.model_executor.model_runner.ModelRunner.load_model"
-INIT_GRAPHS = "sglang.srt.model_executor.model_runner.ModelRunner.init_cuda_graphs"
-RUNNER_FORWARD = "sglang.srt.model_executor.model_runner.ModelRunner.forward"
 
 #: The runtime of this process (None until :func:`register` configured one).
 RUNTIME: BudgetRuntime | None = None

@@ -30,6 +30,7 @@ from moe_spec.integration.sglang.compat import (
     adaptive_chain,
     check_acceptance_hook,
     check_adaptive_chain,
+    check_core_hooks,
     check_server_args,
     check_sglang_version,
     check_topk_layer,
@@ -81,6 +82,7 @@ class BudgetRuntime:
         """
         server_args = resolved(server_args)
         found = check_sglang_version(installed_sglang_version())
+        found.extend(check_core_hooks())
         found.extend(check_server_args(server_args))
         topks, experts = moe_modules(model)
         if not topks:

@@ -413,6 +413,22 @@ def scenario_draft_and_formats() -> dict:
         refusals["shared_layer_id"] = None
     except UnsupportedSetupError as exc:
         refusals["shared_layer_id"] = str(exc)
+    # an SGLang where the hooks the budget runs in could not be applied (it only logs that)
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from moe_spec.integration.sglang.compat import FORWARD_CONTEXT, INIT_GRAPHS, TOPK_FORWARD
+
+    runtime.settings = type(runtime.settings)(policy="router-mass", budget=4)
+    for target in (TOPK_FORWARD, FORWARD_CONTEXT, INIT_GRAPHS):
+        HookRegistry._patched.discard(target)
+        try:
+            found = runtime.prepare(build_model(), sglang_args(), "cpu")
+            refusals[f"unhooked {target}"] = None
+            result[f"warned {target}"] = found.warnings
+        except UnsupportedSetupError as exc:
+            refusals[f"unhooked {target}"] = str(exc)
+        finally:
+            HookRegistry._patched.add(target)
     # GLM-4.5's routing: a biased grouped top-k (one group) left at scoring_func "softmax",
     # its bias [1, E] as on CUDA; SGLang scores it by sigmoid, and so does the plugin
     runtime.settings = type(runtime.settings)(policy="router-mass", budget=4)

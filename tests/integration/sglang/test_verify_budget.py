@@ -100,6 +100,15 @@ def test_draft_layers_and_unsupported_formats():
         "a selection bias (correction_bias) on a softmax router (ERNIE-4.5"
         in (refusals["softmax_bias"])
     )
+    for target in ("sglang.srt.layers.moe.topk.TopK.forward", "sglang.srt.model_executor."
+                   "forward_context.forward_context"):  # fmt: skip
+        assert (
+            f"the budget runs in a hook on {target}, which this SGLang does not have"
+            in (refusals[f"unhooked {target}"])
+        )
+    graphs = "sglang.srt.model_executor.model_runner.ModelRunner.init_cuda_graphs"
+    assert refusals[f"unhooked {graphs}"] is None  # a warning: capture passes would count
+    assert any("capture passes count" in w for w in result[f"warned {graphs}"])
     grouped = result["grouped_bias"]  # GLM-4.5's: scored by sigmoid, as SGLang does
     assert grouped["budgeted"] and grouped["before"] > B >= grouped["distinct"]
     assert grouped["skipped"] == result["skipped_logged"]  # nothing new skipped
