@@ -58,9 +58,15 @@ class GuardedDepth:
         """The depth of the guard's latest plan (0: a plain decode). Where SGLang's
         ``SGLANG_SPEC_SKIP_ZERO_STEP_DRAFT_EXTEND`` was set, it is rewritten for this step
         (SGLang reads it after the verify, in this thread): on only for a decode that
-        another planned decode follows (:meth:`AcceptanceFeed.skips_extend`)."""
-        depth = self.feed.depth()
-        skip = self.feed.skips_extend(depth)
+        another planned decode follows (:meth:`AcceptanceFeed.skips_extend`). Never raises
+        (SGLang's scheduler would stop): a failure stops the feed, whose depth is then the
+        configured chain's."""
+        try:
+            depth = self.feed.depth()
+            skip = self.feed.skips_extend(depth)
+        except Exception as exc:
+            self.feed.stop(exc, "the depth choice")
+            depth, skip = self.feed.depth(), False
         if self.feed.skip_extend:
             os.environ[SKIP_EXTEND] = "1" if skip else "0"
         return depth

@@ -365,6 +365,21 @@ class AcceptanceFeed:
         self.extends_skipped += skip
         return skip
 
+    def stop(self, exc: BaseException, where: str) -> None:
+        """Stop learning after ``exc`` in ``where`` (a layout this feed cannot read, a policy
+        bug): one error line; the policy keeps the budgets of its last tree step and SGLang
+        runs the configured tree or chain from here on (the server keeps serving)."""
+        self.stopped = f"{exc!r}"
+        if hasattr(self.policy, "stop_learning"):
+            self.policy.stop_learning()
+        logger.error(
+            "moe-spec: policy %r gets no more acceptance (its budgets stay as they are; %s "
+            "raised): %r",
+            getattr(self.policy, "name", "?"),
+            where,
+            exc,
+        )
+
     def depth(self) -> int:
         """The chain depth the next step should run: the plan's (0: a plain decode), or the
         configured chain's once the feed has stopped."""

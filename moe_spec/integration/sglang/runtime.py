@@ -69,6 +69,7 @@ class BudgetRuntime:
         self.ready = False
         self.tp_rank = 0
         self.skipped: set[str] = set()
+        self.reports_off = False  # a periodic report failed once (after_forward)
 
     def prepare(
         self, model: Any, server_args: Any, device: torch.device | str, tp_rank: int = 0
@@ -256,13 +257,18 @@ class BudgetRuntime:
             self.counters.reset()
 
     def after_forward(self) -> None:
-        """Host side, after a forward returned: the periodic reports when they are due."""
-        if capturing():
+        """Host side, after a forward returned: the periodic reports when they are due
+        (never raises: a report that fails turns the reports off, with one error line)."""
+        if capturing() or self.reports_off:
             return
-        if self.counters is not None and self.counters.due():
-            self.counters.report()
-        if self.feed is not None and self.feed.due():
-            self.feed.report()
+        try:
+            if self.counters is not None and self.counters.due():
+                self.counters.report()
+            if self.feed is not None and self.feed.due():
+                self.feed.report()
+        except Exception as exc:  # e.g. Prometheus' multiprocess files: serve on regardless
+            self.reports_off = True
+            logger.error("moe-spec: the periodic reports are off from here on: %r", exc)
 
     def before_decode(self, worker: Any, batch: Any) -> None:
         """Host side, as SGLang builds a plain decode's verify input: the draft's guess at
@@ -293,14 +299,7 @@ class BudgetRuntime:
         try:
             feed.after_verify(result, batch)
         except Exception as exc:  # an unexpected layout or a policy bug: stop learning only
-            feed.stopped = f"{exc!r}"
-            if hasattr(self.policy, "stop_learning"):  # the budgets of its last tree step
-                self.policy.stop_learning()
-            logger.error(
-                "moe-spec: policy %r gets no more acceptance (its budgets stay as they are): %r",
-                self.settings.policy,
-                exc,
-            )
+            feed.stop(exc, "the verify step's feed")
 
 
 def budget_rows(

@@ -298,6 +298,21 @@ def test_a_feed_stopped_during_decodes_keeps_the_last_tree_steps_budgets(caplog)
     assert guarded.get_steps_for_batch(1) == 3 and policy.rest_host == RANK
 
 
+def test_a_depth_choice_that_fails_runs_the_configured_chain_and_says_so(caplog):
+    """SGLang's scheduler calls the depth choice while serving and catches nothing."""
+    policy, feed, worker, guarded = served(3)
+    verify(policy, feed, worker, accepted=0, seed=0)
+
+    def broken():
+        raise RuntimeError("a bug in the plan")
+
+    feed.depth = lambda real=feed.depth: real() if feed.stopped else broken()
+    assert guarded.get_steps_for_batch(1) == 3  # the configured chain
+    assert "RuntimeError('a bug in the plan')" in feed.stopped
+    assert "the depth choice raised" in caplog.text and caplog.text.count("a bug") == 1
+    assert guarded.get_steps_for_batch(1) == 3 and caplog.text.count("a bug") == 1
+
+
 def test_without_sglangs_controller_nothing_is_driven():
     policy = get_policy("auto")
     policy.for_server(guard=True)

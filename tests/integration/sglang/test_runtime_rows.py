@@ -164,6 +164,19 @@ def test_autos_truncation_under_a_cap_of_e_reads_only_its_kept_experts(kernels, 
         assert after == pytest.approx(want, abs=1e-6), (t, after, want)
 
 
+def test_a_periodic_report_that_fails_turns_the_reports_off_not_the_server(caplog):
+    rt = runtime()
+    rt.counters.due = lambda: True
+
+    def broken():
+        raise OSError("prometheus multiprocess dir is gone")
+
+    rt.counters.report = broken
+    rt.after_forward()  # SGLang's forward hook catches nothing: this must not raise
+    rt.after_forward()
+    assert rt.reports_off and caplog.text.count("periodic reports are off") == 1
+
+
 class AtenOps(TorchDispatchMode):
     """Counts the aten ops that run (what a CUDA graph would capture as kernels or views)."""
 
