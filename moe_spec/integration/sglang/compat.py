@@ -132,6 +132,13 @@ def check_server_args(args: Any) -> Findings:
             "rows are other tokens, so ranks would keep different experts; serve with plain "
             "--tp instead"
         )
+    pp = int(opt("pp_size", 1) or 1)
+    if pp > 1:
+        found.errors.append(
+            f"--pp-size {pp}: pipeline parallelism splits the MoE layers over stages, which would "
+            "each budget and learn from their own layers with their own plans; not supported, "
+            "serve with --pp-size 1 (plain --tp)"
+        )
     a2a = opt("moe_a2a_backend")
     if a2a not in (None, "none"):
         found.errors.append(

@@ -94,13 +94,13 @@ def test_refusals_are_listed_together(capsys, qwen3_dir):
         capsys, "--policy", "router-mass", "--budget", "32", "--",
         "--model-path", qwen3_dir, "--speculative-algorithm", "NGRAM",
         "--moe-a2a-backend", "deepep", "--moe-runner-backend", "triton_kernel",
-        "--enable-eplb", "--enable-torch-compile",
+        "--enable-eplb", "--enable-torch-compile", "--pp-size", "2",
     )  # fmt: skip
     assert code == 2
     assert "refusing to start SGLang" in err
     for words in ("'NGRAM'; MoE-Spec budgets", "--moe-a2a-backend deepep",
                   "--moe-runner-backend triton_kernel", "EPLB",
-                  "--enable-torch-compile"):  # fmt: skip
+                  "--enable-torch-compile", "--pp-size 2: pipeline parallelism"):  # fmt: skip
         assert words in err
 
 
