@@ -37,6 +37,9 @@ TOPK_FORWARD = "sglang.srt.layers.moe.topk.TopK.forward"
 LOAD_MODEL = "sglang.srt.model_executor.model_runner.ModelRunner.load_model"
 INIT_GRAPHS = "sglang.srt.model_executor.model_runner.ModelRunner.init_cuda_graphs"
 RUNNER_FORWARD = "sglang.srt.model_executor.model_runner.ModelRunner.forward"
+# after the target's graphs, this captures the draft's and, with --speculative-adaptive, a
+# target-verify graph per other depth, whose warm-up passes run the TopK hook
+WORKER_GRAPHS = "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.init_cuda_graphs"
 ADAPTIVE_WORKER_INIT = "sglang.srt.speculative.eagle_worker_v2.EAGLEWorkerV2.__init__"
 #: Where a plain decode of an adaptive chain builds its 1-token verify input, while
 #: ``batch.spec_info`` still holds the draft's guess at the token it decodes (``auto``'s shadows).

@@ -39,6 +39,7 @@ from moe_spec.integration.sglang.compat import (
     RUNNER_FORWARD,
     TOPK_FORWARD,
     VERIFY_TARGETS,
+    WORKER_GRAPHS,
 )
 from moe_spec.integration.sglang.eagle_target import add_embed_and_head, notice
 from moe_spec.integration.sglang.runtime import BudgetRuntime
@@ -93,6 +94,7 @@ def register_hooks(runtime: BudgetRuntime) -> None:
     HookRegistry.register(TOPK_FORWARD, budget_after_topk(runtime), HookType.AFTER)
     HookRegistry.register(LOAD_MODEL, prepare_after_load(runtime), HookType.AFTER)
     HookRegistry.register(INIT_GRAPHS, reset_after_capture(runtime), HookType.AFTER)
+    HookRegistry.register(WORKER_GRAPHS, reset_after_capture(runtime), HookType.AFTER)
     HookRegistry.register(RUNNER_FORWARD, report_after_forward(runtime), HookType.AFTER)
     if runtime.learns:
         for target in VERIFY_TARGETS.values():
@@ -178,10 +180,12 @@ def prepare_after_load(runtime: BudgetRuntime):
 
 
 def reset_after_capture(runtime: BudgetRuntime):
-    """AFTER hook of ``ModelRunner.init_cuda_graphs``: capture passes are not served passes."""
+    """AFTER hook of the target's ``ModelRunner.init_cuda_graphs`` and of the EAGLE worker's
+    (the draft's graphs and the other depths' target-verify graphs, captured after the
+    target's): capture and warm-up passes are not served passes."""
 
     def hook(result: Any, runner: Any, *args: Any, **kwargs: Any) -> None:
-        if not getattr(runner, "is_draft_worker", False):
+        if not getattr(runner, "is_draft_worker", False):  # a worker has no such flag
             runtime.after_capture()
         return None
 

@@ -11,10 +11,13 @@ from moe_spec.integration.sglang.plugin import (
     LOAD_MODEL,
     RUNNER_FORWARD,
     TOPK_FORWARD,
+    WORKER_GRAPHS,
 )
 from tests.integration.sglang.conftest import run_scenario
 
-ALL_HOOKS = sorted([FORWARD_CONTEXT, INIT_GRAPHS, LOAD_MODEL, RUNNER_FORWARD, TOPK_FORWARD])
+ALL_HOOKS = sorted(
+    [FORWARD_CONTEXT, INIT_GRAPHS, LOAD_MODEL, RUNNER_FORWARD, TOPK_FORWARD, WORKER_GRAPHS]
+)
 ON = {"MOE_SPEC_POLICY": "token-priority", "MOE_SPEC_BUDGET": "4"}
 
 

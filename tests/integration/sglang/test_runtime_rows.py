@@ -177,6 +177,33 @@ def test_a_periodic_report_that_fails_turns_the_reports_off_not_the_server(caplo
     assert rt.reports_off and caplog.text.count("periodic reports are off") == 1
 
 
+def test_passes_before_each_graph_init_returns_are_not_counted():
+    """The target runner's and the EAGLE worker's ``init_cuda_graphs`` (registered on both:
+    the worker captures the other depths' target-verify graphs after the target's) forget
+    what their capture and warm-up passes counted; a draft runner's does not."""
+    from moe_spec.integration.sglang.plugin import reset_after_capture
+
+    rt = runtime()
+    hook = reset_after_capture(rt)
+    out = routing(torch.randn(2 * N, E, generator=torch.Generator().manual_seed(6)))
+
+    def counted() -> tuple[list[int], list[int]]:
+        snap = rt.counters.snapshot(reset=False)
+        return snap.passes_L, snap.max_after_L
+
+    for runner, forgets in (
+        (SimpleNamespace(is_draft_worker=True), False),
+        (SimpleNamespace(is_draft_worker=False), True),
+        (SimpleNamespace(), True),
+    ):  # fmt: skip  (the worker: no flag)
+        with running_batch(verify_batch([7, 12])):
+            rt.budget_standard(topk_module(), out, 0)
+        before = counted()
+        assert before[0][0] >= 1
+        hook(None, runner)
+        assert counted() == (([0], [0]) if forgets else before)
+
+
 class AtenOps(TorchDispatchMode):
     """Counts the aten ops that run (what a CUDA graph would capture as kernels or views)."""
 
