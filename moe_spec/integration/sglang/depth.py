@@ -27,7 +27,9 @@ still chooses from the batch's first request.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from moe_spec.integration.sglang.compat import SKIP_EXTEND
@@ -84,4 +86,42 @@ def drive_depth(worker: Any, feed: AcceptanceFeed | None) -> GuardedDepth | None
     if controller is None or feed is None or not feed.chains:
         return None
     controller.params = GuardedDepth(feed)
+    switches = logging.getLogger(SWITCH_LOGGER)
+    if not any(isinstance(f, SwitchLines) for f in switches.filters):
+        switches.addFilter(SwitchLines())
     return controller.params
+
+
+SWITCH_LOGGER = "sglang.srt.speculative.eagle_worker_v2"
+SWITCH_LINE = "Switch adaptive runtime state: "
+
+
+class SwitchLines(logging.Filter):
+    """Thins SGLang's INFO line per depth switch, which the guard's decode runs, explores and
+    probes make every few verify steps: each transition's first line, then at most one a
+    minute, saying how many were held back (``auto``'s periodic line counts steps per
+    depth)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.seen: set[str] = set()
+        self.last = -float("inf")
+        self.held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(SWITCH_LINE):
+            return True
+        transition, now = message.split(",")[0], time.monotonic()
+        if transition in self.seen and now - self.last < self.every_s:
+            self.held += 1
+            return False
+        self.seen.add(transition)
+        if self.held:
+            record.msg, record.args = (
+                f"{message} ({self.held} more since the last shown; moe-spec thins these)",
+                (),
+            )
+        self.held, self.last = 0, now
+        return True

@@ -313,6 +313,37 @@ def test_a_depth_choice_that_fails_runs_the_configured_chain_and_says_so(caplog)
     assert guarded.get_steps_for_batch(1) == 3 and caplog.text.count("a bug") == 1
 
 
+def test_sglangs_line_per_depth_switch_is_thinned():
+    """SGLang logs one INFO line per depth switch (every 4-7 verify steps under the guard):
+    each transition's first line passes, then one a minute, counting those held back."""
+    import logging
+
+    from moe_spec.integration.sglang.depth import SWITCH_LOGGER, SwitchLines
+
+    served(3)
+    served(3)  # every worker's drive_depth: one filter on SGLang's logger, not one each
+    filters = logging.getLogger(SWITCH_LOGGER).filters
+    assert sum(isinstance(f, SwitchLines) for f in filters) == 1
+
+    def line(a: int, b: int) -> logging.LogRecord:
+        text = "Switch adaptive runtime state: steps %d -> %d, draft_tokens %d -> %d"
+        return logging.LogRecord(
+            SWITCH_LOGGER, logging.INFO, "", 0, text, (a, b, a + 1, b + 1), None
+        )
+
+    thin = SwitchLines(every_s=60.0)
+    records = [line(a, b) for a, b in [(3, 0), (0, 3), (3, 0), (0, 3), (3, 1), (3, 0)]]
+    shown = [thin.filter(r) for r in records]
+    assert shown == [True, True, False, False, True, False]  # 3 -> 1 is new
+    held = "more since the last shown; moe-spec thins these)"
+    assert records[4].getMessage().endswith(f"(2 {held}")
+    thin.last -= 61.0  # a minute later: a transition seen before passes again
+    again = line(3, 0)
+    assert thin.filter(again) and again.getMessage().endswith(f"(1 {held}")
+    other = logging.LogRecord(SWITCH_LOGGER, logging.INFO, "", 0, "Build state", (), None)
+    assert thin.filter(other)  # SGLang's other lines pass untouched
+
+
 def test_without_sglangs_controller_nothing_is_driven():
     policy = get_policy("auto")
     policy.for_server(guard=True)
