@@ -39,10 +39,9 @@ ALLOW_ENV = "MOE_SPEC_PLUGINS"
 DISABLE_ENV = "MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_ORIGIN = "built-in"
 POLICY_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-# where a failing plugin's traceback is this package's registries or importlib, not the plugin
+# frames of a failing plugin's traceback that are not the plugin: moe_spec, importlib, pluggy
 OWN_FILES = (
-    os.path.dirname(__file__),
-    os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "transformers"),
+    os.path.dirname(os.path.dirname(__file__)) + os.sep,
     os.path.dirname(importlib.__file__),
     "<frozen importlib",
     os.path.dirname(pluggy.__file__),

@@ -53,11 +53,7 @@ class Snapshot:
             return "moe-spec: no verify passes since the last report"
         counted = [i for i, n in enumerate(self.passes_L) if n]  # a layer left out counts none
         mean = lambda xs: sum(xs[i] for i in counted) / len(counted)  # noqa: E731
-        of = (
-            f"{len(counted)} of {len(self.passes_L)}"
-            if len(counted) < len(self.passes_L)
-            else (f"{len(counted)}")
-        )
+        of = f"{len(counted)}" + (f" of {len(self.passes_L)}" if 0 in self.passes_L else "")
         return (
             f"moe-spec: {passes} verify passes; distinct experts per layer "
             f"{mean(self.before_L):.1f} -> {mean(self.after_L):.1f} (mean over "

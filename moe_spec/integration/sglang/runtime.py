@@ -6,6 +6,7 @@ Shape legend: T tokens (verify rows), K top-k, E experts, L MoE layers.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import torch
@@ -90,12 +91,12 @@ class BudgetRuntime:
             found.errors.append(
                 f"the target model ({type(model).__name__}) has no SGLang TopK MoE layers"
             )
-        ids = [t.layer_id for t in topks]
-        for twice in sorted({i for i in ids if ids.count(i) > 1}):
-            found.errors.append(
-                f"MoE layer {twice}: {ids.count(twice)} target TopK modules share this layer_id "
-                "(one per layer is allowed: the budget and the counters are per layer)"
-            )
+        for layer_id, n in sorted(Counter(t.layer_id for t in topks).items()):
+            if n > 1:
+                found.errors.append(
+                    f"MoE layer {layer_id}: {n} target TopK modules share this layer_id (one "
+                    "per layer is allowed: the budget and the counters are per layer)"
+                )
         for topk in topks:
             found.extend(check_topk_layer(topk))
             E = experts.get(topk.layer_id)
@@ -106,13 +107,15 @@ class BudgetRuntime:
                 check_budget(self.settings.budget, topk.topk_config.top_k, E)
             except ValueError as exc:
                 found.errors.append(f"MoE layer {topk.layer_id}: {exc}")
-        if topks and experts:
+        dims = None  # (MoE layers, E, top-k): every layer needs room for its E and k
+        if topks and all(t.layer_id in experts for t in topks):
+            dims = (
+                len(topks),
+                max(experts[t.layer_id] for t in topks),
+                max(t.topk_config.top_k for t in topks),
+            )
             try:
-                self.policy.check_model(
-                    len(topks),
-                    max(experts.values()),
-                    max(t.topk_config.top_k for t in topks),
-                )
+                self.policy.check_model(*dims)
             except PolicyError as exc:
                 found.errors.append(str(exc))
         if self.learns:
@@ -138,12 +141,9 @@ class BudgetRuntime:
         # an adaptive policy's device state (auto: per-layer budgets, calibration tables)
         # exists before graph capture and is only ever rewritten in place
         self.policy.record_routing = False  # nothing here reads it back between passes
-        top_k = max(t.topk_config.top_k for t in topks)  # every layer needs room for its k
-        E = max(experts[t.layer_id] for t in topks)
-        self.policy.prepare(len(layer_ids), E, top_k, self.settings.budget, device)
+        self.policy.prepare(*dims, self.settings.budget, device)  # set: no errors above
         if self.learns:
-            tree = tree_of(server_args)
-            interval = self.settings.log_interval_s
+            tree, interval, top_k = tree_of(server_args), self.settings.log_interval_s, dims[2]
             self.feed = AcceptanceFeed(
                 self.policy, tree, top_k, interval, tp_rank, chains=chains, skip_extend=skip_extend
             )
