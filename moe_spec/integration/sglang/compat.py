@@ -344,6 +344,21 @@ def skips_depth0_extend() -> bool:
         return os.environ[SKIP_EXTEND].strip().lower() in ("1", "true", "yes", "on")
 
 
+def parallel_rank(name: str, runner: Any = None) -> int:
+    """This process's ``tp_rank`` or ``dp_rank``: the ModelRunner's attribute where it has
+    one, else SGLang's published runtime context (0 where neither says: no such
+    parallelism, tests, other SGLang versions)."""
+    rank = getattr(runner, name, None)
+    if rank is None:
+        try:
+            from sglang.srt.runtime_context import get_parallel
+
+            rank = getattr(get_parallel(), name, None)
+        except Exception:  # no published runtime context
+            rank = None
+    return 0 if rank is None else int(rank)
+
+
 def adaptive_chain(server_args: Any) -> bool:
     """Whether SGLang runs its adaptive speculation (``--speculative-adaptive``) for these
     arguments: it can then run the chain at other depths (it turns the mode off, with a

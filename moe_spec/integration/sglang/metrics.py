@@ -66,13 +66,18 @@ class ExpertCounters:
     """Device-side sums and maxima of distinct experts per layer, before and after budgeting."""
 
     def __init__(
-        self, num_layers: int, device: torch.device | str, interval_s: float, tp_rank: int = 0
+        self,
+        num_layers: int,
+        device: torch.device | str,
+        interval_s: float,
+        tp_rank: int = 0,
+        dp_rank: int = 0,
     ) -> None:
         self.sums_L3 = torch.zeros(num_layers, 3, dtype=torch.int64, device=device)
         self.max_L2 = torch.zeros(num_layers, 2, dtype=torch.int64, device=device)
         self.one_1 = torch.ones(1, dtype=torch.int64, device=device)
         self.interval_s = interval_s
-        self.tp_rank = tp_rank
+        self.tp_rank, self.dp_rank = tp_rank, dp_rank
         self.last_report = time.monotonic()
         self.gauges: PrometheusGauges | None = None
 
@@ -115,7 +120,7 @@ class ExpertCounters:
             if self.tp_rank == 0:
                 logger.info(snap.line())
             if self.gauges is not None:
-                self.gauges.update(snap, self.tp_rank)
+                self.gauges.update(snap, self.tp_rank, self.dp_rank)
         return snap
 
 
@@ -131,16 +136,19 @@ def prometheus_gauges() -> PrometheusGauges:
 
 
 class PrometheusGauges:
-    """``moe_spec_distinct_experts{,_max}{layer,stage,tp_rank}``, ``moe_spec_verify_passes``.
+    """``moe_spec_distinct_experts{,_max}{layer,stage,tp_rank,dp_rank}``,
+    ``moe_spec_verify_passes{layer,tp_rank,dp_rank}``.
 
-    Every series carries ``tp_rank``: SGLang's Prometheus multiprocess mode would
-    otherwise sum the ranks' counters (each rank sees every verify pass under TP).
+    Every series carries the ranks, as SGLang's own series do: in its Prometheus
+    multiprocess mode the processes' counters would otherwise be summed (each TP rank sees
+    every verify pass) and their gauges overwrite each other (each data-parallel replica
+    serves its own requests, with its own TP rank 0).
     """
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge
 
-        labels = ["layer", "stage", "tp_rank"]
+        labels = ["layer", "stage", "tp_rank", "dp_rank"]
         self.distinct = Gauge(
             "moe_spec_distinct_experts",
             "Mean distinct experts read per verify pass of an MoE layer since the last report "
@@ -157,17 +165,17 @@ class PrometheusGauges:
         self.passes = Counter(
             "moe_spec_verify_passes",
             "Verify passes seen by the moe-spec budget",
-            ["layer", "tp_rank"],
+            ["layer", "tp_rank", "dp_rank"],
         )
 
-    def update(self, snap: Snapshot, tp_rank: int = 0) -> None:
-        rank = str(tp_rank)
+    def update(self, snap: Snapshot, tp_rank: int = 0, dp_rank: int = 0) -> None:
+        rank = str(tp_rank), str(dp_rank)
         for layer, n in enumerate(snap.passes_L):
             if not n:
                 continue
             where = str(layer)
-            self.distinct.labels(where, "before", rank).set(snap.before_L[layer])
-            self.distinct.labels(where, "after", rank).set(snap.after_L[layer])
-            self.most.labels(where, "before", rank).set(snap.max_before_L[layer])
-            self.most.labels(where, "after", rank).set(snap.max_after_L[layer])
-            self.passes.labels(where, rank).inc(n)
+            self.distinct.labels(where, "before", *rank).set(snap.before_L[layer])
+            self.distinct.labels(where, "after", *rank).set(snap.after_L[layer])
+            self.most.labels(where, "before", *rank).set(snap.max_before_L[layer])
+            self.most.labels(where, "after", *rank).set(snap.max_after_L[layer])
+            self.passes.labels(where, *rank).inc(n)

@@ -40,6 +40,7 @@ from moe_spec.integration.sglang.compat import (
     TOPK_FORWARD,
     VERIFY_TARGETS,
     WORKER_GRAPHS,
+    parallel_rank,
 )
 from moe_spec.integration.sglang.eagle_target import add_embed_and_head, notice
 from moe_spec.integration.sglang.runtime import BudgetRuntime
@@ -143,15 +144,7 @@ def register_refusal(message: str) -> None:
 
 def tp_rank_of(runner: Any) -> int:
     """The tensor-parallel rank of a ModelRunner's process (0 when SGLang does not say)."""
-    rank = getattr(runner, "tp_rank", None)
-    if rank is None:
-        try:
-            from sglang.srt.runtime_context import get_parallel
-
-            rank = get_parallel().tp_rank
-        except Exception:  # no published runtime context (tests, other versions)
-            rank = 0
-    return int(rank)
+    return parallel_rank("tp_rank", runner)
 
 
 def is_target_rank0(runner: Any) -> bool:

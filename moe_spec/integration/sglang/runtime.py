@@ -36,6 +36,7 @@ from moe_spec.integration.sglang.compat import (
     check_sglang_version,
     check_topk_layer,
     installed_sglang_version,
+    parallel_rank,
     reads_guesses,
     resolved,
     skips_depth0_extend,
@@ -150,7 +151,9 @@ class BudgetRuntime:
         self.ready = True
         if self.settings.counters:
             interval = self.settings.log_interval_s
-            self.counters = ExpertCounters(len(layer_ids), device, interval, tp_rank)
+            self.counters = ExpertCounters(
+                len(layer_ids), device, interval, tp_rank, parallel_rank("dp_rank")
+            )
             if getattr(server_args, "enable_metrics", False):
                 self.counters.gauges = optional_gauges()
         if tp_rank == 0:

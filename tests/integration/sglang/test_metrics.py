@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 
+import pytest
 import torch
 
+from moe_spec.integration.sglang.compat import parallel_rank
 from moe_spec.integration.sglang.metrics import (
     ExpertCounters,
     distinct_read,
@@ -84,8 +90,59 @@ def test_prometheus_series_carry_the_tp_rank():
         counters.report()
     sample = REGISTRY.get_sample_value
     for rank in ("0", "1"):
-        labels = {"layer": "0", "tp_rank": rank}
+        labels = {"layer": "0", "tp_rank": rank, "dp_rank": "0"}
         assert sample("moe_spec_distinct_experts", {**labels, "stage": "before"}) == 4.0
         assert sample("moe_spec_distinct_experts", {**labels, "stage": "after"}) == 2.0
         assert sample("moe_spec_distinct_experts_max", {**labels, "stage": "after"}) == 2.0
         assert sample("moe_spec_verify_passes_total", labels) >= 1.0
+
+
+# one data-parallel replica's process: its TP rank 0 reports ``mean`` experts before budgeting
+REPLICA = textwrap.dedent(
+    """
+    import sys, torch
+    from moe_spec.integration.sglang.metrics import ExpertCounters, prometheus_gauges
+    dp_rank, experts = int(sys.argv[1]), int(sys.argv[2])
+    counters = ExpertCounters(1, "cpu", 1.0, tp_rank=0, dp_rank=dp_rank)
+    counters.gauges = prometheus_gauges()
+    counters.add(0, torch.arange(experts)[:, None], torch.zeros(experts, 1, dtype=torch.long), 8)
+    counters.report()
+    """
+)
+
+
+def test_data_parallel_replicas_keep_their_own_series_in_multiprocess_mode(tmp_path):
+    """SGLang serves ``/metrics`` from its multiprocess files: with ``--dp-size 2`` each
+    replica's TP rank 0 writes the same ``tp_rank`` series, and a ``mostrecent`` gauge keeps
+    one of them; the ``dp_rank`` label keeps both."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for dp_rank, experts in ((0, 3), (1, 5)):
+        subprocess.run(
+            [sys.executable, "-c", REPLICA, str(dp_rank), str(experts)], env=env, check=True
+        )
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    for dp_rank, experts in (("0", 3.0), ("1", 5.0)):
+        labels = {"layer": "0", "tp_rank": "0", "dp_rank": dp_rank}
+        sample = registry.get_sample_value
+        assert sample("moe_spec_distinct_experts", {**labels, "stage": "before"}) == experts
+        assert sample("moe_spec_verify_passes_total", labels) == 1.0
+
+
+def test_parallel_rank_reads_the_runner_then_sglangs_runtime_context():
+    from sglang.srt.runtime_context import get_parallel
+
+    class Runner:
+        tp_rank = 3
+
+    assert parallel_rank("tp_rank", Runner()) == 3
+    assert parallel_rank("dp_rank", Runner()) == 0  # nothing published: no DP
+    try:
+        override = get_parallel().override(dp_rank=2)
+    except ValueError as exc:  # another SGLang's runtime context
+        pytest.fail(f"SGLang's runtime context takes no dp_rank override: {exc}")
+    with override:
+        assert parallel_rank("dp_rank") == 2

@@ -44,7 +44,8 @@ def outputs(server: LiveServer) -> list[list[int]]:
 
 
 def metrics(server: LiveServer) -> dict[tuple[str, str, str], float]:
-    """``(name, layer, stage)`` -> value of the plugin's series on TP rank 0, after a flush.
+    """``(name, layer, stage)`` -> value of the plugin's series on TP rank 0 (one replica: DP
+    rank 0), after a flush.
 
     The plugin reports after a forward once its interval has passed: wait for it,
     then send a one-token request (a prefill, no verify pass) to trigger it.
@@ -54,7 +55,7 @@ def metrics(server: LiveServer) -> dict[tuple[str, str, str], float]:
     found = {}
     for name, labels, value in METRIC.findall(server.get_text("/metrics")):
         fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        assert fields["tp_rank"] == "0"
+        assert (fields["tp_rank"], fields["dp_rank"]) == ("0", "0")
         found[(name, fields["layer"], fields.get("stage", ""))] = float(value)
     return found
 
