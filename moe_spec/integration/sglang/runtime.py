@@ -55,6 +55,7 @@ from moe_spec.policies import PolicyError, get_policy
 from moe_spec.routing import RoutingRecord
 
 logger = logging.getLogger("moe_spec.sglang")
+SKIP_LINES = 3  # failures of one kind logged one by one (BudgetRuntime.skip)
 
 
 class BudgetRuntime:
@@ -70,7 +71,8 @@ class BudgetRuntime:
         self.counters: ExpertCounters | None = None
         self.ready = False
         self.tp_rank = 0
-        self.skipped: set[str] = set()
+        self.skipped: set[object] = set()  # the keys skip() has seen
+        self.skip_lines: dict[object, int] = {}  # distinct reasons per kind of failure
         self.reports_off = False  # a periodic report failed once (after_forward)
 
     def prepare(
@@ -206,7 +208,8 @@ class BudgetRuntime:
             self.skip(
                 f"policy {self.settings.policy!r} raised {exc!r} (first seen in MoE layer "
                 f"{topk.layer_id}; the layers where it raises run unbudgeted)",
-                key=(self.settings.policy, type(exc).__name__),
+                key=(self.settings.policy, repr(exc)),
+                kind=(self.settings.policy, type(exc).__name__),
             )
             return output
 
@@ -247,12 +250,25 @@ class BudgetRuntime:
             self.counters.add(layer, ids_TK, new_ids_TK, E)
         return type(output)(new_weights_TK, new_ids_TK, logits_TE)
 
-    def skip(self, reason: str, key: object = None) -> None:
-        """Log once per kind of failure (policy and exception type) that a pass went unbudgeted."""
+    def skip(self, reason: str, key: object = None, kind: object = None) -> None:
+        """Log that a pass went unbudgeted, once per ``key`` (default: the reason), up to
+        :data:`SKIP_LINES` keys of one ``kind`` of failure (default: the key), then one line
+        saying that more of that kind go unlogged: a message that changes every pass must
+        not flood the log, nor a first cause hide a second."""
         key = reason if key is None else key
-        if key not in self.skipped:
-            self.skipped.add(key)
+        kind = key if kind is None else kind
+        if key in self.skipped:
+            return
+        self.skipped.add(key)
+        lines = self.skip_lines[kind] = self.skip_lines.get(kind, 0) + 1
+        if lines <= SKIP_LINES:
             logger.error("moe-spec: verify pass NOT budgeted: %s", reason)
+        if lines == SKIP_LINES:
+            logger.error(
+                "moe-spec: %d failures of this kind logged; further ones are not (the "
+                "counters' line says how many layers were budgeted)",
+                SKIP_LINES,
+            )
 
     def after_capture(self) -> None:
         """After CUDA-graph capture: forget the capture and warm-up passes."""

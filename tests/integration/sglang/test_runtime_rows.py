@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from moe_spec.integration.sglang.batch import real_rows_T, running_batch
 from moe_spec.integration.sglang.metrics import ExpertCounters
-from moe_spec.integration.sglang.runtime import BudgetRuntime
+from moe_spec.integration.sglang.runtime import SKIP_LINES, BudgetRuntime
 from moe_spec.integration.sglang.settings import ServeSettings
 
 # The runtime recognises SGLang's output by its class name and rebuilds it positionally.
@@ -254,23 +254,56 @@ def test_expert_layers_are_found_by_type_not_by_weight_name():
     assert moe_modules(model) == ([], {0: 64, 1: 64, 2: 64})
 
 
-def test_a_raising_policy_is_logged_once_and_its_layers_pass_through(caplog):
+def raising_passes(caplog, raises, passes: int = 3) -> list[str]:
+    """Run ``passes`` verify passes of two layers whose policy calls ``raises(call)``; each
+    layer passes through unbudgeted; the runtime's error lines."""
     rt = runtime(layers=2)
     calls = []
 
     def broken(record, budget, mode):
         calls.append(1)
-        raise RuntimeError(f"bad value {len(calls)}")  # a different message every time
+        raises(len(calls))
 
     rt.policy.apply = broken
     batch = verify_batch([7, 12])
     batch.forward_mode = SimpleNamespace(is_target_verify=lambda: True)
     out = routing(torch.randn(2 * N, E, generator=torch.Generator().manual_seed(3)))
     with caplog.at_level("ERROR", logger="moe_spec.sglang"):
-        for _ in range(3):  # three verify passes of two layers
+        for _ in range(passes):
             with running_batch(batch):
                 assert rt.budget(topk_module(0), out) is out
                 assert rt.budget(topk_module(1), out) is out
-    assert len(calls) == 6
-    (line,) = [r.getMessage() for r in caplog.records]
-    assert "policy 'router-mass' raised RuntimeError('bad value 1')" in line
+    assert len(calls) == 2 * passes
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_a_raising_policy_is_logged_once_and_its_layers_pass_through(caplog):
+    def same(call):
+        raise RuntimeError("bad value")
+
+    (line,) = raising_passes(caplog, same)
+    assert "policy 'router-mass' raised RuntimeError('bad value')" in line
+    assert "first seen in MoE layer 0" in line
+
+
+def test_each_cause_of_a_raising_policy_is_logged_up_to_a_few_of_one_kind(caplog):
+    """A second cause is not hidden behind the first; a message that changes every pass
+    logs ``SKIP_LINES`` lines and one saying the rest are not logged."""
+
+    def two_causes(call):
+        raise ValueError("no layer table" if call % 2 else "empty tree")
+
+    lines = raising_passes(caplog, two_causes)
+    assert len(lines) == 2
+    assert "raised ValueError('no layer table') (first seen in MoE layer 0" in lines[0]
+    assert "raised ValueError('empty tree') (first seen in MoE layer 1" in lines[1]
+    caplog.clear()
+
+    def counting(call):
+        raise RuntimeError(f"bad value {call}")
+
+    lines = raising_passes(caplog, counting)
+    assert len(lines) == SKIP_LINES + 1
+    for call, line in enumerate(lines[:SKIP_LINES], 1):
+        assert f"raised RuntimeError('bad value {call}')" in line
+    assert f"{SKIP_LINES} failures of this kind logged; further ones are not" in lines[-1]
