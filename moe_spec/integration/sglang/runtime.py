@@ -74,6 +74,7 @@ class BudgetRuntime:
         self.skipped: set[object] = set()  # the keys skip() has seen
         self.skip_lines: dict[object, int] = {}  # distinct reasons per kind of failure
         self.reports_off = False  # a periodic report failed once (after_forward)
+        self.warned_over = False  # a layer read more than B experts (warn_over_budget)
 
     def prepare(
         self, model: Any, server_args: Any, device: torch.device | str, tp_rank: int = 0
@@ -282,12 +283,32 @@ class BudgetRuntime:
             return
         try:
             if self.counters is not None and self.counters.due():
-                self.counters.report()
+                self.warn_over_budget(self.counters.report().max_after_L)
             if self.feed is not None and self.feed.due():
                 self.feed.report()
         except Exception as exc:  # e.g. Prometheus' multiprocess files: serve on regardless
             self.reports_off = True
             logger.error("moe-spec: the periodic reports are off from here on: %r", exc)
+
+    def warn_over_budget(self, max_after_L: list[int]) -> None:
+        """Warn once (each rank) where a layer read more than B experts in one verify pass:
+        its policy left it unbudgeted (``keep()`` returned None) or kept more than B, a
+        malformed kept set that a server's hot path does not check (no host reads)."""
+        B = self.settings.budget
+        over = [(layer, n) for layer, n in enumerate(max_after_L) if n > B]
+        if over and not self.warned_over:
+            self.warned_over = True
+            layers = ", ".join(f"MoE layer {layer}: {n}" for layer, n in over[:4])
+            logger.warning(
+                "moe-spec: policy %r read more than B=%d experts in one verify pass (%s%s): it "
+                "left those layers unbudgeted, or kept more than B (a malformed kept set; "
+                "`moe-spec generate --policy %s` checks every value)",
+                self.settings.policy,
+                B,
+                layers,
+                f"; {len(over)} layers in all" if len(over) > 4 else "",
+                self.settings.policy,
+            )
 
     def before_decode(self, worker: Any, batch: Any) -> None:
         """Host side, as SGLang builds a plain decode's verify input: the draft's guess at

@@ -124,10 +124,25 @@ class VerifyRouting(VerifyBudget):
     """
 
     computed_LE: list[torch.Tensor] = field(default_factory=list)
+    kept_L: list[torch.Tensor] = field(default_factory=list)  # 0-d: each budgeted layer's kept set
 
     def distinct_computed_L(self) -> list[int]:
         """Distinct experts each MoE layer computed in the forward."""
         return [int(used_E.sum()) for used_E in self.computed_LE]
+
+    def check_kept(self, top_k: int, num_experts: int) -> None:
+        """After the forward: raise the policy's :class:`~moe_spec.policies.PolicyError` if a
+        budgeted layer kept fewer than top-k or more than B experts (the check the policy
+        makes itself with :attr:`~moe_spec.policies.Policy.validate`, which reads the host in
+        every layer; here one read per layer once the forward is done). All E kept is a
+        policy's ``keep()`` returning None: no budget in that layer."""
+        low, high = min(top_k, num_experts), self.budget
+        for layer, kept in enumerate(int(k) for k in self.kept_L):
+            if not low <= kept <= high and kept != num_experts:
+                raise self.policy.error(
+                    f"keep() kept {kept} experts in MoE layer {layer}; allowed: top-k={top_k} "
+                    f"to budget B={self.budget} (a token needs room for its k experts)"
+                )
 
 
 def on_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -164,7 +179,8 @@ def budget_routing(
         state.note_unbudgeted(ids_TK, make_record)
         return output
     record = make_record()
-    new_ids_TK, new_weights_TK, _ = state.policy.apply(record, state.budget, mode=state.mode)
+    new_ids_TK, new_weights_TK, keep_E = state.policy.apply(record, state.budget, mode=state.mode)
+    state.kept_L.append(keep_E.sum())  # read after the forward (check_kept): no sync here
     new_ids_TK = new_ids_TK.to(ids_TK.dtype)
     if convention.scale != 1.0 or state.track_exact:
         changed_T = (new_ids_TK != ids_TK).any(-1)

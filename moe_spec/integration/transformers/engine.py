@@ -188,7 +188,10 @@ class TransformersEngine:
         budget = E if spec.budget is None else check_budget(spec.budget, self.top_k, E)
         dims = (self.n_moe_layers, E, self.top_k, budget)
         policy = live_policy(spec, policy, dims, self.target.device)
-        policy.validate = False  # the hot path reads nothing on the host per layer
+        # the hot path reads nothing on the host per layer; the first verify of a generation
+        # runs every value check, and each one the kept-set sizes after it (verify)
+        policy.validate = False
+        checked = False
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         with capture_features(self.target) as features:
@@ -253,8 +256,9 @@ class TransformersEngine:
                     dcache, root, root_state, width, depth, num_tokens, first_V
                 )
                 path, bonus, path_feature_QD, routing, repair = self.verify(
-                    tree, tcache, policy, budget, spec, g, features
+                    tree, tcache, policy, budget, spec, g, features, validate=not checked
                 )
+                checked = True
                 new_tokens = tree.tokens_N[path[1:]].tolist() + [bonus]
                 steps.append(
                     StepStats(
@@ -336,20 +340,27 @@ class TransformersEngine:
         spec: SpecConfig,
         g: torch.Generator,
         features: FeatureRecorder,
+        validate: bool = False,
     ) -> tuple[list[int], int, torch.Tensor, VerifyRouting, VerifyRouting | None]:
         """One budgeted target forward over the tree; keep the accepted path in the cache.
 
         Returns ``(path node indices, bonus token, the path's target features [Q, D], the
         forward's routing, the repair forward's routing or None)``; with ``spec.repair`` the
         path's tokens from the first one the budget changed are re-run unbudgeted, as in
-        ``Engine.verify``.
+        ``Engine.verify``. ``validate``: the policy runs every value check in every layer
+        (host reads); either way each layer's kept-set size is checked after the forward.
         """
         prefix, device = cache.get_seq_length(), self.target.device
         depth_T, logprob_T = tree.depth_N.to(device), tree.logprob_N.to(device)
-        with budgeted_verify(
-            self.target, policy, budget, spec.mode, depth_T, logprob_T, spec.repair
-        ) as routing:
-            logits_NV = run_tree(self.target, cache, tree).cpu()
+        before, policy.validate = policy.validate, validate or policy.validate
+        try:
+            with budgeted_verify(
+                self.target, policy, budget, spec.mode, depth_T, logprob_T, spec.repair, validate
+            ) as routing:
+                logits_NV = run_tree(self.target, cache, tree).cpu()
+        finally:
+            policy.validate = before
+        routing.check_kept(self.top_k, self.n_experts)
         path, bonus = accept(tree, logits_NV, spec.temperature, g)
         exact = exact_prefix(path, routing.exact_T()) if spec.repair else len(path)
         routing.exact_path = exact if spec.repair else None  # read once; the policy sees it

@@ -177,6 +177,24 @@ def test_a_periodic_report_that_fails_turns_the_reports_off_not_the_server(caplo
     assert rt.reports_off and caplog.text.count("periodic reports are off") == 1
 
 
+def test_a_layer_read_past_the_budget_is_warned_about_once_at_report_time(caplog):
+    """A server's hot path does not check kept-set sizes; the counters' maxima show them."""
+    rt = runtime(layers=3)
+    rt.counters.due = lambda: True
+    before_TK = torch.arange(2 * B).reshape(B, 2)
+    within_TK = before_TK % B  # B distinct: the budget itself
+    over_TK = before_TK % (B + 1)  # B + 1 distinct
+    for layer, after_TK in enumerate((within_TK, over_TK, over_TK)):
+        rt.counters.add(layer, before_TK, after_TK, 4 * B)
+    with caplog.at_level("WARNING", logger="moe_spec.sglang"):
+        rt.after_forward()
+        rt.counters.add(0, before_TK, over_TK, 4 * B)
+        rt.after_forward()  # the maxima stay: one warning
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"policy 'router-mass' read more than B={B} experts in one verify pass" in line
+    assert f"(MoE layer 1: {B + 1}, MoE layer 2: {B + 1})" in line
+
+
 def test_passes_before_each_graph_init_returns_are_not_counted():
     """The target runner's and the EAGLE worker's ``init_cuda_graphs`` (registered on both:
     the worker captures the other depths' target-verify graphs after the target's) forget

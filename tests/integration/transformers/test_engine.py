@@ -9,6 +9,7 @@ import torch
 
 from moe_spec.engine.generate import SpecConfig
 from moe_spec.integration.transformers import TransformersEngine, find_moe_blocks
+from moe_spec.policies import Policy, PolicyError
 
 from .conftest import ExpertAccessCounter
 
@@ -216,3 +217,74 @@ def test_draft_vocabulary_must_fit_the_target(moe_model):
     big = build(Qwen3Config(**{**COMMON, "vocab_size": 200}, head_dim=8, intermediate_size=32))
     with pytest.raises(ValueError, match="vocab_size=200"):
         TransformersEngine(moe_model, big, None)
+
+
+class Malformed(Policy):
+    """Keeps the top-``kept`` experts by router mass from its ``after``-th layer call on (a
+    policy bug that shows only once the hot path's per-layer checks are off), and the
+    top-B before; ``nan`` scores every expert NaN from then on instead."""
+
+    name = "malformed"
+
+    def __init__(self, kept: int = 0, after: int = 0, nan: bool = False) -> None:
+        self.kept, self.after, self.nan, self.calls = kept, after, nan, 0
+
+    def score(self, record):
+        self.calls += 1
+        mass_E = record.router_mass_E()
+        return torch.full_like(mass_E, float("nan")) if self.bad and self.nan else mass_E
+
+    @property
+    def bad(self) -> bool:
+        return self.calls > self.after
+
+    def keep(self, record, budget):
+        scores_E = self.checked_scores(record)
+        kept = self.kept if self.bad and not self.nan else budget
+        keep_E = torch.zeros(record.num_experts, dtype=torch.bool)
+        keep_E[scores_E.topk(kept).indices] = True
+        return keep_E
+
+
+def malformed_run(model, **options) -> tuple[TransformersEngine, SpecConfig, Policy]:
+    """An engine over ``model``, a spec at B = top-k + 2, and a :class:`Malformed` whose
+    ``kept`` is ``"more"`` (B + 1) or ``"fewer"`` (top-k - 1) experts."""
+    engine = TransformersEngine(model, model, NoTokenizer())
+    K, E = engine.top_k, engine.n_experts
+    B = K + 2
+    assert K >= 2 and B + 1 <= E
+    kept = {"more": B + 1, "fewer": K - 1, None: 0}[options.pop("kept", None)]
+    spec = SpecConfig(3, 3, 8, policy="malformed", budget=B)
+    return engine, spec, Malformed(kept, **options)
+
+
+@pytest.mark.parametrize("kept, nan", [("more", False), ("fewer", False), (None, True)])
+def test_a_malformed_kept_set_is_refused_on_the_first_verify(moe_model, kept, nan):
+    """The first verify of a generation runs every per-layer check (host reads)."""
+    engine, spec, policy = malformed_run(moe_model, kept=kept, nan=nan)
+    K, B = engine.top_k, spec.budget
+    found = (
+        "score() returned NaN or inf"
+        if nan
+        else f"keep() kept {policy.kept} experts; allowed: top-k={K} to budget B={B}"
+    )
+    with pytest.raises(PolicyError, match=r"policy 'malformed' \(from unregistered\)") as got:
+        engine.generate_speculative(PROMPT, NEW, spec, policy=policy)
+    assert found in str(got.value)
+    assert policy.calls == 1  # in the first MoE layer
+
+
+@pytest.mark.parametrize("kept", ["more", "fewer"])
+def test_a_kept_set_that_goes_wrong_later_is_refused_after_its_forward(moe_model, kept):
+    """Later verifies run without per-layer host reads; each layer's kept-set size is read
+    once the forward is done, and a size outside [top-k, B] names the layer."""
+    L = len(find_moe_blocks(moe_model))
+    engine, spec, policy = malformed_run(moe_model, kept=kept, after=2 * L + 1)  # 3rd verify
+    K, B = engine.top_k, spec.budget
+    found = f"keep() kept {policy.kept} experts in MoE layer 1; allowed: top-k={K} to budget B={B}"
+    with pytest.raises(PolicyError, match=r"policy 'malformed' \(from unregistered\)") as got:
+        engine.generate_speculative(PROMPT, NEW, spec, policy=policy)
+    assert found in str(got.value)
+    assert policy.calls == 3 * L  # the whole third forward ran
+    fine = engine.generate_speculative(PROMPT, NEW, spec, policy=Malformed(B))
+    assert max(max(s.distinct_after_L) for s in fine.steps) <= B  # B itself is allowed
