@@ -133,6 +133,28 @@ def test_autoload_can_be_disabled(site, monkeypatch):
     assert "even-first" not in names() and names() >= BUILTINS
 
 
+@pytest.mark.parametrize(
+    "env, value",
+    [
+        ("MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD", "1"),
+        ("MOE_SPEC_PLUGINS", ""),
+        ("MOE_SPEC_PLUGINS", "x-first"),
+    ],
+)
+def test_a_policy_the_environment_left_unloaded_says_so(site, monkeypatch, env, value):
+    """Not "install a plugin package": it is installed, and a setting left it out."""
+    install(site, "moe-spec-even", "even-first")
+    install(site, "moe-spec-x", "x-first")
+    monkeypatch.setenv(env, value)
+    with pytest.raises(PolicyError, match="unknown policy 'even-first'") as got:
+        get_policy("even-first")
+    said = str(got.value)
+    shown = value if env.endswith("AUTOLOAD") else repr(value)
+    assert f"not loaded because {env}={shown}: " in said
+    assert "moe-spec-even 1.2.3 (entry point 'even-first' -> moe_spec_even)" in said
+    assert ("moe-spec-x" in said) is (value != "x-first")  # the one allowed is not listed
+
+
 def left_out(match: str) -> None:
     """The registry warns that a plugin was left out; built-ins and the others still load."""
     with pytest.warns(PluginWarning, match=match):
@@ -163,6 +185,13 @@ def test_a_plugin_that_raises_while_registering_is_named(site):
     """
     install(site, "moe-spec-raises", "raises", source)
     left_out(r"plugin moe-spec-raises 1.2.3 .* failed in register_policies: RuntimeError\('boom'\)")
+    from moe_spec.integration.transformers.architectures import architectures
+
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        architectures()  # adds its built-ins: the policies' hooks run again
+        assert names() >= BUILTINS
+    assert not [w for w in again if issubclass(w.category, PluginWarning)]  # warned once
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,7 @@ class PolicyRegistry:
         self.manager.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}  # pluggy plugin name -> human-readable origin
         self.failures: dict[str, str] = {}  # origin -> why that plugin was left out
+        self.not_loaded: str = ""  # the installed plugins the environment left unloaded, why
         self._policies: dict[str, PolicyInfo] | None = None
 
     def add_plugin(self, plugin: object, name: str, origin: str) -> None:
@@ -145,13 +146,20 @@ class PolicyRegistry:
     def load_entry_points(self, environ: os._Environ | dict | None = None) -> None:
         """Import and register the ``moe_spec.policies`` entry points the environment allows."""
         environ = os.environ if environ is None else environ
-        if env_flag(environ, DISABLE_ENV):
-            return
         found = list(entry_points(group=ENTRY_POINT_GROUP))
+        if env_flag(environ, DISABLE_ENV):
+            self.note_not_loaded(found, f"{DISABLE_ENV}={environ[DISABLE_ENV]}")
+            return
         allowed = environ.get(ALLOW_ENV)
         if allowed is not None:
             wanted = {normalise(n) for n in allowed.split(",") if n.strip()}
-            found = [ep for ep in found if wanted & {normalise(ep.name), normalise(dist_name(ep))}]
+            every, found = (
+                found,
+                [ep for ep in found if wanted & {normalise(ep.name), normalise(dist_name(ep))}],
+            )
+            self.note_not_loaded(
+                [ep for ep in every if ep not in found], f"{ALLOW_ENV}={allowed!r}"
+            )
             known = {normalise(ep.name) for ep in found} | {
                 normalise(dist_name(ep)) for ep in found
             }
@@ -178,8 +186,19 @@ class PolicyRegistry:
                     self.manager.unregister(plugin)  # left out whole
                 self.fail(describe(ep), exc, plugin)
 
+    def note_not_loaded(self, left: list, why: str) -> None:
+        """Remember the entry points ``left`` unloaded because of ``why`` (an environment
+        setting): a policy asked for by name may be theirs."""
+        if left:
+            names = ", ".join(sorted({describe(ep) for ep in left}))
+            self.not_loaded = f"; not loaded because {why}: {names}"
+
     def fail(self, origin: str, exc: PluginError, where: object = None) -> None:
-        """Leave a plugin out: remember why and warn, naming it (at its own code's line)."""
+        """Leave a plugin out: remember why and warn, naming it (at its own code's line),
+        once: the hooks run again whenever a plugin is added (the architectures' built-ins
+        are added after the policies are first collected)."""
+        if self.failures.get(origin) == str(exc):
+            return
         self.failures[origin] = str(exc)
         warn_left_out(f"{exc}; its policies are left out", exc, where)
 
@@ -209,6 +228,7 @@ class PolicyRegistry:
             raise PolicyError(
                 f"unknown policy {name!r}; available: {', '.join(available)} "
                 f"(install a plugin package to add more; `moe-spec policies` lists them){failed}"
+                f"{self.not_loaded}"
             )
         info = available[name]
         try:
