@@ -46,7 +46,10 @@ class EngineBackend:
             if c.budget is not None or c.policy not in BASELINES:
                 get_policy(c.policy, **c.options)
             if c.budget is not None:
-                check_budget(c.budget, cfg.top_k, cfg.n_experts)
+                try:
+                    check_budget(c.budget, cfg.top_k, cfg.n_experts)
+                except ValueError as exc:
+                    raise ValueError(f"{c.label}: {exc}") from None
             if c.repair and not getattr(self.engine, "supports_repair", False):
                 raise ValueError(
                     f"{c.label}: repair needs an engine that can re-run a path unbudgeted; "

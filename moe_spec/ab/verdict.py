@@ -21,8 +21,9 @@ def _compare(row: ConfigStats, base: ConfigStats | None, metric: str, name: str)
     if a is None or not b:
         return None
     ratio = a / b
-    word = "faster than" if ratio > 1 else "slower than"
-    return f"{word} {name} ({ratio:.2f}x)"
+    shown = f"{ratio:.2f}"
+    word = "level with" if shown == "1.00" else "faster than" if ratio > 1 else "slower than"
+    return f"{word} {name} ({shown}x)"
 
 
 def _quality(row: ConfigStats, reference: str) -> str:

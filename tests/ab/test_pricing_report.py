@@ -120,6 +120,8 @@ def test_verdicts_compare_with_both_baselines_and_name_the_cost_model():
     assert "roofline cost model on H200" in lines[1] and "75.0% greedy agreement" in lines[1]
     assert "12.5 tokens before the first divergence" in lines[1]
     assert NO_OVERHEADS.forward_s == 0
+    tie = verdicts([*rows[:2], row("same", "token-priority", 79.9999)], {"modeled_on": "x"})
+    assert "level with unbudgeted speculation (1.00x)" in tie[1]  # not "slower than" at 1.00x
 
 
 def test_plot_series_have_one_style_each_and_legends_name_repair():

@@ -190,6 +190,8 @@ def test_engine_backend_refuses_repair_on_an_engine_without_it():
     backend.check([RunConfig("token-priority", 4)])
     with pytest.raises(ValueError, match="repair needs an engine that can re-run a path"):
         backend.check([RunConfig("token-priority", 4, repair=True)])
+    with pytest.raises(ValueError, match=r"^token-priority B=1: budget B=1 is below top-k=2"):
+        backend.check([RunConfig("token-priority", 1)])  # the config named, as every other
 
 
 def test_the_repeated_5gram_share_is_reported_per_run_and_aggregated_over_windows():
