@@ -111,8 +111,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
     origin_width = max(len(i.origin) for i in infos)
     for info in infos:
         print(f"{info.name:<{width}}  {info.origin:<{origin_width}}  {info.description}")
-    for origin, why in plugin_failures().items():
-        print(f"left out: {origin}: {why}", file=sys.stderr)
+    for origin, why in plugin_failures().items():  # why names the plugin, and its line
+        print(f"left out: {why if origin in why else f'{origin}: {why}'}", file=sys.stderr)
     return 0
 
 

@@ -53,7 +53,10 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
     assert main(["trace-demo", "--budgets", "4"]) == 2
     assert "budget B=4 is below top-k=8" in capsys.readouterr().err
     assert main(["trace-demo", "--policies", "router-mas"]) == 2
-    assert "unknown policy 'router-mas'; available:" in capsys.readouterr().err
+    assert (
+        "unknown policy 'router-mas' (did you mean 'router-mass'?); available:"
+        in capsys.readouterr().err
+    )
     bad = tmp_path / "bad.safetensors"
     bad.write_text("not a trace")
     assert main(["trace-demo", "--trace", str(bad)]) == 2

@@ -297,10 +297,13 @@ def test_autoload_switch_refuses_other_values(site, monkeypatch):
 def test_unknown_policy_lists_the_available_ones():
     with pytest.raises(
         PolicyError,
-        match=r"unknown policy 'route-mass'; available: auto, draft-path, layer-adaptive, none, "
+        match=r"unknown policy 'route-mass' \(did you mean 'router-mass'\?\); available: auto, "
+        r"draft-path, layer-adaptive, none, "
         r"router-mass, token-priority, topk-frequency",
     ):
         get_policy("route-mass")
+    with pytest.raises(PolicyError, match=r"unknown policy 'entropy'; available:"):  # no near one
+        get_policy("entropy")
 
 
 class Misbehaving(Policy):
@@ -376,6 +379,19 @@ def test_malformed_policy_outputs_name_the_plugin(outputs, message):
         misbehaving(**outputs).apply(record, 3)
 
 
+def test_a_raising_policy_method_points_at_the_plugins_own_line():
+    """The CLI shows the PolicyError alone (not its chained traceback): it says where."""
+    record = make_record(torch.randn(4, 8), 2)
+    raise_line = next(
+        n
+        for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        if 'raise RuntimeError("plugin bug")' in text
+    )  # score()'s
+    with pytest.raises(PolicyError) as got:
+        misbehaving(scores="raise").apply(record, 3)
+    assert str(got.value).endswith(f"raised RuntimeError('plugin bug') at {__file__}:{raise_line}")
+
+
 def test_keep_may_return_expert_ids():
     record = make_record(torch.randn(4, 8), 2)
     out = misbehaving(keep=torch.tensor([6, 2])).apply(record, 3)
@@ -434,8 +450,11 @@ def test_policies_command_lists_a_broken_plugin_and_every_other_policy(site, cap
     assert main(["policies"]) == 0
     out, err = capsys.readouterr()
     assert "even-first" in out and "router-mass" in out
-    assert "left out: moe-spec-broken 1.2.3 (entry point 'broken'" in err
-    assert "not_a_module_anywhere" in err
+    (line,) = [x for x in err.splitlines() if x.startswith("left out:")]
+    assert line.startswith("left out: plugin moe-spec-broken 1.2.3 (entry point 'broken'")
+    assert line.count("moe-spec-broken 1.2.3") == 1  # named once
+    assert "not_a_module_anywhere" in line
+    assert line.endswith(f"(at {site / 'moe_spec_broken.py'}:1)")  # the plugin's own line
 
 
 def test_a_plugins_own_option_error_names_the_policy_and_plugin():

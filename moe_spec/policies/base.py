@@ -242,7 +242,11 @@ class Policy:
         except PolicyError:
             raise
         except Exception as exc:
-            raise self.error(f"{what} raised {exc!r}") from exc
+            from moe_spec.policies.registry import plugin_line  # (it imports this module)
+
+            line = plugin_line(exc)  # a plugin's own frame (None: moe_spec's code raised)
+            at = "" if line is None else f" at {line[0]}:{line[1]}"
+            raise self.error(f"{what} raised {exc!r}{at}") from exc
 
     def apply_fused(
         self,

@@ -18,6 +18,7 @@ the plugins that failed.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -197,9 +198,11 @@ class PolicyRegistry:
         """Leave a plugin out: remember why and warn, naming it (at its own code's line),
         once: the hooks run again whenever a plugin is added (the architectures' built-ins
         are added after the policies are first collected)."""
-        if self.failures.get(origin) == str(exc):
+        line = plugin_line(exc, getattr(exc, "where", None) or where)
+        why = str(exc) if line is None else f"{exc} (at {line[0]}:{line[1]})"
+        if self.failures.get(origin) == why:
             return
-        self.failures[origin] = str(exc)
+        self.failures[origin] = why
         warn_left_out(f"{exc}; its policies are left out", exc, where)
 
     def policies(self) -> dict[str, PolicyInfo]:
@@ -225,8 +228,10 @@ class PolicyRegistry:
         available = self.policies()
         if name not in available:
             failed = "".join(f"; left out: {why}" for why in self.failures.values())
+            close = difflib.get_close_matches(name, available, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PolicyError(
-                f"unknown policy {name!r}; available: {', '.join(available)} "
+                f"unknown policy {name!r}{hint}; available: {', '.join(available)} "
                 f"(install a plugin package to add more; `moe-spec policies` lists them){failed}"
                 f"{self.not_loaded}"
             )
