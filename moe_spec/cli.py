@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("trace-demo", help="compare the built-in policies on a routing trace")
+    p = sub.add_parser("trace-demo", help="compare policies (plugins too) on a routing trace")
     p.add_argument("--trace", help="a trace file (safetensors) instead of a synthetic trace")
     p.add_argument("--budgets", type=parse_int_list, default=[16, 32], help="default: 16,32")
     p.add_argument("--mode", choices=MODES, default="substitution", help=MODE_HELP)
