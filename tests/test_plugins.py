@@ -538,3 +538,16 @@ def test_a_left_out_plugins_warning_points_at_its_own_code(site, case):
     (warning,) = [w for w in caught if issubclass(w.category, PluginWarning)]
     assert Path(warning.filename) == site / f"{dist.replace('-', '_')}.py"
     assert warning.lineno == source.splitlines().index(line) + 1
+
+
+def test_an_entry_point_to_a_missing_module_points_at_its_declaration(site):
+    """No plugin code ran: the warning lands on the entry point's line in entry_points.txt."""
+    fake_distribution(site, "moe-spec-gone", "moe_spec_gone", "", "gone")
+    (site / "moe_spec_gone.py").unlink()
+    info = site / "moe_spec_gone-1.2.3.dist-info" / "entry_points.txt"
+    info.write_text("# a comment\n" + info.read_text())  # the declaration is on line 3
+    reset_registry()
+    with pytest.warns(PluginWarning, match="failed to import") as caught:
+        names()
+    (warning,) = [w for w in caught if issubclass(w.category, PluginWarning)]
+    assert (Path(warning.filename), warning.lineno) == (info, 3)

@@ -51,7 +51,7 @@ OWN_FILES = (
 
 class PluginError(RuntimeError):
     """A plugin failed to import or registered something invalid (``where``: the plugin's
-    function at fault, where known)."""
+    function at fault, or a ``(file, line)``, where known)."""
 
     def __init__(self, message: str, where: object = None) -> None:
         super().__init__(message)
@@ -66,7 +66,8 @@ def plugin_line(exc: BaseException, where: object = None) -> tuple[str, int] | N
     """``(file, line)`` in a plugin's own code that ``exc`` (a failure to import or register
     it) comes from: a syntax error's line; else the innermost frame of its traceback, or of
     its cause's, outside this package's registries and importlib; else ``where``'s (a
-    function, or a module: its first line). None where nothing points into the plugin."""
+    function, or a module: its first line; or a ``(file, line)`` itself). None where nothing
+    points into the plugin."""
     for err in (exc, exc.__cause__):
         if isinstance(err, SyntaxError) and err.filename and err.lineno:
             return err.filename, err.lineno
@@ -74,6 +75,8 @@ def plugin_line(exc: BaseException, where: object = None) -> tuple[str, int] | N
         ours = [f for f in frames if not f.filename.startswith(OWN_FILES) and f.lineno]
         if ours:
             return ours[-1].filename, ours[-1].lineno
+    if isinstance(where, tuple):
+        return where
     code = getattr(where, "__code__", None)
     if code is not None:
         return code.co_filename, code.co_firstlineno
@@ -336,7 +339,24 @@ def import_entry_point(ep: EntryPoint) -> ModuleType | object:
     try:
         return ep.load()
     except Exception as exc:
-        raise PluginError(f"plugin {describe(ep)} failed to import: {exc!r}") from exc
+        message = f"plugin {describe(ep)} failed to import: {exc!r}"
+        raise PluginError(message, entry_point_line(ep)) from exc
+
+
+def entry_point_line(ep: EntryPoint) -> tuple[str, int] | None:
+    """``(file, line)`` of ``ep``'s declaration in its distribution's ``entry_points.txt``
+    (what a module that is not there comes from); None where the metadata is not a file."""
+    folder = getattr(ep.dist, "_path", None)  # a PathDistribution's metadata folder
+    if folder is None:
+        return None
+    path = os.path.join(str(folder), "entry_points.txt")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    declared = re.compile(rf"\s*{re.escape(ep.name)}\s*=")
+    return next(((path, n) for n, text in enumerate(lines, 1) if declared.match(text)), None)
 
 
 def dist_name(ep: EntryPoint) -> str:
