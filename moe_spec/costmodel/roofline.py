@@ -30,6 +30,7 @@ roofline; fitted to published or measured points in ``moe_spec.costmodel.fit``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -82,10 +83,19 @@ class Part:
         return max(memory, compute) if gpu.overlap else memory + compute
 
 
+def check_counts(**counts: float) -> None:
+    """Token, tree and context counts are numbers >= 0 (a ``ValueError`` names the first
+    that is not)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"{name}={value!r}; allowed: a number >= 0")
+
+
 def verify_parts(shape: ModelShape, tokens: int, distinct: float, context: int) -> list[Part]:
     """The parts of a target forward over ``tokens`` tokens reading ``distinct`` experts/layer."""
     if not 0 <= distinct <= shape.n_experts:
         raise ValueError(f"distinct={distinct} experts/layer outside [0, E={shape.n_experts}]")
+    check_counts(tokens=tokens, context=context)
     expert_params = shape.expert_bytes / shape.bytes_per_param
     expert_flops_per_token = 2 * shape.n_moe_layers * shape.top_k * expert_params
     dense_params = shape.dense_bytes / shape.bytes_per_param
@@ -154,6 +164,7 @@ def draft_seconds(
     overheads: Overheads = NO_OVERHEADS,
 ) -> float:
     """``depth`` EAGLE-3 draft forwards of ``width`` tokens each (one layer, one KV layer)."""
+    check_counts(width=width, depth=depth, context=context)
     kv_one_layer = shape.kv_bytes_per_token / shape.n_layers
     part = Part(
         "draft",

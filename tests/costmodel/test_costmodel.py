@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from moe_spec.costmodel import (
@@ -156,3 +157,19 @@ def test_unknown_names_list_the_known_ones():
         get_shape("llama")
     with pytest.raises(ValueError, match="outside"):
         verify_seconds(get_gpu("H200"), TOY, 4, 9)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda gpu: verify_seconds(gpu, TOY, -4, 2), r"tokens=-4; allowed: a number >= 0"),
+        (lambda gpu: verify_seconds(gpu, TOY, 4, 2, context=-1), r"context=-1; allowed"),
+        (lambda gpu: decode_seconds(gpu, TOY, context=float("nan")), r"context=nan; allowed"),
+        (lambda gpu: draft_seconds(gpu, TOY, 0.5j, 2), r"width=0\.5j; allowed"),
+        (lambda gpu: draft_seconds(gpu, TOY, 4, True), r"depth=True; allowed"),
+    ],
+)
+def test_counts_the_roofline_cannot_price_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(get_gpu("H200"))
+    assert verify_seconds(get_gpu("H200"), TOY, np.int64(4), np.float64(2.0)) > 0  # numpy is fine
