@@ -75,6 +75,7 @@ class BudgetRuntime:
         self.skip_lines: dict[object, int] = {}  # distinct reasons per kind of failure
         self.reports_off = False  # a periodic report failed once (after_forward)
         self.warned_over = False  # a layer read more than B experts (warn_over_budget)
+        self.checked: set[int] = set()  # MoE layers whose policy output passed the checks
 
     def prepare(
         self, model: Any, server_args: Any, device: torch.device | str, tp_rank: int = 0
@@ -203,8 +204,12 @@ class BudgetRuntime:
         rows = output.topk_ids.shape[0]
         if not self.policy.budgets_plain_decodes and one_row_per_request(batch, rows):
             return output  # auto's decodes rest: no selection launched, none captured
+        # a layer's passes run the policy's value checks (host reads) until one passes them
+        # eagerly; then the hot path reads nothing (a graph replay runs no Python at all)
+        checking = layer not in self.checked and not capturing()
         try:
-            return self.budget_standard(topk, output, layer)
+            self.policy.validate = checking
+            budgeted = self.budget_standard(topk, output, layer)
         except Exception as exc:  # a policy bug must not take the server down
             self.skip(
                 f"policy {self.settings.policy!r} raised {exc!r} (first seen in MoE layer "
@@ -213,6 +218,11 @@ class BudgetRuntime:
                 kind=(self.settings.policy, type(exc).__name__),
             )
             return output
+        finally:
+            self.policy.validate = False
+        if checking:
+            self.checked.add(layer)
+        return budgeted
 
     def budget_standard(self, topk: Any, output: Any, layer: int) -> Any:
         """Rewrite a StandardTopKOutput's ids and weights through the policy (no host sync).

@@ -18,6 +18,7 @@ from moe_spec.integration.sglang.batch import real_rows_T, running_batch
 from moe_spec.integration.sglang.metrics import ExpertCounters
 from moe_spec.integration.sglang.runtime import SKIP_LINES, BudgetRuntime
 from moe_spec.integration.sglang.settings import ServeSettings
+from tests.host_sync import HostSyncRecorder
 
 # The runtime recognises SGLang's output by its class name and rebuilds it positionally.
 StandardTopKOutput = namedtuple("StandardTopKOutput", "topk_weights topk_ids router_logits")
@@ -302,6 +303,41 @@ def test_a_raising_policy_is_logged_once_and_its_layers_pass_through(caplog):
     (line,) = raising_passes(caplog, same)
     assert "policy 'router-mass' raised RuntimeError('bad value')" in line
     assert "first seen in MoE layer 0" in line
+
+
+def test_a_layers_policy_output_is_checked_until_one_eager_pass_passes(caplog):
+    """A server's hot path reads nothing on the host; the policy's value checks run on a
+    layer's passes until one passes them, so a policy whose kept set is always malformed
+    leaves its layers unbudgeted (logged once), and a sound one costs host reads once."""
+    rt = runtime(layers=1)
+    fewer = K - 1  # a kept set below top-k
+
+    def too_few(record, budget):
+        keep_E = torch.zeros(record.num_experts, dtype=torch.bool)
+        keep_E[:fewer] = True
+        return keep_E
+
+    rt.policy.keep = too_few
+    batch = verify_batch([7, 12])
+    batch.forward_mode = SimpleNamespace(is_target_verify=lambda: True)
+    out = routing(torch.randn(2 * N, E, generator=torch.Generator().manual_seed(4)))
+    with caplog.at_level("ERROR", logger="moe_spec.sglang"), running_batch(batch):
+        for _ in range(3):
+            assert rt.budget(topk_module(0), out) is out  # unbudgeted, every pass
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"keep() kept {fewer} experts; allowed: top-k={K} to budget B={B}" in line
+    assert rt.checked == set() and rt.policy.validate is False
+
+    sound = runtime(layers=1)
+    syncs = []
+    with running_batch(batch):
+        for _ in range(2):
+            with HostSyncRecorder() as recorder:
+                got = sound.budget(topk_module(0), out)
+            syncs.append(recorder.syncs)
+            assert got is not out and got.topk_ids.unique().numel() <= B
+    assert syncs[0] and not syncs[1]  # the checks on the first pass only
+    assert sound.checked == {0} and sound.policy.validate is False
 
 
 def test_each_cause_of_a_raising_policy_is_logged_up_to_a_few_of_one_kind(caplog):
