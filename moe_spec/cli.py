@@ -373,7 +373,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(args.prompt + engine.decode(result.tokens))
     print(
         f"\n[{len(result.tokens)} tokens, {result.tokens_per_second:.1f} tok/s, acceptance "
-        f"length {result.acceptance_length:.2f}, policy {spec.label}]",
+        f"length {result.acceptance_length:.2f}, policy {spec.label}"
+        f"{options_text(spec.policy_options)}]",
         file=sys.stderr,
     )
     decoded = sum(s.guard == "autoregressive" for s in result.steps)
@@ -430,6 +431,16 @@ def parse_option(text: str) -> tuple[str, object]:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
         return key.strip(), value
+
+
+def options_text(options: dict) -> str:
+    """`` (alpha=2, measure=true)``: the policy options a run took, as given ("" for none)."""
+    import json
+
+    if not options:
+        return ""
+    shown = (f"{k}={json.dumps(v)}" for k, v in options.items())
+    return f" ({', '.join(shown)})"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -181,3 +181,6 @@ def test_generate_prints_the_completion(tiny_dir, capsys):
     assert "policy router-mass B=4 repair" in capsys.readouterr().err
     assert main([*args, "--repair-min", "3"]) == 0
     assert "policy router-mass B=4 repair>=3" in capsys.readouterr().err
+    auto = ["--policy", "auto", "--policy-option", "window=8", "--policy-option", "guard=false"]
+    assert main([*args[:6], *auto]) == 0
+    assert "policy auto (window=8, guard=false)]" in capsys.readouterr().err  # the options too
