@@ -109,8 +109,10 @@ def resolved(server_args: Any) -> Any:
         return server_args
 
 
-def check_server_args(args: Any) -> Findings:
-    """Refusals and warnings for SGLang server arguments (a namespace or ServerArgs)."""
+def check_server_args(args: Any, guards_chains: bool = False) -> Findings:
+    """Refusals and warnings for SGLang server arguments (a namespace or ServerArgs);
+    ``guards_chains``: the policy's guard chooses an adaptive chain's depth (``auto``), so
+    a chain served with ``--speculative-adaptive`` is no mistake to warn about."""
     found = Findings()
     opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     algorithm = opt("speculative_algorithm")
@@ -123,7 +125,8 @@ def check_server_args(args: Any) -> Findings:
             f"tree speculation, allowed: {allowed}"
         )
     topk = opt("speculative_eagle_topk")
-    if topk is None or int(topk) <= 1:
+    guarded = guards_chains and adaptive_chain(args)
+    if (topk is None or int(topk) <= 1) and not guarded:
         found.warnings.append(
             f"--speculative-eagle-topk is {topk!r}: the draft is a chain (SGLang's default for "
             "MoE targets), whose few verify tokens touch few experts, so budgeting saves "
@@ -312,7 +315,7 @@ def check_adaptive_chain(server_args: Any, policy_name: str, options: dict) -> F
         return found
     if options.get("guard") is False:
         found.errors.append(
-            f"policy option guard=False ({policy_name}) with --speculative-adaptive: on a "
+            f"policy option guard=false ({policy_name}) with --speculative-adaptive: on a "
             "chain the guard chooses each step's draft depth; leave guard unset, or serve "
             "without --speculative-adaptive"
         )

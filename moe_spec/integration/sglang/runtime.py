@@ -49,7 +49,7 @@ from moe_spec.integration.sglang.metrics import (
     PrometheusGauges,
     prometheus_gauges,
 )
-from moe_spec.integration.sglang.settings import ServeSettings
+from moe_spec.integration.sglang.settings import ServeSettings, server_option_errors
 from moe_spec.kernels.dispatch import capturing
 from moe_spec.policies import PolicyError, get_policy
 from moe_spec.routing import RoutingRecord
@@ -90,7 +90,8 @@ class BudgetRuntime:
         server_args = resolved(server_args)
         found = check_sglang_version(installed_sglang_version())
         found.extend(check_core_hooks())
-        found.extend(check_server_args(server_args))
+        found.extend(check_server_args(server_args, guards_chains=self.learns))
+        found.errors += server_option_errors(self.settings, adaptive_chain(server_args))
         topks, experts = moe_modules(model)
         if not topks:
             found.errors.append(

@@ -23,13 +23,20 @@ from typing import NoReturn
 from moe_spec.budget import check_budget
 from moe_spec.integration.sglang.compat import (
     Findings,
+    adaptive_chain,
     check_adaptive_chain,
     check_server_args,
     check_sglang_version,
     installed_sglang_version,
     resolved,
 )
-from moe_spec.integration.sglang.settings import ServeSettings
+from moe_spec.integration.sglang.settings import (
+    ENV_DISABLE,
+    ServeSettings,
+    SettingsError,
+    plugin_disabled,
+    server_option_errors,
+)
 from moe_spec.policies import PolicyError, get_policy
 
 PLUGIN_NAME = "moe_spec"
@@ -231,7 +238,8 @@ def plan_launch(
             f"SGLang could not resolve its settings here ({why}); checked them as given, and "
             "every rank checks its resolved settings again when the model loads"
         )
-    found.extend(check_server_args(runs))
+    found.extend(check_server_args(runs, guards_chains=policy.adaptive))
+    found.errors += server_option_errors(settings, adaptive_chain(runs))
     if policy.adaptive:
         found.extend(check_adaptive_chain(runs, settings.policy, settings.options))
     shape = moe_shape(args.model_path)
@@ -258,6 +266,14 @@ def plan_launch(
                 f"--budget {settings.budget} is not below the model's {shape[0]} experts: "
                 "nothing to cut, every verify pass runs unbudgeted (budgeting is off)"
             )
+    try:  # inherited by every rank, which reads it only once the weights are loaded
+        if plugin_disabled(environ):
+            found.warnings.append(
+                f"{ENV_DISABLE}={environ[ENV_DISABLE]} in this environment: the plugin loads "
+                f"but changes nothing (budgeting is off); unset it to budget"
+            )
+    except SettingsError as exc:
+        found.errors.append(str(exc))
     if found.errors:
         raise ServeError(
             "refusing to start SGLang:\n" + "\n".join(f"  - {e}" for e in found.errors)

@@ -34,7 +34,8 @@ ENV_COUNTERS = "MOE_SPEC_COUNTERS"
 # options a server cannot honour (``auto``'s, which ``Auto.for_server`` would override)
 SERVER_REFUSED_OPTIONS = {
     "guard": "SGLang runs the configured tree every step and a plugin cannot switch to a smaller "
-    "tree or to plain decoding (on a chain with --speculative-adaptive the guard is on by itself)",
+    "tree or to plain decoding (on a chain with --speculative-adaptive the guard runs, and "
+    "guard=true is allowed there)",
     "measure": "every tensor-parallel rank must plan alike, so a server prices its steps with "
     "the cost model, not with the wall times each rank would measure",
     "gate": "the draft gate reads the draft's first level on the host before the tree, and "
@@ -68,12 +69,6 @@ class ServeSettings:
             raise SettingsError(f"{ENV_MODE}={self.mode!r}; allowed: {', '.join(MODES)}") from None
         if not isinstance(self.options, dict):
             raise SettingsError(f"{ENV_OPTIONS} must be a JSON object, got {self.options!r}")
-        for name, why in SERVER_REFUSED_OPTIONS.items():
-            if self.options.get(name):
-                raise SettingsError(
-                    f"policy option {name}={self.options[name]!r} ({self.policy}): {why}; "
-                    f"leave {name} unset"
-                )
         if not self.log_interval_s >= 0:  # NaN too
             raise SettingsError(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")
 
@@ -87,6 +82,22 @@ class ServeSettings:
             ENV_LOG_INTERVAL: f"{self.log_interval_s:g}",
             ENV_COUNTERS: "1" if self.counters else "0",
         }
+
+
+def server_option_errors(settings: ServeSettings, chains: bool) -> list[str]:
+    """The options a server cannot honour (:data:`SERVER_REFUSED_OPTIONS`) that ``settings``
+    turn on, each with why; ``guard`` is what runs on an adaptive chain (``chains``), so
+    there it may be given. Checked by ``moe-spec serve`` with every other refusal, and by
+    every rank as the model loads (for settings made in the environment)."""
+    errors = []
+    for name, why in SERVER_REFUSED_OPTIONS.items():
+        value = settings.options.get(name)
+        if value and not (name == "guard" and chains):
+            errors.append(
+                f"policy option {name}={json.dumps(value)} ({settings.policy}): {why}; "
+                f"leave {name} unset"
+            )
+    return errors
 
 
 def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:

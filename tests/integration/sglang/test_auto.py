@@ -3,10 +3,12 @@ and the acceptance of every verify step fed back to the policy between steps."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from moe_spec.integration.sglang.runtime import BudgetRuntime
-from moe_spec.integration.sglang.settings import ServeSettings, SettingsError
+from moe_spec.integration.sglang.settings import ServeSettings, server_option_errors
 from moe_spec.kernels.budget_select_torch import REST
 from tests.integration.sglang.conftest import run_scenario
 from tests.integration.sglang.scenarios import ACCEPT_INDEX, DEPTHS, ROOT_ONLY
@@ -120,8 +122,12 @@ def test_a_missing_verify_hook_refuses_the_start(fed):
 
 
 def test_guard_is_refused_because_sglang_runs_the_configured_tree():
-    with pytest.raises(SettingsError, match=r"guard=True \(auto\).*cannot switch to a smaller"):
-        ServeSettings("auto", 16, options={"guard": True})
+    guarded = ServeSettings("auto", 16, options={"guard": True, "measure": True})
+    guard, measure = server_option_errors(guarded, chains=False)
+    assert re.search(r"guard=true \(auto\).*cannot switch to a smaller", guard)
+    assert "measure=true (auto)" in measure
+    (measure,) = server_option_errors(guarded, chains=True)  # the guard is what runs there
+    assert "measure=true (auto)" in measure
     runtime = BudgetRuntime(ServeSettings("auto", 16, options={"guard": False}))
     assert runtime.learns and runtime.policy.options["guard"] is False
     assert not BudgetRuntime(ServeSettings("token-priority", 16)).learns

@@ -151,6 +151,17 @@ def test_server_args_checks_read_sglangs_own_parser():
     assert any("DP-attention" in e for e in dp.errors)
 
 
+def test_a_chain_is_warned_about_unless_autos_guard_chooses_its_depth():
+    """On a chain budgeting saves little; with --speculative-adaptive and ``auto`` the chain
+    is what the guard is for (README's recipe): no warning there."""
+    chain = parse_sglang_args(["--model-path", "m", *EAGLE3, *CHAIN])
+    adaptive = parse_sglang_args(["--model-path", "m", *EAGLE3, *CHAIN, "--speculative-adaptive"])
+    warned = lambda found: any("the draft is a chain" in w for w in found.warnings)  # noqa: E731
+    assert warned(check_server_args(chain)) and warned(check_server_args(chain, True))
+    assert warned(check_server_args(adaptive))  # a policy without a guard
+    assert not warned(check_server_args(adaptive, guards_chains=True))
+
+
 def test_topk_layer_checks():
     from types import SimpleNamespace
 
@@ -272,7 +283,21 @@ def test_autos_host_side_options_are_refused_not_dropped(capsys, qwen3_dir, opti
     code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
                          f"{option}=true", "--dry-run", "--", "--model-path", qwen3_dir, *EAGLE3,
                          *TREE)  # fmt: skip
-    assert code == 2 and f"{option}=True (auto)" in err and f"leave {option} unset" in err
+    assert code == 2 and f"{option}=true (auto)" in err and f"leave {option} unset" in err
+
+
+@pytest.mark.parametrize("value, refused", [("maybe", True), ("1", False), ("0", False)])
+def test_the_inherited_off_switch_is_checked_before_sglang_starts(
+    capsys, qwen3_dir, monkeypatch, value, refused
+):
+    """Every rank reads MOE_SPEC_SGLANG_DISABLE only after loading the weights: a typo is
+    refused here, and an inherited 1 is said."""
+    monkeypatch.setenv("MOE_SPEC_SGLANG_DISABLE", value)
+    code, _, err = serve(capsys, "--policy", "token-priority", "--budget", "64", "--dry-run",
+                         "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == (2 if refused else 0), err
+    assert ("MOE_SPEC_SGLANG_DISABLE='maybe'; allowed: 1, true" in err) is refused
+    assert ("MOE_SPEC_SGLANG_DISABLE=1 in this environment" in err) is (value == "1")
 
 
 def test_sglang_refusing_without_a_message_is_reported(monkeypatch):
@@ -292,7 +317,26 @@ def test_sglang_refusing_without_a_message_is_reported(monkeypatch):
 def test_autos_guard_is_refused_before_sglang_starts(capsys, qwen3_dir):
     code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
                          "guard=true", "--", "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
-    assert code == 2 and "guard=True (auto)" in err and "cannot switch to a smaller tree" in err
+    assert code == 2 and "guard=true (auto)" in err and "cannot switch to a smaller tree" in err
+
+
+def test_refused_server_options_come_with_every_other_reason(capsys, qwen3_dir):
+    """One refusal lists them all: a server option, a budget below top-k, an SGLang flag."""
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "1", "--policy-option",
+                         "measure=true", "--policy-option", "gate=true", "--", "--model-path",
+                         qwen3_dir, *EAGLE3, *TREE, "--enable-torch-compile")  # fmt: skip
+    assert code == 2
+    for reason in ("measure=true (auto)", "gate=true (auto)", "budget B=1 is below top-k",
+                   "--enable-torch-compile"):  # fmt: skip
+        assert reason in err, (reason, err)
+
+
+def test_autos_guard_may_be_given_on_an_adaptive_chain(capsys, qwen3_dir):
+    """There the guard is what runs: guard=true says so, and is not refused."""
+    code, _, err = serve(capsys, "--policy", "auto", "--budget", "64", "--policy-option",
+                         "guard=true", "--dry-run", "--", "--model-path", qwen3_dir, *EAGLE3,
+                         *CHAIN, "--speculative-adaptive")  # fmt: skip
+    assert code == 0, err
 
 
 CHAIN = ["--speculative-eagle-topk", "1", "--speculative-num-steps", "3",
@@ -316,7 +360,7 @@ def test_auto_without_its_guard_is_refused_on_an_adaptive_chain(
     code, _, err = serve(capsys, "--policy", policy, "--budget", "64", *flags, "--dry-run", "--",
                          "--model-path", qwen3_dir, *EAGLE3, *sglang_args)  # fmt: skip
     assert code == (2 if refused else 0), err
-    assert ("guard=False (auto) with --speculative-adaptive" in err) == refused
+    assert ("guard=false (auto) with --speculative-adaptive" in err) == refused
 
 
 def test_each_rank_checks_the_adaptive_chain_too():
