@@ -437,8 +437,8 @@ class AcceptanceFeed:
         mean = self.tokens / self.requests if self.requests else 0.0
         reason = self.plan.reason if self.plan is not None else ""
         return (
-            f"moe-spec: auto observed {self.steps} verify steps ({self.observed} requests "
-            f"folded in, {self.started} new), mean accepted length {mean:.2f}; "
+            f"moe-spec: auto observed {self.steps} verify steps ({self.observed} request steps "
+            f"folded in, from {self.started} requests), mean accepted length {mean:.2f}; "
             f"budgets per layer {budgets}; "
             f"P(reach depth 1..{self.tree[2]}) {reach}; "
             f"{self.rested} of {self.tree_steps} tree steps rested (budgets at E, no ranking), "

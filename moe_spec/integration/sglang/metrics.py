@@ -55,7 +55,8 @@ class Snapshot:
         mean = lambda xs: sum(xs[i] for i in counted) / len(counted)  # noqa: E731
         of = f"{len(counted)}" + (f" of {len(self.passes_L)}" if 0 in self.passes_L else "")
         return (
-            f"moe-spec: {passes} verify passes; distinct experts per layer "
+            f"moe-spec: {passes} verify pass{'' if passes == 1 else 'es'}; distinct experts per "
+            f"layer "
             f"{mean(self.before_L):.1f} -> {mean(self.after_L):.1f} (mean over "
             f"{of} layers; most in one pass of one layer since start "
             f"{max(self.max_before_L)} -> {max(self.max_after_L)})"

@@ -5,6 +5,7 @@ Shape legend: T tokens (verify rows), K top-k, E experts, L MoE layers.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from typing import Any
@@ -163,14 +164,26 @@ class BudgetRuntime:
                 self.counters.gauges = optional_gauges()
         if tp_rank == 0:
             logger.info(
-                "moe-spec: budgeting %d MoE layers in verify passes: policy %s, B=%d, %s%s",
+                "moe-spec: budgeting %d MoE layers in verify passes: policy %s, B=%d%s, %s%s%s",
                 len(layer_ids),
                 self.settings.policy,
                 self.settings.budget,
+                self.budget_note(*dims[1:]),
                 self.settings.mode,
                 "" if self.settings.counters else " (counters off)",
+                f"; options {json.dumps(self.settings.options)}" if self.settings.options else "",
             )
         return found
+
+    def budget_note(self, num_experts: int, top_k: int) -> str:
+        """What B means for this model: `` (a cap: each layer's budget from top-k to ...)``
+        for an adaptive policy, a note that B >= E budgets nothing, else the model's E."""
+        B, E = self.settings.budget, num_experts
+        if self.policy.adaptive:
+            return f" (a cap: each layer's budget from top-k={top_k} to {min(B, E)} of E={E})"
+        if B >= E:
+            return f" (not below E={E}: every verify pass runs unbudgeted)"
+        return f" of E={E} (top-k={top_k})"
 
     @property
     def learns(self) -> bool:

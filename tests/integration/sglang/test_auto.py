@@ -79,7 +79,10 @@ def test_every_verify_step_reaches_observe_with_what_was_accepted(fed):
         assert all(step["kept_within_ranked"]), n  # the recorded ranking is the one applied
         for distinct, budget, E in zip(step["distinct"], step["budgets"], EXPERTS, strict=True):
             assert distinct <= min(budget, E), (n, step)
-    assert "auto observed 44 verify steps (44 requests folded in, 0 new)" in fed["feed_line"]
+    assert (
+        "auto observed 44 verify steps (44 request steps folded in, from 0 requests)"
+        in fed["feed_line"]
+    )
     assert "mean accepted length 1.41" in fed["feed_line"]  # (12 * (2 + 3) + 32 * 2) / 88
 
 

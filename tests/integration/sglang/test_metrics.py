@@ -146,3 +146,9 @@ def test_parallel_rank_reads_the_runner_then_sglangs_runtime_context():
         pytest.fail(f"SGLang's runtime context takes no dp_rank override: {exc}")
     with override:
         assert parallel_rank("dp_rank") == 2
+
+
+def test_one_pass_is_one_verify_pass():
+    counters = ExpertCounters(num_layers=1, device="cpu", interval_s=1.0)
+    counters.add(0, torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), 4)
+    assert counters.snapshot().line().startswith("moe-spec: 1 verify pass; distinct experts")

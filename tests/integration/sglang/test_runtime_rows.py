@@ -361,3 +361,12 @@ def test_each_cause_of_a_raising_policy_is_logged_up_to_a_few_of_one_kind(caplog
     for call, line in enumerate(lines[:SKIP_LINES], 1):
         assert f"raised RuntimeError('bad value {call}')" in line
     assert f"{SKIP_LINES} failures of this kind logged; further ones are not" in lines[-1]
+
+
+def test_the_start_line_says_what_b_means_for_the_model():
+    """``serve`` warns that B >= E budgets nothing; every rank's start line says so too."""
+    assert runtime().budget_note(E, K) == f" of E={E} (top-k={K})"
+    past = BudgetRuntime(ServeSettings("router-mass", budget=E, counters=False))
+    assert past.budget_note(E, K) == f" (not below E={E}: every verify pass runs unbudgeted)"
+    auto = BudgetRuntime(ServeSettings("auto", budget=4 * E, counters=False))
+    assert auto.budget_note(E, K) == f" (a cap: each layer's budget from top-k={K} to {E} of E={E})"

@@ -15,7 +15,8 @@ from tests.integration.sglang.live.test_live_serving import PROMPTS
 pytestmark = pytest.mark.live
 
 AUTO_LINE = re.compile(
-    r"moe-spec: auto observed (\d+) verify steps \((\d+) requests folded in, (\d+) new\), mean "
+    r"moe-spec: auto observed (\d+) verify steps \((\d+) request steps folded in, from (\d+) "
+    r"requests\), mean "
     r"accepted length ([\d.]+); budgets per layer (\[[\d, ]+\]); P\(reach depth 1\.\.(\d+)\) "
     r"(\[[\d., e-]+\])"
 )

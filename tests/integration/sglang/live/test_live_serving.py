@@ -33,7 +33,7 @@ PROMPTS = [
     ("for i in range(10):\n    print(i)\n# sum of squares\ntotal = 0\nwhile True:", 7),
 ]
 LOG_LINE = re.compile(
-    r"moe-spec: (\d+) verify passes; distinct experts per layer ([\d.]+) -> ([\d.]+) .*"
+    r"moe-spec: (\d+) verify pass(?:es)?; distinct experts per layer ([\d.]+) -> ([\d.]+) .*"
     r"since start (\d+) -> (\d+)\)"
 )
 METRIC = re.compile(r"^(moe_spec_\w+)\{([^}]*)\} ([\d.e+-]+)$", re.M)
