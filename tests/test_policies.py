@@ -191,3 +191,5 @@ def test_bad_options_name_what_a_policy_takes():
     assert allowed_options(Fixed) == "; allowed: depth_bias, floor"
     assert allowed_options(Open) == ""  # takes anything: nothing to list
     assert allowed_options(Bare) == "; it takes no options"
+    said = allowed_options(Fixed, ["depth_bais", "floor", "zzz"])  # a typo, a good one, no match
+    assert said == "; did you mean 'depth_bias' for 'depth_bais'?; allowed: depth_bias, floor"

@@ -25,6 +25,7 @@ import os
 import re
 import traceback
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -249,7 +250,9 @@ class PolicyRegistry:
             said = f"{where} {said[len(named) :]}" if said.startswith(named) else f"{where}: {said}"
             raise PolicyError(said) from exc
         except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
-            allowed = allowed_options(info.policy_class) if isinstance(exc, TypeError) else ""
+            allowed = (
+                allowed_options(info.policy_class, options) if isinstance(exc, TypeError) else ""
+            )
             raise PolicyError(
                 f"policy {name!r} (from {info.origin}): bad options {options}: {exc}{allowed}"
             ) from exc
@@ -257,9 +260,10 @@ class PolicyRegistry:
         return policy
 
 
-def allowed_options(policy_class: type[Policy]) -> str:
+def allowed_options(policy_class: type[Policy], given: Iterable[str] = ()) -> str:
     """``"; allowed: a, b"``: the keyword options ``policy_class`` takes (``""`` where it takes
-    any, or none, or its signature cannot be read)."""
+    any, or none, or its signature cannot be read), after a guess at what each option of
+    ``given`` it does not take was meant to be (``did you mean 'decay' for 'decy'?``)."""
     try:
         params = inspect.signature(policy_class.__init__).parameters.values()
     except (TypeError, ValueError):
@@ -268,7 +272,15 @@ def allowed_options(policy_class: type[Policy]) -> str:
         return ""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     names = [p.name for p in params if p.kind in kinds and p.name != "self"]
-    return f"; allowed: {', '.join(names)}" if names else "; it takes no options"
+    if not names:
+        return "; it takes no options"
+    guesses = [
+        f"{close[0]!r} for {name!r}"
+        for name in given
+        if name not in names and (close := difflib.get_close_matches(name, names, n=1))
+    ]
+    meant = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+    return f"{meant}; allowed: {', '.join(names)}"
 
 
 def collect_plugin(impl, origin: str, taken: dict[str, PolicyInfo]) -> dict[str, PolicyInfo]:
