@@ -107,10 +107,12 @@ def cmd_policies(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # failures are listed below instead
         warnings.simplefilter("ignore", PluginWarning)
         infos = list_policies()
+    # the package and version (the entry point, in full, is in errors and warnings)
+    package = {i.name: i.origin.split(" (entry point ", 1)[0] for i in infos}
     width = max(len(i.name) for i in infos)
-    origin_width = max(len(i.origin) for i in infos)
+    origin_width = max(map(len, package.values()))
     for info in infos:
-        print(f"{info.name:<{width}}  {info.origin:<{origin_width}}  {info.description}")
+        print(f"{info.name:<{width}}  {package[info.name]:<{origin_width}}  {info.description}")
     for origin, why in plugin_failures().items():  # why names the plugin, and its line
         print(f"left out: {why if origin in why else f'{origin}: {why}'}", file=sys.stderr)
     return 0

@@ -450,6 +450,8 @@ def test_policies_command_lists_a_broken_plugin_and_every_other_policy(site, cap
     assert main(["policies"]) == 0
     out, err = capsys.readouterr()
     assert "even-first" in out and "router-mass" in out
+    (even,) = [x for x in out.splitlines() if x.startswith("even-first")]
+    assert even.split()[1:4] == ["moe-spec-even", "1.2.3", "even"]  # package, version: short
     (line,) = [x for x in err.splitlines() if x.startswith("left out:")]
     assert line.startswith("left out: plugin moe-spec-broken 1.2.3 (entry point 'broken'")
     assert line.count("moe-spec-broken 1.2.3") == 1  # named once
