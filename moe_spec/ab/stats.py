@@ -151,7 +151,10 @@ def modeled_pair(record: RunRecord, config: RunConfig, info: dict, m: Modeled):
     steps = modeled_steps(record, config, info, m)
     committed = sum(s.committed for s in steps)
     tokens_per_s = speculative_tokens_per_s(m.cost.gpu, m.shape, steps, overheads=m.cost.overheads)
-    return (committed, committed / tokens_per_s)
+    # the steps delivered the tokens after the prompt's (the first); a last step may commit
+    # past --max-new-tokens or an end token: those tokens were not delivered, its time was
+    delivered = min(committed, max(len(record.tokens) - 1, 0))
+    return (delivered, committed / tokens_per_s)
 
 
 def modeled_steps(

@@ -30,7 +30,7 @@ def test_auto_takes_no_budget_and_labels_its_options():
 def test_a_guard_decoded_step_is_priced_as_an_autoregressive_decode(cost_model):
     info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
     steps = [Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")] * 5
-    record = RunRecord("auto", 0, 0, [1] * 5, 1.0, steps)
+    record = RunRecord("auto", 0, 0, [1] * 6, 1.0, steps)  # the prompt's token, 5 decoded
     m = Modeled(get_cost_model(cost_model, "H200"), get_shape("OLMoE-1B-7B"))
     tokens, seconds = modeled_pair(record, RunConfig("auto"), info, m)
     ar = autoregressive_tokens_per_s(m.cost.gpu, m.shape, overheads=m.cost.overheads)
@@ -41,7 +41,7 @@ def test_a_step_the_draft_gate_decoded_is_priced_as_its_draft_and_a_decode():
     info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
     m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))
     gated = Step(1, 1, 8, 6, [2, 2], [2, 2], [2, 2], guard="autoregressive", ranked=False)
-    record = RunRecord("auto", 0, 0, [1], 1.0, [gated])
+    record = RunRecord("auto", 0, 0, [1, 1], 1.0, [gated])
     tokens, seconds = modeled_pair(record, RunConfig("auto"), info, m)
     g, o = m.cost.gpu, m.cost.overheads
     want = draft_seconds(g, m.shape, 8, 6, overheads=o) + decode_seconds(g, m.shape, overheads=o)
@@ -54,7 +54,7 @@ def test_priced_as_sglang_runs_it_every_speculative_step_pays_a_draft_extend():
     engine, sglang = Modeled(cost, shape), Modeled(cost, shape, draft_extend=True)
     decoded = Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive")
     chain = Step(3, 4, 1, 3, [5, 5], [5, 5], [5, 5], guard="tree")
-    record = RunRecord("auto", 0, 0, [1] * 4, 1.0, [decoded, chain])
+    record = RunRecord("auto", 0, 0, [1] * 5, 1.0, [decoded, chain])
     g, o = cost.gpu, cost.overheads
     extend = draft_seconds(g, shape, 1, 1, overheads=o) + draft_seconds(g, shape, 4, 1, overheads=o)
     for config in (RunConfig("auto"), RunConfig("none")):  # a depth-0 step of auto's too
@@ -76,7 +76,7 @@ def test_under_sglangs_skip_switch_only_a_runs_last_decode_pays_the_extend():
     chain = Step(3, 4, 1, 3, [5, 5], [5, 5], [5, 5], guard="tree")
     # decodes 0-2 then a chain: only decode 2 extends; the decodes after it end the request
     steps = [decoded] * 3 + [chain] + [decoded] * 2
-    record = RunRecord("auto", 0, 0, [1] * 8, 1.0, steps)
+    record = RunRecord("auto", 0, 0, [1] * 9, 1.0, steps)
     (tokens, extended), (_, skipped) = (
         modeled_pair(record, RunConfig("auto"), info, m) for m in (every, skips)
     )

@@ -25,7 +25,7 @@ def test_step_losses_sum_to_the_runs_time_beyond_decoding():
         Step(1, 4, 1, 3, [6, 6], [6, 6], [2, 2], guard="tree", reason="warm-up (0/2 steps seen)"),
         Step(1, 1, 0, 0, [2, 2], [2, 2], [2, 2], guard="autoregressive", reason="switched to x"),
     ]
-    record = RunRecord("auto", 0, 0, [1] * 5, 1.0, steps)
+    record = RunRecord("auto", 0, 0, [1] * 6, 1.0, steps)  # the prompt's token, then 5
     m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"), draft_extend=True)
     got = step_losses(record, RunConfig("auto"), info, m)
     assert [(kind, why) for kind, why, _, _ in got] == [
@@ -61,7 +61,7 @@ def test_a_priced_run_is_decodings_time_over_its_own_for_any_config():
         Step(3, 4, 1, 3, [6, 6], [6, 6], [4, 4]),
         Step(1, 4, 1, 3, [6, 6], [6, 6], [2, 2]),
     ]
-    record = RunRecord("none", 0, 0, [1] * 4, 1.0, steps)
+    record = RunRecord("none", 0, 0, [1] * 5, 1.0, steps)
     runner = SimpleNamespace(model_info=lambda: info, run=lambda *_: record)
     m = Modeled(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))
     decode_s = 1 / autoregressive_tokens_per_s(m.cost.gpu, m.shape, overheads=m.cost.overheads)

@@ -91,7 +91,7 @@ def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
         Step(3, 8, 4, 3, [6, 5], [4, 4], [2, 3], 2, [3, 4]),
         Step(1, 8, 4, 3, [7, 7], [4, 3], [2, 2]),
     ]
-    run = RunRecord("x", 0, 0, [1, 2, 3, 9], 2.0, steps, 2, -2.0)
+    run = RunRecord("x", 0, 0, [1, 2, 3, 9, 5], 2.0, steps, 2, -2.0)  # the prompt's, then 4
     gpu, shape = get_gpu("H200"), get_shape("OLMoE-1B-7B")
     got = per_prompt(
         run,
@@ -100,7 +100,7 @@ def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
         info,
         Modeled(get_cost_model("roofline", "H200"), shape),
     )
-    assert got["expert_mb_per_token"] == (22.0, 4)  # (4+4+4+3) verify + (3+4) repair experts
+    assert got["expert_mb_per_token"] == (22.0, 5)  # (4+4+4+3) verify + (3+4) repair experts
     assert got["repair_rate"] == (1, 2)
     assert got["tokens_per_target_forward"] == (4, 3)  # 2 verify forwards + 1 repair
 
@@ -116,6 +116,22 @@ def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
     assert got["modeled_tokens_per_s"][1] == pytest.approx(seconds)
     plain = per_prompt(run, RunConfig("token-priority", 4), None, info, None)
     assert "repair_rate" not in plain
+
+
+CONFIG = RunConfig("token-priority", 4)
+
+
+def test_modeled_throughput_counts_the_tokens_delivered_not_a_last_steps_overshoot():
+    """A last step may commit past --max-new-tokens (or an end token): its time counts, the
+    tokens cut off do not; the prompt's forward gave the first token."""
+    info = {"n_layers": 2, "n_experts": 8, "top_k": 2, "expert_bytes": 1}
+    steps = [Step(4, 8, 4, 3, [6, 6], [6, 6], [3, 3])] * 3  # 12 committed
+    m = Modeled(get_cost_model("roofline", "H200"), get_shape("OLMoE-1B-7B"))
+    whole = per_prompt(RunRecord("x", 0, 0, [7] * 13, 1.0, steps), CONFIG, None, info, m)
+    cut = per_prompt(RunRecord("x", 0, 0, [7] * 10, 1.0, steps), CONFIG, None, info, m)
+    assert whole["modeled_tokens_per_s"][0] == 12 and cut["modeled_tokens_per_s"][0] == 9
+    assert cut["modeled_tokens_per_s"][1] == whole["modeled_tokens_per_s"][1]  # the same steps
+    assert cut["acceptance_length"] == (12, 3)  # the draft's acceptance is as it was
 
 
 def test_paired_bootstrap_of_a_ratio_metric():
