@@ -166,7 +166,10 @@ def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
             c if c.server or not args.server else _with_server(c, url)
             for c, url in zip(configs, args.server or [None] * len(configs), strict=False)
         ]
-    return finalize(configs, args.reference, add_unbudgeted=args.backend == "engine")
+    final = finalize(configs, args.reference, add_unbudgeted=args.backend == "engine")
+    if args.resume and not args.config:
+        check_resumed_arms(args.out, [c.label for c in final[0]])
+    return final
 
 
 def run_size(n_runs: int, seeds: int) -> str:
@@ -253,6 +256,23 @@ def load_engine(args):
         torch.set_num_threads(args.threads)
     engine, args.checkpoint_path, args.model_description = open_engine(args.checkpoint)
     return engine
+
+
+def check_resumed_arms(out: str, labels: list[str]) -> None:
+    """``--resume`` without ``--config`` runs the default arms: refuse where the folder's run
+    holds others (they would be left out of the report, and the defaults run anew)."""
+    import json
+
+    try:
+        stored = json.loads((Path(out) / "run.json").read_text()).get("configs")
+    except (OSError, ValueError, AttributeError):
+        return  # the store refuses an unreadable folder, naming the file
+    if isinstance(stored, list) and sorted(stored) != sorted(labels):
+        raise ValueError(
+            f"--resume without --config runs the default arms {labels}, but {out}/run.json "
+            f"holds the arms {stored}: pass the run's --config options again (stored results "
+            "are reused; new arms run)"
+        )
 
 
 def stored_controller(args):

@@ -190,6 +190,20 @@ def test_cli_resume_reruns_an_arm_whose_budget_changed_under_the_same_label(ab_a
     assert row["distinct_after"]["p99"] > 2  # the B=4 runs, not the stored B=2 ones
 
 
+def test_cli_resume_without_configs_refuses_a_run_of_other_arms(ab_args, capsys):
+    """Re-pricing with ``--resume`` alone runs the default arms: where the folder holds
+    others, that would drop them from the report and run the defaults; it is refused."""
+    assert main([*ab_args, "--config", "none", "--config", "router-mass:B=2,label=rm"]) == 0
+    capsys.readouterr()
+    assert main([*ab_args, "--resume", "--cost-model", "roofline"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume without --config runs the default arms" in err
+    assert "holds the arms ['none tree=8/4/3', 'rm']" in err
+    # the stored arms given again: re-priced, nothing runs again
+    again = [*ab_args, "--config", "none", "--config", "router-mass:B=2,label=rm", "--resume"]
+    assert main(again) == 0
+
+
 def test_cli_interrupt_keeps_the_runs_and_says_how_to_resume(ab_args, monkeypatch, capsys):
     import moe_spec.ab.runner as runner
 
