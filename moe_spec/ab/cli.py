@@ -179,8 +179,8 @@ def run_size(n_runs: int, seeds: int) -> str:
 
 
 def warnings_for(args, configs, n_experts: int | None) -> list[str]:
-    """What runs other than a user would read from the command: repeated greedy seeds, and
-    fixed budgets that cut nothing (``B >= E``)."""
+    """What runs other than a user would read from the command: repeated greedy seeds, fixed
+    budgets that cut nothing (``B >= E``), and a cost model that prices nothing."""
     from moe_spec.ab.configs import unbudgeted_arms
 
     out = [
@@ -188,6 +188,15 @@ def warnings_for(args, configs, n_experts: int | None) -> list[str]:
         "cut, every verify pass runs unbudgeted (budgeting is off)"
         for c in unbudgeted_arms(configs, n_experts)
     ]
+    priced = getattr(args, "model_shape", None) and getattr(args, "gpu", None)
+    given = [f for f, v in (("--cost-model", args.cost_model), ("--overhead-us", args.overhead_us))
+             if v is not None]  # fmt: skip
+    if given and not priced and not any(c.kind == "depth-width" for c in configs):
+        out.append(
+            f"{' and '.join(given)} without --model-shape/--gpu price nothing: no modeled "
+            "columns (a depth-width arm would choose its trees with it); add --model-shape and "
+            "--gpu"
+        )
     if args.seeds > 1 and all(c.temperature == 0 for c in configs):
         out.append(
             f"--seeds {args.seeds} at temperature 0: greedy decoding gives the same tokens on "

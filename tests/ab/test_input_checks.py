@@ -118,8 +118,10 @@ def test_cli_refuses_what_would_silently_run_something_else(ab_args, capsys, ext
 
 def test_cli_warns_about_greedy_seeds_and_a_budget_that_cuts_nothing(ab_args, capsys):
     out = Path(ab_args[ab_args.index("--out") + 1])
-    assert main([*ab_args, "--seeds", "2", "--config", "router-mass:B=8"]) == 0
+    args = [*ab_args, "--seeds", "2", "--config", "router-mass:B=8", "--cost-model", "roofline"]
+    assert main(args) == 0
     err = capsys.readouterr().err
+    assert "--cost-model without --model-shape/--gpu price nothing" in err
     assert "router-mass B=8 tree=8/4/3: B=8 is not below the model's 8 experts" in err
     assert "budgeting is off" in err
     assert "--seeds 2 at temperature 0: greedy decoding gives the same tokens" in err
