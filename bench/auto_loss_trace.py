@@ -37,6 +37,7 @@ from auto_budget import (
 
 from moe_spec.ab.configs import parse_config
 from moe_spec.ab.engine_backend import EngineBackend
+from moe_spec.ab.report import short_reason
 from moe_spec.ab.stats import Modeled, modeled_steps
 from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.costmodel import (
@@ -54,21 +55,6 @@ def reason_kind(reason: str) -> str:
     """A step's reason without its numbers: "probe the full tree", "keeps tree", ..."""
     head = reason.split(":")[0].split("(")[0]
     return re.sub(r"tree \d+/\d+/\d+ B=[\d,]+", "tree", head).strip()
-
-
-def short_reason(reason: str) -> str:
-    """``reason`` with each per-layer budget list run-length coded: "B=8x2,32x28"."""
-
-    def coded(match: re.Match) -> str:
-        runs: list[list] = []
-        for b in match.group(1).split(","):
-            if runs and runs[-1][0] == b:
-                runs[-1][1] += 1
-            else:
-                runs.append([b, 1])
-        return "B=" + ",".join(b if n == 1 else f"{b}x{n}" for b, n in runs)
-
-    return re.sub(r"B=(\d+(?:,\d+)+)", coded, reason)
 
 
 def step_losses(record, config, info, m: Modeled) -> list[tuple[str, str, int, float]]:

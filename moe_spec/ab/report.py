@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
     if guarded:
         lines += ["", "## The guard's last decision per prompt", ""]
         for r in guarded:
-            lines += [f"- {r.label}:"] + [f"  - {why}" for why in r.guard_reasons]
+            lines += [f"- {r.label}:"] + [f"  - {short_reason(why)}" for why in r.guard_reasons]
     lines += ["", "## Columns", ""]
     lines += [f"- {name}: {text}" for name, text in metric_names().items()]
     lines += [
@@ -221,3 +222,18 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
     ]
     lines += [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
+
+
+def short_reason(reason: str) -> str:
+    """``reason`` with each per-layer budget list run-length coded: "B=8x2,32x28"."""
+
+    def coded(match: re.Match) -> str:
+        runs: list[list] = []
+        for b in match.group(1).split(","):
+            if runs and runs[-1][0] == b:
+                runs[-1][1] += 1
+            else:
+                runs.append([b, 1])
+        return "B=" + ",".join(b if n == 1 else f"{b}x{n}" for b, n in runs)
+
+    return re.sub(r"B=(\d+(?:,\d+)+)", coded, reason)

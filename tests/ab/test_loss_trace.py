@@ -10,11 +10,12 @@ import pytest
 
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord, Step
+from moe_spec.ab.report import short_reason  # the report's guard section codes them so
 from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from auto_loss_trace import priced_run, reason_kind, short_reason, step_losses  # noqa: E402
+from auto_loss_trace import priced_run, reason_kind, step_losses  # noqa: E402
 
 
 def test_step_losses_sum_to_the_runs_time_beyond_decoding():
