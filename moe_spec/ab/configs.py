@@ -269,6 +269,8 @@ def load_config_file(path: Path, defaults: dict) -> list[RunConfig]:
     items = data.get("configs", data.get("config")) if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise ValueError(f"{path}: expected a list of configuration objects")
+    if not items:  # (an empty TOML file has no list at all: the error above)
+        raise ValueError(f"{path}: no configurations (the list is empty)")
     return [from_mapping(item, defaults, f"{path} entry {n}") for n, item in enumerate(items, 1)]
 
 

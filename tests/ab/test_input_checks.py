@@ -17,6 +17,16 @@ from moe_spec.costmodel import get_cost_model, get_shape
 
 
 @pytest.mark.parametrize(
+    "name, text", [("c.json", "[]"), ("c.json", '{"configs": []}'), ("c.toml", "config = []")]
+)
+def test_an_empty_config_list_is_refused_not_run_as_the_reference_alone(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: no configurations (the list is")):
+        parse_config(str(path))
+
+
+@pytest.mark.parametrize(
     ("entry", "message"),
     [
         ({"policy": "none", "label": 5}, "c.json entry 1: label=5: a label must be a non-empty"),
