@@ -66,9 +66,10 @@ class PluginWarning(UserWarning):
 def plugin_line(exc: BaseException, where: object = None) -> tuple[str, int] | None:
     """``(file, line)`` in a plugin's own code that ``exc`` (a failure to import or register
     it) comes from: a syntax error's line; else the innermost frame of its traceback, or of
-    its cause's, outside this package's registries and importlib; else ``where``'s (a
-    function, or a module: its first line; or a ``(file, line)`` itself). None where nothing
-    points into the plugin."""
+    its cause's, outside this package's registries and importlib; else the place
+    ``exc.where`` (a :class:`PluginError`'s) or ``where`` names (a function, or a module: its
+    first line; or a ``(file, line)`` itself). None where nothing points into the plugin."""
+    where = getattr(exc, "where", None) or where
     for err in (exc, exc.__cause__):
         if isinstance(err, SyntaxError) and err.filename and err.lineno:
             return err.filename, err.lineno
@@ -86,10 +87,10 @@ def plugin_line(exc: BaseException, where: object = None) -> tuple[str, int] | N
     return None
 
 
-def warn_left_out(message: str, exc: BaseException, where: object = None) -> None:
-    """A :class:`PluginWarning` that a plugin is left out, pointed at the plugin's own line
-    (:func:`plugin_line`) so that a warnings filter or IDE lands there, not in moe_spec."""
-    line = plugin_line(exc, getattr(exc, "where", None) or where)
+def warn_left_out(message: str, line: tuple[str, int] | None) -> None:
+    """A :class:`PluginWarning` that a plugin is left out, pointed at the plugin's own
+    ``line`` (:func:`plugin_line`) so that a warnings filter or IDE lands there, not in
+    moe_spec."""
     if line is None:
         warnings.warn(message, PluginWarning, stacklevel=3)
     else:
@@ -202,12 +203,12 @@ class PolicyRegistry:
         """Leave a plugin out: remember why and warn, naming it (at its own code's line),
         once: the hooks run again whenever a plugin is added (the architectures' built-ins
         are added after the policies are first collected)."""
-        line = plugin_line(exc, getattr(exc, "where", None) or where)
+        line = plugin_line(exc, where)
         why = str(exc) if line is None else f"{exc} (at {line[0]}:{line[1]})"
         if self.failures.get(origin) == why:
             return
         self.failures[origin] = why
-        warn_left_out(f"{exc}; its policies are left out", exc, where)
+        warn_left_out(f"{exc}; its policies are left out", line)
 
     def policies(self) -> dict[str, PolicyInfo]:
         """All registered policies by name (runs the ``register_policies`` hook once)."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from moe_spec.policies import hookimpl
-from moe_spec.policies.registry import PluginError, registry, warn_left_out
+from moe_spec.policies.registry import PluginError, plugin_line, registry, warn_left_out
 from moe_spec.routing import SCORINGS, Scoring
 
 BUILTIN_PLUGIN = "moe_spec.builtin_architectures"
@@ -213,7 +213,8 @@ def architectures() -> dict[str, ArchitectureInfo]:
                 if isinstance(exc, PluginError)
                 else (f"plugin {origin} failed in register_architectures: {exc!r}")
             )
-            warn_left_out(f"{message}; its architectures are left out", exc, impl.function)
+            line = plugin_line(exc, impl.function)
+            warn_left_out(f"{message}; its architectures are left out", line)
             continue
         found.update(mine)
     return dict(sorted(found.items()))
