@@ -168,7 +168,7 @@ def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
         ]
     final = finalize(configs, args.reference, add_unbudgeted=args.backend == "engine")
     if args.resume and not args.config:
-        check_resumed_arms(args.out, [c.label for c in final[0]])
+        check_resumed_arms(args, [c.label for c in final[0]])
     return final
 
 
@@ -267,18 +267,25 @@ def load_engine(args):
     return engine
 
 
-def check_resumed_arms(out: str, labels: list[str]) -> None:
-    """``--resume`` without ``--config`` runs the default arms: refuse where the folder's run
-    holds others (they would be left out of the report, and the defaults run anew)."""
+def stored_run(args) -> dict:
+    """A resumed folder's ``run.json`` (empty: not resuming, no file, or one that does not
+    read: the store refuses that folder, naming the file)."""
     import json
 
     try:
-        stored = json.loads((Path(out) / "run.json").read_text()).get("configs")
-    except (OSError, ValueError, AttributeError):
-        return  # the store refuses an unreadable folder, naming the file
+        stored = json.loads((Path(args.out) / "run.json").read_text()) if args.resume else {}
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def check_resumed_arms(args, labels: list[str]) -> None:
+    """``--resume`` without ``--config`` runs the default arms: refuse where the folder's run
+    holds others (they would be left out of the report, and the defaults run anew)."""
+    stored = stored_run(args).get("configs")
     if isinstance(stored, list) and sorted(stored) != sorted(labels):
         raise ValueError(
-            f"--resume without --config runs the default arms {labels}, but {out}/run.json "
+            f"--resume without --config runs the default arms {labels}, but {args.out}/run.json "
             f"holds the arms {stored}: pass the run's --config options again (stored results "
             "are reused; new arms run)"
         )
@@ -286,16 +293,7 @@ def check_resumed_arms(out: str, labels: list[str]) -> None:
 
 def stored_controller(args):
     """The depth-width controller a resumed folder's ``run.json`` holds (None: none stored)."""
-    import json
-
-    path = Path(args.out) / "run.json"
-    if not (args.resume and path.exists()):
-        return None
-    try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # the store refuses the folder, naming the file
-    return stored.get("controller") if isinstance(stored, dict) else None
+    return stored_run(args).get("controller")
 
 
 def cmd_ab(args: argparse.Namespace) -> int:

@@ -91,8 +91,9 @@ class BudgetRuntime:
         server_args = resolved(server_args)
         found = check_sglang_version(installed_sglang_version())
         found.extend(check_core_hooks())
+        adaptive = adaptive_chain(server_args)  # SGLang's adaptive speculation on a chain
         found.extend(check_server_args(server_args, guards_chains=self.learns))
-        found.errors += server_option_errors(self.settings, adaptive_chain(server_args))
+        found.errors += server_option_errors(self.settings, adaptive)
         topks, experts = moe_modules(model)
         if not topks:
             found.errors.append(
@@ -137,7 +138,7 @@ class BudgetRuntime:
         layer_ids = sorted(t.layer_id for t in topks)
         # SGLang runs the configured tree every step, or with its adaptive speculation a
         # chain at the depth the guard chooses (``depth.py``)
-        chains = self.learns and adaptive_chain(server_args)
+        chains = self.learns and adaptive
         skip_extend = chains and skips_depth0_extend()  # the guard's decodes skip it (depth.py)
         if hasattr(self.policy, "for_server"):  # auto's (it takes guesses where decodes extend)
             guesses = chains and reads_guesses()
