@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from moe_spec.ab.pricing import COST_MODEL_CHOICES
@@ -296,9 +298,37 @@ def stored_controller(args):
     return stored_run(args).get("controller")
 
 
+def warn(notes: list[str], text: str, prefix: str = "warning: ") -> None:
+    """Print ``text`` to stderr and keep it for the report's Warnings section."""
+    print(f"moe-spec ab: {prefix}{text}", file=sys.stderr)
+    notes.append(text)
+
+
+@contextmanager
+def kept_warnings(notes: list[str]):
+    """Python warnings raised inside (a plugin that fails to load, a policy's own) are shown
+    as usual and also kept in ``notes``, so the report carries them."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            notes.append(f"{category.__name__}: {message}")
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def cmd_ab(args: argparse.Namespace) -> int:
+    notes: list[str] = []
+    with kept_warnings(notes):
+        return run_ab(args, notes)
+
+
+def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
+    """``cmd_ab``'s work; ``notes`` collects what the report's Warnings section lists."""
     from moe_spec.ab.plots import plot_experts, plot_tradeoff
-    from moe_spec.ab.pricing import controller, pricing
+    from moe_spec.ab.pricing import controller, planned_for, planning_mismatches, pricing
     from moe_spec.ab.provenance import config_sha
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
@@ -317,8 +347,11 @@ def cmd_ab(args: argparse.Namespace) -> int:
         args, getattr(cfg, "n_experts", None), getattr(cfg, "top_k", None)
     )
     for warning in warnings_for(args, configs, getattr(cfg, "n_experts", None)):
-        print(f"moe-spec ab: warning: {warning}", file=sys.stderr)
+        warn(notes, warning)
     modeled = pricing(args.model_shape, args.gpu, args.cost_model, args.overhead_us)
+    planned = planned_for(configs) if args.backend == "engine" else {}
+    for warning in planning_mismatches(planned, args.model_shape, args.gpu):
+        warn(notes, warning)
     stored = stored_controller(args)
     pick = controller(modeled, stored, args.cost_model, args.overhead_us)
     backend = make_backend(args, configs, engine, pick)
@@ -343,7 +376,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
         header["controller"] = stored if stored is not None else pick.to_json()
     store = Store(out, header, args.resume)
     for notice in store.notices():
-        print(f"moe-spec ab: {notice}", file=sys.stderr)
+        warn(notes, notice, prefix="")
     print(
         f"{len(configs)} configurations x {run_size(len(prompts), args.seeds)}, "
         f"backend {backend.name}; results in {out}",
@@ -351,7 +384,14 @@ def cmd_ab(args: argparse.Namespace) -> int:
     )
     try:
         records = run_all(
-            backend, configs, prompts, store, args.seed, args.max_new_tokens, not args.no_progress
+            backend,
+            configs,
+            prompts,
+            store,
+            args.seed,
+            args.max_new_tokens,
+            not args.no_progress,
+            args.seeds,
         )
     except KeyboardInterrupt:
         total = len(configs) * len(prompts)
@@ -379,6 +419,12 @@ def cmd_ab(args: argparse.Namespace) -> int:
         "depth_width_controller": None
         if header["controller"] is None
         else f"{pick.shape.name}, {pick.cost.describe()}",
+        "planned_for": {
+            label: f"{shape}, {cost} cost model on {gpu}"
+            for label, (shape, gpu, cost) in planned.items()
+        }
+        or None,
+        "warnings": notes,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(rows, out / "results.json", meta)

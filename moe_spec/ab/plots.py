@@ -8,6 +8,7 @@ they do not overlap (a thin leader line when pushed away from their point).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from moe_spec.ab.stats import ConfigStats
@@ -120,6 +121,7 @@ def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
         xlabel = f"modeled tokens/s ({meta.get('modeled_on')})"
     else:
         xlabel = "measured tokens/s on the machine that ran it (no cost model)"
+    xlabel = textwrap.fill(xlabel, 110)  # a cost model's description runs past the plot
     ylabel = (
         "greedy agreement with unbudgeted speculation"
         if quality == "agreement"

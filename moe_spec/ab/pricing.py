@@ -97,3 +97,35 @@ def controller(priced: Modeled | None, stored, name: str | None, overhead_us) ->
         return Controller(priced.cost, priced.shape)
     shape, gpu = DEFAULT_CONTROLLER_MODEL
     return Controller(cost_model_from_args(gpu, name, overhead_us), get_shape(shape))
+
+
+def planned_for(configs) -> dict[str, tuple[str, str, str]]:
+    """``label -> (shape, gpu, cost model)`` of each arm whose policy plans with a cost model
+    of its own (``auto``: its ``shape``/``gpu``/``cost_model`` options), which the run's
+    pricing options do not change."""
+    from moe_spec.ab.configs import BASELINES
+    from moe_spec.policies import get_policy
+
+    out = {}
+    for c in configs:
+        if c.policy in BASELINES:
+            continue
+        policy = get_policy(c.policy, **c.options)
+        shape, cost = getattr(policy, "shape", None), getattr(policy, "cost", None)
+        if isinstance(shape, ModelShape) and isinstance(cost, CostModel):
+            out[c.label] = (shape.name, cost.gpu.name, cost.name)
+    return out
+
+
+def planning_mismatches(planned: dict[str, tuple[str, str, str]], shape, gpu) -> list[str]:
+    """A warning per arm that plans for another shape or GPU than the run is priced for."""
+    if not (shape and gpu):
+        return []
+    priced = (get_shape(shape).name, get_gpu(gpu).name)
+    return [
+        f"{label} plans for {s} on {g} (its opt.shape and opt.gpu), but this run is priced "
+        f"for {priced[0]} on {priced[1]}: its budgets and guard are chosen for another model "
+        f"than the one priced; add opt.shape={priced[0]},opt.gpu={priced[1]} to plan for it"
+        for label, (s, g, _) in planned.items()
+        if (s, g) != priced
+    ]

@@ -11,9 +11,13 @@ from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.records import RunRecord
 from moe_spec.ab.sampled import distribution_check
 from moe_spec.ab.stats import ConfigStats, Modeled, metric_names, paired_bootstrap, summarize
-from moe_spec.ab.verdict import verdicts
+from moe_spec.ab.verdict import baselines, speed_basis, speed_metric, verdicts
 
 SCHEMA = "moe-spec-ab/1"
+VERDICT_RULE = (
+    "Faster or slower means the 95% paired bootstrap CI of the speed ratio (resampling "
+    "prompts) lies wholly above or below 1; otherwise level within the CI."
+)
 BOOTSTRAP_METRICS = (
     "acceptance_length",
     "tokens_per_s",
@@ -61,12 +65,18 @@ def analyze(
             ref_tokens = [records[(sampled_ref.label, i)].tokens for i in range(n_prompts)]
             row.distribution_check = distribution_check([r.tokens for r in runs], ref_tokens, seeds)
         rows.append(row)
+    speed, bases = speed_metric(rows), baselines(rows)
     for row in rows:
         if row.label != reference:
             row.vs_reference = {
                 m: paired_bootstrap(pairs[row.label], pairs[reference], m, block=seeds)
                 for m in BOOTSTRAP_METRICS
             }
+        row.speed_vs = {
+            name: paired_bootstrap(pairs[row.label], pairs[base.label], speed, block=seeds)
+            for name, base in bases.items()
+            if base is not row
+        }
     return rows
 
 
@@ -186,7 +196,13 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
         )
         if meta.get(k) is not None
     ]
-    lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(rows, meta)]
+    lines += [
+        f"- {label} plans for: {what}" for label, what in (meta.get("planned_for") or {}).items()
+    ]
+    if meta.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in meta["warnings"]]
+    lines += ["", "## Verdicts", "", f"Speed: {speed_basis(rows, meta)}. {VERDICT_RULE}", ""]
+    lines += [f"- {v}" for v in verdicts(rows, meta)]
     lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0])]
     lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
     lines += [

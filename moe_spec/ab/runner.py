@@ -30,6 +30,11 @@ def schedule(configs: list[C], n_prompts: int) -> list[tuple[int, C]]:
     return order
 
 
+def run_name(i: int, seeds: int = 1) -> str:
+    """Run ``i`` as a user counts it: ``prompt 3``, or ``prompt 3, seed 2`` with seeds."""
+    return f"prompt {i // seeds + 1}" + (f", seed {i % seeds + 1}" if seeds > 1 else "")
+
+
 def run_all(
     backend,
     configs: list[RunConfig],
@@ -38,21 +43,24 @@ def run_all(
     seed: int,
     max_new_tokens: int,
     show_progress: bool = True,
+    seeds: int = 1,
 ) -> dict[tuple[str, int], RunRecord]:
-    """Run what the store does not hold yet; return every record keyed ``(label, prompt)``."""
+    """Run what the store does not hold yet; return every record keyed ``(label, run index)``
+    (run ``i`` is prompt ``i // seeds``; progress and errors number prompts from 1)."""
     from tqdm import tqdm
 
     todo = [(i, c) for i, c in schedule(configs, len(prompts)) if (c.label, i) not in store.done]
     total = len(configs) * len(prompts)
     with tqdm(total=total, initial=total - len(todo), disable=not show_progress, unit="run") as bar:
         for i, config in todo:
-            bar.set_description(f"{config.label} / prompt {i}")
+            bar.set_description(f"{config.label} / {run_name(i, seeds)}")
             try:
                 record = backend.run(config, i, prompts[i], seed + i, max_new_tokens)
             except ValueError as exc:
                 raise RunInterruptedError(
-                    f"{config.label} on prompt {i}: {exc}\n{len(store.done)} finished runs are "
-                    f"kept in {store.folder}; fix the cause and rerun with --resume"
+                    f"{config.label} on {run_name(i, seeds)}: {exc}\n{len(store.done)} "
+                    f"finished runs are kept in {store.folder}; fix the cause and rerun with "
+                    "--resume"
                 ) from exc
             store.add(record)
             bar.update()

@@ -246,6 +246,7 @@ class ConfigStats:
     first_divergence: list[int | None]
     vs_reference: dict[str, dict] = field(default_factory=dict)
     guard_reasons: list[str] = field(default_factory=list)  # each prompt's last planned step
+    speed_vs: dict[str, dict | None] = field(default_factory=dict)  # baseline -> paired ratio
     distribution_check: dict | None = None  # sampled mode (moe_spec.ab.sampled)
 
 
@@ -284,7 +285,8 @@ def summarize(
 def paired_bootstrap(
     a: list[dict], b: list[dict], metric: str, n_boot: int = 2000, seed: int = 0, block: int = 1
 ) -> dict | None:
-    """Difference ``a - b`` of a ratio metric and its 95% CI, resampling prompts jointly.
+    """Difference ``a - b`` of a ratio metric and its 95% CI, resampling prompts jointly;
+    also the ratio ``a / b`` and its CI from the same resamples (``ratio``, ``ratio_ci95``).
 
     ``block``: runs per prompt (``--seeds``; run ``i`` is prompt ``i // block``). A prompt's
     runs are resampled as one unit, so S copies of each run give the CI of one run.
@@ -300,9 +302,17 @@ def paired_bootstrap(
     sums = arr[idx].sum(axis=1)  # [n_boot, 4]
     with np.errstate(divide="ignore", invalid="ignore"):
         diffs = sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
-    diffs = diffs[np.isfinite(diffs)]
+        ratios = sums[:, 0] / sums[:, 1] / (sums[:, 2] / sums[:, 3])
+    diffs, ratios = diffs[np.isfinite(diffs)], ratios[np.isfinite(ratios)]
     tot = arr.sum(axis=0)
     if tot[1] == 0 or tot[3] == 0 or diffs.size == 0:
         return None
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"diff": float(tot[0] / tot[1] - tot[2] / tot[3]), "ci95": [float(low), float(high)]}
+    out = {"diff": float(tot[0] / tot[1] - tot[2] / tot[3]), "ci95": ci95(diffs)}
+    if tot[2] != 0 and ratios.size:
+        out |= {"ratio": float(tot[0] / tot[1] / (tot[2] / tot[3])), "ratio_ci95": ci95(ratios)}
+    return out
+
+
+def ci95(samples: np.ndarray) -> list[float]:
+    """The 2.5th and 97.5th percentiles of bootstrap ``samples``."""
+    return [float(v) for v in np.percentile(samples, [2.5, 97.5])]

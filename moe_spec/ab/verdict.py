@@ -1,8 +1,11 @@
 """One line per arm: faster or slower than autoregressive and unbudgeted, at what quality.
 
-Speed is the modeled tokens/s when the run was priced (and the line names the cost model),
-else the measured tokens/s on the machine that ran it. Quality: greedy agreement, tokens
-before the first divergence and the log-probability change with its 95% paired CI.
+Speed is the modeled tokens/s when the run was priced, else the measured tokens/s on the
+machine that ran it; ``speed_basis`` says which, once, above the verdicts. An arm is called
+faster or slower than a baseline only where the 95% paired bootstrap CI of its speed ratio
+(``ConfigStats.speed_vs``, resampling prompts) lies wholly on one side of 1; otherwise it is
+level with it within the CI. Quality: greedy agreement, tokens before the first divergence and
+the log-probability change with its 95% paired CI.
 """
 
 from __future__ import annotations
@@ -10,20 +13,52 @@ from __future__ import annotations
 from moe_spec.ab.stats import ConfigStats
 
 
-def _speed(row: ConfigStats, metric: str) -> float | None:
-    return row.metrics.get(metric)
+def speed_metric(rows: list[ConfigStats]) -> str:
+    """``modeled_tokens_per_s`` when the run was priced, else ``tokens_per_s``."""
+    priced = any(r.metrics.get("modeled_tokens_per_s") is not None for r in rows)
+    return "modeled_tokens_per_s" if priced else "tokens_per_s"
 
 
-def _compare(row: ConfigStats, base: ConfigStats | None, metric: str, name: str) -> str | None:
-    if base is None or base.label == row.label:
-        return None
-    a, b = _speed(row, metric), _speed(base, metric)
-    if a is None or not b:
+def speed_basis(rows: list[ConfigStats], meta: dict) -> str:
+    """What the verdicts' speeds are: modeled under which cost model, or measured."""
+    if speed_metric(rows) == "modeled_tokens_per_s":
+        return f"modeled tokens/s for {meta.get('modeled_on')}"
+    return "tokens/s measured on the machine that ran it (no cost model)"
+
+
+def baselines(rows: list[ConfigStats]) -> dict[str, ConfigStats]:
+    """The autoregressive arm and the greedy unbudgeted one, where the run has them."""
+    found = {
+        "autoregressive": next(
+            (r for r in rows if r.config.get("policy") == "autoregressive"), None
+        ),
+        "unbudgeted speculation": next(
+            (
+                r
+                for r in rows
+                if r.config.get("policy") == "none" and not r.config.get("temperature")
+            ),
+            None,
+        ),
+    }
+    return {name: row for name, row in found.items() if row is not None}
+
+
+def _compare(row: ConfigStats, base: ConfigStats, metric: str, name: str) -> str | None:
+    a, b = row.metrics.get(metric), base.metrics.get(metric)
+    if base.label == row.label or a is None or not b:
         return None
     ratio = a / b
-    shown = f"{ratio:.2f}"
-    word = "level with" if shown == "1.00" else "faster than" if ratio > 1 else "slower than"
-    return f"{word} {name} ({shown}x)"
+    shown = f"{ratio:.2f}x"
+    ci = (row.speed_vs.get(name) or {}).get("ratio_ci95")
+    if ci is None or row.prompts < 2:
+        word = "level with" if shown == "1.00x" else "faster than" if ratio > 1 else "slower than"
+        why = "one prompt: no CI" if row.prompts < 2 else "no CI"
+        return f"{word} {name} ({shown}; {why})"
+    low, high = ci
+    word = "faster than" if low > 1 else "slower than" if high < 1 else "level with"
+    within = " within the CI" if word == "level with" else ""
+    return f"{word} {name}{within} ({shown}, 95% CI {low:.2f}-{high:.2f}x)"
 
 
 def _quality(row: ConfigStats, reference: str) -> str:
@@ -51,34 +86,17 @@ def _quality(row: ConfigStats, reference: str) -> str:
 
 
 def verdicts(rows: list[ConfigStats], meta: dict) -> list[str]:
-    """``- label: speed vs autoregressive and vs unbudgeted; under which model; quality``."""
-    priced = any(r.metrics.get("modeled_tokens_per_s") is not None for r in rows)
-    metric = "modeled_tokens_per_s" if priced else "tokens_per_s"
-    where = (
-        f"modeled for {meta.get('modeled_on')}"
-        if priced
-        else "measured on the machine that ran it (no cost model)"
-    )
-    autoregressive = next((r for r in rows if r.config.get("policy") == "autoregressive"), None)
-    unbudgeted = next(
-        (r for r in rows if r.config.get("policy") == "none" and not r.config.get("temperature")),
-        None,
-    )
+    """``- label: speed vs autoregressive and vs unbudgeted (ratio, CI); quality`` per arm
+    but the autoregressive one; the speeds' basis is ``speed_basis``'s line."""
+    metric, bases = speed_metric(rows), baselines(rows)
     out = []
     for row in rows:
-        if row is autoregressive:
+        if row is bases.get("autoregressive"):
             continue
-        speed = [
-            c
-            for c in (
-                _compare(row, autoregressive, metric, "autoregressive"),
-                _compare(row, unbudgeted, metric, "unbudgeted speculation"),
-            )
-            if c
-        ]
+        speed = [c for name, b in bases.items() if (c := _compare(row, b, metric, name))]
         speed_text = " and ".join(speed) if speed else "no baseline to compare with"
         out.append(
-            f"**{row.label}**: {speed_text}, {where}; quality: "
+            f"**{row.label}**: {speed_text}; quality: "
             f"{_quality(row, meta.get('reference', 'the reference'))}"
         )
     return out

@@ -10,8 +10,8 @@ from moe_spec.ab.cli import default_configs
 from moe_spec.ab.configs import RunConfig
 from moe_spec.ab.pricing import Controller
 from moe_spec.ab.records import RunRecord
-from moe_spec.ab.stats import ConfigStats, per_prompt
-from moe_spec.ab.verdict import verdicts
+from moe_spec.ab.stats import ConfigStats, paired_bootstrap, per_prompt
+from moe_spec.ab.verdict import speed_basis, verdicts
 from moe_spec.cli import main
 from moe_spec.costmodel import NO_OVERHEADS, decode_seconds, get_gpu, get_shape
 from moe_spec.costmodel.model import calibrated_overheads
@@ -100,28 +100,99 @@ def test_tokens_to_divergence_counts_the_agreeing_prefix():
     assert late["tokens_to_divergence"] == (3, 1) and same["tokens_to_divergence"] == (5, 1)
 
 
-def row(label: str, policy: str, speed: float, **metrics) -> ConfigStats:
+def row(label: str, policy: str, speed: float, prompts: int = 1, **metrics) -> ConfigStats:
     m = {"modeled_tokens_per_s": speed, "agreement": None, "tokens_to_divergence": None}
-    return ConfigStats(label, {"policy": policy}, 1, 1, 1, {**m, **metrics}, None, None, None,
-                       [], [])  # fmt: skip
+    return ConfigStats(label, {"policy": policy}, prompts, 1, 1, {**m, **metrics}, None, None,
+                       None, [], [])  # fmt: skip
 
 
-def test_verdicts_compare_with_both_baselines_and_name_the_cost_model():
+def test_verdicts_compare_with_both_baselines_and_name_the_cost_model_once():
     rows = [
         row("autoregressive", "autoregressive", 100.0),
         row("none", "none", 80.0),
         row("tp B=8", "token-priority", 120.0, agreement=0.75, tokens_to_divergence=12.5),
     ]
-    lines = verdicts(rows, {"modeled_on": "OLMoE-1B-7B, roofline cost model on H200"})
+    meta = {"modeled_on": "OLMoE-1B-7B, roofline cost model on H200"}
+    lines = verdicts(rows, meta)
     assert len(lines) == 2  # autoregressive gets none
-    assert "slower than autoregressive (0.80x)" in lines[0]
-    assert "faster than autoregressive (1.20x)" in lines[1]
-    assert "faster than unbudgeted speculation (1.50x)" in lines[1]
-    assert "roofline cost model on H200" in lines[1] and "75.0% greedy agreement" in lines[1]
+    assert "slower than autoregressive (0.80x; one prompt: no CI)" in lines[0]
+    assert "faster than autoregressive (1.20x; one prompt: no CI)" in lines[1]
+    assert "faster than unbudgeted speculation (1.50x; one prompt: no CI)" in lines[1]
+    assert "75.0% greedy agreement" in lines[1]
     assert "12.5 tokens before the first divergence" in lines[1]
+    assert speed_basis(rows, meta) == "modeled tokens/s for " + meta["modeled_on"]
+    assert "cost model" not in lines[1]  # said once, above the verdicts
     assert NO_OVERHEADS.forward_s == 0
     tie = verdicts([*rows[:2], row("same", "token-priority", 79.9999)], {"modeled_on": "x"})
-    assert "level with unbudgeted speculation (1.00x)" in tie[1]  # not "slower than" at 1.00x
+    assert "level with unbudgeted speculation (1.00x" in tie[1]  # not "slower than" at 1.00x
+
+
+def prompt_pairs(rates: list[float]) -> list[dict]:
+    """One ``modeled_tokens_per_s`` pair per prompt: ``rate`` tokens in one second."""
+    return [{"modeled_tokens_per_s": (r, 1.0)} for r in rates]
+
+
+@pytest.mark.parametrize(
+    ("arm", "word"),
+    [
+        ([120, 130, 110, 125], "faster than unbudgeted speculation (1.21x, 95% CI 1.1"),
+        ([90, 70, 95, 85], "slower than unbudgeted speculation (0.85x, 95% CI 0.7"),
+        ([150, 60, 140, 55], "level with unbudgeted speculation within the CI (1.01x, 95% CI"),
+    ],
+)
+def test_a_verdict_says_faster_or_slower_only_where_the_ci_of_the_ratio_says_so(arm, word):
+    base = [100.0] * 4
+    rows = [row("none", "none", 100.0, prompts=4), row("x", "tp", sum(arm) / 400, prompts=4)]
+    rows[1].metrics["modeled_tokens_per_s"] = sum(arm) / 4
+    rows[1].speed_vs = {
+        "unbudgeted speculation": paired_bootstrap(
+            prompt_pairs(arm), prompt_pairs(base), "modeled_tokens_per_s"
+        )
+    }
+    line = verdicts(rows, {"modeled_on": "x"})[-1]
+    assert line.startswith("**x**:") and word in line
+
+
+def test_the_report_carries_warnings_and_what_auto_plans_for(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["ab", "--checkpoint", str(tiny_dir), "--num-prompts", "2", "--out", str(out)]
+    args += ["--config", "auto:B=3", "--config", "none", "--num-tokens", "8", "--width", "4"]
+    args += ["--depth", "3", "--max-new-tokens", "6", "--no-progress"]
+    args += ["--model-shape", "Qwen3-30B-A3B", "--gpu", "H100", "--cost-model", "roofline"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    mismatch = "plans for OLMoE-1B-7B on H200 (its opt.shape and opt.gpu), but this run is priced"
+    assert mismatch in err and "opt.shape=Qwen3-30B-A3B,opt.gpu=H100" in err
+    report = (out / "report.md").read_text()
+    assert "## Warnings" in report and mismatch in report
+    assert "- auto B=3 tree=8/4/3 plans for: OLMoE-1B-7B, calibrated cost model on H200" in report
+    assert "Speed: modeled tokens/s for Qwen3-30B-A3B, roofline cost model on H100" in report
+    results = json.loads((out / "results.json").read_text())
+    assert any(mismatch in w for w in results["warnings"])
+    assert all("ratio_ci95" in r["speed_vs"]["unbudgeted speculation"]
+               for r in results["configs"] if r["config"]["policy"] != "none")  # fmt: skip
+    matched = [*args[:-6], "--model-shape", "OLMoE-1B-7B", "--gpu", "H200", "--resume"]
+    assert main(matched) == 0  # re-priced for what auto plans for: no warning
+    assert "plans for" not in capsys.readouterr().err
+    assert "## Warnings" not in (out / "report.md").read_text()
+
+
+def test_python_warnings_during_a_run_reach_the_report(tiny_dir, tmp_path, monkeypatch):
+    import warnings
+
+    from moe_spec.ab import engine_backend
+
+    def run(self, *a, _run=engine_backend.EngineBackend.run, **kw):
+        warnings.warn("a policy's own warning", UserWarning, stacklevel=1)
+        return _run(self, *a, **kw)
+
+    monkeypatch.setattr(engine_backend.EngineBackend, "run", run)
+    out = tmp_path / "out"
+    args = ["ab", "--checkpoint", str(tiny_dir), "--num-prompts", "1", "--out", str(out)]
+    args += ["--config", "none", "--num-tokens", "4", "--width", "2", "--depth", "2"]
+    with pytest.warns(UserWarning, match="a policy's own warning"):
+        assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert "- UserWarning: a policy's own warning" in (out / "report.md").read_text()
 
 
 def test_plot_series_have_one_style_each_and_legends_name_repair():

@@ -51,8 +51,9 @@ def test_schedule_runs_prompt_by_prompt_and_rotates_the_order():
 def test_runs_are_stored_as_they_finish_and_a_rerun_skips_them(tmp_path):
     prompts = ["a", "bb", "ccc"]
     backend = FakeBackend(fail_at=4)
-    with pytest.raises(RunInterruptedError, match="4 finished runs are kept"):
+    with pytest.raises(RunInterruptedError, match="4 finished runs are kept") as failed:
         run_all(backend, CONFIGS, prompts, Store(tmp_path, HEADER, False), 7, 4, False)
+    assert "token-priority B=8 on prompt 2: server went away" in str(failed.value)  # from 1
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
     with pytest.raises(ResumeError, match="--resume"):
         Store(tmp_path, HEADER, resume=False)
@@ -65,6 +66,12 @@ def test_runs_are_stored_as_they_finish_and_a_rerun_skips_them(tmp_path):
     assert len(again.calls) == 9 - 4 and len(records) == 9
     assert all(seed == 7 + i for _, i, seed in backend.calls + again.calls)
     assert records[("none", 2)].tokens == [2, 3]
+
+
+def test_a_failed_run_names_its_prompt_and_seed_counted_from_one(tmp_path):
+    store = Store(tmp_path, HEADER, False)
+    with pytest.raises(RunInterruptedError, match="B=8 on prompt 1, seed 2: server went away"):
+        run_all(FakeBackend(fail_at=4), CONFIGS, ["a"] * 3 + ["b"] * 3, store, 7, 4, False, 3)
 
 
 def test_per_prompt_measures_against_the_unbudgeted_run():
@@ -147,6 +154,18 @@ def test_paired_bootstrap_of_a_ratio_metric():
     assert noisy["diff"] == pytest.approx(expected)
     assert noisy["ci95"][0] < noisy["diff"] < noisy["ci95"][1]
     assert paired_bootstrap(a, [{}] * 30, "m") is None
+
+
+def test_paired_bootstrap_gives_the_ratio_and_its_ci_from_the_same_resamples():
+    a = [{"m": (3.0 * n, 2.0)} for n in range(1, 9)]
+    b = [{"m": (2.0 * n, 2.0)} for n in range(1, 9)]  # every prompt 1.5x
+    out = paired_bootstrap(a, b, "m")
+    assert out["ratio"] == pytest.approx(1.5) and out["ratio_ci95"] == pytest.approx([1.5, 1.5])
+    mixed = [{"m": (2.0 * n * (2.0 if n % 2 else 0.5), 2.0)} for n in range(1, 9)]
+    wide = paired_bootstrap(mixed, b, "m")
+    expected = sum(p["m"][0] for p in mixed) / sum(p["m"][0] for p in b)  # a ratio of sums
+    assert wide["ratio"] == pytest.approx(expected)
+    assert wide["ratio_ci95"][0] < 1 < wide["ratio_ci95"][1]  # prompts 2x and 0.5x: no sign
 
 
 def seeded_records(labels: list[str], seeds: int) -> dict[tuple[str, int], RunRecord]:
