@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import shlex
 import sys
@@ -445,11 +446,35 @@ def options_text(options: dict) -> str:
     return f" ({', '.join(shown)})"
 
 
+SERVE_USAGE = "moe-spec serve --policy NAME --budget B [options] -- <sglang launch_server args>"
+
+
+def unknown_serve_options(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """serve's refusal of options it does not know, guessing a mistyped one of its own."""
+    serve = next(
+        a.choices["serve"] for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    own = [o for a in serve._actions for o in a.option_strings if o.startswith("--")]
+    guesses = [
+        f"{close[0]} for {word}"
+        for word in (u.split("=", 1)[0] for u in unknown if u.startswith("--"))
+        if (close := difflib.get_close_matches(word, own, n=1, cutoff=0.8))
+    ]
+    meant = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    return (
+        f"serve does not know {' '.join(unknown)}{meant}; SGLang's arguments go after `--`: "
+        "moe-spec serve --policy NAME --budget B -- --model-path PATH ..."
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from moe_spec.integration.sglang.serve import plan_launch, run_launch
     from moe_spec.integration.sglang.settings import ServeSettings
 
     sglang_args = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
+    missing = [f"--{k}" for k in ("policy", "budget") if getattr(args, k) is None]
+    if missing:
+        raise ValueError(f"serve needs {' and '.join(missing)}; usage: {SERVE_USAGE}")
     if args.budget < 1:
         raise ValueError(f"--budget is {args.budget}; allowed: an integer >= 1")
     if not args.log_interval >= 0:  # NaN too
@@ -496,10 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="validate, then start an SGLang server with expert budgeting in EAGLE verify passes",
-        usage="moe-spec serve --policy NAME --budget B [options] -- <sglang launch_server args>",
+        usage=SERVE_USAGE,
     )
-    p.add_argument("--policy", required=True, help="budgeting policy (see `moe-spec policies`)")
-    p.add_argument("--budget", type=int, required=True, help="B: experts per MoE layer")
+    # required, checked in cmd_serve: argparse's own check would run before main() names a
+    # mistyped option (``--budgt``), and report only "required: --budget"
+    p.add_argument("--policy", help="budgeting policy, required (see `moe-spec policies`)")
+    p.add_argument("--budget", type=int, help="B: experts per MoE layer, required")
     p.add_argument("--mode", choices=MODES, default="substitution", help=MODE_HELP)
     p.add_argument(
         "--policy-option",
@@ -634,11 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command == "serve":
-        print(
-            f"moe-spec: error: serve does not know {' '.join(unknown)}; SGLang's arguments go "
-            "after `--`: moe-spec serve --policy NAME --budget B -- --model-path PATH ...",
-            file=sys.stderr,
-        )
+        print(f"moe-spec: error: {unknown_serve_options(unknown, parser)}", file=sys.stderr)
         return 2
     if unknown:
         parser.parse_args(argv)  # argparse's own error for the other commands

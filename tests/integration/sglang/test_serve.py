@@ -421,6 +421,20 @@ def test_sglang_arguments_without_the_separator_get_a_hint(capsys, qwen3_dir):
                          "--model-path", qwen3_dir, "--tp", "2")  # fmt: skip
     assert code == 2
     assert "SGLang's arguments go after `--`" in err and "--model-path" in err
+    assert "did you mean" not in err  # --model-path is SGLang's, not a typo of --mode
+
+
+def test_a_mistyped_serve_option_is_named_with_a_guess(capsys, qwen3_dir):
+    code, _, err = serve(capsys, "--policy", "router-mass", "--budgt", "32", "--dry-run", "--",
+                         "--model-path", qwen3_dir, *EAGLE3, *TREE)  # fmt: skip
+    assert code == 2
+    assert "serve does not know --budgt (did you mean --budget for --budgt?)" in err
+    assert "required" not in err  # not argparse's "the following arguments are required"
+
+
+def test_missing_policy_or_budget_is_named(capsys, qwen3_dir):
+    code, _, err = serve(capsys, "--budget", "32", "--dry-run", "--", "--model-path", qwen3_dir)
+    assert code == 2 and "serve needs --policy; usage: moe-spec serve --policy NAME" in err
 
 
 def test_no_counters_reaches_the_ranks(capsys, qwen3_dir):
