@@ -51,7 +51,7 @@ class DepthWidthController:
         committed = fmean(s.committed for s in steps)
         distinct = fmean(fmean(s.distinct_before_L) for s in steps)
         mapped = map_distinct(
-            distinct, self.top_k, self.n_experts, self.shape.top_k, self.shape.n_experts
+            distinct, self.top_k, self.n_experts, self.shape.top_k, self.shape.n_experts, num_tokens
         )
         g, s, o = self.cost.gpu, self.shape, self.cost.overheads
         seconds = draft_seconds(g, s, width, depth, overheads=o) + verify_seconds(

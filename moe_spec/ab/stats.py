@@ -162,10 +162,10 @@ def modeled_steps(
 ) -> list[ModeledStep]:
     """A speculative run's steps as the cost model prices them (``record.steps`` in order)."""
 
-    def mapped(distinct_L: list[int]) -> float:
+    def mapped(distinct_L: list[int], tokens: int) -> float:
         mean = sum(distinct_L) / len(distinct_L) if distinct_L else 0.0
         return map_distinct(
-            mean, info["top_k"], info["n_experts"], m.shape.top_k, m.shape.n_experts
+            mean, info["top_k"], info["n_experts"], m.shape.top_k, m.shape.n_experts, tokens
         )
 
     def extends(i: int) -> bool:  # SGLang's draft extend after step i
@@ -189,9 +189,9 @@ def modeled_steps(
             s.committed,
             s.num_tokens,
             *drafted(s),
-            mapped(s.after_L),
+            mapped(s.after_L, s.num_tokens),
             s.repair_tokens,
-            mapped(s.repair_L) if s.repair_tokens else 0.0,
+            mapped(s.repair_L, s.repair_tokens) if s.repair_tokens else 0.0,
             # a policy that rested (or B >= E) ran no selection: priced without it (but
             # ``rest_share`` of it, a server's launch anyway); nor did the guard's decodes
             budgeted=selection_share(config, s, m),

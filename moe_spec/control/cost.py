@@ -173,7 +173,7 @@ def unbudgeted_seconds(
     """A target forward of ``tokens`` tokens, unbudgeted, their experts independently routed
     (``E(1 - (1 - K/E)^q)`` of the running model's, carried to the priced shape)."""
     d = independent_distinct(tokens, top_k, n_experts)
-    mapped = map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
+    mapped = map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts, tokens)
     return float(verify_seconds(cost.gpu, shape, tokens, mapped, overheads=cost.overheads))
 
 
@@ -193,8 +193,8 @@ def step_tables(
     the cached arrays are read-only (each :class:`StepCost` holds copies)."""
     g, o = cost.gpu, cost.overheads
 
-    def mapped(d: float) -> float:
-        return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts)
+    def mapped(d: float, tokens: int) -> float:
+        return map_distinct(d, top_k, n_experts, shape.top_k, shape.n_experts, tokens)
 
     def extend(tokens: int) -> float:  # SGLang's draft forward after each verify
         return draft_seconds(g, shape, tokens, 1, overheads=o) if draft_extend else 0.0
@@ -204,7 +204,7 @@ def step_tables(
     )
     verify_CD = np.array(
         [
-            [verify_seconds(g, shape, n, mapped(d), overheads=o) for d in range(n_experts + 1)]
+            [verify_seconds(g, shape, n, mapped(d, n), overheads=o) for d in range(n_experts + 1)]
             for n, _, _ in trees
         ]
     )

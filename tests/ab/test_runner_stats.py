@@ -111,14 +111,17 @@ def test_a_repair_counts_in_the_expert_bytes_and_the_modeled_time():
     assert got["repair_rate"] == (1, 2)
     assert got["tokens_per_target_forward"] == (4, 3)  # 2 verify forwards + 1 repair
 
-    def mapped(d):
-        return map_distinct(d, 2, 8, shape.top_k, shape.n_experts)
+    def mapped(d, tokens):
+        return map_distinct(d, 2, 8, shape.top_k, shape.n_experts, tokens)
 
     seconds = 2 * draft_seconds(gpu, shape, 4, 3)
-    seconds += verify_seconds(gpu, shape, 8, mapped(4.0)) + verify_seconds(
-        gpu, shape, 8, mapped(3.5)
+    seconds += verify_seconds(gpu, shape, 8, mapped(4.0, 8)) + verify_seconds(
+        gpu, shape, 8, mapped(3.5, 8)
     )
-    seconds += verify_seconds(gpu, shape, 2, mapped(3.5))  # the repair forward: 2 tokens
+    # the repair forward: 2 tokens, which read at most 2 * 8 of OLMoE's experts (3.5 of the
+    # 4 that 2 tokens can read at top-2 of 8 -> 14 of 16, not 22 of 64)
+    seconds += verify_seconds(gpu, shape, 2, mapped(3.5, 2))
+    assert mapped(3.5, 2) == pytest.approx(14.0)
     assert got["modeled_tokens_per_s"][0] == 4
     assert got["modeled_tokens_per_s"][1] == pytest.approx(seconds)
     plain = per_prompt(run, RunConfig("token-priority", 4), None, info, None)

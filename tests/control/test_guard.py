@@ -911,11 +911,15 @@ def test_extends_the_prompt_line_past_a_short_prompt_within_bounds():
     """P < N: the line through the decode's and the prompt's ratios, extended to N, kept
     between the lower of the two and the prompt's ratio times N / P times the modeled
     forward of P over N's (a forward's time at most proportional to its tokens)."""
-    g = measured_guard(5, 2.0)
+    g = measured_guard(5, 1.4)
     decodes_measured(g)  # a decode at its modeled time: ratio 1
-    assert g.tree_ratio() == pytest.approx(1.0 + 1.0 * 7 / 4)  # 2.75, under the cap
+    assert g.tree_ratio() == pytest.approx(1.0 + 0.4 * 7 / 4)  # 1.7, under the cap
     forward = g.cost.forward_seconds
-    assert g.tree_ratio() < 2.0 * 8 / 5 * forward(5) / forward(8)
+    assert g.tree_ratio() < 1.4 * 8 / 5 * forward(5) / forward(8)
+    capped = measured_guard(5, 2.0)  # the line would reach 2.75: above the cap
+    decodes_measured(capped)
+    assert capped.tree_ratio() == pytest.approx(2.0 * 8 / 5 * forward(5) / forward(8))
+    assert capped.tree_ratio() < 1.0 + 1.0 * 7 / 4
     steep = measured_guard(2, 3.0)  # two tokens at 3x a decode's ratio: the line, 15x at 8
     decodes_measured(steep)
     assert steep.tree_ratio() == pytest.approx(3.0 * 8 / 2 * forward(2) / forward(8))
