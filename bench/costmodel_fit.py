@@ -8,12 +8,15 @@ the paper-calibrated model predicted for those forwards.
 
 from __future__ import annotations
 
+import argparse
+
 from moe_spec.costmodel.fit import FREE_MEASURED
 from moe_spec.costmodel.fit_report import format_fit, format_sensitivity
 from moe_spec.costmodel.measured import shipped_points
 from moe_spec.costmodel.model import calibrated_overheads
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help: no fit
     print("## All three overhead terms free\n")
     print(format_fit())
     print("\n## One per-layer term only (the old --overhead-us)\n")

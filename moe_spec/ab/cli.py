@@ -11,6 +11,7 @@ from pathlib import Path
 
 from moe_spec.ab.pricing import COST_MODEL_CHOICES
 from moe_spec.budget import MODES
+from moe_spec.costmodel import GPUS, SHAPES
 
 DEFAULT_BASELINES = ("autoregressive", "none", "depth-width")
 DEFAULT_POLICY = "token-priority"
@@ -94,8 +95,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--out", default="out/ab", help="output folder (results, report, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--model-shape", help="add modeled throughput for this model shape")
-    p.add_argument("--gpu", help="... on this GPU (A100-80GB, H100, H200)")
+    p.add_argument(
+        "--model-shape",
+        help=f"add modeled throughput for this model shape ({', '.join(SHAPES)})",
+    )
+    p.add_argument("--gpu", help=f"... on this GPU ({', '.join(GPUS)})")
     p.add_argument(
         "--cost-model",
         choices=COST_MODEL_CHOICES,
@@ -193,11 +197,13 @@ def warnings_for(args, configs, n_experts: int | None) -> list[str]:
     priced = getattr(args, "model_shape", None) and getattr(args, "gpu", None)
     given = [f for f, v in (("--cost-model", args.cost_model), ("--overhead-us", args.overhead_us))
              if v is not None]  # fmt: skip
-    if given and not priced and not any(c.kind == "depth-width" for c in configs):
+    if given and not priced:
+        chooses = any(c.kind == "depth-width" for c in configs) and not stored_controller(args)
         out.append(
             f"{' and '.join(given)} without --model-shape/--gpu price nothing: no modeled "
-            "columns (a depth-width arm would choose its trees with it); add --model-shape and "
-            "--gpu"
+            "columns"
+            + ("; only the depth-width arm chooses its trees with it" if chooses else "")
+            + "; add --model-shape and --gpu to price the run"
         )
     if args.seeds > 1 and all(c.temperature == 0 for c in configs):
         out.append(
@@ -269,6 +275,16 @@ def load_engine(args):
     return engine
 
 
+def run_model_name(args) -> str:
+    """How the command named its model: ``--checkpoint stdlib-toy``, ``--target T --draft D``,
+    or the servers (SGLang)."""
+    if args.backend == "sglang":
+        return "the SGLang servers' models"
+    if args.target:
+        return f"--target {args.target} --draft {args.draft}"
+    return f"--checkpoint {args.checkpoint or 'smollm2-moe'}"
+
+
 def stored_run(args) -> dict:
     """A resumed folder's ``run.json`` (empty: not resuming, no file, or one that does not
     read: the store refuses that folder, naming the file)."""
@@ -328,7 +344,13 @@ def cmd_ab(args: argparse.Namespace) -> int:
 def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
     """``cmd_ab``'s work; ``notes`` collects what the report's Warnings section lists."""
     from moe_spec.ab.plots import plot_experts, plot_tradeoff
-    from moe_spec.ab.pricing import controller, planned_for, planning_mismatches, pricing
+    from moe_spec.ab.pricing import (
+        controller,
+        planned_for,
+        planning_mismatches,
+        priced_budgets,
+        pricing,
+    )
     from moe_spec.ab.provenance import config_sha
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
@@ -369,6 +391,7 @@ def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
         "configs": [c.label for c in configs],
         "controller": None,
         "model": model,
+        "model_name": run_model_name(args),  # for messages only: "model" is what is matched
         "code": code,
         "arms": {c.label: config_sha(c) for c in configs},
     }
@@ -419,6 +442,9 @@ def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
         "depth_width_controller": None
         if header["controller"] is None
         else f"{pick.shape.name}, {pick.cost.describe()}",
+        "priced_budgets": None
+        if modeled is None
+        else priced_budgets(configs, backend.model_info(), modeled.shape) or None,
         "planned_for": {
             label: f"{shape}, {cost} cost model on {gpu}"
             for label, (shape, gpu, cost) in planned.items()

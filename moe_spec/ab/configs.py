@@ -204,6 +204,12 @@ def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
     if unknown:
         keys = ", ".join(sorted(allowed | set(ALIASES) | {"opt.NAME"}))
         raise ValueError(f"{source}: unknown keys {unknown}; allowed: {keys}")
+    if "policy" not in items:
+        raise ValueError(
+            f"{source}: no policy; each configuration names one, e.g. "
+            '{"policy": "token-priority", "B": 8} (or a baseline: autoregressive, none, '
+            "depth-width)"
+        )
     try:
         merged = {**defaults, **{k: coerce(k, v) for k, v in items.items()}}
         return RunConfig(**merged)

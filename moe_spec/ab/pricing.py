@@ -13,8 +13,9 @@ Two roles, kept apart so a finished run can be re-priced without rerunning it:
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from moe_spec.ab.stats import Modeled
 from moe_spec.costmodel import (
@@ -25,10 +26,12 @@ from moe_spec.costmodel import (
     get_cost_model,
     get_gpu,
     get_shape,
+    map_distinct,
 )
 
 COST_MODEL_CHOICES = COST_MODELS
 DEFAULT_CONTROLLER_MODEL = ("OLMoE-1B-7B", "H200")
+STORED = "cannot read the stored depth-width controller (run.json's `controller`)"
 
 
 def cost_model_from_args(gpu_name: str, name: str | None, overhead_us: float | None) -> CostModel:
@@ -39,17 +42,17 @@ def cost_model_from_args(gpu_name: str, name: str | None, overhead_us: float | N
         raise ValueError(
             f"--overhead-us adds to the roofline; it cannot go with --cost-model {name}"
         )
-    if not overhead_us >= 0:
-        raise ValueError(f"--overhead-us must be >= 0, got {overhead_us}")
+    if not 0 <= overhead_us < math.inf:
+        raise ValueError(f"--overhead-us must be a finite number >= 0, got {overhead_us}")
     overheads = Overheads(layer_s=overhead_us * 1e-6)
     return CostModel(f"roofline+{overhead_us:g}us/layer", get_gpu(gpu_name), overheads)
 
 
 def pricing(model_shape: str | None, gpu: str | None, name: str | None, overhead_us) -> Modeled:
     """The model that prices the modeled columns, or None without ``--model-shape/--gpu``."""
-    if bool(model_shape) != bool(gpu):
+    if (model_shape is None) != (gpu is None):
         raise ValueError("--model-shape and --gpu go together")
-    if not gpu:
+    if gpu is None:
         return None  # --cost-model alone still chooses the depth-width controller's model
     return Modeled(cost_model_from_args(gpu, name, overhead_us), get_shape(model_shape))
 
@@ -62,31 +65,43 @@ class Controller:
     shape: ModelShape
 
     def to_json(self) -> dict:
+        """Every overhead term (``forward``, ``layer``, ``expert``, ``select``, ``tree``,
+        ``token``, in seconds): a ``measured`` model has all six."""
         o = self.cost.overheads
+        overheads = {f.name.removesuffix("_s"): getattr(o, f.name) for f in fields(Overheads)}
         return {
             "shape": self.shape.name,
             "gpu": self.cost.gpu.name,
             "cost_model": self.cost.name,
-            "overheads_s": {"forward": o.forward_s, "layer": o.layer_s, "expert": o.expert_s},
+            "overheads_s": overheads,
         }
 
     @classmethod
     def from_json(cls, data) -> Controller:
-        """From ``run.json``: ``to_json``'s object, or the older ``SHAPE on GPU, N us/layer``."""
+        """From ``run.json``: ``to_json``'s object (older ones hold three overhead terms: the
+        others are 0), or the older ``SHAPE on GPU, N us/layer``; anything else is refused."""
         if isinstance(data, str):
             m = re.fullmatch(r"(\S+) on (\S+), ([0-9.eE+-]+) us/layer", data)
             if not m:
-                raise ValueError(f"cannot read the stored depth-width controller {data!r}")
+                raise ValueError(f"{STORED} {data!r}")
             data = {
                 "shape": m[1],
                 "gpu": m[2],
                 "cost_model": f"roofline+{m[3]}us/layer",
                 "overheads_s": {"layer": float(m[3]) * 1e-6},
             }
-        o = data["overheads_s"]
-        overheads = Overheads(o.get("forward", 0.0), o.get("layer", 0.0), o.get("expert", 0.0))
-        cost = CostModel(data["cost_model"], get_gpu(data["gpu"]), overheads)
-        return cls(cost, get_shape(data["shape"]))
+        try:
+            o = data["overheads_s"]
+            names = {f.name.removesuffix("_s") for f in fields(Overheads)}
+            unknown = set(o) - names
+            if unknown:
+                raise ValueError(f"unknown overhead terms {sorted(unknown)}")
+            overheads = Overheads(**{f"{k}_s": v for k, v in o.items()})
+            cost = CostModel(str(data["cost_model"]), get_gpu(data["gpu"]), overheads)
+            return cls(cost, get_shape(data["shape"]))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{STORED} {data!r}: {detail}") from None
 
 
 def controller(priced: Modeled | None, stored, name: str | None, overhead_us) -> Controller:
@@ -129,3 +144,19 @@ def planning_mismatches(planned: dict[str, tuple[str, str, str]], shape, gpu) ->
         for label, (s, g, _) in planned.items()
         if (s, g) != priced
     ]
+
+
+def priced_budgets(configs, info: dict, shape: ModelShape) -> dict[str, str]:
+    """``label -> "B=8 of 32 experts, priced as 25.1 of Qwen3-30B-A3B's 128"`` for each fixed
+    budget carried to a shape of other top-k or experts (``map_distinct`` over the arm's tree):
+    the arm keeps its label, which names the budget of the model that ran."""
+    K, E = info.get("top_k"), info.get("n_experts")
+    if K is None or E is None or (shape.top_k, shape.n_experts) == (K, E):
+        return {}
+    return {
+        c.label: f"B={c.budget} of {E} experts, priced as "
+        f"{map_distinct(min(c.budget, E), K, E, shape.top_k, shape.n_experts, c.num_tokens):.1f}"
+        f" of {shape.name}'s {shape.n_experts}"
+        for c in configs
+        if c.budget is not None and c.policy not in ("autoregressive", "none", "depth-width")
+    }

@@ -141,7 +141,13 @@ class Store:
                 )
             advice = "resume with the same options"
             if key == "prompts_sha":
-                advice = "resume with the prompts it was started with"
+                advice = "resume with the prompts it was started with" + (
+                    f" ({old['prompts']} runs: the same --prompts, --num-prompts and --seeds)"
+                    if "prompts" in old
+                    else ""
+                )
+            elif key == "model" and old.get("model_name"):
+                advice = f"resume with the model it ran ({old['model_name']})"
             raise ResumeError(
                 f"{self.folder} holds results for another {what} ({key}: stored "
                 f"{old[key]!r}, now {self.header[key]!r}); reusing them would mix the two. To "

@@ -196,9 +196,10 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
         )
         if meta.get(k) is not None
     ]
-    lines += [
-        f"- {label} plans for: {what}" for label, what in (meta.get("planned_for") or {}).items()
-    ]
+    budgets = meta.get("priced_budgets") or {}
+    lines += [f"- {label}: {what}" for label, what in budgets.items()]
+    planned = meta.get("planned_for") or {}
+    lines += [f"- {label} plans for: {what}" for label, what in planned.items()]
     if meta.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in meta["warnings"]]
     lines += ["", "## Verdicts", "", f"Speed: {speed_basis(rows, meta)}. {VERDICT_RULE}", ""]

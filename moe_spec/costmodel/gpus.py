@@ -14,6 +14,8 @@ measures the running machine and returns it as a ``GPU`` with ``overlap=False``.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -26,8 +28,14 @@ class GPU:
     overlap: bool = True  # memory and compute overlap (GPU); False: they add up (CPU engine)
 
     def __post_init__(self) -> None:
-        if not (self.bandwidth_Bps > 0 and self.peak_flops > 0):
-            raise ValueError(f"{self.name}: bandwidth and peak must be positive")
+        for field_name, least in (("bandwidth_Bps", 1e6), ("peak_flops", 1e6)):
+            value = getattr(self, field_name)
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (real and least <= value < math.inf):
+                raise ValueError(
+                    f"GPU {self.name!r}: {field_name} is {value!r}; allowed: a finite number "
+                    f">= {least:g} (per second: 4.8 TB/s is 4.8e12)"
+                )
 
 
 GPUS: dict[str, GPU] = {
@@ -41,8 +49,10 @@ GPUS: dict[str, GPU] = {
 
 
 def get_gpu(name: str) -> GPU:
-    """The named GPU (case-insensitive); ``ValueError`` lists the known names."""
-    for key, gpu in GPUS.items():
-        if key.lower() == name.lower() or key.lower().split("-")[0] == name.lower():
-            return gpu
+    """The named GPU (case-insensitive, the full name: ``A100`` alone is refused, as an
+    A100-40GB reads 1.55 TB/s, not the 80GB's 2.04); ``ValueError`` lists the known names."""
+    if isinstance(name, str):
+        for key, gpu in GPUS.items():
+            if key.lower() == name.lower():
+                return gpu
     raise ValueError(f"unknown GPU {name!r}; known: {', '.join(GPUS)}")

@@ -8,7 +8,10 @@ A forward is split into parts that run one after another; each part takes
 - ``experts``: the distinct routed experts of every MoE layer, ``d`` per layer,
   each read once (``n_moe_layers * d * expert_bytes``); FLOPs are ``2 * T * K``
   expert matmuls per token (budgeting changes which experts, not how many);
-- ``kv``: the KV cache of ``context`` committed tokens plus the new ones.
+- ``kv``: the KV cache of ``context`` committed tokens plus the new ones, and the
+  attention's score and value FLOPs, ``4 * T * (context + T) * hidden`` per layer (``hidden``
+  stands for the query width: a shape whose heads are wider or narrower than ``hidden``,
+  such as Qwen3-30B-A3B's 4096 against 2048, is priced at ``hidden``).
 
 A speculative step is ``depth`` draft forwards (``depth - 1`` tree expansions
 of ``width`` tokens and the catch-up on the accepted path) plus one verify
@@ -30,6 +33,7 @@ roofline; fitted to published or measured points in ``moe_spec.costmodel.fit``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,8 +58,11 @@ class Overheads:
     def __post_init__(self) -> None:
         for name in ("forward_s", "layer_s", "expert_s", "select_s", "tree_s", "token_s"):
             value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"Overheads.{name} must be >= 0 seconds, got {value!r}")
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (real and 0 <= value < math.inf):
+                raise ValueError(
+                    f"Overheads.{name} must be a finite number of seconds >= 0, got {value!r}"
+                )
 
     def seconds(
         self, layers: int, expert_reads: float, selections: int = 0, tokens: int = 1

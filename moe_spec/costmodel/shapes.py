@@ -20,9 +20,12 @@ shape with a dense SwiGLU of ``3 * hidden``, the 3D->D feature fusion and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 
 BYTES_PER_PARAM = 2  # bf16 / fp16 weights
+#: fields of a shape that may be 0 (every other count is at least 1)
+MAY_BE_ZERO = ("n_shared_experts", "attention_params", "dense_ffn_params", "kv_bytes_per_token")
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,26 @@ class ModelShape:
     bytes_per_param: int = BYTES_PER_PARAM  # 2: bf16/fp16 weights; 4: fp32 (the CPU engine)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(f"{self.name}: need 1 <= top_k <= n_experts")
-        if not 0 < self.n_moe_layers <= self.n_layers:
-            raise ValueError(f"{self.name}: need 0 < n_moe_layers <= n_layers")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "name":
+                continue
+            least = 0 if f.name in MAY_BE_ZERO else 1
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(
+                    f"model shape {self.name!r}: {f.name} is {value!r}; allowed: an integer "
+                    f">= {least}"
+                )
+        if not self.top_k <= self.n_experts:
+            raise ValueError(
+                f"model shape {self.name!r}: top_k is {self.top_k}; allowed: 1 to n_experts "
+                f"({self.n_experts})"
+            )
+        if not self.n_moe_layers <= self.n_layers:
+            raise ValueError(
+                f"model shape {self.name!r}: n_moe_layers is {self.n_moe_layers}; allowed: 1 "
+                f"to n_layers ({self.n_layers})"
+            )
 
     @property
     def expert_bytes(self) -> int:
@@ -103,6 +122,6 @@ SHAPES: dict[str, ModelShape] = {
 def get_shape(name: str) -> ModelShape:
     """The named model shape (case-insensitive); ``ValueError`` lists the known names."""
     for key, shape in SHAPES.items():
-        if key.lower() == name.lower():
+        if isinstance(name, str) and key.lower() == name.lower():
             return shape
     raise ValueError(f"unknown model shape {name!r}; known: {', '.join(SHAPES)}")

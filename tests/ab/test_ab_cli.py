@@ -103,7 +103,9 @@ def test_a_finished_run_resumes_without_running_again(ab_run, capsys):
         (["--target", "t"], "--target and --draft go together"),
         (["--target", "t", "--draft", "d"], "moe_spec.integration.transformers"),
         (["--gpu", "H200"], "--model-shape and --gpu go together"),
-        (["--overhead-us", "-1"], "--overhead-us must be >= 0"),
+        (["--overhead-us", "-1"], "--overhead-us must be a finite number >= 0, got -1"),
+        (["--overhead-us", "inf"], "--overhead-us must be a finite number >= 0, got inf"),
+        (["--model-shape", "", "--gpu", "H200"], "unknown model shape ''; known: OLMoE-1B-7B"),
         (["--backend", "sglang"], "needs a --config"),
     ],
 )

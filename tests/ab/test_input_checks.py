@@ -248,3 +248,17 @@ def test_the_engine_backend_checks_the_longest_prompt_encoding_each_once():
         backend.check_room([RunConfig("autoregressive", label="ar")], ["x" * 20], 1)
     bare = EngineBackend(SimpleNamespace(encode=encode), backend.cost, backend.shape)
     bare.check_room([tree], ["x" * 100], 100)  # no max_len or tree_scratch: not checked
+
+
+def test_a_cost_model_without_a_shape_is_warned_about_with_or_without_a_depth_width_arm(tmp_path):
+    from argparse import Namespace
+
+    from moe_spec.ab.cli import warnings_for
+    from moe_spec.ab.configs import RunConfig
+
+    args = Namespace(cost_model="roofline", overhead_us=None, model_shape=None, gpu=None,
+                     seeds=1, resume=False, out=str(tmp_path))  # fmt: skip
+    (alone,) = warnings_for(args, [RunConfig("none")], 8)
+    assert alone.startswith("--cost-model without --model-shape/--gpu price nothing")
+    (with_dw,) = warnings_for(args, [RunConfig("none"), RunConfig("depth-width")], 8)
+    assert "only the depth-width arm chooses its trees with it" in with_dw  # it was silent

@@ -13,7 +13,13 @@ from moe_spec.ab.records import RunRecord
 from moe_spec.ab.stats import ConfigStats, paired_bootstrap, per_prompt
 from moe_spec.ab.verdict import speed_basis, verdicts
 from moe_spec.cli import main
-from moe_spec.costmodel import NO_OVERHEADS, decode_seconds, get_gpu, get_shape
+from moe_spec.costmodel import (
+    NO_OVERHEADS,
+    decode_seconds,
+    get_cost_model,
+    get_gpu,
+    get_shape,
+)
 from moe_spec.costmodel.model import calibrated_overheads
 
 
@@ -81,6 +87,32 @@ def test_the_stored_controller_reads_back_old_and_new_forms():
     assert Controller.from_json(old.to_json()) == old
     with pytest.raises(ValueError, match="cannot read the stored depth-width controller"):
         Controller.from_json("something else")
+    three = {"shape": "OLMoE-1B-7B", "gpu": "H200", "cost_model": "calibrated",
+             "overheads_s": {"forward": 0.0, "layer": 2e-4, "expert": 1e-6}}  # fmt: skip
+    assert Controller.from_json(three).cost.overheads.select_s == 0  # an older run.json
+
+
+def test_a_measured_controller_keeps_every_overhead_term_through_run_json():
+    measured = Controller(get_cost_model("measured", "H200"), get_shape("OLMoE-1B-7B"))
+    o = measured.cost.overheads
+    assert o.select_s > 0 and o.tree_s > 0 and o.token_s > 0  # what was lost before
+    assert Controller.from_json(json.loads(json.dumps(measured.to_json()))) == measured
+
+
+@pytest.mark.parametrize(
+    ("overheads", "why"),
+    [
+        ({"layer": "abc"}, "Overheads.layer_s must be a finite number of seconds >= 0"),
+        ({"layr": 1e-4}, "unknown overhead terms \\['layr'\\]"),
+        (None, "no 'overheads_s'"),
+    ],
+)
+def test_a_damaged_stored_controller_is_refused_naming_run_json(overheads, why):
+    data = {"shape": "OLMoE-1B-7B", "gpu": "H200", "cost_model": "calibrated"}
+    if overheads is not None:
+        data["overheads_s"] = overheads
+    with pytest.raises(ValueError, match=f"run.json's `controller`.*{why}"):
+        Controller.from_json(data)
 
 
 @pytest.mark.parametrize(
@@ -217,3 +249,20 @@ def test_plot_series_have_one_style_each_and_legends_name_repair():
     assert (
         legend_label(rows[1]) == "tp B=8 (no repair)" and legend_label(rows[3]) == "tp B=8 repair"
     )
+
+
+def test_a_fixed_budget_says_what_it_is_priced_as_on_another_shape():
+    from moe_spec.ab.pricing import priced_budgets
+    from moe_spec.costmodel import map_distinct
+
+    arms = [RunConfig("token-priority", 8), RunConfig("none"), RunConfig("router-mass", 40)]
+    qwen3, info = get_shape("Qwen3-30B-A3B"), {"top_k": 4, "n_experts": 32}
+    got = priced_budgets(arms, info, qwen3)
+    mapped = map_distinct(8, 4, 32, 8, 128, arms[0].num_tokens)
+    assert got == {
+        "token-priority B=8": f"B=8 of 32 experts, priced as {mapped:.1f} of Qwen3-30B-A3B's 128",
+        "router-mass B=40": "B=40 of 32 experts, priced as 128.0 of Qwen3-30B-A3B's 128",
+    }
+    assert 8 < mapped < 128 * 8 / 32 + 1  # more than 8: the label's B is the small model's
+    same = {"top_k": qwen3.top_k, "n_experts": qwen3.n_experts}
+    assert priced_budgets(arms, same, qwen3) == {}  # nothing to carry

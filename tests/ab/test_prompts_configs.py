@@ -182,3 +182,10 @@ def test_repair_flag_reaches_the_engine_and_the_label(tmp_path):
     js.write_text(json.dumps([{"policy": "token-priority", "budget": 8, "repair": 1}]))
     with pytest.raises(ValueError, match="repair must be True or False, got 1"):
         parse_config(str(js))
+
+
+def test_a_json_config_without_a_policy_is_named(tmp_path):
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps([{"policy": "none"}, {"B": 8, "mode": "truncation"}]))
+    with pytest.raises(ValueError, match=r"c.json entry 2: no policy; each configuration names"):
+        parse_config(str(js))

@@ -16,7 +16,7 @@ from moe_spec.cli import main
 from tests.ab.test_runner_stats import CONFIGS, HEADER, FakeBackend
 
 ARMS = {c.label: config_sha(c) for c in CONFIGS}
-FULL = {**HEADER, "model": "m1", "code": "c1", "arms": ARMS}
+FULL = {**HEADER, "model": "m1", "code": "c1", "arms": ARMS, "prompts": 3}
 
 
 def finished(tmp_path, header=FULL, prompts=("a", "bb", "ccc")):
@@ -29,6 +29,7 @@ def finished(tmp_path, header=FULL, prompts=("a", "bb", "ccc")):
         ("model", "m2", r"another model \(model: stored 'm1', now 'm2'\)"),
         ("code", "c2", r"another moe-spec code \(code: stored 'c1', now 'c2'\)"),
         ("prompts_sha", "y", r"another prompts .*resume with the prompts it was started with"),
+        ("prompts_sha", "y", r"\(3 runs: the same --prompts, --num-prompts and --seeds\)"),
     ],
 )
 def test_a_changed_model_code_or_prompt_set_is_refused_with_a_way_on(tmp_path, key, value, message):
@@ -175,7 +176,9 @@ def test_cli_resume_refuses_another_checkpoint(ab_args, tiny_dir, tmp_path, caps
     perturbed_copy(tiny_dir, other)
     args[args.index(str(tiny_dir))] = str(other)
     assert main([*args, "--resume"]) == 2
-    assert "results for another model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "results for another model" in err
+    assert f"resume with the model it ran (--checkpoint {tiny_dir})" in err  # not hashes alone
 
 
 def test_cli_resume_reruns_an_arm_whose_budget_changed_under_the_same_label(ab_args, capsys):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from moe_spec.costmodel import (
+    GPU,
     SHAPES,
     ModeledStep,
     Overheads,
@@ -85,7 +86,7 @@ def test_overheads_add_per_forward_per_layer_and_per_expert_read_terms():
     assert decode_seconds(gpu, shape, overheads=o) == pytest.approx(
         decode_seconds(gpu, shape) + 3e-5 + 48 * 1e-4 + 48 * 8 * 2e-6
     )
-    with pytest.raises(ValueError, match="layer_s must be >= 0"):
+    with pytest.raises(ValueError, match="layer_s must be a finite number of seconds >= 0"):
         Overheads(layer_s=-1e-6)
 
 
@@ -128,6 +129,28 @@ def test_mapping_keeps_the_endpoints_and_the_budget_order():
     assert mapped == sorted(mapped)
 
 
+@pytest.mark.parametrize(("K", "E", "K2", "E2"), [(8, 32, 8, 64), (4, 32, 8, 128), (2, 8, 4, 60)])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 7, 16, 40])
+def test_a_forward_of_few_tokens_is_never_carried_past_what_they_can_read(K, E, K2, E2, tokens):
+    """T tokens read between K' (all agree) and min(E', T*K') (none share) experts."""
+    most = min(E, tokens * K)
+    for d in range(K, most + 1):
+        mapped = map_distinct(d, K, E, K2, E2, tokens)
+        assert K2 <= mapped <= min(E2, tokens * K2) + 1e-9
+    assert map_distinct(K, K, E, K2, E2, tokens) == K2  # every token agrees
+    assert map_distinct(most, K, E, K2, E2, tokens) == pytest.approx(min(E2, tokens * K2))
+    if tokens * K >= E and tokens * K2 >= E2:  # a tree that can cover both layers: as before
+        assert map_distinct(most - 1, K, E, K2, E2, tokens) == map_distinct(most - 1, K, E, K2, E2)
+
+
+def test_the_unbounded_mapping_overprices_a_short_chain():
+    # the finding: 4 tokens of a top-8-of-32 model reading 32 were priced at 64 of OLMoE's 64
+    assert map_distinct(32, 8, 32, 8, 64) == 64
+    assert map_distinct(32, 8, 32, 8, 64, tokens=4) == 32
+    with pytest.raises(ValueError, match="top-k 80 of 64 experts"):
+        map_distinct(10, 4, 32, 80, 64)
+
+
 def test_independent_routing_matches_the_notes_figures():
     # ../shared/notes: Qwen3-30B-A3B 8 tokens -> 52, 32 -> 112, 63 -> 126 of 128.
     for tokens, expected in ((8, 52), (32, 112), (63, 126)):
@@ -155,6 +178,14 @@ def test_unknown_names_list_the_known_ones():
         get_gpu("V100")
     with pytest.raises(ValueError, match="OLMoE-1B-7B"):
         get_shape("llama")
+    with pytest.raises(ValueError, match="unknown GPU 'A100'"):
+        get_gpu("A100")  # not taken for the 80GB part: an A100-40GB reads 1.55 TB/s
+    assert get_gpu("a100-80gb").name == "A100-80GB"
+    for name in (42, None, True, 4.8):  # an option parsed as JSON, not a name
+        with pytest.raises(ValueError, match=f"unknown GPU {name!r}"):
+            get_gpu(name)
+        with pytest.raises(ValueError, match=f"unknown model shape {name!r}"):
+            get_shape(name)
     with pytest.raises(ValueError, match="outside"):
         verify_seconds(get_gpu("H200"), TOY, 4, 9)
 
@@ -173,3 +204,38 @@ def test_counts_the_roofline_cannot_price_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call(get_gpu("H200"))
     assert verify_seconds(get_gpu("H200"), TOY, np.int64(4), np.float64(2.0)) > 0  # numpy is fine
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden": -2048}, "hidden is -2048; allowed: an integer >= 1"),
+        ({"expert_dim": 2048.0}, "expert_dim is 2048.0; allowed: an integer >= 1"),
+        ({"top_k": True}, "top_k is True; allowed: an integer >= 1"),
+        ({"vocab": 0}, "vocab is 0; allowed: an integer >= 1"),
+        ({"kv_bytes_per_token": -1}, "kv_bytes_per_token is -1; allowed: an integer >= 0"),
+        ({"n_shared_experts": -2}, "n_shared_experts is -2; allowed: an integer >= 0"),
+        ({"bytes_per_param": 0}, "bytes_per_param is 0; allowed: an integer >= 1"),
+        ({"top_k": 9}, "top_k is 9; allowed: 1 to n_experts \\(8\\)"),
+        ({"n_moe_layers": 3}, "n_moe_layers is 3; allowed: 1 to n_layers \\(2\\)"),
+    ],
+)
+def test_a_shape_of_ones_own_refuses_impossible_sizes_by_field(change, message):
+    with pytest.raises(ValueError, match=f"model shape 'toy': {message}"):
+        replace(TOY, **change)
+    assert replace(TOY, hidden=np.int64(64)).hidden == 64  # numpy integers are integers
+
+
+@pytest.mark.parametrize(
+    ("bandwidth", "peak"), [(4.8, 989.5e12), (4.8e12, float("nan")), (float("inf"), 1e12)]
+)
+def test_a_gpu_of_ones_own_refuses_rates_that_are_not_per_second(bandwidth, peak):
+    with pytest.raises(ValueError, match="allowed: a finite number >= 1e\\+06"):
+        GPU("mine", bandwidth, peak, "test")
+    assert GPU("L40S", 864e9, 181e12, "test").bandwidth_Bps == 864e9
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.0, "1", True])
+def test_overheads_are_finite_seconds(bad):
+    with pytest.raises(ValueError, match="finite number of seconds >= 0"):
+        Overheads(layer_s=bad)
