@@ -62,7 +62,13 @@ def verify(model, cache, tree, condition):
             run_tree(model, cache, tree)
             return None
         with budgeted_verify(
-            model, get_policy(policy), budget, "substitution", tree.depth_N, tree.logprob_N
+            model,
+            get_policy(policy),
+            budget,
+            "substitution",
+            tree.depth_N,
+            tree.logprob_N,
+            validate=False,  # the engine's hot path: no host reads per layer
         ) as routing:
             run_tree(model, cache, tree)
         return routing.distinct_computed_L()

@@ -18,6 +18,7 @@ Prefill, autoregressive decoding and the draft are never budgeted.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -127,6 +128,7 @@ class Engine:
         )
         self.config = self.target.config
         self.max_len = max_len or self.config.max_seq_len
+        self.vocab_size = self.target.embed.weight.shape[0]  # token ids it reads
         self.eot = self.tokenizer.token_to_id(EOT)
         self.dtype = self.target.embed.weight.dtype
 
@@ -140,6 +142,23 @@ class Engine:
         return KVCache(n_layers, n_heads, head_dim, self.max_len, self.dtype)
 
     def check_room(self, prompt: list[int], max_new_tokens: int, extra: int = 0) -> None:
+        """``prompt`` is a list of token ids of this model's vocabulary (batch 1), and it, the
+        new tokens and ``extra`` scratch positions fit ``max_len``."""
+        if isinstance(prompt, torch.Tensor) or not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt
+        ):
+            shown = f"a tensor of shape {list(prompt.shape)}" if torch.is_tensor(prompt) else prompt
+            raise ValueError(
+                f"prompt is {shown!r}; allowed: a list of token ids (int), one sequence "
+                "(batch 1): engine.encode(text), or tensor[0].tolist()"
+            )
+        vocab = self.vocab_size
+        outside = [t for t in prompt if not 0 <= t < vocab]
+        if outside:
+            raise ValueError(
+                f"prompt token ids {outside[:5]} are outside the vocabulary; allowed: 0 to "
+                f"{vocab - 1}"
+            )
         need = len(prompt) + max_new_tokens + extra
         if not prompt or need > self.max_len:
             raise ValueError(

@@ -208,7 +208,7 @@ class PolicyRegistry:
         if self.failures.get(origin) == why:
             return
         self.failures[origin] = why
-        warn_left_out(f"{exc}; its policies are left out", line)
+        warn_left_out(f"{exc}; the plugin is left out (its policies and architectures)", line)
 
     def policies(self) -> dict[str, PolicyInfo]:
         """All registered policies by name (runs the ``register_policies`` hook once)."""

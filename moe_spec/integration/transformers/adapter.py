@@ -125,6 +125,7 @@ class VerifyRouting(VerifyBudget):
 
     computed_LE: list[torch.Tensor] = field(default_factory=list)
     kept_L: list[torch.Tensor] = field(default_factory=list)  # 0-d: each budgeted layer's kept set
+    valid_T: torch.Tensor | None = None  # bool: the forward's real tokens (padding does not count)
 
     def distinct_computed_L(self) -> list[int]:
         """Distinct experts each MoE layer computed in the forward."""
@@ -159,6 +160,12 @@ def budget_routing(
 ) -> tuple[torch.Tensor, ...]:
     """The router's output with ids and weights budgeted by the policy (same order)."""
     logits, weights_TK, ids_TK = convention.split(output)
+    if state.valid_T is not None and state.valid_T.shape != ids_TK.shape[:1]:
+        raise ValueError(
+            f"budgeted_verify: valid_T holds {state.valid_T.shape[0]} entries but the forward "
+            f"routes {ids_TK.shape[0]} tokens (batch x sequence); pass "
+            "attention_mask.flatten().bool() of the same forward"
+        )
 
     def make_record() -> RoutingRecord:
         return RoutingRecord(
@@ -167,6 +174,7 @@ def budget_routing(
             weights_TK / convention.scale if convention.scale != 1.0 else weights_TK,
             depth_T=on_device(state.depth_T, logits.device),
             path_logprob_T=on_device(state.path_logprob_T, logits.device),
+            valid_T=on_device(state.valid_T, logits.device),
             layer_idx=block.layer_idx,
             num_layers=num_layers,
             scoring=convention.scoring,
@@ -215,16 +223,26 @@ def budgeted_verify(
     depth_T: torch.Tensor | None = None,
     path_logprob_T: torch.Tensor | None = None,
     track_exact: bool = False,
-    validate: bool = False,
+    validate: bool = True,
+    valid_T: torch.Tensor | None = None,
 ) -> Iterator[VerifyRouting]:
     """Budget every MoE block of ``model`` for the forwards run inside the ``with`` body.
 
     Yields the :class:`VerifyRouting` that fills up with each layer's routing.
     ``depth_T`` / ``path_logprob_T`` describe the T tokens of the forward (batch 1);
     ``track_exact`` records which tokens' routing the budget left unchanged (for repair).
-    ``validate`` runs the policy's value checks, which read tensors on the host in every
-    layer (off by default: the hot path then has no host synchronisation of its own).
+    ``validate`` runs the policy's value checks (a malformed kept set raises its
+    ``PolicyError``), which read tensors on the host in every layer; ``validate=False``
+    leaves the hot path without host synchronisation of its own (the engine then calls
+    ``VerifyRouting.check_kept`` after the forward). ``valid_T``: bool ``[batch x seq]``,
+    the forward's real tokens (``attention_mask.flatten().bool()`` of a padded batch): the
+    others never count towards the kept set, though they are re-routed into it; without it
+    every token counts, padding too.
     """
+    if not isinstance(policy, Policy):
+        raise ValueError(
+            f"policy is {policy!r}; allowed: a Policy instance, e.g. get_policy('router-mass')"
+        )
     convention, blocks = moe_routing(model)  # found and checked once per model
     check_mode(mode)
     budget = check_budget(budget, max(b.top_k for b in blocks), blocks[0].num_experts)
@@ -232,6 +250,7 @@ def budgeted_verify(
         policy = copy.copy(policy)
         policy.validate = False
     state = VerifyRouting(policy, budget, mode, depth_T, path_logprob_T, track_exact)
+    state.valid_T = None if valid_T is None else valid_T.reshape(-1).bool()
     handles = []
 
     def router_hook(block: MoEBlock):

@@ -93,6 +93,18 @@ class Architecture:
     convention: Callable[[object], RouterConvention]  # config -> convention (may refuse)
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise ValueError(
+                f"Architecture model_type is {self.model_type!r}; allowed: a transformers "
+                "model_type string, e.g. 'qwen3_moe'"
+            )
+        if not callable(self.convention):
+            raise ValueError(
+                f"Architecture {self.model_type!r}: convention is {self.convention!r}; allowed: "
+                "a function of the model config that returns a RouterConvention"
+            )
+
 
 def softmax_topk_convention(config) -> RouterConvention:
     """Qwen2-MoE, Qwen3-MoE, OLMoE: softmax top-k, renormalised iff ``norm_topk_prob``."""

@@ -66,6 +66,13 @@ class CausalLMDraft:
         self.body = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.context_limit = context_limit(model.config)
+        self.vocab = model.get_input_embeddings().num_embeddings
+
+    def embeddable(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` with a token the draft cannot embed (a target's id past a smaller draft
+        vocabulary) read as the draft's last id: its guesses after it are likely rejected,
+        the target's tokens are not changed."""
+        return ids.clamp(max=self.vocab - 1)
 
     def new_cache(self, _max_len: int) -> DynamicCache:
         return new_cache()
@@ -88,7 +95,7 @@ class CausalLMDraft:
         key_pos_S = view.append(positions_Q)
         masks = layer_masks(config, allowed_QS, positions_Q, key_pos_S, self.model.dtype, device)
         out = self.body(
-            input_ids=tokens_BQ.to(device),
+            input_ids=self.embeddable(tokens_BQ.to(device)),
             position_ids=positions_Q[None].to(device),
             attention_mask=masks,
             past_key_values=view.cache,
@@ -112,7 +119,7 @@ class CausalLMDraft:
         return torch.log_softmax(logits_QV[-1], dim=-1), logits_QV.argmax(-1)
 
     def hidden(self, cache: DynamicCache, tokens: list[int]) -> torch.Tensor:
-        ids = torch.tensor([tokens], device=self.model.device)
+        ids = self.embeddable(torch.tensor([tokens], device=self.model.device))
         out = self.body(input_ids=ids, past_key_values=cache, use_cache=True)
         return out.last_hidden_state[0]
 

@@ -132,6 +132,7 @@ class TransformersEngine:
                 f"max_len is {max_len}; allowed: 2 to {limit}, the positions both models take"
             )
         self.max_len = max_len or limit
+        self.vocab_size = target.get_input_embeddings().num_embeddings  # token ids it reads
         self.eos = eos_ids(target)
         self.eot = min(self.eos) if self.eos else -1
 

@@ -128,12 +128,14 @@ def experts_implementation(
         if requested == DENSE:
             register_dense()
         return requested
-    if not str(device).startswith("cpu"):
-        return None
     if dtype == "auto":
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
+    if dtype == torch.float64:
+        return "eager"  # grouped_mm has no double kernel ("Expected mat_a to be Float32 ...")
+    if not str(device).startswith("cpu"):
+        return None
     if not isinstance(dtype, torch.dtype) or dtype.itemsize >= 4:
         return None
     dims = [getattr(config, key, None) for key in EXPERT_DIM_KEYS]
@@ -272,6 +274,6 @@ def load_engine(
         if hot_tokens and hot_file.is_file():
             hot = read_hot_tokens(hot_file, target.get_output_embeddings().weight.shape[0])
         draft = EagleHeadDraft(head, target, rope_theta, hot)
-    else:
+    else:  # an MoE draft gets the same experts choice as a target would (float64: eager)
         draft = load_causal_lm(draft_dir, device, dtype)
     return TransformersEngine(target, draft, tokenizer, max_len)

@@ -16,7 +16,7 @@ from moe_spec.integration.transformers.tree import new_cache, run_tree
 from moe_spec.policies import get_policy
 from tests.loop_reference import reference_sparsemixer
 
-from .conftest import ExpertAccessCounter, hand_tree, tiny_config
+from .conftest import ExpertAccessCounter, build, hand_tree, tiny_config
 
 PROMPT = [5, 17, 42, 8, 63, 29]
 # root, two children, grandchildren under both, one great-grandchild: 9 nodes, 4 leaves
@@ -269,3 +269,47 @@ def test_a_cache_that_dropped_sliding_entries_is_refused():
         run_tree(model, cache, hand_tree(TOKENS, PARENTS))
     with pytest.raises(TreeAttentionError, match="new_cache"):
         keep_path(cache, 2 * len(PROMPT), torch.tensor([0, 1, 3]))
+
+
+def router_probs_hook(captured: list):
+    """A router forward hook that keeps each layer's routing probabilities ``[tokens, E]``."""
+    return lambda _m, _args, out: captured.append(
+        torch.softmax(out[0].reshape(-1, out[0].shape[-1]), -1)
+    )
+
+
+def test_a_padded_batch_counts_only_its_real_tokens_when_given_valid_t():
+    """A left-padded batch of 2: with ``valid_T`` the kept set is router-mass's top-B over the
+    real tokens alone (computed here from the router's own probabilities); without it the pad
+    tokens' routing chooses too (the walkthrough's finding)."""
+    model = build(tiny_config("qwen3_moe"))
+    blocks = find_moe_blocks(model)
+    B, pad = blocks[0].top_k + 1, 6
+    ids = torch.tensor([[5, 17, 42, 8, 63, 29, 11, 70, 3, 44], [0] * pad + [91, 12, 7, 58]])
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    found = []
+    for seed in range(40):  # routing where padding would change the choice
+        torch.manual_seed(seed)
+        ids[1, :pad] = torch.randint(1, 90, (pad,))
+        probs: list = []
+        handle = blocks[0].router.register_forward_hook(router_probs_hook(probs))
+        with budgeted_verify(model, get_policy("router-mass"), B, valid_T=mask) as routing:
+            model(input_ids=ids, attention_mask=mask)
+        handle.remove()
+        valid_T = mask.flatten().bool()
+        mass_E = probs[0][valid_T].sum(0)
+        kept = set(torch.topk(mass_E, B).indices.tolist())
+        padded_kept = set(torch.topk(probs[0].sum(0), B).indices.tolist())
+        used = set(routing.ids_after_LTK[0].unique().tolist())  # every row re-routed into it
+        assert used <= kept, (seed, used, kept)
+        if padded_kept != kept:
+            found.append(seed)
+            with budgeted_verify(model, get_policy("router-mass"), B) as unmasked:
+                model(input_ids=ids, attention_mask=mask)
+            assert not set(unmasked.ids_after_LTK[0].unique().tolist()) <= kept
+            break
+    assert found, "no seed where the padding would change the kept set"
+    short = budgeted_verify(model, get_policy("router-mass"), B, valid_T=mask[:, :2])
+    with pytest.raises(ValueError, match="valid_T holds 4 entries but the forward routes"), short:
+        model(input_ids=ids, attention_mask=mask)

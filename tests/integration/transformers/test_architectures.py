@@ -105,6 +105,22 @@ def test_registering_something_else_is_left_out_with_a_warning(plugin):
     assert [w.filename for w in caught] == [__file__]
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Architecture(42, lambda c: RouterConvention("gate")), "model_type is 42"),
+        (lambda: Architecture("x_moe", RouterConvention("gate")), "convention is Router"),
+    ],
+)
+def test_an_architecture_of_the_wrong_types_leaves_its_plugin_out(plugin, make, message):
+    """A non-string model_type used to crash `moe-spec architectures` and every model load
+    (sorting names); now the plugin is left out with a warning, as other mistakes are."""
+    plugin(lambda register: register(make()))
+    with pytest.warns(PluginWarning, match=message):
+        known = architectures()
+    assert "qwen3_moe" in known and all(isinstance(name, str) for name in known)
+
+
 def test_an_entry_point_plugin_registers_an_architecture(tmp_path, monkeypatch):
     (tmp_path / "my_arch.py").write_text(
         textwrap.dedent(

@@ -288,3 +288,41 @@ def test_a_kept_set_that_goes_wrong_later_is_refused_after_its_forward(moe_model
     assert policy.calls == 3 * L  # the whole third forward ran
     fine = engine.generate_speculative(PROMPT, NEW, spec, policy=Malformed(B))
     assert max(max(s.distinct_after_L) for s in fine.steps) <= B  # B itself is allowed
+
+
+@pytest.mark.parametrize("kept", ["more", "fewer"])
+def test_budgeted_verify_checks_a_policy_by_default(moe_model, kept):
+    """Called directly (not by the engine), ``budgeted_verify`` runs the policy's value checks
+    unless told not to: a kept set outside [top-k, B] raises instead of running."""
+    from moe_spec.integration.transformers import budgeted_verify
+
+    _, spec, policy = malformed_run(moe_model, kept=kept)
+    ids = torch.tensor([[5, 17, 42, 8, 63, 29, 11, 70]])
+    with pytest.raises(PolicyError, match="keep"), budgeted_verify(moe_model, policy, spec.budget):
+        moe_model(input_ids=ids)
+    _, _, quiet = malformed_run(moe_model, kept=kept)
+    with budgeted_verify(moe_model, quiet, spec.budget, validate=False) as routing:
+        moe_model(input_ids=ids)  # the hot path's choice: no host reads, no check
+    with pytest.raises(PolicyError, match="allowed: top-k="):
+        routing.check_kept(spec.budget - 2, find_moe_blocks(moe_model)[0].num_experts)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        (torch.tensor([PROMPT]), r"prompt is 'a tensor of shape \[1, 7\]'; allowed: a list"),
+        ([[5, 17], [42, 8]], r"allowed: a list of token ids \(int\), one sequence"),
+        ([5, 17, 99999], r"prompt token ids \[99999\] are outside the vocabulary; allowed: 0 to"),
+        ([5, -1], r"ids \[-1\] are outside"),
+    ],
+)
+def test_a_prompt_that_is_not_token_ids_of_this_model_is_named(moe_model, prompt, message):
+    from moe_spec.integration.transformers import budgeted_verify
+
+    engine = TransformersEngine(moe_model, moe_model, NoTokenizer())
+    with pytest.raises(ValueError, match=message):
+        engine.generate_autoregressive(prompt, 4)
+    with pytest.raises(ValueError, match=message):
+        engine.generate_speculative(prompt, 4, SPEC)
+    with pytest.raises(ValueError, match="policy is 'router-mass'; allowed: a Policy instance"):
+        budgeted_verify(moe_model, "router-mass", 3).__enter__()

@@ -197,3 +197,38 @@ def test_moe_spec_ab_runs_on_local_transformers_checkpoints(checkpoints, tmp_pat
     assert none["metrics"]["agreement"] == 1.0  # lossless against autoregressive
     assert budgeted["distinct_after"]["p99"] <= 3 < none["distinct_before"]["p99"]
     assert "router-mass B=3" in capsys.readouterr().out
+
+
+def test_float64_checkpoints_load_and_generate_with_an_moe_draft_too(tmp_path):
+    """transformers' default grouped_mm has no double kernel: a float64 target, or an MoE
+    draft, crashed in its first forward ("Expected mat_a to be Float32 ..."), though the
+    docs test exactness in float64."""
+    model = build(tiny_config("qwen3_moe"))  # float64
+    model.save_pretrained(tmp_path / "t", safe_serialization=True)
+    word_tokenizer().save_pretrained(tmp_path / "t")
+    assert experts_implementation(model.config, "cpu", torch.float64) == "eager"
+    assert experts_implementation(model.config, "cuda", "float64") == "eager"
+    for dtype in ("auto", torch.float64):
+        engine = load_engine(str(tmp_path / "t"), str(tmp_path / "t"), device="cpu", dtype=dtype)
+        assert engine.target.dtype == torch.float64
+        prompt = engine.encode("w5 w17 w42 w8")
+        spec = SpecConfig(2, 3, 6, policy="router-mass", budget=3, repair=True)
+        result = engine.generate_speculative(prompt, 8, spec)
+        assert result.tokens == engine.generate_autoregressive(prompt, 8).tokens
+
+
+def test_a_draft_with_a_smaller_vocabulary_reads_ids_past_it():
+    """The docs allow a smaller draft vocabulary; a committed id past it crashed the draft's
+    embedding (IndexError). The draft now reads such an id as its last one; the output is
+    still the target's own."""
+    from transformers import Qwen3Config
+
+    target = build(tiny_config("qwen3_moe"))
+    small = {**COMMON, "vocab_size": VOCAB // 2}
+    draft = build(Qwen3Config(**small, head_dim=8, intermediate_size=32), seed=1)
+    engine = TransformersEngine(target, draft, word_tokenizer())
+    prompt = [5, 17, 90, 8, 63, 29]  # 90 and 63 are past the draft's 48 ids
+    expected = engine.generate_autoregressive(prompt, 12).tokens
+    for spec in (SpecConfig(2, 3, 6), SpecConfig(2, 3, 6, policy="router-mass", budget=3,
+                                                 repair=True)):  # fmt: skip
+        assert engine.generate_speculative(prompt, 12, spec).tokens == expected
