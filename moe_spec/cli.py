@@ -449,22 +449,39 @@ def options_text(options: dict) -> str:
 SERVE_USAGE = "moe-spec serve --policy NAME --budget B [options] -- <sglang launch_server args>"
 
 
-def unknown_serve_options(unknown: list[str], parser: argparse.ArgumentParser) -> str:
-    """serve's refusal of options it does not know, guessing a mistyped one of its own."""
-    serve = next(
-        a.choices["serve"] for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-    )
-    own = [o for a in serve._actions for o in a.option_strings if o.startswith("--")]
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """``parser``'s subcommand parser ``name``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def long_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--option`` of ``parser`` and of its subcommands (``models build --rebuild``)."""
+    out = []
+    for action in parser._actions:
+        out += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            out += [o for p in action.choices.values() for o in long_options(p)]
+    return out
+
+
+def unknown_options(command: str, unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """A command's refusal of options it does not know, guessing a mistyped one of its own
+    (``--budgt``: did you mean ``--budget``); serve's says where SGLang's arguments go."""
+    own = long_options(subcommand(parser, command))
     guesses = [
         f"{close[0]} for {word}"
         for word in (u.split("=", 1)[0] for u in unknown if u.startswith("--"))
         if (close := difflib.get_close_matches(word, own, n=1, cutoff=0.8))
     ]
     meant = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
-    return (
-        f"serve does not know {' '.join(unknown)}{meant}; SGLang's arguments go after `--`: "
-        "moe-spec serve --policy NAME --budget B -- --model-path PATH ..."
-    )
+    text = f"{command} does not know {' '.join(unknown)}{meant}"
+    if command == "serve":
+        return (
+            f"{text}; SGLang's arguments go after `--`: moe-spec serve --policy NAME --budget B "
+            "-- --model-path PATH ..."
+        )
+    return f"{text}; `moe-spec {command} --help` lists its options"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -660,11 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command == "serve":
-        print(f"moe-spec: error: {unknown_serve_options(unknown, parser)}", file=sys.stderr)
-        return 2
     if unknown:
-        parser.parse_args(argv)  # argparse's own error for the other commands
+        print(f"moe-spec: error: {unknown_options(args.command, unknown, parser)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ValueError, PolicyError, PluginError, RuntimeError) as exc:

@@ -286,3 +286,17 @@ def test_a_cache_that_cannot_be_a_folder_is_an_error_not_a_traceback(tmp_path, m
     cache.write_text("a file where the cache folder should be")
     monkeypatch.setenv("MOE_SPEC_CACHE", str(cache))
     assert str(cache) in refused(["models", "build"], capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "x", "--polcy", "auto"], "generate does not know --polcy auto (did you mean "
+         "--policy for --polcy?); `moe-spec generate --help` lists its options"),
+        (["models", "build", "--rebuld"], "(did you mean --rebuild for --rebuld?)"),
+        (["ab", "--zzz"], "ab does not know --zzz; `moe-spec ab --help`"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_gets_a_guess_among_the_commands_own(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

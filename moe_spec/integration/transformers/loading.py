@@ -223,7 +223,7 @@ def load_engine(
     draft_path: str,
     *,
     device: str | None = None,
-    dtype: torch.dtype | str = "auto",
+    dtype: torch.dtype | str | None = None,
     max_len: int | None = None,
     experts: str | None = None,
     hot_tokens: bool = True,
@@ -234,10 +234,12 @@ def load_engine(
     before any weight is read); the tokenizer comes from the target directory.
     ``draft_path`` holds a causal LM or an EAGLE head (the engine's or SGLang's format; see
     the module docstring; its dim must be the target's hidden size, also checked before any
-    weight is read). ``device`` defaults to CUDA when available; ``dtype`` to the
-    checkpoint's (the head takes the target's). ``experts`` picks the target's experts
-    implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in two matmuls, a
-    faster verify on a CPU for small experts,
+    weight is read). ``device`` defaults to CUDA when available; ``dtype`` to float32 on a
+    CPU (bf16 is slow on CPUs without AMX, and near-tied bf16 logits flip greedy choices, so
+    repair's output would leave the unbudgeted one within a few tokens) and to the
+    checkpoint's (``"auto"``) elsewhere (the head takes the target's). ``experts`` picks the
+    target's experts implementation (:data:`EXPERTS_CHOICES`; ``dense`` runs every expert in
+    two matmuls, a faster verify on a CPU for small experts,
     :mod:`~moe_spec.integration.transformers.dense_experts`); default: transformers' choice.
     ``hot_tokens``: an engine-format head whose folder holds ``hot_tokens.safetensors`` drafts
     from those ids only (:mod:`~moe_spec.integration.transformers.hot_tokens`); False drafts
@@ -246,6 +248,8 @@ def load_engine(
     from transformers import AutoTokenizer
 
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.float32 if str(device).startswith("cpu") else "auto"
     dtype = check_dtype(dtype)
     if max_len is not None and (type(max_len) is not int or max_len < 2):
         raise ValueError(f"max_len is {max_len!r}; allowed: None (the model's) or an int >= 2")

@@ -80,7 +80,8 @@ def test_a_bf16_checkpoint_with_narrow_experts_runs_on_a_cpu(tmp_path):
     assert experts_implementation(config, "cpu", torch.bfloat16) == "batched_mm"
     assert experts_implementation(config, "cpu", torch.float32) is None
     assert experts_implementation(config, "cuda", torch.bfloat16) is None
-    engine = load_engine(str(tmp_path / "t"), str(tmp_path / "t"), device="cpu")  # dtype auto
+    path = str(tmp_path / "t")
+    engine = load_engine(path, path, device="cpu", dtype="auto")  # the checkpoint's bf16
     assert engine.target.dtype == torch.bfloat16
     assert engine.target.config._experts_implementation == "batched_mm"
     prompt = engine.encode("w5 w17 w42 w8")
@@ -232,3 +233,16 @@ def test_a_draft_with_a_smaller_vocabulary_reads_ids_past_it():
     for spec in (SpecConfig(2, 3, 6), SpecConfig(2, 3, 6, policy="router-mass", budget=3,
                                                  repair=True)):  # fmt: skip
         assert engine.generate_speculative(prompt, 12, spec).tokens == expected
+
+
+def test_a_cpu_engine_defaults_to_float32_and_auto_keeps_the_checkpoints(tmp_path):
+    """bf16 on a CPU is slow and flips near-tied greedy choices (repair then leaves the
+    unbudgeted output): the README's load_engine(..., device="cpu") loaded bf16 while the
+    CLI used float32. Both use float32 now; dtype="auto" still means the checkpoint's."""
+    build(tiny_config("qwen3_moe")).to(torch.bfloat16).save_pretrained(
+        tmp_path / "t", safe_serialization=True
+    )
+    word_tokenizer().save_pretrained(tmp_path / "t")
+    path = str(tmp_path / "t")
+    assert load_engine(path, path, device="cpu").target.dtype == torch.float32
+    assert load_engine(path, path, device="cpu", dtype="auto").target.dtype == torch.bfloat16
