@@ -199,6 +199,13 @@ def check_tree_room(
     left = engine.max_len - len(prompt) - max_new_tokens  # positions left for the tree
     if not prompt or engine.tree_scratch(spec) <= left:
         return  # an empty prompt: the engine's own error
+    room = engine.max_len - engine.tree_scratch(replace(spec, **TREE_LOWS)) - 1
+    if len(prompt) > room:  # no tree nor token count helps: the prompt itself is too long
+        raise ValueError(
+            f"the prompt is {len(prompt)} tokens; allowed here: at most {room} (the model's "
+            f"{engine.max_len} positions, less one new token and the smallest tree's scratch): "
+            "shorten the prompt"
+        )
     where = (
         f"the {len(prompt)}-token prompt, the new tokens and the tree's scratch must fit "
         f"the model's {engine.max_len} positions"

@@ -138,6 +138,12 @@ def test_generate_names_the_tree_flag_that_does_not_fit_and_its_largest(capsys, 
     assert message in err and "the model's 1024 positions" in err
 
 
+def test_a_prompt_too_long_for_any_tree_says_to_shorten_it(capsys):
+    err = refused(["generate", "x " * 1100, *TOY, "--max-new-tokens", "4"], capsys)
+    assert "the prompt is 1101 tokens; allowed here: at most 1020" in err  # 1024 - 3 - 1
+    assert "shorten the prompt" in err and "lower them" not in err
+
+
 def test_generate_runs_at_the_largest_tree_it_allows(capsys):
     assert main(["generate", "x", *TOY, "--max-new-tokens", "4", "--num-tokens", "971"]) == 0
 
