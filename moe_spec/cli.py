@@ -90,12 +90,20 @@ def check_unique(flag: str, values: list) -> None:
 
 
 def comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+    """``a,b``: names; ``""``: none (``--repair-policies ''``); an empty item (``a,,b``) is
+    refused."""
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return items
 
 
 def parse_int_list(text: str) -> list[int]:
+    """``8,16``: one or more integers (an empty item is refused)."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"

@@ -306,3 +306,17 @@ def test_a_cache_that_cannot_be_a_folder_is_an_error_not_a_traceback(tmp_path, m
 def test_an_unknown_option_gets_a_guess_among_the_commands_own(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budgets", ""], "--budgets: expected comma-separated integers, got ''"),
+        (["--budgets", "16,,32"], "--budgets: expected comma-separated integers, got '16,,32'"),
+        (["--policies", "router-mass,,draft-path"], "--policies: expected comma-separated names"),
+    ],
+)
+def test_trace_demo_refuses_empty_items_in_its_lists(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["trace-demo", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
