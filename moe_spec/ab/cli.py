@@ -372,7 +372,7 @@ def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
         warn(notes, warning)
     modeled = pricing(args.model_shape, args.gpu, args.cost_model, args.overhead_us)
     planned = planned_for(configs) if args.backend == "engine" else {}
-    for warning in planning_mismatches(planned, args.model_shape, args.gpu):
+    for warning in planning_mismatches(planned, modeled):
         warn(notes, warning)
     stored = stored_controller(args)
     pick = controller(modeled, stored, args.cost_model, args.overhead_us)

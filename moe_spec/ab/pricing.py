@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 
+from moe_spec.ab.configs import BASELINES
 from moe_spec.ab.stats import Modeled
 from moe_spec.costmodel import (
     COST_MODELS,
@@ -118,7 +119,6 @@ def planned_for(configs) -> dict[str, tuple[str, str, str]]:
     """``label -> (shape, gpu, cost model)`` of each arm whose policy plans with a cost model
     of its own (``auto``: its ``shape``/``gpu``/``cost_model`` options), which the run's
     pricing options do not change."""
-    from moe_spec.ab.configs import BASELINES
     from moe_spec.policies import get_policy
 
     out = {}
@@ -132,11 +132,13 @@ def planned_for(configs) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def planning_mismatches(planned: dict[str, tuple[str, str, str]], shape, gpu) -> list[str]:
+def planning_mismatches(
+    planned: dict[str, tuple[str, str, str]], priced_by: Modeled | None
+) -> list[str]:
     """A warning per arm that plans for another shape or GPU than the run is priced for."""
-    if not (shape and gpu):
+    if priced_by is None:
         return []
-    priced = (get_shape(shape).name, get_gpu(gpu).name)
+    priced = (priced_by.shape.name, priced_by.cost.gpu.name)
     return [
         f"{label} plans for {s} on {g} (its opt.shape and opt.gpu), but this run is priced "
         f"for {priced[0]} on {priced[1]}: its budgets and guard are chosen for another model "
@@ -158,5 +160,5 @@ def priced_budgets(configs, info: dict, shape: ModelShape) -> dict[str, str]:
         f"{map_distinct(min(c.budget, E), K, E, shape.top_k, shape.n_experts, c.num_tokens):.1f}"
         f" of {shape.name}'s {shape.n_experts}"
         for c in configs
-        if c.budget is not None and c.policy not in ("autoregressive", "none", "depth-width")
+        if c.budget is not None and c.policy not in BASELINES
     }
