@@ -73,9 +73,11 @@ def select_kept(
     """bool ``[E]``: the ``budget`` experts with the highest scores.
 
     Experts in ``used_E`` (bool ``[E]``, picked by some token) rank before all
-    others, so a budget that covers every used expert changes nothing. Ties
-    go to the lower expert id. ``budget`` may be a 0-d tensor (a per-layer
-    budget computed on device); the mask's size then varies, its shape never.
+    others, so a budget that covers every used expert changes nothing; where it
+    exceeds them, only the used experts are kept (no spare slot goes to an expert
+    no token picked, which re-routed padded rows would read). Ties go to the
+    lower expert id. ``budget`` may be a 0-d tensor (a per-layer budget computed
+    on device); the mask's size then varies, its shape never.
     """
     if not isinstance(budget, torch.Tensor):
         try:
@@ -85,7 +87,21 @@ def select_kept(
         if value < 0:
             raise ValueError(f"budget is {budget!r}; allowed: an integer >= 0 or a 0-d tensor")
         budget = value
-    return expert_rank_E(scores_E, used_E) < budget
+    return kept_of_rank(expert_rank_E(scores_E, used_E), budget, used_E)
+
+
+def kept_of_rank(
+    rank_E: torch.Tensor, budget: int | torch.Tensor, used_E: torch.Tensor | None = None
+) -> torch.Tensor:
+    """bool ``[..., E]``: the kept set of a ranking (:func:`expert_rank_E`): ``rank < budget``,
+    and where some expert is used, only used ones (they rank first, so that is ``rank <
+    min(budget, used)``). Without a used expert (every row padded), the budget's best by
+    score. No host read."""
+    keep_E = rank_E < budget
+    if used_E is None:
+        return keep_E
+    used_E = used_E.bool()
+    return keep_E & (used_E | ~used_E.any(dim=-1, keepdim=True))
 
 
 def expert_rank_E(scores_E: torch.Tensor, used_E: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,8 +14,11 @@ def rank_key(scores: list[float], e: int) -> tuple[float, int]:
 
 
 def reference_keep(scores: list[float], used: list[bool], budget: int) -> list[bool]:
-    """The ``budget`` best experts, used ones first, ties to the lower id."""
+    """The ``budget`` best experts, used ones first, ties to the lower id; never an unused
+    expert where some expert is used (no token needs it; re-routed padded rows would read it)."""
     order = sorted(range(len(scores)), key=lambda e: (not used[e], -scores[e], e))
+    if any(used):
+        order = [e for e in order if used[e]]
     kept = set(order[:budget])
     return [e in kept for e in range(len(scores))]
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from moe_spec import RoutingRecord, apply_budget, select_kept
+from moe_spec.budget import expert_rank_E
 from tests.conftest import make_record
 
 # Token 0 prefers experts 0 > 1 > 2 > 3, token 1 the reverse.
@@ -78,7 +79,18 @@ def test_select_kept_prefers_used_experts_and_takes_a_tensor_budget():
     scores_E = torch.tensor([5.0, 4.0, 3.0, 2.0])
     used_E = torch.tensor([False, True, False, True])
     assert select_kept(scores_E, 2, used_E).tolist() == [False, True, False, True]
-    assert select_kept(scores_E, 3, used_E).tolist() == [True, True, False, True]
+    # past the used experts no spare slot goes to an unpicked one (re-routed padded rows
+    # would read it): the kept set stops at the used experts
+    assert select_kept(scores_E, 3, used_E).tolist() == [False, True, False, True]
+    assert select_kept(scores_E, torch.tensor(4), used_E).tolist() == [False, True, False, True]
+    assert expert_rank_E(scores_E, used_E).tolist() == [2, 0, 3, 1]
+    # no used expert (every row padded): the budget's best by score
+    assert select_kept(scores_E, 3, torch.zeros(4, dtype=torch.bool)).tolist() == [
+        True,
+        True,
+        True,
+        False,
+    ]
     assert select_kept(scores_E, torch.tensor(1)).tolist() == [True, False, False, False]
 
 
@@ -91,7 +103,8 @@ def test_a_nan_score_ranks_last_so_the_budget_holds():
     assert select_kept(scores_E, 6).all()  # still kept once the budget reaches it
     assert select_kept(torch.full((6,), nan), 2).nonzero().flatten().tolist() == [0, 1]
     used_E = torch.tensor([False, False, True, False, False, False])
-    assert select_kept(scores_E, 2, used_E).nonzero().flatten().tolist() == [2, 5]  # used first
+    assert expert_rank_E(scores_E, used_E)[[2, 5]].tolist() == [0, 1]  # used first
+    assert select_kept(scores_E, 2, used_E).nonzero().flatten().tolist() == [2]  # only used
 
 
 @pytest.mark.parametrize("budget", [2.5, -1, True, "3"])

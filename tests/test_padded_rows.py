@@ -100,6 +100,37 @@ def test_triton_kernel_matches_torch_on_garbage_padded_rows(mode, fill):
     assert int(used_experts_E(got.topk_ids_TK, E).sum()) <= B
 
 
+def few_valid_experts() -> RoutingRecord:
+    """Two valid rows picking 3 experts between them, and four padded rows picking others."""
+    logits_TE = torch.randn(6, E, generator=torch.Generator().manual_seed(3))
+    ids_TK = torch.tensor([[0, 1], [1, 2], [9, 10], [11, 12], [13, 14], [15, 3]])
+    weights_TK = torch.full((6, K), 0.5)
+    valid_T = torch.tensor([True, True, False, False, False, False])
+    return RoutingRecord(logits_TE, ids_TK, weights_TK, valid_T=valid_T, depth_T=torch.zeros(6))
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN_NAMES if n != "none"])
+@pytest.mark.parametrize("budget", [4, 8, 15])
+def test_a_budget_past_the_valid_rows_experts_lets_padded_rows_read_only_those(name, budget):
+    """B above the experts real tokens picked: no spare kept slot goes to an unpicked expert
+    (re-routed padded rows would read it: B 4/8/16 read 4/7/11 experts before the fix)."""
+    record = few_valid_experts()
+    out = get_policy(name).apply(record, budget)
+    assert out.keep_E.nonzero().flatten().tolist() == [0, 1, 2]
+    assert used_experts_E(out.topk_ids_TK, E).nonzero().flatten().tolist() == [0, 1, 2]
+    assert torch.equal(out.topk_ids_TK[:2], record.topk_ids_TK[:2])  # nothing lost
+
+
+@pytest.mark.parametrize("kind", ["mass", "frequency"])
+def test_the_triton_kernel_keeps_no_spare_experts_either(kind):
+    record = few_valid_experts()
+    got, _ = select_budget_triton(record, 8, ScoreRule(kind))
+    want, _ = select_budget_torch(record, 8, ScoreRule(kind))
+    assert got.keep_E.nonzero().flatten().tolist() == [0, 1, 2]
+    assert torch.equal(got.keep_E, want.keep_E)
+    assert torch.equal(got.topk_ids_TK, want.topk_ids_TK)
+
+
 def test_apply_budget_with_checks_off_holds_the_budget_on_nan_padding():
     dirty, _ = padded_record(float("nan"))
     out = apply_budget(dirty, B, validate=False)

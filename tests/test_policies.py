@@ -53,35 +53,49 @@ def test_router_mass_sums_probability_over_all_experts():
     assert kept("router-mass", record, 1) == [2]  # frequency would keep expert 0
     # Expert 1 has more mass than expert 0 but no token picked it: picked experts rank first.
     assert kept("router-mass", record, 2) == [0, 2]
-    assert kept("router-mass", record, 3) == [0, 1, 2]
+    # a budget past the picked experts keeps only them: expert 1 would be read by nobody
+    # but re-routed padded rows
+    assert kept("router-mass", record, 3) == [0, 2]
 
 
 # One token: the layer's mass is exactly its probabilities.
 SKEWED = [[0.5, 0.3, 0.1, 0.05, 0.03, 0.02, 0.0, 0.0]]
+# Six top-1 tokens, token i picking expert i: mass [2.45, 0.9, 0.8, 0.7, 0.6, 0.55, 0, 0],
+# cumulative shares of the total 6: 0.408, 0.558, 0.692, 0.808, 0.908, 1.
+SPREAD = [[1.0] + [0.0] * 7] + [
+    [1 - a] + [0.0] * (i - 1) + [a] + [0.0] * (7 - i)
+    for i, a in enumerate([0.9, 0.8, 0.7, 0.6, 0.55], start=1)
+]
 
 
 @pytest.mark.parametrize(
-    "coverage, top_k, budget, want",
+    "rows, coverage, top_k, budget, want",
     [
-        (0.75, 1, 7, [0, 1]),  # 0.5 + 0.3 >= 0.75
-        (0.85, 1, 7, [0, 1, 2]),  # needs 0.9
-        (0.99, 1, 7, [0, 1, 2, 3, 4, 5]),
-        (0.99, 1, 4, [0, 1, 2, 3]),  # clamped to B
-        (0.4, 2, 7, [0, 1]),  # one expert covers 0.4, clamped up to top-k
+        (SPREAD, 0.5, 1, 7, [0, 1]),  # 0.558 >= 0.5
+        (SPREAD, 0.75, 1, 7, [0, 1, 2, 3]),  # needs 0.808
+        (SPREAD, 0.85, 1, 7, [0, 1, 2, 3, 4]),
+        (SPREAD, 0.99, 1, 7, [0, 1, 2, 3, 4, 5]),
+        (SPREAD, 0.99, 1, 4, [0, 1, 2, 3]),  # clamped to B
+        (SKEWED, 0.4, 2, 7, [0, 1]),  # one expert covers 0.4, clamped up to top-k
+        # 6 experts cover 0.99, but only expert 0 is picked: no unpicked expert is kept
+        (SKEWED, 0.99, 1, 7, [0]),
     ],
 )
-def test_layer_adaptive_keeps_fewest_experts_covering_the_share(coverage, top_k, budget, want):
-    record = record_from_probs(SKEWED, top_k)
+def test_layer_adaptive_keeps_fewest_experts_covering_the_share(
+    rows, coverage, top_k, budget, want
+):
+    record = record_from_probs(rows, top_k)
     assert kept("layer-adaptive", record, budget, coverage=coverage) == want
 
 
 def test_layer_adaptive_budget_table_is_per_layer_and_clamped():
-    rows = SKEWED * 2
+    # top-2 picks {0, 1} and {5, 4}; mass [0.52, 0.33, 0.15, 0.15, 0.33, 0.52, 0, 0]
+    rows = SKEWED + [SKEWED[0][5::-1] + [0.0, 0.0]]
     policy = get_policy("layer-adaptive", budgets=[1, 5, 3])
     layer = lambda i: record_from_probs(rows, 2, layer_idx=i, num_layers=3)  # noqa: E731
     assert policy.apply(layer(0), 4).keep_E.sum() == 2  # 1 -> top-k
     assert policy.apply(layer(1), 4).keep_E.sum() == 4  # 5 -> B
-    assert policy.apply(layer(2), 4).keep_E.nonzero().flatten().tolist() == [0, 1, 2]
+    assert policy.apply(layer(2), 4).keep_E.nonzero().flatten().tolist() == [0, 1, 5]
 
 
 def test_layer_adaptive_refuses_a_table_of_the_wrong_length():

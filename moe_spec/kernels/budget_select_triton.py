@@ -195,13 +195,18 @@ def rank_experts(
 ):  # fmt: skip
     """From one layer's stored scores and used mask: each expert's rank (used experts
     first, higher score first, lower id on ties) and the kept mask ``rank < budget``
-    (with ``HAS_LIMIT``, ``min(budget, limit[0])``). The budget is lowered here, outside
+    (with ``HAS_LIMIT``, ``min(budget, limit[0])``; at most the used experts, where some
+    are: :func:`moe_spec.budget.kept_of_rank`). The budget is lowered here, outside
     the caller's run-time branches: Triton makes an argument of 1 a constant, which a
     run-time branch may not reassign."""
     if HAS_LIMIT:
         budget = tl.minimum(tl.load(limit_ptr).to(tl.int32), budget)
     score_E = tl.load(scores_ptr + offs_e, mask=e_ok, other=0.0)
     used_E = tl.load(used_ptr + offs_e, mask=e_ok, other=0)
+    # only used experts are kept where some are (they rank first): no spare slot for an
+    # expert no token picked, which re-routed padded rows would read
+    n_used = tl.sum((used_E > 0).to(tl.int32), axis=0)
+    budget = tl.where(n_used > 0, tl.minimum(budget, n_used), budget)
     for c0 in tl.static_range(0, BLOCK_E, RANK_CHUNK):
         i = c0 + tl.arange(0, RANK_CHUNK)
         i_ok = i < E

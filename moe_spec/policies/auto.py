@@ -63,7 +63,7 @@ import warnings
 import numpy as np
 import torch
 
-from moe_spec.budget import BudgetedTopK, expert_rank_E, expert_rank_LE
+from moe_spec.budget import BudgetedTopK, expert_rank_E, expert_rank_LE, kept_of_rank
 from moe_spec.control import (
     TREE,
     AcceptanceEstimates,
@@ -379,7 +379,8 @@ class Auto(TokenPriority):
             return torch.ones_like(used_E)
         rank_E = expert_rank_E(scores_E, used_E)
         self.remember(record, rank_E)
-        return rank_E < self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
+        budget_1 = self.device_state["budget_L"][record.layer_idx].clamp(max=budget)
+        return kept_of_rank(rank_E, budget_1, used_E)
 
     def keep_scores(
         self, record: RoutingRecord, scores_E: torch.Tensor, used_E: torch.Tensor
