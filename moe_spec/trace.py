@@ -64,6 +64,15 @@ class RoutingTrace:
                 )
         if not 1 <= self.top_k <= E:
             raise ValueError(f"top_k is {self.top_k}; it must be in [1, E={E}]")
+        bad_LTE = ~torch.isfinite(self.router_logits_LTE)
+        if bad_LTE.any():
+            layer, token, expert = (int(i) for i in bad_LTE.nonzero()[0])
+            value = self.router_logits_LTE[layer, token, expert].item()
+            raise ValueError(
+                f"router_logits_LTE has {int(bad_LTE.sum())} non-finite values, the first "
+                f"{value} at layer {layer}, token {token}, expert {expert}; logits must be finite"
+            )
+        check_tree(self.parent_T, self.depth_T)
 
     @property
     def num_layers(self) -> int:
@@ -83,6 +92,25 @@ class RoutingTrace:
             num_layers=self.num_layers,
             renormalize=self.renormalize,
         )
+
+
+def check_tree(parent_T: torch.Tensor, depth_T: torch.Tensor) -> None:
+    """Refuse a tree whose ``parent_T`` is not an earlier token (or -1 for a root), or whose
+    ``depth_T`` is not its parent's plus one (0 for a root): ``ValueError`` naming the token."""
+    for name, t in (("parent_T", parent_T), ("depth_T", depth_T)):
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integers, got {t.dtype}")
+    parents, depths = parent_T.tolist(), depth_T.tolist()
+    for t, (parent, depth) in enumerate(zip(parents, depths, strict=True)):
+        if not -1 <= parent < t:
+            raise ValueError(
+                f"parent_T[{t}] is {parent}; allowed: -1 (a root) or an earlier token, 0..{t - 1}"
+            )
+        want = 0 if parent < 0 else depths[parent] + 1
+        if depth != want:
+            raise ValueError(
+                f"depth_T[{t}] is {depth}; its parent is {parent}, so it must be {want}"
+            )
 
 
 def synthetic_tree(tree_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:

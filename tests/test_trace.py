@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -87,6 +88,50 @@ def test_malformed_trace_files_are_refused(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match=r"parent_T must have shape \[T=4\], got \(3,\)"):
         load_trace(wrong_shape)
+
+
+@pytest.mark.parametrize(
+    "field, index, value, message",
+    [
+        (
+            "router_logits_LTE",
+            (1, 3, 5),
+            float("nan"),
+            r"1 non-finite values, the first nan at "
+            r"layer 1, token 3, expert 5",
+        ),
+        ("router_logits_LTE", (0, 0, 0), float("inf"), r"the first inf at layer 0, token 0"),
+        (
+            "parent_T",
+            3,
+            99,
+            r"parent_T\[3\] is 99; allowed: -1 \(a root\) or an earlier "
+            r"token, 0..2",
+        ),
+        ("parent_T", 2, 2, r"parent_T\[2\] is 2"),
+        ("parent_T", 1, -2, r"parent_T\[1\] is -2"),
+        ("depth_T", 4, -1, r"depth_T\[4\] is -1; its parent is \d+, so it must be \d+"),
+        ("depth_T", 0, 1, r"depth_T\[0\] is 1; its parent is -1, so it must be 0"),
+    ],
+)
+def test_a_trace_file_with_impossible_values_names_them(tmp_path, field, index, value, message):
+    trace = synthetic_trace(num_layers=2, num_experts=16, top_k=2, tree_size=8, seed=0)
+    tensors = {
+        name: getattr(trace, name).clone()
+        for name in ("router_logits_LTE", "parent_T", "depth_T", "path_logprob_T")
+    }
+    tensors[field][index] = value
+    path = tmp_path / "bad.safetensors"
+    meta = '{"top_k": 2, "renormalize": false, "source": "x"}'
+    save_file(tensors, str(path), metadata={"format": "moe-spec-trace/1", "meta": meta})
+    with pytest.raises(ValueError, match=r"bad.safetensors: .*" + message):
+        load_trace(path)
+
+
+def test_a_trace_with_float_parents_is_refused():
+    trace = synthetic_trace(num_layers=1, tree_size=4)
+    with pytest.raises(ValueError, match=r"parent_T must hold integers, got torch.float32"):
+        dataclasses.replace(trace, parent_T=trace.parent_T.float())
 
 
 def test_compare_measures_each_policy_against_the_unbudgeted_baseline():
