@@ -242,7 +242,22 @@ def router_convention(config) -> RouterConvention:
             f"model_type {model_type!r} has no MoE routing adapter; supported: "
             f"{', '.join(known)} (a plugin can add one: see CONTRIBUTING.md)"
         )
-    return known[model_type].architecture.convention(config)
+    info = known[model_type]
+    try:
+        convention = info.architecture.convention(config)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # a plugin's bug, or a config it did not expect
+        raise UnsupportedModelError(
+            f"the routing convention of model_type {model_type!r} (from {info.origin}) failed "
+            f"on this config: {exc!r}"
+        ) from exc
+    if not isinstance(convention, RouterConvention):
+        raise UnsupportedModelError(
+            f"the routing convention of model_type {model_type!r} (from {info.origin}) returned "
+            f"{convention!r}; allowed: a RouterConvention"
+        )
+    return convention
 
 
 def check_attention_only(config) -> None:

@@ -121,6 +121,26 @@ def test_an_architecture_of_the_wrong_types_leaves_its_plugin_out(plugin, make, 
     assert "qwen3_moe" in known and all(isinstance(name, str) for name in known)
 
 
+@pytest.mark.parametrize(
+    ("convention", "message"),
+    [
+        (lambda config: None, r"\(from test-arch 0.1\) returned None; allowed: a RouterConvention"),
+        (
+            lambda config: RouterConvention("gate", scale=config.routed_scaling_factor),
+            r"\(from test-arch 0.1\) failed on this config: AttributeError\(.*"
+            r"routed_scaling_factor",
+        ),
+    ],
+)
+def test_a_convention_that_fails_or_returns_nothing_is_named_at_load(plugin, convention, message):
+    """A plugin's convention that returns None or raises on the config: a clear refusal
+    naming the model type and the plugin, not a raw AttributeError later in the load."""
+    plugin(lambda register: register(Architecture("qwen_y", convention)))
+    config = SimpleNamespace(model_type="qwen_y")
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'qwen_y' " + message):
+        router_convention(config)
+
+
 def test_an_entry_point_plugin_registers_an_architecture(tmp_path, monkeypatch):
     (tmp_path / "my_arch.py").write_text(
         textwrap.dedent(
