@@ -313,3 +313,22 @@ def test_a_padded_batch_counts_only_its_real_tokens_when_given_valid_t():
     short = budgeted_verify(model, get_policy("router-mass"), B, valid_T=mask[:, :2])
     with pytest.raises(ValueError, match="valid_T holds 4 entries but the forward routes"), short:
         model(input_ids=ids, attention_mask=mask)
+
+
+def test_a_padded_batch_under_a_large_budget_reads_only_the_real_tokens_experts():
+    """B above the experts the real tokens picked: the pad tokens, re-routed into the kept
+    set, read no expert the real tokens did not pick (the engine walkthrough's B 4/8/16
+    read 4/7/11 experts where the real tokens picked 4)."""
+    model = build(tiny_config("qwen3_moe"))
+    blocks = find_moe_blocks(model)
+    ids = torch.tensor([[5, 17, 42, 8, 63, 29], [0, 0, 0, 0, 91, 12]])
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    valid_T = mask.flatten().bool()
+    E = blocks[0].num_experts
+    for B in (blocks[0].top_k + 1, E // 2, E - 1):
+        with budgeted_verify(model, get_policy("router-mass"), B, valid_T=valid_T) as routing:
+            model(input_ids=ids, attention_mask=mask)
+        for layer, ids_TK in enumerate(routing.ids_after_LTK):
+            picked = set(routing.ids_before_LTK[layer][valid_T].unique().tolist())
+            assert set(ids_TK.unique().tolist()) <= picked, (B, layer)
