@@ -55,6 +55,7 @@ from moe_spec.control.replay import Recording, record, replay_seconds
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
 from moe_spec.costmodel.cpu import cpu_name
 from moe_spec.engine.generate import SpecConfig
+from moe_spec.models.repetition import repeated_ngram_share
 from moe_spec.policies import get_policy
 from moe_spec.policies.auto import server_options
 
@@ -261,8 +262,9 @@ def add_times(out: dict, mode: str, timed) -> None:
         sums[key] = sums.get(key, 0) + getattr(timed, key)
 
 
-def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
-    """Modeled tokens/s and greedy agreement per arm and shape; the controller's overhead."""
+def modeled(engine, prompts: list[str], args) -> tuple[dict, dict, float]:
+    """Modeled tokens/s and greedy agreement per arm and shape; the controller's overhead;
+    the unbudgeted completions' mean share of repeated 5-grams (near 1: looping text)."""
     cost = get_cost_model(args.cost_model, args.gpu)
     shapes = [get_shape(s) for s in args.shapes]
     backend = EngineBackend(engine, cost, shapes[0])
@@ -352,7 +354,8 @@ def modeled(engine, prompts: list[str], args) -> tuple[dict, dict]:
     overhead["gpu_decode_s"] = {
         s.name: decode_seconds(cost.gpu, s, overheads=cost.overheads) for s in shapes
     }
-    return table, overhead
+    loops = fmean(repeated_ngram_share(r.tokens, 5) for r in records["none"])
+    return table, overhead, loops
 
 
 def auto_arm(row: dict, repair: bool, warm: bool) -> dict:
@@ -467,7 +470,9 @@ def main() -> None:
     for name, prompts in prompt_sets(args.prompts, args.chars).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
         if not args.skip_modeled:
-            entry["modeled"], entry["overhead"] = modeled(engine, prompts, args)
+            entry["modeled"], entry["overhead"], entry["repeated_5grams"] = modeled(
+                engine, prompts, args
+            )
         results["sets"][name] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1))
     tree = "/".join(map(str, args.tree))
@@ -511,6 +516,12 @@ def main() -> None:
     for name, e in results["sets"].items():
         lines += summary(name, e["modeled"])
     lines.append("")
+    for name, e in results["sets"].items():
+        lines.append(
+            f"- set {name}: the unbudgeted completions repeat {e['repeated_5grams']:.0%} of "
+            "their 5-grams (moe_spec.models.repetition; near 100%: looping text, whose "
+            "figures say little)"
+        )
     for name, e in results["sets"].items():
         lines += [against_depth_width(name, shape, row) for shape, row in e["modeled"].items()]
     for name, e in results["sets"].items():
