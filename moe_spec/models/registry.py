@@ -14,6 +14,7 @@ transformers MoE checkpoint with its EAGLE head in ``eagle/``.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,9 +93,24 @@ def open_engine(
         return Engine(load_checkpoint(path)), path, description
     from moe_spec.integration.transformers import load_engine
 
-    # load_engine's defaults: CUDA where there is one, float32 on a CPU
-    engine = load_engine(str(path), str(path / "eagle"), experts=experts, hot_tokens=hot_tokens)
+    # load_engine's defaults: CUDA where there is one, float32 on a CPU; a named model
+    # loads in about a second, so without transformers' progress bar on every run
+    with progress_bar(value not in MODELS):
+        engine = load_engine(str(path), str(path / "eagle"), experts=experts, hot_tokens=hot_tokens)
     return engine, path, description
+
+
+@contextmanager
+def progress_bar(show: bool):
+    """transformers' loading progress bar shown or not inside the block, as before after."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    (logging.enable_progress_bar if show else logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (logging.enable_progress_bar if was else logging.disable_progress_bar)()
 
 
 def folder_kind(path: Path) -> str:

@@ -73,3 +73,31 @@ def test_demo_runs_a_transformers_folder_and_shows_its_text(hf_folder, tmp_path,
     assert f"Model: {hf_folder}" in text
     assert "none: the same text as autoregressive" in text  # greedy speculation is lossless
     assert "router-mass B=3" in text and (out / "results.json").is_file()
+
+
+def test_a_named_model_loads_without_transformers_progress_bar(hf_folder, monkeypatch):
+    """A named model (small, built here) loads without a progress bar on every run; a folder
+    keeps transformers' setting; the setting is as before afterwards either way."""
+    from transformers.utils import logging
+
+    import moe_spec.models.registry as registry
+
+    seen = []
+    real = registry.progress_bar
+
+    def spy(show):
+        seen.append(show)
+        return real(show)
+
+    monkeypatch.setattr(registry, "progress_bar", spy)
+    monkeypatch.setitem(MODELS, "tiny-hf", MODELS[DEFAULT_MODEL])
+    monkeypatch.setattr(registry, "model_path", lambda name: hf_folder)
+    logging.enable_progress_bar()
+    open_engine("tiny-hf")
+    open_engine(str(hf_folder))
+    assert seen == [False, True]
+    assert logging.is_progress_bar_enabled()
+    with pytest.raises(RuntimeError), real(False):
+        assert not logging.is_progress_bar_enabled()
+        raise RuntimeError("a load that fails")
+    assert logging.is_progress_bar_enabled()
