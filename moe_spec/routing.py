@@ -255,9 +255,10 @@ def check_values(record: RoutingRecord) -> None:
     bad_T = valid_T & ~finite_T
     if bool(bad_T.any()):
         row = int(bad_T.nonzero()[0, 0])
+        expert = int((~torch.isfinite(logits_TE[row])).nonzero()[0, 0])
         raise ValueError(
-            f"router_logits_TE has NaN or inf values in valid row {row}: "
-            f"{logits_TE[row].tolist()[:8]}...; scores must be finite"
+            f"router_logits_TE has NaN or inf values in valid row {row}, the first "
+            f"{logits_TE[row, expert].item()} at expert {expert}; scores must be finite"
         )
     ids_TK = record.topk_ids_TK
     out_of_range = valid_T[:, None] & ((ids_TK < 0) | (ids_TK >= record.num_experts))

@@ -153,6 +153,7 @@ def test_a_policy_the_environment_left_unloaded_says_so(site, monkeypatch, env, 
     assert f"not loaded because {env}={shown}: " in said
     assert "moe-spec-even 1.2.3 (entry point 'even-first' -> moe_spec_even)" in said
     assert ("moe-spec-x" in said) is (value != "x-first")  # the one allowed is not listed
+    assert "install a plugin package" not in said
 
 
 def left_out(match: str) -> None:
@@ -227,7 +228,10 @@ def test_registering_something_invalid_is_named(registered, message):
 
 def test_two_plugins_claiming_one_name_are_both_named(site):
     install(site, "moe-spec-a", "router-mass")
-    left_out(r"'router-mass' is registered twice: by built-in and by moe-spec-a 1.2.3")
+    left_out(
+        r"'router-mass' is registered twice: by built-in, which keeps it, and by "
+        r"moe-spec-a 1.2.3 .*; give one of them another name"
+    )
     assert get_policy("router-mass").origin == "built-in"
 
 
@@ -257,6 +261,40 @@ def test_a_plugin_whose_hook_does_not_match_a_spec_is_left_out_whole(site, hook,
     assert [key.split()[0] for key in plugin_failures()] == [dist]
     # left out whole: none of its hooks, its register_architectures included, stays
     assert not any(dist in name for name, _ in registry().manager.list_name_plugin())
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (  # the decorator forgotten
+            PLUGIN_SOURCE.format(name="bare").replace("    @hookimpl\n", ""),
+            r"implements no hook: mark its register_policies\(register\) with @hookimpl from "
+            r"moe_spec",
+        ),
+        (  # another project's marker: pluggy sees no moe-spec hook
+            PLUGIN_SOURCE.format(name="bare").replace(
+                "from moe_spec import Policy, hookimpl",
+                "import pluggy\n    from moe_spec import Policy\n"
+                "    hookimpl = pluggy.HookimplMarker('other-project')",
+            ),
+            r"implements no hook",
+        ),
+        (  # no register argument: pluggy allows a subset of the hook's arguments
+            PLUGIN_SOURCE.format(name="bare").replace(
+                "def register_policies(register):\n        register(Even)",
+                "def register_policies():\n        pass",
+            ),
+            r"register_policies\(\) takes no register argument, so it registers nothing",
+        ),
+    ],
+)
+def test_a_plugin_that_would_register_nothing_is_named(site, source, message):
+    """Three slips that loaded a plugin with nothing in it and no word, after which asking
+    for its policy said to install a plugin package (a plugin-author walkthrough)."""
+    dist = f"moe-spec-bare-{sum(map(ord, message))}"  # a module per case (imports stay)
+    install(site, dist, "bare", source)
+    left_out(rf"plugin {dist} 1.2.3 .*" + message)
+    assert "bare" not in names()
 
 
 def test_entry_points_to_one_module_register_it_once(site):
@@ -339,8 +377,15 @@ def misbehaving(**outputs) -> Policy:
             {"scores": torch.ones(5)},
             r"score\(\) returned shape \(5,\); expected a tensor of shape \[E=8\]",
         ),
-        ({"scores": [1.0] * 8}, r"score\(\) returned shape <class 'list'>"),
-        ({"scores": torch.full((8,), float("nan"))}, r"score\(\) returned NaN or inf"),
+        ({"scores": [1.0] * 8}, r"score\(\) returned a list; expected a float tensor of shape"),
+        (
+            {"scores": torch.full((8,), float("nan"))},
+            r"score\(\) returned 8 NaN or inf values, the first nan at expert 0; scores must",
+        ),
+        (
+            {"scores": torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, float("-inf"), 0.7, 0.8])},
+            r"score\(\) returned 1 NaN or inf values, the first -inf at expert 5",
+        ),
         (
             {"keep": torch.tensor([0, 9])},
             r"keep\(\) returned expert ids \[0, 9\]; ids must be in \[0, E=8\)",
@@ -368,7 +413,7 @@ def misbehaving(**outputs) -> Policy:
             r"keep\(\) returned a mask of shape \(4,\); expected \[E=8\]",
         ),
         ({"keep": torch.ones(8)}, r"keep\(\) returned torch.float32 of shape \(8,\)"),
-        ({"keep": [1, 2]}, r"keep\(\) returned list; expected a tensor"),
+        ({"keep": [1, 2]}, r"keep\(\) returned a list; allowed: a bool tensor \[E\]"),
     ],
 )
 def test_malformed_policy_outputs_name_the_plugin(outputs, message):
@@ -433,7 +478,7 @@ def test_example_plugin_package_installs_and_is_discovered(tmp_path, monkeypatch
     assert get_policy("shallow-first").apply(no_depth, 1).keep_E.nonzero().flatten().tolist() == [0]
     with pytest.raises(
         PolicyError,
-        match=r"policy 'shallow-first' \(from moe-spec-shallow-first 0.1.0 .*\): shallow-first: "
+        match=r"policy 'shallow-first' \(from moe-spec-shallow-first 0.1.0 .*\): "
         r"max_depth is 'abc'; allowed: an integ",
     ):
         get_policy("shallow-first", max_depth="abc")
@@ -476,6 +521,27 @@ def test_a_plugins_own_option_error_names_the_policy_and_plugin():
     ):
         registry.get("alpha-mass", alpha="abc")
     assert registry.get("alpha-mass", alpha="0.5").alpha == 0.5
+
+
+def test_a_plugins_option_error_in_the_examples_style_names_the_policy_once():
+    """The example plugin prefixes its own PolicyError with "name: "; the registry's prefix
+    replaces it instead of naming the policy twice."""
+
+    class Beta(Policy):
+        name = "beta-mass"
+
+        def __init__(self, beta: float = 1.0) -> None:
+            if not isinstance(beta, float):
+                raise PolicyError(f"beta-mass: beta is {beta!r}; allowed: a float")
+
+    plugin = SimpleNamespace(register_policies=hookimpl(lambda register: register(Beta)))
+    registry = default_registry({})
+    registry.add_plugin(plugin, "beta", "moe-spec-beta 0.1")
+    with pytest.raises(PolicyError) as got:
+        registry.get("beta-mass", beta="x")
+    assert str(got.value) == (
+        "policy 'beta-mass' (from moe-spec-beta 0.1): beta is 'x'; allowed: a float"
+    )
 
 
 def test_a_plugin_policy_without_options_names_itself_once():
@@ -553,3 +619,49 @@ def test_an_entry_point_to_a_missing_module_points_at_its_declaration(site):
         names()
     (warning,) = [w for w in caught if issubclass(w.category, PluginWarning)]
     assert (Path(warning.filename), warning.lineno) == (info, 3)
+
+
+class CheckBug(Policy):
+    """A plugin policy whose check_model has a bug, or refuses without naming itself."""
+
+    name = "check-bug"
+
+    def __init__(self, refuse: bool = False):
+        self.refuse = refuse
+
+    def score(self, record):
+        return record.router_mass_E()
+
+    def check_model(self, num_layers, num_experts, top_k):
+        if self.refuse:
+            raise PolicyError("sizes has 2 entries; allowed: one per MoE layer")
+        return {}["oops"]
+
+
+@pytest.mark.parametrize(
+    "refuse, message",
+    [
+        (
+            False,
+            r"policy 'check-bug' \(from moe-spec-cb 0.0.1\): check_model\(\) raised "
+            r"KeyError\('oops'\)",
+        ),
+        (True, r"policy 'check-bug' \(from moe-spec-cb 0.0.1\): sizes has 2 entries"),
+    ],
+)
+def test_check_model_errors_name_the_policy_before_any_verify(refuse, message):
+    """A plugin's check_model that raises (a bug) was a raw traceback from `moe-spec
+    generate`; its own PolicyError lacked the prefix other policy errors carry."""
+    from moe_spec.engine.checkpoint import SHIPPED, load_checkpoint
+    from moe_spec.engine.generate import Engine, SpecConfig
+
+    plugin = SimpleNamespace(register_policies=hookimpl(lambda register: register(CheckBug)))
+    reg = default_registry({})
+    reg.add_plugin(plugin, "cb", "moe-spec-cb 0.0.1")
+    policy = reg.get("check-bug", refuse=refuse)
+    with pytest.raises(PolicyError, match=message):
+        policy.model_check(4, 32, 4)
+    engine = Engine(load_checkpoint(SHIPPED))
+    spec = SpecConfig(policy="check-bug", budget=8)
+    with pytest.raises(PolicyError, match=message):
+        engine.generate_speculative(engine.encode("def f():"), 4, spec, policy=policy)

@@ -456,7 +456,7 @@ def live_policy(
             "per MoE layer, at least the model's top-k; without one use policy='none' (or "
             "'auto', which picks its own)"
         )
-    policy.check_model(*dims[:3])
+    policy.model_check(*dims[:3])
     policy.start_request()
     policy.prepare(*dims, device)
     return policy

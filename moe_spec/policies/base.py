@@ -100,6 +100,21 @@ class Policy:
         verify, by the engines and by a server as it loads (default: every model fits)."""
         return None
 
+    def model_check(self, num_layers: int, num_experts: int, top_k: int) -> None:
+        """:meth:`check_model` as the engines and servers call it: whatever it raises becomes
+        a :class:`PolicyError` that names this policy and its plugin (a plugin's bug, a
+        ``KeyError``, is not a raw traceback; its own ``PolicyError`` gets the same prefix)."""
+        if torch.compiler.is_compiling():
+            return self.check_model(num_layers, num_experts, top_k)
+        try:
+            self.check_model(num_layers, num_experts, top_k)
+        except PolicyError as exc:
+            if str(exc).startswith(f"policy {self.name!r}"):
+                raise
+            raise self.error(str(exc)) from exc
+        except Exception as exc:
+            raise self.raised("check_model()", exc) from exc
+
     def prepare(
         self, num_layers: int, num_experts: int, top_k: int, cap: int, device: torch.device
     ) -> None:
@@ -242,11 +257,16 @@ class Policy:
         except PolicyError:
             raise
         except Exception as exc:
-            from moe_spec.policies.registry import plugin_line  # (it imports this module)
+            raise self.raised(what, exc) from exc
 
-            line = plugin_line(exc)  # a plugin's own frame (None: moe_spec's code raised)
-            at = "" if line is None else f" at {line[0]}:{line[1]}"
-            raise self.error(f"{what} raised {exc!r}{at}") from exc
+    def raised(self, what: str, exc: Exception) -> PolicyError:
+        """The :class:`PolicyError` for ``exc`` raised in ``what`` (a method of this policy),
+        at the plugin's own file and line where its code raised."""
+        from moe_spec.policies.registry import plugin_line  # (it imports this module)
+
+        line = plugin_line(exc)  # a plugin's own frame (None: moe_spec's code raised)
+        at = "" if line is None else f" at {line[0]}:{line[1]}"
+        return self.error(f"{what} raised {exc!r}{at}")
 
     def apply_fused(
         self,
@@ -273,7 +293,10 @@ class Policy:
         """``keep()``'s answer as a bool ``[E]`` mask; malformed answers name the plugin."""
         E = record.num_experts
         if not isinstance(keep, torch.Tensor):
-            raise self.error(f"keep() returned {type(keep).__name__}; expected a tensor")
+            raise self.error(
+                f"keep() returned a {type(keep).__name__}; allowed: a bool tensor [E] (the kept "
+                "mask), an integer tensor of expert ids, or None (no budget)"
+            )
         if keep.dtype == torch.bool:
             if tuple(keep.shape) != (E,):
                 raise self.error(
@@ -312,13 +335,25 @@ class Policy:
         """``self.score(record)``, checked for shape and (in eager mode) finiteness."""
         scores_E = self.guarded("score()", self.score, record)
         E = record.num_experts
-        if not isinstance(scores_E, torch.Tensor) or tuple(scores_E.shape) != (E,):
-            got = tuple(scores_E.shape) if isinstance(scores_E, torch.Tensor) else type(scores_E)
-            raise self.error(f"score() returned shape {got}; expected a tensor of shape [E={E}]")
+        if not isinstance(scores_E, torch.Tensor):
+            raise self.error(
+                f"score() returned a {type(scores_E).__name__}; expected a float tensor of "
+                f"shape [E={E}]"
+            )
+        if tuple(scores_E.shape) != (E,):
+            raise self.error(
+                f"score() returned shape {tuple(scores_E.shape)}; expected a tensor of shape "
+                f"[E={E}]"
+            )
         if not scores_E.is_floating_point():
             scores_E = scores_E.float()
         if validation_enabled(scores_E, self.validate) and not bool(torch.isfinite(scores_E).all()):
-            raise self.error(f"score() returned NaN or inf: {scores_E.tolist()[:8]}...")
+            bad_E = ~torch.isfinite(scores_E)
+            first = int(bad_E.nonzero()[0, 0])
+            raise self.error(
+                f"score() returned {int(bad_E.sum())} NaN or inf values, the first "
+                f"{scores_E[first].item()} at expert {first}; scores must be finite"
+            )
         return scores_E
 
     def error(self, message: str) -> PolicyError:

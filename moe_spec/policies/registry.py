@@ -235,10 +235,10 @@ class PolicyRegistry:
             failed = "".join(f"; left out: {why}" for why in self.failures.values())
             close = difflib.get_close_matches(name, available, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            more = "" if self.not_loaded else "install a plugin package to add more; "
             raise PolicyError(
                 f"unknown policy {name!r}{hint}; available: {', '.join(available)} "
-                f"(install a plugin package to add more; `moe-spec policies` lists them){failed}"
-                f"{self.not_loaded}"
+                f"({more}`moe-spec policies` lists them){failed}{self.not_loaded}"
             )
         info = available[name]
         try:
@@ -248,6 +248,7 @@ class PolicyRegistry:
                 raise
             said, named = str(exc), f"policy {name!r} "
             where = f"{named}(from {info.origin})"
+            said = said.removeprefix(f"{name}: ")  # the example's own "name: ..." convention
             said = f"{where} {said[len(named) :]}" if said.startswith(named) else f"{where}: {said}"
             raise PolicyError(said) from exc
         except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
@@ -293,7 +294,8 @@ def collect_plugin(impl, origin: str, taken: dict[str, PolicyInfo]) -> dict[str,
         if info.name in taken or info.name in mine:
             first = taken[info.name].origin if info.name in taken else origin
             raise PluginError(
-                f"policy {info.name!r} is registered twice: by {first} and by {origin}"
+                f"policy {info.name!r} is registered twice: by {first}, which keeps it, and by "
+                f"{origin}; give one of them another name"
             )
         mine[info.name] = info
 
@@ -340,12 +342,28 @@ def hooks_take(manager: pluggy.PluginManager) -> str:
 def check_hook_names(manager: pluggy.PluginManager, plugin: object, origin: str) -> None:
     """A :class:`PluginError` where ``plugin`` marks a function ``@hookimpl`` that no hook
     has (a misspelt name would otherwise register nothing, without a word)."""
-    unknown = sorted(c.name for c in manager.get_hookcallers(plugin) or () if not c.has_spec())
+    callers = manager.get_hookcallers(plugin) or []
+    unknown = sorted(c.name for c in callers if not c.has_spec())
     if unknown:
         raise PluginError(
             f"plugin {origin} implements no such hook {', '.join(unknown)}; {hooks_take(manager)}",
             getattr(plugin, unknown[0], None),
         )
+    if not callers:  # no @hookimpl at all: it would register nothing, without a word
+        raise PluginError(
+            f"plugin {origin} implements no hook: mark its register_policies(register) with "
+            "@hookimpl from moe_spec (`from moe_spec import hookimpl`; another project's "
+            f"marker does not count); {hooks_take(manager)}",
+            getattr(plugin, "register_policies", None),
+        )
+    for caller in callers:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and "register" not in impl.argnames:
+                raise PluginError(
+                    f"plugin {origin}: {caller.name}() takes no register argument, so it "
+                    f"registers nothing; {hooks_take(manager)}",
+                    impl.function,
+                )
 
 
 def import_entry_point(ep: EntryPoint) -> ModuleType | object:

@@ -123,7 +123,7 @@ class BudgetRuntime:
                 max(t.topk_config.top_k for t in topks),
             )
             try:
-                self.policy.check_model(*dims)
+                self.policy.model_check(*dims)
             except PolicyError as exc:
                 found.errors.append(str(exc))
         if self.learns:

@@ -256,7 +256,7 @@ def plan_launch(
             found.errors.append(f"{args.model_path}: {exc}")
         if shape[2] is not None and not bad_options:
             try:
-                get_policy(settings.policy, **settings.options).check_model(
+                get_policy(settings.policy, **settings.options).model_check(
                     shape[2], shape[0], shape[1]
                 )
             except PolicyError as exc:

@@ -213,7 +213,7 @@ def architectures() -> dict[str, ArchitectureInfo]:
             if taken is not None:
                 raise PluginError(
                     f"architecture {architecture.model_type!r} is registered twice: by "
-                    f"{taken.origin} and by {origin}"
+                    f"{taken.origin}, which keeps it, and by {origin}; register it once"
                 )
             mine[architecture.model_type] = ArchitectureInfo(architecture, origin)
 

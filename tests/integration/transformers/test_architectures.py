@@ -93,7 +93,9 @@ def test_phimoe_registered_with_the_default_convention_is_refused(plugin):
 
 def test_a_plugin_reusing_a_builtin_name_is_left_out(plugin):
     plugin(lambda register: register(Architecture("mixtral", lambda c: RouterConvention("gate"))))
-    with pytest.warns(PluginWarning, match=r"'mixtral' is registered twice: by built-in and by"):
+    with pytest.warns(
+        PluginWarning, match=r"'mixtral' is registered twice: by built-in, which keeps it, and by"
+    ):
         assert architectures()["mixtral"].origin == "built-in"
 
 

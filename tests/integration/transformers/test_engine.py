@@ -264,7 +264,7 @@ def test_a_malformed_kept_set_is_refused_on_the_first_verify(moe_model, kept, na
     engine, spec, policy = malformed_run(moe_model, kept=kept, nan=nan)
     K, B = engine.top_k, spec.budget
     found = (
-        "score() returned NaN or inf"
+        "NaN or inf values, the first nan at expert"
         if nan
         else f"keep() kept {policy.kept} experts; allowed: top-k={K} to budget B={B}"
     )
