@@ -65,19 +65,37 @@ def analyze(
             ref_tokens = [records[(sampled_ref.label, i)].tokens for i in range(n_prompts)]
             row.distribution_check = distribution_check([r.tokens for r in runs], ref_tokens, seeds)
         rows.append(row)
-    speed, bases = speed_metric(rows), baselines(rows)
-    for row in rows:
-        if row.label != reference:
+    speed = speed_metric(rows)
+    by_label = {c.label: c for c in configs}
+    for row, c in zip(rows, configs, strict=True):
+        against = reference_for(c, by_label[reference], configs)
+        if against is not None:
+            row.reference = against.label
             row.vs_reference = {
-                m: paired_bootstrap(pairs[row.label], pairs[reference], m, block=seeds)
+                m: paired_bootstrap(pairs[row.label], pairs[against.label], m, block=seeds)
                 for m in BOOTSTRAP_METRICS
             }
         row.speed_vs = {
             name: paired_bootstrap(pairs[row.label], pairs[base.label], speed, block=seeds)
-            for name, base in bases.items()
+            for name, base in baselines(rows, row).items()
             if base is not row
         }
     return rows
+
+
+def reference_for(
+    config: RunConfig, reference: RunConfig, configs: list[RunConfig]
+) -> RunConfig | None:
+    """What ``config``'s paired differences are against: the run's ``reference``, or where
+    that decodes at another temperature the unbudgeted arm at ``config``'s (a sampled arm
+    against greedy decoding measures the sampling, not the budget); None for the reference
+    itself, or with neither."""
+    if config.temperature != reference.temperature:
+        reference = next(
+            (x for x in configs if x.policy == "none" and x.temperature == config.temperature),
+            None,
+        )
+    return None if reference is None or reference.label == config.label else reference
 
 
 def write_json(rows: list[ConfigStats], path: Path, meta: dict) -> None:
@@ -216,9 +234,10 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
     specs = {"agreement": ".3f", "mean_logprob": ".3f", "acceptance_length": ".3f"}
     specs["tokens_to_divergence"] = ".1f"
     for r in rows:
-        if r.label != reference:
+        if r.vs_reference:
+            against = "" if r.reference == reference else f" (vs {r.reference})"
             lines.append(
-                f"| {r.label} | "
+                f"| {r.label}{against} | "
                 + " | ".join(
                     ci_text(r.vs_reference.get(m), specs.get(m, ".1f")) for m in BOOTSTRAP_METRICS
                 )

@@ -248,6 +248,9 @@ class ConfigStats:
     guard_reasons: list[str] = field(default_factory=list)  # each prompt's last planned step
     speed_vs: dict[str, dict | None] = field(default_factory=dict)  # baseline -> paired ratio
     distribution_check: dict | None = None  # sampled mode (moe_spec.ab.sampled)
+    # the arm vs_reference compares with: the run's reference, or at another temperature the
+    # unbudgeted arm at this one's (a sampled arm against greedy decoding measures sampling)
+    reference: str = ""
 
 
 def summarize(

@@ -26,8 +26,10 @@ def speed_basis(rows: list[ConfigStats], meta: dict) -> str:
     return "tokens/s measured on the machine that ran it (no cost model)"
 
 
-def baselines(rows: list[ConfigStats]) -> dict[str, ConfigStats]:
-    """The autoregressive arm and the greedy unbudgeted one, where the run has them."""
+def baselines(rows: list[ConfigStats], row: ConfigStats | None = None) -> dict[str, ConfigStats]:
+    """The autoregressive arm and the unbudgeted one at ``row``'s temperature (greedy without
+    a row), where the run has them: a sampled arm is judged against sampled speculation."""
+    temperature = (row.config.get("temperature") or 0.0) if row is not None else 0.0
     found = {
         "autoregressive": next(
             (r for r in rows if r.config.get("policy") == "autoregressive"), None
@@ -36,12 +38,13 @@ def baselines(rows: list[ConfigStats]) -> dict[str, ConfigStats]:
             (
                 r
                 for r in rows
-                if r.config.get("policy") == "none" and not r.config.get("temperature")
+                if r.config.get("policy") == "none"
+                and (r.config.get("temperature") or 0.0) == temperature
             ),
             None,
         ),
     }
-    return {name: row for name, row in found.items() if row is not None}
+    return {name: base for name, base in found.items() if base is not None}
 
 
 def _compare(row: ConfigStats, base: ConfigStats, metric: str, name: str) -> str | None:
@@ -70,15 +73,18 @@ def _quality(row: ConfigStats, reference: str) -> str:
     d = row.vs_reference.get("mean_logprob") if row.vs_reference else None
     if d is not None:
         low, high = d["ci95"]
-        parts.append(f"log-prob/token {d['diff']:+.3f} [{low:+.3f}, {high:+.3f}] vs {reference}")
+        against = row.reference or reference
+        parts.append(f"log-prob/token {d['diff']:+.3f} [{low:+.3f}, {high:+.3f}] vs {against}")
     check = row.distribution_check
     if check is not None:
         verdict = "consistent with" if check["consistent"] else "differs from"
+        weak = " (a pass is weak evidence: the test sees large shifts only)"
         parts.append(
             f"sampled tokens {verdict} the unbudgeted distribution (permutation test of "
-            f"per-position token counts over {check['positions']} positions, {check['seeds']} "
-            f"seeds: p = {check['p_value']:.3g}, alpha {check['alpha']:g}; largest "
-            f"difference at position {check['worst_position']})"
+            f"per-position token counts over {check['positions']} positions, "
+            f"{check['runs_per_arm']} runs an arm of different seeds: p = "
+            f"{check['p_value']:.3g}, alpha {check['alpha']:g}; largest difference at "
+            f"position {check['worst_position']}){weak if check['consistent'] else ''}"
         )
     if m.get("repair_rate") is not None:
         parts.append(f"repair after {m['repair_rate']:.0%} of steps")
@@ -88,9 +94,10 @@ def _quality(row: ConfigStats, reference: str) -> str:
 def verdicts(rows: list[ConfigStats], meta: dict) -> list[str]:
     """``- label: speed vs autoregressive and vs unbudgeted (ratio, CI); quality`` per arm
     but the autoregressive one; the speeds' basis is ``speed_basis``'s line."""
-    metric, bases = speed_metric(rows), baselines(rows)
+    metric = speed_metric(rows)
     out = []
     for row in rows:
+        bases = baselines(rows, row)
         if row is bases.get("autoregressive"):
             continue
         speed = [c for name, b in bases.items() if (c := _compare(row, b, metric, name))]

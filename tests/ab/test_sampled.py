@@ -44,6 +44,28 @@ def test_same_distribution_passes_a_shifted_one_fails():
     assert distribution_check(same, ref, seeds=1) is None  # one seed: no test
 
 
+def test_an_arm_that_shares_its_seeds_random_numbers_is_tested_on_unpaired_runs():
+    """An arm sampled with the reference's seeds copies many of its tokens (shared random
+    numbers): tested on every run, the pairs made a shifted arm look like the reference
+    (a walkthrough: p = 0.96 for B = top-k). Tested on even seeds against odd ones, the
+    shift shows, and an arm equal to the reference still passes."""
+    rng = np.random.default_rng(2)
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    prompts, seeds, length = 8, 16, 6
+    ref = sample(rng, p, prompts, seeds, length)
+    arm = [
+        [int(rng.choice(4, p=p[::-1])) if rng.random() < 0.5 else t for t in run] for run in ref
+    ]  # half the tokens redrawn from the reversed distribution, the rest the reference's
+    got = distribution_check(arm, ref, seeds, positions=length, n_perm=300)
+    assert got["runs_per_arm"] == 8 and not got["consistent"]
+    paired = [
+        (arm[b * seeds : (b + 1) * seeds], ref[b * seeds : (b + 1) * seeds]) for b in range(8)
+    ]
+    old_p, _ = permutation_p(paired, length, 300, np.random.default_rng(0))
+    assert old_p > 0.1  # what testing the same-seed runs together said
+    assert distribution_check([list(r) for r in ref], ref, seeds, length, 300)["consistent"]
+
+
 def test_ab_sampled_mode_end_to_end(tiny_dir, tmp_path):
     out = tmp_path / "out"
     args = [
@@ -60,9 +82,43 @@ def test_ab_sampled_mode_end_to_end(tiny_dir, tmp_path):
     assert report.startswith("# moe-spec ab: 3 configurations on 2 prompts x 3 seeds\n")
     rows = {c["label"]: c for c in results["configs"]}
     ar = rows["autoregressive T=1"]["distribution_check"]
-    assert ar["seeds"] == 3 and ar["positions"] == 4
+    assert ar["seeds"] == 3 and ar["runs_per_arm"] == 2 and ar["positions"] == 4
     assert ar["consistent"]  # autoregressive sampling is the target's distribution
     assert rows["none tree=8/4/3 T=1"]["distribution_check"] is None  # the reference itself
     budgeted = rows["token-priority B=3 tree=8/4/3 T=1"]["distribution_check"]
     assert budgeted is not None and 0 < budgeted["p_value"] <= 1
     assert "unbudgeted distribution" in (out / "report.md").read_text()
+
+
+def test_a_sampled_arm_is_judged_against_sampled_speculation(tiny_dir, tmp_path):
+    """In a run of greedy and sampled arms, a sampled arm's speed verdict and log-prob
+    difference are against the unbudgeted arm at its own temperature, not greedy `none`
+    (a walkthrough read 0.82x 'level' where the same-temperature ratio was 1.49x)."""
+    out = tmp_path / "out"
+    args = [
+        "ab", "--checkpoint", str(tiny_dir), "--num-prompts", "2", "--seeds", "2",
+        "--out", str(out), "--config", "autoregressive", "--config", "token-priority:B=3",
+        "--config", "token-priority:B=3,T=1", "--num-tokens", "8", "--width", "4",
+        "--depth", "3", "--max-new-tokens", "4", "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0
+    rows = {c["label"]: c for c in json.loads((out / "results.json").read_text())["configs"]}
+    sampled, greedy = (
+        rows["token-priority B=3 tree=8/4/3 T=1"],
+        rows["token-priority B=3 tree=8/4/3"],
+    )
+    assert sampled["reference"] == "none tree=8/4/3 T=1"
+    assert greedy["reference"] == "none tree=8/4/3"
+    speed = (
+        "modeled_tokens_per_s"
+        if sampled["metrics"].get("modeled_tokens_per_s")
+        else ("tokens_per_s")
+    )
+    want = sampled["metrics"][speed] / rows["none tree=8/4/3 T=1"]["metrics"][speed]
+    assert sampled["speed_vs"]["unbudgeted speculation"]["ratio"] == pytest.approx(want)
+    report = (out / "report.md").read_text()
+    line = next(
+        x for x in report.splitlines() if x.startswith("- **token-priority B=3 tree=8/4/3 T=1")
+    )
+    assert "unbudgeted speculation" in line and "vs none tree=8/4/3 T=1" in line
+    assert "| token-priority B=3 tree=8/4/3 T=1 (vs none tree=8/4/3 T=1) |" in report
