@@ -222,6 +222,8 @@ def check_tree_room(
     fixes = []  # (flag, value, the largest value that fits, whether it was set away from default)
     for field, low in TREE_LOWS.items():
         value = getattr(spec, field)
+        if field == "num_tokens":  # fewer tokens than depth + 1 make no tree of that depth
+            low = max(low, spec.depth + 1)
         top = largest(
             lambda v, f=field: engine.tree_scratch(replace(spec, **{f: v})) <= left, low, value
         )

@@ -127,7 +127,7 @@ def test_configuration_errors_name_the_flag(tmp_path, capsys, argv, message):
     [
         (["--num-tokens", "972"], "--num-tokens is 972; allowed here: at most 971"),
         (["--width", "100000"], "--width is 100000; allowed here: at most 164"),
-        (["--depth", "1000"], "--depth is 1000; allowed here: at most 123"),
+        (["--depth", "150", "--num-tokens", "200"], "--depth is 150; allowed here: at most 102"),
         (["--max-new-tokens", "100000"], "--max-new-tokens is 100000; allowed here: at most 943"),
         (["--width", "165"], "--width is 165; allowed here: at most 164"),
         (["--width", "100", "--depth", "10"], "--width <= 98 or --depth <= 9"),
@@ -136,6 +136,16 @@ def test_configuration_errors_name_the_flag(tmp_path, capsys, argv, message):
 def test_generate_names_the_tree_flag_that_does_not_fit_and_its_largest(capsys, extra, message):
     err = refused(["generate", "x", *TOY, "--max-new-tokens", "4", *extra], capsys)
     assert message in err and "the model's 1024 positions" in err
+
+
+def test_a_depth_beyond_the_trees_tokens_is_refused(capsys):
+    """A tree of N tokens is at most N - 1 deep: deeper draft levels were run for no node (an
+    A/B walkthrough: depth=100 on a 32-token tree, 100 draft forwards a step, no word)."""
+    err = refused(["generate", "x", *TOY, "--max-new-tokens", "4", "--depth", "40"], capsys)
+    assert (
+        "--depth 40 needs at least 41 tree tokens (--num-tokens 32); allowed: "
+        "--depth <= --num-tokens - 1 = 31"
+    ) in err
 
 
 def test_a_prompt_too_long_for_any_tree_says_to_shorten_it(capsys):

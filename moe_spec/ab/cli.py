@@ -214,6 +214,9 @@ def warnings_for(args, configs, n_experts: int | None) -> list[str]:
     return out
 
 
+FEW_PROMPTS = 5  # fewer distinct prompts (but 2 or more) are warned about: rough CIs
+
+
 def check_resume(args) -> None:
     """``--resume`` needs a folder that holds a run (a typo in --out would start afresh)."""
     if args.resume and not (Path(args.out) / "run.json").is_file():
@@ -370,6 +373,13 @@ def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
     )
     for warning in warnings_for(args, configs, getattr(cfg, "n_experts", None)):
         warn(notes, warning)
+    if 1 < (distinct := len(prompts) // args.seeds) < FEW_PROMPTS:
+        warn(
+            notes,
+            f"{distinct} prompts: a bootstrap CI over so few has few distinct resamples and can "
+            f"look exact (e.g. '1.53-1.53x'); read the verdicts as rough, and decide on "
+            f"{FEW_PROMPTS} or more prompts",
+        )
     modeled = pricing(args.model_shape, args.gpu, args.cost_model, args.overhead_us)
     planned = planned_for(configs) if args.backend == "engine" else {}
     for warning in planning_mismatches(planned, modeled):

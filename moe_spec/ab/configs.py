@@ -26,6 +26,7 @@ the same keys (long names, plus ``policy``, and ``options`` as an object), or
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -67,6 +68,12 @@ class RunConfig:
         check_label(self.label, default_ok=True)
         budgeted = self.policy not in BASELINES
         if budgeted and self.budget is None and not is_adaptive(self.policy):
+            unknown = unknown_here(self.policy)
+            if unknown:  # a typo, more likely than a policy installed on a server alone
+                raise ValueError(
+                    f"{unknown}; a policy installed only where it runs (a server's plugin) "
+                    f"needs its budget here, e.g. {self.policy}:B=16"
+                )
             raise ValueError(f"{self.policy}: a budget is required, e.g. {self.policy}:B=16")
         if not budgeted and self.budget is not None:
             raise ValueError(
@@ -114,6 +121,19 @@ def check_label(value: object, default_ok: bool = False) -> None:
     default label, as ``RunConfig`` allows)."""
     if not isinstance(value, str) or not (value.strip() or (default_ok and not value)):
         raise ValueError(f"label={value!r}: a label must be a non-empty string")
+
+
+def unknown_here(name: str) -> str:
+    """The registry's "unknown policy" message for ``name`` (with its did-you-mean), or ""."""
+    from moe_spec.policies.registry import registry
+
+    if name in registry().policies():
+        return ""
+    try:
+        get_policy(name)
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def is_adaptive(name: str) -> bool:
@@ -223,6 +243,16 @@ def parse_config(text: str, defaults: dict | None = None) -> list[RunConfig]:
     if text.endswith((".json", ".toml")):
         return load_config_file(Path(text), defaults)
     name, _, rest = text.partition(":")
+    if re.fullmatch(r".*\.[A-Za-z]\w*", name.strip()) or "/" in name:
+        raise ValueError(
+            f"config {text!r} looks like a file; allowed: a .json or .toml config file, or "
+            "NAME[:key=value,...] (e.g. token-priority:B=16)"
+        )
+    if "," in name:
+        raise ValueError(
+            f"config {text!r}: the policy name ends at ':' (e.g. {name.split(',')[0]}:"
+            f"{name.partition(',')[2]}); got {name!r}"
+        )
     pairs = [("policy", name.strip())]
     for item in filter(None, (s.strip() for s in split_items(rest, text))):
         key, eq, value = item.partition("=")

@@ -148,8 +148,11 @@ class Store:
                 )
             elif key == "model" and old.get("model_name"):
                 advice = f"resume with the model it ran ({old['model_name']})"
+            elif key == "code":  # no option brings the old code back
+                advice = f"resume with the moe-spec that wrote it ({old[key]})"
             raise ResumeError(
-                f"{self.folder} holds results for another {what} ({key}: stored "
+                f"{self.folder} holds results for {'another ' if what[-1] != 's' else 'other '}"
+                f"{what} ({key}: stored "
                 f"{old[key]!r}, now {self.header[key]!r}); reusing them would mix the two. To "
                 f"continue the stored run, {advice}; to start over, choose another --out or "
                 f"delete {self.runs_path}"

@@ -60,6 +60,11 @@ class SpecConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.depth > self.num_tokens - 1:  # the draft would run levels no node reaches
+            raise ValueError(
+                f"depth {self.depth} needs at least {self.depth + 1} tree tokens (num_tokens "
+                f"{self.num_tokens}); allowed: depth <= num_tokens - 1 = {self.num_tokens - 1}"
+            )
         check_temperature(self.temperature, "temperature")
         if self.mode not in MODES:
             raise ValueError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")

@@ -189,3 +189,25 @@ def test_a_json_config_without_a_policy_is_named(tmp_path):
     js.write_text(json.dumps([{"policy": "none"}, {"B": 8, "mode": "truncation"}]))
     with pytest.raises(ValueError, match=r"c.json entry 2: no policy; each configuration names"):
         parse_config(str(js))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("arms.yaml", "config 'arms.yaml' looks like a file; allowed: a .json or .toml"),
+        ("runs/arms", "looks like a file"),
+        ("token-priority,B=8", "the policy name ends at ':' (e.g. token-priority:B=8)"),
+        ("tokenpriority", "unknown policy 'tokenpriority' (did you mean 'token-priority'?)"),
+    ],
+)
+def test_a_config_that_is_no_policy_says_what_it_looks_like(text, message):
+    """These read 'a budget is required' before (an A/B walkthrough): the file or the typo
+    is named instead."""
+    with pytest.raises(ValueError) as got:
+        parse_config(text)
+    assert message in str(got.value) and "a budget is required" not in str(got.value)
+
+
+def test_a_budgeted_policy_known_here_still_asks_for_its_budget():
+    with pytest.raises(ValueError, match=r"token-priority: a budget is required"):
+        parse_config("token-priority")

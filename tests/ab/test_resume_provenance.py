@@ -28,7 +28,8 @@ def finished(tmp_path, header=FULL, prompts=("a", "bb", "ccc")):
     [
         ("model", "m2", r"another model \(model: stored 'm1', now 'm2'\)"),
         ("code", "c2", r"another moe-spec code \(code: stored 'c1', now 'c2'\)"),
-        ("prompts_sha", "y", r"another prompts .*resume with the prompts it was started with"),
+        ("code", "c2", r"resume with the moe-spec that wrote it \(c1\)"),
+        ("prompts_sha", "y", r"other prompts .*resume with the prompts it was started with"),
         ("prompts_sha", "y", r"\(3 runs: the same --prompts, --num-prompts and --seeds\)"),
     ],
 )

@@ -102,7 +102,9 @@ def test_a_sampled_arm_is_judged_against_sampled_speculation(tiny_dir, tmp_path)
         "--depth", "3", "--max-new-tokens", "4", "--no-progress",
     ]  # fmt: skip
     assert main(args) == 0
-    rows = {c["label"]: c for c in json.loads((out / "results.json").read_text())["configs"]}
+    results = json.loads((out / "results.json").read_text())
+    assert any(w.startswith("2 prompts: a bootstrap CI over so few") for w in results["warnings"])
+    rows = {c["label"]: c for c in results["configs"]}
     sampled, greedy = (
         rows["token-priority B=3 tree=8/4/3 T=1"],
         rows["token-priority B=3 tree=8/4/3"],
