@@ -3,7 +3,8 @@ committed tokens, summed by the guard's reason for the step.
 
 ``auto`` (repair, no draft gate) runs greedy on one or both held-out prompt sets of
 ``bench/auto_budget.py``, fresh (a policy per prompt) and warm (one across the set); its
-steps are priced as ``moe-spec ab`` prices them on ``--shape`` (measured H200 cost model).
+steps are priced as ``moe-spec ab`` prices them on ``--shape`` (``--cost-model``, measured by
+default, on an H200; ``auto`` plans with the same).
 A step that commits ``a`` tokens in ``t`` modeled seconds loses ``t - a * t_decode``;
 the table sums that per (step kind, reason) as a share of the time decoding the same
 tokens takes. ``--sglang`` runs and prices the controller as SGLang does (a draft extend
@@ -11,6 +12,7 @@ after each step), ``--skip-decode-extend`` with it under SGLang's skip switch.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_loss_trace.py [--model smollm2-moe]
         [--prompts 8] [--max-new 32] [--sets A B] [--shape OLMoE-1B-7B] [--tree 4 1 3]
+        [--cost-model measured|calibrated]
         [--sglang [--skip-decode-extend]] [--auto-option KEY=VALUE ...]
         [--steps [--decodes]] [--reference]
 
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=1200)
     ap.add_argument("--sets", nargs="+", default=["A", "B"])
     ap.add_argument("--shape", default="OLMoE-1B-7B")
+    ap.add_argument("--cost-model", default="measured", choices=["measured", "calibrated"])
     ap.add_argument("--tree", type=int, nargs=3, default=[4, 1, 3])
     ap.add_argument("--sglang", action="store_true")
     ap.add_argument("--skip-decode-extend", action="store_true")
@@ -91,10 +94,10 @@ def main() -> None:
     torch.set_num_threads(1)
     args.threads = 1
     engine = load(args)
-    cost, shape = get_cost_model("measured", "H200"), get_shape(args.shape)
+    cost, shape = get_cost_model(args.cost_model, "H200"), get_shape(args.shape)
     served = server_options(not args.skip_decode_extend) if args.sglang else {"gate": False}
     options = option_text([*served.items(), *args.auto_option])
-    text = f"auto:opt.shape={shape.name},opt.gpu=H200,opt.cost_model=measured{options}"
+    text = f"auto:opt.shape={shape.name},opt.gpu=H200,opt.cost_model={args.cost_model}{options}"
     (config,) = parse_config(text + ",repair=true", tree_of(args))
     m = auto_priced(cost, shape, args, config.options)
     decode_s = 1.0 / autoregressive_tokens_per_s(cost.gpu, shape, overheads=cost.overheads)
