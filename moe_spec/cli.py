@@ -357,7 +357,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_positive("--max-new-tokens", args.max_new_tokens)
     check_temperature(args.temperature)
     check_seed(args.seed)
-    adaptive = get_policy(args.policy, **dict(args.policy_option)).adaptive
+    adaptive = get_policy(args.policy, **option_dict(args.policy_option)).adaptive
     if args.policy != "none" and args.budget is None and not adaptive:
         raise ValueError(
             f"--policy {args.policy} needs --budget B (distinct experts per MoE layer, at least "
@@ -381,7 +381,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             mode=args.mode,
             policy=args.policy,
             budget=args.budget,
-            policy_options=dict(args.policy_option),
+            policy_options=option_dict(args.policy_option),
             temperature=args.temperature,
             repair=args.repair or args.repair_min is not None,
             repair_min_tokens=1 if args.repair_min is None else args.repair_min,
@@ -453,6 +453,19 @@ def parse_option(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def option_dict(pairs: list[tuple[str, object]], flag: str = "--policy-option") -> dict:
+    """``KEY=VALUE`` pairs as a dict; a key given twice is an error (the last would win)."""
+    options: dict = {}
+    for key, value in pairs:
+        if key in options:
+            raise ValueError(
+                f"{flag} {key} is given twice ({options[key]!r} and {value!r}); give each "
+                "option once"
+            )
+        options[key] = value
+    return options
+
+
 def options_text(options: dict) -> str:
     """`` (alpha=2, measure=true)``: the policy options a run took, as given ("" for none)."""
     import json
@@ -522,7 +535,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy=args.policy,
         budget=args.budget,
         mode=args.mode,
-        options=dict(args.policy_option),
+        options=option_dict(args.policy_option),
         log_interval_s=args.log_interval,
         counters=not args.no_counters,
     )

@@ -330,3 +330,18 @@ def test_trace_demo_refuses_empty_items_in_its_lists(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
         main(["trace-demo", *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "x", *TOY, "--policy", "token-priority", "--budget", "8"],
+        ["serve", "--policy", "token-priority", "--budget", "8"],
+    ],
+)
+def test_a_policy_option_given_twice_is_refused(capsys, argv):
+    """The last value won without a word (a plugin-author walkthrough)."""
+    twice = ["--policy-option", "decay=0.5", "--policy-option", "decay=0.7"]
+    tail = ["--", "--model-path", "/nonexistent"] if argv[0] == "serve" else []
+    err = refused([*argv, *twice, *tail], capsys)
+    assert "--policy-option decay is given twice (0.5 and 0.7); give each option once" in err

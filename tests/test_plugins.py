@@ -200,18 +200,32 @@ def test_a_plugin_that_raises_while_registering_is_named(site):
     [
         ("int", r"registered <class 'int'>, which is not a subclass of moe_spec.Policy"),
         ("instance", r"registered an instance of Good; pass the class \(register\(Good\)\)"),
-        ("Policy", r"registered Policy with name ''; a policy name is lower-case"),
+        ("Policy", r"registered Policy, which implements neither score\(record\) nor keep"),
+        ("Empty", r"registered Empty, which implements neither score\(record\) nor keep"),
         ("BadName", r"registered BadName with name 'Bad Name'"),
     ],
 )
 def test_registering_something_invalid_is_named(registered, message):
+    def score(self, record):
+        return record.router_mass_E()
+
     class BadName(Policy):
         name = "Bad Name"
 
     class Good(Policy):
         name = "good-one"
 
-    things = {"int": int, "Policy": Policy, "BadName": BadName, "instance": Good()}
+    class Empty(Policy):  # it would fail only when used
+        name = "empty-one"
+
+    BadName.score = Good.score = score
+    things = {
+        "int": int,
+        "Policy": Policy,
+        "BadName": BadName,
+        "instance": Good(),
+        "Empty": Empty,
+    }
 
     def register_policies(register):
         register(Good)  # all or nothing: a plugin with one bad class is left out whole
@@ -508,6 +522,9 @@ def test_a_plugins_own_option_error_names_the_policy_and_plugin():
     class Alpha(Policy):
         name = "alpha-mass"
 
+        def score(self, record):
+            return record.router_mass_E()
+
         def __init__(self, alpha: float = 1.0) -> None:
             self.alpha = float(alpha)  # a plain ValueError on "abc", not a PolicyError
 
@@ -530,6 +547,9 @@ def test_a_plugins_option_error_in_the_examples_style_names_the_policy_once():
     class Beta(Policy):
         name = "beta-mass"
 
+        def score(self, record):
+            return record.router_mass_E()
+
         def __init__(self, beta: float = 1.0) -> None:
             if not isinstance(beta, float):
                 raise PolicyError(f"beta-mass: beta is {beta!r}; allowed: a float")
@@ -547,6 +567,9 @@ def test_a_plugins_option_error_in_the_examples_style_names_the_policy_once():
 def test_a_plugin_policy_without_options_names_itself_once():
     class Plain(Policy):
         name = "plain-one"
+
+        def score(self, record):
+            return record.router_mass_E()
 
     plugin = SimpleNamespace(register_policies=hookimpl(lambda register: register(Plain)))
     registry = default_registry({})

@@ -321,6 +321,11 @@ def check_policy_class(policy_class: object, origin: str) -> PolicyInfo:
             f"plugin {origin} registered {policy_class!r}, which is not a subclass of "
             f"moe_spec.Policy"
         )
+    if policy_class.score is Policy.score and policy_class.keep is Policy.keep:
+        raise PluginError(
+            f"plugin {origin} registered {policy_class.__name__}, which implements neither "
+            "score(record) nor keep(record, budget); a policy needs one of them"
+        )
     name = policy_class.name
     if not isinstance(name, str) or not POLICY_NAME.match(name):
         raise PluginError(
