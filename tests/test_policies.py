@@ -113,7 +113,11 @@ def test_layer_adaptive_refuses_a_table_of_the_wrong_length():
         ({"budgets": [4, 0]}, r"budgets must be a non-empty list of positive ints"),
         ({"budgets": "4,4"}, r"budgets must be a non-empty list"),
         ({"budgets": []}, r"budgets must be a non-empty list"),
-        ({"cover": 0.5}, r"bad options \{'cover': 0.5\}: .*; allowed: coverage, budgets$"),
+        (
+            {"cover": 0.5},
+            r"unknown option 'cover'; did you mean 'coverage' for 'cover'\?; allowed: "
+            r"coverage, budgets$",
+        ),
     ],
 )
 def test_layer_adaptive_bad_options(options, message):

@@ -140,6 +140,18 @@ def load_prompt_list(args) -> list[str]:
     return [p for p in prompts for _ in range(args.seeds)]  # run i: prompt i // seeds
 
 
+def check_default_flags(args) -> None:
+    """The tree and temperature flags every arm defaults to, refused as flags (an arm's
+    error would name an arm the user did not write, such as the automatic ``none``)."""
+    from moe_spec.checks import check_temperature
+    from moe_spec.cli import SPEC_FLAGS, flags_named
+    from moe_spec.engine.generate import SpecConfig
+
+    check_temperature(args.temperature, "--temperature")
+    with flags_named(SPEC_FLAGS):
+        SpecConfig(num_tokens=args.num_tokens, width=args.width, depth=args.depth)
+
+
 def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
     from moe_spec.ab.configs import finalize, parse_config
 
@@ -150,6 +162,7 @@ def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
         "mode": args.mode,
         "temperature": args.temperature,
     }
+    check_default_flags(args)
     if args.backend == "sglang" and not args.config:
         raise ValueError("--backend sglang needs a --config (and a --server) for every server")
     if args.backend == "engine" and args.server:

@@ -302,6 +302,11 @@ def load_config_file(path: Path, defaults: dict) -> list[RunConfig]:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot parse ({exc})") from None
+    if isinstance(data, dict) and (extra := sorted(set(data) - {"configs", "config"})):
+        raise ValueError(  # a second list or a misspelt key would be ignored
+            f"{path}: unknown top-level keys {extra}; allowed: one list under 'configs' (or "
+            "'config'), or the list itself"
+        )
     items = data.get("configs", data.get("config")) if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise ValueError(f"{path}: expected a list of configuration objects")

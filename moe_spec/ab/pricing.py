@@ -140,9 +140,10 @@ def planning_mismatches(
         return []
     priced = (priced_by.shape.name, priced_by.cost.gpu.name)
     return [
-        f"{label} plans for {s} on {g} (its opt.shape and opt.gpu), but this run is priced "
-        f"for {priced[0]} on {priced[1]}: its budgets and guard are chosen for another model "
-        f"than the one priced; add opt.shape={priced[0]},opt.gpu={priced[1]} to plan for it"
+        f"{label} plans for {s} on {g} (its opt.shape and opt.gpu, set or default), but this "
+        f"run is priced for {priced[0]} on {priced[1]}: its budgets and guard are chosen for "
+        f"another model than the one priced; set opt.shape={priced[0]},opt.gpu={priced[1]} "
+        "in the arm to plan for it (the arm then runs again), or price the run as it plans"
         for label, (s, g, _) in planned.items()
         if (s, g) != priced
     ]

@@ -254,6 +254,12 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
         "- experts/layer: distinct experts per layer per verify step, before->after the "
         "budget (mean; p99 after); floor: the accepted path's own distinct experts; "
         "to div: tokens_to_divergence; rep5: repeated_5grams",
+        "- accept: acceptance_length; agree: agreement; MB/tok: expert_mb_per_token; logprob: "
+        "mean_logprob; model tok/s: modeled_tokens_per_s; x ref: model tok/s over the "
+        "reference row's; tok/fwd: tokens_per_target_forward; repaired: repair_rate; "
+        "guard AR / guard small: guard_autoregressive / guard_smaller_tree",
+        "- a guard's decision `tree N/W/D B=b1,b2,...`: a tree of N tokens, width W, depth D, "
+        "and each MoE layer's budget (`8x30`: 30 layers at 8)",
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]

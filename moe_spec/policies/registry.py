@@ -252,6 +252,12 @@ class PolicyRegistry:
             said = f"{where} {said[len(named) :]}" if said.startswith(named) else f"{where}: {said}"
             raise PolicyError(said) from exc
         except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if unknown:  # Python's words for it name __init__: say it as an option
+                raise PolicyError(
+                    f"policy {name!r} (from {info.origin}): unknown option {unknown[1]!r}"
+                    f"{allowed_options(info.policy_class, options)}"
+                ) from exc
             allowed = (
                 allowed_options(info.policy_class, options) if isinstance(exc, TypeError) else ""
             )

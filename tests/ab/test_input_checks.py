@@ -262,3 +262,19 @@ def test_a_cost_model_without_a_shape_is_warned_about_with_or_without_a_depth_wi
     assert alone.startswith("--cost-model without --model-shape/--gpu price nothing")
     (with_dw,) = warnings_for(args, [RunConfig("none"), RunConfig("depth-width")], 8)
     assert "only the depth-width arm chooses its trees with it" in with_dw  # it was silent
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--temperature", "-1"], "--temperature is -1.0; allowed: 0 (greedy)"),
+        (["--num-tokens", "1"], "--num-tokens must be an integer >= 2, got 1"),
+        (["--width", "0"], "--width must be an integer >= 1, got 0"),
+        (["--depth", "8"], "--depth 8 needs at least 9 tree tokens (--num-tokens 8)"),
+    ],
+)
+def test_a_default_flag_out_of_range_is_named_as_the_flag(ab_args, capsys, flags, message):
+    """They were reported against the automatic 'none' arm, which the user did not write."""
+    assert main([*ab_args, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "config 'none'" not in err

@@ -159,7 +159,7 @@ def test_policy_options_reach_the_engine_and_the_label(tmp_path):
     [
         ("draft-path:B=16,opt.order=sideways", "order is 'sideways'; allowed: path, logprob"),
         ("none:opt.decay=0.5", "none is a baseline and takes no policy options"),
-        ("token-priority:B=8,opt.nope=1", "bad options {'nope': 1}"),
+        ("token-priority:B=8,opt.nope=1", "unknown option 'nope'; allowed: decay"),
     ],
 )
 def test_bad_policy_options_are_refused_by_the_policy(text, words):
@@ -211,3 +211,18 @@ def test_a_config_that_is_no_policy_says_what_it_looks_like(text, message):
 def test_a_budgeted_policy_known_here_still_asks_for_its_budget():
     with pytest.raises(ValueError, match=r"token-priority: a budget is required"):
         parse_config("token-priority")
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("arms.json", '{"configs": [{"policy": "none"}], "extra": 1}'),
+        ("arms.toml", '[[config]]\npolicy = "none"\n\n[[other]]\npolicy = "none"\n'),
+    ],
+)
+def test_a_config_file_with_keys_beside_its_list_is_refused(tmp_path, name, text):
+    """They were ignored: a second list or a misspelt key ran nothing, without a word."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"unknown top-level keys \['(extra|other)'\]; allowed"):
+        parse_config(str(path))
