@@ -109,7 +109,7 @@ def test_layer_adaptive_refuses_a_table_of_the_wrong_length():
     [
         ({"coverage": 0.0}, r"coverage is 0.0; allowed: 0 < coverage <= 1"),
         ({"coverage": 1.5}, r"coverage is 1.5"),
-        ({"coverage": "most"}, r"coverage must be a number, got 'most'"),
+        ({"coverage": "most"}, r"coverage is 'most'; allowed: a number, 0 < coverage <= 1"),
         ({"budgets": [4, 0]}, r"budgets must be a non-empty list of positive ints"),
         ({"budgets": "4,4"}, r"budgets must be a non-empty list"),
         ({"budgets": []}, r"budgets must be a non-empty list"),

@@ -95,7 +95,9 @@ class LayerAdaptive(Policy):
 
     def __init__(self, coverage: float = 0.9, budgets: Sequence[int] | None = None) -> None:
         if isinstance(coverage, bool) or not isinstance(coverage, int | float):
-            raise PolicyError(f"layer-adaptive: coverage must be a number, got {coverage!r}")
+            raise PolicyError(
+                f"layer-adaptive: coverage is {coverage!r}; allowed: a number, 0 < coverage <= 1"
+            )
         if not 0.0 < coverage <= 1.0:
             raise PolicyError(f"layer-adaptive: coverage is {coverage}; allowed: 0 < coverage <= 1")
         if budgets is not None:

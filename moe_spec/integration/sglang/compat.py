@@ -120,8 +120,9 @@ def check_server_args(args: Any, guards_chains: bool = False) -> Findings:
     name = None if name is None else ALGORITHM_ALIASES.get(str(name).upper(), str(name).upper())
     if name not in TREE_ALGORITHMS:
         allowed = ", ".join((*TREE_ALGORITHMS, *ALGORITHM_ALIASES))
+        given = "not given" if algorithm is None else f"is {algorithm!r}"
         found.errors.append(
-            f"--speculative-algorithm is {algorithm!r}; MoE-Spec budgets the verify pass of "
+            f"--speculative-algorithm {given}; MoE-Spec budgets the verify pass of "
             f"tree speculation, allowed: {allowed}"
         )
     topk = opt("speculative_eagle_topk")

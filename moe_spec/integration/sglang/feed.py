@@ -137,7 +137,9 @@ class AcceptanceFeed:
         self.pending: deque[Snapshot] = deque()
         self.host: dict[tuple, torch.Tensor] = {}  # the snapshots' host buffers (host_buffer)
         self.copies = 0  # snapshots taken: which of the two sets of host buffers is next
-        self.plan: StepPlan | None = policy.plan_step(tree, False)
+        self.lowest_L: list[int] | None = None  # each layer's lowest budget planned since
+        self.plan: StepPlan | None = None  # the last report (a line shows the latest alone)
+        self.replan()
         self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
         self.host_s = 0.0  # the feed's own host time (copies, observe, plan_step)
         self.reported_host_s = 0.0  # host_s at the last report
@@ -288,12 +290,21 @@ class AcceptanceFeed:
                 ids_LNK = rec["ids_LRK"][:, rows]
                 self.policy.observe(outcome, rank_LE, ids_LNK, snap.rested)
                 self.observed += 1
-            self.plan = self.policy.plan_step(self.tree, False)
+            self.replan()
             self.note_speed()
         self.steps += 1
         self.requests += len(paths)
         self.tokens += sum(lens)
         self.by_depth[tree[2]] += 1
+
+    def replan(self) -> None:
+        """The policy's plan for the next step, its budgets kept in :attr:`lowest_L`."""
+        self.plan = self.policy.plan_step(self.tree, False)
+        budgets = getattr(self.policy, "budget_host_L", None)
+        if budgets is not None:
+            now = budgets.tolist()
+            low = self.lowest_L or now
+            self.lowest_L = [min(a, b) for a, b in zip(low, now, strict=True)]
 
     def step_tree(self, width: int) -> tuple[int, int, int]:
         """The step's ``(num_tokens, width, depth)``: the configured tree, or with ``chains``
@@ -316,7 +327,7 @@ class AcceptanceFeed:
         plan changed a step late) at once. The first decode of new text starts a run planned
         for it. ``hit``: whether the draft guessed the decoded token (None: no guess)."""
         if new_text and self.plan is not None and self.plan.kind == AUTOREGRESSIVE:
-            self.plan = self.policy.plan_step(self.tree, False)
+            self.replan()
         self.decodes += 1
         if hit is None:  # a decode without a guess ends the text the matches cover
             self.give_matches()
@@ -326,7 +337,7 @@ class AcceptanceFeed:
         plan = self.plan
         if plan is None or plan.kind != AUTOREGRESSIVE or self.decodes >= plan.steps:
             self.report_decodes()
-            self.plan = self.policy.plan_step(self.tree, False)
+            self.replan()
 
     def give_matches(self) -> None:
         """The run's matches so far to ``policy.draft_matched`` (contiguous decoded text)."""
@@ -433,13 +444,15 @@ class AcceptanceFeed:
             return f"moe-spec: auto gets no acceptance (budgets stay as they are): {self.stopped}"
         state = self.policy.device_state
         budgets = self.policy.budget_host_L.tolist()
+        lowest = self.lowest_L or budgets
+        since = f" (lowest planned since the last line {lowest})" if lowest != budgets else ""
         reach = [round(x, 3) for x in state["reach_D"][1 : self.tree[2] + 1].tolist()]
         mean = self.tokens / self.requests if self.requests else 0.0
         reason = self.plan.reason if self.plan is not None else ""
         return (
             f"moe-spec: auto observed {self.steps} verify steps ({self.observed} request steps "
             f"folded in, from {self.started} requests), mean accepted length {mean:.2f}; "
-            f"budgets per layer {budgets}; "
+            f"budgets per layer {budgets}{since}; "
             f"P(reach depth 1..{self.tree[2]}) {reach}; "
             f"{self.rested} of {self.tree_steps} tree steps rested (budgets at E, no ranking), "
             f"{self.ranked_after} ranked after the forward; "
@@ -479,5 +492,7 @@ class AcceptanceFeed:
         line = self.line()
         self.last_report, self.reported_steps = time.monotonic(), self.steps
         self.reported_host_s = self.host_s
+        budgets = getattr(self.policy, "budget_host_L", None)
+        self.lowest_L = None if budgets is None else budgets.tolist()
         if self.tp_rank == 0:
             logger.info(line)

@@ -116,32 +116,52 @@ def plugin_disabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def settings_from_environ(environ: Mapping[str, str] | None = None) -> ServeSettings | None:
-    """The settings in ``environ``; None when no policy is configured or the switch is off."""
+    """The settings in ``environ``; None when no policy is configured or the switch is off.
+    Every malformed variable is named in one :class:`SettingsError` (a server that starts
+    for each would take a start per typo)."""
     environ = os.environ if environ is None else environ
     if plugin_disabled(environ) or not environ.get(ENV_POLICY, "").strip():
         return None
-    raw_budget = environ.get(ENV_BUDGET, "").strip()
-    if not raw_budget:
-        raise SettingsError(f"{ENV_POLICY} is set but {ENV_BUDGET} is not; set B, e.g. 32")
+    errors: list[str] = []
+
+    def parsed(name: str, default: str, parse, allowed: str):
+        raw = environ.get(name, "").strip() or default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            detail = f": {exc}" if isinstance(exc, json.JSONDecodeError) else ""
+            errors.append(f"{name}={raw!r}{allowed}{detail}")
+            return None
+
+    if not environ.get(ENV_BUDGET, "").strip():
+        errors.append(f"{ENV_POLICY} is set but {ENV_BUDGET} is not; set B, e.g. 32")
+        budget = None
+    else:
+        budget = parsed(ENV_BUDGET, "", int, "; allowed: an integer >= 1")
+    options = parsed(ENV_OPTIONS, "{}", json.loads, " is not JSON")
+    interval = parsed(ENV_LOG_INTERVAL, "30", float, "; allowed: seconds")
     try:
-        budget = int(raw_budget)
-    except ValueError:
-        raise SettingsError(f"{ENV_BUDGET}={raw_budget!r}; allowed: an integer >= 1") from None
-    raw_options = environ.get(ENV_OPTIONS, "").strip() or "{}"
-    try:
-        options = json.loads(raw_options)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"{ENV_OPTIONS}={raw_options!r} is not JSON: {exc}") from None
-    raw_interval = environ.get(ENV_LOG_INTERVAL, "").strip() or "30"
-    try:
-        interval = float(raw_interval)
-    except ValueError:
-        raise SettingsError(f"{ENV_LOG_INTERVAL}={raw_interval!r}; allowed: seconds") from None
-    return ServeSettings(
+        counters = env_flag(environ, ENV_COUNTERS, True)
+    except SettingsError as exc:
+        errors.append(str(exc))
+        counters = True
+    fields = dict(
         policy=environ[ENV_POLICY].strip(),
-        budget=budget,
+        budget=1 if budget is None else budget,
         mode=environ.get(ENV_MODE, "").strip() or "substitution",
-        options=options,
-        log_interval_s=interval,
-        counters=env_flag(environ, ENV_COUNTERS, True),
+        options={} if options is None else options,
+        log_interval_s=30.0 if interval is None else interval,
+        counters=counters,
     )
+    for name, value in fields.items():  # ServeSettings' own checks, one field at a time
+        try:
+            ServeSettings(**{**VALID_SETTINGS, name: value})
+        except SettingsError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise SettingsError("; ".join(dict.fromkeys(errors)))
+    return ServeSettings(**fields)
+
+
+# settings every field of which passes: one field is checked against the others
+VALID_SETTINGS = dict(policy="none", budget=1, options={}, log_interval_s=0.0, counters=True)

@@ -84,3 +84,24 @@ def test_the_host_time_per_step_is_the_last_intervals_once_a_report_was_made(cap
     assert "; host time per step 0.20 ms since the last report (0.60 since start); " in (
         feed.line()
     )
+
+
+def test_the_line_names_budgets_planned_below_the_current_ones_since_the_last(monkeypatch):
+    """A line showed the latest plan alone: 'budgets per layer [8, 8, 8, 8]' beside a counter
+    line of 5.3 -> 4.1 experts from steps planned lower in between (an SGLang walkthrough)."""
+    import numpy as np
+
+    feed = feed_of()
+    plans = iter([[3, 8], [8, 5], [8, 8]])
+
+    def plan_step(tree, repair):
+        feed.policy.budget_host_L = np.array(next(plans))
+        return None
+
+    monkeypatch.setattr(feed.policy, "plan_step", plan_step)
+    feed.lowest_L = None
+    for _ in range(3):
+        feed.replan()
+    assert "budgets per layer [8, 8] (lowest planned since the last line [3, 5]);" in feed.line()
+    feed.report()
+    assert "budgets per layer [8, 8];" in feed.line()

@@ -246,6 +246,11 @@ def test_nextn_is_eagle_and_the_megakernel_is_refused():
     assert "--enable-nvidia-megakernel" in error
 
 
+def test_a_missing_speculative_algorithm_is_said_so():
+    found = check_server_args(parse_sglang_args(["--model-path", "m", *TREE]))
+    assert any(e.startswith("--speculative-algorithm not given; ") for e in found.errors)
+
+
 def test_config_yaml_is_read_as_sglang_reads_it(capsys, qwen3_dir, tmp_path):
     config = tmp_path / "server.yaml"
     config.write_text("speculative-algorithm: NGRAM\nspeculative-eagle-topk: 8\n")

@@ -62,3 +62,27 @@ def test_counters_switch():
         assert settings_from_environ({**on, "MOE_SPEC_COUNTERS": word}).counters is False
     with pytest.raises(SettingsError, match="MOE_SPEC_COUNTERS='maybe'; allowed: 1, true"):
         settings_from_environ({**on, "MOE_SPEC_COUNTERS": "maybe"})
+
+
+def test_every_malformed_variable_is_named_in_one_refusal():
+    """A server under plain launch_server took a start per typo: the first bad variable
+    alone was named (an SGLang walkthrough, five variables, five starts)."""
+    environ = {
+        "MOE_SPEC_POLICY": "router-mass",
+        "MOE_SPEC_BUDGET": "abc",
+        "MOE_SPEC_MODE": "bogus",
+        "MOE_SPEC_POLICY_OPTIONS": "{bad",
+        "MOE_SPEC_LOG_INTERVAL": "-1",
+        "MOE_SPEC_COUNTERS": "2",
+    }
+    with pytest.raises(SettingsError) as got:
+        settings_from_environ(environ)
+    said = str(got.value)
+    for part in (
+        "MOE_SPEC_BUDGET='abc'; allowed: an integer >= 1",
+        "MOE_SPEC_POLICY_OPTIONS='{bad' is not JSON",
+        "MOE_SPEC_COUNTERS='2'; allowed:",
+        "MOE_SPEC_MODE='bogus'; allowed: substitution, truncation",
+        "MOE_SPEC_LOG_INTERVAL=-1.0; allowed: >= 0",
+    ):
+        assert part in said, part

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.live
 AUTO_LINE = re.compile(
     r"moe-spec: auto observed (\d+) verify steps \((\d+) request steps folded in, from (\d+) "
     r"requests\), mean "
-    r"accepted length ([\d.]+); budgets per layer (\[[\d, ]+\]); P\(reach depth 1\.\.(\d+)\) "
+    r"accepted length ([\d.]+); budgets per layer (\[[\d, ]+\])"
+    r"(?: \(lowest planned since the last line \[[\d, ]+\]\))?; P\(reach depth 1\.\.(\d+)\) "
     r"(\[[\d., e-]+\])"
 )
 
