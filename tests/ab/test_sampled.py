@@ -66,16 +66,23 @@ def test_an_arm_that_shares_its_seeds_random_numbers_is_tested_on_unpaired_runs(
     assert distribution_check([list(r) for r in ref], ref, seeds, length, 300)["consistent"]
 
 
+def run_ab(tiny_dir, out, seeds: int, configs: list[str]) -> dict:
+    """``moe-spec ab`` on 2 prompts of the tiny checkpoint, a small tree: its results.json."""
+    args = [
+        "ab", "--checkpoint", str(tiny_dir), "--num-prompts", "2", "--seeds", str(seeds),
+        "--out", str(out), "--num-tokens", "8", "--width", "4", "--depth", "3",
+        "--max-new-tokens", "4", "--no-progress",
+    ]  # fmt: skip
+    for config in configs:
+        args += ["--config", config]
+    assert main(args) == 0
+    return json.loads((out / "results.json").read_text())
+
+
 def test_ab_sampled_mode_end_to_end(tiny_dir, tmp_path):
     out = tmp_path / "out"
-    args = [
-        "ab", "--checkpoint", str(tiny_dir), "--num-prompts", "2", "--seeds", "3",
-        "--out", str(out), "--config", "autoregressive:T=1", "--config", "none:T=1",
-        "--config", "token-priority:B=3,T=1", "--num-tokens", "8", "--width", "4",
-        "--depth", "3", "--max-new-tokens", "4", "--no-progress",
-    ]  # fmt: skip
-    assert main(args) == 0
-    results = json.loads((out / "results.json").read_text())
+    configs = ["autoregressive:T=1", "none:T=1", "token-priority:B=3,T=1"]
+    results = run_ab(tiny_dir, out, 3, configs)
     assert results["seeds"] == 3 and results["prompts"] == 2  # prompts, not runs
     assert all(row["prompts"] == 2 for row in results["configs"])
     report = (out / "report.md").read_text()
@@ -95,14 +102,8 @@ def test_a_sampled_arm_is_judged_against_sampled_speculation(tiny_dir, tmp_path)
     difference are against the unbudgeted arm at its own temperature, not greedy `none`
     (a walkthrough read 0.82x 'level' where the same-temperature ratio was 1.49x)."""
     out = tmp_path / "out"
-    args = [
-        "ab", "--checkpoint", str(tiny_dir), "--num-prompts", "2", "--seeds", "2",
-        "--out", str(out), "--config", "autoregressive", "--config", "token-priority:B=3",
-        "--config", "token-priority:B=3,T=1", "--num-tokens", "8", "--width", "4",
-        "--depth", "3", "--max-new-tokens", "4", "--no-progress",
-    ]  # fmt: skip
-    assert main(args) == 0
-    results = json.loads((out / "results.json").read_text())
+    configs = ["autoregressive", "token-priority:B=3", "token-priority:B=3,T=1"]
+    results = run_ab(tiny_dir, out, 2, configs)
     assert any(w.startswith("2 prompts: a bootstrap CI over so few") for w in results["warnings"])
     rows = {c["label"]: c for c in results["configs"]}
     sampled, greedy = (
