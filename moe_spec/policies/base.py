@@ -103,9 +103,8 @@ class Policy:
     def model_check(self, num_layers: int, num_experts: int, top_k: int) -> None:
         """:meth:`check_model` as the engines and servers call it: whatever it raises becomes
         a :class:`PolicyError` that names this policy and its plugin (a plugin's bug, a
-        ``KeyError``, is not a raw traceback; its own ``PolicyError`` gets the same prefix)."""
-        if torch.compiler.is_compiling():
-            return self.check_model(num_layers, num_experts, top_k)
+        ``KeyError``, is not a raw traceback; its own ``PolicyError`` gets the same prefix).
+        Called before a generation or a server's first forward, never in a compiled graph."""
         try:
             self.check_model(num_layers, num_experts, top_k)
         except PolicyError as exc:
