@@ -49,6 +49,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from moe_spec.control.steps import (
@@ -137,7 +138,7 @@ class AcceptanceFeed:
         self.pending: deque[Snapshot] = deque()
         self.host: dict[tuple, torch.Tensor] = {}  # the snapshots' host buffers (host_buffer)
         self.copies = 0  # snapshots taken: which of the two sets of host buffers is next
-        self.lowest_L: list[int] | None = None  # each layer's lowest budget planned since
+        self.lowest_L: np.ndarray | None = None  # each layer's lowest budget planned since
         self.plan: StepPlan | None = None  # the last report (a line shows the latest alone)
         self.replan()
         self.steps = self.requests = self.observed = self.tokens = self.reported_steps = 0
@@ -302,9 +303,8 @@ class AcceptanceFeed:
         self.plan = self.policy.plan_step(self.tree, False)
         budgets = getattr(self.policy, "budget_host_L", None)
         if budgets is not None:
-            now = budgets.tolist()
-            low = self.lowest_L or now
-            self.lowest_L = [min(a, b) for a, b in zip(low, now, strict=True)]
+            low = budgets if self.lowest_L is None else self.lowest_L
+            self.lowest_L = np.minimum(low, budgets)
 
     def step_tree(self, width: int) -> tuple[int, int, int]:
         """The step's ``(num_tokens, width, depth)``: the configured tree, or with ``chains``
@@ -444,7 +444,7 @@ class AcceptanceFeed:
             return f"moe-spec: auto gets no acceptance (budgets stay as they are): {self.stopped}"
         state = self.policy.device_state
         budgets = self.policy.budget_host_L.tolist()
-        lowest = self.lowest_L or budgets
+        lowest = budgets if self.lowest_L is None else self.lowest_L.tolist()
         since = f" (lowest planned since the last line {lowest})" if lowest != budgets else ""
         reach = [round(x, 3) for x in state["reach_D"][1 : self.tree[2] + 1].tolist()]
         mean = self.tokens / self.requests if self.requests else 0.0
@@ -493,6 +493,6 @@ class AcceptanceFeed:
         self.last_report, self.reported_steps = time.monotonic(), self.steps
         self.reported_host_s = self.host_s
         budgets = getattr(self.policy, "budget_host_L", None)
-        self.lowest_L = None if budgets is None else budgets.tolist()
+        self.lowest_L = None if budgets is None else budgets.copy()
         if self.tp_rank == 0:
             logger.info(line)
