@@ -59,18 +59,22 @@ class ServeSettings:
     counters: bool = True
 
     def __post_init__(self) -> None:
+        """Every field that is out of range, named in one :class:`SettingsError`."""
+        errors = []
         if not self.policy:
-            raise SettingsError(f"{ENV_POLICY} is empty; name a policy (see `moe-spec policies`)")
+            errors.append(f"{ENV_POLICY} is empty; name a policy (see `moe-spec policies`)")
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
-            raise SettingsError(f"{ENV_BUDGET}={self.budget!r}; allowed: an integer >= 1")
+            errors.append(f"{ENV_BUDGET}={self.budget!r}; allowed: an integer >= 1")
         try:
             check_mode(self.mode)
         except ValueError:
-            raise SettingsError(f"{ENV_MODE}={self.mode!r}; allowed: {', '.join(MODES)}") from None
+            errors.append(f"{ENV_MODE}={self.mode!r}; allowed: {', '.join(MODES)}")
         if not isinstance(self.options, dict):
-            raise SettingsError(f"{ENV_OPTIONS} must be a JSON object, got {self.options!r}")
+            errors.append(f"{ENV_OPTIONS} must be a JSON object, got {self.options!r}")
         if not self.log_interval_s >= 0:  # NaN too
-            raise SettingsError(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")
+            errors.append(f"{ENV_LOG_INTERVAL}={self.log_interval_s}; allowed: >= 0")
+        if errors:
+            raise SettingsError("; ".join(errors))
 
     def to_environ(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in a rank process."""
@@ -145,23 +149,17 @@ def settings_from_environ(environ: Mapping[str, str] | None = None) -> ServeSett
     except SettingsError as exc:
         errors.append(str(exc))
         counters = True
-    fields = dict(
-        policy=environ[ENV_POLICY].strip(),
-        budget=1 if budget is None else budget,
-        mode=environ.get(ENV_MODE, "").strip() or "substitution",
-        options={} if options is None else options,
-        log_interval_s=30.0 if interval is None else interval,
-        counters=counters,
-    )
-    for name, value in fields.items():  # ServeSettings' own checks, one field at a time
-        try:
-            ServeSettings(**{**VALID_SETTINGS, name: value})
-        except SettingsError as exc:
-            errors.append(str(exc))
+    try:  # the fields that did not parse stand in valid: their errors are said above
+        settings = ServeSettings(
+            policy=environ[ENV_POLICY].strip(),
+            budget=1 if budget is None else budget,
+            mode=environ.get(ENV_MODE, "").strip() or "substitution",
+            options={} if options is None else options,
+            log_interval_s=30.0 if interval is None else interval,
+            counters=counters,
+        )
+    except SettingsError as exc:
+        errors.append(str(exc))
     if errors:
-        raise SettingsError("; ".join(dict.fromkeys(errors)))
-    return ServeSettings(**fields)
-
-
-# settings every field of which passes: one field is checked against the others
-VALID_SETTINGS = dict(policy="none", budget=1, options={}, log_interval_s=0.0, counters=True)
+        raise SettingsError("; ".join(errors))
+    return settings
