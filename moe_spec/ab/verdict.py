@@ -79,12 +79,14 @@ def _quality(row: ConfigStats, reference: str) -> str:
     if check is not None:
         verdict = "consistent with" if check["consistent"] else "differs from"
         weak = " (a pass is weak evidence: the test sees large shifts only)"
+        weak = weak if check["consistent"] else ""
+        runs = check["runs_per_arm"]
         parts.append(
             f"sampled tokens {verdict} the unbudgeted distribution (permutation test of "
             f"per-position token counts over {check['positions']} positions, "
-            f"{check['runs_per_arm']} runs an arm of different seeds: p = "
-            f"{check['p_value']:.3g}, alpha {check['alpha']:g}; largest difference at "
-            f"position {check['worst_position']}){weak if check['consistent'] else ''}"
+            f"{runs} run{'s' * (runs != 1)} per arm and prompt, the arm's and the reference's "
+            f"on different seeds: p = {check['p_value']:.3g}, alpha {check['alpha']:g}; "
+            f"largest difference at position {check['worst_position']}){weak}"
         )
     if m.get("repair_rate") is not None:
         parts.append(f"repair after {m['repair_rate']:.0%} of steps")

@@ -125,3 +125,18 @@ def test_a_sampled_arm_is_judged_against_sampled_speculation(tiny_dir, tmp_path)
     )
     assert "unbudgeted speculation" in line and "vs none tree=8/4/3 T=1" in line
     assert "| token-priority B=3 tree=8/4/3 T=1 (vs none tree=8/4/3 T=1) |" in report
+
+
+@pytest.mark.parametrize(("runs", "text"), [(1, "1 run per arm"), (3, "3 runs per arm")])
+def test_the_distribution_verdict_counts_runs_in_good_grammar(runs, text):
+    """``--seeds 2`` gives one run an arm a prompt: the verdict said "1 runs an arm"."""
+    from moe_spec.ab.stats import ConfigStats
+    from moe_spec.ab.verdict import verdicts
+
+    check = {"consistent": True, "positions": 4, "runs_per_arm": runs, "p_value": 0.5,
+             "alpha": 0.01, "worst_position": 2}  # fmt: skip
+    arm = ConfigStats("x T=1", {"policy": "tp", "temperature": 1.0}, 2, 1, 1, {}, None, None,
+                      None, [], [], distribution_check=check)  # fmt: skip
+    line = verdicts([arm], {})[0]
+    assert f"{text} and prompt, the arm's and the reference's on different seeds" in line
+    assert "runs an arm" not in line
