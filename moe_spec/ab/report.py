@@ -117,6 +117,19 @@ def speedup(row: ConfigStats, ref: ConfigStats, metric: str) -> float | None:
     return a / b if a is not None and b else None
 
 
+def own_reference(row: ConfigStats, ref: ConfigStats, rows: list[ConfigStats]) -> ConfigStats:
+    """The row ``row``'s ``x ref`` is over: the arm its verdict and differences are against
+    (``row.reference``: at another temperature than ``ref``, the unbudgeted arm at its own),
+    the row itself where it is that arm, else the reference row ``ref``."""
+    if row.reference:
+        return next(r for r in rows if r.label == row.reference)
+    temperature = row.config.get("temperature") or 0.0
+    own = row.config.get("policy") == "none" and temperature != (
+        ref.config.get("temperature") or 0.0
+    )
+    return row if own else ref
+
+
 def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
     ref = next(r for r in rows if r.label == reference)
     modeled = any(r.metrics["modeled_tokens_per_s"] is not None for r in rows)
@@ -158,7 +171,7 @@ def table_rows(rows: list[ConfigStats], reference: str) -> list[list[str]]:
         if modeled:
             line += [
                 fmt(m["modeled_tokens_per_s"], ".0f"),
-                fmt(speedup(r, ref, "modeled_tokens_per_s"), ".2f"),
+                fmt(speedup(r, own_reference(r, ref, rows), "modeled_tokens_per_s"), ".2f"),
             ]
         if repaired:
             line += [
@@ -256,7 +269,9 @@ def write_markdown(rows: list[ConfigStats], path: Path, meta: dict, plots: list[
         "to div: tokens_to_divergence; rep5: repeated_5grams",
         "- accept: acceptance_length; agree: agreement; MB/tok: expert_mb_per_token; logprob: "
         "mean_logprob; model tok/s: modeled_tokens_per_s; x ref: model tok/s over the "
-        "reference row's; tok/fwd: tokens_per_target_forward; repaired: repair_rate; "
+        "reference row's, or for an arm at another temperature over the unbudgeted arm's at "
+        "its own (the arm its verdict and differences are against; 1.00 for that arm "
+        "itself); tok/fwd: tokens_per_target_forward; repaired: repair_rate; "
         "guard AR / guard small: guard_autoregressive / guard_smaller_tree",
         "- a guard's decision `tree N/W/D B=b1,b2,...`: a tree of N tokens, width W, depth D, "
         "and each MoE layer's budget (`8x30`: 30 layers at 8)",

@@ -266,3 +266,32 @@ def test_a_fixed_budget_says_what_it_is_priced_as_on_another_shape():
     assert 8 < mapped < 128 * 8 / 32 + 1  # more than 8: the label's B is the small model's
     same = {"top_k": qwen3.top_k, "n_experts": qwen3.n_experts}
     assert priced_budgets(arms, same, qwen3) == {}  # nothing to carry
+
+
+def test_x_ref_of_a_sampled_arm_is_over_its_own_temperatures_unbudgeted_arm():
+    """The verdicts compare a sampled arm with the unbudgeted arm at its temperature; the
+    table's `x ref` divided it by greedy `none` (0.60 where the verdict's ratio is 1.20)."""
+    from moe_spec.ab.report import table_rows
+    from moe_spec.ab.stats import metric_names
+
+    rows = [
+        row("none", "none", 100.0),
+        row("tp B=8", "token-priority", 120.0),
+        row("none T=1", "none", 50.0),
+        row("tp B=8 T=1", "token-priority", 60.0),
+        row("autoregressive T=1", "autoregressive", 40.0),  # no unbudgeted arm of its own
+    ]
+    for r in rows:
+        r.metrics = {**dict.fromkeys(metric_names()), **r.metrics}
+    for r in rows[2:]:
+        r.config["temperature"] = 1.0
+    rows[3].reference = "none T=1"  # as analyze sets it (report.reference_for)
+    cells = table_rows(rows, "none")
+    x_ref = {line[0]: line[cells[0].index("x ref")] for line in cells[1:]}
+    assert x_ref == {
+        "none (ref)": "1.00",
+        "tp B=8": "1.20",
+        "none T=1": "1.00",  # the sampled arms' own reference
+        "tp B=8 T=1": "1.20",
+        "autoregressive T=1": "0.40",  # none at its temperature: the reference row
+    }
