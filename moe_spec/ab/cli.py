@@ -80,7 +80,8 @@ def add_parser(subparsers) -> None:
         "--mode",
         choices=MODES,
         default="substitution",
-        help="budget mode of each --config that names none (mode=...)",
+        help="budget mode of each budgeted --config that names none (mode=...); the "
+        "baselines run unbudgeted",
     )
     p.add_argument("--temperature", type=float, default=0.0, help="default temperature")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt")

@@ -91,6 +91,8 @@ class RunConfig:
             raise ValueError(f"{self.policy} is a baseline: repair applies to budgeted policies")
         if self.repair_min_tokens != 1 and not self.repair:
             raise ValueError("repair_min applies only with repair=true")
+        for key, value in meaningless(self).items():  # (--mode, --num-tokens, ... defaults)
+            object.__setattr__(self, key, value)
         self.spec()  # validates the tree and the temperature
         if not self.label:
             object.__setattr__(self, "label", default_label(self))
@@ -114,6 +116,19 @@ class RunConfig:
             repair=self.repair,
             repair_min_tokens=self.repair_min_tokens,
         )
+
+
+TREE_KEYS = ("num_tokens", "width", "depth")
+
+
+def meaningless(config: RunConfig) -> dict:
+    """``field -> default`` of the fields that cannot change ``config``'s tokens, held at
+    their defaults so that labels and the resume check ignore them: a baseline's budget mode
+    (it runs unbudgeted) and an autoregressive arm's tree (it drafts none)."""
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    keys = ("mode",) if config.policy in BASELINES else ()
+    keys += TREE_KEYS if config.policy == "autoregressive" else ()
+    return {k: defaults[k] for k in keys}
 
 
 def check_label(value: object, default_ok: bool = False) -> None:
@@ -150,7 +165,7 @@ def default_label(c: RunConfig) -> str:
     if c.mode != "substitution":
         label += f" {c.mode}"
     label += repair_label(c.repair, c.repair_min_tokens)
-    if (c.num_tokens, c.width, c.depth) != (32, 8, 6) and c.policy != "autoregressive":
+    if (c.num_tokens, c.width, c.depth) != (32, 8, 6):
         label += f" tree={c.num_tokens}/{c.width}/{c.depth}"
     if c.temperature:
         label += f" T={c.temperature:g}"

@@ -227,3 +227,48 @@ def test_cli_refuses_zero_new_tokens(ab_args, capsys):
     args[args.index("--max-new-tokens") + 1] = "0"
     assert main(args) == 2
     assert "--max-new-tokens must be >= 1, got 0" in capsys.readouterr().err
+
+
+def stored_labels(out) -> list[str]:
+    """The labels of the records in ``out``'s runs.jsonl, one per run, in file order."""
+    lines = (__import__("pathlib").Path(out) / "runs.jsonl").read_text().splitlines()
+    return [json.loads(line)["label"] for line in lines]
+
+
+def test_mode_and_tree_defaults_keep_the_baselines_names_and_stored_runs(ab_args, capsys):
+    """`--mode truncation` renamed the baselines ("none truncation": the mode means nothing
+    unbudgeted) and a resume ran them again; `--num-tokens` reran autoregressive, which drafts
+    no tree. Only the arms those flags change run again."""
+    arms = ["--config", "autoregressive", "--config", "depth-width", "--config", "none"]
+    arms += ["--config", "token-priority:B=3"]
+    out = ab_args[ab_args.index("--out") + 1]
+    assert main([*ab_args, *arms]) == 0
+    first = len(stored_labels(out))
+    assert main([*ab_args, *arms, "--mode", "truncation", "--resume"]) == 0
+    assert stored_labels(out)[first:] == ["token-priority B=3 truncation tree=8/4/3"] * 2
+    results = json.loads((__import__("pathlib").Path(out) / "results.json").read_text())
+    assert [c["label"] for c in results["configs"]] == [
+        "autoregressive",
+        "depth-width tree=8/4/3",
+        "none tree=8/4/3",
+        "token-priority B=3 truncation tree=8/4/3",
+    ]
+    assert all(c["config"]["mode"] == "substitution" for c in results["configs"][:3])
+    capsys.readouterr()
+    second = len(stored_labels(out))
+    assert main([*ab_args, *arms, "--num-tokens", "6", "--resume"]) == 0
+    assert "autoregressive" not in stored_labels(out)[second:]
+    assert "configuration changed" not in capsys.readouterr().err
+
+
+def test_a_baselines_mode_and_autoregressives_tree_change_neither_label_nor_hash():
+    defaults = {"mode": "truncation", "num_tokens": 16, "width": 4, "depth": 3}
+    for name in ("autoregressive", "none", "depth-width"):
+        (plain,) = parse_config(name, {k: v for k, v in defaults.items() if k != "mode"})
+        (flagged,) = parse_config(name, defaults)
+        assert flagged.label == plain.label and "truncation" not in flagged.label
+        assert config_sha(flagged) == config_sha(plain)
+    (ar,) = parse_config("autoregressive", defaults)
+    assert config_sha(ar) == config_sha(RunConfig("autoregressive"))
+    (budgeted,) = parse_config("token-priority:B=8", defaults)
+    assert budgeted.mode == "truncation" and budgeted.num_tokens == 16  # these still apply
