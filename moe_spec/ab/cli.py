@@ -141,6 +141,18 @@ def load_prompt_list(args) -> list[str]:
     return [p for p in prompts for _ in range(args.seeds)]  # run i: prompt i // seeds
 
 
+def check_run_seeds(seed: int, runs: int, seeds: int = 1) -> None:
+    """Run ``i`` samples with ``seed + i``: refuse naming the first run whose seed torch
+    refuses (``--seed`` itself where that is out of range)."""
+    from moe_spec.ab.runner import run_name
+    from moe_spec.checks import check_seed
+
+    first = seed if seed < 0 else max(seed, 2**63)  # the lowest out-of-range seed of a run
+    i = first - seed
+    if i < runs:
+        check_seed(first, "--seed" if i == 0 else f"--seed {seed} + {i} ({run_name(i, seeds)})")
+
+
 def check_default_flags(args) -> None:
     """The tree and temperature flags every arm defaults to, refused as flags (an arm's
     error would name an arm the user did not write, such as the automatic ``none``)."""
@@ -372,13 +384,13 @@ def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
     from moe_spec.ab.records import Store, fingerprint
     from moe_spec.ab.report import analyze, format_table, write_json, write_markdown
     from moe_spec.ab.runner import run_all
-    from moe_spec.checks import check_output_dir, check_positive, check_seed, prepare_output_dir
+    from moe_spec.checks import check_output_dir, check_positive, prepare_output_dir
 
     started = time.perf_counter()
     check_positive("--max-new-tokens", args.max_new_tokens)
     check_resume(args)
     prompts = load_prompt_list(args)
-    check_seed(args.seed + len(prompts) - 1, f"--seed {args.seed} + prompt index")
+    check_run_seeds(args.seed, len(prompts), args.seeds)
     check_output_dir(args.out, "--out")  # created once the configurations pass their checks
     engine = load_engine(args) if args.backend == "engine" else None
     cfg = getattr(engine, "config", None)

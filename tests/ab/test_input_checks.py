@@ -278,3 +278,24 @@ def test_a_default_flag_out_of_range_is_named_as_the_flag(ab_args, capsys, flags
     assert main([*ab_args, *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "config 'none'" not in err
+
+
+@pytest.mark.parametrize(
+    ("seed", "runs", "seeds", "message"),
+    [
+        (-5, 3, 1, "--seed is -5; allowed: 0 <= seed < 2**63"),  # the first run, not -3
+        (2**63 - 2, 3, 1, f"--seed {2**63 - 2} + 2 (prompt 3) is {2**63}; allowed"),
+        (2**63 - 2, 6, 2, f"--seed {2**63 - 2} + 2 (prompt 2, seed 1) is {2**63}; allowed"),
+    ],
+)
+def test_a_seed_out_of_range_names_the_first_run_it_fails(seed, runs, seeds, message):
+    from moe_spec.ab.cli import check_run_seeds
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_run_seeds(seed, runs, seeds)
+    check_run_seeds(2**63 - runs, runs, seeds)  # the last run's seed just fits
+
+
+def test_cli_names_the_first_prompt_whose_seed_is_refused(ab_args, capsys):
+    assert main([*ab_args, "--seed", "-5", "--config", "none"]) == 2
+    assert "--seed is -5; allowed" in capsys.readouterr().err  # of 2 prompts: not "-4"
