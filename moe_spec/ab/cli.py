@@ -193,7 +193,17 @@ def load_configs(args, n_experts: int | None = None, top_k: int | None = None):
         )
     if args.backend == "sglang":
         if args.server and len(args.server) != len(configs):
-            raise ValueError(f"{len(args.server)} --server URLs for {len(configs)} configurations")
+            n, m = len(args.server), len(configs)
+            raise ValueError(
+                f"{n} --server URL{'s' * (n != 1)} for {m} configuration{'s' * (m != 1)}; "
+                "allowed: one --server per --config, in order"
+                + (
+                    ""
+                    if any(c.policy == "none" for c in configs)
+                    else " (--backend sglang adds no 'none' arm of its own: to compare with "
+                    "unbudgeted speculation, add --config none and its server)"
+                )
+            )
         configs = [
             c if c.server or not args.server else _with_server(c, url)
             for c, url in zip(configs, args.server or [None] * len(configs), strict=False)

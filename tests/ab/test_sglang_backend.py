@@ -158,3 +158,29 @@ def test_cli_over_two_servers_keeps_finished_results_when_one_fails(tmp_path, ca
     assert row["metrics"]["acceptance_length"] == pytest.approx(3.0)
     assert row["metrics"]["mean_logprob"] == pytest.approx(-0.5)
     assert row["distinct_after"] is None
+
+
+@pytest.mark.parametrize(
+    ("configs", "servers", "message"),
+    [
+        (
+            ["token-priority:B=8"],
+            2,
+            "2 --server URLs for 1 configuration; allowed: one --server per --config, in order "
+            "(--backend sglang adds no 'none' arm of its own: to compare with unbudgeted "
+            "speculation, add --config none and its server)",
+        ),
+        (["none", "token-priority:B=8"], 1, "1 --server URL for 2 configurations; allowed"),
+    ],
+)
+def test_a_server_count_that_does_not_match_the_arms_says_why(tmp_path, capsys, configs,
+                                                              servers, message):  # fmt: skip
+    """The docs say `none` is always added: on the engine backend. With SGLang every arm
+    needs a server, so the harness adds no `none` arm, and the count said "2 --server URLs
+    for 1 configurations" without saying so."""
+    args = ["ab", "--backend", "sglang", "--out", str(tmp_path / "out")]
+    args += [a for c in configs for a in ("--config", c)]
+    args += [a for i in range(servers) for a in ("--server", f"http://127.0.0.1:{i + 1}")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("add --config none" in err) == ("none" not in configs)
