@@ -100,7 +100,7 @@ class Store:
     #: header keys a resumed run must match, with what each one means
     MATCHED = {
         "prompts_sha": "prompts",
-        "max_new_tokens": "max_new_tokens",
+        "max_new_tokens": "--max-new-tokens",
         "seed": "seed",
         "backend": "backend",
         "controller": "depth-width controller",
@@ -151,7 +151,7 @@ class Store:
             elif key == "code":  # no option brings the old code back
                 advice = f"resume with the moe-spec that wrote it ({old[key]})"
             raise ResumeError(
-                f"{self.folder} holds results for {'another ' if what[-1] != 's' else 'other '}"
+                f"{self.folder} holds results for {'other' if what == 'prompts' else 'another'} "
                 f"{what} ({key}: stored "
                 f"{old[key]!r}, now {self.header[key]!r}); reusing them would mix the two. To "
                 f"continue the stored run, {advice}; to start over, choose another --out or "

@@ -31,6 +31,8 @@ def finished(tmp_path, header=FULL, prompts=("a", "bb", "ccc")):
         ("code", "c2", r"resume with the moe-spec that wrote it \(c1\)"),
         ("prompts_sha", "y", r"other prompts .*resume with the prompts it was started with"),
         ("prompts_sha", "y", r"\(3 runs: the same --prompts, --num-prompts and --seeds\)"),
+        ("max_new_tokens", 8, r"another --max-new-tokens \(max_new_tokens: stored 4, now 8\)"),
+        ("seed", 1, r"another seed \(seed: stored 0, now 1\)"),
     ],
 )
 def test_a_changed_model_code_or_prompt_set_is_refused_with_a_way_on(tmp_path, key, value, message):
