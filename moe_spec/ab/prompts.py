@@ -46,7 +46,8 @@ def load_prompts(path: str | Path) -> list[str]:
         raise PromptsError(f"{path}: not UTF-8 text ({exc.reason})") from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
-        raise PromptsError(f"{path}: no prompts (the file is empty)")
+        what = "is empty" if not text else "holds only blank lines"
+        raise PromptsError(f"{path}: no prompts (the file {what})")
     first = lines[0][1].lstrip()
     items = json_array(path, text, first) if first.startswith("[") else None
     if items is not None:

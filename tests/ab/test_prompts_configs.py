@@ -44,6 +44,7 @@ def test_text_that_merely_starts_with_a_bracket_is_plain_text(tmp_path):
     ("content", "message"),
     [
         ("", "p.json: no prompts (the file is empty)"),
+        ("\n  \n\t\n", "p.json: no prompts (the file holds only blank lines)"),
         ('{"prompt": "a"}\n{"prompt": \n', "p.json:2: not valid JSON"),  # JSONL
         ('{"text": "a"}\n', 'p.json:1: expected an object with a string "prompt" field'),
         ('{"prompt": ""}\n', "p.json:1: the prompt is empty"),
