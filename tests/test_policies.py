@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -123,6 +124,23 @@ def test_layer_adaptive_refuses_a_table_of_the_wrong_length():
 def test_layer_adaptive_bad_options(options, message):
     with pytest.raises(PolicyError, match=message):
         get_policy("layer-adaptive", **options)
+
+
+@pytest.mark.parametrize(
+    "option, where",
+    [
+        ("repair", r"`moe-spec generate --repair`.*SGLang's verify path has no repair"),
+        ("budget", r"`--budget B`"),
+        ("mode", r"`--mode`"),
+    ],
+)
+def test_a_decoding_setting_given_as_a_policy_option_says_where_it_goes(option, where):
+    """``--policy-option repair=true`` (a server has no repair) names the setting's place."""
+    with pytest.raises(PolicyError) as info:
+        get_policy("token-priority", **{option: 1})
+    said = str(info.value)
+    assert f"unknown option {option!r} ({option} is a setting of the decoding" in said
+    assert re.search(where, said) and said.endswith("; allowed: decay")
 
 
 # A tree: root (depth 0) picks expert 3; one depth-1 token picks expert 1;

@@ -41,6 +41,13 @@ ALLOW_ENV = "MOE_SPEC_PLUGINS"
 DISABLE_ENV = "MOE_SPEC_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_ORIGIN = "built-in"
 POLICY_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+# settings of the decoding that users pass as policy options by mistake: where each goes
+DECODING_SETTINGS = {
+    "repair": "`moe-spec generate --repair`, `repair=true` in an A/B config (not `opt.repair`), "
+    "SpecConfig(repair=True); SGLang's verify path has no repair",
+    "budget": "`--budget B`, `B=` in an A/B config, SpecConfig(budget=B)",
+    "mode": "`--mode`, `mode=` in an A/B config, SpecConfig(mode=...)",
+}
 # frames of a failing plugin's traceback that are not the plugin: moe_spec, importlib, pluggy
 OWN_FILES = (
     os.path.dirname(os.path.dirname(__file__)) + os.sep,
@@ -254,9 +261,15 @@ class PolicyRegistry:
         except (TypeError, ValueError) as exc:  # a plugin's own check, not a PolicyError
             unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             if unknown:  # Python's words for it name __init__: say it as an option
+                where = DECODING_SETTINGS.get(unknown[1])
+                setting = (
+                    f" ({unknown[1]} is a setting of the decoding, not of a policy: {where})"
+                    if where
+                    else ""
+                )
                 raise PolicyError(
                     f"policy {name!r} (from {info.origin}): unknown option {unknown[1]!r}"
-                    f"{allowed_options(info.policy_class, options)}"
+                    f"{setting}{allowed_options(info.policy_class, options)}"
                 ) from exc
             allowed = (
                 allowed_options(info.policy_class, options) if isinstance(exc, TypeError) else ""
