@@ -264,9 +264,15 @@ def check_values(record: RoutingRecord) -> None:
     out_of_range = valid_T[:, None] & ((ids_TK < 0) | (ids_TK >= record.num_experts))
     if bool(out_of_range.any()):
         row = int(out_of_range.nonzero()[0, 0])
+        masked = (
+            " (rows marked with negative ids, as SGLang marks rows it does not route: build "
+            "the record with masked_rows=True, or give valid_T)"
+            if bool((ids_TK[row] < 0).any()) and not record.masked_rows
+            else ""
+        )
         raise ValueError(
             f"topk_ids_TK row {row} is {ids_TK[row].tolist()}; "
-            f"ids must be in [0, E={record.num_experts})"
+            f"ids must be in [0, E={record.num_experts}){masked}"
         )
 
 

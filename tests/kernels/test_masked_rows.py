@@ -135,5 +135,10 @@ def test_checks_pass_masked_rows_and_refuse_negative_ids_elsewhere():
     policy = get_policy("router-mass")
     policy.validate = True
     policy.apply(record, 6)  # masked: no complaint
-    with pytest.raises(ValueError, match=r"ids must be in \[0, E=16\)"):
+    with pytest.raises(
+        ValueError, match=r"ids must be in \[0, E=16\) \(rows marked .*masked_rows=True"
+    ):
         policy.apply(replace(record, masked_rows=False), 6)
+    too_big = replace(record, topk_ids_TK=record.topk_ids_TK.clamp(min=0) + 16, masked_rows=False)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, E=16\)$"):  # no such hint
+        policy.apply(too_big, 6)
