@@ -373,6 +373,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "--repair has no effect with --policy none (unbudgeted: nothing to repair); name a "
             "budgeting policy, e.g. --policy draft-path --budget 16 --repair"
         )
+    if args.policy == "none" and args.mode != "substitution":
+        raise ValueError(
+            f"--mode {args.mode} has no effect with --policy none (unbudgeted: no token loses "
+            "an expert); name a budgeting policy, e.g. --policy router-mass --budget 16 "
+            f"--mode {args.mode}"
+        )
     with flags_named(SPEC_FLAGS):
         spec = SpecConfig(
             width=args.width,

@@ -51,6 +51,7 @@ def test_demo_and_ab_refuse_an_output_path_that_cannot_be_a_folder(
 GENERATE_ERRORS = [
     (["--policy", "router-mass"], "--policy router-mass needs --budget B"),
     (["--budget", "4"], "--budget 4 has no effect with --policy none"),
+    (["--mode", "truncation"], "--mode truncation has no effect with --policy none"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
     (["--temperature", "1e-300"], "--temperature is 1e-300; allowed: 0 (greedy) or a finite"),
     (["--temperature", "nan"], "--temperature is nan"),
