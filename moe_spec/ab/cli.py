@@ -451,6 +451,8 @@ def run_ab(args: argparse.Namespace, notes: list[str]) -> int:
         f"backend {backend.name}; results in {out}",
         file=sys.stderr,
     )
+    if args.resume:
+        print(f"moe-spec ab: {store.reused(len(prompts))}", file=sys.stderr)
     try:
         records = run_all(
             backend,

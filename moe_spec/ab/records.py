@@ -94,7 +94,8 @@ class Store:
 
     ``header["arms"]`` maps each label to its configuration hash; records of a
     label whose hash changed are left out of :attr:`done` and counted in
-    :attr:`stale` (label -> runs that will run again).
+    :attr:`stale` (label -> runs that will run again); records of a label the header does not
+    name are left out too, their labels in :attr:`unnamed`.
     """
 
     #: header keys a resumed run must match, with what each one means
@@ -115,6 +116,7 @@ class Store:
         self.runs_path, self.header_path = self.folder / "runs.jsonl", self.folder / "run.json"
         self.done: dict[tuple[str, int], RunRecord] = {}
         self.stale: dict[str, int] = {}
+        self.unnamed: set[str] = set()  # stored arms this run does not name
         self.cut_line = False
         if self.runs_path.exists() and self.runs_path.stat().st_size:
             if not resume:
@@ -199,6 +201,8 @@ class Store:
             if self.arms and record.config_sha != self.arms.get(record.label):
                 if record.label in self.arms:
                     self.stale[record.label] = self.stale.get(record.label, 0) + 1
+                else:
+                    self.unnamed.add(record.label)
                 continue
             self.done[(record.label, record.prompt)] = record
 
@@ -215,6 +219,17 @@ class Store:
                 f"{label!r}: its configuration changed since {n} stored runs; they run again"
             )
         return out
+
+    def reused(self, runs: int) -> str:
+        """What a resume of ``runs`` runs an arm reuses, and the stored arms it leaves out."""
+        held = sum((label, i) in self.done for label in self.arms for i in range(runs))
+        text = f"resuming: {held} of {len(self.arms) * runs} runs are stored and reused"
+        if self.unnamed:
+            text += (
+                f"; the stored arms {sorted(self.unnamed)} are not named, so the report leaves "
+                "them out"
+            )
+        return text
 
     def add(self, record: RunRecord) -> None:
         record.config_sha = self.arms.get(record.label)

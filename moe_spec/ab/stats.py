@@ -30,7 +30,8 @@ from moe_spec.engine.demo import first_divergence
 #: metric -> what it is; each is sum(numerator) / sum(denominator) over prompts.
 METRICS = {
     "acceptance_length": "tokens committed per verify step (bonus included; a repair is "
-    "part of its step)",
+    "part of its step; a last step's tokens past max_new_tokens count: its verify accepted "
+    "them)",
     "tokens_per_s": "generated tokens per second, measured",
     "modeled_tokens_per_s": "tokens per second on the modeled GPU and model shape",
     "agreement": "share of tokens equal to the unbudgeted run's at the same position",

@@ -274,3 +274,21 @@ def test_a_baselines_mode_and_autoregressives_tree_change_neither_label_nor_hash
     assert config_sha(ar) == config_sha(RunConfig("autoregressive"))
     (budgeted,) = parse_config("token-priority:B=8", defaults)
     assert budgeted.mode == "truncation" and budgeted.num_tokens == 16  # these still apply
+
+
+def test_cli_resume_says_what_it_reuses_and_which_stored_arms_it_leaves_out(ab_args, capsys):
+    """A resume ran silently; one naming a subset of the stored arms rewrote the report
+    without them and did not say so."""
+    out = ab_args[ab_args.index("--out") + 1]
+    assert main([*ab_args, "--config", "none", "--config", "router-mass:B=2,label=rm"]) == 0
+    capsys.readouterr()
+    assert main([*ab_args, "--config", "none", "--config", "router-mass:B=3", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming: 2 of 4 runs are stored and reused; the stored arms ['rm'] are not " in err
+    assert "named, so the report leaves them out" in err
+    results = json.loads((__import__("pathlib").Path(out) / "results.json").read_text())
+    assert [c["label"] for c in results["configs"]] == [
+        "none tree=8/4/3",
+        "router-mass B=3 tree=8/4/3",
+    ]
+    assert "rm" in stored_labels(out)  # its runs stay in runs.jsonl
