@@ -80,6 +80,23 @@ def _place_labels(ax, fig, labelled: list[tuple[str, float, float, tuple]]) -> N
             placed.append(annotate(text, x, y, colour, *offsets[0]).get_window_extent(renderer))
 
 
+def left_out(rows: list[ConfigStats], plotted: list[ConfigStats], quality: str) -> str:
+    """What the trade-off plot leaves out and why ("" when it plots every arm): sampled arms
+    have no greedy agreement to plot beside greedy ones; other arms lack a coordinate."""
+    missing = [r for r in rows if r not in plotted]
+    sampled = sum(quality == "agreement" and bool(r.config.get("temperature")) for r in missing)
+    other = len(missing) - sampled
+    parts = []
+    if sampled:
+        parts.append(
+            f"{sampled} sampled arm{'s' * (sampled != 1)} (T > 0) not plotted: greedy "
+            "agreement needs T = 0"
+        )
+    if other:
+        parts.append(f"{other} arm{'s' * (other != 1)} not plotted: no speed or {quality}")
+    return "; ".join(parts)
+
+
 def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
     """Speed (modeled tok/s if priced, else measured) against quality (agreement or log-prob)."""
     import matplotlib
@@ -96,6 +113,7 @@ def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
     pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None]
     if not pts:
         return False
+    note = left_out(rows, [r for r, _, _ in pts], quality)
     style = styles([r for r, _, _ in pts])
     fig, ax = plt.subplots(figsize=(8, 5.5))
     labelled = []
@@ -115,7 +133,16 @@ def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
         )
         labelled += [(f"B={b}", x, y, colour) for b, x, y in mine if b]
     front = pareto([(x, y) for _, x, y in pts])
-    ax.plot([x for x, _ in front], [y for _, y in front], ":", color="grey", label="Pareto front")
+    ax.plot(  # each point ringed, so that a front of one point shows (and its legend entry)
+        [x for x, _ in front],
+        [y for _, y in front],
+        ":",
+        color="grey",
+        marker="o",
+        markersize=14,
+        markerfacecolor="none",
+        label="Pareto front",
+    )
     _place_labels(ax, fig, labelled)
     if priced:
         xlabel = f"modeled tokens/s ({meta.get('modeled_on')})"
@@ -129,7 +156,7 @@ def plot_tradeoff(rows: list[ConfigStats], path: Path, meta: dict) -> bool:
     )
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(meta.get("title", ""))
+    ax.set_title(meta.get("title", "") + (f"\n{note}" if note else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

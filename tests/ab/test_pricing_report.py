@@ -295,3 +295,38 @@ def test_x_ref_of_a_sampled_arm_is_over_its_own_temperatures_unbudgeted_arm():
         "tp B=8 T=1": "1.20",
         "autoregressive T=1": "0.40",  # none at its temperature: the reference row
     }
+
+
+def test_the_tradeoff_plot_says_what_it_leaves_out_and_rings_a_one_point_front(
+    tmp_path, monkeypatch
+):
+    """A mixed run's sampled arms (no greedy agreement) were left out silently while the
+    title counted them; a Pareto front of one point had a legend entry but drew nothing."""
+    import matplotlib.pyplot as plt
+
+    from moe_spec.ab.plots import plot_tradeoff
+
+    rows = [
+        row("autoregressive", "autoregressive", 200.0, agreement=1.0),  # the whole front
+        row("none", "none", 100.0, agreement=1.0),
+        row("tp B=8", "token-priority", 120.0, agreement=0.8),
+        row("none T=1", "none", 50.0),
+        row("tp B=8 T=1", "token-priority", 60.0),
+    ]
+    rows[2].config["budget"] = rows[4].config["budget"] = 8
+    for r in rows[3:]:
+        r.config["temperature"] = 1.0
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figure to read it back
+    path = tmp_path / "tradeoff.png"
+    assert plot_tradeoff(rows, path, {"title": "5 configurations on 1 prompt", "modeled_on": "x"})
+    assert path.stat().st_size > 0
+    (ax,) = kept[0].axes
+    assert ax.get_title() == (
+        "5 configurations on 1 prompt\n2 sampled arms (T > 0) not plotted: greedy agreement "
+        "needs T = 0"
+    )
+    handles, labels = ax.get_legend_handles_labels()
+    front = handles[labels.index("Pareto front")]
+    assert front.get_marker() not in (None, "", "None") and list(front.get_xdata()) == [200.0]
+    plt.close(kept[0])
