@@ -216,7 +216,9 @@ class Store:
             )
         for label, n in sorted(self.stale.items()):
             out.append(
-                f"{label!r}: its configuration changed since {n} stored runs; they run again"
+                f"{label!r}: its configuration changed since {n} stored runs (a key of its "
+                "own, or a default it takes from --mode, --num-tokens, --width, --depth or "
+                "--temperature); they run again"
             )
         return out
 

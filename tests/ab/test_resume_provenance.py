@@ -190,6 +190,13 @@ def test_cli_resume_reruns_an_arm_whose_budget_changed_under_the_same_label(ab_a
     capsys.readouterr()
     assert main([*ab_args, "--config", "router-mass:B=4,label=rm", "--resume"]) == 0
     assert "'rm': its configuration changed since 2 stored runs" in capsys.readouterr().err
+    budget_kept = [*ab_args, "--config", "router-mass:B=4,label=rm", "--resume"]
+    assert main([*budget_kept, "--mode", "truncation"]) == 0  # its label kept, its mode not
+    # (4: the B=2 runs and the B=4 ones)
+    assert (
+        "'rm': its configuration changed since 4 stored runs (a key of its own, or a default "
+        "it takes from --mode, --num-tokens, --width, --depth or --temperature); they run again"
+    ) in capsys.readouterr().err
     results = json.loads((__import__("pathlib").Path(out) / "results.json").read_text())
     row = next(c for c in results["configs"] if c["label"] == "rm")
     assert row["config"]["budget"] == 4
