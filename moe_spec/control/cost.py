@@ -142,7 +142,9 @@ class StepCost:
         number) + the expert ranking (all of it where ``budgeted``)."""
         seconds = self.draft_C[c] + verify
         if repair_tokens is not None:
-            seconds = seconds + self.repair_Q[np.clip(repair_tokens, 0, self.repair_Q.size - 1)]
+            # np.minimum/np.maximum: np.clip's checks cost more than the lookup on a window
+            q = np.minimum(np.maximum(repair_tokens, 0), self.repair_Q.size - 1)
+            seconds = seconds + self.repair_Q[q]
         return seconds + np.where(budgeted, self.select_s, self.rest_select_s)
 
 
