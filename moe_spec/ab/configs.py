@@ -126,9 +126,27 @@ def meaningless(config: RunConfig) -> dict:
     their defaults so that labels and the resume check ignore them: a baseline's budget mode
     (it runs unbudgeted) and an autoregressive arm's tree (it drafts none)."""
     defaults = {f.name: f.default for f in fields(RunConfig)}
-    keys = ("mode",) if config.policy in BASELINES else ()
-    keys += TREE_KEYS if config.policy == "autoregressive" else ()
-    return {k: defaults[k] for k in keys}
+    return {k: defaults[k] for k in meaningless_keys(config.policy)}
+
+
+def refuse_meaningless(given: dict) -> None:
+    """Refuse a key the user wrote for an arm it cannot change (:func:`meaningless_keys`),
+    at a value other than its default."""
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    policy = str(given["policy"])
+    bad = [k for k in meaningless_keys(policy) if k in given and given[k] != defaults[k]]
+    if bad:
+        why = "it runs unbudgeted" if "mode" in bad else "it drafts no tree"
+        raise ValueError(
+            f"{', '.join(bad)} cannot change {policy} ({why}); leave "
+            f"{'it' if len(bad) == 1 else 'them'} out"
+        )
+
+
+def meaningless_keys(policy: str) -> tuple[str, ...]:
+    """The fields that cannot change ``policy``'s tokens (:func:`meaningless`)."""
+    keys = ("mode",) if policy in BASELINES else ()
+    return keys + (TREE_KEYS if policy == "autoregressive" else ())
 
 
 def check_label(value: object, default_ok: bool = False) -> None:
@@ -246,8 +264,9 @@ def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
             "depth-width)"
         )
     try:
-        merged = {**defaults, **{k: coerce(k, v) for k, v in items.items()}}
-        return RunConfig(**merged)
+        given = {k: coerce(k, v) for k, v in items.items()}
+        refuse_meaningless(given)  # a default from the command line is held quietly (meaningless)
+        return RunConfig(**{**defaults, **given})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc}") from None
 

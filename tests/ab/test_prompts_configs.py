@@ -170,6 +170,28 @@ def test_bad_policy_options_are_refused_by_the_policy(text, words):
         parse_config(text)
 
 
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("none:mode=truncation", "mode cannot change none (it runs unbudgeted); leave it out"),
+        ("depth-width:mode=truncation", "mode cannot change depth-width"),
+        (
+            "autoregressive:tokens=16,width=4",
+            "num_tokens, width cannot change autoregressive (it drafts no tree); leave them out",
+        ),
+    ],
+)
+def test_a_key_written_for_an_arm_it_cannot_change_is_refused(text, words):
+    """As ``generate`` refuses --mode truncation with --policy none; the same values as
+    command-line defaults are held quietly (every arm takes them)."""
+    with pytest.raises(ValueError, match=re.escape(f"config {text!r}: {words}")):
+        parse_config(text)
+    (none,) = parse_config("none", {"mode": "truncation", "num_tokens": 16})
+    assert (none.mode, none.num_tokens) == ("substitution", 16)
+    (ar,) = parse_config("autoregressive:mode=substitution,tokens=32", {"num_tokens": 16})
+    assert (ar.mode, ar.num_tokens) == ("substitution", 32)  # written at their defaults: kept
+
+
 def test_repair_flag_reaches_the_engine_and_the_label(tmp_path):
     (c,) = parse_config("draft-path:B=12,repair=true")
     assert c.repair and c.spec().repair and c.label == "draft-path B=12 repair"
