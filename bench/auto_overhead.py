@@ -13,6 +13,11 @@ are not timed; a step that rests (:attr:`Policy.resting`: every budget at least 
 ranking step) records none, as in the engines, which then do not call the policy.
 ``prepare`` runs once per generation, before the timed steps.
 
+``--fresh-every N`` makes a new policy every N steps, as an engine makes one per generation
+(an A/B arm, ``moe-spec generate``): every step is timed (a fresh request's warm-up and first
+replans are the point), and the report adds the replans per request and the share of the
+controller's time the plans that replanned took.
+
 ``--sglang`` times the SGLang plugin's path instead: :class:`AcceptanceFeed`'s
 ``after_verify`` on a synthetic verify result (one request), which copies the step's
 acceptance and the routing ``auto`` recorded off the device, folds it in with
@@ -29,7 +34,7 @@ before its first step (creation, ``prepare``, the first plan, which builds the c
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_overhead.py [--steps 400] [--grid]
         [--repeat 1] [--cost-model measured] [--json out.json] [--compare before.json]
-        [--sglang [--request-steps N]]
+        [--fresh-every N | --sglang [--request-steps N]]
 """
 
 from __future__ import annotations
@@ -115,17 +120,28 @@ def step_order(n_steps: int, distinct: int, cycled: bool = False, seed: int = 1)
     return order[:n_steps]
 
 
-def run(L: int, E: int, shape: str, args) -> dict:
+def new_policy(L: int, E: int, shape: str, args):
+    """An ``auto`` policy prepared for ``L`` layers of ``E`` experts (not timed)."""
     policy = get_policy(
         "auto", shape=shape, gpu="H200", cost_model=args.cost_model, rank_after=False
     )
     policy.prepare(L, E, K, E, torch.device("cpu"))
+    return policy
+
+
+def run(L: int, E: int, shape: str, args) -> dict:
+    policy = new_policy(L, E, shape, args)
     steps = synthetic_steps(L, E, args.distinct, args.accept)
     order = step_order(args.steps, args.distinct, args.cycled)
     plan_s, observe_s, kinds = [], [], []
+    replanned_s, replans = 0.0, 0  # with --fresh-every: plans that replanned, summed
     done = 0
     while done < args.steps:
+        if args.fresh_every and done and done % args.fresh_every == 0:
+            replans += policy.controller.replans  # an engine's next generation: a new policy
+            policy = new_policy(L, E, shape, args)
         step = steps[order[done]]
+        before = policy.controller.replans if policy.controller else 0
         t0 = time.perf_counter()
         plan = policy.plan_step(TREE, args.repair)
         o, n = step["outcome"], plan.num_tokens  # a smaller tree: its first n nodes
@@ -149,12 +165,19 @@ def run(L: int, E: int, shape: str, args) -> dict:
         plan_s += [(t1 - t0) / run] * run  # each step of a run of decodes: its share
         observe_s += [(t3 - t2) / run] * run
         kinds += ["gated" if gated else plan.kind] * run
+        if policy.controller.replans > before:
+            replanned_s += t1 - t0
         done += run
     per_step = np.array(plan_s) + np.array(observe_s)
-    skip = min(16, args.steps // 4)  # first steps: warm-up, tables built
+    # first steps: warm-up, tables built; with --fresh-every every request's count
+    skip = 0 if args.fresh_every else min(16, args.steps // 4)
     tree_share = float(np.mean([k == "tree" for k in kinds[skip:]]))
     parts = {"plan_mean_s": np.mean(plan_s[skip:]), "observe_mean_s": np.mean(observe_s[skip:])}
-    return summary(L, E, shape, per_step[skip:], policy, tree_share, parts)
+    row = summary(L, E, shape, per_step[skip:], policy, tree_share, parts)
+    if args.fresh_every:  # replans summed over every request's policy
+        row["replans"] = replans + policy.controller.replans
+        row["replan_share"] = replanned_s / float(per_step.sum())
+    return row
 
 
 def summary(
@@ -235,7 +258,7 @@ def repeated(L: int, E: int, shape: str, args) -> dict:
     for r in runs[1:]:
         if any(r[k] != runs[0][k] for k in ("tree_share", "replans", "budgets")):
             raise SystemExit(f"repeated runs decided differently at L={L}, E={E}")
-    times = ("median_s", "p90_s", "mean_s", "plan_mean_s", "observe_mean_s")
+    times = ("median_s", "p90_s", "mean_s", "plan_mean_s", "observe_mean_s", "replan_share")
     medians = {k: float(np.median([r[k] for r in runs])) for k in times if k in runs[0]}
     return runs[0] | medians | {"setup_s": setup_seconds(L, E, shape, args)}
 
@@ -258,12 +281,24 @@ def main() -> None:
     ap.add_argument(
         "--request-steps", type=int, default=0, help="with --sglang: a new request every N steps"
     )
+    ap.add_argument(
+        "--fresh-every",
+        type=int,
+        default=0,
+        help="a new policy every N steps, as an engine makes one per generation (not --sglang)",
+    )
     args = ap.parse_args()
+    if args.fresh_every and args.sglang:
+        ap.error("--fresh-every times the engines' path; for SGLang use --request-steps")
+    if args.fresh_every < 0:
+        ap.error(f"--fresh-every is {args.fresh_every}; allowed: 0 (off) or steps >= 1")
     torch.set_num_threads(1)
     sizes = [(L, E) for L in (16, 30, 48) for E in (32, 64, 128)] if args.grid else SIZES
     path = "SGLang feed (after_verify)" if args.sglang else "auto (plan_step + observe)"
     if args.sglang and args.request_steps:
         path += f", a new request every {args.request_steps} steps"
+    if args.fresh_every:
+        path += f", a new policy every {args.fresh_every} steps (every step timed)"
     print(f"CPU: {cpu_name()}, 1 torch thread; cost model {args.cost_model}, tree {TREE}; {path}")
     print(
         "| L | E | priced as | tree steps | replans | median ms | p90 ms | mean ms "
@@ -283,6 +318,13 @@ def main() -> None:
             f"| {r['share']:.2%} of {H200_VERIFY_S[shape] * 1e3:.2f} ms "
             f"| {r['setup_s'] * 1e3:.2f} |",
             flush=True,
+        )
+    for r in rows if args.fresh_every else ():
+        requests = -(-args.steps // args.fresh_every)
+        print(
+            f"- L={r['L']}, E={r['E']}: {r['replans'] / requests:.1f} replans per request of "
+            f"{args.fresh_every} steps; the plans that replanned take {r['replan_share']:.0%} of "
+            "the controller's time"
         )
     if args.json:
         with open(args.json, "w") as f:

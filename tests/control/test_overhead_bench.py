@@ -65,3 +65,25 @@ def test_the_sglang_feed_path_starts_a_request_every_request_steps(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "a new request every 10 steps" in done.stdout
     assert [r["new_requests"] for r in json.loads(out.read_text())["rows"]] == [4, 4, 4]
+
+
+def test_fresh_every_makes_a_policy_per_request_and_times_every_step(tmp_path):
+    out = tmp_path / "fresh.json"
+    cmd = [sys.executable, str(REPO / "bench" / "auto_overhead.py"), "--steps", "26"]
+    done = subprocess.run(
+        [*cmd, "--distinct", "4", "--fresh-every", "13", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "a new policy every 13 steps" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    for r in rows:  # each request replans after its own warm-up: at least one each
+        assert r["steps"] == 26 and r["replans"] >= 2 and 0 < r["replan_share"] < 1
+        line = f"- L={r['L']}, E={r['E']}: {r['replans'] / 2:.1f} replans per request of 13"
+        assert line in done.stdout
+    refused = subprocess.run(
+        [*cmd, "--fresh-every", "5", "--sglang"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "for SGLang use --request-steps" in refused.stderr
