@@ -86,7 +86,7 @@ def test_fixed_budgets_at_or_above_e_are_flagged_but_an_adaptive_cap_is_not():
 
 
 def test_the_reference_arm_takes_its_tree_from_a_tree_arm_not_autoregressive():
-    (ar,) = parse_config("autoregressive:width=4")
+    (ar,) = parse_config("autoregressive", {"width": 4})  # a --width default: held, unused
     (tp,) = parse_config("token-priority:B=8,tokens=16")
     configs, reference = finalize([ar, tp], None)
     assert reference == "none tree=16/8/6"
