@@ -111,6 +111,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
+        relook: int = 0,
         explore: float = 0.005,
         rank_every: int = 1,
         max_rank_every: int | None = None,
@@ -186,6 +187,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         self.seen_at_replan = 0
         self.window_at_replan = 0  # a replan once the window has doubled since (below full)
         self.carry = carry  # window steps a new request starts from
+        # a new request while on a smaller tree: the full tree's steps before a replan (0: off)
+        self.relook = relook
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = self.floor = probe  # the floor: the interval before doublings
         self.trees = cost.trees

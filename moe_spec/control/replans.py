@@ -113,7 +113,16 @@ class Replans:
         (the toy's chain priced as SGLang runs it, warm, 8 prompts of set A): counted from the
         last replan, a text whose chain committed 1 token a step was judged against 2 steps
         of the old text that stayed in the window, and the chain ran 47 steps where a fresh
-        guard decodes after 8 (BENCHMARKS.md, forty-ninth session)."""
+        guard decodes after 8 (BENCHMARKS.md, forty-ninth session).
+
+        With ``relook`` (0, off, by default), a guard on a smaller tree goes back to the full
+        tree and replans after ``relook`` of its steps. Measured (BENCHMARKS.md, fifty-seventh
+        session): a warm guard kept the 4-token tree of one request through the next four,
+        each 4-23% behind the full tree, its estimate of the full tree mixing the last text's
+        steps with a few probes of the new one; ``relook=4`` took that cell (smollm2-moe, set
+        A, OLMoE-1B-7B, 96-token requests) from 0.952x to 1.014x unbudgeted speculation, and
+        cost smollm2-moe's warm A/Qwen3 cell 6% on 48-token requests and the toy's warm
+        B/Qwen3 4% on 64-token ones: not the default."""
         self.clear_shadows(new_request=True)  # of the last text
         if self.tree_steps < self.warmup:
             return
@@ -123,6 +132,9 @@ class Replans:
         # the drift check counts the new text's steps alone, and a drift keeps only them
         self.seen_at_replan, self.recent = self.request_seen, [0, 0]
         self.rank_one_in(self.rank_every)  # budgets may pay on the new text
+        if self.relook and self.guard and self.choice > 0:  # the new text on the full tree
+            self.choice, self.since_replan = 0, max(self.replan_interval - self.relook, 0)
+            self.why = f"a new request: the full tree for {self.relook} steps, then a replan"
         if self.choice != 0:  # the doublings go, the floors stay
             self.probe_every = min(max(self.probe0, self.floor), self.max_probe)
 

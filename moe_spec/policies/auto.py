@@ -201,6 +201,7 @@ class Auto(TokenPriority):
         surprise: float = 2.0,
         drift: float = 2.5,
         carry: int = 4,
+        relook: int = 0,
         explore: float = 0.005,
         draft_extend: bool = False,
         decode_extend: bool = True,
@@ -248,6 +249,7 @@ class Auto(TokenPriority):
             ("learn_every", learn_every, 1),
             ("gate_every", gate_every, 0),
             ("carry", carry, 1),
+            ("relook", relook, 0),
             ("budget_from", budget_from, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
@@ -301,6 +303,7 @@ class Auto(TokenPriority):
             surprise=float(surprise),
             drift=float(drift),
             carry=carry,
+            relook=relook,
             explore=float(explore),
             max_rank_every=max(MAX_RANK_EVERY, rank_every)
             if max_rank_every is None

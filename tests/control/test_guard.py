@@ -812,6 +812,41 @@ def test_a_new_request_starts_probes_of_the_full_tree_again():
     assert run_plans(g, 4) == "Taaa" and g.probe_every == 4
 
 
+@pytest.mark.parametrize("relook", [0, 2])
+def test_relook_takes_a_new_request_on_a_smaller_tree_back_to_the_full_tree(relook):
+    """With ``relook=N`` a new request, the guard on a smaller tree, runs the full tree and
+    replans after N of its steps; without it (the default) the smaller tree runs on."""
+    g = guard(gate=False, warmup=1, replan_every=8, max_replan=8, relook=relook)
+    g.tree_steps = 1
+    for _ in range(8):
+        observe_window_step(g, 4)
+    g.predict = lambda: {0: 100.0, 1: 150.0, -1: 50.0}
+    g.replan()
+    g.choice = 1  # the smaller tree, chosen on the last text (past the full tree's wait)
+    g.since_replan, replans = 3, g.replans
+    g.new_request()
+    first = g.plan()
+    if not relook:
+        assert first.tree == TREES[1] and g.replans == replans
+        return
+    assert first.tree == TREES[0] and first.reason.startswith("a new request: the full")
+    observe_window_step(g, 4, first)
+    assert g.plan().tree == TREES[0] and g.replans == replans  # its 2nd full-tree step
+    observe_window_step(g, 4, g.current)
+    g.plan()  # after 2 steps: the replan (the full tree now weighed on the new text)
+    assert g.replans == replans + 1
+
+
+def test_auto_passes_relook_and_refuses_a_bad_one():
+    from moe_spec.policies import PolicyError, get_policy
+
+    assert get_policy("auto", relook=4).options["relook"] == 4
+    assert get_policy("auto").options["relook"] == 0
+    for bad in (-1, 2.0, True):
+        with pytest.raises(PolicyError, match=r"relook is .*; allowed: an integer >= 0"):
+            get_policy("auto", relook=bad)
+
+
 def test_a_new_request_changes_nothing_in_warm_up():
     g = guard(gate=False, warmup=3, carry=1)
     for _ in range(2):
