@@ -125,22 +125,25 @@ def meaningless(config: RunConfig) -> dict:
     """``field -> default`` of the fields that cannot change ``config``'s tokens, held at
     their defaults so that labels and the resume check ignore them: a baseline's budget mode
     (it runs unbudgeted) and an autoregressive arm's tree (it drafts none)."""
-    defaults = {f.name: f.default for f in fields(RunConfig)}
-    return {k: defaults[k] for k in meaningless_keys(config.policy)}
+    return {k: field_default(k) for k in meaningless_keys(config.policy)}
 
 
 def refuse_meaningless(given: dict) -> None:
     """Refuse a key the user wrote for an arm it cannot change (:func:`meaningless_keys`),
     at a value other than its default."""
-    defaults = {f.name: f.default for f in fields(RunConfig)}
     policy = str(given["policy"])
-    bad = [k for k in meaningless_keys(policy) if k in given and given[k] != defaults[k]]
+    bad = [k for k in meaningless_keys(policy) if k in given and given[k] != field_default(k)]
     if bad:
         why = "it runs unbudgeted" if "mode" in bad else "it drafts no tree"
         raise ValueError(
             f"{', '.join(bad)} cannot change {policy} ({why}); leave "
             f"{'it' if len(bad) == 1 else 'them'} out"
         )
+
+
+def field_default(name: str):
+    """:class:`RunConfig`'s default for field ``name``."""
+    return next(f.default for f in fields(RunConfig) if f.name == name)
 
 
 def meaningless_keys(policy: str) -> tuple[str, ...]:
