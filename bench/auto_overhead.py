@@ -135,11 +135,12 @@ def run(L: int, E: int, shape: str, args) -> dict:
     order = step_order(args.steps, args.distinct, args.cycled)
     plan_s, observe_s, kinds = [], [], []
     replanned_s, replans = 0.0, 0  # with --fresh-every: plans that replanned, summed
-    done = 0
+    done, requests, next_request = 0, 1, args.fresh_every
     while done < args.steps:
-        if args.fresh_every and done and done % args.fresh_every == 0:
+        if args.fresh_every and done >= next_request:  # a run of decodes may step past it
             replans += policy.controller.replans  # an engine's next generation: a new policy
             policy = new_policy(L, E, shape, args)
+            requests, next_request = requests + 1, done + args.fresh_every
         step = steps[order[done]]
         before = policy.controller.replans if policy.controller else 0
         t0 = time.perf_counter()
@@ -176,6 +177,7 @@ def run(L: int, E: int, shape: str, args) -> dict:
     row = summary(L, E, shape, per_step[skip:], policy, tree_share, parts)
     if args.fresh_every:  # replans summed over every request's policy
         row["replans"] = replans + policy.controller.replans
+        row["requests"] = requests
         row["replan_share"] = replanned_s / float(per_step.sum())
     return row
 
@@ -320,11 +322,10 @@ def main() -> None:
             flush=True,
         )
     for r in rows if args.fresh_every else ():
-        requests = -(-args.steps // args.fresh_every)
         print(
-            f"- L={r['L']}, E={r['E']}: {r['replans'] / requests:.1f} replans per request of "
-            f"{args.fresh_every} steps; the plans that replanned take {r['replan_share']:.0%} of "
-            "the controller's time"
+            f"- L={r['L']}, E={r['E']}: {r['replans'] / r['requests']:.1f} replans per request "
+            f"of {args.fresh_every} steps ({r['requests']} requests); the plans that "
+            f"replanned take {r['replan_share']:.0%} of the controller's time"
         )
     if args.json:
         with open(args.json, "w") as f:
