@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moe_spec.ab.cli import add_parser as add_ab_parser
 from moe_spec.budget import MODES, check_budget
@@ -26,11 +27,15 @@ from moe_spec.models.cli import add_parser as add_models_parser
 from moe_spec.policies import (
     PluginError,
     PluginWarning,
+    Policy,
     PolicyError,
     get_policy,
     list_policies,
     plugin_failures,
 )
+
+if TYPE_CHECKING:
+    from moe_spec.engine.generate import SpecConfig
 
 BUILTIN_DEMO_POLICIES = ("topk-frequency", "router-mass", "layer-adaptive", "token-priority")
 # make demo's default arms: smollm2-moe speculates at ~4 tokens/s on a 2-core CPU, so the
@@ -277,16 +282,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         spec = SpecConfig(
             width=args.width, depth=args.depth, num_tokens=args.num_tokens, mode=args.mode
         )
+    options = option_dict(args.policy_option)
     configs = demo_configs(
-        args.budgets, args.policies, spec, args.repair_policies, auto=not args.no_auto
+        args.budgets,
+        args.policies,
+        spec,
+        args.repair_policies,
+        auto=not args.no_auto,
+        policy_options=options,
     )
-    for _, config in configs[1:]:
-        get_policy(config.policy)  # unknown policies fail before any work
+    arms = [config for _, config in configs[2:]]  # the budgeted ones
+    policies = [demo_policy(config, arms) for config in arms]
     check_output_dir(args.out, "--out")  # created last, once everything else is checked
     engine = load_engine(args)
     cfg = engine.config
     for budget in args.budgets:
         check_budget(budget, cfg.top_k, cfg.n_experts)
+    for policy in policies:  # options that must fit the model (a table per MoE layer)
+        policy.model_check(cfg.n_layers, cfg.n_experts, cfg.top_k)
     prompts = held_out_prompts()
     n, longest = max(enumerate(map(engine.encode, prompts), 1), key=lambda p: len(p[1]))
     try:  # every arm's tree is spec's; if the longest prompt fits, all do
@@ -300,7 +313,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"{len(prompts)} held-out prompts, greedy, {args.max_new_tokens} new tokens each; tree: "
-        f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}; mode: {spec.mode}\n"
+        f"{spec.num_tokens} tokens, width {spec.width}, depth {spec.depth}; mode: {spec.mode}"
+        f"{'; policy options' + options_text(options) if options else ''}\n"
     )
     shown: dict[str, list[int]] = {}
     finished = [0] * len(prompts)
@@ -337,6 +351,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "num_tokens": spec.num_tokens,
             "mode": spec.mode,
         },
+        "policy_options": options,
         "max_new_tokens": args.max_new_tokens,
     }
     json_path, png_path = write_outputs(rows, out, meta)
@@ -349,6 +364,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"\nwrote {json_path} and {png_path} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def demo_policy(config: SpecConfig, arms: Sequence[SpecConfig]) -> Policy:
+    """The policy of ``config``, one of the demo's budgeted ``arms``, built as its runs build
+    it: an unknown policy or a refused option fails before any work, a refused option saying
+    that ``--policy-option`` goes to every arm."""
+    try:
+        return get_policy(config.policy, **config.policy_options)
+    except PolicyError as exc:
+        if not config.policy_options or config.policy not in {p.name for p in list_policies()}:
+            raise  # no option to blame, or an unknown policy
+        names = ", ".join(dict.fromkeys(arm.policy for arm in arms))
+        raise PolicyError(
+            f"{exc} (demo passes each --policy-option to every policy it runs: {names}; "
+            "--policies, --repair-policies and --no-auto choose them)"
+        ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -482,6 +513,18 @@ def options_text(options: dict) -> str:
     return f" ({', '.join(shown)})"
 
 
+def add_policy_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """``--policy-option KEY=VALUE`` (repeatable; :func:`option_dict` reads the pairs)."""
+    parser.add_argument(
+        "--policy-option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=text,
+    )
+
+
 SERVE_USAGE = "moe-spec serve --policy NAME --budget B [options] -- <sglang launch_server args>"
 
 
@@ -581,14 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="budgeting policy, required (see `moe-spec policies`)")
     p.add_argument("--budget", type=int, help="B: experts per MoE layer, required")
     p.add_argument("--mode", choices=MODES, default="substitution", help=MODE_HELP)
-    p.add_argument(
-        "--policy-option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a policy option (repeatable), e.g. decay=0.7",
-    )
+    add_policy_option(p, "a policy option (repeatable), e.g. decay=0.7")
     p.add_argument(
         "--log-interval", type=float, default=30.0, help="seconds between expert-count logs"
     )
@@ -627,6 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sample-lines", type=int, default=3, help="lines of text shown per configuration"
     )
+    add_policy_option(
+        p,
+        "a policy option (repeatable), passed to every policy the demo runs (not to the "
+        "unbudgeted baseline), e.g. decay=0.7 with --policies token-priority "
+        "--repair-policies draft-path --no-auto",
+    )
     p.add_argument("--out", default="out/demo", help="folder for results.json and demo.png")
     p.set_defaults(func=cmd_demo)
 
@@ -641,14 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="B: distinct experts per MoE layer the verify pass may read (at least the model's "
         "top-k); with --policy auto, the cap (default: none, no budget)",
     )
-    p.add_argument(
-        "--policy-option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a policy option (repeatable), e.g. measure=true for auto on this machine",
-    )
+    add_policy_option(p, "a policy option (repeatable), e.g. measure=true for auto on this machine")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampling")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")

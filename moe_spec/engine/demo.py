@@ -129,20 +129,28 @@ def demo_configs(
     spec: SpecConfig,
     repair_policies: Sequence[str] = (),
     auto: bool = False,
-):
+    policy_options: dict | None = None,
+) -> list[tuple[str, SpecConfig | None]]:
     """``(label, SpecConfig or None)``: autoregressive, unbudgeted, each policy x budget, then
     each of ``repair_policies`` x budget with repair, then with ``auto`` the ``auto`` policy
     with repair, timing this machine's steps (``measure``: its guard decodes where trees
-    lose here)."""
+    lose here). ``policy_options`` go to every arm but the unbudgeted one (``auto``'s
+    over its ``measure=True``)."""
+    options = dict(policy_options or {})
     configs: list[tuple[str, SpecConfig | None]] = [("autoregressive", None), ("none", spec)]
     arms = [(p, False) for p in policies] + [(p, True) for p in repair_policies]
     for policy, repair in arms:
         for budget in budgets:
-            budgeted = replace(spec, policy=policy, budget=budget, repair=repair)
+            budgeted = replace(
+                spec, policy=policy, budget=budget, repair=repair, policy_options=dict(options)
+            )
             configs.append((budgeted.label, budgeted))
     if auto:
-        planned = replace(spec, policy="auto", repair=True, policy_options={"measure": True})
-        configs.append((f"{planned.label} (measured)", planned))
+        planned = replace(
+            spec, policy="auto", repair=True, policy_options={"measure": True, **options}
+        )
+        measured = " (measured)" if planned.policy_options["measure"] is True else ""
+        configs.append((f"{planned.label}{measured}", planned))
     return configs
 
 

@@ -11,6 +11,7 @@ from moe_spec.control.steps import AUTOREGRESSIVE
 from moe_spec.engine.checkpoint import save_checkpoint
 from moe_spec.engine.demo import BYTES_PER_PARAM, demo_configs, run_demo, summarize
 from moe_spec.engine.generate import GenerationResult, SpecConfig, StepStats
+from moe_spec.policies import get_policy
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +159,82 @@ def test_demo_refuses_bad_input_before_running(tiny_dir, capsys):
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["demo", "--checkpoint", "/nonexistent"]) == 2
     assert "--checkpoint '/nonexistent' is neither a model name" in capsys.readouterr().err
+
+
+def test_demo_passes_its_policy_options_to_every_budgeted_arm(tiny_dir, tmp_path, monkeypatch):
+    """``--policy-option`` reaches the policy objects the runs build, as ``generate``'s does;
+    the unbudgeted baseline runs without it. One prompt, two tokens: the wiring, not the text."""
+    import moe_spec.engine.demo as demo
+    import moe_spec.engine.generate as generate
+
+    built = []
+
+    def recording_get_policy(name, **options):
+        policy = get_policy(name, **options)
+        built.append((name, options, policy))
+        return policy
+
+    real_run_demo = demo.run_demo
+    monkeypatch.setattr(generate, "get_policy", recording_get_policy)
+    monkeypatch.setattr(demo, "run_demo", lambda e, p, c, n, **k: real_run_demo(e, p[:1], c, n))
+    out = tmp_path / "demo"
+    args = ["demo", "--checkpoint", str(tiny_dir), "--out", str(out), "--budgets", "3"]
+    args += ["--num-tokens", "8", "--depth", "3", "--max-new-tokens", "2", "--no-auto"]
+    args += ["--policies", "token-priority", "--repair-policies", "draft-path"]
+    assert main([*args, "--policy-option", "decay=0.7"]) == 0
+    by_name = {name: (options, policy) for name, options, policy in built}
+    assert by_name["none"][0] == {}
+    for name in ("token-priority", "draft-path"):
+        options, policy = by_name[name]
+        assert options == {"decay": 0.7} and policy.decay == 0.7
+    results = json.loads((out / "results.json").read_text())
+    assert results["policy_options"] == {"decay": 0.7}
+
+
+def test_demo_configs_give_auto_the_options_over_its_measure():
+    spec = SpecConfig(num_tokens=8, depth=3, width=2)
+    configs = dict(
+        demo_configs([3], ["router-mass"], spec, auto=True, policy_options={"window": 8})
+    )
+    assert configs["none"].policy_options == {}
+    assert configs["router-mass B=3"].policy_options == {"window": 8}
+    assert configs["auto repair (measured)"].policy_options == {"measure": True, "window": 8}
+    off = dict(demo_configs([3], [], spec, auto=True, policy_options={"measure": False}))
+    assert off["auto repair"].policy_options == {"measure": False}  # not labelled measured
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policy-option", "decay=0"], "token-priority: decay is 0; allowed: 0 < decay <= 1"),
+        (
+            ["--policy-option", "decay=0.7", "--policy-option", "decay=0.5"],
+            "--policy-option decay is given twice (0.7 and 0.5); give each option once",
+        ),
+        (
+            ["--policy-option", "decay=0.7", "--policies", "router-mass,token-priority"],
+            "policy 'router-mass' takes no options; got decay (demo passes each --policy-option "
+            "to every policy it runs: router-mass, token-priority; --policies, "
+            "--repair-policies and --no-auto choose them)",
+        ),
+        (
+            ["--policy-option", "budgets=[2,2,2]", "--policies", "layer-adaptive"],
+            "policy 'layer-adaptive' (from built-in): budgets has 3 entries; the model has 2 MoE "
+            "layers",
+        ),
+    ],
+)
+def test_demo_refuses_a_bad_policy_option_before_running(
+    tiny_dir, tmp_path, capsys, monkeypatch, extra, message
+):
+    monkeypatch.setattr("moe_spec.engine.demo.run_demo", lambda *_, **__: pytest.fail("ran"))
+    out = tmp_path / "demo"
+    args = ["demo", "--checkpoint", str(tiny_dir), "--out", str(out), "--budgets", "3"]
+    args += ["--policies", "token-priority", "--repair-policies", "", "--no-auto"]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_generate_prints_the_completion(tiny_dir, capsys):
