@@ -89,14 +89,39 @@ def test_layer_adaptive_keeps_fewest_experts_covering_the_share(
     assert kept("layer-adaptive", record, budget, coverage=coverage) == want
 
 
-def test_layer_adaptive_budget_table_is_per_layer_and_clamped():
+def test_layer_adaptive_budget_table_is_per_layer_and_capped_by_the_budget():
     # top-2 picks {0, 1} and {5, 4}; mass [0.52, 0.33, 0.15, 0.15, 0.33, 0.52, 0, 0]
     rows = SKEWED + [SKEWED[0][5::-1] + [0.0, 0.0]]
-    policy = get_policy("layer-adaptive", budgets=[1, 5, 3])
-    layer = lambda i: record_from_probs(rows, 2, layer_idx=i, num_layers=3)  # noqa: E731
-    assert policy.apply(layer(0), 4).keep_E.sum() == 2  # 1 -> top-k
+    policy = get_policy("layer-adaptive", budgets=[2, 5, 3, 8])
+    layer = lambda i: record_from_probs(rows, 2, layer_idx=i, num_layers=4)  # noqa: E731
+    assert policy.apply(layer(0), 4).keep_E.nonzero().flatten().tolist() == [0, 5]  # top-k
     assert policy.apply(layer(1), 4).keep_E.sum() == 4  # 5 -> B
     assert policy.apply(layer(2), 4).keep_E.nonzero().flatten().tolist() == [0, 1, 5]
+    assert policy.apply(layer(3), 7).keep_E.sum() == 4  # E allowed: every used expert
+
+
+@pytest.mark.parametrize(
+    "budgets, message",
+    [
+        (
+            [2, 1, 3],
+            "budgets[1] (MoE layer 1) is 1, below top-k=2: a token could not keep its k "
+            "experts; allowed: 2 <= budgets[1] <= 8",
+        ),
+        ([2, 4, 9], "budgets[2] (MoE layer 2) is 9, above the model's E=8 experts; allowed: "),
+    ],
+)
+def test_layer_adaptive_refuses_a_table_entry_outside_top_k_to_e(budgets, message):
+    """Refused as a budget below top-k is (``check_budget``), not clamped: before any verify
+    by ``model_check``, and by the first call where nothing checked the model first."""
+    policy = get_policy("layer-adaptive", budgets=budgets)
+    with pytest.raises(
+        PolicyError, match=re.escape(f"policy 'layer-adaptive' (from built-in): {message}")
+    ):
+        policy.model_check(3, 8, 2)
+    record = record_from_probs(SKEWED, 2, layer_idx=0, num_layers=3)
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        policy.apply(record, 4)
 
 
 def test_layer_adaptive_refuses_a_table_of_the_wrong_length():
@@ -111,7 +136,12 @@ def test_layer_adaptive_refuses_a_table_of_the_wrong_length():
         ({"coverage": 0.0}, r"coverage is 0.0; allowed: 0 < coverage <= 1"),
         ({"coverage": 1.5}, r"coverage is 1.5"),
         ({"coverage": "most"}, r"coverage is 'most'; allowed: a number, 0 < coverage <= 1"),
-        ({"budgets": [4, 0]}, r"budgets must be a non-empty list of positive ints"),
+        (
+            {"budgets": [4, 0]},
+            r"budgets\[1\] \(MoE layer 1\) is 0; allowed: an int from the model's top-k to its",
+        ),
+        ({"budgets": [4, 2.5]}, r"budgets\[1\] \(MoE layer 1\) is 2.5; allowed: an int from"),
+        ({"budgets": [True]}, r"budgets\[0\] \(MoE layer 0\) is True; allowed: an int from"),
         ({"budgets": "4,4"}, r"budgets must be a non-empty list"),
         ({"budgets": []}, r"budgets must be a non-empty list"),
         (

@@ -86,8 +86,9 @@ class LayerAdaptive(Policy):
     With ``coverage`` c (default 0.9): ``n_l`` is the smallest number of experts
     whose router mass (``router-mass`` scores, sorted) covers a share c of the
     layer's total mass. With ``budgets`` (a table of one int per MoE layer, e.g.
-    from a calibration run): ``n_l = budgets[l]``. ``B`` is the call's budget,
-    the cap. The kept set is a mask of varying size and fixed shape.
+    from a calibration run): ``n_l = budgets[l]``, each ``K <= n_l <= E`` (others
+    are refused, not clamped). ``B`` is the call's budget, the cap. The kept set
+    is a mask of varying size and fixed shape.
     """
 
     name = "layer-adaptive"
@@ -102,21 +103,41 @@ class LayerAdaptive(Policy):
             raise PolicyError(f"layer-adaptive: coverage is {coverage}; allowed: 0 < coverage <= 1")
         if budgets is not None:
             ok = isinstance(budgets, Sequence) and not isinstance(budgets, str)
-            if not ok or not budgets or not all(type(b) is int and b >= 1 for b in budgets):
+            if not ok or not budgets:
                 raise PolicyError(
                     f"layer-adaptive: budgets must be a non-empty list of positive ints "
                     f"(one per MoE layer), got {budgets!r}"
                 )
+            for layer, b in enumerate(budgets):
+                if type(b) is not int or b < 1:
+                    raise PolicyError(
+                        f"layer-adaptive: budgets[{layer}] (MoE layer {layer}) is {b!r}; "
+                        "allowed: an int from the model's top-k to its number of experts E"
+                    )
             budgets = tuple(budgets)
         self.coverage = float(coverage)
         self.budgets = budgets
 
     def check_model(self, num_layers: int, num_experts: int, top_k: int) -> None:
-        if self.budgets is not None and len(self.budgets) != num_layers:
+        if self.budgets is None:
+            return
+        if len(self.budgets) != num_layers:
             raise self.error(
                 f"budgets has {len(self.budgets)} entries; the model has {num_layers} MoE "
                 "layers: give one budget per MoE layer"
             )
+        if top_k <= min(self.budgets) and max(self.budgets) <= num_experts:
+            return  # keep() checks on every call: this is its whole cost when all fit
+        layer, b = next((i, b) for i, b in enumerate(self.budgets) if not top_k <= b <= num_experts)
+        why = (
+            f"below top-k={top_k}: a token could not keep its k experts"
+            if b < top_k
+            else f"above the model's E={num_experts} experts"
+        )
+        raise self.error(
+            f"budgets[{layer}] (MoE layer {layer}) is {b}, {why}; allowed: "
+            f"{top_k} <= budgets[{layer}] <= {num_experts} (E: that layer at the call's budget)"
+        )
 
     def score(self, record: RoutingRecord) -> torch.Tensor:
         return record.router_mass_E()
@@ -125,8 +146,8 @@ class LayerAdaptive(Policy):
         mass_E = self.checked_scores(record)
         K = record.top_k
         if self.budgets is not None:
-            self.check_model(record.num_layers, record.num_experts, K)
-            layer_budget = min(max(self.budgets[record.layer_idx], K), budget)
+            self.check_model(record.num_layers, record.num_experts, K)  # K <= each <= E
+            layer_budget = min(self.budgets[record.layer_idx], budget)
             return select_kept(mass_E, layer_budget, record.used_E())
         sorted_E = torch.sort(mass_E, descending=True, stable=True).values
         cum_E = torch.cumsum(sorted_E, dim=0)
