@@ -19,8 +19,9 @@ engine backend), ``repair_min``/``repair_min_tokens`` (a shorter changed tail is
 instead of re-run; default 1), ``label``, ``server`` (sglang backend), and
 the policy's own options as ``opt.NAME=VALUE`` (VALUE read as JSON when it parses:
 ``draft-path:B=16,opt.order=logprob``). A ``.json`` file holds a list of objects with
-the same keys (long names, plus ``policy``, and ``options`` as an object), or
-``{"configs": [...]}``; a ``.toml`` file holds ``[[config]]`` tables.
+the same keys (long names, plus ``policy``, and ``options`` as an object; numbers as
+numbers: ``"B": "8"`` is refused), or ``{"configs": [...]}``; a ``.toml`` file holds
+``[[config]]`` tables.
 """
 
 from __future__ import annotations
@@ -196,8 +197,10 @@ def default_label(c: RunConfig) -> str:
 INTEGER_KEYS = ("budget", "num_tokens", "width", "depth", "repair_min_tokens")
 
 
-def coerce(key: str, value):
-    """A field's value from text, JSON or TOML, or ``ValueError`` naming the key and value."""
+def coerce(key: str, value, text: bool):
+    """A field's value, or ``ValueError`` naming the key and value: from ``NAME:k=v`` text
+    (``text``: every value a string, numbers parsed here) or from a JSON or TOML file, whose
+    numbers must be numbers (``"B": "8"`` is refused, not read as 8)."""
     if key == "repair" and isinstance(value, str):
         flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         if value.lower() not in flags:
@@ -208,12 +211,18 @@ def coerce(key: str, value):
     if key not in (*INTEGER_KEYS, "temperature"):
         return value
     kind = int if key in INTEGER_KEYS else float
+    wanted = "an integer" if kind is int else "a number"
+    if isinstance(value, str) and not text:
+        raise ValueError(
+            f"{key}={value!r} is not {wanted} but a string; in a JSON or TOML file write "
+            "the number without quotes"
+        )
     try:
         number = kind(value) if isinstance(value, str) else value
     except ValueError:
         number = None
     if isinstance(number, bool) or not isinstance(number, int if kind is int else int | float):
-        raise ValueError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+        raise ValueError(f"{key}={value!r} is not {wanted}")
     return number
 
 
@@ -239,7 +248,9 @@ def unique_keys(pairs, source: str) -> dict:
     return out
 
 
-def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
+def from_mapping(data: dict, defaults: dict, source: str, text: bool = False) -> RunConfig:
+    """One configuration from ``data`` (``text``: parsed ``NAME:k=v`` pairs, every value a
+    string; else a JSON or TOML file's object), errors prefixed with ``source``."""
     allowed = {f.name for f in fields(RunConfig)}
     items = unique_keys(data.items(), source)
     options = items.pop("options", {})
@@ -267,7 +278,7 @@ def from_mapping(data: dict, defaults: dict, source: str) -> RunConfig:
             "depth-width)"
         )
     try:
-        given = {k: coerce(k, v) for k, v in items.items()}
+        given = {k: coerce(k, v, text) for k, v in items.items()}
         refuse_meaningless(given)  # a default from the command line is held quietly (meaningless)
         return RunConfig(**{**defaults, **given})
     except (TypeError, ValueError) as exc:
@@ -297,7 +308,7 @@ def parse_config(text: str, defaults: dict | None = None) -> list[RunConfig]:
             raise ValueError(f"config {text!r}: expected key=value, got {item!r}")
         pairs.append((key.strip(), value.strip()))
     source = f"config {text!r}"
-    return [from_mapping(unique_keys(pairs, source), defaults, source)]
+    return [from_mapping(unique_keys(pairs, source), defaults, source, text=True)]
 
 
 def split_items(text: str, config: str) -> list[str]:

@@ -50,6 +50,45 @@ def test_bad_json_config_entries_name_the_file_and_entry(tmp_path, entry, messag
         parse_config(str(path))
 
 
+NUMBERS_AS_TEXT = [
+    ("B", "8", "budget='8' is not an integer but a string"),
+    ("tokens", "16", "num_tokens='16' is not an integer but a string"),
+    ("repair_min", "2", "repair_min_tokens='2' is not an integer but a string"),
+    ("T", "0.5", "temperature='0.5' is not a number but a string"),
+]
+
+
+def write_configs(path: Path, entry: dict) -> str:
+    """``entry`` as a one-entry JSON list or TOML ``[[config]]`` table at ``path``."""
+    if path.suffix == ".json":
+        path.write_text(json.dumps([entry]))
+    else:  # JSON's scalars are TOML's: "8", 8, 0.5, true
+        path.write_text(
+            "[[config]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items())
+        )
+    return str(path)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), NUMBERS_AS_TEXT)
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_file_number_given_as_a_string_is_refused_not_parsed(
+    tmp_path, suffix, key, value, message
+):
+    """A file's numbers are numbers: ``"B": "8"`` is refused naming the field, the value and
+    the type wanted, while ``NAME:B=8`` text, where every value is a string, is parsed; the
+    file with the number unquoted gives the text's configuration."""
+    entry = {"policy": "draft-path", "B": 8, "repair": True}
+    path = tmp_path / f"c{suffix}"
+    where = f"c{suffix} entry 1: {message}; in a JSON or TOML file write the number without quotes"
+    with pytest.raises(ValueError, match=re.escape(where)):
+        parse_config(write_configs(path, {**entry, key: value}))
+    pairs = {"B": "8", "repair": "true", key: value}  # text: every value a string
+    (text,) = parse_config("draft-path:" + ",".join(f"{k}={v}" for k, v in pairs.items()))
+    number = float(value) if key == "T" else int(value)
+    (typed,) = parse_config(write_configs(path, {**entry, key: number}))
+    assert typed == text and getattr(text, message.partition("=")[0]) == number
+
+
 def test_a_toml_entry_with_a_fractional_budget_names_file_and_entry(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[[config]]\npolicy = "none"\n\n[[config]]\npolicy = "router-mass"\nB = 8.7\n')
