@@ -136,7 +136,8 @@ class LayerAdaptive(Policy):
         )
         raise self.error(
             f"budgets[{layer}] (MoE layer {layer}) is {b}, {why}; allowed: "
-            f"{top_k} <= budgets[{layer}] <= {num_experts} (E: that layer at the call's budget)"
+            f"{top_k} <= budgets[{layer}] <= {num_experts} (an entry of E leaves that layer "
+            "at the call's budget)"
         )
 
     def score(self, record: RoutingRecord) -> torch.Tensor:
