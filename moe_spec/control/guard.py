@@ -112,6 +112,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         drift: float = 2.5,
         carry: int = 4,
         relook: int = 0,
+        fill_probe: int = 1,
         explore: float = 0.005,
         rank_every: int = 1,
         max_rank_every: int | None = None,
@@ -189,6 +190,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         self.carry = carry  # window steps a new request starts from
         # a new request while on a smaller tree: the full tree's steps before a replan (0: off)
         self.relook = relook
+        # a probe that a smaller tree's filled path started: full-tree steps, and those left
+        self.fill_probe, self.probe_left = fill_probe, 0
         self.probe0, self.max_probe, self.probe_cost = probe, max_probe, probe_cost
         self.probe_every = self.floor = probe  # the floor: the interval before doublings
         self.trees = cost.trees
@@ -522,14 +525,20 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
                 and outcome.tree != self.trees[0]
                 and outcome.committed > max(outcome.tree[2], 1)
             ):  # a smaller tree's path filled it: the full tree might commit more
-                self.since_full = self.probe_every
+                self.since_full, self.probe_left = self.probe_every, self.fill_probe
             hoped = self.evidence.get(self.explored, (0, 0.0))[1] + self.hope
             if explored and outcome.committed < hoped:
                 # an explore that committed less than its tree's predicted mean, plus the hope
                 # its spacing was made with: decide again now (a schedule made from a few
                 # lucky steps, or from a hope, would explore on, unrevised)
                 self.since_replan = self.replan_interval
-            if self.probing:  # decide again right after a probe
+            if self.probing and self.probe_left > 1 and self.choice != 0:
+                # a probe a filled path started runs on: its first step starts where the
+                # smaller tree's accepted run ended, often where the text turns hard
+                self.probe_left -= 1
+                self.since_full = self.probe_every
+            elif self.probing:  # decide again right after a probe
+                self.probe_left = 0
                 self.since_replan = self.replan_interval
                 if self.measure and seconds > 0:
                     self.last_probe = (seconds, outcome.committed)

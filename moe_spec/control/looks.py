@@ -21,11 +21,12 @@ accepted, decodes do not (measured with the warm-up that runs on, ``bench/auto_l
 8 prompts a set, four runs: 10 cells of 16 faster, 3 level, 3 slower, smollm2-moe's tree set B
 +0.19 and +0.35x decoding; BENCHMARKS.md, thirty-second session); an explore the draft gate
 turns into a decode doubles the spacing until one is verified; and a smaller tree's step whose
-accepted path fills it probes the full tree next (the text may have begun to repeat), so the
-loss of a step counts the probes its share of filled paths starts; one that commits fewer tokens
-than its tree's predicted mean, plus that hope, makes the guard decide again at once, as a probe
-does (measured: on smollm2-moe's set B a one-draft chain predicted level with decoding from a
-few filled paths ran every other step, committing 1 token, until the next replan).
+accepted path fills it probes the full tree next (the text may have begun to repeat), for
+``fill_probe`` (1) full-tree steps before the guard decides again, so the loss of a step counts
+the probes its share of filled paths starts; one that commits fewer tokens than its tree's
+predicted mean, plus that hope, makes the guard decide again at once, as a probe does
+(measured: on smollm2-moe's set B a one-draft chain predicted level with decoding from a few
+filled paths ran every other step, committing 1 token, until the next replan).
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ class Looks:
         they are predicted to lose under ``explore`` of the time between them (at least 1).
         A step commits ``a`` tokens in ``a / tp`` seconds against ``a / tp_decode``; a share
         ``f`` of its paths (the window's) fill it and probe the full tree next: the step's
-        loss counts ``f`` of a probe's (:meth:`probe_loss`). ``a`` in the decodes' seconds is
-        the mean plus, below ``trusted`` window steps of the tree, one standard error (the
-        hope a tree seen on few steps commits more: :attr:`hope`); the spacing doubles for
-        each explore in a row the draft gate turned into a decode."""
+        loss counts ``f`` times ``fill_probe`` of a probe step's (:meth:`probe_loss`). ``a``
+        in the decodes' seconds is the mean plus, below ``trusted`` window steps of the tree,
+        one standard error (the hope a tree seen on few steps commits more: :attr:`hope`);
+        the spacing doubles for each explore in a row the draft gate turned into a decode."""
         smaller = [c for c in predicted if c > 0]
         self.hope = 0.0
         if self.choice >= 0 or not self.explore or not smaller:
@@ -91,7 +92,8 @@ class Looks:
         if self.hoping and 0 < steps < self.trusted:  # below ``trusted`` steps: mean + 1 SE
             self.hope = self.standard_error(c)
         loss_s = self.time_lost(c, predicted) - self.hope / predicted[-1]
-        loss_s += self.filled.get(c, 0.0) * max(self.probe_loss(predicted, -1), 0.0)
+        probes = self.filled.get(c, 0.0) * self.fill_probe  # full-tree steps a step starts
+        loss_s += probes * max(self.probe_loss(predicted, -1), 0.0)
         every = max(spacing(loss_s, 1.0 / predicted[-1], self.explore), 1)
         return c, every * 2**self.explores_gated
 

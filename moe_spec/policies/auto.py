@@ -202,6 +202,7 @@ class Auto(TokenPriority):
         drift: float = 2.5,
         carry: int = 4,
         relook: int = 0,
+        fill_probe: int = 1,
         explore: float = 0.005,
         draft_extend: bool = False,
         decode_extend: bool = True,
@@ -250,6 +251,7 @@ class Auto(TokenPriority):
             ("gate_every", gate_every, 0),
             ("carry", carry, 1),
             ("relook", relook, 0),
+            ("fill_probe", fill_probe, 1),
             ("budget_from", budget_from, 1),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
@@ -304,6 +306,7 @@ class Auto(TokenPriority):
             drift=float(drift),
             carry=carry,
             relook=relook,
+            fill_probe=fill_probe,
             explore=float(explore),
             max_rank_every=max(MAX_RANK_EVERY, rank_every)
             if max_rank_every is None

@@ -63,11 +63,11 @@ def time_lost(tp: float, tp_decode: float, committed: float) -> float:
 
 @pytest.mark.parametrize("steps, spread", [(8, 0.0), (4, 2.0), (2, 0.5), (16, 3.0)])
 @pytest.mark.parametrize("filled", [0.0, 0.5])
-@pytest.mark.parametrize("smaller", [95.0, 85.0, 40.0])
+@pytest.mark.parametrize("smaller, fill_probe", [(95.0, 1), (85.0, 1), (40.0, 1), (85.0, 2)])
 def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
-    smaller, filled, steps, spread
+    smaller, fill_probe, filled, steps, spread
 ):
-    g = guard(explore=0.02, hope=True)
+    g = guard(explore=0.02, hope=True, fill_probe=fill_probe)
     g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})  # 1.5 tokens a step
     g.spread_C[1] = spread  # the standard deviation of its steps' committed tokens
     g.filled[1] = filled  # the share of its paths that fill it and probe the full tree next
@@ -75,9 +75,10 @@ def test_while_decoding_a_smaller_tree_runs_as_often_as_explore_allows(
     assert g.choice == -1 and g.explored == 1
     # one step of it, committing its mean plus, while it is seen on fewer than 8 steps, one
     # standard error (the spread at least one token, at depth 3), and ``filled`` of a probe of
-    # the full tree, per n decodes (1/100 s each)
+    # the full tree (``fill_probe`` steps), per n decodes (1/100 s each)
     hope = max(spread, 1.0) / steps**0.5 if steps < 8 else 0.0
-    lost = time_lost(smaller, 100.0, 1.5) - hope / 100.0 + filled * time_lost(50.0, 100.0, 1.5)
+    probe = filled * fill_probe * time_lost(50.0, 100.0, 1.5)
+    lost = time_lost(smaller, 100.0, 1.5) - hope / 100.0 + probe
     n = g.explore_every  # the fewest decodes between its steps that lose at most 2%
     if lost <= 0:  # it might pay: after every decode
         assert n == 1
@@ -118,6 +119,40 @@ def test_a_smaller_trees_step_whose_path_fills_it_probes_the_full_tree_next(comm
     plan = g.plan()
     assert (plan.tree == TREES[0]) == probes
     assert probes or (plan.kind == "autoregressive" and plan.steps == 3)  # back to decoding
+
+
+@pytest.mark.parametrize("fill_probe", [1, 2])
+def test_fill_probe_runs_the_probe_a_filled_path_starts_for_that_many_steps(fill_probe):
+    """With ``fill_probe=N`` the probe a smaller tree's filled path starts is N full-tree
+    steps, and the guard decides again after the last (default 1: after the first)."""
+    g = guard(explore=0.02, gate=False, warmup=1, fill_probe=fill_probe)
+    g.tree_steps = 1  # past warm-up
+    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
+    g.evidence.update({0: (8, 1.0), 1: (8, 1.0)})
+    plan = g.plan()
+    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    plan = g.plan()
+    assert plan.tree == TREES[1]  # an explore
+    g.observe(StepOutcome("tree", [0, 1, 2, 3], torch.tensor([0, 1, 2, 3]), None, plan.tree))
+    replans, kinds = g.replans, ""
+    for _ in range(fill_probe + 1):
+        plan = g.plan()
+        kinds += "T" if plan.tree == TREES[0] else "a"
+        if plan.tree == TREES[0]:
+            assert plan.reason.startswith("probe the full tree")
+            g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), None, plan.tree))
+    assert kinds == "T" * fill_probe + "a"  # the probe's steps, then back to decoding
+    assert g.replans == replans + 1  # one replan: after the probe's last step
+
+
+def test_auto_passes_fill_probe_and_refuses_a_bad_one():
+    from moe_spec.policies import PolicyError, get_policy
+
+    assert get_policy("auto", fill_probe=2).options["fill_probe"] == 2
+    assert get_policy("auto").options["fill_probe"] == 1
+    for bad in (0, 1.5, True):
+        with pytest.raises(PolicyError, match=r"fill_probe is .*; allowed: an integer >= 1"):
+            get_policy("auto", fill_probe=bad)
 
 
 @pytest.mark.parametrize("steps, replans", [(4, True), (8, False)])
