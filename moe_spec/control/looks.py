@@ -22,7 +22,11 @@ accepted, decodes do not (measured with the warm-up that runs on, ``bench/auto_l
 +0.19 and +0.35x decoding; BENCHMARKS.md, thirty-second session); an explore the draft gate
 turns into a decode doubles the spacing until one is verified; and a smaller tree's step whose
 accepted path fills it probes the full tree next (the text may have begun to repeat), for
-``fill_probe`` (1) full-tree steps before the guard decides again, so the loss of a step counts
+``fill_probe`` full-tree steps before the guard decides again (here 1 by default; 2 in ``auto``:
+the first starts where the smaller tree's accepted run ended, and on smollm2-moe's 96-token
+requests such probes committed less than the full tree's steps on the same text, 2.45 against
+4.52 tokens a step on one prompt, where a 4-token tree that filled every other step kept its
+place; BENCHMARKS.md, fifty-eighth session), so the loss of a step counts
 the probes its share of filled paths starts; one that commits fewer tokens than its tree's
 predicted mean, plus that hope, makes the guard decide again at once, as a probe does
 (measured: on smollm2-moe's set B a one-draft chain predicted level with decoding from a few

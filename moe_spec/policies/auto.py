@@ -202,7 +202,7 @@ class Auto(TokenPriority):
         drift: float = 2.5,
         carry: int = 4,
         relook: int = 0,
-        fill_probe: int = 1,
+        fill_probe: int = 2,
         explore: float = 0.005,
         draft_extend: bool = False,
         decode_extend: bool = True,

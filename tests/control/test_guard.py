@@ -149,7 +149,7 @@ def test_auto_passes_fill_probe_and_refuses_a_bad_one():
     from moe_spec.policies import PolicyError, get_policy
 
     assert get_policy("auto", fill_probe=2).options["fill_probe"] == 2
-    assert get_policy("auto").options["fill_probe"] == 1
+    assert get_policy("auto").options["fill_probe"] == 2
     for bad in (0, 1.5, True):
         with pytest.raises(PolicyError, match=r"fill_probe is .*; allowed: an integer >= 1"):
             get_policy("auto", fill_probe=bad)
