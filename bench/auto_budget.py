@@ -50,7 +50,7 @@ from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.prompts import held_out_benchmark_prompts
 from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth
 from moe_spec.ab.stats import Modeled, modeled_pair
-from moe_spec.cli import parse_option
+from moe_spec.cli import add_policy_option
 from moe_spec.control.replay import Recording, record, replay_seconds
 from moe_spec.costmodel import autoregressive_tokens_per_s, get_cost_model, get_shape
 from moe_spec.costmodel.cpu import cpu_name
@@ -62,14 +62,7 @@ from moe_spec.policies.auto import server_options
 
 def add_auto_option(ap: argparse.ArgumentParser, help: str) -> None:
     """``--auto-option KEY=VALUE`` (repeatable): ``args.auto_option``, a list of pairs."""
-    ap.add_argument(
-        "--auto-option",
-        type=parse_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=help,
-    )
+    add_policy_option(ap, help, "--auto-option")
 
 
 def auto_priced(cost, shape, args, options: dict) -> Modeled:

@@ -513,10 +513,13 @@ def options_text(options: dict) -> str:
     return f" ({', '.join(shown)})"
 
 
-def add_policy_option(parser: argparse.ArgumentParser, text: str) -> None:
-    """``--policy-option KEY=VALUE`` (repeatable; :func:`option_dict` reads the pairs)."""
+def add_policy_option(
+    parser: argparse.ArgumentParser, text: str, flag: str = "--policy-option"
+) -> None:
+    """``--policy-option KEY=VALUE``, or another ``flag`` of pairs (repeatable; a list of
+    ``(key, value)``; :func:`option_dict` reads them)."""
     parser.add_argument(
-        "--policy-option",
+        flag,
         type=parse_option,
         action="append",
         default=[],
