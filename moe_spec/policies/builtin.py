@@ -117,6 +117,8 @@ class LayerAdaptive(Policy):
             budgets = tuple(budgets)
         self.coverage = float(coverage)
         self.budgets = budgets
+        # the table's range, for check_model's test on every keep() (not a pass per layer)
+        self.budget_range = (min(budgets), max(budgets)) if budgets else (0, 0)
 
     def check_model(self, num_layers: int, num_experts: int, top_k: int) -> None:
         if self.budgets is None:
@@ -126,7 +128,8 @@ class LayerAdaptive(Policy):
                 f"budgets has {len(self.budgets)} entries; the model has {num_layers} MoE "
                 "layers: give one budget per MoE layer"
             )
-        if top_k <= min(self.budgets) and max(self.budgets) <= num_experts:
+        lowest, highest = self.budget_range
+        if top_k <= lowest and highest <= num_experts:
             return  # keep() checks on every call: this is its whole cost when all fit
         layer, b = next((i, b) for i, b in enumerate(self.budgets) if not top_k <= b <= num_experts)
         why = (
