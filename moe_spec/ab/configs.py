@@ -199,9 +199,15 @@ INTEGER_KEYS = ("budget", "num_tokens", "width", "depth", "repair_min_tokens")
 
 def coerce(key: str, value, text: bool):
     """A field's value, or ``ValueError`` naming the key and value: from ``NAME:k=v`` text
-    (``text``: every value a string, numbers parsed here) or from a JSON or TOML file, whose
-    numbers must be numbers (``"B": "8"`` is refused, not read as 8)."""
+    (``text``: every value a string, numbers and flags parsed here) or from a JSON or TOML
+    file, whose numbers and booleans must be written as such (``"B": "8"`` and ``"repair":
+    "true"`` are refused, not read as 8 and true)."""
     if key == "repair" and isinstance(value, str):
+        if not text:
+            raise ValueError(
+                f"repair={value!r} is not a boolean but a string; in a JSON or TOML file "
+                "write true or false without quotes"
+            )
         flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         if value.lower() not in flags:
             raise ValueError(f"repair={value!r} is not a flag; allowed: true, false (or 1, 0)")
@@ -264,7 +270,8 @@ def from_mapping(data: dict, defaults: dict, source: str, text: bool = False) ->
         value = items.pop(key)
         if key[4:] in options:
             raise ValueError(f"{source}: option {key[4:]} is given twice (options and {key})")
-        options[key[4:]] = option_value(value) if isinstance(value, str) else value
+        # text: every value a string, parsed here; a file's value is taken as written
+        options[key[4:]] = option_value(value) if text and isinstance(value, str) else value
     if options:
         items["options"] = options
     unknown = sorted(set(items) - allowed)

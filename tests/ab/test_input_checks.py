@@ -89,6 +89,36 @@ def test_a_file_number_given_as_a_string_is_refused_not_parsed(
     assert typed == text and getattr(text, message.partition("=")[0]) == number
 
 
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_file_flag_given_as_a_string_is_refused_not_parsed(tmp_path, suffix):
+    """``"repair": "true"`` in a file is refused as a quoted number is; ``repair=true`` text
+    and the unquoted boolean give the same configuration."""
+    path = tmp_path / f"c{suffix}"
+    entry = {"policy": "draft-path", "B": 8}
+    message = (
+        f"c{suffix} entry 1: repair='true' is not a boolean but a string; in a JSON or TOML "
+        "file write true or false without quotes"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_config(write_configs(path, {**entry, "repair": "true"}))
+    (typed,) = parse_config(write_configs(path, {**entry, "repair": True}))
+    assert typed == parse_config("draft-path:B=8,repair=true")[0] and typed.repair is True
+
+
+def test_a_file_option_is_taken_as_written_text_is_read_as_json(tmp_path):
+    """``opt.NAME`` text is read as JSON when it parses (``opt.decay=0.7`` is 0.7); in a file
+    the value keeps its type (as in ``options``), so a quoted number stays a string, which
+    the policy refuses naming the file, entry and value."""
+    (text,) = parse_config("token-priority:B=8,opt.decay=0.7")
+    assert text.options == {"decay": 0.7}
+    path = tmp_path / "c.json"
+    entry = {"policy": "token-priority", "B": 8}
+    assert parse_config(write_configs(path, {**entry, "opt.decay": 0.7})) == [text]
+    message = "c.json entry 1: token-priority: decay is '0.7'; allowed: 0 < decay <= 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_config(write_configs(path, {**entry, "opt.decay": "0.7"}))
+
+
 def test_a_toml_entry_with_a_fractional_budget_names_file_and_entry(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[[config]]\npolicy = "none"\n\n[[config]]\npolicy = "router-mass"\nB = 8.7\n')
