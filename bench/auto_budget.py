@@ -1,9 +1,10 @@
 """The ``auto`` policy against fixed budgets, the baselines and autoregressive decoding.
 
-Two held-out prompt sets (A: the start of each held-out file's code, B: the code that
-follows; ``--chars`` characters each, 1200 by default: about 300 tokens), greedy
-decoding, on the shipped model (or ``--checkpoint DIR``, an engine checkpoint; ``--model
-smollm2-moe`` for the transformers engine on a named model).
+Held-out prompt sets (``--sets``, A and B by default; A: the start of each held-out file's
+code, B: the code that follows, C: code from 4,800 characters in; ``--chars`` characters
+each, 1200 by default: about 300 tokens), greedy decoding, on the shipped model (or
+``--checkpoint DIR``, an engine checkpoint; ``--model smollm2-moe`` for the transformers
+engine on a named model).
 
 1. **Measured on this CPU** (tokens/s, wall clock): autoregressive, unbudgeted tree
    speculation, and ``auto`` with ``measure=true`` (its guard corrects the cost model by
@@ -27,8 +28,8 @@ smollm2-moe`` for the transformers engine on a named model).
    plain decode against a modeled decode; the live timer's figure per step beside it.
 
     PYTHONPATH=$PWD .venv/bin/python bench/auto_budget.py [--prompts 6] [--max-new 64]
-        [--chars 1200] [--rounds 2] [--threads 1] [--checkpoint DIR | --model smollm2-moe]
-        [--out out/auto]
+        [--chars 1200] [--sets A B] [--rounds 2] [--threads 1]
+        [--checkpoint DIR | --model smollm2-moe] [--out out/auto]
         [--skip-measured | --skip-modeled] [--auto-option KEY=VALUE ...] [--tree N W D]
         [--sglang]
 """
@@ -47,7 +48,7 @@ import torch
 
 from moe_spec.ab.configs import RunConfig, parse_config
 from moe_spec.ab.engine_backend import EngineBackend
-from moe_spec.ab.prompts import held_out_benchmark_prompts
+from moe_spec.ab.prompts import held_out_benchmark_prompts, held_out_deep_prompts
 from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth
 from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.cli import add_policy_option
@@ -111,9 +112,19 @@ def shipped():
     return load_checkpoint(Path(moe_spec.__file__).parent / "assets" / "stdlib-moe")
 
 
-def prompt_sets(n: int, chars: int = 1200) -> dict[str, list[str]]:
+def prompt_sets(n: int, chars: int = 1200, names: str = "AB") -> dict[str, list[str]]:
+    """The held-out sets ``names`` picks, ``n`` prompts each: A, the start of each file's
+    code; B, the code after it; C, code from 4,800 characters in (``deep-code``)."""
     prompts = held_out_benchmark_prompts(20, chars)
-    return {"A (file starts)": prompts[:n], "B (code after them)": prompts[12 : 12 + n]}
+    sets = {
+        "A (file starts)": lambda: prompts[:n],
+        "B (code after them)": lambda: prompts[12 : 12 + n],
+        "C (deep in the files)": lambda: held_out_deep_prompts(n, chars),
+    }
+    unknown = sorted(set(names) - {name[0] for name in sets})
+    if unknown:
+        raise ValueError(f"prompt sets {unknown} unknown; allowed: A, B, C")
+    return {name: take() for name, take in sets.items() if name[0] in names}
 
 
 class LivePolicy:
@@ -403,6 +414,14 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="an engine checkpoint folder")
     ap.add_argument("--model", default=None, help="a named model (transformers engine)")
     ap.add_argument("--prompts", type=int, default=6, help="prompts per set (at most 8)")
+    ap.add_argument(
+        "--sets",
+        nargs="+",
+        choices=["A", "B", "C"],
+        default=["A", "B"],
+        help="held-out prompt sets: A, file starts; B, the code after them; C, code from "
+        "4,800 characters in",
+    )
     ap.add_argument("--max-new", type=int, default=64)
     ap.add_argument("--chars", type=int, default=1200, help="characters per prompt")
     ap.add_argument("--rounds", type=int, default=2)
@@ -460,7 +479,7 @@ def main() -> None:
     results = {"cpu": cpu, "tree": args.tree, "sglang": args.sglang, "sets": {}}
     results["skip_decode_extend"] = args.skip_decode_extend
     start = time.time()
-    for name, prompts in prompt_sets(args.prompts, args.chars).items():
+    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
         if not args.skip_modeled:
             entry["modeled"], entry["overhead"], entry["repeated_5grams"] = modeled(

@@ -35,10 +35,9 @@ from statistics import fmean
 
 import torch
 
-from moe_spec.ab.prompts import held_out_benchmark_prompts
+from moe_spec.ab.prompts import held_out_benchmark_prompts, held_out_deep_prompts
 from moe_spec.engine.checkpoint import load_checkpoint
 from moe_spec.engine.data import HELD_OUT
-from moe_spec.engine.demo import held_out_prompts
 from moe_spec.engine.generate import Engine, SpecConfig
 from moe_spec.models import model_path
 from moe_spec.models.evaluate import held_out_loss, held_out_texts, hf_greedy, hf_logits_fn
@@ -129,15 +128,7 @@ def cmd_quality(args) -> dict:
 
 def prompt_sets(n: int) -> dict[str, list[str]]:
     """Two held-out prompt sets: ``moe-spec ab``'s, and code from deeper in the files."""
-    deep = [
-        p[len(q) :]
-        for p, q in zip(
-            held_out_prompts(HELD_OUT, chars=6000),
-            held_out_prompts(HELD_OUT, chars=4800),
-            strict=True,
-        )
-    ]
-    return {"ab-prompts": held_out_benchmark_prompts(n), "deep-code": [d for d in deep if d][:n]}
+    return {"ab-prompts": held_out_benchmark_prompts(n), "deep-code": held_out_deep_prompts(n)}
 
 
 def cmd_spec(args) -> dict:

@@ -108,3 +108,14 @@ def held_out_benchmark_prompts(count: int = 20, chars: int = 1200) -> list[str]:
     if count > len(prompts):
         raise PromptsError(f"only {len(prompts)} held-out prompts available, asked for {count}")
     return prompts[:count]
+
+
+def held_out_deep_prompts(count: int = 11, chars: int = 1200, skip: int = 4800) -> list[str]:
+    """Up to ``count`` deterministic prompts from deep inside the held-out files: the code
+    ``skip`` to ``skip + chars`` characters after each file's first ``def``/``class`` (cut at
+    whole lines), in file order, files too short for it left out (11 of the 12 at the
+    defaults)."""
+    ends = held_out_prompts(HELD_OUT, chars=skip + chars)
+    starts = held_out_prompts(HELD_OUT, chars=skip)
+    deep = [end[len(start) :] for end, start in zip(ends, starts, strict=True)]
+    return [d for d in deep if d.strip()][:count]

@@ -8,7 +8,13 @@ import re
 import pytest
 
 from moe_spec.ab.configs import RunConfig, finalize, parse_config
-from moe_spec.ab.prompts import PromptsError, held_out_benchmark_prompts, load_prompts
+from moe_spec.ab.prompts import (
+    PromptsError,
+    held_out_benchmark_prompts,
+    held_out_deep_prompts,
+    load_prompts,
+)
+from moe_spec.engine.data import HELD_OUT, read_text, stdlib_root
 
 
 def test_jsonl_and_plain_text_prompts(tmp_path):
@@ -76,6 +82,19 @@ def test_held_out_prompts_extend_deterministically_to_twenty():
     assert prompts[:12] == held_out_benchmark_prompts(12)
     with pytest.raises(PromptsError, match="available"):
         held_out_benchmark_prompts(500)
+
+
+def test_deep_held_out_prompts_are_whole_lines_from_inside_each_file():
+    deep = held_out_deep_prompts()
+    assert len(deep) == 11 and len(set(deep)) == 11  # bisect.py is too short for it
+    files = [read_text(stdlib_root() / name) for name in HELD_OUT if name != "bisect.py"]
+    for prompt, text in zip(deep, files, strict=True):
+        at = text.index(prompt)  # a slice of its own file, once past 4,800 characters
+        code = min(i for i in (text.find("\ndef "), text.find("\nclass ")) if i >= 0) + 1
+        assert at - code >= 4800 - 200 and text[at - 1] == "\n" and prompt.endswith("\n")
+        assert 1000 < len(prompt) < 1400  # 1,200 characters, moved to whole lines
+    assert held_out_deep_prompts(3) == deep[:3]
+    assert not set(deep) & set(held_out_benchmark_prompts(20))
 
 
 def test_config_syntax_and_aliases():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import auto_budget  # noqa: E402
 
@@ -54,3 +56,14 @@ def test_the_table_row_takes_the_best_fixed_budgets_and_the_floor():
     assert cells[6:10] == ["220", "1.158", "0.957", "25%"]
     assert cells[10] == "380 (B=8, 50%)"  # the best lossy budget, with its agreement
     assert cells[12:15] == ["250", "1.316", "1.087"]  # warm repair
+
+
+def test_prompt_sets_picks_the_named_held_out_sets():
+    sets = auto_budget.prompt_sets(3, names=["C", "A"])
+    assert list(sets) == ["A (file starts)", "C (deep in the files)"]  # in A, B, C order
+    assert sets["A (file starts)"] == auto_budget.prompt_sets(3)["A (file starts)"]
+    assert [len(p) for p in sets.values()] == [3, 3]
+    a_and_b = [p for ps in auto_budget.prompt_sets(8, names="AB").values() for p in ps]
+    assert len(a_and_b) == 16 and not set(sets["C (deep in the files)"]) & set(a_and_b)
+    with pytest.raises(ValueError, match=r"\['D'\] unknown; allowed: A, B, C"):
+        auto_budget.prompt_sets(3, names="AD")
