@@ -526,11 +526,10 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
                 and outcome.committed > max(outcome.tree[2], 1)
             ):  # a smaller tree's path filled it: the full tree might commit more
                 self.since_full, self.probe_left = self.probe_every, self.fill_probe
-            hoped = self.evidence.get(self.explored, (0, 0.0))[1] + self.hope
-            if explored and outcome.committed < hoped:
-                # an explore that committed less than its tree's predicted mean, plus the hope
-                # its spacing was made with: decide again now (a schedule made from a few
-                # lucky steps, or from a hope, would explore on, unrevised)
+            if explored:  # decide again now, whatever it committed: below the mean, a
+                # schedule made from a few lucky steps would explore on, unrevised; above it,
+                # the text may have turned easy, and replans count tree steps (while decoding,
+                # one an explore: 8 of them were hundreds of decodes)
                 self.since_replan = self.replan_interval
             if self.probing and self.probe_left > 1 and self.choice != 0:
                 # a probe a filled path started runs on: its first step starts where the

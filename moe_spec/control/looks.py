@@ -27,10 +27,14 @@ the first starts where the smaller tree's accepted run ended, and on smollm2-moe
 requests such probes committed less than the full tree's steps on the same text, 2.45 against
 4.52 tokens a step on one prompt, where a 4-token tree that filled every other step kept its
 place; BENCHMARKS.md, fifty-eighth session), so the loss of a step counts
-the probes its share of filled paths starts; one that commits fewer tokens than its tree's
-predicted mean, plus that hope, makes the guard decide again at once, as a probe does
-(measured: on smollm2-moe's set B a one-draft chain predicted level with decoding from a few
-filled paths ran every other step, committing 1 token, until the next replan).
+the probes its share of filled paths starts. Every explore makes the guard decide again at
+once, as a probe does: replans count tree steps, which come one an explore while it decodes.
+Measured on smollm2-moe: below its tree's mean, a one-draft chain predicted level with
+decoding from a few filled paths ran every other step, committing 1 token, until the next
+replan (set B); above it (until the sixtieth session only those below replanned), a prompt
+whose 4-token explores committed 2-3 tokens was decoded for 80 steps while the full tree
+committed 4-7 a step (set C, 0.898x unbudgeted speculation at OLMoE-1B-7B's shape; 0.985x
+since; BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def test_fill_probe_runs_the_probe_a_filled_path_starts_for_that_many_steps(fill
             assert plan.reason.startswith("probe the full tree")
             g.observe(StepOutcome("tree", [0], torch.tensor([0, 1]), None, plan.tree))
     assert kinds == "T" * fill_probe + "a"  # the probe's steps, then back to decoding
-    assert g.replans == replans + 1  # one replan: after the probe's last step
+    assert g.replans == replans + 2  # after the explore, at once, and the probe's last step
 
 
 def test_auto_passes_fill_probe_and_refuses_a_bad_one():
@@ -155,23 +155,26 @@ def test_auto_passes_fill_probe_and_refuses_a_bad_one():
             get_policy("auto", fill_probe=bad)
 
 
-@pytest.mark.parametrize("steps, replans", [(4, True), (8, False)])
-def test_an_explore_below_the_hope_it_was_spaced_by_decides_again(steps, replans):
-    """Two tokens from a tree of mean 1.5: short of the mean plus one standard error (2.5,
-    the spread 2 over 4 steps) it was spaced by, it replans now; seen on 8 steps (no hope)
-    it is above the mean, and the schedule stands."""
-    g = guard(explore=0.02, gate=False, warmup=1, hope=True)
+@pytest.mark.parametrize("committed", [1, 2, 3])  # 4 fills it: a probe comes next
+def test_every_explore_decides_again_at_once(committed):
+    """Below its tree's mean (a schedule made from a few lucky steps would explore on,
+    unrevised) or above it (the text may have turned easy): an explore's step is news either
+    way. Replans count tree steps, which come one an explore while the guard decodes, so an
+    explore above the mean waited out 8 of them: on smollm2-moe's set C a prompt whose
+    explores committed 2-3 tokens of 4 was decoded for 80 steps (BENCHMARKS.md)."""
+    g = guard(explore=0.02, gate=False, warmup=1)
     g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 50.0, 1: 95.0, -1: 100.0}
-    g.evidence.update({0: (steps, 1.5), 1: (steps, 1.5)})
-    g.spread_C[1] = 2.0
+    rates = {0: 50.0, 1: 99.0, -1: 100.0}  # level with decoding: explore often
+    g.predict = lambda: dict(rates)
+    g.evidence.update({0: (8, 2.0), 1: (8, 2.0)})  # its steps commit 2 tokens on average
+    while (plan := g.plan()).kind == "autoregressive":
+        g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
+    assert plan.reason.startswith("explores with tree 4/3/3") and g.replans == 1
+    depth_N = torch.tensor([0, 1, 2, 3])
+    g.observe(StepOutcome("tree", list(range(committed)), depth_N, None, plan.tree))
+    rates[1] = 130.0  # what the step showed, as the next prediction would say
     plan = g.plan()
-    g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
-    plan = g.plan()
-    assert plan.reason.startswith("explores with tree 4/3/3")
-    assert g.hope == pytest.approx(1.0 if steps < 8 else 0.0)
-    g.observe(StepOutcome("tree", [0, 1], torch.tensor([0, 1, 2, 3]), None, plan.tree))
-    assert (g.since_replan >= g.replan_interval) == replans
+    assert g.replans == 2 and plan.tree == TREES[1] and plan.reason.startswith("switched to tree")
 
 
 def test_an_explore_the_draft_gate_turns_down_doubles_the_decodes_before_the_next():
@@ -1127,21 +1130,6 @@ def test_mean_and_spread_are_numpys_mean_and_std(values):
     mean, spread = mean_and_spread(values)
     want = (np.mean(values), np.std(values)) if values else (0.0, 0.0)
     np.testing.assert_allclose([mean, spread], want, rtol=1e-12)
-
-
-@pytest.mark.parametrize("committed, replans", [(1, True), (2, False)])
-def test_an_explore_that_commits_less_than_predicted_decides_again_at_once(committed, replans):
-    g = guard(explore=0.02, gate=False, warmup=1)
-    g.tree_steps = 1  # past warm-up
-    g.predict = lambda: {0: 50.0, 1: 99.0, -1: 100.0}  # level with decoding: explore often
-    g.evidence.update({0: (8, 2.0), 1: (8, 2.0)})  # its steps commit 2 tokens on average
-    while (plan := g.plan()).kind == "autoregressive":
-        g.observe(StepOutcome("autoregressive", [0], steps=plan.steps))
-    assert plan.reason.startswith("explores with tree 4/3/3") and g.replans == 1
-    depth_N = torch.tensor([0, 1, 2, 3])
-    g.observe(StepOutcome("tree", list(range(committed)), depth_N, None, plan.tree))
-    g.plan()
-    assert g.replans == 1 + replans
 
 
 def test_without_hope_explores_are_spaced_by_the_mean_alone():
