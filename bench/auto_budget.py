@@ -41,6 +41,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from statistics import fmean, median
 
@@ -112,7 +113,7 @@ def shipped():
     return load_checkpoint(Path(moe_spec.__file__).parent / "assets" / "stdlib-moe")
 
 
-def prompt_sets(n: int, chars: int = 1200, names: str = "AB") -> dict[str, list[str]]:
+def prompt_sets(n: int, chars: int = 1200, names: Collection[str] = "AB") -> dict[str, list[str]]:
     """The held-out sets ``names`` picks, ``n`` prompts each: A, the start of each file's
     code; B, the code after it; C, code from 4,800 characters in (``deep-code``)."""
     prompts = held_out_benchmark_prompts(20, chars)
