@@ -101,10 +101,8 @@ def held_out_benchmark_prompts(count: int = 20, chars: int = 1200) -> list[str]:
     The first 12 are ``held_out_prompts(HELD_OUT)``; the rest are the code that
     follows each of those prompts (the next ``chars`` characters), file by file.
     """
-    first = held_out_prompts(HELD_OUT, chars=chars)
-    second = held_out_prompts(HELD_OUT, chars=2 * chars)
-    more = [b[len(a) :] for a, b in zip(first, second, strict=True)]
-    prompts = first + [m for m in more if m.strip()]
+    prompts = held_out_prompts(HELD_OUT, chars=chars)
+    prompts += held_out_deep_prompts(len(HELD_OUT), chars, skip=chars)
     if count > len(prompts):
         raise PromptsError(f"only {len(prompts)} held-out prompts available, asked for {count}")
     return prompts[:count]
