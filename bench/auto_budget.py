@@ -1,8 +1,10 @@
 """The ``auto`` policy against fixed budgets, the baselines and autoregressive decoding.
 
-Held-out prompt sets (``--sets``, A and B by default; A: the start of each held-out file's
-code, B: the code that follows, C: code from 4,800 characters in; ``--chars`` characters
-each, 1200 by default: about 300 tokens), greedy decoding, on the shipped model (or
+Prompt sets (``--sets``, A and B by default; held out: A, the start of each held-out file's
+code, B, the code that follows, C, code from 4,800 characters in, ``--chars`` characters
+each, 1200 by default: about 300 tokens; D, chat requests in the model's chat template, where
+a draft trained on code is accepted less: a model with a template, ``--model smollm2-moe``),
+greedy decoding, on the shipped model (or
 ``--checkpoint DIR``, an engine checkpoint; ``--model smollm2-moe`` for the transformers
 engine on a named model).
 
@@ -49,7 +51,12 @@ import torch
 
 from moe_spec.ab.configs import RunConfig, parse_config
 from moe_spec.ab.engine_backend import EngineBackend
-from moe_spec.ab.prompts import held_out_benchmark_prompts, held_out_deep_prompts
+from moe_spec.ab.prompts import (
+    chat_prompts,
+    chat_template_of,
+    held_out_benchmark_prompts,
+    held_out_deep_prompts,
+)
 from moe_spec.ab.sglang_adaptive import SGLangAdaptiveDepth
 from moe_spec.ab.stats import Modeled, modeled_pair
 from moe_spec.cli import add_policy_option
@@ -113,18 +120,24 @@ def shipped():
     return load_checkpoint(Path(moe_spec.__file__).parent / "assets" / "stdlib-moe")
 
 
-def prompt_sets(n: int, chars: int = 1200, names: Collection[str] = "AB") -> dict[str, list[str]]:
-    """The held-out sets ``names`` picks, ``n`` prompts each: A, the start of each file's
-    code; B, the code after it; C, code from 4,800 characters in (``deep-code``)."""
-    prompts = held_out_benchmark_prompts(20, chars)
+def prompt_sets(
+    n: int, chars: int = 1200, names: Collection[str] = "AB", engine=None
+) -> dict[str, list[str]]:
+    """The prompt sets ``names`` picks, ``n`` prompts each: held out, A, the start of each
+    file's code; B, the code after it; C, code from 4,800 characters in (``deep-code``); and D,
+    chat requests (``moe_spec.ab.prompts.CHAT_QUESTIONS``) in ``engine``'s chat template (a
+    model with one: smollm2-moe)."""
     sets = {
-        "A (file starts)": lambda: prompts[:n],
-        "B (code after them)": lambda: prompts[12 : 12 + n],
+        "A (file starts)": lambda: held_out_benchmark_prompts(20, chars)[:n],
+        "B (code after them)": lambda: held_out_benchmark_prompts(20, chars)[12 : 12 + n],
         "C (deep in the files)": lambda: held_out_deep_prompts(n, chars),
+        "D (chat requests)": lambda: chat_prompts(
+            chat_template_of(getattr(engine, "tokenizer", None)), n
+        ),
     }
     unknown = sorted(set(names) - {name[0] for name in sets})
     if unknown:
-        raise ValueError(f"prompt sets {unknown} unknown; allowed: A, B, C")
+        raise ValueError(f"prompt sets {unknown} unknown; allowed: A, B, C, D")
     return {name: take() for name, take in sets.items() if name[0] in names}
 
 
@@ -418,10 +431,10 @@ def main() -> None:
     ap.add_argument(
         "--sets",
         nargs="+",
-        choices=["A", "B", "C"],
+        choices=["A", "B", "C", "D"],
         default=["A", "B"],
-        help="held-out prompt sets: A, file starts; B, the code after them; C, code from "
-        "4,800 characters in",
+        help="prompt sets: A, file starts; B, the code after them; C, code from 4,800 "
+        "characters in; D, chat requests (a model with a chat template: smollm2-moe)",
     )
     ap.add_argument("--max-new", type=int, default=64)
     ap.add_argument("--chars", type=int, default=1200, help="characters per prompt")
@@ -480,7 +493,7 @@ def main() -> None:
     results = {"cpu": cpu, "tree": args.tree, "sglang": args.sglang, "sets": {}}
     results["skip_decode_extend"] = args.skip_decode_extend
     start = time.time()
-    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets).items():
+    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets, engine).items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
         if not args.skip_modeled:
             entry["modeled"], entry["overhead"], entry["repeated_5grams"] = modeled(

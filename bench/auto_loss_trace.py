@@ -1,10 +1,10 @@
 """Where ``auto`` loses to plain decoding: each step's modeled seconds against decoding its
 committed tokens, summed by the guard's reason for the step.
 
-``auto`` (repair, no draft gate) runs greedy on the held-out prompt sets (``--sets``) of
-``bench/auto_budget.py``, fresh (a policy per prompt) and warm (one across the set); its
-steps are priced as ``moe-spec ab`` prices them on ``--shape`` (``--cost-model``, measured by
-default, on an H200; ``auto`` plans with the same).
+``auto`` (repair, no draft gate) runs greedy on the prompt sets (``--sets``: A, B, C held
+out, D chat requests) of ``bench/auto_budget.py``, fresh (a policy per prompt) and warm (one
+across the set); its steps are priced as ``moe-spec ab`` prices them on ``--shape``
+(``--cost-model``, measured by default, on an H200; ``auto`` plans with the same).
 A step that commits ``a`` tokens in ``t`` modeled seconds loses ``t - a * t_decode``;
 the table sums that per (step kind, reason) as a share of the time decoding the same
 tokens takes. ``--sglang`` runs and prices the controller as SGLang does (a draft extend
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=32)
     ap.add_argument("--chars", type=int, default=1200)
-    ap.add_argument("--sets", nargs="+", choices=["A", "B", "C"], default=["A", "B"])
+    ap.add_argument("--sets", nargs="+", choices=["A", "B", "C", "D"], default=["A", "B"])
     ap.add_argument("--shape", default="OLMoE-1B-7B")
     ap.add_argument("--cost-model", default="measured", choices=["measured", "calibrated"])
     ap.add_argument("--tree", type=int, nargs=3, default=[4, 1, 3])
@@ -103,7 +103,7 @@ def main() -> None:
     decode_s = 1.0 / autoregressive_tokens_per_s(cost.gpu, shape, overheads=cost.overheads)
     print(f"CPU: {cpu_name()}; {config.label}; tree {args.tree}; priced on {m.describe()}")
     reference = parse_config("none", tree_of(args))[0] if args.reference else None
-    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets).items():
+    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets, engine).items():
         if reference is not None:
             runner = EngineBackend(engine, cost, shape)
             ratio, _ = priced_run(runner, reference, prompts, args, m, decode_s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from moe_spec.engine.data import HELD_OUT
@@ -117,3 +118,47 @@ def held_out_deep_prompts(count: int = 11, chars: int = 1200, skip: int = 4800) 
     starts = held_out_prompts(HELD_OUT, chars=skip)
     deep = [end[len(start) :] for end, start in zip(ends, starts, strict=True)]
     return [d for d in deep if d.strip()][:count]
+
+
+# User turns for chat prompts, written for the benchmarks (not drawn from a dataset, not tuned
+# on): everyday requests of the kinds a served assistant gets, prose more than code, so that a
+# draft trained on Python code is judged where its acceptance is low.
+CHAT_QUESTIONS: tuple[str, ...] = (
+    "Explain why the sky is blue in a short paragraph.",
+    "What are three tips for writing clear emails?",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "How do I make a cup of green tea that is not bitter?",
+    "Summarize the main causes of the French Revolution.",
+    "What is the difference between weather and climate?",
+    "Give me a packing list for a three-day hiking trip.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Why do cats purr? Answer for a curious ten-year-old.",
+    "Describe how a bill becomes a law in the United States.",
+    "Suggest five names for a small bakery and say why each fits.",
+    "What should I consider when choosing my first houseplant?",
+)
+
+
+def chat_prompts(template: Callable[[list[dict[str, str]]], str], count: int = 8) -> list[str]:
+    """The first ``count`` of :data:`CHAT_QUESTIONS`, each one user turn written out by
+    ``template`` (a chat template: messages to the prompt text, the assistant's turn opened),
+    e.g. :func:`chat_template_of` a transformers tokenizer."""
+    if not 1 <= count <= len(CHAT_QUESTIONS):
+        raise PromptsError(f"chat prompts: count must be 1 to {len(CHAT_QUESTIONS)}, got {count}")
+    return [template([{"role": "user", "content": q}]) for q in CHAT_QUESTIONS[:count]]
+
+
+def chat_template_of(tokenizer) -> Callable[[list[dict[str, str]]], str]:
+    """``tokenizer``'s chat template as a function of the messages (the generation prompt
+    added); ``PromptsError`` for a tokenizer without one (the shipped toy model's: it knows
+    only Python code)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptsError(
+            "chat prompts need a model whose tokenizer has a chat template "
+            f"(e.g. smollm2-moe); {type(tokenizer).__name__} has none"
+        )
+
+    def template(messages: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return template

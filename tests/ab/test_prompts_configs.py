@@ -9,7 +9,10 @@ import pytest
 
 from moe_spec.ab.configs import RunConfig, finalize, parse_config
 from moe_spec.ab.prompts import (
+    CHAT_QUESTIONS,
     PromptsError,
+    chat_prompts,
+    chat_template_of,
     held_out_benchmark_prompts,
     held_out_deep_prompts,
     load_prompts,
@@ -95,6 +98,38 @@ def test_deep_held_out_prompts_are_whole_lines_from_inside_each_file():
         assert 1000 < len(prompt) < 1400  # 1,200 characters, moved to whole lines
     assert held_out_deep_prompts(3) == deep[:3]
     assert not set(deep) & set(held_out_benchmark_prompts(20))
+
+
+class TemplatedTokenizer:
+    """A tokenizer with a chat template that writes the messages it is given out plainly."""
+
+    chat_template = "{{ messages }}"
+
+    def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False):
+        assert tokenize is False and add_generation_prompt is True
+        return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<bot>"
+
+
+def test_chat_prompts_are_the_questions_in_order_each_one_user_turn_in_the_template():
+    prompts = chat_prompts(chat_template_of(TemplatedTokenizer()), 3)
+    assert prompts == [f"<user>{q}</user><bot>" for q in CHAT_QUESTIONS[:3]]
+    assert len(set(CHAT_QUESTIONS)) == len(CHAT_QUESTIONS) == 12
+    assert len(chat_prompts(lambda messages: messages[0]["content"], 12)) == 12
+    for count in (0, 13):
+        with pytest.raises(PromptsError, match=f"count must be 1 to 12, got {count}"):
+            chat_prompts(lambda messages: "", count)
+
+
+@pytest.mark.parametrize("tokenizer", [None, object(), TemplatedTokenizer])
+def test_chat_prompts_refuse_a_tokenizer_without_a_chat_template(tokenizer):
+    if tokenizer is TemplatedTokenizer:  # the class's template emptied on an instance
+        tokenizer = TemplatedTokenizer()
+        tokenizer.chat_template = None
+    name = type(tokenizer).__name__
+    with pytest.raises(
+        PromptsError, match=f"need a model whose tokenizer has a chat template.*{name} has none"
+    ):
+        chat_template_of(tokenizer)
 
 
 def test_config_syntax_and_aliases():

@@ -65,5 +65,25 @@ def test_prompt_sets_picks_the_named_held_out_sets():
     assert [len(p) for p in sets.values()] == [3, 3]
     a_and_b = [p for ps in auto_budget.prompt_sets(8, names="AB").values() for p in ps]
     assert len(a_and_b) == 16 and not set(sets["C (deep in the files)"]) & set(a_and_b)
-    with pytest.raises(ValueError, match=r"\['D'\] unknown; allowed: A, B, C"):
-        auto_budget.prompt_sets(3, names="AD")
+    with pytest.raises(ValueError, match=r"\['E'\] unknown; allowed: A, B, C, D"):
+        auto_budget.prompt_sets(3, names="AE")
+
+
+def test_prompt_set_d_is_chat_requests_in_the_models_chat_template():
+    from types import SimpleNamespace
+
+    from moe_spec.ab.prompts import CHAT_QUESTIONS, PromptsError
+
+    class Tokenizer:
+        chat_template = "set"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"[{messages[0]['role']}] {messages[0]['content']} [assistant]"
+
+    sets = auto_budget.prompt_sets(2, names="DA", engine=SimpleNamespace(tokenizer=Tokenizer()))
+    assert list(sets) == ["A (file starts)", "D (chat requests)"]
+    assert sets["D (chat requests)"] == [f"[user] {q} [assistant]" for q in CHAT_QUESTIONS[:2]]
+    with pytest.raises(PromptsError, match="chat template"):  # the toy model: Python only
+        auto_budget.prompt_sets(
+            2, names="D", engine=auto_budget.load(SimpleNamespace(model=None, checkpoint=None))
+        )
