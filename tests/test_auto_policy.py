@@ -189,6 +189,30 @@ def test_a_new_requests_first_tree_steps_enter_the_window_where_they_would_rest(
     assert [s.need_LP is None for s in c.est.window] == [False] * 8 + [True] * 4
 
 
+@pytest.mark.parametrize("learn_resting", [False, True])
+def test_with_learn_resting_every_resting_step_enters_the_window(learn_resting):
+    """Past the learning steps a resting step stays out of the window, unless
+    ``learn_resting``: then it enters, unranked, with its tokens and experts."""
+    policy, observe, plan = resting_policy(learn_resting=learn_resting)
+    c = policy.controller
+    for _ in range(9):  # past warm-up and learning, a window of 8 ranked steps or more
+        observe()
+    c.tree_steps = 5  # not a rank_every-th step
+    assert policy.rests(plan) and not c.learning()
+    policy.resting = True
+    assert policy.learns() == learn_resting
+    for _ in range(3):
+        observe_rested(policy)
+        c.tree_steps = 5
+    unranked = [s.need_LP is None for s in c.est.window]
+    assert unranked == [False] * 9 + [True] * (3 if learn_resting else 0)
+
+
+def test_learn_resting_must_be_a_flag():
+    with pytest.raises(PolicyError, match="learn_resting is 'yes'; allowed: true or false"):
+        get_policy("auto", learn_resting="yes")
+
+
 def observe_rested(policy) -> None:
     """A resting step of a 4/2/2 tree: no ranking, its top-k passed with the outcome."""
     from moe_spec.control import StepOutcome

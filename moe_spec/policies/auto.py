@@ -209,6 +209,7 @@ class Auto(TokenPriority):
         budget_from: int = 4,
         rank_after: bool = True,
         after_share: float | None = None,
+        learn_resting: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -217,7 +218,7 @@ class Auto(TokenPriority):
         except ValueError as exc:
             raise PolicyError(f"auto: {exc}") from None
         flags = (("guard", guard), ("measure", measure), ("hope", hope))
-        flags += (("shadow", shadow), ("rank_after", rank_after))
+        flags += (("shadow", shadow), ("rank_after", rank_after), ("learn_resting", learn_resting))
         extends = (("draft_extend", draft_extend), ("decode_extend", decode_extend))
         for name, value in (*flags, *extends):
             _check(name, value, isinstance(value, bool), "true or false")
@@ -328,6 +329,7 @@ class Auto(TokenPriority):
         self.rest_host = 0  # what the device rest flag holds
         self.rest_tree = 0  # what the last tree step's plan set it to (decodes rest anyway)
         self.learn_every = learn_every  # once the window is full, a budgeted step: 1 in n
+        self.learn_resting = learn_resting  # every resting step enters the window (learns)
         self.controller: Guard | None = None
         self.dims: tuple[int, int, int, int] | None = None  # L, E, K, cap
         self.device_state: dict[str, torch.Tensor] = {}
@@ -849,7 +851,10 @@ class Auto(TokenPriority):
         request's first 4), and not after: the window then holds ranked steps, one in
         ``rank_every`` at the cap, four times the history (measured with every resting step
         entering: smollm2-moe's tree on warm set B fell from 1.32 to 1.09x decoding, a
-        switch to decoding on a few poor steps). Of the others: every step until the window
+        switch to decoding on a few poor steps), unless ``learn_resting``: then every resting
+        step enters (off by default; a warm guard's window otherwise goes stale on a text that
+        turns harder, its resting steps unseen: BENCHMARKS.md, sixty-first session). Of the
+        others: every step until the window
         is full, then one budgeted step in ``learn_every`` (the window stays a sample of
         the recent steps; its update is most of an observation's cost), every unbudgeted
         step that ranked (with ``rank_every`` > 1 it ranked only to be learned from), and,
@@ -858,7 +863,7 @@ class Auto(TokenPriority):
         time)."""
         c = self.controller
         if self.resting if rested is None else rested:  # unranked, while the guard learns
-            return c.learning()
+            return self.learn_resting or c.learning()
         window = c.est.window
         if len(window) < window.maxlen or self.looks():
             return True
