@@ -4,9 +4,8 @@ Prompt sets (``--sets``, A and B by default; held out: A, the start of each held
 code, B, the code that follows, C, code from 4,800 characters in, ``--chars`` characters
 each, 1200 by default: about 300 tokens; D, chat requests in the model's chat template, where
 a draft trained on code is accepted less: a model with a template, ``--model smollm2-moe``),
-greedy decoding, on the shipped model (or
-``--checkpoint DIR``, an engine checkpoint; ``--model smollm2-moe`` for the transformers
-engine on a named model).
+greedy decoding, on the shipped model (or ``--checkpoint DIR``, an engine checkpoint;
+``--model smollm2-moe`` for the transformers engine on a named model).
 
 1. **Measured on this CPU** (tokens/s, wall clock): autoregressive, unbudgeted tree
    speculation, and ``auto`` with ``measure=true`` (its guard corrects the cost model by
@@ -52,6 +51,7 @@ import torch
 from moe_spec.ab.configs import RunConfig, parse_config
 from moe_spec.ab.engine_backend import EngineBackend
 from moe_spec.ab.prompts import (
+    PromptsError,
     chat_prompts,
     chat_template_of,
     held_out_benchmark_prompts,
@@ -139,6 +139,15 @@ def prompt_sets(
     if unknown:
         raise ValueError(f"prompt sets {unknown} unknown; allowed: A, B, C, D")
     return {name: take() for name, take in sets.items() if name[0] in names}
+
+
+def sets_or_exit(ap: argparse.ArgumentParser, args, engine) -> dict[str, list[str]]:
+    """:func:`prompt_sets` for a command line: a set the model cannot run (D on a model
+    without a chat template) exits with the reason."""
+    try:
+        return prompt_sets(args.prompts, args.chars, args.sets, engine)
+    except PromptsError as exc:
+        ap.error(f"--sets {' '.join(args.sets)}: {exc}")
 
 
 class LivePolicy:
@@ -487,13 +496,14 @@ def main() -> None:
             ap.error(f"--sglang on a chain of {args.tree[2]}: {exc}")
     torch.set_num_threads(args.threads)
     engine = load(args)
+    sets = sets_or_exit(ap, args, engine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cpu = f"{cpu_name()}, {args.threads} torch thread(s)"
     results = {"cpu": cpu, "tree": args.tree, "sglang": args.sglang, "sets": {}}
     results["skip_decode_extend"] = args.skip_decode_extend
     start = time.time()
-    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets, engine).items():
+    for name, prompts in sets.items():
         entry = {} if args.skip_measured else {"measured": measured(engine, prompts, args)}
         if not args.skip_modeled:
             entry["modeled"], entry["overhead"], entry["repeated_5grams"] = modeled(

@@ -33,7 +33,7 @@ from auto_budget import (
     auto_priced,
     load,
     option_text,
-    prompt_sets,
+    sets_or_exit,
     tree_of,
 )
 
@@ -103,7 +103,7 @@ def main() -> None:
     decode_s = 1.0 / autoregressive_tokens_per_s(cost.gpu, shape, overheads=cost.overheads)
     print(f"CPU: {cpu_name()}; {config.label}; tree {args.tree}; priced on {m.describe()}")
     reference = parse_config("none", tree_of(args))[0] if args.reference else None
-    for name, prompts in prompt_sets(args.prompts, args.chars, args.sets, engine).items():
+    for name, prompts in sets_or_exit(ap, args, engine).items():
         if reference is not None:
             runner = EngineBackend(engine, cost, shape)
             ratio, _ = priced_run(runner, reference, prompts, args, m, decode_s)

@@ -83,7 +83,21 @@ def test_prompt_set_d_is_chat_requests_in_the_models_chat_template():
     sets = auto_budget.prompt_sets(2, names="DA", engine=SimpleNamespace(tokenizer=Tokenizer()))
     assert list(sets) == ["A (file starts)", "D (chat requests)"]
     assert sets["D (chat requests)"] == [f"[user] {q} [assistant]" for q in CHAT_QUESTIONS[:2]]
+    toy = auto_budget.load(SimpleNamespace(model=None, checkpoint=None))
     with pytest.raises(PromptsError, match="chat template"):  # the toy model: Python only
-        auto_budget.prompt_sets(
-            2, names="D", engine=auto_budget.load(SimpleNamespace(model=None, checkpoint=None))
-        )
+        auto_budget.prompt_sets(2, names="D", engine=toy)
+
+
+def test_a_set_the_model_cannot_run_exits_with_the_reason(capsys):
+    from argparse import ArgumentParser
+    from types import SimpleNamespace
+
+    toy = auto_budget.load(SimpleNamespace(model=None, checkpoint=None))
+    args = SimpleNamespace(prompts=2, chars=1200, sets=["A", "D"])
+    with pytest.raises(SystemExit):
+        auto_budget.sets_or_exit(ArgumentParser(prog="bench"), args, toy)
+    assert "--sets A D: chat prompts need a model whose tokenizer has a chat template" in (
+        capsys.readouterr().err
+    )
+    args.sets = ["C"]
+    assert list(auto_budget.sets_or_exit(ArgumentParser(), args, toy)) == ["C (deep in the files)"]
