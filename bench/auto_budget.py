@@ -127,9 +127,10 @@ def prompt_sets(
     file's code; B, the code after it; C, code from 4,800 characters in (``deep-code``); and D,
     chat requests (``moe_spec.ab.prompts.CHAT_QUESTIONS``) in ``engine``'s chat template (a
     model with one: smollm2-moe)."""
+    prompts = held_out_benchmark_prompts(20, chars)
     sets = {
-        "A (file starts)": lambda: held_out_benchmark_prompts(20, chars)[:n],
-        "B (code after them)": lambda: held_out_benchmark_prompts(20, chars)[12 : 12 + n],
+        "A (file starts)": lambda: prompts[:n],
+        "B (code after them)": lambda: prompts[12 : 12 + n],
         "C (deep in the files)": lambda: held_out_deep_prompts(n, chars),
         "D (chat requests)": lambda: chat_prompts(
             chat_template_of(getattr(engine, "tokenizer", None)), n
