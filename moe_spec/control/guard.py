@@ -71,6 +71,7 @@ import torch
 from moe_spec.control.cost import StepCost
 from moe_spec.control.estimates import AcceptanceEstimates
 from moe_spec.control.gate import DraftGate
+from moe_spec.control.lately import Lately
 from moe_spec.control.looks import Looks
 from moe_spec.control.planner import Budgets, budget_levels, window_budgets
 from moe_spec.control.ranks import Ranks
@@ -81,7 +82,7 @@ from moe_spec.control.warmup import MeasuredWarmup
 from moe_spec.costmodel import independent_distinct
 
 
-class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
+class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
     """Plans each step of one generation from what the previous steps showed."""
 
     def __init__(
@@ -119,6 +120,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         rank_near: float = 0.8,
         shadow: bool = False,
         budget_from: int = 4,
+        lately: int = 0,
+        lately_prior: float = 3.0,
     ) -> None:
         self.est, self.cost, self.repair = estimates, cost, repair
         # while decoding, a step of a smaller tree (index; 0: none) every explore_every decodes,
@@ -196,6 +199,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
         self.probe_every = self.floor = probe  # the floor: the interval before doublings
         self.trees = cost.trees
         self.new_shadows(shadow)
+        self.new_lately(lately, lately_prior)
         L = estimates.L
         self.budget_L = np.full(L, cap, dtype=np.int64)
         self.choice = 0  # index into trees, or -1 for autoregressive
@@ -307,9 +311,11 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             if (shadowed := self.shadowed(c)) is not None:  # the decoded text's chains
                 predicted[c] *= shadowed / mean
                 self.evidence[c] = (S, shadowed)
+        self.lately_scale(predicted)
         if self.guard:
             predicted[-1] = 1.0 / self.decode_seconds()
         self.best_rate = max(predicted.values(), default=0.0)
+        self.rate_C = dict(predicted)
         return predicted
 
     def tree_budgets(
@@ -513,6 +519,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows):
             ):
                 self.touched_n += 1
                 self.touched += outcome.exact < outcome.committed
+            if outcome.tree in self.trees:
+                self.note_lately(self.trees.index(outcome.tree), outcome.committed)
             if self.choice >= 0 and outcome.tree == self.trees[self.choice]:
                 self.recent[0] += outcome.committed
                 self.recent[1] += 1

@@ -51,20 +51,24 @@ class Replans:
         entered the window since then (and some ranked before) needed a mean budget to keep
         their accepted paths that differs from the window's at the replan by more than
         ``drift`` standard errors, the spread taken as at least one expert ("drift": the text
-        has changed, as at a new request, and the window predicts for the old one)."""
+        has changed, as at a new request, and the window predicts for the old one), or the
+        current tree's steps since the replan put it behind decoding, resting steps included
+        ("behind": :meth:`moe_spec.control.lately.Lately.behind`; the replan reads them)."""
         if self.choice < 0:
             return ""
         expected = self.touched_n * self.touched_C[self.choice]
         if self.surprise and self.touched - expected >= self.surprise:
             return "touched"
-        if not self.drift:
-            return ""
         total, n = self.recent
         steps, mean = self.evidence.get(self.choice, (0, 0.0))
         new = self.est.steps_seen - self.seen_at_replan
-        committed = n >= 4 and steps >= 4 and new >= 2
+        committed = self.drift and n >= 4 and steps >= 4 and new >= 2
         if committed and self.drifted(total / n, n, mean, self.spread_C[self.choice]):
             return "drift"
+        if self.behind(total, n, mean, self.spread_C[self.choice]):
+            return "behind"
+        if not self.drift:
+            return ""
         need_N = self.est.recent_need(new) if new < len(self.est.window) else ()
         # ranked steps alone know their need: judged against a window that had some
         if len(need_N) >= 4 and self.need_at_replan[2]:
@@ -128,6 +132,7 @@ class Replans:
             return
         self.request_seen = self.est.steps_seen
         self.est.forget(self.carry)
+        self.keep_lately(self.carry)
         self.window_at_replan = self.est.window.maxlen
         # the drift check counts the new text's steps alone, and a drift keeps only them
         self.seen_at_replan, self.recent = self.request_seen, [0, 0]

@@ -48,7 +48,12 @@ and replans that change nothing come less often (up to ``max_replan`` tree steps
 the two costliest parts of the controller's host time, halved or better where nothing
 moves. A replan comes at once when the budget touches the accepted path ``surprise``
 steps more often than predicted, or when the tree's committed tokens drift ``drift``
-standard errors from the window's mean (then from the steps since alone: new text).
+standard errors from the window's mean (then from the steps since alone: new text). With
+``lately`` (off by default) the trees' committed tokens are scaled to the current tree's
+latest ``lately`` steps, every step counted, blended with ``lately_prior`` pseudo-steps at
+the window's mean, and a replan comes at once when its steps since the last replan, resting
+ones included, put it behind decoding (``moe_spec.control.lately``: the window takes one
+resting step in up to 32).
 The state lives in the policy instance: the engines create one per generation unless
 given a live one; a server keeps one. At a new request (:meth:`Auto.start_request`) the
 window keeps only its latest ``carry`` steps: the plan starts from the end of the last
@@ -210,6 +215,8 @@ class Auto(TokenPriority):
         rank_after: bool = True,
         after_share: float | None = None,
         learn_resting: bool = False,
+        lately: int = 0,
+        lately_prior: float = 3.0,
     ) -> None:
         super().__init__()
         try:
@@ -234,8 +241,9 @@ class Auto(TokenPriority):
         _check("gate_margin", gate_margin, ok and gate_margin >= 0, "a number >= 0")
         ok = isinstance(probe_cost, num) and not isinstance(probe_cost, bool)
         _check("probe_cost", probe_cost, ok and 0 < probe_cost <= 1, "0 < probe_cost <= 1")
-        ok = isinstance(switch_prior, num) and not isinstance(switch_prior, bool)
-        _check("switch_prior", switch_prior, ok and switch_prior >= 0, "a number >= 0")
+        for name, value in (("switch_prior", switch_prior), ("lately_prior", lately_prior)):
+            ok = isinstance(value, num) and not isinstance(value, bool)
+            _check(name, value, ok and value >= 0, "a number >= 0")
         ok = isinstance(explore, num) and not isinstance(explore, bool)
         _check("explore", explore, ok and 0 <= explore < 1, "0 <= explore < 1 (0: off)")
         for name, value in (("surprise", surprise), ("drift", drift)):
@@ -254,6 +262,7 @@ class Auto(TokenPriority):
             ("relook", relook, 0),
             ("fill_probe", fill_probe, 1),
             ("budget_from", budget_from, 1),
+            ("lately", lately, 0),
         ):
             _check(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
         if draft_extend and (gate or measure):  # SGLang's steps: no gate, no host timing
@@ -314,6 +323,8 @@ class Auto(TokenPriority):
             else max_rank_every,
             rank_near=float(rank_near),
             budget_from=budget_from,
+            lately=lately,
+            lately_prior=float(lately_prior),
         )
         self.window, self.prior = window, float(prior)
         self.draft_extend = draft_extend  # price a draft forward after every verify (SGLang)
