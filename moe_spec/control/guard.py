@@ -505,8 +505,10 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
             self.since_gate += outcome.steps
             self.since_explore += outcome.steps
         else:
-            if outcome.tree in self.trees:
-                self.gated_C[self.trees.index(outcome.tree)].append(0)
+            if outcome.tree in self.trees:  # one of the planned trees: its histories
+                ran = self.trees.index(outcome.tree)
+                self.gated_C[ran].append(0)
+                self.note_lately(ran, outcome.committed)
             self.look_every = self.gate_every  # the draft was sure: look as often again
             self.est.observe(outcome, rank_LE, ids_LNK)
             if explored:
@@ -519,8 +521,6 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
             ):
                 self.touched_n += 1
                 self.touched += outcome.exact < outcome.committed
-            if outcome.tree in self.trees:
-                self.note_lately(self.trees.index(outcome.tree), outcome.committed)
             if self.choice >= 0 and outcome.tree == self.trees[self.choice]:
                 self.recent[0] += outcome.committed
                 self.recent[1] += 1

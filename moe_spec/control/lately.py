@@ -60,9 +60,9 @@ class Lately:
         to the 4-token tree, whose window level had not moved (smollm2-moe, 8 x 96, set A,
         OLMoE-1B-7B: 1.004 -> 0.967x; scaled alike 0.999x)."""
         c = self.choice
-        if c not in predicted or c not in self.evidence:
+        if c not in predicted:  # decoding, or a tree with no window steps yet
             return
-        steps, mean = self.evidence[c]
+        mean = self.evidence[c][1]
         lately = self.lately_mean(c, mean) if mean > 0 else None
         if lately is None:
             return
