@@ -277,6 +277,32 @@ def test_the_device_rest_flag_follows_the_plan_and_a_late_fold_says_whether_it_r
     assert policy.learns() and not policy.learns(rested=True)  # ... the folded one rested
 
 
+def test_the_hope_ends_once_the_full_tree_ran_a_windows_steps_resting_ones_included():
+    """With ``hope`` the full tree is judged at its mean plus one standard error until its
+    steps would fill the window (24): every step it ran counts, resting ones too, which enter
+    no window once it holds 8 (counted in the window, a warm guard's hope held a chat
+    request's full tree at 1.6 tokens a step for 68 steps)."""
+    policy, observe, plan = resting_policy(hope=True)
+    c = policy.controller
+    assert c.est.window.maxlen == 24
+    for _ in range(9):  # past warm-up, budgets all E, 9 steps in the window
+        observe()
+    policy.resting = True
+    for _ in range(14):
+        c.tree_steps = 5  # not a rank_every-th step: it rests, and enters no window
+        assert policy.rests(plan) and not policy.learns()
+        observe_rested(policy)
+    c.evidence[0] = (len(c.est.window), 1.5)
+    assert len(c.est.window) == 9 and c.hoped_steps() == 9  # 23 steps ran: still hoped
+    c.tree_steps = 5
+    observe_rested(policy)  # the 24th
+    assert len(c.est.window) == 9 and c.hoped_steps() == 0
+    assert c.judged(0, 100.0) == 100.0  # as predicted
+    policy.start_request()  # a new request keeps the count: the tree was seen on them
+    c.evidence[0] = (4, 1.5)
+    assert c.hoped_steps() == 0
+
+
 @pytest.mark.parametrize("look", ["probing", "exploring"])
 def test_the_guards_looks_rank_and_enter_a_full_window_whatever_the_step_count(look):
     """With ``hope``, a probe of the full tree or an explore with a smaller one is run to be

@@ -27,7 +27,10 @@ in the request: measured, ``bench/auto_loss_trace.py``, BENCHMARKS.md, thirty-fi
 until the forty-first, only below 8 steps). From 8 steps the hope holds it against decoding
 alone: a smaller tree that beats it as predicted, and beats decoding, is weighed against it as
 predicted. Resting steps (3 in 4 at the cap) enter no window once it holds 8
-(``moe_spec.policies.auto``), so on a fresh policy the hope can last a short request. A
+(``moe_spec.policies.auto``): the hope ends when the full tree has run as many steps as fill
+the window, every one counted, and counts again from a drift (counted in the window, a warm
+guard's hope held a chat request's full tree at 1.6 tokens a step for 68 steps; BENCHMARKS.md,
+sixty-third session). A
 smaller tree is not switched to before the window holds 8 (``trusted``) steps of the full
 tree, unless decoding would be chosen instead (judged on the full tree as predicted: its hope
 holds it against decoding, not against a smaller tree): a smaller tree's committed tokens are
@@ -206,6 +209,10 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
         self.budgets_C = [self.budget_L.copy() for _ in self.trees]
         self.predicted: dict[str, float] = {}
         self.tree_steps = self.since_replan = self.since_full = 0
+        # the full tree's steps run since the text began (the first step, or a drift), every
+        # one counted (resting ones enter no window once it holds ``trusted``): the hope ends
+        # when they would have filled it
+        self.full_run_steps = 0
         self.log_ratio = {TREE: 0.0, AUTOREGRESSIVE: 0.0}
         self.measured = {TREE: 0, AUTOREGRESSIVE: 0}
         self.current: StepPlan | None = None
@@ -254,6 +261,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
         elif surprise := self.surprised():
             if surprise == "drift":  # predict from the steps since the change alone
                 self.est.forget(self.est.steps_seen - self.seen_at_replan)
+                self.full_run_steps = 0  # and hope, as for a tree seen on few steps
             self.replan_interval = self.replan_every
             self.replan()
         if self.since_full >= self.probe_every:  # on the full tree: a run of gated steps
@@ -446,9 +454,12 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
     def hoped_steps(self) -> int:
         """The window steps the full tree, the current choice, is predicted from where
         :meth:`judged` hopes it commits one standard error more (the spread at least one
-        token): with ``hope`` and the guard, fewer than fill the window (24 by default),
-        none of its last steps turned into a decode by the draft gate (those show the draft
-        unsure, and enter no window: the hope would hold a tree the gate decodes); else 0.
+        token): with ``hope`` and the guard, fewer than fill the window (24 by default)
+        while the full tree has run fewer steps than that, every one counted (past its
+        learning steps the window takes one resting step in up to 32, so counted in the
+        window the hope outlived requests), none of its last steps turned into a decode by
+        the draft gate (those show the draft unsure, and enter no window: the hope would hold
+        a tree the gate decodes); else 0.
         The configured tree is left for decoding or a smaller tree on what its steps clearly
         show, not on a few short paths: measured (``bench/auto_loss_trace.py``), a request's
         first steps commit less than its later ones, a chain left after its warm-up came back
@@ -461,6 +472,8 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
         if not (self.hoping and self.guard) or self.choice != 0 or any(self.gated_C[0]):
             return 0
         steps, mean = self.evidence.get(0, (0, 0.0))
+        if self.full_run_steps >= self.est.window.maxlen:  # it ran enough steps to fill it
+            return 0
         return steps if 0 < steps < self.est.window.maxlen and mean > 0 else 0
 
     def arm_name(self, c: int) -> str:
@@ -525,6 +538,7 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
                 self.recent[0] += outcome.committed
                 self.recent[1] += 1
             self.tree_steps += 1
+            self.full_run_steps += outcome.tree == self.trees[0]
             self.since_replan += 1
             self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
             self.shadow_step(outcome)

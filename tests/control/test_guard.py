@@ -698,6 +698,8 @@ def test_a_drift_in_committed_tokens_replans_from_the_steps_since(committed, rep
     # 4 steps of 2 tokens against a window mean of 4 (spread 1): 4 standard errors
     assert windows == ([8, 4] if replanned else [8])
     assert len(g.est.window) == (4 + 1 if replanned else 8 + 5)  # the 5th step came after
+    # the hope counts the full tree's steps from the drift: a new text seen on few steps
+    assert g.full_run_steps == (1 if replanned else 5)
 
 
 @pytest.mark.parametrize("expert, replanned", [(0, True), (6, False)])
