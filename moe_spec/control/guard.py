@@ -537,15 +537,14 @@ class Guard(DraftGate, MeasuredWarmup, Looks, Replans, Ranks, Shadows, Lately):
             if self.choice >= 0 and outcome.tree == self.trees[self.choice]:
                 self.recent[0] += outcome.committed
                 self.recent[1] += 1
+            full = outcome.tree == self.trees[0]
             self.tree_steps += 1
-            self.full_run_steps += outcome.tree == self.trees[0]
+            self.full_run_steps += int(full)
             self.since_replan += 1
-            self.since_full = 0 if outcome.tree == self.trees[0] else self.since_full + 1
+            self.since_full = 0 if full else self.since_full + 1
             self.shadow_step(outcome)
             if (
-                self.explore
-                and outcome.tree != self.trees[0]
-                and outcome.committed > max(outcome.tree[2], 1)
+                self.explore and not full and outcome.committed > max(outcome.tree[2], 1)
             ):  # a smaller tree's path filled it: the full tree might commit more
                 self.since_full, self.probe_left = self.probe_every, self.fill_probe
             if explored:  # decide again now, whatever it committed: below the mean, a
